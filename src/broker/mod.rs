@@ -1,0 +1,397 @@
+//! The broker core: the one place that owns topics and partitions (and, as the protocol
+//! adapters land, exchanges, queues, groups and the reliability rules).
+//!
+//! The core never sees a wire format. Adapters call it with core types (`&str` topic names,
+//! partition indexes, record batch bytes) and map its [`BrokerError`] to their own error codes.
+//! State that must survive a restart is written to [`Meta`] *before* the in-memory registry
+//! changes, so a crash between the two leaves the durable side ahead, and startup replays it.
+//!
+//! On disk, partition `p` of topic `t` lives in `<data_dir>/logs/t-p/`, as in Kafka.
+
+pub mod group;
+pub mod topic;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::clock::Clock;
+use crate::log::{LogConfig, LogError, LogLabels, PartitionHandle, RecoveryReport};
+use crate::meta::{Meta, MetaError, TopicDef};
+
+pub use group::{
+    GroupCoordinator, GroupDescription, GroupError, GroupListing, GroupSettings, GroupState,
+    JoinRequest, JoinResponse, JoinedMember, LeavingMember, MemberDescription, PartitionResults,
+    SyncRequest, SyncResponse,
+};
+pub use topic::{validate_topic_name, Topic};
+
+/// Errors of the core; adapters translate each variant to their protocol's code.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("unknown topic `{0}`")]
+    UnknownTopic(String),
+    #[error("unknown partition {partition} of topic `{topic}`")]
+    UnknownPartition { topic: String, partition: i32 },
+    #[error("topic `{0}` already exists")]
+    TopicExists(String),
+    #[error("invalid topic name `{name}`: {reason}")]
+    InvalidTopicName { name: String, reason: String },
+    #[error("invalid partition count: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid config `{key}`: {message}")]
+    InvalidConfig { key: String, message: String },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+/// What startup found and repaired, for the log line and `/readyz`.
+#[derive(Debug, Default)]
+pub struct StartupReport {
+    pub topics: usize,
+    pub partitions: usize,
+    /// Partitions whose recovery repaired something, with what.
+    pub repairs: Vec<(String, i32, RecoveryReport)>,
+}
+
+/// The core broker handle; cheap to clone and share with every connection.
+#[derive(Clone)]
+pub struct BrokerCore {
+    inner: Arc<CoreInner>,
+}
+
+struct CoreInner {
+    clock: Clock,
+    meta: Meta,
+    logs_dir: PathBuf,
+    default_log_config: LogConfig,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes topic creation, deletion and alteration: they do I/O and must not interleave
+    /// for the same name, but they are rare, so one lock for all is simplest.
+    admin: AsyncMutex<()>,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl BrokerCore {
+    /// Opens the core over `meta` and the partition logs under `logs_dir`, running recovery on
+    /// every partition of every known topic.
+    pub async fn open(
+        meta: Meta,
+        logs_dir: &Path,
+        default_log_config: LogConfig,
+        clock: Clock,
+    ) -> Result<(Self, StartupReport), BrokerError> {
+        std::fs::create_dir_all(logs_dir).map_err(|source| LogError::Io {
+            context: format!("creating {}", logs_dir.display()),
+            source,
+        })?;
+        let core = Self {
+            inner: Arc::new(CoreInner {
+                clock,
+                meta,
+                logs_dir: logs_dir.to_path_buf(),
+                default_log_config,
+                topics: RwLock::new(HashMap::new()),
+                admin: AsyncMutex::new(()),
+                shutting_down: false.into(),
+            }),
+        };
+        let mut report = StartupReport::default();
+        for def in core.inner.meta.topics()? {
+            let log_config =
+                topic::effective_log_config(&core.inner.default_log_config, &def.configs)?;
+            let mut partitions = Vec::with_capacity(def.partitions as usize);
+            for p in 0..def.partitions as i32 {
+                let (handle, recovery) = core.open_partition(&def.name, p, &log_config)?;
+                if !recovery.is_clean() {
+                    report.repairs.push((def.name.clone(), p, recovery));
+                }
+                partitions.push(handle);
+            }
+            report.topics += 1;
+            report.partitions += partitions.len();
+            let name = def.name.clone();
+            core.inner
+                .topics
+                .write()
+                .insert(name, Arc::new(Topic::new(def, log_config, partitions)));
+        }
+        Ok((core, report))
+    }
+
+    fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.inner.logs_dir.join(format!("{topic}-{partition}"))
+    }
+
+    fn open_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        config: &LogConfig,
+    ) -> Result<(PartitionHandle, RecoveryReport), BrokerError> {
+        let labels = LogLabels {
+            topic: topic.to_string(),
+            partition,
+        };
+        Ok(PartitionHandle::open(
+            &self.partition_dir(topic, partition),
+            config.clone(),
+            self.inner.clock.clone(),
+            labels,
+        )?)
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.inner.meta
+    }
+
+    /// The broker-wide defaults new topics start from.
+    pub fn default_log_config(&self) -> &LogConfig {
+        &self.inner.default_log_config
+    }
+
+    fn check_running(&self) -> Result<(), BrokerError> {
+        if self
+            .inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(BrokerError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.inner.topics.read().get(name).cloned()
+    }
+
+    /// All topics, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self.inner.topics.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionHandle, BrokerError> {
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        t.partition(partition)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            })
+    }
+
+    /// Creates a topic with `partitions` partitions and Kafka-named config overrides. The
+    /// definition is durable before this returns.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        self.check_running()?;
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > 100_000 {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{partitions} (must be 1..=100000)"
+            )));
+        }
+        let log_config = topic::effective_log_config(&self.inner.default_log_config, &configs)?;
+        let _admin = self.inner.admin.lock().await;
+        if self.topic(name).is_some() {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        let def = TopicDef {
+            name: name.to_string(),
+            topic_id: random_topic_id(),
+            partitions,
+            configs,
+            created_ms: self.inner.clock.now_ms(),
+        };
+        // A directory left by an earlier topic of the same name (deleted while we were down
+        // before its files went) must not leak its records into the new topic.
+        for p in 0..partitions as i32 {
+            remove_dir_if_present(&self.partition_dir(name, p))?;
+        }
+        let mut handles = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions as i32 {
+            handles.push(self.open_partition(name, p, &log_config)?.0);
+        }
+        self.inner.meta.put_topic(&def)?;
+        self.inner.meta.flush()?;
+        let topic = Arc::new(Topic::new(def, log_config, handles));
+        self.inner
+            .topics
+            .write()
+            .insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Deletes a topic: its definition, its committed offsets and its files.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        self.check_running()?;
+        let _admin = self.inner.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        self.inner.meta.delete_topic(name)?;
+        self.inner.meta.flush()?;
+        self.inner.topics.write().remove(name);
+        for (p, handle) in topic.partitions().iter().enumerate() {
+            handle.shutdown().await;
+            remove_dir_if_present(&self.partition_dir(name, p as i32))?;
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Grows a topic to `total` partitions (Kafka never shrinks one).
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        total: u32,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        self.check_running()?;
+        let _admin = self.inner.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let current = topic.partition_count() as u32;
+        if total <= current {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic `{name}` has {current} partitions; the new count {total} must be larger"
+            )));
+        }
+        if total > 100_000 {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{total} (must be <= 100000)"
+            )));
+        }
+        let mut handles = topic.partitions().to_vec();
+        for p in current as i32..total as i32 {
+            remove_dir_if_present(&self.partition_dir(name, p))?;
+            handles.push(self.open_partition(name, p, topic.log_config())?.0);
+        }
+        let mut def = topic.def().clone();
+        def.partitions = total;
+        self.inner.meta.put_topic(&def)?;
+        self.inner.meta.flush()?;
+        let grown = Arc::new(Topic::new(def, topic.log_config().clone(), handles));
+        self.inner
+            .topics
+            .write()
+            .insert(name.to_string(), grown.clone());
+        Ok(grown)
+    }
+
+    /// Replaces a topic's config overrides (Kafka AlterConfigs semantics: the given map is the
+    /// whole new set) and applies the result to every partition.
+    pub async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        self.check_running()?;
+        let log_config = topic::effective_log_config(&self.inner.default_log_config, &configs)?;
+        let _admin = self.inner.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let mut def = topic.def().clone();
+        def.configs = configs;
+        self.inner.meta.put_topic(&def)?;
+        self.inner.meta.flush()?;
+        for handle in topic.partitions() {
+            handle.update_config(log_config.clone())?;
+        }
+        let altered = Arc::new(Topic::new(def, log_config, topic.partitions().to_vec()));
+        self.inner
+            .topics
+            .write()
+            .insert(name.to_string(), altered.clone());
+        Ok(altered)
+    }
+
+    /// Runs retention on every partition; returns how many segments were deleted.
+    pub fn enforce_retention(&self) -> usize {
+        let mut deleted = 0;
+        for topic in self.topics() {
+            for (p, handle) in topic.partitions().iter().enumerate() {
+                match handle.enforce_retention() {
+                    Ok(report) => deleted += report.deleted_segments,
+                    Err(e) => {
+                        tracing::warn!(topic = topic.name(), partition = p, error = %e, "retention failed")
+                    }
+                }
+            }
+        }
+        deleted
+    }
+
+    /// Partitions that stopped accepting writes after an I/O failure.
+    pub fn failed_partitions(&self) -> Vec<(String, i32)> {
+        let mut failed = Vec::new();
+        for topic in self.topics() {
+            for (p, handle) in topic.partitions().iter().enumerate() {
+                if handle.is_failed() {
+                    failed.push((topic.name().to_string(), p as i32));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Refuses new admin work, drains every partition writer (fsyncing what it wrote) and
+    /// flushes metadata. Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _admin = self.inner.admin.lock().await;
+        for topic in self.topics() {
+            for handle in topic.partitions() {
+                handle.shutdown().await;
+            }
+        }
+        if let Err(e) = self.inner.meta.flush() {
+            tracing::error!(error = %e, "flushing metadata at shutdown failed");
+        }
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), BrokerError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LogError::Io {
+            context: format!("removing {}", dir.display()),
+            source,
+        }
+        .into()),
+    }
+}
+
+/// A random topic id.
+fn random_topic_id() -> [u8; 16] {
+    let mut id = crate::util::random_bytes16();
+    // Kafka reserves the all-zero id (ZERO_UUID) and the id with only the last bit set.
+    if id == [0; 16] || id[..15] == [0; 15] {
+        id[0] = 1;
+    }
+    id
+}

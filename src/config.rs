@@ -1,0 +1,545 @@
+//! The one configuration tree of a Ferry broker.
+//!
+//! Every setting lives in [`Config`], with its default documented on the field and mirrored in
+//! `config/ferry.toml`. Settings come from three layers, later ones winning: the TOML file, then
+//! `FERRY_*` environment variables, then command-line flags. The layers are merged as TOML values
+//! *before* deserializing, so one code path validates all of them and an error can always name the
+//! key (`log.fsync`, `FERRY_KAFKA_LISTEN`, …) and say what was wrong with it.
+//!
+//! The library never reads the environment itself: [`Config::load`] takes the variables as an
+//! argument and only the CLI passes `std::env::vars()`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{FsyncPolicy, LogConfig};
+
+/// A configuration problem, always naming the key (or variable) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("unknown setting `{key}` (from {origin}); see config/ferry.toml for every setting")]
+    Unknown { key: String, origin: String },
+}
+
+/// Everything a broker needs to start. `Config::default()` is what `ferry serve` runs with when
+/// nothing is configured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where logs and metadata live. Default `./ferry-data`.
+    pub data_dir: PathBuf,
+    /// Kafka listener, `HOST:PORT`. Default `0.0.0.0:9092`.
+    pub kafka_listen: String,
+    /// The `HOST:PORT` Kafka clients are told to connect to (Metadata, FindCoordinator). Default:
+    /// unset, meaning the listen address; when that is a wildcard (`0.0.0.0`, `[::]`), the local
+    /// address of each client's own connection, which that client demonstrably can reach.
+    pub kafka_advertised: Option<String>,
+    /// AMQP 0-9-1 listener, `HOST:PORT`. Default `0.0.0.0:5672`.
+    pub amqp_listen: String,
+    /// Native protocol (protobuf over QUIC) listener, `HOST:PORT`. Default `0.0.0.0:7447`.
+    pub native_listen: String,
+    /// HTTP listener for `/healthz`, `/readyz`, `/metrics`. Default `0.0.0.0:8080`.
+    pub http_listen: String,
+    /// Storage settings and the defaults every new topic starts from.
+    pub log: LogSettings,
+    /// Kafka protocol settings.
+    pub kafka: KafkaSettings,
+    /// Logging and metrics.
+    pub observe: ObserveSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./ferry-data"),
+            kafka_listen: "0.0.0.0:9092".into(),
+            kafka_advertised: None,
+            amqp_listen: "0.0.0.0:5672".into(),
+            native_listen: "0.0.0.0:7447".into(),
+            http_listen: "0.0.0.0:8080".into(),
+            log: LogSettings::default(),
+            kafka: KafkaSettings::default(),
+            observe: ObserveSettings::default(),
+        }
+    }
+}
+
+/// `[log]`: durability policy and topic defaults, with Kafka's names and defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// When an append counts as done: `"always"` (fsync before confirming; default),
+    /// `"interval:<ms>"` (fsync every <ms>, confirm on write), `"never"` (leave it to the OS).
+    pub fsync: String,
+    /// Keep zero-filled space ahead of the write position so fsyncs overwrite instead of grow
+    /// the file (cheaper fdatasync). Default true.
+    pub preallocate: bool,
+    /// `segment.bytes`: roll to a new segment file at this size. Default 1 GiB.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll a segment this old even if not full. Default 7 days.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete segments whose newest record is older. -1 keeps forever. Default 7 days.
+    pub retention_ms: i64,
+    /// `retention.bytes`: per partition; delete oldest segments beyond this. -1 = no limit (default).
+    pub retention_bytes: i64,
+    /// `max.message.bytes`: largest record batch accepted. Default 1048588 (Kafka's).
+    pub max_message_bytes: usize,
+    /// `index.interval.bytes`: bytes of log between offset index entries. Default 4096.
+    pub index_interval_bytes: usize,
+    /// How often retention runs, in milliseconds. Default 300000 (Kafka's 5 minutes).
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Self {
+            fsync: log.fsync.to_string(),
+            preallocate: log.preallocate,
+            segment_bytes: log.segment_bytes,
+            segment_ms: log.segment_ms,
+            retention_ms: log.retention_ms,
+            retention_bytes: log.retention_bytes,
+            max_message_bytes: log.max_message_bytes,
+            index_interval_bytes: log.index_interval_bytes,
+            retention_check_interval_ms: 300_000,
+        }
+    }
+}
+
+impl LogSettings {
+    /// The topic defaults as a [`LogConfig`]; fails on an unparseable fsync policy.
+    pub fn to_log_config(&self) -> Result<LogConfig, ConfigError> {
+        let fsync: FsyncPolicy = self.fsync.parse().map_err(|e| ConfigError::Invalid {
+            key: "log.fsync".into(),
+            message: format!("{e} (use \"always\", \"interval:<ms>\" or \"never\")"),
+        })?;
+        Ok(LogConfig {
+            fsync,
+            preallocate: self.preallocate,
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            max_message_bytes: self.max_message_bytes,
+            index_interval_bytes: self.index_interval_bytes,
+            ..LogConfig::default()
+        })
+    }
+
+    pub fn retention_check_interval(&self) -> Duration {
+        Duration::from_millis(self.retention_check_interval_ms.max(1))
+    }
+}
+
+/// `[kafka]`: Kafka protocol behaviour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Create a topic when a client asks for it in Metadata or produces to it. Default true.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic. Default 1.
+    pub default_partitions: u32,
+    /// Largest request accepted; checked before the body is read. Default 100 MiB (Kafka's
+    /// `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_request_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[observe]`: logs and metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserveSettings {
+    /// Log filter in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
+    pub log_level: String,
+    /// `"text"` (default) or `"json"` log lines.
+    pub log_format: String,
+    /// Install the Prometheus recorder and serve `/metrics`. Default true.
+    pub metrics: bool,
+}
+
+impl Default for ObserveSettings {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            log_format: "text".into(),
+            metrics: true,
+        }
+    }
+}
+
+/// Environment variables that belong to the CLI, not to the server configuration.
+const CLI_ONLY_VARIABLES: &[&str] = &["FERRY_ADMIN_URL", "FERRY_CONFIG"];
+
+impl Config {
+    /// Builds the configuration from a TOML file (optional), environment variables and flag
+    /// overrides, in that order of increasing precedence. `overrides` are `(dotted.key, value)`
+    /// pairs, values already typed.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Vec<(String, toml::Value)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree =
+            toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid {
+                key: "<defaults>".into(),
+                message: e.to_string(),
+            })?;
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let file_tree: toml::Table =
+                toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            merge_table(&mut tree, file_tree, &path.display().to_string(), "")?;
+        }
+
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FERRY_") && !CLI_ONLY_VARIABLES.contains(&k.as_str()))
+            .collect();
+        vars.sort();
+        for (name, raw) in vars {
+            let dotted = env_var_to_key(&name);
+            set_path(&mut tree, &dotted, parse_env_value(&raw), &name)?;
+        }
+
+        for (key, value) in overrides {
+            set_path(&mut tree, &key, value, "command line")?;
+        }
+
+        // serde_path_to_error keeps the path of a bad value, so the message can name the key.
+        let config: Config =
+            serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Invalid {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses resolve, numbers are in range, policies parse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("kafka_listen", &self.kafka_listen),
+            ("amqp_listen", &self.amqp_listen),
+            ("native_listen", &self.native_listen),
+            ("http_listen", &self.http_listen),
+        ] {
+            resolve_listen(key, value)?;
+        }
+        if let Some(adv) = &self.kafka_advertised {
+            parse_host_port("kafka_advertised", adv)?;
+        }
+        self.log.to_log_config()?;
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.log.segment_bytes < 1024 {
+            return Err(invalid("log.segment_bytes", "must be at least 1024"));
+        }
+        if self.log.segment_ms < 1 {
+            return Err(invalid("log.segment_ms", "must be at least 1"));
+        }
+        if self.log.retention_ms < -1 {
+            return Err(invalid("log.retention_ms", "must be -1 (forever) or >= 0"));
+        }
+        if self.log.retention_bytes < -1 {
+            return Err(invalid(
+                "log.retention_bytes",
+                "must be -1 (no limit) or >= 0",
+            ));
+        }
+        if self.log.max_message_bytes < 64 {
+            return Err(invalid("log.max_message_bytes", "must be at least 64"));
+        }
+        if self.log.index_interval_bytes == 0 {
+            return Err(invalid("log.index_interval_bytes", "must be at least 1"));
+        }
+        if self.kafka.default_partitions == 0 {
+            return Err(invalid("kafka.default_partitions", "must be at least 1"));
+        }
+        if self.kafka.max_request_bytes < 1024 {
+            return Err(invalid("kafka.max_request_bytes", "must be at least 1024"));
+        }
+        if !matches!(self.observe.log_format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "observe.log_format",
+                "must be \"text\" or \"json\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Resolves a listen address; port 0 asks the OS for a free port.
+pub fn resolve_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    parse_host_port(key, value)?;
+    value
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Invalid {
+            key: key.into(),
+            message: format!("cannot resolve `{value}`: {e}"),
+        })?
+        .next()
+        .ok_or_else(|| ConfigError::Invalid {
+            key: key.into(),
+            message: format!("`{value}` resolves to no address"),
+        })
+}
+
+fn parse_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(format!("`{value}` is not HOST:PORT")))?;
+    if host.is_empty() {
+        return Err(invalid(format!(
+            "`{value}` has no host (use 0.0.0.0:PORT for all interfaces)"
+        )));
+    }
+    port.parse::<u16>().map_err(|_| {
+        invalid(format!(
+            "`{port}` in `{value}` is not a port number (0-65535)"
+        ))
+    })?;
+    Ok(())
+}
+
+/// `FERRY_KAFKA_LISTEN` -> `kafka_listen`; `FERRY_LOG__FSYNC` -> `log.fsync` (a double
+/// underscore separates a section from its key, since keys contain single underscores).
+fn env_var_to_key(name: &str) -> String {
+    name.trim_start_matches("FERRY_")
+        .to_ascii_lowercase()
+        .replace("__", ".")
+}
+
+/// An environment value is typed as TOML when it parses as a TOML value (`true`, `42`), and is a
+/// plain string otherwise (`0.0.0.0:9092`, `interval:100`).
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Applies every value of a parsed file onto the tree, by dotted path, so file keys go through
+/// the same "must exist" check as environment variables and flags.
+fn merge_table(
+    base: &mut toml::Value,
+    incoming: toml::Table,
+    origin: &str,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (k, v) in incoming {
+        let key = if prefix.is_empty() {
+            k
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(inner) => merge_table(base, inner, origin, &key)?,
+            other => set_path(base, &key, other, origin)?,
+        }
+    }
+    Ok(())
+}
+
+/// Sets `dotted.key` in the tree. The key must exist in the defaults, except optional settings
+/// (absent from the serialized defaults because they are `None`), which are accepted by name.
+fn set_path(
+    tree: &mut toml::Value,
+    dotted: &str,
+    value: toml::Value,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    const OPTIONAL_KEYS: &[&str] = &["kafka_advertised"];
+    let unknown = || ConfigError::Unknown {
+        key: dotted.into(),
+        origin: origin.into(),
+    };
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let last = parts.pop().ok_or_else(unknown)?;
+    let mut node = tree;
+    for part in parts {
+        node = node
+            .as_table_mut()
+            .and_then(|t| t.get_mut(part))
+            .filter(|n| n.is_table())
+            .ok_or_else(unknown)?;
+    }
+    let table = node.as_table_mut().ok_or_else(unknown)?;
+    if !table.contains_key(last) && !OPTIONAL_KEYS.contains(&dotted) {
+        return Err(unknown());
+    }
+    if let Some(existing) = table.get(last) {
+        if existing.is_table() {
+            return Err(ConfigError::Invalid {
+                key: dotted.into(),
+                message: format!("is a section, not a value (from {origin})"),
+            });
+        }
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Flag overrides in the shape [`Config::load`] takes, built by the CLI.
+#[derive(Default)]
+pub struct Overrides(pub Vec<(String, toml::Value)>);
+
+impl Overrides {
+    pub fn set_str(&mut self, key: &str, value: Option<impl Into<String>>) {
+        if let Some(v) = value {
+            self.0.push((key.into(), toml::Value::String(v.into())));
+        }
+    }
+}
+
+/// A flattened view used by tests and `ferry serve --print-config`.
+pub fn to_toml_string(config: &Config) -> String {
+    toml::to_string_pretty(config).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = Config::load(None, env(&[]), vec![]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.kafka_listen, "0.0.0.0:9092");
+        assert_eq!(c.log.fsync, "always");
+    }
+
+    #[test]
+    fn precedence_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "kafka_listen = \"127.0.0.1:1000\"\namqp_listen = \"127.0.0.1:1001\"\n[log]\nfsync = \"never\"\nsegment_bytes = 4096\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("FERRY_AMQP_LISTEN", "127.0.0.1:2001"),
+                ("FERRY_LOG__SEGMENT_BYTES", "8192"),
+                ("FERRY_ADMIN_URL", "http://x"),
+                ("HOME", "/root"),
+            ]),
+            vec![(
+                "amqp_listen".into(),
+                toml::Value::String("127.0.0.1:3001".into()),
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.kafka_listen, "127.0.0.1:1000");
+        assert_eq!(c.amqp_listen, "127.0.0.1:3001");
+        assert_eq!(c.log.fsync, "never");
+        assert_eq!(c.log.segment_bytes, 8192);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::load(None, env(&[("FERRY_LOG__FSYNC", "sometimes")]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.fsync"), "{err}");
+
+        let err = Config::load(None, env(&[("FERRY_KAFKA_LISTEN", "nohostport")]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka_listen"), "{err}");
+
+        let err = Config::load(None, env(&[("FERRY_BOGUS", "1")]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bogus") && err.contains("FERRY_BOGUS"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "[log]\nsegment_bytes = \"big\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("segment_bytes"), "{err}");
+
+        std::fs::write(&path, "[kafka]\ndefault_partitions = 0\n").unwrap();
+        let err = Config::load(Some(&path), env(&[]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.default_partitions"), "{err}");
+
+        std::fs::write(&path, "this is not toml").unwrap();
+        let err = Config::load(Some(&path), env(&[]), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn optional_advertised_address() {
+        let c = Config::load(
+            None,
+            env(&[("FERRY_KAFKA_ADVERTISED", "broker.example:9092")]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.kafka_advertised.as_deref(), Some("broker.example:9092"));
+    }
+
+    #[test]
+    fn shipped_config_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ferry.toml");
+        let c = Config::load(Some(&path), env(&[]), vec![]).unwrap();
+        assert_eq!(
+            c,
+            Config::default(),
+            "config/ferry.toml must document the defaults"
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! One segment: a `.log` file of concatenated record batches, its offset index and time index,
+//! and the bookkeeping the partition needs (base and next offset, size, max timestamp, age).
+//!
+//! Writes and reads are positional (`pwrite`/`pread` through `FileExt`), so any number of readers
+//! can read through a shared reference while the single writer appends: readers never need the
+//! write lock, and the file handle is an `Arc<File>` that the group-commit writer can fdatasync
+//! after releasing the partition lock.
+//!
+//! Preallocation: an fdatasync after overwriting already-written bytes only flushes data, while
+//! one after growing the file must also commit the new size through the filesystem journal
+//! (measured here ~120 µs vs ~210 µs). With `preallocate` on, the segment therefore keeps a
+//! zero-filled region ahead of the write position, extended in [`PREALLOCATE_CHUNK`] steps, and
+//! trims the file back to its logical size when it is rolled or closed. A crash leaves that zero
+//! tail in place, which recovery recognises (length 0, magic 0) and truncates.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::batch::{BatchHeader, HEADER_LEN};
+use super::config::LogConfig;
+use super::index::{OffsetIndex, INDEX_FLUSH_ENTRIES};
+use super::time_index::TimeIndex;
+use super::{LogError, Result};
+
+/// How much zeroed space a preallocating segment adds at a time. Small enough that the
+/// fdatasync which flushes a fresh chunk is a short hiccup (~2.5 ms at 400 MB/s).
+pub const PREALLOCATE_CHUNK: u64 = 1 << 20;
+
+/// Bytes read at a time when walking batch headers.
+const SCAN_CHUNK: usize = 16 * 1024;
+
+/// Log file name for a segment: the base offset as 20 zero-padded digits, as Kafka names it.
+pub fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// Path of the `.log` file of the segment at `base_offset` in `dir`.
+pub fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{}.log", file_stem(base_offset)))
+}
+
+/// Path of the `.index` file of the segment at `base_offset` in `dir`.
+pub fn index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{}.index", file_stem(base_offset)))
+}
+
+/// Path of the `.timeindex` file of the segment at `base_offset` in `dir`.
+pub fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{}.timeindex", file_stem(base_offset)))
+}
+
+/// Metadata of a segment that recovery has established (after any truncation).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegmentState {
+    pub size: u64,
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    pub offset_of_max_timestamp: i64,
+    pub created_at_ms: Option<i64>,
+    pub bytes_since_index: usize,
+}
+
+/// One segment of a partition log.
+#[derive(Debug)]
+pub struct Segment {
+    base_offset: i64,
+    log_path: PathBuf,
+    file: Arc<File>,
+    /// Logical size: bytes of batches.
+    size: u64,
+    /// Physical length when preallocating (>= size; the rest is zeros).
+    allocated: u64,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    next_offset: i64,
+    max_timestamp: i64,
+    offset_of_max_timestamp: i64,
+    created_at_ms: Option<i64>,
+    bytes_since_index: usize,
+}
+
+impl Segment {
+    /// Creates a new, empty segment's three files in `dir` (replacing any files of that name).
+    pub fn create(dir: &Path, base_offset: i64) -> Result<Segment> {
+        let log_path = log_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(|e| LogError::io(format!("create {}", log_path.display()), e))?;
+        let index = OffsetIndex::create(&index_path(dir, base_offset), base_offset)?;
+        let time_index = TimeIndex::create(&time_index_path(dir, base_offset), base_offset)?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            size: 0,
+            allocated: 0,
+            index,
+            time_index,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offset_of_max_timestamp: base_offset,
+            created_at_ms: None,
+            bytes_since_index: 0,
+        })
+    }
+
+    /// Assembles a segment from files recovery has checked (the log already truncated to
+    /// `state.size`).
+    pub(crate) fn from_parts(
+        base_offset: i64,
+        log_path: PathBuf,
+        file: File,
+        index: OffsetIndex,
+        time_index: TimeIndex,
+        state: SegmentState,
+    ) -> Segment {
+        Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            size: state.size,
+            allocated: state.size,
+            index,
+            time_index,
+            next_offset: state.next_offset,
+            max_timestamp: state.max_timestamp,
+            offset_of_max_timestamp: state.offset_of_max_timestamp,
+            created_at_ms: state.created_at_ms,
+            bytes_since_index: state.bytes_since_index,
+        }
+    }
+
+    /// First offset this segment may hold (its file name).
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+
+    /// Offset the next appended batch would get.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Bytes of batches in the segment.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// No batches yet.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Largest batch max timestamp in the segment, or -1 if none has a timestamp.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+
+    /// Clock time of the first append (or, for a segment found on disk, its first batch's
+    /// timestamp); `None` while empty. Drives `segment.ms` rolling.
+    pub fn created_at_ms(&self) -> Option<i64> {
+        self.created_at_ms
+    }
+
+    /// Path of the `.log` file.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The offset index.
+    pub fn index(&self) -> &OffsetIndex {
+        &self.index
+    }
+
+    /// The time index.
+    pub fn time_index(&self) -> &TimeIndex {
+        &self.time_index
+    }
+
+    /// The log file handle, for fdatasync without holding the partition lock.
+    pub fn sync_handle(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// The timestamp retention compares against: the max timestamp, or when no batch carries
+    /// one, the file's modification time (Kafka does the same).
+    pub fn retention_timestamp(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            return self.max_timestamp;
+        }
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            // If even that is unknown, keep the segment rather than guess it is old.
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Appends already validated, offset-assigned batches. `batches` are the headers and ranges
+    /// of the batches inside `buf`, in order. On error the in-memory state is unchanged, but the
+    /// file may hold part of the write: the caller must fail-stop.
+    pub(crate) fn append(
+        &mut self,
+        buf: &[u8],
+        batches: &[(BatchHeader, std::ops::Range<usize>)],
+        now_ms: i64,
+        config: &LogConfig,
+    ) -> Result<()> {
+        let Some((last, _)) = batches.last() else {
+            return Ok(());
+        };
+        let start = self.size;
+        let end = start + buf.len() as u64;
+        if config.preallocate && end > self.allocated {
+            self.preallocate_to(end, config.segment_bytes)?;
+        }
+        self.file
+            .write_all_at(buf, start)
+            .map_err(|e| LogError::io(format!("write {}", self.log_path.display()), e))?;
+
+        for (h, range) in batches {
+            if h.max_timestamp > self.max_timestamp {
+                self.max_timestamp = h.max_timestamp;
+                self.offset_of_max_timestamp = h.last_offset();
+            }
+            if self.bytes_since_index > config.index_interval_bytes {
+                if let Ok(pos) = u32::try_from(start + range.start as u64) {
+                    self.index.append(h.last_offset(), pos);
+                    self.time_index
+                        .maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
+                }
+                self.bytes_since_index = 0;
+            }
+            self.bytes_since_index += range.len();
+        }
+        if self.size == 0 {
+            self.created_at_ms = Some(now_ms);
+        }
+        self.size = end;
+        self.next_offset = last.next_offset();
+        if self.index.unflushed() >= INDEX_FLUSH_ENTRIES {
+            self.index.flush()?;
+        }
+        if self.time_index.unflushed() >= INDEX_FLUSH_ENTRIES {
+            self.time_index.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes zeros from the allocated end up past `end`, in whole chunks, capped at the segment
+    /// size limit (space past it would only be trimmed at roll).
+    fn preallocate_to(&mut self, end: u64, segment_bytes: u64) -> Result<()> {
+        let target = (end + PREALLOCATE_CHUNK / 2).next_multiple_of(PREALLOCATE_CHUNK);
+        let target = target.min(segment_bytes.max(end));
+        let from = self.allocated.max(self.size);
+        if target <= from {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (target - from) as usize];
+        self.file
+            .write_all_at(&zeros, from)
+            .map_err(|e| LogError::io(format!("preallocate {}", self.log_path.display()), e))?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// fdatasync of the log file.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| LogError::io(format!("fsync {}", self.log_path.display()), e))
+    }
+
+    /// Makes the segment ready to stop being written (roll or close): records the final time
+    /// index entry, trims preallocated zeros, and fsyncs the log and both indexes.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if self.max_timestamp >= 0 {
+            self.time_index
+                .maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
+        }
+        if self.allocated > self.size {
+            self.file
+                .set_len(self.size)
+                .map_err(|e| LogError::io(format!("trim {}", self.log_path.display()), e))?;
+            self.allocated = self.size;
+        }
+        self.sync()?;
+        self.index.sync()?;
+        self.time_index.sync()?;
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `pos`, clamped to the logical size.
+    pub fn read(&self, pos: u64, len: usize) -> Result<Bytes> {
+        let len = (len as u64).min(self.size.saturating_sub(pos)) as usize;
+        let mut buf = vec![0u8; len];
+        self.read_exact(&mut buf, pos)?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn read_exact(&self, buf: &mut [u8], pos: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, pos)
+            .map_err(|e| LogError::io(format!("read {}", self.log_path.display()), e))
+    }
+
+    /// Walks batch headers from `pos` (which must be a batch boundary) to the end of the
+    /// segment, calling `f(position, header)` until it returns `true`. Returns the position and
+    /// header `f` stopped at. Headers are read in chunks, not one syscall per batch.
+    pub(crate) fn walk_headers(
+        &self,
+        mut pos: u64,
+        mut f: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<Option<(u64, BatchHeader)>> {
+        let mut buf = vec![0u8; SCAN_CHUNK];
+        while pos < self.size {
+            let n = (SCAN_CHUNK as u64).min(self.size - pos) as usize;
+            self.read_exact(&mut buf[..n], pos)?;
+            let mut p = 0usize;
+            while p + HEADER_LEN <= n {
+                let h = BatchHeader::parse(&buf[p..n]).map_err(|e| {
+                    LogError::InvalidBatch(format!(
+                        "{} at position {}: {e}",
+                        self.log_path.display(),
+                        pos + p as u64
+                    ))
+                })?;
+                if f(pos + p as u64, &h) {
+                    return Ok(Some((pos + p as u64, h)));
+                }
+                p += h.total_size();
+            }
+            if p == 0 {
+                return Err(LogError::InvalidBatch(format!(
+                    "{}: partial batch header at position {pos}",
+                    self.log_path.display()
+                )));
+            }
+            pos += p as u64;
+        }
+        Ok(None)
+    }
+
+    /// Position and header of the first batch whose last offset is `>= offset`, if any.
+    pub fn find_batch(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>> {
+        let start = self.index.lookup(offset);
+        self.walk_headers(start, |_, h| h.last_offset() >= offset)
+    }
+
+    /// Position and header of the first batch whose max timestamp is `>= timestamp`, using the
+    /// time index to skip ahead.
+    pub fn find_timestamp(&self, timestamp: i64) -> Result<Option<(u64, BatchHeader)>> {
+        let start = match self.time_index.lookup(timestamp) {
+            Some(entry) => self.index.lookup(entry.offset),
+            None => 0,
+        };
+        self.walk_headers(start, |_, h| h.max_timestamp >= timestamp)
+    }
+
+    /// Renames the files to `.deleted` (so a crash cannot resurrect the segment) and unlinks
+    /// them. A failed rename is an error; a failed unlink is only logged, since recovery removes
+    /// `.deleted` files.
+    pub(crate) fn delete_files(&self) -> Result<()> {
+        let paths = [
+            self.log_path.clone(),
+            self.index.path().to_path_buf(),
+            self.time_index.path().to_path_buf(),
+        ];
+        for path in &paths {
+            let mut deleted = path.clone().into_os_string();
+            deleted.push(".deleted");
+            let deleted = PathBuf::from(deleted);
+            match std::fs::rename(path, &deleted) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(LogError::io(format!("rename {}", path.display()), e)),
+            }
+            if let Err(e) = std::fs::remove_file(&deleted) {
+                tracing::warn!(path = %deleted.display(), error = %e, "cannot unlink deleted segment file");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::batch::{encode_batch, set_base_offset, BatchIter, SimpleRecord};
+
+    fn batch_at(offset: i64, n: usize, ts: i64) -> Vec<u8> {
+        let recs: Vec<_> = (0..n)
+            .map(|i| SimpleRecord {
+                value: Some(Bytes::from(vec![b'x'; 100])),
+                timestamp: ts + i as i64,
+                ..Default::default()
+            })
+            .collect();
+        let mut b = encode_batch(&recs);
+        set_base_offset(&mut b, offset);
+        b.to_vec()
+    }
+
+    fn append(seg: &mut Segment, buf: &[u8], cfg: &LogConfig) {
+        let batches: Vec<_> = BatchIter::new(buf).collect();
+        seg.append(buf, &batches, 0, cfg).unwrap();
+    }
+
+    #[test]
+    fn append_index_and_find() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            index_interval_bytes: 300,
+            preallocate: true,
+            ..LogConfig::default()
+        };
+        let mut seg = Segment::create(dir.path(), 0).unwrap();
+        let mut offset = 0;
+        for i in 0..50 {
+            let b = batch_at(offset, 2, 1_000 + i * 10);
+            append(&mut seg, &b, &cfg);
+            offset += 2;
+        }
+        assert_eq!(seg.next_offset(), 100);
+        assert!(seg.index().len() > 10);
+        let file_len = std::fs::metadata(seg.log_path()).unwrap().len();
+        assert_eq!(file_len, PREALLOCATE_CHUNK);
+        let (pos, h) = seg.find_batch(37).unwrap().unwrap();
+        assert_eq!(h.base_offset, 36);
+        let bytes = seg.read(pos, h.total_size()).unwrap();
+        assert_eq!(BatchIter::new(&bytes).count(), 1);
+        assert!(seg.find_batch(100).unwrap().is_none());
+        let (_, h) = seg.find_timestamp(1_251).unwrap().unwrap();
+        assert_eq!(h.base_offset, 50);
+        seg.finish().unwrap();
+        assert_eq!(std::fs::metadata(seg.log_path()).unwrap().len(), seg.size());
+        assert_eq!(seg.time_index().last().unwrap().timestamp, 1_491);
+    }
+}

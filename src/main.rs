@@ -1,0 +1,69 @@
+//! The `ferry` binary: parse the command line, build the configuration, run.
+//!
+//! Everything of substance lives in the library; this file only wires the process to it:
+//! environment variables, signals, exit codes and human-facing error messages.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use ferry::cli::{Cli, Command, ServeArgs};
+use ferry::config::{self, Config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), std::env::vars(), args.overrides().0)
+        .context("invalid configuration")?;
+    if args.print_config {
+        print!("{}", config::to_toml_string(&config));
+        return Ok(());
+    }
+    ferry::observe::tracing::init(
+        &config.observe.log_level,
+        &config.observe.log_format,
+        std::env::var("RUST_LOG").ok(),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let broker = ferry::Broker::builder()
+            .config(config)
+            .start_with(|http| {
+                tracing::info!(%http, "HTTP listening (/healthz, /readyz, /metrics)");
+            })
+            .await
+            .context("ferry could not start")?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        broker.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! ListOffsets: earliest (-2), latest (-1), and first offset at or after a timestamp, which the
+//! time index answers.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+
+use super::{decode, respond, Outcome};
+use crate::protocol::kafka::codec::RawRequest;
+use crate::protocol::kafka::convert::log_error_code;
+use crate::protocol::kafka::KafkaContext;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub fn handle(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: ListOffsetsRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let resolved = ctx.core.topic(topic.name.as_str());
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut resp = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index);
+                    if v >= 4 {
+                        resp = resp.with_leader_epoch(0);
+                    }
+                    let Some(handle) = resolved
+                        .as_ref()
+                        .and_then(|t| t.partition(p.partition_index))
+                    else {
+                        return resp
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1);
+                    };
+                    match p.timestamp {
+                        LATEST => resp.with_offset(handle.high_watermark()).with_timestamp(-1),
+                        EARLIEST => resp
+                            .with_offset(handle.log_start_offset())
+                            .with_timestamp(-1),
+                        ts if ts < 0 => resp
+                            .with_error_code(ResponseError::UnsupportedVersion.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1),
+                        ts => match handle.offset_for_timestamp(ts) {
+                            // Only offsets below the high watermark are visible to consumers.
+                            Ok(Some((offset, found_ts))) if offset < handle.high_watermark() => {
+                                resp.with_offset(offset).with_timestamp(found_ts)
+                            }
+                            Ok(_) => resp.with_offset(-1).with_timestamp(-1),
+                            Err(e) => resp
+                                .with_error_code(log_error_code(&e))
+                                .with_offset(-1)
+                                .with_timestamp(-1),
+                        },
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    let body = ListOffsetsResponse::default().with_topics(topics);
+    respond(ApiKey::ListOffsets, v, req.correlation_id, &body)
+}

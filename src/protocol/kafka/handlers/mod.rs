@@ -1,0 +1,112 @@
+//! Kafka API handlers, one file per API family, each translating a decoded request into core
+//! calls and building the response.
+//!
+//! [`dispatch`] runs in the connection's reader, in request order: it checks the version,
+//! decodes the body and does whatever must happen in order (enqueueing appends), then returns
+//! the rest of the work as a future the connection runs concurrently.
+
+mod admin;
+mod api_versions;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::codec::{self, RawRequest};
+use super::connection::ConnInfo;
+use super::{versions, KafkaContext};
+
+/// What the connection does once a request's work is done.
+pub enum Outcome {
+    Respond(Bytes),
+    /// Produce with acks=0.
+    NoResponse,
+    /// The request cannot be answered (undecodable body, unsupported version); Kafka closes.
+    Close(String),
+}
+
+pub type Work = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+fn ready(outcome: Outcome) -> Work {
+    Box::pin(std::future::ready(outcome))
+}
+
+/// Encodes a response body for `req`, or closes if encoding fails (a bug: a field set that the
+/// version lacks).
+pub(crate) fn respond<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Outcome {
+    match codec::encode_response(api_key, version, correlation_id, body) {
+        Ok(bytes) => Outcome::Respond(bytes),
+        Err(e) => {
+            tracing::error!(?api_key, version, error = %e, "cannot encode Kafka response");
+            Outcome::Close(format!(
+                "cannot encode {api_key:?} v{version} response: {e}"
+            ))
+        }
+    }
+}
+
+/// Decodes a request body, mapping failure to a connection close.
+pub(crate) fn decode<T: Decodable>(req: &RawRequest) -> Result<T, Outcome> {
+    let mut body = req.body.clone();
+    T::decode(&mut body, req.api_version).map_err(|e| {
+        tracing::warn!(api = ?req.api_key, version = req.api_version, error = %e, "undecodable Kafka request body");
+        Outcome::Close(format!("malformed {:?} v{} body: {e}", req.api_key, req.api_version))
+    })
+}
+
+/// Routes one request. Must be awaited in request order.
+pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -> Work {
+    let started = std::time::Instant::now();
+    let api = req.api_key;
+    if !versions::is_supported(api, req.api_version) {
+        if api == ApiKey::ApiVersions {
+            return ready(api_versions::unsupported_version(&req));
+        }
+        tracing::debug!(
+            ?api,
+            version = req.api_version,
+            "unsupported Kafka API version; closing"
+        );
+        return ready(Outcome::Close(format!(
+            "{api:?} v{} is not supported",
+            req.api_version
+        )));
+    }
+    let work: Work = match api {
+        ApiKey::ApiVersions => ready(api_versions::handle(&req)),
+        ApiKey::Metadata => Box::pin(metadata::handle(ctx.clone(), conn.clone(), req)),
+        ApiKey::Produce => produce::submit(ctx, req).await,
+        ApiKey::Fetch => Box::pin(fetch::handle(ctx.clone(), req)),
+        ApiKey::ListOffsets => ready(list_offsets::handle(ctx, &req)),
+        ApiKey::CreateTopics => Box::pin(admin::create_topics(ctx.clone(), req)),
+        ApiKey::DeleteTopics => Box::pin(admin::delete_topics(ctx.clone(), req)),
+        ApiKey::CreatePartitions => Box::pin(admin::create_partitions(ctx.clone(), req)),
+        ApiKey::DescribeConfigs => ready(admin::describe_configs(ctx, &req)),
+        ApiKey::AlterConfigs => Box::pin(admin::alter_configs(ctx.clone(), req)),
+        ApiKey::IncrementalAlterConfigs => {
+            Box::pin(admin::incremental_alter_configs(ctx.clone(), req))
+        }
+        ApiKey::DescribeCluster => ready(admin::describe_cluster(ctx, conn, &req)),
+        other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
+    };
+    let api_name = format!("{api:?}");
+    Box::pin(async move {
+        let outcome = work.await;
+        metrics::histogram!("ferry_kafka_request_seconds", "api" => api_name)
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    })
+}

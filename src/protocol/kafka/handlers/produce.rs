@@ -1,0 +1,241 @@
+//! Produce: validate acks, enqueue every partition's batches on its writer in request order,
+//! then answer once each append is durable per the fsync policy.
+//!
+//! Batches are stored exactly as they arrive (compressed or not): the log validates framing and
+//! CRC-32C and patches offsets in place. Produce v0–2 can only carry the pre-0.11 message
+//! formats, which Ferry does not store; those requests get UNSUPPORTED_VERSION per partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::ResponseError;
+
+use super::{decode, ready, respond, Outcome, Work};
+use crate::broker::BrokerError;
+use crate::log::{LogError, PartitionHandle, PendingAppend};
+use crate::protocol::kafka::codec::{self, RawRequest};
+use crate::protocol::kafka::convert::{broker_error_code, log_error_code, NONE};
+use crate::protocol::kafka::KafkaContext;
+
+enum PartitionResult {
+    Pending(PendingAppend, PartitionHandle),
+    Failed(i16, Option<String>),
+}
+
+pub async fn submit(ctx: &Arc<KafkaContext>, req: RawRequest) -> Work {
+    if req.api_version < 3 {
+        return ready(legacy(&req));
+    }
+    let request: ProduceRequest = match decode(&req) {
+        Ok(r) => r,
+        Err(close) => return ready(close),
+    };
+    let acks = request.acks;
+    if !(-1..=1).contains(&acks) {
+        let code = ResponseError::InvalidRequiredAcks.code();
+        return ready(respond_all(&req, &request, code));
+    }
+    if request.transactional_id.is_some() {
+        // Transactions are not advertised; a client sending one anyway gets a clear refusal.
+        let code = ResponseError::TransactionalIdAuthorizationFailed.code();
+        return ready(respond_all(&req, &request, code));
+    }
+
+    let mut submitted = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.as_str().to_string();
+        let resolved = resolve_topic(ctx, &name).await;
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for part in topic.partition_data {
+            let result = match (&resolved, part.records) {
+                (Err(e), _) => PartitionResult::Failed(broker_error_code(e), None),
+                (Ok(_), None) => PartitionResult::Failed(
+                    ResponseError::InvalidRecord.code(),
+                    Some("records are null".into()),
+                ),
+                (Ok(t), Some(records)) => match t.partition(part.index) {
+                    None => {
+                        PartitionResult::Failed(ResponseError::UnknownTopicOrPartition.code(), None)
+                    }
+                    Some(handle) => {
+                        match handle.submit_append(BytesMut::from(&records[..])).await {
+                            Ok(pending) => PartitionResult::Pending(pending, handle.clone()),
+                            Err(e) => {
+                                PartitionResult::Failed(log_error_code(&e), Some(e.to_string()))
+                            }
+                        }
+                    }
+                },
+            };
+            partitions.push((part.index, result));
+        }
+        submitted.push((name, partitions));
+    }
+
+    let version = req.api_version;
+    let correlation_id = req.correlation_id;
+    Box::pin(async move {
+        let mut responses = Vec::with_capacity(submitted.len());
+        let mut any_error = false;
+        for (name, partitions) in submitted {
+            let mut partition_responses = Vec::with_capacity(partitions.len());
+            for (index, result) in partitions {
+                let mut resp = PartitionProduceResponse::default().with_index(index);
+                match result {
+                    PartitionResult::Pending(pending, handle) => match pending.wait().await {
+                        Ok(info) => {
+                            resp = resp
+                                .with_error_code(NONE)
+                                .with_base_offset(info.base_offset)
+                                .with_log_append_time_ms(info.log_append_time_ms);
+                            if version >= 5 {
+                                resp = resp.with_log_start_offset(handle.log_start_offset());
+                            }
+                        }
+                        Err(e) => {
+                            any_error = true;
+                            resp =
+                                with_error(resp, log_error_code(&e), Some(error_text(&e)), version);
+                        }
+                    },
+                    PartitionResult::Failed(code, message) => {
+                        any_error = true;
+                        resp = with_error(resp, code, message, version);
+                    }
+                }
+                partition_responses.push(resp);
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_string(name)))
+                    .with_partition_responses(partition_responses),
+            );
+        }
+        if acks == 0 {
+            // acks=0 producers never read a response; Kafka closes the connection on failure
+            // so the client notices something went wrong.
+            return if any_error {
+                Outcome::Close("acks=0 produce failed".into())
+            } else {
+                Outcome::NoResponse
+            };
+        }
+        let body = ProduceResponse::default().with_responses(responses);
+        respond(ApiKey::Produce, version, correlation_id, &body)
+    })
+}
+
+fn error_text(e: &LogError) -> String {
+    e.to_string()
+}
+
+fn with_error(
+    resp: PartitionProduceResponse,
+    code: i16,
+    message: Option<String>,
+    version: i16,
+) -> PartitionProduceResponse {
+    let resp = resp.with_error_code(code).with_base_offset(-1);
+    if version >= 8 {
+        resp.with_error_message(message.map(StrBytes::from_string))
+    } else {
+        resp
+    }
+}
+
+async fn resolve_topic(
+    ctx: &Arc<KafkaContext>,
+    name: &str,
+) -> Result<Arc<crate::broker::Topic>, BrokerError> {
+    if let Some(t) = ctx.core.topic(name) {
+        return Ok(t);
+    }
+    if !ctx.settings.kafka.auto_create_topics {
+        return Err(BrokerError::UnknownTopic(name.to_string()));
+    }
+    match ctx
+        .core
+        .create_topic(name, ctx.settings.kafka.default_partitions, BTreeMap::new())
+        .await
+    {
+        Ok(t) => Ok(t),
+        Err(BrokerError::TopicExists(_)) => ctx
+            .core
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Answers every partition of a request with one error code.
+fn respond_all(req: &RawRequest, request: &ProduceRequest, code: i16) -> Outcome {
+    if request.acks == 0 {
+        return Outcome::Close("acks=0 produce refused".into());
+    }
+    let responses = request
+        .topic_data
+        .iter()
+        .map(|t| {
+            TopicProduceResponse::default()
+                .with_name(t.name.clone())
+                .with_partition_responses(
+                    t.partition_data
+                        .iter()
+                        .map(|p| {
+                            with_error(
+                                PartitionProduceResponse::default().with_index(p.index),
+                                code,
+                                None,
+                                req.api_version,
+                            )
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let body = ProduceResponse::default().with_responses(responses);
+    respond(ApiKey::Produce, req.api_version, req.correlation_id, &body)
+}
+
+/// Produce v0–2: the body is v3's without the leading transactional id, so it is decoded as
+/// v3 behind a null id; the response is written by hand since the codec starts at v3.
+fn legacy(req: &RawRequest) -> Outcome {
+    let mut body = BytesMut::with_capacity(req.body.len() + 2);
+    body.put_i16(-1);
+    body.put_slice(&req.body);
+    let mut body: Bytes = body.freeze();
+    let request = match ProduceRequest::decode(&mut body, 3) {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Close(format!("malformed Produce v{} body: {e}", req.api_version))
+        }
+    };
+    if request.acks == 0 {
+        return Outcome::Close("message format v0/v1 is not supported".into());
+    }
+    let code = ResponseError::UnsupportedVersion.code();
+    let mut out = BytesMut::new();
+    out.put_i32(request.topic_data.len() as i32);
+    for topic in &request.topic_data {
+        let name = topic.name.as_bytes();
+        out.put_i16(name.len() as i16);
+        out.put_slice(name);
+        out.put_i32(topic.partition_data.len() as i32);
+        for p in &topic.partition_data {
+            out.put_i32(p.index);
+            out.put_i16(code);
+            out.put_i64(-1);
+            if req.api_version >= 2 {
+                out.put_i64(-1);
+            }
+        }
+    }
+    if req.api_version >= 1 {
+        out.put_i32(0);
+    }
+    Outcome::Respond(codec::encode_raw_response_v0(req.correlation_id, &out))
+}

@@ -1,0 +1,93 @@
+//! The Kafka wire protocol adapter: existing Kafka clients (librdkafka, the Java client,
+//! kafka-python, …) talk to the core through it unchanged.
+//!
+//! Layout: [`codec`] frames requests and responses without I/O; [`connection`] owns a socket,
+//! reads frames and writes responses in request order while letting requests run concurrently;
+//! [`handlers`] hold one file per API family and translate decoded requests into core calls;
+//! [`convert`] maps core errors to Kafka error codes; [`versions`] is the advertised table.
+//! Message bodies are decoded and encoded by the `kafka-protocol` crate.
+
+pub mod codec;
+pub mod connection;
+pub mod convert;
+pub mod handlers;
+pub mod versions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::BrokerCore;
+use crate::config::KafkaSettings;
+
+/// Ferry is a single node; it answers as broker 1 and is its own controller and coordinator.
+pub const NODE_ID: i32 = 1;
+
+/// What the Kafka listener needs besides the core.
+#[derive(Clone, Debug)]
+pub struct KafkaServerSettings {
+    /// `--kafka-advertised`, if set.
+    pub advertised: Option<String>,
+    /// The address the listener actually bound.
+    pub listen_addr: SocketAddr,
+    pub kafka: KafkaSettings,
+}
+
+/// Shared by every Kafka connection.
+pub struct KafkaContext {
+    pub core: BrokerCore,
+    pub settings: KafkaServerSettings,
+    pub cluster_id: String,
+}
+
+impl KafkaContext {
+    /// The `(host, port)` a client on a connection with local address `local` is told to use.
+    pub fn advertised_endpoint(&self, local: Option<SocketAddr>) -> (String, i32) {
+        if let Some(adv) = &self.settings.advertised {
+            if let Some((host, port)) = adv.rsplit_once(':') {
+                if let Ok(port) = port.parse::<u16>() {
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    return (host.to_string(), i32::from(port));
+                }
+            }
+        }
+        let listen = self.settings.listen_addr;
+        let addr = if listen.ip().is_unspecified() {
+            // A wildcard listener has no single address; the one this client reached us on is
+            // the one it can certainly reach again.
+            local.unwrap_or(listen)
+        } else {
+            listen
+        };
+        (addr.ip().to_string(), i32::from(addr.port()))
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    core: BrokerCore,
+    settings: KafkaServerSettings,
+    shutdown: watch::Receiver<bool>,
+) {
+    let cluster_id = match core.meta().cluster_id() {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read or create the cluster id; Kafka listener stopped");
+            return;
+        }
+    };
+    let ctx = Arc::new(KafkaContext {
+        core,
+        settings,
+        cluster_id,
+    });
+    super::accept_loop(
+        "kafka",
+        listener,
+        shutdown,
+        move |stream, peer, shutdown| connection::run(stream, peer, ctx.clone(), shutdown),
+    )
+    .await
+}

@@ -1,0 +1,89 @@
+//! The API versions Ferry advertises, and so accepts.
+//!
+//! Ranges follow a real Kafka 3.x broker where we implement the whole range (kafka-python infers
+//! the broker version from these maxima; librdkafka and the Java client pick the highest common
+//! version), clipped to what the `kafka-protocol` crate can decode. Produce advertises minimum 0
+//! as Kafka 3.x does (old librdkafka misbehaves otherwise, KAFKA-18659) but v0–2 can only carry
+//! the old message formats, which are answered with UNSUPPORTED_VERSION. Transaction APIs are
+//! deliberately absent: a client that sees them advertised would use them.
+
+use kafka_protocol::messages::ApiKey;
+
+/// `(api, min, max)` for every API this broker serves.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The advertised range for `api`, if it is served at all.
+pub fn range(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// Whether `version` of `api` is served.
+pub fn is_supported(api: ApiKey, version: i16) -> bool {
+    range(api).is_some_and(|(min, max)| (min..=max).contains(&version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::Message;
+
+    /// Every advertised version (above the hand-handled Produce v0–2) must be decodable and
+    /// encodable by the crate, or a client choosing it would get a closed connection.
+    #[test]
+    fn advertised_ranges_are_within_the_codec() {
+        fn within<Req: Message, Resp: Message>(min: i16, max: i16) {
+            assert!(Req::VERSIONS.min <= min && max <= Req::VERSIONS.max);
+            assert!(Resp::VERSIONS.min <= min && max <= Resp::VERSIONS.max);
+        }
+        for (api, min, max) in SUPPORTED {
+            let (min, max) = (*min, *max);
+            match api {
+                ApiKey::Produce => within::<ProduceRequest, ProduceResponse>(3, max),
+                ApiKey::Fetch => within::<FetchRequest, FetchResponse>(min, max),
+                ApiKey::ListOffsets => within::<ListOffsetsRequest, ListOffsetsResponse>(min, max),
+                ApiKey::Metadata => within::<MetadataRequest, MetadataResponse>(min, max),
+                ApiKey::ApiVersions => within::<ApiVersionsRequest, ApiVersionsResponse>(min, max),
+                ApiKey::CreateTopics => {
+                    within::<CreateTopicsRequest, CreateTopicsResponse>(min, max)
+                }
+                ApiKey::DeleteTopics => {
+                    within::<DeleteTopicsRequest, DeleteTopicsResponse>(min, max)
+                }
+                ApiKey::CreatePartitions => {
+                    within::<CreatePartitionsRequest, CreatePartitionsResponse>(min, max)
+                }
+                ApiKey::DescribeConfigs => {
+                    within::<DescribeConfigsRequest, DescribeConfigsResponse>(min, max)
+                }
+                ApiKey::AlterConfigs => {
+                    within::<AlterConfigsRequest, AlterConfigsResponse>(min, max)
+                }
+                ApiKey::IncrementalAlterConfigs => within::<
+                    IncrementalAlterConfigsRequest,
+                    IncrementalAlterConfigsResponse,
+                >(min, max),
+                ApiKey::DescribeCluster => {
+                    within::<DescribeClusterRequest, DescribeClusterResponse>(min, max)
+                }
+                other => panic!("no codec check for {other:?}"),
+            }
+        }
+    }
+}

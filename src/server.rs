@@ -1,0 +1,428 @@
+//! The embeddable server: the core plus its listeners, as one value with a start and a stop.
+//!
+//! [`Broker::builder`] is the whole embedding API; `ferry serve` uses it too, so the binary and
+//! an application's tests run the same start-up path. Start-up order matters for operators:
+//! the HTTP listener comes first (so `/healthz` answers and `/readyz` says 503 while recovery
+//! runs), then the data directory is locked and recovered, then the protocol listeners bind, and
+//! only then is the broker ready. Shutdown runs the other way: stop accepting, let connections
+//! finish, drain and fsync every partition writer, flush metadata, release the lock.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::{BrokerCore, BrokerError, StartupReport};
+use crate::clock::Clock;
+use crate::config::{resolve_listen, Config, ConfigError};
+use crate::meta::{Meta, MetaError, SledStore};
+use crate::observe::http::{self, Health};
+use crate::protocol;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {what} {addr}: {source} (is another process using the port?)")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {message}")]
+    DataDir { path: PathBuf, message: String },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] BrokerError),
+}
+
+/// Where the broker keeps its files.
+enum Storage {
+    /// A directory that outlives the broker.
+    Dir(PathBuf),
+    /// A fresh temporary directory, deleted when the broker is dropped, with metadata in
+    /// memory: the fastest start, for tests.
+    Temp,
+}
+
+/// Configures and starts a [`Broker`].
+pub struct BrokerBuilder {
+    config: Config,
+    storage: Storage,
+    clock: Clock,
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        // Embedded brokers listen on loopback, on ports the OS picks, so tests never collide.
+        let config = Config {
+            kafka_listen: "127.0.0.1:0".into(),
+            amqp_listen: "127.0.0.1:0".into(),
+            native_listen: "127.0.0.1:0".into(),
+            http_listen: "127.0.0.1:0".into(),
+            ..Config::default()
+        };
+        Self {
+            config,
+            storage: Storage::Temp,
+            clock: Clock::system(),
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// Starts from a full configuration (its `data_dir` is used).
+    pub fn config(mut self, config: Config) -> Self {
+        self.storage = Storage::Dir(config.data_dir.clone());
+        self.config = config;
+        self
+    }
+
+    /// Keeps data in `dir` (logs and sled metadata), so a later broker can reopen it.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        self.config.data_dir = dir.clone();
+        self.storage = Storage::Dir(dir);
+        self
+    }
+
+    /// Keeps data in a temporary directory removed on drop, metadata in memory (the default).
+    pub fn temp_dir(mut self) -> Self {
+        self.storage = Storage::Temp;
+        self
+    }
+
+    pub fn kafka_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.kafka_listen = addr.into();
+        self
+    }
+
+    pub fn amqp_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.amqp_listen = addr.into();
+        self
+    }
+
+    pub fn http_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.http_listen = addr.into();
+        self
+    }
+
+    pub fn native_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.native_listen = addr.into();
+        self
+    }
+
+    /// The clock retention and TTLs read; tests pass [`Clock::manual`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Edits the configuration in place, for settings without a builder method.
+    pub fn configure(mut self, edit: impl FnOnce(&mut Config)) -> Self {
+        edit(&mut self.config);
+        self
+    }
+
+    /// Binds, recovers and starts serving. Returns once the broker is ready.
+    pub async fn start(self) -> Result<Broker, StartError> {
+        self.start_with(|_| {}).await
+    }
+
+    /// Like [`start`](Self::start), calling `on_http_bound` with the HTTP address as soon as it
+    /// accepts, before recovery (the CLI prints it so operators can watch `/readyz`).
+    pub async fn start_with(
+        self,
+        on_http_bound: impl FnOnce(SocketAddr),
+    ) -> Result<Broker, StartError> {
+        let config = self.config;
+        config.validate()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let health = Health::new();
+        let mut tasks = JoinSet::new();
+
+        let prometheus = if config.observe.metrics {
+            crate::observe::metrics::install()
+        } else {
+            None
+        };
+        let http_listener = bind("HTTP", &config.http_listen).await?;
+        let http_addr = local_addr("HTTP", &config.http_listen, &http_listener)?;
+        on_http_bound(http_addr);
+        {
+            let router = http::router(health.clone(), prometheus);
+            let shutdown = shutdown_rx.clone();
+            tasks.spawn(async move {
+                if let Err(e) = http::serve(http_listener, router, shutdown).await {
+                    tracing::error!(error = %e, "HTTP listener failed");
+                }
+            });
+        }
+
+        health.set_phase("recovering the data directory");
+        let (temp, data_dir) = match self.storage {
+            Storage::Dir(dir) => (None, dir),
+            Storage::Temp => {
+                let t = tempfile::Builder::new()
+                    .prefix("ferry-")
+                    .tempdir()
+                    .map_err(|e| StartError::DataDir {
+                        path: std::env::temp_dir(),
+                        message: format!("cannot create a temporary directory: {e}"),
+                    })?;
+                let path = t.path().to_path_buf();
+                (Some(t), path)
+            }
+        };
+        let lock = lock_data_dir(&data_dir)?;
+        let meta = if temp.is_some() {
+            Meta::in_memory()
+        } else {
+            Meta::open(Arc::new(SledStore::open(&data_dir.join("meta"))?))?
+        };
+        let default_log = config.log.to_log_config()?;
+        let started = std::time::Instant::now();
+        let (core, report) =
+            BrokerCore::open(meta, &data_dir.join("logs"), default_log, self.clock).await?;
+        log_startup(&report, started.elapsed());
+        health.set_core(core.clone());
+
+        health.set_phase("binding protocol listeners");
+        let kafka_listener = bind("Kafka", &config.kafka_listen).await?;
+        let kafka_addr = local_addr("Kafka", &config.kafka_listen, &kafka_listener)?;
+        let amqp_listener = bind("AMQP", &config.amqp_listen).await?;
+        let amqp_addr = local_addr("AMQP", &config.amqp_listen, &amqp_listener)?;
+        // The native protocol (protobuf over QUIC) is not implemented yet; its address is
+        // validated and reserved in the configuration, but nothing binds it.
+
+        let kafka_settings = protocol::kafka::KafkaServerSettings {
+            advertised: config.kafka_advertised.clone(),
+            listen_addr: kafka_addr,
+            kafka: config.kafka.clone(),
+        };
+        tasks.spawn(protocol::kafka::serve(
+            kafka_listener,
+            core.clone(),
+            kafka_settings,
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(protocol::amqp::serve(
+            amqp_listener,
+            core.clone(),
+            shutdown_rx.clone(),
+        ));
+
+        {
+            let core = core.clone();
+            let interval = config.log.retention_check_interval();
+            let mut shutdown = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            // Deleting segment files blocks; keep it off the async workers.
+                            let core = core.clone();
+                            let deleted = tokio::task::spawn_blocking(move || core.enforce_retention())
+                                .await
+                                .unwrap_or(0);
+                            if deleted > 0 {
+                                tracing::info!(deleted, "retention deleted segments");
+                            }
+                        }
+                        _ = crate::util::stopped(&mut shutdown) => break,
+                    }
+                }
+            });
+        }
+
+        health.set_phase("ready");
+        health.set_ready(true);
+        tracing::info!(%kafka_addr, %amqp_addr, %http_addr, data_dir = %data_dir.display(), "ferry is ready");
+
+        Ok(Broker {
+            core,
+            config,
+            addrs: Addrs {
+                kafka: kafka_addr,
+                amqp: amqp_addr,
+                http: http_addr,
+            },
+            data_dir,
+            health,
+            running: Mutex::new(Some(Running {
+                shutdown_tx,
+                tasks,
+                lock,
+                temp,
+            })),
+        })
+    }
+}
+
+struct Addrs {
+    kafka: SocketAddr,
+    amqp: SocketAddr,
+    http: SocketAddr,
+}
+
+struct Running {
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    lock: File,
+    temp: Option<tempfile::TempDir>,
+}
+
+/// A running broker. Dropping it stops the listeners; call [`shutdown`](Broker::shutdown) to
+/// also drain writers and fsync before the process exits.
+pub struct Broker {
+    core: BrokerCore,
+    config: Config,
+    addrs: Addrs,
+    data_dir: PathBuf,
+    health: Arc<Health>,
+    running: Mutex<Option<Running>>,
+}
+
+impl Broker {
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// The core, for in-process use (create topics, append, read) without a network client.
+    pub fn core(&self) -> &BrokerCore {
+        &self.core
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.addrs.kafka
+    }
+
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.addrs.amqp
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addrs.http
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `Ok` when `/readyz` would answer 200.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        self.health.readiness()
+    }
+
+    /// Stops accepting, gives open connections a moment to finish, drains and fsyncs every
+    /// partition, flushes metadata and releases the data directory. Idempotent.
+    pub async fn shutdown(&self) {
+        let Some(mut running) = self.running.lock().take() else {
+            return;
+        };
+        self.health.set_ready(false);
+        self.health.set_phase("shutting down");
+        let _ = running.shutdown_tx.send(true);
+        let drain = async { while running.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("listeners did not stop within 10 s; aborting them");
+            running.tasks.abort_all();
+        }
+        self.core.shutdown().await;
+        drop(running.lock);
+        drop(running.temp);
+        tracing::info!("ferry stopped");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.get_mut().take() {
+            // Without an async context the most we can do is stop the listeners; partition
+            // writers finish their queued appends and exit when their handles drop.
+            let _ = running.shutdown_tx.send(true);
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    let key = match what {
+        "Kafka" => "kafka_listen",
+        "AMQP" => "amqp_listen",
+        _ => "http_listen",
+    };
+    let resolved = resolve_listen(key, addr)?;
+    TcpListener::bind(resolved)
+        .await
+        .map_err(|source| StartError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn local_addr(
+    what: &'static str,
+    addr: &str,
+    listener: &TcpListener,
+) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Takes an exclusive `flock` on `<dir>/.lock` so two brokers never share a data directory.
+fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+    use std::os::fd::AsRawFd;
+    let err = |message: String| StartError::DataDir {
+        path: dir.to_path_buf(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(|e| err(format!("cannot open its lock file: {e}")))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(err(
+            "is in use by another ferry process (stop it, or pass a different --data-dir)".into(),
+        ));
+    }
+    Ok(file)
+}
+
+fn log_startup(report: &StartupReport, took: Duration) {
+    for (topic, partition, recovery) in &report.repairs {
+        tracing::warn!(topic, partition, %recovery, "recovery repaired partition");
+    }
+    tracing::info!(
+        topics = report.topics,
+        partitions = report.partitions,
+        repaired = report.repairs.len(),
+        took_ms = took.as_millis() as u64,
+        "recovery finished"
+    );
+}

@@ -1,0 +1,211 @@
+//! Bad and unusual input on the Kafka port, sent as raw bytes: each gets Kafka's error code or a
+//! closed connection, never a crash or a hang, and the broker keeps serving other clients.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use ferry::log::batch::{encode_batch, SimpleRecord};
+use ferry::testing::TestBroker;
+
+fn request<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> Bytes {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("wire-test")));
+    let hv = api.request_header_version(version);
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, hv).unwrap();
+    body.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+async fn read_response(stream: &mut TcpStream) -> Option<Bytes> {
+    let size = tokio::time::timeout(Duration::from_secs(10), stream.read_i32())
+        .await
+        .ok()?
+        .ok()?;
+    let mut buf = vec![0u8; size as usize];
+    stream.read_exact(&mut buf).await.ok()?;
+    Some(Bytes::from(buf))
+}
+
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("connection neither answered nor closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "expected a close, got {n:?}");
+}
+
+async fn still_serves(addr: std::net::SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = request(
+        ApiKey::Metadata,
+        9,
+        1,
+        &MetadataRequest::default().with_topics(Some(vec![])),
+    );
+    s.write_all(&req).await.unwrap();
+    let mut resp = read_response(&mut s).await.expect("metadata answer");
+    let _ = ResponseHeader::decode(&mut resp, 1).unwrap();
+    let md = MetadataResponse::decode(&mut resp, 9).unwrap();
+    assert_eq!(md.brokers.len(), 1);
+}
+
+#[tokio::test]
+async fn hostile_frames_close_the_connection_and_nothing_else() {
+    let broker = TestBroker::start().await.unwrap();
+    let addr = broker.kafka_addr();
+
+    // A 2 GiB length prefix is refused before any body is read or allocated.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&i32::MAX.to_be_bytes()).await.unwrap();
+    assert_closed(&mut s).await;
+
+    // A negative length.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&(-5i32).to_be_bytes()).await.unwrap();
+    assert_closed(&mut s).await;
+
+    // An unknown api key.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 10, 0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert_closed(&mut s).await;
+
+    // A Metadata v1 request whose topic array claims 2^31-1 entries (an allocation bomb in the
+    // unpatched codec).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::Metadata as i16);
+    frame.put_i16(1);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    frame.put_i32(i32::MAX);
+    let mut framed = BytesMut::new();
+    framed.put_i32(frame.len() as i32);
+    framed.put_slice(&frame);
+    s.write_all(&framed).await.unwrap();
+    assert_closed(&mut s).await;
+
+    // A truncated frame followed by EOF.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 100, 0, 3]).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_closed(&mut s).await;
+
+    still_serves(addr).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn api_versions_with_a_future_version_gets_kip_511_answer() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut s = TcpStream::connect(broker.kafka_addr()).await.unwrap();
+    // ApiVersions v99 with a header v2 and an empty body we would not understand anyway.
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::ApiVersions as i16);
+    frame.put_i16(99);
+    frame.put_i32(42);
+    frame.put_i16(-1);
+    frame.put_u8(0);
+    let mut framed = BytesMut::new();
+    framed.put_i32(frame.len() as i32);
+    framed.put_slice(&frame);
+    s.write_all(&framed).await.unwrap();
+    let mut resp = read_response(&mut s).await.expect("an answer");
+    let header = ResponseHeader::decode(&mut resp, 0).unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let body = ApiVersionsResponse::decode(&mut resp, 0).unwrap();
+    assert_eq!(body.error_code, 35);
+    let entry = body
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+        .unwrap();
+    assert_eq!(entry.min_version, 0);
+    assert!(entry.max_version >= 3);
+    broker.stop().await;
+}
+
+fn produce(topic: &str, records: Bytes, acks: i16) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])])
+}
+
+async fn produce_error(s: &mut TcpStream, topic: &str, records: Bytes, correlation_id: i32) -> i16 {
+    s.write_all(&request(
+        ApiKey::Produce,
+        8,
+        correlation_id,
+        &produce(topic, records, -1),
+    ))
+    .await
+    .unwrap();
+    let mut resp = read_response(s).await.expect("produce answer");
+    let header = ResponseHeader::decode(&mut resp, 0).unwrap();
+    assert_eq!(header.correlation_id, correlation_id);
+    let body = ProduceResponse::decode(&mut resp, 8).unwrap();
+    body.responses[0].partition_responses[0].error_code
+}
+
+#[tokio::test]
+async fn bad_batches_get_kafka_error_codes() {
+    let broker = TestBroker::with(|b| b.configure(|c| c.kafka.auto_create_topics = false))
+        .await
+        .unwrap();
+    broker
+        .core()
+        .create_topic("t", 1, Default::default())
+        .await
+        .unwrap();
+    let good = encode_batch(&[SimpleRecord {
+        key: Some(Bytes::from_static(b"k")),
+        value: Some(Bytes::from_static(b"value")),
+        headers: vec![],
+        timestamp: 1_700_000_000_000,
+    }])
+    .freeze();
+    let mut s = TcpStream::connect(broker.kafka_addr()).await.unwrap();
+
+    assert_eq!(produce_error(&mut s, "t", good.clone(), 1).await, 0);
+
+    // A flipped byte inside the CRC-covered region: CORRUPT_MESSAGE, nothing appended.
+    let mut corrupt = BytesMut::from(&good[..]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(produce_error(&mut s, "t", corrupt.freeze(), 2).await, 2);
+
+    // Truncated batch.
+    assert_eq!(
+        produce_error(&mut s, "t", good.slice(..good.len() - 3), 3).await,
+        2
+    );
+
+    // Unknown topic with auto-create off: UNKNOWN_TOPIC_OR_PARTITION.
+    assert_eq!(produce_error(&mut s, "nope", good.clone(), 4).await, 3);
+
+    // Only the one good batch made it into the log.
+    assert_eq!(broker.core().partition("t", 0).unwrap().log_end_offset(), 1);
+    broker.stop().await;
+}

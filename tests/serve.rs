@@ -1,0 +1,180 @@
+//! `ferry serve` as a process: readiness, metrics, clean SIGTERM exit, restart on the same data
+//! directory, and clear failures for bad configuration.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// Starts `ferry serve` on loopback port 0 and returns it with its HTTP address, read from the
+/// log line that announces it.
+fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = ferry()
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(rest) = line.split("http=").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    tx.send(addr).ok();
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("ferry never announced its HTTP address");
+    (child, format!("http://{addr}"))
+}
+
+async fn wait_ready(http: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{http}/readyz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "/readyz never became 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("ferry did not exit within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn serve_ready_metrics_sigterm_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, http) = start(dir.path(), &[]);
+    wait_ready(&http).await;
+
+    let health = reqwest::get(format!("{http}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = reqwest::get(format!("{http}/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("ferry_ready 1"), "metrics:\n{text}");
+
+    // A second broker on the same data directory is refused while the first runs.
+    let second = ferry()
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--amqp-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another ferry"), "stderr: {err}");
+
+    let status = sigterm_and_wait(child);
+    assert!(status.success(), "exit status {status:?}");
+
+    let (child, http) = start(dir.path(), &[]);
+    wait_ready(&http).await;
+    let status = sigterm_and_wait(child);
+    assert!(status.success(), "exit status after restart {status:?}");
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[log]\nfsync = \"sometimes\"\n").unwrap();
+    let out = ferry()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("log.fsync"), "stderr: {err}");
+
+    std::fs::write(&cfg, "no_such_setting = 1\n").unwrap();
+    let out = ferry()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_setting"));
+
+    let out = ferry()
+        .args(["serve", "--kafka-listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka_listen"));
+
+    let out = ferry()
+        .args(["serve", "--print-config", "--fsync", "interval:50"])
+        .env("FERRY_KAFKA__DEFAULT_PARTITIONS", "3")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("fsync = \"interval:50\""), "{printed}");
+    assert!(printed.contains("default_partitions = 3"), "{printed}");
+}
+
+#[test]
+fn version_and_help_are_useful() {
+    let out = ferry().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = ferry().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--data-dir",
+        "--kafka-listen",
+        "--amqp-listen",
+        "--native-listen",
+        "--http-listen",
+        "--kafka-advertised",
+    ] {
+        assert!(help.contains(flag), "help lacks {flag}:\n{help}");
+    }
+}
