@@ -155,6 +155,24 @@ pub struct KafkaSettings {
     /// Largest request accepted; checked before the body is read. Default 100 MiB (Kafka's
     /// `socket.request.max.bytes`).
     pub max_request_bytes: usize,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group waits
+    /// for more members. Default 3000 (Kafka's).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms`. Default 6000.
+    pub group_min_session_timeout_ms: u64,
+    /// `group.max.session.timeout.ms`. Default 1800000.
+    pub group_max_session_timeout_ms: u64,
+}
+
+impl KafkaSettings {
+    pub fn group_settings(&self) -> crate::broker::GroupSettings {
+        crate::broker::GroupSettings {
+            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
+            min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
+            max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
+            ..crate::broker::GroupSettings::default()
+        }
+    }
 }
 
 impl Default for KafkaSettings {
@@ -163,6 +181,9 @@ impl Default for KafkaSettings {
             auto_create_topics: true,
             default_partitions: 1,
             max_request_bytes: 100 * 1024 * 1024,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
         }
     }
 }
@@ -285,6 +306,12 @@ impl Config {
         }
         if self.kafka.default_partitions == 0 {
             return Err(invalid("kafka.default_partitions", "must be at least 1"));
+        }
+        if self.kafka.group_min_session_timeout_ms > self.kafka.group_max_session_timeout_ms {
+            return Err(invalid(
+                "kafka.group_min_session_timeout_ms",
+                "must not exceed kafka.group_max_session_timeout_ms",
+            ));
         }
         if self.kafka.max_request_bytes < 1024 {
             return Err(invalid("kafka.max_request_bytes", "must be at least 1024"));

@@ -190,8 +190,14 @@ impl BrokerBuilder {
         };
         let default_log = config.log.to_log_config()?;
         let started = std::time::Instant::now();
-        let (core, report) =
-            BrokerCore::open(meta, &data_dir.join("logs"), default_log, self.clock).await?;
+        let (core, report) = BrokerCore::open(
+            meta,
+            &data_dir.join("logs"),
+            default_log,
+            config.kafka.group_settings(),
+            self.clock,
+        )
+        .await?;
         log_startup(&report, started.elapsed());
         health.set_core(core.clone());
 

@@ -19,6 +19,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use ferry::testing::TestBroker;
 
+// The consumer calls below block their thread, so every test runs the broker on a
+// multi-threaded runtime where it keeps serving meanwhile.
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
@@ -116,7 +118,7 @@ async fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(
     assert!(res[0].is_ok(), "create {name}: {res:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_consume_with_every_compression_codec() {
     let broker = TestBroker::start().await.unwrap();
     let bootstrap = broker.kafka_bootstrap();
@@ -160,7 +162,7 @@ async fn produce_and_consume_with_every_compression_codec() {
     broker.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_keep_their_partition_and_order() {
     let broker = TestBroker::start().await.unwrap();
     let bootstrap = broker.kafka_bootstrap();
@@ -199,7 +201,7 @@ async fn keyed_records_keep_their_partition_and_order() {
     broker.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_by_timestamp_and_out_of_range() {
     let broker = TestBroker::start().await.unwrap();
     let bootstrap = broker.kafka_bootstrap();
@@ -265,7 +267,7 @@ async fn offsets_by_timestamp_and_out_of_range() {
     broker.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_create_describe_alter_delete() {
     let broker = TestBroker::start().await.unwrap();
     let bootstrap = broker.kafka_bootstrap();
@@ -379,7 +381,7 @@ async fn admin_create_describe_alter_delete() {
     broker.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_create_is_a_setting_and_missing_topics_are_reported() {
     let broker = TestBroker::with(|b| b.configure(|c| c.kafka.auto_create_topics = false))
         .await
@@ -422,7 +424,7 @@ async fn auto_create_is_a_setting_and_missing_topics_are_reported() {
     broker.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let broker = TestBroker::with(|b| b.data_dir(dir.path())).await.unwrap();

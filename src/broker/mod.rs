@@ -69,6 +69,7 @@ pub struct BrokerCore {
 
 struct CoreInner {
     clock: Clock,
+    groups: GroupCoordinator,
     meta: Meta,
     logs_dir: PathBuf,
     default_log_config: LogConfig,
@@ -86,6 +87,7 @@ impl BrokerCore {
         meta: Meta,
         logs_dir: &Path,
         default_log_config: LogConfig,
+        group_settings: GroupSettings,
         clock: Clock,
     ) -> Result<(Self, StartupReport), BrokerError> {
         std::fs::create_dir_all(logs_dir).map_err(|source| LogError::Io {
@@ -94,6 +96,7 @@ impl BrokerCore {
         })?;
         let core = Self {
             inner: Arc::new(CoreInner {
+                groups: GroupCoordinator::new(meta.clone(), clock.clone(), group_settings),
                 clock,
                 meta,
                 logs_dir: logs_dir.to_path_buf(),
@@ -154,6 +157,11 @@ impl BrokerCore {
 
     pub fn meta(&self) -> &Meta {
         &self.inner.meta
+    }
+
+    /// The consumer-group coordinator.
+    pub fn groups(&self) -> &GroupCoordinator {
+        &self.inner.groups
     }
 
     /// The broker-wide defaults new topics start from.
@@ -252,6 +260,7 @@ impl BrokerCore {
         self.inner.meta.delete_topic(name)?;
         self.inner.meta.flush()?;
         self.inner.topics.write().remove(name);
+        self.inner.groups.remove_topic(name);
         for (p, handle) in topic.partitions().iter().enumerate() {
             handle.shutdown().await;
             remove_dir_if_present(&self.partition_dir(name, p as i32))?;
@@ -363,6 +372,7 @@ impl BrokerCore {
             .shutting_down
             .store(true, std::sync::atomic::Ordering::Release);
         let _admin = self.inner.admin.lock().await;
+        self.inner.groups.shutdown().await;
         for topic in self.topics() {
             for handle in topic.partitions() {
                 handle.shutdown().await;

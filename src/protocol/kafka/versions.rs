@@ -23,6 +23,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The advertised range for `api`, if it is served at all.
@@ -81,6 +92,27 @@ mod tests {
                 >(min, max),
                 ApiKey::DescribeCluster => {
                     within::<DescribeClusterRequest, DescribeClusterResponse>(min, max)
+                }
+                ApiKey::FindCoordinator => {
+                    within::<FindCoordinatorRequest, FindCoordinatorResponse>(min, max)
+                }
+                ApiKey::JoinGroup => within::<JoinGroupRequest, JoinGroupResponse>(min, max),
+                ApiKey::SyncGroup => within::<SyncGroupRequest, SyncGroupResponse>(min, max),
+                ApiKey::Heartbeat => within::<HeartbeatRequest, HeartbeatResponse>(min, max),
+                ApiKey::LeaveGroup => within::<LeaveGroupRequest, LeaveGroupResponse>(min, max),
+                ApiKey::OffsetCommit => {
+                    within::<OffsetCommitRequest, OffsetCommitResponse>(min, max)
+                }
+                ApiKey::OffsetFetch => within::<OffsetFetchRequest, OffsetFetchResponse>(min, max),
+                ApiKey::ListGroups => within::<ListGroupsRequest, ListGroupsResponse>(min, max),
+                ApiKey::DescribeGroups => {
+                    within::<DescribeGroupsRequest, DescribeGroupsResponse>(min, max)
+                }
+                ApiKey::DeleteGroups => {
+                    within::<DeleteGroupsRequest, DeleteGroupsResponse>(min, max)
+                }
+                ApiKey::OffsetDelete => {
+                    within::<OffsetDeleteRequest, OffsetDeleteResponse>(min, max)
                 }
                 other => panic!("no codec check for {other:?}"),
             }

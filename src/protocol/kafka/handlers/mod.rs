@@ -8,6 +8,7 @@
 mod admin;
 mod api_versions;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -100,6 +101,17 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
             Box::pin(admin::incremental_alter_configs(ctx.clone(), req))
         }
         ApiKey::DescribeCluster => ready(admin::describe_cluster(ctx, conn, &req)),
+        ApiKey::FindCoordinator => ready(groups::find_coordinator(ctx, conn, &req)),
+        ApiKey::JoinGroup => Box::pin(groups::join_group(ctx.clone(), conn.clone(), req)),
+        ApiKey::SyncGroup => Box::pin(groups::sync_group(ctx.clone(), req)),
+        ApiKey::Heartbeat => ready(groups::heartbeat(ctx, &req)),
+        ApiKey::LeaveGroup => ready(groups::leave_group(ctx, &req)),
+        ApiKey::OffsetCommit => Box::pin(groups::offset_commit(ctx.clone(), req)),
+        ApiKey::OffsetFetch => ready(groups::offset_fetch(ctx, &req)),
+        ApiKey::ListGroups => ready(groups::list_groups(ctx, &req)),
+        ApiKey::DescribeGroups => ready(groups::describe_groups(ctx, &req)),
+        ApiKey::DeleteGroups => ready(groups::delete_groups(ctx, &req)),
+        ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, &req)),
         other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     let api_name = format!("{api:?}");

@@ -1,0 +1,687 @@
+//! Consumer groups, classic protocol: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups,
+//! OffsetDelete. The state machine lives in the core (`broker::group`); this file only
+//! translates between wire versions and core types and maps `GroupError` to Kafka codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, ConsumerProtocolSubscription, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::ResponseError;
+
+use super::{decode, respond, Outcome};
+use crate::broker::{GroupError, GroupState, JoinRequest, LeavingMember, SyncRequest};
+use crate::meta::CommittedOffset;
+use crate::protocol::kafka::codec::RawRequest;
+use crate::protocol::kafka::connection::ConnInfo;
+use crate::protocol::kafka::convert::NONE;
+use crate::protocol::kafka::{KafkaContext, NODE_ID};
+
+fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+pub fn group_error_code(e: &GroupError) -> i16 {
+    match e {
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId.code(),
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration.code(),
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress.code(),
+        GroupError::MemberIdRequired(_) => ResponseError::MemberIdRequired.code(),
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol.code(),
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout.code(),
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound.code(),
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup.code(),
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId.code(),
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached.code(),
+        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic.code(),
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId.code(),
+        // Storage trouble is transient from a client's view: it retries elsewhere/later.
+        GroupError::CoordinatorNotAvailable | GroupError::Storage(_) => {
+            ResponseError::CoordinatorNotAvailable.code()
+        }
+    }
+}
+
+fn code_of<T>(r: &Result<T, GroupError>) -> i16 {
+    r.as_ref().err().map(group_error_code).unwrap_or(NONE)
+}
+
+pub fn find_coordinator(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
+    let request: FindCoordinatorRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let (host, port) = ctx.advertised_endpoint(conn.local);
+    // Key type 1 is a transaction coordinator, which Ferry does not offer.
+    let (code, message) = if request.key_type == 0 {
+        (NONE, None)
+    } else {
+        (
+            ResponseError::CoordinatorNotAvailable.code(),
+            Some(s("transactions are not supported")),
+        )
+    };
+    let body = if v >= 4 {
+        let coordinators = request
+            .coordinator_keys
+            .iter()
+            .map(|key| {
+                let c = Coordinator::default()
+                    .with_key(key.clone())
+                    .with_error_code(code)
+                    .with_error_message(message.clone());
+                if code == NONE {
+                    c.with_node_id(BrokerId(NODE_ID))
+                        .with_host(s(host.clone()))
+                        .with_port(port)
+                } else {
+                    c.with_node_id(BrokerId(-1)).with_port(-1)
+                }
+            })
+            .collect();
+        FindCoordinatorResponse::default().with_coordinators(coordinators)
+    } else {
+        let mut body = FindCoordinatorResponse::default().with_error_code(code);
+        if code == NONE {
+            body = body
+                .with_node_id(BrokerId(NODE_ID))
+                .with_host(s(host))
+                .with_port(port);
+        } else {
+            body = body.with_node_id(BrokerId(-1)).with_port(-1);
+        }
+        if v >= 1 {
+            body = body.with_error_message(message);
+        }
+        body
+    };
+    respond(ApiKey::FindCoordinator, v, req.correlation_id, &body)
+}
+
+pub async fn join_group(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
+    let request: JoinGroupRequest = match decode(&req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let session_timeout = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
+    let rebalance_timeout = if v >= 1 {
+        Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64)
+    } else {
+        session_timeout
+    };
+    let instance_id = request.group_instance_id.as_ref().map(|s| s.to_string());
+    let join = JoinRequest {
+        group_id: request.group_id.to_string(),
+        member_id: request.member_id.to_string(),
+        require_known_member_id: v >= 4 && instance_id.is_none(),
+        supports_skip_assignment: v >= 9,
+        instance_id,
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
+        session_timeout,
+        rebalance_timeout,
+        client_id: conn.client_id.clone().unwrap_or_default(),
+        client_host: format!("/{}", conn.peer.ip()),
+        reason: request.reason.as_ref().map(|r| r.to_string()),
+    };
+    let mut body = JoinGroupResponse::default();
+    match ctx.core.groups().join(join).await {
+        Ok(joined) => {
+            body = body
+                .with_generation_id(joined.generation)
+                .with_protocol_name(Some(s(joined.protocol_name)))
+                .with_leader(s(joined.leader_id))
+                .with_member_id(s(joined.member_id))
+                .with_members(
+                    joined
+                        .members
+                        .into_iter()
+                        .map(|m| {
+                            let mut member = JoinGroupResponseMember::default()
+                                .with_member_id(s(m.member_id))
+                                .with_metadata(m.metadata);
+                            if v >= 5 {
+                                member = member.with_group_instance_id(m.instance_id.map(s));
+                            }
+                            member
+                        })
+                        .collect(),
+                );
+            if v >= 7 {
+                body = body.with_protocol_type(Some(s(joined.protocol_type)));
+            }
+            if v >= 9 {
+                body = body.with_skip_assignment(joined.skip_assignment);
+            }
+        }
+        Err(e) => {
+            let member_id = match &e {
+                GroupError::MemberIdRequired(id) => id.clone(),
+                _ => request.member_id.to_string(),
+            };
+            body = body
+                .with_error_code(group_error_code(&e))
+                .with_generation_id(-1)
+                .with_member_id(s(member_id));
+            if v >= 7 {
+                body = body.with_protocol_name(None);
+            }
+        }
+    }
+    respond(ApiKey::JoinGroup, v, req.correlation_id, &body)
+}
+
+pub async fn sync_group(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+    let request: SyncGroupRequest = match decode(&req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let sync = SyncRequest {
+        group_id: request.group_id.to_string(),
+        generation: request.generation_id,
+        member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
+        protocol_type: request.protocol_type.as_ref().map(|s| s.to_string()),
+        protocol_name: request.protocol_name.as_ref().map(|s| s.to_string()),
+        assignments: request
+            .assignments
+            .iter()
+            .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+            .collect(),
+    };
+    let body = match ctx.core.groups().sync(sync).await {
+        Ok(synced) => {
+            let mut body = SyncGroupResponse::default().with_assignment(synced.assignment);
+            if v >= 5 {
+                body = body
+                    .with_protocol_type(Some(s(synced.protocol_type)))
+                    .with_protocol_name(Some(s(synced.protocol_name)));
+            }
+            body
+        }
+        Err(e) => SyncGroupResponse::default()
+            .with_error_code(group_error_code(&e))
+            .with_assignment(Bytes::new()),
+    };
+    respond(ApiKey::SyncGroup, v, req.correlation_id, &body)
+}
+
+pub fn heartbeat(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: HeartbeatRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let result = ctx.core.groups().heartbeat(
+        request.group_id.as_str(),
+        request.generation_id,
+        request.member_id.as_str(),
+        request.group_instance_id.as_deref(),
+    );
+    let body = HeartbeatResponse::default().with_error_code(code_of(&result));
+    respond(
+        ApiKey::Heartbeat,
+        req.api_version,
+        req.correlation_id,
+        &body,
+    )
+}
+
+pub fn leave_group(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: LeaveGroupRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let leaving: Vec<LeavingMember> = if v >= 3 {
+        request
+            .members
+            .iter()
+            .map(|m| LeavingMember {
+                member_id: m.member_id.to_string(),
+                instance_id: m.group_instance_id.as_ref().map(|s| s.to_string()),
+            })
+            .collect()
+    } else {
+        vec![LeavingMember {
+            member_id: request.member_id.to_string(),
+            instance_id: None,
+        }]
+    };
+    let result = ctx
+        .core
+        .groups()
+        .leave(request.group_id.as_str(), leaving.clone());
+    let body = match result {
+        Err(e) => LeaveGroupResponse::default().with_error_code(group_error_code(&e)),
+        Ok(per_member) if v >= 3 => LeaveGroupResponse::default().with_members(
+            leaving
+                .into_iter()
+                .zip(per_member)
+                .map(|(m, r)| {
+                    MemberResponse::default()
+                        .with_member_id(s(m.member_id))
+                        .with_group_instance_id(m.instance_id.map(s))
+                        .with_error_code(code_of(&r))
+                })
+                .collect(),
+        ),
+        Ok(per_member) => LeaveGroupResponse::default()
+            .with_error_code(per_member.first().map(code_of).unwrap_or(NONE)),
+    };
+    respond(ApiKey::LeaveGroup, v, req.correlation_id, &body)
+}
+
+pub async fn offset_commit(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+    let request: OffsetCommitRequest = match decode(&req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let now = ctx.core.clock().now_ms();
+    // Partitions of unknown topics are refused one by one; the rest commit together.
+    let mut offsets = Vec::new();
+    let mut unknown = Vec::new();
+    for topic in &request.topics {
+        let exists = ctx.core.topic(topic.name.as_str());
+        for p in &topic.partitions {
+            let valid = exists
+                .as_ref()
+                .is_some_and(|t| t.partition(p.partition_index).is_some());
+            if valid {
+                offsets.push(CommittedOffset {
+                    topic: topic.name.to_string(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: if v >= 6 { p.committed_leader_epoch } else { -1 },
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                    commit_ms: now,
+                });
+            } else {
+                unknown.push((topic.name.to_string(), p.partition_index));
+            }
+        }
+    }
+    let groups = ctx.core.groups().clone();
+    let group_id = request.group_id.to_string();
+    let member_id = request.member_id.to_string();
+    let instance_id = request.group_instance_id.as_ref().map(|s| s.to_string());
+    let generation = request.generation_id_or_member_epoch;
+    // The commit waits for the metadata store to flush to disk; keep that off async workers.
+    let result = if offsets.is_empty() {
+        Ok(())
+    } else {
+        tokio::task::spawn_blocking(move || {
+            groups.commit_offsets(
+                &group_id,
+                generation,
+                &member_id,
+                instance_id.as_deref(),
+                offsets,
+            )
+        })
+        .await
+        .unwrap_or(Err(GroupError::CoordinatorNotAvailable))
+    };
+    let group_code = code_of(&result);
+    let topics = request
+        .topics
+        .iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            let code = if unknown.contains(&(t.name.to_string(), p.partition_index))
+                            {
+                                ResponseError::UnknownTopicOrPartition.code()
+                            } else {
+                                group_code
+                            };
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let body = OffsetCommitResponse::default().with_topics(topics);
+    respond(ApiKey::OffsetCommit, v, req.correlation_id, &body)
+}
+
+/// A group's committed offsets by topic, `None` where a wanted partition has none.
+type OffsetsByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
+/// Offsets of one group for the wanted partitions (None = every committed one), with -1 for
+/// partitions that have none.
+fn fetch_group(
+    ctx: &KafkaContext,
+    group_id: &str,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<OffsetsByTopic, GroupError> {
+    let flat: Option<Vec<(String, i32)>> = wanted.as_ref().map(|w| {
+        w.iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
+            .collect()
+    });
+    let committed = ctx.core.groups().fetch_offsets(group_id, flat.as_deref())?;
+    let find = |t: &str, p: i32| {
+        committed
+            .iter()
+            .find(|c| c.topic == t && c.partition == p)
+            .cloned()
+    };
+    Ok(match wanted {
+        Some(w) => w
+            .into_iter()
+            .map(|(t, ps)| {
+                let parts = ps.into_iter().map(|p| (p, find(&t, p))).collect();
+                (t, parts)
+            })
+            .collect(),
+        None => {
+            let mut topics: OffsetsByTopic = Vec::new();
+            for c in committed {
+                match topics.iter_mut().find(|(t, _)| *t == c.topic) {
+                    Some((_, parts)) => parts.push((c.partition, Some(c))),
+                    None => topics.push((c.topic.clone(), vec![(c.partition, Some(c))])),
+                }
+            }
+            topics
+        }
+    })
+}
+
+pub fn offset_fetch(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: OffsetFetchRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    if v >= 8 {
+        let groups = request
+            .groups
+            .iter()
+            .map(|g| {
+                let wanted = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+                        .collect()
+                });
+                let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                match fetch_group(ctx, g.group_id.as_str(), wanted) {
+                    Ok(topics) => {
+                        out = out.with_topics(
+                            topics
+                                .into_iter()
+                                .map(|(t, parts)| {
+                                    OffsetFetchResponseTopics::default()
+                                        .with_name(TopicName(s(t)))
+                                        .with_partitions(
+                                            parts
+                                                .into_iter()
+                                                .map(|(p, c)| {
+                                                    let (offset, epoch, meta) = committed_fields(c);
+                                                    OffsetFetchResponsePartitions::default()
+                                                        .with_partition_index(p)
+                                                        .with_committed_offset(offset)
+                                                        .with_committed_leader_epoch(epoch)
+                                                        .with_metadata(Some(s(meta)))
+                                                })
+                                                .collect(),
+                                        )
+                                })
+                                .collect(),
+                        )
+                    }
+                    Err(e) => out = out.with_error_code(group_error_code(&e)),
+                }
+                out
+            })
+            .collect();
+        let body = OffsetFetchResponse::default().with_groups(groups);
+        return respond(ApiKey::OffsetFetch, v, req.correlation_id, &body);
+    }
+    let wanted = request.topics.as_ref().map(|ts| {
+        ts.iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+            .collect()
+    });
+    let body = match fetch_group(ctx, request.group_id.as_str(), wanted) {
+        Ok(topics) => OffsetFetchResponse::default().with_topics(
+            topics
+                .into_iter()
+                .map(|(t, parts)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(s(t)))
+                        .with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|(p, c)| {
+                                    let (offset, epoch, meta) = committed_fields(c);
+                                    let mut part = OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_metadata(Some(s(meta)));
+                                    if v >= 5 {
+                                        part = part.with_committed_leader_epoch(epoch);
+                                    }
+                                    part
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+        Err(e) if v >= 2 => OffsetFetchResponse::default().with_error_code(group_error_code(&e)),
+        Err(_) => OffsetFetchResponse::default(),
+    };
+    respond(ApiKey::OffsetFetch, v, req.correlation_id, &body)
+}
+
+fn committed_fields(c: Option<CommittedOffset>) -> (i64, i32, String) {
+    match c {
+        Some(c) => (c.offset, c.leader_epoch, c.metadata.unwrap_or_default()),
+        None => (-1, -1, String::new()),
+    }
+}
+
+pub fn list_groups(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: ListGroupsRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let filter: Vec<GroupState> = request
+        .states_filter
+        .iter()
+        .filter_map(|st| GroupState::parse(st.as_str()))
+        .collect();
+    // Unknown state names in the filter match nothing, as in Kafka.
+    let groups = if !request.states_filter.is_empty() && filter.is_empty() {
+        Vec::new()
+    } else {
+        ctx.core.groups().list_groups(&filter)
+    };
+    let body = ListGroupsResponse::default().with_groups(
+        groups
+            .into_iter()
+            .map(|g| {
+                let mut listed = ListedGroup::default()
+                    .with_group_id(GroupId(s(g.group_id)))
+                    .with_protocol_type(s(g.protocol_type));
+                if v >= 4 {
+                    listed = listed.with_group_state(s(g.state.as_str()));
+                }
+                listed
+            })
+            .collect(),
+    );
+    respond(ApiKey::ListGroups, v, req.correlation_id, &body)
+}
+
+pub fn describe_groups(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: DescribeGroupsRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let v = req.api_version;
+    let groups = request
+        .groups
+        .iter()
+        .map(|id| {
+            let d = ctx.core.groups().describe_group(id.as_str());
+            DescribedGroup::default()
+                .with_group_id(id.clone())
+                .with_group_state(s(d.state.as_str()))
+                .with_protocol_type(s(d.protocol_type))
+                .with_protocol_data(s(d.protocol))
+                .with_members(
+                    d.members
+                        .into_iter()
+                        .map(|m| {
+                            let mut member = DescribedGroupMember::default()
+                                .with_member_id(s(m.member_id))
+                                .with_client_id(s(m.client_id))
+                                .with_client_host(s(m.client_host))
+                                .with_member_metadata(m.metadata)
+                                .with_member_assignment(m.assignment);
+                            if v >= 4 {
+                                member = member.with_group_instance_id(m.instance_id.map(s));
+                            }
+                            member
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let body = DescribeGroupsResponse::default().with_groups(groups);
+    respond(ApiKey::DescribeGroups, v, req.correlation_id, &body)
+}
+
+pub fn delete_groups(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: DeleteGroupsRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let ids: Vec<String> = request.groups_names.iter().map(|g| g.to_string()).collect();
+    let results = ctx.core.groups().delete_groups(&ids);
+    let body = DeleteGroupsResponse::default().with_results(
+        results
+            .into_iter()
+            .map(|(id, r)| {
+                kafka_protocol::messages::delete_groups_response::DeletableGroupResult::default()
+                    .with_group_id(GroupId(s(id)))
+                    .with_error_code(code_of(&r))
+            })
+            .collect(),
+    );
+    respond(
+        ApiKey::DeleteGroups,
+        req.api_version,
+        req.correlation_id,
+        &body,
+    )
+}
+
+/// The topics a "consumer" protocol member subscribes to, read from its JoinGroup metadata.
+/// Every version shares the v0 prefix (topics, user data), so that is what is parsed.
+fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
+    let mut buf = Bytes::copy_from_slice(metadata);
+    if buf.remaining() < 2 {
+        return None;
+    }
+    let _version = buf.get_i16();
+    ConsumerProtocolSubscription::decode(&mut buf, 0)
+        .ok()
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+}
+
+pub fn offset_delete(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+    let request: OffsetDeleteRequest = match decode(req) {
+        Ok(r) => r,
+        Err(close) => return close,
+    };
+    let partitions: Vec<(String, i32)> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.to_string(), p.partition_index))
+        })
+        .collect();
+    let result =
+        ctx.core
+            .groups()
+            .delete_offsets(request.group_id.as_str(), &partitions, subscribed_topics);
+    let body = match result {
+        Err(e) => OffsetDeleteResponse::default().with_error_code(group_error_code(&e)),
+        Ok(per_partition) => OffsetDeleteResponse::default().with_topics(
+            request
+                .topics
+                .iter()
+                .map(|t| {
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    let code = per_partition
+                                        .iter()
+                                        .find(|((tn, pi), _)| {
+                                            tn == t.name.as_str() && *pi == p.partition_index
+                                        })
+                                        .map(|(_, r)| code_of(r))
+                                        .unwrap_or(NONE);
+                                    OffsetDeleteResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+    };
+    respond(
+        ApiKey::OffsetDelete,
+        req.api_version,
+        req.correlation_id,
+        &body,
+    )
+}
