@@ -23,6 +23,7 @@ pub mod batch;
 pub mod config;
 pub mod index;
 pub mod partition_log;
+pub mod producer_state;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
@@ -93,6 +94,29 @@ pub enum LogError {
     /// A configuration value was rejected.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// An idempotent producer's batch does not follow its previous one (a gap or reordering).
+    #[error("producer {producer_id}: sequence {received} is out of order (expected {expected})")]
+    OutOfOrderSequence {
+        /// The producer id.
+        producer_id: i64,
+        /// The sequence the log expected next.
+        expected: i32,
+        /// The sequence the batch carried.
+        received: i32,
+    },
+    /// A batch from an older epoch of a producer id that has moved on (a zombie producer).
+    #[error("producer {producer_id}: epoch {epoch} is fenced by epoch {current}")]
+    InvalidProducerEpoch {
+        /// The producer id.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The newest epoch seen.
+        current: i16,
+    },
+    /// A producer id with no state in this partition sent a batch not starting at sequence 0.
+    #[error("producer {0} is unknown to this partition (its state expired or never existed)")]
+    UnknownProducerId(i64),
 }
 
 impl LogError {

@@ -26,6 +26,7 @@ use super::batch::{
     HEADER_LEN,
 };
 use super::config::{LogConfig, TimestampType};
+use super::producer_state::{ProducerStates, SeqCheck};
 use super::recovery::{self, RecoveryReport, CLEAN_SHUTDOWN_FILE};
 use super::retention::{self, SegmentMeta};
 use super::segment::Segment;
@@ -76,6 +77,9 @@ pub struct RetentionReport {
 struct Prepared {
     info: AppendInfo,
     headers: Vec<(BatchHeader, Range<usize>)>,
+    /// The request repeats batches an idempotent producer already wrote: nothing to write,
+    /// `info` holds the offsets they got the first time.
+    duplicate: bool,
 }
 
 /// Consecutive prepared requests of a group, concatenated for one write.
@@ -103,6 +107,8 @@ pub struct PartitionLog {
     /// Oldest first; never empty; the last one is the active segment.
     segments: Vec<Segment>,
     state: State,
+    /// Idempotent producers' recent sequence ranges (see `producer_state`).
+    producers: ProducerStates,
 }
 
 impl PartitionLog {
@@ -114,16 +120,53 @@ impl PartitionLog {
     ) -> Result<(PartitionLog, RecoveryReport)> {
         config.validate()?;
         let (segments, report) = recovery::recover(dir, &config, &clock)?;
-        Ok((
-            PartitionLog {
-                dir: dir.to_path_buf(),
-                config,
-                clock,
-                segments,
-                state: State::Open,
-            },
-            report,
-        ))
+        let mut log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            clock,
+            segments,
+            state: State::Open,
+            producers: ProducerStates::default(),
+        };
+        log.rebuild_producer_states()?;
+        Ok((log, report))
+    }
+
+    /// Loads the producer-state snapshot and replays the batch headers written after it (all
+    /// of the log when there is no usable snapshot).
+    fn rebuild_producer_states(&mut self) -> Result<()> {
+        let start = self.log_start_offset();
+        let end = self.log_end_offset();
+        let (mut states, mut from) = match ProducerStates::load(&self.dir) {
+            Some((states, offset)) if offset >= start && offset <= end => (states, offset),
+            _ => (ProducerStates::default(), start),
+        };
+        while from < end {
+            let slice = self.read(from, 8 * 1024 * 1024, end)?;
+            if slice.bytes.is_empty() {
+                break;
+            }
+            for (h, _) in BatchIter::new(&slice.bytes) {
+                if h.base_offset >= from {
+                    states.record(&h);
+                }
+            }
+            if slice.next_offset <= from {
+                break;
+            }
+            from = slice.next_offset;
+        }
+        states.expire_below(start);
+        self.producers = states;
+        Ok(())
+    }
+
+    /// Writes the producer-state snapshot for the current log end; a failure only costs a
+    /// longer scan at the next start, so it is logged, not fatal.
+    fn snapshot_producer_states(&self) {
+        if let Err(e) = self.producers.save(&self.dir, self.log_end_offset()) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write producer state snapshot");
+        }
     }
 
     fn active(&self) -> &Segment {
@@ -180,11 +223,16 @@ impl PartitionLog {
         let now = self.clock.now_ms();
         let prepared = self.prepare(batches, self.log_end_offset(), now)?;
         let info = prepared.info;
+        if prepared.duplicate {
+            return Ok(info);
+        }
         if self.should_roll(0, batches.len() as u64, info.last_offset, now) {
             if let Err(e) = self.roll() {
                 return Err(self.fail(e));
             }
         }
+        // Recorded after any roll, whose snapshot must cover only what is written.
+        self.record_producers(&prepared.headers);
         self.write(batches, &prepared.headers, now)?;
         Ok(info)
     }
@@ -215,6 +263,10 @@ impl PartitionLog {
                     continue;
                 }
             };
+            if prepared.duplicate {
+                results.push(Ok(prepared.info));
+                continue;
+            }
             let incoming = batches.len() as u64;
             if self.should_roll(
                 run.bytes.len() as u64,
@@ -232,6 +284,9 @@ impl PartitionLog {
                     continue;
                 }
             }
+            // After any roll (its snapshot covers only written data), before the next request
+            // of the group is checked against it.
+            self.record_producers(&prepared.headers);
             let base = run.bytes.len();
             run.bytes.extend_from_slice(batches);
             run.headers.extend(
@@ -297,6 +352,13 @@ impl PartitionLog {
         if let Some(stop) = it.take_stop() {
             return Err(stop.into_error());
         }
+        if let Some(duplicate) = self.check_producers(&headers)? {
+            return Ok(Prepared {
+                info: duplicate,
+                headers: Vec::new(),
+                duplicate: true,
+            });
+        }
 
         let log_append_time = self.config.message_timestamp_type == TimestampType::LogAppendTime;
         let mut next = first_offset;
@@ -319,7 +381,56 @@ impl PartitionLog {
                 bytes: batches.len(),
             },
             headers,
+            duplicate: false,
         })
+    }
+
+    /// Checks idempotent producers' sequences for a request's batches. `Some(info)` when the
+    /// whole request repeats what was already appended.
+    fn check_producers(
+        &self,
+        headers: &[(BatchHeader, Range<usize>)],
+    ) -> Result<Option<AppendInfo>> {
+        match headers {
+            [] => Ok(None),
+            [(h, range)] => match self.producers.check(h)? {
+                SeqCheck::Append => Ok(None),
+                SeqCheck::Duplicate {
+                    first_offset,
+                    last_offset,
+                } => Ok(Some(AppendInfo {
+                    base_offset: first_offset,
+                    last_offset,
+                    log_append_time_ms: -1,
+                    record_count: (last_offset - first_offset + 1) as u64,
+                    bytes: range.len(),
+                })),
+            },
+            many => {
+                // Several batches in one request: each must follow the previous one, and a
+                // partial repeat cannot be answered with one offset range, so it is an error.
+                let mut tentative = self.producers.clone();
+                for (h, _) in many {
+                    match tentative.check(h)? {
+                        SeqCheck::Append => tentative.record(h),
+                        SeqCheck::Duplicate { .. } => {
+                            return Err(LogError::OutOfOrderSequence {
+                                producer_id: h.producer_id,
+                                expected: -1,
+                                received: h.base_sequence,
+                            })
+                        }
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn record_producers(&mut self, headers: &[(BatchHeader, Range<usize>)]) {
+        for (h, _) in headers {
+            self.producers.record(h);
+        }
     }
 
     /// Writes prepared batches to the active segment, fail-stopping on error.
@@ -366,6 +477,8 @@ impl PartitionLog {
         recovery::sync_dir(&self.dir)?;
         tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
         self.segments.push(segment);
+        // Bounds the replay after a crash to the active segment.
+        self.snapshot_producer_states();
         Ok(())
     }
 
@@ -590,6 +703,7 @@ impl PartitionLog {
         }
         recovery::sync_dir(&self.dir)?;
         report.log_start_offset = self.log_start_offset();
+        self.producers.expire_below(report.log_start_offset);
         match first_error {
             Some(e) => Err(e),
             None => Ok(report),
@@ -611,6 +725,7 @@ impl PartitionLog {
         if let Err(e) = self.active_mut().finish() {
             return Err(self.fail(e));
         }
+        self.snapshot_producer_states();
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         std::fs::write(&marker, b"")
             .map_err(|e| LogError::io(format!("write {}", marker.display()), e))?;

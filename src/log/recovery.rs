@@ -172,6 +172,9 @@ pub(crate) fn recover(
             report.removed_files.push(path);
             continue;
         }
+        if name == super::producer_state::SNAPSHOT_FILE {
+            continue;
+        }
         let parsed = name
             .rsplit_once('.')
             .and_then(|(stem, ext)| parse_base(stem).map(|b| (b, ext)));

@@ -18,6 +18,9 @@ pub fn log_error_code(e: &LogError) -> i16 {
         LogError::FailStopped(_) | LogError::Io { .. } => ResponseError::KafkaStorageError.code(),
         LogError::Closed => ResponseError::NotLeaderOrFollower.code(),
         LogError::Config(_) => ResponseError::InvalidConfig.code(),
+        LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+        LogError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch.code(),
+        LogError::UnknownProducerId(_) => ResponseError::UnknownProducerId.code(),
     }
 }
 

@@ -34,6 +34,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The advertised range for `api`, if it is served at all.
@@ -113,6 +114,9 @@ mod tests {
                 }
                 ApiKey::OffsetDelete => {
                     within::<OffsetDeleteRequest, OffsetDeleteResponse>(min, max)
+                }
+                ApiKey::InitProducerId => {
+                    within::<InitProducerIdRequest, InitProducerIdResponse>(min, max)
                 }
                 other => panic!("no codec check for {other:?}"),
             }

@@ -12,6 +12,7 @@ mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod producer;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -112,6 +113,7 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::DescribeGroups => ready(groups::describe_groups(ctx, &req)),
         ApiKey::DeleteGroups => ready(groups::delete_groups(ctx, &req)),
         ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, &req)),
+        ApiKey::InitProducerId => Box::pin(producer::init_producer_id(ctx.clone(), req)),
         other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     let api_name = format!("{api:?}");
