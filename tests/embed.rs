@@ -100,3 +100,71 @@ async fn topics_and_records_survive_a_restart() {
     assert!(!dir.path().join("logs/orders-0").exists());
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn fsync_failure_fail_stops_the_partition_and_readyz_reports_it() {
+    let broker = TestBroker::start().await.unwrap();
+    broker
+        .core()
+        .create_topic("fragile", 1, BTreeMap::new())
+        .await
+        .unwrap();
+    let partition = broker.core().partition("fragile", 0).unwrap();
+    partition.append(encode_batch(&[record("ok")])).await.unwrap();
+    partition.inject_fsync_failure();
+    let failed = partition.append(encode_batch(&[record("lost")])).await;
+    assert!(
+        matches!(failed, Err(ferry::log::LogError::FailStopped(_))),
+        "{failed:?}"
+    );
+    // Every later write is refused too, not silently accepted.
+    let again = partition.append(encode_batch(&[record("later")])).await;
+    assert!(matches!(again, Err(ferry::log::LogError::FailStopped(_))));
+
+    let reasons = broker.readiness().unwrap_err();
+    assert!(reasons.iter().any(|r| r.contains("fragile-0")), "{reasons:?}");
+    let ready = reqwest::get(format!("{}/readyz", broker.http_url()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(body["reasons"].to_string().contains("fail-stop"), "{body}");
+    // The process itself is still alive.
+    let health = reqwest::get(format!("{}/healthz", broker.http_url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_expose_log_activity() {
+    let broker = TestBroker::start().await.unwrap();
+    broker
+        .core()
+        .create_topic("metered", 1, BTreeMap::new())
+        .await
+        .unwrap();
+    let partition = broker.core().partition("metered", 0).unwrap();
+    let batch = encode_batch(&[record("a"), record("b"), record("c")]);
+    let bytes = batch.len();
+    partition.append(batch).await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", broker.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("topic=\"metered\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} for topic metered missing:\n{text}"))
+    };
+    assert_eq!(value("ferry_log_appended_records_total"), 3.0);
+    assert_eq!(value("ferry_log_appended_bytes_total"), bytes as f64);
+    assert_eq!(value("ferry_log_segments"), 1.0);
+    assert!(value("ferry_log_fsync_seconds_count") >= 1.0);
+    assert!(text.contains("ferry_log_recovery_repairs_total"));
+    broker.stop().await;
+}
