@@ -209,3 +209,85 @@ async fn bad_batches_get_kafka_error_codes() {
     assert_eq!(broker.core().partition("t", 0).unwrap().log_end_offset(), 1);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn list_offsets_max_timestamp_and_legacy_produce() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+    let broker = TestBroker::start().await.unwrap();
+    broker
+        .core()
+        .create_topic("ts", 1, Default::default())
+        .await
+        .unwrap();
+    let partition = broker.core().partition("ts", 0).unwrap();
+    for ts in [1_000i64, 5_000, 3_000] {
+        partition
+            .append(encode_batch(&[SimpleRecord {
+                key: None,
+                value: Some(Bytes::from_static(b"v")),
+                headers: vec![],
+                timestamp: ts,
+            }]))
+            .await
+            .unwrap();
+    }
+    let mut s = TcpStream::connect(broker.kafka_addr()).await.unwrap();
+    let query = |timestamp: i64| {
+        ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("ts")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(timestamp)])])
+    };
+    for (ts, expected) in [
+        (-3i64, (1i64, 5_000i64)),
+        (-2, (0, -1)),
+        (-1, (3, -1)),
+        (2_000, (1, 5_000)),
+    ] {
+        s.write_all(&request(ApiKey::ListOffsets, 7, 9, &query(ts)))
+            .await
+            .unwrap();
+        let mut resp = read_response(&mut s).await.unwrap();
+        ResponseHeader::decode(&mut resp, ApiKey::ListOffsets.response_header_version(7)).unwrap();
+        let body = ListOffsetsResponse::decode(&mut resp, 7).unwrap();
+        let p = &body.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.offset, p.timestamp),
+            (0, expected.0, expected.1),
+            "timestamp {ts}"
+        );
+    }
+
+    // Produce v2 can only carry the old message formats: UNSUPPORTED_VERSION per partition.
+    let v3 = produce("ts", Bytes::from_static(b"old message set"), 1);
+    let mut body = BytesMut::new();
+    v3.encode(&mut body, 3).unwrap();
+    let body = body.split_off(2); // drop the null transactional id: v2's layout
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::Produce as i16);
+    frame.put_i16(2);
+    frame.put_i32(77);
+    frame.put_i16(-1);
+    frame.put_slice(&body);
+    let mut framed = BytesMut::new();
+    framed.put_i32(frame.len() as i32);
+    framed.put_slice(&frame);
+    s.write_all(&framed).await.unwrap();
+    let mut resp = read_response(&mut s).await.expect("an answer");
+    use bytes::Buf;
+    assert_eq!(resp.get_i32(), 77);
+    assert_eq!(resp.get_i32(), 1, "one topic");
+    let name_len = resp.get_i16() as usize;
+    assert_eq!(&resp[..name_len], b"ts");
+    resp.advance(name_len);
+    assert_eq!(resp.get_i32(), 1, "one partition");
+    assert_eq!(resp.get_i32(), 0, "partition index");
+    assert_eq!(resp.get_i16(), 35, "UNSUPPORTED_VERSION");
+    assert_eq!(partition.log_end_offset(), 3, "nothing appended");
+    broker.stop().await;
+}

@@ -616,6 +616,23 @@ impl PartitionLog {
     }
 
     /// First offset still in the log.
+    /// The offset and timestamp of the record with the largest timestamp (Kafka's
+    /// ListOffsets `MAX_TIMESTAMP`, KIP-734); `None` for an empty log or one without
+    /// timestamps.
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        let max = self
+            .segments
+            .iter()
+            .map(Segment::max_timestamp)
+            .max()
+            .unwrap_or(-1);
+        if max < 0 {
+            return Ok(None);
+        }
+        // The first batch whose max timestamp reaches the overall max is the one holding it.
+        self.offset_for_timestamp(max)
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.segments[0].base_offset()
     }

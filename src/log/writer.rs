@@ -287,6 +287,13 @@ impl PartitionHandle {
         Ok(found.filter(|(offset, _)| *offset < hw))
     }
 
+    /// The offset and timestamp of the newest-timestamped record below the high watermark.
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        let hw = self.high_watermark();
+        let found = self.shared.log.read().max_timestamp_offset()?;
+        Ok(found.filter(|(offset, _)| *offset < hw))
+    }
+
     /// Applies retention (blocking file deletions; call from a blocking context or accept a
     /// short stall).
     pub fn enforce_retention(&self) -> Result<RetentionReport> {

@@ -1,5 +1,5 @@
-//! ListOffsets: earliest (-2), latest (-1), and first offset at or after a timestamp, which the
-//! time index answers.
+//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, v7+), and the first offset at or
+//! after a timestamp, which the time index answers.
 
 use std::sync::Arc;
 
@@ -16,6 +16,8 @@ use crate::protocol::kafka::KafkaContext;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+/// KIP-734 (v7+): the record with the largest timestamp.
+const MAX_TIMESTAMP: i64 = -3;
 
 pub fn handle(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
     let request: ListOffsetsRequest = match decode(req) {
@@ -51,6 +53,14 @@ pub fn handle(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
                         EARLIEST => resp
                             .with_offset(handle.log_start_offset())
                             .with_timestamp(-1),
+                        MAX_TIMESTAMP if v >= 7 => match handle.max_timestamp_offset() {
+                            Ok(Some((offset, ts))) => resp.with_offset(offset).with_timestamp(ts),
+                            Ok(None) => resp.with_offset(-1).with_timestamp(-1),
+                            Err(e) => resp
+                                .with_error_code(log_error_code(&e))
+                                .with_offset(-1)
+                                .with_timestamp(-1),
+                        },
                         ts if ts < 0 => resp
                             .with_error_code(ResponseError::UnsupportedVersion.code())
                             .with_offset(-1)
