@@ -60,6 +60,60 @@ pub fn parse_request(mut frame: Bytes) -> Result<RawRequest, FrameError> {
     })
 }
 
+/// Decodes the body of any request this broker serves into its message type and drops it:
+/// the whole decode path a peer can reach, as one pure function for fuzzing and property
+/// tests. Unsupported keys and versions are errors, as on the wire.
+pub fn decode_body(req: &RawRequest) -> Result<(), String> {
+    use kafka_protocol::messages::*;
+    if !super::versions::is_supported(req.api_key, req.api_version) {
+        return Err(format!(
+            "{:?} v{} is not served",
+            req.api_key, req.api_version
+        ));
+    }
+    fn run<T: Decodable>(body: &Bytes, version: i16) -> Result<(), String> {
+        let mut body = body.clone();
+        T::decode(&mut body, version)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    let (b, v) = (&req.body, req.api_version);
+    match req.api_key {
+        // v0-2 are answered by hand after decoding as v3 behind a null transactional id.
+        ApiKey::Produce if v < 3 => {
+            let mut with_id = BytesMut::with_capacity(b.len() + 2);
+            with_id.put_i16(-1);
+            with_id.put_slice(b);
+            run::<ProduceRequest>(&with_id.freeze(), 3)
+        }
+        ApiKey::Produce => run::<ProduceRequest>(b, v),
+        ApiKey::Fetch => run::<FetchRequest>(b, v),
+        ApiKey::ListOffsets => run::<ListOffsetsRequest>(b, v),
+        ApiKey::Metadata => run::<MetadataRequest>(b, v),
+        ApiKey::ApiVersions => run::<ApiVersionsRequest>(b, v),
+        ApiKey::CreateTopics => run::<CreateTopicsRequest>(b, v),
+        ApiKey::DeleteTopics => run::<DeleteTopicsRequest>(b, v),
+        ApiKey::CreatePartitions => run::<CreatePartitionsRequest>(b, v),
+        ApiKey::DescribeConfigs => run::<DescribeConfigsRequest>(b, v),
+        ApiKey::AlterConfigs => run::<AlterConfigsRequest>(b, v),
+        ApiKey::IncrementalAlterConfigs => run::<IncrementalAlterConfigsRequest>(b, v),
+        ApiKey::DescribeCluster => run::<DescribeClusterRequest>(b, v),
+        ApiKey::FindCoordinator => run::<FindCoordinatorRequest>(b, v),
+        ApiKey::JoinGroup => run::<JoinGroupRequest>(b, v),
+        ApiKey::SyncGroup => run::<SyncGroupRequest>(b, v),
+        ApiKey::Heartbeat => run::<HeartbeatRequest>(b, v),
+        ApiKey::LeaveGroup => run::<LeaveGroupRequest>(b, v),
+        ApiKey::OffsetCommit => run::<OffsetCommitRequest>(b, v),
+        ApiKey::OffsetFetch => run::<OffsetFetchRequest>(b, v),
+        ApiKey::ListGroups => run::<ListGroupsRequest>(b, v),
+        ApiKey::DescribeGroups => run::<DescribeGroupsRequest>(b, v),
+        ApiKey::DeleteGroups => run::<DeleteGroupsRequest>(b, v),
+        ApiKey::OffsetDelete => run::<OffsetDeleteRequest>(b, v),
+        ApiKey::InitProducerId => run::<InitProducerIdRequest>(b, v),
+        other => Err(format!("{other:?} is not served")),
+    }
+}
+
 /// Frames a response body: size prefix, response header of the right version, body.
 pub fn encode_response<R: Encodable>(
     api_key: ApiKey,
