@@ -110,7 +110,10 @@ async fn fsync_failure_fail_stops_the_partition_and_readyz_reports_it() {
         .await
         .unwrap();
     let partition = broker.core().partition("fragile", 0).unwrap();
-    partition.append(encode_batch(&[record("ok")])).await.unwrap();
+    partition
+        .append(encode_batch(&[record("ok")]))
+        .await
+        .unwrap();
     partition.inject_fsync_failure();
     let failed = partition.append(encode_batch(&[record("lost")])).await;
     assert!(
@@ -122,7 +125,10 @@ async fn fsync_failure_fail_stops_the_partition_and_readyz_reports_it() {
     assert!(matches!(again, Err(ferry::log::LogError::FailStopped(_))));
 
     let reasons = broker.readiness().unwrap_err();
-    assert!(reasons.iter().any(|r| r.contains("fragile-0")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("fragile-0")),
+        "{reasons:?}"
+    );
     let ready = reqwest::get(format!("{}/readyz", broker.http_url()))
         .await
         .unwrap();
