@@ -291,3 +291,54 @@ async fn list_offsets_max_timestamp_and_legacy_produce() {
     assert_eq!(partition.log_end_offset(), 3, "nothing appended");
     broker.stop().await;
 }
+
+async fn advertised_broker(connect: std::net::SocketAddr) -> (String, i32) {
+    let mut s = TcpStream::connect(connect).await.unwrap();
+    let req = request(
+        ApiKey::Metadata,
+        12,
+        3,
+        &MetadataRequest::default().with_topics(Some(vec![])),
+    );
+    s.write_all(&req).await.unwrap();
+    let mut resp = read_response(&mut s).await.expect("metadata answer");
+    ResponseHeader::decode(&mut resp, ApiKey::Metadata.response_header_version(12)).unwrap();
+    let md = MetadataResponse::decode(&mut resp, 12).unwrap();
+    (md.brokers[0].host.to_string(), md.brokers[0].port)
+}
+
+#[tokio::test]
+async fn metadata_advertises_a_reachable_address() {
+    // Explicit --kafka-advertised wins.
+    let broker = TestBroker::with(|b| {
+        b.configure(|c| c.kafka_advertised = Some("kafka.example:19092".into()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        advertised_broker(broker.kafka_addr()).await,
+        ("kafka.example".to_string(), 19092)
+    );
+    broker.stop().await;
+
+    // A wildcard listener advertises the address the client actually reached.
+    let broker = TestBroker::with(|b| b.kafka_listen("0.0.0.0:0"))
+        .await
+        .unwrap();
+    let port = broker.kafka_addr().port();
+    let via_loopback = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(
+        advertised_broker(via_loopback).await,
+        ("127.0.0.1".to_string(), i32::from(port))
+    );
+    broker.stop().await;
+
+    // A specific listener advertises itself.
+    let broker = TestBroker::start().await.unwrap();
+    let addr = broker.kafka_addr();
+    assert_eq!(
+        advertised_broker(addr).await,
+        (addr.ip().to_string(), i32::from(addr.port()))
+    );
+    broker.stop().await;
+}
