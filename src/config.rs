@@ -56,6 +56,8 @@ pub struct Config {
     pub log: LogSettings,
     /// Kafka protocol settings.
     pub kafka: KafkaSettings,
+    /// AMQP 0-9-1 protocol settings.
+    pub amqp: AmqpSettings,
     /// Logging and metrics.
     pub observe: ObserveSettings,
 }
@@ -71,6 +73,7 @@ impl Default for Config {
             http_listen: "0.0.0.0:8080".into(),
             log: LogSettings::default(),
             kafka: KafkaSettings::default(),
+            amqp: AmqpSettings::default(),
             observe: ObserveSettings::default(),
         }
     }
@@ -184,6 +187,46 @@ impl Default for KafkaSettings {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+        }
+    }
+}
+
+/// One AMQP user (PLAIN / AMQPLAIN credentials).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpUser {
+    pub name: String,
+    pub password: String,
+}
+
+/// `[amqp]`: AMQP 0-9-1 behaviour, with RabbitMQ's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Users allowed to connect. Default one user `guest` with password `guest`.
+    pub users: Vec<AmqpUser>,
+    /// Users who may connect only from a loopback address (RabbitMQ's `loopback_users`).
+    /// Default `["guest"]`.
+    pub loopback_users: Vec<String>,
+    /// Largest frame the server offers in connection.tune, in bytes (min 4096). Default 131072.
+    pub frame_max: u32,
+    /// Most channels per connection offered in connection.tune. Default 2047.
+    pub channel_max: u16,
+    /// Heartbeat interval offered in connection.tune, in seconds; 0 disables. Default 60.
+    pub heartbeat: u16,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            users: vec![AmqpUser {
+                name: "guest".into(),
+                password: "guest".into(),
+            }],
+            loopback_users: vec!["guest".into()],
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
         }
     }
 }
@@ -315,6 +358,12 @@ impl Config {
         }
         if self.kafka.max_request_bytes < 1024 {
             return Err(invalid("kafka.max_request_bytes", "must be at least 1024"));
+        }
+        if self.amqp.frame_max < 4096 {
+            return Err(invalid("amqp.frame_max", "must be at least 4096"));
+        }
+        if self.amqp.channel_max == 0 {
+            return Err(invalid("amqp.channel_max", "must be at least 1"));
         }
         if !matches!(self.observe.log_format.as_str(), "text" | "json") {
             return Err(invalid(

@@ -223,6 +223,7 @@ impl BrokerBuilder {
         tasks.spawn(protocol::amqp::serve(
             amqp_listener,
             core.clone(),
+            config.amqp.clone(),
             shutdown_rx.clone(),
         ));
 

@@ -7,8 +7,15 @@
 //! changes, so a crash between the two leaves the durable side ahead, and startup replays it.
 //!
 //! On disk, partition `p` of topic `t` lives in `<data_dir>/logs/t-p/`, as in Kafka.
+//!
+//! Exchanges, queues and bindings (the AMQP model, in protocol-free terms) live in
+//! [`routing::Router`], reached with [`BrokerCore::router`]; each queue is a log with cursors
+//! ([`queue::Queue`]) in `<data_dir>/queues/<escaped vhost>/<escaped name>/`.
 
+pub mod exchange;
 pub mod group;
+pub mod queue;
+pub mod routing;
 pub mod topic;
 
 use std::collections::{BTreeMap, HashMap};
@@ -78,6 +85,10 @@ struct CoreInner {
     /// for the same name, but they are rare, so one lock for all is simplest.
     admin: AsyncMutex<()>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The data directory: the parent of `logs_dir`. Queue logs live in `<data_dir>/queues/`.
+    data_dir: PathBuf,
+    /// Exchanges, queues and bindings (the AMQP model, protocol-free).
+    router: routing::Router,
 }
 
 impl BrokerCore {
@@ -94,8 +105,30 @@ impl BrokerCore {
             context: format!("creating {}", logs_dir.display()),
             source,
         })?;
+        // `logs_dir` is `<data_dir>/logs`; queues sit beside it in `<data_dir>/queues`.
+        let data_dir = logs_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| logs_dir.to_path_buf());
+        let router = routing::Router::open(
+            meta.clone(),
+            clock.clone(),
+            &data_dir.join("queues"),
+            &default_log_config,
+        )
+        .map_err(|e| match e {
+            routing::RoutingError::Log(l) => BrokerError::Log(l),
+            routing::RoutingError::Meta(m) => BrokerError::Meta(m),
+            // Opening only fails on I/O or meta; keep the enum unchanged for the adapters.
+            other => BrokerError::InvalidConfig {
+                key: "queues".into(),
+                message: other.to_string(),
+            },
+        })?;
         let core = Self {
             inner: Arc::new(CoreInner {
+                data_dir,
+                router,
                 groups: GroupCoordinator::new(meta.clone(), clock.clone(), group_settings),
                 clock,
                 meta,
@@ -157,6 +190,16 @@ impl BrokerCore {
 
     pub fn meta(&self) -> &Meta {
         &self.inner.meta
+    }
+
+    /// The data directory (parent of the partition logs and the queue logs).
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// Exchanges, queues and bindings.
+    pub fn router(&self) -> &routing::Router {
+        &self.inner.router
     }
 
     /// The consumer-group coordinator.
@@ -352,7 +395,7 @@ impl BrokerCore {
         deleted
     }
 
-    /// Partitions that stopped accepting writes after an I/O failure.
+    /// Partitions (and queue logs) that stopped accepting writes after an I/O failure.
     pub fn failed_partitions(&self) -> Vec<(String, i32)> {
         let mut failed = Vec::new();
         for topic in self.topics() {
@@ -360,6 +403,12 @@ impl BrokerCore {
                 if handle.is_failed() {
                     failed.push((topic.name().to_string(), p as i32));
                 }
+            }
+        }
+        // Queue logs fail-stop the same way; they are named like their metrics label.
+        for q in self.inner.router.queues() {
+            if q.log().is_failed() {
+                failed.push((format!("queue:{}:{}", q.vhost(), q.name()), 0));
             }
         }
         failed
@@ -373,6 +422,7 @@ impl BrokerCore {
             .store(true, std::sync::atomic::Ordering::Release);
         let _admin = self.inner.admin.lock().await;
         self.inner.groups.shutdown().await;
+        self.inner.router.shutdown().await;
         for topic in self.topics() {
             for handle in topic.partitions() {
                 handle.shutdown().await;

@@ -1,16 +1,37 @@
-//! The AMQP 0-9-1 adapter.
+//! The AMQP 0-9-1 adapter: RabbitMQ clients talk to the core through it, unchanged.
 //!
-//! Not implemented yet (issue "AMQP 0-9-1"): the listener binds so that deployments and
-//! readiness checks see the port, and each connection is closed at once with a log line.
+//! Layers, bottom up: [`codec`] (pure framing over bytes, `amq-protocol` for method and header
+//! encoding), [`convert`] (the boundary with the core: message <-> record mapping, field tables
+//! <-> JSON, core errors -> reply codes), [`handlers`] (exchange and queue methods as calls on
+//! the core's router), [`channel`] (publish assembly, consumers, acks, prefetch, confirms) and
+//! [`connection`] (handshake, authentication, tuning, heartbeats, the frame loop and the single
+//! socket writer). Exchanges, queues and bindings live in the core (`broker::routing`,
+//! `broker::queue`); this module never stores a message itself.
+
+pub mod channel;
+pub mod codec;
+pub mod connection;
+pub mod convert;
+pub mod handlers;
+
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::BrokerCore;
+use crate::config::AmqpSettings;
 
-pub async fn serve(listener: TcpListener, _core: BrokerCore, shutdown: watch::Receiver<bool>) {
-    super::accept_loop("amqp", listener, shutdown, |_stream, peer, _| async move {
-        tracing::warn!(%peer, "AMQP is not implemented yet; closing connection");
+/// Accepts AMQP connections until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    core: BrokerCore,
+    settings: AmqpSettings,
+    shutdown: watch::Receiver<bool>,
+) {
+    let settings = Arc::new(settings);
+    super::accept_loop("amqp", listener, shutdown, move |stream, peer, shutdown| {
+        connection::serve(stream, peer, core.clone(), settings.clone(), shutdown)
     })
     .await
 }

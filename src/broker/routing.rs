@@ -1,0 +1,1141 @@
+//! Routing: the exchange/queue/binding registry and the match rules, free of any protocol.
+//!
+//! [`Router`] owns every exchange and queue by `(vhost, name)`. Declarations follow RabbitMQ's
+//! semantics (passive declares, equivalence checks on re-declare, exclusive and auto-delete
+//! queues, the default exchange and the `amq.*` exchanges) and report problems as
+//! [`RoutingError`] variants that each protocol adapter maps to its own codes (AMQP 404, 405,
+//! 406, 403 …). Durable definitions are written to [`Meta`] before the in-memory registry
+//! changes and are reloaded by [`Router::open`]; transient ones vanish with the process, and the
+//! log directories they leave are removed at the next start.
+//!
+//! Message headers and declaration arguments travel as `serde_json` values, the same form the
+//! meta store keeps them in, so the core compares and persists them without knowing a wire
+//! format.
+//!
+//! Queue logs live in `<data_dir>/queues/<escaped vhost>/<escaped name>/` (see
+//! [`escape_path_component`]): any AMQP name maps to one safe directory name and back.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde_json::{Map, Value};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::exchange::{Exchange, ExchangeKind, PREDECLARED};
+use super::queue::{DeathReason, Queue, QueueLimits, QueueSetup};
+use crate::clock::Clock;
+use crate::log::{LogConfig, LogError, LogLabels, PartitionHandle, PendingAppend, SimpleRecord};
+use crate::meta::{BindingDef, DestinationKind, ExchangeDef, Meta, MetaError, QueueDef};
+
+/// The only virtual host so far.
+pub const DEFAULT_VHOST: &str = "/";
+
+/// Largest message body a queue accepts (RabbitMQ's `max_message_size` default, 128 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Errors of routing operations; each variant is one class of AMQP reply code.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    /// 404: no such exchange, queue or vhost.
+    #[error("no {kind} '{name}' in vhost '{vhost}'")]
+    NotFound {
+        kind: &'static str,
+        vhost: String,
+        name: String,
+    },
+    /// 406: a re-declare that differs, or a delete precondition that failed.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// 405: an exclusive queue of another connection.
+    #[error("cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'")]
+    ResourceLocked { vhost: String, name: String },
+    /// 403: reserved names (`amq.` prefix, the default exchange).
+    #[error("{0}")]
+    AccessRefused(String),
+    /// 503: a request that makes no sense (unknown exchange type …).
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+type Key = (String, String);
+
+fn key(vhost: &str, name: &str) -> Key {
+    (vhost.to_string(), name.to_string())
+}
+
+/// What a queue declare returns.
+#[derive(Debug, Clone)]
+pub struct QueueDeclared {
+    pub queue: Arc<Queue>,
+    pub message_count: u64,
+    pub consumer_count: u32,
+    /// Whether this declare created the queue.
+    pub fresh: bool,
+}
+
+/// A queue declare request.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub vhost: String,
+    /// Empty asks for a server-generated `amq.gen-…` name.
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    /// The declaring connection, for exclusive queues.
+    pub exclusive_owner: Option<u64>,
+    pub auto_delete: bool,
+    pub arguments: Value,
+    /// The connection asking (for exclusive-access checks on existing queues).
+    pub connection: u64,
+}
+
+/// Record header (protocol-neutral) naming the exchange a message was published to; set by
+/// [`Router::publish`], read by adapters for basic.deliver's `exchange`.
+pub const EXCHANGE_HEADER: &str = "ferry.exchange";
+
+/// Record header with a message's dead-letter history, newest first, as JSON: a list of
+/// `{"queue", "reason", "count", "time" (seconds), "exchange", "routing-keys"}` objects.
+/// The AMQP adapter turns it into RabbitMQ's `x-death` header.
+pub const DEATH_HEADER: &str = "ferry.death";
+
+/// The registry of exchanges and queues. Cheap to clone: maintenance tasks hold a clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+impl std::ops::Deref for Router {
+    type Target = RouterInner;
+    fn deref(&self) -> &RouterInner {
+        &self.inner
+    }
+}
+
+/// The registry's state, behind [`Router`].
+pub struct RouterInner {
+    meta: Meta,
+    clock: Clock,
+    queues_dir: PathBuf,
+    queue_log_config: LogConfig,
+    exchanges: RwLock<HashMap<Key, Arc<Exchange>>>,
+    queues: RwLock<HashMap<Key, Arc<Queue>>>,
+    /// Serializes declarations and deletions: they do I/O and must not interleave.
+    admin: AsyncMutex<()>,
+    /// Turns true at shutdown; maintenance tasks end on it.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Maintenance tasks, awaited at shutdown so nothing touches the meta store after it.
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RouterInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("queues_dir", &self.queues_dir)
+            .finish()
+    }
+}
+
+impl Router {
+    /// Reloads durable exchanges, queues (with their delivery state) and bindings, declares the
+    /// `amq.*` exchanges, and removes log directories of queues that did not survive.
+    pub fn open(
+        meta: Meta,
+        clock: Clock,
+        queues_dir: &Path,
+        default_log_config: &LogConfig,
+    ) -> Result<Router, RoutingError> {
+        std::fs::create_dir_all(queues_dir).map_err(|source| LogError::Io {
+            context: format!("creating {}", queues_dir.display()),
+            source,
+        })?;
+        // Queue logs never lose messages to time or size retention: a message leaves a queue
+        // when it is settled, not when it is old.
+        let queue_log_config = LogConfig {
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: MAX_MESSAGE_BYTES + 64 * 1024,
+            segment_bytes: default_log_config.segment_bytes.min(64 * 1024 * 1024),
+            ..default_log_config.clone()
+        };
+        let router = RouterInner {
+            meta,
+            clock,
+            queues_dir: queues_dir.to_path_buf(),
+            queue_log_config,
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            admin: AsyncMutex::new(()),
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: parking_lot::Mutex::new(Vec::new()),
+        };
+        for (name, kind) in PREDECLARED {
+            let def = ExchangeDef {
+                vhost: DEFAULT_VHOST.into(),
+                name: (*name).into(),
+                kind: kind.as_str().into(),
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: Value::Object(Map::new()),
+            };
+            router.exchanges.write().insert(
+                key(DEFAULT_VHOST, name),
+                Arc::new(Exchange::new(def, *kind)),
+            );
+        }
+        for def in router.meta.exchanges()? {
+            let Some(kind) = ExchangeKind::parse(&def.kind) else {
+                tracing::warn!(exchange = %def.name, kind = %def.kind, "unknown exchange type in meta; skipped");
+                continue;
+            };
+            let k = key(&def.vhost, &def.name);
+            router
+                .exchanges
+                .write()
+                .insert(k, Arc::new(Exchange::new(def, kind)));
+        }
+        let mut kept_dirs = HashSet::new();
+        for def in router.meta.queues()? {
+            let state = router.meta.queue_state(&def.vhost, &def.name)?;
+            let queue = router.open_queue(def, None, state.as_deref())?;
+            kept_dirs.insert(queue.dir().clone());
+            let k = key(queue.vhost(), queue.name());
+            router.queues.write().insert(k, Arc::new(queue));
+        }
+        for b in router.meta.bindings()? {
+            let Some(ex) = router.exchange(&b.vhost, &b.source) else {
+                continue;
+            };
+            let dest_exists = match b.destination_kind {
+                DestinationKind::Queue => router.queue(&b.vhost, &b.destination).is_some(),
+                DestinationKind::Exchange => router.exchange(&b.vhost, &b.destination).is_some(),
+            };
+            if dest_exists {
+                ex.add_binding(b);
+            }
+        }
+        router.remove_stale_dirs(&kept_dirs);
+        let router = Router {
+            inner: Arc::new(router),
+        };
+        for q in router.queues() {
+            router.start_maintenance(&q);
+        }
+        Ok(router)
+    }
+
+    /// Declares (or with `passive`, checks) a queue, starting its maintenance task if its
+    /// arguments need one.
+    pub async fn declare_queue(&self, spec: QueueSpec) -> Result<QueueDeclared, RoutingError> {
+        let declared = self.inner.declare_queue_inner(spec).await?;
+        if declared.fresh {
+            self.start_maintenance(&declared.queue);
+        }
+        Ok(declared)
+    }
+
+    /// Runs TTL/max-length on a timer and forwards dead letters, for queues whose arguments
+    /// need it. Ends when the queue is deleted.
+    fn start_maintenance(&self, q: &Arc<Queue>) {
+        if !q.limits().needs_maintenance() && q.limits().dead_letter_exchange.is_none() {
+            return;
+        }
+        let router = self.clone();
+        let q = q.clone();
+        let mut stop = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            let mut appends = q.subscribe_appends();
+            let mut ready = q.subscribe_ready();
+            while !q.is_deleted() && !*stop.borrow_and_update() {
+                q.enforce_now();
+                let dead = q.take_dead();
+                if !dead.is_empty() {
+                    router.dead_letter(&q, dead).await;
+                }
+                // Wake at the next expiry; with a manual clock, re-check every second too.
+                let wait = q
+                    .next_expiry_ms()
+                    .map(|at| at.saturating_sub(router.clock.now_ms()).clamp(1, 1000) as u64)
+                    .unwrap_or(1000);
+                tokio::select! {
+                    r = appends.changed() => if r.is_err() { break },
+                    r = ready.changed() => if r.is_err() { break },
+                    _ = q.dead_letters_waiting() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        let mut tasks = self.tasks.lock();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Moves messages out of `q` into its dead-letter exchange (or drops them if it has none),
+    /// adding the death record, and settles them in `q` once the copies are durable. The
+    /// offsets must be unacked in `q`.
+    pub async fn dead_letter(&self, q: &Arc<Queue>, dead: Vec<(i64, DeathReason)>) {
+        let offsets: Vec<i64> = dead.iter().map(|(o, _)| *o).collect();
+        let Some(dlx) = q.limits().dead_letter_exchange.clone() else {
+            q.ack(&offsets);
+            return;
+        };
+        let records = match q.read(&offsets) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(queue = q.name(), error = %e, "reading dead letters failed; requeueing");
+                q.requeue(&offsets);
+                return;
+            }
+        };
+        let now = self.clock.now_ms();
+        let mut pending = Vec::new();
+        for (offset, reason) in &dead {
+            let Some(record) = records.get(offset) else {
+                continue;
+            };
+            let record = with_death(record.clone(), q, *reason, now);
+            let record = match &q.limits().dead_letter_routing_key {
+                Some(k) => SimpleRecord {
+                    key: Some(bytes::Bytes::copy_from_slice(k.as_bytes())),
+                    ..record
+                },
+                None => record,
+            };
+            // A dead-letter exchange that does not exist drops the message (RabbitMQ).
+            match self.publish(q.vhost(), &dlx, None, record).await {
+                Ok(p) => pending.extend(p),
+                Err(e) => {
+                    tracing::debug!(queue = q.name(), error = %e, "dead-lettering dropped a message")
+                }
+            }
+        }
+        for p in pending {
+            if let Err(e) = p.wait().await {
+                tracing::warn!(queue = q.name(), error = %e, "dead-letter append failed; requeueing");
+                q.requeue(&offsets);
+                return;
+            }
+        }
+        q.ack(&offsets);
+    }
+}
+
+impl RouterInner {
+    /// Deletes `<queues>/<vhost>/<name>` directories of queues that are not durable.
+    fn remove_stale_dirs(&self, kept: &HashSet<PathBuf>) {
+        let Ok(vhosts) = std::fs::read_dir(&self.queues_dir) else {
+            return;
+        };
+        for vhost in vhosts.flatten() {
+            let Ok(names) = std::fs::read_dir(vhost.path()) else {
+                continue;
+            };
+            for entry in names.flatten() {
+                let path = entry.path();
+                if !kept.contains(&path) {
+                    if let Err(e) = std::fs::remove_dir_all(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a transient queue's log");
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue_dir(&self, vhost: &str, name: &str) -> PathBuf {
+        self.queues_dir
+            .join(escape_path_component(vhost))
+            .join(escape_path_component(name))
+    }
+
+    fn open_queue(
+        &self,
+        def: QueueDef,
+        exclusive_owner: Option<u64>,
+        state: Option<&[u8]>,
+    ) -> Result<Queue, RoutingError> {
+        let dir = self.queue_dir(&def.vhost, &def.name);
+        let labels = LogLabels {
+            topic: format!("queue:{}:{}", def.vhost, def.name),
+            partition: 0,
+        };
+        let mut config = self.queue_log_config.clone();
+        if !def.durable || exclusive_owner.is_some() {
+            // A transient (or exclusive) queue does not survive a restart, so nothing is gained by syncing
+            // it: its publishes are confirmed once written (as RabbitMQ confirms them on
+            // enqueue), and only durable queues pay for fsync.
+            config.fsync = crate::log::FsyncPolicy::Never;
+        }
+        let (log, _report) = PartitionHandle::open(&dir, config, self.clock.clone(), labels)?;
+        let meta = (def.durable && exclusive_owner.is_none()).then(|| self.meta.clone());
+        // Arguments were validated at declare; a stored definition that no longer parses
+        // runs without limits rather than failing the whole start-up.
+        let limits = QueueLimits::from_arguments(&def.arguments).unwrap_or_else(|e| {
+            tracing::warn!(queue = %def.name, error = %e, "ignoring invalid queue arguments");
+            QueueLimits::default()
+        });
+        Ok(Queue::new(
+            QueueSetup {
+                def,
+                exclusive_owner,
+                log,
+                dir,
+                meta,
+                limits,
+                clock: self.clock.clone(),
+            },
+            state,
+        ))
+    }
+
+    pub fn vhost_exists(&self, vhost: &str) -> bool {
+        vhost == DEFAULT_VHOST
+    }
+
+    pub fn exchange(&self, vhost: &str, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.read().get(&key(vhost, name)).cloned()
+    }
+
+    pub fn queue(&self, vhost: &str, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(&key(vhost, name)).cloned()
+    }
+
+    /// All queues, for shutdown and observability.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// Declares (or with `passive`, checks) an exchange.
+    pub async fn declare_exchange(
+        &self,
+        def: ExchangeDef,
+        passive: bool,
+    ) -> Result<Arc<Exchange>, RoutingError> {
+        let _admin = self.admin.lock().await;
+        if def.name.is_empty() {
+            // The default exchange always exists and cannot be redeclared.
+            return if passive {
+                Ok(Arc::new(Exchange::new(
+                    ExchangeDef {
+                        kind: "direct".into(),
+                        durable: true,
+                        ..def
+                    },
+                    ExchangeKind::Direct,
+                )))
+            } else {
+                Err(RoutingError::AccessRefused(
+                    "operation not permitted on the default exchange".into(),
+                ))
+            };
+        }
+        if let Some(existing) = self.exchange(&def.vhost, &def.name) {
+            if passive {
+                return Ok(existing);
+            }
+            let e = existing.def();
+            for (field, now, asked) in [
+                ("type", e.kind.clone(), def.kind.clone()),
+                ("durable", e.durable.to_string(), def.durable.to_string()),
+                (
+                    "auto_delete",
+                    e.auto_delete.to_string(),
+                    def.auto_delete.to_string(),
+                ),
+                ("internal", e.internal.to_string(), def.internal.to_string()),
+            ] {
+                if now != asked {
+                    return Err(RoutingError::PreconditionFailed(format!(
+                        "inequivalent arg '{field}' for exchange '{}' in vhost '{}': received '{asked}' but current is '{now}'",
+                        def.name, def.vhost
+                    )));
+                }
+            }
+            if !args_equivalent(&e.arguments, &def.arguments) {
+                return Err(RoutingError::PreconditionFailed(format!(
+                    "inequivalent arguments for exchange '{}' in vhost '{}'",
+                    def.name, def.vhost
+                )));
+            }
+            return Ok(existing);
+        }
+        if passive {
+            return Err(RoutingError::NotFound {
+                kind: "exchange",
+                vhost: def.vhost,
+                name: def.name,
+            });
+        }
+        if def.name.starts_with("amq.") {
+            return Err(RoutingError::AccessRefused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                def.name
+            )));
+        }
+        let kind = ExchangeKind::parse(&def.kind).ok_or_else(|| {
+            RoutingError::InvalidRequest(format!("invalid exchange type '{}'", def.kind))
+        })?;
+        if def.durable {
+            self.meta.put_exchange(&def)?;
+            // Declarations are rare and a client may rely on them at once: make them durable
+            // before declare-ok rather than at sled's next periodic flush.
+            self.meta.flush()?;
+        }
+        let ex = Arc::new(Exchange::new(def, kind));
+        self.exchanges
+            .write()
+            .insert(key(&ex.def().vhost, ex.name()), ex.clone());
+        Ok(ex)
+    }
+
+    /// Deletes an exchange and every binding from or to it.
+    pub async fn delete_exchange(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<(), RoutingError> {
+        let _admin = self.admin.lock().await;
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(RoutingError::AccessRefused(format!(
+                "operation not permitted on exchange '{name}'"
+            )));
+        }
+        let Some(ex) = self.exchange(vhost, name) else {
+            // RabbitMQ answers delete-ok for a missing exchange.
+            return Ok(());
+        };
+        if if_unused && ex.has_bindings() {
+            return Err(RoutingError::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '{vhost}' in use"
+            )));
+        }
+        if ex.def().durable {
+            for b in ex.bindings() {
+                self.meta.delete_binding(&b)?;
+            }
+            self.meta.delete_exchange(vhost, name)?;
+            self.meta.flush()?;
+        }
+        for other in self.exchanges.read().values() {
+            for b in other.remove_bindings_to(DestinationKind::Exchange, name) {
+                let _ = self.meta.delete_binding(&b);
+            }
+        }
+        self.exchanges.write().remove(&key(vhost, name));
+        Ok(())
+    }
+
+    async fn declare_queue_inner(&self, spec: QueueSpec) -> Result<QueueDeclared, RoutingError> {
+        let _admin = self.admin.lock().await;
+        let name = if spec.name.is_empty() && !spec.passive {
+            format!("amq.gen-{}", random_suffix())
+        } else {
+            spec.name.clone()
+        };
+        if let Some(q) = self.queue(&spec.vhost, &name) {
+            if let Some(owner) = q.exclusive_owner() {
+                if owner != spec.connection {
+                    return Err(RoutingError::ResourceLocked {
+                        vhost: spec.vhost,
+                        name,
+                    });
+                }
+            }
+            if !spec.passive {
+                let d = q.def();
+                let exclusive_now = q.exclusive_owner().is_some();
+                for (field, now, asked) in [
+                    ("durable", d.durable, spec.durable),
+                    ("exclusive", exclusive_now, spec.exclusive_owner.is_some()),
+                    ("auto_delete", d.auto_delete, spec.auto_delete),
+                ] {
+                    if now != asked {
+                        return Err(RoutingError::PreconditionFailed(format!(
+                            "inequivalent arg '{field}' for queue '{name}' in vhost '{}': received '{asked}' but current is '{now}'",
+                            spec.vhost
+                        )));
+                    }
+                }
+                if !args_equivalent(&d.arguments, &spec.arguments) {
+                    return Err(RoutingError::PreconditionFailed(format!(
+                        "inequivalent arguments for queue '{name}' in vhost '{}'",
+                        spec.vhost
+                    )));
+                }
+            }
+            return Ok(QueueDeclared {
+                message_count: q.message_count(),
+                consumer_count: q.consumer_count(),
+                queue: q,
+                fresh: false,
+            });
+        }
+        if spec.passive {
+            return Err(RoutingError::NotFound {
+                kind: "queue",
+                vhost: spec.vhost,
+                name,
+            });
+        }
+        if name.starts_with("amq.") && !spec.name.is_empty() {
+            return Err(RoutingError::AccessRefused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        QueueLimits::from_arguments(&spec.arguments).map_err(|e| {
+            RoutingError::PreconditionFailed(format!(
+                "{e} for queue '{name}' in vhost '{}'",
+                spec.vhost
+            ))
+        })?;
+        let def = QueueDef {
+            vhost: spec.vhost.clone(),
+            name: name.clone(),
+            durable: spec.durable,
+            auto_delete: spec.auto_delete,
+            arguments: spec.arguments,
+        };
+        // A directory left by a transient queue of the same name (or a crash mid-delete) must
+        // not leak its messages into the new queue.
+        remove_dir_if_present(&self.queue_dir(&spec.vhost, &name))?;
+        // An exclusive queue dies with its connection, so it never outlives a restart
+        // (RabbitMQ treats durable exclusive queues the same way).
+        if def.durable && spec.exclusive_owner.is_none() {
+            self.meta.put_queue(&def)?;
+            self.meta.flush()?;
+        }
+        let queue = Arc::new(self.open_queue(def, spec.exclusive_owner, None)?);
+        self.queues
+            .write()
+            .insert(key(&spec.vhost, &name), queue.clone());
+        // Every queue is bound to the default exchange by its name; that binding is implicit.
+        Ok(QueueDeclared {
+            queue,
+            message_count: 0,
+            consumer_count: 0,
+            fresh: true,
+        })
+    }
+
+    /// Deletes a queue; returns how many ready messages it held.
+    pub async fn delete_queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: Option<u64>,
+    ) -> Result<u64, RoutingError> {
+        let _admin = self.admin.lock().await;
+        let Some(q) = self.queue(vhost, name) else {
+            return Err(RoutingError::NotFound {
+                kind: "queue",
+                vhost: vhost.into(),
+                name: name.into(),
+            });
+        };
+        if let (Some(owner), Some(conn)) = (q.exclusive_owner(), connection) {
+            if owner != conn {
+                return Err(RoutingError::ResourceLocked {
+                    vhost: vhost.into(),
+                    name: name.into(),
+                });
+            }
+        }
+        if if_unused && q.consumer_count() > 0 {
+            return Err(RoutingError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{vhost}' in use"
+            )));
+        }
+        let count = q.message_count();
+        if if_empty && count > 0 {
+            return Err(RoutingError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{vhost}' is not empty"
+            )));
+        }
+        self.remove_queue(&q).await?;
+        Ok(count)
+    }
+
+    async fn remove_queue(&self, q: &Arc<Queue>) -> Result<(), RoutingError> {
+        let (vhost, name) = (q.vhost().to_string(), q.name().to_string());
+        if q.persistent() {
+            self.meta.delete_queue(&vhost, &name)?;
+        }
+        let exchanges: Vec<_> = self.exchanges.read().values().cloned().collect();
+        for ex in exchanges {
+            for b in ex.remove_bindings_to(DestinationKind::Queue, &name) {
+                if b.vhost == vhost && q.persistent() {
+                    self.meta.delete_binding(&b)?;
+                }
+            }
+        }
+        self.queues.write().remove(&key(&vhost, &name));
+        q.mark_deleted();
+        q.log().shutdown().await;
+        remove_dir_if_present(q.dir())?;
+        Ok(())
+    }
+
+    /// Deletes the exclusive queues of a connection that closed.
+    pub async fn connection_closed(&self, connection: u64) {
+        let owned: Vec<_> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.exclusive_owner() == Some(connection))
+            .cloned()
+            .collect();
+        for q in owned {
+            let _admin = self.admin.lock().await;
+            if let Err(e) = self.remove_queue(&q).await {
+                tracing::warn!(queue = q.name(), error = %e, "deleting an exclusive queue failed");
+            }
+        }
+    }
+
+    /// Called after a consumer of `q` went away: an auto-delete queue with no consumers left
+    /// is deleted (RabbitMQ deletes it once it had at least one consumer).
+    pub async fn consumer_removed(&self, q: &Arc<Queue>) {
+        if q.remove_consumer() == 0 && q.auto_delete() && !q.is_deleted() {
+            let _admin = self.admin.lock().await;
+            if q.consumer_count() == 0 && !q.is_deleted() {
+                if let Err(e) = self.remove_queue(q).await {
+                    tracing::warn!(queue = q.name(), error = %e, "auto-deleting a queue failed");
+                }
+            }
+        }
+    }
+
+    /// Settles every ready message of a queue; returns how many.
+    pub fn purge_queue(&self, vhost: &str, name: &str) -> Result<u64, RoutingError> {
+        let q = self
+            .queue(vhost, name)
+            .ok_or_else(|| RoutingError::NotFound {
+                kind: "queue",
+                vhost: vhost.into(),
+                name: name.into(),
+            })?;
+        Ok(q.purge())
+    }
+
+    fn binding_target_check(&self, b: &BindingDef) -> Result<Arc<Exchange>, RoutingError> {
+        if b.source.is_empty() {
+            return Err(RoutingError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        let ex = self
+            .exchange(&b.vhost, &b.source)
+            .ok_or_else(|| RoutingError::NotFound {
+                kind: "exchange",
+                vhost: b.vhost.clone(),
+                name: b.source.clone(),
+            })?;
+        match b.destination_kind {
+            DestinationKind::Queue => {
+                self.queue(&b.vhost, &b.destination)
+                    .ok_or_else(|| RoutingError::NotFound {
+                        kind: "queue",
+                        vhost: b.vhost.clone(),
+                        name: b.destination.clone(),
+                    })?;
+            }
+            DestinationKind::Exchange => {
+                self.exchange(&b.vhost, &b.destination)
+                    .ok_or_else(|| RoutingError::NotFound {
+                        kind: "exchange",
+                        vhost: b.vhost.clone(),
+                        name: b.destination.clone(),
+                    })?;
+            }
+        }
+        Ok(ex)
+    }
+
+    fn binding_is_durable(&self, b: &BindingDef, ex: &Exchange) -> bool {
+        let dest_durable = match b.destination_kind {
+            DestinationKind::Queue => self
+                .queue(&b.vhost, &b.destination)
+                .is_some_and(|q| q.persistent()),
+            DestinationKind::Exchange => self
+                .exchange(&b.vhost, &b.destination)
+                .is_some_and(|e| e.def().durable),
+        };
+        ex.def().durable && dest_durable
+    }
+
+    /// Binds a queue or exchange to an exchange. Idempotent.
+    pub async fn bind(&self, b: BindingDef) -> Result<(), RoutingError> {
+        let _admin = self.admin.lock().await;
+        let ex = self.binding_target_check(&b)?;
+        if self.binding_is_durable(&b, &ex) {
+            self.meta.put_binding(&b)?;
+            self.meta.flush()?;
+        }
+        ex.add_binding(b);
+        Ok(())
+    }
+
+    /// Removes a binding. Unbinding one that does not exist is not an error (RabbitMQ).
+    pub async fn unbind(&self, b: BindingDef) -> Result<(), RoutingError> {
+        let _admin = self.admin.lock().await;
+        let ex = self.binding_target_check(&b)?;
+        if ex.remove_binding(&b) && self.binding_is_durable(&b, &ex) {
+            self.meta.delete_binding(&b)?;
+        }
+        Ok(())
+    }
+
+    /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
+    /// (each exchange visited once, so binding cycles end).
+    pub fn route(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&Map<String, Value>>,
+    ) -> Result<Vec<Arc<Queue>>, RoutingError> {
+        if exchange.is_empty() {
+            return Ok(self.queue(vhost, routing_key).into_iter().collect());
+        }
+        let start = self
+            .exchange(vhost, exchange)
+            .ok_or_else(|| RoutingError::NotFound {
+                kind: "exchange",
+                vhost: vhost.into(),
+                name: exchange.into(),
+            })?;
+        let mut seen_ex = HashSet::new();
+        let mut seen_q = HashSet::new();
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(ex) = stack.pop() {
+            if !seen_ex.insert(ex.name().to_string()) {
+                continue;
+            }
+            for (kind, dest) in ex.matches(routing_key, headers) {
+                match kind {
+                    DestinationKind::Queue => {
+                        if seen_q.insert(dest.clone()) {
+                            if let Some(q) = self.queue(vhost, &dest) {
+                                out.push(q);
+                            }
+                        }
+                    }
+                    DestinationKind::Exchange => {
+                        if let Some(next) = self.exchange(vhost, &dest) {
+                            stack.push(next);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Routes a message and queues an append to every matching queue. The returned handles
+    /// resolve once each append is durable; an empty list means the message was unroutable.
+    pub async fn publish(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        headers: Option<&Map<String, Value>>,
+        record: SimpleRecord,
+    ) -> Result<Vec<PendingAppend>, RoutingError> {
+        let routing_key = record
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let queues = self.route(vhost, exchange, &routing_key, headers)?;
+        let mut record = record;
+        record.headers.retain(|(k, _)| k != EXCHANGE_HEADER);
+        record.headers.insert(
+            0,
+            (
+                EXCHANGE_HEADER.to_string(),
+                Some(bytes::Bytes::copy_from_slice(exchange.as_bytes())),
+            ),
+        );
+        let mut pending = Vec::with_capacity(queues.len());
+        for q in queues {
+            pending.push(q.submit(record.clone()).await?);
+        }
+        Ok(pending)
+    }
+
+    /// Stops every queue's writer (fsyncing what it wrote).
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        for q in self.queues() {
+            q.log().shutdown().await;
+        }
+    }
+}
+
+/// Adds (or counts up) the death entry for `q`/`reason`, newest first, as RabbitMQ does.
+fn with_death(
+    mut record: SimpleRecord,
+    q: &Queue,
+    reason: DeathReason,
+    now_ms: i64,
+) -> SimpleRecord {
+    let text = |k: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let mut deaths: Vec<Value> = text(DEATH_HEADER)
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let exchange = text(EXCHANGE_HEADER).unwrap_or_default();
+    let routing_key = record
+        .key
+        .as_ref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let same = |d: &Value| {
+        d.get("queue").and_then(Value::as_str) == Some(q.name())
+            && d.get("reason").and_then(Value::as_str) == Some(reason.as_str())
+    };
+    let mut entry = match deaths.iter().position(same) {
+        Some(i) => {
+            let mut e = deaths.remove(i);
+            let count = e.get("count").and_then(Value::as_u64).unwrap_or(0) + 1;
+            e["count"] = Value::from(count);
+            e
+        }
+        None => serde_json::json!({
+            "queue": q.name(),
+            "reason": reason.as_str(),
+            "count": 1,
+            "exchange": exchange,
+            "routing-keys": [routing_key],
+        }),
+    };
+    entry["time"] = Value::from(now_ms.max(0) / 1000);
+    deaths.insert(0, entry);
+    record.headers.retain(|(k, _)| k != DEATH_HEADER);
+    record.headers.push((
+        DEATH_HEADER.to_string(),
+        Some(bytes::Bytes::from(Value::Array(deaths).to_string())),
+    ));
+    record.timestamp = now_ms;
+    record
+}
+
+/// Declaration arguments compare equal when both are empty (absent, null or `{}`) or equal.
+fn args_equivalent(a: &Value, b: &Value) -> bool {
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    };
+    (empty(a) && empty(b)) || a == b
+}
+
+/// Maps any name to one safe directory name: ASCII letters, digits, `-` and `_` stay, every
+/// other byte becomes `%XX`. Injective (so two queues never share a directory), never `.`,
+/// `..` or empty, and reversible by reading the escapes.
+pub fn escape_path_component(name: &str) -> String {
+    if name.is_empty() {
+        return "%".into();
+    }
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), RoutingError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LogError::Io {
+            context: format!("removing {}", dir.display()),
+            source,
+        }
+        .into()),
+    }
+}
+
+fn random_suffix() -> String {
+    let bytes = crate::util::random_bytes16();
+    let mut s = String::with_capacity(22);
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    for b in bytes {
+        s.push(ALPHABET[(b & 63) as usize] as char);
+    }
+    s
+}
+
+/// Topic matching: words separated by `.`; `*` matches exactly one word, `#` zero or more.
+/// Dynamic programming over (pattern word, key word), so many `#`s cannot blow up.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    // An empty key or pattern has no words (RabbitMQ), so `*` does not match "" but `#` does.
+    let p = topic_words(pattern);
+    let k = topic_words(key);
+    // m[j] = pattern prefix p[..i] matches key prefix k[..j]
+    let mut m = vec![false; k.len() + 1];
+    m[0] = true;
+    for word in &p {
+        let mut next = vec![false; k.len() + 1];
+        if *word == "#" {
+            let mut any = false;
+            for j in 0..=k.len() {
+                any |= m[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=k.len() {
+                next[j] = m[j - 1] && (*word == "*" || *word == k[j - 1]);
+            }
+        }
+        m = next;
+    }
+    m[k.len()]
+}
+
+fn topic_words(s: &str) -> Vec<&str> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split('.').collect()
+    }
+}
+
+/// Headers-exchange matching of binding `arguments` against message `headers`. `x-match` is
+/// `all` (default), `any`, `all-with-x` or `any-with-x`; without `-with-x`, arguments starting
+/// with `x-` take no part. A null argument value matches on the header's presence alone.
+pub fn headers_match(arguments: &Value, headers: Option<&Map<String, Value>>) -> bool {
+    let empty = Map::new();
+    let args = match arguments {
+        Value::Object(m) => m,
+        _ => &empty,
+    };
+    let headers = headers.unwrap_or(&empty);
+    let mode = args.get("x-match").and_then(Value::as_str).unwrap_or("all");
+    let (any, with_x) = match mode {
+        "any" => (true, false),
+        "any-with-x" => (true, true),
+        "all-with-x" => (false, true),
+        _ => (false, false),
+    };
+    let mut hits = 0;
+    for (k, v) in args {
+        if k == "x-match" || (!with_x && k.starts_with("x-")) {
+            continue;
+        }
+        let hit = match headers.get(k) {
+            None => false,
+            Some(h) => v.is_null() || values_equal(v, h),
+        };
+        if hit {
+            hits += 1;
+            if any {
+                return true;
+            }
+        } else if !any {
+            return false;
+        }
+    }
+    if any {
+        hits > 0
+    } else {
+        // `all` with nothing to compare matches everything (RabbitMQ).
+        true
+    }
+}
+
+/// Numbers compare by value whatever their wire width (an AMQP short int 1 equals a long 1).
+fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("a.b.c", "a.b.c"));
+        assert!(topic_matches("a.*.c", "a.b.c"));
+        assert!(!topic_matches("a.*.c", "a.c"));
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#", "a.b.c"));
+        assert!(topic_matches("#", ""));
+        assert!(topic_matches("#", "x.y"));
+        assert!(topic_matches("#.c", "c"));
+        assert!(topic_matches("a.#.c", "a.c"));
+        assert!(topic_matches("a.#.c", "a.b.b.c"));
+        assert!(!topic_matches("a.#.c", "a.b.b.d"));
+        assert!(topic_matches("*.#", "x"));
+        assert!(!topic_matches("*", ""));
+        assert!(!topic_matches("*.*", "a"));
+        assert!(topic_matches(
+            "#.#.#.#.#.#.#.#.#.#.#.#.z",
+            "a.b.c.d.e.f.g.h.i.j.k.l.m.n.z"
+        ));
+    }
+
+    #[test]
+    fn headers_all_any() {
+        let h = json!({"a": 1, "b": "x", "x-c": 2});
+        let h = h.as_object();
+        assert!(headers_match(&json!({"a": 1, "b": "x"}), h));
+        assert!(!headers_match(&json!({"a": 1, "b": "y"}), h));
+        assert!(headers_match(
+            &json!({"x-match": "any", "a": 2, "b": "x"}),
+            h
+        ));
+        assert!(!headers_match(&json!({"x-match": "any", "a": 2}), h));
+        assert!(headers_match(&json!({"x-match": "all", "x-c": 3}), h));
+        assert!(!headers_match(
+            &json!({"x-match": "all-with-x", "x-c": 3}),
+            h
+        ));
+        assert!(headers_match(
+            &json!({"x-match": "any-with-x", "x-c": 2}),
+            h
+        ));
+        assert!(headers_match(&json!({"a": null}), h));
+        assert!(headers_match(&json!({"a": 1.0}), h));
+    }
+
+    #[test]
+    fn escaping_is_safe_and_injective() {
+        assert_eq!(escape_path_component("/"), "%2F");
+        assert_eq!(escape_path_component(".."), "%2E%2E");
+        assert_eq!(escape_path_component(""), "%");
+        assert_eq!(escape_path_component("a%2F"), "a%252F");
+        assert_ne!(escape_path_component("a/b"), escape_path_component("a%2Fb"));
+        assert_eq!(escape_path_component("orders_v1-x"), "orders_v1-x");
+    }
+}

@@ -1,0 +1,874 @@
+//! One AMQP channel: content assembly for basic.publish, consumers, the delivery book
+//! (delivery tag -> queue offset), prefetch, acks, and publisher confirms.
+//!
+//! Each consumer is a task that pulls from its queue's log (via [`Queue::take`]) whenever it
+//! has credit and the queue has ready messages, waking on the log's high watermark, on requeues
+//! and on acks. The delivery book is shared between the channel (which handles acks) and its
+//! consumer tasks under one mutex; credit changes are broadcast with a `watch` counter so a
+//! waiting consumer can never miss one. Deliveries go to the connection's writer as whole
+//! encoded messages (method, header, bodies), so frames of one message are never interleaved.
+//!
+//! Publisher confirms: every routed append is queued on its queue's writer with
+//! `submit_append` (keeping publish order and letting group commit batch them), and a per-channel
+//! confirm task awaits them in publish order, sending `basic.ack` only once the appends are
+//! durable per the fsync policy, coalescing consecutive ones with `multiple`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use amq_protocol::protocol::basic::{self, AMQPProperties};
+use amq_protocol::protocol::{confirm, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::codec::{encode_content, encode_method};
+use super::convert::{self, AmqpError};
+use crate::broker::queue::{DeathReason, Queue};
+use crate::broker::routing::MAX_MESSAGE_BYTES;
+use crate::broker::BrokerCore;
+use crate::log::PendingAppend;
+
+/// Most messages one consumer claims at a time when its prefetch is unlimited.
+const BATCH: usize = 64;
+
+/// Bytes of encoded frames a connection may have queued for its writer. Senders wait for
+/// budget, so a client that reads slowly holds back its consumers instead of growing memory.
+pub const WRITE_BUDGET: usize = 4 * 1024 * 1024;
+
+/// Encoded frames and the write budget they hold until written.
+pub type Outbound = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Where a channel's frames go: the connection's writer.
+#[derive(Clone)]
+pub struct Out {
+    pub tx: mpsc::Sender<Outbound>,
+    pub budget: Arc<tokio::sync::Semaphore>,
+    pub frame_max: usize,
+}
+
+impl Out {
+    /// Queues encoded frames for the writer; false once the connection is gone.
+    pub async fn send(&self, bytes: Bytes) -> bool {
+        // One oversized message takes the whole budget rather than never fitting.
+        let want = bytes.len().clamp(1, WRITE_BUDGET) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(want).await else {
+            return false;
+        };
+        self.tx.send((bytes, Some(permit))).await.is_ok()
+    }
+
+    pub async fn method(&self, channel: u16, m: AMQPClass) -> bool {
+        let mut b = BytesMut::new();
+        encode_method(channel, m, &mut b);
+        self.send(b.freeze()).await
+    }
+}
+
+struct Unacked {
+    queue: Arc<Queue>,
+    offset: i64,
+    consumer: Option<String>,
+}
+
+#[derive(Default)]
+struct Book {
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    /// Unacked deliveries per consumer tag (for per-consumer prefetch).
+    per_consumer: HashMap<String, u32>,
+    /// basic.qos global=false: the limit new consumers get.
+    consumer_prefetch: u16,
+    /// basic.qos global=true: the limit across the channel's consumers.
+    global_prefetch: u16,
+}
+
+struct Shared {
+    book: Mutex<Book>,
+    credit: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn bump(&self) {
+        self.credit.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// How many messages a consumer may claim now.
+    fn credit_for(&self, tag: &str, prefetch: u16, no_ack: bool) -> usize {
+        if no_ack {
+            return BATCH;
+        }
+        let book = self.book.lock();
+        let mine = book.per_consumer.get(tag).copied().unwrap_or(0) as usize;
+        let consumer = if prefetch == 0 {
+            BATCH
+        } else {
+            usize::from(prefetch).saturating_sub(mine)
+        };
+        let global = if book.global_prefetch == 0 {
+            BATCH
+        } else {
+            let all: u32 = book.per_consumer.values().sum();
+            usize::from(book.global_prefetch).saturating_sub(all as usize)
+        };
+        consumer.min(global).min(BATCH)
+    }
+
+    fn record(&self, queue: &Arc<Queue>, offset: i64, consumer: Option<&str>, no_ack: bool) -> u64 {
+        let mut book = self.book.lock();
+        book.next_tag += 1;
+        let tag = book.next_tag;
+        if !no_ack {
+            if let Some(c) = consumer {
+                *book.per_consumer.entry(c.to_string()).or_default() += 1;
+            }
+            book.unacked.insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    offset,
+                    consumer: consumer.map(str::to_string),
+                },
+            );
+        }
+        tag
+    }
+}
+
+struct Publishing {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    /// Announced body size and properties, once the content header arrived.
+    header: Option<(u64, AMQPProperties)>,
+    body: BytesMut,
+}
+
+/// A whole published message, before routing.
+struct Staged {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    props: AMQPProperties,
+    body: Bytes,
+}
+
+/// What a transaction has staged since its last commit or rollback.
+#[derive(Default)]
+struct TxBuffer {
+    publishes: Vec<Staged>,
+    /// (delivery tag, multiple, requeue: `None` for ack).
+    settles: Vec<(u64, bool, Option<bool>)>,
+}
+
+struct Consumer {
+    queue: Arc<Queue>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Confirms {
+    next: u64,
+    tx: mpsc::UnboundedSender<(u64, Vec<PendingAppend>)>,
+    task: JoinHandle<()>,
+}
+
+/// What the connection should do with a frame's outcome.
+pub enum ContentState {
+    /// More frames of this message are expected.
+    Incomplete,
+    /// The message is whole and was handled.
+    Done,
+}
+
+pub struct Channel {
+    pub id: u16,
+    /// A channel.close was sent; everything but close/close-ok is ignored until close-ok.
+    pub closing: bool,
+    shared: Arc<Shared>,
+    publishing: Option<Publishing>,
+    confirms: Option<Confirms>,
+    /// tx.select mode: publishes and acks are staged until tx.commit.
+    tx: Option<TxBuffer>,
+    consumers: HashMap<String, Consumer>,
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Channel {
+        let (credit, _) = watch::channel(0);
+        Channel {
+            id,
+            closing: false,
+            shared: Arc::new(Shared {
+                book: Mutex::new(Book::default()),
+                credit,
+            }),
+            publishing: None,
+            confirms: None,
+            tx: None,
+            consumers: HashMap::new(),
+        }
+    }
+
+    /// Whether a publish is waiting for its header or body frames.
+    pub fn expects_content(&self) -> bool {
+        self.publishing.is_some()
+    }
+
+    /// basic.publish: remember it until its content arrives.
+    pub fn start_publish(&mut self, m: basic::Publish) {
+        self.publishing = Some(Publishing {
+            exchange: m.exchange.as_str().to_string(),
+            routing_key: m.routing_key.as_str().to_string(),
+            mandatory: m.mandatory,
+            header: None,
+            body: BytesMut::new(),
+        });
+    }
+
+    /// A content header frame for the pending publish.
+    pub fn content_header(
+        &mut self,
+        size: u64,
+        props: AMQPProperties,
+    ) -> Result<ContentState, AmqpError> {
+        let Some(p) = self.publishing.as_mut() else {
+            return Err(AmqpError::connection(
+                505,
+                "content header without basic.publish",
+            ));
+        };
+        if p.header.is_some() {
+            return Err(AmqpError::connection(505, "second content header"));
+        }
+        if size > MAX_MESSAGE_BYTES as u64 {
+            self.publishing = None;
+            return Err(AmqpError::channel(
+                406,
+                format!(
+                    "message size {size} is larger than configured max size {MAX_MESSAGE_BYTES}"
+                ),
+            ));
+        }
+        // Grow with what arrives rather than trusting the announced size up front.
+        p.body.reserve((size as usize).min(1 << 20));
+        p.header = Some((size, props));
+        Ok(if size == 0 {
+            ContentState::Done
+        } else {
+            ContentState::Incomplete
+        })
+    }
+
+    /// A body frame for the pending publish.
+    pub fn content_body(&mut self, chunk: &[u8]) -> Result<ContentState, AmqpError> {
+        let Some(p) = self.publishing.as_mut() else {
+            return Err(AmqpError::connection(
+                505,
+                "content body without basic.publish",
+            ));
+        };
+        let Some((size, _)) = &p.header else {
+            return Err(AmqpError::connection(505, "content body before its header"));
+        };
+        let size = *size;
+        if p.body.len() as u64 + chunk.len() as u64 > size {
+            return Err(AmqpError::connection(
+                501,
+                format!("content body longer than the announced {size} bytes"),
+            ));
+        }
+        p.body.extend_from_slice(chunk);
+        Ok(if p.body.len() as u64 == size {
+            ContentState::Done
+        } else {
+            ContentState::Incomplete
+        })
+    }
+
+    /// Routes and appends the completed message; returns it with basic.return if mandatory and
+    /// unroutable; hands the appends to the confirm task in confirm mode.
+    pub async fn finish_publish(
+        &mut self,
+        core: &BrokerCore,
+        vhost: &str,
+        out: &Out,
+    ) -> Result<(), AmqpError> {
+        let Some(p) = self.publishing.take() else {
+            return Ok(());
+        };
+        let Some((_, props)) = p.header else {
+            return Ok(());
+        };
+        let msg = Staged {
+            exchange: p.exchange,
+            routing_key: p.routing_key,
+            mandatory: p.mandatory,
+            props,
+            body: p.body.freeze(),
+        };
+        if let Some(tx) = self.tx.as_mut() {
+            // In a transaction the exchange must exist now; routing happens at commit.
+            if !msg.exchange.is_empty() && core.router().exchange(vhost, &msg.exchange).is_none() {
+                return Err(AmqpError::channel(
+                    404,
+                    format!("no exchange '{}' in vhost '{vhost}'", msg.exchange),
+                ));
+            }
+            tx.publishes.push(msg);
+            return Ok(());
+        }
+        let pending = self.route(core, vhost, out, msg).await?;
+        if let Some(c) = self.confirms.as_mut() {
+            c.next += 1;
+            let _ = c.tx.send((c.next, pending));
+        }
+        Ok(())
+    }
+
+    /// Routes one message into its queues (basic.return if mandatory and unroutable); the
+    /// returned appends resolve once durable.
+    async fn route(
+        &self,
+        core: &BrokerCore,
+        vhost: &str,
+        out: &Out,
+        msg: Staged,
+    ) -> Result<Vec<PendingAppend>, AmqpError> {
+        let record = convert::to_record(
+            &msg.routing_key,
+            &msg.props,
+            msg.body.clone(),
+            core.clock().now_ms(),
+        );
+        let headers = convert::headers_json(&msg.props);
+        if let Some(ex) = (!msg.exchange.is_empty())
+            .then(|| core.router().exchange(vhost, &msg.exchange))
+            .flatten()
+        {
+            if ex.def().internal {
+                return Err(AmqpError::channel(
+                    403,
+                    format!("cannot publish to internal exchange '{}'", msg.exchange),
+                ));
+            }
+        }
+        let pending = core
+            .router()
+            .publish(vhost, &msg.exchange, headers.as_ref(), record)
+            .await?;
+        if pending.is_empty() && msg.mandatory {
+            let mut b = BytesMut::new();
+            encode_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: msg.exchange.clone().into(),
+                    routing_key: msg.routing_key.clone().into(),
+                })),
+                &mut b,
+            );
+            encode_content(self.id, msg.props, &msg.body, out.frame_max, &mut b);
+            let _ = out.send(b.freeze()).await;
+        }
+        Ok(pending)
+    }
+
+    /// tx.select.
+    pub fn tx_select(&mut self) -> Result<(), AmqpError> {
+        if self.confirms.is_some() {
+            return Err(AmqpError::channel(
+                406,
+                "cannot switch from confirm to tx mode",
+            ));
+        }
+        self.tx.get_or_insert_with(TxBuffer::default);
+        Ok(())
+    }
+
+    /// tx.commit: routes the staged publishes, waits until they are durable, then applies the
+    /// staged acks, nacks and rejects.
+    pub async fn tx_commit(
+        &mut self,
+        core: &BrokerCore,
+        vhost: &str,
+        out: &Out,
+    ) -> Result<(), AmqpError> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(AmqpError::channel(406, "channel is not transactional"));
+        };
+        let TxBuffer { publishes, settles } = std::mem::take(tx);
+        let mut pending = Vec::new();
+        for msg in publishes {
+            pending.extend(self.route(core, vhost, out, msg).await?);
+        }
+        for p in pending {
+            p.wait()
+                .await
+                .map_err(|e| AmqpError::connection(541, e.to_string()))?;
+        }
+        for (tag, multiple, requeue) in settles {
+            self.settle_now(core, tag, multiple, requeue)?;
+        }
+        Ok(())
+    }
+
+    /// tx.rollback: drops what was staged (deliveries acked in the transaction stay unacked).
+    pub fn tx_rollback(&mut self) -> Result<(), AmqpError> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(AmqpError::channel(406, "channel is not transactional"));
+        };
+        *tx = TxBuffer::default();
+        Ok(())
+    }
+
+    /// confirm.select.
+    pub fn select_confirms(&mut self, out: &Out) -> Result<(), AmqpError> {
+        if self.tx.is_some() {
+            return Err(AmqpError::channel(
+                406,
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        if self.confirms.is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(confirm_task(self.id, rx, out.clone()));
+        self.confirms = Some(Confirms { next: 0, tx, task });
+        Ok(())
+    }
+
+    pub fn confirm_select_ok(m: &confirm::Select) -> Option<AMQPClass> {
+        (!m.nowait).then_some(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
+            confirm::SelectOk {},
+        )))
+    }
+
+    /// basic.qos.
+    pub fn qos(&mut self, m: &basic::Qos) {
+        let mut book = self.shared.book.lock();
+        if m.global {
+            book.global_prefetch = m.prefetch_count;
+        } else {
+            book.consumer_prefetch = m.prefetch_count;
+        }
+        drop(book);
+        self.shared.bump();
+    }
+
+    /// basic.consume: registers a consumer task. Returns the consumer tag.
+    pub async fn consume(
+        &mut self,
+        core: &BrokerCore,
+        vhost: &str,
+        connection_id: u64,
+        m: basic::Consume,
+        out: &Out,
+    ) -> Result<(), AmqpError> {
+        let queue = core
+            .router()
+            .queue(vhost, m.queue.as_str())
+            .ok_or_else(|| {
+                AmqpError::channel(404, format!("no queue '{}' in vhost '{vhost}'", m.queue))
+            })?;
+        if let Some(owner) = queue.exclusive_owner() {
+            if owner != connection_id {
+                return Err(AmqpError::channel(
+                    405,
+                    format!(
+                        "cannot obtain exclusive access to locked queue '{}'",
+                        m.queue
+                    ),
+                ));
+            }
+        }
+        if m.exclusive && queue.consumer_count() > 0 {
+            return Err(AmqpError::channel(
+                403,
+                format!("queue '{}' in vhost '{vhost}' in exclusive use", m.queue),
+            ));
+        }
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            format!("amq.ctag-{}", random_tag())
+        } else {
+            m.consumer_tag.as_str().to_string()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                530,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        if !m.nowait {
+            out.method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.clone().into(),
+                })),
+            )
+            .await;
+        }
+        queue.add_consumer();
+        let prefetch = self.shared.book.lock().consumer_prefetch;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_consumer(ConsumerTask {
+            channel: self.id,
+            out: out.clone(),
+            shared: self.shared.clone(),
+            queue: queue.clone(),
+            tag: tag.clone(),
+            no_ack: m.no_ack,
+            prefetch,
+            stop: stop_rx,
+        }));
+        self.consumers.insert(tag, Consumer { queue, stop, task });
+        Ok(())
+    }
+
+    /// basic.cancel: stops the consumer; its unacked deliveries stay unacked.
+    pub async fn cancel(&mut self, core: &BrokerCore, tag: &str) {
+        if let Some(c) = self.consumers.remove(tag) {
+            let _ = c.stop.send(true);
+            let _ = c.task.await;
+            core.router().consumer_removed(&c.queue).await;
+        }
+    }
+
+    /// basic.get.
+    pub async fn get(
+        &mut self,
+        core: &BrokerCore,
+        vhost: &str,
+        connection_id: u64,
+        m: basic::Get,
+        out: &Out,
+    ) -> Result<(), AmqpError> {
+        let queue = core
+            .router()
+            .queue(vhost, m.queue.as_str())
+            .ok_or_else(|| {
+                AmqpError::channel(404, format!("no queue '{}' in vhost '{vhost}'", m.queue))
+            })?;
+        if let Some(owner) = queue.exclusive_owner() {
+            if owner != connection_id {
+                return Err(AmqpError::channel(
+                    405,
+                    format!(
+                        "cannot obtain exclusive access to locked queue '{}'",
+                        m.queue
+                    ),
+                ));
+            }
+        }
+        let msgs = queue
+            .take(1, m.no_ack)
+            .map_err(|e| AmqpError::connection(541, e.to_string()))?;
+        let mut b = BytesMut::new();
+        match msgs.into_iter().next() {
+            None => encode_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                &mut b,
+            ),
+            Some(msg) => {
+                let tag = self.shared.record(&queue, msg.offset, None, m.no_ack);
+                let o = convert::from_record(&msg.record);
+                encode_method(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                        delivery_tag: tag,
+                        redelivered: msg.redelivered,
+                        exchange: o.exchange.into(),
+                        routing_key: o.routing_key.into(),
+                        message_count: queue.message_count().min(u64::from(u32::MAX)) as u32,
+                    })),
+                    &mut b,
+                );
+                encode_content(self.id, o.properties, &o.body, out.frame_max, &mut b);
+            }
+        }
+        let _ = out.send(b.freeze()).await;
+        Ok(())
+    }
+
+    /// basic.ack / nack / reject. `requeue: None` means ack.
+    pub fn settle(
+        &mut self,
+        core: &BrokerCore,
+        tag: u64,
+        multiple: bool,
+        requeue: Option<bool>,
+    ) -> Result<(), AmqpError> {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.settles.push((tag, multiple, requeue));
+            return Ok(());
+        }
+        self.settle_now(core, tag, multiple, requeue)
+    }
+
+    fn settle_now(
+        &mut self,
+        core: &BrokerCore,
+        tag: u64,
+        multiple: bool,
+        requeue: Option<bool>,
+    ) -> Result<(), AmqpError> {
+        let taken: Vec<Unacked> = {
+            let mut book = self.shared.book.lock();
+            let taken: Vec<Unacked> = if multiple {
+                let rest = if tag == 0 {
+                    BTreeMap::new()
+                } else {
+                    book.unacked.split_off(&(tag + 1))
+                };
+                let upto = std::mem::replace(&mut book.unacked, rest);
+                upto.into_values().collect()
+            } else {
+                book.unacked.remove(&tag).into_iter().collect()
+            };
+            if taken.is_empty() && !(multiple && tag == 0) {
+                return Err(AmqpError::channel(
+                    406,
+                    format!("unknown delivery tag {tag}"),
+                ));
+            }
+            for u in &taken {
+                if let Some(c) = &u.consumer {
+                    if let Some(n) = book.per_consumer.get_mut(c) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+            taken
+        };
+        settle_all(core, taken, requeue);
+        self.shared.bump();
+        Ok(())
+    }
+
+    /// basic.recover: every unacked delivery goes back to its queue.
+    pub fn recover(&mut self) {
+        self.requeue_all();
+    }
+
+    fn requeue_all(&self) {
+        let taken: Vec<Unacked> = {
+            let mut book = self.shared.book.lock();
+            book.per_consumer.values_mut().for_each(|n| *n = 0);
+            std::mem::take(&mut book.unacked).into_values().collect()
+        };
+        settle_all_requeue(taken);
+        self.shared.bump();
+    }
+
+    /// Channel close (by either side) or connection end: stop consumers, flush confirms,
+    /// return unacked deliveries to their queues.
+    pub async fn shutdown(&mut self, core: &BrokerCore) {
+        let consumers: Vec<_> = self.consumers.drain().collect();
+        for (_, c) in &consumers {
+            let _ = c.stop.send(true);
+        }
+        for (_, c) in consumers {
+            let _ = c.task.await;
+            core.router().consumer_removed(&c.queue).await;
+        }
+        if let Some(c) = self.confirms.take() {
+            drop(c.tx);
+            let _ = c.task.await;
+        }
+        self.publishing = None;
+        self.tx = None;
+        self.requeue_all();
+    }
+}
+
+/// Groups deliveries by queue.
+fn by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<i64>)> {
+    let mut out: Vec<(Arc<Queue>, Vec<i64>)> = Vec::new();
+    for u in taken {
+        match out.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, offs)) => offs.push(u.offset),
+            None => out.push((u.queue, vec![u.offset])),
+        }
+    }
+    out
+}
+
+fn settle_all_requeue(taken: Vec<Unacked>) {
+    for (q, offs) in by_queue(taken) {
+        q.requeue(&offs);
+    }
+}
+
+/// Acks (`requeue: None`), requeues, or rejects a set of deliveries, one call per queue.
+/// Rejected messages of a queue with a dead-letter exchange are forwarded there by a task (the
+/// copy must be durable before the original is settled; the connection does not wait on it).
+fn settle_all(core: &BrokerCore, taken: Vec<Unacked>, requeue: Option<bool>) {
+    for (q, offs) in by_queue(taken) {
+        match requeue {
+            None => q.ack(&offs),
+            Some(true) => q.requeue(&offs),
+            Some(false) if q.limits().dead_letter_exchange.is_some() => {
+                let router = core.router().clone();
+                let dead = offs.iter().map(|o| (*o, DeathReason::Rejected)).collect();
+                tokio::spawn(async move { router.dead_letter(&q, dead).await });
+            }
+            // Without a dead-letter exchange a rejected message is discarded (RabbitMQ).
+            Some(false) => q.ack(&offs),
+        }
+    }
+}
+
+struct ConsumerTask {
+    channel: u16,
+    out: Out,
+    shared: Arc<Shared>,
+    queue: Arc<Queue>,
+    tag: String,
+    no_ack: bool,
+    prefetch: u16,
+    stop: watch::Receiver<bool>,
+}
+
+async fn run_consumer(mut t: ConsumerTask) {
+    let mut appends = t.queue.subscribe_appends();
+    let mut ready = t.queue.subscribe_ready();
+    let mut credit = t.shared.credit.subscribe();
+    loop {
+        if *t.stop.borrow_and_update() {
+            return;
+        }
+        appends.borrow_and_update();
+        ready.borrow_and_update();
+        credit.borrow_and_update();
+        if t.queue.is_deleted() {
+            // consumer_cancel_notify: tell the client its consumer is gone.
+            t.out
+                .method(
+                    t.channel,
+                    AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                        consumer_tag: t.tag.clone().into(),
+                        nowait: true,
+                    })),
+                )
+                .await;
+            return;
+        }
+        let n = t.shared.credit_for(&t.tag, t.prefetch, t.no_ack);
+        if n > 0 {
+            match t.queue.take(n, t.no_ack) {
+                Ok(msgs) if !msgs.is_empty() => {
+                    let mut b = BytesMut::new();
+                    for msg in msgs {
+                        let tag = t
+                            .shared
+                            .record(&t.queue, msg.offset, Some(&t.tag), t.no_ack);
+                        let o = convert::from_record(&msg.record);
+                        encode_method(
+                            t.channel,
+                            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                                consumer_tag: t.tag.clone().into(),
+                                delivery_tag: tag,
+                                redelivered: msg.redelivered,
+                                exchange: o.exchange.into(),
+                                routing_key: o.routing_key.into(),
+                            })),
+                            &mut b,
+                        );
+                        encode_content(t.channel, o.properties, &o.body, t.out.frame_max, &mut b);
+                    }
+                    if !t.out.send(b.freeze()).await {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(queue = t.queue.name(), error = %e, "reading a queue for delivery failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            r = appends.changed() => if r.is_err() && !t.queue.is_deleted() { return },
+            r = ready.changed() => if r.is_err() { return },
+            r = credit.changed() => if r.is_err() { return },
+            r = t.stop.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn wait_all(pending: Vec<PendingAppend>) -> bool {
+    let mut ok = true;
+    for p in pending {
+        if let Err(e) = p.wait().await {
+            tracing::warn!(error = %e, "append for a confirmed publish failed");
+            ok = false;
+        }
+    }
+    ok
+}
+
+async fn confirm_task(
+    channel: u16,
+    mut rx: mpsc::UnboundedReceiver<(u64, Vec<PendingAppend>)>,
+    out: Out,
+) {
+    type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+    let mut carried: Option<(u64, Fut)> = None;
+    loop {
+        let (seq, fut) = match carried.take() {
+            Some(x) => x,
+            None => match rx.recv().await {
+                Some((s, p)) => (s, Box::pin(wait_all(p)) as Fut),
+                None => return,
+            },
+        };
+        if !fut.await {
+            let nack = AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag: seq,
+                multiple: false,
+                requeue: false,
+            }));
+            if !out.method(channel, nack).await {
+                return;
+            }
+            continue;
+        }
+        // Coalesce the confirms whose appends are already durable into one multiple ack.
+        let mut last = seq;
+        while let Ok((s, p)) = rx.try_recv() {
+            let mut f: Fut = Box::pin(wait_all(p));
+            match (&mut f).now_or_never() {
+                Some(true) => last = s,
+                Some(false) => {
+                    carried = Some((s, Box::pin(async { false })));
+                    break;
+                }
+                None => {
+                    carried = Some((s, f));
+                    break;
+                }
+            }
+        }
+        let ack = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: last,
+            multiple: last > seq,
+        }));
+        if !out.method(channel, ack).await {
+            return;
+        }
+    }
+}
+
+fn random_tag() -> String {
+    crate::util::random_bytes16()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

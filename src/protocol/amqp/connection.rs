@@ -1,0 +1,782 @@
+//! One AMQP connection: handshake, the frame loop, channel dispatch, heartbeats and closing.
+//!
+//! The read side runs in the connection task: it decodes whole frames from the buffer
+//! ([`codec::decode_frame`] checks sizes before waiting for payloads) and dispatches them. All
+//! writing goes through one writer task fed by a bounded channel of encoded frames; handlers,
+//! consumer tasks and confirm tasks only ever send to it, so the socket has one writer and a
+//! slow client pushes back on the consumers that feed it. The writer also sends a heartbeat
+//! whenever it has been idle for the negotiated interval, and the reader closes the connection
+//! after two intervals without a byte from the client.
+//!
+//! Errors follow AMQP's split: a channel error closes the channel with channel.close and the
+//! connection carries on; a connection error sends connection.close, waits briefly for
+//! close-ok, and drops the socket. Nothing the peer sends can panic this code.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::channel::{Channel, ContentState, Out, Outbound, WRITE_BUDGET};
+use super::codec::{self, Incoming};
+use super::convert::{self, AmqpError};
+use super::handlers::{self, Ctx};
+use crate::broker::BrokerCore;
+use crate::config::AmqpSettings;
+
+/// How long a client gets to send its protocol header and finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for close-ok after sending connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The smallest frame_max a client may negotiate (AMQP's frame-min-size is 4096 in 0-9-1).
+const MIN_FRAME_MAX: u32 = 4096;
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+enum Phase {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+}
+
+struct Conn {
+    id: u64,
+    peer: SocketAddr,
+    core: BrokerCore,
+    settings: Arc<AmqpSettings>,
+    out: Out,
+    heartbeat_tx: watch::Sender<u16>,
+    phase: Phase,
+    frame_max: usize,
+    channel_max: u16,
+    heartbeat: u16,
+    vhost: String,
+    channels: HashMap<u16, Channel>,
+    /// Class and method of the method being handled, for close replies.
+    current: (u16, u16),
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: BrokerCore,
+    settings: Arc<AmqpSettings>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(8192);
+    // The protocol header: exactly `AMQP 0 0 9 1`; anything else gets the right one back.
+    loop {
+        match codec::check_protocol_header(&buf) {
+            Some(true) => break,
+            Some(false) => {
+                let _ = wr.write_all(codec::PROTOCOL_HEADER).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+            None => match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    // A short garbage prefix is refused without waiting for 8 bytes.
+                    let n = buf.len().min(8);
+                    if buf[..n] != codec::PROTOCOL_HEADER[..n] {
+                        let _ = wr.write_all(codec::PROTOCOL_HEADER).await;
+                        let _ = wr.shutdown().await;
+                        return;
+                    }
+                }
+                _ => return,
+            },
+        }
+    }
+    codec::consume(&mut buf, 8);
+
+    let (tx, rx) = mpsc::channel::<Outbound>(1024);
+    let (heartbeat_tx, heartbeat_rx) = watch::channel(0u16);
+    let writer = tokio::spawn(write_loop(wr, rx, heartbeat_rx));
+    let mut conn = Conn {
+        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        peer,
+        core,
+        frame_max: settings.frame_max as usize,
+        channel_max: settings.channel_max,
+        heartbeat: settings.heartbeat,
+        settings,
+        out: Out {
+            tx,
+            budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET)),
+            frame_max: 0,
+        },
+        heartbeat_tx,
+        phase: Phase::AwaitStartOk,
+        vhost: String::new(),
+        channels: HashMap::new(),
+        current: (0, 0),
+    };
+    conn.out.frame_max = conn.frame_max;
+    conn.send_start().await;
+    let reason = conn.run(&mut rd, &mut buf, &mut shutdown).await;
+    if let Some(err) = reason {
+        conn.close_connection(err, &mut rd, &mut buf).await;
+    }
+    conn.cleanup().await;
+    drop(conn);
+    let _ = writer.await;
+}
+
+impl Conn {
+    async fn send(&self, channel: u16, m: AMQPClass) {
+        self.out.method(channel, m).await;
+    }
+
+    async fn send_start(&self) {
+        let mut caps = FieldTable::default();
+        for cap in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "consumer_priorities",
+            "authentication_failure_close",
+            "per_consumer_qos",
+            "direct_reply_to",
+        ] {
+            caps.insert(cap.into(), AMQPValue::Boolean(true));
+        }
+        let mut props = FieldTable::default();
+        let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
+        props.insert("product".into(), s("Ferry"));
+        props.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+        props.insert(
+            "platform".into(),
+            s(&format!("Rust / {}", std::env::consts::OS)),
+        );
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: props,
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        )
+        .await;
+    }
+
+    /// Reads and handles frames until the client closes (`None`) or a connection error.
+    async fn run(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<AmqpError> {
+        let started = tokio::time::Instant::now();
+        let mut last_read = tokio::time::Instant::now();
+        loop {
+            loop {
+                let frame = match codec::decode_frame(buf, self.frame_max) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return Some(AmqpError::connection(e.reply_code(), e.to_string())),
+                };
+                match self.handle(frame).await {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(e) if e.connection => return Some(e),
+                    Err(_) => {}
+                }
+            }
+            // Before the handshake is done the deadline is the handshake timeout; after it,
+            // two heartbeat intervals of silence.
+            let deadline = match self.phase {
+                Phase::Open if self.heartbeat > 0 => {
+                    Some(last_read + Duration::from_secs(2 * u64::from(self.heartbeat)))
+                }
+                Phase::Open => None,
+                _ => Some(started + HANDSHAKE_TIMEOUT),
+            };
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = rd.read_buf(buf) => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => last_read = tokio::time::Instant::now(),
+                },
+                _ = sleep => {
+                    tracing::info!(peer = %self.peer, "AMQP client missed heartbeats or the handshake deadline; closing");
+                    return None;
+                }
+                _ = crate::util::stopped(shutdown) => {
+                    return Some(AmqpError::connection(320, "broker shutdown"));
+                }
+            }
+        }
+    }
+
+    /// Sends connection.close and waits (briefly) for close-ok.
+    async fn close_connection(
+        &mut self,
+        err: AmqpError,
+        rd: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+    ) {
+        tracing::debug!(peer = %self.peer, code = err.code, text = %err.text, "closing AMQP connection");
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: err.code,
+                reply_text: err.reply_text().into(),
+                class_id: self.current.0,
+                method_id: self.current.1,
+            })),
+        )
+        .await;
+        let wait = async {
+            loop {
+                // Only close-ok matters now; anything else (even garbage) is skipped.
+                match codec::decode_frame(buf, self.frame_max) {
+                    Ok(Some(Incoming::Method(0, m)))
+                        if matches!(
+                            *m,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+                        ) =>
+                    {
+                        return
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+                match rd.read_buf(buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+    }
+
+    async fn cleanup(&mut self) {
+        let channels: Vec<_> = self.channels.drain().collect();
+        for (_, mut ch) in channels {
+            ch.shutdown(&self.core).await;
+        }
+        self.core.router().connection_closed(self.id).await;
+    }
+
+    /// Handles one frame. `Ok(false)`: the connection is done.
+    async fn handle(&mut self, frame: Incoming) -> Result<bool, AmqpError> {
+        match frame {
+            Incoming::Heartbeat(0) => Ok(true),
+            Incoming::Heartbeat(_) => Err(AmqpError::connection(
+                501,
+                "heartbeat on a non-zero channel",
+            )),
+            Incoming::Method(ch, m) => {
+                self.current = (m.get_amqp_class_id(), m.get_amqp_method_id());
+                match self.phase {
+                    Phase::Open => {}
+                    _ => return self.handshake(ch, *m).await,
+                }
+                if ch == 0 {
+                    return self.connection_method(*m).await;
+                }
+                let result = self.channel_method(ch, *m).await;
+                self.channel_result(ch, result).await
+            }
+            Incoming::Header(ch, h) => {
+                let result = match Self::open_channel(&self.phase, &mut self.channels, ch)? {
+                    Some(c) => match c.content_header(h.body_size, h.properties) {
+                        Ok(ContentState::Done) => {
+                            c.finish_publish(&self.core, &self.vhost, &self.out).await
+                        }
+                        Ok(ContentState::Incomplete) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    None => Ok(()),
+                };
+                self.channel_result(ch, result).await
+            }
+            Incoming::Body(ch, body) => {
+                let result = match Self::open_channel(&self.phase, &mut self.channels, ch)? {
+                    Some(c) => match c.content_body(&body) {
+                        Ok(ContentState::Done) => {
+                            c.finish_publish(&self.core, &self.vhost, &self.out).await
+                        }
+                        Ok(ContentState::Incomplete) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    None => Ok(()),
+                };
+                self.channel_result(ch, result).await
+            }
+        }
+    }
+
+    /// The channel a content frame is for; `None` if it is closing (frames are dropped).
+    fn open_channel<'a>(
+        phase: &Phase,
+        channels: &'a mut HashMap<u16, Channel>,
+        ch: u16,
+    ) -> Result<Option<&'a mut Channel>, AmqpError> {
+        if !matches!(phase, Phase::Open) {
+            return Err(AmqpError::connection(
+                505,
+                "content before the connection is open",
+            ));
+        }
+        match channels.get_mut(&ch) {
+            Some(c) if c.closing => Ok(None),
+            Some(c) => Ok(Some(c)),
+            None => Err(AmqpError::connection(
+                504,
+                format!("channel {ch} is not open"),
+            )),
+        }
+    }
+
+    /// Turns a channel error into channel.close (the connection carries on).
+    async fn channel_result(
+        &mut self,
+        ch: u16,
+        result: Result<(), AmqpError>,
+    ) -> Result<bool, AmqpError> {
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.connection => Err(e),
+            Err(e) => {
+                if let Some(c) = self.channels.get_mut(&ch) {
+                    c.shutdown(&self.core).await;
+                    c.closing = true;
+                }
+                self.send(
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                        reply_code: e.code,
+                        reply_text: e.reply_text().into(),
+                        class_id: self.current.0,
+                        method_id: self.current.1,
+                    })),
+                )
+                .await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn handshake(&mut self, ch: u16, m: AMQPClass) -> Result<bool, AmqpError> {
+        if ch != 0 {
+            return Err(AmqpError::connection(
+                504,
+                "channel used before the connection is open",
+            ));
+        }
+        match (&self.phase, m) {
+            (Phase::AwaitStartOk, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => {
+                self.authenticate(&s)?;
+                self.phase = Phase::AwaitTuneOk;
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                        channel_max: self.channel_max,
+                        frame_max: self.settings.frame_max,
+                        heartbeat: self.heartbeat,
+                    })),
+                )
+                .await;
+                Ok(true)
+            }
+            (Phase::AwaitTuneOk, AMQPClass::Connection(connection::AMQPMethod::TuneOk(t))) => {
+                let ours = self.settings.frame_max;
+                let fm = if t.frame_max == 0 {
+                    ours
+                } else {
+                    t.frame_max.min(ours)
+                };
+                if fm < MIN_FRAME_MAX {
+                    return Err(AmqpError::connection(
+                        530,
+                        format!("frame_max {fm} is below the minimum {MIN_FRAME_MAX}"),
+                    ));
+                }
+                self.frame_max = fm as usize;
+                self.out.frame_max = self.frame_max;
+                self.channel_max = match t.channel_max {
+                    0 => self.settings.channel_max,
+                    n => n.min(self.settings.channel_max),
+                };
+                self.heartbeat = t.heartbeat;
+                let _ = self.heartbeat_tx.send(self.heartbeat);
+                self.phase = Phase::AwaitOpen;
+                Ok(true)
+            }
+            (Phase::AwaitOpen, AMQPClass::Connection(connection::AMQPMethod::Open(o))) => {
+                let vhost = o.virtual_host.as_str().to_string();
+                if !self.core.router().vhost_exists(&vhost) {
+                    return Err(AmqpError::connection(
+                        530,
+                        format!("vhost '{vhost}' not found"),
+                    ));
+                }
+                self.vhost = vhost;
+                self.phase = Phase::Open;
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+                )
+                .await;
+                Ok(true)
+            }
+            (_, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                )
+                .await;
+                Ok(false)
+            }
+            _ => Err(AmqpError::connection(
+                503,
+                "unexpected method during the handshake",
+            )),
+        }
+    }
+
+    fn authenticate(&self, s: &connection::StartOk) -> Result<(), AmqpError> {
+        let response = s.response.as_bytes();
+        let creds: Option<(String, String)> = match s.mechanism.as_str() {
+            "PLAIN" => {
+                let mut parts = response.split(|b| *b == 0);
+                let _authzid = parts.next();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(u), Some(p), None) => Some((
+                        String::from_utf8_lossy(u).into_owned(),
+                        String::from_utf8_lossy(p).into_owned(),
+                    )),
+                    _ => None,
+                }
+            }
+            "AMQPLAIN" => {
+                // The response is a field table without its length prefix.
+                let mut raw = Vec::with_capacity(response.len() + 4);
+                raw.extend_from_slice(&(response.len() as u32).to_be_bytes());
+                raw.extend_from_slice(response);
+                convert::decode_table(&raw).and_then(|t| {
+                    let get = |k: &str| match t.inner().get(k) {
+                        Some(AMQPValue::LongString(v)) => {
+                            Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        }
+                        Some(AMQPValue::ShortString(v)) => Some(v.as_str().to_string()),
+                        _ => None,
+                    };
+                    Some((get("LOGIN")?, get("PASSWORD")?))
+                })
+            }
+            other => {
+                return Err(AmqpError::connection(
+                    403,
+                    format!("unsupported authentication mechanism {other}"),
+                ))
+            }
+        };
+        let refused = || {
+            AmqpError::connection(
+                403,
+                format!(
+                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    s.mechanism
+                ),
+            )
+        };
+        let (user, password) = creds.ok_or_else(refused)?;
+        let known = self
+            .settings
+            .users
+            .iter()
+            .any(|u| u.name == user && u.password == password);
+        if !known {
+            tracing::info!(peer = %self.peer, user, "AMQP login refused");
+            return Err(refused());
+        }
+        if self.settings.loopback_users.contains(&user) && !self.peer.ip().is_loopback() {
+            tracing::info!(peer = %self.peer, user, "AMQP user may only connect from loopback");
+            return Err(refused());
+        }
+        Ok(())
+    }
+
+    async fn connection_method(&mut self, m: AMQPClass) -> Result<bool, AmqpError> {
+        match m {
+            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                self.cleanup().await;
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                )
+                .await;
+                Ok(false)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(false),
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                )
+                .await;
+                Ok(true)
+            }
+            _ => Err(AmqpError::connection(503, "unexpected method on channel 0")),
+        }
+    }
+
+    async fn channel_method(&mut self, ch: u16, m: AMQPClass) -> Result<(), AmqpError> {
+        // channel.open / close / close-ok manage the map itself.
+        match &m {
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                if self.channels.contains_key(&ch) {
+                    return Err(AmqpError::connection(
+                        504,
+                        format!("channel {ch} is already open"),
+                    ));
+                }
+                if ch > self.channel_max {
+                    return Err(AmqpError::connection(
+                        530,
+                        format!("channel {ch} exceeds channel_max {}", self.channel_max),
+                    ));
+                }
+                self.channels.insert(ch, Channel::new(ch));
+                self.send(
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                )
+                .await;
+                return Ok(());
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                if let Some(mut c) = self.channels.remove(&ch) {
+                    c.shutdown(&self.core).await;
+                }
+                self.send(
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                )
+                .await;
+                return Ok(());
+            }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                if self.channels.get(&ch).is_some_and(|c| c.closing) {
+                    self.channels.remove(&ch);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return Err(AmqpError::connection(
+                504,
+                format!("channel {ch} is not open"),
+            ));
+        };
+        if c.closing {
+            return Ok(());
+        }
+        if c.expects_content() {
+            return Err(AmqpError::connection(
+                505,
+                "method frame while content was expected",
+            ));
+        }
+        let ctx = Ctx {
+            core: &self.core,
+            vhost: &self.vhost,
+            connection_id: self.id,
+        };
+        let reply = match m {
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => Some(AMQPClass::Channel(
+                channel::AMQPMethod::FlowOk(channel::FlowOk { active: f.active }),
+            )),
+            AMQPClass::Exchange(e) => {
+                use amq_protocol::protocol::exchange::AMQPMethod as E;
+                match e {
+                    E::Declare(m) => handlers::exchange::declare(&ctx, m).await?,
+                    E::Delete(m) => handlers::exchange::delete(&ctx, m).await?,
+                    E::Bind(m) => handlers::exchange::bind(&ctx, m).await?,
+                    E::Unbind(m) => handlers::exchange::unbind(&ctx, m).await?,
+                    _ => return Err(AmqpError::connection(503, "unexpected exchange method")),
+                }
+            }
+            AMQPClass::Queue(q) => {
+                use amq_protocol::protocol::queue::AMQPMethod as Q;
+                match q {
+                    Q::Declare(m) => handlers::queue::declare(&ctx, m).await?,
+                    Q::Bind(m) => handlers::queue::bind(&ctx, m).await?,
+                    Q::Unbind(m) => handlers::queue::unbind(&ctx, m).await?,
+                    Q::Purge(m) => handlers::queue::purge(&ctx, m).await?,
+                    Q::Delete(m) => handlers::queue::delete(&ctx, m).await?,
+                    _ => return Err(AmqpError::connection(503, "unexpected queue method")),
+                }
+            }
+            AMQPClass::Basic(b) => {
+                use basic::AMQPMethod as B;
+                match b {
+                    B::Publish(m) => {
+                        c.start_publish(m);
+                        None
+                    }
+                    B::Qos(m) => {
+                        c.qos(&m);
+                        Some(AMQPClass::Basic(B::QosOk(basic::QosOk {})))
+                    }
+                    B::Consume(m) => {
+                        c.consume(&self.core, &self.vhost, self.id, m, &self.out)
+                            .await?;
+                        None
+                    }
+                    B::Cancel(m) => {
+                        c.cancel(&self.core, m.consumer_tag.as_str()).await;
+                        (!m.nowait).then(|| {
+                            AMQPClass::Basic(B::CancelOk(basic::CancelOk {
+                                consumer_tag: m.consumer_tag.clone(),
+                            }))
+                        })
+                    }
+                    B::Get(m) => {
+                        c.get(&self.core, &self.vhost, self.id, m, &self.out)
+                            .await?;
+                        None
+                    }
+                    B::Ack(m) => {
+                        c.settle(&self.core, m.delivery_tag, m.multiple, None)?;
+                        None
+                    }
+                    B::Nack(m) => {
+                        c.settle(&self.core, m.delivery_tag, m.multiple, Some(m.requeue))?;
+                        None
+                    }
+                    B::Reject(m) => {
+                        c.settle(&self.core, m.delivery_tag, false, Some(m.requeue))?;
+                        None
+                    }
+                    B::Recover(_) => {
+                        c.recover();
+                        Some(AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})))
+                    }
+                    B::RecoverAsync(_) => {
+                        c.recover();
+                        None
+                    }
+                    _ => return Err(AmqpError::connection(503, "unexpected basic method")),
+                }
+            }
+            AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::Select(m)) => {
+                c.select_confirms(&self.out)?;
+                Channel::confirm_select_ok(&m)
+            }
+            AMQPClass::Tx(t) => {
+                use amq_protocol::protocol::tx;
+                match t {
+                    tx::AMQPMethod::Select(_) => {
+                        c.tx_select()?;
+                        Some(AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})))
+                    }
+                    tx::AMQPMethod::Commit(_) => {
+                        c.tx_commit(&self.core, &self.vhost, &self.out).await?;
+                        Some(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})))
+                    }
+                    tx::AMQPMethod::Rollback(_) => {
+                        c.tx_rollback()?;
+                        Some(AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})))
+                    }
+                    _ => return Err(AmqpError::connection(503, "unexpected tx method")),
+                }
+            }
+            _ => return Err(AmqpError::connection(503, "unexpected method")),
+        };
+        if let Some(r) = reply {
+            self.send(ch, r).await;
+        }
+        Ok(())
+    }
+}
+
+/// The single writer of the socket. Batches whatever is queued into one write, and sends a
+/// heartbeat after `heartbeat` seconds without writing anything.
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut heartbeat: watch::Receiver<u16>,
+) {
+    let mut batch = BytesMut::new();
+    let mut tuning = true;
+    loop {
+        let interval = *heartbeat.borrow_and_update();
+        let idle = async {
+            if interval == 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_secs(u64::from(interval))).await;
+        };
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(first) = m else { break };
+                // Small frames are coalesced into one write; big messages are written from
+                // their own buffer. Budget permits are released once their bytes are written.
+                let mut permits = Vec::new();
+                let mut next = Some(first);
+                let mut failed = false;
+                while let Some((bytes, permit)) = next.take() {
+                    permits.push(permit);
+                    if bytes.len() >= 64 * 1024 {
+                        failed |= wr.write_all(&batch).await.is_err();
+                        batch.clear();
+                        failed |= wr.write_all(&bytes).await.is_err();
+                    } else {
+                        batch.extend_from_slice(&bytes);
+                    }
+                    if failed || batch.len() >= 256 * 1024 {
+                        break;
+                    }
+                    next = rx.try_recv().ok();
+                }
+                failed |= wr.write_all(&batch).await.is_err();
+                batch.clear();
+                drop(permits);
+                if failed {
+                    break;
+                }
+            }
+            _ = idle => {
+                let mut hb = BytesMut::new();
+                codec::encode_heartbeat(&mut hb);
+                if wr.write_all(&hb).await.is_err() {
+                    break;
+                }
+            }
+            // Once the connection drops its sender, only the frame channel matters.
+            r = heartbeat.changed(), if tuning => tuning = r.is_ok(),
+        }
+    }
+    // Drain so senders blocked on a full channel are released.
+    rx.close();
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,402 @@
+//! AMQP 0-9-1 at the frame level, for what real clients never send or cannot be made to show:
+//! heartbeats and their timeout, bodies longer than announced, methods on unopened channels,
+//! tuning limits, AMQPLAIN. Frames are built with the adapter's own codec (which wraps
+//! `amq-protocol`), and read back with it.
+
+use std::time::Duration;
+
+use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::BytesMut;
+use ferry::protocol::amqp::codec::{decode_frame, encode_content, encode_method, Incoming};
+use ferry::testing::TestBroker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Wire {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Wire {
+    async fn connect(broker: &TestBroker) -> Wire {
+        let mut s = TcpStream::connect(broker.amqp_addr()).await.unwrap();
+        s.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+        Wire {
+            s,
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, ch: u16, m: AMQPClass) {
+        let mut b = BytesMut::new();
+        encode_method(ch, m, &mut b);
+        self.s.write_all(&b).await.unwrap();
+    }
+
+    async fn raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or `None` when the server closed the socket (or 5 s passed).
+    async fn recv(&mut self) -> Option<Incoming> {
+        loop {
+            if let Some(f) = decode_frame(&mut self.buf, 1 << 20).unwrap() {
+                return Some(f);
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.s.read_buf(&mut self.buf)).await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    async fn recv_method(&mut self) -> Option<(u16, AMQPClass)> {
+        loop {
+            match self.recv().await? {
+                Incoming::Method(ch, m) => return Some((ch, *m)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Handshake with PLAIN (or a given mechanism/response) and the given tune-ok heartbeat.
+    async fn open(broker: &TestBroker, mechanism: &str, response: Vec<u8>, heartbeat: u16) -> Wire {
+        let mut w = Wire::connect(broker).await;
+        match w.recv_method().await {
+            Some((0, AMQPClass::Connection(connection::AMQPMethod::Start(s)))) => {
+                let caps = match s.server_properties.inner().get("capabilities") {
+                    Some(AMQPValue::FieldTable(t)) => t.clone(),
+                    other => panic!("no capabilities: {other:?}"),
+                };
+                for c in [
+                    "publisher_confirms",
+                    "basic.nack",
+                    "consumer_cancel_notify",
+                    "per_consumer_qos",
+                ] {
+                    assert_eq!(caps.inner().get(c), Some(&AMQPValue::Boolean(true)), "{c}");
+                }
+                assert!(s.server_properties.contains_key("product"));
+            }
+            other => panic!("expected connection.start, got {other:?}"),
+        }
+        w.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: mechanism.into(),
+                response: response.into(),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+        match w.recv_method().await {
+            Some((0, AMQPClass::Connection(connection::AMQPMethod::Tune(t)))) => {
+                assert_eq!(
+                    (t.frame_max, t.channel_max, t.heartbeat),
+                    (131072, 2047, 60)
+                );
+            }
+            other => {
+                // Auth failures end here; hand the wire back for the caller to inspect.
+                w.buf.clear();
+                if let Some((ch, m)) = other {
+                    let mut b = BytesMut::new();
+                    encode_method(ch, m, &mut b);
+                    w.buf = b;
+                }
+                return w;
+            }
+        }
+        w.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 16,
+                frame_max: 4096,
+                heartbeat,
+            })),
+        )
+        .await;
+        w.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        )
+        .await;
+        match w.recv_method().await {
+            Some((0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))) => {}
+            other => panic!("expected open-ok, got {other:?}"),
+        }
+        w
+    }
+
+    async fn open_channel(&mut self, ch: u16) {
+        self.send(
+            ch,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await;
+        match self.recv_method().await {
+            Some((c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) if c == ch => {}
+            other => panic!("expected channel.open-ok, got {other:?}"),
+        }
+    }
+}
+
+fn plain(user: &str, pass: &str) -> Vec<u8> {
+    format!("\0{user}\0{pass}").into_bytes()
+}
+
+fn connection_close_code(m: &AMQPClass) -> Option<u16> {
+    match m {
+        AMQPClass::Connection(connection::AMQPMethod::Close(c)) => Some(c.reply_code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn handshake_advertises_capabilities_and_rabbitmq_tuning() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    w.send(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))) => {}
+        other => panic!("expected close-ok, got {other:?}"),
+    }
+    assert!(w.recv().await.is_none(), "socket closed after close-ok");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn amqplain_authentication() {
+    let broker = TestBroker::start().await.unwrap();
+    let creds = amq_protocol::auth::Credentials::new("guest".into(), "guest".into());
+    let response = creds.sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+    let mut w = Wire::open(&broker, "AMQPLAIN", response.as_bytes().to_vec(), 0).await;
+    w.open_channel(1).await;
+    let bad = amq_protocol::auth::Credentials::new("guest".into(), "nope".into())
+        .sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+    let mut w = Wire::open(&broker, "AMQPLAIN", bad.as_bytes().to_vec(), 0).await;
+    let (_, m) = w.recv_method().await.expect("connection.close");
+    assert_eq!(connection_close_code(&m), Some(403));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn configured_users_replace_the_default() {
+    let broker = TestBroker::with(|b| {
+        b.configure(|c| {
+            c.amqp.users = vec![ferry::config::AmqpUser {
+                name: "app".into(),
+                password: "s3cret".into(),
+            }]
+        })
+    })
+    .await
+    .unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("app", "s3cret"), 0).await;
+    w.open_channel(1).await;
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    let (_, m) = w.recv_method().await.expect("connection.close");
+    assert_eq!(connection_close_code(&m), Some(403));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn server_sends_heartbeats_and_closes_a_silent_client() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 1).await;
+    let started = tokio::time::Instant::now();
+    let mut heartbeats = 0;
+    // We never answer: the server sends heartbeats every second, then gives up after two
+    // silent intervals and closes the socket.
+    loop {
+        match w.recv().await {
+            Some(Incoming::Heartbeat(0)) => heartbeats += 1,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break,
+        }
+    }
+    let took = started.elapsed();
+    assert!(heartbeats >= 1, "no heartbeat in {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn body_longer_than_announced_closes_the_connection() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    w.send(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    )
+    .await;
+    let mut b = BytesMut::new();
+    encode_content(1, Default::default(), b"0123456789", 4096, &mut b);
+    // Patch the announced body size (bytes 7+4 .. 7+12 of the header frame) from 10 to 4.
+    b[7 + 4..7 + 12].copy_from_slice(&4u64.to_be_bytes());
+    w.raw(&b).await;
+    let (_, m) = w.recv_method().await.expect("connection.close");
+    assert_eq!(connection_close_code(&m), Some(501));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn frame_larger_than_negotiated_frame_max_is_501() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    // We negotiated 4096; an 8000-byte body frame is too large.
+    let mut frame = vec![3u8, 0, 1];
+    frame.extend_from_slice(&8000u32.to_be_bytes());
+    frame.extend_from_slice(&[0u8; 8000]);
+    frame.push(0xCE);
+    w.raw(&frame).await;
+    let (_, m) = w.recv_method().await.expect("connection.close");
+    assert_eq!(connection_close_code(&m), Some(501));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn method_on_an_unopened_channel_is_504_and_garbage_is_an_error() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.send(
+        5,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "x".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    let (_, m) = w.recv_method().await.expect("connection.close");
+    assert_eq!(connection_close_code(&m), Some(504));
+
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    // A method frame whose payload is nonsense (class 9999).
+    w.raw(&[1, 0, 1, 0, 0, 0, 4, 0x27, 0x0f, 0, 1, 0xCE]).await;
+    let (_, m) = w.recv_method().await.expect("connection.close");
+    assert!(
+        matches!(connection_close_code(&m), Some(501..=503)),
+        "{m:?}"
+    );
+    // Broker still serves new connections.
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_delivery_tag_is_a_406_channel_error() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    w.send(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 77,
+            multiple: false,
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((1, AMQPClass::Channel(channel::AMQPMethod::Close(c)))) => {
+            assert_eq!(c.reply_code, 406)
+        }
+        other => panic!("expected channel.close 406, got {other:?}"),
+    }
+    w.send(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    )
+    .await;
+    // The connection carries on: the channel id can be reused.
+    w.open_channel(1).await;
+    broker.stop().await;
+}
+
+/// A non-loopback address of this machine, if it has one.
+fn external_ip() -> Option<std::net::IpAddr> {
+    // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn guest_is_refused_from_a_non_loopback_address() {
+    let Some(ip) = external_ip() else {
+        eprintln!("no non-loopback interface; skipping");
+        return;
+    };
+    let broker = TestBroker::with(|b| {
+        b.amqp_listen("0.0.0.0:0").configure(|c| {
+            c.amqp.users.push(ferry::config::AmqpUser {
+                name: "remote".into(),
+                password: "pw".into(),
+            })
+        })
+    })
+    .await
+    .unwrap();
+    let addr = std::net::SocketAddr::new(ip, broker.amqp_addr().port());
+    let login = |user: &'static str, pass: &'static str| async move {
+        let mut w = Wire {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        };
+        w.raw(b"AMQP\x00\x00\x09\x01").await;
+        w.recv_method().await.expect("start");
+        w.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: plain(user, pass).into(),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+        w.recv_method().await.expect("a reply").1
+    };
+    let refused = login("guest", "guest").await;
+    assert_eq!(connection_close_code(&refused), Some(403), "{refused:?}");
+    let accepted = login("remote", "pw").await;
+    assert!(
+        matches!(
+            accepted,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(_))
+        ),
+        "{accepted:?}"
+    );
+    broker.stop().await;
+}
