@@ -105,11 +105,9 @@ proptest! {
     fn recovery_of_arbitrary_segment_files(valid in 0usize..4, garbage in proptest::collection::vec(any::<u8>(), 0..512), index in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))) {
         let dir = tempfile::tempdir().unwrap();
         let mut content = Vec::new();
-        let mut next = 0i64;
         for i in 0..valid {
             let mut batch = encode_batch(&[SimpleRecord { key: None, value: Some(Bytes::from(vec![i as u8; 10])), headers: vec![], timestamp: 1 }]);
-            ferry::log::batch::set_base_offset(&mut batch, next);
-            next += 1;
+            ferry::log::batch::set_base_offset(&mut batch, i as i64);
             content.extend_from_slice(&batch);
         }
         content.extend_from_slice(&garbage);
