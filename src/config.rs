@@ -214,6 +214,10 @@ pub struct AmqpSettings {
     pub channel_max: u16,
     /// Heartbeat interval offered in connection.tune, in seconds; 0 disables. Default 60.
     pub heartbeat: u16,
+    /// Free space below which the data directory's disk raises the resource alarm, blocking
+    /// publishing connections with connection.blocked until it recovers (RabbitMQ's
+    /// `disk_free_limit`); 0 disables the check. Default 50000000 (50 MB).
+    pub disk_free_limit_bytes: u64,
 }
 
 impl Default for AmqpSettings {
@@ -227,6 +231,7 @@ impl Default for AmqpSettings {
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
+            disk_free_limit_bytes: 50_000_000,
         }
     }
 }
@@ -265,6 +270,20 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: Vec<(String, toml::Value)>,
     ) -> Result<Config, ConfigError> {
+        Self::load_with_warnings(file, env, overrides).map(|(config, _)| config)
+    }
+
+    /// Like [`load`](Self::load), also returning warnings for `FERRY_*` variables that name no
+    /// setting. Those are ignored rather than fatal: orchestrators set variables of their own
+    /// with the same prefix (Kubernetes adds `FERRY_PORT`, `FERRY_SERVICE_HOST`, … to every pod
+    /// when a Service is named `ferry`), and refusing to start over them would be wrong. A
+    /// variable that names a setting but holds a bad value is still an error.
+    pub fn load_with_warnings(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Vec<(String, toml::Value)>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
         let mut tree =
             toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid {
                 key: "<defaults>".into(),
@@ -291,7 +310,12 @@ impl Config {
         vars.sort();
         for (name, raw) in vars {
             let dotted = env_var_to_key(&name);
-            set_path(&mut tree, &dotted, parse_env_value(&raw), &name)?;
+            match set_path(&mut tree, &dotted, parse_env_value(&raw), &name) {
+                Err(ConfigError::Unknown { .. }) => warnings.push(format!(
+                    "ignoring environment variable {name}: it names no setting (see config/ferry.toml)"
+                )),
+                other => other?,
+            }
         }
 
         for (key, value) in overrides {
@@ -305,7 +329,7 @@ impl Config {
                 message: e.inner().to_string(),
             })?;
         config.validate()?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// Checks what serde cannot: addresses resolve, numbers are in range, policies parse.
@@ -568,13 +592,25 @@ mod tests {
             .to_string();
         assert!(err.contains("kafka_listen"), "{err}");
 
-        let err = Config::load(None, env(&[("FERRY_BOGUS", "1")]), vec![])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("bogus") && err.contains("FERRY_BOGUS"),
-            "{err}"
-        );
+        // Unknown variables are reported, not fatal (orchestrators set FERRY_PORT and such).
+        let (config, warnings) = Config::load_with_warnings(
+            None,
+            env(&[("FERRY_BOGUS", "1"), ("FERRY_PORT", "tcp://10.0.0.5:9092")]),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("FERRY_BOGUS"), "{warnings:?}");
+        // A known variable with a bad value still stops start-up.
+        let err = Config::load(
+            None,
+            env(&[("FERRY_KAFKA__DEFAULT_PARTITIONS", "many")]),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("kafka.default_partitions"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.toml");

@@ -342,3 +342,52 @@ async fn metadata_advertises_a_reachable_address() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn held_fetches_do_not_hold_up_shutdown_or_outlive_their_client() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+
+    let broker = TestBroker::start().await.unwrap();
+    broker
+        .core()
+        .create_topic("idle", 1, Default::default())
+        .await
+        .unwrap();
+    let long_poll = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(20_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("idle")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+
+    // A client that sends a long poll and goes away.
+    let mut gone = TcpStream::connect(broker.kafka_addr()).await.unwrap();
+    gone.write_all(&request(ApiKey::Fetch, 11, 1, &long_poll))
+        .await
+        .unwrap();
+    drop(gone);
+
+    // A client still waiting on its long poll when the broker shuts down gets its (empty)
+    // answer and the shutdown is not held for the 20 s wait.
+    let mut waiting = TcpStream::connect(broker.kafka_addr()).await.unwrap();
+    waiting
+        .write_all(&request(ApiKey::Fetch, 11, 2, &long_poll))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Under the 5 s grace after which connections are aborted rather than answered.
+    let stopped = tokio::time::timeout(Duration::from_secs(4), broker.stop()).await;
+    assert!(stopped.is_ok(), "shutdown waited for a 20 s long poll");
+    let mut resp = read_response(&mut waiting)
+        .await
+        .expect("the held fetch is answered");
+    ResponseHeader::decode(&mut resp, ApiKey::Fetch.response_header_version(11)).unwrap();
+    let body = kafka_protocol::messages::FetchResponse::decode(&mut resp, 11).unwrap();
+    assert_eq!(body.responses[0].partitions[0].error_code, 0);
+}

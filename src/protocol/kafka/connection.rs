@@ -75,12 +75,18 @@ pub async fn run(
     });
 
     let max = ctx.settings.kafka.max_request_bytes;
+    let mut client_gone = false;
     loop {
         let size = tokio::select! {
             size = reader.read_i32() => size,
             _ = crate::util::stopped(&mut shutdown) => break,
         };
-        let Ok(size) = size else { break };
+        let Ok(size) = size else {
+            // The client closed its side: nobody will read what is still pending (a held
+            // fetch would otherwise keep this connection alive until its max_wait_ms).
+            client_gone = true;
+            break;
+        };
         if size < 0 || size as usize > max {
             tracing::warn!(%peer, size, max, "Kafka request size out of bounds; closing connection");
             break;
@@ -117,6 +123,9 @@ pub async fn run(
         }
     }
     drop(queue);
+    if client_gone {
+        writer_task.abort();
+    }
     let _ = writer_task.await;
     metrics::gauge!("ferry_connections", "protocol" => "kafka").decrement(1.0);
 }

@@ -38,6 +38,9 @@ pub struct KafkaServerSettings {
 /// Shared by every Kafka connection.
 pub struct KafkaContext {
     pub core: BrokerCore,
+    /// Turns true when the broker shuts down, so held requests (long-poll fetches, joins
+    /// waiting for a rebalance) answer at once instead of holding up the shutdown.
+    pub shutdown: watch::Receiver<bool>,
     pub settings: KafkaServerSettings,
     pub cluster_id: String,
 }
@@ -80,6 +83,7 @@ pub async fn serve(
     };
     let ctx = Arc::new(KafkaContext {
         core,
+        shutdown: shutdown.clone(),
         settings,
         cluster_id,
     });

@@ -70,7 +70,13 @@ pub async fn handle(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
             return respond(ApiKey::Fetch, req.api_version, req.correlation_id, &body);
         }
         let any_change = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-        if tokio::time::timeout_at(deadline, any_change).await.is_err() {
+        let mut shutdown = ctx.shutdown.clone();
+        let woken = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, any_change) => changed.is_ok(),
+            // Shutting down: answer with what there is rather than hold the shutdown up.
+            _ = crate::util::stopped(&mut shutdown) => false,
+        };
+        if !woken {
             let (body, _) = build(&request, &targets, max_bytes, req.api_version);
             return respond(ApiKey::Fetch, req.api_version, req.correlation_id, &body);
         }

@@ -155,7 +155,14 @@ pub async fn join_group(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest)
         reason: request.reason.as_ref().map(|r| r.to_string()),
     };
     let mut body = JoinGroupResponse::default();
-    match ctx.core.groups().join(join).await {
+    let mut shutdown = ctx.shutdown.clone();
+    // A join can wait a whole rebalance timeout; a shutdown sends the member off to find the
+    // coordinator again instead of holding the shutdown up.
+    let joined = tokio::select! {
+        joined = ctx.core.groups().join(join) => joined,
+        _ = crate::util::stopped(&mut shutdown) => Err(GroupError::CoordinatorNotAvailable),
+    };
+    match joined {
         Ok(joined) => {
             body = body
                 .with_generation_id(joined.generation)
@@ -220,7 +227,12 @@ pub async fn sync_group(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
             .map(|a| (a.member_id.to_string(), a.assignment.clone()))
             .collect(),
     };
-    let body = match ctx.core.groups().sync(sync).await {
+    let mut shutdown = ctx.shutdown.clone();
+    let synced = tokio::select! {
+        synced = ctx.core.groups().sync(sync) => synced,
+        _ = crate::util::stopped(&mut shutdown) => Err(GroupError::CoordinatorNotAvailable),
+    };
+    let body = match synced {
         Ok(synced) => {
             let mut body = SyncGroupResponse::default().with_assignment(synced.assignment);
             if v >= 5 {
