@@ -246,6 +246,13 @@ pub struct ObserveSettings {
     pub log_format: String,
     /// Install the Prometheus recorder and serve `/metrics`. Default true.
     pub metrics: bool,
+    /// Label queue gauges by `queue` and partition/lag gauges by `partition`. Default true;
+    /// false sums them per vhost / per topic, for brokers with very many objects.
+    pub per_object_metrics: bool,
+    /// HTTP basic-auth user for the admin API under `/api/`. Default `admin`.
+    pub admin_user: String,
+    /// Its password. Default `admin`; empty user and password turn the admin API off.
+    pub admin_password: String,
 }
 
 impl Default for ObserveSettings {
@@ -254,6 +261,9 @@ impl Default for ObserveSettings {
             log_level: "info".into(),
             log_format: "text".into(),
             metrics: true,
+            per_object_metrics: true,
+            admin_user: "admin".into(),
+            admin_password: "admin".into(),
         }
     }
 }

@@ -20,18 +20,28 @@
 //! acked ones never do.
 //!
 //! Queue arguments act on that state, not on the log: `x-message-ttl` settles (or
-//! dead-letters) the ready messages older than the TTL, found with the log's time index;
-//! `x-max-length` drops from the head (RabbitMQ's default `drop-head` overflow). Both run before
-//! every claim and count, so a client never sees a message the limits have removed, and a
-//! maintenance task in the router runs them on a timer for queues nobody reads. Messages bound
-//! for a dead-letter exchange stay *unacked* until their copy is durable in the target queues,
-//! so a crash in between redelivers rather than loses.
+//! dead-letters) the ready messages older than the TTL, found with the log's time index; a
+//! message's own TTL ([`TTL_HEADER`]) expires it only once it is the head, as in RabbitMQ;
+//! `x-max-length` and `x-max-length-bytes` drop from the head (`drop-head`), or with
+//! `x-overflow` reject-publish(-dlx) refuse new messages at [`Queue::submit`]. All of them run
+//! before every claim and count, so a client never sees a message the limits have removed, and
+//! a maintenance task in the router runs them on a timer for queues nobody reads (and deletes
+//! queues whose `x-expires` ran out). Messages bound for a dead-letter exchange stay *unacked*
+//! until their copy is durable in the target queues, so a crash in between redelivers rather
+//! than loses.
+//!
+//! `x-delivery-limit` counts how often each message came back (`returns` in the state, 12
+//! bytes per returned message in the persisted form, so the count survives a restart). A
+//! priority queue (`x-max-priority`) keeps a bounded in-memory index of its oldest ready
+//! messages by priority (a window of `PRIORITY_WINDOW` messages); bodies stay in the log. Consumers register
+//! with a priority, and the queue decides which may take (consumer priorities, single active
+//! consumer).
 //!
 //! Not yet done here: deleting a segment once every message in it is settled.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use bytes::{Buf, BufMut, BytesMut};
 use parking_lot::Mutex;
@@ -40,8 +50,10 @@ use tokio::sync::watch;
 use crate::log::{LogError, PartitionHandle, PendingAppend, SimpleRecord};
 use crate::meta::{Meta, QueueDef};
 
-/// Version byte of the persisted delivery state.
+/// Version byte of the persisted delivery state without delivery counts.
 const STATE_V1: u8 = 1;
+/// Version byte of the state with delivery counts appended.
+const STATE_V2: u8 = 2;
 
 /// How many bytes of log one read asks for when fetching messages for delivery.
 const READ_CHUNK: usize = 256 * 1024;
@@ -52,6 +64,7 @@ pub enum DeathReason {
     Rejected,
     Expired,
     MaxLen,
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -60,8 +73,40 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
+}
+
+/// Record header (protocol-neutral) with a message's own time-to-live in milliseconds, as
+/// decimal ASCII; AMQP's `expiration` property is stored here. Counted from the record's
+/// timestamp (its enqueue time), like `x-message-ttl`.
+pub const TTL_HEADER: &str = "ferry.ttl";
+
+/// Record header (protocol-neutral) with a message's priority, decimal ASCII 0-255; AMQP's
+/// `priority` property is stored here. Priority queues order delivery by it.
+pub const PRIORITY_HEADER: &str = "ferry.priority";
+
+/// How many ready messages of a priority queue are held in its in-memory priority index.
+/// Messages beyond the window wait in the log in arrival order and enter the index as it
+/// drains, so the index costs at most about 60 bytes x 64 Ki = 4 MiB per queue however long
+/// the queue grows (plus one byte per appended-but-not-indexed message for its priority);
+/// priority order is exact among the oldest 64 Ki ready messages.
+const PRIORITY_WINDOW: usize = 64 * 1024;
+
+/// A quorum queue's `x-delivery-limit` when none is given (RabbitMQ 4.0's default).
+const QUORUM_DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// What a queue does with a publish that finds it full (`x-overflow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest ready messages: RabbitMQ's default.
+    #[default]
+    DropHead,
+    /// Refuse the new message (a publisher in confirm mode gets basic.nack).
+    RejectPublish,
+    /// Refuse it and dead-letter it with reason `maxlen`.
+    RejectPublishDlx,
 }
 
 /// The queue arguments the core acts on, parsed from the declaration.
@@ -69,12 +114,27 @@ impl DeathReason {
 pub struct QueueLimits {
     /// `x-message-ttl`: milliseconds a message may wait in the queue.
     pub message_ttl_ms: Option<i64>,
-    /// `x-max-length`: ready messages kept; older ones are dropped from the head.
+    /// `x-max-length`: ready messages kept.
     pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: total body bytes of the ready messages kept.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
     /// `x-dead-letter-exchange`.
     pub dead_letter_exchange: Option<String>,
     /// `x-dead-letter-routing-key`; `None` keeps the message's routing key.
     pub dead_letter_routing_key: Option<String>,
+    /// `x-expires`: the queue is deleted after this many milliseconds unused.
+    pub expires_ms: Option<i64>,
+    /// `x-delivery-limit`: a message returned to the queue more often than this is
+    /// dead-lettered with reason `delivery_limit`.
+    pub delivery_limit: Option<u32>,
+    /// `x-queue-type=quorum`: a durable queue that also counts deliveries.
+    pub quorum: bool,
+    /// `x-single-active-consumer`: one consumer receives; the next takes over when it goes.
+    pub single_active_consumer: bool,
+    /// `x-max-priority`: a priority queue with levels 0..=max.
+    pub max_priority: Option<u8>,
 }
 
 impl QueueLimits {
@@ -84,43 +144,82 @@ impl QueueLimits {
         let Some(map) = args.as_object() else {
             return Ok(limits);
         };
+        let mut delivery_limit: Option<Option<u32>> = None;
         let non_negative = |key: &str, v: &serde_json::Value| -> Result<u64, String> {
             v.as_u64()
                 .ok_or_else(|| format!("invalid arg '{key}': {v} (must be a non-negative integer)"))
         };
+        let string = |key: &str, v: &serde_json::Value| -> Result<String, String> {
+            Ok(v.as_str()
+                .ok_or_else(|| format!("invalid arg '{key}': must be a string"))?
+                .to_string())
+        };
+        let millis = |key: &str, v: &serde_json::Value| -> Result<i64, String> {
+            i64::try_from(non_negative(key, v)?)
+                .map_err(|_| format!("invalid arg '{key}': too large"))
+        };
         for (key, v) in map {
             match key.as_str() {
-                "x-message-ttl" => {
-                    let ttl = non_negative(key, v)?;
-                    limits.message_ttl_ms = Some(
-                        i64::try_from(ttl)
-                            .map_err(|_| format!("invalid arg '{key}': too large"))?,
-                    );
-                }
+                "x-message-ttl" => limits.message_ttl_ms = Some(millis(key, v)?),
                 "x-max-length" => limits.max_length = Some(non_negative(key, v)?),
-                "x-dead-letter-exchange" => {
-                    limits.dead_letter_exchange = Some(
-                        v.as_str()
-                            .ok_or_else(|| format!("invalid arg '{key}': must be a string"))?
-                            .to_string(),
-                    )
-                }
+                "x-max-length-bytes" => limits.max_length_bytes = Some(non_negative(key, v)?),
+                "x-dead-letter-exchange" => limits.dead_letter_exchange = Some(string(key, v)?),
                 "x-dead-letter-routing-key" => {
-                    limits.dead_letter_routing_key = Some(
-                        v.as_str()
-                            .ok_or_else(|| format!("invalid arg '{key}': must be a string"))?
-                            .to_string(),
-                    )
+                    limits.dead_letter_routing_key = Some(string(key, v)?)
                 }
-                "x-overflow" if v.as_str() == Some("drop-head") => {}
                 "x-overflow" => {
-                    return Err(format!(
-                        "arg 'x-overflow' {v} is not supported yet (only \"drop-head\")"
-                    ))
+                    limits.overflow = match v.as_str() {
+                        Some("drop-head") => Overflow::DropHead,
+                        Some("reject-publish") => Overflow::RejectPublish,
+                        Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+                        _ => return Err(format!("invalid arg 'x-overflow': {v}")),
+                    }
+                }
+                "x-expires" => {
+                    // RabbitMQ refuses 0: a queue that expires at once is a mistake.
+                    let ms = millis(key, v)?;
+                    if ms == 0 {
+                        return Err("invalid arg 'x-expires': 0 (must be positive)".into());
+                    }
+                    limits.expires_ms = Some(ms);
+                }
+                "x-delivery-limit" => {
+                    // RabbitMQ 4: a negative limit means unlimited.
+                    delivery_limit = Some(match v.as_i64() {
+                        Some(n) if n < 0 => None,
+                        _ => Some(u32::try_from(non_negative(key, v)?).unwrap_or(u32::MAX)),
+                    });
+                }
+                "x-queue-type" => match v.as_str() {
+                    Some("classic") => {}
+                    Some("quorum") => limits.quorum = true,
+                    Some("stream") => {
+                        return Err("arg 'x-queue-type' \"stream\" is not supported yet".into())
+                    }
+                    _ => return Err(format!("invalid arg 'x-queue-type': {v}")),
+                },
+                "x-max-priority" => {
+                    // RabbitMQ refuses more than 255 levels (a priority is one byte).
+                    let max = non_negative(key, v)?;
+                    limits.max_priority = Some(u8::try_from(max).map_err(|_| {
+                        format!("invalid arg '{key}': {max} (must be at most 255)")
+                    })?);
+                }
+                "x-single-active-consumer" => {
+                    limits.single_active_consumer = v
+                        .as_bool()
+                        .ok_or_else(|| format!("invalid arg '{key}': {v} (must be a boolean)"))?
                 }
                 _ => {}
             }
         }
+        // Quorum queues default to a delivery limit of 20 (RabbitMQ 4.0), so a poison message
+        // cannot loop forever; classic queues have none unless asked.
+        limits.delivery_limit = match delivery_limit {
+            Some(explicit) => explicit,
+            None if limits.quorum => Some(QUORUM_DEFAULT_DELIVERY_LIMIT),
+            None => None,
+        };
         if limits.dead_letter_routing_key.is_some() && limits.dead_letter_exchange.is_none() {
             return Err(
                 "invalid arg 'x-dead-letter-routing-key': needs x-dead-letter-exchange".into(),
@@ -131,7 +230,17 @@ impl QueueLimits {
 
     /// Whether the router must run a maintenance task for this queue.
     pub fn needs_maintenance(&self) -> bool {
-        self.message_ttl_ms.is_some() || self.max_length.is_some()
+        self.message_ttl_ms.is_some()
+            || self.max_length.is_some()
+            || self.max_length_bytes.is_some()
+            || self.expires_ms.is_some()
+    }
+
+    /// Whether the queue keeps the body size of every unsettled message (byte limits) and
+    /// counts messages still being appended (reject-publish must see them).
+    fn tracks_sizes(&self) -> bool {
+        self.max_length_bytes.is_some()
+            || (self.overflow != Overflow::DropHead && self.max_length.is_some())
     }
 }
 
@@ -142,6 +251,8 @@ pub struct QueuedMessage {
     pub offset: i64,
     /// Whether it was handed out before (requeued, or unacked at a restart).
     pub redelivered: bool,
+    /// How often it was returned to the queue (counted for `x-delivery-limit`).
+    pub delivery_count: u32,
     /// The stored record: routing key as key, body as value, properties as headers.
     pub record: SimpleRecord,
 }
@@ -152,10 +263,16 @@ struct DeliveryState {
     next: i64,
     unacked: BTreeSet<i64>,
     requeued: BTreeSet<i64>,
+    /// How often each unsettled message was returned to the queue, for `x-delivery-limit`.
+    /// Only messages returned at least once have an entry, so it is bounded by the unsettled
+    /// set (usually by prefetch), not by the queue's length.
+    returns: BTreeMap<i64, u32>,
 }
 
 impl DeliveryState {
-    /// `[version u8][next i64][range count u32]([start i64][len u32])*` over the unsettled offsets.
+    /// `[version u8][next i64][range count u32]([start i64][len u32])*` over the unsettled
+    /// offsets, then (version 2) `[count u32]([offset i64][returns u32])*`: 12 bytes per
+    /// message that was ever returned, nothing for the rest.
     fn encode(&self) -> Vec<u8> {
         let mut all: Vec<i64> = self.unacked.union(&self.requeued).copied().collect();
         all.sort_unstable();
@@ -166,13 +283,24 @@ impl DeliveryState {
                 _ => ranges.push((o, 1)),
             }
         }
-        let mut buf = BytesMut::with_capacity(13 + ranges.len() * 12);
-        buf.put_u8(STATE_V1);
+        let mut buf = BytesMut::with_capacity(17 + ranges.len() * 12 + self.returns.len() * 12);
+        buf.put_u8(if self.returns.is_empty() {
+            STATE_V1
+        } else {
+            STATE_V2
+        });
         buf.put_i64(self.next);
         buf.put_u32(ranges.len() as u32);
         for (start, len) in ranges {
             buf.put_i64(start);
             buf.put_u32(len);
+        }
+        if !self.returns.is_empty() {
+            buf.put_u32(self.returns.len() as u32);
+            for (o, n) in &self.returns {
+                buf.put_i64(*o);
+                buf.put_u32(*n);
+            }
         }
         buf.to_vec()
     }
@@ -182,12 +310,20 @@ impl DeliveryState {
     /// rather than losing).
     fn decode(raw: &[u8]) -> Option<DeliveryState> {
         let mut b = raw;
-        if b.remaining() < 13 || b.get_u8() != STATE_V1 {
+        if b.remaining() < 13 {
+            return None;
+        }
+        let version = b.get_u8();
+        if version != STATE_V1 && version != STATE_V2 {
             return None;
         }
         let next = b.get_i64();
         let n = b.get_u32() as usize;
-        if b.remaining() != n.checked_mul(12)? {
+        let ranges_len = n.checked_mul(12)?;
+        if version == STATE_V1 && b.remaining() != ranges_len {
+            return None;
+        }
+        if b.remaining() < ranges_len {
             return None;
         }
         let mut requeued = BTreeSet::new();
@@ -201,17 +337,165 @@ impl DeliveryState {
             }
             requeued.extend(start..end);
         }
+        let mut returns = BTreeMap::new();
+        if version == STATE_V2 {
+            if b.remaining() < 4 {
+                return None;
+            }
+            let m = b.get_u32() as usize;
+            if b.remaining() != m.checked_mul(12)? {
+                return None;
+            }
+            for _ in 0..m {
+                let o = b.get_i64();
+                let count = b.get_u32();
+                if requeued.contains(&o) {
+                    returns.insert(o, count);
+                }
+            }
+        }
         Some(DeliveryState {
             next,
             unacked: BTreeSet::new(),
             requeued,
+            returns,
         })
     }
+}
+
+/// Body sizes of the unsettled messages, for `x-max-length-bytes` and for reject-publish (which
+/// must count messages still on their way into the log). Kept only by queues with those
+/// arguments: 12 bytes or so per unsettled message, bounded by the limits themselves.
+#[derive(Debug, Default)]
+struct Sizes {
+    /// Sizes of appends submitted but not yet below the high watermark, in offset order: one
+    /// writer per log keeps submit order and offset order the same.
+    inflight: VecDeque<u32>,
+    /// Every offset below this has its size in `by_offset` (if unsettled).
+    known_upto: i64,
+    by_offset: HashMap<i64, u32>,
+    /// Body bytes of the ready messages (fresh and requeued).
+    ready_bytes: u64,
+}
+
+/// The delivery order of a priority queue. Ready messages in the window (see
+/// [`PRIORITY_WINDOW`]) are kept in `DeliveryState::requeued` (so persistence and counting
+/// treat them like any ready message below the cursor) and, here, by priority level; delivery
+/// takes the lowest offset of the highest non-empty level. Bodies are never copied: the index
+/// holds offsets and one byte of priority each.
+#[derive(Debug)]
+struct PrioIndex {
+    max: u8,
+    /// Ready indexed offsets per priority level, in offset order.
+    levels: Vec<BTreeSet<i64>>,
+    /// Priority of every indexed unsettled message (ready or unacked), so a returned
+    /// message goes back to its level.
+    prio_of: HashMap<i64, u8>,
+    /// Indexed messages never handed out (delivered with `redelivered` unset).
+    fresh: HashSet<i64>,
+    /// Priorities of messages from offset `base` on that are not indexed yet, in offset
+    /// order: appends record them at submit, so indexing them needs no read.
+    pending: VecDeque<u8>,
+    base: i64,
+    /// Ready offsets restored at open whose priorities must be read once.
+    scan: bool,
+}
+
+impl PrioIndex {
+    fn add(&mut self, o: i64, p: u8) {
+        let p = p.min(self.max);
+        self.prio_of.insert(o, p);
+        self.levels[usize::from(p)].insert(o);
+    }
+
+    /// Makes an indexed message ready again (a return, a failed read).
+    fn readd(&mut self, o: i64) {
+        let p = self.prio_of.get(&o).copied().unwrap_or(0);
+        self.add(o, p);
+    }
+
+    /// A ready message left the ready set without being delivered.
+    fn unready(&mut self, o: i64) {
+        if let Some(p) = self.prio_of.get(&o) {
+            self.levels[usize::from(*p)].remove(&o);
+        }
+        self.fresh.remove(&o);
+    }
+
+    fn settle(&mut self, o: i64) {
+        self.unready(o);
+        self.prio_of.remove(&o);
+    }
+
+    fn pop_highest(&mut self) -> Option<i64> {
+        self.levels.iter_mut().rev().find_map(|l| l.pop_first())
+    }
+}
+
+fn record_priority(record: &SimpleRecord) -> u8 {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k == PRIORITY_HEADER)
+        .and_then(|(_, v)| std::str::from_utf8(v.as_ref()?).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The ready message to be delivered next, which is where RabbitMQ expires and drops from:
+/// the oldest ready message, or in a priority queue the oldest of the highest priority (so
+/// there, as in RabbitMQ, a full queue drops high-priority messages first).
+fn head_of(c: &Counters, hw: i64) -> Option<i64> {
+    if let Some(ix) = &c.prio {
+        if let Some(o) = ix.levels.iter().rev().find_map(|l| l.first().copied()) {
+            return Some(o);
+        }
+    }
+    match c.state.requeued.first() {
+        Some(o) => Some(*o),
+        None if c.state.next < hw => Some(c.state.next),
+        None => None,
+    }
+}
+
+/// Takes the head found by [`head_of`] out of the ready set.
+fn remove_head(c: &mut Counters, head: i64) {
+    if let Some(ix) = c.prio.as_mut() {
+        ix.unready(head);
+    }
+    if !c.state.requeued.remove(&head) {
+        c.state.next += 1;
+    }
+}
+
+/// A registered consumer, as the queue sees it (for priorities and single active consumer).
+#[derive(Debug)]
+struct ConsumerSlot {
+    id: u64,
+    priority: i32,
+    has_credit: bool,
 }
 
 struct Counters {
     state: DeliveryState,
     consumers: u32,
+    /// Consumers in registration order.
+    slots: Vec<ConsumerSlot>,
+    next_consumer_id: u64,
+    /// Present when the limits need body sizes (see [`Sizes`]).
+    sizes: Option<Sizes>,
+    /// Whether a ready message may carry its own TTL: set by such an append, and at open
+    /// when messages are ready (we cannot know without reading them). While false, the head
+    /// is never read for its expiry, so queues without per-message TTLs pay nothing.
+    ttl_seen: bool,
+    /// The head's per-message expiry, cached so each head is read once: (offset, expires at).
+    head_expiry: Option<(i64, Option<i64>)>,
+    /// Requeued offsets restored at open whose sizes were not read yet.
+    scan_requeued: bool,
+    /// Present for priority queues.
+    prio: Option<PrioIndex>,
+    /// The log end once every submitted append has landed: the log end at open plus one per
+    /// submit (each is one record, and only submits append to a queue's log).
+    appends_expected: i64,
 }
 
 /// What a queue is built from (see [`Queue::new`]).
@@ -246,6 +530,11 @@ pub struct Queue {
     /// consumers waiting on the high watermark also wake for those.
     ready_tx: watch::Sender<u64>,
     deleted: AtomicBool,
+    /// Serializes submits so the order of `Sizes::inflight` is the order of offsets, and so
+    /// reject-publish decides on a count no concurrent publish is changing.
+    submit_lock: tokio::sync::Mutex<()>,
+    /// When the queue was last used (declared, read by basic.get, consumed), for `x-expires`.
+    last_used_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Queue {
@@ -255,6 +544,38 @@ impl std::fmt::Debug for Queue {
             .field("name", &self.def.name)
             .finish()
     }
+}
+
+impl Sizes {
+    fn size(&self, o: i64) -> u64 {
+        self.by_offset.get(&o).copied().map_or(0, u64::from)
+    }
+
+    fn leave_ready(&mut self, o: i64) {
+        self.ready_bytes = self.ready_bytes.saturating_sub(self.size(o));
+    }
+
+    fn enter_ready(&mut self, o: i64) {
+        self.ready_bytes += self.size(o);
+    }
+
+    fn settle(&mut self, o: i64) {
+        self.by_offset.remove(&o);
+    }
+}
+
+fn body_len(record: &SimpleRecord) -> u32 {
+    record
+        .value
+        .as_ref()
+        .map_or(0, |v| u32::try_from(v.len()).unwrap_or(u32::MAX))
+}
+
+/// The record's own expiry (ms since the epoch), from [`TTL_HEADER`].
+fn record_expiry(record: &SimpleRecord) -> Option<i64> {
+    let (_, v) = record.headers.iter().find(|(k, _)| k == TTL_HEADER)?;
+    let ttl: i64 = std::str::from_utf8(v.as_ref()?).ok()?.parse().ok()?;
+    Some(record.timestamp.saturating_add(ttl.max(0)))
 }
 
 impl Queue {
@@ -280,7 +601,25 @@ impl Queue {
         let end = log.log_end_offset();
         st.next = st.next.clamp(start, end);
         st.requeued.retain(|o| *o >= start && *o < st.next);
+        let requeued = &st.requeued;
+        st.returns.retain(|o, _| requeued.contains(o));
         let (ready_tx, _) = watch::channel(0);
+        let sizes = limits.tracks_sizes().then(|| Sizes {
+            known_upto: st.next,
+            ..Sizes::default()
+        });
+        let ttl_seen = !st.requeued.is_empty() || st.next < end;
+        let scan_requeued = !st.requeued.is_empty();
+        let prio = limits.max_priority.map(|max| PrioIndex {
+            max,
+            levels: vec![BTreeSet::new(); usize::from(max) + 1],
+            prio_of: HashMap::new(),
+            fresh: HashSet::new(),
+            pending: VecDeque::new(),
+            base: end,
+            scan: !st.requeued.is_empty(),
+        });
+        let now = clock.now_ms();
         Queue {
             def,
             exclusive_owner,
@@ -290,6 +629,14 @@ impl Queue {
             inner: Mutex::new(Counters {
                 state: st,
                 consumers: 0,
+                slots: Vec::new(),
+                next_consumer_id: 0,
+                sizes,
+                ttl_seen,
+                head_expiry: None,
+                scan_requeued,
+                prio,
+                appends_expected: end,
             }),
             limits,
             dead: Mutex::new(Vec::new()),
@@ -297,6 +644,8 @@ impl Queue {
             clock,
             ready_tx,
             deleted: AtomicBool::new(false),
+            submit_lock: tokio::sync::Mutex::new(()),
+            last_used_ms: AtomicI64::new(now),
         }
     }
 
@@ -304,15 +653,146 @@ impl Queue {
         &self.limits
     }
 
-    /// Applies TTL and max-length to the ready messages. Removed ones are settled, or with a
-    /// dead-letter exchange, kept unacked and queued for the maintenance task. Called with the
-    /// state lock held.
-    fn enforce_limits(&self, st: &mut DeliveryState, hw: i64) {
-        if !self.limits.needs_maintenance() {
+    /// Marks the queue used now (declare, basic.get, consumers), restarting `x-expires`.
+    pub fn touch(&self) {
+        self.last_used_ms
+            .store(self.clock.now_ms(), Ordering::Release);
+    }
+
+    /// Whether `x-expires` has run out: no consumers and unused for that long.
+    pub fn expired_unused(&self) -> bool {
+        let Some(expires) = self.limits.expires_ms else {
+            return false;
+        };
+        let idle = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.last_used_ms.load(Ordering::Acquire));
+        self.consumer_count() == 0 && idle >= expires
+    }
+
+    /// Brings the size book up to the high watermark: appends that landed move from
+    /// `inflight` to `by_offset` and count as ready; offsets nobody submitted in this process
+    /// (messages from before a restart) are read once for their sizes.
+    fn sync_sizes(&self, c: &mut Counters, hw: i64) {
+        let Some(sz) = c.sizes.as_mut() else {
+            return;
+        };
+        let mut missing = Vec::new();
+        if c.scan_requeued {
+            c.scan_requeued = false;
+            missing.extend(c.state.requeued.iter().copied());
+        }
+        while sz.known_upto < hw {
+            let o = sz.known_upto;
+            match sz.inflight.pop_front() {
+                Some(n) => {
+                    sz.by_offset.insert(o, n);
+                    sz.ready_bytes += u64::from(n);
+                }
+                None => missing.push(o),
+            }
+            sz.known_upto += 1;
+        }
+        if missing.is_empty() {
             return;
         }
+        match self.read_records(&missing) {
+            Ok(records) => {
+                for (o, r) in records {
+                    let n = body_len(&r);
+                    sz.by_offset.insert(o, n);
+                    sz.ready_bytes += u64::from(n);
+                }
+            }
+            Err(e) => {
+                // Sizes stay unknown (counted as 0): a byte limit is enforced late, never
+                // by losing a message.
+                tracing::warn!(queue = %self.def.name, error = %e, "reading message sizes failed")
+            }
+        }
+    }
+
+    /// Moves fresh messages from the cursor into a priority queue's index, up to the window.
+    fn absorb(&self, c: &mut Counters, hw: i64) {
+        let Some(ix) = c.prio.as_mut() else {
+            return;
+        };
+        let st = &mut c.state;
+        let mut unknown: Vec<i64> = Vec::new();
+        if ix.scan {
+            ix.scan = false;
+            unknown.extend(st.requeued.iter().copied());
+        }
+        // The cursor may have moved past pending priorities (purge, TTL, overflow).
+        while ix.base < st.next {
+            ix.pending.pop_front();
+            ix.base += 1;
+        }
+        let room = PRIORITY_WINDOW.saturating_sub(st.requeued.len()) as i64;
+        let end = hw.min(st.next.saturating_add(room));
+        let mut known: Vec<(i64, u8)> = Vec::new();
+        while st.next < end {
+            let o = st.next;
+            match ix.pending.front().copied().filter(|_| o == ix.base) {
+                Some(p) => {
+                    ix.pending.pop_front();
+                    ix.base += 1;
+                    known.push((o, p));
+                }
+                None => unknown.push(o),
+            }
+            st.requeued.insert(o);
+            ix.fresh.insert(o);
+            st.next += 1;
+        }
+        for (o, p) in known {
+            ix.add(o, p);
+        }
+        if unknown.is_empty() {
+            return;
+        }
+        match self.read_records(&unknown) {
+            Ok(records) => {
+                for o in unknown {
+                    let p = records.get(&o).map_or(0, record_priority);
+                    ix.add(o, p);
+                }
+            }
+            Err(e) => {
+                // Delivered at priority 0 rather than not at all.
+                tracing::warn!(queue = %self.def.name, error = %e, "reading message priorities failed");
+                for o in unknown {
+                    ix.add(o, 0);
+                }
+            }
+        }
+    }
+
+    /// The head's own expiry, reading it once per head.
+    fn head_expiry(&self, c: &mut Counters, head: i64) -> Option<i64> {
+        if let Some((o, at)) = c.head_expiry {
+            if o == head {
+                return at;
+            }
+        }
+        let at = match self.read_records(&[head]) {
+            Ok(r) => r.get(&head).and_then(record_expiry),
+            Err(_) => None,
+        };
+        c.head_expiry = Some((head, at));
+        at
+    }
+
+    /// Applies TTLs and length limits to the ready messages. Removed ones are settled, or with
+    /// a dead-letter exchange, kept unacked and queued for the maintenance task. Called with
+    /// the state lock held.
+    fn enforce_limits(&self, c: &mut Counters, hw: i64) {
+        self.sync_sizes(c, hw);
+        self.absorb(c, hw);
         let mut removed: Vec<(i64, DeathReason)> = Vec::new();
         if let Some(ttl) = self.limits.message_ttl_ms {
+            let st = &mut c.state;
             let cutoff = self.clock.now_ms().saturating_sub(ttl);
             // Records are stamped with their enqueue time, in offset order: everything below
             // the first record younger than the cutoff has expired.
@@ -330,34 +810,86 @@ impl Queue {
                 st.next += 1;
             }
         }
-        if let Some(max) = self.limits.max_length {
-            let ready = (hw - st.next).max(0) as u64 + st.requeued.len() as u64;
-            for _ in 0..ready.saturating_sub(max) {
-                // The head is the oldest ready message: requeued ones sit below the cursor.
-                if let Some(o) = st.requeued.pop_first() {
-                    removed.push((o, DeathReason::MaxLen));
-                } else {
-                    removed.push((st.next, DeathReason::MaxLen));
-                    st.next += 1;
+        if c.ttl_seen && c.state.requeued.is_empty() && c.state.next >= hw {
+            // Nothing is ready and no submitted message is still on its way into the log:
+            // no message can carry a TTL any more, so heads need not be read for one until a
+            // publish with a TTL comes (a queue reopened with messages starts flagged).
+            if c.appends_expected <= hw {
+                c.ttl_seen = false;
+            }
+        }
+        if c.ttl_seen {
+            // Per-message TTL, RabbitMQ's way: only the head expires. A message behind an
+            // unexpired one waits until it reaches the head (it is never delivered expired,
+            // because delivery takes from the head after this check).
+            let now = self.clock.now_ms();
+            while let Some(head) = head_of(c, hw) {
+                match self.head_expiry(c, head) {
+                    Some(at) if at <= now => {
+                        remove_head(c, head);
+                        removed.push((head, DeathReason::Expired));
+                    }
+                    _ => break,
                 }
+            }
+        }
+        if let Some(sz) = c.sizes.as_mut() {
+            for (o, _) in &removed {
+                sz.leave_ready(*o);
+            }
+        }
+        if self.limits.overflow == Overflow::DropHead {
+            let mut ready = (hw - c.state.next).max(0) as u64 + c.state.requeued.len() as u64;
+            loop {
+                let over_count = self.limits.max_length.is_some_and(|m| ready > m);
+                let over_bytes = match (self.limits.max_length_bytes, c.sizes.as_ref()) {
+                    (Some(m), Some(sz)) => sz.ready_bytes > m,
+                    _ => false,
+                };
+                if ready == 0 || !(over_count || over_bytes) {
+                    break;
+                }
+                let Some(o) = head_of(c, hw) else {
+                    break;
+                };
+                remove_head(c, o);
+                if let Some(sz) = c.sizes.as_mut() {
+                    sz.leave_ready(o);
+                }
+                removed.push((o, DeathReason::MaxLen));
+                ready -= 1;
             }
         }
         if removed.is_empty() {
             return;
         }
+        for (o, _) in &removed {
+            c.state.returns.remove(o);
+            if let Some(ix) = c.prio.as_mut() {
+                if self.limits.dead_letter_exchange.is_some() {
+                    ix.unready(*o);
+                } else {
+                    ix.settle(*o);
+                }
+            }
+        }
         if self.limits.dead_letter_exchange.is_some() {
-            st.unacked.extend(removed.iter().map(|(o, _)| *o));
+            c.state.unacked.extend(removed.iter().map(|(o, _)| *o));
             self.dead.lock().extend(removed);
             self.maintenance.notify_one();
+        } else if let Some(sz) = c.sizes.as_mut() {
+            for (o, _) in &removed {
+                sz.settle(*o);
+            }
         }
-        self.persist(st);
+        self.persist(&c.state);
     }
 
     /// Runs the limits now (the maintenance task's tick).
     pub fn enforce_now(&self) {
         let hw = self.log.high_watermark();
         let mut inner = self.inner.lock();
-        self.enforce_limits(&mut inner.state, hw);
+        self.enforce_limits(&mut inner, hw);
     }
 
     /// Takes the messages waiting to be dead-lettered.
@@ -370,21 +902,33 @@ impl Queue {
         self.maintenance.notified().await
     }
 
-    /// When the oldest ready message expires (ms since the epoch), if the queue has a TTL.
+    /// When the maintenance task next has something to do (ms since the epoch): the oldest
+    /// ready message expiring by `x-message-ttl` or by its own TTL, or `x-expires` running out.
     pub fn next_expiry_ms(&self) -> Option<i64> {
-        let ttl = self.limits.message_ttl_ms?;
         let hw = self.log.high_watermark();
-        let head = {
-            let inner = self.inner.lock();
-            let st = &inner.state;
-            match st.requeued.first() {
-                Some(o) => *o,
-                None if st.next < hw => st.next,
-                None => return None,
-            }
+        let mut due: Option<i64> = self
+            .limits
+            .expires_ms
+            .map(|e| self.last_used_ms.load(Ordering::Acquire).saturating_add(e));
+        let mut inner = self.inner.lock();
+        let Some(head) = head_of(&inner, hw) else {
+            return due;
         };
-        let records = self.read_records(&[head]).ok()?;
-        Some(records.get(&head)?.timestamp.saturating_add(ttl))
+        let mut earliest = |at: i64| due = Some(due.map_or(at, |d| d.min(at)));
+        if inner.ttl_seen {
+            if let Some(at) = self.head_expiry(&mut inner, head) {
+                earliest(at);
+            }
+        }
+        drop(inner);
+        if let Some(ttl) = self.limits.message_ttl_ms {
+            if let Ok(records) = self.read_records(&[head]) {
+                if let Some(r) = records.get(&head) {
+                    earliest(r.timestamp.saturating_add(ttl));
+                }
+            }
+        }
+        due
     }
 
     /// Reads the records at `offsets` (for dead-lettering).
@@ -443,20 +987,71 @@ impl Queue {
     }
 
     /// Queues an append of one message; the returned handle resolves once it is durable.
-    pub async fn submit(&self, record: SimpleRecord) -> Result<PendingAppend, LogError> {
-        self.log
-            .submit_append(crate::log::try_encode_batch(
-                std::slice::from_ref(&record),
-                &crate::log::EncodeOptions::default(),
-            )?)
-            .await
+    /// `None`: the queue is full and its `x-overflow` rejects publishes (nothing appended).
+    pub async fn submit(&self, record: SimpleRecord) -> Result<Option<PendingAppend>, LogError> {
+        let batch = crate::log::try_encode_batch(
+            std::slice::from_ref(&record),
+            &crate::log::EncodeOptions::default(),
+        )?;
+        let size = body_len(&record);
+        let _order = self.submit_lock.lock().await;
+        {
+            let hw = self.log.high_watermark();
+            let mut c = self.inner.lock();
+            if record.headers.iter().any(|(k, _)| k == TTL_HEADER) {
+                c.ttl_seen = true;
+            }
+            if self.limits.overflow != Overflow::DropHead {
+                // Expired messages must not hold the queue full.
+                self.enforce_limits(&mut c, hw);
+                let (inflight, inflight_bytes, ready_bytes) = match &c.sizes {
+                    Some(sz) => (
+                        sz.inflight.len() as u64,
+                        sz.inflight.iter().map(|n| u64::from(*n)).sum::<u64>(),
+                        sz.ready_bytes,
+                    ),
+                    None => (0, 0, 0),
+                };
+                let ready =
+                    (hw - c.state.next).max(0) as u64 + c.state.requeued.len() as u64 + inflight;
+                let full = self.limits.max_length.is_some_and(|m| ready >= m)
+                    || self
+                        .limits
+                        .max_length_bytes
+                        .is_some_and(|m| ready_bytes + inflight_bytes + u64::from(size) > m);
+                if full {
+                    return Ok(None);
+                }
+            }
+            if let Some(sz) = c.sizes.as_mut() {
+                sz.inflight.push_back(size);
+            }
+            if let Some(ix) = c.prio.as_mut() {
+                ix.pending.push_back(record_priority(&record));
+            }
+            c.appends_expected += 1;
+        }
+        match self.log.submit_append(batch).await {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => {
+                let mut c = self.inner.lock();
+                if let Some(sz) = c.sizes.as_mut() {
+                    sz.inflight.pop_back();
+                }
+                if let Some(ix) = c.prio.as_mut() {
+                    ix.pending.pop_back();
+                }
+                c.appends_expected -= 1;
+                Err(e)
+            }
+        }
     }
 
     /// Ready messages: fresh ones below the high watermark plus requeued ones.
     pub fn message_count(&self) -> u64 {
         let hw = self.log.high_watermark();
         let mut inner = self.inner.lock();
-        self.enforce_limits(&mut inner.state, hw);
+        self.enforce_limits(&mut inner, hw);
         (hw - inner.state.next).max(0) as u64 + inner.state.requeued.len() as u64
     }
 
@@ -469,15 +1064,76 @@ impl Queue {
         self.inner.lock().consumers
     }
 
-    pub fn add_consumer(&self) {
-        self.inner.lock().consumers += 1;
+    /// Registers a consumer with its priority (`x-priority`, default 0); returns its id for
+    /// [`may_take`](Self::may_take), [`set_credit`](Self::set_credit) and
+    /// [`remove_consumer`](Self::remove_consumer).
+    pub fn add_consumer(&self, priority: i32) -> u64 {
+        self.touch();
+        let mut inner = self.inner.lock();
+        inner.consumers += 1;
+        inner.next_consumer_id += 1;
+        let id = inner.next_consumer_id;
+        inner.slots.push(ConsumerSlot {
+            id,
+            priority,
+            has_credit: true,
+        });
+        drop(inner);
+        // A new consumer can change who is allowed to take.
+        self.ready_tx.send_modify(|v| *v += 1);
+        id
     }
 
     /// Returns the remaining consumer count.
-    pub fn remove_consumer(&self) -> u32 {
+    pub fn remove_consumer(&self, id: u64) -> u32 {
+        self.touch();
         let mut inner = self.inner.lock();
         inner.consumers = inner.consumers.saturating_sub(1);
-        inner.consumers
+        inner.slots.retain(|c| c.id != id);
+        let left = inner.consumers;
+        drop(inner);
+        // The next single active consumer, or lower-priority ones, may take now.
+        self.ready_tx.send_modify(|v| *v += 1);
+        left
+    }
+
+    /// Records whether a consumer can take messages now (it has prefetch credit). Consumers
+    /// of lower priority wait only while a higher one has credit, so a change wakes them.
+    pub fn set_credit(&self, id: u64, has_credit: bool) {
+        let mut inner = self.inner.lock();
+        let Some(slot) = inner.slots.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        if slot.has_credit == has_credit {
+            return;
+        }
+        slot.has_credit = has_credit;
+        drop(inner);
+        self.ready_tx.send_modify(|v| *v += 1);
+    }
+
+    /// Whether a consumer may take messages now. With `x-single-active-consumer` only the
+    /// active one may: the highest priority, earliest registered (RabbitMQ). Otherwise a
+    /// consumer waits while any consumer of higher priority has credit (consumer priorities:
+    /// higher ones get messages first, lower ones when the higher are full).
+    pub fn may_take(&self, id: u64) -> bool {
+        let inner = self.inner.lock();
+        let Some(me) = inner.slots.iter().find(|c| c.id == id) else {
+            return false;
+        };
+        if self.limits.single_active_consumer {
+            let mut active: Option<&ConsumerSlot> = None;
+            for c in &inner.slots {
+                if active.is_none_or(|a| c.priority > a.priority) {
+                    active = Some(c);
+                }
+            }
+            return active.is_some_and(|a| a.id == id);
+        }
+        !inner
+            .slots
+            .iter()
+            .any(|c| c.priority > me.priority && c.has_credit)
     }
 
     /// Wakes when the high watermark advances (new messages are readable).
@@ -499,50 +1155,90 @@ impl Queue {
             return Ok(Vec::new());
         }
         let hw = self.log.high_watermark();
-        let mut claimed: Vec<(i64, bool)> = Vec::new();
+        let mut claimed: Vec<(i64, bool, u32)> = Vec::new();
         {
             let mut inner = self.inner.lock();
-            let st = &mut inner.state;
-            self.enforce_limits(st, hw);
+            self.enforce_limits(&mut inner, hw);
+            let c = &mut *inner;
+            let st = &mut c.state;
             while claimed.len() < max {
-                let Some(o) = st.requeued.pop_first() else {
+                let next_ready = match c.prio.as_mut() {
+                    Some(ix) => ix.pop_highest().inspect(|o| {
+                        st.requeued.remove(o);
+                    }),
+                    None => st.requeued.pop_first(),
+                };
+                let Some(o) = next_ready else {
                     break;
                 };
-                claimed.push((o, true));
+                // A message never handed out is not redelivered, even from the index.
+                let redelivered = match c.prio.as_mut() {
+                    Some(ix) => {
+                        let fresh = ix.fresh.remove(&o);
+                        if settle {
+                            ix.settle(o);
+                        }
+                        !fresh
+                    }
+                    None => true,
+                };
+                let returns = if settle {
+                    st.returns.remove(&o)
+                } else {
+                    st.returns.get(&o).copied()
+                };
+                claimed.push((o, redelivered, returns.unwrap_or(0)));
             }
-            while claimed.len() < max && st.next < hw {
-                claimed.push((st.next, false));
+            // A priority queue delivers only through its index (absorb fills it).
+            while c.prio.is_none() && claimed.len() < max && st.next < hw {
+                claimed.push((st.next, false, 0));
                 st.next += 1;
             }
             if claimed.is_empty() {
                 return Ok(Vec::new());
             }
+            if let Some(sz) = c.sizes.as_mut() {
+                for (o, _, _) in &claimed {
+                    sz.leave_ready(*o);
+                    if settle {
+                        sz.settle(*o);
+                    }
+                }
+            }
             if !settle {
-                st.unacked.extend(claimed.iter().map(|(o, _)| *o));
+                st.unacked.extend(claimed.iter().map(|(o, _, _)| *o));
             }
             self.persist(st);
         }
-        let offsets: Vec<i64> = claimed.iter().map(|(o, _)| *o).collect();
+        let offsets: Vec<i64> = claimed.iter().map(|(o, _, _)| *o).collect();
         let records = match self.read_records(&offsets) {
             Ok(r) => r,
             Err(e) => {
                 // Give the claim back so the messages are not lost to a transient read error.
                 let mut inner = self.inner.lock();
+                let c = &mut *inner;
                 for o in &offsets {
-                    inner.state.unacked.remove(o);
-                    inner.state.requeued.insert(*o);
+                    c.state.unacked.remove(o);
+                    c.state.requeued.insert(*o);
+                    if let Some(sz) = c.sizes.as_mut() {
+                        sz.enter_ready(*o);
+                    }
+                    if let Some(ix) = c.prio.as_mut() {
+                        ix.readd(*o);
+                    }
                 }
-                self.persist(&inner.state);
+                self.persist(&c.state);
                 return Err(e);
             }
         };
         let mut out = Vec::with_capacity(claimed.len());
         let mut missing = Vec::new();
-        for (offset, redelivered) in claimed {
+        for (offset, redelivered, delivery_count) in claimed {
             match records.get(&offset) {
                 Some(record) => out.push(QueuedMessage {
                     offset,
                     redelivered,
+                    delivery_count,
                     record: record.clone(),
                 }),
                 None => missing.push(offset),
@@ -621,27 +1317,112 @@ impl Queue {
     /// Settles unacked offsets (ack, reject/nack without requeue). Unknown offsets are ignored.
     pub fn ack(&self, offsets: &[i64]) {
         let mut inner = self.inner.lock();
+        let c = &mut *inner;
         let mut changed = false;
         for o in offsets {
-            changed |= inner.state.unacked.remove(o);
+            if c.state.unacked.remove(o) {
+                changed = true;
+                c.state.returns.remove(o);
+                if let Some(sz) = c.sizes.as_mut() {
+                    sz.settle(*o);
+                }
+                if let Some(ix) = c.prio.as_mut() {
+                    ix.settle(*o);
+                }
+            }
         }
         if changed {
-            self.persist(&inner.state);
+            self.persist(&c.state);
         }
     }
 
     /// Returns unacked offsets to the queue, to be delivered again with `redelivered` set.
+    /// Each return counts as a delivery attempt; past `x-delivery-limit` the message is
+    /// dead-lettered (or dropped without a dead-letter exchange) instead, as RabbitMQ's
+    /// quorum queues do.
     pub fn requeue(&self, offsets: &[i64]) {
         let mut inner = self.inner.lock();
+        let c = &mut *inner;
+        let mut changed = false;
+        let mut over = Vec::new();
+        for o in offsets {
+            if !c.state.unacked.contains(o) {
+                continue;
+            }
+            changed = true;
+            let Some(limit) = self.limits.delivery_limit else {
+                c.state.unacked.remove(o);
+                c.state.requeued.insert(*o);
+                if let Some(sz) = c.sizes.as_mut() {
+                    sz.enter_ready(*o);
+                }
+                if let Some(ix) = c.prio.as_mut() {
+                    ix.readd(*o);
+                }
+                continue;
+            };
+            let n = c.state.returns.entry(*o).or_insert(0);
+            *n = n.saturating_add(1);
+            if *n > limit {
+                c.state.returns.remove(o);
+                over.push(*o);
+            } else {
+                c.state.unacked.remove(o);
+                c.state.requeued.insert(*o);
+                if let Some(sz) = c.sizes.as_mut() {
+                    sz.enter_ready(*o);
+                }
+                if let Some(ix) = c.prio.as_mut() {
+                    ix.readd(*o);
+                }
+            }
+        }
+        if !over.is_empty() {
+            if self.limits.dead_letter_exchange.is_some() {
+                // They stay unacked until the maintenance task has their copies durable.
+                self.dead
+                    .lock()
+                    .extend(over.iter().map(|o| (*o, DeathReason::DeliveryLimit)));
+                self.maintenance.notify_one();
+            } else {
+                for o in &over {
+                    c.state.unacked.remove(o);
+                    if let Some(sz) = c.sizes.as_mut() {
+                        sz.settle(*o);
+                    }
+                    if let Some(ix) = c.prio.as_mut() {
+                        ix.settle(*o);
+                    }
+                }
+            }
+        }
+        if changed {
+            self.persist(&c.state);
+            drop(inner);
+            self.ready_tx.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Returns unacked offsets without counting a delivery attempt (a dead-letter copy that
+    /// could not be written: the broker failed, not the consumer).
+    pub fn restore(&self, offsets: &[i64]) {
+        let mut inner = self.inner.lock();
+        let c = &mut *inner;
         let mut changed = false;
         for o in offsets {
-            if inner.state.unacked.remove(o) {
-                inner.state.requeued.insert(*o);
+            if c.state.unacked.remove(o) {
+                c.state.requeued.insert(*o);
+                if let Some(sz) = c.sizes.as_mut() {
+                    sz.enter_ready(*o);
+                }
+                if let Some(ix) = c.prio.as_mut() {
+                    ix.readd(*o);
+                }
                 changed = true;
             }
         }
         if changed {
-            self.persist(&inner.state);
+            self.persist(&c.state);
             drop(inner);
             self.ready_tx.send_modify(|v| *v += 1);
         }
@@ -651,9 +1432,23 @@ impl Queue {
     pub fn purge(&self) -> u64 {
         let hw = self.log.high_watermark();
         let mut inner = self.inner.lock();
-        let st = &mut inner.state;
+        self.sync_sizes(&mut inner, hw);
+        let c = &mut *inner;
+        let st = &mut c.state;
         let fresh = (hw - st.next).max(0) as u64;
         let count = fresh + st.requeued.len() as u64;
+        if let Some(sz) = c.sizes.as_mut() {
+            for o in st.requeued.iter().copied().chain(st.next..hw) {
+                sz.settle(o);
+            }
+            sz.ready_bytes = 0;
+        }
+        for o in &st.requeued {
+            st.returns.remove(o);
+            if let Some(ix) = c.prio.as_mut() {
+                ix.settle(*o);
+            }
+        }
         st.next = st.next.max(hw);
         st.requeued.clear();
         self.persist(st);
@@ -701,6 +1496,7 @@ mod tests {
             next: 10,
             unacked: [2, 3, 4, 8].into_iter().collect(),
             requeued: [5].into_iter().collect(),
+            returns: BTreeMap::new(),
         };
         let raw = st.encode();
         // 3 ranges: 2..=5, 8
@@ -709,6 +1505,49 @@ mod tests {
         assert_eq!(back.next, 10);
         assert!(back.unacked.is_empty());
         assert_eq!(back.requeued, [2, 3, 4, 5, 8].into_iter().collect());
+    }
+
+    #[test]
+    fn delivery_counts_survive_a_round_trip() {
+        let st = DeliveryState {
+            next: 10,
+            unacked: [2, 3].into_iter().collect(),
+            requeued: [7].into_iter().collect(),
+            returns: [(3, 2), (7, 1)].into_iter().collect(),
+        };
+        let raw = st.encode();
+        assert_eq!(raw[0], STATE_V2);
+        // Two ranges, then two (offset, count) pairs.
+        assert_eq!(raw.len(), 13 + 2 * 12 + 4 + 2 * 12);
+        let back = DeliveryState::decode(&raw).unwrap();
+        assert_eq!(back.requeued, [2, 3, 7].into_iter().collect());
+        assert_eq!(back.returns, st.returns);
+        // A count for an offset that is not unsettled is dropped, not trusted.
+        let mut raw = raw;
+        let n = raw.len();
+        raw[n - 12..n - 4].copy_from_slice(&9i64.to_be_bytes());
+        let back = DeliveryState::decode(&raw).unwrap();
+        assert_eq!(back.returns, [(3, 2)].into_iter().collect());
+    }
+
+    #[test]
+    fn quorum_queues_default_to_a_delivery_limit_of_20() {
+        let parse = |v: serde_json::Value| QueueLimits::from_arguments(&v);
+        let q = parse(serde_json::json!({"x-queue-type": "quorum"})).unwrap();
+        assert_eq!(q.delivery_limit, Some(20));
+        let q =
+            parse(serde_json::json!({"x-queue-type": "quorum", "x-delivery-limit": -1})).unwrap();
+        assert_eq!(q.delivery_limit, None);
+        let c = parse(serde_json::json!({"x-delivery-limit": 3})).unwrap();
+        assert_eq!((c.delivery_limit, c.quorum), (Some(3), false));
+        assert_eq!(parse(serde_json::json!({})).unwrap().delivery_limit, None);
+        assert!(parse(serde_json::json!({"x-max-priority": 256})).is_err());
+        assert_eq!(
+            parse(serde_json::json!({"x-max-priority": 255}))
+                .unwrap()
+                .max_priority,
+            Some(255)
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! changes and are reloaded by [`Router::open`]; transient ones vanish with the process, and the
 //! log directories they leave are removed at the next start.
 //!
+//! Routing follows `alternate-exchange` when an exchange matches nothing, auto-delete exchanges
+//! go with their last binding, and dead letters carry RabbitMQ's death history (one entry per
+//! queue and reason, counted) and are dropped when they would go round an automatic cycle.
+//!
 //! Message headers and declaration arguments travel as `serde_json` values, the same form the
 //! meta store keeps them in, so the core compares and persists them without knowing a wire
 //! format.
@@ -24,7 +28,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::exchange::{Exchange, ExchangeKind, PREDECLARED};
-use super::queue::{DeathReason, Queue, QueueLimits, QueueSetup};
+use super::queue::{DeathReason, Overflow, Queue, QueueLimits, QueueSetup};
+pub use super::queue::{PRIORITY_HEADER, TTL_HEADER};
 use crate::clock::Clock;
 use crate::log::{LogConfig, LogError, LogLabels, PartitionHandle, PendingAppend, SimpleRecord};
 use crate::meta::{BindingDef, DestinationKind, ExchangeDef, Meta, MetaError, QueueDef};
@@ -96,11 +101,25 @@ pub struct QueueSpec {
 }
 
 /// Record header (protocol-neutral) naming the exchange a message was published to; set by
-/// [`Router::publish`], read by adapters for basic.deliver's `exchange`.
+/// [`RouterInner::publish`], read by adapters for basic.deliver's `exchange`.
 pub const EXCHANGE_HEADER: &str = "ferry.exchange";
 
+/// What [`RouterInner::publish`] did with a message.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// One per queue that took the message; each resolves once its append is durable.
+    pub pending: Vec<PendingAppend>,
+    /// Whether any queue matched (a mandatory publish that matched none is returned).
+    pub routed: bool,
+    /// Whether a matching queue refused it because it is full (`x-overflow` reject-publish
+    /// or reject-publish-dlx): a publisher in confirm mode gets a nack.
+    pub rejected: bool,
+}
+
 /// Record header with a message's dead-letter history, newest first, as JSON: a list of
-/// `{"queue", "reason", "count", "time" (seconds), "exchange", "routing-keys"}` objects.
+/// `{"queue", "reason", "count", "time" (seconds), "exchange", "routing-keys"}` objects
+/// (plus `"original-expiration"` when the message had its own TTL, and `"first": true` on the
+/// entry of the first death).
 /// The AMQP adapter turns it into RabbitMQ's `x-death` header.
 pub const DEATH_HEADER: &str = "ferry.death";
 
@@ -131,6 +150,9 @@ pub struct RouterInner {
     stop: tokio::sync::watch::Sender<bool>,
     /// Maintenance tasks, awaited at shutdown so nothing touches the meta store after it.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// A resource alarm in effect (low disk, low memory), with its reason: protocol adapters
+    /// hold back publishers while it is set (AMQP's connection.blocked).
+    alarm: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for RouterInner {
@@ -173,6 +195,7 @@ impl Router {
             admin: AsyncMutex::new(()),
             stop: tokio::sync::watch::channel(false).0,
             tasks: parking_lot::Mutex::new(Vec::new()),
+            alarm: tokio::sync::watch::channel(None).0,
         };
         for (name, kind) in PREDECLARED {
             let def = ExchangeDef {
@@ -253,6 +276,10 @@ impl Router {
             let mut appends = q.subscribe_appends();
             let mut ready = q.subscribe_ready();
             while !q.is_deleted() && !*stop.borrow_and_update() {
+                if q.expired_unused() {
+                    router.expire_queue(&q).await;
+                    break;
+                }
                 q.enforce_now();
                 let dead = q.take_dead();
                 if !dead.is_empty() {
@@ -290,7 +317,7 @@ impl Router {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(queue = q.name(), error = %e, "reading dead letters failed; requeueing");
-                q.requeue(&offsets);
+                q.restore(&offsets);
                 return;
             }
         };
@@ -309,8 +336,8 @@ impl Router {
                 None => record,
             };
             // A dead-letter exchange that does not exist drops the message (RabbitMQ).
-            match self.publish(q.vhost(), &dlx, None, record).await {
-                Ok(p) => pending.extend(p),
+            match Box::pin(self.publish(q.vhost(), &dlx, None, record)).await {
+                Ok(p) => pending.extend(p.pending),
                 Err(e) => {
                     tracing::debug!(queue = q.name(), error = %e, "dead-lettering dropped a message")
                 }
@@ -319,11 +346,26 @@ impl Router {
         for p in pending {
             if let Err(e) = p.wait().await {
                 tracing::warn!(queue = q.name(), error = %e, "dead-letter append failed; requeueing");
-                q.requeue(&offsets);
+                q.restore(&offsets);
                 return;
             }
         }
         q.ack(&offsets);
+    }
+}
+
+impl Router {
+    /// Deletes a queue whose `x-expires` ran out (re-checked under the admin lock: a declare
+    /// or consumer may have used it meanwhile).
+    async fn expire_queue(&self, q: &Arc<Queue>) {
+        let _admin = self.admin.lock().await;
+        if q.is_deleted() || !q.expired_unused() {
+            return;
+        }
+        tracing::debug!(queue = q.name(), "queue expired (x-expires)");
+        if let Err(e) = self.remove_queue(q).await {
+            tracing::warn!(queue = q.name(), error = %e, "deleting an expired queue failed");
+        }
     }
 }
 
@@ -392,6 +434,20 @@ impl RouterInner {
             },
             state,
         ))
+    }
+
+    /// Raises (`Some(reason)`) or clears (`None`) the resource alarm.
+    pub fn set_resource_alarm(&self, reason: Option<String>) {
+        self.alarm.send_if_modified(|now| {
+            let changed = *now != reason;
+            *now = reason;
+            changed
+        });
+    }
+
+    /// Follows the resource alarm.
+    pub fn subscribe_alarm(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.alarm.subscribe()
     }
 
     pub fn vhost_exists(&self, vhost: &str) -> bool {
@@ -516,20 +572,48 @@ impl RouterInner {
                 "exchange '{name}' in vhost '{vhost}' in use"
             )));
         }
+        self.remove_exchange(&ex)
+    }
+
+    /// Removes an exchange, its bindings and the bindings to it; then auto-deletes what that
+    /// left without bindings. Called with the admin lock held.
+    fn remove_exchange(&self, ex: &Arc<Exchange>) -> Result<(), RoutingError> {
+        let (vhost, name) = (ex.def().vhost.clone(), ex.name().to_string());
         if ex.def().durable {
             for b in ex.bindings() {
                 self.meta.delete_binding(&b)?;
             }
-            self.meta.delete_exchange(vhost, name)?;
+            self.meta.delete_exchange(&vhost, &name)?;
             self.meta.flush()?;
         }
-        for other in self.exchanges.read().values() {
-            for b in other.remove_bindings_to(DestinationKind::Exchange, name) {
-                let _ = self.meta.delete_binding(&b);
+        let mut emptied = Vec::new();
+        let others: Vec<_> = self.exchanges.read().values().cloned().collect();
+        for other in others {
+            let gone = other.remove_bindings_to(DestinationKind::Exchange, &name);
+            for b in &gone {
+                let _ = self.meta.delete_binding(b);
+            }
+            if !gone.is_empty() {
+                emptied.push(other);
             }
         }
-        self.exchanges.write().remove(&key(vhost, name));
+        self.exchanges.write().remove(&key(&vhost, &name));
+        self.auto_delete_exchanges(emptied);
         Ok(())
+    }
+
+    /// Deletes the auto-delete exchanges among `sources` that lost their last binding
+    /// (RabbitMQ: an auto-delete exchange goes when its last binding goes, not before it had
+    /// one). Cascades through exchange-to-exchange bindings.
+    fn auto_delete_exchanges(&self, sources: Vec<Arc<Exchange>>) {
+        for ex in sources {
+            let still_there = self.exchange(&ex.def().vhost, ex.name()).is_some();
+            if ex.def().auto_delete && !ex.has_bindings() && still_there {
+                if let Err(e) = self.remove_exchange(&ex) {
+                    tracing::warn!(exchange = ex.name(), error = %e, "auto-deleting an exchange failed");
+                }
+            }
+        }
     }
 
     async fn declare_queue_inner(&self, spec: QueueSpec) -> Result<QueueDeclared, RoutingError> {
@@ -570,6 +654,8 @@ impl RouterInner {
                     )));
                 }
             }
+            // A re-declare (passive or not) counts as use for x-expires (RabbitMQ).
+            q.touch();
             return Ok(QueueDeclared {
                 message_count: q.message_count(),
                 consumer_count: q.consumer_count(),
@@ -589,12 +675,30 @@ impl RouterInner {
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        QueueLimits::from_arguments(&spec.arguments).map_err(|e| {
+        let limits = QueueLimits::from_arguments(&spec.arguments).map_err(|e| {
             RoutingError::PreconditionFailed(format!(
                 "{e} for queue '{name}' in vhost '{}'",
                 spec.vhost
             ))
         })?;
+        if limits.quorum {
+            // RabbitMQ's quorum queues are always durable, never exclusive or auto-delete.
+            let refused = if !spec.durable {
+                Some("must be durable")
+            } else if spec.exclusive_owner.is_some() {
+                Some("cannot be exclusive")
+            } else if spec.auto_delete {
+                Some("cannot be auto-delete")
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                return Err(RoutingError::PreconditionFailed(format!(
+                    "quorum queue '{name}' in vhost '{}' {why}",
+                    spec.vhost
+                )));
+            }
+        }
         let def = QueueDef {
             vhost: spec.vhost.clone(),
             name: name.clone(),
@@ -670,14 +774,20 @@ impl RouterInner {
             self.meta.delete_queue(&vhost, &name)?;
         }
         let exchanges: Vec<_> = self.exchanges.read().values().cloned().collect();
+        let mut emptied = Vec::new();
         for ex in exchanges {
-            for b in ex.remove_bindings_to(DestinationKind::Queue, &name) {
+            let gone = ex.remove_bindings_to(DestinationKind::Queue, &name);
+            for b in &gone {
                 if b.vhost == vhost && q.persistent() {
-                    self.meta.delete_binding(&b)?;
+                    self.meta.delete_binding(b)?;
                 }
+            }
+            if !gone.is_empty() {
+                emptied.push(ex);
             }
         }
         self.queues.write().remove(&key(&vhost, &name));
+        self.auto_delete_exchanges(emptied);
         q.mark_deleted();
         q.log().shutdown().await;
         remove_dir_if_present(q.dir())?;
@@ -703,8 +813,8 @@ impl RouterInner {
 
     /// Called after a consumer of `q` went away: an auto-delete queue with no consumers left
     /// is deleted (RabbitMQ deletes it once it had at least one consumer).
-    pub async fn consumer_removed(&self, q: &Arc<Queue>) {
-        if q.remove_consumer() == 0 && q.auto_delete() && !q.is_deleted() {
+    pub async fn consumer_removed(&self, q: &Arc<Queue>, consumer: u64) {
+        if q.remove_consumer(consumer) == 0 && q.auto_delete() && !q.is_deleted() {
             let _admin = self.admin.lock().await;
             if q.consumer_count() == 0 && !q.is_deleted() {
                 if let Err(e) = self.remove_queue(q).await {
@@ -788,14 +898,19 @@ impl RouterInner {
     pub async fn unbind(&self, b: BindingDef) -> Result<(), RoutingError> {
         let _admin = self.admin.lock().await;
         let ex = self.binding_target_check(&b)?;
-        if ex.remove_binding(&b) && self.binding_is_durable(&b, &ex) {
-            self.meta.delete_binding(&b)?;
+        if ex.remove_binding(&b) {
+            if self.binding_is_durable(&b, &ex) {
+                self.meta.delete_binding(&b)?;
+            }
+            self.auto_delete_exchanges(vec![ex]);
         }
         Ok(())
     }
 
     /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
-    /// (each exchange visited once, so binding cycles end).
+    /// (each exchange visited once, so binding cycles end). When the exchange routes the
+    /// message nowhere and has an `alternate-exchange` argument, the message goes there
+    /// instead (and on to that one's alternate, cycles again ending).
     pub fn route(
         &self,
         vhost: &str,
@@ -806,17 +921,44 @@ impl RouterInner {
         if exchange.is_empty() {
             return Ok(self.queue(vhost, routing_key).into_iter().collect());
         }
-        let start = self
+        let mut start = self
             .exchange(vhost, exchange)
             .ok_or_else(|| RoutingError::NotFound {
                 kind: "exchange",
                 vhost: vhost.into(),
                 name: exchange.into(),
             })?;
+        let mut tried = HashSet::new();
+        loop {
+            let out = self.route_from(vhost, &start, routing_key, headers);
+            if !out.is_empty() || !tried.insert(start.name().to_string()) {
+                return Ok(out);
+            }
+            // A missing alternate exchange leaves the message unroutable (RabbitMQ warns).
+            let alternate = start
+                .def()
+                .arguments
+                .get("alternate-exchange")
+                .and_then(Value::as_str)
+                .and_then(|ae| self.exchange(vhost, ae));
+            match alternate {
+                Some(ae) => start = ae,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn route_from(
+        &self,
+        vhost: &str,
+        start: &Arc<Exchange>,
+        routing_key: &str,
+        headers: Option<&Map<String, Value>>,
+    ) -> Vec<Arc<Queue>> {
         let mut seen_ex = HashSet::new();
         let mut seen_q = HashSet::new();
         let mut out = Vec::new();
-        let mut stack = vec![start];
+        let mut stack = vec![start.clone()];
         while let Some(ex) = stack.pop() {
             if !seen_ex.insert(ex.name().to_string()) {
                 continue;
@@ -838,18 +980,19 @@ impl RouterInner {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
-    /// Routes a message and queues an append to every matching queue. The returned handles
-    /// resolve once each append is durable; an empty list means the message was unroutable.
+    /// Routes a message and queues an append to every matching queue that accepts it. A
+    /// queue that is full with `x-overflow` reject-publish refuses it; with
+    /// reject-publish-dlx the refused message is also dead-lettered (reason `maxlen`).
     pub async fn publish(
         &self,
         vhost: &str,
         exchange: &str,
         headers: Option<&Map<String, Value>>,
         record: SimpleRecord,
-    ) -> Result<Vec<PendingAppend>, RoutingError> {
+    ) -> Result<Published, RoutingError> {
         let routing_key = record
             .key
             .as_ref()
@@ -865,11 +1008,47 @@ impl RouterInner {
                 Some(bytes::Bytes::copy_from_slice(exchange.as_bytes())),
             ),
         );
-        let mut pending = Vec::with_capacity(queues.len());
+        let mut out = Published {
+            pending: Vec::with_capacity(queues.len()),
+            routed: !queues.is_empty(),
+            rejected: false,
+        };
+        let deaths = death_history(&record);
         for q in queues {
-            pending.push(q.submit(record.clone()).await?);
+            if is_death_cycle(&deaths, q.name()) {
+                tracing::debug!(
+                    queue = q.name(),
+                    "dropping a dead letter that went round a cycle"
+                );
+                continue;
+            }
+            match q.submit(record.clone()).await? {
+                Some(p) => out.pending.push(p),
+                None => {
+                    out.rejected = true;
+                    let dlx = q.limits().dead_letter_exchange.clone();
+                    if let (Overflow::RejectPublishDlx, Some(dlx)) = (q.limits().overflow, dlx) {
+                        let dead = with_death(
+                            record.clone(),
+                            &q,
+                            DeathReason::MaxLen,
+                            self.clock.now_ms(),
+                        );
+                        let dead = match &q.limits().dead_letter_routing_key {
+                            Some(k) => SimpleRecord {
+                                key: Some(bytes::Bytes::copy_from_slice(k.as_bytes())),
+                                ..dead
+                            },
+                            None => dead,
+                        };
+                        if let Err(e) = Box::pin(self.publish(q.vhost(), &dlx, None, dead)).await {
+                            tracing::debug!(queue = q.name(), error = %e, "dead-lettering a rejected publish failed");
+                        }
+                    }
+                }
+            }
         }
-        Ok(pending)
+        Ok(out)
     }
 
     /// Stops every queue's writer (fsyncing what it wrote).
@@ -883,6 +1062,32 @@ impl RouterInner {
             q.log().shutdown().await;
         }
     }
+}
+
+/// A record's death history (newest first); empty if it never died.
+fn death_history(record: &SimpleRecord) -> Vec<Value> {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k == DEATH_HEADER)
+        .and_then(|(_, v)| v.as_ref())
+        .and_then(|v| serde_json::from_slice(v).ok())
+        .unwrap_or_default()
+}
+
+/// RabbitMQ's dead-letter cycle rule: a message that already died in `target` is dropped
+/// rather than enqueued there again, unless a client rejected it somewhere since (a fully
+/// automatic cycle of expiries or overflows would otherwise spin forever).
+fn is_death_cycle(deaths: &[Value], target: &str) -> bool {
+    for d in deaths {
+        if d.get("reason").and_then(Value::as_str) == Some(DeathReason::Rejected.as_str()) {
+            return false;
+        }
+        if d.get("queue").and_then(Value::as_str) == Some(target) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Adds (or counts up) the death entry for `q`/`reason`, newest first, as RabbitMQ does.
@@ -928,9 +1133,25 @@ fn with_death(
             "routing-keys": [routing_key],
         }),
     };
-    entry["time"] = Value::from(now_ms.max(0) / 1000);
+    // x-first-death-* name the first death ever, even after its entry moved to the front
+    // again: the flag travels with the entry.
+    if deaths.is_empty() && entry.get("first").is_none() {
+        entry["first"] = Value::Bool(true);
+    }
+    // RabbitMQ removes a dead-lettered message's own TTL, so it cannot expire again in the
+    // queues it goes to, and keeps it in the death entry as `original-expiration`.
+    if let Some(ttl) = text(TTL_HEADER) {
+        entry["original-expiration"] = Value::from(ttl);
+    }
+    // `time` is when this (queue, reason) entry first happened; repeats only count up
+    // (RabbitMQ 3.13+ keeps the first death's time, exchange and routing keys).
+    if entry.get("time").is_none() {
+        entry["time"] = Value::from(now_ms.max(0) / 1000);
+    }
     deaths.insert(0, entry);
-    record.headers.retain(|(k, _)| k != DEATH_HEADER);
+    record
+        .headers
+        .retain(|(k, _)| k != DEATH_HEADER && k != TTL_HEADER);
     record.headers.push((
         DEATH_HEADER.to_string(),
         Some(bytes::Bytes::from(Value::Array(deaths).to_string())),

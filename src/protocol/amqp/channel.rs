@@ -26,8 +26,9 @@ use tokio::task::JoinHandle;
 
 use super::codec::{encode_content, encode_method};
 use super::convert::{self, AmqpError};
+use super::reply_to;
 use crate::broker::queue::{DeathReason, Queue};
-use crate::broker::routing::MAX_MESSAGE_BYTES;
+use crate::broker::routing::{Published, MAX_MESSAGE_BYTES};
 use crate::broker::BrokerCore;
 use crate::log::PendingAppend;
 
@@ -165,13 +166,16 @@ struct TxBuffer {
 
 struct Consumer {
     queue: Arc<Queue>,
+    /// The queue's id for this consumer.
+    id: u64,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 struct Confirms {
     next: u64,
-    tx: mpsc::UnboundedSender<(u64, Vec<PendingAppend>)>,
+    /// (sequence number, appends, refused by a full queue).
+    tx: mpsc::UnboundedSender<(u64, Vec<PendingAppend>, bool)>,
     task: JoinHandle<()>,
 }
 
@@ -193,6 +197,9 @@ pub struct Channel {
     /// tx.select mode: publishes and acks are staged until tx.commit.
     tx: Option<TxBuffer>,
     consumers: HashMap<String, Consumer>,
+    /// Direct reply-to: (token, consumer tag) while this channel consumes from
+    /// `amq.rabbitmq.reply-to`.
+    reply: Option<(String, String)>,
 }
 
 impl Channel {
@@ -209,6 +216,7 @@ impl Channel {
             confirms: None,
             tx: None,
             consumers: HashMap::new(),
+            reply: None,
         }
     }
 
@@ -320,10 +328,10 @@ impl Channel {
             tx.publishes.push(msg);
             return Ok(());
         }
-        let pending = self.route(core, vhost, out, msg).await?;
+        let published = self.route(core, vhost, out, msg).await?;
         if let Some(c) = self.confirms.as_mut() {
             c.next += 1;
-            let _ = c.tx.send((c.next, pending));
+            let _ = c.tx.send((c.next, published.pending, published.rejected));
         }
         Ok(())
     }
@@ -336,7 +344,23 @@ impl Channel {
         vhost: &str,
         out: &Out,
         msg: Staged,
-    ) -> Result<Vec<PendingAppend>, AmqpError> {
+    ) -> Result<Published, AmqpError> {
+        let mut msg = msg;
+        convert::check_expiration(&msg.props)?;
+        if msg.props.reply_to().as_ref().map(|r| r.as_str()) == Some(reply_to::PSEUDO_QUEUE) {
+            let Some((token, _)) = &self.reply else {
+                return Err(AmqpError::channel(
+                    406,
+                    "fast reply consumer does not exist",
+                ));
+            };
+            msg.props = msg
+                .props
+                .with_reply_to(format!("{}{token}", reply_to::ADDRESS_PREFIX).into());
+        }
+        if msg.exchange.is_empty() && msg.routing_key.starts_with(reply_to::ADDRESS_PREFIX) {
+            return Ok(self.reply_directly(out, msg).await);
+        }
         let record = convert::to_record(
             &msg.routing_key,
             &msg.props,
@@ -355,11 +379,11 @@ impl Channel {
                 ));
             }
         }
-        let pending = core
+        let published = core
             .router()
             .publish(vhost, &msg.exchange, headers.as_ref(), record)
             .await?;
-        if pending.is_empty() && msg.mandatory {
+        if !published.routed && msg.mandatory {
             let mut b = BytesMut::new();
             encode_method(
                 self.id,
@@ -374,7 +398,86 @@ impl Channel {
             encode_content(self.id, msg.props, &msg.body, out.frame_max, &mut b);
             let _ = out.send(b.freeze()).await;
         }
-        Ok(pending)
+        Ok(published)
+    }
+
+    /// Delivers a reply published to `amq.rabbitmq.reply-to.<token>` straight to that
+    /// requester's consumer; unroutable (returned if mandatory) once the requester is gone.
+    async fn reply_directly(&self, out: &Out, msg: Staged) -> Published {
+        let Some(r) = reply_to::lookup(&msg.routing_key) else {
+            if msg.mandatory {
+                let mut b = BytesMut::new();
+                encode_method(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: 312,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: "".into(),
+                        routing_key: msg.routing_key.clone().into(),
+                    })),
+                    &mut b,
+                );
+                encode_content(self.id, msg.props, &msg.body, out.frame_max, &mut b);
+                let _ = out.send(b.freeze()).await;
+            }
+            return Published::default();
+        };
+        let mut b = BytesMut::new();
+        encode_method(
+            r.channel,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: r.consumer_tag.clone().into(),
+                delivery_tag: (r.next_tag)(),
+                redelivered: false,
+                exchange: "".into(),
+                routing_key: msg.routing_key.clone().into(),
+            })),
+            &mut b,
+        );
+        encode_content(r.channel, msg.props, &msg.body, r.out.frame_max, &mut b);
+        let _ = r.out.send(b.freeze()).await;
+        Published {
+            pending: Vec::new(),
+            routed: true,
+            rejected: false,
+        }
+    }
+
+    /// basic.consume on `amq.rabbitmq.reply-to`: registers this channel for direct replies.
+    async fn consume_replies(&mut self, m: basic::Consume, out: &Out) -> Result<(), AmqpError> {
+        if !m.no_ack {
+            return Err(AmqpError::channel(406, "reply consumer cannot acknowledge"));
+        }
+        if self.reply.is_some() {
+            return Err(AmqpError::channel(406, "reply consumer already set"));
+        }
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            format!("amq.ctag-{}", random_tag())
+        } else {
+            m.consumer_tag.as_str().to_string()
+        };
+        let shared = self.shared.clone();
+        let token = reply_to::register(reply_to::Requester {
+            out: out.clone(),
+            channel: self.id,
+            consumer_tag: tag.clone(),
+            next_tag: Arc::new(move || {
+                let mut book = shared.book.lock();
+                book.next_tag += 1;
+                book.next_tag
+            }),
+        });
+        self.reply = Some((token, tag.clone()));
+        if !m.nowait {
+            out.method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.into(),
+                })),
+            )
+            .await;
+        }
+        Ok(())
     }
 
     /// tx.select.
@@ -403,7 +506,7 @@ impl Channel {
         let TxBuffer { publishes, settles } = std::mem::take(tx);
         let mut pending = Vec::new();
         for msg in publishes {
-            pending.extend(self.route(core, vhost, out, msg).await?);
+            pending.extend(self.route(core, vhost, out, msg).await?.pending);
         }
         for p in pending {
             p.wait()
@@ -469,6 +572,9 @@ impl Channel {
         m: basic::Consume,
         out: &Out,
     ) -> Result<(), AmqpError> {
+        if m.queue.as_str() == reply_to::PSEUDO_QUEUE {
+            return self.consume_replies(m, out).await;
+        }
         let queue = core
             .router()
             .queue(vhost, m.queue.as_str())
@@ -497,6 +603,14 @@ impl Channel {
         } else {
             m.consumer_tag.as_str().to_string()
         };
+        // Consumer priorities: any integer, higher first (RabbitMQ refuses other types).
+        let priority = match convert::table_to_json(&m.arguments).get("x-priority") {
+            None => 0,
+            Some(v) => v
+                .as_i64()
+                .map(|p| p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
+                .ok_or_else(|| AmqpError::channel(406, format!("invalid arg 'x-priority': {v}")))?,
+        };
         if self.consumers.contains_key(&tag) {
             return Err(AmqpError::connection(
                 530,
@@ -512,7 +626,7 @@ impl Channel {
             )
             .await;
         }
-        queue.add_consumer();
+        let id = queue.add_consumer(priority);
         let prefetch = self.shared.book.lock().consumer_prefetch;
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_consumer(ConsumerTask {
@@ -521,20 +635,34 @@ impl Channel {
             shared: self.shared.clone(),
             queue: queue.clone(),
             tag: tag.clone(),
+            id,
             no_ack: m.no_ack,
             prefetch,
             stop: stop_rx,
         }));
-        self.consumers.insert(tag, Consumer { queue, stop, task });
+        self.consumers.insert(
+            tag,
+            Consumer {
+                queue,
+                id,
+                stop,
+                task,
+            },
+        );
         Ok(())
     }
 
     /// basic.cancel: stops the consumer; its unacked deliveries stay unacked.
     pub async fn cancel(&mut self, core: &BrokerCore, tag: &str) {
+        if self.reply.as_ref().is_some_and(|(_, t)| t == tag) {
+            if let Some((token, _)) = self.reply.take() {
+                reply_to::unregister(&token);
+            }
+        }
         if let Some(c) = self.consumers.remove(tag) {
             let _ = c.stop.send(true);
             let _ = c.task.await;
-            core.router().consumer_removed(&c.queue).await;
+            core.router().consumer_removed(&c.queue, c.id).await;
         }
     }
 
@@ -564,6 +692,7 @@ impl Channel {
                 ));
             }
         }
+        queue.touch();
         let msgs = queue
             .take(1, m.no_ack)
             .map_err(|e| AmqpError::connection(541, e.to_string()))?;
@@ -576,7 +705,10 @@ impl Channel {
             ),
             Some(msg) => {
                 let tag = self.shared.record(&queue, msg.offset, None, m.no_ack);
-                let o = convert::from_record(&msg.record);
+                let mut o = convert::from_record(&msg.record);
+                if queue.limits().quorum {
+                    o.properties = convert::with_delivery_count(o.properties, msg.delivery_count);
+                }
                 encode_method(
                     self.id,
                     AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
@@ -668,13 +800,16 @@ impl Channel {
     /// Channel close (by either side) or connection end: stop consumers, flush confirms,
     /// return unacked deliveries to their queues.
     pub async fn shutdown(&mut self, core: &BrokerCore) {
+        if let Some((token, _)) = self.reply.take() {
+            reply_to::unregister(&token);
+        }
         let consumers: Vec<_> = self.consumers.drain().collect();
         for (_, c) in &consumers {
             let _ = c.stop.send(true);
         }
         for (_, c) in consumers {
             let _ = c.task.await;
-            core.router().consumer_removed(&c.queue).await;
+            core.router().consumer_removed(&c.queue, c.id).await;
         }
         if let Some(c) = self.confirms.take() {
             drop(c.tx);
@@ -729,6 +864,8 @@ struct ConsumerTask {
     shared: Arc<Shared>,
     queue: Arc<Queue>,
     tag: String,
+    /// The queue's id for this consumer (priorities, single active consumer).
+    id: u64,
     no_ack: bool,
     prefetch: u16,
     stop: watch::Receiver<bool>,
@@ -759,7 +896,8 @@ async fn run_consumer(mut t: ConsumerTask) {
             return;
         }
         let n = t.shared.credit_for(&t.tag, t.prefetch, t.no_ack);
-        if n > 0 {
+        t.queue.set_credit(t.id, n > 0);
+        if n > 0 && t.queue.may_take(t.id) {
             match t.queue.take(n, t.no_ack) {
                 Ok(msgs) if !msgs.is_empty() => {
                     let mut b = BytesMut::new();
@@ -767,7 +905,11 @@ async fn run_consumer(mut t: ConsumerTask) {
                         let tag = t
                             .shared
                             .record(&t.queue, msg.offset, Some(&t.tag), t.no_ack);
-                        let o = convert::from_record(&msg.record);
+                        let mut o = convert::from_record(&msg.record);
+                        if t.queue.limits().quorum {
+                            o.properties =
+                                convert::with_delivery_count(o.properties, msg.delivery_count);
+                        }
                         encode_method(
                             t.channel,
                             AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
@@ -803,8 +945,10 @@ async fn run_consumer(mut t: ConsumerTask) {
     }
 }
 
-async fn wait_all(pending: Vec<PendingAppend>) -> bool {
-    let mut ok = true;
+/// Whether every append of a publish became durable; a publish a full queue refused is
+/// nacked after the other queues' appends settle (RabbitMQ nacks if any queue rejected it).
+async fn wait_all(pending: Vec<PendingAppend>, rejected: bool) -> bool {
+    let mut ok = !rejected;
     for p in pending {
         if let Err(e) = p.wait().await {
             tracing::warn!(error = %e, "append for a confirmed publish failed");
@@ -816,7 +960,7 @@ async fn wait_all(pending: Vec<PendingAppend>) -> bool {
 
 async fn confirm_task(
     channel: u16,
-    mut rx: mpsc::UnboundedReceiver<(u64, Vec<PendingAppend>)>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Vec<PendingAppend>, bool)>,
     out: Out,
 ) {
     type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
@@ -825,7 +969,7 @@ async fn confirm_task(
         let (seq, fut) = match carried.take() {
             Some(x) => x,
             None => match rx.recv().await {
-                Some((s, p)) => (s, Box::pin(wait_all(p)) as Fut),
+                Some((s, p, rejected)) => (s, Box::pin(wait_all(p, rejected)) as Fut),
                 None => return,
             },
         };
@@ -842,8 +986,8 @@ async fn confirm_task(
         }
         // Coalesce the confirms whose appends are already durable into one multiple ack.
         let mut last = seq;
-        while let Ok((s, p)) = rx.try_recv() {
-            let mut f: Fut = Box::pin(wait_all(p));
+        while let Ok((s, p, rejected)) = rx.try_recv() {
+            let mut f: Fut = Box::pin(wait_all(p, rejected));
             match (&mut f).now_or_never() {
                 Some(true) => last = s,
                 Some(false) => {

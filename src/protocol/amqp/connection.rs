@@ -64,6 +64,11 @@ struct Conn {
     channels: HashMap<u16, Channel>,
     /// Class and method of the method being handled, for close replies.
     current: (u16, u16),
+    /// The client announced the `connection.blocked` capability.
+    wants_blocked: bool,
+    /// A basic.publish arrived since the connection was last unblocked: under a resource
+    /// alarm such a connection stops being read (RabbitMQ blocks publishers, not consumers).
+    published: bool,
 }
 
 /// Serves one accepted connection until it closes.
@@ -122,6 +127,8 @@ pub async fn serve(
         vhost: String::new(),
         channels: HashMap::new(),
         current: (0, 0),
+        wants_blocked: false,
+        published: false,
     };
     conn.out.frame_max = conn.frame_max;
     conn.send_start().await;
@@ -185,8 +192,16 @@ impl Conn {
     ) -> Option<AmqpError> {
         let started = tokio::time::Instant::now();
         let mut last_read = tokio::time::Instant::now();
+        let mut alarm = self.core.router().subscribe_alarm();
         loop {
             loop {
+                if self.published && alarm.borrow_and_update().is_some() {
+                    if !self.stay_blocked(&mut alarm, shutdown).await {
+                        return Some(AmqpError::connection(320, "broker shutdown"));
+                    }
+                    // Nothing was read while blocked: the client's silence is ours.
+                    last_read = tokio::time::Instant::now();
+                }
                 let frame = match codec::decode_frame(buf, self.frame_max) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
@@ -228,6 +243,46 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Holds a publishing connection while the resource alarm is raised: tells the client
+    /// (connection.blocked, if it understands it), reads nothing until the alarm clears, then
+    /// sends connection.unblocked. Consumers' deliveries and heartbeats keep flowing meanwhile
+    /// through the writer. `false` if the broker shuts down first.
+    async fn stay_blocked(
+        &mut self,
+        alarm: &mut watch::Receiver<Option<String>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let reason = alarm.borrow().clone().unwrap_or_default();
+        tracing::info!(peer = %self.peer, reason, "AMQP publisher blocked by a resource alarm");
+        if self.wants_blocked {
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: reason.into(),
+                })),
+            )
+            .await;
+        }
+        loop {
+            if alarm.borrow_and_update().is_none() {
+                break;
+            }
+            tokio::select! {
+                r = alarm.changed() => if r.is_err() { break },
+                _ = crate::util::stopped(shutdown) => return false,
+            }
+        }
+        self.published = false;
+        if self.wants_blocked {
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            )
+            .await;
+        }
+        true
     }
 
     /// Sends connection.close and waits (briefly) for close-ok.
@@ -391,6 +446,11 @@ impl Conn {
         match (&self.phase, m) {
             (Phase::AwaitStartOk, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => {
                 self.authenticate(&s)?;
+                self.wants_blocked = matches!(
+                    s.client_properties.inner().get("capabilities"),
+                    Some(AMQPValue::FieldTable(caps))
+                        if matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true)))
+                );
                 self.phase = Phase::AwaitTuneOk;
                 self.send(
                     0,
@@ -640,6 +700,7 @@ impl Conn {
                 use basic::AMQPMethod as B;
                 match b {
                     B::Publish(m) => {
+                        self.published = true;
                         c.start_publish(m);
                         None
                     }

@@ -13,10 +13,12 @@
 //! | content-encoding        | `amqp.content-encoding`  | UTF-8                                 |
 //! | headers                 | `amqp.headers`           | AMQP field-table wire encoding        |
 //! | delivery-mode           | `amqp.delivery-mode`     | decimal ASCII (`1`, `2`)              |
-//! | priority                | `amqp.priority`          | decimal ASCII                         |
+//! | priority                | `ferry.priority`         | decimal ASCII (the core orders        |
+//! |                         |                          | priority queues by it)                |
 //! | correlation-id          | `amqp.correlation-id`    | UTF-8                                 |
 //! | reply-to                | `amqp.reply-to`          | UTF-8                                 |
-//! | expiration              | `amqp.expiration`        | UTF-8                                 |
+//! | expiration              | `ferry.ttl`              | decimal ASCII ms (the core's per-     |
+//! |                         |                          | message TTL; checked at publish)      |
 //! | message-id              | `amqp.message-id`        | UTF-8                                 |
 //! | timestamp               | `amqp.timestamp`         | decimal ASCII seconds                 |
 //! | type                    | `amqp.type`              | UTF-8                                 |
@@ -42,15 +44,20 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
-use crate::broker::routing::{RoutingError, DEATH_HEADER, EXCHANGE_HEADER};
+use crate::broker::routing::{
+    RoutingError, DEATH_HEADER, EXCHANGE_HEADER, PRIORITY_HEADER, TTL_HEADER,
+};
 use crate::log::SimpleRecord;
 
 /// The prefix of record headers that carry AMQP properties.
 pub const PREFIX: &str = "amqp.";
 const HEADERS_HEADER: &str = "amqp.headers";
 const DELIVERY_MODE_HEADER: &str = "amqp.delivery-mode";
-const PRIORITY_HEADER: &str = "amqp.priority";
+/// Where records written before priority became the core's kept it.
+const LEGACY_PRIORITY_HEADER: &str = "amqp.priority";
 const TIMESTAMP_HEADER: &str = "amqp.timestamp";
+/// Where records written before expiration became the core's TTL kept it.
+const LEGACY_EXPIRATION_HEADER: &str = "amqp.expiration";
 
 type Getter = fn(&AMQPProperties) -> &Option<ShortString>;
 type Setter = fn(AMQPProperties, ShortString) -> AMQPProperties;
@@ -76,11 +83,6 @@ const STRING_PROPERTIES: &[(&str, Getter, Setter)] = &[
         "amqp.reply-to",
         AMQPProperties::reply_to,
         AMQPProperties::with_reply_to,
-    ),
-    (
-        "amqp.expiration",
-        AMQPProperties::expiration,
-        AMQPProperties::with_expiration,
     ),
     (
         "amqp.message-id",
@@ -133,11 +135,32 @@ pub fn to_record(
     if let Some(t) = properties.timestamp() {
         headers.push((TIMESTAMP_HEADER.into(), Some(t.to_string().into())));
     }
+    if let Some(e) = properties.expiration() {
+        headers.push((
+            TTL_HEADER.into(),
+            Some(Bytes::copy_from_slice(e.as_str().as_bytes())),
+        ));
+    }
     SimpleRecord {
         key: Some(Bytes::copy_from_slice(routing_key.as_bytes())),
         value: Some(body),
         headers,
         timestamp: now_ms,
+    }
+}
+
+/// RabbitMQ's rule for the `expiration` property: a whole number of milliseconds, written in
+/// decimal, that fits 32 bits; for anything else the publish is refused with 406.
+pub fn check_expiration(properties: &AMQPProperties) -> Result<(), AmqpError> {
+    let Some(e) = properties.expiration() else {
+        return Ok(());
+    };
+    let e = e.as_str();
+    let valid = !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()) && e.parse::<u32>().is_ok();
+    if valid {
+        Ok(())
+    } else {
+        Err(AmqpError::channel(406, format!("invalid expiration '{e}'")))
     }
 }
 
@@ -172,14 +195,16 @@ pub fn from_record(record: &SimpleRecord) -> Outgoing {
         match name.as_str() {
             EXCHANGE_HEADER => exchange = text(value),
             DEATH_HEADER => deaths = death_headers(&text(value)),
-            other if other.starts_with("ferry.") => {}
+            TTL_HEADER | LEGACY_EXPIRATION_HEADER => {
+                props = props.with_expiration(ShortString::from(text(value)))
+            }
             HEADERS_HEADER => table = value.as_ref().and_then(|b| decode_table(b)),
             DELIVERY_MODE_HEADER => {
                 if let Ok(m) = text(value).parse() {
                     props = props.with_delivery_mode(m);
                 }
             }
-            PRIORITY_HEADER => {
+            PRIORITY_HEADER | LEGACY_PRIORITY_HEADER => {
                 if let Ok(p) = text(value).parse() {
                     props = props.with_priority(p);
                 }
@@ -189,7 +214,7 @@ pub fn from_record(record: &SimpleRecord) -> Outgoing {
                     props = props.with_timestamp(t);
                 }
             }
-            other if other.starts_with(PREFIX) => {}
+            other if other.starts_with(PREFIX) || other.starts_with("ferry.") => {}
             other => {
                 let v = match value {
                     Some(b) => AMQPValue::LongString(LongString::from(b.to_vec())),
@@ -257,10 +282,17 @@ fn death_headers(json: &str) -> Option<FieldTable> {
             })
             .unwrap_or_default();
         t.insert("routing-keys".into(), AMQPValue::FieldArray(keys.into()));
+        if let Some(e) = d.get("original-expiration").and_then(Value::as_str) {
+            t.insert("original-expiration".into(), long(e));
+        }
         entries.push(AMQPValue::FieldTable(t));
     }
     let mut out = FieldTable::default();
-    if let (Some(first), Some(last)) = (list.last(), list.first()) {
+    let first = list
+        .iter()
+        .find(|d| d.get("first").and_then(Value::as_bool) == Some(true))
+        .or(list.last());
+    if let (Some(first), Some(last)) = (first, list.first()) {
         for (prefix, d) in [("x-first-death", first), ("x-last-death", last)] {
             for k in ["queue", "reason", "exchange"] {
                 out.insert(format!("{prefix}-{k}").into(), long(&field(d, k)));
@@ -269,6 +301,20 @@ fn death_headers(json: &str) -> Option<FieldTable> {
     }
     out.insert("x-death".into(), AMQPValue::FieldArray(entries.into()));
     Some(out)
+}
+
+/// Adds quorum queues' `x-delivery-count` header (how often the message was returned before
+/// this delivery); RabbitMQ leaves it out on a first delivery.
+pub fn with_delivery_count(properties: AMQPProperties, count: u32) -> AMQPProperties {
+    if count == 0 {
+        return properties;
+    }
+    let mut table = properties.headers().clone().unwrap_or_default();
+    table.insert(
+        "x-delivery-count".into(),
+        AMQPValue::LongLongInt(i64::from(count)),
+    );
+    properties.with_headers(table)
 }
 
 /// A field table in its wire form (with the 4-byte length prefix).
@@ -420,6 +466,7 @@ mod tests {
             .with_priority(3)
             .with_correlation_id("c1".into())
             .with_timestamp(1_700_000_000)
+            .with_expiration("60000".into())
             .with_type("t".into())
             .with_headers(table);
         let mut rec = to_record("rk", &props, Bytes::from_static(b"hi"), 5);
