@@ -14,8 +14,23 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (creating if absent) the store in `dir`.
+    /// Opens (creating if absent) the store in `dir`. A lock still held by a store of this
+    /// process that is closing (sled releases it from a background thread after the last
+    /// handle drops) is waited for briefly; a lock held elsewhere is reported as `Locked`.
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
+        let mut attempts = 0;
+        loop {
+            match Self::try_open(dir) {
+                Err(MetaError::Locked(_)) if attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(dir: &Path) -> Result<Self, MetaError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
