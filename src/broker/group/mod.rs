@@ -22,7 +22,9 @@
 //! after a restart every group is Empty, its members get UNKNOWN_MEMBER_ID (or
 //! FENCED_INSTANCE_ID, for a stale incarnation of a static member) and rejoin, which costs one
 //! rebalance. Kafka would restore the members from `__consumer_offsets` and avoid it; that needs
-//! member metadata and assignments in the record, which [`GroupRecord`] does not hold yet.
+//! member metadata and assignments in the record, which [`GroupRecord`] does not hold yet. Until
+//! the group forms its next generation, offset commits stamped with the restored generation are
+//! accepted from the forgotten members, so what they processed meanwhile is not delivered again.
 
 mod member;
 mod state;

@@ -85,12 +85,16 @@ pub(super) struct Group {
     pub(super) timer_running: bool,
     /// The instant the timer task sleeps until; an earlier new deadline must wake it.
     pub(super) timer_at: Option<Instant>,
+    /// The generation this group had when the broker last stopped, if any: its members are
+    /// not restored, but their commits are still accepted (see [`Group::check_commit`]).
+    restored_generation: Option<i32>,
 }
 
 impl Group {
     /// A group as it stands after a restart (or a brand-new one, from an empty record): Empty,
     /// with its generation, protocol type and last known static members.
     pub(super) fn restore(record: GroupRecord) -> Self {
+        let restored_generation = (record.generation > 0).then_some(record.generation);
         Self {
             id: record.group_id.clone(),
             state: GroupState::Empty,
@@ -108,6 +112,7 @@ impl Group {
             persisted: record,
             timer_running: false,
             timer_at: None,
+            restored_generation,
         }
     }
 
@@ -886,6 +891,9 @@ impl Group {
             // Admin tools and consumers without group management (`assign()`).
             return Ok(());
         }
+        if self.commit_from_before_restart(generation, member_id, instance_id) {
+            return Ok(());
+        }
         if generation >= 0 || !member_id.is_empty() || instance_id.is_some() {
             self.validate_member(member_id, instance_id)?;
             if generation != self.generation {
@@ -909,6 +917,35 @@ impl Group {
             GroupState::Empty => Ok(()),
             GroupState::Dead => Err(GroupError::CoordinatorNotAvailable),
         }
+    }
+
+    /// A commit from a member of the generation the group had when the broker stopped, which
+    /// this restart forgot (membership is not restored, see the module docs of `group`). Kafka
+    /// restores the members and accepts such a commit; refusing it loses whatever the client
+    /// processed between reconnecting and rejoining, which is then delivered again. Worse, a
+    /// librdkafka member told UNKNOWN_MEMBER_ID resets its member id to "" and then commits
+    /// what it revokes under that empty id: for a static member the restored instance id
+    /// mapping made that FENCED_INSTANCE_ID, a fatal error that kills the consumer.
+    ///
+    /// Accepting such a commit is safe while no newer generation exists: nobody else can own
+    /// those partitions yet (and an Empty group takes generation -1 commits from anyone
+    /// anyway). A static incarnation the mapping does not name is still fenced, unless it
+    /// comes with the empty id and the named member is not live (no one to protect).
+    fn commit_from_before_restart(
+        &self,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> bool {
+        let fenced = instance_id
+            .and_then(|i| self.static_members.get(i))
+            .is_some_and(|current| {
+                current != member_id && (!member_id.is_empty() || self.member(current).is_some())
+            });
+        self.restored_generation == Some(generation)
+            && generation == self.generation
+            && self.member(member_id).is_none()
+            && !fenced
     }
 
     // --- timers ---------------------------------------------------------------------------------

@@ -694,6 +694,71 @@ async fn static_members_and_offsets_survive_a_restart() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn commits_from_the_generation_before_a_restart_are_accepted_until_the_next_one() {
+    let meta = Meta::in_memory();
+    let (a, b) = {
+        let c = coordinator(&meta);
+        let joined = form_group(
+            &c,
+            "g",
+            vec![static_req("g", "", "inst-a"), join_req("g", "", "b")],
+        )
+        .await;
+        c.shutdown().await;
+        (joined[0].clone(), joined[1].clone())
+    };
+    assert_eq!(b.generation, 1);
+
+    let c = coordinator(&meta);
+    // The members are forgotten, but what they processed since the restart is not lost.
+    c.commit_offsets("g", 1, &b.member_id, None, vec![offset("t", 1, 7)])
+        .unwrap();
+    c.commit_offsets(
+        "g",
+        1,
+        &a.member_id,
+        Some("inst-a"),
+        vec![offset("t", 0, 5)],
+    )
+    .unwrap();
+    // librdkafka resets its member id after UNKNOWN_MEMBER_ID and commits what it revokes
+    // under the empty id, with its instance id if static: not fenced, not refused.
+    c.commit_offsets("g", 1, "", Some("inst-a"), vec![offset("t", 0, 6)])
+        .unwrap();
+    c.commit_offsets("g", 1, "", None, vec![offset("t", 1, 8)])
+        .unwrap();
+    assert_eq!(c.fetch_offsets("g", None).unwrap().len(), 2);
+    // Zombies are still refused: an older generation, a stale static incarnation.
+    assert_eq!(
+        c.commit_offsets("g", 0, &b.member_id, None, vec![offset("t", 1, 1)]),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.commit_offsets(
+            "g",
+            1,
+            "inst-a-impostor",
+            Some("inst-a"),
+            vec![offset("t", 0, 1)]
+        ),
+        Err(GroupError::FencedInstanceId)
+    );
+    // Once a new generation exists, the old one's commits are refused again.
+    let joined = c.join(join_req("g", "", "b")).await.unwrap();
+    assert_eq!(joined.generation, 2);
+    assert_eq!(
+        c.commit_offsets("g", 1, &b.member_id, None, vec![offset("t", 1, 9)]),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.commit_offsets("g", 1, "", None, vec![offset("t", 1, 9)]),
+        Err(GroupError::UnknownMemberId)
+    );
+    let fetched = c.fetch_offsets("g", Some(&[("t".into(), 1)])).unwrap();
+    assert_eq!(fetched[0].offset, 8);
+}
+
+#[tokio::test(start_paused = true)]
 async fn offsets_commit_fetch_delete_and_survive_a_new_coordinator() {
     let meta = Meta::in_memory();
     let c = coordinator(&meta);
