@@ -158,7 +158,7 @@ impl BrokerBuilder {
         let http_addr = local_addr("HTTP", &config.http_listen, &http_listener)?;
         on_http_bound(http_addr);
         {
-            let router = http::router(health.clone(), prometheus);
+            let router = http::router(health.clone(), prometheus, &config.observe);
             let shutdown = shutdown_rx.clone();
             tasks.spawn(async move {
                 if let Err(e) = http::serve(http_listener, router, shutdown).await {

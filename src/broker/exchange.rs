@@ -60,6 +60,10 @@ pub struct Exchange {
     def: ExchangeDef,
     kind: ExchangeKind,
     bindings: RwLock<Vec<BindingDef>>,
+    /// The exchange face of a Kafka topic of the same name (ARCHITECTURE rule 6): publishing
+    /// to it appends to the topic, and its bindings are served by the topic's router task
+    /// (`super::topic_router`) from the topic log, never by copying at publish time.
+    topic: bool,
 }
 
 impl Exchange {
@@ -68,7 +72,34 @@ impl Exchange {
             def,
             kind,
             bindings: RwLock::new(Vec::new()),
+            topic: false,
         }
+    }
+
+    /// The exchange face of topic `name`: type `topic` (bindings are topic patterns on the
+    /// record key, `#` for all), durable (it lives as long as the topic), never auto-deleted
+    /// or internal, no arguments. It is not stored in meta: the topic definition is its
+    /// definition.
+    pub fn for_topic(vhost: &str, name: &str) -> Exchange {
+        Exchange {
+            def: ExchangeDef {
+                vhost: vhost.to_string(),
+                name: name.to_string(),
+                kind: ExchangeKind::Topic.as_str().to_string(),
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: Value::Object(Map::new()),
+            },
+            kind: ExchangeKind::Topic,
+            bindings: RwLock::new(Vec::new()),
+            topic: true,
+        }
+    }
+
+    /// Whether this exchange is a Kafka topic's exchange face.
+    pub fn is_topic(&self) -> bool {
+        self.topic
     }
 
     pub fn def(&self) -> &ExchangeDef {

@@ -11,12 +11,17 @@
 //! Exchanges, queues and bindings (the AMQP model, in protocol-free terms) live in
 //! [`routing::Router`], reached with [`BrokerCore::router`]; each queue is a log with cursors
 //! ([`queue::Queue`]) in `<data_dir>/queues/<escaped vhost>/<escaped name>/`.
+//!
+//! Every topic is also a `topic` exchange of the default vhost ([`topic_router`]): AMQP
+//! publishes to it append to the topic (murmur2 partitioner), and per-partition router tasks
+//! feed the queues bound to it from the topic log, exactly once per record and queue.
 
 pub mod exchange;
 pub mod group;
 pub mod queue;
 pub mod routing;
 pub mod topic;
+pub mod topic_router;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -89,6 +94,8 @@ struct CoreInner {
     data_dir: PathBuf,
     /// Exchanges, queues and bindings (the AMQP model, protocol-free).
     router: routing::Router,
+    /// Per-partition tasks feeding queues bound to topic exchanges from the topic logs.
+    topic_routers: topic_router::TopicRouters,
 }
 
 impl BrokerCore {
@@ -110,11 +117,14 @@ impl BrokerCore {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| logs_dir.to_path_buf());
+        let topic_defs = meta.topics()?;
+        let topic_names: Vec<String> = topic_defs.iter().map(|d| d.name.clone()).collect();
         let router = routing::Router::open(
             meta.clone(),
             clock.clone(),
             &data_dir.join("queues"),
             &default_log_config,
+            &topic_names,
         )
         .map_err(|e| match e {
             routing::RoutingError::Log(l) => BrokerError::Log(l),
@@ -137,10 +147,16 @@ impl BrokerCore {
                 topics: RwLock::new(HashMap::new()),
                 admin: AsyncMutex::new(()),
                 shutting_down: false.into(),
+                topic_routers: topic_router::TopicRouters::default(),
             }),
         };
+        core.inner
+            .router
+            .set_topic_sink(Arc::new(topic_router::CoreTopicSink(Arc::downgrade(
+                &core.inner,
+            ))));
         let mut report = StartupReport::default();
-        for def in core.inner.meta.topics()? {
+        for def in topic_defs {
             let log_config =
                 topic::effective_log_config(&core.inner.default_log_config, &def.configs)?;
             let mut partitions = Vec::with_capacity(def.partitions as usize);
@@ -158,6 +174,13 @@ impl BrokerCore {
                 .topics
                 .write()
                 .insert(name, Arc::new(Topic::new(def, log_config, partitions)));
+        }
+        for topic in core.topics() {
+            for (p, handle) in topic.partitions().iter().enumerate() {
+                core.inner
+                    .topic_routers
+                    .start(&core, topic.name(), p as i32, handle.clone());
+            }
         }
         Ok((core, report))
     }
@@ -282,6 +305,10 @@ impl BrokerCore {
         for p in 0..partitions as i32 {
             handles.push(self.open_partition(name, p, &log_config)?.0);
         }
+        // A new topic routes into bound queues from its first record.
+        for p in 0..partitions as i32 {
+            self.inner.meta.put_topic_route_offset(name, p, 0)?;
+        }
         self.inner.meta.put_topic(&def)?;
         self.inner.meta.flush()?;
         let topic = Arc::new(Topic::new(def, log_config, handles));
@@ -289,6 +316,12 @@ impl BrokerCore {
             .topics
             .write()
             .insert(name.to_string(), topic.clone());
+        self.inner.router.register_topic_exchange(name).await;
+        for (p, handle) in topic.partitions().iter().enumerate() {
+            self.inner
+                .topic_routers
+                .start(self, name, p as i32, handle.clone());
+        }
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
@@ -300,6 +333,10 @@ impl BrokerCore {
         let topic = self
             .topic(name)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        self.inner.topic_routers.stop(Some(name)).await;
+        if let Err(e) = self.inner.router.unregister_topic_exchange(name).await {
+            tracing::warn!(topic = name, error = %e, "removing the topic's exchange failed");
+        }
         self.inner.meta.delete_topic(name)?;
         self.inner.meta.flush()?;
         self.inner.topics.write().remove(name);
@@ -341,6 +378,9 @@ impl BrokerCore {
         }
         let mut def = topic.def().clone();
         def.partitions = total;
+        for p in current as i32..total as i32 {
+            self.inner.meta.put_topic_route_offset(name, p, 0)?;
+        }
         self.inner.meta.put_topic(&def)?;
         self.inner.meta.flush()?;
         let grown = Arc::new(Topic::new(def, topic.log_config().clone(), handles));
@@ -348,6 +388,13 @@ impl BrokerCore {
             .topics
             .write()
             .insert(name.to_string(), grown.clone());
+        for p in current as i32..total as i32 {
+            if let Some(handle) = grown.partition(p) {
+                self.inner
+                    .topic_routers
+                    .start(self, name, p, handle.clone());
+            }
+        }
         Ok(grown)
     }
 
@@ -422,6 +469,7 @@ impl BrokerCore {
             .store(true, std::sync::atomic::Ordering::Release);
         let _admin = self.inner.admin.lock().await;
         self.inner.groups.shutdown().await;
+        self.inner.topic_routers.stop(None).await;
         self.inner.router.shutdown().await;
         for topic in self.topics() {
             for handle in topic.partitions() {

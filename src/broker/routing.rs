@@ -12,6 +12,11 @@
 //! go with their last binding, and dead letters carry RabbitMQ's death history (one entry per
 //! queue and reason, counted) and are dropped when they would go round an automatic cycle.
 //!
+//! A Kafka topic is an exchange too ([`Exchange::is_topic`]): registered by the core, never
+//! stored as an exchange definition, not deletable here (403), and a publish to it goes to the
+//! topic through the core's [`TopicSink`]; its bindings are served by
+//! [`super::topic_router`] from the topic log, never by copying at publish time.
+//!
 //! Message headers and declaration arguments travel as `serde_json` values, the same form the
 //! meta store keeps them in, so the core compares and persists them without knowing a wire
 //! format.
@@ -123,6 +128,20 @@ pub struct Published {
 /// The AMQP adapter turns it into RabbitMQ's `x-death` header.
 pub const DEATH_HEADER: &str = "ferry.death";
 
+/// Where a publish to a topic's exchange face goes: the core appends it to the topic (the
+/// router does not own topics). Implemented by the broker core.
+pub trait TopicSink: Send + Sync {
+    /// Queues an append of `record` to topic `topic`, on the partition its key chooses; the
+    /// handle resolves once the append is durable.
+    fn submit<'a>(
+        &'a self,
+        topic: &'a str,
+        record: SimpleRecord,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<PendingAppend, RoutingError>> + Send + 'a>,
+    >;
+}
+
 /// The registry of exchanges and queues. Cheap to clone: maintenance tasks hold a clone.
 #[derive(Clone)]
 pub struct Router {
@@ -153,6 +172,8 @@ pub struct RouterInner {
     /// A resource alarm in effect (low disk, low memory), with its reason: protocol adapters
     /// hold back publishers while it is set (AMQP's connection.blocked).
     alarm: tokio::sync::watch::Sender<Option<String>>,
+    /// Appends publishes to topic exchanges to their topic; set once by the core.
+    topic_sink: std::sync::OnceLock<Arc<dyn TopicSink>>,
 }
 
 impl std::fmt::Debug for RouterInner {
@@ -166,11 +187,15 @@ impl std::fmt::Debug for RouterInner {
 impl Router {
     /// Reloads durable exchanges, queues (with their delivery state) and bindings, declares the
     /// `amq.*` exchanges, and removes log directories of queues that did not survive.
+    ///
+    /// `topics` are the names of the existing Kafka topics: each is also a `topic` exchange
+    /// of the default vhost (registered before bindings load, so bindings to them survive).
     pub fn open(
         meta: Meta,
         clock: Clock,
         queues_dir: &Path,
         default_log_config: &LogConfig,
+        topics: &[String],
     ) -> Result<Router, RoutingError> {
         std::fs::create_dir_all(queues_dir).map_err(|source| LogError::Io {
             context: format!("creating {}", queues_dir.display()),
@@ -196,6 +221,7 @@ impl Router {
             stop: tokio::sync::watch::channel(false).0,
             tasks: parking_lot::Mutex::new(Vec::new()),
             alarm: tokio::sync::watch::channel(None).0,
+            topic_sink: std::sync::OnceLock::new(),
         };
         for (name, kind) in PREDECLARED {
             let def = ExchangeDef {
@@ -222,6 +248,9 @@ impl Router {
                 .exchanges
                 .write()
                 .insert(k, Arc::new(Exchange::new(def, kind)));
+        }
+        for name in topics {
+            router.insert_topic_exchange(name);
         }
         let mut kept_dirs = HashSet::new();
         for def in router.meta.queues()? {
@@ -327,6 +356,8 @@ impl Router {
             let Some(record) = records.get(offset) else {
                 continue;
             };
+            metrics::counter!("ferry_messages_dead_lettered_total", "reason" => reason.as_str())
+                .increment(1);
             let record = with_death(record.clone(), q, *reason, now);
             let record = match &q.limits().dead_letter_routing_key {
                 Some(k) => SimpleRecord {
@@ -436,6 +467,54 @@ impl RouterInner {
         ))
     }
 
+    /// Sets where publishes to topic exchanges go (once; later calls are ignored).
+    pub fn set_topic_sink(&self, sink: Arc<dyn TopicSink>) {
+        let _ = self.topic_sink.set(sink);
+    }
+
+    /// Makes topic `name` an exchange too (in the default vhost). An AMQP exchange declared
+    /// earlier under the same name gives way to the topic, keeping its bindings.
+    fn insert_topic_exchange(&self, name: &str) {
+        let ex = Arc::new(Exchange::for_topic(DEFAULT_VHOST, name));
+        let mut all = self.exchanges.write();
+        if let Some(old) = all.get(&key(DEFAULT_VHOST, name)) {
+            if old.is_topic() {
+                return;
+            }
+            tracing::warn!(
+                exchange = name,
+                "an AMQP exchange has the name of a topic; the topic's exchange replaces it"
+            );
+            for b in old.bindings() {
+                ex.add_binding(b);
+            }
+        }
+        all.insert(key(DEFAULT_VHOST, name), ex);
+    }
+
+    /// Registers the exchange face of a topic that was just created.
+    pub async fn register_topic_exchange(&self, name: &str) {
+        let _admin = self.admin.lock().await;
+        if let Some(old) = self.exchange(DEFAULT_VHOST, name) {
+            if !old.is_topic() && old.def().durable {
+                // The topic's definition is the exchange's now.
+                if let Err(e) = self.meta.delete_exchange(DEFAULT_VHOST, name) {
+                    tracing::warn!(exchange = name, error = %e, "removing a replaced exchange definition failed");
+                }
+            }
+        }
+        self.insert_topic_exchange(name);
+    }
+
+    /// Removes the exchange face of a deleted topic, with its bindings.
+    pub async fn unregister_topic_exchange(&self, name: &str) -> Result<(), RoutingError> {
+        let _admin = self.admin.lock().await;
+        match self.exchange(DEFAULT_VHOST, name) {
+            Some(ex) if ex.is_topic() => self.remove_exchange(&ex),
+            _ => Ok(()),
+        }
+    }
+
     /// Raises (`Some(reason)`) or clears (`None`) the resource alarm.
     pub fn set_resource_alarm(&self, reason: Option<String>) {
         self.alarm.send_if_modified(|now| {
@@ -460,6 +539,11 @@ impl RouterInner {
 
     pub fn queue(&self, vhost: &str, name: &str) -> Option<Arc<Queue>> {
         self.queues.read().get(&key(vhost, name)).cloned()
+    }
+
+    /// All exchanges, for the admin API.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
     }
 
     /// All queues, for shutdown and observability.
@@ -567,6 +651,13 @@ impl RouterInner {
             // RabbitMQ answers delete-ok for a missing exchange.
             return Ok(());
         };
+        if ex.is_topic() {
+            // The exchange is the topic's other face: deleting it would delete the topic's
+            // data, which only the topic admin APIs (Kafka DeleteTopics) may do.
+            return Err(RoutingError::AccessRefused(format!(
+                "exchange '{name}' in vhost '{vhost}' is a topic; delete the topic instead"
+            )));
+        }
         if if_unused && ex.has_bindings() {
             return Err(RoutingError::PreconditionFailed(format!(
                 "exchange '{name}' in vhost '{vhost}' in use"
@@ -583,7 +674,9 @@ impl RouterInner {
             for b in ex.bindings() {
                 self.meta.delete_binding(&b)?;
             }
-            self.meta.delete_exchange(&vhost, &name)?;
+            if !ex.is_topic() {
+                self.meta.delete_exchange(&vhost, &name)?;
+            }
             self.meta.flush()?;
         }
         let mut emptied = Vec::new();
@@ -948,6 +1041,29 @@ impl RouterInner {
         }
     }
 
+    /// The queues a record appended to topic exchange `ex` reaches through the exchange's
+    /// bindings (topic patterns on the record key), each queue once. Used by the topic
+    /// router; publishes never copy through a topic exchange.
+    pub fn route_topic_record(&self, ex: &Exchange, routing_key: &str) -> Vec<Arc<Queue>> {
+        let vhost = ex.def().vhost.as_str();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (kind, dest) in ex.matches(routing_key, None) {
+            let found: Vec<Arc<Queue>> = match kind {
+                DestinationKind::Queue => self.queue(vhost, &dest).into_iter().collect(),
+                DestinationKind::Exchange => self
+                    .route(vhost, &dest, routing_key, None)
+                    .unwrap_or_default(),
+            };
+            for q in found {
+                if seen.insert(q.name().to_string()) {
+                    out.push(q);
+                }
+            }
+        }
+        out
+    }
+
     fn route_from(
         &self,
         vhost: &str,
@@ -961,6 +1077,12 @@ impl RouterInner {
         let mut stack = vec![start.clone()];
         while let Some(ex) = stack.pop() {
             if !seen_ex.insert(ex.name().to_string()) {
+                continue;
+            }
+            if ex.is_topic() {
+                // A topic's bindings are served from the topic log by its router task;
+                // copying here would deliver twice. (Exchange-to-topic bindings do not
+                // append to the topic yet.)
                 continue;
             }
             for (kind, dest) in ex.matches(routing_key, headers) {
@@ -993,6 +1115,24 @@ impl RouterInner {
         headers: Option<&Map<String, Value>>,
         record: SimpleRecord,
     ) -> Result<Published, RoutingError> {
+        if vhost == DEFAULT_VHOST && !exchange.is_empty() {
+            if let Some(ex) = self.exchange(vhost, exchange).filter(|e| e.is_topic()) {
+                let sink = self
+                    .topic_sink
+                    .get()
+                    .ok_or_else(|| RoutingError::NotFound {
+                        kind: "exchange",
+                        vhost: vhost.into(),
+                        name: exchange.into(),
+                    })?;
+                let pending = sink.submit(ex.name(), record).await?;
+                return Ok(Published {
+                    pending: vec![pending],
+                    routed: true,
+                    rejected: false,
+                });
+            }
+        }
         let routing_key = record
             .key
             .as_ref()

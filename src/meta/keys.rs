@@ -119,6 +119,18 @@ pub fn producers() -> Vec<u8> {
     prefix("producer", &[])
 }
 
+/// How far the topic router has routed partition `partition` of `topic` into bound queues
+/// (the next offset to route).
+pub fn topic_route(topic: &str, partition: i32) -> Vec<u8> {
+    key(
+        "topic_route",
+        &[topic.as_bytes(), format!("{partition:010}").as_bytes()],
+    )
+}
+pub fn topic_routes(topic: &str) -> Vec<u8> {
+    prefix("topic_route", &[topic.as_bytes()])
+}
+
 pub fn queue_state(vhost: &str, name: &str) -> Vec<u8> {
     key("queue_state", &[vhost.as_bytes(), name.as_bytes()])
 }

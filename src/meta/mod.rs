@@ -162,6 +162,34 @@ pub struct ProducerRecord {
 }
 
 /// The typed metadata store the broker uses.
+/// How far the topic router got in one topic partition (see `broker::topic_router`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRouteState {
+    /// Every record below this offset has been routed into the bound queues.
+    pub next: i64,
+    /// A batch `[next, upto)` whose queue appends were under way: after a crash, the records
+    /// of it a queue already holds are not routed to that queue again.
+    #[serde(default)]
+    pub in_flight: Option<RouteInFlight>,
+}
+
+/// A batch of routed records whose queue appends may or may not have reached the queues.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInFlight {
+    pub upto: i64,
+    /// For each target queue, its log end offset before the batch was submitted: any copy
+    /// of the batch sits at or above it.
+    pub queues: Vec<RouteMark>,
+}
+
+/// One target queue of an in-flight batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteMark {
+    pub vhost: String,
+    pub queue: String,
+    pub from: i64,
+}
+
 #[derive(Clone)]
 pub struct Meta {
     store: Arc<dyn MetaStore>,
@@ -254,6 +282,9 @@ impl Meta {
     /// Removes a topic and every committed offset that pointed into it.
     pub fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
         let mut ops = vec![MetaOp::Delete(keys::topic(name))];
+        for (k, _) in self.store.scan_prefix(&keys::topic_routes(name))? {
+            ops.push(MetaOp::Delete(k));
+        }
         for (k, v) in self.store.scan_prefix(&keys::all_group_offsets())? {
             let committed: CommittedOffset = decode(&k, &v)?;
             if committed.topic == name {
@@ -261,6 +292,39 @@ impl Meta {
             }
         }
         self.store.apply(ops)
+    }
+
+    /// How far the topic router got in `topic`/`partition`; `None` if it never ran there.
+    pub fn topic_route(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<TopicRouteState>, MetaError> {
+        self.get(&keys::topic_route(topic, partition))
+    }
+    pub fn put_topic_route(
+        &self,
+        topic: &str,
+        partition: i32,
+        state: &TopicRouteState,
+    ) -> Result<(), MetaError> {
+        self.put(keys::topic_route(topic, partition), state)
+    }
+    /// Records that every record of `topic`/`partition` below `offset` has been routed.
+    pub fn put_topic_route_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), MetaError> {
+        self.put_topic_route(
+            topic,
+            partition,
+            &TopicRouteState {
+                next: offset,
+                in_flight: None,
+            },
+        )
     }
 
     // --- AMQP definitions ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-//! The HTTP side channel: `/healthz`, `/readyz` and `/metrics`.
+//! The HTTP side channel: `/healthz`, `/readyz`, `/metrics` and the admin API under `/api/`
+//! ([`super::admin`]).
 //!
 //! It starts before recovery so an orchestrator can tell "alive but still recovering" (healthz
 //! 200, readyz 503) from "dead". Readiness is a [`Health`] value the server flips once every
@@ -19,7 +20,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::admin::AdminCredentials;
 use crate::broker::BrokerCore;
+use crate::config::ObserveSettings;
 
 /// What `/readyz` reports.
 #[derive(Default)]
@@ -42,6 +45,11 @@ impl Health {
 
     pub fn set_core(&self, core: BrokerCore) {
         let _ = self.core.set(core);
+    }
+
+    /// The core, once recovery has opened it.
+    pub fn core(&self) -> Option<&BrokerCore> {
+        self.core.get()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -71,17 +79,35 @@ impl Health {
 }
 
 #[derive(Clone)]
-struct AppState {
-    health: Arc<Health>,
+pub struct AppState {
+    pub(super) health: Arc<Health>,
     prometheus: Option<PrometheusHandle>,
+    per_object_metrics: bool,
+    pub(super) admin: AdminCredentials,
 }
 
-pub fn router(health: Arc<Health>, prometheus: Option<PrometheusHandle>) -> Router {
+/// `/healthz`, `/readyz` and `/metrics` (open) plus the admin API under `/api/` (basic auth
+/// with `observe.admin_user`/`observe.admin_password`).
+pub fn router(
+    health: Arc<Health>,
+    prometheus: Option<PrometheusHandle>,
+    settings: &ObserveSettings,
+) -> Router {
+    let state = AppState {
+        health,
+        prometheus,
+        per_object_metrics: settings.per_object_metrics,
+        admin: AdminCredentials {
+            user: settings.admin_user.clone(),
+            password: settings.admin_password.clone(),
+        },
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { health, prometheus })
+        .merge(super::admin::routes())
+        .with_state(state)
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -101,11 +127,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     match &state.prometheus {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            let mut text = handle.render();
+            if let Some(core) = state.health.core() {
+                text.push_str(&super::metrics::render_scrape_gauges(
+                    core,
+                    state.per_object_metrics,
+                ));
+            }
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                text,
+            )
+                .into_response()
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics are disabled (observe.metrics = false, or the embedding application installed its own recorder)\n",

@@ -5,10 +5,13 @@
 //! registry; per-object labels (topic, partition, queue) keep their series apart. If the host
 //! application installed its own recorder first, Ferry leaves it alone and `/metrics` says so.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::broker::BrokerCore;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -75,6 +78,14 @@ fn describe() {
         Unit::Bytes,
         "Bytes on disk per partition"
     );
+    describe_gauge!(
+        "ferry_log_start_offset",
+        "First offset kept per partition log"
+    );
+    describe_gauge!(
+        "ferry_log_end_offset",
+        "Next offset to be written per partition log"
+    );
     describe_counter!(
         "ferry_log_recovery_repairs_total",
         "Repairs made by log recovery at startup"
@@ -83,4 +94,445 @@ fn describe() {
         "ferry_ready",
         "1 once recovery finished and every listener accepts"
     );
+
+    // Connections, channels, bytes and request latency, per protocol.
+    describe_gauge!("ferry_connections", "Open client connections, by protocol");
+    describe_gauge!("ferry_channels", "Open AMQP channels");
+    describe_counter!(
+        "ferry_bytes_received_total",
+        Unit::Bytes,
+        "Bytes read from client connections, by protocol"
+    );
+    describe_counter!(
+        "ferry_bytes_sent_total",
+        Unit::Bytes,
+        "Bytes written to client connections, by protocol"
+    );
+    describe_histogram!(
+        "ferry_kafka_request_seconds",
+        Unit::Seconds,
+        "Kafka request latency from decode to response, by API"
+    );
+    describe_histogram!(
+        "ferry_amqp_method_seconds",
+        Unit::Seconds,
+        "AMQP method handling latency, by method class (connection, channel, exchange, queue, basic, confirm, tx)"
+    );
+
+    // AMQP message flow, named after rabbitmq_prometheus' global counters.
+    describe_counter!(
+        "ferry_messages_published_total",
+        "Messages AMQP publishers sent to an exchange"
+    );
+    describe_counter!(
+        "ferry_messages_confirmed_total",
+        "Messages confirmed to AMQP publishers in confirm mode (basic.ack)"
+    );
+    describe_counter!(
+        "ferry_messages_routed_total",
+        "Published messages that reached at least one queue"
+    );
+    describe_counter!(
+        "ferry_messages_unroutable_returned_total",
+        "Unroutable mandatory messages returned to the publisher (basic.return)"
+    );
+    describe_counter!(
+        "ferry_messages_unroutable_dropped_total",
+        "Unroutable messages dropped (not mandatory)"
+    );
+    describe_counter!(
+        "ferry_messages_delivered_total",
+        "Messages delivered to AMQP consumers (basic.deliver and basic.get-ok)"
+    );
+    describe_counter!(
+        "ferry_messages_redelivered_total",
+        "Deliveries with the redelivered flag set"
+    );
+    describe_counter!(
+        "ferry_messages_acknowledged_total",
+        "Deliveries acknowledged by AMQP consumers (basic.ack)"
+    );
+    describe_counter!(
+        "ferry_messages_dead_lettered_total",
+        "Messages moved to a dead-letter exchange, by reason (rejected, expired, maxlen, delivery_limit)"
+    );
+
+    // Queue depths, partition offsets and group lag are rendered at scrape time, with their
+    // help text, by `render_scrape_gauges`.
+    describe_counter!(
+        "ferry_group_rebalances_total",
+        "Consumer group rebalances started"
+    );
+    describe_counter!(
+        "ferry_group_members_removed_total",
+        "Group members removed by the coordinator, by reason"
+    );
+    describe_counter!(
+        "ferry_group_offset_commits_total",
+        "Partition offsets committed by consumer groups"
+    );
+}
+
+// --- recording helpers for the adapters (one call where the thing happens) ---------------------
+
+/// An AMQP publish the router handled: published, then routed, returned or dropped.
+pub fn record_publish(routed: bool, mandatory: bool) {
+    metrics::counter!("ferry_messages_published_total").increment(1);
+    let outcome = match (routed, mandatory) {
+        (true, _) => "ferry_messages_routed_total",
+        (false, true) => "ferry_messages_unroutable_returned_total",
+        (false, false) => "ferry_messages_unroutable_dropped_total",
+    };
+    metrics::counter!(outcome).increment(1);
+}
+
+/// Deliveries of queued messages to an AMQP consumer.
+pub fn record_deliveries(msgs: &[crate::broker::queue::QueuedMessage]) {
+    record_delivered(msgs.len(), msgs.iter().filter(|m| m.redelivered).count());
+}
+
+/// `count` deliveries to AMQP consumers, `redelivered` of them flagged redelivered.
+pub fn record_delivered(count: usize, redelivered: usize) {
+    metrics::counter!("ferry_messages_delivered_total").increment(count as u64);
+    if redelivered > 0 {
+        metrics::counter!("ferry_messages_redelivered_total").increment(redelivered as u64);
+    }
+}
+
+/// `count` deliveries settled by basic.ack (`requeue: None`) or nack/reject.
+pub fn record_settled(requeue: Option<bool>, count: usize) {
+    if requeue.is_none() {
+        metrics::counter!("ferry_messages_acknowledged_total").increment(count as u64);
+    }
+}
+
+pub fn bytes_received(protocol: &'static str, n: usize) {
+    metrics::counter!("ferry_bytes_received_total", "protocol" => protocol).increment(n as u64);
+}
+
+pub fn bytes_sent(protocol: &'static str, n: usize) {
+    metrics::counter!("ferry_bytes_sent_total", "protocol" => protocol).increment(n as u64);
+}
+
+/// Counts one open connection of `protocol` in `ferry_connections` while it lives.
+pub struct ConnectionGauge(&'static str);
+
+impl ConnectionGauge {
+    pub fn new(protocol: &'static str) -> Self {
+        metrics::gauge!("ferry_connections", "protocol" => protocol).increment(1.0);
+        Self(protocol)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("ferry_connections", "protocol" => self.0).decrement(1.0);
+    }
+}
+
+/// Counts one open AMQP channel in `ferry_channels` while it lives.
+#[derive(Debug)]
+pub struct ChannelGauge(());
+
+impl ChannelGauge {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        metrics::gauge!("ferry_channels").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for ChannelGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("ferry_channels").decrement(1.0);
+    }
+}
+
+/// Times one AMQP method into `ferry_amqp_method_seconds{class}` when dropped.
+pub struct AmqpMethodTimer {
+    class: &'static str,
+    started: Instant,
+}
+
+impl AmqpMethodTimer {
+    pub fn start(class_id: u16) -> Self {
+        let class = match class_id {
+            10 => "connection",
+            20 => "channel",
+            40 => "exchange",
+            50 => "queue",
+            60 => "basic",
+            85 => "confirm",
+            90 => "tx",
+            _ => "other",
+        };
+        Self {
+            class,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for AmqpMethodTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("ferry_amqp_method_seconds", "class" => self.class)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+// --- scrape-time gauges -------------------------------------------------------------------------
+//
+// Queue depths, partition offsets and group lag are read from the broker at scrape time and
+// rendered here rather than kept in the global registry: a deleted queue, topic or group then
+// disappears from the next scrape instead of leaving its last value behind forever, and each
+// broker in a process (several `TestBroker`s) reports only its own objects.
+
+/// Help text of each scrape-time family, in output order.
+const SCRAPE_FAMILIES: &[(&str, &str)] = &[
+    (
+        "ferry_queue_messages_ready",
+        "Messages ready for delivery, by vhost and queue",
+    ),
+    (
+        "ferry_queue_messages_unacked",
+        "Messages delivered and not yet settled, by vhost and queue",
+    ),
+    ("ferry_queue_consumers", "Consumers, by vhost and queue"),
+    (
+        "ferry_topic_partition_current_offset",
+        "High watermark (next offset) of each partition",
+    ),
+    (
+        "ferry_topic_partition_oldest_offset",
+        "Oldest offset still kept in each partition",
+    ),
+    (
+        "ferry_consumergroup_current_offset",
+        "Committed offset of a consumer group per partition",
+    ),
+    (
+        "ferry_consumergroup_lag",
+        "High watermark minus committed offset, per group and partition",
+    ),
+];
+
+type Series = Vec<(Vec<(&'static str, String)>, f64)>;
+
+/// Renders the scrape-time gauges in the Prometheus text format, to append to the registry's
+/// output. With `per_object` false, queue gauges are summed per vhost and partition and group
+/// gauges per topic (RabbitMQ's aggregated endpoint, kafka_exporter's `_sum` series).
+pub fn render_scrape_gauges(core: &BrokerCore, per_object: bool) -> String {
+    let mut families: BTreeMap<&'static str, Series> = BTreeMap::new();
+    collect_queues(core, per_object, &mut families);
+    collect_partitions(core, per_object, &mut families);
+    collect_groups(core, per_object, &mut families);
+    let mut out = String::new();
+    for (name, help) in SCRAPE_FAMILIES {
+        let Some(series) = families.get(name) else {
+            continue;
+        };
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, value) in series {
+            out.push_str(name);
+            if !labels.is_empty() {
+                let rendered: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                    .collect();
+                out.push('{');
+                out.push_str(&rendered.join(","));
+                out.push('}');
+            }
+            out.push_str(&format!(" {value}\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Label value escaping of the Prometheus text format.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn collect_queues(
+    core: &BrokerCore,
+    per_object: bool,
+    families: &mut BTreeMap<&'static str, Series>,
+) {
+    let mut queues = core.router().queues();
+    queues.sort_by(|a, b| (a.vhost(), a.name()).cmp(&(b.vhost(), b.name())));
+    let mut per_vhost: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for q in queues {
+        let values = [
+            q.message_count(),
+            q.unacked_count(),
+            u64::from(q.consumer_count()),
+        ];
+        if per_object {
+            let labels = vec![
+                ("vhost", q.vhost().to_string()),
+                ("queue", q.name().to_string()),
+            ];
+            push_queue(families, labels, values);
+        } else {
+            let e = per_vhost.entry(q.vhost().to_string()).or_default();
+            for (sum, v) in e.iter_mut().zip(values) {
+                *sum += v;
+            }
+        }
+    }
+    for (vhost, values) in per_vhost {
+        push_queue(families, vec![("vhost", vhost)], values);
+    }
+}
+
+fn push_queue(
+    families: &mut BTreeMap<&'static str, Series>,
+    labels: Vec<(&'static str, String)>,
+    values: [u64; 3],
+) {
+    let names = [
+        "ferry_queue_messages_ready",
+        "ferry_queue_messages_unacked",
+        "ferry_queue_consumers",
+    ];
+    for (name, v) in names.into_iter().zip(values) {
+        families
+            .entry(name)
+            .or_default()
+            .push((labels.clone(), v as f64));
+    }
+}
+
+fn collect_partitions(
+    core: &BrokerCore,
+    per_object: bool,
+    families: &mut BTreeMap<&'static str, Series>,
+) {
+    const CURRENT: &str = "ferry_topic_partition_current_offset";
+    const OLDEST: &str = "ferry_topic_partition_oldest_offset";
+    for topic in core.topics() {
+        let (mut newest, mut oldest) = (0i64, 0i64);
+        for (p, handle) in topic.partitions().iter().enumerate() {
+            let (hw, start) = (handle.high_watermark(), handle.log_start_offset());
+            if per_object {
+                let labels = vec![
+                    ("topic", topic.name().to_string()),
+                    ("partition", p.to_string()),
+                ];
+                families
+                    .entry(CURRENT)
+                    .or_default()
+                    .push((labels.clone(), hw as f64));
+                families
+                    .entry(OLDEST)
+                    .or_default()
+                    .push((labels, start as f64));
+            }
+            newest = newest.saturating_add(hw);
+            oldest = oldest.saturating_add(start);
+        }
+        if !per_object {
+            let labels = vec![("topic", topic.name().to_string())];
+            families
+                .entry(CURRENT)
+                .or_default()
+                .push((labels.clone(), newest as f64));
+            families
+                .entry(OLDEST)
+                .or_default()
+                .push((labels, oldest as f64));
+        }
+    }
+}
+
+/// One consumer group's position in one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupLag {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    /// The partition's high watermark; `None` if the topic or partition no longer exists.
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - committed`, never negative; `None` without a high watermark.
+    pub lag: Option<i64>,
+}
+
+/// A group's committed offsets with their lag, sorted by topic and partition.
+pub fn group_lag(core: &BrokerCore, group_id: &str) -> Vec<GroupLag> {
+    let mut offsets = core
+        .groups()
+        .fetch_offsets(group_id, None)
+        .unwrap_or_default();
+    offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    offsets
+        .into_iter()
+        .map(|o| {
+            let hw = core
+                .partition(&o.topic, o.partition)
+                .ok()
+                .map(|h| h.high_watermark());
+            GroupLag {
+                lag: hw.map(|hw| (hw - o.offset).max(0)),
+                high_watermark: hw,
+                topic: o.topic,
+                partition: o.partition,
+                committed: o.offset,
+            }
+        })
+        .collect()
+}
+
+fn collect_groups(
+    core: &BrokerCore,
+    per_object: bool,
+    families: &mut BTreeMap<&'static str, Series>,
+) {
+    const CURRENT: &str = "ferry_consumergroup_current_offset";
+    const LAG: &str = "ferry_consumergroup_lag";
+    for group in core.groups().list_groups(&[]) {
+        let mut per_topic: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for l in group_lag(core, &group.group_id) {
+            // Offsets of a topic that no longer exists have no lag to report.
+            let Some(lag) = l.lag else { continue };
+            if per_object {
+                let labels = vec![
+                    ("consumergroup", group.group_id.clone()),
+                    ("topic", l.topic.clone()),
+                    ("partition", l.partition.to_string()),
+                ];
+                families
+                    .entry(CURRENT)
+                    .or_default()
+                    .push((labels.clone(), l.committed as f64));
+                families.entry(LAG).or_default().push((labels, lag as f64));
+            } else {
+                let e = per_topic.entry(l.topic).or_default();
+                e.0 = e.0.saturating_add(l.committed);
+                e.1 = e.1.saturating_add(lag);
+            }
+        }
+        for (topic, (committed, lag)) in per_topic {
+            let labels = vec![("consumergroup", group.group_id.clone()), ("topic", topic)];
+            families
+                .entry(CURRENT)
+                .or_default()
+                .push((labels.clone(), committed as f64));
+            families.entry(LAG).or_default().push((labels, lag as f64));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_label;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+    }
 }

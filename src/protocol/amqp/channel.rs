@@ -200,6 +200,7 @@ pub struct Channel {
     /// Direct reply-to: (token, consumer tag) while this channel consumes from
     /// `amq.rabbitmq.reply-to`.
     reply: Option<(String, String)>,
+    _gauge: crate::observe::metrics::ChannelGauge,
 }
 
 impl Channel {
@@ -217,6 +218,7 @@ impl Channel {
             tx: None,
             consumers: HashMap::new(),
             reply: None,
+            _gauge: crate::observe::metrics::ChannelGauge::new(),
         }
     }
 
@@ -383,6 +385,7 @@ impl Channel {
             .router()
             .publish(vhost, &msg.exchange, headers.as_ref(), record)
             .await?;
+        crate::observe::metrics::record_publish(published.routed, msg.mandatory);
         if !published.routed && msg.mandatory {
             let mut b = BytesMut::new();
             encode_method(
@@ -704,6 +707,7 @@ impl Channel {
                 &mut b,
             ),
             Some(msg) => {
+                crate::observe::metrics::record_delivered(1, usize::from(msg.redelivered));
                 let tag = self.shared.record(&queue, msg.offset, None, m.no_ack);
                 let mut o = convert::from_record(&msg.record);
                 if queue.limits().quorum {
@@ -777,6 +781,7 @@ impl Channel {
             }
             taken
         };
+        crate::observe::metrics::record_settled(requeue, taken.len());
         settle_all(core, taken, requeue);
         self.shared.bump();
         Ok(())
@@ -900,6 +905,7 @@ async fn run_consumer(mut t: ConsumerTask) {
         if n > 0 && t.queue.may_take(t.id) {
             match t.queue.take(n, t.no_ack) {
                 Ok(msgs) if !msgs.is_empty() => {
+                    crate::observe::metrics::record_deliveries(&msgs);
                     let mut b = BytesMut::new();
                     for msg in msgs {
                         let tag = t
@@ -1000,6 +1006,7 @@ async fn confirm_task(
                 }
             }
         }
+        metrics::counter!("ferry_messages_confirmed_total").increment(last - seq + 1);
         let ack = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
             delivery_tag: last,
             multiple: last > seq,

@@ -105,6 +105,7 @@ pub async fn serve(
         }
     }
     codec::consume(&mut buf, 8);
+    let _connection_gauge = crate::observe::metrics::ConnectionGauge::new("amqp");
 
     let (tx, rx) = mpsc::channel::<Outbound>(1024);
     let (heartbeat_tx, heartbeat_rx) = watch::channel(0u16);
@@ -232,7 +233,7 @@ impl Conn {
             tokio::select! {
                 r = rd.read_buf(buf) => match r {
                     Ok(0) | Err(_) => return None,
-                    Ok(_) => last_read = tokio::time::Instant::now(),
+                    Ok(n) => { crate::observe::metrics::bytes_received("amqp", n); last_read = tokio::time::Instant::now() }
                 },
                 _ = sleep => {
                     tracing::info!(peer = %self.peer, "AMQP client missed heartbeats or the handshake deadline; closing");
@@ -346,6 +347,7 @@ impl Conn {
             )),
             Incoming::Method(ch, m) => {
                 self.current = (m.get_amqp_class_id(), m.get_amqp_method_id());
+                let _timer = crate::observe::metrics::AmqpMethodTimer::start(self.current.0);
                 match self.phase {
                     Phase::Open => {}
                     _ => return self.handshake(ch, *m).await,
@@ -807,6 +809,7 @@ async fn write_loop(
                 let mut failed = false;
                 while let Some((bytes, permit)) = next.take() {
                     permits.push(permit);
+                    crate::observe::metrics::bytes_sent("amqp", bytes.len());
                     if bytes.len() >= 64 * 1024 {
                         failed |= wr.write_all(&batch).await.is_err();
                         batch.clear();

@@ -55,6 +55,7 @@ pub async fn run(
             };
             match outcome {
                 Outcome::Respond(bytes) => {
+                    crate::observe::metrics::bytes_sent("kafka", bytes.len());
                     if out.write_all(&bytes).await.is_err() {
                         break;
                     }
@@ -101,6 +102,7 @@ pub async fn run(
             Ok(n) if n == size as usize => {}
             _ => break,
         }
+        crate::observe::metrics::bytes_received("kafka", frame.len() + 4);
         let request = match codec::parse_request(Bytes::from(frame)) {
             Ok(r) => r,
             Err(FrameError::UnknownApiKey { key, version, .. }) => {

@@ -1,0 +1,539 @@
+//! Topics as exchanges (ARCHITECTURE rule 6): the partitioner for publishes to a topic's
+//! exchange face, and the per-partition router tasks that feed bound queues from the topic log.
+//!
+//! **Publish.** A message published over AMQP to exchange `T` (topic `T` exists) is appended
+//! to topic `T`, on the partition Kafka's default partitioner picks for its routing key:
+//! `toPositive(murmur2(key)) % partitions`, the Java client's rule and librdkafka's
+//! `murmur2_random`, so AMQP and Kafka producers with the same key meet on one partition. (A
+//! librdkafka producer must set `partitioner=murmur2_random`; its own default is
+//! `consistent_random`, a CRC-32.) An empty routing key counts as no key and goes round-robin
+//! over the partitions, as librdkafka's random rule and Java's sticky rule spread null keys.
+//! The publish is confirmed once the topic append is durable.
+//!
+//! **Route.** One task per topic partition tails the log from its high watermark and copies
+//! each new record (from either protocol) into every queue whose binding to exchange `T`
+//! matches the record key (topic patterns: `*` one word, `#` any). The topic log stays the one
+//! source of truth: nothing is routed at publish time, so a Kafka-produced and an
+//! AMQP-published record take the same path. Each copy carries `ferry.exchange = T` (so AMQP
+//! consumers see exchange `T` and the key as routing key) and `ferry.source =
+//! T/<partition>/<offset>`.
+//!
+//! **Exactly once into each queue.** The task keeps, per partition, a cursor in meta
+//! ([`crate::meta::TopicRouteState`], key `topic_route`): every record below `next` is routed.
+//! Before it submits the queue appends of a batch it makes durable an `in_flight` note: the
+//! batch's end and, for each target queue, the queue log's end offset at that moment. Once
+//! the appends are durable it advances `next` (no flush needed). At start-up an `in_flight`
+//! note means a batch may have been cut short: the task scans each noted queue from the noted
+//! offset for copies whose `ferry.source` lies in the batch and does not route those again.
+//! Remaining window: a copy that was delivered, acked, and whose whole queue segment was
+//! deleted between the crash point and the restart cannot be seen and would be routed again
+//! (queue segments are 64 MiB, so this needs a queue that rolled and drained a segment
+//! within one routing batch).
+//!
+//! Records appended before a queue was bound are not routed to it (as in RabbitMQ), except the
+//! ones the router had not reached yet when the binding was made. A topic that existed before
+//! this feature starts routing at its high watermark.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Buf;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::queue::Queue;
+use super::routing::{RoutingError, TopicSink, DEFAULT_VHOST, EXCHANGE_HEADER};
+use super::{BrokerCore, CoreInner};
+use crate::log::{PartitionHandle, PendingAppend, SimpleRecord};
+use crate::meta::{RouteInFlight, RouteMark, TopicRouteState};
+
+/// Bytes of topic log read per routing step.
+const ROUTE_CHUNK: usize = 1024 * 1024;
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), seed `0x9747b28c`.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// Kafka's default partition for a non-null key: `toPositive(murmur2(key)) % partitions`.
+pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
+    let positive = (murmur2(key) & 0x7fff_ffff) as u32;
+    (positive % (partitions.max(1) as u32)) as i32
+}
+
+/// The router tasks of every topic partition.
+#[derive(Default)]
+pub(crate) struct TopicRouters {
+    tasks: Mutex<HashMap<(String, i32), RouterTask>>,
+    /// Round-robin counter for publishes without a key.
+    round_robin: AtomicU32,
+}
+
+struct RouterTask {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+impl TopicRouters {
+    /// Starts routing partition `partition` of `topic` (no-op if it already runs).
+    pub(crate) fn start(
+        &self,
+        core: &BrokerCore,
+        topic: &str,
+        partition: i32,
+        log: PartitionHandle,
+    ) {
+        let mut tasks = self.tasks.lock();
+        let k = (topic.to_string(), partition);
+        if tasks.get(&k).is_some_and(|t| !t.handle.is_finished()) {
+            return;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(route_partition(
+            Arc::downgrade(&core.inner),
+            topic.to_string(),
+            partition,
+            log,
+            stop_rx,
+        ));
+        tasks.insert(k, RouterTask { stop, handle });
+    }
+
+    /// Stops the tasks of `topic` (every topic with `None`), waiting for the batch in hand.
+    pub(crate) async fn stop(&self, topic: Option<&str>) {
+        let stopped: Vec<RouterTask> = {
+            let mut tasks = self.tasks.lock();
+            let keys: Vec<_> = tasks
+                .keys()
+                .filter(|(t, _)| topic.is_none_or(|want| want == t))
+                .cloned()
+                .collect();
+            keys.into_iter().filter_map(|k| tasks.remove(&k)).collect()
+        };
+        for t in &stopped {
+            t.stop.send_replace(true);
+        }
+        for t in stopped {
+            let _ = t.handle.await;
+        }
+    }
+
+    fn next_round_robin(&self) -> u32 {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Appends publishes to topic exchanges to their topic (the router's [`TopicSink`]).
+pub(super) struct CoreTopicSink(pub(super) Weak<CoreInner>);
+
+impl TopicSink for CoreTopicSink {
+    fn submit<'a>(
+        &'a self,
+        topic: &'a str,
+        record: SimpleRecord,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<PendingAppend, RoutingError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let not_found = || RoutingError::NotFound {
+                kind: "exchange",
+                vhost: DEFAULT_VHOST.into(),
+                name: topic.into(),
+            };
+            let inner = self.0.upgrade().ok_or_else(not_found)?;
+            let core = BrokerCore { inner };
+            let t = core.topic(topic).ok_or_else(not_found)?;
+            let n = t.partition_count();
+            let partition = match record.key.as_deref() {
+                Some(k) if !k.is_empty() => partition_for_key(k, n),
+                _ => (core.inner.topic_routers.next_round_robin() as usize % n.max(1)) as i32,
+            };
+            let log = t.partition(partition).cloned().ok_or_else(not_found)?;
+            // A dead letter or re-publish of a routed copy must not carry its old routing
+            // into the topic.
+            let mut record = record;
+            record
+                .headers
+                .retain(|(k, _)| k != SOURCE_HEADER && k != EXCHANGE_HEADER);
+            let batch = crate::log::try_encode_batch(
+                std::slice::from_ref(&record),
+                &crate::log::EncodeOptions::default(),
+            )?;
+            Ok(log.submit_append(batch).await?)
+        })
+    }
+}
+
+/// Record header on a routed copy naming its source: `<topic>/<partition>/<offset>`. It lets
+/// a restart recognise copies that reached a queue before a crash (the AMQP adapter does not
+/// deliver `ferry.` headers).
+pub const SOURCE_HEADER: &str = "ferry.source";
+
+/// Copies of an interrupted batch that already reached their queues, found at start-up.
+#[derive(Default)]
+struct Skip {
+    /// Offsets at or above this are past the interrupted batch.
+    upto: i64,
+    /// (vhost, queue, source offset) of every copy found.
+    have: HashSet<(String, String, i64)>,
+}
+
+/// Tails one topic partition and routes each new record into the queues bound to the topic's
+/// exchange. Ends when stopped or when the core is gone.
+async fn route_partition(
+    core: Weak<CoreInner>,
+    topic: String,
+    partition: i32,
+    log: PartitionHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hw = log.subscribe_high_watermark();
+    let Some((mut cursor, mut skip)) = load_state(&core, &topic, partition, &log) else {
+        return;
+    };
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let end = *hw.borrow_and_update();
+        if cursor < end {
+            let Some(inner) = core.upgrade() else { return };
+            let core_ref = BrokerCore { inner };
+            match route_step(&core_ref, &topic, partition, &log, cursor, &mut skip).await {
+                Ok(next) => {
+                    cursor = next;
+                    if cursor >= skip.upto {
+                        skip.have.clear();
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, partition, cursor, error = %e, "routing topic records failed; retrying");
+                    drop(core_ref);
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    // Some appends of the failed batch may have landed: find them again.
+                    match load_state(&core, &topic, partition, &log) {
+                        Some((c, s)) => (cursor, skip) = (c, s),
+                        None => return,
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            r = hw.changed() => if r.is_err() { return },
+            r = stop.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Reads the routing cursor (starting at the high watermark when there is none) and finds the
+/// copies of an interrupted batch that reached their queues. `None`: the core is gone or the
+/// cursor is unreadable.
+fn load_state(
+    core: &Weak<CoreInner>,
+    topic: &str,
+    partition: i32,
+    log: &PartitionHandle,
+) -> Option<(i64, Skip)> {
+    let inner = core.upgrade()?;
+    let state = match inner.meta.topic_route(topic, partition) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(topic, partition, error = %e, "reading the routing cursor failed; not routing this partition");
+            return None;
+        }
+    };
+    let Some(state) = state else {
+        let start = log.high_watermark();
+        if let Err(e) = inner.meta.put_topic_route_offset(topic, partition, start) {
+            tracing::warn!(topic, partition, error = %e, "storing the routing cursor failed");
+        }
+        return Some((start, Skip::default()));
+    };
+    let mut skip = Skip::default();
+    if let Some(flight) = state.in_flight {
+        skip.upto = flight.upto;
+        let prefix = format!("{topic}/{partition}/");
+        for mark in flight.queues {
+            let Some(q) = inner.router.queue(&mark.vhost, &mark.queue) else {
+                continue;
+            };
+            let qlog = q.log();
+            let from = mark.from.max(qlog.log_start_offset());
+            let end = qlog.high_watermark();
+            let result = for_each_record(qlog, from, end, |r| {
+                let source = r
+                    .headers
+                    .get(SOURCE_HEADER.as_bytes())
+                    .and_then(|v| v.as_ref())
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.strip_prefix(prefix.as_str()))
+                    .and_then(|o| o.parse::<i64>().ok());
+                if let Some(o) = source.filter(|o| (state.next..flight.upto).contains(o)) {
+                    skip.have
+                        .insert((mark.vhost.clone(), mark.queue.clone(), o));
+                }
+            });
+            if let Err(e) = result {
+                tracing::warn!(topic, partition, queue = %mark.queue, error = %e, "scanning a queue for routed copies failed");
+            }
+        }
+        if !skip.have.is_empty() {
+            tracing::info!(
+                topic,
+                partition,
+                copies = skip.have.len(),
+                "an interrupted routing batch had reached its queues in part; not routing those copies again"
+            );
+        }
+    }
+    Some((state.next, skip))
+}
+
+/// Calls `f` with every record of `log` in `[from, to)`, decoding (and decompressing) batches.
+fn for_each_record(
+    log: &PartitionHandle,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(kafka_protocol::records::Record),
+) -> Result<(), crate::log::LogError> {
+    let mut at = from;
+    while at < to {
+        let slice = log.read(at, ROUTE_CHUNK)?;
+        if slice.bytes.is_empty() || slice.next_offset <= at {
+            break;
+        }
+        let mut buf = slice.bytes.clone();
+        while buf.has_remaining() {
+            let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
+                break;
+            };
+            for r in set.records {
+                if r.offset >= at && r.offset < to && !r.control {
+                    f(r);
+                }
+            }
+        }
+        at = slice.next_offset;
+    }
+    Ok(())
+}
+
+/// Routes the records from `cursor` on (one read's worth); returns the new cursor. Before the
+/// queue appends of a batch are submitted, the batch and each target queue's log end are
+/// made durable in meta (`in_flight`), so a crash mid-batch is repaired exactly at start-up.
+async fn route_step(
+    core: &BrokerCore,
+    topic: &str,
+    partition: i32,
+    log: &PartitionHandle,
+    cursor: i64,
+    skip: &mut Skip,
+) -> Result<i64, RoutingError> {
+    let meta = core.meta();
+    let cursor = cursor.max(log.log_start_offset());
+    let end = log.high_watermark();
+    if cursor >= end {
+        return Ok(cursor);
+    }
+    let router = core.router();
+    let exchange = router
+        .exchange(DEFAULT_VHOST, topic)
+        .filter(|e| e.is_topic() && e.has_bindings());
+    let Some(exchange) = exchange else {
+        // Nothing is bound: skip to the end without reading. The cursor need not be flushed
+        // (a lost update re-scans records that route nowhere).
+        meta.put_topic_route_offset(topic, partition, end)?;
+        return Ok(end);
+    };
+    let slice = log.read(cursor, ROUTE_CHUNK)?;
+    if slice.bytes.is_empty() || slice.next_offset <= cursor {
+        tracing::warn!(
+            topic,
+            partition,
+            cursor,
+            end,
+            "nothing readable below the high watermark; skipping"
+        );
+        meta.put_topic_route_offset(topic, partition, end)?;
+        return Ok(end);
+    }
+    let mut buf = slice.bytes.clone();
+    let mut plan: Vec<(SimpleRecord, Vec<Arc<Queue>>)> = Vec::new();
+    let mut next = cursor;
+    while buf.has_remaining() {
+        let set = match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(topic, partition, cursor, error = %e, "undecodable batch in topic log; skipping it");
+                break;
+            }
+        };
+        for r in set.records {
+            if r.offset < cursor {
+                continue;
+            }
+            next = next.max(r.offset + 1);
+            if r.control {
+                continue;
+            }
+            let key = r
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let mut queues = router.route_topic_record(&exchange, &key);
+            queues.retain(|q| {
+                !skip
+                    .have
+                    .contains(&(q.vhost().to_string(), q.name().to_string(), r.offset))
+            });
+            if queues.is_empty() {
+                continue;
+            }
+            let mut headers: Vec<(String, Option<bytes::Bytes>)> =
+                Vec::with_capacity(r.headers.len() + 2);
+            headers.push((
+                EXCHANGE_HEADER.to_string(),
+                Some(bytes::Bytes::copy_from_slice(topic.as_bytes())),
+            ));
+            headers.push((
+                SOURCE_HEADER.to_string(),
+                Some(bytes::Bytes::from(format!(
+                    "{topic}/{partition}/{}",
+                    r.offset
+                ))),
+            ));
+            headers.extend(
+                r.headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .filter(|(k, _)| k != EXCHANGE_HEADER && k != SOURCE_HEADER),
+            );
+            let record = SimpleRecord {
+                key: r.key,
+                value: r.value,
+                headers,
+                timestamp: r.timestamp,
+            };
+            plan.push((record, queues));
+        }
+    }
+    // Whole batches were read, so `next` is at a batch boundary; a batch that failed to decode
+    // is skipped by its slice end.
+    if next == cursor {
+        next = slice.next_offset;
+    }
+    if plan.is_empty() {
+        meta.put_topic_route_offset(topic, partition, next)?;
+        return Ok(next);
+    }
+    let mut marks: Vec<RouteMark> = Vec::new();
+    for (_, queues) in &plan {
+        for q in queues {
+            if !marks
+                .iter()
+                .any(|m| m.vhost == q.vhost() && m.queue == q.name())
+            {
+                marks.push(RouteMark {
+                    vhost: q.vhost().to_string(),
+                    queue: q.name().to_string(),
+                    from: q.log().log_end_offset(),
+                });
+            }
+        }
+    }
+    meta.put_topic_route(
+        topic,
+        partition,
+        &TopicRouteState {
+            next: cursor,
+            in_flight: Some(RouteInFlight {
+                upto: next,
+                queues: marks,
+            }),
+        },
+    )?;
+    meta.flush()?;
+    let mut pending = Vec::new();
+    for (record, queues) in plan {
+        for q in queues {
+            if let Some(p) = q.submit(record.clone()).await? {
+                pending.push(p);
+            }
+        }
+    }
+    for p in pending {
+        p.wait().await?;
+    }
+    // Not flushed: if this write is lost, start-up finds the copies through `in_flight`.
+    meta.put_topic_route_offset(topic, partition, next)?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values from Kafka's `UtilsTest.testMurmur2` and librdkafka's `rdmurmur2.c` unit test.
+    #[test]
+    fn murmur2_matches_kafka() {
+        for (key, want) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+            ("kafka", 0xd067_cf64_u32 as i32),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()), want, "murmur2({key:?})");
+        }
+    }
+
+    #[test]
+    fn partition_is_positive_modulo() {
+        // toPositive(-973932308) = -973932308 & 0x7fffffff = 1173551340.
+        assert_eq!(partition_for_key(b"21", 7), 1_173_551_340 % 7);
+        for n in 1..20 {
+            let p = partition_for_key(b"foobar", n);
+            assert!((0..n as i32).contains(&p));
+        }
+    }
+}
