@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Measure a running broker from the outside (throughput, latency, client CPU).
+    Bench(BenchArgs),
 }
 
 /// Every option can also be set in the TOML file given by --config and by a FERRY_* environment
@@ -75,4 +77,95 @@ impl ServeArgs {
         o.set_str("log.fsync", self.fsync.clone());
         o
     }
+}
+
+/// `ferry bench <target>`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub target: BenchTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchTarget {
+    /// Load-test any Kafka-compatible broker (Ferry, Apache Kafka, Redpanda, ...) over the Kafka
+    /// protocol: produce (acks=all) and consume throughput in records/s and MB/s, end-to-end
+    /// latency p50/p99, and this client's own CPU share, for every record size x partition
+    /// count. Each case uses a fresh topic, deleted afterwards unless --keep.
+    Kafka(KafkaBenchArgs),
+}
+
+/// Flags of `ferry bench kafka`.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaBenchArgs {
+    /// Broker to bootstrap from.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
+    pub bootstrap: String,
+    /// Records to produce (then consume) per case [default: 2 GiB of values, i.e. 21,474,836
+    /// of 100 B or 2,097,152 of 1 KiB].
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    pub records: Option<u64>,
+    /// Produce for this many seconds per case instead of a fixed record count.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Record value sizes in bytes, comma-separated (suffixes k/KiB and M/MiB are accepted).
+    #[arg(long, value_name = "BYTES,...", value_delimiter = ',', default_value = "100,1024", value_parser = parse_bytes)]
+    pub sizes: Vec<usize>,
+    /// Partition counts, comma-separated; one case per size x partition count.
+    #[arg(
+        long,
+        value_name = "N,...",
+        value_delimiter = ',',
+        default_value = "1,8"
+    )]
+    pub partitions: Vec<i32>,
+    /// Produce requests in flight per partition connection.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub in_flight: usize,
+    /// Target size of one record batch (one produce request per batch).
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_bytes)]
+    pub batch_bytes: usize,
+    /// Most bytes one fetch may return per partition.
+    #[arg(long, value_name = "BYTES", default_value = "8MiB", value_parser = parse_bytes)]
+    pub fetch_bytes: usize,
+    /// Records per second (all partitions together) in the end-to-end latency phase; 0 skips it.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub latency_rate: u64,
+    /// Length of the end-to-end latency phase.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub latency_secs: f64,
+    /// Replication factor of the bench topics; -1 takes the broker's default.
+    #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
+    pub replication_factor: i16,
+    /// Seconds to wait for any one answer from the broker before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Keep the bench topics instead of deleting them at the end of each case.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print every result as one JSON document on stdout (and nothing else there).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `100`, `64k`, `64KiB`, `1M`, `8MiB` as a byte count.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (try 100, 64KiB or 8MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use k/KiB or M/MiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod clock;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => ferry::bench::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,8 +27,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(args.config.as_deref(), std::env::vars(), args.overrides().0)
-        .context("invalid configuration")?;
+    let (config, warnings) =
+        Config::load_with_warnings(args.config.as_deref(), std::env::vars(), args.overrides().0)
+            .context("invalid configuration")?;
     if args.print_config {
         print!("{}", config::to_toml_string(&config));
         return Ok(());
@@ -37,6 +39,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &config.observe.log_format,
         std::env::var("RUST_LOG").ok(),
     );
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry")

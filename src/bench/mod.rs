@@ -1,0 +1,322 @@
+//! `ferry bench`: load generators that measure a running broker from the outside.
+//!
+//! [`kafka`] drives any Kafka-compatible broker (Ferry, Apache Kafka, Redpanda, …) over the
+//! Kafka wire protocol with a small pipelined client of its own (`kafka_client`, on tokio and the
+//! `kafka-protocol` crate; no librdkafka), so the same figures can be taken from Ferry and from a
+//! real Kafka side by side. It reports produce (acks=all) and consume throughput, end-to-end
+//! latency, and the client's own CPU share, so a reader can tell whether the client limited the
+//! run.
+//!
+//! This module holds what every generator shares: the error type, the CPU meter, latency
+//! percentiles and the terminal progress line.
+
+pub mod kafka;
+mod kafka_client;
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cli::{BenchArgs, BenchTarget};
+
+/// Why a benchmark could not run. Every message says what to try next.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(
+        "cannot connect to {addr}: {reason} — is a broker running? start one with \
+         `cargo run --release -- serve` (or pass --bootstrap HOST:PORT)"
+    )]
+    Connect { addr: String, reason: String },
+    #[error("cannot resolve {addr}: {reason} — check the host name in --bootstrap")]
+    Resolve { addr: String, reason: String },
+    #[error(
+        "{addr} closed the connection while {api} was in flight ({reason}) — check the broker's \
+         log"
+    )]
+    Closed {
+        addr: String,
+        api: String,
+        reason: String,
+    },
+    #[error(
+        "no answer from {addr} to {api} within {secs} s — the broker is stuck or overloaded; \
+         check its log, or retry with a smaller --in-flight / --batch-bytes or a larger --timeout"
+    )]
+    Timeout {
+        addr: String,
+        api: String,
+        secs: u64,
+    },
+    #[error(
+        "{addr} does not serve {api} v{want_min}–v{want_max} (it offers {offered}); ferry bench \
+         needs a broker compatible with Kafka 2.1 or newer"
+    )]
+    Unsupported {
+        addr: String,
+        api: String,
+        want_min: i16,
+        want_max: i16,
+        offered: String,
+    },
+    #[error("{api} failed{what}: {error} (Kafka error {code}){message}{hint}")]
+    Kafka {
+        api: String,
+        /// " for topic T partition P", or empty.
+        what: String,
+        code: i16,
+        error: String,
+        /// ": the broker's error message", or empty.
+        message: String,
+        /// " — what to do", or empty.
+        hint: String,
+    },
+    #[error("malformed {api} answer from {addr}: {detail}")]
+    Protocol {
+        addr: String,
+        api: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("interrupted{0}")]
+    Interrupted(String),
+}
+
+/// Runs the benchmark the command line asks for. Builds its own tokio runtime.
+pub fn run(args: BenchArgs) -> Result<(), BenchError> {
+    match args.target {
+        BenchTarget::Kafka(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("ferry-bench")
+                .build()
+                .map_err(BenchError::Runtime)?;
+            runtime.block_on(kafka::run(args))
+        }
+    }
+}
+
+/// This process's CPU time (user + system) so far, from `/proc/self/stat`; `None` where that
+/// file does not exist (not Linux) or cannot be parsed.
+pub(crate) fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces; fields after the
+    // last ')' start at field 3 (state). utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it reads a constant of the running system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return None;
+    }
+    let ticks = ticks as u64;
+    let total = utime + stime;
+    Some(
+        Duration::from_secs(total / ticks)
+            + Duration::from_nanos((total % ticks) * 1_000_000_000 / ticks),
+    )
+}
+
+/// Number of CPUs this process may run on.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `(total, idle)` jiffies of all CPUs since boot, from the first line of `/proc/stat`.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...; idle + iowait is "not busy".
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((v.iter().sum(), idle))
+}
+
+/// CPU use over one phase.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuShare {
+    /// Wall time in seconds.
+    pub(crate) wall: f64,
+    /// This process's user + system time over wall time x cores, in percent.
+    pub(crate) client: Option<f64>,
+    /// The whole machine's busy time (everything but idle and iowait) in percent: well above
+    /// `client` + the broker's share means something else competed for the CPUs.
+    pub(crate) machine: Option<f64>,
+}
+
+/// Measures wall time, this process's CPU share and the machine's over one phase.
+pub(crate) struct CpuMeter {
+    wall: Instant,
+    cpu: Option<Duration>,
+    machine: Option<(u64, u64)>,
+}
+
+impl CpuMeter {
+    pub(crate) fn start() -> CpuMeter {
+        CpuMeter {
+            cpu: process_cpu_time(),
+            machine: machine_jiffies(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// The shares since [`CpuMeter::start`]; `None` where `/proc` cannot be read.
+    pub(crate) fn stop(&self) -> CpuShare {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let client = match (self.cpu, process_cpu_time()) {
+            (Some(before), Some(after)) if wall > 0.0 => {
+                let used = after.saturating_sub(before).as_secs_f64();
+                Some(100.0 * used / (wall * cores() as f64))
+            }
+            _ => None,
+        };
+        let machine = match (self.machine, machine_jiffies()) {
+            (Some((t0, i0)), Some((t1, i1))) if t1 > t0 => {
+                let busy = (t1 - t0).saturating_sub(i1.saturating_sub(i0));
+                Some(100.0 * busy as f64 / (t1 - t0) as f64)
+            }
+            _ => None,
+        };
+        CpuShare {
+            wall,
+            client,
+            machine,
+        }
+    }
+}
+
+/// p50 and p99 of latency samples in nanoseconds, in milliseconds. Sorts `samples`.
+pub(crate) fn percentiles(samples: &mut [u64]) -> Option<(f64, f64)> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        samples[rank - 1] as f64 / 1e6
+    };
+    Some((at(0.50), at(0.99)))
+}
+
+/// A single self-updating progress line on stderr, shown only when stderr is a terminal.
+pub(crate) struct Progress {
+    done: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Starts reporting `done` (records so far) out of `total` (if known) under `label`.
+    pub(crate) fn start(label: String, total: Option<u64>, enabled: bool) -> Progress {
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let done = done.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut last = (Instant::now(), 0u64);
+                let period = Duration::from_millis(250);
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let now = Instant::now();
+                    let n = done.load(Ordering::Relaxed);
+                    let dt = now.duration_since(last.0).as_secs_f64();
+                    let rate = if dt > 0.0 {
+                        (n.saturating_sub(last.1)) as f64 / dt
+                    } else {
+                        0.0
+                    };
+                    last = (now, n);
+                    let of = total.map(|t| format!("/{}", group(t))).unwrap_or_default();
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(
+                        err,
+                        "\r\x1b[2K  {label}: {}{of} records, {} records/s, {:.1} s",
+                        group(n),
+                        group(rate as u64),
+                        started.elapsed().as_secs_f64()
+                    );
+                    let _ = err.flush();
+                }
+            })
+        });
+        Progress { done, stop, task }
+    }
+
+    /// The counter the workers add to.
+    pub(crate) fn counter(&self) -> Arc<AtomicU64> {
+        self.done.clone()
+    }
+
+    /// Stops the line and clears it.
+    pub(crate) async fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub(crate) fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_and_percentiles() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1234567), "1,234,567");
+        let mut samples: Vec<u64> = (1..=100).map(|i| i * 1_000_000).collect();
+        assert_eq!(percentiles(&mut samples), Some((50.0, 99.0)));
+        assert_eq!(percentiles(&mut []), None);
+    }
+
+    #[test]
+    fn cpu_time_is_readable_here() {
+        if cfg!(target_os = "linux") {
+            assert!(process_cpu_time().is_some());
+            assert!(machine_jiffies().is_some());
+        }
+    }
+}
