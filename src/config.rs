@@ -87,7 +87,8 @@ pub struct LogSettings {
     /// `"interval:<ms>"` (fsync every <ms>, confirm on write), `"never"` (leave it to the OS).
     pub fsync: String,
     /// Keep zero-filled space ahead of the write position so fsyncs overwrite instead of grow
-    /// the file (cheaper fdatasync). Default true.
+    /// the file (cheaper fdatasync for small appends, but every byte is written twice).
+    /// Default false.
     pub preallocate: bool,
     /// `segment.bytes`: roll to a new segment file at this size. Default 1 GiB.
     pub segment_bytes: u64,

@@ -239,14 +239,17 @@ pub struct LogConfig {
     pub preallocate: bool,
 }
 
-/// Default of `preallocate`, chosen by measurement (`benches/log.rs`, 2-core dev VM): overwriting
-/// already-written zeros makes each fdatasync cheaper because the file size — an inode change the
-/// journal must commit — does not move (4 KiB write+fdatasync: 91 µs vs 128 µs). With
-/// `fsync=always`, one appender of 100-record batches went from 230 to 158 µs per append (100 B
-/// records, +46% throughput) and from 341 to 267 µs (1 KiB records, +28%); 8 concurrent appenders
-/// +33%; 64 appenders within noise (-8%). With `fsync=never` it was neutral to positive. The cost
-/// is writing each byte twice to the page cache and a ~1 MiB flush every 1 MiB of log.
-pub const DEFAULT_PREALLOCATE: bool = true;
+/// Default of `preallocate`, chosen by measurement on the 2-core dev VM, where the two
+/// workloads disagree. Small appends (`benches/log.rs`): overwriting already-written zeros makes
+/// each fdatasync cheaper because the file size — an inode change the journal must commit — does
+/// not move (4 KiB write+fdatasync: 91 µs vs 128 µs); with `fsync=always` one appender of
+/// 100-record batches went from 230 to 158 µs per append, 64 appenders within noise. Broker
+/// throughput (`ferry bench kafka`, 64 KiB batches, 8 in flight): every byte is written twice
+/// (zeros, then data), and turning preallocation off raised 1 KiB produce from 215–249 to
+/// 450–613 MB/s (`interval:100`, 1 partition) and from 434–736 to 657–1056 MB/s (`always`,
+/// 8 partitions). Throughput under load is what a broker is sized by, so it is off by default;
+/// latency-sensitive single-producer deployments with `fsync=always` can turn it on.
+pub const DEFAULT_PREALLOCATE: bool = false;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
