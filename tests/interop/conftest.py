@@ -5,6 +5,8 @@ Options (also `pytest --help`):
   --ferry-bin PATH            the ferry binary (default: $FERRY_BIN, else target/debug/ferry,
                               under $CARGO_TARGET_DIR if that is set)
   --kafka-bootstrap HOST:PORT run the Kafka cases against this broker instead of spawning Ferry
+  --amqp-url URL              run the AMQP cases (marker `amqp`) against this AMQP 0-9-1 broker
+                              (e.g. RabbitMQ) instead of spawning Ferry (default: $AMQP_URL)
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kafka-bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"),
                     help="HOST:PORT of an already running Kafka-compatible broker to test "
                          "instead of spawning Ferry (default: $KAFKA_BOOTSTRAP)")
+    group.addoption("--amqp-url", default=os.environ.get("AMQP_URL"),
+                    help="amqp://user:pass@host:port/vhost of an already running AMQP 0-9-1 "
+                         "broker (e.g. RabbitMQ) for the AMQP cases instead of spawning Ferry "
+                         "(default: $AMQP_URL)")
 
 
 @dataclass
@@ -51,6 +57,7 @@ class Broker:
     is_ferry: bool
     api_versions: dict[int, tuple[int, int]] = field(default_factory=dict)
     http: Optional[str] = None
+    amqp_addr: Optional[str] = None
     data_dir: Optional[Path] = None
     log_path: Optional[Path] = None
     process: Optional[subprocess.Popen] = None
@@ -113,6 +120,7 @@ def _start_ferry(binary: Path, workdir: Path) -> Broker:
                                f"\n{broker.log_tail()}")
         time.sleep(0.02)
     broker.bootstrap = match["kafka"]
+    broker.amqp_addr = match["amqp"]
     broker.http = f"http://{match['http']}"
     while _http_status(f"{broker.http}/readyz") != 200:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -155,29 +163,72 @@ _SESSION_BROKER: Optional[Broker] = None
 
 
 @pytest.fixture(scope="session")
-def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def ferry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The spawned Ferry process, shared by the Kafka and the AMQP cases."""
     global _SESSION_BROKER
-    external = request.config.getoption("--kafka-bootstrap")
-    if external:
-        b = Broker(bootstrap=external, is_ferry=False)
-        b.api_versions = helpers.api_versions(external)
-        _SESSION_BROKER = b
-        yield b
-        return
-
     binary = Path(request.config.getoption("--ferry-bin") or _default_binary())
     if not binary.is_file() or not os.access(binary, os.X_OK):
         pytest.fail(f"no ferry binary at {binary}: run `cargo build` first, or pass --ferry-bin / "
-                    "FERRY_BIN, or --kafka-bootstrap for another broker", pytrace=False)
+                    "FERRY_BIN, or --kafka-bootstrap / --amqp-url for another broker",
+                    pytrace=False)
     workdir = Path(tempfile.mkdtemp(prefix="ferry-interop-",
                                     dir=tmp_path_factory.getbasetemp()))
     b = _start_ferry(binary, workdir)
     _SESSION_BROKER = b
     try:
-        b.api_versions = helpers.api_versions(b.bootstrap)
         yield b
     finally:
         _stop_ferry(b)
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest):
+    external = request.config.getoption("--kafka-bootstrap")
+    if external:
+        b = Broker(bootstrap=external, is_ferry=False)
+        b.api_versions = helpers.api_versions(external)
+        return b
+    b = request.getfixturevalue("ferry")
+    if not b.api_versions:
+        b.api_versions = helpers.api_versions(b.bootstrap)
+    return b
+
+
+def _amqp_external(config: pytest.Config) -> Optional[str]:
+    return config.getoption("--amqp-url") or None
+
+
+@pytest.fixture(scope="session")
+def amqp_url(request: pytest.FixtureRequest) -> str:
+    """The AMQP URL the `amqp` cases connect to: --amqp-url, else the spawned Ferry's listener."""
+    external = _amqp_external(request.config)
+    if external:
+        import pika  # only the AMQP cases need it
+        try:
+            pika.BlockingConnection(pika.URLParameters(external)).close()
+        except Exception as e:  # noqa: BLE001 - reported as one clear failure
+            pytest.fail(f"--amqp-url {external}: cannot open an AMQP connection: {e!r}",
+                        pytrace=False)
+        return external
+    b = request.getfixturevalue("ferry")
+    return f"amqp://guest:guest@{b.amqp_addr}/%2f"
+
+
+@pytest.fixture(scope="session")
+def amqp_is_ferry(request: pytest.FixtureRequest) -> bool:
+    return _amqp_external(request.config) is None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`ferry_bug(reason)` cases are strict xfails when the AMQP broker is Ferry, and must pass
+    on any other broker (RabbitMQ)."""
+    if _amqp_external(config):
+        return
+    for item in items:
+        marker = item.get_closest_marker("ferry_bug")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"Ferry bug: {reason}"))
 
 
 @pytest.fixture(scope="session")
