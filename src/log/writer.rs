@@ -66,6 +66,11 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Answered once every append queued before it has completed (durable per policy and below
+    /// the high watermark, or failed).
+    Barrier {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 struct Shared {
@@ -241,6 +246,16 @@ impl PartitionHandle {
         Ok(PendingAppend(rx))
     }
 
+    /// Resolves once every append submitted before this call has completed, so a reader that
+    /// follows a writer in program order (AMQP basic.get after basic.publish on one channel)
+    /// sees its writes. Resolves at once if the writer is gone.
+    pub async fn barrier(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Barrier { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Reads whole batches from `offset`, bounded by the high watermark (see
     /// [`PartitionLog::read`]).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<LogSlice> {
@@ -377,6 +392,7 @@ async fn writer_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
 
         let mut appends = Vec::new();
         let mut shutdown = None;
+        let mut barrier = None;
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -387,6 +403,11 @@ async fn writer_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
                 }
                 Command::Shutdown { reply } => {
                     shutdown = Some(reply);
+                    break;
+                }
+                Command::Barrier { reply } => {
+                    // Ends the group: everything before it is committed, then it is answered.
+                    barrier = Some(reply);
                     break;
                 }
             }
@@ -406,6 +427,10 @@ async fn writer_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
             }
         }
 
+        if let Some(reply) = barrier {
+            let _ = reply.send(());
+        }
+
         if let Some(reply) = shutdown {
             close_log(&shared).await;
             let _ = reply.send(());
@@ -415,7 +440,7 @@ async fn writer_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
                     Command::Append { reply, .. } => {
                         let _ = reply.send(Err(LogError::Closed));
                     }
-                    Command::Shutdown { reply } => {
+                    Command::Shutdown { reply } | Command::Barrier { reply } => {
                         let _ = reply.send(());
                     }
                 }

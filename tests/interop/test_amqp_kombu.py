@@ -145,9 +145,6 @@ def test_kombu_requeue_redelivers(kconn, request):
     q(ch).delete()
 
 
-@pytest.mark.ferry_bug("kombu declares the queue it consumes from; queue.declare of "
-                       "'amq.rabbitmq.reply-to' gets 403 ACCESS_REFUSED (reserved prefix amq.*) "
-                       "on Ferry, RabbitMQ answers declare-ok")
 def test_kombu_rpc_with_direct_reply_to(kconn, amqp_url, request):
     rpc_q = Queue(_name(request, "rpc"), durable=False)
     ch = kconn.channel()

@@ -373,9 +373,6 @@ def test_direct_reply_to(amqp_url, conn, ch, request):
         server.close()
 
 
-@pytest.mark.ferry_bug("queue.declare of 'amq.rabbitmq.reply-to' gets 404 NOT_FOUND (passive) or "
-                       "403 ACCESS_REFUSED (not passive) on Ferry; RabbitMQ answers declare-ok "
-                       "(message_count 0, consumer_count 1), which kombu and Celery rely on")
 @pytest.mark.parametrize("passive", [True, False], ids=["passive", "active"])
 def test_declare_direct_reply_to_pseudo_queue(ch, passive):
     ok = ch.queue_declare("amq.rabbitmq.reply-to", passive=passive)
@@ -502,9 +499,6 @@ def test_passive_declare_of_missing_queue_closes_channel_only(conn, ch, request)
 
 # --- ordering within a channel ------------------------------------------------------------------
 
-@pytest.mark.ferry_bug("basic.get right after basic.publish on the same channel answers "
-                       "get-empty: Ferry does not apply a channel's publish before the "
-                       "methods that follow it (RabbitMQ does, so the get sees the message)")
 def test_get_after_publish_on_same_channel_sees_message(ch, request):
     q = _queue(ch, request)
     misses = 0
@@ -586,10 +580,6 @@ def test_basic_properties_round_trip(ch, request):
     _cleanup(ch, q)
 
 
-@pytest.mark.ferry_bug("a publish whose user_id property differs from the authenticated user is "
-                       "accepted and delivered with the forged user_id; RabbitMQ closes the "
-                       "channel with 406 PRECONDITION_FAILED ('user_id property set to ... but "
-                       "authenticated user was ...')")
 def test_user_id_must_match_the_connection_user(ch, request):
     q = _queue(ch, request)
     ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="mallory"))

@@ -696,6 +696,9 @@ impl Channel {
             }
         }
         queue.touch();
+        // Methods on a channel take effect in order: a publish this channel just made to the
+        // queue must be visible to this get, so wait for the queue's pending appends.
+        queue.log().barrier().await;
         let msgs = queue
             .take(1, m.no_ack)
             .map_err(|e| AmqpError::connection(541, e.to_string()))?;

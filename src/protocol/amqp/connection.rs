@@ -61,6 +61,9 @@ struct Conn {
     channel_max: u16,
     heartbeat: u16,
     vhost: String,
+    /// The authenticated user: a published `user_id` property must match it (RabbitMQ's
+    /// validated user-id), so consumers can trust it.
+    user: String,
     channels: HashMap<u16, Channel>,
     /// Class and method of the method being handled, for close replies.
     current: (u16, u16),
@@ -126,6 +129,7 @@ pub async fn serve(
         heartbeat_tx,
         phase: Phase::AwaitStartOk,
         vhost: String::new(),
+        user: String::new(),
         channels: HashMap::new(),
         current: (0, 0),
         wants_blocked: false,
@@ -359,7 +363,21 @@ impl Conn {
                 self.channel_result(ch, result).await
             }
             Incoming::Header(ch, h) => {
+                let forged = h
+                    .properties
+                    .user_id()
+                    .as_ref()
+                    .filter(|uid| uid.as_str() != self.user)
+                    .map(|uid| uid.as_str().to_string());
                 let result = match Self::open_channel(&self.phase, &mut self.channels, ch)? {
+                    Some(_) if forged.is_some() => Err(AmqpError::channel(
+                        406,
+                        format!(
+                            "user_id property set to '{}' but authenticated user was '{}'",
+                            forged.unwrap_or_default(),
+                            self.user
+                        ),
+                    )),
                     Some(c) => match c.content_header(h.body_size, h.properties) {
                         Ok(ContentState::Done) => {
                             c.finish_publish(&self.core, &self.vhost, &self.out).await
@@ -447,7 +465,7 @@ impl Conn {
         }
         match (&self.phase, m) {
             (Phase::AwaitStartOk, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => {
-                self.authenticate(&s)?;
+                self.user = self.authenticate(&s)?;
                 self.wants_blocked = matches!(
                     s.client_properties.inner().get("capabilities"),
                     Some(AMQPValue::FieldTable(caps))
@@ -521,7 +539,8 @@ impl Conn {
         }
     }
 
-    fn authenticate(&self, s: &connection::StartOk) -> Result<(), AmqpError> {
+    /// Checks the credentials of connection.start-ok; returns the user name.
+    fn authenticate(&self, s: &connection::StartOk) -> Result<String, AmqpError> {
         let response = s.response.as_bytes();
         let creds: Option<(String, String)> = match s.mechanism.as_str() {
             "PLAIN" => {
@@ -581,7 +600,7 @@ impl Conn {
             tracing::info!(peer = %self.peer, user, "AMQP user may only connect from loopback");
             return Err(refused());
         }
-        Ok(())
+        Ok(user)
     }
 
     async fn connection_method(&mut self, m: AMQPClass) -> Result<bool, AmqpError> {

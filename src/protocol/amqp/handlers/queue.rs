@@ -12,6 +12,17 @@ use crate::meta::{BindingDef, DestinationKind};
 use crate::protocol::amqp::convert::table_to_json;
 
 pub async fn declare(ctx: &Ctx<'_>, m: queue::Declare) -> Reply {
+    if m.queue.as_str() == crate::protocol::amqp::reply_to::PSEUDO_QUEUE {
+        // The direct reply-to pseudo-queue always "exists" (RabbitMQ answers declare-ok,
+        // passive or not): kombu and Celery declare every queue they consume from.
+        return Ok((!m.nowait).then(|| {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: m.queue.clone(),
+                message_count: 0,
+                consumer_count: 0,
+            }))
+        }));
+    }
     check_name("queue", m.queue.as_str())?;
     let spec = QueueSpec {
         vhost: ctx.vhost.to_string(),
