@@ -578,23 +578,7 @@ impl Channel {
         if m.queue.as_str() == reply_to::PSEUDO_QUEUE {
             return self.consume_replies(m, out).await;
         }
-        let queue = core
-            .router()
-            .queue(vhost, m.queue.as_str())
-            .ok_or_else(|| {
-                AmqpError::channel(404, format!("no queue '{}' in vhost '{vhost}'", m.queue))
-            })?;
-        if let Some(owner) = queue.exclusive_owner() {
-            if owner != connection_id {
-                return Err(AmqpError::channel(
-                    405,
-                    format!(
-                        "cannot obtain exclusive access to locked queue '{}'",
-                        m.queue
-                    ),
-                ));
-            }
-        }
+        let queue = accessible_queue(core, vhost, m.queue.as_str(), connection_id)?;
         if m.exclusive && queue.consumer_count() > 0 {
             return Err(AmqpError::channel(
                 403,
@@ -678,23 +662,7 @@ impl Channel {
         m: basic::Get,
         out: &Out,
     ) -> Result<(), AmqpError> {
-        let queue = core
-            .router()
-            .queue(vhost, m.queue.as_str())
-            .ok_or_else(|| {
-                AmqpError::channel(404, format!("no queue '{}' in vhost '{vhost}'", m.queue))
-            })?;
-        if let Some(owner) = queue.exclusive_owner() {
-            if owner != connection_id {
-                return Err(AmqpError::channel(
-                    405,
-                    format!(
-                        "cannot obtain exclusive access to locked queue '{}'",
-                        m.queue
-                    ),
-                ));
-            }
-        }
+        let queue = accessible_queue(core, vhost, m.queue.as_str(), connection_id)?;
         queue.touch();
         // Methods on a channel take effect in order: a publish this channel just made to the
         // queue must be visible to this get, so wait for the queue's pending appends.
@@ -830,6 +798,27 @@ impl Channel {
 }
 
 /// Groups deliveries by queue.
+/// The queue a consume or get names: 404 if it does not exist, 405 if another connection holds
+/// it exclusively.
+fn accessible_queue(
+    core: &BrokerCore,
+    vhost: &str,
+    name: &str,
+    connection_id: u64,
+) -> Result<Arc<Queue>, AmqpError> {
+    let queue = core
+        .router()
+        .queue(vhost, name)
+        .ok_or_else(|| AmqpError::channel(404, format!("no queue '{name}' in vhost '{vhost}'")))?;
+    match queue.exclusive_owner() {
+        Some(owner) if owner != connection_id => Err(AmqpError::channel(
+            405,
+            format!("cannot obtain exclusive access to locked queue '{name}'"),
+        )),
+        _ => Ok(queue),
+    }
+}
+
 fn by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<i64>)> {
     let mut out: Vec<(Arc<Queue>, Vec<i64>)> = Vec::new();
     for u in taken {
