@@ -25,8 +25,7 @@ use kafka_protocol::messages::{
     ApiKey, ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
     DescribeGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
-    TopicName,
+    OffsetCommitResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
@@ -37,10 +36,11 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use ferry::testing::TestBroker;
+
+mod common;
+use common::kafka_raw::RawKafka;
 
 /// Upper bound for any single thing a test waits for.
 const WAIT: Duration = Duration::from_secs(15);
@@ -257,57 +257,7 @@ fn covers_exactly(members: &[&Member], partitions: i32) -> bool {
     union == all_partitions(partitions)
 }
 
-// --- a raw Kafka client for what librdkafka will not do --------------------------------------------
-
-struct Raw {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Raw {
-    async fn connect(addr: std::net::SocketAddr) -> Raw {
-        Raw {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            correlation_id: 0,
-        }
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        api: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Resp {
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("raw-member")));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, api.request_header_version(version))
-            .unwrap();
-        body.encode(&mut buf, version).unwrap();
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&buf).await.unwrap();
-
-        let mut frame = tokio::time::timeout(WAIT, async {
-            let size = self.stream.read_i32().await.unwrap();
-            let mut frame = vec![0u8; size as usize];
-            self.stream.read_exact(&mut frame).await.unwrap();
-            Bytes::from(frame)
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {api:?} within {WAIT:?}"));
-        let header =
-            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id);
-        Resp::decode(&mut frame, version).unwrap()
-    }
-}
+// --- a raw Kafka client (tests/common) for what librdkafka will not do -----------------------
 
 fn subscription_metadata(topic: &str) -> Bytes {
     let mut buf = BytesMut::new();
@@ -689,7 +639,7 @@ async fn a_silent_member_is_expired_and_its_partitions_reassigned() {
 
     // A member that joins and syncs by hand, then never speaks again (and never leaves): its
     // connection stays open, so only its 1.5 s session timeout can remove it.
-    let mut raw = Raw::connect(broker.kafka_addr()).await;
+    let mut raw = RawKafka::connect(broker.kafka_addr()).await;
     let join = |member_id: &str| {
         JoinGroupRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str("g-silent")))
@@ -1065,7 +1015,7 @@ async fn admin_lists_describes_and_deletes_groups() {
     .await;
 
     // ListGroups v4 filters by state; DescribeGroups v5 reports the assignment.
-    let mut raw = Raw::connect(broker.kafka_addr()).await;
+    let mut raw = RawKafka::connect(broker.kafka_addr()).await;
     let stable: ListGroupsResponse = raw
         .call(
             ApiKey::ListGroups,

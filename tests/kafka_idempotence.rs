@@ -5,66 +5,31 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestHeader, ResponseHeader, TopicName,
+    ProducerId, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use ferry::log::batch::{try_encode_batch, EncodeOptions, SimpleRecord};
 use ferry::testing::TestBroker;
 
+mod common;
+use common::kafka_raw::RawKafka;
+
 struct Client {
-    stream: TcpStream,
-    correlation: i32,
+    raw: RawKafka,
 }
 
 impl Client {
     async fn connect(addr: std::net::SocketAddr) -> Self {
         Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            correlation: 0,
+            raw: RawKafka::connect(addr).await,
         }
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        api: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Resp {
-        self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("idempotence-test")));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, api.request_header_version(version))
-            .unwrap();
-        body.encode(&mut buf, version).unwrap();
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&buf).await.unwrap();
-        let size = tokio::time::timeout(Duration::from_secs(10), self.stream.read_i32())
-            .await
-            .expect("response in time")
-            .unwrap();
-        let mut resp = vec![0u8; size as usize];
-        self.stream.read_exact(&mut resp).await.unwrap();
-        let mut resp = Bytes::from(resp);
-        let header =
-            ResponseHeader::decode(&mut resp, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation);
-        Resp::decode(&mut resp, version).unwrap()
     }
 
     async fn init_producer_id(&mut self, current: Option<(i64, i16)>) -> InitProducerIdResponse {
@@ -76,7 +41,7 @@ impl Client {
                 .with_producer_id(ProducerId(id))
                 .with_producer_epoch(epoch);
         }
-        self.call(ApiKey::InitProducerId, 4, &req).await
+        self.raw.call(ApiKey::InitProducerId, 4, &req).await
     }
 
     /// Produces one batch of `count` records with the given producer fields; returns
@@ -112,7 +77,7 @@ impl Client {
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(0)
                     .with_records(Some(batch))])]);
-        let resp: ProduceResponse = self.call(ApiKey::Produce, 8, &req).await;
+        let resp: ProduceResponse = self.raw.call(ApiKey::Produce, 8, &req).await;
         let p = &resp.responses[0].partition_responses[0];
         (p.error_code, p.base_offset)
     }

@@ -1,0 +1,4 @@
+//! Helpers shared by integration test binaries (each includes what it needs with `mod common;`).
+#![allow(dead_code)]
+
+pub mod kafka_raw;
