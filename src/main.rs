@@ -38,6 +38,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &config.observe.log_level,
         &config.observe.log_format,
         std::env::var("RUST_LOG").ok(),
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+            && std::env::var_os("NO_COLOR").is_none(),
     );
     for warning in warnings {
         tracing::warn!("{warning}");

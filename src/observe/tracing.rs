@@ -4,14 +4,17 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG`, when the CLI passes it, wins over `level`.
-pub fn init(level: &str, format: &str, rust_log: Option<String>) {
+/// `color` turns on ANSI colors; the CLI passes whether stderr is a terminal (and `NO_COLOR` is
+/// unset), so log files and pipes get plain text.
+pub fn init(level: &str, format: &str, rust_log: Option<String>, color: bool) {
     let filter = rust_log
         .and_then(|s| EnvFilter::try_new(s).ok())
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(color);
     let result = if format == "json" {
         builder.json().try_init()
     } else {
