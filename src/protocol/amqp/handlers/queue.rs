@@ -10,6 +10,7 @@ use super::{check_name, Ctx, Reply};
 use crate::broker::routing::QueueSpec;
 use crate::meta::{BindingDef, DestinationKind};
 use crate::protocol::amqp::convert::table_to_json;
+use crate::protocol::amqp::stream_consumer;
 
 pub async fn declare(ctx: &Ctx<'_>, m: queue::Declare) -> Reply {
     if m.queue.as_str() == crate::protocol::amqp::reply_to::PSEUDO_QUEUE {
@@ -24,6 +25,11 @@ pub async fn declare(ctx: &Ctx<'_>, m: queue::Declare) -> Reply {
         }));
     }
     check_name("queue", m.queue.as_str())?;
+    // Streams are topics: declared (and checked passively) before the classic queue path,
+    // which does not know x-queue-type=stream.
+    if let Some(reply) = stream_consumer::declare(ctx, &m).await {
+        return reply;
+    }
     let spec = QueueSpec {
         vhost: ctx.vhost.to_string(),
         name: m.queue.as_str().to_string(),
@@ -101,6 +107,9 @@ pub async fn purge(ctx: &Ctx<'_>, m: queue::Purge) -> Reply {
 }
 
 pub async fn delete(ctx: &Ctx<'_>, m: queue::Delete) -> Reply {
+    if let Some(reply) = stream_consumer::delete(ctx, &m).await {
+        return reply;
+    }
     // Deleting a queue that does not exist answers delete-ok with 0 (RabbitMQ is idempotent).
     let n = match ctx
         .core
