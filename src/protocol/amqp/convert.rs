@@ -34,6 +34,40 @@
 //! long-string values (void for a null value), so a Kafka record reaches an AMQP consumer with
 //! its headers readable.
 //!
+//! **Event headers, CloudEvents and trace context.** A few AMQP `headers` entries are lifted out
+//! of the table into record headers of their own, so Kafka consumers and the core's
+//! [`EventMetadata`](crate::broker::event::EventMetadata) can read them:
+//!
+//! | AMQP `headers` entry                      | record header          |
+//! |-------------------------------------------|------------------------|
+//! | `traceparent`, `tracestate` (W3C)         | `traceparent`, `tracestate` |
+//! | `causation-id`, `schema-version`          | `causation-id`, `schema-version` |
+//! | `cloudEvents:<attr>` or `cloudEvents_<attr>` | `ce_<attr>` (CloudEvents Kafka binding) |
+//!
+//! A long-string value (what pika, lapin and the CloudEvents SDKs send) is *moved*: the record
+//! header holds its UTF-8 bytes and the delivery turns it back into the same long string. Any
+//! other type (a CloudEvents `time` sent as an AMQP timestamp, a `long`, a `boolean`) is
+//! *copied* as its canonical string (RFC 3339 for timestamps, decimal, `true`/`false`) and the
+//! typed value also stays in the table, where it wins at delivery: the round trip is exact.
+//! CloudEvents' AMQP binding allows both separators, `:` (the original, and what RabbitMQ
+//! users mostly see) and `_` (preferred since for JMS selectors); a message uses one. Ferry
+//! delivers `cloudEvents:` unless the publisher used `_`, which it remembers in
+//! `ferry.ce-separator`; attributes written with the other separator in the same message stay
+//! plain AMQP headers. The binding carries `datacontenttype` in the content-type property on
+//! AMQP and in the `content-type` header on Kafka, so a CloudEvents message (one with any
+//! `cloudEvents` attribute) stores its content-type as `content-type` rather than
+//! `amqp.content-type`; a Kafka record's `content-type` header is delivered as the AMQP
+//! content-type property.
+//!
+//! **Broker-assigned id and timestamp.** A publish without a message-id (and without a
+//! CloudEvents id) gets a `ferry.message-id` header holding a fresh UUIDv7; the record
+//! timestamp is the publish time. At delivery an absent message-id property is filled from, in
+//! order, `ce_id`, `ferry.message-id`, and the record's location `topic/partition/offset` (the
+//! `ferry.source` of a queue copy: the id of a Kafka-produced record that carries none), and an
+//! absent timestamp from `ce_time`, else the record timestamp (in seconds, as AMQP counts;
+//! RabbitMQ's `set_header_timestamp` interceptor does the same). So every delivered message
+//! has an id and a timestamp, and Kafka and AMQP consumers see the same ones.
+//!
 //! Field tables (message headers for the headers exchange, declare and bind arguments) become
 //! `serde_json` values for the core, which compares and persists them without knowing AMQP.
 
@@ -44,9 +78,14 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
+use crate::broker::event::{
+    self, RecordLocation, CAUSATION_ID_HEADER, CE_PREFIX, MESSAGE_ID_HEADER, SCHEMA_VERSION_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER,
+};
 use crate::broker::routing::{
     RoutingError, DEATH_HEADER, EXCHANGE_HEADER, PRIORITY_HEADER, TTL_HEADER,
 };
+use crate::broker::topic_router::SOURCE_HEADER;
 use crate::log::SimpleRecord;
 
 /// The prefix of record headers that carry AMQP properties.
@@ -58,6 +97,19 @@ const LEGACY_PRIORITY_HEADER: &str = "amqp.priority";
 const TIMESTAMP_HEADER: &str = "amqp.timestamp";
 /// Where records written before expiration became the core's TTL kept it.
 const LEGACY_EXPIRATION_HEADER: &str = "amqp.expiration";
+const CONTENT_TYPE_PROPERTY: &str = "amqp.content-type";
+/// The CloudEvents Kafka binding's header for `datacontenttype`.
+const CONTENT_TYPE_HEADER: &str = "content-type";
+/// Set to `_` when a publisher wrote its CloudEvents attributes as `cloudEvents_*`.
+const CE_SEPARATOR_HEADER: &str = "ferry.ce-separator";
+const CE_AMQP_PREFIX: &str = "cloudEvents";
+/// AMQP `headers` entries that become record headers of the same name.
+const LIFTED_HEADERS: &[&str] = &[
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+    CAUSATION_ID_HEADER,
+    SCHEMA_VERSION_HEADER,
+];
 
 type Getter = fn(&AMQPProperties) -> &Option<ShortString>;
 type Setter = fn(AMQPProperties, ShortString) -> AMQPProperties;
@@ -115,16 +167,37 @@ pub fn to_record(
     now_ms: i64,
 ) -> SimpleRecord {
     let mut headers: Vec<(String, Option<Bytes>)> = Vec::with_capacity(4);
+    let lifted = properties.headers().as_ref().and_then(lift_event_headers);
+    let cloud_event = lifted.as_ref().and_then(|l| l.separator);
     for (name, get, _) in STRING_PROPERTIES {
         if let Some(v) = get(properties) {
+            let name = if cloud_event.is_some() && *name == CONTENT_TYPE_PROPERTY {
+                CONTENT_TYPE_HEADER
+            } else {
+                name
+            };
             headers.push((
-                (*name).into(),
+                name.into(),
                 Some(Bytes::copy_from_slice(v.as_str().as_bytes())),
             ));
         }
     }
-    if let Some(table) = properties.headers() {
-        headers.push((HEADERS_HEADER.into(), Some(encode_table(table))));
+    let mut has_ce_id = false;
+    match (lifted, properties.headers()) {
+        (Some(l), _) => {
+            if let Some(rest) = l.rest {
+                headers.push((HEADERS_HEADER.into(), Some(encode_table(&rest))));
+            }
+            if l.separator == Some('_') {
+                headers.push((CE_SEPARATOR_HEADER.into(), Some(Bytes::from_static(b"_"))));
+            }
+            for (name, value) in l.headers {
+                has_ce_id |= name == "ce_id";
+                headers.push((name, Some(value)));
+            }
+        }
+        (None, Some(table)) => headers.push((HEADERS_HEADER.into(), Some(encode_table(table)))),
+        (None, None) => {}
     }
     if let Some(m) = properties.delivery_mode() {
         headers.push((DELIVERY_MODE_HEADER.into(), Some(m.to_string().into())));
@@ -141,12 +214,102 @@ pub fn to_record(
             Some(Bytes::copy_from_slice(e.as_str().as_bytes())),
         ));
     }
+    if properties.message_id().is_none() && !has_ce_id {
+        headers.push((
+            MESSAGE_ID_HEADER.into(),
+            Some(event::new_message_id(now_ms).into()),
+        ));
+    }
     SimpleRecord {
         key: Some(Bytes::copy_from_slice(routing_key.as_bytes())),
         value: Some(body),
         headers,
         timestamp: now_ms,
     }
+}
+
+/// The event headers lifted out of an AMQP `headers` table (see the module docs).
+struct Lifted {
+    /// What stays in `amqp.headers`; `None` when everything moved out.
+    rest: Option<FieldTable>,
+    /// Record headers to add (`ce_*`, `traceparent`, …).
+    headers: Vec<(String, Bytes)>,
+    /// The CloudEvents separator, if the message carries CloudEvents attributes.
+    separator: Option<char>,
+}
+
+/// Splits the event headers out of `table`; `None` (and no copy of the table) when it holds
+/// none, which is the common case on the publish path.
+fn lift_event_headers(table: &FieldTable) -> Option<Lifted> {
+    let ce_with = |sep: char| {
+        table.inner().keys().any(|k| {
+            k.as_str()
+                .strip_prefix(CE_AMQP_PREFIX)
+                .and_then(|r| r.strip_prefix(sep))
+                .is_some_and(|attr| !attr.is_empty())
+        })
+    };
+    let separator = if ce_with(':') {
+        Some(':')
+    } else if ce_with('_') {
+        Some('_')
+    } else {
+        None
+    };
+    if separator.is_none() && !LIFTED_HEADERS.iter().any(|h| table.contains_key(h)) {
+        return None;
+    }
+    let mut rest = FieldTable::default();
+    let mut headers = Vec::new();
+    for (k, v) in table.inner() {
+        let key = k.as_str();
+        let target = match separator
+            .and_then(|sep| key.strip_prefix(CE_AMQP_PREFIX)?.strip_prefix(sep))
+            .filter(|attr| !attr.is_empty())
+        {
+            Some(attr) => Some(format!("{CE_PREFIX}{attr}")),
+            None => LIFTED_HEADERS.contains(&key).then(|| key.to_string()),
+        };
+        match target.and_then(|t| canonical_string(v).map(|s| (t, s))) {
+            Some((name, text)) => {
+                headers.push((name, text));
+                if !matches!(v, AMQPValue::LongString(_)) {
+                    rest.insert(k.clone(), v.clone());
+                }
+            }
+            None => {
+                rest.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Some(Lifted {
+        rest: (!rest.inner().is_empty()).then_some(rest),
+        headers,
+        separator,
+    })
+}
+
+/// The canonical string form of a header value (the CloudEvents type system's), or `None` for
+/// types without one (floats, decimals, tables, arrays, void).
+fn canonical_string(v: &AMQPValue) -> Option<Bytes> {
+    let s = match v {
+        AMQPValue::LongString(s) => return Some(Bytes::copy_from_slice(s.as_bytes())),
+        AMQPValue::ShortString(s) => return Some(Bytes::copy_from_slice(s.as_str().as_bytes())),
+        AMQPValue::ByteArray(b) => return Some(Bytes::copy_from_slice(b.as_slice())),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(i) => i.to_string(),
+        AMQPValue::ShortShortUInt(i) => i.to_string(),
+        AMQPValue::ShortInt(i) => i.to_string(),
+        AMQPValue::ShortUInt(i) => i.to_string(),
+        AMQPValue::LongInt(i) => i.to_string(),
+        AMQPValue::LongUInt(i) => i.to_string(),
+        AMQPValue::LongLongInt(i) => i.to_string(),
+        AMQPValue::Timestamp(t) => {
+            event::format_rfc3339_secs(i64::try_from(*t).unwrap_or(i64::MAX))
+        }
+        _ => return None,
+    };
+    Some(s.into())
 }
 
 /// RabbitMQ's rule for the `expiration` property: a whole number of milliseconds, written in
@@ -182,11 +345,24 @@ fn text(v: &Option<Bytes>) -> String {
 /// Reads a stored record back into AMQP terms; unknown or unreadable `amqp.*` headers are
 /// skipped rather than failing the delivery.
 pub fn from_record(record: &SimpleRecord) -> Outgoing {
+    from_record_at(record, None)
+}
+
+/// [`from_record`] for a record read straight from a topic (a stream consumer), whose
+/// location is its id when it carries none.
+pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>>) -> Outgoing {
     let mut props = AMQPProperties::default();
     let mut exchange = String::new();
     let mut table: Option<FieldTable> = None;
     let mut foreign = FieldTable::default();
     let mut deaths: Option<FieldTable> = None;
+    let mut plain_content_type: Option<&Option<Bytes>> = None;
+    let mut broker_id: Option<&Option<Bytes>> = None;
+    let mut source: Option<&Option<Bytes>> = None;
+    let mut ce_id: Option<&Option<Bytes>> = None;
+    let mut ce_time: Option<&Option<Bytes>> = None;
+    let mut ce_attrs: Vec<(&str, &Bytes)> = Vec::new();
+    let mut ce_separator = ':';
     for (name, value) in &record.headers {
         if let Some((_, _, set)) = STRING_PROPERTIES.iter().find(|(n, _, _)| n == name) {
             props = set(props, ShortString::from(text(value)));
@@ -214,8 +390,27 @@ pub fn from_record(record: &SimpleRecord) -> Outgoing {
                     props = props.with_timestamp(t);
                 }
             }
+            CONTENT_TYPE_HEADER => plain_content_type = Some(value),
+            MESSAGE_ID_HEADER => broker_id = Some(value),
+            SOURCE_HEADER => source = Some(value),
+            CE_SEPARATOR_HEADER => {
+                if value.as_deref() == Some(b"_") {
+                    ce_separator = '_';
+                }
+            }
             other if other.starts_with(PREFIX) || other.starts_with("ferry.") => {}
             other => {
+                if let (Some(attr), Some(v)) = (other.strip_prefix(CE_PREFIX), value) {
+                    if !attr.is_empty() {
+                        match attr {
+                            "id" => ce_id = Some(value),
+                            "time" => ce_time = Some(value),
+                            _ => {}
+                        }
+                        ce_attrs.push((attr, v));
+                        continue;
+                    }
+                }
                 let v = match value {
                     Some(b) => AMQPValue::LongString(LongString::from(b.to_vec())),
                     None => AMQPValue::Void,
@@ -224,7 +419,40 @@ pub fn from_record(record: &SimpleRecord) -> Outgoing {
             }
         }
     }
+    if props.content_type().is_none() {
+        if let Some(v) = plain_content_type {
+            props = props.with_content_type(ShortString::from(text(v)));
+        }
+    }
+    if props.message_id().is_none() {
+        let id = ce_id
+            .or(broker_id)
+            .or(source)
+            .map(text)
+            .or_else(|| location.map(|l| l.to_string()));
+        if let Some(id) = id {
+            props = props.with_message_id(ShortString::from(id));
+        }
+    }
+    if props.timestamp().is_none() {
+        let ce_secs = ce_time
+            .and_then(|v| v.as_deref())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(event::parse_rfc3339_ms)
+            .map(|ms| ms.div_euclid(1000));
+        let secs = ce_secs.unwrap_or(record.timestamp.div_euclid(1000));
+        if let Ok(secs) = u64::try_from(secs) {
+            props = props.with_timestamp(secs);
+        }
+    }
+    for (attr, v) in ce_attrs {
+        foreign.insert(
+            ShortString::from(format!("{CE_AMQP_PREFIX}{ce_separator}{attr}")),
+            AMQPValue::LongString(LongString::from(v.to_vec())),
+        );
+    }
     if !foreign.inner().is_empty() {
+        // A typed value the publisher put in the table wins over its string copy.
         let mut merged = table.take().unwrap_or_default();
         for (k, v) in foreign.inner() {
             if !merged.contains_key(k.as_str()) {
@@ -468,6 +696,7 @@ mod tests {
             .with_timestamp(1_700_000_000)
             .with_expiration("60000".into())
             .with_type("t".into())
+            .with_message_id("m".into())
             .with_headers(table);
         let mut rec = to_record("rk", &props, Bytes::from_static(b"hi"), 5);
         rec.headers
@@ -494,5 +723,110 @@ mod tests {
         let h = out.properties.headers().clone().unwrap();
         assert_eq!(h.inner().len(), 1);
         assert!(h.contains_key("trace"));
+    }
+
+    fn long(s: &str) -> AMQPValue {
+        AMQPValue::LongString(s.into())
+    }
+
+    fn header<'a>(rec: &'a SimpleRecord, name: &str) -> Option<&'a [u8]> {
+        rec.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    #[test]
+    fn cloudevents_attributes_become_ce_headers_and_come_back() {
+        for sep in [':', '_'] {
+            let mut table = FieldTable::default();
+            table.insert(format!("cloudEvents{sep}id").into(), long("e-1"));
+            table.insert(format!("cloudEvents{sep}type").into(), long("com.ex.t"));
+            table.insert(
+                format!("cloudEvents{sep}time").into(),
+                AMQPValue::Timestamp(1_522_900_584),
+            );
+            table.insert(
+                format!("cloudEvents{sep}seq").into(),
+                AMQPValue::LongLongInt(3),
+            );
+            table.insert(
+                "traceparent".into(),
+                long("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            table.insert("tenant".into(), AMQPValue::LongInt(9));
+            let props = AMQPProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id("m".into())
+                .with_timestamp(1)
+                .with_headers(table.clone());
+            let rec = to_record("rk", &props, Bytes::new(), 5);
+            assert_eq!(header(&rec, "ce_id"), Some(&b"e-1"[..]));
+            assert_eq!(header(&rec, "ce_type"), Some(&b"com.ex.t"[..]));
+            assert_eq!(header(&rec, "ce_time"), Some(&b"2018-04-05T03:56:24Z"[..]));
+            assert_eq!(header(&rec, "ce_seq"), Some(&b"3"[..]));
+            assert_eq!(header(&rec, "content-type"), Some(&b"application/json"[..]));
+            assert_eq!(header(&rec, "amqp.content-type"), None);
+            assert!(header(&rec, "traceparent").is_some());
+            // Moved string values are not duplicated in the table; typed ones stay.
+            let rest = decode_table(header(&rec, "amqp.headers").unwrap()).unwrap();
+            assert!(!rest.contains_key(format!("cloudEvents{sep}id").as_str()));
+            assert!(!rest.contains_key("traceparent"));
+            assert!(rest.contains_key(format!("cloudEvents{sep}time").as_str()));
+            assert!(rest.contains_key("tenant"));
+            assert_eq!(from_record(&rec).properties, props, "separator {sep}");
+        }
+    }
+
+    #[test]
+    fn kafka_cloudevents_are_delivered_as_cloudevents_application_properties() {
+        let rec = SimpleRecord {
+            key: None,
+            value: None,
+            headers: vec![
+                ("ce_id".into(), Some("k-1".into())),
+                ("ce_specversion".into(), Some("1.0".into())),
+                ("ce_time".into(), Some("2018-04-05T03:56:24Z".into())),
+                ("content-type".into(), Some("text/plain".into())),
+            ],
+            timestamp: 99_000,
+        };
+        let p = from_record(&rec).properties;
+        let h = p.headers().clone().unwrap();
+        assert_eq!(h.inner().get("cloudEvents:id"), Some(&long("k-1")));
+        assert_eq!(h.inner().get("cloudEvents:specversion"), Some(&long("1.0")));
+        assert!(!h.contains_key("content-type"));
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("text/plain")
+        );
+        // The event's id and time are the message's.
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("k-1"));
+        assert_eq!(p.timestamp(), &Some(1_522_900_584));
+    }
+
+    #[test]
+    fn broker_assigns_id_and_timestamp_when_missing() {
+        let rec = to_record(
+            "rk",
+            &AMQPProperties::default(),
+            Bytes::new(),
+            1_700_000_123_456,
+        );
+        let id = std::str::from_utf8(header(&rec, "ferry.message-id").unwrap()).unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+        let p = from_record(&rec).properties;
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some(id));
+        assert_eq!(p.timestamp(), &Some(1_700_000_123));
+        // A queue copy of a Kafka record without an id: its location is its id.
+        let copy = SimpleRecord {
+            key: None,
+            value: None,
+            headers: vec![("ferry.source".into(), Some("t/1/42".into()))],
+            timestamp: 5_000,
+        };
+        let p = from_record(&copy).properties;
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("t/1/42"));
+        assert_eq!(p.timestamp(), &Some(5));
     }
 }
