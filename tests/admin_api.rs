@@ -501,3 +501,323 @@ async fn a_stable_group_shows_its_members_and_assignment() {
     member.await.unwrap();
     broker.stop().await;
 }
+
+/// Polls `path` until it answers `want` (bounded), returning the last body.
+async fn wait_status(broker: &TestBroker, path: &str, want: StatusCode) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(broker, path).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never answered {want}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_checks_answer_ok_or_503_with_a_reason() {
+    let broker = TestBroker::start().await.unwrap();
+    for path in [
+        "/api/health/checks/alarms".to_string(),
+        "/api/health/checks/local-alarms".to_string(),
+        "/api/health/checks/protocol-listener/amqp".to_string(),
+        "/api/health/checks/protocol-listener/kafka".to_string(),
+        "/api/health/checks/virtual-hosts".to_string(),
+        "/api/health/checks/node-is-quorum-critical".to_string(),
+        "/api/health/checks/partitions".to_string(),
+        "/api/health/checks/ready".to_string(),
+        format!(
+            "/api/health/checks/port-listener/{}",
+            broker.amqp_addr().port()
+        ),
+        format!(
+            "/api/health/checks/port-listener/{}",
+            broker.kafka_addr().port()
+        ),
+    ] {
+        let (status, body) = get(&broker, &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body, json!({"status": "ok"}), "{path}");
+    }
+    // A port nothing of ours listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (status, body) = get(&broker, &format!("/api/health/checks/port-listener/{free}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "failed");
+    assert!(
+        body["reason"].as_str().unwrap().contains("no listener"),
+        "{body}"
+    );
+    let (status, _) = get(&broker, "/api/health/checks/protocol-listener/stomp").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Like every /api/ route, the checks need the admin credentials.
+    let resp = Client::new()
+        .get(format!("{}/api/health/checks/alarms", broker.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_alarm_check_fails_when_the_disk_limit_is_above_the_free_space() {
+    // No disk has u64::MAX bytes free, so the disk alarm must go off.
+    let broker = TestBroker::with(|b| b.configure(|c| c.amqp.disk_free_limit_bytes = u64::MAX))
+        .await
+        .unwrap();
+    let body = wait_status(
+        &broker,
+        "/api/health/checks/alarms",
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(body["status"], "failed");
+    assert!(body["reason"].as_str().unwrap().contains("disk"), "{body}");
+    // Clearing the alarm turns the check back to ok.
+    broker.core().router().set_resource_alarm(None);
+    let (status, _) = get(&broker, "/api/health/checks/alarms").await;
+    assert_eq!(status, StatusCode::OK);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn queues_exchanges_and_bindings_are_created_and_deleted() {
+    let broker = TestBroker::start().await.unwrap();
+    let put = |path: &'static str, body: Value| {
+        let broker = &broker;
+        async move { call(broker, Method::PUT, path, Some(body)).await }
+    };
+    let (s, ex) = put("/api/exchanges/%2F/events", json!({"type": "topic"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{ex}");
+    assert_eq!(ex["type"], "topic");
+    assert_eq!(ex["durable"], true);
+    // The same again is fine (an idempotent declare); another type conflicts.
+    let (s, _) = put("/api/exchanges/%2F/events", json!({"type": "topic"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, err) = put("/api/exchanges/%2F/events", json!({"type": "fanout"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["error"], "conflict");
+    let (s, err) = put("/api/exchanges/%2F/x", json!({"type": "nonsense"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
+    let (s, _) = put("/api/exchanges/%2F/amq.mine", json!({"type": "direct"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = put("/api/exchanges/other/events", json!({"type": "direct"})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, q) = put(
+        "/api/queues/%2F/audit",
+        json!({"arguments": {"x-max-length": 2}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let (s, err) = put(
+        "/api/queues/%2F/bad",
+        json!({"arguments": {"x-max-length": "lots"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
+    let (s, err) = put("/api/queues/%2F/audit", json!({"durable": false})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{err}");
+
+    let binding = json!({"source": "events", "destination": "audit", "routing_key": "order.*"});
+    let (s, b) = call(
+        &broker,
+        Method::POST,
+        "/api/bindings",
+        Some(binding.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, _) = call(
+        &broker,
+        Method::POST,
+        "/api/bindings",
+        Some(json!({"source": "events", "destination": "nowhere"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // What the admin API declared routes real AMQP traffic.
+    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for key in ["order.created", "user.created", "order.paid"] {
+        ch.basic_publish(
+            "events".into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            key.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let (_, q) = get(&broker, "/api/queues/%2F/audit").await;
+    assert_eq!(q["ready"], 2, "{q}");
+
+    // Browsing shows both, oldest first, and consumes nothing.
+    let (s, msgs) = get(&broker, "/api/queues/%2F/audit/messages?count=10").await;
+    assert_eq!(s, StatusCode::OK, "{msgs}");
+    let bodies: Vec<&str> = msgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["order.created", "order.paid"]);
+    assert_eq!(msgs[0]["routing_key"], "order.created");
+    assert_eq!(msgs[0]["exchange"], "events");
+    let got = ch
+        .basic_get("audit".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("browsing left the message in the queue");
+    assert_eq!(got.delivery.data, b"order.created");
+
+    let (s, _) = call(
+        &broker,
+        Method::DELETE,
+        "/api/bindings",
+        Some(binding.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(&broker, Method::DELETE, "/api/bindings", Some(binding)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, purged) = call(
+        &broker,
+        Method::DELETE,
+        "/api/queues/%2F/audit/contents",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(purged["purged"], 1);
+    let (s, _) = call(&broker, Method::DELETE, "/api/exchanges/%2F/events", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(&broker, Method::DELETE, "/api/exchanges/%2F/events", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&broker, Method::DELETE, "/api/queues/%2F/audit", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(broker.core().router().queue("/", "audit").is_none());
+    conn.close(200, "bye".into()).await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn replay_to_an_unroutable_target_keeps_the_messages() {
+    let broker = TestBroker::start().await.unwrap();
+    for (path, body) in [
+        ("/api/exchanges/%2F/sink", json!({"type": "direct"})),
+        ("/api/queues/%2F/parking", json!({})),
+        ("/api/queues/%2F/retry", json!({})),
+    ] {
+        let (s, b) = call(&broker, Method::PUT, path, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{path}: {b}");
+    }
+    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..4 {
+        ch.basic_publish(
+            "".into(),
+            "parking".into(),
+            BasicPublishOptions::default(),
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    // No death history and no target: nothing moves.
+    let (s, r) = call(
+        &broker,
+        Method::POST,
+        "/api/queues/%2F/parking/replay",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["replayed"], 0);
+    assert_eq!(r["remaining"], 4);
+    // An exchange that routes nowhere: nothing moves either, and the reason says so.
+    let (_, r) = call(
+        &broker,
+        Method::POST,
+        "/api/queues/%2F/parking/replay",
+        Some(json!({"exchange": "sink", "routing_key": "x"})),
+    )
+    .await;
+    assert_eq!(r["replayed"], 0, "{r}");
+    assert!(r["errors"][0].as_str().unwrap().contains("no queue"), "{r}");
+    assert_eq!(r["remaining"], 4);
+    // The default exchange to `retry`: two of them move, in order.
+    let (_, r) = call(
+        &broker,
+        Method::POST,
+        "/api/queues/%2F/parking/replay",
+        Some(json!({"exchange": "", "routing_key": "retry", "count": 2})),
+    )
+    .await;
+    assert_eq!(r["replayed"], 2, "{r}");
+    assert_eq!(r["remaining"], 2);
+    let (_, msgs) = get(&broker, "/api/queues/%2F/retry/messages?count=10").await;
+    let bodies: Vec<&str> = msgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["m0", "m1"]);
+    let (s, _) = call(
+        &broker,
+        Method::POST,
+        "/api/queues/%2F/parking/replay",
+        Some(json!({"exchange": "missing"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    conn.close(200, "bye".into()).await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_alarm_check_fails_on_the_memory_alarm_too() {
+    let broker = TestBroker::start().await.unwrap();
+    let (status, _) = get(&broker, "/api/health/checks/alarms").await;
+    assert_eq!(status, StatusCode::OK);
+    // A watermark of 0 raises the memory alarm at once (RabbitMQ's way to stop publishing).
+    broker.set_memory_high_watermark(ferry::observe::alarms::Watermark::Relative(0.0));
+    let body = wait_status(
+        &broker,
+        "/api/health/checks/local-alarms",
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert!(
+        body["reason"].as_str().unwrap().contains("memory"),
+        "{body}"
+    );
+    broker.stop().await;
+}

@@ -1,0 +1,332 @@
+//! Command-line types of the admin subcommands (`ferry topic|queue|exchange|group|dlq` and
+//! `ferry produce|consume`), as clap derive types. Parsing only; [`super`] runs them.
+//!
+//! They live here rather than in `cli.rs` so the admin CLI can grow without touching the
+//! serve and bench flags; `cli.rs` only names them in its `Command` enum.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// Where the admin API is and how to log in; shared by every admin subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct AdminConn {
+    /// Base URL of the broker's HTTP listener.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FERRY_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub admin_url: String,
+    /// Admin user (the server's observe.admin_user).
+    #[arg(
+        long,
+        value_name = "USER",
+        env = "FERRY_ADMIN_USER",
+        default_value = "admin",
+        global = true
+    )]
+    pub user: String,
+    /// Admin password (the server's observe.admin_password).
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FERRY_ADMIN_PASSWORD",
+        default_value = "admin",
+        hide_env_values = true,
+        global = true
+    )]
+    pub password: String,
+    /// Print the API's JSON instead of a table (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `ferry topic ...`
+#[derive(Debug, Args)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    pub conn: AdminConn,
+    #[command(subcommand)]
+    pub command: TopicCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// List topics with partition counts and sizes.
+    List,
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions.
+        #[arg(short, long, default_value_t = 1)]
+        partitions: u32,
+        /// Topic config override (Kafka names), e.g. -c retention.ms=60000; repeatable.
+        #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// Delete a topic and its data.
+    Delete { name: String },
+    /// Show a topic's partitions, offsets and config overrides.
+    Describe { name: String },
+}
+
+/// `ferry queue ...`
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    pub conn: AdminConn,
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queues with ready/unacked counts and consumers.
+    List,
+    /// Declare a queue (durable unless --transient).
+    Create {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// A transient queue (gone at restart).
+        #[arg(long)]
+        transient: bool,
+        #[arg(long)]
+        auto_delete: bool,
+        /// Queue argument, e.g. --arg x-dead-letter-exchange=dlx --arg x-message-ttl=60000;
+        /// a value that parses as JSON (numbers, true/false) is sent as such. Repeatable.
+        #[arg(long = "arg", value_name = "KEY=VALUE")]
+        arguments: Vec<String>,
+    },
+    /// Delete a queue and its messages.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// Only if it has no consumers.
+        #[arg(long)]
+        if_unused: bool,
+        /// Only if it has no ready messages.
+        #[arg(long)]
+        if_empty: bool,
+    },
+    /// Show a queue's properties and counts.
+    Describe {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Remove every ready message (unacked ones stay).
+    Purge {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+/// `ferry exchange ...`
+#[derive(Debug, Args)]
+pub struct ExchangeArgs {
+    #[command(flatten)]
+    pub conn: AdminConn,
+    #[command(subcommand)]
+    pub command: ExchangeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExchangeCommand {
+    /// List exchanges (topics show as `topic` exchanges of vhost /).
+    List,
+    /// Declare an exchange (durable unless --transient).
+    Create {
+        name: String,
+        /// direct, fanout, topic or headers.
+        #[arg(long = "type", short = 't', default_value = "direct")]
+        kind: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        #[arg(long)]
+        transient: bool,
+    },
+    /// Delete an exchange and its bindings.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Bind a queue to an exchange.
+    Bind {
+        /// Source exchange.
+        exchange: String,
+        /// Destination queue.
+        queue: String,
+        #[arg(long, short = 'k', default_value = "")]
+        routing_key: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+/// `ferry group ...`
+#[derive(Debug, Args)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    pub conn: AdminConn,
+    #[command(subcommand)]
+    pub command: GroupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups and their states.
+    List,
+    /// Show a group's members, assignment, committed offsets and lag.
+    Describe { group: String },
+    /// Move an empty group's committed offsets (like kafka-consumer-groups --reset-offsets).
+    #[command(group(clap::ArgGroup::new("target").required(true)))]
+    ResetOffsets {
+        group: String,
+        /// Topic to reset [default: every topic the group has offsets for].
+        #[arg(long)]
+        topic: Option<String>,
+        /// Partition of --topic; repeatable [default: all].
+        #[arg(long = "partition", requires = "topic")]
+        partitions: Vec<i32>,
+        /// To each partition's oldest offset.
+        #[arg(long, group = "target")]
+        to_earliest: bool,
+        /// To each partition's end (skip everything not yet consumed).
+        #[arg(long, group = "target")]
+        to_latest: bool,
+        /// To this offset (clamped to each partition's range).
+        #[arg(long, value_name = "OFFSET", group = "target")]
+        to_offset: Option<i64>,
+        /// First offset at or after this time (ms since the epoch).
+        #[arg(long, value_name = "MS", group = "target")]
+        to_timestamp: Option<i64>,
+        /// Show the new offsets without committing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `ferry dlq ...`
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub conn: AdminConn,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-letter queues: queues bound to some queue's x-dead-letter-exchange (or named
+    /// by its x-dead-letter-routing-key on the default exchange), and queues whose oldest ready
+    /// message carries an x-death history.
+    List,
+    /// Show dead letters without consuming them.
+    Browse {
+        queue: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// How many messages to show.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+    },
+    /// Move dead letters back to where they died from (the exchange and routing key of their
+    /// first x-death entry), or to --exchange; each is settled here only once its copy is
+    /// durable.
+    Replay {
+        queue: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// Most messages to move [default: all].
+        #[arg(short = 'n', long)]
+        count: Option<u64>,
+        /// Publish to this exchange instead ("" is the default exchange).
+        #[arg(long)]
+        exchange: Option<String>,
+        /// With --exchange: the routing key [default: each message's original one].
+        #[arg(long, requires = "exchange")]
+        routing_key: Option<String>,
+    },
+    /// Remove every ready dead letter.
+    Purge {
+        queue: String,
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+/// `ferry produce`: kcat -P over the Kafka protocol.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Kafka listener to bootstrap from.
+    #[arg(
+        short,
+        long,
+        value_name = "HOST:PORT",
+        env = "FERRY_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap: String,
+    /// Topic to produce to.
+    #[arg(short, long)]
+    pub topic: String,
+    /// Partition [default: by key (Kafka's murmur2), round-robin batches without a key].
+    #[arg(short, long)]
+    pub partition: Option<i32>,
+    /// Read messages from FILE, one per line [default: stdin].
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Split each line at the first SEP into key and value (kcat -K).
+    #[arg(short = 'K', long = "key-delimiter", value_name = "SEP")]
+    pub key_delimiter: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry consume`: kcat -C over the Kafka protocol.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Kafka listener to bootstrap from.
+    #[arg(
+        short,
+        long,
+        value_name = "HOST:PORT",
+        env = "FERRY_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap: String,
+    /// Topic to consume.
+    #[arg(short, long)]
+    pub topic: String,
+    /// Partition [default: all].
+    #[arg(short, long)]
+    pub partition: Option<i32>,
+    /// Where to start: beginning, end, an offset N, or -N for N before the end.
+    #[arg(
+        short = 'o',
+        long,
+        default_value = "beginning",
+        allow_hyphen_values = true
+    )]
+    pub offset: String,
+    /// Stop after COUNT messages.
+    #[arg(short = 'c', long)]
+    pub count: Option<u64>,
+    /// Stop at the end of the partitions instead of waiting for more (kcat -e).
+    #[arg(short = 'e', long)]
+    pub exit: bool,
+    /// Print `key SEP value` instead of the value alone.
+    #[arg(short = 'K', long = "key-delimiter", value_name = "SEP")]
+    pub key_delimiter: Option<String>,
+    /// One JSON object per message: topic, partition, offset, timestamp, key, value, headers.
+    #[arg(long)]
+    pub json: bool,
+}
