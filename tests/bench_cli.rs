@@ -96,3 +96,139 @@ async fn bench_kafka_without_a_broker_says_how_to_start_one() {
         "{stderr}"
     );
 }
+
+/// Runs `ferry bench amqp` with `args` and returns its JSON report.
+async fn bench_amqp_json(args: &[&str]) -> serde_json::Value {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["bench", "amqp"])
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ferry bench amqp");
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("ferry bench amqp did not finish within 120 s")
+        .expect("ferry bench amqp output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry bench amqp failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_amqp_reports_json_and_deletes_its_queue() {
+    let broker = TestBroker::start().await.unwrap();
+    let url = broker.amqp_url();
+    let report = bench_amqp_json(&["--url", &url, "--messages", "3000", "--size", "16,1KiB"]).await;
+    assert_eq!(report["tool"], "ferry bench amqp");
+    assert!(
+        report["server"].as_str().unwrap().contains("Ferry"),
+        "{report:#}"
+    );
+    assert_eq!(report["settings"]["confirm_window"], 256);
+    assert_eq!(report["settings"]["prefetch"], 256);
+    assert_eq!(report["settings"]["delivery_mode"], 2);
+    assert!(
+        !report["url"].as_str().unwrap().contains("guest:guest"),
+        "password shown: {}",
+        report["url"]
+    );
+    let cases = report["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 2, "{report:#}");
+    for (case, (label, size)) in cases.iter().zip([("16B", 16), ("1KiB", 1024)]) {
+        assert_eq!(case["case"], label);
+        assert_eq!(case["message_bytes"], size);
+        assert_eq!(case["nacked"], 0, "{case:#}");
+        for (phase, kind) in [("publish", "confirm"), ("consume", "end_to_end")] {
+            let p = &case[phase];
+            assert_eq!(p["messages"], 3000, "{phase}: {case:#}");
+            assert!(p["messages_per_sec"].as_f64().unwrap() > 0.0, "{case:#}");
+            assert!(p["mb_per_sec"].as_f64().unwrap() > 0.0, "{case:#}");
+            let l = &p["latency"];
+            assert_eq!(l["kind"], kind);
+            // One sample per message: each was confirmed and delivered exactly once.
+            assert_eq!(l["samples"], 3000, "{phase}: {case:#}");
+            let (p50, p99, p999, max) = (
+                l["p50_ms"].as_f64().unwrap(),
+                l["p99_ms"].as_f64().unwrap(),
+                l["p999_ms"].as_f64().unwrap(),
+                l["max_ms"].as_f64().unwrap(),
+            );
+            assert!(0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{l}");
+        }
+        if cfg!(target_os = "linux") {
+            assert!(case["client_cpu_percent"].as_f64().unwrap() > 0.0);
+            assert!(case["client_cpu_us_per_message"].as_f64().unwrap() > 0.0);
+        }
+        let queue = case["queue"].as_str().expect("queue name");
+        assert!(
+            queue.starts_with(&format!("ferry-bench-{size}-")),
+            "{queue}"
+        );
+        assert_eq!(case["queue_deleted"], true);
+        assert!(
+            broker.core().router().queue("/", queue).is_none(),
+            "queue {queue} still exists after the bench"
+        );
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_amqp_without_consumer_leaves_the_messages_queued_at_the_given_rate() {
+    let broker = TestBroker::start().await.unwrap();
+    let url = broker.amqp_url();
+    let report = bench_amqp_json(&[
+        "--url",
+        &url,
+        "--messages",
+        "2000",
+        "--size",
+        "16",
+        "--no-consumer",
+        "--rate",
+        "4000",
+    ])
+    .await;
+    assert_eq!(report["settings"]["rate"], 4000);
+    let case = &report["cases"][0];
+    assert_eq!(case["publish"]["messages"], 2000, "{case:#}");
+    // 2000 messages at 4000/s cannot be done in much under half a second.
+    let secs = case["publish"]["seconds"].as_f64().unwrap();
+    assert!(secs >= 0.45, "rate limit ignored: {secs} s");
+    assert!(case["consume"].is_null(), "{case:#}");
+    assert_eq!(case["queue_deleted"], false);
+    let name = case["queue"].as_str().expect("queue name");
+    let queue = broker
+        .core()
+        .router()
+        .queue("/", name)
+        .expect("the bench queue is kept");
+    assert_eq!(queue.message_count(), 2000);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_amqp_with_a_wrong_password_says_so() {
+    let broker = TestBroker::start().await.unwrap();
+    let url = broker.amqp_url().replace("guest:guest", "guest:wrong");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["bench", "amqp", "--url", &url, "--messages", "10"])
+        .output()
+        .await
+        .expect("run ferry bench amqp");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("password"),
+        "{stderr}"
+    );
+    broker.stop().await;
+}
