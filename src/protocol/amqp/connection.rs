@@ -8,6 +8,14 @@
 //! whenever it has been idle for the negotiated interval, and the reader closes the connection
 //! after two intervals without a byte from the client.
 //!
+//! Hostile and careless peers are bounded here: the whole handshake (protocol header to
+//! connection.open) must finish within `amqp.handshake_timeout_ms` however slowly the bytes
+//! trickle in; frames larger than `frame_max` are refused from their header; and while the
+//! writer holds most of its byte budget (a client that does not read its socket), the reader
+//! stops reading too, so neither deliveries nor confirms for a non-reading client pile up. A
+//! client that stays like that for two heartbeat intervals is dropped. Connections beyond
+//! `amqp.max_connections` never get here: [`refuse`] answers them.
+//!
 //! Errors follow AMQP's split: a channel error closes the channel with channel.close and the
 //! connection carries on; a connection error sends connection.close, waits briefly for
 //! close-ok, and drops the socket. Nothing the peer sends can panic this code.
@@ -33,10 +41,16 @@ use super::handlers::{self, Ctx};
 use crate::broker::BrokerCore;
 use crate::config::AmqpSettings;
 
-/// How long a client gets to send its protocol header and finish the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reader paused for a non-reading client waits before giving up on it when
+/// heartbeats are off (with heartbeats, two intervals).
+const STALLED_WRITER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Free write budget below which the reader pauses, and what it waits for before resuming.
+const PAUSE_BELOW: usize = WRITE_BUDGET / 4;
+const RESUME_AT: usize = WRITE_BUDGET / 2;
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the writer may take to flush its queue after the connection is done.
+const WRITER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The smallest frame_max a client may negotiate (AMQP's frame-min-size is 4096 in 0-9-1).
 const MIN_FRAME_MAX: u32 = 4096;
 
@@ -72,6 +86,40 @@ struct Conn {
     /// A basic.publish arrived since the connection was last unblocked: under a resource
     /// alarm such a connection stops being read (RabbitMQ blocks publishers, not consumers).
     published: bool,
+    /// When the handshake must be done: accept time plus `handshake_timeout_ms`.
+    handshake_deadline: tokio::time::Instant,
+}
+
+/// Answers a connection beyond `amqp.max_connections` as RabbitMQ answers one beyond its node
+/// connection limit: connection.close 530 (not-allowed) with the reason, then hang up. Sent
+/// right after the protocol header, so no resources are spent on authentication. The caller
+/// bounds the time this may take.
+pub async fn refuse(stream: TcpStream, limit: usize) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut header = [0u8; 8];
+    if rd.read_exact(&mut header).await.is_err() {
+        return;
+    }
+    let mut out = BytesMut::new();
+    if header != *codec::PROTOCOL_HEADER {
+        out.extend_from_slice(codec::PROTOCOL_HEADER);
+    } else {
+        codec::encode_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 530,
+                reply_text: format!(
+                    "NOT_ALLOWED - connection refused: connection limit ({limit}) is reached"
+                )
+                .into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+            &mut out,
+        );
+    }
+    let _ = wr.write_all(&out).await;
+    let _ = wr.shutdown().await;
 }
 
 /// Serves one accepted connection until it closes.
@@ -82,6 +130,9 @@ pub async fn serve(
     settings: Arc<AmqpSettings>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Clamped (to ~49 days) so that adding it to an instant can never overflow.
+    let handshake_deadline = tokio::time::Instant::now()
+        + Duration::from_millis(settings.handshake_timeout_ms.min(u64::from(u32::MAX)));
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(8192);
     // The protocol header: exactly `AMQP 0 0 9 1`; anything else gets the right one back.
@@ -93,18 +144,24 @@ pub async fn serve(
                 let _ = wr.shutdown().await;
                 return;
             }
-            None => match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    // A short garbage prefix is refused without waiting for 8 bytes.
-                    let n = buf.len().min(8);
-                    if buf[..n] != codec::PROTOCOL_HEADER[..n] {
-                        let _ = wr.write_all(codec::PROTOCOL_HEADER).await;
-                        let _ = wr.shutdown().await;
+            None => {
+                match tokio::time::timeout_at(handshake_deadline, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        // A short garbage prefix is refused without waiting for 8 bytes.
+                        let n = buf.len().min(8);
+                        if buf[..n] != codec::PROTOCOL_HEADER[..n] {
+                            let _ = wr.write_all(codec::PROTOCOL_HEADER).await;
+                            let _ = wr.shutdown().await;
+                            return;
+                        }
+                    }
+                    Ok(_) => return,
+                    Err(_) => {
+                        tracing::info!(%peer, "AMQP client did not send its protocol header in time; closing");
                         return;
                     }
                 }
-                _ => return,
-            },
+            }
         }
     }
     codec::consume(&mut buf, 8);
@@ -112,7 +169,7 @@ pub async fn serve(
 
     let (tx, rx) = mpsc::channel::<Outbound>(1024);
     let (heartbeat_tx, heartbeat_rx) = watch::channel(0u16);
-    let writer = tokio::spawn(write_loop(wr, rx, heartbeat_rx));
+    let mut writer = tokio::spawn(write_loop(wr, rx, heartbeat_rx));
     let mut conn = Conn {
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         peer,
@@ -134,6 +191,7 @@ pub async fn serve(
         current: (0, 0),
         wants_blocked: false,
         published: false,
+        handshake_deadline,
     };
     conn.out.frame_max = conn.frame_max;
     conn.send_start().await;
@@ -141,9 +199,19 @@ pub async fn serve(
     if let Some(err) = reason {
         conn.close_connection(err, &mut rd, &mut buf).await;
     }
+    // Frames already queued stay queued, but nothing new is: consumer and confirm tasks
+    // waiting for the budget of a client that stopped reading are released, so the cleanup
+    // below cannot hang on them.
+    conn.out.budget.close();
     conn.cleanup().await;
     drop(conn);
-    let _ = writer.await;
+    // The writer flushes what is queued; a client that does not read gets a few seconds.
+    if tokio::time::timeout(WRITER_FLUSH_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 impl Conn {
@@ -195,7 +263,6 @@ impl Conn {
         buf: &mut BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<AmqpError> {
-        let started = tokio::time::Instant::now();
         let mut last_read = tokio::time::Instant::now();
         let mut alarm = self.core.router().subscribe_alarm();
         loop {
@@ -219,6 +286,13 @@ impl Conn {
                     Err(_) => {}
                 }
             }
+            if self.out.budget.available_permits() < PAUSE_BELOW {
+                match self.wait_for_writer(shutdown).await {
+                    // Nothing was read while paused: the client's silence is ours.
+                    Ok(()) => last_read = tokio::time::Instant::now(),
+                    Err(e) => return e,
+                }
+            }
             // Before the handshake is done the deadline is the handshake timeout; after it,
             // two heartbeat intervals of silence.
             let deadline = match self.phase {
@@ -226,7 +300,7 @@ impl Conn {
                     Some(last_read + Duration::from_secs(2 * u64::from(self.heartbeat)))
                 }
                 Phase::Open => None,
-                _ => Some(started + HANDSHAKE_TIMEOUT),
+                _ => Some(self.handshake_deadline),
             };
             let sleep = async {
                 match deadline {
@@ -247,6 +321,34 @@ impl Conn {
                     return Some(AmqpError::connection(320, "broker shutdown"));
                 }
             }
+        }
+    }
+
+    /// Stops reading while the writer holds most of its budget: the client is not reading
+    /// what we already owe it, so reading more of its requests (publishes whose confirms,
+    /// gets whose messages) would only queue more for it. Resumes once half the budget is
+    /// free. `Err(None)` drops a client stuck like this for two heartbeat intervals (it cannot
+    /// be sent connection.close, since it reads nothing); `Err(Some)` on shutdown.
+    async fn wait_for_writer(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Option<AmqpError>> {
+        metrics::counter!("ferry_amqp_reader_paused_total").increment(1);
+        let limit = match self.heartbeat {
+            0 => STALLED_WRITER_TIMEOUT,
+            hb => Duration::from_secs(2 * u64::from(hb)),
+        };
+        let budget = self.out.budget.clone();
+        tokio::select! {
+            r = tokio::time::timeout(limit, budget.acquire_many(RESUME_AT as u32)) => match r {
+                Ok(Ok(_permits)) => Ok(()),
+                Ok(Err(_)) => Err(None),
+                Err(_) => {
+                    tracing::info!(peer = %self.peer, "AMQP client has not read its socket for {limit:?}; closing");
+                    Err(None)
+                }
+            },
+            _ = crate::util::stopped(shutdown) => Err(Some(AmqpError::connection(320, "broker shutdown"))),
         }
     }
 
@@ -298,7 +400,8 @@ impl Conn {
         buf: &mut BytesMut,
     ) {
         tracing::debug!(peer = %self.peer, code = err.code, text = %err.text, "closing AMQP connection");
-        self.send(
+        // Bounded: the write budget may be full of frames for a client that reads nothing.
+        let close = self.send(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
                 reply_code: err.code,
@@ -306,8 +409,10 @@ impl Conn {
                 class_id: self.current.0,
                 method_id: self.current.1,
             })),
-        )
-        .await;
+        );
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            return;
+        }
         let wait = async {
             loop {
                 // Only close-ok matters now; anything else (even garbage) is skipped.
@@ -515,6 +620,12 @@ impl Conn {
                         format!("vhost '{vhost}' not found"),
                     ));
                 }
+                if !self.may_open(&vhost) {
+                    return Err(AmqpError::connection(
+                        530,
+                        format!("access to vhost '{vhost}' refused for user '{}'", self.user),
+                    ));
+                }
                 self.vhost = vhost;
                 self.phase = Phase::Open;
                 self.send(
@@ -537,6 +648,18 @@ impl Conn {
                 "unexpected method during the handshake",
             )),
         }
+    }
+
+    /// Whether the authenticated user may open `vhost`: a user without a permissions entry
+    /// may open every vhost.
+    fn may_open(&self, vhost: &str) -> bool {
+        let mut entries = self
+            .settings
+            .permissions
+            .iter()
+            .filter(|p| p.user == self.user)
+            .peekable();
+        entries.peek().is_none() || entries.any(|p| p.vhosts.iter().any(|v| v == vhost))
     }
 
     /// Checks the credentials of connection.start-ok; returns the user name.

@@ -6,13 +6,24 @@
 //! so appends from one connection keep their order — then spawns the rest (waiting for fsync, a
 //! long-poll fetch) as its own task. The writer task awaits those tasks in request order and
 //! writes each response. A bounded queue between them caps the requests in flight per
-//! connection, which is also the backpressure on a client that floods us.
+//! connection, which is also the backpressure on a client that floods us: with 32 requests
+//! waiting (for the disk, or for a client that does not read its responses) the reader stops
+//! reading and TCP pushes back on the client.
+//!
+//! Hostile peers: a size prefix above `kafka.max_request_bytes` (a 2 GiB one, say) closes the
+//! connection before anything is allocated for it, and a body is buffered only as its bytes
+//! arrive. A connection that completes no request for `kafka.connections_max_idle_ms` while
+//! nothing of its is in flight is closed (Kafka's `connections.max.idle.ms`); the same clock
+//! runs while a request trickles in, so sending one byte at a time does not hold a connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -42,11 +53,16 @@ pub async fn run(
     let (mut reader, writer) = stream.into_split();
     let (queue, mut pending) = mpsc::channel::<JoinHandle<Outcome>>(MAX_IN_FLIGHT);
     metrics::gauge!("ferry_connections", "protocol" => "kafka").increment(1.0);
+    // Requests read but not yet answered: while any is, the connection is not idle.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let answered = in_flight.clone();
 
     let writer_task = tokio::spawn(async move {
         let mut out = BufWriter::new(writer);
         while let Some(handle) = pending.recv().await {
-            let outcome = match handle.await {
+            let outcome = handle.await;
+            answered.fetch_sub(1, Ordering::Relaxed);
+            let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     tracing::error!(%peer, error = %e, "Kafka request handler failed");
@@ -76,32 +92,48 @@ pub async fn run(
     });
 
     let max = ctx.settings.kafka.max_request_bytes;
+    // Clamped (to ~49 days) so that adding it to an instant can never overflow.
+    let idle = Duration::from_millis(
+        ctx.settings
+            .kafka
+            .connections_max_idle_ms
+            .min(u64::from(u32::MAX)),
+    );
     let mut client_gone = false;
     loop {
-        let size = tokio::select! {
-            size = reader.read_i32() => size,
-            _ = crate::util::stopped(&mut shutdown) => break,
+        let mut deadline = tokio::time::Instant::now() + idle;
+        let read = read_request(&mut reader, max);
+        tokio::pin!(read);
+        let read = loop {
+            tokio::select! {
+                r = &mut read => break Some(r),
+                _ = tokio::time::sleep_until(deadline) => {
+                    if in_flight.load(Ordering::Relaxed) > 0 {
+                        deadline = tokio::time::Instant::now() + idle;
+                        continue;
+                    }
+                    tracing::info!(%peer, idle_ms = idle.as_millis() as u64, "Kafka connection idle; closing");
+                    metrics::counter!("ferry_connections_idle_closed_total", "protocol" => "kafka").increment(1);
+                    break None;
+                }
+                _ = crate::util::stopped(&mut shutdown) => break None,
+            }
         };
-        let Ok(size) = size else {
-            // The client closed its side: nobody will read what is still pending (a held
-            // fetch would otherwise keep this connection alive until its max_wait_ms).
-            client_gone = true;
-            break;
+        let frame = match read {
+            None => break,
+            Some(Read::Frame(frame)) => frame,
+            Some(Read::Closed) => {
+                // The client closed its side: nobody will read what is still pending (a held
+                // fetch would otherwise keep this connection alive until its max_wait_ms).
+                client_gone = true;
+                break;
+            }
+            Some(Read::TooLarge(size)) => {
+                tracing::warn!(%peer, size, max, "Kafka request size out of bounds; closing connection");
+                break;
+            }
+            Some(Read::Truncated) => break,
         };
-        if size < 0 || size as usize > max {
-            tracing::warn!(%peer, size, max, "Kafka request size out of bounds; closing connection");
-            break;
-        }
-        // Grow the buffer as bytes arrive rather than trusting the prefix with an allocation.
-        let mut frame = Vec::with_capacity((size as usize).min(64 * 1024));
-        match (&mut reader)
-            .take(size as u64)
-            .read_to_end(&mut frame)
-            .await
-        {
-            Ok(n) if n == size as usize => {}
-            _ => break,
-        }
         crate::observe::metrics::bytes_received("kafka", frame.len() + 4);
         let request = match codec::parse_request(Bytes::from(frame)) {
             Ok(r) => r,
@@ -120,6 +152,7 @@ pub async fn run(
             client_id: request.client_id.clone(),
         };
         let work = handlers::dispatch(&ctx, &conn, request).await;
+        in_flight.fetch_add(1, Ordering::Relaxed);
         if queue.send(tokio::spawn(work)).await.is_err() {
             break;
         }
@@ -130,4 +163,31 @@ pub async fn run(
     }
     let _ = writer_task.await;
     metrics::gauge!("ferry_connections", "protocol" => "kafka").decrement(1.0);
+}
+
+/// What reading one request frame gave.
+enum Read {
+    Frame(Vec<u8>),
+    /// End of stream before a size prefix: the client hung up.
+    Closed,
+    /// A size prefix that is negative or above the maximum.
+    TooLarge(i32),
+    /// The stream ended inside a frame.
+    Truncated,
+}
+
+/// Reads one size-prefixed request. The prefix is checked against `max` before anything is
+/// allocated, and the buffer grows as bytes arrive rather than trusting the prefix.
+async fn read_request(reader: &mut OwnedReadHalf, max: usize) -> Read {
+    let Ok(size) = reader.read_i32().await else {
+        return Read::Closed;
+    };
+    if size < 0 || size as usize > max {
+        return Read::TooLarge(size);
+    }
+    let mut frame = Vec::with_capacity((size as usize).min(64 * 1024));
+    match reader.take(size as u64).read_to_end(&mut frame).await {
+        Ok(n) if n == size as usize => Read::Frame(frame),
+        _ => Read::Truncated,
+    }
 }
