@@ -9,75 +9,13 @@ use std::time::Duration;
 
 use ferry::testing::TestBroker;
 use futures::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn connect(broker: &TestBroker) -> Connection {
-    Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("connect")
-}
-
-async fn channel(conn: &Connection) -> Channel {
-    conn.create_channel().await.expect("channel")
-}
-
-async fn declare(ch: &Channel, name: &str) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.declare");
-}
-
-async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
-    ch.basic_publish(
-        exchange.into(),
-        key.into(),
-        BasicPublishOptions::default(),
-        body,
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
-}
-
-/// Polls basic.get until a message arrives (publishes become visible once durable).
-async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let got = ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack })
-            .await
-            .expect("basic.get");
-        if got.is_some() || tokio::time::Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn next(consumer: &mut lapin::Consumer) -> Delivery {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("delivery in time")
-        .expect("stream open")
-        .expect("delivery ok")
-}
-
-fn amqp_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
-        _ => None,
-    }
-}
+mod common;
+use common::amqp::*;
 
 #[tokio::test]
 async fn publish_consume_round_trip_preserves_properties_and_headers() {
@@ -868,18 +806,6 @@ async fn oversized_frame_closes_with_501() {
     broker.stop().await;
 }
 
-fn args(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(k.into(), v);
-    }
-    t
-}
-
-fn header<'a>(d: &'a Delivery, key: &str) -> Option<&'a AMQPValue> {
-    d.properties.headers().as_ref()?.inner().get(key)
-}
-
 #[tokio::test]
 async fn message_ttl_expires_into_the_dead_letter_exchange_with_x_death() {
     let clock = ferry::Clock::manual(1_700_000_000_000);
@@ -1389,23 +1315,8 @@ async fn publishing_to_a_missing_exchange_is_404() {
     let broker = TestBroker::start().await.unwrap();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let res = ch
-        .basic_publish(
-            "nope".into(),
-            "k".into(),
-            Default::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await;
-    // lapin reports the channel error on the publish or on the confirm.
-    let err = match res {
-        Err(e) => e,
-        Ok(confirm) => confirm.await.unwrap_err(),
-    };
+    confirm_mode(&ch).await;
+    let err = publish_refused(&ch, "nope", "k", b"x", BasicProperties::default()).await;
     assert_eq!(amqp_code(&err), Some(404), "{err:?}");
     assert!(conn.status().connected());
     broker.stop().await;

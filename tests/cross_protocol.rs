@@ -10,77 +10,16 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, ExchangeKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
+use common::amqp::*;
 
 // --- AMQP helpers --------------------------------------------------------------------------
-
-async fn connect(broker: &TestBroker) -> Connection {
-    Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("connect")
-}
-
-async fn channel(conn: &Connection) -> Channel {
-    conn.create_channel().await.expect("channel")
-}
-
-fn args(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(k.into(), v);
-    }
-    t
-}
-
-async fn declare_with(ch: &Channel, name: &str, durable: bool, arguments: FieldTable) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable,
-            ..Default::default()
-        },
-        arguments,
-    )
-    .await
-    .expect("queue.declare");
-}
-
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
-}
-
-async fn consume(ch: &Channel, queue: &str) -> lapin::Consumer {
-    ch.basic_consume(
-        queue.into(),
-        "".into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("basic.consume")
-}
-
-async fn next(consumer: &mut lapin::Consumer) -> Delivery {
-    tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("delivery in time")
-        .expect("stream open")
-        .expect("delivery ok")
-}
 
 /// No further delivery within a short while.
 async fn nothing_more(consumer: &mut lapin::Consumer) {
@@ -94,23 +33,12 @@ async fn nothing_more(consumer: &mut lapin::Consumer) {
     }
 }
 
-fn header<'a>(d: &'a Delivery, key: &str) -> Option<&'a AMQPValue> {
-    d.properties.headers().as_ref()?.inner().get(key)
-}
-
 fn header_text(d: &Delivery, key: &str) -> Option<String> {
     match header(d, key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
         AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
         other => Some(format!("{other:?}")),
-    }
-}
-
-fn amqp_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
-        _ => None,
     }
 }
 
@@ -228,12 +156,11 @@ async fn kafka_records_reach_a_bound_queue_with_acks_and_dead_letters() {
     )
     .await
     .unwrap();
-    declare_with(&ch, "dead", false, FieldTable::default()).await;
+    declare_with(&ch, "dead", FieldTable::default()).await;
     bind(&ch, "dead", "dlx", "").await;
     declare_with(
         &ch,
         "work",
-        false,
         args(vec![(
             "x-dead-letter-exchange",
             AMQPValue::LongString("dlx".into()),
@@ -247,7 +174,7 @@ async fn kafka_records_reach_a_bound_queue_with_acks_and_dead_letters() {
     produce(&p, "orders", "invoice.1", "not for work", &[]).await;
     produce(&p, "orders", "order.2", "second", &[]).await;
 
-    let mut work = consume(&ch, "work").await;
+    let mut work = consume(&ch, "work", false).await;
     // The two order records may sit on different partitions: no order between them.
     let mut got = [next(&mut work).await, next(&mut work).await];
     got.sort_by(|a, b| a.data.cmp(&b.data));
@@ -268,7 +195,7 @@ async fn kafka_records_reach_a_bound_queue_with_acks_and_dead_letters() {
     nothing_more(&mut work).await;
 
     let ch2 = channel(&conn).await;
-    let mut dead = consume(&ch2, "dead").await;
+    let mut dead = consume(&ch2, "dead", false).await;
     let d = next(&mut dead).await;
     assert_eq!(d.data, b"second");
     assert_eq!(d.routing_key.as_str(), "order.2");
@@ -358,7 +285,7 @@ async fn amqp_properties_survive_the_topic_on_the_way_to_a_queue() {
     create_topic(&broker, "audit", 2).await;
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare_with(&ch, "auditors", false, FieldTable::default()).await;
+    declare_with(&ch, "auditors", FieldTable::default()).await;
     bind(&ch, "auditors", "audit", "#").await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -380,7 +307,7 @@ async fn amqp_properties_survive_the_topic_on_the_way_to_a_queue() {
         .await
         .unwrap()
         .is_ack());
-    let mut c = consume(&ch, "auditors").await;
+    let mut c = consume(&ch, "auditors", false).await;
     let d = next(&mut c).await;
     assert_eq!(d.data, b"hello");
     assert_eq!(d.exchange.as_str(), "audit");
@@ -407,7 +334,7 @@ async fn binding_patterns_filter_records_by_key() {
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     for (q, pattern) in [("all", "#"), ("one", "app.*"), ("deep", "app.#.error")] {
-        declare_with(&ch, q, false, FieldTable::default()).await;
+        declare_with(&ch, q, FieldTable::default()).await;
         bind(&ch, q, "logs", pattern).await;
     }
     let p = producer(&broker.kafka_bootstrap());
@@ -422,7 +349,7 @@ async fn binding_patterns_filter_records_by_key() {
     want.insert("one", vec!["app.info", "app.error"]);
     want.insert("deep", vec!["app.web.error", "app.error"]);
     for (q, keys) in want {
-        let mut c = consume(&ch, q).await;
+        let mut c = consume(&ch, q, false).await;
         for k in keys {
             let d = next(&mut c).await;
             assert_eq!(d.routing_key.as_str(), k, "queue {q}");
@@ -525,7 +452,7 @@ async fn routing_resumes_exactly_once_after_a_restart() {
     {
         let conn = connect(&broker).await;
         let ch = channel(&conn).await;
-        declare_with(&ch, "workers", true, FieldTable::default()).await;
+        declare_durable(&ch, "workers", FieldTable::default()).await;
         bind(&ch, "workers", "jobs", "#").await;
         conn.close(200, "bye".into()).await.unwrap();
     }
@@ -562,7 +489,7 @@ async fn routing_resumes_exactly_once_after_a_restart() {
     }
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    let mut c = consume(&ch, "workers").await;
+    let mut c = consume(&ch, "workers", false).await;
     let mut bodies = Vec::new();
     for _ in 0..20 {
         let d = next(&mut c).await;
@@ -592,7 +519,7 @@ async fn an_interrupted_routing_batch_is_not_routed_twice() {
     {
         let conn = connect(&broker).await;
         let ch = channel(&conn).await;
-        declare_with(&ch, "crash-q", true, FieldTable::default()).await;
+        declare_durable(&ch, "crash-q", FieldTable::default()).await;
         bind(&ch, "crash-q", "crashy", "#").await;
         conn.close(200, "bye".into()).await.unwrap();
     }
@@ -638,7 +565,7 @@ async fn an_interrupted_routing_batch_is_not_routed_twice() {
     produce(&p, "crashy", "k3", "m3", &[]).await;
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    let mut c = consume(&ch, "crash-q").await;
+    let mut c = consume(&ch, "crash-q", false).await;
     let mut bodies = Vec::new();
     for _ in 0..4 {
         let d = next(&mut c).await;

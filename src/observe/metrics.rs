@@ -299,6 +299,14 @@ const SCRAPE_FAMILIES: &[(&str, &str)] = &[
     ),
     ("ferry_queue_consumers", "Consumers, by vhost and queue"),
     (
+        "ferry_process_resident_memory_bytes",
+        "Resident memory of the broker process (what the memory alarm compares)",
+    ),
+    (
+        "ferry_resource_alarm",
+        "1 while the resource alarm blocks publishers, by resource (memory, disk)",
+    ),
+    (
         "ferry_topic_partition_current_offset",
         "High watermark (next offset) of each partition",
     ),
@@ -326,6 +334,7 @@ pub fn render_scrape_gauges(core: &BrokerCore, per_object: bool) -> String {
     collect_queues(core, per_object, &mut families);
     collect_partitions(core, per_object, &mut families);
     collect_groups(core, per_object, &mut families);
+    collect_resources(core, &mut families);
     let mut out = String::new();
     for (name, help) in SCRAPE_FAMILIES {
         let Some(series) = families.get(name) else {
@@ -348,6 +357,27 @@ pub fn render_scrape_gauges(core: &BrokerCore, per_object: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Process memory and the alarm state, read when scraped like the rest (each broker in a
+/// process reports its own alarm; the memory is the process's).
+fn collect_resources(core: &BrokerCore, families: &mut BTreeMap<&'static str, Series>) {
+    use super::alarms::{resident_memory_bytes, LOW_ON_DISK, LOW_ON_MEMORY};
+    if let Some(rss) = resident_memory_bytes() {
+        families
+            .entry("ferry_process_resident_memory_bytes")
+            .or_default()
+            .push((Vec::new(), rss as f64));
+    }
+    let reason = core.router().subscribe_alarm().borrow().clone();
+    let alarms = families.entry("ferry_resource_alarm").or_default();
+    for (resource, text) in [("memory", LOW_ON_MEMORY), ("disk", LOW_ON_DISK)] {
+        let on = reason.as_deref().is_some_and(|r| r.contains(text));
+        alarms.push((
+            vec![("resource", resource.to_string())],
+            f64::from(u8::from(on)),
+        ));
+    }
 }
 
 /// Label value escaping of the Prometheus text format.

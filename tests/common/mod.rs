@@ -1,4 +1,5 @@
 //! Helpers shared by integration test binaries (each includes what it needs with `mod common;`).
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod kafka_raw;
