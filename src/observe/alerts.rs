@@ -1,0 +1,477 @@
+//! Alerts: rules from the config file, evaluated against the live broker once a second.
+//!
+//! A rule *fires* when its condition has held continuously for `for_secs`, and *resolves* as
+//! soon as it no longer holds. Each transition is
+//! - logged (WARN when firing, INFO when resolved),
+//! - exported as `ferry_alert_firing{rule}` (1 while firing, 0 otherwise),
+//! - published as an event (JSON body, CloudEvents headers `ce_type` =
+//!   `io.ferry.alert.firing` / `io.ferry.alert.resolved`) to the configured exchange of vhost
+//!   `/` — a topic name works too, since a topic is an exchange — so alerts are events that any
+//!   Kafka or AMQP consumer can subscribe to,
+//! - and POSTed as the same JSON to the webhook URL, if one is configured, retried with
+//!   exponential backoff (0.5 s doubling, `webhook_attempts` tries) from a task of its own, so
+//!   a slow receiver never delays evaluation. Only `http://` URLs are supported (no TLS
+//!   client is linked in); put a local relay in front of an HTTPS receiver.
+//!
+//! Conditions (`kind`): `queue_depth` (ready messages of `queue` above `threshold`),
+//! `no_consumers` (`queue` has none), `consumer_lag` (group `group`'s total lag on `topic`
+//! above `threshold`), `dead_letter_rate` (messages dead-lettered in the last minute above
+//! `threshold`), `resource_alarm` (the disk or memory alarm is on), `circuit_open` (a consumer
+//! circuit breaker of `queue`, or of any queue when `queue` is empty, is open).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::broker::BrokerCore;
+use crate::log::SimpleRecord;
+
+/// `[alerts]` in the config file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Exchange (or topic) in vhost `/` that receives an event per transition; empty: none.
+    pub exchange: String,
+    /// Routing key of those events; empty: `alert.<rule name>`.
+    pub routing_key: String,
+    /// `http://host:port/path` that receives a POST per transition; empty: none.
+    pub webhook_url: String,
+    /// Tries per webhook notification (default 5).
+    pub webhook_attempts: u32,
+    /// `[[alerts.rules]]`.
+    pub rules: Vec<AlertRule>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            exchange: String::new(),
+            routing_key: String::new(),
+            webhook_url: String::new(),
+            webhook_attempts: 5,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One `[[alerts.rules]]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertRule {
+    /// Names the rule in logs, metrics and events.
+    pub name: String,
+    /// `queue_depth`, `no_consumers`, `consumer_lag`, `dead_letter_rate`, `resource_alarm`,
+    /// `circuit_open`.
+    pub kind: String,
+    /// The vhost of `queue` (default `/`).
+    pub vhost: String,
+    pub queue: String,
+    pub group: String,
+    pub topic: String,
+    /// Fires above this value (depth, lag, dead letters per minute).
+    pub threshold: u64,
+    /// How long the condition must hold before the rule fires.
+    pub for_secs: u64,
+}
+
+impl AlertSettings {
+    /// Checks every rule names what its kind needs; the error names the rule.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for r in &self.rules {
+            if r.name.is_empty() {
+                return Err("an alert rule has no `name`".into());
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(format!("two alert rules are named `{}`", r.name));
+            }
+            let needs = |field: &str, v: &str| {
+                if v.is_empty() {
+                    Err(format!(
+                        "alert rule `{}` ({}) needs `{field}`",
+                        r.name, r.kind
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            match r.kind.as_str() {
+                "queue_depth" | "no_consumers" => needs("queue", &r.queue)?,
+                "consumer_lag" => {
+                    needs("group", &r.group)?;
+                    needs("topic", &r.topic)?;
+                }
+                "dead_letter_rate" | "resource_alarm" | "circuit_open" => {}
+                other => {
+                    return Err(format!(
+                        "alert rule `{}` has unknown kind `{other}` (use queue_depth, \
+                         no_consumers, consumer_lag, dead_letter_rate, resource_alarm or \
+                         circuit_open)",
+                        r.name
+                    ))
+                }
+            }
+        }
+        if !self.webhook_url.is_empty() {
+            parse_http_url(&self.webhook_url)
+                .map_err(|e| format!("alerts.webhook_url `{}`: {e}", self.webhook_url))?;
+        }
+        Ok(())
+    }
+}
+
+/// The measured value of a rule's condition, and whether it holds.
+fn evaluate(
+    core: &BrokerCore,
+    rule: &AlertRule,
+    dead_per_minute: u64,
+) -> Option<(bool, u64, String)> {
+    let vhost = if rule.vhost.is_empty() {
+        "/"
+    } else {
+        &rule.vhost
+    };
+    let router = core.router();
+    Some(match rule.kind.as_str() {
+        "queue_depth" => {
+            let depth = router.queue(vhost, &rule.queue)?.message_count();
+            (
+                depth > rule.threshold,
+                depth,
+                format!(
+                    "queue '{}' holds {depth} ready messages (threshold {})",
+                    rule.queue, rule.threshold
+                ),
+            )
+        }
+        "no_consumers" => {
+            let n = router.queue(vhost, &rule.queue)?.consumer_count();
+            (
+                n == 0,
+                u64::from(n),
+                format!("queue '{}' has {n} consumers", rule.queue),
+            )
+        }
+        "consumer_lag" => {
+            let lag: i64 = crate::observe::metrics::group_lag(core, &rule.group)
+                .iter()
+                .filter(|l| l.topic == rule.topic)
+                .filter_map(|l| l.lag)
+                .sum();
+            let lag = lag.max(0) as u64;
+            (
+                lag > rule.threshold,
+                lag,
+                format!(
+                    "group '{}' lags {lag} records behind topic '{}' (threshold {})",
+                    rule.group, rule.topic, rule.threshold
+                ),
+            )
+        }
+        "dead_letter_rate" => (
+            dead_per_minute > rule.threshold,
+            dead_per_minute,
+            format!(
+                "{dead_per_minute} messages dead-lettered in the last minute (threshold {})",
+                rule.threshold
+            ),
+        ),
+        "resource_alarm" => {
+            let alarm = router.subscribe_alarm().borrow().clone();
+            (
+                alarm.is_some(),
+                u64::from(alarm.is_some()),
+                alarm.unwrap_or_else(|| "no resource alarm".into()),
+            )
+        }
+        "circuit_open" => {
+            let open: u64 = router
+                .queues()
+                .iter()
+                .filter(|q| rule.queue.is_empty() || q.name() == rule.queue)
+                .map(|q| q.open_breakers() as u64)
+                .sum();
+            (
+                open > 0,
+                open,
+                format!("{open} consumer circuit breakers open"),
+            )
+        }
+        _ => return None,
+    })
+}
+
+#[derive(Default)]
+struct RuleState {
+    /// Since when the condition holds (ms), while it does.
+    holding_since: Option<i64>,
+    firing: bool,
+}
+
+/// Runs the rules until shutdown.
+pub async fn run(core: BrokerCore, settings: AlertSettings, mut shutdown: watch::Receiver<bool>) {
+    if settings.rules.is_empty() {
+        return;
+    }
+    for r in &settings.rules {
+        metrics::gauge!("ferry_alert_firing", "rule" => r.name.clone()).set(0.0);
+    }
+    let mut states: HashMap<String, RuleState> = HashMap::new();
+    // Dead-letter totals over the last minute, one sample per tick.
+    let mut dead_samples: VecDeque<(i64, u64)> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::util::stopped(&mut shutdown) => return,
+        }
+        let now = core.router().now_ms();
+        let dead_total = core.router().dead_lettered_total();
+        dead_samples.push_back((now, dead_total));
+        while dead_samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > 60_000)
+        {
+            dead_samples.pop_front();
+        }
+        let dead_per_minute = dead_samples
+            .front()
+            .map_or(0, |(_, first)| dead_total.saturating_sub(*first));
+        for rule in &settings.rules {
+            let Some((holds, value, message)) = evaluate(&core, rule, dead_per_minute) else {
+                // The queue is gone: the condition cannot hold.
+                states.remove(&rule.name);
+                continue;
+            };
+            let state = states.entry(rule.name.clone()).or_default();
+            let transition = if holds {
+                let since = *state.holding_since.get_or_insert(now);
+                let held_ms = now.saturating_sub(since);
+                if !state.firing
+                    && held_ms
+                        >= i64::try_from(rule.for_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+                {
+                    state.firing = true;
+                    Some("firing")
+                } else {
+                    None
+                }
+            } else {
+                state.holding_since = None;
+                if state.firing {
+                    state.firing = false;
+                    Some("resolved")
+                } else {
+                    None
+                }
+            };
+            if let Some(to) = transition {
+                notify(&core, &settings, rule, to, value, &message, now).await;
+            }
+        }
+    }
+}
+
+/// Logs, exports, publishes and POSTs one transition.
+async fn notify(
+    core: &BrokerCore,
+    settings: &AlertSettings,
+    rule: &AlertRule,
+    state: &'static str,
+    value: u64,
+    message: &str,
+    now_ms: i64,
+) {
+    if state == "firing" {
+        tracing::warn!(rule = %rule.name, kind = %rule.kind, value, "alert firing: {message}");
+    } else {
+        tracing::info!(rule = %rule.name, kind = %rule.kind, value, "alert resolved: {message}");
+    }
+    metrics::gauge!("ferry_alert_firing", "rule" => rule.name.clone()).set(if state == "firing" {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::counter!("ferry_alert_transitions_total", "rule" => rule.name.clone(), "to" => state)
+        .increment(1);
+    let body = serde_json::json!({
+        "rule": rule.name,
+        "kind": rule.kind,
+        "state": state,
+        "value": value,
+        "threshold": rule.threshold,
+        "message": message,
+        "time_ms": now_ms,
+    })
+    .to_string();
+    if !settings.exchange.is_empty() {
+        let key = if settings.routing_key.is_empty() {
+            format!("alert.{}", rule.name)
+        } else {
+            settings.routing_key.clone()
+        };
+        let header = |k: &str, v: String| (k.to_string(), Some(bytes::Bytes::from(v)));
+        let record = SimpleRecord {
+            key: Some(key.into()),
+            value: Some(body.clone().into()),
+            headers: vec![
+                header("ce_specversion", "1.0".into()),
+                header(
+                    "ce_id",
+                    uuid::Builder::from_random_bytes(crate::util::random_bytes16())
+                        .into_uuid()
+                        .to_string(),
+                ),
+                header("ce_source", "ferry".into()),
+                header("ce_type", format!("io.ferry.alert.{state}")),
+                header("ce_subject", rule.name.clone()),
+                header("content-type", "application/json".into()),
+            ],
+            timestamp: now_ms,
+        };
+        match core
+            .router()
+            .publish_now("/", &settings.exchange, None, record)
+            .await
+        {
+            Ok(p) => {
+                for p in p.pending {
+                    if let Err(e) = p.wait().await {
+                        tracing::warn!(error = %e, "appending an alert event failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(exchange = %settings.exchange, error = %e,
+                "publishing an alert event failed: does the alerts exchange or topic exist?"),
+        }
+    }
+    if !settings.webhook_url.is_empty() {
+        let url = settings.webhook_url.clone();
+        let attempts = settings.webhook_attempts.max(1);
+        let rule = rule.name.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            for attempt in 1..=attempts {
+                match post_json(&url, &body).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(rule = %rule, attempt, error = %e, "alert webhook failed");
+                        if attempt < attempts {
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+            }
+            tracing::error!(rule = %rule, %url, "alert webhook gave up after {attempts} attempts");
+        });
+    }
+}
+
+/// `http://host[:port][/path]` -> (host:port, path).
+fn parse_http_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err("no host".into());
+    }
+    let authority = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((authority, path.to_string()))
+}
+
+/// One HTTP/1.1 POST with a JSON body; Ok on a 2xx answer. A whole HTTP client would be a
+/// heavy dependency for one request per alert transition.
+async fn post_json(url: &str, body: &str) -> Result<(), String> {
+    let (authority, path) = parse_http_url(url)?;
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\nUser-Agent: ferry\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        // The status line is all we need.
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+            let n = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next()))?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out after 10 s".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_rules_are_checked() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:9000/hook").unwrap(),
+            ("127.0.0.1:9000".into(), "/hook".into())
+        );
+        assert_eq!(
+            parse_http_url("http://alerts.local").unwrap(),
+            ("alerts.local:80".into(), "/".into())
+        );
+        assert!(parse_http_url("https://x").is_err());
+        let rule = |kind: &str| AlertRule {
+            name: "r".into(),
+            kind: kind.into(),
+            ..AlertRule::default()
+        };
+        let settings = |rules| AlertSettings {
+            rules,
+            ..AlertSettings::default()
+        };
+        assert!(settings(vec![rule("queue_depth")])
+            .validate()
+            .unwrap_err()
+            .contains("needs `queue`"));
+        assert!(settings(vec![rule("weather")])
+            .validate()
+            .unwrap_err()
+            .contains("unknown kind"));
+        assert!(
+            settings(vec![rule("resource_alarm"), rule("resource_alarm")])
+                .validate()
+                .is_err()
+        );
+        assert!(settings(vec![rule("dead_letter_rate")]).validate().is_ok());
+    }
+}
