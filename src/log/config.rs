@@ -237,6 +237,13 @@ pub struct LogConfig {
     /// `preallocate`: keep a zero-filled region ahead of the write position. Default: see
     /// [`DEFAULT_PREALLOCATE`].
     pub preallocate: bool,
+    /// For power-loss tests only: keep a `sync.journal` file in the partition directory holding
+    /// the log end offset as of the last successful fsync, so a test can cut the log back to
+    /// what a power failure would have left (see `writer.rs`). Not a Kafka config, not listed
+    /// by [`entries`](Self::entries). Default false.
+    #[doc(hidden)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sync_journal: bool,
 }
 
 /// Default of `preallocate`, chosen by measurement on the 2-core dev VM, where the two
@@ -266,6 +273,7 @@ impl Default for LogConfig {
             message_timestamp_type: TimestampType::CreateTime,
             fsync: FsyncPolicy::Always,
             preallocate: DEFAULT_PREALLOCATE,
+            sync_journal: false,
         }
     }
 }

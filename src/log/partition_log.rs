@@ -6,7 +6,11 @@
 //! base offset, and the whole buffer goes to the active segment in one positional write. A failed
 //! write or fsync fail-stops the log (every later call gets [`LogError::FailStopped`]): after such
 //! an error the kernel may have dropped dirty pages, so what is on disk is unknown until recovery
-//! rereads it (PostgreSQL's "fsyncgate" lesson).
+//! rereads it (PostgreSQL's "fsyncgate" lesson). The one exception is a write the disk refused
+//! for lack of space, which the segment undoes (see `segment.rs`): it fails only the requests it
+//! carried (and the rest of their group, whose offsets followed them), the producers' sequence
+//! state is rebuilt from the log so their retries are not mistaken for duplicates, and the log
+//! stays open.
 //!
 //! Reads follow Kafka fetch semantics (KIP-74): whole batches, starting with the batch that holds
 //! the requested offset, never reaching the caller's upper bound (the high watermark), at most
@@ -29,7 +33,7 @@ use super::config::{LogConfig, TimestampType};
 use super::producer_state::{ProducerStates, SeqCheck};
 use super::recovery::{self, RecoveryReport, CLEAN_SHUTDOWN_FILE};
 use super::retention::{self, SegmentMeta};
-use super::segment::Segment;
+use super::segment::{self, Segment};
 use super::{LogError, Result};
 use crate::clock::Clock;
 
@@ -96,6 +100,14 @@ enum State {
     Open,
     Failed(String),
     Closed,
+}
+
+/// The error for an append a full disk refused (see [`segment::write_refused`]).
+fn no_space(reason: &str) -> LogError {
+    LogError::io(
+        reason.to_string(),
+        std::io::Error::from_raw_os_error(libc::ENOSPC),
+    )
 }
 
 /// One partition's segmented log.
@@ -250,7 +262,14 @@ impl PartitionLog {
         let mut results: Vec<Result<AppendInfo>> = Vec::with_capacity(requests.len());
         let mut run = Run::default();
         let mut next = self.log_end_offset();
+        // Set once a full disk refused a run: the offsets handed out after it are void, so the
+        // rest of the group fails too (and its producers retry) rather than be renumbered.
+        let mut refused: Option<String> = None;
         for request in requests.iter_mut() {
+            if let Some(reason) = &refused {
+                results.push(Err(no_space(reason)));
+                continue;
+            }
             if let Err(e) = self.check_open() {
                 results.push(Err(e));
                 continue;
@@ -274,7 +293,11 @@ impl PartitionLog {
                 prepared.info.last_offset,
                 now,
             ) {
-                self.write_run(&mut run, &mut results, now);
+                refused = self.write_run(&mut run, &mut results, now);
+                if let Some(reason) = &refused {
+                    results.push(Err(no_space(reason)));
+                    continue;
+                }
                 if let Err(e) = self.check_open().and_then(|()| self.roll()) {
                     let e = match e {
                         LogError::FailStopped(_) | LogError::Closed => e,
@@ -304,19 +327,35 @@ impl PartitionLog {
     }
 
     /// Writes the pending run of a group; on failure turns its members' results into errors.
-    fn write_run(&mut self, run: &mut Run, results: &mut [Result<AppendInfo>], now: i64) {
+    /// Returns the error text if a full disk refused the write (the log stays open).
+    fn write_run(
+        &mut self,
+        run: &mut Run,
+        results: &mut [Result<AppendInfo>],
+        now: i64,
+    ) -> Option<String> {
         if run.members.is_empty() {
-            return;
+            return None;
         }
         let bytes = std::mem::take(&mut run.bytes);
         let headers = std::mem::take(&mut run.headers);
+        let mut refused = None;
         if let Err(e) = self.write(&bytes, &headers, now) {
             let reason = e.to_string();
+            let refused_now = segment::write_refused(&e);
             for &i in &run.members {
-                results[i] = Err(LogError::FailStopped(reason.clone()));
+                results[i] = Err(if refused_now {
+                    no_space(&reason)
+                } else {
+                    LogError::FailStopped(reason.clone())
+                });
+            }
+            if refused_now {
+                refused = Some(reason);
             }
         }
         run.members.clear();
+        refused
     }
 
     /// Validates the batches of one request and assigns them offsets from `first_offset`,
@@ -443,6 +482,15 @@ impl PartitionLog {
         let last = self.segments.len() - 1;
         let (segments, config) = (&mut self.segments, &self.config);
         if let Err(e) = segments[last].append(bytes, headers, now, config) {
+            if segment::write_refused(&e) {
+                // A full disk refused the write and the segment undid it: the log stays open.
+                // The producers' sequences were recorded before writing; forget the ones that
+                // did not land, or the producer's retry would be taken for a duplicate.
+                if let Err(re) = self.rebuild_producer_states() {
+                    return Err(self.fail(re));
+                }
+                return Err(e);
+            }
             return Err(self.fail(e));
         }
         Ok(())
@@ -703,18 +751,26 @@ impl PartitionLog {
             }
             report.rolled = true;
         }
-        let doomed: Vec<Segment> = self.segments.drain(..plan.delete_count).collect();
+        self.drop_oldest(plan.delete_count, "retention", report)
+    }
+
+    /// Deletes the `count` oldest segments' files and moves the log start past them; `why`
+    /// names the rule in the log line. A file that cannot be deleted is reported (it would
+    /// reappear at the next start, where the same rule deletes it again).
+    fn drop_oldest(
+        &mut self,
+        count: usize,
+        why: &str,
+        mut report: RetentionReport,
+    ) -> Result<RetentionReport> {
+        let doomed: Vec<Segment> = self.segments.drain(..count).collect();
         let mut first_error = None;
         for seg in &doomed {
             report.deleted_segments += 1;
             report.deleted_bytes += seg.size();
-            tracing::info!(
-                path = %seg.log_path().display(),
-                bytes = seg.size(),
-                "retention deleting segment"
-            );
+            tracing::info!(path = %seg.log_path().display(), bytes = seg.size(), why, "deleting segment");
             if let Err(e) = seg.delete_files() {
-                tracing::warn!(error = %e, "cannot delete segment; it will reappear on restart");
+                tracing::warn!(error = %e, why, "cannot delete segment; it will reappear on restart");
                 first_error.get_or_insert(e);
             }
         }
@@ -725,6 +781,28 @@ impl PartitionLog {
             Some(e) => Err(e),
             None => Ok(report),
         }
+    }
+
+    /// Deletes the oldest segments whose every offset lies below `offset`, never the active
+    /// one. Queues call it with their low-water mark once every message in a segment is
+    /// settled (ARCHITECTURE rule 4, the LavinMQ model); the log start moves up with it.
+    pub fn delete_segments_below(&mut self, offset: i64) -> Result<RetentionReport> {
+        self.check_open()?;
+        let report = RetentionReport {
+            log_start_offset: self.log_start_offset(),
+            ..RetentionReport::default()
+        };
+        // A segment is wholly below `offset` when its successor starts at or below it; the
+        // active segment has no successor, so it is never chosen.
+        let count = self
+            .segments
+            .windows(2)
+            .take_while(|w| w[1].base_offset() <= offset)
+            .count();
+        if count == 0 {
+            return Ok(report);
+        }
+        self.drop_oldest(count, "settled", report)
     }
 
     /// Seals the active segment, fsyncs everything and leaves the clean-shutdown marker so the

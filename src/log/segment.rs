@@ -12,10 +12,19 @@
 //! zero-filled region ahead of the write position, extended in [`PREALLOCATE_CHUNK`] steps, and
 //! trims the file back to its logical size when it is rolled or closed. A crash leaves that zero
 //! tail in place, which recovery recognises (length 0, magic 0) and truncates.
+//!
+//! A full disk is not a reason to fail-stop: a write that fails with `ENOSPC`/`EDQUOT` may have
+//! landed in part (the kernel writes what fits), so [`Segment::append`] undoes it — truncating
+//! the file back to where the write began, or re-zeroing preallocated space — before reporting
+//! the error, and the segment is exactly as before the call. Only when that undo fails is the
+//! error fatal. [`write_refused`] tells the caller which case it got. Tests provoke a full disk
+//! through [`set_disk_full`], a per-directory fault that costs the write path one relaxed
+//! atomic load while nothing is armed.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -51,6 +60,64 @@ pub fn index_path(dir: &Path, base_offset: i64) -> PathBuf {
 /// Path of the `.timeindex` file of the segment at `base_offset` in `dir`.
 pub fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
     dir.join(format!("{}.timeindex", file_stem(base_offset)))
+}
+
+/// Directories with an armed disk-full fault, and how many bytes each write there may still
+/// put on disk before it fails (a short write, as a nearly full disk does).
+static DISK_FULL: parking_lot::Mutex<Vec<(PathBuf, usize)>> = parking_lot::Mutex::new(Vec::new());
+/// `DISK_FULL.len()`, so the write path skips the lock while no fault is armed.
+static DISK_FULL_ARMED: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes every segment write in `dir` behave as on a full disk — write at most `room` bytes,
+/// then fail with `ENOSPC` — until called again with `None` ("space returns"). For tests of
+/// the disk-full path; see [`PartitionHandle::inject_disk_full`](super::PartitionHandle).
+#[doc(hidden)]
+pub fn set_disk_full(dir: &Path, room: Option<usize>) {
+    let mut armed = DISK_FULL.lock();
+    armed.retain(|(d, _)| d != dir);
+    if let Some(room) = room {
+        armed.push((dir.to_path_buf(), room));
+    }
+    DISK_FULL_ARMED.store(armed.len(), Ordering::Release);
+}
+
+/// The room left by an armed disk-full fault on the directory of `path`, if any.
+fn disk_full_room(path: &Path) -> Option<usize> {
+    if DISK_FULL_ARMED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let dir = path.parent()?;
+    DISK_FULL
+        .lock()
+        .iter()
+        .find(|(d, _)| d == dir)
+        .map(|(_, room)| *room)
+}
+
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Whether an error from [`Segment::append`] is a write the disk refused for lack of space and
+/// that was undone: nothing of it is in the file and the segment is as before the call, so the
+/// log may stay open and retry later appends (instead of fail-stopping).
+pub fn write_refused(e: &LogError) -> bool {
+    matches!(e, LogError::Io { source, .. } if is_out_of_space(source))
+}
+
+/// An error after the batches of an append were written: never [`write_refused`], whatever
+/// its cause, since nothing was undone.
+fn written_anyway(e: LogError) -> LogError {
+    match e {
+        LogError::Io { context, source } if is_out_of_space(&source) => LogError::Io {
+            context,
+            source: std::io::Error::other(source),
+        },
+        other => other,
+    }
 }
 
 /// Metadata of a segment that recovery has established (after any truncation).
@@ -206,8 +273,9 @@ impl Segment {
     }
 
     /// Appends already validated, offset-assigned batches. `batches` are the headers and ranges
-    /// of the batches inside `buf`, in order. On error the in-memory state is unchanged, but the
-    /// file may hold part of the write: the caller must fail-stop.
+    /// of the batches inside `buf`, in order. On error the in-memory state is unchanged. If
+    /// [`write_refused`] says so, the file is too (a full disk, undone); otherwise the file may
+    /// hold part of the write and the caller must fail-stop.
     pub(crate) fn append(
         &mut self,
         buf: &[u8],
@@ -223,9 +291,9 @@ impl Segment {
         if config.preallocate && end > self.allocated {
             self.preallocate_to(end, config.segment_bytes)?;
         }
-        self.file
-            .write_all_at(buf, start)
-            .map_err(|e| LogError::io(format!("write {}", self.log_path.display()), e))?;
+        if let Err(e) = self.write_at(buf, start) {
+            return Err(self.undo_failed_write(start, end, e));
+        }
 
         for (h, range) in batches {
             if h.max_timestamp > self.max_timestamp {
@@ -247,11 +315,13 @@ impl Segment {
         }
         self.size = end;
         self.next_offset = last.next_offset();
+        // The batches are written and counted by now, so a full disk here must not read as a
+        // refused (undone) write: it is reported as a plain I/O error, which fail-stops.
         if self.index.unflushed() >= INDEX_FLUSH_ENTRIES {
-            self.index.flush()?;
+            self.index.flush().map_err(written_anyway)?;
         }
         if self.time_index.unflushed() >= INDEX_FLUSH_ENTRIES {
-            self.time_index.flush()?;
+            self.time_index.flush().map_err(written_anyway)?;
         }
         Ok(())
     }
@@ -266,11 +336,58 @@ impl Segment {
             return Ok(());
         }
         let zeros = vec![0u8; (target - from) as usize];
-        self.file
-            .write_all_at(&zeros, from)
+        // A failure leaves at most some zeros past `allocated`: never mistaken for batches,
+        // overwritten by the next preallocation and trimmed at roll, so `ENOSPC` here is
+        // already "undone".
+        self.write_at(&zeros, from)
             .map_err(|e| LogError::io(format!("preallocate {}", self.log_path.display()), e))?;
         self.allocated = target;
         Ok(())
+    }
+
+    /// `write_all_at`, unless a disk-full fault is armed for this directory.
+    fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        if let Some(room) = disk_full_room(&self.log_path) {
+            let n = room.min(buf.len());
+            self.file.write_all_at(&buf[..n], pos)?;
+            if n < buf.len() {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            return Ok(());
+        }
+        self.file.write_all_at(buf, pos)
+    }
+
+    /// Turns a failed data write at `start..end` into the error to report. Out of space, the
+    /// bytes that did land are removed so that no later recovery can take them for batches the
+    /// producer was told had failed: beyond the preallocated region by truncating (which frees
+    /// space, so it cannot itself run out), inside it by rewriting zeros over blocks that are
+    /// already allocated. If that fails the error no longer counts as refused (fail-stop).
+    fn undo_failed_write(&mut self, start: u64, end: u64, cause: std::io::Error) -> LogError {
+        let context = format!("write {}", self.log_path.display());
+        if !is_out_of_space(&cause) {
+            return LogError::io(context, cause);
+        }
+        let undone = if start < self.allocated {
+            let upto = end.min(self.allocated);
+            let zeros = vec![0u8; (upto - start) as usize];
+            self.file.write_all_at(&zeros, start).and_then(|()| {
+                if end > self.allocated {
+                    self.file.set_len(self.allocated)
+                } else {
+                    Ok(())
+                }
+            })
+        } else {
+            self.file.set_len(start)
+        };
+        match undone {
+            Ok(()) => LogError::io(context, cause),
+            Err(e) => LogError::io(
+                format!("{context}: undoing a partial write after `{cause}`"),
+                std::io::Error::other(e),
+            ),
+        }
     }
 
     /// fdatasync of the log file.
@@ -413,6 +530,39 @@ mod tests {
     fn append(seg: &mut Segment, buf: &[u8], cfg: &LogConfig) {
         let batches: Vec<_> = BatchIter::new(buf).collect();
         seg.append(buf, &batches, 0, cfg).unwrap();
+    }
+
+    /// A full disk mid-write: the bytes that landed are undone, the segment (file and state)
+    /// is as before, and once space returns the next append goes where the refused one would.
+    #[test]
+    fn refused_write_is_undone() {
+        for preallocate in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = LogConfig {
+                preallocate,
+                ..LogConfig::default()
+            };
+            let mut seg = Segment::create(dir.path(), 0).unwrap();
+            append(&mut seg, &batch_at(0, 2, 1_000), &cfg);
+            let size = seg.size();
+            let file_len = std::fs::metadata(seg.log_path()).unwrap().len();
+
+            set_disk_full(dir.path(), Some(40));
+            let b = batch_at(2, 3, 2_000);
+            let batches: Vec<_> = BatchIter::new(&b).collect();
+            let err = seg.append(&b, &batches, 0, &cfg).unwrap_err();
+            assert!(write_refused(&err), "{err}");
+            assert_eq!((seg.size(), seg.next_offset()), (size, 2));
+            assert_eq!(std::fs::metadata(seg.log_path()).unwrap().len(), file_len);
+            let tail = std::fs::read(seg.log_path()).unwrap();
+            assert!(tail[size as usize..].iter().all(|&b| b == 0));
+
+            set_disk_full(dir.path(), None);
+            append(&mut seg, &b, &cfg);
+            assert_eq!(seg.next_offset(), 5);
+            let (pos, h) = seg.find_batch(3).unwrap().unwrap();
+            assert_eq!((pos, h.base_offset), (size, 2));
+        }
     }
 
     #[test]

@@ -21,13 +21,27 @@
 //! get [`LogError::FailStopped`], [`PartitionHandle::is_failed`] turns true for health checks, and
 //! an error is logged. Reads stay bounded by the last durable high watermark.
 //!
+//! A full disk is different: a write refused with `ENOSPC` is undone by the segment (see
+//! `segment.rs`), fails only the appends it carried (Kafka `KAFKA_STORAGE_ERROR`, AMQP nack),
+//! and the partition accepts appends again as soon as space returns.
+//!
+//! Power-loss tests need to know what an fsync made durable, which no file system reports.
+//! With the hidden `sync_journal` option the writer keeps it in a [`SYNC_JOURNAL_FILE`] in the
+//! partition directory: after every successful fsync it stores (one 8-byte `pwrite`, ~1 µs
+//! against the ~100 µs fsync; nothing at all when the option is off) the log end offset
+//! captured *before* that fsync began, so the file never claims more than is on disk. Rolling
+//! also syncs but does not update it: the journal errs towards claiming less, which a test can
+//! only count as a loss, never hide one with. It survives SIGKILL (it is in the page cache like
+//! everything else), and a test cuts the log back to that offset to mimic the page cache lost.
+//!
 //! Metrics (through the `metrics` facade, labelled `topic` and `partition`):
 //! `ferry_log_appended_bytes_total`, `ferry_log_appended_records_total`, `ferry_log_fsync_seconds`,
-//! `ferry_log_segments`, `ferry_log_size_bytes`, `ferry_log_start_offset`, `ferry_log_end_offset`,
-//! `ferry_log_recovery_repairs_total`.
+//! `ferry_log_refused_appends_total`, `ferry_log_segments`, `ferry_log_size_bytes`,
+//! `ferry_log_start_offset`, `ferry_log_end_offset`, `ferry_log_recovery_repairs_total`.
 
 use std::fs::File;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,6 +62,9 @@ pub const GROUP_MAX_BYTES: usize = 16 << 20;
 pub const GROUP_MAX_REQUESTS: usize = 1024;
 /// Append requests that may wait in the queue before `append` awaits room (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
+/// With the `sync_journal` option: file in the partition directory holding, as 8 little-endian
+/// bytes, the log end offset as of the last successful fsync (everything below it is durable).
+pub const SYNC_JOURNAL_FILE: &str = "sync.journal";
 
 /// Which partition a handle serves; used as metric labels and in log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +96,12 @@ struct Shared {
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
     fsyncs: AtomicU64,
+    /// Appends a full disk refused (see `segment::write_refused`).
+    refused: AtomicU64,
     fail_next_fsync: AtomicBool,
+    /// The `sync_journal` file, when that test option is on.
+    journal: Option<File>,
+    dir: PathBuf,
     labels: LogLabels,
     metric_labels: Vec<(&'static str, String)>,
     shutdown_done: tokio::sync::Mutex<bool>,
@@ -102,6 +124,16 @@ impl Shared {
                 e,
             )
         })
+    }
+
+    /// Records in the sync journal (if any) that everything below `end` is durable. A failed
+    /// journal write only weakens a test hook, so it is logged, not fatal.
+    fn record_durable(&self, end: i64) {
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.write_all_at(&end.to_le_bytes(), 0) {
+                tracing::warn!(topic = %self.labels.topic, error = %e, "cannot update sync journal");
+            }
+        }
     }
 
     /// Fail-stops the partition after a write/fsync error; returns the error for callers.
@@ -201,6 +233,18 @@ impl PartitionHandle {
         // make it durable before exposing it to readers.
         log.sync()?;
         let end = log.log_end_offset();
+        let journal = if log.config().sync_journal {
+            let path = dir.join(SYNC_JOURNAL_FILE);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| LogError::io(format!("open {}", path.display()), e))?;
+            Some(file)
+        } else {
+            None
+        };
         let (hw_tx, _) = watch::channel(end);
         let metric_labels = vec![
             ("topic", labels.topic.clone()),
@@ -214,11 +258,15 @@ impl PartitionHandle {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             fail_next_fsync: AtomicBool::new(false),
+            journal,
+            dir: dir.to_path_buf(),
             labels,
             metric_labels,
             shutdown_done: tokio::sync::Mutex::new(false),
         });
+        shared.record_durable(end);
         shared.publish_gauges();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         runtime.spawn(writer_task(Arc::clone(&shared), rx));
@@ -327,6 +375,28 @@ impl PartitionHandle {
         result
     }
 
+    /// Deletes the segments wholly below `offset` (see
+    /// [`PartitionLog::delete_segments_below`]); a few unlink calls, once per segment.
+    pub fn delete_segments_below(&self, offset: i64) -> Result<RetentionReport> {
+        let result = self.shared.log.write().delete_segments_below(offset);
+        if let Err(e @ LogError::FailStopped(_)) = &result {
+            self.shared.mark_failed(e);
+        }
+        self.shared.publish_gauges();
+        result
+    }
+
+    /// Where the second-oldest segment starts: once everything below it is settled, the
+    /// oldest segment can go. `None` while the log has one segment.
+    pub fn second_segment_base(&self) -> Option<i64> {
+        self.shared
+            .log
+            .read()
+            .segments()
+            .get(1)
+            .map(|s| s.base_offset())
+    }
+
     /// Replaces the configuration (fsync policy changes apply from the next group).
     pub fn update_config(&self, config: LogConfig) -> Result<()> {
         self.shared.log.write().update_config(config)
@@ -347,10 +417,23 @@ impl PartitionHandle {
         self.shared.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// Appends refused because the disk was full (each failed alone; the partition stayed up).
+    pub fn refused_append_count(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
     /// Makes the next fsync fail, to test fail-stop. Not for production use.
     #[doc(hidden)]
     pub fn inject_fsync_failure(&self) {
         self.shared.fail_next_fsync.store(true, Ordering::SeqCst);
+    }
+
+    /// Simulates a full disk under this partition (`Some(room)`: each write puts at most `room`
+    /// bytes on disk, then fails with `ENOSPC`) or its end (`None`: space returns). Not for
+    /// production use.
+    #[doc(hidden)]
+    pub fn inject_disk_full(&self, room: Option<usize>) {
+        super::segment::set_disk_full(&self.shared.dir, room);
     }
 
     /// Completes every append queued before it, fsyncs, and closes the log (leaving the
@@ -472,10 +555,13 @@ async fn commit_group(
         };
         let appended = results.iter().any(Result::is_ok);
         if appended && policy == FsyncPolicy::Always {
-            if let Err(e) = worker.fsync(&file) {
-                let err = worker.fail_stop(e);
-                for r in results.iter_mut().filter(|r| r.is_ok()) {
-                    *r = Err(LogError::FailStopped(err.to_string()));
+            match worker.fsync(&file) {
+                Ok(()) => worker.record_durable(end),
+                Err(e) => {
+                    let err = worker.fail_stop(e);
+                    for r in results.iter_mut().filter(|r| r.is_ok()) {
+                        *r = Err(LogError::FailStopped(err.to_string()));
+                    }
                 }
             }
         }
@@ -515,6 +601,11 @@ async fn commit_group(
                     shared.mark_failed(&LogError::FailStopped(reason));
                 }
             }
+            Err(e) if super::segment::write_refused(e) => {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ferry_log_refused_appends_total", &shared.metric_labels)
+                    .increment(1);
+            }
             Err(_) => {}
         }
     }
@@ -534,9 +625,15 @@ async fn commit_group(
 async fn interval_sync(shared: &Arc<Shared>) {
     let worker = Arc::clone(shared);
     let result = tokio::task::spawn_blocking(move || {
-        let file = worker.log.read().sync_handle();
-        if let Err(e) = worker.fsync(&file) {
-            worker.fail_stop(e);
+        let (file, end) = {
+            let log = worker.log.read();
+            (log.sync_handle(), log.log_end_offset())
+        };
+        match worker.fsync(&file) {
+            Ok(()) => worker.record_durable(end),
+            Err(e) => {
+                worker.fail_stop(e);
+            }
         }
     })
     .await;
@@ -555,6 +652,7 @@ async fn close_log(shared: &Arc<Shared>) {
     .await;
     match result {
         Ok((Ok(()), end)) => {
+            shared.record_durable(end);
             shared.advance_high_watermark(end);
             tracing::debug!(
                 topic = %shared.labels.topic,
