@@ -25,6 +25,20 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure a running broker from the outside (throughput, latency, client CPU).
     Bench(BenchArgs),
+    /// Topics: list, create, delete, describe (through the admin API).
+    Topic(crate::admin_cli::args::TopicArgs),
+    /// AMQP queues: list, create, delete, describe, purge (through the admin API).
+    Queue(crate::admin_cli::args::QueueArgs),
+    /// AMQP exchanges: list, create, delete, bind (through the admin API).
+    Exchange(crate::admin_cli::args::ExchangeArgs),
+    /// Kafka consumer groups: list, describe, reset-offsets (through the admin API).
+    Group(crate::admin_cli::args::GroupArgs),
+    /// Dead-letter queues: list, browse, replay, purge (through the admin API).
+    Dlq(crate::admin_cli::args::DlqArgs),
+    /// Produce lines from stdin or a file to a topic over the Kafka protocol (like kcat -P).
+    Produce(crate::admin_cli::args::ProduceArgs),
+    /// Print a topic's messages over the Kafka protocol (like kcat -C).
+    Consume(crate::admin_cli::args::ConsumeArgs),
 }
 
 /// Every option can also be set in the TOML file given by --config and by a FERRY_* environment
@@ -93,6 +107,60 @@ pub enum BenchTarget {
     /// latency p50/p99, and this client's own CPU share, for every record size x partition
     /// count. Each case uses a fresh topic, deleted afterwards unless --keep.
     Kafka(KafkaBenchArgs),
+    /// Load-test any AMQP 0-9-1 broker (Ferry, RabbitMQ, ...): one publisher with publisher
+    /// confirms and one consumer with manual acks on one durable queue, persistent messages;
+    /// reports published+confirmed and consumed messages/s, end-to-end latency p50/p99/p99.9,
+    /// and this client's own CPU share, for every message size. Each size uses a fresh queue,
+    /// deleted afterwards unless --keep.
+    Amqp(AmqpBenchArgs),
+}
+
+/// Flags of `ferry bench amqp`.
+#[derive(Debug, Clone, Args)]
+pub struct AmqpBenchArgs {
+    /// Broker URL (the vhost `/` is written %2f).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub url: String,
+    /// Messages to publish (and consume) per size [default: publish for 10 s].
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// Publish for this many seconds per size [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Message body sizes in bytes, comma-separated (suffixes k/KiB and M/MiB are accepted).
+    #[arg(long, alias = "sizes", value_name = "BYTES,...", value_delimiter = ',', default_value = "16,1024", value_parser = parse_bytes)]
+    pub size: Vec<usize>,
+    /// Unconfirmed messages the publisher keeps in flight.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub window: u64,
+    /// The consumer's basic.qos prefetch count.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub prefetch: u16,
+    /// Publish at most this many messages per second (default: as fast as confirms allow),
+    /// to compare latency between brokers at the same load.
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u64>,
+    /// Only publish (no consumer), and keep the queue with its messages: for measuring what
+    /// queued messages cost the broker.
+    #[arg(long)]
+    pub no_consumer: bool,
+    /// Declare the bench queue non-durable (messages stay persistent): shows what keeping a
+    /// durable queue's delivery state costs the broker.
+    #[arg(long)]
+    pub transient_queue: bool,
+    /// Seconds without a confirm, delivery or answer from the broker before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Keep the bench queues instead of deleting them at the end of each size.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print every result as one JSON document on stdout (and nothing else there).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `ferry bench kafka`.

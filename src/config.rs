@@ -60,6 +60,8 @@ pub struct Config {
     pub amqp: AmqpSettings,
     /// Logging and metrics.
     pub observe: ObserveSettings,
+    /// Alert rules and where their events go (see `src/observe/alerts.rs`).
+    pub alerts: crate::observe::alerts::AlertSettings,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             kafka: KafkaSettings::default(),
             amqp: AmqpSettings::default(),
             observe: ObserveSettings::default(),
+            alerts: crate::observe::alerts::AlertSettings::default(),
         }
     }
 }
@@ -104,6 +107,10 @@ pub struct LogSettings {
     pub index_interval_bytes: usize,
     /// How often retention runs, in milliseconds. Default 300000 (Kafka's 5 minutes).
     pub retention_check_interval_ms: u64,
+    /// Test hook for power-loss tests (`FERRY_LOG__SYNC_JOURNAL=true`): every partition records
+    /// the log end offset of its last fsync in a `sync.journal` file. Default false.
+    #[doc(hidden)]
+    pub sync_journal: bool,
 }
 
 impl Default for LogSettings {
@@ -119,6 +126,7 @@ impl Default for LogSettings {
             max_message_bytes: log.max_message_bytes,
             index_interval_bytes: log.index_interval_bytes,
             retention_check_interval_ms: 300_000,
+            sync_journal: false,
         }
     }
 }
@@ -139,6 +147,7 @@ impl LogSettings {
             retention_bytes: self.retention_bytes,
             max_message_bytes: self.max_message_bytes,
             index_interval_bytes: self.index_interval_bytes,
+            sync_journal: self.sync_journal,
             ..LogConfig::default()
         })
     }
@@ -166,6 +175,17 @@ pub struct KafkaSettings {
     pub group_min_session_timeout_ms: u64,
     /// `group.max.session.timeout.ms`. Default 1800000.
     pub group_max_session_timeout_ms: u64,
+    /// Most open Kafka connections; a connection beyond it is closed as soon as it is
+    /// accepted (Kafka's `max.connections`). 0 = no limit. Default 10000.
+    pub max_connections: usize,
+    /// `connections.max.idle.ms`: a connection that completes no request for this long, with
+    /// none in flight, is closed. Also bounds a request that trickles in. Default 600000.
+    pub connections_max_idle_ms: u64,
+    /// `fetch.max.bytes`: most record bytes one fetch response carries, whatever the client
+    /// asks (the first batch still comes whole, so a consumer always progresses). Bounds what
+    /// a client that asks for huge fetches and never reads them can make the broker buffer
+    /// (32 requests in flight x this). Default 57671680 (55 MiB, Kafka's).
+    pub fetch_max_bytes: usize,
 }
 
 impl KafkaSettings {
@@ -188,6 +208,9 @@ impl Default for KafkaSettings {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+            max_connections: 10_000,
+            connections_max_idle_ms: 600_000,
+            fetch_max_bytes: 55 * 1024 * 1024,
         }
     }
 }
@@ -198,6 +221,15 @@ impl Default for KafkaSettings {
 pub struct AmqpUser {
     pub name: String,
     pub password: String,
+}
+
+/// Which vhosts one user may open (RabbitMQ's per-vhost permissions, without the
+/// configure/write/read patterns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpPermission {
+    pub user: String,
+    pub vhosts: Vec<String>,
 }
 
 /// `[amqp]`: AMQP 0-9-1 behaviour, with RabbitMQ's defaults.
@@ -219,6 +251,27 @@ pub struct AmqpSettings {
     /// publishing connections with connection.blocked until it recovers (RabbitMQ's
     /// `disk_free_limit`); 0 disables the check. Default 50000000 (50 MB).
     pub disk_free_limit_bytes: u64,
+    /// Resident memory, as a fraction of the RAM available to the process (physical memory or
+    /// a smaller cgroup limit), above which the resource alarm blocks publishing connections
+    /// (RabbitMQ's `vm_memory_high_watermark.relative`; above 1 counts as 1, 0 blocks all
+    /// publishing). Default 0.6.
+    pub vm_memory_high_watermark: f64,
+    /// The same limit in bytes; when non-zero it replaces the fraction (RabbitMQ's
+    /// `vm_memory_high_watermark.absolute`). Default 0 (use the fraction).
+    pub vm_memory_high_watermark_absolute: u64,
+    /// Virtual hosts clients may open; objects (exchanges, queues, bindings) in one are
+    /// invisible from the others, and each has its own `amq.*` exchanges. Opening any other
+    /// vhost gets connection.close 530. Default `["/"]`.
+    pub vhosts: Vec<String>,
+    /// Users limited to some vhosts; opening another one gets connection.close 530. A user
+    /// without an entry may open every vhost. Default none.
+    pub permissions: Vec<AmqpPermission>,
+    /// Most open AMQP connections (RabbitMQ's `connection_max`); the protocol header of a
+    /// connection beyond it is answered with connection.close 530. 0 = no limit. Default 10000.
+    pub max_connections: usize,
+    /// Milliseconds a client gets from accept to connection.open-ok (protocol header, start-ok,
+    /// tune-ok, open); slower ones are dropped (RabbitMQ's `handshake_timeout`). Default 10000.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for AmqpSettings {
@@ -233,6 +286,12 @@ impl Default for AmqpSettings {
             channel_max: 2047,
             heartbeat: 60,
             disk_free_limit_bytes: 50_000_000,
+            vm_memory_high_watermark: 0.6,
+            vm_memory_high_watermark_absolute: 0,
+            vhosts: vec!["/".into()],
+            permissions: Vec::new(),
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -254,6 +313,10 @@ pub struct ObserveSettings {
     pub admin_user: String,
     /// Its password. Default `admin`; empty user and password turn the admin API off.
     pub admin_password: String,
+    /// OTLP/HTTP collector to export tracing spans to (`http://collector:4318`; a URL without a
+    /// path gets `/v1/traces`). Needs a ferry built with the `otlp` cargo feature. Default empty:
+    /// no export.
+    pub otlp_endpoint: String,
 }
 
 impl Default for ObserveSettings {
@@ -265,6 +328,7 @@ impl Default for ObserveSettings {
             per_object_metrics: true,
             admin_user: "admin".into(),
             admin_password: "admin".into(),
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -345,6 +409,12 @@ impl Config {
 
     /// Checks what serde cannot: addresses resolve, numbers are in range, policies parse.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.alerts
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                key: "alerts".into(),
+                message,
+            })?;
         for (key, value) in [
             ("kafka_listen", &self.kafka_listen),
             ("amqp_listen", &self.amqp_listen),
@@ -391,19 +461,49 @@ impl Config {
                 "must not exceed kafka.group_max_session_timeout_ms",
             ));
         }
+        if self.kafka.fetch_max_bytes < 1024 {
+            return Err(invalid("kafka.fetch_max_bytes", "must be at least 1024"));
+        }
         if self.kafka.max_request_bytes < 1024 {
             return Err(invalid("kafka.max_request_bytes", "must be at least 1024"));
         }
         if self.amqp.frame_max < 4096 {
             return Err(invalid("amqp.frame_max", "must be at least 4096"));
         }
+        if self.kafka.connections_max_idle_ms == 0 {
+            return Err(invalid(
+                "kafka.connections_max_idle_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.amqp.handshake_timeout_ms == 0 {
+            return Err(invalid("amqp.handshake_timeout_ms", "must be at least 1"));
+        }
         if self.amqp.channel_max == 0 {
             return Err(invalid("amqp.channel_max", "must be at least 1"));
+        }
+        let watermark = self.amqp.vm_memory_high_watermark;
+        if watermark.is_nan() || watermark < 0.0 {
+            return Err(invalid(
+                "amqp.vm_memory_high_watermark",
+                "must be a fraction >= 0 (0.6 = 60% of the available memory)",
+            ));
+        }
+        if self.amqp.vhosts.iter().any(|v| v.is_empty()) {
+            return Err(invalid("amqp.vhosts", "vhost names must not be empty"));
         }
         if !matches!(self.observe.log_format.as_str(), "text" | "json") {
             return Err(invalid(
                 "observe.log_format",
                 "must be \"text\" or \"json\"",
+            ));
+        }
+        let otlp = &self.observe.otlp_endpoint;
+        let http = otlp.starts_with("http://") || otlp.starts_with("https://");
+        if !otlp.is_empty() && !http {
+            return Err(invalid(
+                "observe.otlp_endpoint",
+                "must be an http:// or https:// URL (OTLP over HTTP) or empty",
             ));
         }
         Ok(())

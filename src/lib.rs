@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin_cli;
 pub mod bench;
 pub mod broker;
 pub mod cli;

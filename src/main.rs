@@ -16,6 +16,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => ferry::bench::run(args).map_err(anyhow::Error::from),
+        Command::Topic(args) => admin(ferry::admin_cli::topic(args)),
+        Command::Queue(args) => admin(ferry::admin_cli::queue(args)),
+        Command::Exchange(args) => admin(ferry::admin_cli::exchange(args)),
+        Command::Group(args) => admin(ferry::admin_cli::group(args)),
+        Command::Dlq(args) => admin(ferry::admin_cli::dlq(args)),
+        Command::Produce(args) => {
+            ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::produce(args))
+                .map_err(anyhow::Error::from)
+        }
+        Command::Consume(args) => {
+            ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::consume(args))
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,6 +39,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs an admin subcommand (HTTP to the admin API) to completion.
+fn admin(
+    f: impl std::future::Future<Output = Result<(), ferry::admin_cli::CliError>>,
+) -> anyhow::Result<()> {
+    ferry::admin_cli::run_blocking(f).map_err(anyhow::Error::from)
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, warnings) =
         Config::load_with_warnings(args.config.as_deref(), std::env::vars(), args.overrides().0)
@@ -34,12 +54,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         print!("{}", config::to_toml_string(&config));
         return Ok(());
     }
-    ferry::observe::tracing::init(
+    ferry::observe::tracing::init_with_otlp(
         &config.observe.log_level,
         &config.observe.log_format,
         std::env::var("RUST_LOG").ok(),
         std::io::IsTerminal::is_terminal(&std::io::stderr())
             && std::env::var_os("NO_COLOR").is_none(),
+        &config.observe.otlp_endpoint,
     );
     for warning in warnings {
         tracing::warn!("{warning}");
@@ -60,6 +81,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         wait_for_signal().await?;
         tracing::info!("shutting down");
         broker.shutdown().await;
+        ferry::observe::otlp::shutdown();
         Ok(())
     })
 }

@@ -156,6 +156,7 @@ impl BrokerBuilder {
         };
         let http_listener = bind("HTTP", &config.http_listen).await?;
         let http_addr = local_addr("HTTP", &config.http_listen, &http_listener)?;
+        health.set_listener("http", http_addr);
         on_http_bound(http_addr);
         {
             let router = http::router(health.clone(), prometheus, &config.observe);
@@ -206,6 +207,8 @@ impl BrokerBuilder {
         let kafka_addr = local_addr("Kafka", &config.kafka_listen, &kafka_listener)?;
         let amqp_listener = bind("AMQP", &config.amqp_listen).await?;
         let amqp_addr = local_addr("AMQP", &config.amqp_listen, &amqp_listener)?;
+        health.set_listener("kafka", kafka_addr);
+        health.set_listener("amqp", amqp_addr);
         // The native protocol (protobuf over QUIC) is not implemented yet; its address is
         // validated and reserved in the configuration, but nothing binds it.
 
@@ -218,6 +221,20 @@ impl BrokerBuilder {
             kafka_listener,
             core.clone(),
             kafka_settings,
+            shutdown_rx.clone(),
+        ));
+        // The resource alarms block publishers of every protocol, so they run beside the
+        // listeners rather than inside one of them.
+        let (alarm_limits, limits_rx) =
+            watch::channel(crate::observe::alarms::Limits::from_settings(&config.amqp));
+        tasks.spawn(crate::observe::alarms::monitor(
+            core.clone(),
+            limits_rx,
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(crate::observe::alerts::run(
+            core.clone(),
+            config.alerts.clone(),
             shutdown_rx.clone(),
         ));
         tasks.spawn(protocol::amqp::serve(
@@ -266,6 +283,7 @@ impl BrokerBuilder {
             },
             data_dir,
             health,
+            alarm_limits,
             running: Mutex::new(Some(Running {
                 shutdown_tx,
                 tasks,
@@ -297,6 +315,8 @@ pub struct Broker {
     addrs: Addrs,
     data_dir: PathBuf,
     health: Arc<Health>,
+    /// What the resource alarm monitor checks against; changed at run time.
+    alarm_limits: watch::Sender<crate::observe::alarms::Limits>,
     running: Mutex<Option<Running>>,
 }
 
@@ -328,6 +348,13 @@ impl Broker {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Changes the memory high watermark until the broker stops (RabbitMQ's `rabbitmqctl
+    /// set_vm_memory_high_watermark`); the alarm is re-evaluated at once.
+    pub fn set_memory_high_watermark(&self, watermark: crate::observe::alarms::Watermark) {
+        self.alarm_limits
+            .send_modify(|limits| limits.memory = watermark);
     }
 
     /// `Ok` when `/readyz` would answer 200.

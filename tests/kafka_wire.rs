@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use ferry::log::batch::{encode_batch, SimpleRecord};
 use ferry::testing::TestBroker;
 
+mod common;
+
 fn request<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> Bytes {
     let header = RequestHeader::default()
         .with_request_api_key(api as i16)
@@ -390,4 +392,71 @@ async fn held_fetches_do_not_hold_up_shutdown_or_outlive_their_client() {
     ResponseHeader::decode(&mut resp, ApiKey::Fetch.response_header_version(11)).unwrap();
     let body = kafka_protocol::messages::FetchResponse::decode(&mut resp, 11).unwrap();
     assert_eq!(body.responses[0].partitions[0].error_code, 0);
+}
+
+/// `kafka.fetch_max_bytes` (Kafka's `fetch.max.bytes`) bounds a response whatever the client
+/// asks, so a client asking for huge fetches cannot make the broker buffer them; the first
+/// batch still comes whole, so the consumer progresses.
+#[tokio::test]
+async fn fetch_responses_are_capped_by_fetch_max_bytes() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+
+    const CAP: usize = 100 * 1024;
+    let broker = TestBroker::with(|b| b.configure(|c| c.kafka.fetch_max_bytes = CAP))
+        .await
+        .unwrap();
+    broker
+        .core()
+        .create_topic("wide", 4, Default::default())
+        .await
+        .unwrap();
+    let batch_value = Bytes::from(vec![7u8; 40 * 1024]);
+    for p in 0..4 {
+        let handle = broker.core().partition("wide", p).unwrap();
+        for _ in 0..3 {
+            let batch = encode_batch(&[SimpleRecord {
+                key: None,
+                value: Some(batch_value.clone()),
+                headers: vec![],
+                timestamp: 1,
+            }]);
+            handle.append(batch).await.unwrap();
+        }
+    }
+    let fetch = |max_bytes: i32| {
+        FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("wide")))
+                .with_partitions(
+                    (0..4)
+                        .map(|p| {
+                            FetchPartition::default()
+                                .with_partition(p)
+                                .with_fetch_offset(0)
+                                .with_partition_max_bytes(64 << 20)
+                        })
+                        .collect(),
+                )])
+    };
+    let mut client = common::kafka_raw::RawKafka::connect(broker.kafka_addr()).await;
+    let record_bytes = |r: &FetchResponse| -> usize {
+        r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |b| b.len()))
+            .sum()
+    };
+    // The client asks for 1 GiB: it gets at most the cap plus one batch.
+    let big: FetchResponse = client.call(ApiKey::Fetch, 11, &fetch(1 << 30)).await;
+    let got = record_bytes(&big);
+    assert!(got > 0, "nothing fetched");
+    assert!(got <= CAP + 41 * 1024, "{got} bytes for a cap of {CAP}");
+    // A client asking for less than the cap is not given more.
+    let small: FetchResponse = client.call(ApiKey::Fetch, 11, &fetch(1)).await;
+    assert!(record_bytes(&small) <= 41 * 1024, "the first batch only");
+    broker.stop().await;
 }

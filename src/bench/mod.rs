@@ -5,13 +5,18 @@
 //! `kafka-protocol` crate; no librdkafka), so the same figures can be taken from Ferry and from a
 //! real Kafka side by side. It reports produce (acks=all) and consume throughput, end-to-end
 //! latency, and the client's own CPU share, so a reader can tell whether the client limited the
-//! run.
+//! run. [`amqp`] does the same for any AMQP 0-9-1 broker (Ferry, RabbitMQ, …): confirmed
+//! publishing and consuming of persistent messages on a durable queue, with a pipelined client
+//! of its own (`amqp_client`, on tokio and `amq-protocol`'s frame codec; no lapin).
 //!
 //! This module holds what every generator shares: the error type, the CPU meter, latency
 //! percentiles and the terminal progress line.
 
+pub mod amqp;
+mod amqp_client;
 pub mod kafka;
-mod kafka_client;
+// `ferry produce|consume` (crate::admin_cli::kcat) reuse this client.
+pub(crate) mod kafka_client;
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +33,11 @@ pub enum BenchError {
          `cargo run --release -- serve` (or pass --bootstrap HOST:PORT)"
     )]
     Connect { addr: String, reason: String },
+    #[error(
+        "cannot connect to {addr}: {reason} — is a broker running? start one with \
+         `cargo run --release -- serve` (or pass --url amqp://USER:PASS@HOST:PORT/VHOST)"
+    )]
+    AmqpConnect { addr: String, reason: String },
     #[error("cannot resolve {addr}: {reason} — check the host name in --bootstrap")]
     Resolve { addr: String, reason: String },
     #[error(
@@ -97,6 +107,14 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
                 .build()
                 .map_err(BenchError::Runtime)?;
             runtime.block_on(kafka::run(args))
+        }
+        BenchTarget::Amqp(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("ferry-bench")
+                .build()
+                .map_err(BenchError::Runtime)?;
+            runtime.block_on(amqp::run(args))
         }
     }
 }
@@ -210,6 +228,20 @@ pub(crate) fn percentiles(samples: &mut [u64]) -> Option<(f64, f64)> {
     Some((at(0.50), at(0.99)))
 }
 
+/// The given quantiles (0.0–1.0, nearest rank) of latency samples in nanoseconds, in
+/// milliseconds. Sorts `samples`.
+pub(crate) fn quantiles(samples: &mut [u64], qs: &[f64]) -> Option<Vec<f64>> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        samples[rank - 1] as f64 / 1e6
+    };
+    Some(qs.iter().map(|&q| at(q)).collect())
+}
+
 /// A single self-updating progress line on stderr, shown only when stderr is a terminal.
 pub(crate) struct Progress {
     done: Arc<AtomicU64>,
@@ -220,6 +252,16 @@ pub(crate) struct Progress {
 impl Progress {
     /// Starts reporting `done` (records so far) out of `total` (if known) under `label`.
     pub(crate) fn start(label: String, total: Option<u64>, enabled: bool) -> Progress {
+        Progress::start_with_unit(label, total, enabled, "records")
+    }
+
+    /// [`Progress::start`] counting `unit` (`messages`, …) instead of records.
+    pub(crate) fn start_with_unit(
+        label: String,
+        total: Option<u64>,
+        enabled: bool,
+        unit: &'static str,
+    ) -> Progress {
         let done = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let task = (enabled && std::io::stderr().is_terminal()).then(|| {
@@ -246,7 +288,7 @@ impl Progress {
                     let mut err = std::io::stderr().lock();
                     let _ = write!(
                         err,
-                        "\r\x1b[2K  {label}: {}{of} records, {} records/s, {:.1} s",
+                        "\r\x1b[2K  {label}: {}{of} {unit}, {} {unit}/s, {:.1} s",
                         group(n),
                         group(rate as u64),
                         started.elapsed().as_secs_f64()

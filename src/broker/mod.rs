@@ -16,10 +16,17 @@
 //! publishes to it append to the topic (murmur2 partitioner), and per-partition router tasks
 //! feed the queues bound to it from the topic log, exactly once per record and queue.
 
+pub mod breaker;
+pub mod dedup;
+pub mod delayed;
+pub mod event;
 pub mod exchange;
 pub mod group;
 pub mod queue;
+pub mod queue_browse;
+pub mod retry;
 pub mod routing;
+pub mod stream;
 pub mod topic;
 pub mod topic_router;
 

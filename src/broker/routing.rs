@@ -32,14 +32,15 @@ use parking_lot::RwLock;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
 
+use super::dedup::DEDUP_KEY_HEADER;
 use super::exchange::{Exchange, ExchangeKind, PREDECLARED};
-use super::queue::{DeathReason, Overflow, Queue, QueueLimits, QueueSetup};
+use super::queue::{DeathReason, Overflow, Queue, QueueLimits, QueueSetup, Submitted};
 pub use super::queue::{PRIORITY_HEADER, TTL_HEADER};
 use crate::clock::Clock;
 use crate::log::{LogConfig, LogError, LogLabels, PartitionHandle, PendingAppend, SimpleRecord};
 use crate::meta::{BindingDef, DestinationKind, ExchangeDef, Meta, MetaError, QueueDef};
 
-/// The only virtual host so far.
+/// The default virtual host, where Kafka topics are exchanges too.
 pub const DEFAULT_VHOST: &str = "/";
 
 /// Largest message body a queue accepts (RabbitMQ's `max_message_size` default, 128 MiB).
@@ -105,6 +106,10 @@ pub struct QueueSpec {
     pub connection: u64,
 }
 
+/// The connection id of declarations the broker makes itself (the delay queue): they may use
+/// the reserved `amq.` prefix. Real connections count up from 1 and never reach it.
+pub(crate) const INTERNAL_CONNECTION: u64 = u64::MAX;
+
 /// Record header (protocol-neutral) naming the exchange a message was published to; set by
 /// [`RouterInner::publish`], read by adapters for basic.deliver's `exchange`.
 pub const EXCHANGE_HEADER: &str = "ferry.exchange";
@@ -142,6 +147,9 @@ pub trait TopicSink: Send + Sync {
     >;
 }
 
+/// Reads the message headers of a stored record, as a headers exchange matches them.
+pub type HeadersReader = fn(&SimpleRecord) -> Option<Map<String, Value>>;
+
 /// The registry of exchanges and queues. Cheap to clone: maintenance tasks hold a clone.
 #[derive(Clone)]
 pub struct Router {
@@ -174,6 +182,19 @@ pub struct RouterInner {
     alarm: tokio::sync::watch::Sender<Option<String>>,
     /// Appends publishes to topic exchanges to their topic; set once by the core.
     topic_sink: std::sync::OnceLock<Arc<dyn TopicSink>>,
+    /// The vhosts clients may open (`set_vhosts`); `/` until configured.
+    vhosts: RwLock<HashSet<String>>,
+    /// Reads a stored message's headers (in the protocol's encoding) as JSON, so dead letters
+    /// can be routed by a headers exchange; set once by the AMQP adapter.
+    headers_reader: std::sync::OnceLock<HeadersReader>,
+    /// The router itself, for tasks started from `&RouterInner` (the delay scheduler).
+    self_ref: std::sync::OnceLock<std::sync::Weak<RouterInner>>,
+    /// Vhosts whose delay scheduler runs.
+    delay_schedulers: parking_lot::Mutex<HashSet<String>>,
+    /// Writes durable queues' delivery states behind their changes.
+    state_flusher: super::queue::StateFlusher,
+    /// Messages dead-lettered since start (the alerts' dead-letter rate).
+    dead_lettered: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RouterInner {
@@ -222,24 +243,16 @@ impl Router {
             tasks: parking_lot::Mutex::new(Vec::new()),
             alarm: tokio::sync::watch::channel(None).0,
             topic_sink: std::sync::OnceLock::new(),
+            vhosts: RwLock::new(HashSet::from([DEFAULT_VHOST.to_string()])),
+            headers_reader: std::sync::OnceLock::new(),
+            self_ref: std::sync::OnceLock::new(),
+            delay_schedulers: parking_lot::Mutex::new(HashSet::new()),
+            dead_lettered: std::sync::atomic::AtomicU64::new(0),
+            state_flusher: super::queue::StateFlusher::default(),
         };
-        for (name, kind) in PREDECLARED {
-            let def = ExchangeDef {
-                vhost: DEFAULT_VHOST.into(),
-                name: (*name).into(),
-                kind: kind.as_str().into(),
-                durable: true,
-                auto_delete: false,
-                internal: false,
-                arguments: Value::Object(Map::new()),
-            };
-            router.exchanges.write().insert(
-                key(DEFAULT_VHOST, name),
-                Arc::new(Exchange::new(def, *kind)),
-            );
-        }
+        router.predeclare(DEFAULT_VHOST);
         for def in router.meta.exchanges()? {
-            let Some(kind) = ExchangeKind::parse(&def.kind) else {
+            let Some(kind) = exchange_kind(&def) else {
                 tracing::warn!(exchange = %def.name, kind = %def.kind, "unknown exchange type in meta; skipped");
                 continue;
             };
@@ -261,6 +274,9 @@ impl Router {
             router.queues.write().insert(k, Arc::new(queue));
         }
         for b in router.meta.bindings()? {
+            // Bindings in another vhost may hang off its `amq.*` exchanges, which must exist
+            // before the vhost list is configured.
+            router.predeclare(&b.vhost);
             let Some(ex) = router.exchange(&b.vhost, &b.source) else {
                 continue;
             };
@@ -276,8 +292,13 @@ impl Router {
         let router = Router {
             inner: Arc::new(router),
         };
+        let _ = router.self_ref.set(Arc::downgrade(&router.inner));
+        router.start_state_flusher();
         for q in router.queues() {
             router.start_maintenance(&q);
+            if q.name() == super::delayed::DELAY_QUEUE {
+                router.start_delay_scheduler(&q);
+            }
         }
         Ok(router)
     }
@@ -290,6 +311,45 @@ impl Router {
             self.start_maintenance(&declared.queue);
         }
         Ok(declared)
+    }
+
+    /// The task writing durable queues' delivery states behind their changes (see
+    /// [`super::queue::StateFlusher`]).
+    fn start_state_flusher(&self) {
+        let router = self.clone();
+        let mut stop = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = router.state_flusher.changed() => {}
+                    _ = stop.changed() => return,
+                }
+                tokio::time::sleep(super::queue::STATE_WRITE_DELAY).await;
+                let dirty = router.state_flusher.take_dirty();
+                let r = router.clone();
+                // sled writes block; keep them off the async workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (vhost, name) in dirty {
+                        if let Some(q) = r.queue(&vhost, &name) {
+                            q.persist_now();
+                        }
+                    }
+                })
+                .await;
+            }
+        });
+        self.tasks.lock().push(task);
+    }
+
+    /// Starts the scheduler of a vhost's delay queue (once per vhost).
+    fn start_delay_scheduler(&self, q: &Arc<Queue>) {
+        if !self.delay_schedulers.lock().insert(q.vhost().to_string()) {
+            return;
+        }
+        let task = tokio::spawn(super::delayed::run_scheduler(self.clone(), q.clone()));
+        let mut tasks = self.tasks.lock();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// Runs TTL/max-length on a timer and forwards dead letters, for queues whose arguments
@@ -358,6 +418,8 @@ impl Router {
             };
             metrics::counter!("ferry_messages_dead_lettered_total", "reason" => reason.as_str())
                 .increment(1);
+            self.dead_lettered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let record = with_death(record.clone(), q, *reason, now);
             let record = match &q.limits().dead_letter_routing_key {
                 Some(k) => SimpleRecord {
@@ -367,7 +429,8 @@ impl Router {
                 None => record,
             };
             // A dead-letter exchange that does not exist drops the message (RabbitMQ).
-            match Box::pin(self.publish(q.vhost(), &dlx, None, record)).await {
+            let headers = self.headers_of(&record);
+            match Box::pin(self.publish_now(q.vhost(), &dlx, headers.as_ref(), record)).await {
                 Ok(p) => pending.extend(p.pending),
                 Err(e) => {
                     tracing::debug!(queue = q.name(), error = %e, "dead-lettering dropped a message")
@@ -401,6 +464,22 @@ impl Router {
 }
 
 impl RouterInner {
+    /// Turns true when the router shuts down.
+    pub fn subscribe_stop(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Messages dead-lettered since the broker started.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The broker's clock, in ms since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Deletes `<queues>/<vhost>/<name>` directories of queues that are not durable.
     fn remove_stale_dirs(&self, kept: &HashSet<PathBuf>) {
         let Ok(vhosts) = std::fs::read_dir(&self.queues_dir) else {
@@ -462,6 +541,7 @@ impl RouterInner {
                 meta,
                 limits,
                 clock: self.clock.clone(),
+                flusher: Some(self.state_flusher.clone()),
             },
             state,
         ))
@@ -530,7 +610,46 @@ impl RouterInner {
     }
 
     pub fn vhost_exists(&self, vhost: &str) -> bool {
-        vhost == DEFAULT_VHOST
+        self.vhosts.read().contains(vhost)
+    }
+
+    /// Sets the vhosts clients may open, each with its `amq.*` exchanges. Objects of a vhost
+    /// left out stay stored but unreachable until it is listed again.
+    pub fn set_vhosts(&self, vhosts: &[String]) {
+        for v in vhosts {
+            self.predeclare(v);
+        }
+        *self.vhosts.write() = vhosts.iter().cloned().collect();
+    }
+
+    /// Sets how dead letters' headers are read for headers-exchange routing (first call wins).
+    pub fn set_headers_reader(&self, reader: HeadersReader) {
+        let _ = self.headers_reader.set(reader);
+    }
+
+    /// A stored message's headers, as its dead-letter exchange routes them (with its death
+    /// history, as RabbitMQ routes the dead-lettered copy).
+    fn headers_of(&self, record: &SimpleRecord) -> Option<Map<String, Value>> {
+        self.headers_reader.get().and_then(|read| read(record))
+    }
+
+    /// Adds the `amq.*` exchanges of `vhost` that are missing (every vhost has its own).
+    fn predeclare(&self, vhost: &str) {
+        let mut exchanges = self.exchanges.write();
+        for (name, kind) in PREDECLARED {
+            exchanges.entry(key(vhost, name)).or_insert_with(|| {
+                let def = ExchangeDef {
+                    vhost: vhost.into(),
+                    name: (*name).into(),
+                    kind: kind.as_str().into(),
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: Value::Object(Map::new()),
+                };
+                Arc::new(Exchange::new(def, *kind))
+            });
+        }
     }
 
     pub fn exchange(&self, vhost: &str, name: &str) -> Option<Arc<Exchange>> {
@@ -618,8 +737,14 @@ impl RouterInner {
                 def.name
             )));
         }
-        let kind = ExchangeKind::parse(&def.kind).ok_or_else(|| {
-            RoutingError::InvalidRequest(format!("invalid exchange type '{}'", def.kind))
+        let kind = exchange_kind(&def).ok_or_else(|| {
+            if def.kind == DELAYED_MESSAGE_EXCHANGE {
+                RoutingError::PreconditionFailed(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type".into(),
+                )
+            } else {
+                RoutingError::InvalidRequest(format!("invalid exchange type '{}'", def.kind))
+            }
         })?;
         if def.durable {
             self.meta.put_exchange(&def)?;
@@ -763,7 +888,10 @@ impl RouterInner {
                 name,
             });
         }
-        if name.starts_with("amq.") && !spec.name.is_empty() {
+        if name.starts_with("amq.")
+            && !spec.name.is_empty()
+            && spec.connection != INTERNAL_CONNECTION
+        {
             return Err(RoutingError::AccessRefused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
@@ -1105,10 +1233,101 @@ impl RouterInner {
         out
     }
 
-    /// Routes a message and queues an append to every matching queue that accepts it. A
+    /// Publishes a client's message: one with an `x-delay` header goes to the vhost's delay
+    /// queue and is routed when due ([`super::delayed`]); any other is routed now
+    /// ([`publish_now`](Self::publish_now)).
+    pub async fn publish(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        headers: Option<&Map<String, Value>>,
+        mut record: SimpleRecord,
+    ) -> Result<Published, RoutingError> {
+        // The deduplication key an AMQP publisher puts in its headers table must be readable
+        // by queues (and after a restart) without the protocol's table encoding.
+        if let Some(key) = headers.and_then(|h| h.get("x-deduplication-header")) {
+            let key = match key {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            record.headers.retain(|(k, _)| k != DEDUP_KEY_HEADER);
+            record
+                .headers
+                .push((DEDUP_KEY_HEADER.to_string(), Some(key.into())));
+        }
+        match super::delayed::delay_of(headers) {
+            Some(delay) => {
+                self.publish_delayed(vhost, exchange, headers, record, delay)
+                    .await
+            }
+            None => self.publish_now(vhost, exchange, headers, record).await,
+        }
+    }
+
+    /// Appends a delayed message to the vhost's delay queue (declared, with its scheduler, on
+    /// first use); its confirm follows that append.
+    async fn publish_delayed(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        headers: Option<&Map<String, Value>>,
+        record: SimpleRecord,
+        delay_ms: i64,
+    ) -> Result<Published, RoutingError> {
+        if !exchange.is_empty() && self.exchange(vhost, exchange).is_none() {
+            return Err(RoutingError::NotFound {
+                kind: "exchange",
+                vhost: vhost.into(),
+                name: exchange.into(),
+            });
+        }
+        let q = self.delay_queue(vhost).await?;
+        let due = self.clock.now_ms().saturating_add(delay_ms);
+        let stored = super::delayed::wrap(record, exchange, headers, due);
+        let pending = match q.submit(stored).await? {
+            Submitted::Appended(p) => vec![p],
+            Submitted::Full | Submitted::Duplicate => Vec::new(),
+        };
+        Ok(Published {
+            pending,
+            routed: true,
+            rejected: false,
+        })
+    }
+
+    /// The vhost's delay queue, declared and its scheduler started on first use.
+    async fn delay_queue(&self, vhost: &str) -> Result<Arc<Queue>, RoutingError> {
+        if let Some(q) = self.queue(vhost, super::delayed::DELAY_QUEUE) {
+            if self.delay_schedulers.lock().contains(vhost) {
+                return Ok(q);
+            }
+        }
+        let router = self
+            .self_ref
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map(|inner| Router { inner })
+            .ok_or_else(|| RoutingError::InvalidRequest("the broker is shutting down".into()))?;
+        let declared = router
+            .declare_queue(QueueSpec {
+                vhost: vhost.to_string(),
+                name: super::delayed::DELAY_QUEUE.to_string(),
+                passive: false,
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: Value::Object(Map::new()),
+                connection: INTERNAL_CONNECTION,
+            })
+            .await?;
+        router.start_delay_scheduler(&declared.queue);
+        Ok(declared.queue)
+    }
+
+    /// Routes a message now and queues an append to every matching queue that accepts it. A
     /// queue that is full with `x-overflow` reject-publish refuses it; with
     /// reject-publish-dlx the refused message is also dead-lettered (reason `maxlen`).
-    pub async fn publish(
+    pub async fn publish_now(
         &self,
         vhost: &str,
         exchange: &str,
@@ -1163,11 +1382,17 @@ impl RouterInner {
                 continue;
             }
             match q.submit(record.clone()).await? {
-                Some(p) => out.pending.push(p),
-                None => {
+                Submitted::Appended(p) => out.pending.push(p),
+                // Already in the queue: confirmed like any routed message.
+                Submitted::Duplicate => {}
+                Submitted::Full => {
                     out.rejected = true;
                     let dlx = q.limits().dead_letter_exchange.clone();
                     if let (Overflow::RejectPublishDlx, Some(dlx)) = (q.limits().overflow, dlx) {
+                        metrics::counter!("ferry_messages_dead_lettered_total", "reason" => DeathReason::MaxLen.as_str())
+                            .increment(1);
+                        self.dead_lettered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let dead = with_death(
                             record.clone(),
                             &q,
@@ -1181,7 +1406,10 @@ impl RouterInner {
                             },
                             None => dead,
                         };
-                        if let Err(e) = Box::pin(self.publish(q.vhost(), &dlx, None, dead)).await {
+                        let dead_headers = self.headers_of(&dead).or_else(|| headers.cloned());
+                        let publish =
+                            self.publish_now(q.vhost(), &dlx, dead_headers.as_ref(), dead);
+                        if let Err(e) = Box::pin(publish).await {
                             tracing::debug!(queue = q.name(), error = %e, "dead-lettering a rejected publish failed");
                         }
                     }
@@ -1198,10 +1426,32 @@ impl RouterInner {
         for t in tasks {
             let _ = t.await;
         }
+        // Every change waiting for the flusher is written before the logs close.
+        for q in self.queues() {
+            q.persist_now();
+        }
         for q in self.queues() {
             q.log().shutdown().await;
         }
     }
+}
+
+/// The exchange type of RabbitMQ's delayed-message plugin. Ferry delays messages on every
+/// exchange ([`super::delayed`]), so this type only names the routing of its
+/// `x-delayed-type` argument; declarations written for the plugin work unchanged.
+pub const DELAYED_MESSAGE_EXCHANGE: &str = "x-delayed-message";
+
+/// How an exchange definition routes: its type, or for `x-delayed-message` its
+/// `x-delayed-type`.
+fn exchange_kind(def: &ExchangeDef) -> Option<ExchangeKind> {
+    if def.kind == DELAYED_MESSAGE_EXCHANGE {
+        return def
+            .arguments
+            .get("x-delayed-type")
+            .and_then(Value::as_str)
+            .and_then(ExchangeKind::parse);
+    }
+    ExchangeKind::parse(&def.kind)
 }
 
 /// A record's death history (newest first); empty if it never died.

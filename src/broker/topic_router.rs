@@ -43,7 +43,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::queue::Queue;
+use super::queue::{Queue, Submitted};
 use super::routing::{RoutingError, TopicSink, DEFAULT_VHOST, EXCHANGE_HEADER};
 use super::{BrokerCore, CoreInner};
 use crate::log::{PartitionHandle, PendingAppend, SimpleRecord};
@@ -491,7 +491,8 @@ async fn route_step(
     let mut pending = Vec::new();
     for (record, queues) in plan {
         for q in queues {
-            if let Some(p) = q.submit(record.clone()).await? {
+            // A full queue (reject-publish) or a duplicate takes no copy.
+            if let Submitted::Appended(p) = q.submit(record.clone()).await? {
                 pending.push(p);
             }
         }

@@ -23,10 +23,12 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::codec::{encode_content, encode_method};
 use super::convert::{self, AmqpError};
 use super::reply_to;
+use super::stream_consumer;
 use crate::broker::queue::{DeathReason, Queue};
 use crate::broker::routing::{Published, MAX_MESSAGE_BYTES};
 use crate::broker::BrokerCore;
@@ -39,6 +41,15 @@ const BATCH: usize = 64;
 /// budget, so a client that reads slowly holds back its consumers instead of growing memory.
 pub const WRITE_BUDGET: usize = 4 * 1024 * 1024;
 
+/// Body bytes a connection may have published and not yet durable. The connection's read
+/// loop waits for budget before routing a publish, so a publisher that floods faster than
+/// the disk stops being read (TCP pushes back) instead of growing the queues' writer backlog:
+/// without it the only bound was 4096 queued appends per queue, i.e. 4096 x message size.
+pub const PUBLISH_BUDGET: usize = 8 * 1024 * 1024;
+
+/// A publish's share of [`PUBLISH_BUDGET`], held until its appends are durable.
+type PublishPermit = Option<tokio::sync::OwnedSemaphorePermit>;
+
 /// Encoded frames and the write budget they hold until written.
 pub type Outbound = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 
@@ -47,6 +58,8 @@ pub type Outbound = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 pub struct Out {
     pub tx: mpsc::Sender<Outbound>,
     pub budget: Arc<tokio::sync::Semaphore>,
+    /// [`PUBLISH_BUDGET`], shared by the connection's channels.
+    pub publish_budget: Arc<tokio::sync::Semaphore>,
     pub frame_max: usize,
 }
 
@@ -78,6 +91,9 @@ struct Unacked {
 struct Book {
     next_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
+    /// Unacked stream deliveries (delivery tag -> consumer tag): nothing to settle, an ack
+    /// only returns credit.
+    stream_unacked: BTreeMap<u64, String>,
     /// Unacked deliveries per consumer tag (for per-consumer prefetch).
     per_consumer: HashMap<String, u32>,
     /// basic.qos global=false: the limit new consumers get.
@@ -138,6 +154,25 @@ impl Shared {
     }
 }
 
+impl stream_consumer::StreamBook for Shared {
+    fn credit(&self, tag: &str, prefetch: u16) -> usize {
+        self.credit_for(tag, prefetch, false)
+    }
+
+    fn record_delivery(&self, tag: &str) -> u64 {
+        let mut book = self.book.lock();
+        book.next_tag += 1;
+        let delivery_tag = book.next_tag;
+        *book.per_consumer.entry(tag.to_string()).or_default() += 1;
+        book.stream_unacked.insert(delivery_tag, tag.to_string());
+        delivery_tag
+    }
+
+    fn subscribe_credit(&self) -> watch::Receiver<u64> {
+        self.credit.subscribe()
+    }
+}
+
 struct Publishing {
     exchange: String,
     routing_key: String,
@@ -175,7 +210,7 @@ struct Consumer {
 struct Confirms {
     next: u64,
     /// (sequence number, appends, refused by a full queue).
-    tx: mpsc::UnboundedSender<(u64, Vec<PendingAppend>, bool)>,
+    tx: mpsc::UnboundedSender<(u64, Vec<PendingAppend>, bool, PublishPermit)>,
     task: JoinHandle<()>,
 }
 
@@ -197,6 +232,8 @@ pub struct Channel {
     /// tx.select mode: publishes and acks are staged until tx.commit.
     tx: Option<TxBuffer>,
     consumers: HashMap<String, Consumer>,
+    /// Stream consumers (basic.consume on a topic), by consumer tag.
+    streams: HashMap<String, stream_consumer::StreamConsumer>,
     /// Direct reply-to: (token, consumer tag) while this channel consumes from
     /// `amq.rabbitmq.reply-to`.
     reply: Option<(String, String)>,
@@ -217,6 +254,7 @@ impl Channel {
             confirms: None,
             tx: None,
             consumers: HashMap::new(),
+            streams: HashMap::new(),
             reply: None,
             _gauge: crate::observe::metrics::ChannelGauge::new(),
         }
@@ -330,10 +368,27 @@ impl Channel {
             tx.publishes.push(msg);
             return Ok(());
         }
-        let published = self.route(core, vhost, out, msg).await?;
+        // Waiting here holds up the connection's read loop: backpressure on a flood.
+        let want = msg.body.len().clamp(1, PUBLISH_BUDGET) as u32;
+        let permit = out
+            .publish_budget
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .ok();
+        let span = publish_span(&msg);
+        let published = self.route(core, vhost, out, msg).instrument(span).await?;
         if let Some(c) = self.confirms.as_mut() {
             c.next += 1;
-            let _ = c.tx.send((c.next, published.pending, published.rejected));
+            let _ =
+                c.tx.send((c.next, published.pending, published.rejected, permit));
+        } else if !published.pending.is_empty() {
+            tokio::spawn(async move {
+                for p in published.pending {
+                    let _ = p.wait().await;
+                }
+                drop(permit);
+            });
         }
         Ok(())
     }
@@ -369,6 +424,12 @@ impl Channel {
             msg.body.clone(),
             core.clock().now_ms(),
         );
+        record_event_fields(&tracing::Span::current(), &record, false);
+        if msg.exchange.is_empty() && stream_consumer::is_stream(core, vhost, &msg.routing_key) {
+            let published = stream_consumer::publish(core, &msg.routing_key, record).await?;
+            crate::observe::metrics::record_publish(true, msg.mandatory);
+            return Ok(published);
+        }
         let headers = convert::headers_json(&msg.props);
         if let Some(ex) = (!msg.exchange.is_empty())
             .then(|| core.router().exchange(vhost, &msg.exchange))
@@ -381,10 +442,17 @@ impl Channel {
                 ));
             }
         }
+        let route_span = tracing::debug_span!(
+            "route",
+            exchange = %msg.exchange,
+            routed = tracing::field::Empty
+        );
         let published = core
             .router()
             .publish(vhost, &msg.exchange, headers.as_ref(), record)
+            .instrument(route_span.clone())
             .await?;
+        route_span.record("routed", published.routed);
         crate::observe::metrics::record_publish(published.routed, msg.mandatory);
         if !published.routed && msg.mandatory {
             let mut b = BytesMut::new();
@@ -509,7 +577,13 @@ impl Channel {
         let TxBuffer { publishes, settles } = std::mem::take(tx);
         let mut pending = Vec::new();
         for msg in publishes {
-            pending.extend(self.route(core, vhost, out, msg).await?.pending);
+            let span = publish_span(&msg);
+            pending.extend(
+                self.route(core, vhost, out, msg)
+                    .instrument(span)
+                    .await?
+                    .pending,
+            );
         }
         for p in pending {
             p.wait()
@@ -578,6 +652,9 @@ impl Channel {
         if m.queue.as_str() == reply_to::PSEUDO_QUEUE {
             return self.consume_replies(m, out).await;
         }
+        if stream_consumer::is_stream(core, vhost, m.queue.as_str()) {
+            return self.consume_stream(core, vhost, m, out).await;
+        }
         let queue = accessible_queue(core, vhost, m.queue.as_str(), connection_id)?;
         if m.exclusive && queue.consumer_count() > 0 {
             return Err(AmqpError::channel(
@@ -590,15 +667,23 @@ impl Channel {
         } else {
             m.consumer_tag.as_str().to_string()
         };
+        let consumer_args = convert::table_to_json(&m.arguments);
+        // A consumer's own circuit breaker (x-circuit-breaker-*), overriding the queue's.
+        let breaker = consumer_args
+            .as_object()
+            .map(crate::broker::breaker::BreakerPolicy::from_arguments)
+            .transpose()
+            .map_err(|e| AmqpError::channel(406, e))?
+            .flatten();
         // Consumer priorities: any integer, higher first (RabbitMQ refuses other types).
-        let priority = match convert::table_to_json(&m.arguments).get("x-priority") {
+        let priority = match consumer_args.get("x-priority") {
             None => 0,
             Some(v) => v
                 .as_i64()
                 .map(|p| p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
                 .ok_or_else(|| AmqpError::channel(406, format!("invalid arg 'x-priority': {v}")))?,
         };
-        if self.consumers.contains_key(&tag) {
+        if self.consumers.contains_key(&tag) || self.streams.contains_key(&tag) {
             return Err(AmqpError::connection(
                 530,
                 format!("attempt to reuse consumer tag '{tag}'"),
@@ -613,7 +698,7 @@ impl Channel {
             )
             .await;
         }
-        let id = queue.add_consumer(priority);
+        let id = queue.add_consumer_with(priority, breaker);
         let prefetch = self.shared.book.lock().consumer_prefetch;
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_consumer(ConsumerTask {
@@ -639,8 +724,46 @@ impl Channel {
         Ok(())
     }
 
+    /// basic.consume on a stream (see [`stream_consumer`]).
+    async fn consume_stream(
+        &mut self,
+        core: &BrokerCore,
+        vhost: &str,
+        m: basic::Consume,
+        out: &Out,
+    ) -> Result<(), AmqpError> {
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            format!("amq.ctag-{}", random_tag())
+        } else {
+            m.consumer_tag.as_str().to_string()
+        };
+        if self.consumers.contains_key(&tag) || self.streams.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                530,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let prefetch = self.shared.book.lock().consumer_prefetch;
+        let request = stream_consumer::ConsumeRequest {
+            vhost,
+            name: m.queue.as_str(),
+            tag: tag.clone(),
+            no_ack: m.no_ack,
+            nowait: m.nowait,
+            arguments: &m.arguments,
+            prefetch,
+        };
+        let consumer =
+            stream_consumer::start(core, self.id, out, self.shared.clone(), request).await?;
+        self.streams.insert(tag, consumer);
+        Ok(())
+    }
+
     /// basic.cancel: stops the consumer; its unacked deliveries stay unacked.
     pub async fn cancel(&mut self, core: &BrokerCore, tag: &str) {
+        if let Some(s) = self.streams.remove(tag) {
+            s.stop().await;
+        }
         if self.reply.as_ref().is_some_and(|(_, t)| t == tag) {
             if let Some((token, _)) = self.reply.take() {
                 reply_to::unregister(&token);
@@ -662,6 +785,9 @@ impl Channel {
         m: basic::Get,
         out: &Out,
     ) -> Result<(), AmqpError> {
+        if stream_consumer::is_stream(core, vhost, m.queue.as_str()) {
+            return Err(stream_consumer::refuse_get(vhost, m.queue.as_str()));
+        }
         let queue = accessible_queue(core, vhost, m.queue.as_str(), connection_id)?;
         queue.touch();
         // Methods on a channel take effect in order: a publish this channel just made to the
@@ -680,6 +806,8 @@ impl Channel {
             Some(msg) => {
                 crate::observe::metrics::record_delivered(1, usize::from(msg.redelivered));
                 let tag = self.shared.record(&queue, msg.offset, None, m.no_ack);
+                let span = deliver_span(queue.name(), "", tag, msg.redelivered, &msg.record);
+                let _in = span.enter();
                 let mut o = convert::from_record(&msg.record);
                 if queue.limits().quorum {
                     o.properties = convert::with_delivery_count(o.properties, msg.delivery_count);
@@ -724,8 +852,19 @@ impl Channel {
         multiple: bool,
         requeue: Option<bool>,
     ) -> Result<(), AmqpError> {
+        let _span = tracing::debug_span!(
+            "ack",
+            channel = self.id,
+            delivery_tag = tag,
+            multiple,
+            requeue = ?requeue
+        )
+        .entered();
         let taken: Vec<Unacked> = {
             let mut book = self.shared.book.lock();
+            if requeue.is_some() && stream_consumer::has_tags(&book.stream_unacked, tag, multiple) {
+                return Err(stream_consumer::refuse_requeue());
+            }
             let taken: Vec<Unacked> = if multiple {
                 let rest = if tag == 0 {
                     BTreeMap::new()
@@ -737,11 +876,17 @@ impl Channel {
             } else {
                 book.unacked.remove(&tag).into_iter().collect()
             };
-            if taken.is_empty() && !(multiple && tag == 0) {
+            let streamed = stream_consumer::take_tags(&mut book.stream_unacked, tag, multiple);
+            if taken.is_empty() && streamed.is_empty() && !(multiple && tag == 0) {
                 return Err(AmqpError::channel(
                     406,
                     format!("unknown delivery tag {tag}"),
                 ));
+            }
+            for c in &streamed {
+                if let Some(n) = book.per_consumer.get_mut(c) {
+                    *n = n.saturating_sub(1);
+                }
             }
             for u in &taken {
                 if let Some(c) = &u.consumer {
@@ -753,6 +898,14 @@ impl Channel {
             taken
         };
         crate::observe::metrics::record_settled(requeue, taken.len());
+        // Each consumer's circuit breaker learns how its deliveries went.
+        for u in &taken {
+            if let Some(c) = u.consumer.as_deref().and_then(|t| self.consumers.get(t)) {
+                if Arc::ptr_eq(&c.queue, &u.queue) {
+                    c.queue.record_outcome(c.id, requeue.is_none(), 1);
+                }
+            }
+        }
         settle_all(core, taken, requeue);
         self.shared.bump();
         Ok(())
@@ -767,6 +920,7 @@ impl Channel {
         let taken: Vec<Unacked> = {
             let mut book = self.shared.book.lock();
             book.per_consumer.values_mut().for_each(|n| *n = 0);
+            book.stream_unacked.clear();
             std::mem::take(&mut book.unacked).into_values().collect()
         };
         settle_all_requeue(taken);
@@ -778,6 +932,9 @@ impl Channel {
     pub async fn shutdown(&mut self, core: &BrokerCore) {
         if let Some((token, _)) = self.reply.take() {
             reply_to::unregister(&token);
+        }
+        for (_, s) in self.streams.drain() {
+            s.stop().await;
         }
         let consumers: Vec<_> = self.consumers.drain().collect();
         for (_, c) in &consumers {
@@ -832,7 +989,7 @@ fn by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<i64>)> {
 
 fn settle_all_requeue(taken: Vec<Unacked>) {
     for (q, offs) in by_queue(taken) {
-        q.requeue(&offs);
+        q.requeue_returned(&offs);
     }
 }
 
@@ -895,7 +1052,7 @@ async fn run_consumer(mut t: ConsumerTask) {
         let n = t.shared.credit_for(&t.tag, t.prefetch, t.no_ack);
         t.queue.set_credit(t.id, n > 0);
         if n > 0 && t.queue.may_take(t.id) {
-            match t.queue.take(n, t.no_ack) {
+            match t.queue.take_for(t.id, n, t.no_ack) {
                 Ok(msgs) if !msgs.is_empty() => {
                     crate::observe::metrics::record_deliveries(&msgs);
                     let mut b = BytesMut::new();
@@ -903,6 +1060,9 @@ async fn run_consumer(mut t: ConsumerTask) {
                         let tag = t
                             .shared
                             .record(&t.queue, msg.offset, Some(&t.tag), t.no_ack);
+                        let span =
+                            deliver_span(t.queue.name(), &t.tag, tag, msg.redelivered, &msg.record);
+                        let _in = span.enter();
                         let mut o = convert::from_record(&msg.record);
                         if t.queue.limits().quorum {
                             o.properties =
@@ -934,18 +1094,28 @@ async fn run_consumer(mut t: ConsumerTask) {
                 }
             }
         }
+        // An open circuit breaker ends by time, not by any event below.
+        let breaker_wait = t.queue.breaker_wait(t.id);
         tokio::select! {
             r = appends.changed() => if r.is_err() && !t.queue.is_deleted() { return },
             r = ready.changed() => if r.is_err() { return },
             r = credit.changed() => if r.is_err() { return },
             r = t.stop.changed() => if r.is_err() { return },
+            _ = async {
+                match breaker_wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
 }
 
 /// Whether every append of a publish became durable; a publish a full queue refused is
 /// nacked after the other queues' appends settle (RabbitMQ nacks if any queue rejected it).
-async fn wait_all(pending: Vec<PendingAppend>, rejected: bool) -> bool {
+/// The publish's share of the connection's publish budget is released once its appends
+/// settle.
+async fn wait_all(pending: Vec<PendingAppend>, rejected: bool, permit: PublishPermit) -> bool {
     let mut ok = !rejected;
     for p in pending {
         if let Err(e) = p.wait().await {
@@ -953,12 +1123,13 @@ async fn wait_all(pending: Vec<PendingAppend>, rejected: bool) -> bool {
             ok = false;
         }
     }
+    drop(permit);
     ok
 }
 
 async fn confirm_task(
     channel: u16,
-    mut rx: mpsc::UnboundedReceiver<(u64, Vec<PendingAppend>, bool)>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Vec<PendingAppend>, bool, PublishPermit)>,
     out: Out,
 ) {
     type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
@@ -967,7 +1138,9 @@ async fn confirm_task(
         let (seq, fut) = match carried.take() {
             Some(x) => x,
             None => match rx.recv().await {
-                Some((s, p, rejected)) => (s, Box::pin(wait_all(p, rejected)) as Fut),
+                Some((s, p, rejected, permit)) => {
+                    (s, Box::pin(wait_all(p, rejected, permit)) as Fut)
+                }
                 None => return,
             },
         };
@@ -984,8 +1157,8 @@ async fn confirm_task(
         }
         // Coalesce the confirms whose appends are already durable into one multiple ack.
         let mut last = seq;
-        while let Ok((s, p, rejected)) = rx.try_recv() {
-            let mut f: Fut = Box::pin(wait_all(p, rejected));
+        while let Ok((s, p, rejected, permit)) = rx.try_recv() {
+            let mut f: Fut = Box::pin(wait_all(p, rejected, permit));
             match (&mut f).now_or_never() {
                 Some(true) => last = s,
                 Some(false) => {
@@ -1014,4 +1187,88 @@ fn random_tag() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+// --- event tracing -------------------------------------------------------------------------
+//
+// Spans are DEBUG so a broker at the default INFO level pays one callsite check per message;
+// the event fields are computed only when the span is enabled.
+
+/// The `publish` span of one AMQP message; its event fields are filled in by
+/// [`record_event_fields`] once the stored record (with any broker-assigned id) exists.
+fn publish_span(msg: &Staged) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "publish",
+        protocol = "amqp",
+        exchange = %msg.exchange,
+        routing_key = %msg.routing_key,
+        message_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        causation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    // The parent must be set before the span is first entered (OTLP export only).
+    if !span.is_disabled() {
+        if let Some(headers) = msg.props.headers() {
+            let text = |k: &str| match headers.inner().get(k) {
+                Some(amq_protocol::types::AMQPValue::LongString(s)) => {
+                    std::str::from_utf8(s.as_bytes()).ok()
+                }
+                Some(amq_protocol::types::AMQPValue::ShortString(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            if let Some(tp) = text(crate::broker::event::TRACEPARENT_HEADER) {
+                let ts = text(crate::broker::event::TRACESTATE_HEADER);
+                crate::observe::otlp::set_remote_parent(&span, tp, ts);
+            }
+        }
+    }
+    span
+}
+
+/// Records a record's event metadata on `span`; a no-op (nothing computed) for a disabled
+/// span or one without these fields. `link_parent` makes the span a child of the message's
+/// `traceparent` (only before the span is first entered).
+fn record_event_fields(span: &tracing::Span, record: &crate::log::SimpleRecord, link_parent: bool) {
+    if span.is_disabled() || !span.has_field("message_id") {
+        return;
+    }
+    let m = crate::broker::event::EventMetadata::from_record(record);
+    span.record("message_id", m.id.as_str());
+    if let Some(c) = m.correlation_id.as_deref() {
+        span.record("correlation_id", c);
+    }
+    if let Some(c) = m.causation_id.as_deref() {
+        span.record("causation_id", c);
+    }
+    if let Some(t) = m.trace_id() {
+        span.record("trace_id", t);
+        if let Some(tp) = m.traceparent.as_deref().filter(|_| link_parent) {
+            crate::observe::otlp::set_remote_parent(span, tp, m.tracestate.as_deref());
+        }
+    }
+}
+
+/// The `deliver` span of one delivery (basic.deliver or basic.get-ok).
+fn deliver_span(
+    queue: &str,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    record: &crate::log::SimpleRecord,
+) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "deliver",
+        protocol = "amqp",
+        queue,
+        consumer_tag,
+        delivery_tag,
+        redelivered,
+        message_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        causation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    record_event_fields(&span, record, true);
+    span
 }

@@ -181,6 +181,7 @@ pub async fn serve(
         out: Out {
             tx,
             budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET)),
+            publish_budget: Arc::new(tokio::sync::Semaphore::new(super::channel::PUBLISH_BUDGET)),
             frame_max: 0,
         },
         heartbeat_tx,

@@ -87,11 +87,16 @@ pub async fn serve(
         settings,
         cluster_id,
     });
-    super::accept_loop(
+    let max_connections = ctx.settings.kafka.max_connections;
+    // Kafka has no way to say "too many connections": the broker just closes the socket and
+    // the client backs off and reconnects.
+    super::accept_loop_limited(
         "kafka",
         listener,
         shutdown,
+        max_connections,
         move |stream, peer, shutdown| connection::run(stream, peer, ctx.clone(), shutdown),
+        |stream| async move { drop(stream) },
     )
     .await
 }

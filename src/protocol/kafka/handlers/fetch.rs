@@ -32,10 +32,13 @@ pub async fn handle(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
+    // A client cannot make one response (and so the connection's write buffer) bigger than
+    // fetch.max.bytes.
+    let cap = ctx.settings.kafka.fetch_max_bytes;
     let max_bytes = if request.max_bytes <= 0 {
-        usize::MAX
+        cap
     } else {
-        request.max_bytes as usize
+        (request.max_bytes as usize).min(cap)
     };
 
     // Resolve handles once; a topic deleted mid-poll keeps answering from its old handle.
@@ -115,12 +118,31 @@ fn build(
                 if limit == 0 {
                     data = data.with_records(Some(Bytes::new()));
                 } else {
+                    let topic = request.topics[*ti].topic.as_str();
+                    // One span per partition read; per-record ids only as TRACE events.
+                    let span = tracing::debug_span!(
+                        "deliver",
+                        protocol = "kafka",
+                        topic,
+                        partition = wanted.partition,
+                        fetch_offset = wanted.fetch_offset,
+                        bytes = tracing::field::Empty,
+                    );
+                    let _in = span.enter();
                     match h.read(wanted.fetch_offset, limit) {
                         Ok(slice) => {
                             let n = slice.bytes.len();
                             if total > 0 && n > remaining {
                                 data = data.with_records(Some(Bytes::new()));
                             } else {
+                                span.record("bytes", n);
+                                crate::broker::event::trace_records(
+                                    "fetch",
+                                    topic,
+                                    wanted.partition,
+                                    0,
+                                    &slice.bytes,
+                                );
                                 total += n;
                                 remaining = remaining.saturating_sub(n);
                                 data = data.with_records(Some(slice.bytes));

@@ -14,6 +14,8 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicNam
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 
+use tracing::Instrument;
+
 use super::{decode, ready, respond, Outcome, Work};
 use crate::broker::BrokerError;
 use crate::log::{LogError, PartitionHandle, PendingAppend};
@@ -22,7 +24,9 @@ use crate::protocol::kafka::convert::{broker_error_code, log_error_code, NONE};
 use crate::protocol::kafka::KafkaContext;
 
 enum PartitionResult {
-    Pending(PendingAppend, PartitionHandle),
+    /// The append, its partition, its `append` span and (only when TRACE is on) the batch
+    /// bytes for per-record trace events.
+    Pending(PendingAppend, PartitionHandle, tracing::Span, Option<Bytes>),
     Failed(i16, Option<String>),
 }
 
@@ -62,8 +66,26 @@ pub async fn submit(ctx: &Arc<KafkaContext>, req: RawRequest) -> Work {
                         PartitionResult::Failed(ResponseError::UnknownTopicOrPartition.code(), None)
                     }
                     Some(handle) => {
-                        match handle.submit_append(BytesMut::from(&records[..])).await {
-                            Ok(pending) => PartitionResult::Pending(pending, handle.clone()),
+                        // One span per batch, not per record: the hot path stays a callsite
+                        // check when DEBUG is off. Per-record ids are TRACE events.
+                        let span = tracing::debug_span!(
+                            "append",
+                            protocol = "kafka",
+                            topic = %name,
+                            partition = part.index,
+                            bytes = records.len(),
+                            base_offset = tracing::field::Empty,
+                        );
+                        let traced =
+                            tracing::enabled!(tracing::Level::TRACE).then(|| records.clone());
+                        match handle
+                            .submit_append(BytesMut::from(&records[..]))
+                            .instrument(span.clone())
+                            .await
+                        {
+                            Ok(pending) => {
+                                PartitionResult::Pending(pending, handle.clone(), span, traced)
+                            }
                             Err(e) => {
                                 PartitionResult::Failed(log_error_code(&e), Some(e.to_string()))
                             }
@@ -86,8 +108,23 @@ pub async fn submit(ctx: &Arc<KafkaContext>, req: RawRequest) -> Work {
             for (index, result) in partitions {
                 let mut resp = PartitionProduceResponse::default().with_index(index);
                 match result {
-                    PartitionResult::Pending(pending, handle) => match pending.wait().await {
+                    PartitionResult::Pending(pending, handle, span, traced) => match pending
+                        .wait()
+                        .instrument(span.clone())
+                        .await
+                    {
                         Ok(info) => {
+                            span.record("base_offset", info.base_offset);
+                            if let Some(batch) = traced {
+                                let _in = span.enter();
+                                crate::broker::event::trace_records(
+                                    "produce",
+                                    &name,
+                                    index,
+                                    info.base_offset,
+                                    &batch,
+                                );
+                            }
                             resp = resp
                                 .with_error_code(NONE)
                                 .with_base_offset(info.base_offset)
