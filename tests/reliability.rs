@@ -771,3 +771,58 @@ async fn settled_queue_segments_are_deleted_and_the_rest_survives_a_restart() {
     );
     broker.stop().await;
 }
+
+/// A topic's own deduplication window (`ferry.dedup.window.ms`) drops an AMQP publisher's
+/// repeat of a message id, also right after a restart (the ids are re-read from the log).
+#[tokio::test]
+async fn a_topic_drops_repeated_message_ids_within_its_window_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let records = |broker: &TestBroker| -> i64 {
+        let t = broker.core().topic("orders.once").unwrap();
+        t.partitions().iter().map(|p| p.high_watermark()).sum()
+    };
+    let id = |s: &str| BasicProperties::default().with_message_id(s.into());
+    {
+        let broker = TestBroker::with(|b| b.data_dir(&path)).await.unwrap();
+        broker
+            .core()
+            .create_topic(
+                "orders.once",
+                2,
+                BTreeMap::from([("ferry.dedup.window.ms".to_string(), "60000".to_string())]),
+            )
+            .await
+            .unwrap();
+        let conn = connect(&broker).await;
+        let ch = channel(&conn).await;
+        confirm_mode(&ch).await;
+        // A retrying publisher sends o-1 twice, even with another routing key; all confirmed.
+        assert!(publish_confirmed(&ch, "orders.once", "k1", b"first", id("o-1")).await);
+        assert!(publish_confirmed(&ch, "orders.once", "k2", b"again", id("o-1")).await);
+        assert!(publish_confirmed(&ch, "orders.once", "k2", b"other", id("o-2")).await);
+        assert_eq!(records(&broker), 2);
+        conn.close(200, "bye".into()).await.ok();
+        broker.stop().await;
+    }
+    let broker = TestBroker::with(|b| b.data_dir(&path)).await.unwrap();
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    confirm_mode(&ch).await;
+    assert!(publish_confirmed(&ch, "orders.once", "k3", b"late", id("o-1")).await);
+    assert_eq!(records(&broker), 2, "a repeat got in after the restart");
+    assert!(publish_confirmed(&ch, "orders.once", "k3", b"new", id("o-3")).await);
+    assert_eq!(records(&broker), 3);
+    // A topic without the setting keeps every publish.
+    broker
+        .core()
+        .create_topic("orders.all", 1, BTreeMap::new())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(publish_confirmed(&ch, "orders.all", "k", b"x", id("same")).await);
+    }
+    let all = broker.core().topic("orders.all").unwrap();
+    assert_eq!(all.partitions()[0].high_watermark(), 2);
+    broker.stop().await;
+}

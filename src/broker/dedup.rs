@@ -12,6 +12,10 @@
 //! A dropped duplicate is confirmed to its publisher like any routed message (the plugin does
 //! the same): the publisher asked for the message to be in the queue, and it is.
 //!
+//! A topic can have a window of its own (topic config `ferry.dedup.window.ms`), applied to
+//! publishes through its exchange face by the core's topic sink (`topic_router.rs`) with the
+//! same cache and keys; Kafka producers get the equivalent guarantee from idempotence.
+//!
 //! The cache is memory only; it is rebuilt after a restart from the tail of the queue's own
 //! log (the ids are in the stored records: the key an AMQP publisher gave in its headers table
 //! is copied to the [`DEDUP_KEY_HEADER`] record header at publish), so a restart inside the

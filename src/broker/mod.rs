@@ -159,7 +159,7 @@ impl BrokerCore {
         };
         core.inner
             .router
-            .set_topic_sink(Arc::new(topic_router::CoreTopicSink(Arc::downgrade(
+            .set_topic_sink(Arc::new(topic_router::CoreTopicSink::new(Arc::downgrade(
                 &core.inner,
             ))));
         let mut report = StartupReport::default();

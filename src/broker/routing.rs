@@ -137,13 +137,20 @@ pub const DEATH_HEADER: &str = "ferry.death";
 /// router does not own topics). Implemented by the broker core.
 pub trait TopicSink: Send + Sync {
     /// Queues an append of `record` to topic `topic`, on the partition its key chooses; the
-    /// handle resolves once the append is durable.
+    /// handle resolves once the append is durable. `None`: the topic's deduplication window
+    /// already holds the record's message id, so nothing was appended (and the publish is
+    /// confirmed: the message is in the topic).
+    #[allow(clippy::type_complexity)]
     fn submit<'a>(
         &'a self,
         topic: &'a str,
         record: SimpleRecord,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<PendingAppend, RoutingError>> + Send + 'a>,
+        Box<
+            dyn std::future::Future<Output = Result<Option<PendingAppend>, RoutingError>>
+                + Send
+                + 'a,
+        >,
     >;
 }
 
@@ -1346,7 +1353,7 @@ impl RouterInner {
                     })?;
                 let pending = sink.submit(ex.name(), record).await?;
                 return Ok(Published {
-                    pending: vec![pending],
+                    pending: pending.into_iter().collect(),
                     routed: true,
                     rejected: false,
                 });

@@ -43,6 +43,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::dedup::{self, DedupCache, DedupPolicy};
 use super::queue::{Queue, Submitted};
 use super::routing::{RoutingError, TopicSink, DEFAULT_VHOST, EXCHANGE_HEADER};
 use super::{BrokerCore, CoreInner};
@@ -152,8 +153,98 @@ impl TopicRouters {
     }
 }
 
-/// Appends publishes to topic exchanges to their topic (the router's [`TopicSink`]).
-pub(super) struct CoreTopicSink(pub(super) Weak<CoreInner>);
+/// Appends publishes to topic exchanges to their topic (the router's [`TopicSink`]), dropping
+/// repeats of a message id within the topic's `ferry.dedup.window.ms`.
+pub(super) struct CoreTopicSink {
+    core: Weak<CoreInner>,
+    /// Per topic: the window the cache was built for, and the ids seen.
+    dedup: Mutex<HashMap<String, (i64, DedupCache)>>,
+}
+
+impl CoreTopicSink {
+    pub(super) fn new(core: Weak<CoreInner>) -> Self {
+        CoreTopicSink {
+            core,
+            dedup: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `record` repeats a message id appended to `topic` within `window_ms`. The
+    /// first check after a start (or a window change) rebuilds the topic's cache from the
+    /// tail of its partitions, so a restart inside the window lets no repeat through.
+    fn is_repeat(&self, t: &super::Topic, window_ms: i64, record: &SimpleRecord, now: i64) -> bool {
+        let Some(key) = dedup::record_key(record) else {
+            return false;
+        };
+        let mut caches = self.dedup.lock();
+        let stale = caches
+            .get(t.name())
+            .is_none_or(|(window, _)| *window != window_ms);
+        if stale {
+            let mut cache = DedupCache::new(DedupPolicy {
+                window_ms: Some(window_ms),
+                max_entries: dedup::DEFAULT_CACHE_SIZE,
+            });
+            for log in t.partitions() {
+                reload_topic_ids(log, &mut cache, now.saturating_sub(window_ms));
+            }
+            caches.insert(t.name().to_string(), (window_ms, cache));
+        }
+        match caches.get_mut(t.name()) {
+            Some((_, cache)) => !cache.admit(key, now),
+            None => false,
+        }
+    }
+}
+
+/// Admits the message ids of one partition's records from `since_ms` on (at most the last
+/// [`dedup::DEFAULT_CACHE_SIZE`] records) into `cache`.
+fn reload_topic_ids(log: &PartitionHandle, cache: &mut DedupCache, since_ms: i64) {
+    let hw = log.high_watermark();
+    let mut at = match log.offset_for_timestamp(since_ms) {
+        Ok(Some((o, _))) => o,
+        _ => return,
+    };
+    at = at.max(hw.saturating_sub(dedup::DEFAULT_CACHE_SIZE as i64));
+    while at < hw {
+        let Ok(slice) = log.read(at, 1 << 20) else {
+            return;
+        };
+        if slice.bytes.is_empty() {
+            return;
+        }
+        let mut buf = slice.bytes.clone();
+        let mut progressed = false;
+        while buf.has_remaining() {
+            let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
+                break;
+            };
+            for r in set.records {
+                if r.offset < at || r.offset >= hw {
+                    continue;
+                }
+                let record = SimpleRecord {
+                    key: None,
+                    value: None,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                    timestamp: r.timestamp,
+                };
+                if let Some(key) = dedup::record_key(&record) {
+                    cache.admit(key, r.timestamp);
+                }
+                at = r.offset + 1;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            return;
+        }
+    }
+}
 
 impl TopicSink for CoreTopicSink {
     fn submit<'a>(
@@ -161,7 +252,11 @@ impl TopicSink for CoreTopicSink {
         topic: &'a str,
         record: SimpleRecord,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<PendingAppend, RoutingError>> + Send + 'a>,
+        Box<
+            dyn std::future::Future<Output = Result<Option<PendingAppend>, RoutingError>>
+                + Send
+                + 'a,
+        >,
     > {
         Box::pin(async move {
             let not_found = || RoutingError::NotFound {
@@ -169,9 +264,16 @@ impl TopicSink for CoreTopicSink {
                 vhost: DEFAULT_VHOST.into(),
                 name: topic.into(),
             };
-            let inner = self.0.upgrade().ok_or_else(not_found)?;
+            let inner = self.core.upgrade().ok_or_else(not_found)?;
             let core = BrokerCore { inner };
             let t = core.topic(topic).ok_or_else(not_found)?;
+            let window = t
+                .partition(0)
+                .map_or(-1, |log| log.config().dedup_window_ms);
+            if window > 0 && self.is_repeat(&t, window, &record, core.inner.router.now_ms()) {
+                metrics::counter!("ferry_messages_deduplicated_total").increment(1);
+                return Ok(None);
+            }
             let n = t.partition_count();
             let partition = match record.key.as_deref() {
                 Some(k) if !k.is_empty() => partition_for_key(k, n),
@@ -188,7 +290,7 @@ impl TopicSink for CoreTopicSink {
                 std::slice::from_ref(&record),
                 &crate::log::EncodeOptions::default(),
             )?;
-            Ok(log.submit_append(batch).await?)
+            Ok(Some(log.submit_append(batch).await?))
         })
     }
 }

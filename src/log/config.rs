@@ -2,9 +2,11 @@
 //!
 //! `LogConfig` is what a topic's `DescribeConfigs` / `AlterConfigs` read and write, so each field
 //! is reachable through its Kafka name (`segment.bytes`, `retention.ms`, ...) with [`LogConfig::set`]
-//! and listed by [`LogConfig::entries`]. Two settings are Ferry's own: `fsync.policy` (when data is
-//! made durable before it is acknowledged) and `preallocate` (Kafka has the same name; here it
-//! means keeping a zero-filled region ahead of the writer, see `segment.rs`). Values are checked
+//! and listed by [`LogConfig::entries`]. Three settings are Ferry's own: `fsync.policy` (when data
+//! is made durable before it is acknowledged), `preallocate` (Kafka has the same name; here it
+//! means keeping a zero-filled region ahead of the writer, see `segment.rs`) and
+//! `ferry.dedup.window.ms` (the broker core's deduplication window for a topic; the log itself
+//! ignores it, but topic configs live here). Values are checked
 //! when set and again by [`LogConfig::validate`] when a whole config arrives through serde.
 
 use std::fmt;
@@ -25,6 +27,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "message.timestamp.type",
     "fsync.policy",
     "preallocate",
+    "ferry.dedup.window.ms",
 ];
 
 /// A rejected configuration key or value.
@@ -244,6 +247,10 @@ pub struct LogConfig {
     #[doc(hidden)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub sync_journal: bool,
+    /// `ferry.dedup.window.ms`: AMQP publishes to the topic's exchange face whose message id
+    /// was appended within this window are dropped (see `broker/topic_router.rs`). -1 (the
+    /// default) turns it off.
+    pub dedup_window_ms: i64,
 }
 
 /// Default of `preallocate`, chosen by measurement on the 2-core dev VM, where the two
@@ -274,6 +281,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             preallocate: DEFAULT_PREALLOCATE,
             sync_journal: false,
+            dedup_window_ms: -1,
         }
     }
 }
@@ -307,6 +315,7 @@ impl LogConfig {
             "fsync.policy" => {
                 next.fsync = value.parse().map_err(|r| invalid(kafka_name, value, r))?
             }
+            "ferry.dedup.window.ms" => next.dedup_window_ms = parse_int(kafka_name, value)?,
             "preallocate" => {
                 next.preallocate = match value.trim() {
                     "true" => true,
@@ -338,6 +347,7 @@ impl LogConfig {
             "segment.ms" => self.segment_ms >= 1,
             "retention.ms" => self.retention_ms >= -1,
             "retention.bytes" => self.retention_bytes >= -1,
+            "ferry.dedup.window.ms" => self.dedup_window_ms >= -1,
             "max.message.bytes" => self.max_message_bytes <= i32::MAX as usize,
             "index.interval.bytes" => self.index_interval_bytes <= i32::MAX as usize,
             _ => true,
@@ -349,6 +359,7 @@ impl LogConfig {
                 "segment.bytes" => "must be between 14 and 2147483647",
                 "segment.ms" => "must be at least 1",
                 "retention.ms" | "retention.bytes" => "must be -1 (unlimited) or non-negative",
+                "ferry.dedup.window.ms" => "must be -1 (off) or non-negative",
                 _ => "must be between 0 and 2147483647",
             };
             Err(invalid(key, value, reason))
@@ -367,6 +378,7 @@ impl LogConfig {
             "message.timestamp.type" => self.message_timestamp_type.to_string(),
             "fsync.policy" => self.fsync.to_string(),
             "preallocate" => self.preallocate.to_string(),
+            "ferry.dedup.window.ms" => self.dedup_window_ms.to_string(),
             _ => return None,
         })
     }
