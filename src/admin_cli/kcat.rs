@@ -18,12 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    ProduceResponse, TopicName,
+    ApiKey, BrokerId, FetchRequest, MetadataRequest, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -37,7 +35,6 @@ use crate::log::batch::{try_encode_batch, BatchIter, EncodeOptions, SimpleRecord
 
 const PRODUCE: (i16, i16) = (3, 12);
 const FETCH: (i16, i16) = (4, 12);
-const LIST_OFFSETS: (i16, i16) = (1, 7);
 const METADATA: (i16, i16) = (1, 12);
 /// How long to wait for any one answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -343,39 +340,14 @@ pub async fn produce(a: ProduceArgs) -> Result<(), CliError> {
 
 // --- consume ------------------------------------------------------------------------------------
 
+/// ListOffsets for one partition (the bench's request, with its errors as the CLI's).
 async fn list_offset(
     conn: &Connection,
     topic: &str,
     partition: i32,
     timestamp: i64,
 ) -> Result<i64, CliError> {
-    let v = conn.version(ApiKey::ListOffsets, LIST_OFFSETS)?;
-    let request = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(topic_name(topic))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(partition)
-                .with_timestamp(timestamp)])]);
-    let response = conn.call(v, &request).await?;
-    let found = response
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter())
-        .find(|p| p.partition_index == partition)
-        .ok_or_else(|| {
-            CliError::Protocol(format!("no ListOffsets answer for partition {partition}"))
-        })?;
-    if found.error_code != 0 {
-        return Err(kafka_error(
-            "ListOffsets",
-            format!(" for topic {topic} partition {partition}"),
-            found.error_code,
-            None,
-        )
-        .into());
-    }
-    Ok(found.offset)
+    Ok(crate::bench::kafka::list_offset(conn, topic, partition, timestamp).await?)
 }
 
 /// Where `-o` says to start in one partition.

@@ -21,10 +21,8 @@
 //! deleted afterwards (and on Ctrl-C) unless `--keep`; `--no-consumer` only publishes and
 //! keeps the queue full, which is how the broker's memory per queued message is measured.
 
-use std::collections::hash_map::RandomState;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +41,7 @@ use tokio::sync::{oneshot, Notify};
 use super::amqp_client::{
     display_url, encode_ack, next_frame, short, Frame, PublishTemplate, Session,
 };
-use super::{cores, group, quantiles, BenchError, CpuMeter, Progress};
+use super::{cores, group, quantiles, random_suffix, size_label, BenchError, CpuMeter, Progress};
 use crate::cli::AmqpBenchArgs;
 
 /// Bytes at the start of each body that carry the time it was written.
@@ -274,28 +272,6 @@ async fn run_cases(ctx: Ctx) -> Result<(), BenchError> {
         print!("{}", render_table(&report));
     }
     Ok(())
-}
-
-fn size_label(size: usize) -> String {
-    if size >= 1024 && size % (1024 * 1024) == 0 {
-        format!("{}MiB", size / (1024 * 1024))
-    } else if size >= 1024 && size % 1024 == 0 {
-        format!("{}KiB", size / 1024)
-    } else {
-        format!("{size}B")
-    }
-}
-
-fn random_suffix() -> String {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    format!("{:08x}", h.finish() as u32)
 }
 
 /// Deterministic, non-constant filler for bodies.

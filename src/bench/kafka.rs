@@ -25,10 +25,8 @@
 //! after, divided by wall time × cores, so the output shows whether the client limited the run.
 //! The topic is deleted at the end of the case (and on Ctrl-C) unless `--keep`.
 
-use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +53,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::kafka_client::{kafka_error, retriable, Connection, Pending};
-use super::{cores, group, percentiles, BenchError, CpuMeter, CpuShare, Progress};
+use super::{
+    cores, group, percentiles, random_suffix, size_label, BenchError, CpuMeter, CpuShare, Progress,
+};
 use crate::cli::KafkaBenchArgs;
 use crate::log::batch::{try_encode_batch, BatchHeader, BatchIter, EncodeOptions, SimpleRecord};
 
@@ -355,28 +355,6 @@ async fn run_cases(
     Ok(())
 }
 
-fn size_label(size: usize) -> String {
-    if size >= 1024 && size % (1024 * 1024) == 0 {
-        format!("{}MiB", size / (1024 * 1024))
-    } else if size >= 1024 && size % 1024 == 0 {
-        format!("{}KiB", size / 1024)
-    } else {
-        format!("{size}B")
-    }
-}
-
-fn random_suffix() -> String {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    format!("{:08x}", h.finish() as u32)
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -636,8 +614,9 @@ async fn delete_topic(admin: &Connection, topic: &str) -> Result<(), BenchError>
     Ok(())
 }
 
-/// ListOffsets for one partition: `-1` latest (the high watermark), `-2` earliest.
-async fn list_offset(
+/// ListOffsets for one partition: `-1` latest (the high watermark), `-2` earliest, else the
+/// first offset at or after that timestamp. Shared with `ferry consume`.
+pub(crate) async fn list_offset(
     conn: &Connection,
     topic: &str,
     partition: i32,

@@ -25,6 +25,23 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{BenchArgs, BenchTarget};
 
+/// `16B`, `1KiB`, `1MiB`: a message size as the tables print it.
+pub(crate) fn size_label(size: usize) -> String {
+    if size >= 1024 && size % (1024 * 1024) == 0 {
+        format!("{}MiB", size / (1024 * 1024))
+    } else if size >= 1024 && size % 1024 == 0 {
+        format!("{}KiB", size / 1024)
+    } else {
+        format!("{size}B")
+    }
+}
+
+/// Eight hex digits, so two bench runs (or two sizes of one) never share a queue or topic.
+pub(crate) fn random_suffix() -> String {
+    let b = crate::util::random_bytes16();
+    format!("{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
+}
+
 /// Why a benchmark could not run. Every message says what to try next.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
