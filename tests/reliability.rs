@@ -183,41 +183,44 @@ async fn a_retry_delay_survives_a_restart() {
     broker.stop().await;
 }
 
-/// Backoff timings exactly, on the core's API with a manual clock (no sleeping).
-#[tokio::test(start_paused = true)]
-async fn backoff_timings_on_a_manual_clock() {
-    let clock = Clock::manual(1_000_000);
-    let broker = TestBroker::with(|b| b.clock(clock.clone())).await.unwrap();
-    let router = broker.core().router();
-    let q = router
+/// Declares a transient queue with `arguments` through the core's API.
+async fn core_queue(
+    broker: &TestBroker,
+    name: &str,
+    arguments: serde_json::Value,
+) -> std::sync::Arc<ferry::broker::queue::Queue> {
+    broker
+        .core()
+        .router()
         .declare_queue(QueueSpec {
             vhost: "/".into(),
-            name: "timed".into(),
+            name: name.into(),
             passive: false,
             durable: false,
             exclusive_owner: None,
             auto_delete: false,
-            arguments: serde_json::json!({
-                "x-delayed-retry-type": "all",
-                "x-delayed-retry-min": 100,
-                "x-delayed-retry-max": 250,
-                "x-delivery-limit": 4,
-            }),
+            arguments,
             connection: 1,
         })
         .await
         .unwrap()
-        .queue;
-    let published = router
+        .queue
+}
+
+/// Publishes `body` to queue `name` through the default exchange, durably.
+async fn core_publish(broker: &TestBroker, name: &str, body: String, timestamp: i64) {
+    let published = broker
+        .core()
+        .router()
         .publish(
             "/",
             "",
             None,
             SimpleRecord {
-                key: Some("timed".into()),
-                value: Some("m".into()),
+                key: Some(name.to_string().into()),
+                value: Some(body.into()),
                 headers: vec![],
-                timestamp: clock.now_ms(),
+                timestamp,
             },
         )
         .await
@@ -225,6 +228,25 @@ async fn backoff_timings_on_a_manual_clock() {
     for p in published.pending {
         p.wait().await.unwrap();
     }
+}
+
+/// Backoff timings exactly, on the core's API with a manual clock (no sleeping).
+#[tokio::test(start_paused = true)]
+async fn backoff_timings_on_a_manual_clock() {
+    let clock = Clock::manual(1_000_000);
+    let broker = TestBroker::with(|b| b.clock(clock.clone())).await.unwrap();
+    let q = core_queue(
+        &broker,
+        "timed",
+        serde_json::json!({
+            "x-delayed-retry-type": "all",
+            "x-delayed-retry-min": 100,
+            "x-delayed-retry-max": 250,
+            "x-delivery-limit": 4,
+        }),
+    )
+    .await;
+    core_publish(&broker, "timed", "m".into(), clock.now_ms()).await;
     // RabbitMQ's linear formula min x n, capped by max: 100, 200, 250, 250.
     for (attempt, delay) in [(1, 100), (2, 200), (3, 250), (4, 250)] {
         let got = q.take(10, false).unwrap();
@@ -256,42 +278,17 @@ async fn backoff_timings_on_a_manual_clock() {
 async fn circuit_breaker_states_on_a_manual_clock() {
     let clock = Clock::manual(5_000_000);
     let broker = TestBroker::with(|b| b.clock(clock.clone())).await.unwrap();
-    let router = broker.core().router();
-    let q = router
-        .declare_queue(QueueSpec {
-            vhost: "/".into(),
-            name: "guarded".into(),
-            passive: false,
-            durable: false,
-            exclusive_owner: None,
-            auto_delete: false,
-            arguments: serde_json::json!({
-                "x-circuit-breaker-failures": 2,
-                "x-circuit-breaker-cooldown": 1000,
-            }),
-            connection: 1,
-        })
-        .await
-        .unwrap()
-        .queue;
+    let q = core_queue(
+        &broker,
+        "guarded",
+        serde_json::json!({
+            "x-circuit-breaker-failures": 2,
+            "x-circuit-breaker-cooldown": 1000,
+        }),
+    )
+    .await;
     for i in 0..5 {
-        let published = router
-            .publish(
-                "/",
-                "",
-                None,
-                SimpleRecord {
-                    key: Some("guarded".into()),
-                    value: Some(format!("m{i}").into()),
-                    headers: vec![],
-                    timestamp: clock.now_ms(),
-                },
-            )
-            .await
-            .unwrap();
-        for p in published.pending {
-            p.wait().await.unwrap();
-        }
+        core_publish(&broker, "guarded", format!("m{i}"), clock.now_ms()).await;
     }
     let consumer = q.add_consumer(0);
     assert_eq!(q.breaker_state(consumer), Some(BreakerState::Closed));
