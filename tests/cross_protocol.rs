@@ -13,11 +13,12 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod common;
 use common::amqp::*;
+use common::kafka::Consumed;
 
 // --- AMQP helpers --------------------------------------------------------------------------
 
@@ -88,13 +89,6 @@ async fn create_topic(broker: &TestBroker, name: &str, partitions: u32) {
         .expect("create topic");
 }
 
-struct Consumed {
-    partition: i32,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
 /// Joins group `group` on `topic` and reads `count` records (blocking: run it on a blocking
 /// thread).
 fn group_consume(bootstrap: &str, group: &str, topic: &str, count: usize) -> Vec<Consumed> {
@@ -106,29 +100,7 @@ fn group_consume(bootstrap: &str, group: &str, topic: &str, count: usize) -> Vec
         .create()
         .expect("consumer");
     c.subscribe(&[topic]).expect("subscribe");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut out = Vec::new();
-    while out.len() < count {
-        assert!(std::time::Instant::now() < deadline, "timed out consuming");
-        match c.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(e)) => panic!("consume error: {e}"),
-            Some(Ok(m)) => out.push(Consumed {
-                partition: m.partition(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
-        }
-    }
-    out
+    common::kafka::poll_records(&c, count)
 }
 
 fn kafka_header<'a>(c: &'a Consumed, key: &str) -> Option<&'a [u8]> {

@@ -13,9 +13,12 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+
+mod common;
+use common::kafka::Consumed;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -168,16 +171,9 @@ async fn produce(
     (d.partition, d.offset)
 }
 
-struct Fetched {
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
 /// Reads `count` records of partition 0 of `topic` from the start with an rdkafka consumer
 /// (blocking: run it on a blocking thread).
-fn fetch(bootstrap: &str, topic: &str, count: usize) -> Vec<Fetched> {
+fn fetch(bootstrap: &str, topic: &str, count: usize) -> Vec<Consumed> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "stream-reader")
@@ -188,29 +184,7 @@ fn fetch(bootstrap: &str, topic: &str, count: usize) -> Vec<Fetched> {
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .expect("partition");
     c.assign(&tpl).expect("assign");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut out = Vec::new();
-    while out.len() < count {
-        assert!(std::time::Instant::now() < deadline, "timed out fetching");
-        match c.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(e)) => panic!("fetch error: {e}"),
-            Some(Ok(m)) => out.push(Fetched {
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
-        }
-    }
-    out
+    common::kafka::poll_records(&c, count)
 }
 
 fn now_ms() -> i64 {

@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod kafka;
 pub mod kafka_raw;
