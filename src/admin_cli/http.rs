@@ -4,7 +4,8 @@
 //! server side only, and reqwest is a dev-dependency), and the admin CLI needs very little:
 //! one request per connection (`Connection: close`), basic auth, a JSON body, and the status
 //! plus JSON answer back, with `Content-Length` or chunked bodies. Plain `http://` only; the
-//! admin listener does not speak TLS.
+//! admin listener does not speak TLS. The alert webhooks (`observe/alerts.rs`) post through it
+//! too, without credentials.
 
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ pub struct Client {
     host_port: String,
     /// Path prefix from the URL (without a trailing `/`).
     base: String,
-    auth: String,
+    /// Basic credentials, base64; `None` sends no Authorization header.
+    auth: Option<String>,
 }
 
 /// A percent-encoded path segment (a vhost `/` becomes `%2F`).
@@ -72,7 +74,10 @@ impl Client {
             url: url.trim_end_matches('/').to_string(),
             host_port,
             base: base.to_string(),
-            auth: crate::observe::admin::base64_encode(format!("{user}:{password}").as_bytes()),
+            // No credentials, no Authorization header (webhook receivers).
+            auth: (!user.is_empty() || !password.is_empty()).then(|| {
+                crate::observe::admin::base64_encode(format!("{user}:{password}").as_bytes())
+            }),
         })
     }
 
@@ -151,13 +156,16 @@ impl Client {
             }
         };
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let target = format!("{}{path}", self.base);
+        let target = if target.is_empty() { "/" } else { &target };
         let mut request = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: ferry-cli/{}\r\n",
-            self.base,
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: ferry-cli/{}\r\n",
             self.host_port,
-            self.auth,
             env!("CARGO_PKG_VERSION")
         );
+        if let Some(auth) = &self.auth {
+            request.push_str(&format!("Authorization: Basic {auth}\r\n"));
+        }
         if body.is_some() {
             request.push_str("Content-Type: application/json\r\n");
         }

@@ -23,7 +23,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::broker::BrokerCore;
@@ -116,8 +115,7 @@ impl AlertSettings {
             }
         }
         if !self.webhook_url.is_empty() {
-            parse_http_url(&self.webhook_url)
-                .map_err(|e| format!("alerts.webhook_url `{}`: {e}", self.webhook_url))?;
+            webhook_client(&self.webhook_url)?;
         }
         Ok(())
     }
@@ -298,7 +296,7 @@ async fn notify(
     });
     metrics::counter!("ferry_alert_transitions_total", "rule" => rule.name.clone(), "to" => state)
         .increment(1);
-    let body = serde_json::json!({
+    let event = serde_json::json!({
         "rule": rule.name,
         "kind": rule.kind,
         "state": state,
@@ -306,8 +304,7 @@ async fn notify(
         "threshold": rule.threshold,
         "message": message,
         "time_ms": now_ms,
-    })
-    .to_string();
+    });
     if !settings.exchange.is_empty() {
         let key = if settings.routing_key.is_empty() {
             format!("alert.{}", rule.name)
@@ -317,7 +314,7 @@ async fn notify(
         let header = |k: &str, v: String| (k.to_string(), Some(bytes::Bytes::from(v)));
         let record = SimpleRecord {
             key: Some(key.into()),
-            value: Some(body.clone().into()),
+            value: Some(event.to_string().into()),
             headers: vec![
                 header("ce_specversion", "1.0".into()),
                 header(
@@ -353,10 +350,11 @@ async fn notify(
         let url = settings.webhook_url.clone();
         let attempts = settings.webhook_attempts.max(1);
         let rule = rule.name.clone();
+        let event = event.clone();
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(500);
             for attempt in 1..=attempts {
-                match post_json(&url, &body).await {
+                match post_json(&url, &event).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(rule = %rule, attempt, error = %e, "alert webhook failed");
@@ -372,67 +370,21 @@ async fn notify(
     }
 }
 
-/// `http://host[:port][/path]` -> (host:port, path).
-fn parse_http_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err("no host".into());
-    }
-    let authority = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((authority, path.to_string()))
+/// The admin CLI's HTTP/1.1 client, without credentials, for the webhook URL.
+fn webhook_client(url: &str) -> Result<crate::admin_cli::http::Client, String> {
+    crate::admin_cli::http::Client::new(url, "", "")
+        .map_err(|e| format!("alerts.webhook_url `{url}`: {e}"))
 }
 
-/// One HTTP/1.1 POST with a JSON body; Ok on a 2xx answer. A whole HTTP client would be a
-/// heavy dependency for one request per alert transition.
-async fn post_json(url: &str, body: &str) -> Result<(), String> {
-    let (authority, path) = parse_http_url(url)?;
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(&authority)
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\nUser-Agent: ferry\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 512];
-        // The status line is all we need.
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-            let n = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next()))?;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("HTTP {status}"))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| "timed out after 10 s".to_string())?
+/// One POST of the event; Ok on a 2xx answer within 10 s.
+async fn post_json(url: &str, event: &serde_json::Value) -> Result<(), String> {
+    let client = webhook_client(url)?;
+    match tokio::time::timeout(Duration::from_secs(10), client.raw("POST", "", Some(event))).await {
+        Err(_) => Err("timed out after 10 s".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok((status, _))) if (200..300).contains(&status) => Ok(()),
+        Ok(Ok((status, _))) => Err(format!("HTTP {status}")),
+    }
 }
 
 #[cfg(test)]
@@ -441,15 +393,10 @@ mod tests {
 
     #[test]
     fn urls_and_rules_are_checked() {
-        assert_eq!(
-            parse_http_url("http://127.0.0.1:9000/hook").unwrap(),
-            ("127.0.0.1:9000".into(), "/hook".into())
-        );
-        assert_eq!(
-            parse_http_url("http://alerts.local").unwrap(),
-            ("alerts.local:80".into(), "/".into())
-        );
-        assert!(parse_http_url("https://x").is_err());
+        // URL parsing itself is the admin client's (tested there); only http:// is taken.
+        assert!(webhook_client("http://127.0.0.1:9000/hook").is_ok());
+        assert!(webhook_client("http://alerts.local").is_ok());
+        assert!(webhook_client("https://x").is_err());
         let rule = |kind: &str| AlertRule {
             name: "r".into(),
             kind: kind.into(),
