@@ -97,10 +97,14 @@ async fn duplicates_gaps_epochs_and_restart() {
     let init = c.init_producer_id(None).await;
     assert_eq!(init.error_code, 0);
     let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
-    assert!(pid >= 0);
-    assert_eq!(epoch, 0);
+    // A fresh data directory hands out ids from 0, one at a time.
+    assert_eq!((pid, epoch), (0, 0));
     let other = c.init_producer_id(None).await;
-    assert_ne!(other.producer_id.0, pid, "producer ids are never reused");
+    assert_eq!(
+        (other.error_code, other.producer_id.0, other.producer_epoch),
+        (0, 1, 0),
+        "the next producer gets the next id, never a reused one"
+    );
 
     assert_eq!(c.produce("idem", pid, epoch, 0, 3).await, (0, 0));
     assert_eq!(c.produce("idem", pid, epoch, 3, 2).await, (0, 3));
@@ -141,9 +145,10 @@ async fn duplicates_gaps_epochs_and_restart() {
         8
     );
     let fresh = c.init_producer_id(None).await;
-    assert!(
-        fresh.producer_id.0 > other.producer_id.0,
-        "id counter survives restart"
+    assert_eq!(
+        (fresh.error_code, fresh.producer_id.0, fresh.producer_epoch),
+        (0, 2, 0),
+        "the id counter survives a restart"
     );
     broker.stop().await;
 }

@@ -389,13 +389,16 @@ pub fn trace_records(
     }
     let mut buf = bytes::Bytes::copy_from_slice(batches);
     while bytes::Buf::has_remaining(&buf) {
-        let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
+        let Ok(records) = crate::log::batch::decode_next_batch(&mut buf) else {
             return;
         };
-        for r in set.records.iter().filter(|r| !r.control) {
+        for r in records.iter().filter(|r| !r.is_control) {
             let m = EventMetadata::from_headers(
-                r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
-                r.timestamp,
+                r.record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_deref())),
+                r.record.timestamp,
                 Some(RecordLocation {
                     topic,
                     partition,

@@ -22,6 +22,7 @@ pub mod delayed;
 pub mod event;
 pub mod exchange;
 pub mod group;
+pub mod producer;
 pub mod queue;
 pub mod queue_browse;
 pub mod retry;

@@ -1729,30 +1729,18 @@ impl Queue {
             }
             let mut buf = slice.bytes.clone();
             while buf.has_remaining() {
-                let set = match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
-                    Ok(s) => s,
+                let records = match crate::log::batch::decode_next_batch(&mut buf) {
+                    Ok(records) => records,
                     Err(e) => {
                         tracing::warn!(queue = %self.def.name, error = %e, "undecodable batch in queue log");
                         break;
                     }
                 };
-                for r in set.records {
-                    if r.control || wanted.binary_search(&r.offset).is_err() {
+                for r in records {
+                    if r.is_control || wanted.binary_search(&r.offset).is_err() {
                         continue;
                     }
-                    found.insert(
-                        r.offset,
-                        SimpleRecord {
-                            key: r.key,
-                            value: r.value,
-                            headers: r
-                                .headers
-                                .into_iter()
-                                .map(|(k, v)| (k.to_string(), v))
-                                .collect(),
-                            timestamp: r.timestamp,
-                        },
-                    );
+                    found.insert(r.offset, r.record);
                 }
             }
             i += 1;

@@ -425,21 +425,25 @@ fn fill(c: &mut Cursor, partition: i32, topic: &str) -> Result<(), StreamError> 
     }
     let mut buf: Bytes = slice.bytes.clone();
     while buf.has_remaining() {
-        let set = match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
-            Ok(s) => s,
+        let records = match crate::log::batch::decode_next_batch(&mut buf) {
+            Ok(records) => records,
             Err(e) => {
                 tracing::warn!(topic, partition, offset = c.next, error = %e, "undecodable batch in a stream; skipping it");
                 break;
             }
         };
-        for r in set.records {
-            if r.offset < c.next || r.control {
+        for crate::log::batch::StoredRecord {
+            offset,
+            is_control,
+            record: r,
+        } in records
+        {
+            if offset < c.next || is_control {
                 continue;
             }
             let mut headers: Vec<(String, Option<Bytes>)> = Vec::with_capacity(r.headers.len());
             let mut has_exchange = false;
             for (k, v) in r.headers {
-                let k = k.to_string();
                 has_exchange |= k == EXCHANGE_HEADER;
                 if k != SOURCE_HEADER {
                     headers.push((k, v));
@@ -453,7 +457,7 @@ fn fill(c: &mut Cursor, partition: i32, topic: &str) -> Result<(), StreamError> 
             }
             c.ahead.push_back(StreamRecord {
                 partition,
-                offset: r.offset,
+                offset,
                 record: SimpleRecord {
                     key: r.key,
                     value: r.value,

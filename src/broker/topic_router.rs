@@ -47,7 +47,7 @@ use super::dedup::{self, DedupCache, DedupPolicy};
 use super::queue::{Queue, Submitted};
 use super::routing::{RoutingError, TopicSink, DEFAULT_VHOST, EXCHANGE_HEADER};
 use super::{BrokerCore, CoreInner};
-use crate::log::{PartitionHandle, PendingAppend, SimpleRecord};
+use crate::log::{batch, PartitionHandle, PendingAppend, SimpleRecord};
 use crate::meta::{RouteInFlight, RouteMark, TopicRouteState};
 
 /// Bytes of topic log read per routing step.
@@ -216,25 +216,15 @@ fn reload_topic_ids(log: &PartitionHandle, cache: &mut DedupCache, since_ms: i64
         let mut buf = slice.bytes.clone();
         let mut progressed = false;
         while buf.has_remaining() {
-            let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
+            let Ok(records) = batch::decode_next_batch(&mut buf) else {
                 break;
             };
-            for r in set.records {
+            for r in records {
                 if r.offset < at || r.offset >= hw {
                     continue;
                 }
-                let record = SimpleRecord {
-                    key: None,
-                    value: None,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect(),
-                    timestamp: r.timestamp,
-                };
-                if let Some(key) = dedup::record_key(&record) {
-                    cache.admit(key, r.timestamp);
+                if let Some(key) = dedup::record_key(&r.record) {
+                    cache.admit(key, r.record.timestamp);
                 }
                 at = r.offset + 1;
                 progressed = true;
@@ -398,9 +388,11 @@ fn load_state(
             let end = qlog.high_watermark();
             let result = for_each_record(qlog, from, end, |r| {
                 let source = r
+                    .record
                     .headers
-                    .get(SOURCE_HEADER.as_bytes())
-                    .and_then(|v| v.as_ref())
+                    .iter()
+                    .find(|(k, _)| k == SOURCE_HEADER)
+                    .and_then(|(_, v)| v.as_ref())
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .and_then(|v| v.strip_prefix(prefix.as_str()))
                     .and_then(|o| o.parse::<i64>().ok());
@@ -430,7 +422,7 @@ fn for_each_record(
     log: &PartitionHandle,
     from: i64,
     to: i64,
-    mut f: impl FnMut(kafka_protocol::records::Record),
+    mut f: impl FnMut(batch::StoredRecord),
 ) -> Result<(), crate::log::LogError> {
     let mut at = from;
     while at < to {
@@ -440,11 +432,11 @@ fn for_each_record(
         }
         let mut buf = slice.bytes.clone();
         while buf.has_remaining() {
-            let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
+            let Ok(records) = batch::decode_next_batch(&mut buf) else {
                 break;
             };
-            for r in set.records {
-                if r.offset >= at && r.offset < to && !r.control {
+            for r in records {
+                if r.offset >= at && r.offset < to && !r.is_control {
                     f(r);
                 }
             }
@@ -497,19 +489,24 @@ async fn route_step(
     let mut plan: Vec<(SimpleRecord, Vec<Arc<Queue>>)> = Vec::new();
     let mut next = cursor;
     while buf.has_remaining() {
-        let set = match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
-            Ok(s) => s,
+        let records = match batch::decode_next_batch(&mut buf) {
+            Ok(records) => records,
             Err(e) => {
                 tracing::warn!(topic, partition, cursor, error = %e, "undecodable batch in topic log; skipping it");
                 break;
             }
         };
-        for r in set.records {
-            if r.offset < cursor {
+        for batch::StoredRecord {
+            offset,
+            is_control,
+            record: r,
+        } in records
+        {
+            if offset < cursor {
                 continue;
             }
-            next = next.max(r.offset + 1);
-            if r.control {
+            next = next.max(offset + 1);
+            if is_control {
                 continue;
             }
             let key = r
@@ -521,7 +518,7 @@ async fn route_step(
             queues.retain(|q| {
                 !skip
                     .have
-                    .contains(&(q.vhost().to_string(), q.name().to_string(), r.offset))
+                    .contains(&(q.vhost().to_string(), q.name().to_string(), offset))
             });
             if queues.is_empty() {
                 continue;
@@ -534,15 +531,11 @@ async fn route_step(
             ));
             headers.push((
                 SOURCE_HEADER.to_string(),
-                Some(bytes::Bytes::from(format!(
-                    "{topic}/{partition}/{}",
-                    r.offset
-                ))),
+                Some(bytes::Bytes::from(format!("{topic}/{partition}/{offset}"))),
             ));
             headers.extend(
                 r.headers
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
                     .filter(|(k, _)| k != EXCHANGE_HEADER && k != SOURCE_HEADER),
             );
             let record = SimpleRecord {

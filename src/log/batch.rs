@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KTimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    TimestampType as KTimestampType,
 };
 
 use super::LogError;
@@ -407,6 +408,46 @@ pub struct SimpleRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
     /// Timestamp in ms since the epoch.
     pub timestamp: i64,
+}
+
+/// One record read back from the log: its absolute offset, whether it belongs to a control
+/// batch (transaction markers, never application data), and the record itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Absolute offset: the batch's base offset plus the record's delta.
+    pub offset: i64,
+    /// True for records of control batches, which readers other than Kafka fetch skip.
+    pub is_control: bool,
+    /// Key, value, headers and timestamp.
+    pub record: SimpleRecord,
+}
+
+/// Decodes (and decompresses) the record batch at the front of `buf` and advances `buf` past it.
+///
+/// The one record decoder of the broker: everything above the log that needs records rather
+/// than stored batch bytes (queue deliveries, topic routing, streams, tracing) calls this, so no
+/// other module depends on the Kafka record format.
+pub fn decode_next_batch(buf: &mut Bytes) -> Result<Vec<StoredRecord>, LogError> {
+    let set = RecordBatchDecoder::decode(buf)
+        .map_err(|e| LogError::InvalidBatch(format!("cannot decode record batch: {e}")))?;
+    Ok(set
+        .records
+        .into_iter()
+        .map(|r| StoredRecord {
+            offset: r.offset,
+            is_control: r.control,
+            record: SimpleRecord {
+                key: r.key,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                timestamp: r.timestamp,
+            },
+        })
+        .collect())
 }
 
 /// Batch-level fields for [`try_encode_batch`]. The defaults describe a plain, non-idempotent
