@@ -161,8 +161,9 @@ impl BrokerBuilder {
         {
             let router = http::router(health.clone(), prometheus, &config.observe);
             let shutdown = shutdown_rx.clone();
+            let http_settings = config.observe.http.clone();
             tasks.spawn(async move {
-                if let Err(e) = http::serve(http_listener, router, shutdown).await {
+                if let Err(e) = http::serve(http_listener, router, &http_settings, shutdown).await {
                     tracing::error!(error = %e, "HTTP listener failed");
                 }
             });

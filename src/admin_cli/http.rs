@@ -75,9 +75,8 @@ impl Client {
             host_port,
             base: base.to_string(),
             // No credentials, no Authorization header (webhook receivers).
-            auth: (!user.is_empty() || !password.is_empty()).then(|| {
-                crate::observe::admin::base64_encode(format!("{user}:{password}").as_bytes())
-            }),
+            auth: (!user.is_empty() || !password.is_empty())
+                .then(|| crate::util::base64_encode(format!("{user}:{password}").as_bytes())),
         })
     }
 
