@@ -226,8 +226,11 @@ impl BrokerBuilder {
         ));
         // The resource alarms block publishers of every protocol, so they run beside the
         // listeners rather than inside one of them.
-        let (alarm_limits, limits_rx) =
-            watch::channel(crate::observe::alarms::Limits::from_settings(&config.amqp));
+        let (alarm_limits, limits_rx) = watch::channel(crate::observe::alarms::Limits::configured(
+            config.amqp.vm_memory_high_watermark,
+            config.amqp.vm_memory_high_watermark_absolute,
+            config.amqp.disk_free_limit_bytes,
+        ));
         tasks.spawn(crate::observe::alarms::monitor(
             core.clone(),
             limits_rx,

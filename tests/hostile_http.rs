@@ -213,6 +213,36 @@ async fn a_client_that_connects_and_sends_nothing_is_closed_after_the_header_tim
     broker.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_is_refused_after_the_header_timeout() {
+    let _serial = SERIAL.lock().await;
+    let broker = limited_broker().await;
+    let mut s = TcpStream::connect(http_addr(&broker))
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /api/topics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":",
+    )
+    .await
+    .expect("headers and a piece of the body");
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = sent + Duration::from_millis(HEADER_TIMEOUT_MS * 3 + 1_000);
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            Ok(_) => break,
+            Err(_) => panic!("a stalled body held its connection past {deadline:?}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(sent.elapsed() >= Duration::from_millis(HEADER_TIMEOUT_MS - 100));
+    assert!(broker.core().topics().is_empty());
+    broker.stop().await;
+}
+
 /// The AMQP side of the shared login guard: a wrong password counts under
 /// `ferry_auth_failures_total{protocol="amqp"}`, a right one does not.
 #[tokio::test]

@@ -3,6 +3,9 @@
 //!
 //! - **Header read timeout**: a client that starts a request must finish its headers within
 //!   `observe.http.header_read_timeout_ms`, or the connection is closed (slowloris).
+//! - **Body timeout**: while a request body is being received, each piece of it must arrive
+//!   within the header read timeout of the last, or the request fails (400) — a client that
+//!   dribbles its body holds a connection "in flight", where eviction cannot reach it.
 //! - **Idle timeout**: a keep-alive connection with no request for
 //!   `observe.http.idle_timeout_ms` is closed.
 //! - **Connection cap**: at most `observe.http.max_connections` are open. At the cap a new
@@ -20,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -243,12 +247,20 @@ async fn serve_connection(
     let service = {
         let tracked = tracked.clone();
         let epoch = registry.epoch;
+        let body_timeout = Duration::from_millis(settings.header_read_timeout_ms);
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(tracked.clone(), epoch);
             request.extensions_mut().insert(ConnectInfo(peer));
             let router = router.clone();
+            let request = request.map(|body| {
+                axum::body::Body::new(SlowBodyTimeout {
+                    inner: body,
+                    limit: body_timeout,
+                    deadline: None,
+                })
+            });
             async move {
-                let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                let response = router.oneshot(request).await;
                 drop(in_flight);
                 Ok::<_, Infallible>(match response {
                     Ok(r) => r,
@@ -387,5 +399,51 @@ impl AsyncWrite for WatchedIo {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// A request body whose every frame must arrive within `limit` of the previous one.
+struct SlowBodyTimeout {
+    inner: Incoming,
+    limit: Duration,
+    /// Armed at the first read: a handler may read its body late (after the auth delay).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for SlowBodyTimeout {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let limit = this.limit;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                deadline.as_mut().reset(Instant::now() + limit);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "the request body stalled for more than {} ms (observe.http.header_read_timeout_ms)",
+                    this.limit.as_millis()
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
