@@ -296,42 +296,8 @@ impl Default for AmqpSettings {
     }
 }
 
-/// `[observe]`: logs and metrics.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ObserveSettings {
-    /// Log filter in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
-    pub log_level: String,
-    /// `"text"` (default) or `"json"` log lines.
-    pub log_format: String,
-    /// Install the Prometheus recorder and serve `/metrics`. Default true.
-    pub metrics: bool,
-    /// Label queue gauges by `queue` and partition/lag gauges by `partition`. Default true;
-    /// false sums them per vhost / per topic, for brokers with very many objects.
-    pub per_object_metrics: bool,
-    /// HTTP basic-auth user for the admin API under `/api/`. Default `admin`.
-    pub admin_user: String,
-    /// Its password. Default `admin`; empty user and password turn the admin API off.
-    pub admin_password: String,
-    /// OTLP/HTTP collector to export tracing spans to (`http://collector:4318`; a URL without a
-    /// path gets `/v1/traces`). Needs a ferry built with the `otlp` cargo feature. Default empty:
-    /// no export.
-    pub otlp_endpoint: String,
-}
-
-impl Default for ObserveSettings {
-    fn default() -> Self {
-        Self {
-            log_level: "info".into(),
-            log_format: "text".into(),
-            metrics: true,
-            per_object_metrics: true,
-            admin_user: "admin".into(),
-            admin_password: "admin".into(),
-            otlp_endpoint: String::new(),
-        }
-    }
-}
+// --- observe (H3): the `[observe]` settings live with the subsystem -------------------------------
+pub use crate::observe::settings::ObserveSettings;
 
 /// Environment variables that belong to the CLI, not to the server configuration.
 const CLI_ONLY_VARIABLES: &[&str] = &["FERRY_ADMIN_URL", "FERRY_CONFIG"];
@@ -497,6 +463,9 @@ impl Config {
                 "observe.log_format",
                 "must be \"text\" or \"json\"",
             ));
+        }
+        if let Some((key, message)) = self.observe.http.problem() {
+            return Err(invalid(key, message));
         }
         let otlp = &self.observe.otlp_endpoint;
         let http = otlp.starts_with("http://") || otlp.starts_with("https://");

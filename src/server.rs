@@ -161,8 +161,9 @@ impl BrokerBuilder {
         {
             let router = http::router(health.clone(), prometheus, &config.observe);
             let shutdown = shutdown_rx.clone();
+            let http_settings = config.observe.http.clone();
             tasks.spawn(async move {
-                if let Err(e) = http::serve(http_listener, router, shutdown).await {
+                if let Err(e) = http::serve(http_listener, router, &http_settings, shutdown).await {
                     tracing::error!(error = %e, "HTTP listener failed");
                 }
             });
@@ -225,8 +226,11 @@ impl BrokerBuilder {
         ));
         // The resource alarms block publishers of every protocol, so they run beside the
         // listeners rather than inside one of them.
-        let (alarm_limits, limits_rx) =
-            watch::channel(crate::observe::alarms::Limits::from_settings(&config.amqp));
+        let (alarm_limits, limits_rx) = watch::channel(crate::observe::alarms::Limits::configured(
+            config.amqp.vm_memory_high_watermark,
+            config.amqp.vm_memory_high_watermark_absolute,
+            config.amqp.disk_free_limit_bytes,
+        ));
         tasks.spawn(crate::observe::alarms::monitor(
             core.clone(),
             limits_rx,

@@ -821,3 +821,123 @@ async fn the_alarm_check_fails_on_the_memory_alarm_too() {
     );
     broker.stop().await;
 }
+
+/// Issue 12: the admin API accepts nothing an AMQP client could not have declared.
+#[tokio::test]
+async fn declarations_follow_the_protocol_limits() {
+    let broker = TestBroker::start().await.unwrap();
+    let long = "e".repeat(300);
+    let (status, err) = call(
+        &broker,
+        Method::PUT,
+        &format!("/api/exchanges/%2F/{long}"),
+        Some(json!({"type": "direct"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"], "bad_request");
+    assert!(
+        err["message"].as_str().unwrap().contains("too long"),
+        "{err}"
+    );
+    assert!(broker.core().router().exchange("/", &long).is_none());
+
+    let (status, err) = call(
+        &broker,
+        Method::PUT,
+        &format!("/api/queues/%2F/{}", "q".repeat(256)),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+
+    // 255 bytes is the limit, not one less.
+    let (status, _) = call(
+        &broker,
+        Method::PUT,
+        &format!("/api/queues/%2F/{}", "q".repeat(255)),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let big = "a".repeat(1_500_000);
+    let (status, err) = call(
+        &broker,
+        Method::PUT,
+        "/api/queues/%2F/big-args",
+        Some(json!({"arguments": {"x-note": big}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"], "bad_request");
+    assert!(broker.core().router().queue("/", "big-args").is_none());
+
+    let (status, _) = call(
+        &broker,
+        Method::PUT,
+        "/api/queues/%2F/target",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, err) = call(
+        &broker,
+        Method::POST,
+        "/api/bindings",
+        Some(json!({"source": "amq.direct", "destination": "target", "routing_key": "k", "arguments": [1]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"], "bad_request");
+    let (_, bindings) = get(&broker, "/api/bindings").await;
+    assert!(
+        !bindings
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["destination"] == "target"),
+        "{bindings}"
+    );
+    let (status, err) = call(
+        &broker,
+        Method::POST,
+        "/api/bindings",
+        Some(json!({"source": "amq.direct", "destination": "target", "routing_key": "k".repeat(256)})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    broker.stop().await;
+}
+
+/// Issue 12: errors axum makes before a handler runs answer JSON like every other error.
+#[tokio::test]
+async fn method_and_query_errors_answer_json() {
+    let broker = TestBroker::start().await.unwrap();
+    let (status, err) = call(&broker, Method::PATCH, "/api/topics", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{err}");
+    assert_eq!(err["error"], "method_not_allowed");
+    assert!(err["message"].is_string());
+
+    let (status, _) = call(&broker, Method::PUT, "/api/queues/%2F/dlq", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for path in [
+        "/api/queues/%2F/dlq/messages?count=many",
+        "/api/queues/%2F/dlq?if_empty=maybe",
+    ] {
+        let method = if path.contains("messages") {
+            Method::GET
+        } else {
+            Method::DELETE
+        };
+        let (status, err) = call(&broker, method, path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {err}");
+        assert_eq!(err["error"], "bad_request", "{path}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{path}: {err}"
+        );
+    }
+    assert!(broker.core().router().queue("/", "dlq").is_some());
+    broker.stop().await;
+}

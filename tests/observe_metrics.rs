@@ -489,3 +489,65 @@ async fn a_deleted_topic_leaves_no_series_behind() {
     }
     broker.stop().await;
 }
+
+/// Issue 12: wrong admin passwords are counted per protocol and slowed per peer; a right one
+/// still answers at once and clears the peer's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_passwords_are_counted_and_slowed() {
+    let broker = TestBroker::start().await.unwrap();
+    let failures = |text: &str| value(text, "ferry_auth_failures_total", &[("protocol", "http")]);
+    let before = failures(&scrape(&broker).await);
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/topics", broker.http_url());
+    let wrong = |client: reqwest::Client, url: String| async move {
+        let resp = client
+            .get(url)
+            .basic_auth("admin", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::UNAUTHORIZED);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    };
+
+    // 300 attempts, 100 at a time (under the listener's connection cap).
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let wave: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(wrong(client.clone(), url.clone())))
+            .collect();
+        for attempt in wave {
+            attempt.await.unwrap();
+        }
+    }
+    let flood = started.elapsed();
+    assert_eq!(failures(&scrape(&broker).await) - before, 300.0);
+    // All but the first few failures of each wave wait; without slowing, 300 local requests
+    // take a few hundred milliseconds.
+    assert!(
+        flood >= ferry::broker::login_guard::MAX_DELAY * 2,
+        "300 wrong passwords took only {flood:?}"
+    );
+
+    // The peer is now slowed to the maximum delay.
+    let one = std::time::Instant::now();
+    wrong(client.clone(), url.clone()).await;
+    assert!(one.elapsed() >= ferry::broker::login_guard::MAX_DELAY);
+
+    // The right password is not slowed, and clears the record.
+    let one = std::time::Instant::now();
+    let resp = client
+        .get(&url)
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert!(one.elapsed() < ferry::broker::login_guard::FIRST_DELAY * 5);
+    let one = std::time::Instant::now();
+    wrong(client.clone(), url.clone()).await;
+    assert!(one.elapsed() < ferry::broker::login_guard::FIRST_DELAY);
+    assert_eq!(failures(&scrape(&broker).await) - before, 302.0);
+    broker.stop().await;
+}

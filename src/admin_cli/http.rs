@@ -1,88 +1,33 @@
-//! A tiny HTTP/1.1 JSON client for the admin API, over a tokio `TcpStream`.
-//!
-//! The crate has no HTTP client among its dependencies (hyper comes in through axum with its
-//! server side only, and reqwest is a dev-dependency), and the admin CLI needs very little:
-//! one request per connection (`Connection: close`), basic auth, a JSON body, and the status
-//! plus JSON answer back, with `Content-Length` or chunked bodies. Plain `http://` only; the
-//! admin listener does not speak TLS. The alert webhooks (`observe/alerts.rs`) post through it
-//! too, without credentials.
+//! The admin CLI's client for the admin API: the shared HTTP/1.1 client
+//! ([`crate::util::http_client`]) with the CLI's error messages and the API's error shape.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::CliError;
+use crate::util::http_client::{self, HttpError};
 
-/// Most bytes of answer we read: a browse of 10000 messages fits comfortably.
-const MAX_RESPONSE: usize = 256 * 1024 * 1024;
-/// Time allowed for connecting and for the whole exchange.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::util::http_client::segment;
+
+/// Time allowed for the whole exchange (a replay of many messages takes a while).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where the admin API is and who we are.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// As given, for messages.
-    url: String,
-    host_port: String,
-    /// Path prefix from the URL (without a trailing `/`).
-    base: String,
-    /// Basic credentials, base64; `None` sends no Authorization header.
-    auth: Option<String>,
-}
-
-/// A percent-encoded path segment (a vhost `/` becomes `%2F`).
-pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    inner: http_client::Client,
 }
 
 impl Client {
     pub fn new(url: &str, user: &str, password: &str) -> Result<Client, CliError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            CliError::Usage(format!(
-                "--admin-url `{url}` must start with http:// (the admin API has no TLS); e.g. http://127.0.0.1:8080"
-            ))
-        })?;
-        let (host_port, base) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        if host_port.is_empty() {
-            return Err(CliError::Usage(format!(
-                "--admin-url `{url}` has no host; e.g. http://127.0.0.1:8080"
-            )));
-        }
-        let host_port = if host_port
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            host_port.to_string()
-        } else {
-            format!("{host_port}:80")
-        };
-        Ok(Client {
-            url: url.trim_end_matches('/').to_string(),
-            host_port,
-            base: base.to_string(),
-            // No credentials, no Authorization header (webhook receivers).
-            auth: (!user.is_empty() || !password.is_empty()).then(|| {
-                crate::observe::admin::base64_encode(format!("{user}:{password}").as_bytes())
-            }),
-        })
+        let inner = http_client::Client::new(url, user, password)
+            .map_err(|e| CliError::Usage(format!("--admin-url {e}")))?;
+        Ok(Client { inner })
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        self.inner.url()
     }
 
     /// Sends one request; `Ok` for 2xx (the JSON body, `Null` if empty), else the API's error.
@@ -106,11 +51,17 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), CliError> {
-        let exchange = self.exchange(method, path, body);
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(r) => r,
+        let url = || self.url().to_string();
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.inner.request(method, path, body)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(HttpError::Unreachable(reason))) => Err(CliError::Unreachable { url: url(), reason }),
+            Ok(Err(HttpError::Protocol(why))) => Err(CliError::Protocol(format!(
+                "{} did not answer like the ferry admin API ({why}); is --admin-url the broker's HTTP listener?",
+                url()
+            ))),
+            Ok(Err(HttpError::BadUrl(why))) => Err(CliError::Usage(format!("--admin-url {why}"))),
             Err(_) => Err(CliError::Unreachable {
-                url: self.url.clone(),
+                url: url(),
                 reason: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
             }),
         }
@@ -124,171 +75,9 @@ impl Client {
             .unwrap_or_else(|| value.to_string());
         match status {
             401 => CliError::Unauthorized {
-                url: self.url.clone(),
+                url: self.url().to_string(),
             },
             _ => CliError::Api { status, message },
         }
-    }
-
-    async fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), CliError> {
-        let unreachable = |reason: String| CliError::Unreachable {
-            url: self.url.clone(),
-            reason,
-        };
-        let mut stream = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect(&self.host_port),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no connection within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                )))
-            }
-        };
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let target = format!("{}{path}", self.base);
-        let target = if target.is_empty() { "/" } else { &target };
-        let mut request = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: ferry-cli/{}\r\n",
-            self.host_port,
-            env!("CARGO_PKG_VERSION")
-        );
-        if let Some(auth) = &self.auth {
-            request.push_str(&format!("Authorization: Basic {auth}\r\n"));
-        }
-        if body.is_some() {
-            request.push_str("Content-Type: application/json\r\n");
-        }
-        request.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
-        request.push_str(&payload);
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| unreachable(format!("sending the request failed: {e}")))?;
-        let mut raw = Vec::new();
-        (&mut stream)
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| unreachable(format!("reading the answer failed: {e}")))?;
-        if raw.len() > MAX_RESPONSE {
-            return Err(CliError::Protocol(format!(
-                "{} answered with more than {MAX_RESPONSE} bytes",
-                self.url
-            )));
-        }
-        let (status, body) = parse_response(&raw).map_err(|why| {
-            CliError::Protocol(format!(
-                "{} did not answer like the ferry admin API ({why}); is --admin-url the broker's HTTP listener?",
-                self.url
-            ))
-        })?;
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok((status, Value::Null));
-        }
-        let value = serde_json::from_slice(&body).unwrap_or_else(|_| {
-            // A non-JSON answer (a proxy's error page, say) still gets shown.
-            Value::String(String::from_utf8_lossy(&body).into_owned())
-        });
-        Ok((status, value))
-    }
-}
-
-/// Splits a whole HTTP/1.1 response into its status and (de-chunked) body.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("no status line")?;
-    let mut parts = status_line.split_whitespace();
-    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err(format!("status line `{status_line}`"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("status line `{status_line}`"))?;
-    let mut chunked = false;
-    let mut length: Option<usize> = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().ok();
-        }
-    }
-    if chunked {
-        return Ok((status, dechunk(body)?));
-    }
-    Ok(match length {
-        Some(n) if n <= body.len() => (status, body[..n].to_vec()),
-        Some(_) => return Err("answer shorter than its Content-Length".into()),
-        None => (status, body.to_vec()),
-    })
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_text = std::str::from_utf8(&body[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size + 2 {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn responses_with_length_or_chunks_parse() {
-        let r = b"HTTP/1.1 201 Created\r\ncontent-length: 7\r\n\r\n{\"a\":1}";
-        assert_eq!(parse_response(r).unwrap(), (201, b"{\"a\":1}".to_vec()));
-        let c = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
-        assert_eq!(parse_response(c).unwrap(), (200, b"{\"a\":1}".to_vec()));
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err());
-    }
-
-    #[test]
-    fn urls_and_segments() {
-        let c = Client::new("http://localhost:9000/ferry/", "a", "b").unwrap();
-        assert_eq!(c.host_port, "localhost:9000");
-        assert_eq!(c.base, "/ferry");
-        assert_eq!(Client::new("http://h", "a", "b").unwrap().host_port, "h:80");
-        assert!(Client::new("https://h", "a", "b").is_err());
-        assert_eq!(segment("/"), "%2F");
-        assert_eq!(segment("a b.c"), "a%20b.c");
     }
 }

@@ -22,9 +22,13 @@ pub mod delayed;
 pub mod event;
 pub mod exchange;
 pub mod group;
+pub mod login_guard;
+pub mod names;
+pub mod offset_reset;
 pub mod producer;
 pub mod queue;
 pub mod queue_browse;
+pub mod replay;
 pub mod retry;
 pub mod routing;
 pub mod stream;
@@ -104,6 +108,8 @@ struct CoreInner {
     router: routing::Router,
     /// Per-partition tasks feeding queues bound to topic exchanges from the topic logs.
     topic_routers: topic_router::TopicRouters,
+    /// Failed logins of every protocol, per peer.
+    login_guard: login_guard::LoginGuard,
 }
 
 impl BrokerCore {
@@ -156,6 +162,7 @@ impl BrokerCore {
                 admin: AsyncMutex::new(()),
                 shutting_down: false.into(),
                 topic_routers: topic_router::TopicRouters::default(),
+                login_guard: login_guard::LoginGuard::new(),
             }),
         };
         core.inner
@@ -226,6 +233,12 @@ impl BrokerCore {
     /// The data directory (parent of the partition logs and the queue logs).
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
+    }
+
+    /// Failed-login counting, logging and slowing, shared by the admin API and the AMQP
+    /// handshake.
+    pub fn login_guard(&self) -> &login_guard::LoginGuard {
+        &self.inner.login_guard
     }
 
     /// Exchanges, queues and bindings.

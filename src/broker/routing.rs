@@ -636,7 +636,7 @@ impl RouterInner {
 
     /// A stored message's headers, as its dead-letter exchange routes them (with its death
     /// history, as RabbitMQ routes the dead-lettered copy).
-    fn headers_of(&self, record: &SimpleRecord) -> Option<Map<String, Value>> {
+    pub fn headers_of(&self, record: &SimpleRecord) -> Option<Map<String, Value>> {
         self.headers_reader.get().and_then(|read| read(record))
     }
 

@@ -23,7 +23,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::broker::BrokerCore;
-use crate::config::AmqpSettings;
 
 /// How often resources are sampled.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -43,12 +42,14 @@ pub enum Watermark {
 }
 
 impl Watermark {
-    /// The configured watermark: the absolute one when set (non-zero), else the fraction.
-    pub fn from_settings(s: &AmqpSettings) -> Self {
-        if s.vm_memory_high_watermark_absolute > 0 {
-            Watermark::Absolute(s.vm_memory_high_watermark_absolute)
+    /// The configured watermark (`amqp.vm_memory_high_watermark` and
+    /// `amqp.vm_memory_high_watermark_absolute`): the absolute one when set (non-zero bytes),
+    /// else the fraction.
+    pub fn configured(fraction: f64, absolute_bytes: u64) -> Self {
+        if absolute_bytes > 0 {
+            Watermark::Absolute(absolute_bytes)
         } else {
-            Watermark::Relative(s.vm_memory_high_watermark)
+            Watermark::Relative(fraction)
         }
     }
 
@@ -78,10 +79,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_settings(s: &AmqpSettings) -> Self {
+    /// The limits as configured: the memory watermark as a fraction of the memory available
+    /// or in bytes (non-zero bytes win), and the free-disk floor in bytes.
+    pub fn configured(memory_fraction: f64, memory_bytes: u64, disk_free_limit: u64) -> Self {
         Limits {
-            memory: Watermark::from_settings(s),
-            disk_free_limit: s.disk_free_limit_bytes,
+            memory: Watermark::configured(memory_fraction, memory_bytes),
+            disk_free_limit,
         }
     }
 }

@@ -370,16 +370,21 @@ async fn notify(
     }
 }
 
-/// The admin CLI's HTTP/1.1 client, without credentials, for the webhook URL.
-fn webhook_client(url: &str) -> Result<crate::admin_cli::http::Client, String> {
-    crate::admin_cli::http::Client::new(url, "", "")
-        .map_err(|e| format!("alerts.webhook_url `{url}`: {e}"))
+/// The shared HTTP/1.1 client, without credentials, for the webhook URL.
+fn webhook_client(url: &str) -> Result<crate::util::http_client::Client, String> {
+    crate::util::http_client::Client::new(url, "", "")
+        .map_err(|e| format!("alerts.webhook_url: {e}"))
 }
 
 /// One POST of the event; Ok on a 2xx answer within 10 s.
 async fn post_json(url: &str, event: &serde_json::Value) -> Result<(), String> {
     let client = webhook_client(url)?;
-    match tokio::time::timeout(Duration::from_secs(10), client.raw("POST", "", Some(event))).await {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request("POST", "", Some(event)),
+    )
+    .await
+    {
         Err(_) => Err("timed out after 10 s".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok((status, _))) if (200..300).contains(&status) => Ok(()),
@@ -393,7 +398,7 @@ mod tests {
 
     #[test]
     fn urls_and_rules_are_checked() {
-        // URL parsing itself is the admin client's (tested there); only http:// is taken.
+        // URL parsing itself is the shared client's (tested there); only http:// is taken.
         assert!(webhook_client("http://127.0.0.1:9000/hook").is_ok());
         assert!(webhook_client("http://alerts.local").is_ok());
         assert!(webhook_client("https://x").is_err());

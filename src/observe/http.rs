@@ -23,12 +23,10 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use super::admin::{Admin, AdminCredentials};
+use super::settings::ObserveSettings;
 use crate::broker::BrokerCore;
-use crate::config::ObserveSettings;
 
 /// What `/readyz` and the health checks report.
 #[derive(Default)]
@@ -335,18 +333,9 @@ async fn check_ready(State(state): State<AppState>, _admin: Admin) -> Response {
     }
 }
 
-/// Serves the router on an already-bound listener until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-}
+/// Serves the router on an already-bound listener until `shutdown` turns true, with the
+/// timeouts and connection cap of `observe.http` ([`super::http_listener`]).
+pub use super::http_listener::serve;
 
 /// The address to print for a bound listener.
 pub fn url(addr: SocketAddr) -> String {

@@ -9,6 +9,8 @@ pub mod admin;
 pub mod alarms;
 pub mod alerts;
 pub mod http;
+pub mod http_listener;
 pub mod metrics;
 pub mod otlp;
+pub mod settings;
 pub mod tracing;

@@ -571,7 +571,7 @@ impl Conn {
         }
         match (&self.phase, m) {
             (Phase::AwaitStartOk, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => {
-                self.user = self.authenticate(&s)?;
+                self.user = self.authenticate(&s).await?;
                 self.wants_blocked = matches!(
                     s.client_properties.inner().get("capabilities"),
                     Some(AMQPValue::FieldTable(caps))
@@ -664,7 +664,7 @@ impl Conn {
     }
 
     /// Checks the credentials of connection.start-ok; returns the user name.
-    fn authenticate(&self, s: &connection::StartOk) -> Result<String, AmqpError> {
+    async fn authenticate(&self, s: &connection::StartOk) -> Result<String, AmqpError> {
         let response = s.response.as_bytes();
         let creds: Option<(String, String)> = match s.mechanism.as_str() {
             "PLAIN" => {
@@ -716,10 +716,14 @@ impl Conn {
             .users
             .iter()
             .any(|u| u.name == user && u.password == password);
+        let guard = self.core.login_guard();
         if !known {
-            tracing::info!(peer = %self.peer, user, "AMQP login refused");
+            // Counted, logged (WARN, rate-limited) and slowed per peer by the core's guard.
+            let delay = guard.failed("amqp", Some(self.peer.ip()), &user);
+            tokio::time::sleep(delay).await;
             return Err(refused());
         }
+        guard.succeeded(Some(self.peer.ip()));
         if self.settings.loopback_users.contains(&user) && !self.peer.ip().is_loopback() {
             tracing::info!(peer = %self.peer, user, "AMQP user may only connect from loopback");
             return Err(refused());

@@ -23,10 +23,7 @@ pub struct Ctx<'a> {
 pub type Reply = Result<Option<AMQPClass>, AmqpError>;
 
 /// Rejects names longer than a short string allows, which amq-protocol would parse but that
-/// RabbitMQ refuses; and keeps names printable for logs and directory names.
+/// RabbitMQ refuses: the core's rule ([`crate::broker::names`]), shared with the admin API.
 pub fn check_name(kind: &str, name: &str) -> Result<(), AmqpError> {
-    if name.len() > 255 {
-        return Err(AmqpError::channel(406, format!("{kind} name too long")));
-    }
-    Ok(())
+    crate::broker::names::check_name(kind, name).map_err(|e| AmqpError::channel(406, e.to_string()))
 }

@@ -1,0 +1,267 @@
+//! The admin HTTP API under `/api/`: topics, queues, exchanges, bindings and consumer groups as
+//! JSON, described in `docs/admin-api.yaml`.
+//!
+//! Every route needs HTTP basic auth with `observe.admin_user` / `observe.admin_password`
+//! (default `admin`/`admin`; both empty turn the API off). Errors are `{"error", "message"}`
+//! with the matching status: 400 bad input, 401 unauthenticated, 403 reserved names, 404
+//! unknown, 409 exists / inequivalent / in use, 503 while the broker is still recovering or
+//! shutting down.
+//!
+//! Mutations go through the same core calls the protocols use (`BrokerCore::create_topic`,
+//! the router's declare/delete/bind, the group coordinator's simple commit), so an object made
+//! here is indistinguishable from one a Kafka or AMQP client made. AMQP objects are addressed
+//! RabbitMQ-style as `/api/queues/{vhost}/{name}` (vhost percent-encoded). Any queue can serve
+//! as a dead-letter queue: `.../messages` browses it without consuming (a read of its log,
+//! `Queue::peek`), `.../replay` moves its messages back to where their first death says they
+//! came from, settling each only after its copy is durable, and `.../purge` (or DELETE
+//! `.../contents`) empties it. RabbitMQ-style health checks live in [`super::http`].
+//!
+//! One file per resource: [`topics`], [`queues`], [`exchanges`], [`bindings`], [`groups`] and
+//! the dead-letter tools in [`dlq`]; [`auth`] checks credentials (and slows password guessing
+//! through the core's login guard); this file holds the routes and the one error shape.
+
+mod auth;
+mod bindings;
+mod dlq;
+mod exchanges;
+mod groups;
+mod queues;
+mod topics;
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::http::AppState;
+use crate::broker::routing::RoutingError;
+use crate::broker::{BrokerError, GroupError};
+
+pub use auth::Admin;
+
+/// The `/api/...` routes, to be merged into the HTTP router.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/topics",
+            get(topics::list_topics).post(topics::create_topic),
+        )
+        .route(
+            "/api/topics/{name}",
+            get(topics::get_topic).delete(topics::delete_topic),
+        )
+        .route("/api/topics/{name}/partitions", post(topics::grow_topic))
+        .route("/api/queues", get(queues::list_queues))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queues::get_queue)
+                .put(queues::put_queue)
+                .delete(queues::delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(queues::purge_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/purge",
+            post(queues::purge_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/messages",
+            get(dlq::browse_queue),
+        )
+        .route("/api/queues/{vhost}/{name}/replay", post(dlq::replay_queue))
+        .route("/api/exchanges", get(exchanges::list_exchanges))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchanges::get_exchange)
+                .put(exchanges::put_exchange)
+                .delete(exchanges::delete_exchange),
+        )
+        .route(
+            "/api/bindings",
+            get(bindings::list_bindings)
+                .post(bindings::create_binding)
+                .delete(bindings::delete_binding),
+        )
+        .route("/api/groups", get(groups::list_groups))
+        .route("/api/groups/{id}", get(groups::get_group))
+        .route(
+            "/api/groups/{id}/reset-offsets",
+            post(groups::reset_offsets),
+        )
+        .merge(super::http::health_check_routes())
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(errors_as_json))
+}
+
+/// Most bytes of a framework-made error text carried into the JSON message.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Every error answers `{"error", "message"}`, including those axum makes itself before a
+/// handler runs (405 method not allowed, a query string or path segment that does not parse,
+/// a body over the size limit): their plain-text message is carried over, and an `Allow`
+/// header is kept.
+async fn errors_as_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let kind = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut json = ApiError::new(status, kind, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    json
+}
+
+/// Who may use the admin API.
+#[derive(Clone, Debug, Default)]
+pub struct AdminCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+/// An admin API error: `{"error": kind, "message": text}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(super) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": self.kind, "message": self.message}));
+        if self.status == StatusCode::UNAUTHORIZED {
+            (
+                self.status,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"ferry\"")],
+                body,
+            )
+                .into_response()
+        } else {
+            (self.status, body).into_response()
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let (status, kind) = match &e {
+            BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            BrokerError::TopicExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            BrokerError::InvalidTopicName { .. }
+            | BrokerError::InvalidPartitions(_)
+            | BrokerError::InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            BrokerError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            BrokerError::Log(_) | BrokerError::Meta(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Self::new(status, kind, e.to_string())
+    }
+}
+
+impl From<RoutingError> for ApiError {
+    fn from(e: RoutingError) -> Self {
+        let (status, kind) = match &e {
+            RoutingError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            RoutingError::PreconditionFailed(_) | RoutingError::ResourceLocked { .. } => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            RoutingError::AccessRefused(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            RoutingError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            RoutingError::Log(_) | RoutingError::Meta(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Self::new(status, kind, e.to_string())
+    }
+}
+
+impl From<GroupError> for ApiError {
+    fn from(e: GroupError) -> Self {
+        let (status, kind) = match &e {
+            GroupError::NonEmptyGroup
+            | GroupError::UnknownMemberId
+            | GroupError::RebalanceInProgress => (StatusCode::CONFLICT, "conflict"),
+            GroupError::InvalidGroupId => (StatusCode::BAD_REQUEST, "bad_request"),
+            GroupError::CoordinatorNotAvailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, kind, e.to_string())
+    }
+}
+
+impl From<crate::log::LogError> for ApiError {
+    fn from(e: crate::log::LogError) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(message)
+}
+
+/// A JSON body, or a 400 naming what is wrong with it.
+pub(super) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| bad_request(e.body_text()))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin API path")
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+pub(super) fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}

@@ -1,0 +1,47 @@
+//! The `[observe]` settings: logging, metrics, the admin API's credentials and the HTTP
+//! listener's limits. They live with the subsystem that reads them; `config.rs` only assembles
+//! them into the one `Config` tree, so nothing here imports the config module.
+
+use serde::{Deserialize, Serialize};
+
+pub use super::http_listener::HttpSettings;
+
+/// `[observe]`: logs, metrics, the admin API and the HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserveSettings {
+    /// Log filter in `RUST_LOG` syntax; `RUST_LOG` overrides it. Default `info`.
+    pub log_level: String,
+    /// `"text"` (default) or `"json"` log lines.
+    pub log_format: String,
+    /// Install the Prometheus recorder and serve `/metrics`. Default true.
+    pub metrics: bool,
+    /// Label queue gauges by `queue` and partition/lag gauges by `partition`. Default true;
+    /// false sums them per vhost / per topic, for brokers with very many objects.
+    pub per_object_metrics: bool,
+    /// HTTP basic-auth user for the admin API under `/api/`. Default `admin`.
+    pub admin_user: String,
+    /// Its password. Default `admin`; empty user and password turn the admin API off.
+    pub admin_password: String,
+    /// OTLP/HTTP collector to export tracing spans to (`http://collector:4318`; a URL without a
+    /// path gets `/v1/traces`). Needs a ferry built with the `otlp` cargo feature. Default empty:
+    /// no export.
+    pub otlp_endpoint: String,
+    /// `[observe.http]`: timeouts and the connection cap of the HTTP listener.
+    pub http: HttpSettings,
+}
+
+impl Default for ObserveSettings {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            log_format: "text".into(),
+            metrics: true,
+            per_object_metrics: true,
+            admin_user: "admin".into(),
+            admin_password: "admin".into(),
+            otlp_endpoint: String::new(),
+            http: HttpSettings::default(),
+        }
+    }
+}
