@@ -10,6 +10,7 @@
 
 pub mod keys;
 pub mod memory_store;
+pub mod migrate;
 pub mod sled_store;
 pub mod store;
 
@@ -109,7 +110,7 @@ pub struct BindingDef {
 }
 
 impl BindingDef {
-    fn key(&self) -> Vec<u8> {
+    pub(crate) fn key(&self) -> Vec<u8> {
         keys::binding(
             &self.vhost,
             &self.source,
@@ -219,6 +220,16 @@ impl Meta {
                         found,
                         supported: keys::SCHEMA_VERSION,
                     });
+                }
+                if found < keys::SCHEMA_VERSION {
+                    let report = migrate::migrate_v1(store.as_ref())?;
+                    tracing::info!(
+                        from = found,
+                        to = keys::SCHEMA_VERSION,
+                        rewritten = report.rewritten,
+                        not_understood = report.kept,
+                        "metadata keys migrated to the current schema"
+                    );
                 }
             }
         }
@@ -405,8 +416,16 @@ impl Meta {
             .map(|g| g.group_id)
             .collect();
         for (k, _) in self.store.scan_prefix(&keys::all_group_offsets())? {
-            if let Some(first) = keys::parts(&k).first() {
-                ids.push(String::from_utf8_lossy(first).into_owned());
+            match keys::parts(&k).as_deref() {
+                Some([group, _topic, _partition]) => {
+                    ids.push(String::from_utf8_lossy(group).into_owned())
+                }
+                _ => {
+                    return Err(MetaError::Corrupt {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        message: "not a committed-offset key".into(),
+                    })
+                }
             }
         }
         ids.sort();
