@@ -71,6 +71,19 @@ pub enum BrokerError {
     ShuttingDown,
 }
 
+impl BrokerError {
+    /// The text a client may see: storage failures lose their paths and host details (see
+    /// [`LogError::client_message`]) and are logged here in full, since this is where every
+    /// one of them turns into an answer.
+    pub fn client_message(&self) -> String {
+        match self {
+            BrokerError::Log(e) => e.client_message(),
+            BrokerError::Meta(e) => e.client_message(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What startup found and repaired, for the log line and `/readyz`.
 #[derive(Debug, Default)]
 pub struct StartupReport {

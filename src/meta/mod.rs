@@ -41,6 +41,18 @@ pub enum MetaError {
     NewerSchema { found: u32, supported: u32 },
 }
 
+impl MetaError {
+    /// What a client may be told: backend messages name directories, so they go to the log
+    /// (in full, with their cause) and the client hears only what failed.
+    pub fn client_message(&self) -> String {
+        tracing::error!(error = %self, "metadata store error");
+        match self {
+            MetaError::Corrupt { .. } => "metadata store error: unreadable record".into(),
+            _ => "metadata store error".into(),
+        }
+    }
+}
+
 /// A Kafka topic (and, by the same name, an AMQP exchange onto it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicDef {
@@ -78,6 +90,11 @@ pub struct QueueDef {
     pub auto_delete: bool,
     #[serde(default)]
     pub arguments: serde_json::Value,
+    /// The queue's log directory under `<queues>/~/`, for a queue whose escaped vhost or name
+    /// would not fit the filesystem's 255-byte limit on a directory name; `None` (every other
+    /// queue) means `<queues>/<escaped vhost>/<escaped name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_dir: Option<String>,
 }
 
 /// Whether a binding delivers to a queue or to another exchange.

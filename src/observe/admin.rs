@@ -135,7 +135,7 @@ impl From<BrokerError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        Self::new(status, kind, e.to_string())
+        Self::new(status, kind, e.client_message())
     }
 }
 
@@ -152,7 +152,7 @@ impl From<RoutingError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        Self::new(status, kind, e.to_string())
+        Self::new(status, kind, e.client_message())
     }
 }
 

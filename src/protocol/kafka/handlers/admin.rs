@@ -98,13 +98,13 @@ pub async fn create_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
                     Some(_) => Err(BrokerError::TopicExists(name.clone())),
                     None => Ok(()),
                 })
-                .map_err(|e| (broker_error_code(&e), e.to_string()))
+                .map_err(|e| (broker_error_code(&e), e.client_message()))
         } else {
             ctx.core
                 .create_topic(&name, partitions as u32, configs)
                 .await
                 .map(|_| ())
-                .map_err(|e| (broker_error_code(&e), e.to_string()))
+                .map_err(|e| (broker_error_code(&e), e.client_message()))
         };
         let mut result = CreatableTopicResult::default().with_name(topic_name(&name));
         match outcome {
@@ -194,7 +194,7 @@ pub async fn delete_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
                 if let Err(e) = ctx.core.delete_topic(&name).await {
                     result = result.with_error_code(broker_error_code(&e));
                     if v >= 5 {
-                        result = result.with_error_message(Some(str_bytes(e.to_string())));
+                        result = result.with_error_message(Some(str_bytes(e.client_message())));
                     }
                 }
             }
@@ -233,7 +233,7 @@ pub async fn create_partitions(ctx: Arc<KafkaContext>, req: RawRequest) -> Outco
         if let Err(e) = outcome {
             result = result
                 .with_error_code(broker_error_code(&e))
-                .with_error_message(Some(str_bytes(e.to_string())));
+                .with_error_message(Some(str_bytes(e.client_message())));
         }
         results.push(result);
     }
@@ -478,7 +478,7 @@ async fn alter_topic(
             "only topic configs can be altered; broker settings live in the config file".into(),
         ));
     }
-    let to_kafka = |e: BrokerError| (broker_error_code(&e), e.to_string());
+    let to_kafka = |e: BrokerError| (broker_error_code(&e), e.client_message());
     if ctx.core.topic(name).is_none() {
         return Err(to_kafka(BrokerError::UnknownTopic(name.to_string())));
     }
