@@ -215,6 +215,8 @@ pub struct RouterInner {
     state_flusher: super::queue::StateFlusher,
     /// Messages dead-lettered since start (the alerts' dead-letter rate).
     dead_lettered: std::sync::atomic::AtomicU64,
+    /// Most queues over all vhosts; 0 = no limit (see `broker::limits`).
+    max_queues: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for RouterInner {
@@ -268,6 +270,7 @@ impl Router {
             self_ref: std::sync::OnceLock::new(),
             delay_schedulers: parking_lot::Mutex::new(HashSet::new()),
             dead_lettered: std::sync::atomic::AtomicU64::new(0),
+            max_queues: std::sync::atomic::AtomicUsize::new(0),
             state_flusher: super::queue::StateFlusher::default(),
         };
         router.predeclare(DEFAULT_VHOST);
@@ -569,6 +572,12 @@ impl RouterInner {
             },
             state,
         ))
+    }
+
+    /// Sets the most queues the broker holds (0: no limit); existing queues stay.
+    pub fn set_max_queues(&self, max: usize) {
+        self.max_queues
+            .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sets where publishes to topic exchanges go (once; later calls are ignored).
@@ -943,6 +952,15 @@ impl RouterInner {
                     spec.vhost
                 )));
             }
+        }
+        let max_queues = self.max_queues.load(std::sync::atomic::Ordering::Relaxed);
+        if max_queues != 0 && self.queues.read().len() >= max_queues {
+            // RabbitMQ's words for its cluster-wide queue limit, so client code that matches
+            // on them keeps working.
+            return Err(RoutingError::PreconditionFailed(format!(
+                "cannot declare queue '{name}' in vhost '{}': queue limit in cluster ({max_queues}) is reached",
+                spec.vhost
+            )));
         }
         let def = QueueDef {
             vhost: spec.vhost.clone(),

@@ -12,6 +12,9 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::{lapin, SERIAL};
+
+#[path = "../common/kafka_raw.rs"]
+mod kafka_raw;
 use ferry::testing::TestBroker;
 
 /// Sends an admin API request as admin/admin; the status and the JSON body (Null if none).
@@ -202,4 +205,300 @@ async fn storage_errors_do_not_show_clients_a_filesystem_path() {
     assert!(text.contains("storage error"), "{text}");
     assert!(!text.contains(&data_path), "{text}");
     broker.stop().await;
+}
+
+fn kafka_admin(
+    broker: &TestBroker,
+) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .create()
+        .expect("admin client")
+}
+
+fn partition_dirs(data: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data.join("logs"))
+        .expect("logs dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 12: one anonymous CreatePartitions to 100,000 used to push the broker to 19,860 fds
+/// and leave 4,613 orphan directories. Past `kafka.max_partitions` / `amqp.max_queues`,
+/// creation is refused before anything is written: POLICY_VIOLATION for Kafka, RabbitMQ's
+/// 406 "queue limit" for AMQP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
+    use rdkafka::admin::{AdminOptions, NewPartitions, NewTopic, TopicReplication};
+    use rdkafka::error::RDKafkaErrorCode;
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::with(|b| {
+        b.data_dir(dir.path()).configure(|c| {
+            c.kafka.max_partitions = 20;
+            c.amqp.max_queues = 3;
+        })
+    })
+    .await
+    .expect("broker");
+    let admin_client = kafka_admin(&broker);
+    let opts = AdminOptions::new();
+    let made = admin_client
+        .create_topics(
+            [&NewTopic::new("fits", 15, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(made[0].is_ok(), "{made:?}");
+    let refused = admin_client
+        .create_topics(
+            [&NewTopic::new("too-many", 6, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
+        "{refused:?}"
+    );
+    let huge = admin_client
+        .create_partitions([&NewPartitions::new("fits", 100_000)], &opts)
+        .await
+        .unwrap();
+    assert!(
+        matches!(huge[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
+        "{huge:?}"
+    );
+    let grown = admin_client
+        .create_partitions([&NewPartitions::new("fits", 20)], &opts)
+        .await
+        .unwrap();
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..20).map(|p| format!("fits-{p}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        partition_dirs(dir.path()),
+        expected,
+        "no orphan directories"
+    );
+
+    let conn = lapin(&broker).await;
+    let ch = conn.create_channel().await.expect("channel");
+    for name in ["q1", "q2", "q3"] {
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("within the limit");
+    }
+    let err = ch
+        .queue_declare(
+            "q4".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("beyond the limit");
+    let text = format!("{err:?}");
+    assert!(text.contains("PRECONDITION_FAILED"), "{text}");
+    assert!(
+        text.contains("queue limit in cluster (3) is reached"),
+        "{text}"
+    );
+    // Only the channel closed: the connection declares again once a queue is gone.
+    let ch = conn
+        .create_channel()
+        .await
+        .expect("the connection survived");
+    ch.queue_delete("q1".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    ch.queue_declare(
+        "q4".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("room again");
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
+}
+
+/// Issue 12: any client could raise `max.message.bytes` to 100 MiB. Topic configs are capped at
+/// `kafka.max_message_bytes_limit` on every path: CreateTopics, AlterConfigs and
+/// IncrementalAlterConfigs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_message_bytes_is_capped_at_the_broker_limit() {
+    use rdkafka::admin::TopicReplication;
+    use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier};
+    use rdkafka::error::RDKafkaErrorCode;
+
+    let broker = TestBroker::start().await.expect("broker");
+    let admin_client = kafka_admin(&broker);
+    let opts = AdminOptions::new();
+    let hundred_mib = (100 * 1024 * 1024).to_string();
+    let refused = admin_client
+        .create_topics(
+            [&NewTopic::new("big", 1, TopicReplication::Fixed(1))
+                .set("max.message.bytes", &hundred_mib)],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
+        "{refused:?}"
+    );
+    assert!(broker.core().topic("big").is_none());
+    let made = admin_client
+        .create_topics(
+            [&NewTopic::new("capped", 1, TopicReplication::Fixed(1))
+                .set("max.message.bytes", "2000000")],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(made[0].is_ok(), "{made:?}");
+    let altered = admin_client
+        .alter_configs(
+            [&AlterConfig::new(ResourceSpecifier::Topic("capped"))
+                .set("max.message.bytes", &hundred_mib)],
+            &opts,
+        )
+        .await
+        .unwrap();
+    // rdkafka 0.39 reports every AlterConfigs resource as Ok whatever the broker answered
+    // (it never reads the per-resource error), so the proof is what the topic reads back.
+    assert_eq!(altered.len(), 1);
+    let described = admin_client
+        .describe_configs([&ResourceSpecifier::Topic("capped")], &opts)
+        .await
+        .unwrap();
+    let resource = described[0].as_ref().expect("described");
+    let value = resource
+        .get("max.message.bytes")
+        .and_then(|e| e.value.clone());
+    assert_eq!(value.as_deref(), Some("2000000"));
+
+    // IncrementalAlterConfigs (what kafka-configs.sh sends), which rdkafka does not expose.
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("capped"))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("max.message.bytes"))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from_string(hundred_mib.clone())))]),
+    ]);
+    let mut raw = kafka_raw::RawKafka::connect(broker.kafka_addr()).await;
+    let answer: IncrementalAlterConfigsResponse =
+        raw.call(ApiKey::IncrementalAlterConfigs, 1, &request).await;
+    let result = &answer.responses[0];
+    assert_eq!(result.error_code, 44, "POLICY_VIOLATION: {result:?}");
+    let message = result.error_message.as_ref().map(|m| m.to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("kafka.max_message_bytes_limit")),
+        "{message:?}"
+    );
+    let topic = broker.core().topic("capped").unwrap();
+    assert_eq!(topic.log_config().max_message_bytes, 2_000_000);
+    broker.stop().await;
+}
+
+/// Directories of partitions no topic owns (a creation or deletion cut short by a crash) are
+/// removed at start and logged; partitions of known topics and unrelated entries stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_partition_directories_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    broker
+        .core()
+        .create_topic("kept", 1, Default::default())
+        .await
+        .expect("topic");
+    broker.stop().await;
+    let logs = dir.path().join("logs");
+    for orphan in ["ghost-0", "kept-7"] {
+        std::fs::create_dir_all(logs.join(orphan)).unwrap();
+        std::fs::write(logs.join(orphan).join("00000000000000000000.log"), b"x").unwrap();
+    }
+    std::fs::create_dir_all(logs.join("not-a-partition")).unwrap();
+
+    let broker = start_in(dir.path()).await;
+    assert_eq!(
+        partition_dirs(dir.path()),
+        vec!["kept-0".to_string(), "not-a-partition".into()]
+    );
+    broker.stop().await;
+}
+
+/// `ferry serve` raises its soft open-files limit to the hard one at start (here from 256).
+#[test]
+fn serve_raises_the_soft_open_files_limit_to_the_hard_limit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .expect("/proc/self/limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .expect("Max open files line");
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -Sn 256 && exec '{}' serve --data-dir '{}' --kafka-listen 127.0.0.1:0 \
+         --amqp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_ferry"),
+        dir.path().display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("open-files limit") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let logged = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("ferry logged its open-files limit");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let limits = limits.expect("the child's limits");
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .expect("Max open files line");
+    assert_eq!(soft, hard, "{limits}");
+    assert!(logged.contains("soft_before=256"), "{logged}");
 }

@@ -87,12 +87,11 @@ pub async fn create_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
             ))
         } else if request.validate_only {
             validate_topic_name(&name)
+                .and_then(|()| ctx.core.topic_log_config(&configs).map(|_| ()))
                 .and_then(|()| {
-                    crate::broker::topic::effective_log_config(
-                        ctx.core.default_log_config(),
-                        &configs,
-                    )
-                    .map(|_| ())
+                    ctx.core
+                        .limits()
+                        .check_partitions(ctx.core.partition_total(), partitions as usize)
                 })
                 .and_then(|()| match ctx.core.topic(&name) {
                     Some(_) => Err(BrokerError::TopicExists(name.clone())),
@@ -483,7 +482,9 @@ async fn alter_topic(
         return Err(to_kafka(BrokerError::UnknownTopic(name.to_string())));
     }
     if validate_only {
-        return crate::broker::topic::effective_log_config(ctx.core.default_log_config(), &configs)
+        return ctx
+            .core
+            .topic_log_config(&configs)
             .map(|_| ())
             .map_err(to_kafka);
     }
