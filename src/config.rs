@@ -186,6 +186,26 @@ pub struct KafkaSettings {
     /// a client that asks for huge fetches and never reads them can make the broker buffer
     /// (32 requests in flight x this). Default 57671680 (55 MiB, Kafka's).
     pub fetch_max_bytes: usize,
+
+    // --- resource limits (issue 12; see `broker::limits`) ---------------------------------
+    /// Largest `max.message.bytes` a client may give a topic (CreateTopics, AlterConfigs,
+    /// IncrementalAlterConfigs); more is refused with POLICY_VIOLATION. Default 10485760.
+    pub max_message_bytes_limit: usize,
+    /// Most partitions over all topics; creating more is refused with POLICY_VIOLATION before
+    /// anything is written. 0 = no limit. Default 10000.
+    pub max_partitions: usize,
+}
+
+impl Config {
+    /// The broker's resource limits (`kafka.max_partitions`, `amqp.max_queues`,
+    /// `kafka.max_message_bytes_limit`).
+    pub fn resource_limits(&self) -> crate::broker::ResourceLimits {
+        crate::broker::ResourceLimits {
+            max_partitions: self.kafka.max_partitions,
+            max_queues: self.amqp.max_queues,
+            max_message_bytes_limit: self.kafka.max_message_bytes_limit,
+        }
+    }
 }
 
 impl KafkaSettings {
@@ -211,6 +231,8 @@ impl Default for KafkaSettings {
             max_connections: 10_000,
             connections_max_idle_ms: 600_000,
             fetch_max_bytes: 55 * 1024 * 1024,
+            max_message_bytes_limit: crate::broker::ResourceLimits::DEFAULT_MAX_MESSAGE_BYTES_LIMIT,
+            max_partitions: crate::broker::ResourceLimits::DEFAULT_MAX_PARTITIONS,
         }
     }
 }
@@ -272,6 +294,11 @@ pub struct AmqpSettings {
     /// Milliseconds a client gets from accept to connection.open-ok (protocol header, start-ok,
     /// tune-ok, open); slower ones are dropped (RabbitMQ's `handshake_timeout`). Default 10000.
     pub handshake_timeout_ms: u64,
+
+    // --- resource limits (issue 12; see `broker::limits`) ---------------------------------
+    /// Most queues over all vhosts (RabbitMQ's `cluster_queue_limit`); a declare beyond it gets
+    /// channel.close 406 "queue limit in cluster (N) is reached". 0 = no limit. Default 10000.
+    pub max_queues: usize,
 }
 
 impl Default for AmqpSettings {
@@ -292,6 +319,7 @@ impl Default for AmqpSettings {
             permissions: Vec::new(),
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
+            max_queues: crate::broker::ResourceLimits::DEFAULT_MAX_QUEUES,
         }
     }
 }
@@ -414,6 +442,12 @@ impl Config {
         }
         if self.log.max_message_bytes < 64 {
             return Err(invalid("log.max_message_bytes", "must be at least 64"));
+        }
+        if self.log.max_message_bytes > self.kafka.max_message_bytes_limit {
+            return Err(invalid(
+                "log.max_message_bytes",
+                "must not exceed kafka.max_message_bytes_limit",
+            ));
         }
         if self.log.index_interval_bytes == 0 {
             return Err(invalid("log.index_interval_bytes", "must be at least 1"));

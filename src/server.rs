@@ -185,6 +185,7 @@ impl BrokerBuilder {
             }
         };
         let lock = lock_data_dir(&data_dir)?;
+        raise_open_files_limit(&config);
         let meta = if temp.is_some() {
             Meta::in_memory()
         } else {
@@ -200,6 +201,7 @@ impl BrokerBuilder {
             self.clock,
         )
         .await?;
+        core.set_limits(config.resource_limits());
         log_startup(&report, started.elapsed());
         health.set_core(core.clone());
 
@@ -463,4 +465,53 @@ fn log_startup(report: &StartupReport, took: Duration) {
         took_ms = took.as_millis() as u64,
         "recovery finished"
     );
+}
+
+/// Raises the soft limit on open files to the hard limit (Kafka and RabbitMQ ask operators to
+/// do this by hand; every partition and queue log holds descriptors, as does every
+/// connection), logging both, and warns when the configured resource limits could need more
+/// descriptors than that. A failure leaves the limit as it was and is logged.
+fn raise_open_files_limit(config: &Config) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-files limit");
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), soft = before, hard = limit.rlim_max, "cannot raise the open-files limit");
+        }
+    }
+    tracing::info!(
+        soft_before = before,
+        soft = limit.rlim_cur,
+        hard = limit.rlim_max,
+        "open-files limit"
+    );
+    // Each partition or queue log holds up to three descriptors (segment, offset and time
+    // index), each connection one.
+    let wanted = 3 * (config.kafka.max_partitions as u64 + config.amqp.max_queues as u64)
+        + config.kafka.max_connections as u64
+        + config.amqp.max_connections as u64;
+    let unlimited = config.kafka.max_partitions == 0 || config.amqp.max_queues == 0;
+    if unlimited || wanted > limit.rlim_cur as u64 {
+        tracing::warn!(
+            open_files_limit = limit.rlim_cur,
+            max_partitions = config.kafka.max_partitions,
+            max_queues = config.amqp.max_queues,
+            "kafka.max_partitions and amqp.max_queues allow more open logs than the open-files limit can hold; lower them or raise the limit"
+        );
+    }
 }

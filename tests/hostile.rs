@@ -29,6 +29,9 @@ use tokio::time::Instant;
 /// One test at a time: memory is measured per process and the floods share the machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+#[path = "hostile/storage.rs"]
+mod storage;
+
 const MB: u64 = 1024 * 1024;
 
 /// Resident set size of this process (the broker's memory, since it runs in-process).

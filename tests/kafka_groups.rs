@@ -21,11 +21,13 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
     ApiKey, ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
     DescribeGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
@@ -1090,5 +1092,62 @@ async fn admin_lists_describes_and_deletes_groups() {
             .is_empty());
     })
     .await;
+    broker.stop().await;
+}
+
+/// Commits `offset` for `group` on partition 0 of `topic` as a simple (memberless) commit.
+async fn raw_commit(raw: &mut RawKafka, group: &str, topic: &str, offset: i64) {
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(offset)])]);
+    let answer: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 5, &commit).await;
+    assert_eq!(answer.topics[0].partitions[0].error_code, 0, "{group:?}");
+}
+
+/// The committed offset of `group` on partition 0 of `topic` (-1: none).
+async fn raw_fetch(raw: &mut RawKafka, group: &str, topic: &str) -> i64 {
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_indexes(vec![0])]));
+    let answer: OffsetFetchResponse = raw.call(ApiKey::OffsetFetch, 5, &fetch).await;
+    assert_eq!(answer.error_code, 0, "{group:?}");
+    answer.topics[0].partitions[0].committed_offset
+}
+
+/// Issue 12, bug 3: group ids are any string, NUL included. Under the old key schema group
+/// `victim\0x` read back as part of group `victim` after a restart (its offset overwrote
+/// victim's), and group `"\0"` came back as `""`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_whose_ids_hold_nul_keep_their_own_offsets_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::with(|b| b.data_dir(dir.path())).await.unwrap();
+    create_topic(&broker, "nul-groups", 1).await;
+    let mut raw = RawKafka::connect(broker.kafka_addr()).await;
+    raw_commit(&mut raw, "victim", "nul-groups", 5).await;
+    raw_commit(&mut raw, "victim\0x", "nul-groups", 99).await;
+    raw_commit(&mut raw, "\0", "nul-groups", 7).await;
+    drop(raw);
+    broker.stop().await;
+
+    let broker = TestBroker::with(|b| b.data_dir(dir.path())).await.unwrap();
+    let mut raw = RawKafka::connect(broker.kafka_addr()).await;
+    assert_eq!(raw_fetch(&mut raw, "victim", "nul-groups").await, 5);
+    assert_eq!(raw_fetch(&mut raw, "victim\0x", "nul-groups").await, 99);
+    assert_eq!(raw_fetch(&mut raw, "\0", "nul-groups").await, 7);
+    assert_eq!(raw_fetch(&mut raw, "", "nul-groups").await, -1);
+    let listed: ListGroupsResponse = raw
+        .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default())
+        .await;
+    let mut ids: Vec<&str> = listed.groups.iter().map(|g| g.group_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["\0", "victim", "victim\0x"]);
+    drop(raw);
     broker.stop().await;
 }

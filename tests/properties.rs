@@ -125,3 +125,67 @@ proptest! {
         prop_assert!(!slice.bytes.is_empty());
     }
 }
+
+/// Names drawn heavily from the bytes the key encoding treats specially (NUL, 0x01, the
+/// escape's 0xFF as U+00FF, the kind separator), so collisions would show up fast.
+fn any_name() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just('\0'),
+            Just('\u{1}'),
+            Just('\u{ff}'),
+            Just('/'),
+            Just('a'),
+            any::<char>()
+        ],
+        0..6,
+    )
+    .prop_map(|chars| chars.into_iter().collect())
+}
+
+/// One metadata key of each kind that carries names, with the tuple it was built from.
+fn keyed(kind: u8, a: &str, b: &str, c: &str, n: i32) -> (Vec<u8>, Vec<Vec<u8>>) {
+    use ferry::meta::keys;
+    let part = |s: &str| s.as_bytes().to_vec();
+    let num = |n: i32| format!("{n:010}").into_bytes();
+    match kind % 8 {
+        0 => (keys::topic(a), vec![part(a)]),
+        1 => (keys::exchange(a, b), vec![part(a), part(b)]),
+        2 => (keys::queue(a, b), vec![part(a), part(b)]),
+        3 => (keys::queue_state(a, b), vec![part(a), part(b)]),
+        4 => (keys::group(a), vec![part(a)]),
+        5 => (keys::group_offset(a, b, n), vec![part(a), part(b), num(n)]),
+        6 => (keys::topic_route(a, n), vec![part(a), num(n)]),
+        _ => (
+            keys::binding(a, b, "queue", c, b, a),
+            vec![part(a), part(b), part("queue"), part(c), part(b), part(a)],
+        ),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// No two distinct (kind, names) tuples share a key, every key splits back into its names,
+    /// and an owner's scan prefix only matches what that very owner holds (group `victim` never
+    /// sees the offsets of group `victim\0x`).
+    #[test]
+    fn metadata_keys_are_unambiguous_for_any_name(
+        kinds in (any::<u8>(), any::<u8>()),
+        first in (any_name(), any_name(), any_name(), 0i32..3),
+        second in (any_name(), any_name(), any_name(), 0i32..3),
+    ) {
+        use ferry::meta::keys;
+        let (k1, parts1) = keyed(kinds.0, &first.0, &first.1, &first.2, first.3);
+        let (k2, parts2) = keyed(kinds.1, &second.0, &second.1, &second.2, second.3);
+        prop_assert_eq!(keys::parts(&k1), Some(parts1.clone()));
+        prop_assert_eq!(keys::parts(&k2), Some(parts2.clone()));
+        if kinds.0 % 8 != kinds.1 % 8 || parts1 != parts2 {
+            prop_assert_ne!(&k1, &k2);
+        }
+        let offsets = keys::group_offset(&second.0, &second.1, second.3);
+        prop_assert_eq!(offsets.starts_with(&keys::group_offsets(&first.0)), first.0 == second.0);
+        let route = keys::topic_route(&second.0, second.3);
+        prop_assert_eq!(route.starts_with(&keys::topic_routes(&first.0)), first.0 == second.0);
+    }
+}

@@ -22,6 +22,7 @@ pub mod delayed;
 pub mod event;
 pub mod exchange;
 pub mod group;
+pub mod limits;
 pub mod login_guard;
 pub mod names;
 pub mod offset_reset;
@@ -51,6 +52,7 @@ pub use group::{
     JoinRequest, JoinResponse, JoinedMember, LeavingMember, MemberDescription, PartitionResults,
     SyncRequest, SyncResponse,
 };
+pub use limits::ResourceLimits;
 pub use topic::{validate_topic_name, Topic};
 
 /// Errors of the core; adapters translate each variant to their protocol's code.
@@ -74,6 +76,22 @@ pub enum BrokerError {
     Meta(#[from] MetaError),
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// A request the broker's resource limits refuse (Kafka's POLICY_VIOLATION).
+    #[error("{0}")]
+    PolicyViolation(String),
+}
+
+impl BrokerError {
+    /// The text a client may see: storage failures lose their paths and host details (see
+    /// [`LogError::client_message`]) and are logged here in full, since this is where every
+    /// one of them turns into an answer.
+    pub fn client_message(&self) -> String {
+        match self {
+            BrokerError::Log(e) => e.client_message(),
+            BrokerError::Meta(e) => e.client_message(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// What startup found and repaired, for the log line and `/readyz`.
@@ -110,6 +128,8 @@ struct CoreInner {
     topic_routers: topic_router::TopicRouters,
     /// Failed logins of every protocol, per peer.
     login_guard: login_guard::LoginGuard,
+    /// What creation requests may ask for (see [`limits`]).
+    limits: RwLock<ResourceLimits>,
 }
 
 impl BrokerCore {
@@ -163,6 +183,7 @@ impl BrokerCore {
                 shutting_down: false.into(),
                 topic_routers: topic_router::TopicRouters::default(),
                 login_guard: login_guard::LoginGuard::new(),
+                limits: RwLock::new(ResourceLimits::default()),
             }),
         };
         core.inner
@@ -170,6 +191,7 @@ impl BrokerCore {
             .set_topic_sink(Arc::new(topic_router::CoreTopicSink::new(Arc::downgrade(
                 &core.inner,
             ))));
+        core.remove_orphan_partition_dirs(&topic_defs);
         let mut report = StartupReport::default();
         for def in topic_defs {
             let log_config =
@@ -256,6 +278,37 @@ impl BrokerCore {
         &self.inner.default_log_config
     }
 
+    /// Sets the resource limits creation requests are checked against (queues included).
+    pub fn set_limits(&self, limits: ResourceLimits) {
+        self.inner.router.set_max_queues(limits.max_queues);
+        *self.inner.limits.write() = limits;
+    }
+
+    pub fn limits(&self) -> ResourceLimits {
+        self.inner.limits.read().clone()
+    }
+
+    /// Partitions over all topics.
+    pub fn partition_total(&self) -> usize {
+        self.inner
+            .topics
+            .read()
+            .values()
+            .map(|t| t.partition_count())
+            .sum()
+    }
+
+    /// The log config a topic with `configs` overrides would run with, refusing overrides
+    /// past the broker's limits (`max.message.bytes`).
+    pub fn topic_log_config(
+        &self,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<LogConfig, BrokerError> {
+        let log_config = topic::effective_log_config(&self.inner.default_log_config, configs)?;
+        self.inner.limits.read().check_topic_configs(configs)?;
+        Ok(log_config)
+    }
+
     fn check_running(&self) -> Result<(), BrokerError> {
         if self
             .inner
@@ -305,11 +358,15 @@ impl BrokerCore {
                 "{partitions} (must be 1..=100000)"
             )));
         }
-        let log_config = topic::effective_log_config(&self.inner.default_log_config, &configs)?;
+        let log_config = self.topic_log_config(&configs)?;
         let _admin = self.inner.admin.lock().await;
         if self.topic(name).is_some() {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
+        self.inner
+            .limits
+            .read()
+            .check_partitions(self.partition_total(), partitions as usize)?;
         let def = TopicDef {
             name: name.to_string(),
             topic_id: random_topic_id(),
@@ -322,16 +379,19 @@ impl BrokerCore {
         for p in 0..partitions as i32 {
             remove_dir_if_present(&self.partition_dir(name, p))?;
         }
-        let mut handles = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions as i32 {
-            handles.push(self.open_partition(name, p, &log_config)?.0);
-        }
+        let made = self
+            .open_new_partitions(name, 0, partitions as i32, &log_config)
+            .await?;
+        let handles = made.clone();
         // A new topic routes into bound queues from its first record.
-        for p in 0..partitions as i32 {
-            self.inner.meta.put_topic_route_offset(name, p, 0)?;
+        let recorded = (0..partitions as i32)
+            .try_for_each(|p| self.inner.meta.put_topic_route_offset(name, p, 0))
+            .and_then(|()| self.inner.meta.put_topic(&def))
+            .and_then(|()| self.inner.meta.flush());
+        if let Err(e) = recorded {
+            self.abandon_partitions(name, 0, made).await;
+            return Err(e.into());
         }
-        self.inner.meta.put_topic(&def)?;
-        self.inner.meta.flush()?;
         let topic = Arc::new(Topic::new(def, log_config, handles));
         self.inner
             .topics
@@ -345,6 +405,82 @@ impl BrokerCore {
         }
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
+    }
+
+    /// Opens partitions `from..upto` of `name` as new, empty logs. All or nothing: if one
+    /// fails, the ones already opened are closed and every directory made is removed, so a
+    /// refused creation leaves no orphan behind. The failure is logged with its cause.
+    async fn open_new_partitions(
+        &self,
+        name: &str,
+        from: i32,
+        upto: i32,
+        config: &LogConfig,
+    ) -> Result<Vec<PartitionHandle>, BrokerError> {
+        let mut opened = Vec::with_capacity(upto.saturating_sub(from).max(0) as usize);
+        for p in from..upto {
+            match self.open_partition(name, p, config) {
+                Ok((handle, _)) => opened.push(handle),
+                Err(e) => {
+                    tracing::error!(topic = name, partition = p, error = %e, "creating a partition failed; undoing the partitions made");
+                    self.abandon_partitions(name, from, opened).await;
+                    // The failed partition may have left a directory too.
+                    if let Err(e) = remove_dir_if_present(&self.partition_dir(name, p)) {
+                        tracing::error!(topic = name, partition = p, error = %e, "removing a half-made partition failed");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Closes `handles` (partitions `from..` of `name`) and removes their directories.
+    async fn abandon_partitions(&self, name: &str, from: i32, handles: Vec<PartitionHandle>) {
+        for (i, handle) in handles.into_iter().enumerate() {
+            handle.shutdown().await;
+            let p = from + i as i32;
+            if let Err(e) = remove_dir_if_present(&self.partition_dir(name, p)) {
+                tracing::error!(topic = name, partition = p, error = %e, "removing an abandoned partition failed");
+            }
+        }
+    }
+
+    /// Removes directories under the logs directory that belong to no partition of a known
+    /// topic: left by a creation or deletion that a crash interrupted. Only names shaped like a
+    /// partition directory (`<topic>-<n>`) are touched.
+    fn remove_orphan_partition_dirs(&self, topics: &[TopicDef]) {
+        let expected: std::collections::HashSet<String> = topics
+            .iter()
+            .flat_map(|t| (0..t.partitions).map(move |p| format!("{}-{p}", t.name)))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.inner.logs_dir) else {
+            return;
+        };
+        let mut removed = 0usize;
+        for entry in entries.flatten() {
+            let Ok(file_name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let partition_shaped = file_name.rsplit_once('-').is_some_and(|(topic, p)| {
+                validate_topic_name(topic).is_ok() && p.parse::<u32>().is_ok()
+            });
+            if !partition_shaped || expected.contains(&file_name) || !entry.path().is_dir() {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::error!(dir = %file_name, error = %e, "removing an orphan partition directory failed")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "removed partition directories of no known topic (left by an interrupted creation or deletion)"
+            );
+        }
     }
 
     /// Deletes a topic: its definition, its committed offsets and its files.
@@ -392,18 +528,28 @@ impl BrokerCore {
                 "{total} (must be <= 100000)"
             )));
         }
-        let mut handles = topic.partitions().to_vec();
+        self.inner
+            .limits
+            .read()
+            .check_partitions(self.partition_total(), (total - current) as usize)?;
         for p in current as i32..total as i32 {
             remove_dir_if_present(&self.partition_dir(name, p))?;
-            handles.push(self.open_partition(name, p, topic.log_config())?.0);
         }
+        let added = self
+            .open_new_partitions(name, current as i32, total as i32, topic.log_config())
+            .await?;
+        let mut handles = topic.partitions().to_vec();
+        handles.extend(added.iter().cloned());
         let mut def = topic.def().clone();
         def.partitions = total;
-        for p in current as i32..total as i32 {
-            self.inner.meta.put_topic_route_offset(name, p, 0)?;
+        let recorded = (current as i32..total as i32)
+            .try_for_each(|p| self.inner.meta.put_topic_route_offset(name, p, 0))
+            .and_then(|()| self.inner.meta.put_topic(&def))
+            .and_then(|()| self.inner.meta.flush());
+        if let Err(e) = recorded {
+            self.abandon_partitions(name, current as i32, added).await;
+            return Err(e.into());
         }
-        self.inner.meta.put_topic(&def)?;
-        self.inner.meta.flush()?;
         let grown = Arc::new(Topic::new(def, topic.log_config().clone(), handles));
         self.inner
             .topics
@@ -427,7 +573,7 @@ impl BrokerCore {
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, BrokerError> {
         self.check_running()?;
-        let log_config = topic::effective_log_config(&self.inner.default_log_config, &configs)?;
+        let log_config = self.topic_log_config(&configs)?;
         let _admin = self.inner.admin.lock().await;
         let topic = self
             .topic(name)

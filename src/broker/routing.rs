@@ -74,6 +74,19 @@ pub enum RoutingError {
     Meta(#[from] MetaError),
 }
 
+impl RoutingError {
+    /// The text a client may see: storage failures lose their paths and host details (see
+    /// [`LogError::client_message`]) and are logged here in full, since this is where every
+    /// one of them turns into an answer.
+    pub fn client_message(&self) -> String {
+        match self {
+            RoutingError::Log(e) => e.client_message(),
+            RoutingError::Meta(e) => e.client_message(),
+            other => other.to_string(),
+        }
+    }
+}
+
 type Key = (String, String);
 
 fn key(vhost: &str, name: &str) -> Key {
@@ -202,6 +215,8 @@ pub struct RouterInner {
     state_flusher: super::queue::StateFlusher,
     /// Messages dead-lettered since start (the alerts' dead-letter rate).
     dead_lettered: std::sync::atomic::AtomicU64,
+    /// Most queues over all vhosts; 0 = no limit (see `broker::limits`).
+    max_queues: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for RouterInner {
@@ -255,6 +270,7 @@ impl Router {
             self_ref: std::sync::OnceLock::new(),
             delay_schedulers: parking_lot::Mutex::new(HashSet::new()),
             dead_lettered: std::sync::atomic::AtomicU64::new(0),
+            max_queues: std::sync::atomic::AtomicUsize::new(0),
             state_flusher: super::queue::StateFlusher::default(),
         };
         router.predeclare(DEFAULT_VHOST);
@@ -507,10 +523,14 @@ impl RouterInner {
         }
     }
 
-    fn queue_dir(&self, vhost: &str, name: &str) -> PathBuf {
-        self.queues_dir
-            .join(escape_path_component(vhost))
-            .join(escape_path_component(name))
+    fn queue_dir(&self, def: &QueueDef) -> PathBuf {
+        match &def.storage_dir {
+            Some(leaf) => self.queues_dir.join(LONG_NAME_DIR).join(leaf),
+            None => self
+                .queues_dir
+                .join(escape_path_component(&def.vhost))
+                .join(escape_path_component(&def.name)),
+        }
     }
 
     fn open_queue(
@@ -519,7 +539,7 @@ impl RouterInner {
         exclusive_owner: Option<u64>,
         state: Option<&[u8]>,
     ) -> Result<Queue, RoutingError> {
-        let dir = self.queue_dir(&def.vhost, &def.name);
+        let dir = self.queue_dir(&def);
         let labels = LogLabels {
             topic: format!("queue:{}:{}", def.vhost, def.name),
             partition: 0,
@@ -552,6 +572,12 @@ impl RouterInner {
             },
             state,
         ))
+    }
+
+    /// Sets the most queues the broker holds (0: no limit); existing queues stay.
+    pub fn set_max_queues(&self, max: usize) {
+        self.max_queues
+            .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sets where publishes to topic exchanges go (once; later calls are ignored).
@@ -927,16 +953,26 @@ impl RouterInner {
                 )));
             }
         }
+        let max_queues = self.max_queues.load(std::sync::atomic::Ordering::Relaxed);
+        if max_queues != 0 && self.queues.read().len() >= max_queues {
+            // RabbitMQ's words for its cluster-wide queue limit, so client code that matches
+            // on them keeps working.
+            return Err(RoutingError::PreconditionFailed(format!(
+                "cannot declare queue '{name}' in vhost '{}': queue limit in cluster ({max_queues}) is reached",
+                spec.vhost
+            )));
+        }
         let def = QueueDef {
             vhost: spec.vhost.clone(),
             name: name.clone(),
             durable: spec.durable,
             auto_delete: spec.auto_delete,
             arguments: spec.arguments,
+            storage_dir: long_name_storage_dir(&spec.vhost, &name),
         };
         // A directory left by a transient queue of the same name (or a crash mid-delete) must
         // not leak its messages into the new queue.
-        remove_dir_if_present(&self.queue_dir(&spec.vhost, &name))?;
+        remove_dir_if_present(&self.queue_dir(&def))?;
         // An exclusive queue dies with its connection, so it never outlives a restart
         // (RabbitMQ treats durable exclusive queues the same way).
         if def.durable && spec.exclusive_owner.is_none() {
@@ -1583,6 +1619,25 @@ pub fn escape_path_component(name: &str) -> String {
         }
     }
     out
+}
+
+/// The longest directory name the filesystems Ferry runs on accept (`NAME_MAX`).
+const MAX_DIR_NAME: usize = 255;
+/// Parent of the log directories of queues whose escaped names would not fit. Escaping never
+/// produces `~`, so no vhost's directory can be called that.
+const LONG_NAME_DIR: &str = "~";
+
+/// A fresh directory name for a queue whose escaped vhost or name exceeds [`MAX_DIR_NAME`]
+/// (127 x `ü` is 254 bytes but 762 escaped): the start of the escaped name, for whoever lists
+/// the directory, then a random suffix that makes it unique. The mapping is kept in the queue's
+/// definition, so unlike a hash it cannot collide, whatever names a client picks.
+fn long_name_storage_dir(vhost: &str, name: &str) -> Option<String> {
+    let fits = |s: &str| escape_path_component(s).len() <= MAX_DIR_NAME;
+    if fits(vhost) && fits(name) {
+        return None;
+    }
+    let readable: String = escape_path_component(name).chars().take(64).collect();
+    Some(format!("{readable}~{}", random_suffix()))
 }
 
 fn remove_dir_if_present(dir: &Path) -> Result<(), RoutingError> {

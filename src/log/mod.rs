@@ -120,6 +120,25 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// What a client may be told. An I/O failure keeps only its kind (the context names
+    /// files, which are the operator's business, not a peer's) and is logged in full, with its
+    /// cause, as it is turned into an answer; other errors are already free of paths.
+    pub fn client_message(&self) -> String {
+        match self {
+            LogError::Io { source, .. } => {
+                tracing::error!(error = %self, "storage error");
+                format!("storage error: {}", source.kind())
+            }
+            LogError::FailStopped(_) => {
+                tracing::error!(error = %self, "storage error");
+                "partition log stopped after a storage error".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl LogError {
     /// Wraps an I/O error with what was being attempted.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         LogError::Io {

@@ -1,37 +1,58 @@
 //! The versioned key schema of the metadata store.
 //!
-//! Every key starts with the schema generation (`v1/`) and its kind, so a later release can add
-//! `v2/` keys, migrate, and drop the old ones without guessing what a key means. Name parts are
-//! joined with a NUL byte, which neither Kafka topic names nor AMQP names in practice contain
-//! (the broker rejects names with NUL), so prefix scans by an owner never leak into a sibling
-//! (`group "a"` cannot match `group "ab"`). Numbers are zero-padded decimal, so byte order is numeric order and no number contains the separator.
+//! Every key starts with the schema generation (`v2/`) and its kind, so a later release can add
+//! `v3/` keys, migrate, and drop the old ones without guessing what a key means. Names come from
+//! peers and may hold any byte, NUL included, so each name part is *escaped and terminated*
+//! (the FoundationDB tuple-layer trick): a NUL inside a name is written `00 FF`, and every part
+//! ends with `00 01`. Two consequences the rest of the store relies on:
+//!
+//! - the encoding is injective: distinct name tuples give distinct keys, and [`parts`] gives the
+//!   tuple back;
+//! - the key of an owner is a whole-part prefix of the keys it owns and of nothing else:
+//!   `group_offsets("a")` matches neither group `"ab"` nor group `"a\0x"`.
+//!
+//! Numbers are zero-padded decimal, so byte order is numeric order. Generation 1 joined parts
+//! with a bare NUL, which made `victim\0x` look like `victim` to a prefix scan; stores written by
+//! it are rewritten to this schema once at open (see `super::migrate`).
 
 /// The schema generation this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Holds the schema generation of the data directory, as a decimal string.
 pub const SCHEMA_KEY: &[u8] = b"schema_version";
 
-const SEP: u8 = 0;
+const ESCAPE: u8 = 0x00;
+/// After [`ESCAPE`]: a NUL byte that belongs to the name.
+const ESCAPED_NUL: u8 = 0xFF;
+/// After [`ESCAPE`]: the end of a name part.
+const TERMINATOR: u8 = 0x01;
+
+fn push_part(key: &mut Vec<u8>, part: &[u8]) {
+    for &b in part {
+        if b == ESCAPE {
+            key.extend_from_slice(&[ESCAPE, ESCAPED_NUL]);
+        } else {
+            key.push(b);
+        }
+    }
+    key.extend_from_slice(&[ESCAPE, TERMINATOR]);
+}
+
+fn kind_prefix(kind: &str) -> Vec<u8> {
+    format!("v{SCHEMA_VERSION}/{kind}/").into_bytes()
+}
 
 fn key(kind: &str, parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = format!("v{SCHEMA_VERSION}/{kind}/").into_bytes();
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            k.push(SEP);
-        }
-        k.extend_from_slice(p);
+    let mut k = kind_prefix(kind);
+    for p in parts {
+        push_part(&mut k, p);
     }
     k
 }
 
-/// Prefix of every key of `kind` owned by `parts` (with a trailing separator when `parts` is
-/// non-empty, so the owner's name must match whole).
+/// Prefix of every key of `kind` owned by `parts`. Every part carries its terminator, so the
+/// owner's name must match whole.
 fn prefix(kind: &str, parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = key(kind, parts);
-    if !parts.is_empty() {
-        k.push(SEP);
-    }
-    k
+    key(kind, parts)
 }
 
 pub fn topic(name: &str) -> Vec<u8> {
@@ -135,16 +156,30 @@ pub fn queue_state(vhost: &str, name: &str) -> Vec<u8> {
     key("queue_state", &[vhost.as_bytes(), name.as_bytes()])
 }
 
-/// Splits the name parts back out of a key produced by this module.
-pub fn parts(key: &[u8]) -> Vec<&[u8]> {
-    let body = key
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'/')
-        .nth(1)
-        .map(|(i, _)| &key[i + 1..])
-        .unwrap_or(&[]);
-    body.split(|b| *b == SEP).collect()
+/// The name parts of a key produced by this module, or `None` if `key` is not one (another
+/// generation, or damaged).
+pub fn parts(key: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let body = key.strip_prefix(format!("v{SCHEMA_VERSION}/").as_bytes())?;
+    let slash = body.iter().position(|b| *b == b'/')?;
+    let mut rest = &body[slash + 1..];
+    let mut parts = Vec::new();
+    let mut current = Vec::new();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != ESCAPE {
+            current.push(b);
+            continue;
+        }
+        let (&code, tail) = rest.split_first()?;
+        rest = tail;
+        match code {
+            ESCAPED_NUL => current.push(0),
+            TERMINATOR => parts.push(std::mem::take(&mut current)),
+            _ => return None,
+        }
+    }
+    // Every part is terminated, so anything left over means the key was cut short.
+    current.is_empty().then_some(parts)
 }
 
 #[cfg(test)]
@@ -154,17 +189,27 @@ mod tests {
     #[test]
     fn owner_prefix_matches_whole_names_only() {
         let a = group_offset("a", "t", 0);
-        let ab = group_offset("ab", "t", 0);
         assert!(a.starts_with(&group_offsets("a")));
-        assert!(!ab.starts_with(&group_offsets("a")));
+        for other in ["ab", "a\0x", "a\0", ""] {
+            let k = group_offset(other, "t", 0);
+            assert!(!k.starts_with(&group_offsets("a")), "{other:?}");
+        }
+        // `group` is not a prefix of `group_offset`: kinds end with a slash.
+        assert!(!a.starts_with(&groups()));
     }
 
     #[test]
     fn keys_are_versioned_and_split_back() {
         let k = queue("/", "orders");
-        assert!(k.starts_with(b"v1/queue/"));
-        assert_eq!(parts(&k), vec![b"/".as_slice(), b"orders".as_slice()]);
-        let k = group_offset("g", "t", 7);
-        assert_eq!(parts(&k)[2], b"0000000007");
+        assert!(k.starts_with(b"v2/queue/"));
+        assert_eq!(parts(&k).unwrap(), vec![b"/".to_vec(), b"orders".to_vec()]);
+        let k = group_offset("\0", "t", 7);
+        assert_eq!(
+            parts(&k).unwrap(),
+            vec![b"\0".to_vec(), b"t".to_vec(), b"0000000007".to_vec()]
+        );
+        assert_eq!(parts(b"v1/group/g"), None);
+        assert_eq!(parts(b"v2/group/g"), None, "unterminated part");
+        assert_eq!(parts(b"v2/group/g\0\x07"), None, "unknown escape");
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod keys;
 pub mod memory_store;
+pub mod migrate;
 pub mod sled_store;
 pub mod store;
 
@@ -38,6 +39,18 @@ pub enum MetaError {
         "data directory was written by a newer ferry (metadata schema v{found}, this build reads up to v{supported}); upgrade ferry"
     )]
     NewerSchema { found: u32, supported: u32 },
+}
+
+impl MetaError {
+    /// What a client may be told: backend messages name directories, so they go to the log
+    /// (in full, with their cause) and the client hears only what failed.
+    pub fn client_message(&self) -> String {
+        tracing::error!(error = %self, "metadata store error");
+        match self {
+            MetaError::Corrupt { .. } => "metadata store error: unreadable record".into(),
+            _ => "metadata store error".into(),
+        }
+    }
 }
 
 /// A Kafka topic (and, by the same name, an AMQP exchange onto it).
@@ -77,6 +90,11 @@ pub struct QueueDef {
     pub auto_delete: bool,
     #[serde(default)]
     pub arguments: serde_json::Value,
+    /// The queue's log directory under `<queues>/~/`, for a queue whose escaped vhost or name
+    /// would not fit the filesystem's 255-byte limit on a directory name; `None` (every other
+    /// queue) means `<queues>/<escaped vhost>/<escaped name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_dir: Option<String>,
 }
 
 /// Whether a binding delivers to a queue or to another exchange.
@@ -109,7 +127,7 @@ pub struct BindingDef {
 }
 
 impl BindingDef {
-    fn key(&self) -> Vec<u8> {
+    pub(crate) fn key(&self) -> Vec<u8> {
         keys::binding(
             &self.vhost,
             &self.source,
@@ -219,6 +237,16 @@ impl Meta {
                         found,
                         supported: keys::SCHEMA_VERSION,
                     });
+                }
+                if found < keys::SCHEMA_VERSION {
+                    let report = migrate::migrate_v1(store.as_ref())?;
+                    tracing::info!(
+                        from = found,
+                        to = keys::SCHEMA_VERSION,
+                        rewritten = report.rewritten,
+                        not_understood = report.kept,
+                        "metadata keys migrated to the current schema"
+                    );
                 }
             }
         }
@@ -405,8 +433,16 @@ impl Meta {
             .map(|g| g.group_id)
             .collect();
         for (k, _) in self.store.scan_prefix(&keys::all_group_offsets())? {
-            if let Some(first) = keys::parts(&k).first() {
-                ids.push(String::from_utf8_lossy(first).into_owned());
+            match keys::parts(&k).as_deref() {
+                Some([group, _topic, _partition]) => {
+                    ids.push(String::from_utf8_lossy(group).into_owned())
+                }
+                _ => {
+                    return Err(MetaError::Corrupt {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        message: "not a committed-offset key".into(),
+                    })
+                }
             }
         }
         ids.sort();

@@ -197,13 +197,14 @@ impl From<BrokerError> for ApiError {
             BrokerError::TopicExists(_) => (StatusCode::CONFLICT, "already_exists"),
             BrokerError::InvalidTopicName { .. }
             | BrokerError::InvalidPartitions(_)
-            | BrokerError::InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            | BrokerError::InvalidConfig { .. }
+            | BrokerError::PolicyViolation(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             BrokerError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             BrokerError::Log(_) | BrokerError::Meta(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        Self::new(status, kind, e.to_string())
+        Self::new(status, kind, e.client_message())
     }
 }
 
@@ -220,7 +221,7 @@ impl From<RoutingError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        Self::new(status, kind, e.to_string())
+        Self::new(status, kind, e.client_message())
     }
 }
 

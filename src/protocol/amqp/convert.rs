@@ -667,7 +667,7 @@ impl AmqpError {
 
 impl From<RoutingError> for AmqpError {
     fn from(e: RoutingError) -> Self {
-        let text = e.to_string();
+        let text = e.client_message();
         match e {
             RoutingError::NotFound { .. } => AmqpError::channel(404, text),
             RoutingError::PreconditionFailed(_) => AmqpError::channel(406, text),

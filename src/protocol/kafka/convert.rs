@@ -36,5 +36,6 @@ pub fn broker_error_code(e: &BrokerError) -> i16 {
         BrokerError::Log(log) => log_error_code(log),
         BrokerError::Meta(_) => ResponseError::KafkaStorageError.code(),
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+        BrokerError::PolicyViolation(_) => ResponseError::PolicyViolation.code(),
     }
 }

@@ -87,24 +87,23 @@ pub async fn create_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
             ))
         } else if request.validate_only {
             validate_topic_name(&name)
+                .and_then(|()| ctx.core.topic_log_config(&configs).map(|_| ()))
                 .and_then(|()| {
-                    crate::broker::topic::effective_log_config(
-                        ctx.core.default_log_config(),
-                        &configs,
-                    )
-                    .map(|_| ())
+                    ctx.core
+                        .limits()
+                        .check_partitions(ctx.core.partition_total(), partitions as usize)
                 })
                 .and_then(|()| match ctx.core.topic(&name) {
                     Some(_) => Err(BrokerError::TopicExists(name.clone())),
                     None => Ok(()),
                 })
-                .map_err(|e| (broker_error_code(&e), e.to_string()))
+                .map_err(|e| (broker_error_code(&e), e.client_message()))
         } else {
             ctx.core
                 .create_topic(&name, partitions as u32, configs)
                 .await
                 .map(|_| ())
-                .map_err(|e| (broker_error_code(&e), e.to_string()))
+                .map_err(|e| (broker_error_code(&e), e.client_message()))
         };
         let mut result = CreatableTopicResult::default().with_name(topic_name(&name));
         match outcome {
@@ -194,7 +193,7 @@ pub async fn delete_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
                 if let Err(e) = ctx.core.delete_topic(&name).await {
                     result = result.with_error_code(broker_error_code(&e));
                     if v >= 5 {
-                        result = result.with_error_message(Some(str_bytes(e.to_string())));
+                        result = result.with_error_message(Some(str_bytes(e.client_message())));
                     }
                 }
             }
@@ -233,7 +232,7 @@ pub async fn create_partitions(ctx: Arc<KafkaContext>, req: RawRequest) -> Outco
         if let Err(e) = outcome {
             result = result
                 .with_error_code(broker_error_code(&e))
-                .with_error_message(Some(str_bytes(e.to_string())));
+                .with_error_message(Some(str_bytes(e.client_message())));
         }
         results.push(result);
     }
@@ -478,12 +477,14 @@ async fn alter_topic(
             "only topic configs can be altered; broker settings live in the config file".into(),
         ));
     }
-    let to_kafka = |e: BrokerError| (broker_error_code(&e), e.to_string());
+    let to_kafka = |e: BrokerError| (broker_error_code(&e), e.client_message());
     if ctx.core.topic(name).is_none() {
         return Err(to_kafka(BrokerError::UnknownTopic(name.to_string())));
     }
     if validate_only {
-        return crate::broker::topic::effective_log_config(ctx.core.default_log_config(), &configs)
+        return ctx
+            .core
+            .topic_log_config(&configs)
             .map(|_| ())
             .map_err(to_kafka);
     }

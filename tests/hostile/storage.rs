@@ -1,0 +1,504 @@
+//! Issue 12, storage: names whose escaped directory name does not fit the filesystem, storage
+//! errors that must not show a client where the data lives, and file descriptors bounded by
+//! what is active.
+
+use std::path::Path;
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::{lapin, SERIAL};
+
+#[path = "../common/kafka_raw.rs"]
+mod kafka_raw;
+use ferry::testing::TestBroker;
+
+/// Sends an admin API request as admin/admin; the status and the JSON body (Null if none).
+async fn admin(
+    broker: &TestBroker,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Client::new()
+        .request(method, format!("{}{path}", broker.http_url()))
+        .basic_auth("admin", Some("admin"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("admin request");
+    let status = resp.status();
+    let text = resp.text().await.expect("admin body");
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, json)
+}
+
+/// Percent-encodes every byte, so any name fits a URL path segment.
+fn path_segment(name: &str) -> String {
+    name.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+async fn start_in(dir: &Path) -> TestBroker {
+    TestBroker::with(|b| b.data_dir(dir)).await.expect("broker")
+}
+
+/// Publishes `body` persistently to `queue` through the default exchange, confirmed.
+async fn publish(conn: &lapin::Connection, queue: &str, body: &[u8]) {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let _ = ch.close(200, "done".into()).await;
+}
+
+async fn get_one(conn: &lapin::Connection, queue: &str) -> Vec<u8> {
+    let ch = conn.create_channel().await.expect("channel");
+    let got = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    let _ = ch.close(200, "done".into()).await;
+    got.delivery.data
+}
+
+/// 127 x `ü` is 254 bytes, a legal AMQP name, but 762 bytes once escaped for a directory; 90 x
+/// `%` is 270. Both used to fail with 541 (closing the connection) and the data path in the
+/// text. They are ordinary queues now, through AMQP and the admin API, and survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_names_too_long_to_escape_into_a_directory_work_and_survive_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let umlauts = "ü".repeat(127);
+    let percents = "%".repeat(90);
+    let via_api = format!("{}-api", "é".repeat(125));
+    assert!(umlauts.len() <= 255 && percents.len() <= 255 && via_api.len() <= 255);
+
+    let broker = start_in(dir.path()).await;
+    let conn = lapin(&broker).await;
+    let ch = conn.create_channel().await.expect("channel");
+    for name in [&umlauts, &percents] {
+        ch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("declare {} bytes: {e}", name.len()));
+    }
+    let (status, body) = admin(
+        &broker,
+        Method::PUT,
+        &format!("/api/queues/%2F/{}", path_segment(&via_api)),
+        Some(json!({"durable": true})),
+    )
+    .await;
+    assert!(status.is_success(), "{status}: {body}");
+    for name in [&umlauts, &percents, &via_api] {
+        publish(&conn, name, name.as_bytes()).await;
+    }
+    // A second message in one queue is read before the restart: the rest must come back.
+    publish(&conn, &umlauts, b"second").await;
+    assert_eq!(get_one(&conn, &umlauts).await, umlauts.as_bytes());
+    let (status, body) = admin(
+        &broker,
+        Method::GET,
+        &format!("/api/queues/%2F/{}", path_segment(&percents)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], json!(percents));
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
+
+    let broker = start_in(dir.path()).await;
+    let conn = lapin(&broker).await;
+    assert_eq!(get_one(&conn, &umlauts).await, b"second");
+    assert_eq!(get_one(&conn, &percents).await, percents.as_bytes());
+    assert_eq!(get_one(&conn, &via_api).await, via_api.as_bytes());
+    // Deleting one leaves no directory behind and does not touch the others.
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_delete(percents.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("queue.delete");
+    publish(&conn, &via_api, b"after delete").await;
+    assert_eq!(get_one(&conn, &via_api).await, b"after delete");
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
+    let queue_dirs = walk_dirs(&dir.path().join("queues"));
+    assert_eq!(queue_dirs, 2, "two queues left, two log directories");
+}
+
+/// Directories two levels under `root` (one per queue log).
+fn walk_dirs(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|vhost| vhost.path().is_dir())
+        .flat_map(|vhost| {
+            std::fs::read_dir(vhost.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|q| q.path().is_dir())
+        .count()
+}
+
+/// A storage failure answers with what failed, never with where the data lives: the path is
+/// the operator's business (and in the broker's log), not a peer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_errors_do_not_show_clients_a_filesystem_path() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    // A file where the default vhost's queue directory belongs makes every queue creation in
+    // it fail inside the filesystem.
+    let vhost_dir = dir.path().join("queues").join("%2F");
+    let _ = std::fs::remove_dir_all(&vhost_dir);
+    std::fs::write(&vhost_dir, b"in the way").unwrap();
+    let data_path = dir.path().to_string_lossy().into_owned();
+
+    let conn = lapin(&broker).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let err = ch
+        .queue_declare(
+            "blocked".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("the queue cannot be created");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("storage error"), "{text}");
+    assert!(!text.contains(&data_path), "{text}");
+
+    let (status, body) = admin(
+        &broker,
+        Method::PUT,
+        "/api/queues/%2F/blocked-api",
+        Some(json!({"durable": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("storage error"), "{text}");
+    assert!(!text.contains(&data_path), "{text}");
+    broker.stop().await;
+}
+
+fn kafka_admin(
+    broker: &TestBroker,
+) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .create()
+        .expect("admin client")
+}
+
+fn partition_dirs(data: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data.join("logs"))
+        .expect("logs dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 12: one anonymous CreatePartitions to 100,000 used to push the broker to 19,860 fds
+/// and leave 4,613 orphan directories. Past `kafka.max_partitions` / `amqp.max_queues`,
+/// creation is refused before anything is written: POLICY_VIOLATION for Kafka, RabbitMQ's
+/// 406 "queue limit" for AMQP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
+    use rdkafka::admin::{AdminOptions, NewPartitions, NewTopic, TopicReplication};
+    use rdkafka::error::RDKafkaErrorCode;
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::with(|b| {
+        b.data_dir(dir.path()).configure(|c| {
+            c.kafka.max_partitions = 20;
+            c.amqp.max_queues = 3;
+        })
+    })
+    .await
+    .expect("broker");
+    let admin_client = kafka_admin(&broker);
+    let opts = AdminOptions::new();
+    let made = admin_client
+        .create_topics(
+            [&NewTopic::new("fits", 15, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(made[0].is_ok(), "{made:?}");
+    let refused = admin_client
+        .create_topics(
+            [&NewTopic::new("too-many", 6, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
+        "{refused:?}"
+    );
+    let huge = admin_client
+        .create_partitions([&NewPartitions::new("fits", 100_000)], &opts)
+        .await
+        .unwrap();
+    assert!(
+        matches!(huge[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
+        "{huge:?}"
+    );
+    let grown = admin_client
+        .create_partitions([&NewPartitions::new("fits", 20)], &opts)
+        .await
+        .unwrap();
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..20).map(|p| format!("fits-{p}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        partition_dirs(dir.path()),
+        expected,
+        "no orphan directories"
+    );
+
+    let conn = lapin(&broker).await;
+    let ch = conn.create_channel().await.expect("channel");
+    for name in ["q1", "q2", "q3"] {
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("within the limit");
+    }
+    let err = ch
+        .queue_declare(
+            "q4".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("beyond the limit");
+    let text = format!("{err:?}");
+    assert!(text.contains("PRECONDITION_FAILED"), "{text}");
+    assert!(
+        text.contains("queue limit in cluster (3) is reached"),
+        "{text}"
+    );
+    // Only the channel closed: the connection declares again once a queue is gone.
+    let ch = conn
+        .create_channel()
+        .await
+        .expect("the connection survived");
+    ch.queue_delete("q1".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    ch.queue_declare(
+        "q4".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("room again");
+    let _ = conn.close(200, "bye".into()).await;
+    broker.stop().await;
+}
+
+/// Issue 12: any client could raise `max.message.bytes` to 100 MiB. Topic configs are capped at
+/// `kafka.max_message_bytes_limit` on every path: CreateTopics, AlterConfigs and
+/// IncrementalAlterConfigs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_message_bytes_is_capped_at_the_broker_limit() {
+    use rdkafka::admin::TopicReplication;
+    use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier};
+    use rdkafka::error::RDKafkaErrorCode;
+
+    let broker = TestBroker::start().await.expect("broker");
+    let admin_client = kafka_admin(&broker);
+    let opts = AdminOptions::new();
+    let hundred_mib = (100 * 1024 * 1024).to_string();
+    let refused = admin_client
+        .create_topics(
+            [&NewTopic::new("big", 1, TopicReplication::Fixed(1))
+                .set("max.message.bytes", &hundred_mib)],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
+        "{refused:?}"
+    );
+    assert!(broker.core().topic("big").is_none());
+    let made = admin_client
+        .create_topics(
+            [&NewTopic::new("capped", 1, TopicReplication::Fixed(1))
+                .set("max.message.bytes", "2000000")],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(made[0].is_ok(), "{made:?}");
+    let altered = admin_client
+        .alter_configs(
+            [&AlterConfig::new(ResourceSpecifier::Topic("capped"))
+                .set("max.message.bytes", &hundred_mib)],
+            &opts,
+        )
+        .await
+        .unwrap();
+    // rdkafka 0.39 reports every AlterConfigs resource as Ok whatever the broker answered
+    // (it never reads the per-resource error), so the proof is what the topic reads back.
+    assert_eq!(altered.len(), 1);
+    let described = admin_client
+        .describe_configs([&ResourceSpecifier::Topic("capped")], &opts)
+        .await
+        .unwrap();
+    let resource = described[0].as_ref().expect("described");
+    let value = resource
+        .get("max.message.bytes")
+        .and_then(|e| e.value.clone());
+    assert_eq!(value.as_deref(), Some("2000000"));
+
+    // IncrementalAlterConfigs (what kafka-configs.sh sends), which rdkafka does not expose.
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("capped"))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("max.message.bytes"))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from_string(hundred_mib.clone())))]),
+    ]);
+    let mut raw = kafka_raw::RawKafka::connect(broker.kafka_addr()).await;
+    let answer: IncrementalAlterConfigsResponse =
+        raw.call(ApiKey::IncrementalAlterConfigs, 1, &request).await;
+    let result = &answer.responses[0];
+    assert_eq!(result.error_code, 44, "POLICY_VIOLATION: {result:?}");
+    let message = result.error_message.as_ref().map(|m| m.to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("kafka.max_message_bytes_limit")),
+        "{message:?}"
+    );
+    let topic = broker.core().topic("capped").unwrap();
+    assert_eq!(topic.log_config().max_message_bytes, 2_000_000);
+    broker.stop().await;
+}
+
+/// Directories of partitions no topic owns (a creation or deletion cut short by a crash) are
+/// removed at start and logged; partitions of known topics and unrelated entries stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_partition_directories_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_in(dir.path()).await;
+    broker
+        .core()
+        .create_topic("kept", 1, Default::default())
+        .await
+        .expect("topic");
+    broker.stop().await;
+    let logs = dir.path().join("logs");
+    for orphan in ["ghost-0", "kept-7"] {
+        std::fs::create_dir_all(logs.join(orphan)).unwrap();
+        std::fs::write(logs.join(orphan).join("00000000000000000000.log"), b"x").unwrap();
+    }
+    std::fs::create_dir_all(logs.join("not-a-partition")).unwrap();
+
+    let broker = start_in(dir.path()).await;
+    assert_eq!(
+        partition_dirs(dir.path()),
+        vec!["kept-0".to_string(), "not-a-partition".into()]
+    );
+    broker.stop().await;
+}
+
+/// `ferry serve` raises its soft open-files limit to the hard one at start (here from 256).
+#[test]
+fn serve_raises_the_soft_open_files_limit_to_the_hard_limit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .expect("/proc/self/limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .expect("Max open files line");
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -Sn 256 && exec '{}' serve --data-dir '{}' --kafka-listen 127.0.0.1:0 \
+         --amqp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_ferry"),
+        dir.path().display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("open-files limit") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let logged = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("ferry logged its open-files limit");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let limits = limits.expect("the child's limits");
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .expect("Max open files line");
+    assert_eq!(soft, hard, "{limits}");
+    assert!(logged.contains("soft_before=256"), "{logged}");
+}
