@@ -400,3 +400,202 @@ async fn guest_is_refused_from_a_non_loopback_address() {
     );
     broker.stop().await;
 }
+
+/// The methods the server sends next, up to and including the first that `last` matches.
+async fn methods_until(
+    w: &mut Wire,
+    mut last: impl FnMut(&AMQPClass) -> bool,
+) -> Vec<(u16, AMQPClass)> {
+    let mut seen = Vec::new();
+    while let Some((ch, m)) = w.recv_method().await {
+        let done = last(&m);
+        seen.push((ch, m));
+        if done {
+            return seen;
+        }
+    }
+    panic!("connection ended after {seen:?}");
+}
+
+/// A short name for the methods an ordering test looks at.
+fn method_name(m: &AMQPClass) -> String {
+    match m {
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
+            format!("basic.cancel {}", c.consumer_tag)
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Ack(_)) => "basic.ack".into(),
+        AMQPClass::Basic(basic::AMQPMethod::Return(_)) => "basic.return".into(),
+        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_)) => "queue.delete-ok".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn declare_queue(w: &mut Wire, ch: u16, name: &str, arguments: FieldTable) {
+    w.send(
+        ch,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: name.into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments,
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((c, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))) if c == ch => {}
+        other => panic!("expected queue.declare-ok, got {other:?}"),
+    }
+}
+
+async fn consume_from(w: &mut Wire, ch: u16, queue_name: &str, tag: &str) {
+    w.send(
+        ch,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue_name.into(),
+            consumer_tag: tag.into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((c, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) if c == ch => {}
+        other => panic!("expected basic.consume-ok, got {other:?}"),
+    }
+}
+
+/// Deletes `queue_name` on channel 1 while consumers on channel 1 and channel 2 of the same
+/// connection consume from it; returns what the server sent, in order.
+async fn delete_consumed_queue(queue_name: &str, arguments: FieldTable) -> Vec<String> {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    w.open_channel(2).await;
+    declare_queue(&mut w, 1, queue_name, arguments).await;
+    for ch in [1, 2] {
+        // Streams refuse consumers without a prefetch (RabbitMQ's rule too).
+        w.send(
+            ch,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 10,
+                global: false,
+            })),
+        )
+        .await;
+        match w.recv_method().await {
+            Some((c, AMQPClass::Basic(basic::AMQPMethod::QosOk(_)))) if c == ch => {}
+            other => panic!("expected basic.qos-ok, got {other:?}"),
+        }
+    }
+    consume_from(&mut w, 1, queue_name, "same-channel").await;
+    consume_from(&mut w, 2, queue_name, "other-channel").await;
+    w.send(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+            queue: queue_name.into(),
+            if_unused: false,
+            if_empty: false,
+            nowait: false,
+        })),
+    )
+    .await;
+    let mut cancels = 0;
+    let seen = methods_until(&mut w, |m| {
+        if matches!(m, AMQPClass::Basic(basic::AMQPMethod::Cancel(_))) {
+            cancels += 1;
+        }
+        cancels == 2
+    })
+    .await;
+    broker.stop().await;
+    seen.iter()
+        .map(|(ch, m)| format!("{ch}:{}", method_name(m)))
+        .collect()
+}
+
+/// RabbitMQ answers queue.delete before it tells the queue's consumers they were cancelled,
+/// on the deleting channel and on the connection's other channels; py-amqp (kombu, Celery)
+/// raises ConsumerCancelled from queue_delete() when the cancel comes first (issue 21).
+#[tokio::test]
+async fn queue_delete_ok_comes_before_the_cancels_it_causes() {
+    let seen = delete_consumed_queue("deleted-under-consumers", FieldTable::default()).await;
+    assert_eq!(seen[0], "1:queue.delete-ok", "{seen:?}");
+    let mut cancels = seen[1..].to_vec();
+    cancels.sort();
+    assert_eq!(
+        cancels,
+        [
+            "1:basic.cancel same-channel",
+            "2:basic.cancel other-channel"
+        ],
+        "{seen:?}"
+    );
+}
+
+/// The same order when the deleted queue is a stream (a topic under the hood).
+#[tokio::test]
+async fn stream_delete_ok_comes_before_the_cancels_it_causes() {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    let seen = delete_consumed_queue("deleted-stream", args).await;
+    assert_eq!(seen[0], "1:queue.delete-ok", "{seen:?}");
+    let mut cancels = seen[1..].to_vec();
+    cancels.sort();
+    assert_eq!(
+        cancels,
+        [
+            "1:basic.cancel same-channel",
+            "2:basic.cancel other-channel"
+        ],
+        "{seen:?}"
+    );
+}
+
+/// A mandatory publish that routes nowhere, in confirm mode: basic.return (with the message)
+/// comes before the basic.ack that confirms it, as RabbitMQ sends them.
+#[tokio::test]
+async fn basic_return_comes_before_the_confirm_of_an_unroutable_mandatory_publish() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    w.send(
+        1,
+        AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::Select(
+            amq_protocol::protocol::confirm::Select { nowait: false },
+        )),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((1, AMQPClass::Confirm(_))) => {}
+        other => panic!("expected confirm.select-ok, got {other:?}"),
+    }
+    let mut b = BytesMut::new();
+    encode_method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "no-such-queue".into(),
+            mandatory: true,
+            immediate: false,
+        })),
+        &mut b,
+    );
+    encode_content(1, basic::AMQPProperties::default(), b"lost?", 4096, &mut b);
+    w.raw(&b).await;
+    let seen = methods_until(&mut w, |m| {
+        matches!(m, AMQPClass::Basic(basic::AMQPMethod::Ack(_)))
+    })
+    .await;
+    let names: Vec<_> = seen.iter().map(|(_, m)| method_name(m)).collect();
+    assert_eq!(names, ["basic.return", "basic.ack"]);
+    broker.stop().await;
+}

@@ -463,12 +463,13 @@ async fn run(mut t: Task) {
             Err(StreamError::NotFound(_)) => {
                 // consumer_cancel_notify: the stream was deleted under the consumer.
                 t.out
-                    .method(
+                    .notify(
                         t.channel,
                         AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                             consumer_tag: t.tag.clone().into(),
                             nowait: true,
                         })),
+                        &mut t.stop,
                     )
                     .await;
                 return;
