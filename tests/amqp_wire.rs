@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 struct Wire {
     s: TcpStream,
     buf: BytesMut,
+    /// Frames larger than this fail the test (the negotiated frame_max when it matters).
+    frame_limit: usize,
 }
 
 impl Wire {
@@ -25,6 +27,7 @@ impl Wire {
         Wire {
             s,
             buf: BytesMut::new(),
+            frame_limit: 1 << 20,
         }
     }
 
@@ -41,7 +44,7 @@ impl Wire {
     /// The next frame, or `None` when the server closed the socket (or 5 s passed).
     async fn recv(&mut self) -> Option<Incoming> {
         loop {
-            if let Some(f) = decode_frame(&mut self.buf, 1 << 20).unwrap() {
+            if let Some(f) = decode_frame(&mut self.buf, self.frame_limit).unwrap() {
                 return Some(f);
             }
             match tokio::time::timeout(Duration::from_secs(5), self.s.read_buf(&mut self.buf)).await
@@ -373,6 +376,7 @@ async fn guest_is_refused_from_a_non_loopback_address() {
         let mut w = Wire {
             s: TcpStream::connect(addr).await.unwrap(),
             buf: BytesMut::new(),
+            frame_limit: 1 << 20,
         };
         w.raw(b"AMQP\x00\x00\x09\x01").await;
         w.recv_method().await.expect("start");
@@ -597,5 +601,124 @@ async fn basic_return_comes_before_the_confirm_of_an_unroutable_mandatory_publis
     .await;
     let names: Vec<_> = seen.iter().map(|(_, m)| method_name(m)).collect();
     assert_eq!(names, ["basic.return", "basic.ack"]);
+    broker.stop().await;
+}
+
+/// Issue 12 bug 2: a Kafka header of 200 KB delivered over AMQP used to make a 200 KB content
+/// header frame, over the negotiated frame_max (strict clients close the connection). Every
+/// frame now fits; the header that cannot is left out and named in `x-ferry-dropped-headers`,
+/// and the body and the other headers arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_property_set_larger_than_frame_max_never_makes_an_oversized_frame() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = TestBroker::start().await.unwrap();
+    broker
+        .core()
+        .create_topic("big-headers", 1, Default::default())
+        .await
+        .unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    // Wire::open negotiated frame_max 4096: a larger frame now fails decoding.
+    w.frame_limit = 4096;
+    w.open_channel(1).await;
+    declare_queue(&mut w, 1, "big", FieldTable::default()).await;
+    w.send(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: "big".into(),
+            exchange: "big-headers".into(),
+            routing_key: "#".into(),
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((1, AMQPClass::Queue(queue::AMQPMethod::BindOk(_)))) => {}
+        other => panic!("expected queue.bind-ok, got {other:?}"),
+    }
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .set("message.timeout.ms", "20000")
+        .create()
+        .expect("producer");
+    let big = vec![b'x'; 200 * 1024];
+    let body = vec![b'b'; 10_000];
+    producer
+        .send(
+            FutureRecord::to("big-headers")
+                .key("k")
+                .payload(&body)
+                .headers(
+                    OwnedHeaders::new()
+                        .insert(Header {
+                            key: "big",
+                            value: Some(&big),
+                        })
+                        .insert(Header {
+                            key: "small",
+                            value: Some("ok"),
+                        }),
+                ),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    // Routing to the bound queue is asynchronous: poll basic.get.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let header = loop {
+        w.send(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                queue: "big".into(),
+                no_ack: true,
+            })),
+        )
+        .await;
+        match w.recv().await {
+            Some(Incoming::Method(1, m))
+                if matches!(*m, AMQPClass::Basic(basic::AMQPMethod::GetOk(_))) =>
+            {
+                match w.recv().await {
+                    Some(Incoming::Header(1, h)) => break h,
+                    other => panic!("expected a content header, got {other:?}"),
+                }
+            }
+            Some(Incoming::Method(1, m))
+                if matches!(*m, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) =>
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the record never reached the queue"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("expected get-ok or get-empty, got {other:?}"),
+        }
+    };
+    let mut received = Vec::new();
+    while received.len() < header.body_size as usize {
+        match w.recv().await {
+            Some(Incoming::Body(1, part)) => received.extend_from_slice(&part),
+            other => panic!("expected a body frame, got {other:?}"),
+        }
+    }
+    assert_eq!(received, body);
+    let headers = header.properties.headers().clone().expect("headers");
+    assert!(!headers.contains_key("big"));
+    assert_eq!(
+        headers.inner().get("small"),
+        Some(&AMQPValue::LongString("ok".into()))
+    );
+    assert_eq!(
+        headers.inner().get("x-ferry-dropped-headers"),
+        Some(&AMQPValue::FieldArray(
+            vec![AMQPValue::LongString("big".into())].into()
+        ))
+    );
+    // The connection is still fine.
+    w.open_channel(2).await;
     broker.stop().await;
 }

@@ -844,8 +844,8 @@ impl Channel {
                     AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
                         delivery_tag: tag,
                         redelivered: msg.redelivered,
-                        exchange: o.exchange.into(),
-                        routing_key: o.routing_key.into(),
+                        exchange: o.exchange,
+                        routing_key: o.routing_key,
                         message_count: queue.message_count().min(u64::from(u32::MAX)) as u32,
                     })),
                     &mut b,
@@ -1102,8 +1102,8 @@ async fn run_consumer(mut t: ConsumerTask) {
                                 consumer_tag: t.tag.clone().into(),
                                 delivery_tag: tag,
                                 redelivered: msg.redelivered,
-                                exchange: o.exchange.into(),
-                                routing_key: o.routing_key.into(),
+                                exchange: o.exchange,
+                                routing_key: o.routing_key,
                             })),
                             &mut b,
                         );

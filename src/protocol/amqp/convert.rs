@@ -68,6 +68,16 @@
 //! RabbitMQ's `set_header_timestamp` interceptor does the same). So every delivered message
 //! has an id and a timestamp, and Kafka and AMQP consumers see the same ones.
 //!
+//! **What AMQP cannot carry.** A Kafka producer can write a key, a header name or an `amqp.*`
+//! value longer than AMQP's 255-byte short strings, or headers larger than a consumer's
+//! `frame_max`. Such a record is still delivered, never dropped: the routing key, exchange or
+//! property that does not fit is left empty and its full value sent in the long-string header
+//! `x-ferry-<field>` (`x-ferry-routing-key`, `x-ferry-content-type`, `x-ferry-message-id`,
+//! ...); a header whose name is too long arrives as a `{name, value}` entry of the array
+//! header `x-ferry-long-headers`; and a property set too large for one frame loses its largest
+//! headers, named in `x-ferry-dropped-headers` (the record itself keeps them). The rules live
+//! in [`super::bounded`].
+//!
 //! Field tables (message headers for the headers exchange, declare and bind arguments) become
 //! `serde_json` values for the core, which compares and persists them without knowing AMQP.
 
@@ -78,6 +88,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
+use super::bounded::Overflow;
 use crate::broker::event::{
     self, RecordLocation, CAUSATION_ID_HEADER, CE_PREFIX, MESSAGE_ID_HEADER, SCHEMA_VERSION_HEADER,
     TRACEPARENT_HEADER, TRACESTATE_HEADER,
@@ -330,8 +341,8 @@ pub fn check_expiration(properties: &AMQPProperties) -> Result<(), AmqpError> {
 /// A stored record as what basic.deliver / get-ok / return need.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub exchange: String,
-    pub routing_key: String,
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
     pub properties: AMQPProperties,
     pub body: Bytes,
 }
@@ -363,16 +374,23 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
     let mut ce_time: Option<&Option<Bytes>> = None;
     let mut ce_attrs: Vec<(&str, &Bytes)> = Vec::new();
     let mut ce_separator = ':';
+    // Values too long for their AMQP short string (see `bounded`): any Kafka producer can
+    // write them.
+    let mut overflow = Overflow::default();
     for (name, value) in &record.headers {
-        if let Some((_, _, set)) = STRING_PROPERTIES.iter().find(|(n, _, _)| n == name) {
-            props = set(props, ShortString::from(text(value)));
+        if let Some((n, _, set)) = STRING_PROPERTIES.iter().find(|(n, _, _)| n == name) {
+            if let Some(v) = overflow.short(&n[PREFIX.len()..], text(value)) {
+                props = set(props, v);
+            }
             continue;
         }
         match name.as_str() {
             EXCHANGE_HEADER => exchange = text(value),
             DEATH_HEADER => deaths = death_headers(&text(value)),
             TTL_HEADER | LEGACY_EXPIRATION_HEADER => {
-                props = props.with_expiration(ShortString::from(text(value)))
+                if let Some(v) = overflow.short("expiration", text(value)) {
+                    props = props.with_expiration(v);
+                }
             }
             HEADERS_HEADER => table = value.as_ref().and_then(|b| decode_table(b)),
             DELIVERY_MODE_HEADER => {
@@ -415,13 +433,15 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
                     Some(b) => AMQPValue::LongString(LongString::from(b.to_vec())),
                     None => AMQPValue::Void,
                 };
-                foreign.insert(ShortString::from(other.to_string()), v);
+                if let Some(name) = overflow.header_name(other, &v) {
+                    foreign.insert(name, v);
+                }
             }
         }
     }
     if props.content_type().is_none() {
-        if let Some(v) = plain_content_type {
-            props = props.with_content_type(ShortString::from(text(v)));
+        if let Some(v) = plain_content_type.and_then(|v| overflow.short("content-type", text(v))) {
+            props = props.with_content_type(v);
         }
     }
     if props.message_id().is_none() {
@@ -430,8 +450,8 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
             .or(source)
             .map(text)
             .or_else(|| location.map(|l| l.to_string()));
-        if let Some(id) = id {
-            props = props.with_message_id(ShortString::from(id));
+        if let Some(id) = id.and_then(|id| overflow.short("message-id", id)) {
+            props = props.with_message_id(id);
         }
     }
     if props.timestamp().is_none() {
@@ -446,11 +466,17 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
         }
     }
     for (attr, v) in ce_attrs {
-        foreign.insert(
-            ShortString::from(format!("{CE_AMQP_PREFIX}{ce_separator}{attr}")),
-            AMQPValue::LongString(LongString::from(v.to_vec())),
-        );
+        let v = AMQPValue::LongString(LongString::from(v.to_vec()));
+        if let Some(name) =
+            overflow.header_name(&format!("{CE_AMQP_PREFIX}{ce_separator}{attr}"), &v)
+        {
+            foreign.insert(name, v);
+        }
     }
+    let exchange = overflow.short("exchange", exchange).unwrap_or_default();
+    let routing_key = overflow
+        .short("routing-key", text(&record.key))
+        .unwrap_or_default();
     if !foreign.inner().is_empty() {
         // A typed value the publisher put in the table wins over its string copy.
         let mut merged = table.take().unwrap_or_default();
@@ -459,6 +485,11 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
                 merged.insert(k.clone(), v.clone());
             }
         }
+        table = Some(merged);
+    }
+    if !overflow.is_empty() {
+        let mut merged = table.take().unwrap_or_default();
+        overflow.merge_into(&mut merged);
         table = Some(merged);
     }
     // The broker's own death history wins over anything a publisher put in x-death.
@@ -474,7 +505,7 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
     }
     Outgoing {
         exchange,
-        routing_key: text(&record.key),
+        routing_key,
         properties: props,
         body: record.value.clone().unwrap_or_default(),
     }
@@ -702,8 +733,8 @@ mod tests {
         rec.headers
             .push((EXCHANGE_HEADER.into(), Some("ex".into())));
         let out = from_record(&rec);
-        assert_eq!(out.exchange, "ex");
-        assert_eq!(out.routing_key, "rk");
+        assert_eq!(out.exchange.as_str(), "ex");
+        assert_eq!(out.routing_key.as_str(), "rk");
         assert_eq!(out.body, Bytes::from_static(b"hi"));
         assert_eq!(out.properties, props);
     }

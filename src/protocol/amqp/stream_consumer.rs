@@ -447,8 +447,8 @@ async fn run(mut t: Task) {
                             consumer_tag: t.tag.clone().into(),
                             delivery_tag,
                             redelivered: false,
-                            exchange: o.exchange.into(),
-                            routing_key: o.routing_key.into(),
+                            exchange: o.exchange,
+                            routing_key: o.routing_key,
                         })),
                         &mut b,
                     );
