@@ -952,18 +952,11 @@ fn deaths_of(record: &SimpleRecord) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// The AMQP `headers` table of a record as JSON (for display and headers-exchange routing).
+/// The AMQP headers of a record as JSON, as an AMQP consumer gets them: the typed
+/// `amqp.headers` table (records of every release) merged with the application headers stored
+/// as plain record headers (for display and headers-exchange routing).
 fn amqp_headers_of(record: &SimpleRecord) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let raw = record
-        .headers
-        .iter()
-        .find(|(k, _)| k == "amqp.headers")
-        .and_then(|(_, v)| v.as_ref())?;
-    let table = crate::protocol::amqp::convert::decode_table(raw)?;
-    match crate::protocol::amqp::convert::table_to_json(&table) {
-        serde_json::Value::Object(m) => Some(m),
-        _ => None,
-    }
+    crate::protocol::amqp::convert::record_headers_json(record)
 }
 
 fn message_view(offset: i64, record: &SimpleRecord) -> MessageView {

@@ -38,9 +38,8 @@ pub async fn serve(
     // The memory and disk alarms that block publishers run in `observe::alarms`.
     core.router().set_vhosts(&settings.vhosts);
     // Dead letters are routed by their headers, which only this adapter can decode.
-    core.router().set_headers_reader(|record| {
-        convert::headers_json(&convert::from_record(record).properties)
-    });
+    core.router()
+        .set_headers_reader(convert::record_headers_json);
     let max_connections = settings.max_connections;
     super::accept_loop_limited(
         "amqp",
