@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 struct Wire {
     s: TcpStream,
     buf: BytesMut,
+    /// Frames larger than this fail the test (the negotiated frame_max when it matters).
+    frame_limit: usize,
 }
 
 impl Wire {
@@ -25,6 +27,7 @@ impl Wire {
         Wire {
             s,
             buf: BytesMut::new(),
+            frame_limit: 1 << 20,
         }
     }
 
@@ -41,7 +44,7 @@ impl Wire {
     /// The next frame, or `None` when the server closed the socket (or 5 s passed).
     async fn recv(&mut self) -> Option<Incoming> {
         loop {
-            if let Some(f) = decode_frame(&mut self.buf, 1 << 20).unwrap() {
+            if let Some(f) = decode_frame(&mut self.buf, self.frame_limit).unwrap() {
                 return Some(f);
             }
             match tokio::time::timeout(Duration::from_secs(5), self.s.read_buf(&mut self.buf)).await
@@ -373,6 +376,7 @@ async fn guest_is_refused_from_a_non_loopback_address() {
         let mut w = Wire {
             s: TcpStream::connect(addr).await.unwrap(),
             buf: BytesMut::new(),
+            frame_limit: 1 << 20,
         };
         w.raw(b"AMQP\x00\x00\x09\x01").await;
         w.recv_method().await.expect("start");
@@ -398,5 +402,323 @@ async fn guest_is_refused_from_a_non_loopback_address() {
         ),
         "{accepted:?}"
     );
+    broker.stop().await;
+}
+
+/// The methods the server sends next, up to and including the first that `last` matches.
+async fn methods_until(
+    w: &mut Wire,
+    mut last: impl FnMut(&AMQPClass) -> bool,
+) -> Vec<(u16, AMQPClass)> {
+    let mut seen = Vec::new();
+    while let Some((ch, m)) = w.recv_method().await {
+        let done = last(&m);
+        seen.push((ch, m));
+        if done {
+            return seen;
+        }
+    }
+    panic!("connection ended after {seen:?}");
+}
+
+/// A short name for the methods an ordering test looks at.
+fn method_name(m: &AMQPClass) -> String {
+    match m {
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
+            format!("basic.cancel {}", c.consumer_tag)
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Ack(_)) => "basic.ack".into(),
+        AMQPClass::Basic(basic::AMQPMethod::Return(_)) => "basic.return".into(),
+        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_)) => "queue.delete-ok".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn declare_queue(w: &mut Wire, ch: u16, name: &str, arguments: FieldTable) {
+    w.send(
+        ch,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: name.into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments,
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((c, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))) if c == ch => {}
+        other => panic!("expected queue.declare-ok, got {other:?}"),
+    }
+}
+
+async fn consume_from(w: &mut Wire, ch: u16, queue_name: &str, tag: &str) {
+    w.send(
+        ch,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue_name.into(),
+            consumer_tag: tag.into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((c, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) if c == ch => {}
+        other => panic!("expected basic.consume-ok, got {other:?}"),
+    }
+}
+
+/// Deletes `queue_name` on channel 1 while consumers on channel 1 and channel 2 of the same
+/// connection consume from it; returns what the server sent, in order.
+async fn delete_consumed_queue(queue_name: &str, arguments: FieldTable) -> Vec<String> {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    w.open_channel(2).await;
+    declare_queue(&mut w, 1, queue_name, arguments).await;
+    for ch in [1, 2] {
+        // Streams refuse consumers without a prefetch (RabbitMQ's rule too).
+        w.send(
+            ch,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 10,
+                global: false,
+            })),
+        )
+        .await;
+        match w.recv_method().await {
+            Some((c, AMQPClass::Basic(basic::AMQPMethod::QosOk(_)))) if c == ch => {}
+            other => panic!("expected basic.qos-ok, got {other:?}"),
+        }
+    }
+    consume_from(&mut w, 1, queue_name, "same-channel").await;
+    consume_from(&mut w, 2, queue_name, "other-channel").await;
+    w.send(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+            queue: queue_name.into(),
+            if_unused: false,
+            if_empty: false,
+            nowait: false,
+        })),
+    )
+    .await;
+    let mut cancels = 0;
+    let seen = methods_until(&mut w, |m| {
+        if matches!(m, AMQPClass::Basic(basic::AMQPMethod::Cancel(_))) {
+            cancels += 1;
+        }
+        cancels == 2
+    })
+    .await;
+    broker.stop().await;
+    seen.iter()
+        .map(|(ch, m)| format!("{ch}:{}", method_name(m)))
+        .collect()
+}
+
+/// RabbitMQ answers queue.delete before it tells the queue's consumers they were cancelled,
+/// on the deleting channel and on the connection's other channels; py-amqp (kombu, Celery)
+/// raises ConsumerCancelled from queue_delete() when the cancel comes first (issue 21).
+#[tokio::test]
+async fn queue_delete_ok_comes_before_the_cancels_it_causes() {
+    let seen = delete_consumed_queue("deleted-under-consumers", FieldTable::default()).await;
+    assert_eq!(seen[0], "1:queue.delete-ok", "{seen:?}");
+    let mut cancels = seen[1..].to_vec();
+    cancels.sort();
+    assert_eq!(
+        cancels,
+        [
+            "1:basic.cancel same-channel",
+            "2:basic.cancel other-channel"
+        ],
+        "{seen:?}"
+    );
+}
+
+/// The same order when the deleted queue is a stream (a topic under the hood).
+#[tokio::test]
+async fn stream_delete_ok_comes_before_the_cancels_it_causes() {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    let seen = delete_consumed_queue("deleted-stream", args).await;
+    assert_eq!(seen[0], "1:queue.delete-ok", "{seen:?}");
+    let mut cancels = seen[1..].to_vec();
+    cancels.sort();
+    assert_eq!(
+        cancels,
+        [
+            "1:basic.cancel same-channel",
+            "2:basic.cancel other-channel"
+        ],
+        "{seen:?}"
+    );
+}
+
+/// A mandatory publish that routes nowhere, in confirm mode: basic.return (with the message)
+/// comes before the basic.ack that confirms it, as RabbitMQ sends them.
+#[tokio::test]
+async fn basic_return_comes_before_the_confirm_of_an_unroutable_mandatory_publish() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    w.send(
+        1,
+        AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::Select(
+            amq_protocol::protocol::confirm::Select { nowait: false },
+        )),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((1, AMQPClass::Confirm(_))) => {}
+        other => panic!("expected confirm.select-ok, got {other:?}"),
+    }
+    let mut b = BytesMut::new();
+    encode_method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "no-such-queue".into(),
+            mandatory: true,
+            immediate: false,
+        })),
+        &mut b,
+    );
+    encode_content(1, basic::AMQPProperties::default(), b"lost?", 4096, &mut b);
+    w.raw(&b).await;
+    let seen = methods_until(&mut w, |m| {
+        matches!(m, AMQPClass::Basic(basic::AMQPMethod::Ack(_)))
+    })
+    .await;
+    let names: Vec<_> = seen.iter().map(|(_, m)| method_name(m)).collect();
+    assert_eq!(names, ["basic.return", "basic.ack"]);
+    broker.stop().await;
+}
+
+/// Issue 12 bug 2: a Kafka header of 200 KB delivered over AMQP used to make a 200 KB content
+/// header frame, over the negotiated frame_max (strict clients close the connection). Every
+/// frame now fits; the header that cannot is left out and named in `x-ferry-dropped-headers`,
+/// and the body and the other headers arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_property_set_larger_than_frame_max_never_makes_an_oversized_frame() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = TestBroker::start().await.unwrap();
+    broker
+        .core()
+        .create_topic("big-headers", 1, Default::default())
+        .await
+        .unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    // Wire::open negotiated frame_max 4096: a larger frame now fails decoding.
+    w.frame_limit = 4096;
+    w.open_channel(1).await;
+    declare_queue(&mut w, 1, "big", FieldTable::default()).await;
+    w.send(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: "big".into(),
+            exchange: "big-headers".into(),
+            routing_key: "#".into(),
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )
+    .await;
+    match w.recv_method().await {
+        Some((1, AMQPClass::Queue(queue::AMQPMethod::BindOk(_)))) => {}
+        other => panic!("expected queue.bind-ok, got {other:?}"),
+    }
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .set("message.timeout.ms", "20000")
+        .create()
+        .expect("producer");
+    let big = vec![b'x'; 200 * 1024];
+    let body = vec![b'b'; 10_000];
+    producer
+        .send(
+            FutureRecord::to("big-headers")
+                .key("k")
+                .payload(&body)
+                .headers(
+                    OwnedHeaders::new()
+                        .insert(Header {
+                            key: "big",
+                            value: Some(&big),
+                        })
+                        .insert(Header {
+                            key: "small",
+                            value: Some("ok"),
+                        }),
+                ),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    // Routing to the bound queue is asynchronous: poll basic.get.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let header = loop {
+        w.send(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                queue: "big".into(),
+                no_ack: true,
+            })),
+        )
+        .await;
+        match w.recv().await {
+            Some(Incoming::Method(1, m))
+                if matches!(*m, AMQPClass::Basic(basic::AMQPMethod::GetOk(_))) =>
+            {
+                match w.recv().await {
+                    Some(Incoming::Header(1, h)) => break h,
+                    other => panic!("expected a content header, got {other:?}"),
+                }
+            }
+            Some(Incoming::Method(1, m))
+                if matches!(*m, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) =>
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the record never reached the queue"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("expected get-ok or get-empty, got {other:?}"),
+        }
+    };
+    let mut received = Vec::new();
+    while received.len() < header.body_size as usize {
+        match w.recv().await {
+            Some(Incoming::Body(1, part)) => received.extend_from_slice(&part),
+            other => panic!("expected a body frame, got {other:?}"),
+        }
+    }
+    assert_eq!(received, body);
+    let headers = header.properties.headers().clone().expect("headers");
+    assert!(!headers.contains_key("big"));
+    assert_eq!(
+        headers.inner().get("small"),
+        Some(&AMQPValue::LongString("ok".into()))
+    );
+    assert_eq!(
+        headers.inner().get("x-ferry-dropped-headers"),
+        Some(&AMQPValue::FieldArray(
+            vec![AMQPValue::LongString("big".into())].into()
+        ))
+    );
+    // The connection is still fine.
+    w.open_channel(2).await;
     broker.stop().await;
 }

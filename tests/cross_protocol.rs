@@ -239,7 +239,13 @@ async fn amqp_publish_to_a_topic_exchange_lands_on_the_murmur2_partition() {
             Some(&b"application/json"[..])
         );
         assert_eq!(kafka_header(c, "amqp.message-id"), Some(&b"m-1"[..]));
-        assert!(kafka_header(c, "amqp.headers").is_some(), "{:?}", c.headers);
+        // Application headers are plain record headers a Kafka consumer reads by name.
+        assert_eq!(
+            kafka_header(c, "tenant"),
+            Some(&b"acme"[..]),
+            "{:?}",
+            c.headers
+        );
     }
     let p = producer(&broker.kafka_bootstrap());
     for key in keys {
@@ -546,6 +552,86 @@ async fn an_interrupted_routing_batch_is_not_routed_twice() {
     }
     nothing_more(&mut c).await;
     assert_eq!(bodies, ["m0", "m1", "m2", "m3"]);
+    drop(p);
+    broker.stop().await;
+}
+
+/// Issue 12 bug 1: a Kafka record whose key, a header name and an `amqp.*` property are longer
+/// than AMQP's 255-byte short strings used to panic the delivery (basic.get dropped the
+/// connection; an auto-ack consumer lost the message and stopped). It is delivered by every
+/// path, with what does not fit in `x-ferry-*` long-string headers, and the connection and
+/// consumers carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_with_overlong_fields_reach_every_amqp_delivery_path() {
+    let broker = TestBroker::start().await.unwrap();
+    create_topic(&broker, "hostile", 1).await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    for q in ["by-get", "by-manual-ack", "by-auto-ack"] {
+        declare(&ch, q).await;
+        bind(&ch, q, "hostile", "#").await;
+    }
+    let long_key = "k".repeat(300);
+    let long_name = "h".repeat(300);
+    let long_type = "t".repeat(300);
+    let p = producer(&broker.kafka_bootstrap());
+    produce(
+        &p,
+        "hostile",
+        &long_key,
+        "payload",
+        &[
+            (long_name.as_str(), "named too long"),
+            ("amqp.content-type", long_type.as_str()),
+            ("trace", "t-1"),
+        ],
+    )
+    .await;
+    let check = |d: &Delivery| {
+        assert_eq!(d.data, b"payload");
+        assert_eq!(d.routing_key.as_str(), "");
+        assert_eq!(d.exchange.as_str(), "hostile");
+        assert_eq!(
+            header_text(d, "x-ferry-routing-key"),
+            Some(long_key.clone())
+        );
+        assert_eq!(d.properties.content_type(), &None);
+        assert_eq!(
+            header_text(d, "x-ferry-content-type"),
+            Some(long_type.clone())
+        );
+        assert_eq!(header_text(d, "trace").as_deref(), Some("t-1"));
+        let Some(AMQPValue::FieldArray(entries)) = header(d, "x-ferry-long-headers") else {
+            panic!("no x-ferry-long-headers in {:?}", d.properties.headers());
+        };
+        let mut entry = FieldTable::default();
+        entry.insert("name".into(), long(&long_name));
+        entry.insert("value".into(), long("named too long"));
+        assert_eq!(entries.as_slice(), [AMQPValue::FieldTable(entry)]);
+    };
+
+    let got = get(&ch, "by-get", false).await.expect("basic.get finds it");
+    check(&got.delivery);
+    got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+
+    let mut manual = consume(&ch, "by-manual-ack", false).await;
+    let d = next(&mut manual).await;
+    check(&d);
+    d.ack(BasicAckOptions::default()).await.unwrap();
+
+    let ch2 = channel(&conn).await;
+    let mut auto = consume(&ch2, "by-auto-ack", true).await;
+    check(&next(&mut auto).await);
+
+    // Nothing broke: the consumers keep delivering, and the queues are settled.
+    produce(&p, "hostile", "plain", "after", &[]).await;
+    assert_eq!(next(&mut auto).await.data, b"after");
+    let d = next(&mut manual).await;
+    assert_eq!(d.data, b"after");
+    d.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(get_body(&ch, "by-get").await, b"after");
+    assert!(conn.status().connected());
+    assert_eq!(count(&ch, "by-get").await, 0);
     drop(p);
     broker.stop().await;
 }

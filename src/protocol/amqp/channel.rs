@@ -61,6 +61,13 @@ pub struct Out {
     /// [`PUBLISH_BUDGET`], shared by the connection's channels.
     pub publish_budget: Arc<tokio::sync::Semaphore>,
     pub frame_max: usize,
+    /// Orders notifications the client did not ask for after the replies it waits for: the
+    /// connection holds it exclusively while it handles a queue or exchange method (through
+    /// its reply), and [`Out::notify`] takes it shared. So a consumer cancelled because
+    /// queue.delete removed its queue sends basic.cancel after queue.delete-ok, on its own
+    /// channel and on the connection's others, as RabbitMQ does; py-amqp (kombu, Celery)
+    /// raises `ConsumerCancelled` from `queue_delete()` when the cancel comes first.
+    pub replies_first: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Out {
@@ -78,6 +85,26 @@ impl Out {
         let mut b = BytesMut::new();
         encode_method(channel, m, &mut b);
         self.send(b.freeze()).await
+    }
+
+    /// Sends a server-initiated method (basic.cancel of a consumer whose queue went away) once
+    /// the connection is not in the middle of a method that may have caused it (see
+    /// [`Out::replies_first`]). Gives up, sending nothing, if `stop` fires first: a consumer
+    /// the client cancels itself needs no notification, and the connection may be waiting for
+    /// this task to end.
+    pub async fn notify(
+        &self,
+        channel: u16,
+        m: AMQPClass,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let turn = tokio::select! {
+            turn = self.replies_first.read() => turn,
+            _ = stop.wait_for(|stopped| *stopped) => return false,
+        };
+        let sent = self.method(channel, m).await;
+        drop(turn);
+        sent
     }
 }
 
@@ -817,8 +844,8 @@ impl Channel {
                     AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
                         delivery_tag: tag,
                         redelivered: msg.redelivered,
-                        exchange: o.exchange.into(),
-                        routing_key: o.routing_key.into(),
+                        exchange: o.exchange,
+                        routing_key: o.routing_key,
                         message_count: queue.message_count().min(u64::from(u32::MAX)) as u32,
                     })),
                     &mut b,
@@ -1039,12 +1066,13 @@ async fn run_consumer(mut t: ConsumerTask) {
         if t.queue.is_deleted() {
             // consumer_cancel_notify: tell the client its consumer is gone.
             t.out
-                .method(
+                .notify(
                     t.channel,
                     AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                         consumer_tag: t.tag.clone().into(),
                         nowait: true,
                     })),
+                    &mut t.stop,
                 )
                 .await;
             return;
@@ -1074,8 +1102,8 @@ async fn run_consumer(mut t: ConsumerTask) {
                                 consumer_tag: t.tag.clone().into(),
                                 delivery_tag: tag,
                                 redelivered: msg.redelivered,
-                                exchange: o.exchange.into(),
-                                routing_key: o.routing_key.into(),
+                                exchange: o.exchange,
+                                routing_key: o.routing_key,
                             })),
                             &mut b,
                         );

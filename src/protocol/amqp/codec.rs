@@ -258,17 +258,26 @@ pub fn encode_content(
     frame_max: usize,
     out: &mut BytesMut,
 ) {
-    encode_with_generator(
-        &AMQPFrame::Header(
-            channel,
-            AMQPContentHeader {
-                class_id: 60,
-                body_size: body.len() as u64,
-                properties,
-            },
-        ),
-        out,
+    let start = out.len();
+    let header = AMQPFrame::Header(
+        channel,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: body.len() as u64,
+            properties,
+        },
     );
+    encode_with_generator(&header, out);
+    // A content header cannot be split across frames: a property set too large for the
+    // peer's frame_max is cut down (see `bounded::fit_frame`) rather than sent oversized.
+    let encoded_len = out.len() - start;
+    if encoded_len > frame_max {
+        if let AMQPFrame::Header(channel, mut h) = header {
+            out.truncate(start);
+            h.properties = super::bounded::fit_frame(h.properties, encoded_len, frame_max);
+            encode_with_generator(&AMQPFrame::Header(channel, h), out);
+        }
+    }
     let chunk = frame_max.saturating_sub(FRAME_OVERHEAD).max(1);
     out.reserve(body.len() + body.len().div_ceil(chunk) * FRAME_OVERHEAD);
     for part in body.chunks(chunk) {

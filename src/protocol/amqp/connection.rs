@@ -183,6 +183,7 @@ pub async fn serve(
             budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET)),
             publish_budget: Arc::new(tokio::sync::Semaphore::new(super::channel::PUBLISH_BUDGET)),
             frame_max: 0,
+            replies_first: Arc::new(tokio::sync::RwLock::new(())),
         },
         heartbeat_tx,
         phase: Phase::AwaitStartOk,
@@ -819,6 +820,15 @@ impl Conn {
             core: &self.core,
             vhost: &self.vhost,
             connection_id: self.id,
+        };
+        // Queue and exchange methods may cancel consumers of this connection (queue.delete):
+        // their reply goes out before any basic.cancel they cause (see `Out::replies_first`).
+        // Never held across a wait for a consumer task, which may be waiting for it.
+        let _replies_first = match &m {
+            AMQPClass::Queue(_) | AMQPClass::Exchange(_) => {
+                Some(self.out.replies_first.clone().write_owned().await)
+            }
+            _ => None,
         };
         let reply = match m {
             AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => Some(AMQPClass::Channel(

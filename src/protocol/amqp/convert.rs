@@ -11,7 +11,13 @@
 //! |                         |                          | dead-lettering; see below)            |
 //! | content-type            | `amqp.content-type`      | UTF-8                                 |
 //! | content-encoding        | `amqp.content-encoding`  | UTF-8                                 |
-//! | headers                 | `amqp.headers`           | AMQP field-table wire encoding        |
+//! | headers: string entry   | the entry's own name     | UTF-8 (the long string's bytes)       |
+//! | headers: void entry     | the entry's own name     | null                                  |
+//! | headers: typed entry    | the entry's own name     | canonical text (decimal, `true`,      |
+//! |                         | + `amqp.headers`         | RFC 3339, JSON for tables/arrays) +   |
+//! |                         |                          | the typed entry in field-table wire   |
+//! |                         |                          | encoding (it wins at delivery)        |
+//! | headers: reserved name  | `amqp.headers` only      | AMQP field-table wire encoding        |
 //! | delivery-mode           | `amqp.delivery-mode`     | decimal ASCII (`1`, `2`)              |
 //! | priority                | `ferry.priority`         | decimal ASCII (the core orders        |
 //! |                         |                          | priority queues by it)                |
@@ -26,7 +32,15 @@
 //! | app-id                  | `amqp.app-id`            | UTF-8                                 |
 //! | cluster-id              | `amqp.cluster-id`        | UTF-8                                 |
 //!
-//! The `headers` table keeps its AMQP types exactly by storing its wire encoding. The core's
+//! **Application headers are readable from every protocol.** Each `headers` entry becomes a
+//! record header of the same name, so a Kafka consumer reads `x-source` as a plain header. A
+//! long string is *moved* (stored once, as its bytes) and comes back as the same long string;
+//! any other type is *copied* as its canonical text and its typed value also kept in the
+//! `amqp.headers` table, where it wins at delivery, so an AMQP consumer gets back exactly what
+//! was published, field types included. Names Ferry reads back as its own (`amqp.*`,
+//! `ferry.*`, `ce_*`, `content-type`) are not copied out: those entries live in `amqp.headers`
+//! only. Records written before this mapping (every entry in `amqp.headers`) read back as
+//! before. The core's
 //! protocol-neutral death history (`ferry.death`, newest first) is delivered as RabbitMQ's
 //! `x-death` array of tables (`queue`, `reason`, `count`, `time`, `exchange`, `routing-keys`)
 //! plus `x-first-death-{queue,reason,exchange}` and `x-last-death-{queue,reason,exchange}`. Record headers
@@ -34,9 +48,10 @@
 //! long-string values (void for a null value), so a Kafka record reaches an AMQP consumer with
 //! its headers readable.
 //!
-//! **Event headers, CloudEvents and trace context.** A few AMQP `headers` entries are lifted out
-//! of the table into record headers of their own, so Kafka consumers and the core's
-//! [`EventMetadata`](crate::broker::event::EventMetadata) can read them:
+//! **Event headers, CloudEvents and trace context.** By the rule above, `traceparent`,
+//! `tracestate`, `causation-id` and `schema-version` become record headers of their own, which
+//! the core's [`EventMetadata`](crate::broker::event::EventMetadata) reads; CloudEvents
+//! attributes are renamed to the Kafka binding's:
 //!
 //! | AMQP `headers` entry                      | record header          |
 //! |-------------------------------------------|------------------------|
@@ -68,6 +83,16 @@
 //! RabbitMQ's `set_header_timestamp` interceptor does the same). So every delivered message
 //! has an id and a timestamp, and Kafka and AMQP consumers see the same ones.
 //!
+//! **What AMQP cannot carry.** A Kafka producer can write a key, a header name or an `amqp.*`
+//! value longer than AMQP's 255-byte short strings, or headers larger than a consumer's
+//! `frame_max`. Such a record is still delivered, never dropped: the routing key, exchange or
+//! property that does not fit is left empty and its full value sent in the long-string header
+//! `x-ferry-<field>` (`x-ferry-routing-key`, `x-ferry-content-type`, `x-ferry-message-id`,
+//! ...); a header whose name is too long arrives as a `{name, value}` entry of the array
+//! header `x-ferry-long-headers`; and a property set too large for one frame loses its largest
+//! headers, named in `x-ferry-dropped-headers` (the record itself keeps them). The rules live
+//! in [`super::bounded`].
+//!
 //! Field tables (message headers for the headers exchange, declare and bind arguments) become
 //! `serde_json` values for the core, which compares and persists them without knowing AMQP.
 
@@ -78,10 +103,8 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
-use crate::broker::event::{
-    self, RecordLocation, CAUSATION_ID_HEADER, CE_PREFIX, MESSAGE_ID_HEADER, SCHEMA_VERSION_HEADER,
-    TRACEPARENT_HEADER, TRACESTATE_HEADER,
-};
+use super::bounded::Overflow;
+use crate::broker::event::{self, RecordLocation, CE_PREFIX, MESSAGE_ID_HEADER};
 use crate::broker::routing::{
     RoutingError, DEATH_HEADER, EXCHANGE_HEADER, PRIORITY_HEADER, TTL_HEADER,
 };
@@ -103,13 +126,6 @@ const CONTENT_TYPE_HEADER: &str = "content-type";
 /// Set to `_` when a publisher wrote its CloudEvents attributes as `cloudEvents_*`.
 const CE_SEPARATOR_HEADER: &str = "ferry.ce-separator";
 const CE_AMQP_PREFIX: &str = "cloudEvents";
-/// AMQP `headers` entries that become record headers of the same name.
-const LIFTED_HEADERS: &[&str] = &[
-    TRACEPARENT_HEADER,
-    TRACESTATE_HEADER,
-    CAUSATION_ID_HEADER,
-    SCHEMA_VERSION_HEADER,
-];
 
 type Getter = fn(&AMQPProperties) -> &Option<ShortString>;
 type Setter = fn(AMQPProperties, ShortString) -> AMQPProperties;
@@ -167,7 +183,7 @@ pub fn to_record(
     now_ms: i64,
 ) -> SimpleRecord {
     let mut headers: Vec<(String, Option<Bytes>)> = Vec::with_capacity(4);
-    let lifted = properties.headers().as_ref().and_then(lift_event_headers);
+    let lifted = properties.headers().as_ref().map(split_headers);
     let cloud_event = lifted.as_ref().and_then(|l| l.separator);
     for (name, get, _) in STRING_PROPERTIES {
         if let Some(v) = get(properties) {
@@ -183,21 +199,15 @@ pub fn to_record(
         }
     }
     let mut has_ce_id = false;
-    match (lifted, properties.headers()) {
-        (Some(l), _) => {
-            if let Some(rest) = l.rest {
-                headers.push((HEADERS_HEADER.into(), Some(encode_table(&rest))));
-            }
-            if l.separator == Some('_') {
-                headers.push((CE_SEPARATOR_HEADER.into(), Some(Bytes::from_static(b"_"))));
-            }
-            for (name, value) in l.headers {
-                has_ce_id |= name == "ce_id";
-                headers.push((name, Some(value)));
-            }
+    if let Some(l) = lifted {
+        if let Some(rest) = l.rest {
+            headers.push((HEADERS_HEADER.into(), Some(encode_table(&rest))));
         }
-        (None, Some(table)) => headers.push((HEADERS_HEADER.into(), Some(encode_table(table)))),
-        (None, None) => {}
+        if l.separator == Some('_') {
+            headers.push((CE_SEPARATOR_HEADER.into(), Some(Bytes::from_static(b"_"))));
+        }
+        has_ce_id = l.headers.iter().any(|(name, _)| name == "ce_id");
+        headers.extend(l.headers);
     }
     if let Some(m) = properties.delivery_mode() {
         headers.push((DELIVERY_MODE_HEADER.into(), Some(m.to_string().into())));
@@ -228,19 +238,31 @@ pub fn to_record(
     }
 }
 
-/// The event headers lifted out of an AMQP `headers` table (see the module docs).
+/// An AMQP `headers` table split into record headers (see the module docs).
 struct Lifted {
-    /// What stays in `amqp.headers`; `None` when everything moved out.
+    /// What stays in `amqp.headers` (typed values, reserved names); `None` when nothing does.
     rest: Option<FieldTable>,
-    /// Record headers to add (`ce_*`, `traceparent`, …).
-    headers: Vec<(String, Bytes)>,
+    /// Record headers to add: application headers under their own names, `ce_*`, ...
+    headers: Vec<(String, Option<Bytes>)>,
     /// The CloudEvents separator, if the message carries CloudEvents attributes.
     separator: Option<char>,
 }
 
-/// Splits the event headers out of `table`; `None` (and no copy of the table) when it holds
-/// none, which is the common case on the publish path.
-fn lift_event_headers(table: &FieldTable) -> Option<Lifted> {
+/// Whether an application header name would be read back as one of Ferry's own record headers
+/// (`amqp.*`, `ferry.*`, `ce_*`, `content-type`): such an entry stays in `amqp.headers` only.
+fn reserved_name(name: &str) -> bool {
+    name.starts_with(PREFIX)
+        || name.starts_with("ferry.")
+        || name.starts_with(CE_PREFIX)
+        || name == CONTENT_TYPE_HEADER
+}
+
+/// Splits `table` into record headers a Kafka consumer can read: a long-string entry moves to
+/// a record header of its name (UTF-8 bytes), a void one to a null-valued record header, and
+/// any other type is copied as its canonical text while the typed value stays in the returned
+/// table, where it wins at delivery. Each value is encoded once: strings are never also put in
+/// `amqp.headers`.
+fn split_headers(table: &FieldTable) -> Lifted {
     let ce_with = |sep: char| {
         table.inner().keys().any(|k| {
             k.as_str()
@@ -256,37 +278,65 @@ fn lift_event_headers(table: &FieldTable) -> Option<Lifted> {
     } else {
         None
     };
-    if separator.is_none() && !LIFTED_HEADERS.iter().any(|h| table.contains_key(h)) {
-        return None;
-    }
     let mut rest = FieldTable::default();
-    let mut headers = Vec::new();
+    let mut headers = Vec::with_capacity(table.inner().len());
     for (k, v) in table.inner() {
         let key = k.as_str();
-        let target = match separator
+        let ce_attr = separator
             .and_then(|sep| key.strip_prefix(CE_AMQP_PREFIX)?.strip_prefix(sep))
-            .filter(|attr| !attr.is_empty())
-        {
-            Some(attr) => Some(format!("{CE_PREFIX}{attr}")),
-            None => LIFTED_HEADERS.contains(&key).then(|| key.to_string()),
-        };
-        match target.and_then(|t| canonical_string(v).map(|s| (t, s))) {
-            Some((name, text)) => {
-                headers.push((name, text));
-                if !matches!(v, AMQPValue::LongString(_)) {
+            .filter(|attr| !attr.is_empty());
+        let (name, text) = match ce_attr {
+            // CloudEvents attributes keep the binding's canonical strings; other types (a
+            // float `cloudEvents:x`) stay typed only.
+            Some(attr) => match canonical_string(v) {
+                Some(text) => (format!("{CE_PREFIX}{attr}"), Some(text)),
+                None => {
                     rest.insert(k.clone(), v.clone());
+                    continue;
                 }
-            }
-            None => {
+            },
+            None if reserved_name(key) => {
                 rest.insert(k.clone(), v.clone());
+                continue;
             }
+            None => (key.to_string(), plain_text(v)),
+        };
+        headers.push((name, text));
+        if !matches!(v, AMQPValue::LongString(_) | AMQPValue::Void) {
+            rest.insert(k.clone(), v.clone());
         }
     }
-    Some(Lifted {
-        rest: (!rest.inner().is_empty()).then_some(rest),
+    Lifted {
+        // An empty table stays an empty table (`headers={}` round-trips as published).
+        rest: (!rest.inner().is_empty() || table.inner().is_empty()).then_some(rest),
         headers,
         separator,
-    })
+    }
+}
+
+/// A header value as the text of a record header: the canonical string where the CloudEvents
+/// type system has one, shortest round-trip decimals for floats, the exact decimal for an AMQP
+/// decimal, JSON for tables and arrays; `None` (a null record header) for void.
+fn plain_text(v: &AMQPValue) -> Option<Bytes> {
+    if let Some(text) = canonical_string(v) {
+        return Some(text);
+    }
+    let text = match v {
+        AMQPValue::Void => return None,
+        AMQPValue::Float(f) => f.to_string(),
+        AMQPValue::Double(f) => f.to_string(),
+        AMQPValue::DecimalValue(d) => {
+            let digits = format!("{:0>width$}", d.value, width = usize::from(d.scale) + 1);
+            let (int, frac) = digits.split_at(digits.len() - usize::from(d.scale));
+            if frac.is_empty() {
+                int.to_string()
+            } else {
+                format!("{int}.{frac}")
+            }
+        }
+        other => value_to_json(other).to_string(),
+    };
+    Some(text.into())
 }
 
 /// The canonical string form of a header value (the CloudEvents type system's), or `None` for
@@ -330,8 +380,8 @@ pub fn check_expiration(properties: &AMQPProperties) -> Result<(), AmqpError> {
 /// A stored record as what basic.deliver / get-ok / return need.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub exchange: String,
-    pub routing_key: String,
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
     pub properties: AMQPProperties,
     pub body: Bytes,
 }
@@ -363,16 +413,23 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
     let mut ce_time: Option<&Option<Bytes>> = None;
     let mut ce_attrs: Vec<(&str, &Bytes)> = Vec::new();
     let mut ce_separator = ':';
+    // Values too long for their AMQP short string (see `bounded`): any Kafka producer can
+    // write them.
+    let mut overflow = Overflow::default();
     for (name, value) in &record.headers {
-        if let Some((_, _, set)) = STRING_PROPERTIES.iter().find(|(n, _, _)| n == name) {
-            props = set(props, ShortString::from(text(value)));
+        if let Some((n, _, set)) = STRING_PROPERTIES.iter().find(|(n, _, _)| n == name) {
+            if let Some(v) = overflow.short(&n[PREFIX.len()..], text(value)) {
+                props = set(props, v);
+            }
             continue;
         }
         match name.as_str() {
             EXCHANGE_HEADER => exchange = text(value),
             DEATH_HEADER => deaths = death_headers(&text(value)),
             TTL_HEADER | LEGACY_EXPIRATION_HEADER => {
-                props = props.with_expiration(ShortString::from(text(value)))
+                if let Some(v) = overflow.short("expiration", text(value)) {
+                    props = props.with_expiration(v);
+                }
             }
             HEADERS_HEADER => table = value.as_ref().and_then(|b| decode_table(b)),
             DELIVERY_MODE_HEADER => {
@@ -415,13 +472,15 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
                     Some(b) => AMQPValue::LongString(LongString::from(b.to_vec())),
                     None => AMQPValue::Void,
                 };
-                foreign.insert(ShortString::from(other.to_string()), v);
+                if let Some(name) = overflow.header_name(other, &v) {
+                    foreign.insert(name, v);
+                }
             }
         }
     }
     if props.content_type().is_none() {
-        if let Some(v) = plain_content_type {
-            props = props.with_content_type(ShortString::from(text(v)));
+        if let Some(v) = plain_content_type.and_then(|v| overflow.short("content-type", text(v))) {
+            props = props.with_content_type(v);
         }
     }
     if props.message_id().is_none() {
@@ -430,8 +489,8 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
             .or(source)
             .map(text)
             .or_else(|| location.map(|l| l.to_string()));
-        if let Some(id) = id {
-            props = props.with_message_id(ShortString::from(id));
+        if let Some(id) = id.and_then(|id| overflow.short("message-id", id)) {
+            props = props.with_message_id(id);
         }
     }
     if props.timestamp().is_none() {
@@ -446,11 +505,17 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
         }
     }
     for (attr, v) in ce_attrs {
-        foreign.insert(
-            ShortString::from(format!("{CE_AMQP_PREFIX}{ce_separator}{attr}")),
-            AMQPValue::LongString(LongString::from(v.to_vec())),
-        );
+        let v = AMQPValue::LongString(LongString::from(v.to_vec()));
+        if let Some(name) =
+            overflow.header_name(&format!("{CE_AMQP_PREFIX}{ce_separator}{attr}"), &v)
+        {
+            foreign.insert(name, v);
+        }
     }
+    let exchange = overflow.short("exchange", exchange).unwrap_or_default();
+    let routing_key = overflow
+        .short("routing-key", text(&record.key))
+        .unwrap_or_default();
     if !foreign.inner().is_empty() {
         // A typed value the publisher put in the table wins over its string copy.
         let mut merged = table.take().unwrap_or_default();
@@ -459,6 +524,11 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
                 merged.insert(k.clone(), v.clone());
             }
         }
+        table = Some(merged);
+    }
+    if !overflow.is_empty() {
+        let mut merged = table.take().unwrap_or_default();
+        overflow.merge_into(&mut merged);
         table = Some(merged);
     }
     // The broker's own death history wins over anything a publisher put in x-death.
@@ -474,7 +544,7 @@ pub fn from_record_at(record: &SimpleRecord, location: Option<RecordLocation<'_>
     }
     Outgoing {
         exchange,
-        routing_key: text(&record.key),
+        routing_key,
         properties: props,
         body: record.value.clone().unwrap_or_default(),
     }
@@ -568,6 +638,12 @@ pub fn table_to_json(table: &FieldTable) -> Value {
         m.insert(k.as_str().to_string(), value_to_json(v));
     }
     Value::Object(m)
+}
+
+/// A stored record's AMQP headers as a JSON map, as an AMQP consumer would get them (for
+/// headers-exchange routing of dead letters and replays, and for display).
+pub fn record_headers_json(record: &SimpleRecord) -> Option<Map<String, Value>> {
+    headers_json(&from_record(record).properties)
 }
 
 /// Message headers as a JSON map for headers-exchange routing.
@@ -702,8 +778,8 @@ mod tests {
         rec.headers
             .push((EXCHANGE_HEADER.into(), Some("ex".into())));
         let out = from_record(&rec);
-        assert_eq!(out.exchange, "ex");
-        assert_eq!(out.routing_key, "rk");
+        assert_eq!(out.exchange.as_str(), "ex");
+        assert_eq!(out.routing_key.as_str(), "rk");
         assert_eq!(out.body, Bytes::from_static(b"hi"));
         assert_eq!(out.properties, props);
     }
@@ -828,5 +904,105 @@ mod tests {
         let p = from_record(&copy).properties;
         assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("t/1/42"));
         assert_eq!(p.timestamp(), &Some(5));
+    }
+    #[test]
+    fn application_headers_become_plain_record_headers_and_round_trip_exactly() {
+        use amq_protocol::types::{DecimalValue, FieldArray};
+        let mut nested = FieldTable::default();
+        nested.insert("a".into(), AMQPValue::LongInt(1));
+        let mut table = FieldTable::default();
+        table.insert("x-source".into(), long("amqp"));
+        table.insert("retries".into(), AMQPValue::LongLongInt(-3));
+        table.insert("small".into(), AMQPValue::ShortShortUInt(7));
+        table.insert("ok".into(), AMQPValue::Boolean(true));
+        table.insert("at".into(), AMQPValue::Timestamp(1_522_900_584));
+        table.insert("ratio".into(), AMQPValue::Double(0.25));
+        table.insert("f".into(), AMQPValue::Float(1.5));
+        table.insert(
+            "price".into(),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 1999,
+            }),
+        );
+        table.insert(
+            "tiny".into(),
+            AMQPValue::DecimalValue(DecimalValue { scale: 3, value: 5 }),
+        );
+        table.insert("nested".into(), AMQPValue::FieldTable(nested));
+        table.insert(
+            "list".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![long("p"), AMQPValue::LongInt(2)])),
+        );
+        table.insert("nothing".into(), AMQPValue::Void);
+        // Names Ferry would read back as its own stay in the typed table only.
+        table.insert("amqp.content-type".into(), long("not the property"));
+        table.insert("ferry.priority".into(), long("9"));
+        table.insert("ce_id".into(), long("not an event id"));
+        table.insert("content-type".into(), long("text/evil"));
+        let props = AMQPProperties::default()
+            .with_message_id("m".into())
+            .with_timestamp(1)
+            .with_headers(table.clone());
+        let rec = to_record("rk", &props, Bytes::new(), 5);
+        for (name, text) in [
+            ("x-source", &b"amqp"[..]),
+            ("retries", b"-3"),
+            ("small", b"7"),
+            ("ok", b"true"),
+            ("at", b"2018-04-05T03:56:24Z"),
+            ("ratio", b"0.25"),
+            ("f", b"1.5"),
+            ("price", b"19.99"),
+            ("tiny", b"0.005"),
+            ("nested", br#"{"a":1}"#),
+            ("list", br#"["p",2]"#),
+        ] {
+            assert_eq!(header(&rec, name), Some(text), "{name}");
+        }
+        assert!(rec
+            .headers
+            .iter()
+            .any(|(k, v)| k == "nothing" && v.is_none()));
+        for reserved in ["ferry.priority", "ce_id", "content-type"] {
+            assert_eq!(header(&rec, reserved), None, "{reserved}");
+        }
+        assert_eq!(header(&rec, "amqp.content-type"), None);
+        // Strings and voids are stored once: not also in the typed table.
+        let typed = decode_table(header(&rec, "amqp.headers").unwrap()).unwrap();
+        assert!(!typed.contains_key("x-source"));
+        assert!(!typed.contains_key("nothing"));
+        assert!(typed.contains_key("retries") && typed.contains_key("ce_id"));
+        let out = from_record(&rec).properties;
+        assert_eq!(out, props);
+        assert_eq!(out.content_type(), &None);
+    }
+
+    #[test]
+    fn records_of_the_previous_format_read_back_the_same() {
+        // Before the mapping, every entry travelled in the `amqp.headers` blob.
+        let mut table = FieldTable::default();
+        table.insert("x-source".into(), long("amqp"));
+        table.insert("n".into(), AMQPValue::LongInt(4));
+        let rec = SimpleRecord {
+            key: Some("rk".into()),
+            value: Some("v".into()),
+            headers: vec![
+                ("amqp.message-id".into(), Some("m".into())),
+                ("amqp.headers".into(), Some(encode_table(&table))),
+            ],
+            timestamp: 7_000,
+        };
+        assert_eq!(from_record(&rec).properties.headers(), &Some(table));
+    }
+
+    #[test]
+    fn an_empty_headers_table_round_trips() {
+        let props = AMQPProperties::default()
+            .with_message_id("m".into())
+            .with_timestamp(1)
+            .with_headers(FieldTable::default());
+        let rec = to_record("rk", &props, Bytes::new(), 5);
+        assert_eq!(from_record(&rec).properties, props);
     }
 }

@@ -6,9 +6,11 @@
 //! the core's router), [`channel`] (publish assembly, consumers, acks, prefetch, confirms) and
 //! [`connection`] (handshake, authentication, tuning, heartbeats, the frame loop and the single
 //! socket writer, connection.blocked under a resource alarm), plus [`reply_to`] (direct
-//! reply-to, which bypasses queues). Exchanges, queues and bindings live in the core (`broker::routing`,
+//! reply-to, which bypasses queues) and [`bounded`] (records whose fields exceed AMQP's short
+//! strings or frame_max are delivered with the excess moved to documented headers). Exchanges, queues and bindings live in the core (`broker::routing`,
 //! `broker::queue`); this module never stores a message itself.
 
+pub mod bounded;
 pub mod channel;
 pub mod codec;
 pub mod connection;
@@ -36,9 +38,8 @@ pub async fn serve(
     // The memory and disk alarms that block publishers run in `observe::alarms`.
     core.router().set_vhosts(&settings.vhosts);
     // Dead letters are routed by their headers, which only this adapter can decode.
-    core.router().set_headers_reader(|record| {
-        convert::headers_json(&convert::from_record(record).properties)
-    });
+    core.router()
+        .set_headers_reader(convert::record_headers_json);
     let max_connections = settings.max_connections;
     super::accept_loop_limited(
         "amqp",

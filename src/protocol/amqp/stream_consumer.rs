@@ -447,8 +447,8 @@ async fn run(mut t: Task) {
                             consumer_tag: t.tag.clone().into(),
                             delivery_tag,
                             redelivered: false,
-                            exchange: o.exchange.into(),
-                            routing_key: o.routing_key.into(),
+                            exchange: o.exchange,
+                            routing_key: o.routing_key,
                         })),
                         &mut b,
                     );
@@ -463,12 +463,13 @@ async fn run(mut t: Task) {
             Err(StreamError::NotFound(_)) => {
                 // consumer_cancel_notify: the stream was deleted under the consumer.
                 t.out
-                    .method(
+                    .notify(
                         t.channel,
                         AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                             consumer_tag: t.tag.clone().into(),
                             nowait: true,
                         })),
+                        &mut t.stop,
                     )
                     .await;
                 return;
