@@ -74,7 +74,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let broker = ferry::Broker::builder()
             .config(config)
             .start_with(|http| {
-                tracing::info!(%http, "HTTP listening (/healthz, /readyz, /metrics)");
+                // 0.0.0.0 is where it listens, not an address to browse to.
+                let url = if http.ip().is_unspecified() {
+                    format!("http://127.0.0.1:{}", http.port())
+                } else {
+                    format!("http://{http}")
+                };
+                tracing::info!(
+                    "admin API at {url}/api (docs/admin-api.yaml; `ferry topic list` uses it), \
+                     health at {url}/readyz, metrics at {url}/metrics"
+                );
             })
             .await
             .context("ferry could not start")?;
