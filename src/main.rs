@@ -51,6 +51,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Config::load_with_warnings(args.config.as_deref(), std::env::vars(), args.overrides().0)
             .context("invalid configuration")?;
     if args.print_config {
+        for warning in &warnings {
+            eprintln!("ferry: warning: {warning}");
+        }
         print!("{}", config::to_toml_string(&config));
         return Ok(());
     }
@@ -81,7 +84,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     format!("http://{http}")
                 };
                 tracing::info!(
-                    "admin API at {url}/api (docs/admin-api.yaml; `ferry topic list` uses it), \
+                    %http,
+                    "HTTP listening: admin API at {url}/api (`ferry topic list` uses it), \
                      health at {url}/readyz, metrics at {url}/metrics"
                 );
             })
