@@ -51,6 +51,23 @@ pub enum Command {
         after_help = "Examples:\n  ferry consume -t orders -e                     # everything, then stop\n  ferry consume -t orders -p 1 -o -10 --json     # the last ten of partition 1\n  ferry consume -t orders -o end                 # wait for new messages"
     )]
     Consume(crate::admin_cli::args::ConsumeArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Examples:\n  ferry completions bash > /etc/bash_completion.d/ferry\n  ferry completions zsh > \"${fpath[1]}/_ferry\"\n  ferry completions fish > ~/.config/fish/completions/ferry.fish"
+    )]
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page ferry(1) in roff, or write one page per subcommand to a directory.
+    #[command(
+        after_help = "Examples:\n  ferry man | man -l -\n  ferry man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write ferry.1 and ferry-<subcommand>.1 into DIR instead of printing ferry.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Every option can also be set in the TOML file given by --config and by a FERRY_* environment

@@ -213,6 +213,8 @@ fn help_describes_every_argument() {
         &["dlq", "purge"],
         &["produce"],
         &["consume"],
+        &["completions"],
+        &["man"],
     ];
     let with_examples = [
         "serve",
@@ -226,6 +228,8 @@ fn help_describes_every_argument() {
         "dlq replay",
         "produce",
         "consume",
+        "completions",
+        "man",
     ];
     for leaf in leaves {
         let out = ferry(leaf).arg("-h").output().unwrap();
@@ -250,7 +254,7 @@ fn help_describes_every_argument() {
             }
             assert!(help.contains("Example"), "{leaf:?} has no example:\n{help}");
         }
-        let takes_connection = !matches!(leaf[0], "serve");
+        let takes_connection = !matches!(leaf[0], "serve" | "completions" | "man");
         if takes_connection {
             assert!(
                 help.contains("Connection (also from the environment):"),
