@@ -1,5 +1,11 @@
-# Build: docker build -t ferry .
-# Run:   docker run -p 9092:9092 -p 5672:5672 -p 8080:8080 -v ferry-data:/var/lib/ferry ferry
+# Build: docker build -t ferry .            (or: podman build -t ferry .)
+# Run:   docker run -p 9092:9092 -p 5672:5672 -p 8080:8080 -v ferry-data:/var/lib/ferry \
+#          -e FERRY_KAFKA_ADVERTISED=localhost:9092 ferry
+#
+# FERRY_KAFKA_ADVERTISED: Kafka clients connect to the address the broker advertises in its
+# Metadata answers, not to the one they bootstrapped from. Inside a container the broker sees
+# its own address; set FERRY_KAFKA_ADVERTISED to the HOST:PORT clients can reach (the published
+# port on the host, or the service name in compose/Kubernetes).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -12,17 +18,21 @@ COPY proto ./proto
 RUN cargo build --release --locked --bin ferry
 
 FROM debian:bookworm-slim
-RUN useradd --system --home /var/lib/ferry ferry \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/ferry --shell /usr/sbin/nologin ferry \
     && mkdir -p /var/lib/ferry /etc/ferry \
-    && chown ferry /var/lib/ferry
+    && chown ferry:ferry /var/lib/ferry
 COPY --from=build /src/target/release/ferry /usr/local/bin/ferry
 COPY config/ferry.toml /etc/ferry/ferry.toml
 USER ferry
 ENV FERRY_DATA_DIR=/var/lib/ferry
 VOLUME /var/lib/ferry
 EXPOSE 9092 5672 8080
-# Kafka clients must reach the advertised address; set FERRY_KAFKA_ADVERTISED=host:port when
-# the container's own address is not reachable by them (port mapping, NAT).
-HEALTHCHECK --interval=10s --timeout=3s CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '200 OK' <&3"]
+# Ready means recovered and every listener accepting (not only "the process is up").
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/readyz"]
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/ferry"]
 CMD ["serve", "--config", "/etc/ferry/ferry.toml"]

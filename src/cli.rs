@@ -22,8 +22,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker.
+    #[command(
+        after_help = "Examples:\n  ferry serve                                    # ./ferry-data, Kafka 9092, AMQP 5672, HTTP 8080\n  ferry serve --data-dir /var/lib/ferry --fsync interval:100\n  ferry serve --config /etc/ferry/ferry.toml --print-config"
+    )]
     Serve(ServeArgs),
     /// Measure a running broker from the outside (throughput, latency, client CPU).
+    #[command(
+        after_help = "Examples:\n  ferry bench kafka                              # a short run against 127.0.0.1:9092\n  ferry bench amqp --sizes 16,1KiB --duration 10"
+    )]
     Bench(BenchArgs),
     /// Topics: list, create, delete, describe (through the admin API).
     Topic(crate::admin_cli::args::TopicArgs),
@@ -36,9 +42,32 @@ pub enum Command {
     /// Dead-letter queues: list, browse, replay, purge (through the admin API).
     Dlq(crate::admin_cli::args::DlqArgs),
     /// Produce lines from stdin or a file to a topic over the Kafka protocol (like kcat -P).
+    #[command(
+        after_help = "Examples:\n  echo hello | ferry produce -t orders\n  ferry produce -t orders -f events.txt -K :    # key before the first ':'"
+    )]
     Produce(crate::admin_cli::args::ProduceArgs),
     /// Print a topic's messages over the Kafka protocol (like kcat -C).
+    #[command(
+        after_help = "Examples:\n  ferry consume -t orders -e                     # everything, then stop\n  ferry consume -t orders -p 1 -o -10 --json     # the last ten of partition 1\n  ferry consume -t orders -o end                 # wait for new messages"
+    )]
     Consume(crate::admin_cli::args::ConsumeArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Examples:\n  ferry completions bash > /etc/bash_completion.d/ferry\n  ferry completions zsh > \"${fpath[1]}/_ferry\"\n  ferry completions fish > ~/.config/fish/completions/ferry.fish"
+    )]
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page ferry(1) in roff, or write one page per subcommand to a directory.
+    #[command(
+        after_help = "Examples:\n  ferry man | man -l -\n  ferry man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write ferry.1 and ferry-<subcommand>.1 into DIR instead of printing ferry.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Every option can also be set in the TOML file given by --config and by a FERRY_* environment
@@ -118,15 +147,18 @@ pub enum BenchTarget {
 /// Flags of `ferry bench amqp`.
 #[derive(Debug, Clone, Args)]
 pub struct AmqpBenchArgs {
-    /// Broker URL (the vhost `/` is written %2f).
+    /// Broker URL (the vhost `/` is written %2f); `-b` as in `ferry bench kafka`.
     #[arg(
+        short = 'b',
         long,
         value_name = "URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        env = "FERRY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        help_heading = "Connection (also from the environment)"
     )]
     pub url: String,
     /// Messages to publish (and consume) per size [default: publish for 10 s].
-    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    #[arg(long, alias = "records", value_name = "N", conflicts_with = "duration")]
     pub messages: Option<u64>,
     /// Publish for this many seconds per size [default: 10].
     #[arg(long, value_name = "SECS")]
@@ -166,18 +198,30 @@ pub struct AmqpBenchArgs {
 /// Flags of `ferry bench kafka`.
 #[derive(Debug, Clone, Args)]
 pub struct KafkaBenchArgs {
-    /// Broker to bootstrap from.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
+    /// Kafka listener to bootstrap from (as for `ferry produce`/`consume`).
+    #[arg(
+        short = 'b',
+        long,
+        value_name = "HOST:PORT",
+        env = "FERRY_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        help_heading = "Connection (also from the environment)"
+    )]
     pub bootstrap: String,
-    /// Records to produce (then consume) per case [default: 2 GiB of values, i.e. 21,474,836
-    /// of 100 B or 2,097,152 of 1 KiB].
-    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    /// Records to produce (then consume) per case [default: 64 MiB of values, i.e. 671,088
+    /// of 100 B or 65,536 of 1 KiB; the default run takes well under a minute].
+    #[arg(
+        long,
+        alias = "messages",
+        value_name = "N",
+        conflicts_with = "duration"
+    )]
     pub records: Option<u64>,
     /// Produce for this many seconds per case instead of a fixed record count.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
     /// Record value sizes in bytes, comma-separated (suffixes k/KiB and M/MiB are accepted).
-    #[arg(long, value_name = "BYTES,...", value_delimiter = ',', default_value = "100,1024", value_parser = parse_bytes)]
+    #[arg(long, alias = "size", value_name = "BYTES,...", value_delimiter = ',', default_value = "100,1024", value_parser = parse_bytes)]
     pub sizes: Vec<usize>,
     /// Partition counts, comma-separated; one case per size x partition count.
     #[arg(

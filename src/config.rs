@@ -17,19 +17,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::{FsyncPolicy, LogConfig};
 
+mod diagnose;
+use diagnose::{did_you_mean, did_you_mean_variable, flag_name, io_reason, with_origin, Origins};
+
 /// A configuration problem, always naming the key (or variable) it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("config file {path} does not exist (check --config or FERRY_CONFIG)")]
+    Missing { path: PathBuf },
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
-    #[error("unknown setting `{key}` (from {origin}); see config/ferry.toml for every setting")]
+    #[error(
+        "unknown setting `{key}` in {origin}{} (every setting is listed in config/ferry.toml)",
+        did_you_mean(key)
+    )]
     Unknown { key: String, origin: String },
 }
 
@@ -134,10 +139,13 @@ impl Default for LogSettings {
 impl LogSettings {
     /// The topic defaults as a [`LogConfig`]; fails on an unparseable fsync policy.
     pub fn to_log_config(&self) -> Result<LogConfig, ConfigError> {
-        let fsync: FsyncPolicy = self.fsync.parse().map_err(|e| ConfigError::Invalid {
-            key: "log.fsync".into(),
-            message: format!("{e} (use \"always\", \"interval:<ms>\" or \"never\")"),
-        })?;
+        let fsync: FsyncPolicy = self
+            .fsync
+            .parse()
+            .map_err(|e: String| ConfigError::Invalid {
+                key: "log.fsync".into(),
+                message: e.to_string(),
+            })?;
         Ok(LogConfig {
             fsync,
             preallocate: self.preallocate,
@@ -328,7 +336,14 @@ impl Default for AmqpSettings {
 pub use crate::observe::settings::ObserveSettings;
 
 /// Environment variables that belong to the CLI, not to the server configuration.
-const CLI_ONLY_VARIABLES: &[&str] = &["FERRY_ADMIN_URL", "FERRY_CONFIG"];
+const CLI_ONLY_VARIABLES: &[&str] = &[
+    "FERRY_ADMIN_URL",
+    "FERRY_ADMIN_USER",
+    "FERRY_ADMIN_PASSWORD",
+    "FERRY_AMQP_URL",
+    "FERRY_BOOTSTRAP",
+    "FERRY_CONFIG",
+];
 
 impl Config {
     /// Builds the configuration from a TOML file (optional), environment variables and flag
@@ -353,6 +368,7 @@ impl Config {
         overrides: Vec<(String, toml::Value)>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut warnings = Vec::new();
+        let mut origins = Origins::new();
         let mut tree =
             toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid {
                 key: "<defaults>".into(),
@@ -360,16 +376,22 @@ impl Config {
             })?;
 
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
+            let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ConfigError::Missing {
+                    path: path.to_path_buf(),
+                },
+                _ => ConfigError::Read {
+                    path: path.to_path_buf(),
+                    message: io_reason(&e),
+                },
             })?;
             let file_tree: toml::Table =
                 toml::from_str(&text).map_err(|e| ConfigError::Syntax {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?;
-            merge_table(&mut tree, file_tree, &path.display().to_string(), "")?;
+            let origin = format!("config file {}", path.display());
+            merge_table(&mut tree, file_tree, &origin, "", &mut origins)?;
         }
 
         let mut vars: Vec<(String, String)> = env
@@ -379,25 +401,43 @@ impl Config {
         vars.sort();
         for (name, raw) in vars {
             let dotted = env_var_to_key(&name);
-            match set_path(&mut tree, &dotted, parse_env_value(&raw), &name) {
+            let origin = format!("environment variable {name}");
+            match set_path(
+                &mut tree,
+                &dotted,
+                parse_env_value(&raw),
+                &origin,
+                &mut origins,
+            ) {
                 Err(ConfigError::Unknown { .. }) => warnings.push(format!(
-                    "ignoring environment variable {name}: it names no setting (see config/ferry.toml)"
+                    "ignoring environment variable {name}: it names no setting{} (see \
+                     config/ferry.toml)",
+                    did_you_mean_variable(&dotted)
                 )),
                 other => other?,
             }
         }
 
         for (key, value) in overrides {
-            set_path(&mut tree, &key, value, "command line")?;
+            let origin = format!("flag --{}", flag_name(&key));
+            set_path(&mut tree, &key, value, &origin, &mut origins)?;
         }
 
         // serde_path_to_error keeps the path of a bad value, so the message can name the key.
-        let config: Config =
-            serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Invalid {
+        let config: Config = serde_path_to_error::deserialize(tree)
+            .map_err(|e| ConfigError::Invalid {
                 key: e.path().to_string(),
-                message: e.inner().to_string(),
-            })?;
-        config.validate()?;
+                // toml's message repeats the path on later lines; the key is named already.
+                message: e
+                    .inner()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            })
+            .map_err(|e| with_origin(e, &origins))?;
+        config.validate().map_err(|e| with_origin(e, &origins))?;
         Ok((config, warnings))
     }
 
@@ -575,6 +615,7 @@ fn merge_table(
     incoming: toml::Table,
     origin: &str,
     prefix: &str,
+    origins: &mut Origins,
 ) -> Result<(), ConfigError> {
     for (k, v) in incoming {
         let key = if prefix.is_empty() {
@@ -583,8 +624,8 @@ fn merge_table(
             format!("{prefix}.{k}")
         };
         match v {
-            toml::Value::Table(inner) => merge_table(base, inner, origin, &key)?,
-            other => set_path(base, &key, other, origin)?,
+            toml::Value::Table(inner) => merge_table(base, inner, origin, &key, origins)?,
+            other => set_path(base, &key, other, origin, origins)?,
         }
     }
     Ok(())
@@ -597,8 +638,8 @@ fn set_path(
     dotted: &str,
     value: toml::Value,
     origin: &str,
+    origins: &mut Origins,
 ) -> Result<(), ConfigError> {
-    const OPTIONAL_KEYS: &[&str] = &["kafka_advertised"];
     let unknown = || ConfigError::Unknown {
         key: dotted.into(),
         origin: origin.into(),
@@ -625,9 +666,13 @@ fn set_path(
             });
         }
     }
+    origins.insert(dotted.to_string(), (origin.to_string(), value.to_string()));
     table.insert(last.to_string(), value);
     Ok(())
 }
+
+/// Optional settings: absent from the serialized defaults because they are `None`.
+const OPTIONAL_KEYS: &[&str] = &["kafka_advertised"];
 
 /// Flag overrides in the shape [`Config::load`] takes, built by the CLI.
 #[derive(Default)]

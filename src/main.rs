@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use ferry::cli::{Cli, Command, ServeArgs};
 use ferry::config::{self, Config};
@@ -29,6 +29,13 @@ fn main() -> ExitCode {
             ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::consume(args))
                 .map_err(anyhow::Error::from)
         }
+        Command::Completions { shell } => {
+            // Into memory first: the generator panics on a write error, and `| head` is one.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { dir } => man(dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +43,40 @@ fn main() -> ExitCode {
             eprintln!("ferry: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The manual from the same clap definitions as `--help`: ferry(1) on stdout, or every page
+/// (ferry.1, ferry-serve.1, ferry-topic-create.1, ...) into `dir`.
+fn man(dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .with_context(|| format!("cannot write the manual pages to {}", dir.display()))?;
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            print_bytes(&page)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is a normal end, not an error.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::from(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -51,6 +92,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Config::load_with_warnings(args.config.as_deref(), std::env::vars(), args.overrides().0)
             .context("invalid configuration")?;
     if args.print_config {
+        for warning in &warnings {
+            eprintln!("ferry: warning: {warning}");
+        }
         print!("{}", config::to_toml_string(&config));
         return Ok(());
     }
@@ -74,7 +118,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let broker = ferry::Broker::builder()
             .config(config)
             .start_with(|http| {
-                tracing::info!(%http, "HTTP listening (/healthz, /readyz, /metrics)");
+                // 0.0.0.0 is where it listens, not an address to browse to.
+                let url = if http.ip().is_unspecified() {
+                    format!("http://127.0.0.1:{}", http.port())
+                } else {
+                    format!("http://{http}")
+                };
+                tracing::info!(
+                    %http,
+                    "HTTP listening: admin API at {url}/api (`ferry topic list` uses it), \
+                     health at {url}/readyz, metrics at {url}/metrics"
+                );
             })
             .await
             .context("ferry could not start")?;

@@ -36,12 +36,95 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    /// Every listener that could not bind, found in one go so an operator fixes them at once.
+    #[error("{}", listen_conflicts(.0))]
+    Listen(Vec<ListenConflict>),
     #[error("data directory {path}: {message}")]
     DataDir { path: PathBuf, message: String },
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("recovery failed: {0}")]
     Recovery(#[from] BrokerError),
+}
+
+/// One listen address that could not be bound.
+#[derive(Debug)]
+pub struct ListenConflict {
+    /// The setting, e.g. `http_listen` (flag `--http-listen`, variable `FERRY_HTTP_LISTEN`).
+    pub key: &'static str,
+    pub addr: String,
+    pub reason: String,
+}
+
+fn listen_conflicts(conflicts: &[ListenConflict]) -> String {
+    let mut out = if conflicts.len() == 1 {
+        "cannot listen on 1 address:".to_string()
+    } else {
+        format!("cannot listen on {} addresses:", conflicts.len())
+    };
+    for c in conflicts {
+        out.push_str(&format!(
+            "\n  --{} {} ({} / FERRY_{}): {}",
+            c.key.replace('_', "-"),
+            c.addr,
+            c.key,
+            c.key.to_ascii_uppercase(),
+            c.reason
+        ));
+    }
+    if conflicts.iter().any(|c| c.reason.contains("in use")) {
+        out.push_str(
+            "\nanother process (another ferry, a Kafka or RabbitMQ?) holds the port: stop it or \
+             pick a free port with the flag named above",
+        );
+    }
+    out
+}
+
+/// Why a bind failed, in words, without Rust's "(os error N)".
+fn bind_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".into(),
+        std::io::ErrorKind::AddrNotAvailable => "no such address on this host".into(),
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".into()
+        }
+        _ => {
+            let text = e.to_string();
+            text.find(" (os error")
+                .map_or(text.clone(), |i| text[..i].to_string())
+        }
+    }
+}
+
+/// Tries every listen address before anything starts, so a port conflict is reported for all
+/// listeners at once rather than one per attempt. The protocol listeners bind for real only
+/// after recovery (clients must not queue up on a broker that is not ready); a port taken in
+/// between still fails then, with the same message.
+fn probe_listeners(config: &Config) -> Result<(), StartError> {
+    let mut conflicts = Vec::new();
+    for (key, addr) in [
+        ("http_listen", &config.http_listen),
+        ("kafka_listen", &config.kafka_listen),
+        ("amqp_listen", &config.amqp_listen),
+    ] {
+        let resolved = resolve_listen(key, addr)?;
+        if resolved.port() == 0 {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(resolved) {
+            conflicts.push(ListenConflict {
+                key,
+                addr: addr.clone(),
+                reason: bind_reason(&e),
+            });
+        }
+    }
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(StartError::Listen(conflicts))
+    }
 }
 
 /// Where the broker keeps its files.
@@ -145,6 +228,10 @@ impl BrokerBuilder {
     ) -> Result<Broker, StartError> {
         let config = self.config;
         config.validate()?;
+        if let Storage::Dir(dir) = &self.storage {
+            check_data_dir(dir)?;
+        }
+        probe_listeners(&config)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let health = Health::new();
         let mut tasks = JoinSet::new();
@@ -275,6 +362,7 @@ impl BrokerBuilder {
             });
         }
 
+        log_listeners(&config, kafka_addr, amqp_addr, http_addr, &data_dir);
         health.set_phase("ready");
         health.set_ready(true);
         tracing::info!(%kafka_addr, %amqp_addr, %http_addr, data_dir = %data_dir.display(), "ferry is ready");
@@ -409,13 +497,66 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError>
         _ => "http_listen",
     };
     let resolved = resolve_listen(key, addr)?;
-    TcpListener::bind(resolved)
-        .await
-        .map_err(|source| StartError::Bind {
-            what,
+    TcpListener::bind(resolved).await.map_err(|e| {
+        StartError::Listen(vec![ListenConflict {
+            key,
             addr: addr.to_string(),
-            source,
-        })
+            reason: bind_reason(&e),
+        }])
+    })
+}
+
+/// One line per listener (address, protocol, authentication, TLS) and one for the data
+/// directory, so an operator sees from the log alone what is exposed and how.
+fn log_listeners(
+    config: &Config,
+    kafka: SocketAddr,
+    amqp: SocketAddr,
+    http: SocketAddr,
+    data_dir: &Path,
+) {
+    let advertised = config
+        .kafka_advertised
+        .as_deref()
+        .unwrap_or("the address the client connected to");
+    tracing::info!(
+        protocol = "kafka",
+        addr = %kafka,
+        advertised,
+        auth = "none (SASL not offered)",
+        tls = "off",
+        "listening"
+    );
+    let users: Vec<&str> = config.amqp.users.iter().map(|u| u.name.as_str()).collect();
+    tracing::info!(
+        protocol = "amqp-0-9-1",
+        addr = %amqp,
+        auth = "PLAIN, AMQPLAIN",
+        users = %users.join(","),
+        loopback_only = %config.amqp.loopback_users.join(","),
+        vhosts = %config.amqp.vhosts.join(","),
+        tls = "off",
+        "listening"
+    );
+    let admin = if config.observe.admin_user.is_empty() && config.observe.admin_password.is_empty()
+    {
+        "off".to_string()
+    } else {
+        format!("/api (basic auth, user {})", config.observe.admin_user)
+    };
+    tracing::info!(
+        protocol = "http",
+        addr = %http,
+        endpoints = "/healthz /readyz /metrics",
+        admin_api = %admin,
+        tls = "off",
+        "listening"
+    );
+    tracing::info!(
+        path = %data_dir.display(),
+        fsync = %config.log.fsync,
+        "data directory"
+    );
 }
 
 fn local_addr(
@@ -430,6 +571,19 @@ fn local_addr(
     })
 }
 
+/// A data directory path that names a file is refused before anything starts.
+fn check_data_dir(dir: &Path) -> Result<(), StartError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(StartError::DataDir {
+            path: dir.to_path_buf(),
+            message: "is a file, not a directory — pass --data-dir (or FERRY_DATA_DIR) a \
+                      directory"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Takes an exclusive `flock` on `<dir>/.lock` so two brokers never share a data directory.
 fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     use std::os::fd::AsRawFd;
@@ -437,7 +591,9 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
         path: dir.to_path_buf(),
         message,
     };
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    check_data_dir(dir)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(format!("cannot create it: {}", bind_reason(&e))))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -761,3 +761,159 @@ async fn produce_and_consume_over_kafka() {
     );
     broker.stop().await;
 }
+
+/// `group describe` of a group whose member owns partitions it never committed: every assigned
+/// partition is listed, `-` as COMMITTED, its lag counted from the log start (12 unread records
+/// here), and the total includes them, as kafka-consumer-groups reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_describe_counts_lag_on_uncommitted_assigned_partitions() {
+    let broker = TestBroker::start().await.unwrap();
+    ok(&broker, &["topic", "create", "ledger", "-p", "3"]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .set("message.timeout.ms", "20000")
+        .create()
+        .unwrap();
+    // Partition 0: 4 records (2 committed); partition 1: 5; partition 2: 7 (never committed).
+    for (partition, count) in [(0, 4), (1, 5), (2, 7)] {
+        for i in 0..count {
+            let payload = format!("r{i}");
+            producer
+                .send(
+                    FutureRecord::<(), _>::to("ledger")
+                        .partition(partition)
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let bootstrap = broker.kafka_bootstrap();
+    let (assigned_tx, assigned_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let member = std::thread::spawn(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "ledger-readers")
+            .set("client.id", "ledger-reader-1")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("ledger", 0, Offset::Offset(2))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+        c.subscribe(&["ledger"]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.assignment().map_or(0, |a| a.count()) < 3 {
+            if std::time::Instant::now() > deadline {
+                let _ = assigned_tx.send(Err("no assignment of 3 partitions in 30 s".into()));
+                return;
+            }
+            let _ = c.poll(Duration::from_millis(100));
+        }
+        let _ = assigned_tx.send(Ok(()));
+        // Stay in the group (polling serves its heartbeats and rebalances) until told to go.
+        while stop_rx.try_recv().is_err() {
+            let _ = c.poll(Duration::from_millis(100));
+        }
+    });
+    tokio::task::spawn_blocking(move || assigned_rx.recv().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let out = ok(&broker, &["group", "describe", "ledger-readers"])
+        .await
+        .stdout;
+    stop_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || member.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.starts_with("group ledger-readers is Stable with 1 member(s), total lag 14\n"),
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("TOPIC"))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(&rows[0][..5], ["ledger", "0", "2", "4", "2"], "{out}");
+    assert_eq!(&rows[1][..5], ["ledger", "1", "-", "5", "5"], "{out}");
+    assert_eq!(&rows[2][..5], ["ledger", "2", "-", "7", "7"], "{out}");
+    for row in &rows {
+        assert_eq!(row[5], "ledger-reader-1", "{out}");
+    }
+}
+
+/// `topic create` of a topic a Kafka client auto-created says what exists and why, and
+/// `--if-not-exists` accepts it; `consume -o -N -c N` ends at the end of a partition that holds
+/// fewer than N records instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_create_of_an_existing_topic_and_consume_the_last_n() {
+    let broker = TestBroker::start().await.unwrap();
+    let bootstrap = broker.kafka_bootstrap();
+    let produced = ferry_with_input(
+        &broker,
+        &["produce", "-t", "orders", "-b", &bootstrap],
+        Some("a\nb\nc\n"),
+    )
+    .await;
+    // `ferry produce` does not auto-create; a Kafka client's metadata request does.
+    assert!(!produced.ok && produced.stderr.contains("ferry topic create orders"));
+    ok(&broker, &["topic", "create", "orders"]).await;
+    ferry_with_input(
+        &broker,
+        &["produce", "-t", "orders", "-b", &bootstrap],
+        Some("a\nb\nc\n"),
+    )
+    .await;
+
+    let again = ferry(&broker, &["topic", "create", "orders", "-p", "3"]).await;
+    assert!(!again.ok);
+    assert!(
+        again
+            .stderr
+            .contains("topic `orders` already exists with 1 partition(s)")
+            && again.stderr.contains("--if-not-exists")
+            && !again.stderr.contains("other settings, or is in use"),
+        "{}",
+        again.stderr
+    );
+    let accepted = ok(
+        &broker,
+        &["topic", "create", "orders", "-p", "3", "--if-not-exists"],
+    )
+    .await;
+    assert!(
+        accepted
+            .stdout
+            .contains("already exists with 1 partition(s)"),
+        "{}",
+        accepted.stdout
+    );
+
+    let last = ok(
+        &broker,
+        &[
+            "consume", "-t", "orders", "-b", &bootstrap, "-o", "-10", "-c", "10", "--json",
+        ],
+    )
+    .await;
+    let values: Vec<String> = last
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["value"].to_string())
+        .collect();
+    assert_eq!(values, ["\"a\"", "\"b\"", "\"c\""]);
+    let last_two = ok(
+        &broker,
+        &["consume", "-t", "orders", "-b", &bootstrap, "-o", "-2"],
+    )
+    .await;
+    assert_eq!(last_two.stdout, "b\nc\n");
+}

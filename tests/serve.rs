@@ -178,3 +178,55 @@ fn version_and_help_are_useful() {
         assert!(help.contains(flag), "help lacks {flag}:\n{help}");
     }
 }
+
+/// `ferry completions` and `ferry man` come from the same clap definitions as `--help`: the
+/// scripts load in their shells' syntax and know the subcommands, the manual renders.
+#[test]
+fn completions_and_manual_pages() {
+    let bash = ferry().args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout).into_owned();
+    assert!(script.contains("complete -F _ferry"), "{script}");
+    for sub in [
+        "serve",
+        "topic",
+        "consume",
+        "reset-offsets",
+        "--if-not-exists",
+    ] {
+        assert!(script.contains(sub), "bash completion lacks {sub}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ferry.bash");
+    std::fs::write(&file, &script).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(
+        syntax.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+
+    let zsh = ferry().args(["completions", "zsh"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&zsh.stdout).starts_with("#compdef ferry"));
+    let fish = ferry().args(["completions", "fish"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&fish.stdout).contains("complete -c ferry"));
+    let bad = ferry().args(["completions", "tcsh"]).output().unwrap();
+    assert!(!bad.status.success());
+
+    let man = ferry().arg("man").output().unwrap();
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout).into_owned();
+    assert!(page.contains(".TH ferry 1"), "{page}");
+    assert!(page.contains("ferry\\-topic(1)"), "{page}");
+
+    let pages = dir.path().join("man1");
+    let out = ferry().args(["man", "--dir"]).arg(&pages).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let create = std::fs::read_to_string(pages.join("ferry-topic-create.1")).unwrap();
+    assert!(create.contains("if\\-not\\-exists"), "{create}");
+    assert!(pages.join("ferry-serve.1").exists());
+}

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 
 /// Where the admin API is and how to log in; shared by every admin subcommand.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection (also from the environment)")]
 pub struct AdminConn {
     /// Base URL of the broker's HTTP listener.
     #[arg(
@@ -40,7 +41,7 @@ pub struct AdminConn {
     )]
     pub password: String,
     /// Print the API's JSON instead of a table (for scripts).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     pub json: bool,
 }
 
@@ -58,19 +59,36 @@ pub enum TopicCommand {
     /// List topics with partition counts and sizes.
     List,
     /// Create a topic.
+    #[command(
+        after_help = "Examples:\n  ferry topic create orders -p 3\n  ferry topic create audit -c retention.ms=604800000 -c segment.bytes=104857600\n  ferry topic create orders -p 3 --if-not-exists"
+    )]
     Create {
+        /// Topic name (Kafka's rules: letters, digits, `.`, `_`, `-`).
         name: String,
-        /// Number of partitions.
+        /// Number of partitions (fixed once created).
         #[arg(short, long, default_value_t = 1)]
         partitions: u32,
         /// Topic config override (Kafka names), e.g. -c retention.ms=60000; repeatable.
         #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
+        /// Succeed without changes when the topic exists already (kafka-topics
+        /// --if-not-exists).
+        #[arg(long)]
+        if_not_exists: bool,
     },
     /// Delete a topic and its data.
-    Delete { name: String },
+    Delete {
+        /// Topic name.
+        name: String,
+    },
     /// Show a topic's partitions, offsets and config overrides.
-    Describe { name: String },
+    #[command(
+        after_help = "Example:\n  ferry topic describe orders --json | jq '.partitions[].end_offset'"
+    )]
+    Describe {
+        /// Topic name.
+        name: String,
+    },
 }
 
 /// `ferry queue ...`
@@ -87,13 +105,19 @@ pub enum QueueCommand {
     /// List queues with ready/unacked counts and consumers.
     List,
     /// Declare a queue (durable unless --transient).
+    #[command(
+        after_help = "Examples:\n  ferry queue create orders.dead\n  ferry queue create orders.work --arg x-dead-letter-exchange=dlx --arg x-message-ttl=60000\n  ferry queue create payments --arg x-delayed-retry-min=200 --arg x-delivery-limit=3"
+    )]
     Create {
+        /// Queue name.
         name: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
         /// A transient queue (gone at restart).
         #[arg(long)]
         transient: bool,
+        /// Delete the queue once its last consumer cancels (AMQP auto-delete).
         #[arg(long)]
         auto_delete: bool,
         /// Queue argument, e.g. --arg x-dead-letter-exchange=dlx --arg x-message-ttl=60000;
@@ -102,8 +126,11 @@ pub enum QueueCommand {
         arguments: Vec<String>,
     },
     /// Delete a queue and its messages.
+    #[command(after_help = "Example:\n  ferry queue delete orders.work --if-empty")]
     Delete {
+        /// Queue name.
         name: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
         /// Only if it has no consumers.
@@ -115,13 +142,17 @@ pub enum QueueCommand {
     },
     /// Show a queue's properties and counts.
     Describe {
+        /// Queue name.
         name: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
     },
     /// Remove every ready message (unacked ones stay).
     Purge {
+        /// Queue name.
         name: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
     },
@@ -141,30 +172,43 @@ pub enum ExchangeCommand {
     /// List exchanges (topics show as `topic` exchanges of vhost /).
     List,
     /// Declare an exchange (durable unless --transient).
+    #[command(
+        after_help = "Examples:\n  ferry exchange create dlx --type fanout\n  ferry exchange create events --type topic --transient"
+    )]
     Create {
+        /// Exchange name.
         name: String,
         /// direct, fanout, topic or headers.
         #[arg(long = "type", short = 't', default_value = "direct")]
         kind: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
+        /// A transient exchange (gone at restart).
         #[arg(long)]
         transient: bool,
     },
     /// Delete an exchange and its bindings.
     Delete {
+        /// Exchange name (a topic's exchange face goes with `ferry topic delete`).
         name: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
     },
     /// Bind a queue to an exchange.
+    #[command(
+        after_help = "Examples:\n  ferry exchange bind dlx orders.dead\n  ferry exchange bind orders orders.eu -k 'eu.#'      # a topic is a topic exchange"
+    )]
     Bind {
         /// Source exchange.
         exchange: String,
         /// Destination queue.
         queue: String,
+        /// Binding key (a pattern with `*` and `#` for topic exchanges and topics).
         #[arg(long, short = 'k', default_value = "")]
         routing_key: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
     },
@@ -184,10 +228,22 @@ pub enum GroupCommand {
     /// List consumer groups and their states.
     List,
     /// Show a group's members, assignment, committed offsets and lag.
-    Describe { group: String },
+    ///
+    /// One row per partition the group has committed or is assigned. COMMITTED is `-` when the
+    /// group has not committed an offset there; its LAG then counts from the log start, which is
+    /// what a consumer with auto.offset.reset=earliest still has to read.
+    #[command(after_help = "Example:\n  ferry group describe billing")]
+    Describe {
+        /// Consumer group id (group.id).
+        group: String,
+    },
     /// Move an empty group's committed offsets (like kafka-consumer-groups --reset-offsets).
     #[command(group(clap::ArgGroup::new("target").required(true)))]
+    #[command(
+        after_help = "Examples:\n  ferry group reset-offsets billing --topic orders --to-earliest\n  ferry group reset-offsets billing --to-timestamp 1767225600000 --dry-run"
+    )]
     ResetOffsets {
+        /// Consumer group id (group.id); it must have no members.
         group: String,
         /// Topic to reset [default: every topic the group has offsets for].
         #[arg(long)]
@@ -229,8 +285,11 @@ pub enum DlqCommand {
     /// message carries an x-death history.
     List,
     /// Show dead letters without consuming them.
+    #[command(after_help = "Example:\n  ferry dlq browse orders.dead -n 5")]
     Browse {
+        /// The dead-letter queue.
         queue: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
         /// How many messages to show.
@@ -240,8 +299,13 @@ pub enum DlqCommand {
     /// Move dead letters back to where they died from (the exchange and routing key of their
     /// first x-death entry), or to --exchange; each is settled here only once its copy is
     /// durable.
+    #[command(
+        after_help = "Examples:\n  ferry dlq replay orders.dead\n  ferry dlq replay orders.dead -n 100 --exchange orders --routing-key retry"
+    )]
     Replay {
+        /// The dead-letter queue.
         queue: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
         /// Most messages to move [default: all].
@@ -256,7 +320,9 @@ pub enum DlqCommand {
     },
     /// Remove every ready dead letter.
     Purge {
+        /// The dead-letter queue.
         queue: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
         #[arg(long, default_value = "/")]
         vhost: String,
     },
@@ -267,6 +333,7 @@ pub enum DlqCommand {
 pub struct ProduceArgs {
     /// Kafka listener to bootstrap from.
     #[arg(
+        help_heading = "Connection (also from the environment)",
         short,
         long,
         value_name = "HOST:PORT",
@@ -296,6 +363,7 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     /// Kafka listener to bootstrap from.
     #[arg(
+        help_heading = "Connection (also from the environment)",
         short,
         long,
         value_name = "HOST:PORT",
@@ -309,7 +377,8 @@ pub struct ConsumeArgs {
     /// Partition [default: all].
     #[arg(short, long)]
     pub partition: Option<i32>,
-    /// Where to start: beginning, end, an offset N, or -N for N before the end.
+    /// Where to start: beginning, end, an offset N, or -N for the last N messages of each
+    /// partition (-N stops at the end like `tail -n`, unless --follow).
     #[arg(
         short = 'o',
         long,
@@ -321,8 +390,11 @@ pub struct ConsumeArgs {
     #[arg(short = 'c', long)]
     pub count: Option<u64>,
     /// Stop at the end of the partitions instead of waiting for more (kcat -e).
-    #[arg(short = 'e', long)]
+    #[arg(short = 'e', long, conflicts_with = "follow")]
     pub exit: bool,
+    /// With -o -N: keep waiting for new messages after the last N (like `tail -f`).
+    #[arg(short = 'F', long)]
+    pub follow: bool,
     /// Print `key SEP value` instead of the value alone.
     #[arg(short = 'K', long = "key-delimiter", value_name = "SEP")]
     pub key_delimiter: Option<String>,

@@ -9,7 +9,9 @@
 //!
 //! Consume fetches from one or all partitions starting at `-o beginning|end|N|-N`, prints the
 //! value per line (or `key SEP value`, or one JSON object per message) and stops after `-c`
-//! messages or, with `-e`, at the end of the partitions.
+//! messages or, with `-e`, at the end of the partitions. `-o -N` reads like `tail -n N`: the
+//! last N messages, then it stops at the end (`--follow` keeps waiting, like `tail -f`), so
+//! `-o -10 -c 10` never hangs on a partition that holds fewer than ten.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, IsTerminal, Write};
@@ -393,6 +395,9 @@ pub async fn consume(a: ConsumeArgs) -> Result<(), CliError> {
         }
         None => (0..partitions).collect(),
     };
+    // `-o -N` is "the last N": it ends at the end of the partitions unless told to follow.
+    let from_end = a.offset.starts_with('-');
+    let stop_at_end = a.exit || (from_end && !a.follow);
     let mut next = Vec::with_capacity(chosen.len());
     for p in &chosen {
         next.push((*p, start_offset(&conn, &a.topic, *p, &a.offset).await?));
@@ -499,7 +504,7 @@ pub async fn consume(a: ConsumeArgs) -> Result<(), CliError> {
         if out.flush().is_err() {
             return Ok(());
         }
-        if a.exit && at_end {
+        if stop_at_end && at_end {
             break;
         }
     }

@@ -54,11 +54,114 @@ impl From<crate::bench::BenchError> for CliError {
 fn hint(status: u16) -> &'static str {
     match status {
         404 => " — check the name with the matching `list` command",
-        409 => " — it exists with other settings, or is in use",
+        409 => " — it already exists with other settings, or is in use",
         403 => " — the admin API is disabled or the name is reserved",
         503 => " — the broker is still starting or is shutting down; retry shortly",
         _ => "",
     }
+}
+
+/// `topic create` of a name that exists: fine with --if-not-exists (like kafka-topics), else an
+/// error that says what exists and why it may have appeared (Kafka clients auto-create topics).
+fn topic_exists(
+    name: &str,
+    existing: &Value,
+    if_not_exists: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let count = cell(&existing["partition_count"]);
+    if if_not_exists {
+        if json {
+            print_json(existing);
+        } else {
+            println!("topic {name} already exists with {count} partition(s); left as it is");
+        }
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "topic `{name}` already exists with {count} partition(s) (Kafka clients create a topic \
+         on first use while kafka.auto_create_topics is on) — inspect it with `ferry topic \
+         describe {name}`, accept it with --if-not-exists, or delete it first with `ferry topic \
+         delete {name}`"
+    )))
+}
+
+/// `group describe` as text: one row per partition the group has a committed offset for or a
+/// member is assigned, as kafka-consumer-groups shows them. A partition without a committed
+/// offset shows `-` as COMMITTED and counts its lag from the log start: that is what a consumer
+/// with `auto.offset.reset=earliest` still has to read (with `latest` it would skip it), so
+/// unread records never hide behind a total lag of 0.
+async fn describe_group(c: &Client, v: &Value) -> Result<String, CliError> {
+    // Which member owns each partition, from the decoded assignments.
+    let mut owner: BTreeMap<(String, i64), String> = BTreeMap::new();
+    for m in arr(&v["members"]) {
+        for a in arr(&m["assignment"]) {
+            for p in arr(&a["partitions"]) {
+                owner.insert(
+                    (cell(&a["topic"]), p.as_i64().unwrap_or(-1)),
+                    format!("{} ({})", cell(&m["client_id"]), cell(&m["client_host"])),
+                );
+            }
+        }
+    }
+    // (committed, end, lag) per partition; committed offsets first, then the uncommitted rest.
+    let mut rows: BTreeMap<(String, i64), (String, String, Option<i64>)> = BTreeMap::new();
+    for o in arr(&v["offsets"]) {
+        let key = (cell(&o["topic"]), o["partition"].as_i64().unwrap_or(-1));
+        let row = (
+            cell(&o["committed_offset"]),
+            cell(&o["high_watermark"]),
+            o["lag"].as_i64(),
+        );
+        rows.insert(key, row);
+    }
+    let mut topics: BTreeMap<String, Value> = BTreeMap::new();
+    for (topic, partition) in owner.keys() {
+        if rows.contains_key(&(topic.clone(), *partition)) {
+            continue;
+        }
+        if !topics.contains_key(topic) {
+            let t = c
+                .call("GET", &format!("/api/topics/{}", segment(topic)), None)
+                .await?;
+            topics.insert(topic.clone(), t);
+        }
+        let found = arr(&topics[topic]["partitions"])
+            .iter()
+            .find(|p| p["partition"].as_i64() == Some(*partition));
+        let (end, lag) = match found {
+            Some(p) => {
+                let start = p["start_offset"].as_i64().unwrap_or(0);
+                let end = p["end_offset"].as_i64().unwrap_or(start);
+                (end.to_string(), Some(end - start))
+            }
+            None => ("-".into(), None),
+        };
+        rows.insert((topic.clone(), *partition), ("-".into(), end, lag));
+    }
+    let total: i64 = rows.values().filter_map(|r| r.2).sum();
+    let mut out = format!(
+        "group {} is {} with {} member(s), total lag {total}\n\n",
+        cell(&v["group_id"]),
+        cell(&v["state"]),
+        arr(&v["members"]).len(),
+    );
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|((topic, partition), (committed, end, lag))| {
+            let consumer = owner
+                .get(&(topic.clone(), partition))
+                .cloned()
+                .unwrap_or_else(|| "-".into());
+            let lag = lag.map_or_else(|| "-".into(), |l| l.to_string());
+            vec![topic, partition.to_string(), committed, end, lag, consumer]
+        })
+        .collect();
+    out.push_str(&table(
+        &["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "CONSUMER"],
+        &rows,
+    ));
+    Ok(out)
 }
 
 /// Runs an admin subcommand to completion on a small runtime of its own.
@@ -192,15 +295,25 @@ pub async fn topic(a: TopicArgs) -> Result<(), CliError> {
             name,
             partitions,
             configs,
+            if_not_exists,
         } => {
             let configs = pairs(&configs, "--config", false)?;
-            let v = c
+            let created = c
                 .call(
                     "POST",
                     "/api/topics",
                     Some(&json!({"name": name, "partitions": partitions, "configs": configs})),
                 )
-                .await?;
+                .await;
+            let v = match created {
+                Err(CliError::Api { status: 409, .. }) => {
+                    let existing = c
+                        .call("GET", &format!("/api/topics/{}", segment(&name)), None)
+                        .await?;
+                    return topic_exists(&name, &existing, if_not_exists, json);
+                }
+                other => other?,
+            };
             if json {
                 print_json(&v);
             } else {
@@ -504,47 +617,7 @@ pub async fn group(a: GroupArgs) -> Result<(), CliError> {
                 print_json(&v);
                 return Ok(());
             }
-            println!(
-                "group {} is {} with {} member(s), total lag {}",
-                cell(&v["group_id"]),
-                cell(&v["state"]),
-                arr(&v["members"]).len(),
-                cell(&v["total_lag"])
-            );
-            println!();
-            // Which member owns each partition, from the decoded assignments.
-            let mut owner: BTreeMap<(String, i64), String> = BTreeMap::new();
-            for m in arr(&v["members"]) {
-                for a in arr(&m["assignment"]) {
-                    for p in arr(&a["partitions"]) {
-                        owner.insert(
-                            (cell(&a["topic"]), p.as_i64().unwrap_or(-1)),
-                            format!("{} ({})", cell(&m["client_id"]), cell(&m["client_host"])),
-                        );
-                    }
-                }
-            }
-            let rows: Vec<Vec<String>> = arr(&v["offsets"])
-                .iter()
-                .map(|o| {
-                    let key = (cell(&o["topic"]), o["partition"].as_i64().unwrap_or(-1));
-                    vec![
-                        cell(&o["topic"]),
-                        cell(&o["partition"]),
-                        cell(&o["committed_offset"]),
-                        cell(&o["high_watermark"]),
-                        cell(&o["lag"]),
-                        owner.get(&key).cloned().unwrap_or_else(|| "-".into()),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "CONSUMER"],
-                    &rows
-                )
-            );
+            print!("{}", describe_group(&c, &v).await?);
         }
         GroupCommand::ResetOffsets {
             group,

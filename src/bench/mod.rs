@@ -47,12 +47,12 @@ pub(crate) fn random_suffix() -> String {
 pub enum BenchError {
     #[error(
         "cannot connect to {addr}: {reason} — is a broker running? start one with \
-         `cargo run --release -- serve` (or pass --bootstrap HOST:PORT)"
+         `ferry serve` (or pass -b/--bootstrap HOST:PORT, or set FERRY_BOOTSTRAP)"
     )]
     Connect { addr: String, reason: String },
     #[error(
         "cannot connect to {addr}: {reason} — is a broker running? start one with \
-         `cargo run --release -- serve` (or pass --url amqp://USER:PASS@HOST:PORT/VHOST)"
+         `ferry serve` (or pass --url amqp://USER:PASS@HOST:PORT/VHOST)"
     )]
     AmqpConnect { addr: String, reason: String },
     #[error("cannot resolve {addr}: {reason} — check the host name in --bootstrap")]
