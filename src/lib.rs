@@ -15,6 +15,10 @@
 //! # Ok(()) }
 //! ```
 
+// Peers and the disk control most inputs; a panic there takes every connection down. Outside
+// tests, errors are handled, never unwrapped.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin_cli;
 pub mod bench;
 pub mod broker;

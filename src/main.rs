@@ -3,6 +3,10 @@
 //! Everything of substance lives in the library; this file only wires the process to it:
 //! environment variables, signals, exit codes and human-facing error messages.
 
+// Peers and the disk control most inputs; a panic there takes every connection down. Outside
+// tests, errors are handled, never unwrapped.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::process::ExitCode;
 
 use anyhow::Context;
