@@ -1,0 +1,296 @@
+//! Publishing: routing a message through an exchange (and exchange-to-exchange bindings), delayed publishes (`x-delay`), and appending to every matched queue or topic.
+
+use super::*;
+
+impl RouterInner {
+    /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
+    /// (each exchange visited once, so binding cycles end). When the exchange routes the
+    /// message nowhere and has an `alternate-exchange` argument, the message goes there
+    /// instead (and on to that one's alternate, cycles again ending).
+    pub fn route(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&Map<String, Value>>,
+    ) -> Result<Vec<Arc<Queue>>, RoutingError> {
+        if exchange.is_empty() {
+            return Ok(self.queue(vhost, routing_key).into_iter().collect());
+        }
+        let mut start = self
+            .exchange(vhost, exchange)
+            .ok_or_else(|| RoutingError::NotFound {
+                kind: "exchange",
+                vhost: vhost.into(),
+                name: exchange.into(),
+            })?;
+        let mut tried = HashSet::new();
+        loop {
+            let out = self.route_from(vhost, &start, routing_key, headers);
+            if !out.is_empty() || !tried.insert(start.name().to_string()) {
+                return Ok(out);
+            }
+            // A missing alternate exchange leaves the message unroutable (RabbitMQ warns).
+            let alternate = start
+                .def()
+                .arguments
+                .get("alternate-exchange")
+                .and_then(Value::as_str)
+                .and_then(|ae| self.exchange(vhost, ae));
+            match alternate {
+                Some(ae) => start = ae,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The queues a record appended to topic exchange `ex` reaches through the exchange's
+    /// bindings (topic patterns on the record key), each queue once. Used by the topic
+    /// router; publishes never copy through a topic exchange.
+    pub fn route_topic_record(&self, ex: &Exchange, routing_key: &str) -> Vec<Arc<Queue>> {
+        let vhost = ex.def().vhost.as_str();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (kind, dest) in ex.matches(routing_key, None) {
+            let found: Vec<Arc<Queue>> = match kind {
+                DestinationKind::Queue => self.queue(vhost, &dest).into_iter().collect(),
+                DestinationKind::Exchange => self
+                    .route(vhost, &dest, routing_key, None)
+                    .unwrap_or_default(),
+            };
+            for q in found {
+                if seen.insert(q.name().to_string()) {
+                    out.push(q);
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn route_from(
+        &self,
+        vhost: &str,
+        start: &Arc<Exchange>,
+        routing_key: &str,
+        headers: Option<&Map<String, Value>>,
+    ) -> Vec<Arc<Queue>> {
+        let mut seen_ex = HashSet::new();
+        let mut seen_q = HashSet::new();
+        let mut out = Vec::new();
+        let mut stack = vec![start.clone()];
+        while let Some(ex) = stack.pop() {
+            if !seen_ex.insert(ex.name().to_string()) {
+                continue;
+            }
+            if ex.is_topic() {
+                // A topic's bindings are served from the topic log by its router task;
+                // copying here would deliver twice. (Exchange-to-topic bindings do not
+                // append to the topic yet.)
+                continue;
+            }
+            for (kind, dest) in ex.matches(routing_key, headers) {
+                match kind {
+                    DestinationKind::Queue => {
+                        if seen_q.insert(dest.clone()) {
+                            if let Some(q) = self.queue(vhost, &dest) {
+                                out.push(q);
+                            }
+                        }
+                    }
+                    DestinationKind::Exchange => {
+                        if let Some(next) = self.exchange(vhost, &dest) {
+                            stack.push(next);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Publishes a client's message: one with an `x-delay` header goes to the vhost's delay
+    /// queue and is routed when due ([`crate::broker::delayed`]); any other is routed now
+    /// ([`publish_now`](Self::publish_now)).
+    pub async fn publish(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        headers: Option<&Map<String, Value>>,
+        mut record: SimpleRecord,
+    ) -> Result<Published, RoutingError> {
+        // The deduplication key an AMQP publisher puts in its headers table must be readable
+        // by queues (and after a restart) without the protocol's table encoding.
+        if let Some(key) = headers.and_then(|h| h.get("x-deduplication-header")) {
+            let key = match key {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            record.headers.retain(|(k, _)| k != DEDUP_KEY_HEADER);
+            record
+                .headers
+                .push((DEDUP_KEY_HEADER.to_string(), Some(key.into())));
+        }
+        match crate::broker::delayed::delay_of(headers) {
+            Some(delay) => {
+                self.publish_delayed(vhost, exchange, headers, record, delay)
+                    .await
+            }
+            None => self.publish_now(vhost, exchange, headers, record).await,
+        }
+    }
+
+    /// Appends a delayed message to the vhost's delay queue (declared, with its scheduler, on
+    /// first use); its confirm follows that append.
+    pub(super) async fn publish_delayed(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        headers: Option<&Map<String, Value>>,
+        record: SimpleRecord,
+        delay_ms: i64,
+    ) -> Result<Published, RoutingError> {
+        if !exchange.is_empty() && self.exchange(vhost, exchange).is_none() {
+            return Err(RoutingError::NotFound {
+                kind: "exchange",
+                vhost: vhost.into(),
+                name: exchange.into(),
+            });
+        }
+        let q = self.delay_queue(vhost).await?;
+        let due = self.clock.now_ms().saturating_add(delay_ms);
+        let stored = crate::broker::delayed::wrap(record, exchange, headers, due);
+        let pending = match q.submit(stored).await? {
+            Submitted::Appended(p) => vec![p],
+            Submitted::Full | Submitted::Duplicate => Vec::new(),
+        };
+        Ok(Published {
+            pending,
+            routed: true,
+            rejected: false,
+        })
+    }
+
+    /// The vhost's delay queue, declared and its scheduler started on first use.
+    pub(super) async fn delay_queue(&self, vhost: &str) -> Result<Arc<Queue>, RoutingError> {
+        if let Some(q) = self.queue(vhost, crate::broker::delayed::DELAY_QUEUE) {
+            if self.delay_schedulers.lock().contains(vhost) {
+                return Ok(q);
+            }
+        }
+        let router = self
+            .self_ref
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map(|inner| Router { inner })
+            .ok_or_else(|| RoutingError::InvalidRequest("the broker is shutting down".into()))?;
+        let declared = router
+            .declare_queue(QueueSpec {
+                vhost: vhost.to_string(),
+                name: crate::broker::delayed::DELAY_QUEUE.to_string(),
+                passive: false,
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: Value::Object(Map::new()),
+                connection: INTERNAL_CONNECTION,
+            })
+            .await?;
+        router.start_delay_scheduler(&declared.queue);
+        Ok(declared.queue)
+    }
+
+    /// Routes a message now and queues an append to every matching queue that accepts it. A
+    /// queue that is full with `x-overflow` reject-publish refuses it; with
+    /// reject-publish-dlx the refused message is also dead-lettered (reason `maxlen`).
+    pub async fn publish_now(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        headers: Option<&Map<String, Value>>,
+        record: SimpleRecord,
+    ) -> Result<Published, RoutingError> {
+        if vhost == DEFAULT_VHOST && !exchange.is_empty() {
+            if let Some(ex) = self.exchange(vhost, exchange).filter(|e| e.is_topic()) {
+                let sink = self
+                    .topic_sink
+                    .get()
+                    .ok_or_else(|| RoutingError::NotFound {
+                        kind: "exchange",
+                        vhost: vhost.into(),
+                        name: exchange.into(),
+                    })?;
+                let pending = sink.submit(ex.name(), record).await?;
+                return Ok(Published {
+                    pending: pending.into_iter().collect(),
+                    routed: true,
+                    rejected: false,
+                });
+            }
+        }
+        let routing_key = record
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let queues = self.route(vhost, exchange, &routing_key, headers)?;
+        let mut record = record;
+        record.headers.retain(|(k, _)| k != EXCHANGE_HEADER);
+        record.headers.insert(
+            0,
+            (
+                EXCHANGE_HEADER.to_string(),
+                Some(bytes::Bytes::copy_from_slice(exchange.as_bytes())),
+            ),
+        );
+        let mut out = Published {
+            pending: Vec::with_capacity(queues.len()),
+            routed: !queues.is_empty(),
+            rejected: false,
+        };
+        let deaths = death_history(&record);
+        for q in queues {
+            if is_death_cycle(&deaths, q.name()) {
+                tracing::debug!(
+                    queue = q.name(),
+                    "dropping a dead letter that went round a cycle"
+                );
+                continue;
+            }
+            match q.submit(record.clone()).await? {
+                Submitted::Appended(p) => out.pending.push(p),
+                // Already in the queue: confirmed like any routed message.
+                Submitted::Duplicate => {}
+                Submitted::Full => {
+                    out.rejected = true;
+                    let dlx = q.limits().dead_letter_exchange.clone();
+                    if let (Overflow::RejectPublishDlx, Some(dlx)) = (q.limits().overflow, dlx) {
+                        metrics::counter!("ferry_messages_dead_lettered_total", "reason" => DeathReason::MaxLen.as_str())
+                            .increment(1);
+                        self.dead_lettered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let dead = with_death(
+                            record.clone(),
+                            &q,
+                            DeathReason::MaxLen,
+                            self.clock.now_ms(),
+                        );
+                        let dead = match &q.limits().dead_letter_routing_key {
+                            Some(k) => SimpleRecord {
+                                key: Some(bytes::Bytes::copy_from_slice(k.as_bytes())),
+                                ..dead
+                            },
+                            None => dead,
+                        };
+                        let dead_headers = self.headers_of(&dead).or_else(|| headers.cloned());
+                        let publish =
+                            self.publish_now(q.vhost(), &dlx, dead_headers.as_ref(), dead);
+                        if let Err(e) = Box::pin(publish).await {
+                            tracing::debug!(queue = q.name(), error = %e, "dead-lettering a rejected publish failed");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
