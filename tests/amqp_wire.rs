@@ -712,3 +712,32 @@ async fn a_property_set_larger_than_frame_max_never_makes_an_oversized_frame() {
     w.open_channel(2).await;
     broker.stop().await;
 }
+
+/// A deletion through the admin API answers no AMQP method, so nothing holds the cancel back:
+/// the queue's consumer is told at once, as RabbitMQ does for a management-UI deletion.
+#[tokio::test]
+async fn an_admin_api_deletion_cancels_the_queues_consumers_at_once() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    declare_queue(&mut w, 1, "removed-by-ops", FieldTable::default()).await;
+    consume_from(&mut w, 1, "removed-by-ops", "worker").await;
+    let status = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/queues/%2F/removed-by-ops",
+            broker.http_url()
+        ))
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    match w.recv_method().await {
+        Some((1, AMQPClass::Basic(basic::AMQPMethod::Cancel(c)))) => {
+            assert_eq!(c.consumer_tag.as_str(), "worker")
+        }
+        other => panic!("expected basic.cancel, got {other:?}"),
+    }
+    broker.stop().await;
+}
