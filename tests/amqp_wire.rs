@@ -475,8 +475,8 @@ async fn consume_from(w: &mut Wire, ch: u16, queue_name: &str, tag: &str) {
 }
 
 /// Deletes `queue_name` on channel 1 while consumers on channel 1 and channel 2 of the same
-/// connection consume from it; returns what the server sent, in order.
-async fn delete_consumed_queue(queue_name: &str, arguments: FieldTable) -> Vec<String> {
+/// connection consume from it, and checks that queue.delete-ok comes before both cancels.
+async fn delete_consumed_queue(queue_name: &str, arguments: FieldTable) {
     let broker = TestBroker::start().await.unwrap();
     let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
     w.open_channel(1).await;
@@ -518,17 +518,10 @@ async fn delete_consumed_queue(queue_name: &str, arguments: FieldTable) -> Vec<S
     })
     .await;
     broker.stop().await;
-    seen.iter()
+    let seen: Vec<String> = seen
+        .iter()
         .map(|(ch, m)| format!("{ch}:{}", method_name(m)))
-        .collect()
-}
-
-/// RabbitMQ answers queue.delete before it tells the queue's consumers they were cancelled,
-/// on the deleting channel and on the connection's other channels; py-amqp (kombu, Celery)
-/// raises ConsumerCancelled from queue_delete() when the cancel comes first (issue 21).
-#[tokio::test]
-async fn queue_delete_ok_comes_before_the_cancels_it_causes() {
-    let seen = delete_consumed_queue("deleted-under-consumers", FieldTable::default()).await;
+        .collect();
     assert_eq!(seen[0], "1:queue.delete-ok", "{seen:?}");
     let mut cancels = seen[1..].to_vec();
     cancels.sort();
@@ -540,6 +533,14 @@ async fn queue_delete_ok_comes_before_the_cancels_it_causes() {
         ],
         "{seen:?}"
     );
+}
+
+/// RabbitMQ answers queue.delete before it tells the queue's consumers they were cancelled,
+/// on the deleting channel and on the connection's other channels; py-amqp (kombu, Celery)
+/// raises ConsumerCancelled from queue_delete() when the cancel comes first (issue 21).
+#[tokio::test]
+async fn queue_delete_ok_comes_before_the_cancels_it_causes() {
+    delete_consumed_queue("deleted-under-consumers", FieldTable::default()).await;
 }
 
 /// The same order when the deleted queue is a stream (a topic under the hood).
@@ -550,18 +551,7 @@ async fn stream_delete_ok_comes_before_the_cancels_it_causes() {
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
     );
-    let seen = delete_consumed_queue("deleted-stream", args).await;
-    assert_eq!(seen[0], "1:queue.delete-ok", "{seen:?}");
-    let mut cancels = seen[1..].to_vec();
-    cancels.sort();
-    assert_eq!(
-        cancels,
-        [
-            "1:basic.cancel same-channel",
-            "2:basic.cancel other-channel"
-        ],
-        "{seen:?}"
-    );
+    delete_consumed_queue("deleted-stream", args).await;
 }
 
 /// A mandatory publish that routes nowhere, in confirm mode: basic.return (with the message)
@@ -720,5 +710,34 @@ async fn a_property_set_larger_than_frame_max_never_makes_an_oversized_frame() {
     );
     // The connection is still fine.
     w.open_channel(2).await;
+    broker.stop().await;
+}
+
+/// A deletion through the admin API answers no AMQP method, so nothing holds the cancel back:
+/// the queue's consumer is told at once, as RabbitMQ does for a management-UI deletion.
+#[tokio::test]
+async fn an_admin_api_deletion_cancels_the_queues_consumers_at_once() {
+    let broker = TestBroker::start().await.unwrap();
+    let mut w = Wire::open(&broker, "PLAIN", plain("guest", "guest"), 0).await;
+    w.open_channel(1).await;
+    declare_queue(&mut w, 1, "removed-by-ops", FieldTable::default()).await;
+    consume_from(&mut w, 1, "removed-by-ops", "worker").await;
+    let status = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/queues/%2F/removed-by-ops",
+            broker.http_url()
+        ))
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    match w.recv_method().await {
+        Some((1, AMQPClass::Basic(basic::AMQPMethod::Cancel(c)))) => {
+            assert_eq!(c.consumer_tag.as_str(), "worker")
+        }
+        other => panic!("expected basic.cancel, got {other:?}"),
+    }
     broker.stop().await;
 }

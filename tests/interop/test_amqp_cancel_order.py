@@ -21,7 +21,13 @@ pytestmark = pytest.mark.amqp
 
 @pytest.mark.parametrize("deleting_channel", ["consumer's channel", "another channel"])
 def test_kombu_event_loop_consumer_acks_from_a_timer_then_deletes_its_queue(
-        amqp_url, request, deleting_channel):
+        amqp_url, amqp_is_ferry, request, deleting_channel):
+    if deleting_channel == "another channel" and not amqp_is_ferry:
+        # RabbitMQ sends another channel's cancel from that channel's own process, so its
+        # order against delete-ok is a race there: on 3.10.8 we saw delete-ok first once and
+        # basic.cancel first in the next runs. Ferry always answers first, the order py-amqp
+        # needs.
+        pytest.skip("the other channel's cancel races delete-ok on RabbitMQ")
     conn = Connection(amqp_url, connect_timeout=10)
     conn.connect()
     hub = Hub()

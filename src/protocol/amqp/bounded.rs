@@ -112,7 +112,7 @@ pub fn fit_frame(props: AMQPProperties, encoded_len: usize, frame_max: usize) ->
             (encode_table(&one).len(), k)
         })
         .collect();
-    by_size.sort_by(|a, b| b.0.cmp(&a.0));
+    by_size.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
     let mut freed = 0;
     let mut dropped = Vec::new();
     for (size, name) in by_size {
