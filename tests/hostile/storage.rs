@@ -197,6 +197,13 @@ fn kafka_admin(
         .expect("admin client")
 }
 
+/// Open file descriptors of this process (the in-process broker's included).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
 fn partition_dirs(data: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(data.join("logs"))
         .expect("logs dir")
@@ -247,6 +254,7 @@ async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
         matches!(refused[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
         "{refused:?}"
     );
+    let fds_before = open_fds();
     let huge = admin_client
         .create_partitions([&NewPartitions::new("fits", 100_000)], &opts)
         .await
@@ -254,6 +262,12 @@ async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
     assert!(
         matches!(huge[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
         "{huge:?}"
+    );
+    // The broker runs in this process: the refusal opened nothing (3 fds a partition before).
+    let fds_after = open_fds();
+    assert!(
+        fds_after <= fds_before + 8,
+        "fds went from {fds_before} to {fds_after}"
     );
     let grown = admin_client
         .create_partitions([&NewPartitions::new("fits", 20)], &opts)
