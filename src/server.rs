@@ -662,7 +662,7 @@ fn raise_open_files_limit(config: &Config) {
         + config.kafka.max_connections as u64
         + config.amqp.max_connections as u64;
     let unlimited = config.kafka.max_partitions == 0 || config.amqp.max_queues == 0;
-    if unlimited || wanted > limit.rlim_cur as u64 {
+    if unlimited || wanted > limit.rlim_cur {
         tracing::warn!(
             open_files_limit = limit.rlim_cur,
             max_partitions = config.kafka.max_partitions,

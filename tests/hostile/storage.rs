@@ -4,18 +4,22 @@
 
 use std::path::Path;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{lapin, SERIAL};
-
-#[path = "../common/kafka_raw.rs"]
-mod kafka_raw;
+use super::SERIAL;
 use ferry::testing::TestBroker;
+
+#[path = "../common/mod.rs"]
+mod common;
+use common::amqp::{
+    amqp_code, channel, confirm_mode, connect, declare, declare_durable, get_body,
+    publish_confirmed,
+};
+use common::kafka_raw;
 
 /// Sends an admin API request as admin/admin; the status and the JSON body (Null if none).
 async fn admin(
@@ -46,35 +50,23 @@ async fn start_in(dir: &Path) -> TestBroker {
     TestBroker::with(|b| b.data_dir(dir)).await.expect("broker")
 }
 
-/// Publishes `body` persistently to `queue` through the default exchange, confirmed.
-async fn publish(conn: &lapin::Connection, queue: &str, body: &[u8]) {
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
-    ch.basic_publish(
-        "".into(),
-        queue.into(),
-        BasicPublishOptions::default(),
-        body,
-        BasicProperties::default().with_delivery_mode(2),
+/// A queue.declare whose refusal the test expects.
+async fn try_declare(ch: &lapin::Channel, name: &str) -> Result<lapin::Queue, lapin::Error> {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
     )
     .await
-    .expect("publish")
-    .await
-    .expect("confirm");
-    let _ = ch.close(200, "done".into()).await;
 }
 
-async fn get_one(conn: &lapin::Connection, queue: &str) -> Vec<u8> {
-    let ch = conn.create_channel().await.expect("channel");
-    let got = ch
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-        .expect("a message");
-    let _ = ch.close(200, "done".into()).await;
-    got.delivery.data
+/// Publishes `body` persistently to `queue` through the default exchange, confirmed.
+async fn publish(ch: &lapin::Channel, queue: &str, body: &[u8]) {
+    let props = BasicProperties::default().with_delivery_mode(2);
+    assert!(
+        publish_confirmed(ch, "", queue, body, props).await,
+        "{queue}: nacked"
+    );
 }
 
 /// 127 x `ü` is 254 bytes, a legal AMQP name, but 762 bytes once escaped for a directory; 90 x
@@ -90,19 +82,11 @@ async fn queue_names_too_long_to_escape_into_a_directory_work_and_survive_a_rest
     assert!(umlauts.len() <= 255 && percents.len() <= 255 && via_api.len() <= 255);
 
     let broker = start_in(dir.path()).await;
-    let conn = lapin(&broker).await;
-    let ch = conn.create_channel().await.expect("channel");
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    confirm_mode(&ch).await;
     for name in [&umlauts, &percents] {
-        ch.queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("declare {} bytes: {e}", name.len()));
+        declare_durable(&ch, name, FieldTable::default()).await;
     }
     let (status, body) = admin(
         &broker,
@@ -113,11 +97,11 @@ async fn queue_names_too_long_to_escape_into_a_directory_work_and_survive_a_rest
     .await;
     assert!(status.is_success(), "{status}: {body}");
     for name in [&umlauts, &percents, &via_api] {
-        publish(&conn, name, name.as_bytes()).await;
+        publish(&ch, name, name.as_bytes()).await;
     }
     // A second message in one queue is read before the restart: the rest must come back.
-    publish(&conn, &umlauts, b"second").await;
-    assert_eq!(get_one(&conn, &umlauts).await, umlauts.as_bytes());
+    publish(&ch, &umlauts, b"second").await;
+    assert_eq!(get_body(&ch, &umlauts).await, umlauts.as_bytes());
     let (status, body) = admin(
         &broker,
         Method::GET,
@@ -131,17 +115,18 @@ async fn queue_names_too_long_to_escape_into_a_directory_work_and_survive_a_rest
     broker.stop().await;
 
     let broker = start_in(dir.path()).await;
-    let conn = lapin(&broker).await;
-    assert_eq!(get_one(&conn, &umlauts).await, b"second");
-    assert_eq!(get_one(&conn, &percents).await, percents.as_bytes());
-    assert_eq!(get_one(&conn, &via_api).await, via_api.as_bytes());
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    confirm_mode(&ch).await;
+    assert_eq!(get_body(&ch, &umlauts).await, b"second");
+    assert_eq!(get_body(&ch, &percents).await, percents.as_bytes());
+    assert_eq!(get_body(&ch, &via_api).await, via_api.as_bytes());
     // Deleting one leaves no directory behind and does not touch the others.
-    let ch = conn.create_channel().await.expect("channel");
     ch.queue_delete(percents.as_str().into(), QueueDeleteOptions::default())
         .await
         .expect("queue.delete");
-    publish(&conn, &via_api, b"after delete").await;
-    assert_eq!(get_one(&conn, &via_api).await, b"after delete");
+    publish(&ch, &via_api, b"after delete").await;
+    assert_eq!(get_body(&ch, &via_api).await, b"after delete");
     let _ = conn.close(200, "bye".into()).await;
     broker.stop().await;
     let queue_dirs = walk_dirs(&dir.path().join("queues"));
@@ -179,16 +164,12 @@ async fn storage_errors_do_not_show_clients_a_filesystem_path() {
     std::fs::write(&vhost_dir, b"in the way").unwrap();
     let data_path = dir.path().to_string_lossy().into_owned();
 
-    let conn = lapin(&broker).await;
-    let ch = conn.create_channel().await.expect("channel");
-    let err = ch
-        .queue_declare(
-            "blocked".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let err = try_declare(&ch, "blocked")
         .await
         .expect_err("the queue cannot be created");
+    assert_eq!(amqp_code(&err), Some(541), "{err:?}");
     let text = format!("{err} {err:?}");
     assert!(text.contains("storage error"), "{text}");
     assert!(!text.contains(&data_path), "{text}");
@@ -214,6 +195,13 @@ fn kafka_admin(
         .set("bootstrap.servers", broker.kafka_bootstrap())
         .create()
         .expect("admin client")
+}
+
+/// Open file descriptors of this process (the in-process broker's included).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 fn partition_dirs(data: &Path) -> Vec<String> {
@@ -266,6 +254,7 @@ async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
         matches!(refused[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
         "{refused:?}"
     );
+    let fds_before = open_fds();
     let huge = admin_client
         .create_partitions([&NewPartitions::new("fits", 100_000)], &opts)
         .await
@@ -273,6 +262,12 @@ async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
     assert!(
         matches!(huge[0], Err((_, RDKafkaErrorCode::PolicyViolation))),
         "{huge:?}"
+    );
+    // The broker runs in this process: the refusal opened nothing (3 fds a partition before).
+    let fds_after = open_fds();
+    assert!(
+        fds_after <= fds_before + 8,
+        "fds went from {fds_before} to {fds_after}"
     );
     let grown = admin_client
         .create_partitions([&NewPartitions::new("fits", 20)], &opts)
@@ -290,25 +285,13 @@ async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
         "no orphan directories"
     );
 
-    let conn = lapin(&broker).await;
-    let ch = conn.create_channel().await.expect("channel");
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
     for name in ["q1", "q2", "q3"] {
-        ch.queue_declare(
-            name.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("within the limit");
+        declare(&ch, name).await;
     }
-    let err = ch
-        .queue_declare(
-            "q4".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect_err("beyond the limit");
+    let err = try_declare(&ch, "q4").await.expect_err("beyond the limit");
+    assert_eq!(amqp_code(&err), Some(406), "{err:?}");
     let text = format!("{err:?}");
     assert!(text.contains("PRECONDITION_FAILED"), "{text}");
     assert!(
@@ -316,20 +299,11 @@ async fn partition_and_queue_limits_refuse_before_touching_the_disk() {
         "{text}"
     );
     // Only the channel closed: the connection declares again once a queue is gone.
-    let ch = conn
-        .create_channel()
-        .await
-        .expect("the connection survived");
+    let ch = channel(&conn).await;
     ch.queue_delete("q1".into(), QueueDeleteOptions::default())
         .await
         .expect("delete");
-    ch.queue_declare(
-        "q4".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("room again");
+    declare(&ch, "q4").await;
     let _ = conn.close(200, "bye".into()).await;
     broker.stop().await;
 }
@@ -343,6 +317,7 @@ async fn max_message_bytes_is_capped_at_the_broker_limit() {
     use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier};
     use rdkafka::error::RDKafkaErrorCode;
 
+    let _serial = SERIAL.lock().await;
     let broker = TestBroker::start().await.expect("broker");
     let admin_client = kafka_admin(&broker);
     let opts = AdminOptions::new();
@@ -428,6 +403,7 @@ async fn max_message_bytes_is_capped_at_the_broker_limit() {
 /// removed at start and logged; partitions of known topics and unrelated entries stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_partition_directories_are_removed_at_start() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let broker = start_in(dir.path()).await;
     broker
