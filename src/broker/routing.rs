@@ -1462,7 +1462,7 @@ fn exchange_kind(def: &ExchangeDef) -> Option<ExchangeKind> {
 }
 
 /// A record's death history (newest first); empty if it never died.
-fn death_history(record: &SimpleRecord) -> Vec<Value> {
+pub fn death_history(record: &SimpleRecord) -> Vec<Value> {
     record
         .headers
         .iter()
