@@ -116,7 +116,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(query) = parts.next().filter(|q| !q.is_empty()) {
         path.push('?');
-        path.push_str(&percent_encode(query).replace("%3D", "=").replace("%26", "&"));
+        path.push_str(
+            &percent_encode(query)
+                .replace("%3D", "=")
+                .replace("%26", "&"),
+        );
     }
     let body = parts.next().unwrap_or_default().to_vec();
     if route.starts_with("/api/topics") && asks_for_many_partitions(&body) {

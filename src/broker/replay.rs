@@ -13,9 +13,8 @@
 
 use serde::Serialize;
 
-use super::routing::{RoutingError, DEATH_HEADER};
+use super::routing::{death_history, RoutingError, DEATH_HEADER};
 use super::BrokerCore;
-use crate::log::SimpleRecord;
 
 /// Messages a replay claims at a time.
 const REPLAY_CHUNK: usize = 100;
@@ -54,17 +53,6 @@ impl ReplayReport {
             self.errors.push(why());
         }
     }
-}
-
-/// A record's death history (newest first), empty when it never died.
-pub fn deaths_of(record: &SimpleRecord) -> Vec<serde_json::Value> {
-    record
-        .headers
-        .iter()
-        .find(|(k, _)| k == DEATH_HEADER)
-        .and_then(|(_, v)| v.as_ref())
-        .and_then(|raw| serde_json::from_slice(raw).ok())
-        .unwrap_or_default()
 }
 
 /// Where a dead letter came from: the exchange and first routing key of its first death
@@ -132,7 +120,7 @@ impl BrokerCore {
                         let key = req
                             .routing_key
                             .clone()
-                            .or_else(|| origin_of(&deaths_of(&m.record)).map(|(_, k)| k))
+                            .or_else(|| origin_of(&death_history(&m.record)).map(|(_, k)| k))
                             .or_else(|| {
                                 m.record
                                     .key
@@ -141,7 +129,7 @@ impl BrokerCore {
                             });
                         Some((ex, key.unwrap_or_default()))
                     }
-                    None => origin_of(&deaths_of(&m.record)),
+                    None => origin_of(&death_history(&m.record)),
                 };
                 let Some((exchange, key)) = target else {
                     give_back.push(m.offset);

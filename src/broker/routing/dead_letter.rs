@@ -59,7 +59,7 @@ impl Router {
 }
 
 /// A record's death history (newest first); empty if it never died.
-pub(super) fn death_history(record: &SimpleRecord) -> Vec<Value> {
+pub fn death_history(record: &SimpleRecord) -> Vec<Value> {
     record
         .headers
         .iter()

@@ -51,6 +51,7 @@ mod publish;
 mod storage;
 mod tasks;
 
+pub use dead_letter::death_history;
 use dead_letter::*;
 pub use declare::DELAYED_MESSAGE_EXCHANGE;
 use declare::*;

@@ -29,6 +29,23 @@ impl FromRequestParts<AppState> for Admin {
                 "the admin API is disabled (observe.admin_user and observe.admin_password are empty)",
             ));
         }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        if let Some(core) = state.health.core() {
+            let guard = core.login_guard();
+            if guard.busy(peer) {
+                // Refused unchecked, and not waited out: waiting here would hold one more
+                // connection for a guesser who is already waiting out many.
+                let _ = guard.failed("http", peer, "");
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    "too many failed logins from this address are waiting; retry later",
+                ));
+            }
+        }
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -40,12 +57,7 @@ impl FromRequestParts<AppState> for Admin {
                     & constant_time_eq(password.as_bytes(), creds.password.as_bytes()) => {}
             Some((user, _)) => {
                 if let Some(core) = state.health.core() {
-                    let peer = parts
-                        .extensions
-                        .get::<ConnectInfo<SocketAddr>>()
-                        .map(|ConnectInfo(addr)| addr.ip());
-                    let delay = core.login_guard().failed("http", peer, &user);
-                    tokio::time::sleep(delay).await;
+                    core.login_guard().failed("http", peer, &user).wait().await;
                 }
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -61,10 +73,6 @@ impl FromRequestParts<AppState> for Admin {
         }
         match state.health.core() {
             Some(core) => {
-                let peer = parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|ConnectInfo(addr)| addr.ip());
                 core.login_guard().succeeded(peer);
                 Ok(Admin(core.clone()))
             }

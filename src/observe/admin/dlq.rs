@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::queues::queue_of;
 use super::{bad_request, Admin, ApiError};
-use crate::broker::replay::{deaths_of, ReplayRequest};
-use crate::broker::routing::{DEATH_HEADER, EXCHANGE_HEADER};
+use crate::broker::replay::ReplayRequest;
+use crate::broker::routing::{death_history, DEATH_HEADER, EXCHANGE_HEADER};
 use crate::broker::BrokerCore;
 use crate::log::SimpleRecord;
 
@@ -93,7 +93,7 @@ fn message_view(core: &BrokerCore, offset: i64, record: &SimpleRecord) -> Messag
         payload_bytes: body.len(),
         headers,
         amqp_headers: amqp_headers_of(core, record).map(serde_json::Value::Object),
-        death: deaths_of(record),
+        death: death_history(record),
     }
 }
 

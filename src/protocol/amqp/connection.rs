@@ -720,8 +720,10 @@ impl Conn {
         let guard = self.core.login_guard();
         if !known {
             // Counted, logged (WARN, rate-limited) and slowed per peer by the core's guard.
-            let delay = guard.failed("amqp", Some(self.peer.ip()), &user);
-            tokio::time::sleep(delay).await;
+            guard
+                .failed("amqp", Some(self.peer.ip()), &user)
+                .wait()
+                .await;
             return Err(refused());
         }
         guard.succeeded(Some(self.peer.ip()));
