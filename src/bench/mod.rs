@@ -14,6 +14,7 @@
 
 pub mod amqp;
 mod amqp_client;
+pub mod args;
 pub mod kafka;
 // `ferry produce|consume` (crate::admin_cli::kcat) reuse this client.
 pub(crate) mod kafka_client;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::{BenchArgs, BenchTarget};
+use self::args::{BenchArgs, BenchTarget};
 
 /// `16B`, `1KiB`, `1MiB`: a message size as the tables print it.
 pub(crate) fn size_label(size: usize) -> String {

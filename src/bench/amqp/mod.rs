@@ -41,8 +41,8 @@ use tokio::sync::{oneshot, Notify};
 use super::amqp_client::{
     display_url, encode_ack, next_frame, short, Frame, PublishTemplate, Session,
 };
+use super::args::AmqpBenchArgs;
 use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency, Progress};
-use crate::cli::AmqpBenchArgs;
 
 /// Bytes at the start of each body that carry the time it was written.
 const STAMP_LEN: usize = 8;

@@ -52,11 +52,11 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::args::KafkaBenchArgs;
 use super::kafka_client::{kafka_error, retriable, Connection, Pending};
 use super::{
     cores, group, random_suffix, size_label, BenchError, CpuMeter, CpuShare, Latency, Progress,
 };
-use crate::cli::KafkaBenchArgs;
 use crate::log::batch::{try_encode_batch, BatchHeader, BatchIter, EncodeOptions, SimpleRecord};
 
 /// Version ranges this client can speak (names, not topic ids, identify topics in all of them).
