@@ -81,8 +81,8 @@ fn listen_conflicts(conflicts: &[ListenConflict]) -> String {
     out
 }
 
-/// Why a bind failed, in words, without Rust's "(os error N)".
-fn bind_reason(e: &std::io::Error) -> String {
+/// Why a bind or a directory operation failed, in words, without Rust's "(os error N)".
+fn os_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::AddrInUse => "address already in use".into(),
         std::io::ErrorKind::AddrNotAvailable => "no such address on this host".into(),
@@ -116,7 +116,7 @@ fn probe_listeners(config: &Config) -> Result<(), StartError> {
             conflicts.push(ListenConflict {
                 key,
                 addr: addr.clone(),
-                reason: bind_reason(&e),
+                reason: os_reason(&e),
             });
         }
     }
@@ -501,7 +501,7 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError>
         StartError::Listen(vec![ListenConflict {
             key,
             addr: addr.to_string(),
-            reason: bind_reason(&e),
+            reason: os_reason(&e),
         }])
     })
 }
@@ -593,7 +593,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     };
     check_data_dir(dir)?;
     std::fs::create_dir_all(dir)
-        .map_err(|e| err(format!("cannot create it: {}", bind_reason(&e))))?;
+        .map_err(|e| err(format!("cannot create it: {}", os_reason(&e))))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

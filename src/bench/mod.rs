@@ -14,6 +14,7 @@
 
 pub mod amqp;
 mod amqp_client;
+pub mod args;
 pub mod kafka;
 // `ferry produce|consume` (crate::admin_cli::kcat) reuse this client.
 pub(crate) mod kafka_client;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::{BenchArgs, BenchTarget};
+use self::args::{BenchArgs, BenchTarget};
 
 /// `16B`, `1KiB`, `1MiB`: a message size as the tables print it.
 pub(crate) fn size_label(size: usize) -> String {
@@ -232,17 +233,33 @@ impl CpuMeter {
     }
 }
 
-/// p50 and p99 of latency samples in nanoseconds, in milliseconds. Sorts `samples`.
-pub(crate) fn percentiles(samples: &mut [u64]) -> Option<(f64, f64)> {
-    if samples.is_empty() {
-        return None;
+/// Latency of one phase of either bench, in milliseconds (nearest rank).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    /// What was timed: `ack` (Kafka produce request sent → response), `confirm` (AMQP publish
+    /// written → confirmed) or `end_to_end` (sent → read by a consumer).
+    pub kind: &'static str,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub samples: usize,
+}
+
+impl Latency {
+    /// From samples in nanoseconds; `None` when there are none.
+    pub(crate) fn from(kind: &'static str, mut samples: Vec<u64>) -> Option<Latency> {
+        let n = samples.len();
+        let q = quantiles(&mut samples, &[0.50, 0.99, 0.999, 1.0])?;
+        Some(Latency {
+            kind,
+            p50_ms: q[0],
+            p99_ms: q[1],
+            p999_ms: q[2],
+            max_ms: q[3],
+            samples: n,
+        })
     }
-    samples.sort_unstable();
-    let at = |q: f64| {
-        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-        samples[rank - 1] as f64 / 1e6
-    };
-    Some((at(0.50), at(0.99)))
 }
 
 /// The given quantiles (0.0–1.0, nearest rank) of latency samples in nanoseconds, in
@@ -361,14 +378,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grouping_and_percentiles() {
+    fn grouping_and_quantiles() {
         assert_eq!(group(0), "0");
         assert_eq!(group(999), "999");
         assert_eq!(group(1000), "1,000");
         assert_eq!(group(1234567), "1,234,567");
         let mut samples: Vec<u64> = (1..=100).map(|i| i * 1_000_000).collect();
-        assert_eq!(percentiles(&mut samples), Some((50.0, 99.0)));
-        assert_eq!(percentiles(&mut []), None);
+        assert_eq!(
+            quantiles(&mut samples, &[0.5, 0.99]),
+            Some(vec![50.0, 99.0])
+        );
+        assert_eq!(quantiles(&mut [], &[0.5]), None);
     }
 
     #[test]
