@@ -46,6 +46,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::clock::Clock;
 use crate::log::{LogConfig, LogError, LogLabels, PartitionHandle, RecoveryReport};
 use crate::meta::{Meta, MetaError, TopicDef};
+use routing::remove_dir_if_present;
 
 pub use group::{
     GroupCoordinator, GroupDescription, GroupError, GroupListing, GroupSettings, GroupState,
@@ -646,18 +647,6 @@ impl BrokerCore {
         if let Err(e) = self.inner.meta.flush() {
             tracing::error!(error = %e, "flushing metadata at shutdown failed");
         }
-    }
-}
-
-fn remove_dir_if_present(dir: &Path) -> Result<(), BrokerError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LogError::Io {
-            context: format!("removing {}", dir.display()),
-            source,
-        }
-        .into()),
     }
 }
 

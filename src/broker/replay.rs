@@ -81,13 +81,7 @@ impl BrokerCore {
         req: &ReplayRequest,
     ) -> Result<ReplayReport, RoutingError> {
         let router = self.router().clone();
-        let q = router
-            .queue(vhost, name)
-            .ok_or_else(|| RoutingError::NotFound {
-                kind: "queue",
-                vhost: vhost.into(),
-                name: name.into(),
-            })?;
+        let q = router.existing_queue(vhost, name)?;
         if req.routing_key.is_some() && req.exchange.is_none() {
             return Err(RoutingError::InvalidRequest(
                 "routing_key needs exchange (use \"\" for the default exchange)".into(),
@@ -95,11 +89,7 @@ impl BrokerCore {
         }
         if let Some(ex) = req.exchange.as_deref() {
             if !ex.is_empty() && router.exchange(vhost, ex).is_none() {
-                return Err(RoutingError::NotFound {
-                    kind: "exchange",
-                    vhost: vhost.into(),
-                    name: ex.to_string(),
-                });
+                return Err(RoutingError::not_found("exchange", vhost, ex));
             }
         }
         // Bounded by what is ready now: a target that routes back into this queue must not

@@ -249,11 +249,7 @@ impl TopicSink for CoreTopicSink {
         >,
     > {
         Box::pin(async move {
-            let not_found = || RoutingError::NotFound {
-                kind: "exchange",
-                vhost: DEFAULT_VHOST.into(),
-                name: topic.into(),
-            };
+            let not_found = || RoutingError::not_found("exchange", DEFAULT_VHOST, topic);
             let inner = self.core.upgrade().ok_or_else(not_found)?;
             let core = BrokerCore { inner };
             let t = core.topic(topic).ok_or_else(not_found)?;

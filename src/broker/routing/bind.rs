@@ -12,29 +12,13 @@ impl RouterInner {
                 "operation not permitted on the default exchange".into(),
             ));
         }
-        let ex = self
-            .exchange(&b.vhost, &b.source)
-            .ok_or_else(|| RoutingError::NotFound {
-                kind: "exchange",
-                vhost: b.vhost.clone(),
-                name: b.source.clone(),
-            })?;
+        let ex = self.existing_exchange(&b.vhost, &b.source)?;
         match b.destination_kind {
             DestinationKind::Queue => {
-                self.queue(&b.vhost, &b.destination)
-                    .ok_or_else(|| RoutingError::NotFound {
-                        kind: "queue",
-                        vhost: b.vhost.clone(),
-                        name: b.destination.clone(),
-                    })?;
+                self.existing_queue(&b.vhost, &b.destination)?;
             }
             DestinationKind::Exchange => {
-                self.exchange(&b.vhost, &b.destination)
-                    .ok_or_else(|| RoutingError::NotFound {
-                        kind: "exchange",
-                        vhost: b.vhost.clone(),
-                        name: b.destination.clone(),
-                    })?;
+                self.existing_exchange(&b.vhost, &b.destination)?;
             }
         }
         Ok(ex)

@@ -58,11 +58,7 @@ impl RouterInner {
             return Ok(existing);
         }
         if passive {
-            return Err(RoutingError::NotFound {
-                kind: "exchange",
-                vhost: def.vhost,
-                name: def.name,
-            });
+            return Err(RoutingError::not_found("exchange", &def.vhost, &def.name));
         }
         if def.name.starts_with("amq.") {
             return Err(RoutingError::AccessRefused(format!(
@@ -306,11 +302,7 @@ impl RouterInner {
     ) -> Result<u64, RoutingError> {
         let _admin = self.admin.lock().await;
         let Some(q) = self.queue(vhost, name) else {
-            return Err(RoutingError::NotFound {
-                kind: "queue",
-                vhost: vhost.into(),
-                name: name.into(),
-            });
+            return Err(RoutingError::not_found("queue", vhost, name));
         };
         if let (Some(owner), Some(conn)) = (q.exclusive_owner(), connection) {
             if owner != conn {
@@ -393,13 +385,7 @@ impl RouterInner {
 
     /// Settles every ready message of a queue; returns how many.
     pub fn purge_queue(&self, vhost: &str, name: &str) -> Result<u64, RoutingError> {
-        let q = self
-            .queue(vhost, name)
-            .ok_or_else(|| RoutingError::NotFound {
-                kind: "queue",
-                vhost: vhost.into(),
-                name: name.into(),
-            })?;
+        let q = self.existing_queue(vhost, name)?;
         Ok(q.purge())
     }
 }

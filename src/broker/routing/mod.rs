@@ -56,6 +56,7 @@ use dead_letter::*;
 pub use declare::DELAYED_MESSAGE_EXCHANGE;
 use declare::*;
 pub use storage::escape_path_component;
+pub(crate) use storage::remove_dir_if_present;
 use storage::*;
 
 /// The default virtual host, where Kafka topics are exchanges too.
@@ -93,6 +94,15 @@ pub enum RoutingError {
 }
 
 impl RoutingError {
+    /// A missing queue or exchange (`kind`) of `vhost`.
+    pub fn not_found(kind: &'static str, vhost: &str, name: &str) -> Self {
+        RoutingError::NotFound {
+            kind,
+            vhost: vhost.into(),
+            name: name.into(),
+        }
+    }
+
     /// The text a client may see: storage failures lose their paths and host details (see
     /// [`LogError::client_message`]) and are logged here in full, since this is where every
     /// one of them turns into an answer.
@@ -489,6 +499,22 @@ impl RouterInner {
 
     pub fn queue(&self, vhost: &str, name: &str) -> Option<Arc<Queue>> {
         self.queues.read().get(&key(vhost, name)).cloned()
+    }
+
+    /// [`queue`](Self::queue), or the core's NotFound error naming it (AMQP 404, HTTP 404).
+    pub fn existing_queue(&self, vhost: &str, name: &str) -> Result<Arc<Queue>, RoutingError> {
+        self.queue(vhost, name)
+            .ok_or_else(|| RoutingError::not_found("queue", vhost, name))
+    }
+
+    /// [`exchange`](Self::exchange), or the core's NotFound error naming it.
+    pub fn existing_exchange(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Result<Arc<Exchange>, RoutingError> {
+        self.exchange(vhost, name)
+            .ok_or_else(|| RoutingError::not_found("exchange", vhost, name))
     }
 
     /// All exchanges, for the admin API.

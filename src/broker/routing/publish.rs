@@ -17,13 +17,7 @@ impl RouterInner {
         if exchange.is_empty() {
             return Ok(self.queue(vhost, routing_key).into_iter().collect());
         }
-        let mut start = self
-            .exchange(vhost, exchange)
-            .ok_or_else(|| RoutingError::NotFound {
-                kind: "exchange",
-                vhost: vhost.into(),
-                name: exchange.into(),
-            })?;
+        let mut start = self.existing_exchange(vhost, exchange)?;
         let mut tried = HashSet::new();
         loop {
             let out = self.route_from(vhost, &start, routing_key, headers);
@@ -150,11 +144,7 @@ impl RouterInner {
         delay_ms: i64,
     ) -> Result<Published, RoutingError> {
         if !exchange.is_empty() && self.exchange(vhost, exchange).is_none() {
-            return Err(RoutingError::NotFound {
-                kind: "exchange",
-                vhost: vhost.into(),
-                name: exchange.into(),
-            });
+            return Err(RoutingError::not_found("exchange", vhost, exchange));
         }
         let q = self.delay_queue(vhost).await?;
         let due = self.clock.now_ms().saturating_add(delay_ms);
@@ -214,11 +204,7 @@ impl RouterInner {
                 let sink = self
                     .topic_sink
                     .get()
-                    .ok_or_else(|| RoutingError::NotFound {
-                        kind: "exchange",
-                        vhost: vhost.into(),
-                        name: exchange.into(),
-                    })?;
+                    .ok_or_else(|| RoutingError::not_found("exchange", vhost, exchange))?;
                 let pending = sink.submit(ex.name(), record).await?;
                 return Ok(Published {
                     pending: pending.into_iter().collect(),

@@ -113,15 +113,15 @@ pub(super) fn long_name_storage_dir(vhost: &str, name: &str) -> Option<String> {
     Some(format!("{readable}~{}", random_suffix()))
 }
 
-pub(super) fn remove_dir_if_present(dir: &Path) -> Result<(), RoutingError> {
+/// Removes a partition's or queue's directory; one that is already gone is fine.
+pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<(), LogError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(LogError::Io {
             context: format!("removing {}", dir.display()),
             source,
-        }
-        .into()),
+        }),
     }
 }
 

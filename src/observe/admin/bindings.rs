@@ -10,7 +10,6 @@ use serde::Deserialize;
 use super::queues::unknown_vhost;
 use super::{empty_object, json_body, Admin, ApiError};
 use crate::broker::names;
-use crate::broker::routing::RoutingError;
 use crate::broker::BrokerCore;
 use crate::meta::{BindingDef, DestinationKind};
 
@@ -84,14 +83,7 @@ pub(super) async fn delete_binding(
     body: Result<Json<BindingRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let def = json_body(body)?.into_def(&core)?;
-    let ex = core
-        .router()
-        .exchange(&def.vhost, &def.source)
-        .ok_or_else(|| RoutingError::NotFound {
-            kind: "exchange",
-            vhost: def.vhost.clone(),
-            name: def.source.clone(),
-        })?;
+    let ex = core.router().existing_exchange(&def.vhost, &def.source)?;
     if !ex.bindings().iter().any(|b| b == &def) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -55,14 +55,7 @@ pub(super) async fn get_exchange(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     unknown_vhost(&core, &vhost)?;
-    let ex = core
-        .router()
-        .exchange(&vhost, &name)
-        .ok_or(RoutingError::NotFound {
-            kind: "exchange",
-            vhost,
-            name,
-        })?;
+    let ex = core.router().existing_exchange(&vhost, &name)?;
     Ok(Json(exchange_view(&ex)).into_response())
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{bad_request, empty_object, json_body, yes, Admin, ApiError};
 use crate::broker::names;
 use crate::broker::queue::QueueLimits;
-use crate::broker::routing::{QueueSpec, RoutingError};
+use crate::broker::routing::QueueSpec;
 use crate::broker::BrokerCore;
 
 #[derive(Serialize)]
@@ -57,13 +57,7 @@ pub(super) fn queue_of(
     name: &str,
 ) -> Result<std::sync::Arc<crate::broker::queue::Queue>, ApiError> {
     unknown_vhost(core, vhost)?;
-    core.router().queue(vhost, name).ok_or_else(|| {
-        ApiError::from(RoutingError::NotFound {
-            kind: "queue",
-            vhost: vhost.into(),
-            name: name.into(),
-        })
-    })
+    Ok(core.router().existing_queue(vhost, name)?)
 }
 
 pub(super) fn queue_view(q: &crate::broker::queue::Queue) -> QueueView {
