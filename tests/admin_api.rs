@@ -15,29 +15,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
-/// Sends an admin request as admin/admin; returns the status and the JSON body (Null if none).
-async fn call(
-    broker: &TestBroker,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = Client::new()
-        .request(method, format!("{}{path}", broker.http_url()))
-        .basic_auth("admin", Some("admin"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    };
-    (status, json)
-}
+mod common;
+use common::admin::admin_call as call;
 
 async fn get(broker: &TestBroker, path: &str) -> (StatusCode, Value) {
     call(broker, Method::GET, path, None).await

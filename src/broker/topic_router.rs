@@ -45,9 +45,9 @@ use tokio::task::JoinHandle;
 
 use super::dedup::{self, DedupCache, DedupPolicy};
 use super::queue::{Queue, Submitted};
-use super::routing::{RoutingError, TopicSink, DEFAULT_VHOST, EXCHANGE_HEADER};
+use super::routing::{RoutingError, TopicSink, TopicSubmit, DEFAULT_VHOST, EXCHANGE_HEADER};
 use super::{BrokerCore, CoreInner};
-use crate::log::{batch, PartitionHandle, PendingAppend, SimpleRecord};
+use crate::log::{batch, PartitionHandle, SimpleRecord};
 use crate::meta::{RouteInFlight, RouteMark, TopicRouteState};
 
 /// Bytes of topic log read per routing step.
@@ -237,17 +237,7 @@ fn reload_topic_ids(log: &PartitionHandle, cache: &mut DedupCache, since_ms: i64
 }
 
 impl TopicSink for CoreTopicSink {
-    fn submit<'a>(
-        &'a self,
-        topic: &'a str,
-        record: SimpleRecord,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Option<PendingAppend>, RoutingError>>
-                + Send
-                + 'a,
-        >,
-    > {
+    fn submit<'a>(&'a self, topic: &'a str, record: SimpleRecord) -> TopicSubmit<'a> {
         Box::pin(async move {
             let not_found = || RoutingError::not_found("exchange", DEFAULT_VHOST, topic);
             let inner = self.core.upgrade().ok_or_else(not_found)?;

@@ -7,39 +7,20 @@ use std::path::Path;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use reqwest::{Client, Method, StatusCode};
-use serde_json::{json, Value};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
 
 use super::SERIAL;
 use ferry::testing::TestBroker;
 
 #[path = "../common/mod.rs"]
 mod common;
+use common::admin::admin_call as admin;
 use common::amqp::{
     amqp_code, channel, confirm_mode, connect, declare, declare_durable, get_body,
     publish_confirmed,
 };
 use common::kafka_raw;
-
-/// Sends an admin API request as admin/admin; the status and the JSON body (Null if none).
-async fn admin(
-    broker: &TestBroker,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = Client::new()
-        .request(method, format!("{}{path}", broker.http_url()))
-        .basic_auth("admin", Some("admin"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("admin request");
-    let status = resp.status();
-    let text = resp.text().await.expect("admin body");
-    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, json)
-}
 
 /// Percent-encodes every byte, so any name fits a URL path segment.
 fn path_segment(name: &str) -> String {

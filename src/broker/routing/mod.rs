@@ -174,6 +174,11 @@ pub struct Published {
 /// The AMQP adapter turns it into RabbitMQ's `x-death` header.
 pub const DEATH_HEADER: &str = "ferry.death";
 
+/// What [`TopicSink::submit`] returns: the pending append, or `None` for a deduplicated record.
+pub type TopicSubmit<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<PendingAppend>, RoutingError>> + Send + 'a>,
+>;
+
 /// Where a publish to a topic's exchange face goes: the core appends it to the topic (the
 /// router does not own topics). Implemented by the broker core.
 pub trait TopicSink: Send + Sync {
@@ -181,18 +186,7 @@ pub trait TopicSink: Send + Sync {
     /// handle resolves once the append is durable. `None`: the topic's deduplication window
     /// already holds the record's message id, so nothing was appended (and the publish is
     /// confirmed: the message is in the topic).
-    #[allow(clippy::type_complexity)]
-    fn submit<'a>(
-        &'a self,
-        topic: &'a str,
-        record: SimpleRecord,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Option<PendingAppend>, RoutingError>>
-                + Send
-                + 'a,
-        >,
-    >;
+    fn submit<'a>(&'a self, topic: &'a str, record: SimpleRecord) -> TopicSubmit<'a>;
 }
 
 /// Reads the message headers of a stored record, as a headers exchange matches them.
