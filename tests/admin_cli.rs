@@ -764,7 +764,8 @@ async fn produce_and_consume_over_kafka() {
 
 /// `group describe` of a group whose member owns partitions it never committed: every assigned
 /// partition is listed, `-` as COMMITTED, its lag counted from the log start (12 unread records
-/// here), and the total includes them, as kafka-consumer-groups reports it.
+/// here), and the total includes them, as kafka-consumer-groups reports it; `--json` (the admin
+/// API's `/api/groups/{id}`) lists and counts them the same way, with `committed_offset: null`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_describe_counts_lag_on_uncommitted_assigned_partitions() {
     let broker = TestBroker::start().await.unwrap();
@@ -827,6 +828,9 @@ async fn group_describe_counts_lag_on_uncommitted_assigned_partitions() {
     let out = ok(&broker, &["group", "describe", "ledger-readers"])
         .await
         .stdout;
+    let json = ok(&broker, &["group", "describe", "ledger-readers", "--json"])
+        .await
+        .stdout;
     stop_tx.send(()).unwrap();
     tokio::task::spawn_blocking(move || member.join().unwrap())
         .await
@@ -848,6 +852,18 @@ async fn group_describe_counts_lag_on_uncommitted_assigned_partitions() {
     for row in &rows {
         assert_eq!(row[5], "ledger-reader-1", "{out}");
     }
+    // `--json` is the admin API's own document, and it counts the same way.
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["total_lag"], 14, "{json}");
+    assert_eq!(
+        doc["offsets"],
+        serde_json::json!([
+            {"topic": "ledger", "partition": 0, "committed_offset": 2, "high_watermark": 4, "lag": 2},
+            {"topic": "ledger", "partition": 1, "committed_offset": null, "high_watermark": 5, "lag": 5},
+            {"topic": "ledger", "partition": 2, "committed_offset": null, "high_watermark": 7, "lag": 7},
+        ]),
+        "{json}"
+    );
 }
 
 /// `topic create` of a topic a Kafka client auto-created says what exists and why, and

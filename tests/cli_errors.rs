@@ -183,30 +183,39 @@ fn clients_without_a_broker_suggest_ferry_serve() {
     }
 }
 
-/// Every leaf subcommand's `-h`: each flag and argument has a description, connection options
-/// have their own heading, and there is at least one example where the command takes input.
+/// Every subcommand's `-h` (each leaf and each command that groups them): each flag and
+/// argument has a description, connection options have their own heading, and there is at least
+/// one example of that very command, whose flags and values parse (each example is run again
+/// with `-h` appended: clap reads what comes before it and refuses an unknown flag or a bad
+/// value, but prints the help instead of running).
 #[test]
 fn help_describes_every_argument() {
-    let leaves: &[&[&str]] = &[
+    let commands: &[&[&str]] = &[
         &["serve"],
+        &["bench"],
         &["bench", "kafka"],
         &["bench", "amqp"],
+        &["topic"],
         &["topic", "list"],
         &["topic", "create"],
         &["topic", "delete"],
         &["topic", "describe"],
+        &["queue"],
         &["queue", "list"],
         &["queue", "create"],
         &["queue", "delete"],
         &["queue", "describe"],
         &["queue", "purge"],
+        &["exchange"],
         &["exchange", "list"],
         &["exchange", "create"],
         &["exchange", "delete"],
         &["exchange", "bind"],
+        &["group"],
         &["group", "list"],
         &["group", "describe"],
         &["group", "reset-offsets"],
+        &["dlq"],
         &["dlq", "list"],
         &["dlq", "browse"],
         &["dlq", "replay"],
@@ -216,24 +225,9 @@ fn help_describes_every_argument() {
         &["completions"],
         &["man"],
     ];
-    let with_examples = [
-        "serve",
-        "bench",
-        "topic create",
-        "queue create",
-        "exchange create",
-        "exchange bind",
-        "group describe",
-        "group reset-offsets",
-        "dlq replay",
-        "produce",
-        "consume",
-        "completions",
-        "man",
-    ];
-    for leaf in leaves {
-        let out = ferry(leaf).arg("-h").output().unwrap();
-        assert!(out.status.success(), "{leaf:?}: {}", stderr(&out));
+    for command in commands {
+        let out = ferry(command).arg("-h").output().unwrap();
+        assert!(out.status.success(), "{command:?}: {}", stderr(&out));
         let help = String::from_utf8_lossy(&out.stdout).into_owned();
         for line in help.lines() {
             let t = line.trim_start();
@@ -245,23 +239,76 @@ fn help_describes_every_argument() {
             }
             // "  -p, --partitions <N>  Description": the entry, two spaces, the text.
             let described = t.contains("  ");
-            assert!(described, "{leaf:?}: `{t}` has no description:\n{help}");
+            assert!(described, "{command:?}: `{t}` has no description:\n{help}");
         }
-        let name = leaf.join(" ");
-        if with_examples.iter().any(|w| name.starts_with(w)) && leaf.len() <= 2 {
-            if name.starts_with("bench ") {
-                continue;
-            }
-            assert!(help.contains("Example"), "{leaf:?} has no example:\n{help}");
+        let name = command.join(" ");
+        let examples: Vec<Vec<String>> = help
+            .lines()
+            .skip_while(|l| !l.starts_with("Example"))
+            .filter_map(|l| l.strip_prefix("  ferry "))
+            .map(example_args)
+            .collect();
+        assert!(
+            examples
+                .iter()
+                .any(|args| args.join(" ").starts_with(&name)),
+            "{command:?} has no example of `ferry {name}`:\n{help}"
+        );
+        for args in &examples {
+            let out = ferry(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .arg("-h")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{command:?}: the example `ferry {}` does not parse: {}",
+                args.join(" "),
+                stderr(&out)
+            );
         }
-        let takes_connection = !matches!(leaf[0], "serve" | "completions" | "man");
+        let takes_connection =
+            !matches!(command[0], "serve" | "completions" | "man") && *command != ["bench"];
         if takes_connection {
             assert!(
                 help.contains("Connection (also from the environment):"),
-                "{leaf:?}: connection options not grouped:\n{help}"
+                "{command:?}: connection options not grouped:\n{help}"
             );
         }
     }
-    let out = ferry(&["bench", "-h"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Example"));
+}
+
+/// The arguments of one example line of a help text, as a shell would split them: the comment
+/// (`  # ...`), a pipe and a redirection are cut off, and single or double quotes are removed.
+fn example_args(line: &str) -> Vec<String> {
+    let command = line.split("  #").next().unwrap_or(line);
+    let command = command.split(" | ").next().unwrap_or(command);
+    let command = command.split(" > ").next().unwrap_or(command);
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    let mut in_word = false;
+    for c in command.trim().chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    args.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        args.push(current);
+    }
+    args
 }

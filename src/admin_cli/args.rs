@@ -47,6 +47,9 @@ pub struct AdminConn {
 
 /// `ferry topic ...`
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  ferry topic create orders -p 3\n  ferry topic list\n  ferry topic describe orders\n  ferry topic delete orders"
+)]
 pub struct TopicArgs {
     #[command(flatten)]
     pub conn: AdminConn,
@@ -57,6 +60,9 @@ pub struct TopicArgs {
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
     /// List topics with partition counts and sizes.
+    #[command(
+        after_help = "Examples:\n  ferry topic list\n  ferry topic list --json | jq -r '.[].name'"
+    )]
     List,
     /// Create a topic.
     #[command(
@@ -76,14 +82,15 @@ pub enum TopicCommand {
         #[arg(long)]
         if_not_exists: bool,
     },
-    /// Delete a topic and its data.
+    /// Delete a topic and its data (its exchange face and the bindings to it go too).
+    #[command(after_help = "Example:\n  ferry topic delete orders")]
     Delete {
         /// Topic name.
         name: String,
     },
     /// Show a topic's partitions, offsets and config overrides.
     #[command(
-        after_help = "Example:\n  ferry topic describe orders --json | jq '.partitions[].end_offset'"
+        after_help = "Examples:\n  ferry topic describe orders\n  ferry topic describe orders --json | jq '.partitions[].end_offset'"
     )]
     Describe {
         /// Topic name.
@@ -93,6 +100,9 @@ pub enum TopicCommand {
 
 /// `ferry queue ...`
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  ferry queue create orders.work --arg x-dead-letter-exchange=dlx\n  ferry queue list\n  ferry queue describe orders.work\n  ferry queue purge orders.work"
+)]
 pub struct QueueArgs {
     #[command(flatten)]
     pub conn: AdminConn,
@@ -102,7 +112,10 @@ pub struct QueueArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// List queues with ready/unacked counts and consumers.
+    /// List queues (every vhost) with ready/unacked counts and consumers.
+    #[command(
+        after_help = "Examples:\n  ferry queue list\n  ferry queue list --json | jq -r '.[] | select(.consumers == 0) | .name'"
+    )]
     List,
     /// Declare a queue (durable unless --transient).
     #[command(
@@ -126,7 +139,9 @@ pub enum QueueCommand {
         arguments: Vec<String>,
     },
     /// Delete a queue and its messages.
-    #[command(after_help = "Example:\n  ferry queue delete orders.work --if-empty")]
+    #[command(
+        after_help = "Examples:\n  ferry queue delete orders.work --if-empty\n  ferry queue delete jobs --vhost staging --if-unused"
+    )]
     Delete {
         /// Queue name.
         name: String,
@@ -141,6 +156,9 @@ pub enum QueueCommand {
         if_empty: bool,
     },
     /// Show a queue's properties and counts.
+    #[command(
+        after_help = "Examples:\n  ferry queue describe orders.work\n  ferry queue describe jobs --vhost staging --json"
+    )]
     Describe {
         /// Queue name.
         name: String,
@@ -149,6 +167,7 @@ pub enum QueueCommand {
         vhost: String,
     },
     /// Remove every ready message (unacked ones stay).
+    #[command(after_help = "Example:\n  ferry queue purge orders.work")]
     Purge {
         /// Queue name.
         name: String,
@@ -160,6 +179,9 @@ pub enum QueueCommand {
 
 /// `ferry exchange ...`
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  ferry exchange create dlx --type fanout\n  ferry exchange bind dlx orders.dead\n  ferry exchange list"
+)]
 pub struct ExchangeArgs {
     #[command(flatten)]
     pub conn: AdminConn,
@@ -169,7 +191,8 @@ pub struct ExchangeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ExchangeCommand {
-    /// List exchanges (topics show as `topic` exchanges of vhost /).
+    /// List exchanges of every vhost (topics show as `topic` exchanges of vhost /).
+    #[command(after_help = "Examples:\n  ferry exchange list\n  ferry exchange list --json")]
     List,
     /// Declare an exchange (durable unless --transient).
     #[command(
@@ -189,6 +212,9 @@ pub enum ExchangeCommand {
         transient: bool,
     },
     /// Delete an exchange and its bindings.
+    #[command(
+        after_help = "Examples:\n  ferry exchange delete dlx\n  ferry exchange delete events --vhost staging"
+    )]
     Delete {
         /// Exchange name (a topic's exchange face goes with `ferry topic delete`).
         name: String,
@@ -216,6 +242,9 @@ pub enum ExchangeCommand {
 
 /// `ferry group ...`
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  ferry group list\n  ferry group describe billing\n  ferry group reset-offsets billing --topic orders --to-earliest"
+)]
 pub struct GroupArgs {
     #[command(flatten)]
     pub conn: AdminConn,
@@ -226,13 +255,17 @@ pub struct GroupArgs {
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// List consumer groups and their states.
+    #[command(after_help = "Examples:\n  ferry group list\n  ferry group list --json")]
     List,
     /// Show a group's members, assignment, committed offsets and lag.
     ///
     /// One row per partition the group has committed or is assigned. COMMITTED is `-` when the
     /// group has not committed an offset there; its LAG then counts from the log start, which is
-    /// what a consumer with auto.offset.reset=earliest still has to read.
-    #[command(after_help = "Example:\n  ferry group describe billing")]
+    /// what a consumer with auto.offset.reset=earliest still has to read. --json prints the
+    /// admin API's document, which lists and counts the partitions the same way.
+    #[command(
+        after_help = "Examples:\n  ferry group describe billing\n  ferry group describe billing --json | jq .total_lag"
+    )]
     Describe {
         /// Consumer group id (group.id).
         group: String,
@@ -271,6 +304,9 @@ pub enum GroupCommand {
 
 /// `ferry dlq ...`
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  ferry dlq list\n  ferry dlq browse orders.dead -n 5\n  ferry dlq replay orders.dead"
+)]
 pub struct DlqArgs {
     #[command(flatten)]
     pub conn: AdminConn,
@@ -283,9 +319,12 @@ pub enum DlqCommand {
     /// List dead-letter queues: queues bound to some queue's x-dead-letter-exchange (or named
     /// by its x-dead-letter-routing-key on the default exchange), and queues whose oldest ready
     /// message carries an x-death history.
+    #[command(after_help = "Examples:\n  ferry dlq list\n  ferry dlq list --json")]
     List,
     /// Show dead letters without consuming them.
-    #[command(after_help = "Example:\n  ferry dlq browse orders.dead -n 5")]
+    #[command(
+        after_help = "Examples:\n  ferry dlq browse orders.dead -n 5\n  ferry dlq browse orders.dead --json | jq '.[0].death'"
+    )]
     Browse {
         /// The dead-letter queue.
         queue: String,
@@ -319,6 +358,7 @@ pub enum DlqCommand {
         routing_key: Option<String>,
     },
     /// Remove every ready dead letter.
+    #[command(after_help = "Example:\n  ferry dlq purge orders.dead")]
     Purge {
         /// The dead-letter queue.
         queue: String,

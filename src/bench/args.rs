@@ -19,12 +19,18 @@ pub enum BenchTarget {
     /// protocol: produce (acks=all) and consume throughput in records/s and MB/s, end-to-end
     /// latency p50/p99, and this client's own CPU share, for every record size x partition
     /// count. Each case uses a fresh topic, deleted afterwards unless --keep.
+    #[command(
+        after_help = "Examples:\n  ferry bench kafka                              # 4 cases of 64 MiB against 127.0.0.1:9092\n  ferry bench kafka -b kafka-1:9092 --sizes 1KiB --partitions 8 --duration 30\n  ferry bench kafka --records 100000 --latency-rate 0 --json > run.json"
+    )]
     Kafka(KafkaBenchArgs),
     /// Load-test any AMQP 0-9-1 broker (Ferry, RabbitMQ, ...): one publisher with publisher
     /// confirms and one consumer with manual acks on one durable queue, persistent messages;
     /// reports published+confirmed and consumed messages/s, end-to-end latency p50/p99/p99.9,
     /// and this client's own CPU share, for every message size. Each size uses a fresh queue,
     /// deleted afterwards unless --keep.
+    #[command(
+        after_help = "Examples:\n  ferry bench amqp                               # 16 B and 1 KiB, 10 s each, against 127.0.0.1:5672\n  ferry bench amqp -b amqp://guest:guest@rabbit:5672/%2f --size 1KiB --rate 10000\n  ferry bench amqp --size 16 --messages 1000000 --no-consumer   # what queued messages cost"
+    )]
     Amqp(AmqpBenchArgs),
 }
 

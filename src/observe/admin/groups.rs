@@ -1,5 +1,12 @@
 //! `/api/groups`: list and describe consumer groups (members, decoded assignments, lag), and
 //! reset an empty group's offsets (the rule is the core's: [`crate::broker::offset_reset`]).
+//!
+//! A group's partitions are those it has committed offsets for plus those its members are
+//! assigned, as `kafka-consumer-groups --describe` lists them; an assigned partition without a
+//! commit counts its lag from the log start (see [`uncommitted`]), so `total_lag` is the same
+//! figure `ferry group describe` prints.
+
+use std::collections::BTreeMap;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::Path;
@@ -14,7 +21,7 @@ use serde_json::json;
 
 use super::{bad_request, json_body, Admin, ApiError};
 use crate::broker::offset_reset::{OffsetResetError, ResetScope, ResetTarget};
-use crate::broker::GroupState;
+use crate::broker::{BrokerCore, GroupState};
 use crate::observe::metrics::{group_lag, GroupLag};
 
 #[derive(Serialize)]
@@ -55,12 +62,16 @@ pub(super) struct MemberView {
     assignment: Option<Vec<AssignedPartitions>>,
 }
 
+/// One partition of a group: committed, assigned to a member, or both.
 #[derive(Serialize)]
 pub(super) struct OffsetView {
     topic: String,
     partition: i32,
-    committed_offset: i64,
+    /// `null` for an assigned partition the group has not committed an offset for.
+    committed_offset: Option<i64>,
+    /// `null` when the partition no longer exists.
     high_watermark: Option<i64>,
+    /// From the committed offset, or from the log start where nothing is committed.
     lag: Option<i64>,
 }
 
@@ -72,7 +83,7 @@ pub(super) struct GroupView {
     protocol: String,
     members: Vec<MemberView>,
     offsets: Vec<OffsetView>,
-    /// Sum of the partitions' lag.
+    /// Sum of the partitions' lag, uncommitted assigned partitions included.
     total_lag: i64,
 }
 
@@ -108,7 +119,7 @@ pub(super) async fn get_group(
             format!("unknown consumer group `{id}`"),
         ));
     }
-    let members = d
+    let members: Vec<MemberView> = d
         .members
         .into_iter()
         .map(|m| MemberView {
@@ -119,17 +130,28 @@ pub(super) async fn get_group(
             client_host: m.client_host,
         })
         .collect();
-    let total_lag = offsets.iter().filter_map(|o| o.lag).sum();
-    let offsets = offsets
+    let mut views: BTreeMap<(String, i32), OffsetView> = offsets
         .into_iter()
-        .map(|o: GroupLag| OffsetView {
-            topic: o.topic,
-            partition: o.partition,
-            committed_offset: o.committed,
-            high_watermark: o.high_watermark,
-            lag: o.lag,
+        .map(|o: GroupLag| {
+            let view = OffsetView {
+                topic: o.topic,
+                partition: o.partition,
+                committed_offset: Some(o.committed),
+                high_watermark: o.high_watermark,
+                lag: o.lag,
+            };
+            ((view.topic.clone(), view.partition), view)
         })
         .collect();
+    for assigned in members.iter().flat_map(|m| m.assignment.iter().flatten()) {
+        for &partition in &assigned.partitions {
+            views
+                .entry((assigned.topic.clone(), partition))
+                .or_insert_with(|| uncommitted(&core, &assigned.topic, partition));
+        }
+    }
+    let total_lag = views.values().filter_map(|o| o.lag).sum();
+    let offsets = views.into_values().collect();
     Ok(Json(GroupView {
         group_id: d.group_id,
         state: d.state.as_str(),
@@ -139,6 +161,22 @@ pub(super) async fn get_group(
         offsets,
         total_lag,
     }))
+}
+
+/// An assigned partition without a committed offset, as `kafka-consumer-groups --describe`
+/// lists it: its lag counts from the log start, which is what a consumer with
+/// `auto.offset.reset=earliest` (the reading that loses nothing) still has to read; with
+/// `latest` it would skip those records. Counting them keeps unread records from hiding
+/// behind a total lag of 0.
+fn uncommitted(core: &BrokerCore, topic: &str, partition: i32) -> OffsetView {
+    let log = core.partition(topic, partition).ok();
+    OffsetView {
+        topic: topic.to_string(),
+        partition,
+        committed_offset: None,
+        high_watermark: log.as_ref().map(|h| h.high_watermark()),
+        lag: log.map(|h| (h.high_watermark() - h.log_start_offset()).max(0)),
+    }
 }
 
 #[derive(Deserialize)]
