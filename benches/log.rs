@@ -11,7 +11,8 @@
 //!   through a `PartitionHandle`, and `fsync=always` through a handle, with and without
 //!   preallocation;
 //! - group commit scaling: 1, 8 and 64 concurrent appenders under `always` (must grow);
-//! - sequential read throughput with 1 MiB reads;
+//! - sequential read throughput with 1 MiB reads, and one-batch reads (per-call overhead);
+//! - the open-files budget: bookkeeping on an open file, and the cost of a reopen;
 //! - the cost of handing blocking work to a thread: `spawn_blocking` vs `block_in_place`.
 //!
 //! Every timed figure is also accumulated here and printed as a summary table at the end,
@@ -29,7 +30,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ferry::clock::Clock;
 use ferry::log::{
-    encode_batch, FsyncPolicy, LogConfig, LogLabels, PartitionHandle, PartitionLog, SimpleRecord,
+    encode_batch, FileCache, FsyncPolicy, LazyFile, LogConfig, LogLabels, PartitionHandle,
+    PartitionLog, SimpleRecord,
 };
 
 const RECORDS_PER_BATCH: usize = 100;
@@ -451,8 +453,65 @@ fn bench_read(c: &mut Criterion) {
             elapsed
         })
     });
+    // One batch per read, as a consumer tailing a partition fetches: the per-call overhead
+    // (segment lookup, opening the file if needed) is what shows here, not the copy.
+    let batches = (end / RECORDS_PER_BATCH as i64).min(10_000);
+    group.throughput(Throughput::Elements(batches as u64));
+    group.bench_function("one_batch_reads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                for i in 0..batches {
+                    let slice = log.read(i * RECORDS_PER_BATCH as i64, 1, end).unwrap();
+                    std::hint::black_box(&slice.bytes);
+                }
+            }
+            let elapsed = start.elapsed();
+            record(
+                "read/one_batch_reads",
+                0,
+                batches as u64 * RECORDS_PER_BATCH as u64 * iters,
+                elapsed,
+            );
+            elapsed
+        })
+    });
     group.finish();
     drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The open-files budget (`open_files.rs`): what a read or write of an open file pays for the
+/// bookkeeping (the hot path), and what one of a closed file pays to reopen it (evicting
+/// another). 64 files round-robin through a budget of 16 reopen on every access.
+fn bench_open_files(c: &mut Criterion) {
+    let dir = fresh_dir("open-files");
+    let cache = FileCache::new(16);
+    let files: Vec<LazyFile> = (0..64)
+        .map(|i| {
+            let path = dir.join(format!("{i}.log"));
+            std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+            LazyFile::closed(&cache, &path)
+        })
+        .collect();
+    let mut group = c.benchmark_group("open_files");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("pin_open_file", |b| {
+        b.iter(|| std::hint::black_box(files[0].pin().unwrap()))
+    });
+    let mut buf = [0u8; 4096];
+    group.bench_function("read_4KiB_open_file", |b| {
+        b.iter(|| files[0].read_exact_at(&mut buf, 0).unwrap())
+    });
+    let mut next = 0;
+    group.bench_function("read_4KiB_reopening", |b| {
+        b.iter(|| {
+            next = (next + 1) % files.len();
+            files[next].read_exact_at(&mut buf, 0).unwrap()
+        })
+    });
+    group.finish();
+    drop(files);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -537,6 +596,7 @@ fn main() {
     bench_append_handle(&mut c);
     bench_group_commit(&mut c);
     bench_read(&mut c);
+    bench_open_files(&mut c);
     bench_dispatch(&mut c);
     c.final_summary();
     summary(&raw);

@@ -112,6 +112,12 @@ pub struct LogSettings {
     pub index_interval_bytes: usize,
     /// How often retention runs, in milliseconds. Default 300000 (Kafka's 5 minutes).
     pub retention_check_interval_ms: u64,
+    /// Most segment and index files kept open at once, over all partitions and queues; idle
+    /// ones beyond it are closed (least recently used first) and reopened when next read or
+    /// written, so descriptors follow the active partitions, not all of them. Files in use
+    /// are never closed, so this is a soft cap. 0 (default) = half the open-files limit
+    /// (after it is raised to the hard limit at start), leaving the rest for connections.
+    pub max_open_files: usize,
     /// Test hook for power-loss tests (`FERRY_LOG__SYNC_JOURNAL=true`): every partition records
     /// the log end offset of its last fsync in a `sync.journal` file. Default false.
     #[doc(hidden)]
@@ -131,6 +137,7 @@ impl Default for LogSettings {
             max_message_bytes: log.max_message_bytes,
             index_interval_bytes: log.index_interval_bytes,
             retention_check_interval_ms: 300_000,
+            max_open_files: 0,
             sync_journal: false,
         }
     }
@@ -158,6 +165,15 @@ impl LogSettings {
             sync_journal: self.sync_journal,
             ..LogConfig::default()
         })
+    }
+
+    /// The open-files budget of the log: `max_open_files`, or when 0 half the current
+    /// open-files limit (call it after raising the limit).
+    pub fn open_files_budget(&self) -> usize {
+        match self.max_open_files {
+            0 => crate::log::open_files::default_max_open_files(),
+            n => n,
+        }
     }
 
     pub fn retention_check_interval(&self) -> Duration {

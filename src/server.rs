@@ -624,9 +624,9 @@ fn log_startup(report: &StartupReport, took: Duration) {
 }
 
 /// Raises the soft limit on open files to the hard limit (Kafka and RabbitMQ ask operators to
-/// do this by hand; every partition and queue log holds descriptors, as does every
-/// connection), logging both, and warns when the configured resource limits could need more
-/// descriptors than that. A failure leaves the limit as it was and is logged.
+/// do this by hand), logging both, then sets the log's open-files budget (`log.max_open_files`,
+/// by default half the raised limit) and warns when it plus the connection limits could need
+/// more descriptors than that. A failure leaves the limit as it was and is logged.
 fn raise_open_files_limit(config: &Config) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -656,18 +656,20 @@ fn raise_open_files_limit(config: &Config) {
         hard = limit.rlim_max,
         "open-files limit"
     );
-    // Each partition or queue log holds up to three descriptors (segment, offset and time
-    // index), each connection one.
-    let wanted = 3 * (config.kafka.max_partitions as u64 + config.amqp.max_queues as u64)
-        + config.kafka.max_connections as u64
-        + config.amqp.max_connections as u64;
-    let unlimited = config.kafka.max_partitions == 0 || config.amqp.max_queues == 0;
-    if unlimited || wanted > limit.rlim_cur {
+    // Segment and index files share one budget however many partitions and queues there
+    // are (idle ones are closed); each connection holds one descriptor.
+    let budget = config.log.open_files_budget();
+    crate::log::FileCache::global().set_budget(budget);
+    tracing::info!(max_open_files = budget, "log open-files budget");
+    let wanted =
+        budget as u64 + config.kafka.max_connections as u64 + config.amqp.max_connections as u64;
+    if wanted > limit.rlim_cur {
         tracing::warn!(
             open_files_limit = limit.rlim_cur,
-            max_partitions = config.kafka.max_partitions,
-            max_queues = config.amqp.max_queues,
-            "kafka.max_partitions and amqp.max_queues allow more open logs than the open-files limit can hold; lower them or raise the limit"
+            log_max_open_files = budget,
+            kafka_max_connections = config.kafka.max_connections,
+            amqp_max_connections = config.amqp.max_connections,
+            "log.max_open_files plus the connection limits exceed the open-files limit; lower them or raise the limit"
         );
     }
 }

@@ -10,11 +10,12 @@
 //! entries in a crash is harmless: recovery rescans the last segment after an unclean shutdown,
 //! and rebuilds any index that fails [`OffsetIndex::load`]'s sanity checks.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::open_files::{FileCache, LazyFile};
 use super::{LogError, Result};
 
 /// One offset index entry, with the offset made absolute.
@@ -27,11 +28,12 @@ pub struct IndexEntry {
 }
 
 /// An append-only file of fixed-size entries with an in-memory write cursor; shared by the
-/// offset and time indexes.
+/// offset and time indexes. Lookups never touch the file, so it holds a descriptor only while
+/// being written (see `open_files.rs`): a sealed segment's indexes cost none.
 #[derive(Debug)]
 pub(crate) struct EntryFile {
     pub(crate) path: PathBuf,
-    file: File,
+    file: LazyFile,
     /// Bytes of entries already written to the file.
     written: u64,
 }
@@ -47,7 +49,7 @@ impl EntryFile {
             .map_err(|e| LogError::io(format!("create {}", path.display()), e))?;
         Ok(EntryFile {
             path: path.to_path_buf(),
-            file,
+            file: LazyFile::adopt(FileCache::global(), path, file),
             written: 0,
         })
     }
@@ -66,10 +68,12 @@ impl EntryFile {
         let mut bytes = vec![0u8; len as usize];
         file.read_exact_at(&mut bytes, 0)
             .map_err(|e| LogError::io(format!("read {}", path.display()), e))?;
+        // Read once into memory; the descriptor is reopened only if the index is written again.
+        drop(file);
         Ok(Some((
             EntryFile {
                 path: path.to_path_buf(),
-                file,
+                file: LazyFile::closed(FileCache::global(), path),
                 written: len,
             },
             bytes,
@@ -82,7 +86,7 @@ impl EntryFile {
         }
         self.file
             .write_all_at(bytes, self.written)
-            .map_err(|e| LogError::io(format!("write {}", self.path.display()), e))?;
+            .map_err(|e| e.into_log_error(format!("write {}", self.path.display())))?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -94,15 +98,13 @@ impl EntryFile {
     pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
         self.file
             .set_len(len)
-            .map_err(|e| LogError::io(format!("truncate {}", self.path.display()), e))?;
+            .map_err(|e| e.into_log_error(format!("truncate {}", self.path.display())))?;
         self.written = self.written.min(len);
         Ok(())
     }
 
     pub(crate) fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| LogError::io(format!("fsync {}", self.path.display()), e))
+        self.file.sync_data()
     }
 }
 

@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod config;
 pub mod index;
+pub mod open_files;
 pub mod partition_log;
 pub mod producer_state;
 pub mod recovery;
@@ -38,6 +39,7 @@ pub use config::{
     CleanupPolicy, ConfigEntry, ConfigError, FsyncPolicy, LogConfig, TimestampType, KNOWN_KEYS,
 };
 pub use index::OffsetIndex;
+pub use open_files::{FileCache, LazyFile};
 pub use partition_log::{AppendInfo, LogSlice, PartitionLog, RetentionReport};
 pub use recovery::RecoveryReport;
 pub use segment::Segment;

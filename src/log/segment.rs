@@ -22,16 +22,15 @@
 //! atomic load while nothing is armed.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::batch::{BatchHeader, HEADER_LEN};
 use super::config::LogConfig;
 use super::index::{OffsetIndex, INDEX_FLUSH_ENTRIES};
+use super::open_files::{FileCache, LazyFile, WriteError};
 use super::time_index::TimeIndex;
 use super::{LogError, Result};
 
@@ -136,7 +135,8 @@ pub(crate) struct SegmentState {
 pub struct Segment {
     base_offset: i64,
     log_path: PathBuf,
-    file: Arc<File>,
+    /// Open only while the file budget allows (see `open_files.rs`).
+    file: LazyFile,
     /// Logical size: bytes of batches.
     size: u64,
     /// Physical length when preallocating (>= size; the rest is zeros).
@@ -165,8 +165,8 @@ impl Segment {
         let time_index = TimeIndex::create(&time_index_path(dir, base_offset), base_offset)?;
         Ok(Segment {
             base_offset,
+            file: LazyFile::adopt(FileCache::global(), &log_path, file),
             log_path,
-            file: Arc::new(file),
             size: 0,
             allocated: 0,
             index,
@@ -191,8 +191,8 @@ impl Segment {
     ) -> Segment {
         Segment {
             base_offset,
+            file: LazyFile::adopt(FileCache::global(), &log_path, file),
             log_path,
-            file: Arc::new(file),
             size: state.size,
             allocated: state.size,
             index,
@@ -252,8 +252,8 @@ impl Segment {
     }
 
     /// The log file handle, for fdatasync without holding the partition lock.
-    pub fn sync_handle(&self) -> Arc<File> {
-        Arc::clone(&self.file)
+    pub fn sync_handle(&self) -> LazyFile {
+        self.file.clone()
     }
 
     /// The timestamp retention compares against: the max timestamp, or when no batch carries
@@ -291,8 +291,10 @@ impl Segment {
         if config.preallocate && end > self.allocated {
             self.preallocate_to(end, config.segment_bytes)?;
         }
-        if let Err(e) = self.write_at(buf, start) {
-            return Err(self.undo_failed_write(start, end, e));
+        match self.write_at(buf, start) {
+            Ok(()) => {}
+            Err(WriteError::Open(e)) => return Err(e),
+            Err(WriteError::Io(e)) => return Err(self.undo_failed_write(start, end, e)),
         }
 
         for (h, range) in batches {
@@ -340,18 +342,20 @@ impl Segment {
         // overwritten by the next preallocation and trimmed at roll, so `ENOSPC` here is
         // already "undone".
         self.write_at(&zeros, from)
-            .map_err(|e| LogError::io(format!("preallocate {}", self.log_path.display()), e))?;
+            .map_err(|e| e.into_log_error(format!("preallocate {}", self.log_path.display())))?;
         self.allocated = target;
         Ok(())
     }
 
     /// `write_all_at`, unless a disk-full fault is armed for this directory.
-    fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+    fn write_at(&self, buf: &[u8], pos: u64) -> Result<(), WriteError> {
         if let Some(room) = disk_full_room(&self.log_path) {
             let n = room.min(buf.len());
             self.file.write_all_at(&buf[..n], pos)?;
             if n < buf.len() {
-                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                return Err(WriteError::Io(std::io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                )));
             }
             return Ok(());
         }
@@ -368,6 +372,10 @@ impl Segment {
         if !is_out_of_space(&cause) {
             return LogError::io(context, cause);
         }
+        let as_io = |e: WriteError| match e {
+            WriteError::Io(e) => e,
+            WriteError::Open(e) => std::io::Error::other(e),
+        };
         let undone = if start < self.allocated {
             let upto = end.min(self.allocated);
             let zeros = vec![0u8; (upto - start) as usize];
@@ -380,7 +388,8 @@ impl Segment {
             })
         } else {
             self.file.set_len(start)
-        };
+        }
+        .map_err(as_io);
         match undone {
             Ok(()) => LogError::io(context, cause),
             Err(e) => LogError::io(
@@ -392,9 +401,7 @@ impl Segment {
 
     /// fdatasync of the log file.
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| LogError::io(format!("fsync {}", self.log_path.display()), e))
+        self.file.sync_data()
     }
 
     /// Makes the segment ready to stop being written (roll or close): records the final time
@@ -407,7 +414,7 @@ impl Segment {
         if self.allocated > self.size {
             self.file
                 .set_len(self.size)
-                .map_err(|e| LogError::io(format!("trim {}", self.log_path.display()), e))?;
+                .map_err(|e| e.into_log_error(format!("trim {}", self.log_path.display())))?;
             self.allocated = self.size;
         }
         self.sync()?;
@@ -425,9 +432,7 @@ impl Segment {
     }
 
     fn read_exact(&self, buf: &mut [u8], pos: u64) -> Result<()> {
-        self.file
-            .read_exact_at(buf, pos)
-            .map_err(|e| LogError::io(format!("read {}", self.log_path.display()), e))
+        self.file.read_exact_at(buf, pos)
     }
 
     /// Walks batch headers from `pos` (which must be a batch boundary) to the end of the

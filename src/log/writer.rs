@@ -51,6 +51,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::config::{FsyncPolicy, LogConfig};
+use super::open_files::LazyFile;
 use super::partition_log::{AppendInfo, LogSlice, PartitionLog, RetentionReport};
 use super::recovery::RecoveryReport;
 use super::{LogError, Result};
@@ -108,22 +109,20 @@ struct Shared {
 }
 
 impl Shared {
-    fn fsync(&self, file: &File) -> Result<()> {
+    fn fsync(&self, file: &LazyFile) -> Result<()> {
         let start = Instant::now();
         let result = if self.fail_next_fsync.swap(false, Ordering::SeqCst) {
-            Err(std::io::Error::other("injected fsync failure"))
+            Err(LogError::io(
+                format!("fsync of {}/{}", self.labels.topic, self.labels.partition),
+                std::io::Error::other("injected fsync failure"),
+            ))
         } else {
             file.sync_data()
         };
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("ferry_log_fsync_seconds", &self.metric_labels)
             .record(start.elapsed().as_secs_f64());
-        result.map_err(|e| {
-            LogError::io(
-                format!("fsync of {}/{}", self.labels.topic, self.labels.partition),
-                e,
-            )
-        })
+        result
     }
 
     /// Records in the sync journal (if any) that everything below `end` is durable. A failed

@@ -411,9 +411,6 @@ async fn orphan_partition_directories_are_removed_at_start() {
 /// `ferry serve` raises its soft open-files limit to the hard one at start (here from 256).
 #[test]
 fn serve_raises_the_soft_open_files_limit_to_the_hard_limit() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let hard = std::fs::read_to_string("/proc/self/limits")
         .expect("/proc/self/limits")
         .lines()
@@ -421,35 +418,17 @@ fn serve_raises_the_soft_open_files_limit_to_the_hard_limit() {
         .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
         .expect("Max open files line");
     let dir = tempfile::tempdir().unwrap();
-    let script = format!(
-        "ulimit -Sn 256 && exec '{}' serve --data-dir '{}' --kafka-listen 127.0.0.1:0 \
-         --amqp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
-        env!("CARGO_BIN_EXE_ferry"),
-        dir.path().display()
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferry serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("open-files limit") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let logged = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
+    let serve = LimitedServe::start(dir.path(), "-Sn 256");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.pid));
+    let logged = serve
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("open-files limit"))
+        .cloned()
         .expect("ferry logged its open-files limit");
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    serve.stop();
     let limits = limits.expect("the child's limits");
     let soft = limits
         .lines()
@@ -458,4 +437,338 @@ fn serve_raises_the_soft_open_files_limit_to_the_hard_limit() {
         .expect("Max open files line");
     assert_eq!(soft, hard, "{limits}");
     assert!(logged.contains("soft_before=256"), "{logged}");
+}
+
+/// Open descriptors of process `pid`, from `/proc/<pid>/fd`: all of them, and those on
+/// segment and index files.
+fn fds_of(pid: u32) -> (usize, usize) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0);
+    };
+    let (mut all, mut log_files) = (0, 0);
+    for entry in dir.flatten() {
+        all += 1;
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let ext = target.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if matches!(ext, "log" | "index" | "timeindex") {
+            log_files += 1;
+        }
+    }
+    (all, log_files)
+}
+
+/// A `ferry serve` child started under `ulimit <limits>`, with what it logged: every line, its
+/// log file budget and its Kafka address.
+struct LimitedServe {
+    child: std::process::Child,
+    pid: u32,
+    /// `log.max_open_files` as logged at start, if it was.
+    budget: Option<usize>,
+    kafka: std::net::SocketAddr,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    sampler: Option<FdSampler>,
+}
+
+/// Samples a process's descriptors every millisecond until told to stop, and answers the peak
+/// (all, log files).
+type FdSampler = (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(usize, usize)>,
+);
+
+impl LimitedServe {
+    fn start(data: &Path, limits: &str) -> LimitedServe {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        let script = format!(
+            "ulimit {limits} && exec '{}' serve --data-dir '{}' --kafka-listen 127.0.0.1:0 \
+             --amqp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_ferry"),
+            data.display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferry serve");
+        // `exec` keeps the pid: this is the broker's.
+        let pid = child.id();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let logged = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                logged.lock().unwrap().push(line.clone());
+                if line.contains("max_open_files=")
+                    || (line.contains("listening") && line.contains("kafka"))
+                {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        // The budget is logged before the listeners are.
+        let (mut budget, mut kafka) = (None, None);
+        while kafka.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("ferry logged its Kafka address");
+            let field = |name: &str| -> Option<String> {
+                let rest = line.split(&format!("{name}=")).nth(1)?;
+                Some(rest.chars().take_while(|c| !c.is_whitespace()).collect())
+            };
+            if let Some(b) = field("max_open_files") {
+                budget = b.parse::<usize>().ok();
+            }
+            if line.contains("listening") {
+                kafka = field("addr").and_then(|a| a.parse().ok());
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut peak = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let (all, log_files) = fds_of(pid);
+                    peak = (peak.0.max(all), peak.1.max(log_files));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                peak
+            })
+        };
+        LimitedServe {
+            child,
+            pid,
+            budget,
+            kafka: kafka.unwrap(),
+            lines,
+            sampler: Some((stop, sampler)),
+        }
+    }
+
+    /// Stops the broker (SIGTERM, a clean shutdown); the peak descriptors seen (all, log
+    /// files) and the ERROR lines it logged.
+    fn stop(mut self) -> ((usize, usize), Vec<String>) {
+        let peak = match self.sampler.take() {
+            Some((stop, sampler)) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                sampler.join().expect("fd sampler")
+            }
+            None => (0, 0),
+        };
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let errors = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("ERROR"))
+            .cloned()
+            .collect();
+        (peak, errors)
+    }
+}
+
+impl Drop for LimitedServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fd_topic(t: usize) -> String {
+    format!("fd-{t:04}")
+}
+
+fn fd_value(t: usize, round: usize) -> String {
+    format!("round {round} of {}", fd_topic(t))
+}
+
+/// Fetches partition 0 of every topic in `topics` from offset 0 and checks it holds exactly
+/// `rounds` records, with the values [`fd_value`] gives.
+async fn fetch_and_check(client: &mut kafka_raw::RawKafka, topics: &[usize], rounds: usize) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(64 << 20)
+        .with_topics(
+            topics
+                .iter()
+                .map(|&t| {
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(fd_topic(t))))
+                        .with_partitions(vec![FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)])
+                })
+                .collect(),
+        );
+    let resp: FetchResponse = client.call(ApiKey::Fetch, 11, &req).await;
+    assert_eq!(resp.responses.len(), topics.len());
+    for (topic, &t) in resp.responses.iter().zip(topics) {
+        let name = fd_topic(t);
+        assert_eq!(topic.topic.0.as_str(), name);
+        let p = &topic.partitions[0];
+        assert_eq!(p.error_code, 0, "fetching {name}");
+        assert_eq!(p.high_watermark, rounds as i64, "fetching {name}");
+        let records = p.records.as_deref().unwrap_or_default();
+        for round in 0..rounds {
+            let want = fd_value(t, round);
+            assert!(
+                records.windows(want.len()).any(|w| w == want.as_bytes()),
+                "{name} lacks {want:?}"
+            );
+        }
+    }
+}
+
+/// Issue 12: every partition log held three descriptors for its whole life, so under
+/// `ulimit -n 1024` topic creation failed at 335 topics. Segment and index files now share one
+/// budget (`log.max_open_files`, by default half the open-files limit), idle ones closed and
+/// reopened on use. A `ferry serve` whose soft *and* hard limit are 256 creates 2,000
+/// one-partition topics, takes a record on each (twice, so evicted active segments are
+/// written again), serves all of them back, and does so again after a restart, its segment and
+/// index descriptors never past the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_partitions_fit_in_256_file_descriptors() {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use ferry::log::{encode_batch, SimpleRecord};
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse,
+        TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    const TOPICS: usize = 2_000;
+    const PER_REQUEST: usize = 50;
+    const LIMIT: usize = 256;
+    const ROUNDS: usize = 2;
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let all_topics: Vec<usize> = (0..TOPICS).collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+
+    let serve = LimitedServe::start(dir.path(), &format!("-n {LIMIT}"));
+    let logged_budget = serve.budget;
+    let mut client = kafka_raw::RawKafka::connect(serve.kafka).await;
+    for chunk in all_topics.chunks(PER_REQUEST) {
+        let req = CreateTopicsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(
+                chunk
+                    .iter()
+                    .map(|&t| {
+                        CreatableTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(fd_topic(t))))
+                            .with_num_partitions(1)
+                            .with_replication_factor(1)
+                    })
+                    .collect(),
+            );
+        let resp: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &req).await;
+        for topic in &resp.topics {
+            assert_eq!(
+                topic.error_code, 0,
+                "creating {:?}: {:?}",
+                topic.name, topic.error_message
+            );
+        }
+        assert!(Instant::now() < deadline, "creating topics took too long");
+    }
+    for round in 0..ROUNDS {
+        for chunk in all_topics.chunks(PER_REQUEST) {
+            let topic_data = chunk
+                .iter()
+                .map(|&t| {
+                    let batch = encode_batch(&[SimpleRecord {
+                        key: None,
+                        value: Some(Bytes::from(fd_value(t, round))),
+                        headers: vec![],
+                        timestamp: 1_700_000_000_000,
+                    }]);
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(fd_topic(t))))
+                        .with_partition_data(vec![PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch.freeze()))])
+                })
+                .collect();
+            let req = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(topic_data);
+            let resp: ProduceResponse = client.call(ApiKey::Produce, 8, &req).await;
+            assert_eq!(resp.responses.len(), chunk.len());
+            for topic in &resp.responses {
+                let p = &topic.partition_responses[0];
+                assert_eq!(p.error_code, 0, "producing to {:?}", topic.name);
+                assert_eq!(p.base_offset, round as i64, "producing to {:?}", topic.name);
+            }
+            assert!(Instant::now() < deadline, "producing took too long");
+        }
+    }
+    for chunk in all_topics.chunks(PER_REQUEST) {
+        fetch_and_check(&mut client, chunk, ROUNDS).await;
+        assert!(Instant::now() < deadline, "fetching took too long");
+    }
+    drop(client);
+    let (peak, errors) = serve.stop();
+
+    // Recovery opens every partition again, under the same limit.
+    let serve = LimitedServe::start(dir.path(), &format!("-n {LIMIT}"));
+    let mut client = kafka_raw::RawKafka::connect(serve.kafka).await;
+    for chunk in all_topics.chunks(PER_REQUEST) {
+        fetch_and_check(&mut client, chunk, ROUNDS).await;
+        assert!(
+            Instant::now() < deadline,
+            "fetching after restart took too long"
+        );
+    }
+    drop(client);
+    let (peak_after_restart, errors_after_restart) = serve.stop();
+
+    assert!(errors.is_empty(), "the broker logged errors: {errors:?}");
+    assert!(
+        errors_after_restart.is_empty(),
+        "the broker logged errors after restart: {errors_after_restart:?}"
+    );
+    // 2,000 partitions held 6,000 descriptors before. Now idle segment and index files stay
+    // within the budget; files with I/O in flight are never closed, so the budget may be
+    // passed by at most the partitions one request touches at once (each pins its segment
+    // while its group commit writes and fsyncs). And the process stays within its limit.
+    let budget = LIMIT / 2;
+    for (all, log_files) in [peak, peak_after_restart] {
+        assert!(
+            log_files <= budget + PER_REQUEST,
+            "segment and index files open at the peak: {peak:?} then {peak_after_restart:?} \
+             (all descriptors, log files), for a budget of {budget}"
+        );
+        assert!(log_files >= budget / 2, "the budget was used: {log_files}");
+        assert!(all < LIMIT, "{all} descriptors at the peak");
+    }
+    assert_eq!(
+        logged_budget,
+        Some(budget),
+        "the default budget is half the limit"
+    );
+    eprintln!("peak descriptors (all, log files): {peak:?}, after restart {peak_after_restart:?}");
 }

@@ -1,0 +1,309 @@
+//! `PartitionLog`: one partition's log as a synchronous, single-owner object — validate and
+//! append record batches, read whole batches by offset, roll segments, apply retention, close.
+//! Split by job: this file holds the state, open, roll, sync and close; [`append`] the write
+//! path, [`read`] the fetch path, [`trim`] the deletion of whole segments.
+//!
+//! Appends are atomic per call: every batch in the buffer is validated (framing, CRC, size limit,
+//! record count) before any byte is written, then offsets are assigned densely by patching each
+//! base offset, and the whole buffer goes to the active segment in one positional write. A failed
+//! write or fsync fail-stops the log (every later call gets [`LogError::FailStopped`]): after such
+//! an error the kernel may have dropped dirty pages, so what is on disk is unknown until recovery
+//! rereads it (PostgreSQL's "fsyncgate" lesson). The one exception is a write the disk refused
+//! for lack of space, which the segment undoes (see `segment.rs`): it fails only the requests it
+//! carried (and the rest of their group, whose offsets followed them), the producers' sequence
+//! state is rebuilt from the log so their retries are not mistaken for duplicates, and the log
+//! stays open.
+//!
+//! Reads follow Kafka fetch semantics (KIP-74): whole batches, starting with the batch that holds
+//! the requested offset, never reaching the caller's upper bound (the high watermark), at most
+//! `max_bytes` except that the first batch is always returned whole, continuing into later
+//! segments while the byte budget lasts. Concurrency is the caller's business: the async face in
+//! `writer.rs` keeps this behind a `RwLock` and reads only need `&self`.
+//!
+//! Segment and index files hold descriptors only while in use, under one process-wide budget
+//! (`open_files.rs`): a read of an idle segment reopens its file transparently.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::batch::BatchIter;
+use super::config::LogConfig;
+use super::open_files::LazyFile;
+use super::producer_state::ProducerStates;
+use super::recovery::{self, RecoveryReport, CLEAN_SHUTDOWN_FILE};
+use super::segment::Segment;
+use super::{LogError, Result};
+use crate::clock::Clock;
+
+mod append;
+mod read;
+mod trim;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub base_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+    /// The timestamp stamped into the batches for `LogAppendTime` topics, else -1.
+    pub log_append_time_ms: i64,
+    /// Records appended (sum of lastOffsetDelta + 1).
+    pub record_count: u64,
+    /// Bytes appended.
+    pub bytes: usize,
+}
+
+/// Whole batches read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSlice {
+    /// Concatenated batches, exactly as stored.
+    pub bytes: Bytes,
+    /// Base offset of the first batch (may be below the requested offset: a batch is returned
+    /// whole), or the requested offset if empty.
+    pub first_offset: i64,
+    /// Offset after the last batch returned: where the next read should start.
+    pub next_offset: i64,
+}
+
+/// What retention did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionReport {
+    /// Segments deleted.
+    pub deleted_segments: usize,
+    /// Bytes freed.
+    pub deleted_bytes: u64,
+    /// Log start offset afterwards.
+    pub log_start_offset: i64,
+    /// Whether the active segment was rolled because it had entirely expired.
+    pub rolled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Open,
+    Failed(String),
+    Closed,
+}
+
+/// One partition's segmented log.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    clock: Clock,
+    /// Oldest first; never empty; the last one is the active segment.
+    segments: Vec<Segment>,
+    state: State,
+    /// Idempotent producers' recent sequence ranges (see `producer_state`).
+    producers: ProducerStates,
+}
+
+impl PartitionLog {
+    /// Opens (creating the directory if absent) and recovers the log in `dir`.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        clock: Clock,
+    ) -> Result<(PartitionLog, RecoveryReport)> {
+        config.validate()?;
+        let (segments, report) = recovery::recover(dir, &config, &clock)?;
+        let mut log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            clock,
+            segments,
+            state: State::Open,
+            producers: ProducerStates::default(),
+        };
+        log.rebuild_producer_states()?;
+        Ok((log, report))
+    }
+
+    /// Loads the producer-state snapshot and replays the batch headers written after it (all
+    /// of the log when there is no usable snapshot).
+    fn rebuild_producer_states(&mut self) -> Result<()> {
+        let start = self.log_start_offset();
+        let end = self.log_end_offset();
+        let (mut states, mut from) = match ProducerStates::load(&self.dir) {
+            Some((states, offset)) if offset >= start && offset <= end => (states, offset),
+            _ => (ProducerStates::default(), start),
+        };
+        while from < end {
+            let slice = self.read(from, 8 * 1024 * 1024, end)?;
+            if slice.bytes.is_empty() {
+                break;
+            }
+            for (h, _) in BatchIter::new(&slice.bytes) {
+                if h.base_offset >= from {
+                    states.record(&h);
+                }
+            }
+            if slice.next_offset <= from {
+                break;
+            }
+            from = slice.next_offset;
+        }
+        states.expire_below(start);
+        self.producers = states;
+        Ok(())
+    }
+
+    /// Writes the producer-state snapshot for the current log end; a failure only costs a
+    /// longer scan at the next start, so it is logged, not fatal.
+    fn snapshot_producer_states(&self) {
+        if let Err(e) = self.producers.save(&self.dir, self.log_end_offset()) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write producer state snapshot");
+        }
+    }
+
+    fn active(&self) -> &Segment {
+        // `segments` is never empty: recovery creates one and retention keeps the active one.
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match &self.state {
+            State::Open => Ok(()),
+            State::Failed(reason) => Err(LogError::FailStopped(reason.clone())),
+            State::Closed => Err(LogError::Closed),
+        }
+    }
+
+    /// Puts the log into the fail-stopped state (after a failed write or fsync) and returns the
+    /// error to hand to the caller.
+    pub(crate) fn fail(&mut self, cause: LogError) -> LogError {
+        let reason = cause.to_string();
+        if self.state == State::Open {
+            tracing::error!(dir = %self.dir.display(), error = %reason, "partition log fail-stopped");
+            self.state = State::Failed(reason.clone());
+        }
+        match &self.state {
+            State::Failed(r) => LogError::FailStopped(r.clone()),
+            _ => LogError::FailStopped(reason),
+        }
+    }
+
+    /// Whether a write or fsync error has fail-stopped the log.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.state, State::Failed(_))
+    }
+
+    /// Why the log fail-stopped, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        match &self.state {
+            State::Failed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+    /// Seals the active segment (final time index entry, trim, fsync) and starts a new one at
+    /// the log end offset.
+    pub fn roll(&mut self) -> Result<()> {
+        self.check_open()?;
+        let next = self.log_end_offset();
+        self.active_mut().finish()?;
+        let segment = Segment::create(&self.dir, next)?;
+        // The new file's directory entry must be durable before data in it is acknowledged.
+        recovery::sync_dir(&self.dir)?;
+        tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
+        self.segments.push(segment);
+        // Bounds the replay after a crash to the active segment.
+        self.snapshot_producer_states();
+        Ok(())
+    }
+
+    /// fdatasyncs the active segment (earlier segments were synced when they rolled).
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_open()?;
+        if let Err(e) = self.active().sync() {
+            return Err(self.fail(e));
+        }
+        Ok(())
+    }
+
+    /// The active segment's file, so a caller can fdatasync it without holding a lock on the
+    /// log. If the segment rolls meanwhile that is still correct: rolling syncs it anyway.
+    pub fn sync_handle(&self) -> LazyFile {
+        self.active().sync_handle()
+    }
+
+    /// First offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.segments[0].base_offset()
+    }
+
+    /// Offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset()
+    }
+
+    /// Bytes of batches in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(Segment::size).sum()
+    }
+
+    /// Number of segments (at least 1).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Current configuration.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration; takes effect from the next append or retention run.
+    pub fn update_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Seals the active segment, fsyncs everything and leaves the clean-shutdown marker so the
+    /// next open can skip the full scan. Later calls return `Closed`.
+    pub fn close(mut self) -> Result<()> {
+        self.close_in_place()
+    }
+
+    pub(crate) fn close_in_place(&mut self) -> Result<()> {
+        match &self.state {
+            State::Closed => return Ok(()),
+            State::Failed(reason) => return Err(LogError::FailStopped(reason.clone())),
+            State::Open => {}
+        }
+        if let Err(e) = self.active_mut().finish() {
+            return Err(self.fail(e));
+        }
+        self.snapshot_producer_states();
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        std::fs::write(&marker, b"")
+            .map_err(|e| LogError::io(format!("write {}", marker.display()), e))?;
+        recovery::sync_dir(&self.dir)?;
+        self.state = State::Closed;
+        Ok(())
+    }
+
+    /// Removes the partition directory and everything in it.
+    pub fn delete(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| LogError::io(format!("remove {}", dir.display()), e))
+    }
+}
