@@ -375,6 +375,53 @@ fn private_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Well-known locations of the system's CA bundle (Debian/Ubuntu, RHEL/Fedora, Alpine).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// A client configuration trusting the CA certificates in `ca_file` (a PEM file, as curl's
+/// `--cacert`), or without one the system's CA bundle, for Ferry's own clients (the admin
+/// CLI over https://).
+pub fn client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let (key, path) = match ca_file {
+        Some(path) => ("--cacert", path.display().to_string()),
+        None => match SYSTEM_CA_BUNDLES
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+        {
+            Some(path) => ("the system CA bundle", (*path).to_string()),
+            None => {
+                return Err(TlsError::File {
+                    key: "--cacert",
+                    path: PathBuf::from("(none given)"),
+                    message: "no system CA bundle found; pass the CA certificate with --cacert"
+                        .into(),
+                })
+            }
+        },
+    };
+    let (added, _) = roots.add_parsable_certificates(certificates(key, &path)?);
+    if added == 0 {
+        return Err(TlsError::File {
+            key,
+            path: PathBuf::from(path),
+            message: "holds no usable CA certificate".into(),
+        });
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The ring provider: built with a small C/asm step and no system libraries or cmake.
 /// rustls 0.23.48 deprecates it because it lacks post-quantum key exchange (X25519MLKEM768);
 /// the classical suites it has are what Kafka and RabbitMQ clients negotiate today, and

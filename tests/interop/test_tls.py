@@ -186,6 +186,27 @@ def test_admin_api_over_https(tls_ferry, certs: Path) -> None:
     assert status == 200 and isinstance(json.loads(body), (list, dict))
 
 
+def test_admin_cli_over_https_with_cacert(tls_ferry, ferry_bin: Path, certs: Path) -> None:
+    https = tls_ferry.https.replace("127.0.0.1", "localhost")
+    env = {"PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ferry_bin), "topic", *args, "--admin-url", https],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    topic = helpers.unique("cli-tls")
+    created = cli("create", topic, "--cacert", str(certs / "ca.pem"))
+    assert created.returncode == 0, created.stderr
+    listed = cli("list", "--json", "--cacert", str(certs / "ca.pem"))
+    assert listed.returncode == 0, listed.stderr
+    assert topic in listed.stdout
+    # Without --cacert the development CA is not trusted: a clear error, not a hang.
+    untrusted = cli("list")
+    assert untrusted.returncode != 0
+    assert "certificate" in untrusted.stderr.lower() or "ca" in untrusted.stderr.lower(), \
+        untrusted.stderr
+
+
 def test_sighup_reloads_certificates_and_a_broken_one_is_kept_out(
         spawn_ferry, ferry_bin: Path, certs: Path, tmp_path: Path) -> None:
     # The broker reads the files in live/, which the case replaces as an operator would.
