@@ -322,3 +322,85 @@ async fn an_unusable_certificate_fails_the_start_naming_the_setting() {
         .unwrap();
     assert!(err.to_string().contains("tls.cert_file"), "{err}");
 }
+
+#[tokio::test]
+async fn required_client_auth_refuses_a_client_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = certs(dir.path(), &["orders-app"], false);
+    let broker = tls_broker_with(&g, |c| c.tls.client_auth = "required".into()).await;
+    let addr = broker.kafka_tls_addr().unwrap();
+    let anonymous = async {
+        let stream = connect(addr, client_config(&g.ca_cert, None)).await?;
+        let mut kafka = stream;
+        // The rejection arrives as an alert on the first read after the handshake.
+        kafka.write_all(&[0, 0, 0, 0]).await?;
+        kafka.flush().await?;
+        let mut byte = [0u8; 1];
+        kafka.read_exact(&mut byte).await.map(|_| ())
+    };
+    assert!(anonymous.await.is_err());
+    let (cert, key) = (&g.clients[0].1, &g.clients[0].2);
+    let stream = connect(addr, client_config(&g.ca_cert, Some((cert, key))))
+        .await
+        .unwrap();
+    assert_eq!(metadata_port(stream).await, i32::from(addr.port()));
+    broker.shutdown().await;
+}
+
+async fn tls_broker_with(g: &Generated, edit: impl FnOnce(&mut ferry::Config)) -> Broker {
+    let g = g.clone();
+    Broker::builder()
+        .configure(move |c| {
+            c.kafka_tls_listen = "127.0.0.1:0".into();
+            c.tls.cert_file = g.server_cert.display().to_string();
+            c.tls.key_file = g.server_key.display().to_string();
+            c.tls.ca_file = g.ca_cert.display().to_string();
+            edit(c);
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+#[test]
+fn tls_settings_come_from_the_environment_and_are_checked() {
+    let env = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let c = ferry::Config::load(
+        None,
+        env(&[
+            ("FERRY_KAFKA_TLS_LISTEN", "127.0.0.1:9093"),
+            ("FERRY_KAFKA_TLS_ADVERTISED", "broker.example:9093"),
+            ("FERRY_AMQP_TLS_LISTEN", "127.0.0.1:5671"),
+            ("FERRY_TLS__CERT_FILE", "/etc/ferry/server.pem"),
+            ("FERRY_TLS__KEY_FILE", "/etc/ferry/server.key"),
+        ]),
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(c.kafka_tls_listen, "127.0.0.1:9093");
+    assert_eq!(
+        c.kafka_tls_advertised.as_deref(),
+        Some("broker.example:9093")
+    );
+    assert_eq!(c.tls.cert_file, "/etc/ferry/server.pem");
+    assert_eq!(c.http_tls_listen, "", "off unless set");
+
+    let err = ferry::Config::load(
+        None,
+        env(&[("FERRY_KAFKA_TLS_LISTEN", "127.0.0.1:9093")]),
+        vec![],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tls.cert_file"), "{err}");
+
+    let err = ferry::Config::load(None, env(&[("FERRY_TLS__CLIENT_AUTH", "required")]), vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tls.ca_file"), "{err}");
+}
