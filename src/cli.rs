@@ -102,17 +102,17 @@ pub struct ServeArgs {
     /// HTTP listener for /healthz, /readyz and /metrics [default: 0.0.0.0:8080].
     #[arg(long, value_name = "HOST:PORT")]
     pub http_listen: Option<String>,
-    /// Kafka TLS (SSL) listener, e.g. 0.0.0.0:9093 [default: off]. Needs --tls-cert-file/--tls-key-file.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Kafka TLS (SSL) listener, e.g. 0.0.0.0:9093 [default: off].
+    #[arg(long, value_name = "ADDR")]
     pub kafka_tls_listen: Option<String>,
-    /// Address Kafka clients of the TLS listener are told to connect to [default: the address they connected to].
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Address Kafka TLS clients are told to connect to.
+    #[arg(long, value_name = "ADDR")]
     pub kafka_tls_advertised: Option<String>,
     /// AMQPS listener, e.g. 0.0.0.0:5671 [default: off].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "ADDR")]
     pub amqp_tls_listen: Option<String>,
-    /// HTTPS listener for the admin API, /metrics and health, e.g. 0.0.0.0:8443 [default: off].
-    #[arg(long, value_name = "HOST:PORT")]
+    /// HTTPS listener (admin API, metrics), e.g. 0.0.0.0:8443 [default: off].
+    #[arg(long, value_name = "ADDR")]
     pub http_tls_listen: Option<String>,
     /// PEM certificate (chain) of the TLS listeners.
     #[arg(long, value_name = "FILE")]
@@ -120,7 +120,7 @@ pub struct ServeArgs {
     /// PEM private key of the TLS listeners.
     #[arg(long, value_name = "FILE")]
     pub tls_key_file: Option<String>,
-    /// PEM CA certificates that client certificates must verify against (mTLS) [default: none].
+    /// PEM CA that client certificates must verify against (mTLS).
     #[arg(long, value_name = "FILE")]
     pub tls_ca_file: Option<String>,
     /// Durability policy: always | interval:<ms> | never [default: always].
