@@ -404,3 +404,39 @@ fn tls_settings_come_from_the_environment_and_are_checked() {
         .to_string();
     assert!(err.contains("tls.ca_file"), "{err}");
 }
+
+#[tokio::test]
+async fn health_checks_know_the_tls_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = certs(dir.path(), &[], false);
+    let broker = tls_broker(&g, false, 0).await;
+    let http = reqwest::Client::new();
+    for protocol in ["amqps", "amqp%2Fssl", "kafka-tls", "https"] {
+        let url = format!(
+            "http://{}/api/health/checks/protocol-listener/{protocol}",
+            broker.http_addr()
+        );
+        let response = http
+            .get(&url)
+            .basic_auth("admin", Some("admin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{protocol}");
+    }
+    broker.shutdown().await;
+    // Without TLS listeners the same check fails with the listeners it has.
+    let plain = Broker::builder().start().await.unwrap();
+    let url = format!(
+        "http://{}/api/health/checks/protocol-listener/amqps",
+        plain.http_addr()
+    );
+    let response = http
+        .get(&url)
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    plain.shutdown().await;
+}
