@@ -54,6 +54,9 @@ pub enum Command {
         after_help = "Examples:\n  ferry consume -t orders -e                     # everything, then stop\n  ferry consume -t orders -p 1 -o -10 --json     # the last ten of partition 1\n  ferry consume -t orders -o end                 # wait for new messages"
     )]
     Consume(crate::admin_cli::args::ConsumeArgs),
+    /// Development certificates: a private CA, a server certificate and client certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
     #[command(
         after_help = "Examples:\n  ferry completions bash > /etc/bash_completion.d/ferry\n  ferry completions zsh > \"${fpath[1]}/_ferry\"\n  ferry completions fish > ~/.config/fish/completions/ferry.fish"
@@ -99,6 +102,27 @@ pub struct ServeArgs {
     /// HTTP listener for /healthz, /readyz and /metrics [default: 0.0.0.0:8080].
     #[arg(long, value_name = "HOST:PORT")]
     pub http_listen: Option<String>,
+    /// Kafka TLS (SSL) listener, e.g. 0.0.0.0:9093 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub kafka_tls_listen: Option<String>,
+    /// Address Kafka TLS clients are told to connect to.
+    #[arg(long, value_name = "ADDR")]
+    pub kafka_tls_advertised: Option<String>,
+    /// AMQPS listener, e.g. 0.0.0.0:5671 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub amqp_tls_listen: Option<String>,
+    /// HTTPS listener (admin API, metrics), e.g. 0.0.0.0:8443 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub http_tls_listen: Option<String>,
+    /// PEM certificate (chain) of the TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of the TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<String>,
+    /// PEM CA that client certificates must verify against (mTLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<String>,
     /// Durability policy: always | interval:<ms> | never [default: always].
     #[arg(long, value_name = "POLICY")]
     pub fsync: Option<String>,
@@ -121,6 +145,47 @@ impl ServeArgs {
         o.set_str("native_listen", self.native_listen.clone());
         o.set_str("http_listen", self.http_listen.clone());
         o.set_str("log.fsync", self.fsync.clone());
+        o.set_str("kafka_tls_listen", self.kafka_tls_listen.clone());
+        o.set_str("kafka_tls_advertised", self.kafka_tls_advertised.clone());
+        o.set_str("amqp_tls_listen", self.amqp_tls_listen.clone());
+        o.set_str("http_tls_listen", self.http_tls_listen.clone());
+        o.set_str("tls.cert_file", self.tls_cert_file.clone());
+        o.set_str("tls.key_file", self.tls_key_file.clone());
+        o.set_str("tls.ca_file", self.tls_ca_file.clone());
         o
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Write a CA (ca.pem, ca.key), a server certificate (server.pem, server.key) and
+    /// optionally client certificates (client-NAME.pem, .key) into a directory, and print the
+    /// settings that use them. For development and tests; production certificates come from
+    /// your CA.
+    #[command(
+        after_help = "Examples:\n  ferry cert generate --out ./certs                      # localhost and 127.0.0.1\n  ferry cert generate --dns broker.local --ip 10.0.0.5 --client orders-app --out ./certs"
+    )]
+    Generate(CertGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertGenerateArgs {
+    /// A DNS name of the server certificate; repeat for more [default: localhost, with 127.0.0.1].
+    #[arg(long, value_name = "NAME")]
+    pub dns: Vec<String>,
+    /// An IP address of the server certificate; repeat for more.
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Vec<std::net::IpAddr>,
+    /// Also make a client certificate with this CN (mTLS, AMQP EXTERNAL); repeat for more.
+    #[arg(long, value_name = "NAME")]
+    pub client: Vec<String>,
+    /// Directory to write the files to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Days the certificates are valid.
+    #[arg(long, value_name = "DAYS", default_value_t = 365)]
+    pub days: u32,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
 }

@@ -57,6 +57,17 @@ pub struct Config {
     pub native_listen: String,
     /// HTTP listener for `/healthz`, `/readyz`, `/metrics`. Default `0.0.0.0:8080`.
     pub http_listen: String,
+    /// Kafka TLS (`SSL`) listener, `HOST:PORT` (Kafka's usual 9093). Default empty: off.
+    pub kafka_tls_listen: String,
+    /// The `HOST:PORT` clients of the TLS listener are told to connect to; the same rules as
+    /// `kafka_advertised` otherwise. Default: unset.
+    pub kafka_tls_advertised: Option<String>,
+    /// AMQPS listener, `HOST:PORT` (RabbitMQ's 5671). Default empty: off.
+    pub amqp_tls_listen: String,
+    /// HTTPS listener for the same endpoints and admin API as `http_listen`. Default empty: off.
+    pub http_tls_listen: String,
+    /// `[tls]`: the certificate and key of every TLS listener, and client certificates.
+    pub tls: crate::tls::TlsSettings,
     /// Storage settings and the defaults every new topic starts from.
     pub log: LogSettings,
     /// Kafka protocol settings.
@@ -78,6 +89,11 @@ impl Default for Config {
             amqp_listen: "0.0.0.0:5672".into(),
             native_listen: "0.0.0.0:7447".into(),
             http_listen: "0.0.0.0:8080".into(),
+            kafka_tls_listen: String::new(),
+            kafka_tls_advertised: None,
+            amqp_tls_listen: String::new(),
+            http_tls_listen: String::new(),
+            tls: crate::tls::TlsSettings::default(),
             log: LogSettings::default(),
             kafka: KafkaSettings::default(),
             amqp: AmqpSettings::default(),
@@ -356,6 +372,7 @@ const CLI_ONLY_VARIABLES: &[&str] = &[
     "FERRY_ADMIN_URL",
     "FERRY_ADMIN_USER",
     "FERRY_ADMIN_PASSWORD",
+    "FERRY_ADMIN_CACERT",
     "FERRY_AMQP_URL",
     "FERRY_BOOTSTRAP",
     "FERRY_CONFIG",
@@ -473,8 +490,20 @@ impl Config {
         ] {
             resolve_listen(key, value)?;
         }
+        for (key, value) in self.tls_listeners() {
+            resolve_listen(key, value)?;
+        }
         if let Some(adv) = &self.kafka_advertised {
             parse_host_port("kafka_advertised", adv)?;
+        }
+        if let Some(adv) = &self.kafka_tls_advertised {
+            parse_host_port("kafka_tls_advertised", adv)?;
+        }
+        if let Some((key, message)) = self.tls.problem(!self.tls_listeners().is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            });
         }
         self.log.to_log_config()?;
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
@@ -566,6 +595,20 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The TLS listeners that are switched on, as (setting, address).
+    pub fn tls_listeners(&self) -> Vec<(&'static str, &String)> {
+        [
+            ("kafka_tls_listen", &self.kafka_tls_listen),
+            ("amqp_tls_listen", &self.amqp_tls_listen),
+            ("http_tls_listen", &self.http_tls_listen),
+        ]
+        .into_iter()
+        .filter(|(_, addr)| !addr.is_empty())
+        .collect()
     }
 }
 
@@ -688,7 +731,7 @@ fn set_path(
 }
 
 /// Optional settings: absent from the serialized defaults because they are `None`.
-const OPTIONAL_KEYS: &[&str] = &["kafka_advertised"];
+const OPTIONAL_KEYS: &[&str] = &["kafka_advertised", "kafka_tls_advertised"];
 
 /// Flag overrides in the shape [`Config::load`] takes, built by the CLI.
 #[derive(Default)]

@@ -31,6 +31,7 @@ pub mod observe;
 pub mod protocol;
 pub mod server;
 pub mod testing;
+pub mod tls;
 pub mod util;
 
 pub use broker::{BrokerCore, BrokerError};

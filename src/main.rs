@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             print_bytes(&script)
         }
         Command::Man { dir } => man(dir),
+        Command::Cert(ferry::cli::CertCommand::Generate(args)) => cert_generate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,6 +83,19 @@ fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+fn cert_generate(args: ferry::cli::CertGenerateArgs) -> anyhow::Result<()> {
+    let generated = ferry::tls::generate::generate(&ferry::tls::generate::CertRequest {
+        dns: args.dns,
+        ips: args.ip,
+        clients: args.client,
+        out: args.out,
+        days: args.days,
+        force: args.force,
+    })?;
+    print!("{}", generated.describe());
+    Ok(())
 }
 
 /// Runs an admin subcommand (HTTP to the admin API) to completion.
@@ -136,7 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
             .await
             .context("ferry could not start")?;
-        wait_for_signal().await?;
+        wait_for_signal(&broker).await?;
         tracing::info!("shutting down");
         broker.shutdown().await;
         ferry::observe::otlp::shutdown();
@@ -144,13 +158,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the TLS certificates (the outcome
+/// is logged by the reload).
+async fn wait_for_signal(broker: &ferry::Broker) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading TLS certificates");
+                let _ = broker.reload_tls();
+            }
+        }
     }
-    Ok(())
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -24,6 +23,10 @@ use crate::config::{resolve_listen, Config, ConfigError};
 use crate::meta::{Meta, MetaError, SledStore};
 use crate::observe::http::{self, Health};
 use crate::protocol;
+use crate::tls::{TlsAcceptor, TlsError};
+
+mod listeners;
+use listeners::{bind, bind_tls, local_addr, log_listeners, watch_certificates};
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,8 @@ pub enum StartError {
     Meta(#[from] MetaError),
     #[error("recovery failed: {0}")]
     Recovery(#[from] BrokerError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// One listen address that could not be bound.
@@ -103,11 +108,12 @@ fn os_reason(e: &std::io::Error) -> String {
 /// between still fails then, with the same message.
 fn probe_listeners(config: &Config) -> Result<(), StartError> {
     let mut conflicts = Vec::new();
-    for (key, addr) in [
+    let plain = [
         ("http_listen", &config.http_listen),
         ("kafka_listen", &config.kafka_listen),
         ("amqp_listen", &config.amqp_listen),
-    ] {
+    ];
+    for (key, addr) in plain.into_iter().chain(config.tls_listeners()) {
         let resolved = resolve_listen(key, addr)?;
         if resolved.port() == 0 {
             continue;
@@ -232,6 +238,13 @@ impl BrokerBuilder {
             check_data_dir(dir)?;
         }
         probe_listeners(&config)?;
+        // Certificates are checked before anything binds, so a bad file fails the start at
+        // once with the reason rather than every handshake later.
+        let tls = if config.tls_listeners().is_empty() {
+            None
+        } else {
+            Some(TlsAcceptor::load(&config.tls)?)
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let health = Health::new();
         let mut tasks = JoinSet::new();
@@ -241,19 +254,36 @@ impl BrokerBuilder {
         } else {
             None
         };
-        let http_listener = bind("HTTP", &config.http_listen).await?;
+        let http_listener = bind("http_listen", &config.http_listen).await?;
         let http_addr = local_addr("HTTP", &config.http_listen, &http_listener)?;
         health.set_listener("http", http_addr);
+        let https = match (&tls, config.http_tls_listen.as_str()) {
+            (Some(acceptor), addr) if !addr.is_empty() => {
+                let listener = bind("http_tls_listen", addr).await?;
+                let bound = local_addr("HTTPS", addr, &listener)?;
+                health.set_listener("https", bound);
+                Some((listener, acceptor.clone(), bound))
+            }
+            _ => None,
+        };
+        let https_addr = https.as_ref().map(|(_, _, addr)| *addr);
         on_http_bound(http_addr);
         {
             let router = http::router(health.clone(), prometheus, &config.observe);
-            let shutdown = shutdown_rx.clone();
-            let http_settings = config.observe.http.clone();
-            tasks.spawn(async move {
-                if let Err(e) = http::serve(http_listener, router, &http_settings, shutdown).await {
-                    tracing::error!(error = %e, "HTTP listener failed");
-                }
-            });
+            let http_settings = Arc::new(config.observe.http.clone());
+            let listeners = std::iter::once((http_listener, None))
+                .chain(https.map(|(listener, acceptor, _)| (listener, Some(acceptor))));
+            for (listener, acceptor) in listeners {
+                let (router, shutdown) = (router.clone(), shutdown_rx.clone());
+                let http_settings = http_settings.clone();
+                tasks.spawn(async move {
+                    let served =
+                        http::serve(listener, acceptor, router, &http_settings, shutdown).await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "HTTP listener failed");
+                    }
+                });
+            }
         }
 
         health.set_phase("recovering the data directory");
@@ -293,22 +323,35 @@ impl BrokerBuilder {
         health.set_core(core.clone());
 
         health.set_phase("binding protocol listeners");
-        let kafka_listener = bind("Kafka", &config.kafka_listen).await?;
+        let kafka_listener = bind("kafka_listen", &config.kafka_listen).await?;
         let kafka_addr = local_addr("Kafka", &config.kafka_listen, &kafka_listener)?;
-        let amqp_listener = bind("AMQP", &config.amqp_listen).await?;
+        let amqp_listener = bind("amqp_listen", &config.amqp_listen).await?;
         let amqp_addr = local_addr("AMQP", &config.amqp_listen, &amqp_listener)?;
         health.set_listener("kafka", kafka_addr);
         health.set_listener("amqp", amqp_addr);
+        let kafka_tls = bind_tls(&tls, "kafka_tls_listen", &config.kafka_tls_listen).await?;
+        let amqp_tls = bind_tls(&tls, "amqp_tls_listen", &config.amqp_tls_listen).await?;
+        let kafka_tls_addr = kafka_tls.as_ref().map(|(_, _, addr)| *addr);
+        let amqp_tls_addr = amqp_tls.as_ref().map(|(_, _, addr)| *addr);
+        if let Some(addr) = kafka_tls_addr {
+            health.set_listener("kafka_tls", addr);
+        }
+        if let Some(addr) = amqp_tls_addr {
+            health.set_listener("amqps", addr);
+        }
         // The native protocol (protobuf over QUIC) is not implemented yet; its address is
         // validated and reserved in the configuration, but nothing binds it.
 
         let kafka_settings = protocol::kafka::KafkaServerSettings {
             advertised: config.kafka_advertised.clone(),
             listen_addr: kafka_addr,
+            tls_advertised: config.kafka_tls_advertised.clone(),
+            tls_listen_addr: kafka_tls_addr,
             kafka: config.kafka.clone(),
         };
         tasks.spawn(protocol::kafka::serve(
             kafka_listener,
+            kafka_tls.map(|(listener, acceptor, _)| (listener, acceptor)),
             core.clone(),
             kafka_settings,
             shutdown_rx.clone(),
@@ -332,6 +375,7 @@ impl BrokerBuilder {
         ));
         tasks.spawn(protocol::amqp::serve(
             amqp_listener,
+            amqp_tls.map(|(listener, acceptor, _)| (listener, acceptor)),
             core.clone(),
             config.amqp.clone(),
             shutdown_rx.clone(),
@@ -362,19 +406,37 @@ impl BrokerBuilder {
             });
         }
 
-        log_listeners(&config, kafka_addr, amqp_addr, http_addr, &data_dir);
+        if let Some(acceptor) = &tls {
+            tasks.spawn(watch_certificates(acceptor.clone(), shutdown_rx.clone()));
+        }
+        let addrs = Addrs {
+            kafka: kafka_addr,
+            amqp: amqp_addr,
+            http: http_addr,
+            kafka_tls: kafka_tls_addr,
+            amqp_tls: amqp_tls_addr,
+            https: https_addr,
+        };
+        log_listeners(&config, &addrs, &data_dir);
         health.set_phase("ready");
         health.set_ready(true);
-        tracing::info!(%kafka_addr, %amqp_addr, %http_addr, data_dir = %data_dir.display(), "ferry is ready");
+        let or_off = |addr: Option<SocketAddr>| addr.map_or("off".to_string(), |a| a.to_string());
+        tracing::info!(
+            %kafka_addr,
+            %amqp_addr,
+            %http_addr,
+            data_dir = %data_dir.display(),
+            kafka_tls_addr = %or_off(kafka_tls_addr),
+            amqp_tls_addr = %or_off(amqp_tls_addr),
+            https_addr = %or_off(https_addr),
+            "ferry is ready"
+        );
 
         Ok(Broker {
             core,
             config,
-            addrs: Addrs {
-                kafka: kafka_addr,
-                amqp: amqp_addr,
-                http: http_addr,
-            },
+            addrs,
+            tls,
             data_dir,
             health,
             alarm_limits,
@@ -392,6 +454,9 @@ struct Addrs {
     kafka: SocketAddr,
     amqp: SocketAddr,
     http: SocketAddr,
+    kafka_tls: Option<SocketAddr>,
+    amqp_tls: Option<SocketAddr>,
+    https: Option<SocketAddr>,
 }
 
 struct Running {
@@ -407,6 +472,8 @@ pub struct Broker {
     core: BrokerCore,
     config: Config,
     addrs: Addrs,
+    /// The certificates of the TLS listeners, if any is configured.
+    tls: Option<Arc<TlsAcceptor>>,
     data_dir: PathBuf,
     health: Arc<Health>,
     /// What the resource alarm monitor checks against; changed at run time.
@@ -442,6 +509,36 @@ impl Broker {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The Kafka TLS listener's address, if `kafka_tls_listen` is set.
+    pub fn kafka_tls_addr(&self) -> Option<SocketAddr> {
+        self.addrs.kafka_tls
+    }
+
+    /// The AMQPS listener's address, if `amqp_tls_listen` is set.
+    pub fn amqp_tls_addr(&self) -> Option<SocketAddr> {
+        self.addrs.amqp_tls
+    }
+
+    /// The HTTPS listener's address, if `http_tls_listen` is set.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.addrs.https
+    }
+
+    /// Re-reads the TLS certificate, key and CA files (what `ferry serve` does on SIGHUP).
+    /// New handshakes use them; open connections keep theirs. On error the certificates in
+    /// use stay. Without TLS listeners there is nothing to reload and this is `Ok`.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.tls {
+            Some(acceptor) => acceptor.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// The TLS certificates in use, if any TLS listener is configured.
+    pub fn tls(&self) -> Option<&Arc<TlsAcceptor>> {
+        self.tls.as_ref()
     }
 
     /// Changes the memory high watermark until the broker stops (RabbitMQ's `rabbitmqctl
@@ -488,87 +585,6 @@ impl Drop for Broker {
             let _ = running.shutdown_tx.send(true);
         }
     }
-}
-
-async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
-    let key = match what {
-        "Kafka" => "kafka_listen",
-        "AMQP" => "amqp_listen",
-        _ => "http_listen",
-    };
-    let resolved = resolve_listen(key, addr)?;
-    TcpListener::bind(resolved).await.map_err(|e| {
-        StartError::Listen(vec![ListenConflict {
-            key,
-            addr: addr.to_string(),
-            reason: os_reason(&e),
-        }])
-    })
-}
-
-/// One line per listener (address, protocol, authentication, TLS) and one for the data
-/// directory, so an operator sees from the log alone what is exposed and how.
-fn log_listeners(
-    config: &Config,
-    kafka: SocketAddr,
-    amqp: SocketAddr,
-    http: SocketAddr,
-    data_dir: &Path,
-) {
-    let advertised = config
-        .kafka_advertised
-        .as_deref()
-        .unwrap_or("the address the client connected to");
-    tracing::info!(
-        protocol = "kafka",
-        addr = %kafka,
-        advertised,
-        auth = "none (SASL not offered)",
-        tls = "off",
-        "listening"
-    );
-    let users: Vec<&str> = config.amqp.users.iter().map(|u| u.name.as_str()).collect();
-    tracing::info!(
-        protocol = "amqp-0-9-1",
-        addr = %amqp,
-        auth = "PLAIN, AMQPLAIN",
-        users = %users.join(","),
-        loopback_only = %config.amqp.loopback_users.join(","),
-        vhosts = %config.amqp.vhosts.join(","),
-        tls = "off",
-        "listening"
-    );
-    let admin = if config.observe.admin_user.is_empty() && config.observe.admin_password.is_empty()
-    {
-        "off".to_string()
-    } else {
-        format!("/api (basic auth, user {})", config.observe.admin_user)
-    };
-    tracing::info!(
-        protocol = "http",
-        addr = %http,
-        endpoints = "/healthz /readyz /metrics",
-        admin_api = %admin,
-        tls = "off",
-        "listening"
-    );
-    tracing::info!(
-        path = %data_dir.display(),
-        fsync = %config.log.fsync,
-        "data directory"
-    );
-}
-
-fn local_addr(
-    what: &'static str,
-    addr: &str,
-    listener: &TcpListener,
-) -> Result<SocketAddr, StartError> {
-    listener.local_addr().map_err(|source| StartError::Bind {
-        what,
-        addr: addr.to_string(),
-        source,
-    })
 }
 
 /// A data directory path that names a file is refused before anything starts.

@@ -40,6 +40,10 @@ pub struct AdminConn {
         global = true
     )]
     pub password: String,
+    /// CA certificate (PEM) to trust for an https:// admin URL, as curl's --cacert
+    /// [default: the system CA bundle].
+    #[arg(long, value_name = "FILE", env = "FERRY_ADMIN_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of a table (for scripts).
     #[arg(long, global = true, help_heading = "Output")]
     pub json: bool,

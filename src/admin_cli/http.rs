@@ -20,8 +20,13 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(url: &str, user: &str, password: &str) -> Result<Client, CliError> {
-        let inner = http_client::Client::new(url, user, password)
+    pub fn new(
+        url: &str,
+        user: &str,
+        password: &str,
+        cacert: Option<&std::path::Path>,
+    ) -> Result<Client, CliError> {
+        let inner = http_client::Client::with_ca(url, user, password, cacert)
             .map_err(|e| CliError::Usage(format!("--admin-url {e}")))?;
         Ok(Client { inner })
     }

@@ -177,7 +177,12 @@ where
 }
 
 fn client(conn: &AdminConn) -> Result<Client, CliError> {
-    Client::new(&conn.admin_url, &conn.user, &conn.password)
+    Client::new(
+        &conn.admin_url,
+        &conn.user,
+        &conn.password,
+        conn.cacert.as_deref(),
+    )
 }
 
 fn print_json(v: &Value) {

@@ -372,6 +372,13 @@ async fn notify(
 
 /// The shared HTTP/1.1 client, without credentials, for the webhook URL.
 fn webhook_client(url: &str) -> Result<crate::util::http_client::Client, String> {
+    // The shared client speaks https:// too (for the admin CLI), but webhooks stay http://
+    // until their CA setting exists.
+    if !url.starts_with("http://") {
+        return Err(format!(
+            "alerts.webhook_url: `{url}` must start with http://; e.g. http://127.0.0.1:9000/hook"
+        ));
+    }
     crate::util::http_client::Client::new(url, "", "")
         .map_err(|e| format!("alerts.webhook_url: {e}"))
 }

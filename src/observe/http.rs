@@ -280,9 +280,13 @@ async fn check_protocol_listener(
         "amqp" | "amqp091" | "amqp0-9-1" | "amqp/0-9-1" => "amqp",
         "kafka" => "kafka",
         "http" => "http",
+        // The TLS listeners, by RabbitMQ's names (amqp/ssl, https) and Kafka's (SSL).
+        "amqps" | "amqp/ssl" => "amqps",
+        "kafka-tls" | "kafka_tls" | "kafka/ssl" | "ssl" => "kafka_tls",
+        "https" => "https",
         _ => {
             return super::admin::ApiError::bad_request(format!(
-                "unknown protocol `{protocol}` (use amqp, kafka or http)"
+                "unknown protocol `{protocol}` (use amqp, kafka, http, amqps, kafka-tls or https)"
             ))
             .into_response()
         }

@@ -15,6 +15,9 @@
 //!   gets `503` and is closed. Either way the listener never holds more sockets (nor their
 //!   buffers) than the cap, and memory returns to its baseline once the clients are gone.
 //!
+//! - **TLS**: given a [`TlsAcceptor`], the same loop serves HTTPS; the handshake runs in the
+//!   connection's task within `tls.handshake_timeout_ms`, while the connection holds its slot.
+//!
 //! Each connection has a small [`Tracked`] record: whether a request is in flight and when the
 //! current idle or header-reading phase began. A watchdog beside the hyper connection drops the
 //! connection once the phase outlives its timeout. hyper's own header timer is not used: it also
@@ -43,6 +46,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use crate::tls::TlsAcceptor;
 
 /// `[observe.http]`: limits of the HTTP listener (health, metrics and admin API).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +170,7 @@ impl Registry {
 /// of `settings`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
     router: Router,
     settings: &HttpSettings,
     mut shutdown: watch::Receiver<bool>,
@@ -196,18 +202,34 @@ pub async fn serve(
         let Some((id, tracked)) = registry.admit(settings.max_connections) else {
             metrics::counter!("ferry_http_connections_closed_total", "reason" => "refused")
                 .increment(1);
-            refuse_busy(&stream);
+            if tls.is_none() {
+                refuse_busy(&stream);
+            }
             continue;
         };
         let router = router.clone();
         let registry = registry.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            serve_connection(
-                stream, peer, router, &registry, &tracked, &settings, shutdown,
-            )
-            .await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => {
+                    serve_connection(
+                        stream, peer, router, &registry, &tracked, &settings, shutdown,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    if let Some((stream, _)) = acceptor.accept(stream, peer, "http").await {
+                        serve_connection(
+                            stream, peer, router, &registry, &tracked, &settings, shutdown,
+                        )
+                        .await
+                    }
+                }
+            }
             registry.release(id);
         });
     }
@@ -229,8 +251,8 @@ fn refuse_busy(stream: &TcpStream) {
     let _ = stream.try_write(response.as_bytes());
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     registry: &Registry,
@@ -238,7 +260,6 @@ async fn serve_connection(
     settings: &HttpSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let io = TokioIo::new(WatchedIo {
         inner: stream,
         tracked: tracked.clone(),
@@ -344,13 +365,13 @@ impl Drop for InFlight {
 }
 
 /// The socket, noting when bytes arrive between requests (a request's headers have begun).
-struct WatchedIo {
-    inner: TcpStream,
+struct WatchedIo<S> {
+    inner: S,
     tracked: Arc<Tracked>,
     registry_epoch: Instant,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -372,7 +393,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

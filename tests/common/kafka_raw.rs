@@ -6,21 +6,30 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Any byte stream a raw client can speak over (TCP, or TLS in tests/tls.rs).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long a test waits for any one answer.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 pub struct RawKafka {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     correlation_id: i32,
 }
 
 impl RawKafka {
     pub async fn connect(addr: std::net::SocketAddr) -> RawKafka {
+        Self::over(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// A client over an already connected stream.
+    pub fn over(stream: impl Io + 'static) -> RawKafka {
         RawKafka {
-            stream: TcpStream::connect(addr).await.unwrap(),
+            stream: Box::new(stream),
             correlation_id: 0,
         }
     }

@@ -32,6 +32,10 @@ import helpers
 REPO = Path(__file__).resolve().parents[2]
 READY_RE = re.compile(
     r"ferry is ready kafka_addr=(?P<kafka>\S+) amqp_addr=(?P<amqp>\S+) http_addr=(?P<http>\S+)")
+# The TLS listeners' addresses follow on the same line ("off" when not configured).
+READY_TLS_RE = re.compile(
+    r"ferry is ready .* kafka_tls_addr=(?P<kafka_tls>\S+) amqp_tls_addr=(?P<amqp_tls>\S+) "
+    r"https_addr=(?P<https>\S+)")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -61,6 +65,9 @@ class Broker:
     data_dir: Optional[Path] = None
     log_path: Optional[Path] = None
     process: Optional[subprocess.Popen] = None
+    kafka_tls: Optional[str] = None
+    amqp_tls: Optional[str] = None
+    https: Optional[str] = None
 
     @property
     def supports_idempotence(self) -> bool:
@@ -85,7 +92,8 @@ def _http_status(url: str) -> Optional[int]:
         return None
 
 
-def _start_ferry(binary: Path, workdir: Path) -> Broker:
+def _start_ferry(binary: Path, workdir: Path, extra_args: tuple[str, ...] = ()) -> Broker:
+    """Starts `ferry serve` on loopback ports the OS picks; `extra_args` are more flags."""
     data_dir = workdir / "data"
     data_dir.mkdir()
     log_path = workdir / "ferry.log"
@@ -98,7 +106,7 @@ def _start_ferry(binary: Path, workdir: Path) -> Broker:
             del env[key]
     cmd = [str(binary), "serve", "--data-dir", str(data_dir),
            "--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0",
-           "--http-listen", "127.0.0.1:0"]
+           "--http-listen", "127.0.0.1:0", *extra_args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                 cwd=workdir)
@@ -122,6 +130,11 @@ def _start_ferry(binary: Path, workdir: Path) -> Broker:
     broker.bootstrap = match["kafka"]
     broker.amqp_addr = match["amqp"]
     broker.http = f"http://{match['http']}"
+    tls = READY_TLS_RE.search(broker.log_text())
+    if tls:
+        off = lambda addr: None if addr == "off" else addr  # noqa: E731
+        broker.kafka_tls, broker.amqp_tls = off(tls["kafka_tls"]), off(tls["amqp_tls"])
+        broker.https = off(tls["https"]) and f"https://{tls['https']}"
     while _http_status(f"{broker.http}/readyz") != 200:
         if proc.poll() is not None or time.monotonic() > deadline:
             _kill(proc)
@@ -163,14 +176,38 @@ _SESSION_BROKER: Optional[Broker] = None
 
 
 @pytest.fixture(scope="session")
-def ferry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The spawned Ferry process, shared by the Kafka and the AMQP cases."""
-    global _SESSION_BROKER
+def ferry_bin(request: pytest.FixtureRequest) -> Path:
+    """The ferry binary under test."""
     binary = Path(request.config.getoption("--ferry-bin") or _default_binary())
     if not binary.is_file() or not os.access(binary, os.X_OK):
         pytest.fail(f"no ferry binary at {binary}: run `cargo build` first, or pass --ferry-bin / "
                     "FERRY_BIN, or --kafka-bootstrap / --amqp-url for another broker",
                     pytrace=False)
+    return binary
+
+
+@pytest.fixture
+def spawn_ferry(ferry_bin: Path, tmp_path: Path):
+    """spawn_ferry(*flags) -> Broker: a Ferry of this case's own (for settings the shared one
+    does not have, such as TLS), stopped and checked for panics at the end of the case."""
+    started: list[Broker] = []
+
+    def spawn(*flags: str) -> Broker:
+        workdir = Path(tempfile.mkdtemp(prefix="ferry-", dir=tmp_path))
+        b = _start_ferry(ferry_bin, workdir, flags)
+        started.append(b)
+        return b
+
+    yield spawn
+    for b in started:
+        _stop_ferry(b)
+
+
+@pytest.fixture(scope="session")
+def ferry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The spawned Ferry process, shared by the Kafka and the AMQP cases."""
+    global _SESSION_BROKER
+    binary = request.getfixturevalue("ferry_bin")
     workdir = Path(tempfile.mkdtemp(prefix="ferry-interop-",
                                     dir=tmp_path_factory.getbasetemp()))
     b = _start_ferry(binary, workdir)

@@ -29,17 +29,16 @@ use std::time::Duration;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::channel::{Channel, ContentState, Out, Outbound, WRITE_BUDGET};
 use super::codec::{self, Incoming};
-use super::convert::{self, AmqpError};
+use super::convert::AmqpError;
 use super::handlers::{self, Ctx};
 use crate::broker::BrokerCore;
 use crate::config::AmqpSettings;
+use crate::tls::{ConnSecurity, Transport};
 
 /// How long a reader paused for a non-reading client waits before giving up on it when
 /// heartbeats are off (with heartbeats, two intervals).
@@ -88,14 +87,16 @@ struct Conn {
     published: bool,
     /// When the handshake must be done: accept time plus `handshake_timeout_ms`.
     handshake_deadline: tokio::time::Instant,
+    /// TLS or not, and the client certificate (which makes EXTERNAL available).
+    security: ConnSecurity,
 }
 
 /// Answers a connection beyond `amqp.max_connections` as RabbitMQ answers one beyond its node
 /// connection limit: connection.close 530 (not-allowed) with the reason, then hang up. Sent
 /// right after the protocol header, so no resources are spent on authentication. The caller
 /// bounds the time this may take.
-pub async fn refuse(stream: TcpStream, limit: usize) {
-    let (mut rd, mut wr) = stream.into_split();
+pub async fn refuse<S: Transport>(stream: S, limit: usize) {
+    let (mut rd, mut wr) = stream.split_halves();
     let mut header = [0u8; 8];
     if rd.read_exact(&mut header).await.is_err() {
         return;
@@ -119,13 +120,16 @@ pub async fn refuse(stream: TcpStream, limit: usize) {
         );
     }
     let _ = wr.write_all(&out).await;
+    let _ = wr.flush().await;
     let _ = wr.shutdown().await;
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(
-    stream: TcpStream,
+/// Serves one accepted connection until it closes. For TLS, `stream` has finished its
+/// handshake and `security` says what it established.
+pub async fn serve<S: Transport>(
+    stream: S,
     peer: SocketAddr,
+    security: ConnSecurity,
     core: BrokerCore,
     settings: Arc<AmqpSettings>,
     mut shutdown: watch::Receiver<bool>,
@@ -133,7 +137,7 @@ pub async fn serve(
     // Clamped (to ~49 days) so that adding it to an instant can never overflow.
     let handshake_deadline = tokio::time::Instant::now()
         + Duration::from_millis(settings.handshake_timeout_ms.min(u64::from(u32::MAX)));
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.split_halves();
     let mut buf = BytesMut::with_capacity(8192);
     // The protocol header: exactly `AMQP 0 0 9 1`; anything else gets the right one back.
     loop {
@@ -141,6 +145,7 @@ pub async fn serve(
             Some(true) => break,
             Some(false) => {
                 let _ = wr.write_all(codec::PROTOCOL_HEADER).await;
+                let _ = wr.flush().await;
                 let _ = wr.shutdown().await;
                 return;
             }
@@ -151,6 +156,7 @@ pub async fn serve(
                         let n = buf.len().min(8);
                         if buf[..n] != codec::PROTOCOL_HEADER[..n] {
                             let _ = wr.write_all(codec::PROTOCOL_HEADER).await;
+                            let _ = wr.flush().await;
                             let _ = wr.shutdown().await;
                             return;
                         }
@@ -194,6 +200,7 @@ pub async fn serve(
         wants_blocked: false,
         published: false,
         handshake_deadline,
+        security,
     };
     conn.out.frame_max = conn.frame_max;
     conn.send_start().await;
@@ -251,7 +258,7 @@ impl Conn {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: props,
-                mechanisms: "PLAIN AMQPLAIN".into(),
+                mechanisms: super::auth::mechanisms(&self.security).into(),
                 locales: "en_US".into(),
             })),
         )
@@ -259,9 +266,9 @@ impl Conn {
     }
 
     /// Reads and handles frames until the client closes (`None`) or a connection error.
-    async fn run(
+    async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        rd: &mut OwnedReadHalf,
+        rd: &mut R,
         buf: &mut BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<AmqpError> {
@@ -395,10 +402,10 @@ impl Conn {
     }
 
     /// Sends connection.close and waits (briefly) for close-ok.
-    async fn close_connection(
+    async fn close_connection<R: AsyncRead + Unpin>(
         &mut self,
         err: AmqpError,
-        rd: &mut OwnedReadHalf,
+        rd: &mut R,
         buf: &mut BytesMut,
     ) {
         tracing::debug!(peer = %self.peer, code = err.code, text = %err.text, "closing AMQP connection");
@@ -572,7 +579,14 @@ impl Conn {
         }
         match (&self.phase, m) {
             (Phase::AwaitStartOk, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => {
-                self.user = self.authenticate(&s).await?;
+                self.user = super::auth::authenticate(
+                    &self.core,
+                    &self.settings,
+                    self.peer,
+                    &self.security,
+                    &s,
+                )
+                .await?;
                 self.wants_blocked = matches!(
                     s.client_properties.inner().get("capabilities"),
                     Some(AMQPValue::FieldTable(caps))
@@ -662,76 +676,6 @@ impl Conn {
             .filter(|p| p.user == self.user)
             .peekable();
         entries.peek().is_none() || entries.any(|p| p.vhosts.iter().any(|v| v == vhost))
-    }
-
-    /// Checks the credentials of connection.start-ok; returns the user name.
-    async fn authenticate(&self, s: &connection::StartOk) -> Result<String, AmqpError> {
-        let response = s.response.as_bytes();
-        let creds: Option<(String, String)> = match s.mechanism.as_str() {
-            "PLAIN" => {
-                let mut parts = response.split(|b| *b == 0);
-                let _authzid = parts.next();
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(u), Some(p), None) => Some((
-                        String::from_utf8_lossy(u).into_owned(),
-                        String::from_utf8_lossy(p).into_owned(),
-                    )),
-                    _ => None,
-                }
-            }
-            "AMQPLAIN" => {
-                // The response is a field table without its length prefix.
-                let mut raw = Vec::with_capacity(response.len() + 4);
-                raw.extend_from_slice(&(response.len() as u32).to_be_bytes());
-                raw.extend_from_slice(response);
-                convert::decode_table(&raw).and_then(|t| {
-                    let get = |k: &str| match t.inner().get(k) {
-                        Some(AMQPValue::LongString(v)) => {
-                            Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
-                        }
-                        Some(AMQPValue::ShortString(v)) => Some(v.as_str().to_string()),
-                        _ => None,
-                    };
-                    Some((get("LOGIN")?, get("PASSWORD")?))
-                })
-            }
-            other => {
-                return Err(AmqpError::connection(
-                    403,
-                    format!("unsupported authentication mechanism {other}"),
-                ))
-            }
-        };
-        let refused = || {
-            AmqpError::connection(
-                403,
-                format!(
-                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                    s.mechanism
-                ),
-            )
-        };
-        let (user, password) = creds.ok_or_else(refused)?;
-        let known = self
-            .settings
-            .users
-            .iter()
-            .any(|u| u.name == user && u.password == password);
-        let guard = self.core.login_guard();
-        if !known {
-            // Counted, logged (WARN, rate-limited) and slowed per peer by the core's guard.
-            guard
-                .failed("amqp", Some(self.peer.ip()), &user)
-                .wait()
-                .await;
-            return Err(refused());
-        }
-        guard.succeeded(Some(self.peer.ip()));
-        if self.settings.loopback_users.contains(&user) && !self.peer.ip().is_loopback() {
-            tracing::info!(peer = %self.peer, user, "AMQP user may only connect from loopback");
-            return Err(refused());
-        }
-        Ok(user)
     }
 
     async fn connection_method(&mut self, m: AMQPClass) -> Result<bool, AmqpError> {
@@ -943,8 +887,8 @@ impl Conn {
 
 /// The single writer of the socket. Batches whatever is queued into one write, and sends a
 /// heartbeat after `heartbeat` seconds without writing anything.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Outbound>,
     mut heartbeat: watch::Receiver<u16>,
 ) {
@@ -982,6 +926,8 @@ async fn write_loop(
                     next = rx.try_recv().ok();
                 }
                 failed |= wr.write_all(&batch).await.is_err();
+                // A TLS stream may hold the tail of a record until flushed (TCP: a no-op).
+                failed |= wr.flush().await.is_err();
                 batch.clear();
                 drop(permits);
                 if failed {
@@ -991,7 +937,7 @@ async fn write_loop(
             _ = idle => {
                 let mut hb = BytesMut::new();
                 codec::encode_heartbeat(&mut hb);
-                if wr.write_all(&hb).await.is_err() {
+                if wr.write_all(&hb).await.is_err() || wr.flush().await.is_err() {
                     break;
                 }
             }

@@ -4,12 +4,14 @@
 //! encoding), [`convert`] (the boundary with the core: message <-> record mapping, field tables
 //! <-> JSON, core errors -> reply codes), [`handlers`] (exchange and queue methods as calls on
 //! the core's router), [`channel`] (publish assembly, consumers, acks, prefetch, confirms) and
-//! [`connection`] (handshake, authentication, tuning, heartbeats, the frame loop and the single
-//! socket writer, connection.blocked under a resource alarm), plus [`reply_to`] (direct
+//! [`connection`] (handshake, tuning, heartbeats, the frame loop and the single
+//! socket writer, connection.blocked under a resource alarm), [`auth`] (PLAIN, AMQPLAIN and
+//! EXTERNAL with a TLS client certificate), plus [`reply_to`] (direct
 //! reply-to, which bypasses queues) and [`bounded`] (records whose fields exceed AMQP's short
 //! strings or frame_max are delivered with the excess moved to documented headers). Exchanges, queues and bindings live in the core (`broker::routing`,
 //! `broker::queue`); this module never stores a message itself.
 
+pub mod auth;
 pub mod bounded;
 pub mod channel;
 pub mod codec;
@@ -26,10 +28,13 @@ use tokio::sync::watch;
 
 use crate::broker::BrokerCore;
 use crate::config::AmqpSettings;
+use crate::tls::{ConnSecurity, TlsAcceptor};
 
-/// Accepts AMQP connections until shutdown.
+/// Accepts AMQP connections, and AMQPS ones if `tls` is given, until shutdown. Each listener
+/// has its own `amqp.max_connections` cap.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<(TcpListener, Arc<TlsAcceptor>)>,
     core: BrokerCore,
     settings: AmqpSettings,
     shutdown: watch::Receiver<bool>,
@@ -41,15 +46,54 @@ pub async fn serve(
     core.router()
         .set_headers_reader(convert::record_headers_json);
     let max_connections = settings.max_connections;
-    super::accept_loop_limited(
-        "amqp",
-        listener,
+    let plain = {
+        let (core, settings) = (core.clone(), settings.clone());
+        super::accept_loop_limited(
+            "amqp",
+            listener,
+            shutdown.clone(),
+            max_connections,
+            move |stream, peer, shutdown| {
+                connection::serve(
+                    stream,
+                    peer,
+                    ConnSecurity::default(),
+                    core.clone(),
+                    settings.clone(),
+                    shutdown,
+                )
+            },
+            move |stream| connection::refuse(stream, max_connections),
+        )
+    };
+    let Some((tls_listener, acceptor)) = tls else {
+        return plain.await;
+    };
+    let refusing = acceptor.clone();
+    let secure = super::accept_loop_limited(
+        "amqps",
+        tls_listener,
         shutdown,
         max_connections,
         move |stream, peer, shutdown| {
-            connection::serve(stream, peer, core.clone(), settings.clone(), shutdown)
+            let (core, settings, acceptor) = (core.clone(), settings.clone(), acceptor.clone());
+            async move {
+                if let Some((stream, security)) = acceptor.accept(stream, peer, "amqp").await {
+                    connection::serve(stream, peer, security, core, settings, shutdown).await;
+                }
+            }
         },
-        move |stream| connection::refuse(stream, max_connections),
-    )
-    .await
+        // The refusal is an AMQP frame, so it needs the handshake first; the accept loop
+        // bounds the whole of it to a second.
+        move |stream| {
+            let acceptor = refusing.clone();
+            async move {
+                let Ok(peer) = stream.peer_addr() else { return };
+                if let Some((stream, _)) = acceptor.accept(stream, peer, "amqp").await {
+                    connection::refuse(stream, max_connections).await;
+                }
+            }
+        },
+    );
+    tokio::join!(plain, secure);
 }

@@ -15,6 +15,9 @@
 //! arrive. A connection that completes no request for `kafka.connections_max_idle_ms` while
 //! nothing of its is in flight is closed (Kafka's `connections.max.idle.ms`); the same clock
 //! runs while a request trickles in, so sending one byte at a time does not hold a connection.
+//!
+//! The loop is generic over the stream ([`Transport`]), so plaintext and TLS connections run
+//! the same code; the TLS handshake has happened before [`run`] is called.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,15 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::codec::{self, FrameError};
 use super::handlers::{self, Outcome};
 use super::KafkaContext;
+use crate::tls::{ConnSecurity, Transport};
 
 /// Requests one connection may have in flight before we stop reading from it.
 const MAX_IN_FLIGHT: usize = 32;
@@ -41,16 +43,21 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: Option<SocketAddr>,
     pub client_id: Option<String>,
+    /// TLS or not, and the client certificate's principal (mTLS).
+    pub security: ConnSecurity,
 }
 
-pub async fn run(
-    stream: TcpStream,
+/// Serves one connection; `local` is the socket's local address (taken before a TLS
+/// handshake wrapped it), `security` what the handshake established.
+pub async fn run<S: Transport>(
+    stream: S,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
+    security: ConnSecurity,
     ctx: Arc<KafkaContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let local = stream.local_addr().ok();
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = stream.split_halves();
     let (queue, mut pending) = mpsc::channel::<JoinHandle<Outcome>>(MAX_IN_FLIGHT);
     metrics::gauge!("ferry_connections", "protocol" => "kafka").increment(1.0);
     // Requests read but not yet answered: while any is, the connection is not idle.
@@ -150,6 +157,7 @@ pub async fn run(
             peer,
             local,
             client_id: request.client_id.clone(),
+            security: security.clone(),
         };
         let work = handlers::dispatch(&ctx, &conn, request).await;
         in_flight.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +186,7 @@ enum Read {
 
 /// Reads one size-prefixed request. The prefix is checked against `max` before anything is
 /// allocated, and the buffer grows as bytes arrive rather than trusting the prefix.
-async fn read_request(reader: &mut OwnedReadHalf, max: usize) -> Read {
+async fn read_request<R: AsyncRead + Unpin>(reader: &mut R, max: usize) -> Read {
     let Ok(size) = reader.read_i32().await else {
         return Read::Closed;
     };

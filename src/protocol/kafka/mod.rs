@@ -21,6 +21,8 @@ use tokio::sync::watch;
 
 use crate::broker::BrokerCore;
 use crate::config::KafkaSettings;
+use crate::tls::{ConnSecurity, TlsAcceptor};
+use connection::ConnInfo;
 
 /// Ferry is a single node; it answers as broker 1 and is its own controller and coordinator.
 pub const NODE_ID: i32 = 1;
@@ -32,6 +34,10 @@ pub struct KafkaServerSettings {
     pub advertised: Option<String>,
     /// The address the listener actually bound.
     pub listen_addr: SocketAddr,
+    /// `kafka_tls_advertised`, if set.
+    pub tls_advertised: Option<String>,
+    /// The address the TLS listener bound, if there is one.
+    pub tls_listen_addr: Option<SocketAddr>,
     pub kafka: KafkaSettings,
 }
 
@@ -46,9 +52,16 @@ pub struct KafkaContext {
 }
 
 impl KafkaContext {
-    /// The `(host, port)` a client on a connection with local address `local` is told to use.
-    pub fn advertised_endpoint(&self, local: Option<SocketAddr>) -> (String, i32) {
-        if let Some(adv) = &self.settings.advertised {
+    /// The `(host, port)` the client on `conn` is told to use: a client that came in over TLS
+    /// is sent to the TLS listener, any other to the plaintext one (Kafka's per-listener
+    /// advertised addresses, with the listener the client used).
+    pub fn advertised_endpoint(&self, conn: &ConnInfo) -> (String, i32) {
+        let (advertised, listen) = match (conn.security.tls, self.settings.tls_listen_addr) {
+            (true, Some(tls)) => (&self.settings.tls_advertised, tls),
+            _ => (&self.settings.advertised, self.settings.listen_addr),
+        };
+        let local = conn.local;
+        if let Some(adv) = advertised {
             if let Some((host, port)) = adv.rsplit_once(':') {
                 if let Ok(port) = port.parse::<u16>() {
                     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -56,7 +69,6 @@ impl KafkaContext {
                 }
             }
         }
-        let listen = self.settings.listen_addr;
         let addr = if listen.ip().is_unspecified() {
             // A wildcard listener has no single address; the one this client reached us on is
             // the one it can certainly reach again.
@@ -68,8 +80,11 @@ impl KafkaContext {
     }
 }
 
+/// Serves the plaintext listener and, if given, the TLS one, until shutdown. Each listener
+/// has its own `kafka.max_connections` cap.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<(TcpListener, Arc<TlsAcceptor>)>,
     core: BrokerCore,
     settings: KafkaServerSettings,
     shutdown: watch::Receiver<bool>,
@@ -90,13 +105,40 @@ pub async fn serve(
     let max_connections = ctx.settings.kafka.max_connections;
     // Kafka has no way to say "too many connections": the broker just closes the socket and
     // the client backs off and reconnects.
-    super::accept_loop_limited(
-        "kafka",
-        listener,
+    let plain = {
+        let ctx = ctx.clone();
+        super::accept_loop_limited(
+            "kafka",
+            listener,
+            shutdown.clone(),
+            max_connections,
+            move |stream, peer, shutdown| {
+                let local = stream.local_addr().ok();
+                let ctx = ctx.clone();
+                connection::run(stream, peer, local, ConnSecurity::default(), ctx, shutdown)
+            },
+            |stream| async move { drop(stream) },
+        )
+    };
+    let Some((tls_listener, acceptor)) = tls else {
+        return plain.await;
+    };
+    let secure = super::accept_loop_limited(
+        "kafka-tls",
+        tls_listener,
         shutdown,
         max_connections,
-        move |stream, peer, shutdown| connection::run(stream, peer, ctx.clone(), shutdown),
+        move |stream, peer, shutdown| {
+            let ctx = ctx.clone();
+            let acceptor = acceptor.clone();
+            async move {
+                let local = stream.local_addr().ok();
+                if let Some((stream, security)) = acceptor.accept(stream, peer, "kafka").await {
+                    connection::run(stream, peer, local, security, ctx, shutdown).await;
+                }
+            }
+        },
         |stream| async move { drop(stream) },
-    )
-    .await
+    );
+    tokio::join!(plain, secure);
 }

@@ -499,7 +499,7 @@ pub fn describe_cluster(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawReque
     if let Err(close) = decode::<kafka_protocol::messages::DescribeClusterRequest>(req) {
         return close;
     }
-    let (host, port) = ctx.advertised_endpoint(conn.local);
+    let (host, port) = ctx.advertised_endpoint(conn);
     let body = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(ctx.cluster_id.clone()))
         .with_controller_id(BrokerId(NODE_ID))

@@ -76,7 +76,7 @@ pub fn find_coordinator(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawReque
         Err(close) => return close,
     };
     let v = req.api_version;
-    let (host, port) = ctx.advertised_endpoint(conn.local);
+    let (host, port) = ctx.advertised_endpoint(conn);
     // Key type 1 is a transaction coordinator, which Ferry does not offer.
     let (code, message) = if request.key_type == 0 {
         (NONE, None)

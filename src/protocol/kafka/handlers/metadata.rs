@@ -93,7 +93,7 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
         }
     }
 
-    let (host, port) = ctx.advertised_endpoint(conn.local);
+    let (host, port) = ctx.advertised_endpoint(&conn);
     let broker = MetadataResponseBroker::default()
         .with_node_id(BrokerId(NODE_ID))
         .with_host(StrBytes::from_string(host))

@@ -1,0 +1,163 @@
+//! Binding the listeners, logging what each exposes, and keeping TLS certificates current.
+//!
+//! Every listener is bound by its setting's name, so a failure names the flag and variable to
+//! change; TLS listeners bind only when `[tls]` loaded (and so share one [`TlsAcceptor`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{os_reason, Addrs, ListenConflict, StartError};
+use crate::config::{resolve_listen, Config};
+use crate::tls::TlsAcceptor;
+
+/// Binds the TLS listener of setting `key` if it is switched on (and so `tls` is loaded).
+pub(super) async fn bind_tls(
+    tls: &Option<Arc<TlsAcceptor>>,
+    key: &'static str,
+    addr: &str,
+) -> Result<Option<(TcpListener, Arc<TlsAcceptor>, SocketAddr)>, StartError> {
+    let Some(acceptor) = tls else {
+        return Ok(None);
+    };
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = bind(key, addr).await?;
+    let bound = local_addr(key, addr, &listener)?;
+    Ok(Some((listener, acceptor.clone(), bound)))
+}
+
+/// Reloads the certificates when their files change, every `tls.reload_check_interval_ms`.
+pub(super) async fn watch_certificates(
+    acceptor: Arc<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(interval) = acceptor.reload_check_interval() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let acceptor = acceptor.clone();
+                // Reading the files blocks; keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || acceptor.reload_if_changed()).await;
+            }
+            _ = crate::util::stopped(&mut shutdown) => break,
+        }
+    }
+}
+
+pub(super) async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    let resolved = resolve_listen(key, addr)?;
+    TcpListener::bind(resolved).await.map_err(|e| {
+        StartError::Listen(vec![ListenConflict {
+            key,
+            addr: addr.to_string(),
+            reason: os_reason(&e),
+        }])
+    })
+}
+
+/// One line per listener (address, protocol, authentication, TLS) and one for the data
+/// directory, so an operator sees from the log alone what is exposed and how.
+pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
+    let (kafka, amqp, http) = (addrs.kafka, addrs.amqp, addrs.http);
+    let advertised = config
+        .kafka_advertised
+        .as_deref()
+        .unwrap_or("the address the client connected to");
+    tracing::info!(
+        protocol = "kafka",
+        addr = %kafka,
+        advertised,
+        auth = "none (SASL not offered)",
+        tls = "off",
+        "listening"
+    );
+    let client_certs = match config.tls.ca_file.as_str() {
+        "" => "not asked for".to_string(),
+        ca => format!("{} against {ca}", config.tls.client_auth),
+    };
+    if let Some(addr) = addrs.kafka_tls {
+        let advertised = config
+            .kafka_tls_advertised
+            .as_deref()
+            .unwrap_or("the address the client connected to");
+        tracing::info!(
+            protocol = "kafka",
+            %addr,
+            advertised,
+            tls = "on",
+            cert_file = %config.tls.cert_file,
+            client_certs = %client_certs,
+            "listening"
+        );
+    }
+    let users: Vec<&str> = config.amqp.users.iter().map(|u| u.name.as_str()).collect();
+    tracing::info!(
+        protocol = "amqp-0-9-1",
+        addr = %amqp,
+        auth = "PLAIN, AMQPLAIN",
+        users = %users.join(","),
+        loopback_only = %config.amqp.loopback_users.join(","),
+        vhosts = %config.amqp.vhosts.join(","),
+        tls = "off",
+        "listening"
+    );
+    if let Some(addr) = addrs.amqp_tls {
+        let external = if config.tls.ca_file.is_empty() {
+            "off (needs tls.ca_file)"
+        } else {
+            "with a verified client certificate"
+        };
+        tracing::info!(
+            protocol = "amqps",
+            %addr,
+            auth = "PLAIN, AMQPLAIN",
+            external,
+            cert_file = %config.tls.cert_file,
+            "listening"
+        );
+    }
+    let admin = if config.observe.admin_user.is_empty() && config.observe.admin_password.is_empty()
+    {
+        "off".to_string()
+    } else {
+        format!("/api (basic auth, user {})", config.observe.admin_user)
+    };
+    tracing::info!(
+        protocol = "http",
+        addr = %http,
+        endpoints = "/healthz /readyz /metrics",
+        admin_api = %admin,
+        tls = "off",
+        "listening"
+    );
+    if let Some(addr) = addrs.https {
+        tracing::info!(protocol = "https", %addr, admin_api = %admin, cert_file = %config.tls.cert_file, "listening");
+    }
+    tracing::info!(
+        path = %data_dir.display(),
+        fsync = %config.log.fsync,
+        "data directory"
+    );
+}
+
+pub(super) fn local_addr(
+    what: &'static str,
+    addr: &str,
+    listener: &TcpListener,
+) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
+}
