@@ -1,5 +1,5 @@
 //! `ferry produce` and `ferry consume`: a kcat-like client over the Kafka protocol, on the
-//! pipelined Kafka client `ferry bench` uses (`bench::kafka_client`; no librdkafka).
+//! pipelined Kafka client `ferry bench` uses (`client::kafka`; no librdkafka).
 //!
 //! Produce reads lines (stdin or `-f FILE`), optionally splits a key off each at `-K SEP`,
 //! picks the partition as Kafka's default partitioner does (murmur2 of the key; keyless
@@ -31,8 +31,9 @@ use serde_json::{json, Map, Value};
 
 use super::args::{ConsumeArgs, ProduceArgs};
 use super::CliError;
-use crate::bench::kafka_client::{kafka_error, Connection, Pending};
-use crate::bench::{BenchError, Progress};
+use crate::bench::Progress;
+use crate::client::kafka::{kafka_error, Connection, Pending};
+use crate::client::ClientError;
 use crate::log::batch::{try_encode_batch, BatchIter, EncodeOptions, SimpleRecord};
 
 const PRODUCE: (i16, i16) = (3, 12);
@@ -137,7 +138,7 @@ impl Producer {
         let n = records.len() as u64;
         let batch: Bytes = try_encode_batch(&records, &EncodeOptions::default())
             .map(BytesMut::freeze)
-            .map_err(|e| BenchError::Failed(format!("cannot encode a record batch: {e}")))?;
+            .map_err(|e| ClientError::Failed(format!("cannot encode a record batch: {e}")))?;
         let request = ProduceRequest::default()
             .with_acks(-1)
             .with_timeout_ms(TIMEOUT.as_millis() as i32)
@@ -349,7 +350,7 @@ async fn list_offset(
     partition: i32,
     timestamp: i64,
 ) -> Result<i64, CliError> {
-    Ok(crate::bench::kafka::list_offset(conn, topic, partition, timestamp).await?)
+    Ok(crate::client::kafka::list_offset(conn, topic, partition, timestamp).await?)
 }
 
 /// Where `-o` says to start in one partition.

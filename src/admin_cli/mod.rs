@@ -40,13 +40,13 @@ pub enum CliError {
     Usage(String),
     /// Boxed: the Kafka client's error is large and rare.
     #[error(transparent)]
-    Kafka(Box<crate::bench::BenchError>),
+    Kafka(Box<crate::client::ClientError>),
     #[error("{0}")]
     Io(String),
 }
 
-impl From<crate::bench::BenchError> for CliError {
-    fn from(e: crate::bench::BenchError) -> Self {
+impl From<crate::client::ClientError> for CliError {
+    fn from(e: crate::client::ClientError) -> Self {
         CliError::Kafka(Box::new(e))
     }
 }

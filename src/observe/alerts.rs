@@ -371,9 +371,8 @@ async fn notify(
 }
 
 /// The shared HTTP/1.1 client, without credentials, for the webhook URL.
-fn webhook_client(url: &str) -> Result<crate::util::http_client::Client, String> {
-    crate::util::http_client::Client::new(url, "", "")
-        .map_err(|e| format!("alerts.webhook_url: {e}"))
+fn webhook_client(url: &str) -> Result<crate::client::http::Client, String> {
+    crate::client::http::Client::new(url, "", "").map_err(|e| format!("alerts.webhook_url: {e}"))
 }
 
 /// One POST of the event; Ok on a 2xx answer within 10 s.

@@ -65,12 +65,12 @@ pub(super) async fn e2e_produce(
                     done.fetch_add(n, Ordering::Relaxed);
                 }
                 Err((code, message)) => {
-                    return Err(kafka_error(
+                    return Err(BenchError::from(kafka_error(
                         "Produce",
                         format!(" for partition {partition}"),
                         code,
                         message.as_deref(),
-                    ))
+                    )))
                 }
             }
         }
@@ -105,7 +105,7 @@ pub(super) async fn e2e_produce(
             {
                 Ok(p) => p,
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some(BenchError::from(e));
                     break;
                 }
             };
@@ -173,7 +173,7 @@ pub(super) async fn e2e_consume(
                 continue;
             }
             let mut raw = records.slice(range);
-            let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| BenchError::Protocol {
+            let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| ClientError::Protocol {
                 addr: conn.addr().to_string(),
                 api: "Fetch".into(),
                 detail: format!("undecodable record batch: {e}"),

@@ -36,13 +36,11 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FetchResponse,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -53,10 +51,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::args::KafkaBenchArgs;
-use super::kafka_client::{kafka_error, retriable, Connection, Pending};
 use super::{
     cores, group, random_suffix, size_label, BenchError, CpuMeter, CpuShare, Latency, Progress,
 };
+use crate::client::kafka::{kafka_error, list_offset, retriable, Connection, Pending};
+use crate::client::ClientError;
 use crate::log::batch::{try_encode_batch, BatchHeader, BatchIter, EncodeOptions, SimpleRecord};
 
 /// Version ranges this client can speak (names, not topic ids, identify topics in all of them).
@@ -71,12 +70,10 @@ use self::e2e::*;
 use self::output::case_line;
 pub use self::output::render_table;
 use self::produce::*;
-pub(crate) use self::topics::list_offset;
 use self::topics::*;
 
 const PRODUCE: (i16, i16) = (3, 12);
 const FETCH: (i16, i16) = (4, 12);
-const LIST_OFFSETS: (i16, i16) = (1, 7);
 const METADATA: (i16, i16) = (1, 12);
 const CREATE_TOPICS: (i16, i16) = (2, 7);
 const DELETE_TOPICS: (i16, i16) = (1, 6);

@@ -26,7 +26,7 @@ pub(super) fn produce_outcome(
         .iter()
         .flat_map(|t| t.partition_responses.iter())
         .find(|p| p.index == partition)
-        .ok_or_else(|| BenchError::Protocol {
+        .ok_or_else(|| ClientError::Protocol {
             addr: addr.to_string(),
             api: "Produce".into(),
             detail: format!("no answer for partition {partition}"),
@@ -131,12 +131,12 @@ pub(super) async fn produce_partition(
                 retry.push_back((sent.batch, sent.records, sent.attempts + 1));
             }
             Err((code, message)) => {
-                return Err(kafka_error(
+                return Err(BenchError::from(kafka_error(
                     "Produce",
                     format!(" for partition {partition}"),
                     code,
                     message.as_deref(),
-                ))
+                )))
             }
         }
     }
