@@ -29,7 +29,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use serde_json::{json, Map, Value};
 
-use super::args::{ConsumeArgs, ProduceArgs};
+use super::commands::{ConsumeArgs, ProduceArgs};
 use super::CliError;
 use crate::bench::Progress;
 use crate::client::kafka::{kafka_error, Connection, Pending};

@@ -8,7 +8,7 @@
 //! call are composed here: `dlq list` (which queues are dead-letter targets) and `dlq replay`
 //! (in chunks, so a terminal shows progress).
 
-pub mod args;
+pub mod commands;
 pub mod http;
 pub mod kcat;
 
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-use self::args::*;
+use self::commands::*;
 use self::http::{segment, Client};
 
 /// Why an admin command failed. Every message says what to try next.

@@ -13,15 +13,15 @@
 //! percentiles and the terminal progress line.
 
 pub mod amqp;
-pub mod args;
 pub mod kafka;
+mod settings;
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::args::{BenchArgs, BenchTarget};
+pub use self::settings::{AmqpBenchSettings, BenchTarget, KafkaBenchSettings};
 use crate::client::ClientError;
 
 /// `16B`, `1KiB`, `1MiB`: a message size as the tables print it.
@@ -44,9 +44,10 @@ pub(crate) fn random_suffix() -> String {
 /// Why a benchmark could not run. Every message says what to try next.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    /// The wire client failed: no broker, a refusal, a timeout, a malformed answer.
+    /// The wire client failed: no broker, a refusal, a timeout, a malformed answer. Boxed: the
+    /// client's error is large and rare, and every bench `Result` carries this type.
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(Box<ClientError>),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -57,9 +58,15 @@ pub enum BenchError {
     Interrupted(String),
 }
 
-/// Runs the benchmark the command line asks for. Builds its own tokio runtime.
-pub fn run(args: BenchArgs) -> Result<(), BenchError> {
-    match args.target {
+impl From<ClientError> for BenchError {
+    fn from(e: ClientError) -> Self {
+        BenchError::Client(Box::new(e))
+    }
+}
+
+/// Runs one benchmark. Builds its own tokio runtime.
+pub fn run(target: BenchTarget) -> Result<(), BenchError> {
+    match target {
         BenchTarget::Kafka(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

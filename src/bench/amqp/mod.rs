@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 
-use super::args::AmqpBenchArgs;
+use super::AmqpBenchSettings;
 use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency, Progress};
 use crate::client::amqp::{
     display_url, encode_ack, next_frame, short, Frame, PublishTemplate, Session,
@@ -135,7 +135,7 @@ impl Phase {
 
 /// What every case shares.
 struct Ctx {
-    args: AmqpBenchArgs,
+    args: AmqpBenchSettings,
     uri: AMQPUri,
     timeout: Duration,
     /// The queue of the running case, deleted on Ctrl-C.
@@ -143,7 +143,7 @@ struct Ctx {
 }
 
 /// Runs every case and prints the results.
-pub async fn run(args: AmqpBenchArgs) -> Result<(), BenchError> {
+pub async fn run(args: AmqpBenchSettings) -> Result<(), BenchError> {
     let uri = validate(&args)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let active = Arc::new(Mutex::new(None::<String>));
@@ -171,7 +171,7 @@ pub async fn run(args: AmqpBenchArgs) -> Result<(), BenchError> {
     }
 }
 
-fn validate(args: &AmqpBenchArgs) -> Result<AMQPUri, BenchError> {
+fn validate(args: &AmqpBenchSettings) -> Result<AMQPUri, BenchError> {
     let bad = |m: String| Err(BenchError::Invalid(m));
     let uri = AMQPUri::from_str(&args.url).map_err(|e| {
         BenchError::Invalid(format!(

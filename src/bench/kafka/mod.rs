@@ -50,7 +50,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::args::KafkaBenchArgs;
+use super::KafkaBenchSettings;
 use super::{
     cores, group, random_suffix, size_label, BenchError, CpuMeter, CpuShare, Latency, Progress,
 };
@@ -191,7 +191,7 @@ impl Phase {
 
 /// What every case shares.
 struct Ctx {
-    args: KafkaBenchArgs,
+    args: KafkaBenchSettings,
     admin: Connection,
     timeout: Duration,
     produce_v: i16,
@@ -204,7 +204,7 @@ struct Ctx {
 }
 
 /// Runs every case and prints the results.
-pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
+pub async fn run(args: KafkaBenchSettings) -> Result<(), BenchError> {
     validate(&args)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let admin = Connection::connect(&args.bootstrap, timeout).await?;
@@ -228,7 +228,7 @@ pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
     }
 }
 
-fn validate(args: &KafkaBenchArgs) -> Result<(), BenchError> {
+fn validate(args: &KafkaBenchSettings) -> Result<(), BenchError> {
     let bad = |m: String| Err(BenchError::Invalid(m));
     if args.sizes.is_empty() || args.partitions.is_empty() {
         return bad("--sizes and --partitions need at least one value each".into());
@@ -271,7 +271,7 @@ fn validate(args: &KafkaBenchArgs) -> Result<(), BenchError> {
 }
 
 async fn run_cases(
-    args: KafkaBenchArgs,
+    args: KafkaBenchSettings,
     admin: Connection,
     active: Arc<Mutex<Option<String>>>,
 ) -> Result<(), BenchError> {

@@ -1,167 +1,85 @@
-//! Flags of `ferry bench kafka|amqp`, as clap derive types beside the code that runs them (as
-//! `admin_cli/args.rs` is for the admin CLI), so `bench` does not import `cli` and the
-//! cli -> admin_cli -> bench chain has no way back. The two benches share flag names: `-b` for
-//! the broker, `--size`/`--sizes`, `--records`/`--messages`, `--duration`, `--timeout`,
-//! `--keep`, `--json`.
+//! What `ferry bench kafka|amqp` runs with, as plain values: the binary parses its flags (clap
+//! types in `src/cli/bench.rs`) and converts them into these, so the library carries no
+//! command-line types. Field docs are the flags' meaning; defaults are the binary's.
 
-use clap::{Args, Subcommand};
-
-/// `ferry bench <target>`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub target: BenchTarget,
-}
-
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone)]
+/// Which benchmark to run, with its settings.
 pub enum BenchTarget {
     /// Load-test any Kafka-compatible broker (Ferry, Apache Kafka, Redpanda, ...) over the Kafka
     /// protocol: produce (acks=all) and consume throughput in records/s and MB/s, end-to-end
     /// latency p50/p99, and this client's own CPU share, for every record size x partition
     /// count. Each case uses a fresh topic, deleted afterwards unless --keep.
-    Kafka(KafkaBenchArgs),
+    Kafka(KafkaBenchSettings),
     /// Load-test any AMQP 0-9-1 broker (Ferry, RabbitMQ, ...): one publisher with publisher
     /// confirms and one consumer with manual acks on one durable queue, persistent messages;
     /// reports published+confirmed and consumed messages/s, end-to-end latency p50/p99/p99.9,
     /// and this client's own CPU share, for every message size. Each size uses a fresh queue,
     /// deleted afterwards unless --keep.
-    Amqp(AmqpBenchArgs),
+    Amqp(AmqpBenchSettings),
 }
 
 /// Flags of `ferry bench amqp`.
-#[derive(Debug, Clone, Args)]
-pub struct AmqpBenchArgs {
+#[derive(Debug, Clone)]
+pub struct AmqpBenchSettings {
     /// Broker URL (the vhost `/` is written %2f); `-b` as in `ferry bench kafka`.
-    #[arg(
-        short = 'b',
-        long,
-        value_name = "URL",
-        env = "FERRY_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        help_heading = "Connection (also from the environment)"
-    )]
     pub url: String,
     /// Messages to publish (and consume) per size [default: publish for 10 s].
-    #[arg(long, alias = "records", value_name = "N", conflicts_with = "duration")]
     pub messages: Option<u64>,
     /// Publish for this many seconds per size [default: 10].
-    #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
     /// Message body sizes in bytes, comma-separated (suffixes k/KiB and M/MiB are accepted).
-    #[arg(long, alias = "sizes", value_name = "BYTES,...", value_delimiter = ',', default_value = "16,1024", value_parser = parse_bytes)]
     pub size: Vec<usize>,
     /// Unconfirmed messages the publisher keeps in flight.
-    #[arg(long, value_name = "N", default_value_t = 256)]
     pub window: u64,
     /// The consumer's basic.qos prefetch count.
-    #[arg(long, value_name = "N", default_value_t = 256)]
     pub prefetch: u16,
     /// Publish at most this many messages per second (default: as fast as confirms allow),
     /// to compare latency between brokers at the same load.
-    #[arg(long, value_name = "N")]
     pub rate: Option<u64>,
     /// Only publish (no consumer), and keep the queue with its messages: for measuring what
     /// queued messages cost the broker.
-    #[arg(long)]
     pub no_consumer: bool,
     /// Declare the bench queue non-durable (messages stay persistent): shows what keeping a
     /// durable queue's delivery state costs the broker.
-    #[arg(long)]
     pub transient_queue: bool,
     /// Seconds without a confirm, delivery or answer from the broker before giving up.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
     /// Keep the bench queues instead of deleting them at the end of each size.
-    #[arg(long)]
     pub keep: bool,
     /// Print every result as one JSON document on stdout (and nothing else there).
-    #[arg(long)]
     pub json: bool,
 }
 
 /// Flags of `ferry bench kafka`.
-#[derive(Debug, Clone, Args)]
-pub struct KafkaBenchArgs {
+#[derive(Debug, Clone)]
+pub struct KafkaBenchSettings {
     /// Kafka listener to bootstrap from (as for `ferry produce`/`consume`).
-    #[arg(
-        short = 'b',
-        long,
-        value_name = "HOST:PORT",
-        env = "FERRY_BOOTSTRAP",
-        default_value = "127.0.0.1:9092",
-        help_heading = "Connection (also from the environment)"
-    )]
     pub bootstrap: String,
     /// Records to produce (then consume) per case [default: 64 MiB of values, i.e. 671,088
     /// of 100 B or 65,536 of 1 KiB; the default run takes well under a minute].
-    #[arg(
-        long,
-        alias = "messages",
-        value_name = "N",
-        conflicts_with = "duration"
-    )]
     pub records: Option<u64>,
     /// Produce for this many seconds per case instead of a fixed record count.
-    #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
     /// Record value sizes in bytes, comma-separated (suffixes k/KiB and M/MiB are accepted).
-    #[arg(long, alias = "size", value_name = "BYTES,...", value_delimiter = ',', default_value = "100,1024", value_parser = parse_bytes)]
     pub sizes: Vec<usize>,
     /// Partition counts, comma-separated; one case per size x partition count.
-    #[arg(
-        long,
-        value_name = "N,...",
-        value_delimiter = ',',
-        default_value = "1,8"
-    )]
     pub partitions: Vec<i32>,
     /// Produce requests in flight per partition connection.
-    #[arg(long, value_name = "N", default_value_t = 8)]
     pub in_flight: usize,
     /// Target size of one record batch (one produce request per batch).
-    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_bytes)]
     pub batch_bytes: usize,
     /// Most bytes one fetch may return per partition.
-    #[arg(long, value_name = "BYTES", default_value = "8MiB", value_parser = parse_bytes)]
     pub fetch_bytes: usize,
     /// Records per second (all partitions together) in the end-to-end latency phase; 0 skips it.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub latency_rate: u64,
     /// Length of the end-to-end latency phase.
-    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     pub latency_secs: f64,
     /// Replication factor of the bench topics; -1 takes the broker's default.
-    #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub replication_factor: i16,
     /// Seconds to wait for any one answer from the broker before giving up.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
     /// Keep the bench topics instead of deleting them at the end of each case.
-    #[arg(long)]
     pub keep: bool,
     /// Print every result as one JSON document on stdout (and nothing else there).
-    #[arg(long)]
     pub json: bool,
-}
-
-/// `100`, `64k`, `64KiB`, `1M`, `8MiB` as a byte count.
-fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a byte count (try 100, 64KiB or 8MiB)"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{s}` (use k/KiB or M/MiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
 }
