@@ -18,27 +18,23 @@
 
 use std::time::Duration;
 
-use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amq_protocol::uri::AMQPUri;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 use super::ClientError;
+use crate::protocol::amqp::codec::{self, Incoming, FRAME_OVERHEAD, PROTOCOL_HEADER};
 
-const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
-const FRAME_METHOD: u8 = 1;
-const FRAME_HEADER: u8 = 2;
 const FRAME_BODY: u8 = 3;
+#[cfg(test)]
 const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 /// Type (1) + channel (2) + size (4).
 const FRAME_HEADER_LEN: usize = 7;
-/// What a frame costs beyond its payload.
-pub(crate) const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + 1;
 /// The frame_max we ask for; the broker may lower it.
 const OUR_FRAME_MAX: u32 = 128 * 1024;
 /// AMQP 0-9-1's smallest legal frame_max.
@@ -55,52 +51,27 @@ pub(crate) enum Frame {
     Heartbeat,
 }
 
-/// Takes one whole frame off the front of `buf`; `Ok(None)` while more bytes are needed.
-/// Refuses frames larger than `frame_max` before waiting for their payload, so a confused peer
-/// cannot make the buffer grow without bound.
+/// Takes one whole frame off the front of `buf`; `Ok(None)` while more bytes are needed. The
+/// broker's own frame decoder does the work ([`codec::decode_frame`]: pure, refuses frames
+/// larger than `frame_max` before waiting for their payload, slices bodies without copying);
+/// this only adds the answer of a broker that refuses our protocol version.
 pub(crate) fn next_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>, String> {
-    if buf.len() < FRAME_HEADER_LEN {
-        return Ok(None);
-    }
-    if buf.starts_with(b"AMQP") {
+    if buf.starts_with(b"AMQP") && buf.len() >= FRAME_HEADER_LEN {
         // A broker that refuses our protocol version answers with its own header.
         return Err(format!(
             "the server does not speak AMQP 0-9-1 (it answered with protocol header {:?})",
             &buf[..buf.len().min(8)]
         ));
     }
-    let kind = buf[0];
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    let total = size.saturating_add(FRAME_OVERHEAD);
-    if total > frame_max {
-        return Err(format!(
-            "frame of {total} bytes exceeds the negotiated frame_max {frame_max}"
-        ));
-    }
-    if buf.len() < total {
-        return Ok(None);
-    }
-    if buf[total - 1] != FRAME_END {
-        return Err("frame does not end with 0xCE".into());
-    }
-    let frame = buf.split_to(total).freeze();
-    match kind {
-        FRAME_BODY => Ok(Some(Frame::Body(frame.slice(FRAME_HEADER_LEN..total - 1)))),
-        FRAME_HEARTBEAT => Ok(Some(Frame::Heartbeat)),
-        FRAME_METHOD | FRAME_HEADER => match parse_frame(&frame[..]) {
-            Ok((&[], AMQPFrame::Method(ch, class))) => Ok(Some(Frame::Method(ch, Box::new(class)))),
-            Ok((&[], AMQPFrame::Header(_, header))) => Ok(Some(Frame::Header(header.body_size))),
-            _ => Err(format!(
-                "malformed {} frame",
-                if kind == FRAME_METHOD {
-                    "method"
-                } else {
-                    "content header"
-                }
-            )),
+    Ok(
+        match codec::decode_frame(buf, frame_max).map_err(|e| e.to_string())? {
+            None => None,
+            Some(Incoming::Method(channel, method)) => Some(Frame::Method(channel, method)),
+            Some(Incoming::Header(_, header)) => Some(Frame::Header(header.body_size)),
+            Some(Incoming::Body(_, body)) => Some(Frame::Body(body)),
+            Some(Incoming::Heartbeat(_)) => Some(Frame::Heartbeat),
         },
-        other => Err(format!("unknown frame type {other}")),
-    }
+    )
 }
 
 /// Appends `frame` as `amq-protocol` generates it.
@@ -255,24 +226,12 @@ impl Session {
     /// Connects, authenticates with PLAIN and opens the URL's vhost.
     pub(crate) async fn connect(uri: &AMQPUri, timeout: Duration) -> Result<Session, ClientError> {
         let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let connect_err = |reason: String| ClientError::AmqpConnect {
-            addr: addr.clone(),
-            reason,
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
-            Err(_) => {
-                return Err(connect_err(format!(
-                    "no answer within {} s",
-                    timeout.as_secs()
-                )))
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(connect_err("connection refused".into()))
-            }
-            Ok(Err(e)) => return Err(connect_err(e.to_string())),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = super::tcp_connect(addr.as_str(), timeout)
+            .await
+            .map_err(|reason| ClientError::AmqpConnect {
+                addr: addr.clone(),
+                reason,
+            })?;
         let (read, write) = stream.into_split();
         let mut s = Session {
             addr,

@@ -24,7 +24,6 @@ use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -96,24 +95,13 @@ impl Connection {
     /// Connects to `addr` (`host:port`) and asks for the broker's API versions.
     pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Connection, ClientError> {
         let sock = resolve(addr).await?;
-        let connect_err = |reason: String| ClientError::Connect {
-            addr: addr.to_string(),
-            reason,
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(sock)).await {
-            Err(_) => {
-                return Err(connect_err(format!(
-                    "no answer within {} s",
-                    timeout.as_secs()
-                )))
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(connect_err("connection refused".into()))
-            }
-            Ok(Err(e)) => return Err(connect_err(e.to_string())),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream =
+            super::tcp_connect(sock, timeout)
+                .await
+                .map_err(|reason| ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason,
+                })?;
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Outgoing>(QUEUE);
         let (flight_tx, flight_rx) = mpsc::unbounded_channel::<InFlight>();

@@ -13,6 +13,26 @@ pub mod amqp;
 pub mod http;
 pub mod kafka;
 
+use std::time::Duration;
+
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+/// Opens a TCP connection within `timeout`, with Nagle off (the clients batch their own
+/// writes). The error is the reason as a user should read it; each client names the address.
+async fn tcp_connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err("connection refused".into())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
 /// Why a wire client could not do its job. Every message says what to try next: the clients
 /// serve `ferry bench` and `ferry produce|consume`, so the hints name their flags.
 #[derive(Debug, thiserror::Error)]

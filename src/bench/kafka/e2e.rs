@@ -9,17 +9,7 @@ pub(super) fn stamped_batch(filler: &[u8], n: u64, epoch: Instant) -> Result<Byt
     let stamp = (epoch.elapsed().as_nanos() as u64).to_be_bytes();
     let mut value = BytesMut::from(filler);
     value[..STAMP_LEN].copy_from_slice(&stamp);
-    let value = value.freeze();
-    let ts = now_ms();
-    let records: Vec<SimpleRecord> = (0..n)
-        .map(|_| SimpleRecord {
-            key: None,
-            value: Some(value.clone()),
-            headers: vec![],
-            timestamp: ts,
-        })
-        .collect();
-    encode(&records)
+    plain_batch(&value.freeze(), n)
 }
 
 pub(super) struct E2eProduced {

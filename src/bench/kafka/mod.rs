@@ -364,7 +364,7 @@ fn encode(records: &[SimpleRecord]) -> Result<Bytes, BenchError> {
         .map_err(|e| BenchError::Failed(format!("cannot encode a record batch: {e}")))
 }
 
-/// One batch of `n` records of `size` bytes each.
+/// One batch of `n` records with the same value.
 fn plain_batch(value: &Bytes, n: u64) -> Result<Bytes, BenchError> {
     let ts = now_ms();
     let records: Vec<SimpleRecord> = (0..n)
