@@ -54,14 +54,7 @@ pub(super) async fn e2e_produce(
                     last = last.max(base + n as i64 - 1);
                     done.fetch_add(n, Ordering::Relaxed);
                 }
-                Err((code, message)) => {
-                    return Err(BenchError::from(kafka_error(
-                        "Produce",
-                        format!(" for partition {partition}"),
-                        code,
-                        message.as_deref(),
-                    )))
-                }
+                Err((code, message)) => return Err(produce_refused(partition, code, message)),
             }
         }
         end_offset.store(last + 1, Ordering::Release);

@@ -15,6 +15,16 @@ pub(super) fn produce_request(topic: &TopicName, partition: i32, batch: Bytes) -
                 .with_records(Some(batch))])])
 }
 
+/// A partition's refusal of a produce request, with the broker's error name and message.
+pub(super) fn produce_refused(partition: i32, code: i16, message: Option<String>) -> BenchError {
+    BenchError::from(kafka_error(
+        "Produce",
+        format!(" for partition {partition}"),
+        code,
+        message.as_deref(),
+    ))
+}
+
 /// The outcome of one produce request: `Ok(base offset)` or `Err((code, message))`.
 pub(super) fn produce_outcome(
     response: &ProduceResponse,
@@ -130,14 +140,7 @@ pub(super) async fn produce_partition(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 retry.push_back((sent.batch, sent.records, sent.attempts + 1));
             }
-            Err((code, message)) => {
-                return Err(BenchError::from(kafka_error(
-                    "Produce",
-                    format!(" for partition {partition}"),
-                    code,
-                    message.as_deref(),
-                )))
-            }
+            Err((code, message)) => return Err(produce_refused(partition, code, message)),
         }
     }
     Ok(stats)

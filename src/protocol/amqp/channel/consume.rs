@@ -275,16 +275,7 @@ pub(super) async fn run_consumer(mut t: ConsumerTask) {
         credit.borrow_and_update();
         if t.queue.is_deleted() {
             // consumer_cancel_notify: tell the client its consumer is gone.
-            t.out
-                .notify(
-                    t.channel,
-                    AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                        consumer_tag: t.tag.clone().into(),
-                        nowait: true,
-                    })),
-                    &mut t.stop,
-                )
-                .await;
+            t.out.cancel_consumer(t.channel, &t.tag, &mut t.stop).await;
             return;
         }
         let n = t.shared.credit_for(&t.tag, t.prefetch, t.no_ack);

@@ -115,6 +115,22 @@ impl Out {
         drop(turn);
         sent
     }
+
+    /// consumer_cancel_notify: tells the client its consumer `tag` is gone (its queue or
+    /// stream was deleted under it), by the rules of [`Out::notify`].
+    pub async fn cancel_consumer(
+        &self,
+        channel: u16,
+        tag: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let cancel = basic::Cancel {
+            consumer_tag: tag.into(),
+            nowait: true,
+        };
+        let m = AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel));
+        self.notify(channel, m, stop).await
+    }
 }
 
 struct Unacked {
