@@ -20,19 +20,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, MetadataRequest, ProduceRequest, ProduceResponse, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, ProduceResponse, TopicName};
 use kafka_protocol::records::RecordBatchDecoder;
 use serde_json::{json, Map, Value};
 
 use super::commands::{ConsumeArgs, ProduceArgs};
 use super::CliError;
 use crate::bench::Progress;
-use crate::client::kafka::{kafka_error, Connection, Pending};
+use crate::client::kafka::{
+    kafka_error, produce_request, topic_metadata_request, topic_name, Connection, Pending,
+};
 use crate::client::ClientError;
 use crate::log::batch::{try_encode_batch, BatchIter, EncodeOptions, SimpleRecord};
 
@@ -48,10 +45,6 @@ const BATCH_BYTES: usize = 512 * 1024;
 const IN_FLIGHT: usize = 8;
 /// Bytes one fetch may return per partition.
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
-
-fn topic_name(t: &str) -> TopicName {
-    TopicName(StrBytes::from_string(t.to_string()))
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -76,12 +69,7 @@ where
 /// The topic's partition count, or an error saying how to create it.
 async fn partition_count(conn: &Connection, topic: &str) -> Result<i32, CliError> {
     let v = conn.version(ApiKey::Metadata, METADATA)?;
-    let mut request = MetadataRequest::default().with_topics(Some(vec![
-        MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
-    ]));
-    if v >= 4 {
-        request = request.with_allow_auto_topic_creation(false);
-    }
+    let request = topic_metadata_request(topic, v);
     let md = conn.call(v, &request).await?;
     let t = md
         .topics
@@ -139,14 +127,7 @@ impl Producer {
         let batch: Bytes = try_encode_batch(&records, &EncodeOptions::default())
             .map(BytesMut::freeze)
             .map_err(|e| ClientError::Failed(format!("cannot encode a record batch: {e}")))?;
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(TIMEOUT.as_millis() as i32)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(self.topic.clone())
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch))])]);
+        let request = produce_request(&self.topic, partition, batch, TIMEOUT.as_millis() as i32);
         while self.in_flight.len() >= IN_FLIGHT {
             self.wait_one().await?;
         }

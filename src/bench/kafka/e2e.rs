@@ -83,7 +83,10 @@ pub(super) async fn e2e_produce(
             };
             let bytes = batch.len();
             let pending = match conn
-                .send(version, &produce_request(&topic, partition, batch))
+                .send(
+                    version,
+                    &produce_request(&topic, partition, batch, BROKER_TIMEOUT_MS),
+                )
                 .await
             {
                 Ok(p) => p,

@@ -36,13 +36,10 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FetchResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+    MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
@@ -54,7 +51,10 @@ use super::KafkaBenchSettings;
 use super::{
     cores, group, random_suffix, size_label, BenchError, CpuMeter, CpuShare, Latency, Progress,
 };
-use crate::client::kafka::{kafka_error, list_offset, retriable, Connection, Pending};
+use crate::client::kafka::{
+    kafka_error, list_offset, produce_request, retriable, topic_metadata_request, topic_name,
+    Connection, Pending,
+};
 use crate::client::ClientError;
 use crate::log::batch::{try_encode_batch, BatchHeader, BatchIter, EncodeOptions, SimpleRecord};
 
@@ -376,10 +376,6 @@ fn plain_batch(value: &Bytes, n: u64) -> Result<Bytes, BenchError> {
         })
         .collect();
     encode(&records)
-}
-
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 async fn run_case(ctx: &Ctx, size: usize, partitions: i32) -> Result<CaseReport, BenchError> {

@@ -4,17 +4,6 @@
 
 use super::*;
 
-pub(super) fn produce_request(topic: &TopicName, partition: i32, batch: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(BROKER_TIMEOUT_MS)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic.clone())
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(batch))])])
-}
-
 /// A partition's refusal of a produce request, with the broker's error name and message.
 pub(super) fn produce_refused(partition: i32, code: i16, message: Option<String>) -> BenchError {
     BenchError::from(kafka_error(
@@ -116,7 +105,10 @@ pub(super) async fn produce_partition(
                 queued += records;
             }
             let pending = conn
-                .send(version, &produce_request(&topic, partition, batch.clone()))
+                .send(
+                    version,
+                    &produce_request(&topic, partition, batch.clone(), BROKER_TIMEOUT_MS),
+                )
                 .await?;
             in_flight.push_back(Sent {
                 pending,

@@ -48,12 +48,7 @@ pub(super) async fn wait_for_leaders(
     partitions: i32,
 ) -> Result<Vec<String>, BenchError> {
     let v = ctx.admin.version(ApiKey::Metadata, METADATA)?;
-    let mut request = MetadataRequest::default().with_topics(Some(vec![
-        MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
-    ]));
-    if v >= 4 {
-        request = request.with_allow_auto_topic_creation(false);
-    }
+    let request = topic_metadata_request(topic, v);
     let deadline = Instant::now() + ctx.timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
