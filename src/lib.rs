@@ -22,7 +22,7 @@
 pub mod admin_cli;
 pub mod bench;
 pub mod broker;
-pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod log;

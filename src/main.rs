@@ -12,25 +12,27 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 
-use ferry::cli::{Cli, Command, ServeArgs};
+mod cli;
+
+use cli::{Cli, Command, ServeArgs};
 use ferry::config::{self, Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(args) => ferry::bench::run(args).map_err(anyhow::Error::from),
-        Command::Topic(args) => admin(ferry::admin_cli::topic(args)),
-        Command::Queue(args) => admin(ferry::admin_cli::queue(args)),
-        Command::Exchange(args) => admin(ferry::admin_cli::exchange(args)),
-        Command::Group(args) => admin(ferry::admin_cli::group(args)),
-        Command::Dlq(args) => admin(ferry::admin_cli::dlq(args)),
+        Command::Bench(args) => ferry::bench::run(args.into()).map_err(anyhow::Error::from),
+        Command::Topic(args) => admin(ferry::admin_cli::topic(args.into())),
+        Command::Queue(args) => admin(ferry::admin_cli::queue(args.into())),
+        Command::Exchange(args) => admin(ferry::admin_cli::exchange(args.into())),
+        Command::Group(args) => admin(ferry::admin_cli::group(args.into())),
+        Command::Dlq(args) => admin(ferry::admin_cli::dlq(args.into())),
         Command::Produce(args) => {
-            ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::produce(args))
+            ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::produce(args.into()))
                 .map_err(anyhow::Error::from)
         }
         Command::Consume(args) => {
-            ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::consume(args))
+            ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::consume(args.into()))
                 .map_err(anyhow::Error::from)
         }
         Command::Completions { shell } => {
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
             print_bytes(&script)
         }
         Command::Man { dir } => man(dir),
-        Command::Cert(ferry::cli::CertCommand::Generate(args)) => cert_generate(args),
+        Command::Cert(cli::CertCommand::Generate(args)) => cert_generate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,7 +87,7 @@ fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-fn cert_generate(args: ferry::cli::CertGenerateArgs) -> anyhow::Result<()> {
+fn cert_generate(args: cli::CertGenerateArgs) -> anyhow::Result<()> {
     let generated = ferry::tls::generate::generate(&ferry::tls::generate::CertRequest {
         dns: args.dns,
         ips: args.ip,

@@ -1,7 +1,5 @@
 //! Small helpers shared by several layers.
 
-pub mod http_client;
-
 use std::hash::{BuildHasher, Hasher};
 
 /// 128 random bits. std's `RandomState` is seeded from the OS per instance, which is all the

@@ -1,14 +1,14 @@
 //! The admin CLI's client for the admin API: the shared HTTP/1.1 client
-//! ([`crate::util::http_client`]) with the CLI's error messages and the API's error shape.
+//! ([`crate::client::http`]) with the CLI's error messages and the API's error shape.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::CliError;
-use crate::util::http_client::{self, HttpError};
+use crate::client::http::{self, HttpError};
 
-pub use crate::util::http_client::segment;
+pub use crate::client::http::segment;
 
 /// Time allowed for the whole exchange (a replay of many messages takes a while).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -16,7 +16,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the admin API is and who we are.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: http_client::Client,
+    inner: http::Client,
 }
 
 impl Client {
@@ -26,7 +26,7 @@ impl Client {
         password: &str,
         cacert: Option<&std::path::Path>,
     ) -> Result<Client, CliError> {
-        let inner = http_client::Client::with_ca(url, user, password, cacert)
+        let inner = http::Client::with_ca(url, user, password, cacert)
             .map_err(|e| CliError::Usage(format!("--admin-url {e}")))?;
         Ok(Client { inner })
     }

@@ -1,5 +1,5 @@
 //! `ferry produce` and `ferry consume`: a kcat-like client over the Kafka protocol, on the
-//! pipelined Kafka client `ferry bench` uses (`bench::kafka_client`; no librdkafka).
+//! pipelined Kafka client `ferry bench` uses (`client::kafka`; no librdkafka).
 //!
 //! Produce reads lines (stdin or `-f FILE`), optionally splits a key off each at `-K SEP`,
 //! picks the partition as Kafka's default partitioner does (murmur2 of the key; keyless
@@ -20,19 +20,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, MetadataRequest, ProduceRequest, ProduceResponse, TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, ProduceResponse, TopicName};
 use kafka_protocol::records::RecordBatchDecoder;
 use serde_json::{json, Map, Value};
 
-use super::args::{ConsumeArgs, ProduceArgs};
+use super::commands::{ConsumeArgs, ProduceArgs};
 use super::CliError;
-use crate::bench::kafka_client::{kafka_error, Connection, Pending};
-use crate::bench::{BenchError, Progress};
+use crate::bench::Progress;
+use crate::client::kafka::{
+    kafka_error, produce_request, topic_metadata_request, topic_name, Connection, Pending,
+};
+use crate::client::ClientError;
 use crate::log::batch::{try_encode_batch, BatchIter, EncodeOptions, SimpleRecord};
 
 const PRODUCE: (i16, i16) = (3, 12);
@@ -47,10 +45,6 @@ const BATCH_BYTES: usize = 512 * 1024;
 const IN_FLIGHT: usize = 8;
 /// Bytes one fetch may return per partition.
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
-
-fn topic_name(t: &str) -> TopicName {
-    TopicName(StrBytes::from_string(t.to_string()))
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -75,12 +69,7 @@ where
 /// The topic's partition count, or an error saying how to create it.
 async fn partition_count(conn: &Connection, topic: &str) -> Result<i32, CliError> {
     let v = conn.version(ApiKey::Metadata, METADATA)?;
-    let mut request = MetadataRequest::default().with_topics(Some(vec![
-        MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
-    ]));
-    if v >= 4 {
-        request = request.with_allow_auto_topic_creation(false);
-    }
+    let request = topic_metadata_request(topic, v);
     let md = conn.call(v, &request).await?;
     let t = md
         .topics
@@ -137,15 +126,8 @@ impl Producer {
         let n = records.len() as u64;
         let batch: Bytes = try_encode_batch(&records, &EncodeOptions::default())
             .map(BytesMut::freeze)
-            .map_err(|e| BenchError::Failed(format!("cannot encode a record batch: {e}")))?;
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(TIMEOUT.as_millis() as i32)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(self.topic.clone())
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch))])]);
+            .map_err(|e| ClientError::Failed(format!("cannot encode a record batch: {e}")))?;
+        let request = produce_request(&self.topic, partition, batch, TIMEOUT.as_millis() as i32);
         while self.in_flight.len() >= IN_FLIGHT {
             self.wait_one().await?;
         }
@@ -349,7 +331,7 @@ async fn list_offset(
     partition: i32,
     timestamp: i64,
 ) -> Result<i64, CliError> {
-    Ok(crate::bench::kafka::list_offset(conn, topic, partition, timestamp).await?)
+    Ok(crate::client::kafka::list_offset(conn, topic, partition, timestamp).await?)
 }
 
 /// Where `-o` says to start in one partition.

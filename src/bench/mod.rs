@@ -1,30 +1,28 @@
 //! `ferry bench`: load generators that measure a running broker from the outside.
 //!
 //! [`kafka`] drives any Kafka-compatible broker (Ferry, Apache Kafka, Redpanda, …) over the
-//! Kafka wire protocol with a small pipelined client of its own (`kafka_client`, on tokio and the
+//! Kafka wire protocol with a small pipelined client ([`crate::client::kafka`], on tokio and the
 //! `kafka-protocol` crate; no librdkafka), so the same figures can be taken from Ferry and from a
 //! real Kafka side by side. It reports produce (acks=all) and consume throughput, end-to-end
 //! latency, and the client's own CPU share, so a reader can tell whether the client limited the
 //! run. [`amqp`] does the same for any AMQP 0-9-1 broker (Ferry, RabbitMQ, …): confirmed
 //! publishing and consuming of persistent messages on a durable queue, with a pipelined client
-//! of its own (`amqp_client`, on tokio and `amq-protocol`'s frame codec; no lapin).
+//! ([`crate::client::amqp`], on tokio and `amq-protocol`'s frame codec; no lapin).
 //!
 //! This module holds what every generator shares: the error type, the CPU meter, latency
 //! percentiles and the terminal progress line.
 
 pub mod amqp;
-mod amqp_client;
-pub mod args;
 pub mod kafka;
-// `ferry produce|consume` (crate::admin_cli::kcat) reuse this client.
-pub(crate) mod kafka_client;
+mod settings;
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::args::{BenchArgs, BenchTarget};
+pub use self::settings::{AmqpBenchSettings, BenchTarget, KafkaBenchSettings};
+use crate::client::ClientError;
 
 /// `16B`, `1KiB`, `1MiB`: a message size as the tables print it.
 pub(crate) fn size_label(size: usize) -> String {
@@ -46,65 +44,10 @@ pub(crate) fn random_suffix() -> String {
 /// Why a benchmark could not run. Every message says what to try next.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error(
-        "cannot connect to {addr}: {reason} — is a broker running? start one with \
-         `ferry serve` (or pass -b/--bootstrap HOST:PORT, or set FERRY_BOOTSTRAP)"
-    )]
-    Connect { addr: String, reason: String },
-    #[error(
-        "cannot connect to {addr}: {reason} — is a broker running? start one with \
-         `ferry serve` (or pass --url amqp://USER:PASS@HOST:PORT/VHOST)"
-    )]
-    AmqpConnect { addr: String, reason: String },
-    #[error("cannot resolve {addr}: {reason} — check the host name in --bootstrap")]
-    Resolve { addr: String, reason: String },
-    #[error(
-        "{addr} closed the connection while {api} was in flight ({reason}) — check the broker's \
-         log"
-    )]
-    Closed {
-        addr: String,
-        api: String,
-        reason: String,
-    },
-    #[error(
-        "no answer from {addr} to {api} within {secs} s — the broker is stuck or overloaded; \
-         check its log, or retry with a smaller --in-flight / --batch-bytes or a larger --timeout"
-    )]
-    Timeout {
-        addr: String,
-        api: String,
-        secs: u64,
-    },
-    #[error(
-        "{addr} does not serve {api} v{want_min}–v{want_max} (it offers {offered}); ferry bench \
-         needs a broker compatible with Kafka 2.1 or newer"
-    )]
-    Unsupported {
-        addr: String,
-        api: String,
-        want_min: i16,
-        want_max: i16,
-        offered: String,
-    },
-    #[error("{api} failed{what}: {error} (Kafka error {code}){message}{hint}")]
-    Kafka {
-        api: String,
-        /// " for topic T partition P", or empty.
-        what: String,
-        code: i16,
-        error: String,
-        /// ": the broker's error message", or empty.
-        message: String,
-        /// " — what to do", or empty.
-        hint: String,
-    },
-    #[error("malformed {api} answer from {addr}: {detail}")]
-    Protocol {
-        addr: String,
-        api: String,
-        detail: String,
-    },
+    /// The wire client failed: no broker, a refusal, a timeout, a malformed answer. Boxed: the
+    /// client's error is large and rare, and every bench `Result` carries this type.
+    #[error(transparent)]
+    Client(Box<ClientError>),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -115,9 +58,15 @@ pub enum BenchError {
     Interrupted(String),
 }
 
-/// Runs the benchmark the command line asks for. Builds its own tokio runtime.
-pub fn run(args: BenchArgs) -> Result<(), BenchError> {
-    match args.target {
+impl From<ClientError> for BenchError {
+    fn from(e: ClientError) -> Self {
+        BenchError::Client(Box::new(e))
+    }
+}
+
+/// Runs one benchmark. Builds its own tokio runtime.
+pub fn run(target: BenchTarget) -> Result<(), BenchError> {
+    match target {
         BenchTarget::Kafka(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

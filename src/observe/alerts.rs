@@ -371,7 +371,7 @@ async fn notify(
 }
 
 /// The shared HTTP/1.1 client, without credentials, for the webhook URL.
-fn webhook_client(url: &str) -> Result<crate::util::http_client::Client, String> {
+fn webhook_client(url: &str) -> Result<crate::client::http::Client, String> {
     // The shared client speaks https:// too (for the admin CLI), but webhooks stay http://
     // until their CA setting exists.
     if !url.starts_with("http://") {
@@ -379,8 +379,7 @@ fn webhook_client(url: &str) -> Result<crate::util::http_client::Client, String>
             "alerts.webhook_url: `{url}` must start with http://; e.g. http://127.0.0.1:9000/hook"
         ));
     }
-    crate::util::http_client::Client::new(url, "", "")
-        .map_err(|e| format!("alerts.webhook_url: {e}"))
+    crate::client::http::Client::new(url, "", "").map_err(|e| format!("alerts.webhook_url: {e}"))
 }
 
 /// One POST of the event; Ok on a 2xx answer within 10 s.

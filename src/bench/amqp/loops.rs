@@ -77,7 +77,7 @@ pub(super) async fn publish_loop(
         write
             .write_all(&buf)
             .await
-            .map_err(|e| BenchError::Closed {
+            .map_err(|e| ClientError::Closed {
                 addr: ctx.uri.authority.host.clone(),
                 api: "basic.publish".into(),
                 reason: e.to_string(),
@@ -119,11 +119,11 @@ pub(super) fn broker_event(method: &AMQPClass) -> Option<BenchError> {
 }
 
 pub(super) fn read_error(e: std::io::Error, during: &str) -> BenchError {
-    BenchError::Closed {
+    BenchError::from(ClientError::Closed {
         addr: "the broker".into(),
         api: during.into(),
         reason: e.to_string(),
-    }
+    })
 }
 
 /// Reads publisher confirms until told to stop, advancing `Shared::confirmed`.
@@ -146,7 +146,7 @@ pub(super) async fn confirm_loop(
         let now = shared.now();
         let before = base;
         while let Some(frame) =
-            next_frame(rbuf, frame_max).map_err(|detail| BenchError::Protocol {
+            next_frame(rbuf, frame_max).map_err(|detail| ClientError::Protocol {
                 addr: "the broker".into(),
                 api: "publisher confirms".into(),
                 detail,
@@ -229,7 +229,7 @@ pub(super) async fn consume_loop(
         let now = shared.now();
         let before = out.messages;
         while let Some(frame) =
-            next_frame(rbuf, frame_max).map_err(|detail| BenchError::Protocol {
+            next_frame(rbuf, frame_max).map_err(|detail| ClientError::Protocol {
                 addr: "the broker".into(),
                 api: "deliveries".into(),
                 detail,

@@ -16,7 +16,7 @@
 //! little-endian); publisher and consumer share one clock because they share this process, so
 //! the consumer's receive time minus that stamp is the end-to-end latency of each message. The
 //! run lasts `--messages` or `--duration`; the consumer then drains what was confirmed. The
-//! client is this module's own pipelined client (`amqp_client`), cheap enough per message that
+//! client is Ferry's own pipelined client ([`crate::client::amqp`]), cheap enough per message that
 //! its CPU share — reported beside the rates — stays far from limiting the run. The queue is
 //! deleted afterwards (and on Ctrl-C) unless `--keep`; `--no-consumer` only publishes and
 //! keeps the queue full, which is how the broker's memory per queued message is measured.
@@ -38,11 +38,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 
-use super::amqp_client::{
+use super::AmqpBenchSettings;
+use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency, Progress};
+use crate::client::amqp::{
     display_url, encode_ack, next_frame, short, Frame, PublishTemplate, Session,
 };
-use super::args::AmqpBenchArgs;
-use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency, Progress};
+use crate::client::ClientError;
 
 /// Bytes at the start of each body that carry the time it was written.
 const STAMP_LEN: usize = 8;
@@ -134,7 +135,7 @@ impl Phase {
 
 /// What every case shares.
 struct Ctx {
-    args: AmqpBenchArgs,
+    args: AmqpBenchSettings,
     uri: AMQPUri,
     timeout: Duration,
     /// The queue of the running case, deleted on Ctrl-C.
@@ -142,7 +143,7 @@ struct Ctx {
 }
 
 /// Runs every case and prints the results.
-pub async fn run(args: AmqpBenchArgs) -> Result<(), BenchError> {
+pub async fn run(args: AmqpBenchSettings) -> Result<(), BenchError> {
     let uri = validate(&args)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let active = Arc::new(Mutex::new(None::<String>));
@@ -170,7 +171,7 @@ pub async fn run(args: AmqpBenchArgs) -> Result<(), BenchError> {
     }
 }
 
-fn validate(args: &AmqpBenchArgs) -> Result<AMQPUri, BenchError> {
+fn validate(args: &AmqpBenchSettings) -> Result<AMQPUri, BenchError> {
     let bad = |m: String| Err(BenchError::Invalid(m));
     let uri = AMQPUri::from_str(&args.url).map_err(|e| {
         BenchError::Invalid(format!(
@@ -303,11 +304,11 @@ async fn delete_queue_fresh(
 }
 
 fn protocol(addr: &str, wanted: &str, got: &AMQPClass) -> BenchError {
-    BenchError::Protocol {
+    BenchError::from(ClientError::Protocol {
         addr: addr.to_string(),
         api: wanted.to_string(),
         detail: format!("expected {wanted}, got {got:?}"),
-    }
+    })
 }
 
 /// State the publisher's writer, its confirm reader and the consumer share.

@@ -33,30 +33,30 @@ pub(super) fn fetched_partition(
     addr: &str,
 ) -> Result<PartitionData, BenchError> {
     if response.error_code != 0 {
-        return Err(kafka_error(
+        return Err(BenchError::from(kafka_error(
             "Fetch",
             String::new(),
             response.error_code,
             None,
-        ));
+        )));
     }
     let data = response
         .responses
         .into_iter()
         .flat_map(|t| t.partitions.into_iter())
         .find(|p| p.partition_index == partition)
-        .ok_or_else(|| BenchError::Protocol {
+        .ok_or_else(|| ClientError::Protocol {
             addr: addr.to_string(),
             api: "Fetch".into(),
             detail: format!("no answer for partition {partition}"),
         })?;
     if data.error_code != 0 {
-        return Err(kafka_error(
+        return Err(BenchError::from(kafka_error(
             "Fetch",
             format!(" for topic {topic} partition {partition}"),
             data.error_code,
             None,
-        ));
+        )));
     }
     Ok(data)
 }

@@ -9,17 +9,7 @@ pub(super) fn stamped_batch(filler: &[u8], n: u64, epoch: Instant) -> Result<Byt
     let stamp = (epoch.elapsed().as_nanos() as u64).to_be_bytes();
     let mut value = BytesMut::from(filler);
     value[..STAMP_LEN].copy_from_slice(&stamp);
-    let value = value.freeze();
-    let ts = now_ms();
-    let records: Vec<SimpleRecord> = (0..n)
-        .map(|_| SimpleRecord {
-            key: None,
-            value: Some(value.clone()),
-            headers: vec![],
-            timestamp: ts,
-        })
-        .collect();
-    encode(&records)
+    plain_batch(&value.freeze(), n)
 }
 
 pub(super) struct E2eProduced {
@@ -64,14 +54,7 @@ pub(super) async fn e2e_produce(
                     last = last.max(base + n as i64 - 1);
                     done.fetch_add(n, Ordering::Relaxed);
                 }
-                Err((code, message)) => {
-                    return Err(kafka_error(
-                        "Produce",
-                        format!(" for partition {partition}"),
-                        code,
-                        message.as_deref(),
-                    ))
-                }
+                Err((code, message)) => return Err(produce_refused(partition, code, message)),
             }
         }
         end_offset.store(last + 1, Ordering::Release);
@@ -100,12 +83,15 @@ pub(super) async fn e2e_produce(
             };
             let bytes = batch.len();
             let pending = match conn
-                .send(version, &produce_request(&topic, partition, batch))
+                .send(
+                    version,
+                    &produce_request(&topic, partition, batch, BROKER_TIMEOUT_MS),
+                )
                 .await
             {
                 Ok(p) => p,
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some(BenchError::from(e));
                     break;
                 }
             };
@@ -173,7 +159,7 @@ pub(super) async fn e2e_consume(
                 continue;
             }
             let mut raw = records.slice(range);
-            let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| BenchError::Protocol {
+            let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| ClientError::Protocol {
                 addr: conn.addr().to_string(),
                 api: "Fetch".into(),
                 detail: format!("undecodable record batch: {e}"),

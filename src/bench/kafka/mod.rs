@@ -36,15 +36,10 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FetchResponse,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
@@ -52,11 +47,15 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::args::KafkaBenchArgs;
-use super::kafka_client::{kafka_error, retriable, Connection, Pending};
+use super::KafkaBenchSettings;
 use super::{
     cores, group, random_suffix, size_label, BenchError, CpuMeter, CpuShare, Latency, Progress,
 };
+use crate::client::kafka::{
+    kafka_error, list_offset, produce_request, retriable, topic_metadata_request, topic_name,
+    Connection, Pending,
+};
+use crate::client::ClientError;
 use crate::log::batch::{try_encode_batch, BatchHeader, BatchIter, EncodeOptions, SimpleRecord};
 
 /// Version ranges this client can speak (names, not topic ids, identify topics in all of them).
@@ -71,12 +70,10 @@ use self::e2e::*;
 use self::output::case_line;
 pub use self::output::render_table;
 use self::produce::*;
-pub(crate) use self::topics::list_offset;
 use self::topics::*;
 
 const PRODUCE: (i16, i16) = (3, 12);
 const FETCH: (i16, i16) = (4, 12);
-const LIST_OFFSETS: (i16, i16) = (1, 7);
 const METADATA: (i16, i16) = (1, 12);
 const CREATE_TOPICS: (i16, i16) = (2, 7);
 const DELETE_TOPICS: (i16, i16) = (1, 6);
@@ -194,7 +191,7 @@ impl Phase {
 
 /// What every case shares.
 struct Ctx {
-    args: KafkaBenchArgs,
+    args: KafkaBenchSettings,
     admin: Connection,
     timeout: Duration,
     produce_v: i16,
@@ -207,7 +204,7 @@ struct Ctx {
 }
 
 /// Runs every case and prints the results.
-pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
+pub async fn run(args: KafkaBenchSettings) -> Result<(), BenchError> {
     validate(&args)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let admin = Connection::connect(&args.bootstrap, timeout).await?;
@@ -231,7 +228,7 @@ pub async fn run(args: KafkaBenchArgs) -> Result<(), BenchError> {
     }
 }
 
-fn validate(args: &KafkaBenchArgs) -> Result<(), BenchError> {
+fn validate(args: &KafkaBenchSettings) -> Result<(), BenchError> {
     let bad = |m: String| Err(BenchError::Invalid(m));
     if args.sizes.is_empty() || args.partitions.is_empty() {
         return bad("--sizes and --partitions need at least one value each".into());
@@ -274,7 +271,7 @@ fn validate(args: &KafkaBenchArgs) -> Result<(), BenchError> {
 }
 
 async fn run_cases(
-    args: KafkaBenchArgs,
+    args: KafkaBenchSettings,
     admin: Connection,
     active: Arc<Mutex<Option<String>>>,
 ) -> Result<(), BenchError> {
@@ -367,7 +364,7 @@ fn encode(records: &[SimpleRecord]) -> Result<Bytes, BenchError> {
         .map_err(|e| BenchError::Failed(format!("cannot encode a record batch: {e}")))
 }
 
-/// One batch of `n` records of `size` bytes each.
+/// One batch of `n` records with the same value.
 fn plain_batch(value: &Bytes, n: u64) -> Result<Bytes, BenchError> {
     let ts = now_ms();
     let records: Vec<SimpleRecord> = (0..n)
@@ -379,10 +376,6 @@ fn plain_batch(value: &Bytes, n: u64) -> Result<Bytes, BenchError> {
         })
         .collect();
     encode(&records)
-}
-
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 async fn run_case(ctx: &Ctx, size: usize, partitions: i32) -> Result<CaseReport, BenchError> {

@@ -4,15 +4,14 @@
 
 use super::*;
 
-pub(super) fn produce_request(topic: &TopicName, partition: i32, batch: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(BROKER_TIMEOUT_MS)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic.clone())
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(batch))])])
+/// A partition's refusal of a produce request, with the broker's error name and message.
+pub(super) fn produce_refused(partition: i32, code: i16, message: Option<String>) -> BenchError {
+    BenchError::from(kafka_error(
+        "Produce",
+        format!(" for partition {partition}"),
+        code,
+        message.as_deref(),
+    ))
 }
 
 /// The outcome of one produce request: `Ok(base offset)` or `Err((code, message))`.
@@ -26,7 +25,7 @@ pub(super) fn produce_outcome(
         .iter()
         .flat_map(|t| t.partition_responses.iter())
         .find(|p| p.index == partition)
-        .ok_or_else(|| BenchError::Protocol {
+        .ok_or_else(|| ClientError::Protocol {
             addr: addr.to_string(),
             api: "Produce".into(),
             detail: format!("no answer for partition {partition}"),
@@ -106,7 +105,10 @@ pub(super) async fn produce_partition(
                 queued += records;
             }
             let pending = conn
-                .send(version, &produce_request(&topic, partition, batch.clone()))
+                .send(
+                    version,
+                    &produce_request(&topic, partition, batch.clone(), BROKER_TIMEOUT_MS),
+                )
                 .await?;
             in_flight.push_back(Sent {
                 pending,
@@ -130,14 +132,7 @@ pub(super) async fn produce_partition(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 retry.push_back((sent.batch, sent.records, sent.attempts + 1));
             }
-            Err((code, message)) => {
-                return Err(kafka_error(
-                    "Produce",
-                    format!(" for partition {partition}"),
-                    code,
-                    message.as_deref(),
-                ))
-            }
+            Err((code, message)) => return Err(produce_refused(partition, code, message)),
         }
     }
     Ok(stats)

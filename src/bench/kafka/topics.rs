@@ -23,19 +23,19 @@ pub(super) async fn create_topic(
         .with_timeout_ms(BROKER_TIMEOUT_MS);
     let response = ctx.admin.call(v, &request).await?;
     let Some(result) = response.topics.iter().find(|t| t.name.as_str() == topic) else {
-        return Err(BenchError::Protocol {
+        return Err(BenchError::from(ClientError::Protocol {
             addr: ctx.admin.addr().to_string(),
             api: "CreateTopics".into(),
             detail: format!("no result for topic {topic}"),
-        });
+        }));
     };
     if result.error_code != 0 {
-        return Err(kafka_error(
+        return Err(BenchError::from(kafka_error(
             "CreateTopics",
             format!(" for topic {topic}"),
             result.error_code,
             result.error_message.as_deref(),
-        ));
+        )));
     }
     Ok(())
 }
@@ -48,12 +48,7 @@ pub(super) async fn wait_for_leaders(
     partitions: i32,
 ) -> Result<Vec<String>, BenchError> {
     let v = ctx.admin.version(ApiKey::Metadata, METADATA)?;
-    let mut request = MetadataRequest::default().with_topics(Some(vec![
-        MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
-    ]));
-    if v >= 4 {
-        request = request.with_allow_auto_topic_creation(false);
-    }
+    let request = topic_metadata_request(topic, v);
     let deadline = Instant::now() + ctx.timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
@@ -127,51 +122,13 @@ pub(super) async fn delete_topic(admin: &Connection, topic: &str) -> Result<(), 
     for r in &response.responses {
         let unknown = ResponseError::UnknownTopicOrPartition.code();
         if r.error_code != 0 && r.error_code != unknown {
-            return Err(kafka_error(
+            return Err(BenchError::from(kafka_error(
                 "DeleteTopics",
                 format!(" for topic {topic}"),
                 r.error_code,
                 r.error_message.as_deref(),
-            ));
+            )));
         }
     }
     Ok(())
-}
-
-/// ListOffsets for one partition: `-1` latest (the high watermark), `-2` earliest, else the
-/// first offset at or after that timestamp. Shared with `ferry consume`.
-pub(crate) async fn list_offset(
-    conn: &Connection,
-    topic: &str,
-    partition: i32,
-    timestamp: i64,
-) -> Result<i64, BenchError> {
-    let v = conn.version(ApiKey::ListOffsets, LIST_OFFSETS)?;
-    let request = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(topic_name(topic))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(partition)
-                .with_timestamp(timestamp)])]);
-    let response = conn.call(v, &request).await?;
-    let found = response
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter())
-        .find(|p| p.partition_index == partition)
-        .ok_or_else(|| BenchError::Protocol {
-            addr: conn.addr().to_string(),
-            api: "ListOffsets".into(),
-            detail: format!("no answer for partition {partition}"),
-        })?;
-    if found.error_code != 0 {
-        return Err(kafka_error(
-            "ListOffsets",
-            format!(" for topic {topic} partition {partition}"),
-            found.error_code,
-            None,
-        ));
-    }
-    Ok(found.offset)
 }

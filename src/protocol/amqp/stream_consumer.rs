@@ -462,16 +462,7 @@ async fn run(mut t: Task) {
             Ok(_) => {}
             Err(StreamError::NotFound(_)) => {
                 // consumer_cancel_notify: the stream was deleted under the consumer.
-                t.out
-                    .notify(
-                        t.channel,
-                        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                            consumer_tag: t.tag.clone().into(),
-                            nowait: true,
-                        })),
-                        &mut t.stop,
-                    )
-                    .await;
+                t.out.cancel_consumer(t.channel, &t.tag, &mut t.stop).await;
                 return;
             }
             Err(e) => {

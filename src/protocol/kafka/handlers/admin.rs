@@ -381,15 +381,14 @@ pub async fn alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
             configs,
         )
         .await;
-        let mut r = AlterConfigsResourceResponse::default()
-            .with_resource_type(res.resource_type)
-            .with_resource_name(res.resource_name.clone());
-        if let Err((code, message)) = outcome {
-            r = r
+        let (code, message) = error_fields(outcome);
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone())
                 .with_error_code(code)
-                .with_error_message(Some(str_bytes(message)));
-        }
-        responses.push(r);
+                .with_error_message(message),
+        );
     }
     let body = AlterConfigsResponse::default().with_responses(responses);
     respond(
@@ -445,15 +444,14 @@ pub async fn incremental_alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) 
                 .await
             }
         };
-        let mut r = IncrementalResourceResponse::default()
-            .with_resource_type(res.resource_type)
-            .with_resource_name(res.resource_name.clone());
-        if let Err((code, message)) = outcome {
-            r = r
+        let (code, message) = error_fields(outcome);
+        responses.push(
+            IncrementalResourceResponse::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone())
                 .with_error_code(code)
-                .with_error_message(Some(str_bytes(message)));
-        }
-        responses.push(r);
+                .with_error_message(message),
+        );
     }
     let body = IncrementalAlterConfigsResponse::default().with_responses(responses);
     respond(
@@ -462,6 +460,15 @@ pub async fn incremental_alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) 
         req.correlation_id,
         &body,
     )
+}
+
+/// A config change's outcome as the error code and message of its resource in the answer
+/// (0 and none when it succeeded), shared by AlterConfigs and IncrementalAlterConfigs.
+fn error_fields(outcome: Result<(), (i16, String)>) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (0, None),
+        Err((code, message)) => (code, Some(str_bytes(message))),
+    }
 }
 
 async fn alter_topic(

@@ -1,4 +1,5 @@
-//! A small pipelined Kafka client, just enough for `ferry bench kafka`.
+//! A small pipelined Kafka client, just enough for `ferry bench kafka` and `ferry
+//! produce|consume`.
 //!
 //! One [`Connection`] is one TCP connection with two tasks: a writer that frames queued requests
 //! and flushes when the queue runs dry (so pipelined requests share writes), and a reader that
@@ -13,19 +14,22 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::BenchError;
+use super::ClientError;
 
 /// Client id sent in every request header.
 const CLIENT_ID: &str = "ferry-bench";
@@ -76,14 +80,14 @@ impl Drop for Inner {
 }
 
 /// Resolves `host:port` to its first socket address.
-pub(crate) async fn resolve(addr: &str) -> Result<std::net::SocketAddr, BenchError> {
+pub(crate) async fn resolve(addr: &str) -> Result<std::net::SocketAddr, ClientError> {
     let mut found = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| BenchError::Resolve {
+        .map_err(|e| ClientError::Resolve {
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
-    found.next().ok_or_else(|| BenchError::Resolve {
+    found.next().ok_or_else(|| ClientError::Resolve {
         addr: addr.to_string(),
         reason: "no addresses".into(),
     })
@@ -91,26 +95,15 @@ pub(crate) async fn resolve(addr: &str) -> Result<std::net::SocketAddr, BenchErr
 
 impl Connection {
     /// Connects to `addr` (`host:port`) and asks for the broker's API versions.
-    pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Connection, BenchError> {
+    pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Connection, ClientError> {
         let sock = resolve(addr).await?;
-        let connect_err = |reason: String| BenchError::Connect {
-            addr: addr.to_string(),
-            reason,
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(sock)).await {
-            Err(_) => {
-                return Err(connect_err(format!(
-                    "no answer within {} s",
-                    timeout.as_secs()
-                )))
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(connect_err("connection refused".into()))
-            }
-            Ok(Err(e)) => return Err(connect_err(e.to_string())),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream =
+            super::tcp_connect(sock, timeout)
+                .await
+                .map_err(|reason| ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason,
+                })?;
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Outgoing>(QUEUE);
         let (flight_tx, flight_rx) = mpsc::unbounded_channel::<InFlight>();
@@ -137,7 +130,7 @@ impl Connection {
         &self.inner.addr
     }
 
-    async fn negotiate(&self) -> Result<(), BenchError> {
+    async fn negotiate(&self) -> Result<(), ClientError> {
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str(CLIENT_ID))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
@@ -145,7 +138,7 @@ impl Connection {
         // with UNSUPPORTED_VERSION (KIP-511), which v3 decoding may reject: then ask with v0.
         let mut response = match self.send(3, &request).await?.wait().await {
             Ok((r, _)) if r.error_code == 0 => Some(r),
-            Ok(_) | Err(BenchError::Protocol { .. }) => None,
+            Ok(_) | Err(ClientError::Protocol { .. }) => None,
             Err(e) => return Err(e),
         };
         if response.is_none() {
@@ -172,14 +165,14 @@ impl Connection {
     }
 
     /// The highest version of `api` in `ours` (inclusive) that the broker serves.
-    pub(crate) fn version(&self, api: ApiKey, ours: (i16, i16)) -> Result<i16, BenchError> {
+    pub(crate) fn version(&self, api: ApiKey, ours: (i16, i16)) -> Result<i16, ClientError> {
         let theirs = self
             .inner
             .apis
             .get()
             .and_then(|apis| apis.iter().find(|(k, _, _)| *k == api as i16))
             .map(|(_, lo, hi)| (*lo, *hi));
-        let unsupported = |offered: String| BenchError::Unsupported {
+        let unsupported = |offered: String| ClientError::Unsupported {
             addr: self.inner.addr.clone(),
             api: format!("{api:?}"),
             want_min: ours.0,
@@ -202,10 +195,10 @@ impl Connection {
         &self,
         version: i16,
         body: &R,
-    ) -> Result<Pending<R::Response>, BenchError> {
+    ) -> Result<Pending<R::Response>, ClientError> {
         let api = api_name(R::KEY);
         let encode_err =
-            |e: anyhow::Error| BenchError::Failed(format!("cannot encode {api} v{version}: {e}"));
+            |e: anyhow::Error| ClientError::Failed(format!("cannot encode {api} v{version}: {e}"));
         let correlation_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
         let header = RequestHeader::default()
             .with_request_api_key(R::KEY)
@@ -217,7 +210,7 @@ impl Connection {
             + body.compute_size(version).map_err(encode_err)?;
         let mut buf = BytesMut::with_capacity(4 + size);
         buf.put_i32(i32::try_from(size).map_err(|_| {
-            BenchError::Invalid(format!("a {api} request of {size} bytes is too large"))
+            ClientError::Invalid(format!("a {api} request of {size} bytes is too large"))
         })?);
         header.encode(&mut buf, hv).map_err(encode_err)?;
         body.encode(&mut buf, version).map_err(encode_err)?;
@@ -251,12 +244,12 @@ impl Connection {
         &self,
         version: i16,
         body: &R,
-    ) -> Result<R::Response, BenchError> {
+    ) -> Result<R::Response, ClientError> {
         Ok(self.send(version, body).await?.wait().await?.0)
     }
 
-    fn closed_error(&self, api: &str) -> BenchError {
-        BenchError::Closed {
+    fn closed_error(&self, api: &str) -> ClientError {
+        ClientError::Closed {
             addr: self.inner.addr.clone(),
             api: api.to_string(),
             reason: self
@@ -296,12 +289,12 @@ pub(crate) struct Pending<T> {
 impl<T: Decodable + HeaderVersion> Pending<T> {
     /// Waits for and decodes the answer; also returns when it was sent and when the connection
     /// read it (not when this was polled).
-    pub(crate) async fn wait(self) -> Result<(T, Timing), BenchError> {
+    pub(crate) async fn wait(self) -> Result<(T, Timing), ClientError> {
         let inner = &self.conn.inner;
         let deadline = tokio::time::Instant::from_std(self.sent_at + inner.timeout);
         let reply = match tokio::time::timeout_at(deadline, self.rx).await {
             Err(_) => {
-                return Err(BenchError::Timeout {
+                return Err(ClientError::Timeout {
                     addr: inner.addr.clone(),
                     api: self.api,
                     secs: inner.timeout.as_secs(),
@@ -310,7 +303,7 @@ impl<T: Decodable + HeaderVersion> Pending<T> {
             Ok(Err(_)) => return Err(self.conn.closed_error(&self.api)),
             Ok(Ok(reply)) => reply,
         };
-        let protocol = |detail: String| BenchError::Protocol {
+        let protocol = |detail: String| ClientError::Protocol {
             addr: inner.addr.clone(),
             api: self.api.clone(),
             detail,
@@ -337,8 +330,13 @@ fn api_name(key: i16) -> String {
     }
 }
 
-/// A Kafka error code as a [`BenchError`], with a hint for the codes a benchmark meets.
-pub(crate) fn kafka_error(api: &str, what: String, code: i16, message: Option<&str>) -> BenchError {
+/// A Kafka error code as a [`ClientError`], with a hint for the codes a benchmark meets.
+pub(crate) fn kafka_error(
+    api: &str,
+    what: String,
+    code: i16,
+    message: Option<&str>,
+) -> ClientError {
     let known = ResponseError::try_from_code(code);
     let hint = match known {
         Some(ResponseError::InvalidReplicationFactor) | Some(ResponseError::PolicyViolation) => {
@@ -359,7 +357,7 @@ pub(crate) fn kafka_error(api: &str, what: String, code: i16, message: Option<&s
         }
         _ => "",
     };
-    BenchError::Kafka {
+    ClientError::Kafka {
         api: api.to_string(),
         what,
         code,
@@ -474,4 +472,80 @@ async fn read_loop(
         let _ = waiting.reply.send(Ok((frame, received)));
     };
     closed.lock().get_or_insert(reason);
+}
+
+/// ListOffsets for one partition: `-1` latest (the high watermark), `-2` earliest, else the
+/// first offset at or after that timestamp. Used by `ferry bench` and `ferry consume`.
+pub(crate) async fn list_offset(
+    conn: &Connection,
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+) -> Result<i64, ClientError> {
+    let v = conn.version(ApiKey::ListOffsets, (1, 7))?;
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(timestamp)])]);
+    let response = conn.call(v, &request).await?;
+    let found = response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .ok_or_else(|| ClientError::Protocol {
+            addr: conn.addr().to_string(),
+            api: "ListOffsets".into(),
+            detail: format!("no answer for partition {partition}"),
+        })?;
+    if found.error_code != 0 {
+        return Err(kafka_error(
+            "ListOffsets",
+            format!(" for topic {topic} partition {partition}"),
+            found.error_code,
+            None,
+        ));
+    }
+    Ok(found.offset)
+}
+
+// --- requests both `ferry bench` and `ferry produce|consume` send -----------------------------
+
+/// A topic name as the protocol types carry it.
+pub(crate) fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// Produce one batch to one partition with acks=all (-1), waiting at most `timeout_ms` on the
+/// broker for the replicas.
+pub(crate) fn produce_request(
+    topic: &TopicName,
+    partition: i32,
+    batch: Bytes,
+    timeout_ms: i32,
+) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic.clone())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch))])])
+}
+
+/// Metadata for one topic at `version`, without creating it (from v4, where the flag exists):
+/// a typo must not leave a topic behind.
+pub(crate) fn topic_metadata_request(topic: &str, version: i16) -> MetadataRequest {
+    let request = MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
+    ]));
+    if version >= 4 {
+        request.with_allow_auto_topic_creation(false)
+    } else {
+        request
+    }
 }

@@ -103,13 +103,21 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
-use super::bounded::Overflow;
+mod error;
+mod headers;
+
+pub use self::error::AmqpError;
+use self::headers::*;
+pub use self::headers::{
+    decode_table, encode_table, headers_json, record_headers_json, table_to_json,
+};
 use crate::broker::event::{self, RecordLocation, CE_PREFIX, MESSAGE_ID_HEADER};
 use crate::broker::routing::{
     RoutingError, DEATH_HEADER, EXCHANGE_HEADER, PRIORITY_HEADER, TTL_HEADER,
 };
 use crate::broker::topic_router::SOURCE_HEADER;
 use crate::log::SimpleRecord;
+use crate::protocol::amqp::bounded::Overflow;
 
 /// The prefix of record headers that carry AMQP properties.
 pub const PREFIX: &str = "amqp.";
@@ -236,130 +244,6 @@ pub fn to_record(
         headers,
         timestamp: now_ms,
     }
-}
-
-/// An AMQP `headers` table split into record headers (see the module docs).
-struct Lifted {
-    /// What stays in `amqp.headers` (typed values, reserved names); `None` when nothing does.
-    rest: Option<FieldTable>,
-    /// Record headers to add: application headers under their own names, `ce_*`, ...
-    headers: Vec<(String, Option<Bytes>)>,
-    /// The CloudEvents separator, if the message carries CloudEvents attributes.
-    separator: Option<char>,
-}
-
-/// Whether an application header name would be read back as one of Ferry's own record headers
-/// (`amqp.*`, `ferry.*`, `ce_*`, `content-type`): such an entry stays in `amqp.headers` only.
-fn reserved_name(name: &str) -> bool {
-    name.starts_with(PREFIX)
-        || name.starts_with("ferry.")
-        || name.starts_with(CE_PREFIX)
-        || name == CONTENT_TYPE_HEADER
-}
-
-/// Splits `table` into record headers a Kafka consumer can read: a long-string entry moves to
-/// a record header of its name (UTF-8 bytes), a void one to a null-valued record header, and
-/// any other type is copied as its canonical text while the typed value stays in the returned
-/// table, where it wins at delivery. Each value is encoded once: strings are never also put in
-/// `amqp.headers`.
-fn split_headers(table: &FieldTable) -> Lifted {
-    let ce_with = |sep: char| {
-        table.inner().keys().any(|k| {
-            k.as_str()
-                .strip_prefix(CE_AMQP_PREFIX)
-                .and_then(|r| r.strip_prefix(sep))
-                .is_some_and(|attr| !attr.is_empty())
-        })
-    };
-    let separator = if ce_with(':') {
-        Some(':')
-    } else if ce_with('_') {
-        Some('_')
-    } else {
-        None
-    };
-    let mut rest = FieldTable::default();
-    let mut headers = Vec::with_capacity(table.inner().len());
-    for (k, v) in table.inner() {
-        let key = k.as_str();
-        let ce_attr = separator
-            .and_then(|sep| key.strip_prefix(CE_AMQP_PREFIX)?.strip_prefix(sep))
-            .filter(|attr| !attr.is_empty());
-        let (name, text) = match ce_attr {
-            // CloudEvents attributes keep the binding's canonical strings; other types (a
-            // float `cloudEvents:x`) stay typed only.
-            Some(attr) => match canonical_string(v) {
-                Some(text) => (format!("{CE_PREFIX}{attr}"), Some(text)),
-                None => {
-                    rest.insert(k.clone(), v.clone());
-                    continue;
-                }
-            },
-            None if reserved_name(key) => {
-                rest.insert(k.clone(), v.clone());
-                continue;
-            }
-            None => (key.to_string(), plain_text(v)),
-        };
-        headers.push((name, text));
-        if !matches!(v, AMQPValue::LongString(_) | AMQPValue::Void) {
-            rest.insert(k.clone(), v.clone());
-        }
-    }
-    Lifted {
-        // An empty table stays an empty table (`headers={}` round-trips as published).
-        rest: (!rest.inner().is_empty() || table.inner().is_empty()).then_some(rest),
-        headers,
-        separator,
-    }
-}
-
-/// A header value as the text of a record header: the canonical string where the CloudEvents
-/// type system has one, shortest round-trip decimals for floats, the exact decimal for an AMQP
-/// decimal, JSON for tables and arrays; `None` (a null record header) for void.
-fn plain_text(v: &AMQPValue) -> Option<Bytes> {
-    if let Some(text) = canonical_string(v) {
-        return Some(text);
-    }
-    let text = match v {
-        AMQPValue::Void => return None,
-        AMQPValue::Float(f) => f.to_string(),
-        AMQPValue::Double(f) => f.to_string(),
-        AMQPValue::DecimalValue(d) => {
-            let digits = format!("{:0>width$}", d.value, width = usize::from(d.scale) + 1);
-            let (int, frac) = digits.split_at(digits.len() - usize::from(d.scale));
-            if frac.is_empty() {
-                int.to_string()
-            } else {
-                format!("{int}.{frac}")
-            }
-        }
-        other => value_to_json(other).to_string(),
-    };
-    Some(text.into())
-}
-
-/// The canonical string form of a header value (the CloudEvents type system's), or `None` for
-/// types without one (floats, decimals, tables, arrays, void).
-fn canonical_string(v: &AMQPValue) -> Option<Bytes> {
-    let s = match v {
-        AMQPValue::LongString(s) => return Some(Bytes::copy_from_slice(s.as_bytes())),
-        AMQPValue::ShortString(s) => return Some(Bytes::copy_from_slice(s.as_str().as_bytes())),
-        AMQPValue::ByteArray(b) => return Some(Bytes::copy_from_slice(b.as_slice())),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(i) => i.to_string(),
-        AMQPValue::ShortShortUInt(i) => i.to_string(),
-        AMQPValue::ShortInt(i) => i.to_string(),
-        AMQPValue::ShortUInt(i) => i.to_string(),
-        AMQPValue::LongInt(i) => i.to_string(),
-        AMQPValue::LongUInt(i) => i.to_string(),
-        AMQPValue::LongLongInt(i) => i.to_string(),
-        AMQPValue::Timestamp(t) => {
-            event::format_rfc3339_secs(i64::try_from(*t).unwrap_or(i64::MAX))
-        }
-        _ => return None,
-    };
-    Some(s.into())
 }
 
 /// RabbitMQ's rule for the `expiration` property: a whole number of milliseconds, written in
@@ -613,146 +497,6 @@ pub fn with_delivery_count(properties: AMQPProperties, count: u32) -> AMQPProper
         AMQPValue::LongLongInt(i64::from(count)),
     );
     properties.with_headers(table)
-}
-
-/// A field table in its wire form (with the 4-byte length prefix).
-pub fn encode_table(table: &FieldTable) -> Bytes {
-    match gen_field_table(table)(Vec::new().into()) {
-        Ok(ctx) => Bytes::from(ctx.write),
-        Err(_) => Bytes::new(),
-    }
-}
-
-/// Parses a field table in wire form; `None` if malformed.
-pub fn decode_table(raw: &[u8]) -> Option<FieldTable> {
-    match parse_field_table(raw) {
-        Ok((&[], t)) => Some(t),
-        _ => None,
-    }
-}
-
-/// A field table as a JSON object, for the core.
-pub fn table_to_json(table: &FieldTable) -> Value {
-    let mut m = Map::new();
-    for (k, v) in table.inner() {
-        m.insert(k.as_str().to_string(), value_to_json(v));
-    }
-    Value::Object(m)
-}
-
-/// A stored record's AMQP headers as a JSON map, as an AMQP consumer would get them (for
-/// headers-exchange routing of dead letters and replays, and for display).
-pub fn record_headers_json(record: &SimpleRecord) -> Option<Map<String, Value>> {
-    headers_json(&from_record(record).properties)
-}
-
-/// Message headers as a JSON map for headers-exchange routing.
-pub fn headers_json(properties: &AMQPProperties) -> Option<Map<String, Value>> {
-    match properties.headers().as_ref().map(table_to_json) {
-        Some(Value::Object(m)) => Some(m),
-        _ => None,
-    }
-}
-
-fn float(f: f64) -> Value {
-    Number::from_f64(f)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
-}
-
-fn value_to_json(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::ShortShortInt(i) => Value::from(*i),
-        AMQPValue::ShortShortUInt(i) => Value::from(*i),
-        AMQPValue::ShortInt(i) => Value::from(*i),
-        AMQPValue::ShortUInt(i) => Value::from(*i),
-        AMQPValue::LongInt(i) => Value::from(*i),
-        AMQPValue::LongUInt(i) => Value::from(*i),
-        AMQPValue::LongLongInt(i) => Value::from(*i),
-        AMQPValue::Float(f) => float(f64::from(*f)),
-        AMQPValue::Double(f) => float(*f),
-        AMQPValue::DecimalValue(d) => float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_string()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into()),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::Timestamp(t) => Value::from(*t),
-        AMQPValue::FieldTable(t) => table_to_json(t),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into()),
-        AMQPValue::Void => Value::Null,
-    }
-}
-
-/// An AMQP error: a reply code, its text, and whether it closes the connection.
-#[derive(Debug, Clone)]
-pub struct AmqpError {
-    pub code: u16,
-    pub text: String,
-    /// Connection errors close the connection; channel errors close only the channel.
-    pub connection: bool,
-}
-
-impl AmqpError {
-    pub fn channel(code: u16, text: impl Into<String>) -> Self {
-        Self {
-            code,
-            text: text.into(),
-            connection: false,
-        }
-    }
-
-    pub fn connection(code: u16, text: impl Into<String>) -> Self {
-        Self {
-            code,
-            text: text.into(),
-            connection: true,
-        }
-    }
-
-    /// The reply text with the code's name in front, as RabbitMQ writes it.
-    pub fn reply_text(&self) -> String {
-        let name = match self.code {
-            311 => "CONTENT_TOO_LARGE",
-            312 => "NO_ROUTE",
-            403 => "ACCESS_REFUSED",
-            404 => "NOT_FOUND",
-            405 => "RESOURCE_LOCKED",
-            406 => "PRECONDITION_FAILED",
-            320 => "CONNECTION_FORCED",
-            501 => "FRAME_ERROR",
-            502 => "SYNTAX_ERROR",
-            503 => "COMMAND_INVALID",
-            504 => "CHANNEL_ERROR",
-            505 => "UNEXPECTED_FRAME",
-            530 => "NOT_ALLOWED",
-            540 => "NOT_IMPLEMENTED",
-            _ => "INTERNAL_ERROR",
-        };
-        let mut t = format!("{name} - {}", self.text);
-        // A short string holds at most 255 bytes.
-        if t.len() > 255 {
-            let mut cut = 255;
-            while !t.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            t.truncate(cut);
-        }
-        t
-    }
-}
-
-impl From<RoutingError> for AmqpError {
-    fn from(e: RoutingError) -> Self {
-        let text = e.client_message();
-        match e {
-            RoutingError::NotFound { .. } => AmqpError::channel(404, text),
-            RoutingError::PreconditionFailed(_) => AmqpError::channel(406, text),
-            RoutingError::ResourceLocked { .. } => AmqpError::channel(405, text),
-            RoutingError::AccessRefused(_) => AmqpError::channel(403, text),
-            RoutingError::InvalidRequest(_) => AmqpError::connection(503, text),
-            RoutingError::Log(_) | RoutingError::Meta(_) => AmqpError::connection(541, text),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Command-line types of the admin subcommands (`ferry topic|queue|exchange|group|dlq` and
-//! `ferry produce|consume`), as clap derive types. Parsing only; [`super`] runs them.
+//! `ferry produce|consume`), as clap derive types. Parsing only: each converts into its plain twin in
+//! [`ferry::admin_cli::commands`], which the library runs, so clap stays in the binary.
 //!
-//! They live here rather than in `cli.rs` so the admin CLI can grow without touching the
-//! serve and bench flags; `cli.rs` only names them in its `Command` enum.
+//! They live here rather than in `cli/mod.rs` so the admin CLI can grow without touching the
+//! serve and bench flags; `cli/mod.rs` only names them in its `Command` enum.
 
 use std::path::PathBuf;
 
@@ -445,4 +446,237 @@ pub struct ConsumeArgs {
     /// One JSON object per message: topic, partition, offset, timestamp, key, value, headers.
     #[arg(long)]
     pub json: bool,
+}
+
+// The library takes plain values; these carry the parsed command line over.
+
+impl From<AdminConn> for ferry::admin_cli::commands::AdminConn {
+    fn from(a: AdminConn) -> Self {
+        Self {
+            admin_url: a.admin_url,
+            user: a.user,
+            password: a.password,
+            cacert: a.cacert,
+            json: a.json,
+        }
+    }
+}
+
+impl From<TopicArgs> for ferry::admin_cli::commands::TopicArgs {
+    fn from(a: TopicArgs) -> Self {
+        Self {
+            conn: a.conn.into(),
+            command: a.command.into(),
+        }
+    }
+}
+
+impl From<TopicCommand> for ferry::admin_cli::commands::TopicCommand {
+    fn from(a: TopicCommand) -> Self {
+        match a {
+            TopicCommand::List => Self::List,
+            TopicCommand::Create {
+                name,
+                partitions,
+                configs,
+                if_not_exists,
+            } => Self::Create {
+                name,
+                partitions,
+                configs,
+                if_not_exists,
+            },
+            TopicCommand::Delete { name } => Self::Delete { name },
+            TopicCommand::Describe { name } => Self::Describe { name },
+        }
+    }
+}
+
+impl From<QueueArgs> for ferry::admin_cli::commands::QueueArgs {
+    fn from(a: QueueArgs) -> Self {
+        Self {
+            conn: a.conn.into(),
+            command: a.command.into(),
+        }
+    }
+}
+
+impl From<QueueCommand> for ferry::admin_cli::commands::QueueCommand {
+    fn from(a: QueueCommand) -> Self {
+        match a {
+            QueueCommand::List => Self::List,
+            QueueCommand::Create {
+                name,
+                vhost,
+                transient,
+                auto_delete,
+                arguments,
+            } => Self::Create {
+                name,
+                vhost,
+                transient,
+                auto_delete,
+                arguments,
+            },
+            QueueCommand::Delete {
+                name,
+                vhost,
+                if_unused,
+                if_empty,
+            } => Self::Delete {
+                name,
+                vhost,
+                if_unused,
+                if_empty,
+            },
+            QueueCommand::Describe { name, vhost } => Self::Describe { name, vhost },
+            QueueCommand::Purge { name, vhost } => Self::Purge { name, vhost },
+        }
+    }
+}
+
+impl From<ExchangeArgs> for ferry::admin_cli::commands::ExchangeArgs {
+    fn from(a: ExchangeArgs) -> Self {
+        Self {
+            conn: a.conn.into(),
+            command: a.command.into(),
+        }
+    }
+}
+
+impl From<ExchangeCommand> for ferry::admin_cli::commands::ExchangeCommand {
+    fn from(a: ExchangeCommand) -> Self {
+        match a {
+            ExchangeCommand::List => Self::List,
+            ExchangeCommand::Create {
+                name,
+                kind,
+                vhost,
+                transient,
+            } => Self::Create {
+                name,
+                kind,
+                vhost,
+                transient,
+            },
+            ExchangeCommand::Delete { name, vhost } => Self::Delete { name, vhost },
+            ExchangeCommand::Bind {
+                exchange,
+                queue,
+                routing_key,
+                vhost,
+            } => Self::Bind {
+                exchange,
+                queue,
+                routing_key,
+                vhost,
+            },
+        }
+    }
+}
+
+impl From<GroupArgs> for ferry::admin_cli::commands::GroupArgs {
+    fn from(a: GroupArgs) -> Self {
+        Self {
+            conn: a.conn.into(),
+            command: a.command.into(),
+        }
+    }
+}
+
+impl From<GroupCommand> for ferry::admin_cli::commands::GroupCommand {
+    fn from(a: GroupCommand) -> Self {
+        match a {
+            GroupCommand::List => Self::List,
+            GroupCommand::Describe { group } => Self::Describe { group },
+            GroupCommand::ResetOffsets {
+                group,
+                topic,
+                partitions,
+                to_earliest,
+                to_latest,
+                to_offset,
+                to_timestamp,
+                dry_run,
+            } => Self::ResetOffsets {
+                group,
+                topic,
+                partitions,
+                to_earliest,
+                to_latest,
+                to_offset,
+                to_timestamp,
+                dry_run,
+            },
+        }
+    }
+}
+
+impl From<DlqArgs> for ferry::admin_cli::commands::DlqArgs {
+    fn from(a: DlqArgs) -> Self {
+        Self {
+            conn: a.conn.into(),
+            command: a.command.into(),
+        }
+    }
+}
+
+impl From<DlqCommand> for ferry::admin_cli::commands::DlqCommand {
+    fn from(a: DlqCommand) -> Self {
+        match a {
+            DlqCommand::List => Self::List,
+            DlqCommand::Browse {
+                queue,
+                vhost,
+                count,
+            } => Self::Browse {
+                queue,
+                vhost,
+                count,
+            },
+            DlqCommand::Replay {
+                queue,
+                vhost,
+                count,
+                exchange,
+                routing_key,
+            } => Self::Replay {
+                queue,
+                vhost,
+                count,
+                exchange,
+                routing_key,
+            },
+            DlqCommand::Purge { queue, vhost } => Self::Purge { queue, vhost },
+        }
+    }
+}
+
+impl From<ProduceArgs> for ferry::admin_cli::commands::ProduceArgs {
+    fn from(a: ProduceArgs) -> Self {
+        Self {
+            bootstrap: a.bootstrap,
+            topic: a.topic,
+            partition: a.partition,
+            file: a.file,
+            key_delimiter: a.key_delimiter,
+            json: a.json,
+        }
+    }
+}
+
+impl From<ConsumeArgs> for ferry::admin_cli::commands::ConsumeArgs {
+    fn from(a: ConsumeArgs) -> Self {
+        Self {
+            bootstrap: a.bootstrap,
+            topic: a.topic,
+            partition: a.partition,
+            offset: a.offset,
+            count: a.count,
+            exit: a.exit,
+            follow: a.follow,
+            key_delimiter: a.key_delimiter,
+            json: a.json,
+        }
+    }
 }

@@ -1,6 +1,5 @@
-//! Flags of `ferry bench kafka|amqp`, as clap derive types beside the code that runs them (as
-//! `admin_cli/args.rs` is for the admin CLI), so `bench` does not import `cli` and the
-//! cli -> admin_cli -> bench chain has no way back. The two benches share flag names: `-b` for
+//! Flags of `ferry bench kafka|amqp`, as clap derive types. They convert into the library's
+//! plain [`ferry::bench::BenchTarget`], so clap stays in the binary. The two benches share flag names: `-b` for
 //! the broker, `--size`/`--sizes`, `--records`/`--messages`, `--duration`, `--timeout`,
 //! `--keep`, `--json`.
 
@@ -148,6 +147,63 @@ pub struct KafkaBenchArgs {
     /// Print every result as one JSON document on stdout (and nothing else there).
     #[arg(long)]
     pub json: bool,
+}
+
+// The library takes plain settings; these carry the parsed flags over.
+
+impl From<BenchArgs> for ferry::bench::BenchTarget {
+    fn from(a: BenchArgs) -> Self {
+        a.target.into()
+    }
+}
+
+impl From<BenchTarget> for ferry::bench::BenchTarget {
+    fn from(a: BenchTarget) -> Self {
+        match a {
+            BenchTarget::Kafka(v) => Self::Kafka(v.into()),
+            BenchTarget::Amqp(v) => Self::Amqp(v.into()),
+        }
+    }
+}
+
+impl From<AmqpBenchArgs> for ferry::bench::AmqpBenchSettings {
+    fn from(a: AmqpBenchArgs) -> Self {
+        Self {
+            url: a.url,
+            messages: a.messages,
+            duration: a.duration,
+            size: a.size,
+            window: a.window,
+            prefetch: a.prefetch,
+            rate: a.rate,
+            no_consumer: a.no_consumer,
+            transient_queue: a.transient_queue,
+            timeout: a.timeout,
+            keep: a.keep,
+            json: a.json,
+        }
+    }
+}
+
+impl From<KafkaBenchArgs> for ferry::bench::KafkaBenchSettings {
+    fn from(a: KafkaBenchArgs) -> Self {
+        Self {
+            bootstrap: a.bootstrap,
+            records: a.records,
+            duration: a.duration,
+            sizes: a.sizes,
+            partitions: a.partitions,
+            in_flight: a.in_flight,
+            batch_bytes: a.batch_bytes,
+            fetch_bytes: a.fetch_bytes,
+            latency_rate: a.latency_rate,
+            latency_secs: a.latency_secs,
+            replication_factor: a.replication_factor,
+            timeout: a.timeout,
+            keep: a.keep,
+            json: a.json,
+        }
+    }
 }
 
 /// `100`, `64k`, `64KiB`, `1M`, `8MiB` as a byte count.

@@ -126,7 +126,7 @@ impl Client {
             host_port,
             base: base.to_string(),
             auth: (!user.is_empty() || !password.is_empty())
-                .then(|| super::base64_encode(format!("{user}:{password}").as_bytes())),
+                .then(|| crate::util::base64_encode(format!("{user}:{password}").as_bytes())),
         })
     }
 

@@ -1,4 +1,4 @@
-//! A small pipelined AMQP 0-9-1 client, just enough for `ferry bench amqp`.
+//! A small pipelined AMQP 0-9-1 client, just enough for `ferry bench amqp` (and, later, bridges).
 //!
 //! A general-purpose client (lapin) spends tens of microseconds of CPU per confirmed message
 //! — more than a fast broker spends storing it — so a benchmark built on one measures the
@@ -18,27 +18,23 @@
 
 use std::time::Duration;
 
-use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amq_protocol::uri::AMQPUri;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
-use super::BenchError;
+use super::ClientError;
+use crate::protocol::amqp::codec::{self, Incoming, FRAME_OVERHEAD, PROTOCOL_HEADER};
 
-const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
-const FRAME_METHOD: u8 = 1;
-const FRAME_HEADER: u8 = 2;
 const FRAME_BODY: u8 = 3;
+#[cfg(test)]
 const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 /// Type (1) + channel (2) + size (4).
 const FRAME_HEADER_LEN: usize = 7;
-/// What a frame costs beyond its payload.
-pub(crate) const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + 1;
 /// The frame_max we ask for; the broker may lower it.
 const OUR_FRAME_MAX: u32 = 128 * 1024;
 /// AMQP 0-9-1's smallest legal frame_max.
@@ -55,58 +51,33 @@ pub(crate) enum Frame {
     Heartbeat,
 }
 
-/// Takes one whole frame off the front of `buf`; `Ok(None)` while more bytes are needed.
-/// Refuses frames larger than `frame_max` before waiting for their payload, so a confused peer
-/// cannot make the buffer grow without bound.
+/// Takes one whole frame off the front of `buf`; `Ok(None)` while more bytes are needed. The
+/// broker's own frame decoder does the work ([`codec::decode_frame`]: pure, refuses frames
+/// larger than `frame_max` before waiting for their payload, slices bodies without copying);
+/// this only adds the answer of a broker that refuses our protocol version.
 pub(crate) fn next_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>, String> {
-    if buf.len() < FRAME_HEADER_LEN {
-        return Ok(None);
-    }
-    if buf.starts_with(b"AMQP") {
+    if buf.starts_with(b"AMQP") && buf.len() >= FRAME_HEADER_LEN {
         // A broker that refuses our protocol version answers with its own header.
         return Err(format!(
             "the server does not speak AMQP 0-9-1 (it answered with protocol header {:?})",
             &buf[..buf.len().min(8)]
         ));
     }
-    let kind = buf[0];
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    let total = size.saturating_add(FRAME_OVERHEAD);
-    if total > frame_max {
-        return Err(format!(
-            "frame of {total} bytes exceeds the negotiated frame_max {frame_max}"
-        ));
-    }
-    if buf.len() < total {
-        return Ok(None);
-    }
-    if buf[total - 1] != FRAME_END {
-        return Err("frame does not end with 0xCE".into());
-    }
-    let frame = buf.split_to(total).freeze();
-    match kind {
-        FRAME_BODY => Ok(Some(Frame::Body(frame.slice(FRAME_HEADER_LEN..total - 1)))),
-        FRAME_HEARTBEAT => Ok(Some(Frame::Heartbeat)),
-        FRAME_METHOD | FRAME_HEADER => match parse_frame(&frame[..]) {
-            Ok((&[], AMQPFrame::Method(ch, class))) => Ok(Some(Frame::Method(ch, Box::new(class)))),
-            Ok((&[], AMQPFrame::Header(_, header))) => Ok(Some(Frame::Header(header.body_size))),
-            _ => Err(format!(
-                "malformed {} frame",
-                if kind == FRAME_METHOD {
-                    "method"
-                } else {
-                    "content header"
-                }
-            )),
+    Ok(
+        match codec::decode_frame(buf, frame_max).map_err(|e| e.to_string())? {
+            None => None,
+            Some(Incoming::Method(channel, method)) => Some(Frame::Method(channel, method)),
+            Some(Incoming::Header(_, header)) => Some(Frame::Header(header.body_size)),
+            Some(Incoming::Body(_, body)) => Some(Frame::Body(body)),
+            Some(Incoming::Heartbeat(_)) => Some(Frame::Heartbeat),
         },
-        other => Err(format!("unknown frame type {other}")),
-    }
+    )
 }
 
 /// Appends `frame` as `amq-protocol` generates it.
-pub(crate) fn encode(frame: &AMQPFrame, out: &mut BytesMut) -> Result<(), BenchError> {
+pub(crate) fn encode(frame: &AMQPFrame, out: &mut BytesMut) -> Result<(), ClientError> {
     let ctx = gen_frame(frame)(WriteContext::from(Vec::with_capacity(128)))
-        .map_err(|e| BenchError::Failed(format!("cannot encode an AMQP frame: {e:?}")))?;
+        .map_err(|e| ClientError::Failed(format!("cannot encode an AMQP frame: {e:?}")))?;
     out.extend_from_slice(&ctx.write);
     Ok(())
 }
@@ -116,12 +87,12 @@ pub(crate) fn encode_method(
     channel: u16,
     method: AMQPClass,
     out: &mut BytesMut,
-) -> Result<(), BenchError> {
+) -> Result<(), ClientError> {
     encode(&AMQPFrame::Method(channel, method), out)
 }
 
 /// `basic.ack` for every delivery up to `tag`.
-pub(crate) fn encode_ack(channel: u16, tag: u64, out: &mut BytesMut) -> Result<(), BenchError> {
+pub(crate) fn encode_ack(channel: u16, tag: u64, out: &mut BytesMut) -> Result<(), ClientError> {
     encode_method(
         channel,
         AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
@@ -148,7 +119,7 @@ impl PublishTemplate {
         properties: basic::AMQPProperties,
         body_size: usize,
         frame_max: usize,
-    ) -> Result<PublishTemplate, BenchError> {
+    ) -> Result<PublishTemplate, ClientError> {
         let mut prefix = BytesMut::new();
         encode_method(
             channel,
@@ -200,9 +171,9 @@ impl PublishTemplate {
 }
 
 /// `s` as a short string, or an error naming `what`.
-pub(crate) fn short(s: &str, what: &str) -> Result<ShortString, BenchError> {
+pub(crate) fn short(s: &str, what: &str) -> Result<ShortString, ClientError> {
     ShortString::try_new(s)
-        .map_err(|_| BenchError::Invalid(format!("the {what} `{s}` is longer than 255 bytes")))
+        .map_err(|_| ClientError::Invalid(format!("the {what} `{s}` is longer than 255 bytes")))
 }
 
 /// `amqp://user@host:port/vhost` — the URL without its password, for output.
@@ -225,7 +196,7 @@ fn string_value(v: Option<&AMQPValue>) -> Option<String> {
 }
 
 /// A channel or connection closed by the broker, as an error that says what happened.
-fn closed_by_broker(what: &str, during: &str, code: u16, text: &str) -> BenchError {
+fn closed_by_broker(what: &str, during: &str, code: u16, text: &str) -> ClientError {
     let hint = match code {
         403 => " — check the user name, password and vhost in --url",
         404 => " — the vhost or queue does not exist",
@@ -233,7 +204,7 @@ fn closed_by_broker(what: &str, during: &str, code: u16, text: &str) -> BenchErr
         530 => " — the vhost in --url does not exist or the user may not use it",
         _ => "",
     };
-    BenchError::Failed(format!(
+    ClientError::Failed(format!(
         "the broker closed the {what} during {during}: {code} {text}{hint}"
     ))
 }
@@ -253,26 +224,14 @@ pub(crate) struct Session {
 
 impl Session {
     /// Connects, authenticates with PLAIN and opens the URL's vhost.
-    pub(crate) async fn connect(uri: &AMQPUri, timeout: Duration) -> Result<Session, BenchError> {
+    pub(crate) async fn connect(uri: &AMQPUri, timeout: Duration) -> Result<Session, ClientError> {
         let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let connect_err = |reason: String| BenchError::AmqpConnect {
-            addr: addr.clone(),
-            reason,
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
-            Err(_) => {
-                return Err(connect_err(format!(
-                    "no answer within {} s",
-                    timeout.as_secs()
-                )))
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(connect_err("connection refused".into()))
-            }
-            Ok(Err(e)) => return Err(connect_err(e.to_string())),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = super::tcp_connect(addr.as_str(), timeout)
+            .await
+            .map_err(|reason| ClientError::AmqpConnect {
+                addr: addr.clone(),
+                reason,
+            })?;
         let (read, write) = stream.into_split();
         let mut s = Session {
             addr,
@@ -289,7 +248,7 @@ impl Session {
         Ok(s)
     }
 
-    async fn handshake(&mut self, uri: &AMQPUri) -> Result<(), BenchError> {
+    async fn handshake(&mut self, uri: &AMQPUri) -> Result<(), ClientError> {
         self.write
             .write_all(PROTOCOL_HEADER)
             .await
@@ -308,7 +267,7 @@ impl Session {
         .to_string();
         let mechanisms = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
         if !mechanisms.split_whitespace().any(|m| m == "PLAIN") {
-            return Err(BenchError::Failed(format!(
+            return Err(ClientError::Failed(format!(
                 "{} does not offer PLAIN authentication (it offers {mechanisms})",
                 self.addr
             )));
@@ -357,7 +316,7 @@ impl Session {
             n => n.min(OUR_FRAME_MAX),
         };
         if frame_max < MIN_FRAME_MAX {
-            return Err(BenchError::Failed(format!(
+            return Err(ClientError::Failed(format!(
                 "{} offers frame_max {frame_max}, below AMQP's minimum {MIN_FRAME_MAX}",
                 self.addr
             )));
@@ -397,16 +356,16 @@ impl Session {
         &self.addr
     }
 
-    fn closed(&self, during: &str, reason: String) -> BenchError {
-        BenchError::Closed {
+    fn closed(&self, during: &str, reason: String) -> ClientError {
+        ClientError::Closed {
             addr: self.addr.clone(),
             api: during.to_string(),
             reason,
         }
     }
 
-    fn unexpected(&self, wanted: &str, got: &AMQPClass) -> BenchError {
-        BenchError::Protocol {
+    fn unexpected(&self, wanted: &str, got: &AMQPClass) -> ClientError {
+        ClientError::Protocol {
             addr: self.addr.clone(),
             api: wanted.to_string(),
             detail: format!("expected {wanted}, got {got:?}"),
@@ -414,7 +373,11 @@ impl Session {
     }
 
     /// Sends one method frame.
-    pub(crate) async fn send(&mut self, channel: u16, method: AMQPClass) -> Result<(), BenchError> {
+    pub(crate) async fn send(
+        &mut self,
+        channel: u16,
+        method: AMQPClass,
+    ) -> Result<(), ClientError> {
         self.wbuf.clear();
         encode_method(channel, method, &mut self.wbuf)?;
         let during = "a method";
@@ -428,7 +391,7 @@ impl Session {
         channel: u16,
         method: AMQPClass,
         during: &str,
-    ) -> Result<AMQPClass, BenchError> {
+    ) -> Result<AMQPClass, ClientError> {
         self.send(channel, method).await?;
         self.expect_method(channel, during).await
     }
@@ -436,12 +399,16 @@ impl Session {
     /// Reads until a method arrives on `channel`, skipping deliveries, confirms and content
     /// still in flight from an earlier phase. A channel.close or connection.close from the
     /// broker becomes an error (after acknowledging it, as the protocol asks).
-    async fn expect_method(&mut self, channel: u16, during: &str) -> Result<AMQPClass, BenchError> {
+    async fn expect_method(
+        &mut self,
+        channel: u16,
+        during: &str,
+    ) -> Result<AMQPClass, ClientError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             while let Some(frame) =
                 next_frame(&mut self.rbuf, self.frame_max).map_err(|detail| {
-                    BenchError::Protocol {
+                    ClientError::Protocol {
                         addr: self.addr.clone(),
                         api: during.to_string(),
                         detail,
@@ -497,7 +464,7 @@ impl Session {
             let read = tokio::time::timeout_at(deadline, self.read.read_buf(&mut self.rbuf)).await;
             match read {
                 Err(_) => {
-                    return Err(BenchError::Failed(format!(
+                    return Err(ClientError::Failed(format!(
                         "no answer from {} during {during} within {} s — the broker is stuck or \
                          overloaded; check its log or retry with a larger --timeout",
                         self.addr,
@@ -517,7 +484,7 @@ impl Session {
     }
 
     /// Opens `channel`.
-    pub(crate) async fn open_channel(&mut self, channel: u16) -> Result<(), BenchError> {
+    pub(crate) async fn open_channel(&mut self, channel: u16) -> Result<(), ClientError> {
         match self
             .call(
                 channel,

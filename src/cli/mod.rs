@@ -1,14 +1,18 @@
 //! The command line, as clap derive types. Parsing only: `main.rs` turns these into a
-//! [`Config`](crate::config::Config) and runs them. The subcommands' own flags live beside the
-//! code that runs them (`admin_cli/args.rs`, `bench/args.rs`), so this module imports them and
-//! nothing imports it back.
+//! [`Config`](ferry::config::Config) or the library's plain settings and runs them. This is the
+//! binary's module tree (`src/main.rs` is its own crate root), so no module of the `ferry`
+//! library imports clap. The subcommands' flags have their own files: [`admin`] and [`bench`].
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bench::args::BenchArgs;
-use crate::config::Overrides;
+use ferry::config::Overrides;
+
+use self::bench::BenchArgs;
+
+pub mod admin;
+pub mod bench;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,25 +39,25 @@ pub enum Command {
     )]
     Bench(BenchArgs),
     /// Topics: list, create, delete, describe (through the admin API).
-    Topic(crate::admin_cli::args::TopicArgs),
+    Topic(admin::TopicArgs),
     /// AMQP queues: list, create, delete, describe, purge (through the admin API).
-    Queue(crate::admin_cli::args::QueueArgs),
+    Queue(admin::QueueArgs),
     /// AMQP exchanges: list, create, delete, bind (through the admin API).
-    Exchange(crate::admin_cli::args::ExchangeArgs),
+    Exchange(admin::ExchangeArgs),
     /// Kafka consumer groups: list, describe, reset-offsets (through the admin API).
-    Group(crate::admin_cli::args::GroupArgs),
+    Group(admin::GroupArgs),
     /// Dead-letter queues: list, browse, replay, purge (through the admin API).
-    Dlq(crate::admin_cli::args::DlqArgs),
+    Dlq(admin::DlqArgs),
     /// Produce lines from stdin or a file to a topic over the Kafka protocol (like kcat -P).
     #[command(
         after_help = "Examples:\n  echo hello | ferry produce -t orders\n  ferry produce -t orders -f events.txt -K :    # key before the first ':'"
     )]
-    Produce(crate::admin_cli::args::ProduceArgs),
+    Produce(admin::ProduceArgs),
     /// Print a topic's messages over the Kafka protocol (like kcat -C).
     #[command(
         after_help = "Examples:\n  ferry consume -t orders -e                     # everything, then stop\n  ferry consume -t orders -p 1 -o -10 --json     # the last ten of partition 1\n  ferry consume -t orders -o end                 # wait for new messages"
     )]
-    Consume(crate::admin_cli::args::ConsumeArgs),
+    Consume(admin::ConsumeArgs),
     /// Development certificates: a private CA, a server certificate and client certificates.
     #[command(subcommand)]
     Cert(CertCommand),
