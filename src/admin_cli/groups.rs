@@ -33,7 +33,7 @@ pub async fn group(a: GroupArgs) -> Result<(), CliError> {
                 print_json(&v);
                 return Ok(());
             }
-            print!("{}", describe_group(&c, &v).await?);
+            print!("{}", describe_group(&v));
         }
         GroupCommand::ResetOffsets {
             group,
@@ -107,7 +107,7 @@ pub async fn group(a: GroupArgs) -> Result<(), CliError> {
 /// offset shows `-` as COMMITTED and counts its lag from the log start: that is what a consumer
 /// with `auto.offset.reset=earliest` still has to read (with `latest` it would skip it), so
 /// unread records never hide behind a total lag of 0.
-async fn describe_group(c: &Client, v: &Value) -> Result<String, CliError> {
+fn describe_group(v: &Value) -> String {
     // Which member owns each partition, from the decoded assignments.
     let mut owner: BTreeMap<(String, i64), String> = BTreeMap::new();
     for m in arr(&v["members"]) {
@@ -120,7 +120,8 @@ async fn describe_group(c: &Client, v: &Value) -> Result<String, CliError> {
             }
         }
     }
-    // (committed, end, lag) per partition; committed offsets first, then the uncommitted rest.
+    // (committed, end, lag) per partition. The API lists every committed partition and every
+    // assigned one without a commit (committed `null`, lag from the log start).
     let mut rows: BTreeMap<(String, i64), (String, String, Option<i64>)> = BTreeMap::new();
     for o in arr(&v["offsets"]) {
         let key = (cell(&o["topic"]), o["partition"].as_i64().unwrap_or(-1));
@@ -130,30 +131,6 @@ async fn describe_group(c: &Client, v: &Value) -> Result<String, CliError> {
             o["lag"].as_i64(),
         );
         rows.insert(key, row);
-    }
-    let mut topics: BTreeMap<String, Value> = BTreeMap::new();
-    for (topic, partition) in owner.keys() {
-        if rows.contains_key(&(topic.clone(), *partition)) {
-            continue;
-        }
-        if !topics.contains_key(topic) {
-            let t = c
-                .call("GET", &format!("/api/topics/{}", segment(topic)), None)
-                .await?;
-            topics.insert(topic.clone(), t);
-        }
-        let found = arr(&topics[topic]["partitions"])
-            .iter()
-            .find(|p| p["partition"].as_i64() == Some(*partition));
-        let (end, lag) = match found {
-            Some(p) => {
-                let start = p["start_offset"].as_i64().unwrap_or(0);
-                let end = p["end_offset"].as_i64().unwrap_or(start);
-                (end.to_string(), Some(end - start))
-            }
-            None => ("-".into(), None),
-        };
-        rows.insert((topic.clone(), *partition), ("-".into(), end, lag));
     }
     let total: i64 = rows.values().filter_map(|r| r.2).sum();
     let mut out = format!(
@@ -177,5 +154,5 @@ async fn describe_group(c: &Client, v: &Value) -> Result<String, CliError> {
         &["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "CONSUMER"],
         &rows,
     ));
-    Ok(out)
+    out
 }
