@@ -135,6 +135,13 @@ async fn bench_amqp_reports_json_and_deletes_its_queue() {
     assert_eq!(report["settings"]["confirm_window"], 256);
     assert_eq!(report["settings"]["prefetch"], 256);
     assert_eq!(report["settings"]["delivery_mode"], 2);
+    if cfg!(target_os = "linux") {
+        assert_eq!(
+            report["broker_process"]["pid"],
+            std::process::id(),
+            "{report:#}"
+        );
+    }
     assert!(
         !report["url"].as_str().unwrap().contains("guest:guest"),
         "password shown: {}",
@@ -166,6 +173,9 @@ async fn bench_amqp_reports_json_and_deletes_its_queue() {
         if cfg!(target_os = "linux") {
             assert!(case["client_cpu_percent"].as_f64().unwrap() > 0.0);
             assert!(case["client_cpu_us_per_message"].as_f64().unwrap() > 0.0);
+            // The broker runs in this test process: found as the owner of the AMQP port.
+            assert!(case["broker_cpu_us_per_message"].as_f64().unwrap() > 0.0);
+            assert!(case["broker_cpu_percent"].as_f64().unwrap() > 0.0);
         }
         let queue = case["queue"].as_str().expect("queue name");
         assert!(
@@ -195,9 +205,11 @@ async fn bench_amqp_without_consumer_leaves_the_messages_queued_at_the_given_rat
         "--no-consumer",
         "--rate",
         "4000",
+        "--transient",
     ])
     .await;
     assert_eq!(report["settings"]["rate"], 4000);
+    assert_eq!(report["settings"]["delivery_mode"], 1);
     let case = &report["cases"][0];
     assert_eq!(case["publish"]["messages"], 2000, "{case:#}");
     // 2000 messages at 4000/s cannot be done in much under half a second.
@@ -230,5 +242,28 @@ async fn bench_amqp_with_a_wrong_password_says_so() {
         stderr.contains("403") && stderr.contains("password"),
         "{stderr}"
     );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_amqp_with_an_unreadable_broker_pid_says_so() {
+    let broker = TestBroker::start().await.unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "bench",
+            "amqp",
+            "--url",
+            &broker.amqp_url(),
+            "--messages",
+            "10",
+        ])
+        // Above Linux's pid_max (at most 2^22), so no process has it.
+        .args(["--broker-pid", "4294967295"])
+        .output()
+        .await
+        .expect("run ferry bench amqp");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--broker-pid 4294967295"), "{stderr}");
     broker.stop().await;
 }

@@ -13,6 +13,7 @@
 //! percentiles and the terminal progress line.
 
 pub mod amqp;
+mod broker_cpu;
 pub mod kafka;
 mod settings;
 
@@ -89,24 +90,7 @@ pub fn run(target: BenchTarget) -> Result<(), BenchError> {
 /// This process's CPU time (user + system) so far, from `/proc/self/stat`; `None` where that
 /// file does not exist (not Linux) or cannot be parsed.
 pub(crate) fn process_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) is in parentheses and may contain spaces; fields after the
-    // last ')' start at field 3 (state). utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions; it reads a constant of the running system.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks <= 0 {
-        return None;
-    }
-    let ticks = ticks as u64;
-    let total = utime + stime;
-    Some(
-        Duration::from_secs(total / ticks)
-            + Duration::from_nanos((total % ticks) * 1_000_000_000 / ticks),
-    )
+    broker_cpu::stat_cpu_time(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
 /// Number of CPUs this process may run on.

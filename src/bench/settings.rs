@@ -42,6 +42,11 @@ pub struct AmqpBenchSettings {
     /// Declare the bench queue non-durable (messages stay persistent): shows what keeping a
     /// durable queue's delivery state costs the broker.
     pub transient_queue: bool,
+    /// Publish transient (delivery-mode 1) messages instead of persistent (2) ones.
+    pub transient: bool,
+    /// The broker's process id, to report its CPU per message [default: the process listening
+    /// on the URL's port, when the URL names a loopback address].
+    pub broker_pid: Option<u32>,
     /// Seconds without a confirm, delivery or answer from the broker before giving up.
     pub timeout: u64,
     /// Keep the bench queues instead of deleting them at the end of each size.

@@ -73,6 +73,13 @@ pub struct AmqpBenchArgs {
     /// durable queue's delivery state costs the broker.
     #[arg(long)]
     pub transient_queue: bool,
+    /// Publish transient (delivery-mode 1) messages instead of persistent (2) ones.
+    #[arg(long)]
+    pub transient: bool,
+    /// The broker's process id, to report its CPU per message [default: the process listening
+    /// on the URL's port, when the URL names a loopback address].
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
     /// Seconds without a confirm, delivery or answer from the broker before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
@@ -178,6 +185,8 @@ impl From<AmqpBenchArgs> for ferry::bench::AmqpBenchSettings {
             rate: a.rate,
             no_consumer: a.no_consumer,
             transient_queue: a.transient_queue,
+            transient: a.transient,
+            broker_pid: a.broker_pid,
             timeout: a.timeout,
             keep: a.keep,
             json: a.json,

@@ -14,7 +14,7 @@ pub(super) async fn publish_loop(
     size: usize,
     frame_max: usize,
 ) -> Result<u64, BenchError> {
-    let props = basic::AMQPProperties::default().with_delivery_mode(2);
+    let props = basic::AMQPProperties::default().with_delivery_mode(delivery_mode(&ctx.args));
     let template = PublishTemplate::new(CH, queue, props, size, frame_max)?;
     let mut body = filler(size);
     let window = shared.window;

@@ -38,6 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 
+use super::broker_cpu::BrokerProcess;
 use super::AmqpBenchSettings;
 use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency, Progress};
 use crate::client::amqp::{
@@ -69,8 +70,18 @@ pub struct Report {
     /// `product version` the broker announced in connection.start.
     pub server: String,
     pub client_cores: usize,
+    /// The broker process whose CPU is reported (`--broker-pid`, or the local owner of the
+    /// URL's port); absent when none could be read.
+    pub broker_process: Option<BrokerProcessReport>,
     pub settings: Settings,
     pub cases: Vec<CaseReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BrokerProcessReport {
+    pub pid: u32,
+    /// Its command name, e.g. `ferry` or `beam.smp`.
+    pub name: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +117,11 @@ pub struct CaseReport {
     pub client_cpu_us_per_message: Option<f64>,
     /// The whole machine's busy CPU over the run, in percent of all cores.
     pub machine_cpu_percent: Option<f64>,
+    /// The broker process's user + system CPU time over wall time, in percent of one core.
+    pub broker_cpu_percent: Option<f64>,
+    /// The broker process's CPU time per confirmed message (storing, confirming, delivering
+    /// and settling it).
+    pub broker_cpu_us_per_message: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +156,17 @@ struct Ctx {
     timeout: Duration,
     /// The queue of the running case, deleted on Ctrl-C.
     active: Arc<Mutex<Option<String>>>,
+    /// The broker process whose CPU each case reports.
+    broker: Option<BrokerProcess>,
+}
+
+/// The delivery mode of the bench messages: 1 (transient) with `--transient`, else 2.
+fn delivery_mode(args: &AmqpBenchSettings) -> u8 {
+    if args.transient {
+        1
+    } else {
+        2
+    }
 }
 
 /// Runs every case and prints the results.
@@ -148,11 +175,21 @@ pub async fn run(args: AmqpBenchSettings) -> Result<(), BenchError> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let active = Arc::new(Mutex::new(None::<String>));
     let keep = args.keep || args.no_consumer;
+    let broker = match args.broker_pid {
+        Some(pid) => Some(BrokerProcess::by_pid(pid).ok_or_else(|| {
+            BenchError::Invalid(format!(
+                "--broker-pid {pid}: cannot read /proc/{pid}/stat (no such process, or not \
+                 Linux)"
+            ))
+        })?),
+        None => BrokerProcess::listening_on(&uri.authority.host, uri.authority.port),
+    };
     let ctx = Ctx {
         args,
         uri: uri.clone(),
         timeout,
         active: active.clone(),
+        broker,
     };
     tokio::select! {
         result = run_cases(ctx) => result,
@@ -235,12 +272,16 @@ async fn run_cases(ctx: Ctx) -> Result<(), BenchError> {
         url: display_url(&ctx.uri),
         server,
         client_cores: cores(),
+        broker_process: ctx.broker.as_ref().map(|b| BrokerProcessReport {
+            pid: b.pid,
+            name: b.name.clone(),
+        }),
         settings: Settings {
             confirm_window: ctx.args.window,
             prefetch: ctx.args.prefetch,
             rate: ctx.args.rate,
             durable_queue: !ctx.args.transient_queue,
-            delivery_mode: 2,
+            delivery_mode: delivery_mode(&ctx.args),
             consumer: !ctx.args.no_consumer,
             frame_max,
         },
@@ -445,6 +486,7 @@ async fn run_case(ctx: &Ctx, size: usize) -> Result<(CaseReport, String, usize),
     });
     let meter = CpuMeter::start();
     let cpu_before = super::process_cpu_time();
+    let broker_before = ctx.broker.as_ref().and_then(|b| b.cpu_time());
 
     let consumer_task = consumer.map(|c| {
         let (halves, read, write, rbuf) = c.into_split();
@@ -506,6 +548,13 @@ async fn run_case(ctx: &Ctx, size: usize) -> Result<(CaseReport, String, usize),
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
+    let broker_used = match (
+        broker_before,
+        ctx.broker.as_ref().and_then(|b| b.cpu_time()),
+    ) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     progress.finish().await;
     if let Some(c) = consumer_session {
         c.close().await;
@@ -549,6 +598,12 @@ async fn run_case(ctx: &Ctx, size: usize) -> Result<(CaseReport, String, usize),
             .filter(|_| acked > 0)
             .map(|d| d.as_secs_f64() * 1e6 / acked as f64),
         machine_cpu_percent: cpu.machine,
+        broker_cpu_percent: broker_used
+            .filter(|_| cpu.wall > 0.0)
+            .map(|d| 100.0 * d.as_secs_f64() / cpu.wall),
+        broker_cpu_us_per_message: broker_used
+            .filter(|_| acked > 0)
+            .map(|d| d.as_secs_f64() * 1e6 / acked as f64),
     };
     Ok((case, server, frame_max))
 }

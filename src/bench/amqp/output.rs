@@ -32,7 +32,11 @@ pub(super) fn case_line(case: &CaseReport) -> String {
             ms(&c.latency, |l| l.p999_ms),
         );
     }
-    let _ = write!(line, " (client CPU {})", pct(case.client_cpu_percent));
+    let _ = write!(line, " (client CPU {}", pct(case.client_cpu_percent));
+    if let Some(us) = case.broker_cpu_us_per_message {
+        let _ = write!(line, ", broker CPU {us:.2} µs/msg");
+    }
+    line.push(')');
     line
 }
 
@@ -41,7 +45,7 @@ pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nferry bench amqp: {} ({}) — one {} queue, persistent messages, publisher confirms \
+        "\nferry bench amqp: {} ({}) — one {} queue, {} messages, publisher confirms \
          (window {}), {}",
         report.url,
         report.server,
@@ -49,6 +53,11 @@ pub fn render_table(report: &Report) -> String {
             "durable"
         } else {
             "non-durable"
+        },
+        if report.settings.delivery_mode == 2 {
+            "persistent"
+        } else {
+            "transient"
         },
         report.settings.confirm_window,
         if report.settings.consumer {
@@ -60,12 +69,23 @@ pub fn render_table(report: &Report) -> String {
             "no consumer".to_string()
         }
     );
+    match &report.broker_process {
+        Some(b) => {
+            let _ = writeln!(out, "broker process: {} (pid {})", b.name, b.pid);
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "broker process: unknown (not local, or give --broker-pid), so no broker CPU"
+            );
+        }
+    }
     if let Some(rate) = report.settings.rate {
         let _ = writeln!(out, "publish rate limited to {} messages/s", group(rate));
     }
     let _ = writeln!(
         out,
-        "\n{:<6} {:<8} {:>10} {:>11} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8} {:>11}",
+        "\n{:<6} {:<8} {:>10} {:>11} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8} {:>11} {:>14}",
         "size",
         "phase",
         "messages",
@@ -77,7 +97,8 @@ pub fn render_table(report: &Report) -> String {
         "max ms",
         "client CPU",
         "µs/msg",
-        "machine CPU"
+        "machine CPU",
+        "broker µs/msg"
     );
     for case in &report.cases {
         let phases = [
@@ -88,7 +109,7 @@ pub fn render_table(report: &Report) -> String {
             let Some(p) = phase else { continue };
             let _ = writeln!(
                 out,
-                "{:<6} {:<8} {:>10} {:>11} {:>8.1} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8} {:>11}",
+                "{:<6} {:<8} {:>10} {:>11} {:>8.1} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8} {:>11} {:>14}",
                 case.case,
                 name,
                 group(p.messages),
@@ -103,6 +124,9 @@ pub fn render_table(report: &Report) -> String {
                     .map(|u| format!("{u:.2}"))
                     .unwrap_or_else(|| "n/a".into()),
                 pct(case.machine_cpu_percent),
+                case.broker_cpu_us_per_message
+                    .map(|u| format!("{u:.2}"))
+                    .unwrap_or_else(|| "n/a".into()),
             );
         }
         if case.nacked > 0 {
@@ -133,7 +157,9 @@ pub fn render_table(report: &Report) -> String {
         out,
         "client CPU: this process's user+system CPU / (wall time × {} cores) over the whole run; \
          µs/msg: that CPU time per confirmed message (publishing and consuming it). machine CPU: \
-         all cores' busy time (client + a local broker + anything else).",
+         all cores' busy time (client + a local broker + anything else). broker µs/msg: the \
+         broker process's user+system CPU time (from /proc) per confirmed message, storing, \
+         confirming, delivering and settling it.",
         report.client_cores
     );
     out
