@@ -1196,6 +1196,62 @@ async fn dead_letters_to_a_headers_exchange_are_routed_by_their_headers() {
     broker.stop().await;
 }
 
+/// The core routes a dead letter by its typed headers from the stored record alone (no adapter
+/// decodes them for it): an integer and a boolean match bindings by value, whatever the wire
+/// width, and the consumer of the dead letter gets the exact AMQP types back.
+#[tokio::test]
+async fn dead_letters_are_routed_by_typed_header_values() {
+    let broker = TestBroker::start().await.unwrap();
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    exchange(
+        &ch,
+        "dlx.typed",
+        ExchangeKind::Headers,
+        FieldTable::default(),
+    )
+    .await;
+    declare(&ch, "second-attempts").await;
+    declare(&ch, "other-attempts").await;
+    let attempt = |n: i64| {
+        args(vec![
+            ("x-match", long("all")),
+            ("attempt", AMQPValue::LongLongInt(n)),
+            ("urgent", AMQPValue::Boolean(true)),
+        ])
+    };
+    bind_with(&ch, "second-attempts", "dlx.typed", "", attempt(2)).await;
+    bind_with(&ch, "other-attempts", "dlx.typed", "", attempt(3)).await;
+    declare_with(
+        &ch,
+        "work",
+        args(vec![("x-dead-letter-exchange", long("dlx.typed"))]),
+    )
+    .await;
+    confirm_mode(&ch).await;
+    let headers = args(vec![
+        ("attempt", AMQPValue::ShortInt(2)),
+        ("urgent", AMQPValue::Boolean(true)),
+        ("note", long("retry")),
+    ]);
+    let props = BasicProperties::default().with_headers(headers);
+    assert!(publish_confirmed(&ch, "", "work", b"job-1", props).await);
+    let m = get(&ch, "work", false).await.expect("a message");
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+
+    let mut dead = consume(&ch, "second-attempts", true).await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.data, b"job-1");
+    assert_eq!(header(&d, "attempt"), Some(&AMQPValue::ShortInt(2)));
+    assert_eq!(header(&d, "urgent"), Some(&AMQPValue::Boolean(true)));
+    assert_eq!(header(&d, "note"), Some(&long("retry")));
+    assert_eq!(count(&ch, "other-attempts").await, 0);
+    broker.stop().await;
+}
+
 /// A broker serving vhosts `/` and `staging`, with user `app` limited to `staging`.
 async fn two_vhosts(dir: Option<&std::path::Path>) -> TestBroker {
     let dir = dir.map(|d| d.to_path_buf());

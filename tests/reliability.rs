@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ferry::broker::breaker::BreakerState;
+use ferry::broker::message::Message;
 use ferry::broker::routing::QueueSpec;
-use ferry::log::SimpleRecord;
 use ferry::testing::TestBroker;
 use ferry::Clock;
 use lapin::options::*;
@@ -215,8 +215,7 @@ async fn core_publish(broker: &TestBroker, name: &str, body: String, timestamp: 
         .publish(
             "/",
             "",
-            None,
-            SimpleRecord {
+            Message {
                 key: Some(name.to_string().into()),
                 value: Some(body.into()),
                 headers: vec![],

@@ -17,9 +17,9 @@
 //! same cache and keys; Kafka producers get the equivalent guarantee from idempotence.
 //!
 //! The cache is memory only; it is rebuilt after a restart from the tail of the queue's own
-//! log (the ids are in the stored records: the key an AMQP publisher gave in its headers table
-//! is copied to the [`DEDUP_KEY_HEADER`] record header at publish), so a restart inside the
-//! window does not let a repeat through.
+//! log (the ids are in the stored records: the `x-deduplication-header` an AMQP publisher gave
+//! is a plain record header of the message, see [`crate::broker::message`]), so a restart
+//! inside the window does not let a repeat through.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,8 +31,9 @@ use crate::log::SimpleRecord;
 /// Ids remembered when `x-cache-size` is not given: ~100 bytes each, so about 10 MB.
 pub const DEFAULT_CACHE_SIZE: usize = 100_000;
 
-/// Record header holding the deduplication key an AMQP publisher put in its headers table
-/// (`x-deduplication-header`), which the core cannot read from the AMQP-encoded table.
+/// Record header where records of earlier versions kept the deduplication key an AMQP
+/// publisher put in its headers table (`x-deduplication-header` is now a header of its own);
+/// still read, so a restart after an upgrade deduplicates against them.
 pub const DEDUP_KEY_HEADER: &str = "ferry.dedup-key";
 
 /// Record headers that carry a message id, in the order they are tried.
@@ -89,12 +90,18 @@ impl DedupPolicy {
 
 /// The id a record is deduplicated by, if it has one.
 pub fn record_key(record: &SimpleRecord) -> Option<Bytes> {
+    key_of(record.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())))
+}
+
+/// The id headers `headers` (name, value) are deduplicated by, if they have one.
+pub fn key_of<'a>(
+    headers: impl Iterator<Item = (&'a str, Option<&'a Bytes>)> + Clone,
+) -> Option<Bytes> {
     ID_HEADERS.iter().find_map(|name| {
-        record
-            .headers
-            .iter()
+        headers
+            .clone()
             .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+            .and_then(|(_, v)| v.cloned())
             .filter(|v| !v.is_empty())
     })
 }

@@ -3,7 +3,7 @@
 //! is published.
 //!
 //! Design: a delayed message is not routed at publish; it is appended, with its target
-//! exchange and routing headers, to the vhost's internal durable queue [`DELAY_QUEUE`], and
+//! exchange, to the vhost's internal durable queue [`DELAY_QUEUE`], and
 //! the publisher's confirm follows that append. One scheduler task per vhost takes every
 //! message of that queue (they stay *unacked*, so a crash returns them and the scheduler
 //! takes them again), keeps only `(due time, offset)` of each in memory — bodies stay in the
@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
 
 use super::queue::Queue;
 use super::routing::Router;
@@ -39,31 +38,24 @@ pub const DELAY_QUEUE: &str = "amq.ferry.delayed";
 const TARGET_EXCHANGE_HEADER: &str = "ferry.delay.exchange";
 /// When it is due, ms since the epoch (decimal ASCII).
 const DUE_HEADER: &str = "ferry.delay.due";
-/// The message's headers table as JSON, for the headers exchange (the core cannot read the
-/// protocol's own encoding of it).
-const ROUTING_HEADERS_HEADER: &str = "ferry.delay.headers";
 
 /// How many due messages are routed per round.
 const ROUND: usize = 256;
 
 /// The delay a publish asks for: `x-delay` in ms, if positive (0 or negative means now, as in
 /// the plugin).
-pub fn delay_of(headers: Option<&Map<String, Value>>) -> Option<i64> {
-    let v = headers?.get("x-delay")?;
-    let ms = v
-        .as_i64()
-        .or_else(|| v.as_f64().map(|f| f as i64))
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))?;
+pub fn delay_of(message: &crate::broker::message::Message) -> Option<i64> {
+    let text = std::str::from_utf8(message.header("x-delay")?.as_bytes()?).ok()?;
+    let text = text.trim();
+    let ms = text
+        .parse::<i64>()
+        .ok()
+        .or_else(|| text.parse::<f64>().ok().map(|f| f as i64))?;
     (ms > 0).then_some(ms)
 }
 
 /// The record stored in the delay queue for a message due at `due_ms`.
-pub(crate) fn wrap(
-    mut record: SimpleRecord,
-    exchange: &str,
-    headers: Option<&Map<String, Value>>,
-    due_ms: i64,
-) -> SimpleRecord {
+pub(crate) fn wrap(mut record: SimpleRecord, exchange: &str, due_ms: i64) -> SimpleRecord {
     record
         .headers
         .retain(|(k, _)| !k.starts_with("ferry.delay."));
@@ -74,13 +66,6 @@ pub(crate) fn wrap(
     record
         .headers
         .push((DUE_HEADER.into(), Some(Bytes::from(due_ms.to_string()))));
-    if let Some(h) = headers {
-        if let Ok(json) = serde_json::to_vec(h) {
-            record
-                .headers
-                .push((ROUTING_HEADERS_HEADER.into(), Some(Bytes::from(json))));
-        }
-    }
     record
 }
 
@@ -100,13 +85,13 @@ fn due_of(record: &SimpleRecord) -> i64 {
         .unwrap_or(0)
 }
 
-/// Takes the delay headers off a stored message: (exchange, routing headers, the message).
-fn unwrap(mut record: SimpleRecord) -> (String, Option<Map<String, Value>>, SimpleRecord) {
+/// Takes the delay headers off a stored message: (exchange, the message). The router reads
+/// its headers-exchange view from the message itself (records of older versions also carry
+/// a `ferry.delay.headers` copy, dropped here with the other delay headers).
+fn unwrap(mut record: SimpleRecord) -> (String, SimpleRecord) {
     let exchange = header(&record, TARGET_EXCHANGE_HEADER)
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    let headers = header(&record, ROUTING_HEADERS_HEADER)
-        .and_then(|v| serde_json::from_slice::<Map<String, Value>>(v).ok());
     record
         .headers
         .retain(|(k, _)| !k.starts_with("ferry.delay."));
@@ -114,7 +99,7 @@ fn unwrap(mut record: SimpleRecord) -> (String, Option<Map<String, Value>>, Simp
     record
         .headers
         .retain(|(k, _)| k != super::routing::EXCHANGE_HEADER);
-    (exchange, headers, record)
+    (exchange, record)
 }
 
 /// The scheduler of one vhost's delay queue; runs until the router stops or the queue goes.
@@ -189,11 +174,8 @@ async fn route_due(router: &Router, q: &Arc<Queue>, offsets: &[i64]) -> bool {
         let Some(record) = records.get(o) else {
             continue;
         };
-        let (exchange, headers, record) = unwrap(record.clone());
-        match router
-            .publish_now(q.vhost(), &exchange, headers.as_ref(), record)
-            .await
-        {
+        let (exchange, record) = unwrap(record.clone());
+        match router.publish_now(q.vhost(), &exchange, record).await {
             Ok(p) => {
                 if !p.routed {
                     metrics::counter!("ferry_messages_unroutable_dropped_total").increment(1);
@@ -220,17 +202,21 @@ async fn route_due(router: &Router, q: &Arc<Queue>, offsets: &[i64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::broker::message::{HeaderValue, Message};
 
     #[test]
     fn x_delay_values() {
-        let h = |v: Value| v.as_object().cloned();
-        assert_eq!(delay_of(h(json!({"x-delay": 1500})).as_ref()), Some(1500));
-        assert_eq!(delay_of(h(json!({"x-delay": "250"})).as_ref()), Some(250));
-        assert_eq!(delay_of(h(json!({"x-delay": 0})).as_ref()), None);
-        assert_eq!(delay_of(h(json!({"x-delay": -5})).as_ref()), None);
-        assert_eq!(delay_of(h(json!({"other": 5})).as_ref()), None);
-        assert_eq!(delay_of(None), None);
+        let with = |v: HeaderValue| Message {
+            headers: vec![("x-delay".into(), v)],
+            ..Message::default()
+        };
+        assert_eq!(delay_of(&with(HeaderValue::int(1500))), Some(1500));
+        assert_eq!(delay_of(&with(HeaderValue::text("250"))), Some(250));
+        assert_eq!(delay_of(&with(HeaderValue::float(99.9))), Some(99));
+        assert_eq!(delay_of(&with(HeaderValue::int(0))), None);
+        assert_eq!(delay_of(&with(HeaderValue::int(-5))), None);
+        assert_eq!(delay_of(&with(HeaderValue::text("soon"))), None);
+        assert_eq!(delay_of(&Message::default()), None);
     }
 
     #[test]
@@ -241,12 +227,10 @@ mod tests {
             headers: vec![("amqp.message-id".into(), Some(Bytes::from_static(b"m1")))],
             timestamp: 7,
         };
-        let headers = json!({"x-delay": 10, "kind": "a"});
-        let stored = wrap(r.clone(), "ex", headers.as_object(), 1234);
+        let stored = wrap(r.clone(), "ex", 1234);
         assert_eq!(due_of(&stored), 1234);
-        let (ex, h, back) = unwrap(stored);
+        let (ex, back) = unwrap(stored);
         assert_eq!(ex, "ex");
-        assert_eq!(h.as_ref(), headers.as_object());
         assert_eq!(back.headers, r.headers);
         assert_eq!((back.key, back.value), (r.key, r.value));
     }

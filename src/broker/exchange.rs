@@ -5,6 +5,7 @@
 //! meta store's [`ExchangeDef`], so what is persisted and what runs are the same value, and
 //! "is this re-declare equivalent?" is a comparison of the fields RabbitMQ compares.
 
+use super::message::RoutingHeaders;
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
 
@@ -157,7 +158,7 @@ impl Exchange {
     pub fn matches(
         &self,
         routing_key: &str,
-        headers: Option<&Map<String, Value>>,
+        headers: &RoutingHeaders<'_>,
     ) -> Vec<(DestinationKind, String)> {
         let all = self.bindings.read();
         let mut out = Vec::new();
@@ -166,7 +167,7 @@ impl Exchange {
                 ExchangeKind::Direct => b.routing_key == routing_key,
                 ExchangeKind::Fanout => true,
                 ExchangeKind::Topic => topic_matches(&b.routing_key, routing_key),
-                ExchangeKind::Headers => headers_match(&b.arguments, headers),
+                ExchangeKind::Headers => headers_match(&b.arguments, headers.get()),
             };
             if hit {
                 out.push((b.destination_kind, b.destination.clone()));

@@ -24,6 +24,7 @@ pub mod exchange;
 pub mod group;
 pub mod limits;
 pub mod login_guard;
+pub mod message;
 pub mod names;
 pub mod offset_reset;
 pub mod producer;

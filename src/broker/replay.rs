@@ -135,9 +135,12 @@ impl BrokerCore {
                 record.headers.retain(|(k, _)| k != DEATH_HEADER);
                 record.key = Some(bytes::Bytes::from(key.clone().into_bytes()));
                 record.timestamp = self.clock().now_ms();
-                let headers = router.headers_of(&record);
                 let outcome = router
-                    .publish(vhost, &exchange, headers.as_ref(), record)
+                    .publish(
+                        vhost,
+                        &exchange,
+                        crate::broker::message::Message::from_record(record),
+                    )
                     .await;
                 let why = match outcome {
                     Ok(p) if p.rejected => {

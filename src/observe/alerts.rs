@@ -332,7 +332,7 @@ async fn notify(
         };
         match core
             .router()
-            .publish_now("/", &settings.exchange, None, record)
+            .publish_now("/", &settings.exchange, record)
             .await
         {
             Ok(p) => {

@@ -39,8 +39,7 @@ impl Router {
                 None => record,
             };
             // A dead-letter exchange that does not exist drops the message (RabbitMQ).
-            let headers = self.headers_of(&record);
-            match Box::pin(self.publish_now(q.vhost(), &dlx, headers.as_ref(), record)).await {
+            match Box::pin(self.publish_now(q.vhost(), &dlx, record)).await {
                 Ok(p) => pending.extend(p.pending),
                 Err(e) => {
                     tracing::debug!(queue = q.name(), error = %e, "dead-lettering dropped a message")

@@ -17,9 +17,11 @@
 //! topic through the core's [`TopicSink`]; its bindings are served by
 //! [`super::topic_router`] from the topic log, never by copying at publish time.
 //!
-//! Message headers and declaration arguments travel as `serde_json` values, the same form the
-//! meta store keeps them in, so the core compares and persists them without knowing a wire
-//! format.
+//! Messages arrive as the core's own [`Message`](super::message::Message); a headers exchange
+//! reads a message's typed headers from the stored record itself
+//! ([`super::message::RoutingHeaders`]), so dead letters, delayed messages and replays route as
+//! their original publish did without asking any adapter. Declaration arguments travel as
+//! `serde_json` values, the same form the meta store keeps them in.
 //!
 //! Queue logs live in `<data_dir>/queues/<escaped vhost>/<escaped name>/` (see
 //! [`escape_path_component`]): any AMQP name maps to one safe directory name and back.
@@ -36,7 +38,6 @@ use parking_lot::RwLock;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::dedup::DEDUP_KEY_HEADER;
 use super::exchange::{Exchange, ExchangeKind, PREDECLARED};
 use super::queue::{DeathReason, Overflow, Queue, QueueLimits, QueueSetup, Submitted};
 pub use super::queue::{PRIORITY_HEADER, TTL_HEADER};
@@ -189,9 +190,6 @@ pub trait TopicSink: Send + Sync {
     fn submit<'a>(&'a self, topic: &'a str, record: SimpleRecord) -> TopicSubmit<'a>;
 }
 
-/// Reads the message headers of a stored record, as a headers exchange matches them.
-pub type HeadersReader = fn(&SimpleRecord) -> Option<Map<String, Value>>;
-
 /// The registry of exchanges and queues. Cheap to clone: maintenance tasks hold a clone.
 #[derive(Clone)]
 pub struct Router {
@@ -226,9 +224,6 @@ pub struct RouterInner {
     topic_sink: std::sync::OnceLock<Arc<dyn TopicSink>>,
     /// The vhosts clients may open (`set_vhosts`); `/` until configured.
     vhosts: RwLock<HashSet<String>>,
-    /// Reads a stored message's headers (in the protocol's encoding) as JSON, so dead letters
-    /// can be routed by a headers exchange; set once by the AMQP adapter.
-    headers_reader: std::sync::OnceLock<HeadersReader>,
     /// The router itself, for tasks started from `&RouterInner` (the delay scheduler).
     self_ref: std::sync::OnceLock<std::sync::Weak<RouterInner>>,
     /// Vhosts whose delay scheduler runs.
@@ -288,7 +283,6 @@ impl Router {
             alarm: tokio::sync::watch::channel(None).0,
             topic_sink: std::sync::OnceLock::new(),
             vhosts: RwLock::new(HashSet::from([DEFAULT_VHOST.to_string()])),
-            headers_reader: std::sync::OnceLock::new(),
             self_ref: std::sync::OnceLock::new(),
             delay_schedulers: parking_lot::Mutex::new(HashSet::new()),
             dead_lettered: std::sync::atomic::AtomicU64::new(0),
@@ -455,17 +449,6 @@ impl RouterInner {
             self.predeclare(v);
         }
         *self.vhosts.write() = vhosts.iter().cloned().collect();
-    }
-
-    /// Sets how dead letters' headers are read for headers-exchange routing (first call wins).
-    pub fn set_headers_reader(&self, reader: HeadersReader) {
-        let _ = self.headers_reader.set(reader);
-    }
-
-    /// A stored message's headers, as its dead-letter exchange routes them (with its death
-    /// history, as RabbitMQ routes the dead-lettered copy).
-    pub fn headers_of(&self, record: &SimpleRecord) -> Option<Map<String, Value>> {
-        self.headers_reader.get().and_then(|read| read(record))
     }
 
     /// Adds the `amq.*` exchanges of `vhost` that are missing (every vhost has its own).

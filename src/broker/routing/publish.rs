@@ -1,6 +1,7 @@
 //! Publishing: routing a message through an exchange (and exchange-to-exchange bindings), delayed publishes (`x-delay`), and appending to every matched queue or topic.
 
 use super::*;
+use crate::broker::message::{Message, RoutingHeaders};
 
 impl RouterInner {
     /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
@@ -12,7 +13,7 @@ impl RouterInner {
         vhost: &str,
         exchange: &str,
         routing_key: &str,
-        headers: Option<&Map<String, Value>>,
+        headers: &RoutingHeaders<'_>,
     ) -> Result<Vec<Arc<Queue>>, RoutingError> {
         if exchange.is_empty() {
             return Ok(self.queue(vhost, routing_key).into_iter().collect());
@@ -45,11 +46,12 @@ impl RouterInner {
         let vhost = ex.def().vhost.as_str();
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (kind, dest) in ex.matches(routing_key, None) {
+        let no_headers = RoutingHeaders::none();
+        for (kind, dest) in ex.matches(routing_key, &no_headers) {
             let found: Vec<Arc<Queue>> = match kind {
                 DestinationKind::Queue => self.queue(vhost, &dest).into_iter().collect(),
                 DestinationKind::Exchange => self
-                    .route(vhost, &dest, routing_key, None)
+                    .route(vhost, &dest, routing_key, &no_headers)
                     .unwrap_or_default(),
             };
             for q in found {
@@ -66,7 +68,7 @@ impl RouterInner {
         vhost: &str,
         start: &Arc<Exchange>,
         routing_key: &str,
-        headers: Option<&Map<String, Value>>,
+        headers: &RoutingHeaders<'_>,
     ) -> Vec<Arc<Queue>> {
         let mut seen_ex = HashSet::new();
         let mut seen_q = HashSet::new();
@@ -104,32 +106,19 @@ impl RouterInner {
 
     /// Publishes a client's message: one with an `x-delay` header goes to the vhost's delay
     /// queue and is routed when due ([`crate::broker::delayed`]); any other is routed now
-    /// ([`publish_now`](Self::publish_now)).
+    /// ([`publish_now`](Self::publish_now)). The message is encoded into its record once,
+    /// here; every destination gets that record.
     pub async fn publish(
         &self,
         vhost: &str,
         exchange: &str,
-        headers: Option<&Map<String, Value>>,
-        mut record: SimpleRecord,
+        message: Message,
     ) -> Result<Published, RoutingError> {
-        // The deduplication key an AMQP publisher puts in its headers table must be readable
-        // by queues (and after a restart) without the protocol's table encoding.
-        if let Some(key) = headers.and_then(|h| h.get("x-deduplication-header")) {
-            let key = match key {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            record.headers.retain(|(k, _)| k != DEDUP_KEY_HEADER);
-            record
-                .headers
-                .push((DEDUP_KEY_HEADER.to_string(), Some(key.into())));
-        }
-        match crate::broker::delayed::delay_of(headers) {
-            Some(delay) => {
-                self.publish_delayed(vhost, exchange, headers, record, delay)
-                    .await
-            }
-            None => self.publish_now(vhost, exchange, headers, record).await,
+        let delay = crate::broker::delayed::delay_of(&message);
+        let record = message.into_record();
+        match delay {
+            Some(delay) => self.publish_delayed(vhost, exchange, record, delay).await,
+            None => self.publish_now(vhost, exchange, record).await,
         }
     }
 
@@ -139,7 +128,6 @@ impl RouterInner {
         &self,
         vhost: &str,
         exchange: &str,
-        headers: Option<&Map<String, Value>>,
         record: SimpleRecord,
         delay_ms: i64,
     ) -> Result<Published, RoutingError> {
@@ -148,7 +136,7 @@ impl RouterInner {
         }
         let q = self.delay_queue(vhost).await?;
         let due = self.clock.now_ms().saturating_add(delay_ms);
-        let stored = crate::broker::delayed::wrap(record, exchange, headers, due);
+        let stored = crate::broker::delayed::wrap(record, exchange, due);
         let pending = match q.submit(stored).await? {
             Submitted::Appended(p) => vec![p],
             Submitted::Full | Submitted::Duplicate => Vec::new(),
@@ -196,7 +184,6 @@ impl RouterInner {
         &self,
         vhost: &str,
         exchange: &str,
-        headers: Option<&Map<String, Value>>,
         record: SimpleRecord,
     ) -> Result<Published, RoutingError> {
         if vhost == DEFAULT_VHOST && !exchange.is_empty() {
@@ -218,7 +205,7 @@ impl RouterInner {
             .as_ref()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default();
-        let queues = self.route(vhost, exchange, &routing_key, headers)?;
+        let queues = self.route(vhost, exchange, &routing_key, &RoutingHeaders::of(&record))?;
         let mut record = record;
         record.headers.retain(|(k, _)| k != EXCHANGE_HEADER);
         record.headers.insert(
@@ -267,9 +254,7 @@ impl RouterInner {
                             },
                             None => dead,
                         };
-                        let dead_headers = self.headers_of(&dead).or_else(|| headers.cloned());
-                        let publish =
-                            self.publish_now(q.vhost(), &dlx, dead_headers.as_ref(), dead);
+                        let publish = self.publish_now(q.vhost(), &dlx, dead);
                         if let Err(e) = Box::pin(publish).await {
                             tracing::debug!(queue = q.name(), error = %e, "dead-lettering a rejected publish failed");
                         }

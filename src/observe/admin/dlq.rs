@@ -14,7 +14,6 @@ use super::queues::queue_of;
 use super::{bad_request, Admin, ApiError};
 use crate::broker::replay::ReplayRequest;
 use crate::broker::routing::{death_history, DEATH_HEADER, EXCHANGE_HEADER};
-use crate::broker::BrokerCore;
 use crate::log::SimpleRecord;
 
 /// Most messages one browse returns.
@@ -36,7 +35,8 @@ pub(super) struct MessageView {
     /// Record headers other than the exchange, the death history and the AMQP header table,
     /// as text (`null` for a null value).
     headers: BTreeMap<String, Option<String>>,
-    /// The AMQP `headers` table, if any.
+    /// The application headers with their types (numbers, booleans, tables as JSON values),
+    /// as a headers exchange and an AMQP consumer see them; absent when there are none.
     amqp_headers: Option<serde_json::Value>,
     /// Dead-letter history, newest first: RabbitMQ's `x-death` entries (`queue`, `reason`,
     /// `count`, `time`, `exchange`, `routing-keys`; `first: true` marks the first death).
@@ -52,18 +52,15 @@ fn header_text(record: &SimpleRecord, name: &str) -> Option<String> {
         .map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
-/// The AMQP `headers` table of a record as JSON, read through the core (which knows how the
-/// adapter that stored it encodes it); the death history is shown apart, as `death`.
-fn amqp_headers_of(
-    core: &BrokerCore,
-    record: &SimpleRecord,
-) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let mut headers = core.router().headers_of(record)?;
+/// The application headers of a record as typed JSON (the core's headers-exchange view of the
+/// message); the death history is shown apart, as `death`.
+fn amqp_headers_of(record: &SimpleRecord) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut headers = crate::broker::message::routing_headers(record)?;
     headers.remove("x-death");
     (!headers.is_empty()).then_some(headers)
 }
 
-fn message_view(core: &BrokerCore, offset: i64, record: &SimpleRecord) -> MessageView {
+fn message_view(offset: i64, record: &SimpleRecord) -> MessageView {
     let body = record.value.clone().unwrap_or_default();
     let (payload, payload_encoding) = match std::str::from_utf8(&body) {
         Ok(t) => (t.to_string(), "string"),
@@ -72,7 +69,12 @@ fn message_view(core: &BrokerCore, offset: i64, record: &SimpleRecord) -> Messag
     let headers = record
         .headers
         .iter()
-        .filter(|(k, _)| k != DEATH_HEADER && k != EXCHANGE_HEADER && k != "amqp.headers")
+        .filter(|(k, _)| {
+            k != DEATH_HEADER
+                && k != EXCHANGE_HEADER
+                && k != "amqp.headers"
+                && k != crate::broker::message::HEADER_TYPES_HEADER
+        })
         .map(|(k, v)| {
             (
                 k.clone(),
@@ -92,7 +94,7 @@ fn message_view(core: &BrokerCore, offset: i64, record: &SimpleRecord) -> Messag
         payload_encoding,
         payload_bytes: body.len(),
         headers,
-        amqp_headers: amqp_headers_of(core, record).map(serde_json::Value::Object),
+        amqp_headers: amqp_headers_of(record).map(serde_json::Value::Object),
         death: death_history(record),
     }
 }
@@ -121,7 +123,7 @@ pub(super) async fn browse_queue(
         })??;
     let views: Vec<MessageView> = messages
         .iter()
-        .map(|m| message_view(&core, m.offset, &m.record))
+        .map(|m| message_view(m.offset, &m.record))
         .collect();
     Ok(Json(views).into_response())
 }

@@ -42,9 +42,6 @@ pub async fn serve(
     let settings = Arc::new(settings);
     // The memory and disk alarms that block publishers run in `observe::alarms`.
     core.router().set_vhosts(&settings.vhosts);
-    // Dead letters are routed by their headers, which only this adapter can decode.
-    core.router()
-        .set_headers_reader(convert::record_headers_json);
     let max_connections = settings.max_connections;
     let plain = {
         let (core, settings) = (core.clone(), settings.clone());

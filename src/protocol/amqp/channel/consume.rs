@@ -360,6 +360,10 @@ pub(super) fn deliver_span(
         causation_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    record_event_fields(&span, record, true);
+    record_event_fields(
+        &span,
+        || crate::broker::event::EventMetadata::from_record(record),
+        true,
+    );
     span
 }

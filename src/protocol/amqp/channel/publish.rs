@@ -158,19 +158,19 @@ impl Channel {
         if msg.exchange.is_empty() && msg.routing_key.starts_with(reply_to::ADDRESS_PREFIX) {
             return Ok(self.reply_directly(out, msg).await);
         }
-        let record = convert::to_record(
+        let message = convert::to_message(
             &msg.routing_key,
             &msg.props,
             msg.body.clone(),
             core.clock().now_ms(),
         );
-        record_event_fields(&tracing::Span::current(), &record, false);
+        record_event_fields(&tracing::Span::current(), || message.metadata(), false);
         if msg.exchange.is_empty() && stream_consumer::is_stream(core, vhost, &msg.routing_key) {
-            let published = stream_consumer::publish(core, &msg.routing_key, record).await?;
+            let published =
+                stream_consumer::publish(core, &msg.routing_key, message.into_record()).await?;
             crate::observe::metrics::record_publish(true, msg.mandatory);
             return Ok(published);
         }
-        let headers = convert::headers_json(&msg.props);
         if let Some(ex) = (!msg.exchange.is_empty())
             .then(|| core.router().exchange(vhost, &msg.exchange))
             .flatten()
@@ -189,7 +189,7 @@ impl Channel {
         );
         let published = core
             .router()
-            .publish(vhost, &msg.exchange, headers.as_ref(), record)
+            .publish(vhost, &msg.exchange, message)
             .instrument(route_span.clone())
             .await?;
         route_span.record("routed", published.routed);
@@ -451,14 +451,14 @@ pub(super) fn publish_span(msg: &Staged) -> tracing::Span {
 /// `traceparent` (only before the span is first entered).
 pub(super) fn record_event_fields(
     span: &tracing::Span,
-    record: &crate::log::SimpleRecord,
+    metadata: impl FnOnce() -> crate::broker::event::EventMetadata,
     link_parent: bool,
 ) {
     if span.is_disabled() || !span.has_field("message_id") {
         return;
     }
 
-    let m = crate::broker::event::EventMetadata::from_record(record);
+    let m = metadata();
     span.record("message_id", m.id.as_str());
     if let Some(c) = m.correlation_id.as_deref() {
         span.record("correlation_id", c);

@@ -9,8 +9,9 @@ use super::*;
 pub(super) struct Lifted {
     /// What stays in `amqp.headers` (typed values, reserved names); `None` when nothing does.
     pub(super) rest: Option<FieldTable>,
-    /// Record headers to add: application headers under their own names, `ce_*`, ...
-    pub(super) headers: Vec<(String, Option<Bytes>)>,
+    /// Message headers to add: application headers under their own names, `ce_*`, ...,
+    /// typed where the AMQP value has a type other than a string.
+    pub(super) headers: Vec<(String, HeaderValue)>,
     /// The CloudEvents separator, if the message carries CloudEvents attributes.
     pub(super) separator: Option<char>,
 }
@@ -56,7 +57,7 @@ pub(super) fn split_headers(table: &FieldTable) -> Lifted {
             // CloudEvents attributes keep the binding's canonical strings; other types (a
             // float `cloudEvents:x`) stay typed only.
             Some(attr) => match canonical_string(v) {
-                Some(text) => (format!("{CE_PREFIX}{attr}"), Some(text)),
+                Some(text) => (format!("{CE_PREFIX}{attr}"), header_value(v, Some(text))),
                 None => {
                     rest.insert(k.clone(), v.clone());
                     continue;
@@ -66,7 +67,7 @@ pub(super) fn split_headers(table: &FieldTable) -> Lifted {
                 rest.insert(k.clone(), v.clone());
                 continue;
             }
-            None => (key.to_string(), plain_text(v)),
+            None => (key.to_string(), header_value(v, plain_text(v))),
         };
         headers.push((name, text));
         if !matches!(v, AMQPValue::LongString(_) | AMQPValue::Void) {
@@ -79,6 +80,32 @@ pub(super) fn split_headers(table: &FieldTable) -> Lifted {
         rest: (!rest.inner().is_empty() || table.inner().is_empty()).then_some(rest),
         headers,
         separator,
+    }
+}
+
+/// The core's value of an AMQP header value whose canonical `text` was computed: strings and
+/// byte arrays as text, void as null, anything else typed with that text.
+fn header_value(v: &AMQPValue, text: Option<Bytes>) -> HeaderValue {
+    let kind = match v {
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) | AMQPValue::ByteArray(_) => {
+            return text.map_or(HeaderValue::Null, HeaderValue::Text)
+        }
+        AMQPValue::Void => return HeaderValue::Null,
+        AMQPValue::Boolean(_) => ValueKind::Bool,
+        AMQPValue::ShortShortInt(_)
+        | AMQPValue::ShortShortUInt(_)
+        | AMQPValue::ShortInt(_)
+        | AMQPValue::ShortUInt(_)
+        | AMQPValue::LongInt(_)
+        | AMQPValue::LongUInt(_)
+        | AMQPValue::LongLongInt(_) => ValueKind::Int,
+        AMQPValue::Float(_) | AMQPValue::Double(_) | AMQPValue::DecimalValue(_) => ValueKind::Float,
+        AMQPValue::Timestamp(_) => ValueKind::Timestamp,
+        AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => ValueKind::Json,
+    };
+    match text {
+        Some(text) => HeaderValue::typed(kind, text),
+        None => HeaderValue::Null,
     }
 }
 
@@ -155,20 +182,6 @@ pub fn table_to_json(table: &FieldTable) -> Value {
     }
 
     Value::Object(m)
-}
-
-/// A stored record's AMQP headers as a JSON map, as an AMQP consumer would get them (for
-/// headers-exchange routing of dead letters and replays, and for display).
-pub fn record_headers_json(record: &SimpleRecord) -> Option<Map<String, Value>> {
-    headers_json(&from_record(record).properties)
-}
-
-/// Message headers as a JSON map for headers-exchange routing.
-pub fn headers_json(properties: &AMQPProperties) -> Option<Map<String, Value>> {
-    match properties.headers().as_ref().map(table_to_json) {
-        Some(Value::Object(m)) => Some(m),
-        _ => None,
-    }
 }
 
 pub(super) fn float(f: f64) -> Value {

@@ -18,6 +18,8 @@
 //! |                         |                          | the typed entry in field-table wire   |
 //! |                         |                          | encoding (it wins at delivery)        |
 //! | headers: reserved name  | `amqp.headers` only      | AMQP field-table wire encoding        |
+//! | (kinds of typed entries)| `ferry.header-types`     | JSON `{name: kind}`, written by the   |
+//! |                         |                          | core's `Message` (see broker::message)|
 //! | delivery-mode           | `amqp.delivery-mode`     | decimal ASCII (`1`, `2`)              |
 //! | priority                | `ferry.priority`         | decimal ASCII (the core orders        |
 //! |                         |                          | priority queues by it)                |
@@ -108,10 +110,9 @@ mod headers;
 
 pub use self::error::AmqpError;
 use self::headers::*;
-pub use self::headers::{
-    decode_table, encode_table, headers_json, record_headers_json, table_to_json,
-};
+pub use self::headers::{decode_table, encode_table, table_to_json};
 use crate::broker::event::{self, RecordLocation, CE_PREFIX, MESSAGE_ID_HEADER};
+use crate::broker::message::{HeaderValue, Message, ValueKind};
 use crate::broker::routing::{
     RoutingError, DEATH_HEADER, EXCHANGE_HEADER, PRIORITY_HEADER, TTL_HEADER,
 };
@@ -183,14 +184,15 @@ const STRING_PROPERTIES: &[(&str, Getter, Setter)] = &[
     ),
 ];
 
-/// Builds the stored record of a published message (the router adds the exchange).
-pub fn to_record(
+/// Builds the core's message of a publish (the router adds the exchange when it stores it).
+pub fn to_message(
     routing_key: &str,
     properties: &AMQPProperties,
     body: Bytes,
     now_ms: i64,
-) -> SimpleRecord {
-    let mut headers: Vec<(String, Option<Bytes>)> = Vec::with_capacity(4);
+) -> Message {
+    let text = |b: Bytes| HeaderValue::Text(b);
+    let mut headers: Vec<(String, HeaderValue)> = Vec::with_capacity(4);
     let lifted = properties.headers().as_ref().map(split_headers);
     let cloud_event = lifted.as_ref().and_then(|l| l.separator);
     for (name, get, _) in STRING_PROPERTIES {
@@ -202,43 +204,43 @@ pub fn to_record(
             };
             headers.push((
                 name.into(),
-                Some(Bytes::copy_from_slice(v.as_str().as_bytes())),
+                text(Bytes::copy_from_slice(v.as_str().as_bytes())),
             ));
         }
     }
     let mut has_ce_id = false;
     if let Some(l) = lifted {
         if let Some(rest) = l.rest {
-            headers.push((HEADERS_HEADER.into(), Some(encode_table(&rest))));
+            headers.push((HEADERS_HEADER.into(), text(encode_table(&rest))));
         }
         if l.separator == Some('_') {
-            headers.push((CE_SEPARATOR_HEADER.into(), Some(Bytes::from_static(b"_"))));
+            headers.push((CE_SEPARATOR_HEADER.into(), text(Bytes::from_static(b"_"))));
         }
         has_ce_id = l.headers.iter().any(|(name, _)| name == "ce_id");
         headers.extend(l.headers);
     }
     if let Some(m) = properties.delivery_mode() {
-        headers.push((DELIVERY_MODE_HEADER.into(), Some(m.to_string().into())));
+        headers.push((DELIVERY_MODE_HEADER.into(), text(m.to_string().into())));
     }
     if let Some(p) = properties.priority() {
-        headers.push((PRIORITY_HEADER.into(), Some(p.to_string().into())));
+        headers.push((PRIORITY_HEADER.into(), text(p.to_string().into())));
     }
     if let Some(t) = properties.timestamp() {
-        headers.push((TIMESTAMP_HEADER.into(), Some(t.to_string().into())));
+        headers.push((TIMESTAMP_HEADER.into(), text(t.to_string().into())));
     }
     if let Some(e) = properties.expiration() {
         headers.push((
             TTL_HEADER.into(),
-            Some(Bytes::copy_from_slice(e.as_str().as_bytes())),
+            text(Bytes::copy_from_slice(e.as_str().as_bytes())),
         ));
     }
     if properties.message_id().is_none() && !has_ce_id {
         headers.push((
             MESSAGE_ID_HEADER.into(),
-            Some(event::new_message_id(now_ms).into()),
+            text(event::new_message_id(now_ms).into()),
         ));
     }
-    SimpleRecord {
+    Message {
         key: Some(Bytes::copy_from_slice(routing_key.as_bytes())),
         value: Some(body),
         headers,
@@ -502,6 +504,11 @@ pub fn with_delivery_count(properties: AMQPProperties, count: u32) -> AMQPProper
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stored record of a publish, as the router receives it.
+    fn to_record(rk: &str, props: &AMQPProperties, body: Bytes, now_ms: i64) -> SimpleRecord {
+        to_message(rk, props, body, now_ms).into_record()
+    }
 
     #[test]
     fn properties_round_trip_through_a_record() {
