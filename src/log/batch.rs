@@ -14,12 +14,7 @@
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType as KTimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
 
 use super::LogError;
 
@@ -404,7 +399,7 @@ pub struct SimpleRecord {
     pub key: Option<Bytes>,
     /// Record value.
     pub value: Option<Bytes>,
-    /// Headers in order. Keys must be distinct: the encoder stores them in a map.
+    /// Headers in order (a name may repeat, as Kafka allows).
     pub headers: Vec<(String, Option<Bytes>)>,
     /// Timestamp in ms since the epoch.
     pub timestamp: i64,
@@ -428,6 +423,13 @@ pub struct StoredRecord {
 /// than stored batch bytes (queue deliveries, topic routing, streams, tracing) calls this, so no
 /// other module depends on the Kafka record format.
 pub fn decode_next_batch(buf: &mut Bytes) -> Result<Vec<StoredRecord>, LogError> {
+    // Uncompressed batches (every one Ferry writes) are read directly; compressed ones need
+    // the codecs of the `kafka-protocol` crate.
+    if let Ok(h) = BatchHeader::parse(buf) {
+        if h.compression() == 0 && h.total_size() <= buf.len() {
+            return super::batch_records::decode_uncompressed(buf.split_to(h.total_size()), &h);
+        }
+    }
     let set = RecordBatchDecoder::decode(buf)
         .map_err(|e| LogError::InvalidBatch(format!("cannot decode record batch: {e}")))?;
     Ok(set
@@ -482,7 +484,7 @@ impl Default for EncodeOptions {
 }
 
 /// Builds one uncompressed record batch v2 at base offset 0 for a plain (non-idempotent)
-/// producer, with the `kafka-protocol` crate's encoder (no hand-rolled record encoding).
+/// producer (records written by [`super::batch_records`]).
 ///
 /// Infallible by design, for tests, benches and the adapters that wrap non-Kafka messages: an
 /// empty `records` — or input the encoder refuses (a batch over 2 GiB) — yields an empty buffer,
@@ -506,49 +508,7 @@ pub fn try_encode_batch(
     records: &[SimpleRecord],
     options: &EncodeOptions,
 ) -> Result<BytesMut, LogError> {
-    if records.is_empty() {
-        return Err(LogError::InvalidBatch(
-            "a batch needs at least one record".into(),
-        ));
-    }
-    let krecords: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let mut headers = IndexMap::with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers.insert(StrBytes::from_string(k.clone()), v.clone());
-            }
-            Record {
-                transactional: options.transactional,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: options.partition_leader_epoch,
-                producer_id: options.producer_id,
-                producer_epoch: options.producer_epoch,
-                timestamp_type: KTimestampType::Creation,
-                offset: options.base_offset + i as i64,
-                // The encoder starts a new batch whenever offset - sequence changes, so the
-                // sequence must advance with the offset even when it is "none" (-1).
-                sequence: options.base_sequence.wrapping_add(i as i32),
-                timestamp: r.timestamp,
-                key: r.key.clone(),
-                value: r.value.clone(),
-                headers,
-            }
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &krecords,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| LogError::InvalidBatch(format!("cannot encode batch: {e}")))?;
-    Ok(buf)
+    super::batch_records::encode(records, options)
 }
 
 #[cfg(test)]

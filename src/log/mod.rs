@@ -20,6 +20,7 @@
 //! map them to different Kafka error codes and AMQP reply codes.
 
 pub mod batch;
+mod batch_records;
 pub mod config;
 pub mod index;
 pub mod open_files;

@@ -81,6 +81,7 @@ use ready::{
     PRIORITY_WINDOW,
 };
 use state::DeliveryState;
+pub use submit::encode_one;
 
 /// Why a message left its queue without being acked (RabbitMQ's x-death reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,16 +3,31 @@
 
 use super::*;
 
+/// `record` as the one-record batch a queue appends.
+pub fn encode_one(record: &SimpleRecord) -> Result<bytes::BytesMut, LogError> {
+    crate::log::try_encode_batch(
+        std::slice::from_ref(record),
+        &crate::log::EncodeOptions::default(),
+    )
+}
+
 impl Queue {
     /// Queues an append of one message; the returned handle resolves once it is durable.
     pub async fn submit(&self, record: SimpleRecord) -> Result<Submitted, LogError> {
-        let batch = crate::log::try_encode_batch(
-            std::slice::from_ref(&record),
-            &crate::log::EncodeOptions::default(),
-        )?;
-        let size = body_len(&record);
+        let batch = encode_one(&record)?;
+        self.submit_encoded(&record, batch).await
+    }
+
+    /// [`submit`](Self::submit) of a record already encoded as the one-record batch `batch`
+    /// (by [`encode_one`]): a publish routed to many queues encodes its message once.
+    pub async fn submit_encoded(
+        &self,
+        record: &SimpleRecord,
+        batch: bytes::BytesMut,
+    ) -> Result<Submitted, LogError> {
+        let size = body_len(record);
         let _order = self.submit_lock.lock().await;
-        let Some(dedup_key) = self.admit_dedup(&record) else {
+        let Some(dedup_key) = self.admit_dedup(record) else {
             metrics::counter!("ferry_messages_deduplicated_total").increment(1);
             return Ok(Submitted::Duplicate);
         };
@@ -55,7 +70,7 @@ impl Queue {
                 sz.inflight.push_back(size);
             }
             if let Some(ix) = c.prio.as_mut() {
-                ix.pending.push_back(record_priority(&record));
+                ix.pending.push_back(record_priority(record));
             }
             c.appends_expected += 1;
         }

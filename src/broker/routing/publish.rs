@@ -200,12 +200,14 @@ impl RouterInner {
                 });
             }
         }
-        let routing_key = record
-            .key
-            .as_ref()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default();
-        let queues = self.route(vhost, exchange, &routing_key, &RoutingHeaders::of(&record))?;
+        let queues = {
+            let routing_key = record
+                .key
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            self.route(vhost, exchange, &routing_key, &RoutingHeaders::of(&record))?
+        };
         let mut record = record;
         record.headers.retain(|(k, _)| k != EXCHANGE_HEADER);
         record.headers.insert(
@@ -221,7 +223,13 @@ impl RouterInner {
             rejected: false,
         };
         let deaths = death_history(&record);
-        for q in queues {
+        // Encoded once; each queue appends its own copy of the bytes (the log patches offsets
+        // in place), the last one the original.
+        let mut batch = (!queues.is_empty())
+            .then(|| crate::broker::queue::encode_one(&record))
+            .transpose()?;
+        let last = queues.len().saturating_sub(1);
+        for (i, q) in queues.into_iter().enumerate() {
             if is_death_cycle(&deaths, q.name()) {
                 tracing::debug!(
                     queue = q.name(),
@@ -229,7 +237,15 @@ impl RouterInner {
                 );
                 continue;
             }
-            match q.submit(record.clone()).await? {
+            let encoded = match if i == last {
+                batch.take()
+            } else {
+                batch.clone()
+            } {
+                Some(b) => b,
+                None => crate::broker::queue::encode_one(&record)?,
+            };
+            match q.submit_encoded(&record, encoded).await? {
                 Submitted::Appended(p) => out.pending.push(p),
                 // Already in the queue: confirmed like any routed message.
                 Submitted::Duplicate => {}
