@@ -171,7 +171,19 @@ impl Queue {
                 continue;
             }
             let mut buf = slice.bytes.clone();
+            // The read covers ~1 KiB per wanted message, i.e. many small batches past the run:
+            // only the batches holding the run are decoded.
+            let last_wanted = wanted[i + run - 1];
             while buf.has_remaining() {
+                if let Ok(h) = crate::log::BatchHeader::parse(&buf) {
+                    if h.base_offset > last_wanted {
+                        break;
+                    }
+                    if h.last_offset() < at && h.total_size() <= buf.len() {
+                        buf.advance(h.total_size());
+                        continue;
+                    }
+                }
                 let records = match crate::log::batch::decode_next_batch(&mut buf) {
                     Ok(records) => records,
                     Err(e) => {
