@@ -283,7 +283,7 @@ pub(super) async fn run_consumer(mut t: ConsumerTask) {
         if n > 0 && t.queue.may_take(t.id) {
             match t.queue.take_for(t.id, n, t.no_ack) {
                 Ok(msgs) if !msgs.is_empty() => {
-                    crate::observe::metrics::record_deliveries(&msgs);
+                    t.out.metrics.deliveries(&msgs);
                     let mut b = BytesMut::new();
                     for msg in msgs {
                         let tag = t

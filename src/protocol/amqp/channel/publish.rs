@@ -168,7 +168,7 @@ impl Channel {
         if msg.exchange.is_empty() && stream_consumer::is_stream(core, vhost, &msg.routing_key) {
             let published =
                 stream_consumer::publish(core, &msg.routing_key, message.into_record()).await?;
-            crate::observe::metrics::record_publish(true, msg.mandatory);
+            out.metrics.publish(true, msg.mandatory);
             return Ok(published);
         }
         if let Some(ex) = (!msg.exchange.is_empty())
@@ -193,7 +193,7 @@ impl Channel {
             .instrument(route_span.clone())
             .await?;
         route_span.record("routed", published.routed);
-        crate::observe::metrics::record_publish(published.routed, msg.mandatory);
+        out.metrics.publish(published.routed, msg.mandatory);
         if !published.routed && msg.mandatory {
             let mut b = BytesMut::new();
             encode_method(

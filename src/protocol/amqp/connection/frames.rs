@@ -217,7 +217,8 @@ impl Conn {
             )),
             Incoming::Method(ch, m) => {
                 self.current = (m.get_amqp_class_id(), m.get_amqp_method_id());
-                let _timer = crate::observe::metrics::AmqpMethodTimer::start(self.current.0);
+                let metrics = self.out.metrics.clone();
+                let _timer = metrics.method_timer(self.current.0);
                 match self.phase {
                     Phase::Open => {}
                     _ => return self.handshake(ch, *m).await,

@@ -186,6 +186,7 @@ pub async fn serve<S: Transport>(
             publish_budget: Arc::new(tokio::sync::Semaphore::new(super::channel::PUBLISH_BUDGET)),
             frame_max: 0,
             replies_first: Arc::new(tokio::sync::RwLock::new(())),
+            metrics: crate::observe::metrics::AmqpMetrics::new(),
         },
         heartbeat_tx,
         phase: Phase::AwaitStartOk,
