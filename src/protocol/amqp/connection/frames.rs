@@ -245,26 +245,20 @@ impl Conn {
                             self.user
                         ),
                     )),
-                    Some(c) => match c.content_header(h.body_size, h.properties) {
-                        Ok(ContentState::Done) => {
-                            c.finish_publish(&self.core, &self.vhost, &self.out).await
-                        }
-                        Ok(ContentState::Incomplete) => Ok(()),
-                        Err(e) => Err(e),
-                    },
+                    Some(c) => {
+                        let state = c.content_header(h.body_size, h.properties);
+                        content_arrived(c, state, &self.core, &self.vhost, &self.out).await
+                    }
                     None => Ok(()),
                 };
                 self.channel_result(ch, result).await
             }
             Incoming::Body(ch, body) => {
                 let result = match Self::open_channel(&self.phase, &mut self.channels, ch)? {
-                    Some(c) => match c.content_body(&body) {
-                        Ok(ContentState::Done) => {
-                            c.finish_publish(&self.core, &self.vhost, &self.out).await
-                        }
-                        Ok(ContentState::Incomplete) => Ok(()),
-                        Err(e) => Err(e),
-                    },
+                    Some(c) => {
+                        let state = c.content_body(&body);
+                        content_arrived(c, state, &self.core, &self.vhost, &self.out).await
+                    }
                     None => Ok(()),
                 };
                 self.channel_result(ch, result).await
@@ -321,5 +315,19 @@ impl Conn {
                 Ok(true)
             }
         }
+    }
+}
+
+/// After a content frame: publishes the message once its content is complete.
+async fn content_arrived(
+    c: &mut Channel,
+    state: Result<ContentState, AmqpError>,
+    core: &crate::broker::BrokerCore,
+    vhost: &str,
+    out: &crate::protocol::amqp::channel::Out,
+) -> Result<(), AmqpError> {
+    match state? {
+        ContentState::Done => c.finish_publish(core, vhost, out).await,
+        ContentState::Incomplete => Ok(()),
     }
 }
