@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::log::{FsyncPolicy, LogConfig};
 
 mod diagnose;
+mod security;
 use diagnose::{did_you_mean, did_you_mean_variable, flag_name, io_reason, with_origin, Origins};
+pub use security::UserSettings;
 
 /// A configuration problem, always naming the key (or variable) it is about.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,10 @@ pub struct Config {
     pub observe: ObserveSettings,
     /// Alert rules and where their events go (see `src/observe/alerts.rs`).
     pub alerts: crate::observe::alerts::AlertSettings,
+    /// `[[users]]`: users of every protocol and the admin API (name, password or
+    /// password_hash, tags). Default none: the first start creates the loopback-only default
+    /// users `guest`/`guest` and `admin`/`admin` (see docs/security.md).
+    pub users: Vec<UserSettings>,
 }
 
 impl Default for Config {
@@ -99,6 +105,7 @@ impl Default for Config {
             amqp: AmqpSettings::default(),
             observe: ObserveSettings::default(),
             alerts: crate::observe::alerts::AlertSettings::default(),
+            users: Vec::new(),
         }
     }
 }
@@ -298,7 +305,8 @@ pub struct AmqpPermission {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// Users allowed to connect. Default one user `guest` with password `guest`.
+    /// Legacy: users allowed to connect, now folded into `[[users]]` (still accepted). Default
+    /// one user `guest` with password `guest`, created loopback-only on the first start.
     pub users: Vec<AmqpUser>,
     /// Users who may connect only from a loopback address (RabbitMQ's `loopback_users`).
     /// Default `["guest"]`.
@@ -476,6 +484,7 @@ impl Config {
 
     /// Checks what serde cannot: addresses resolve, numbers are in range, policies parse.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_users()?;
         self.alerts
             .validate()
             .map_err(|message| ConfigError::Invalid {
@@ -746,8 +755,13 @@ impl Overrides {
 }
 
 /// A flattened view used by tests and `ferry serve --print-config`.
+/// Secrets (passwords, password hashes) are shown as `<redacted>`.
 pub fn to_toml_string(config: &Config) -> String {
-    toml::to_string_pretty(config).unwrap_or_default()
+    let Ok(mut tree) = toml::Value::try_from(config) else {
+        return String::new();
+    };
+    security::redact(&mut tree);
+    toml::to_string_pretty(&tree).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -100,12 +100,10 @@ pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
             "listening"
         );
     }
-    let users: Vec<&str> = config.amqp.users.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
         protocol = "amqp-0-9-1",
         addr = %amqp,
-        auth = "PLAIN, AMQPLAIN",
-        users = %users.join(","),
+        auth = "PLAIN, AMQPLAIN (the user store)",
         loopback_only = %config.amqp.loopback_users.join(","),
         vhosts = %config.amqp.vhosts.join(","),
         tls = "off",
@@ -130,7 +128,7 @@ pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
     {
         "off".to_string()
     } else {
-        format!("/api (basic auth, user {})", config.observe.admin_user)
+        "/api (basic auth of users tagged administrator/management/monitoring)".to_string()
     };
     tracing::info!(
         protocol = "http",

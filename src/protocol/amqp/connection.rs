@@ -77,6 +77,8 @@ struct Conn {
     /// The authenticated user: a published `user_id` property must match it (RabbitMQ's
     /// validated user-id), so consumers can trust it.
     user: String,
+    /// Permission decisions of this connection, dropped when the user store changes.
+    permissions: super::auth::PermissionCache,
     channels: HashMap<u16, Channel>,
     /// Class and method of the method being handled, for close replies.
     current: (u16, u16),
@@ -195,6 +197,7 @@ pub async fn serve<S: Transport>(
         phase: Phase::AwaitStartOk,
         vhost: String::new(),
         user: String::new(),
+        permissions: super::auth::PermissionCache::default(),
         channels: HashMap::new(),
         current: (0, 0),
         wants_blocked: false,
@@ -579,14 +582,8 @@ impl Conn {
         }
         match (&self.phase, m) {
             (Phase::AwaitStartOk, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => {
-                self.user = super::auth::authenticate(
-                    &self.core,
-                    &self.settings,
-                    self.peer,
-                    &self.security,
-                    &s,
-                )
-                .await?;
+                self.user =
+                    super::auth::authenticate(&self.core, self.peer, &self.security, &s).await?;
                 self.wants_blocked = matches!(
                     s.client_properties.inner().get("capabilities"),
                     Some(AMQPValue::FieldTable(caps))
@@ -666,16 +663,10 @@ impl Conn {
         }
     }
 
-    /// Whether the authenticated user may open `vhost`: a user without a permissions entry
-    /// may open every vhost.
+    /// Whether the authenticated user may open `vhost`: RabbitMQ's rule, a permission entry
+    /// for the user there (configured users get one on every configured vhost).
     fn may_open(&self, vhost: &str) -> bool {
-        let mut entries = self
-            .settings
-            .permissions
-            .iter()
-            .filter(|p| p.user == self.user)
-            .peekable();
-        entries.peek().is_none() || entries.any(|p| p.vhosts.iter().any(|v| v == vhost))
+        self.core.users().may_open_vhost(vhost, &self.user)
     }
 
     async fn connection_method(&mut self, m: AMQPClass) -> Result<bool, AmqpError> {
@@ -762,6 +753,13 @@ impl Conn {
                 "method frame while content was expected",
             ));
         }
+        super::auth::authorize(
+            &self.core,
+            &self.vhost,
+            &self.user,
+            &mut self.permissions,
+            &m,
+        )?;
         let ctx = Ctx {
             core: &self.core,
             vhost: &self.vhost,
