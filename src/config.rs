@@ -20,7 +20,7 @@ use crate::log::{FsyncPolicy, LogConfig};
 mod diagnose;
 mod security;
 use diagnose::{did_you_mean, did_you_mean_variable, flag_name, io_reason, with_origin, Origins};
-pub use security::UserSettings;
+pub use security::{AnonymousAccess, UserSettings, SASL_MECHANISMS};
 
 /// A configuration problem, always naming the key (or variable) it is about.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +241,19 @@ pub struct KafkaSettings {
     /// Most partitions over all topics; creating more is refused with POLICY_VIOLATION before
     /// anything is written. 0 = no limit. Default 10000.
     pub max_partitions: usize,
+
+    // --- security (issue 13; see `config/security.rs` and docs/security.md) ----------------
+    /// `sasl.enabled.mechanisms`: what SaslHandshake accepts, of `PLAIN`, `SCRAM-SHA-256` and
+    /// `SCRAM-SHA-512`, on both Kafka listeners (SASL_PLAINTEXT and SASL_SSL). Empty: SASL is
+    /// off. Default all three.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// `connections.max.reauth.ms` (KIP-368): a SASL session lasts this long; the client must
+    /// re-authenticate on the same connection before it ends, or the connection is closed at
+    /// its next request. 0 = sessions never expire. Default 0 (Kafka's).
+    pub connections_max_reauth_ms: u64,
+    /// Who may use Kafka without SASL (or a verified client certificate): `"loopback"` (peers
+    /// on this machine only; default), `true` (everyone) or `false` (nobody).
+    pub allow_anonymous: AnonymousAccess,
 }
 
 impl Config {
@@ -280,6 +293,9 @@ impl Default for KafkaSettings {
             fetch_max_bytes: 55 * 1024 * 1024,
             max_message_bytes_limit: crate::broker::ResourceLimits::DEFAULT_MAX_MESSAGE_BYTES_LIMIT,
             max_partitions: crate::broker::ResourceLimits::DEFAULT_MAX_PARTITIONS,
+            sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| m.to_string()).collect(),
+            connections_max_reauth_ms: 0,
+            allow_anonymous: AnonymousAccess::Loopback,
         }
     }
 }

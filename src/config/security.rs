@@ -26,6 +26,63 @@ pub struct UserSettings {
     pub tags: Vec<String>,
 }
 
+/// The SASL mechanisms Kafka clients may use (`kafka.sasl_enabled_mechanisms`).
+pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// `kafka.allow_anonymous`: `"loopback"`, `true` or `false` in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AnonymousAccessValue", into = "AnonymousAccessValue")]
+pub enum AnonymousAccess {
+    /// Every Kafka client must authenticate.
+    Never,
+    /// Clients on this machine may skip authentication (the default).
+    Loopback,
+    /// Every client may skip authentication (the behaviour before SASL).
+    Always,
+}
+
+impl AnonymousAccess {
+    /// Whether a client at `peer` may use Kafka without authenticating.
+    pub fn allows(self, peer: std::net::IpAddr) -> bool {
+        match self {
+            AnonymousAccess::Never => false,
+            AnonymousAccess::Loopback => crate::broker::users::is_loopback(peer),
+            AnonymousAccess::Always => true,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum AnonymousAccessValue {
+    Flag(bool),
+    Word(String),
+}
+
+impl TryFrom<AnonymousAccessValue> for AnonymousAccess {
+    type Error = String;
+    fn try_from(v: AnonymousAccessValue) -> Result<Self, String> {
+        match v {
+            AnonymousAccessValue::Flag(true) => Ok(AnonymousAccess::Always),
+            AnonymousAccessValue::Flag(false) => Ok(AnonymousAccess::Never),
+            AnonymousAccessValue::Word(w) if w == "loopback" => Ok(AnonymousAccess::Loopback),
+            AnonymousAccessValue::Word(w) => {
+                Err(format!("`{w}` is not one of true, false, \"loopback\""))
+            }
+        }
+    }
+}
+
+impl From<AnonymousAccess> for AnonymousAccessValue {
+    fn from(a: AnonymousAccess) -> Self {
+        match a {
+            AnonymousAccess::Never => AnonymousAccessValue::Flag(false),
+            AnonymousAccess::Loopback => AnonymousAccessValue::Word("loopback".into()),
+            AnonymousAccess::Always => AnonymousAccessValue::Flag(true),
+        }
+    }
+}
+
 /// Secrets `--print-config` and errors never show.
 const SECRET_KEYS: &[&str] = &["password", "password_hash", "admin_password"];
 pub(super) const REDACTED: &str = "<redacted>";
@@ -144,6 +201,14 @@ impl Config {
     }
 
     pub(super) fn validate_users(&self) -> Result<(), ConfigError> {
+        for m in &self.kafka.sasl_enabled_mechanisms {
+            if !SASL_MECHANISMS.contains(&m.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "kafka.sasl_enabled_mechanisms".into(),
+                    message: format!("`{m}` is not one of {}", SASL_MECHANISMS.join(", ")),
+                });
+            }
+        }
         let invalid = |message: String| ConfigError::Invalid {
             key: "users".into(),
             message,
@@ -215,6 +280,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("both password and password_hash"), "{err}");
+    }
+
+    #[test]
+    fn allow_anonymous_takes_a_flag_or_loopback() {
+        let load = |v: &str| {
+            Config::load(
+                None,
+                vec![("FERRY_KAFKA__ALLOW_ANONYMOUS".to_string(), v.to_string())],
+                vec![],
+            )
+        };
+        assert_eq!(
+            load("true").unwrap().kafka.allow_anonymous,
+            AnonymousAccess::Always
+        );
+        assert_eq!(
+            load("false").unwrap().kafka.allow_anonymous,
+            AnonymousAccess::Never
+        );
+        assert_eq!(
+            load("loopback").unwrap().kafka.allow_anonymous,
+            AnonymousAccess::Loopback
+        );
+        let err = load("sometimes").unwrap_err().to_string();
+        assert!(err.contains("kafka.allow_anonymous"), "{err}");
+        let err = Config::load(
+            None,
+            vec![(
+                "FERRY_KAFKA__SASL_ENABLED_MECHANISMS".to_string(),
+                "GSSAPI".to_string(),
+            )],
+            vec![],
+        );
+        assert!(err.is_err());
     }
 
     #[test]

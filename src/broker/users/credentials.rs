@@ -80,7 +80,7 @@ impl ScramMechanism {
         }
     }
 
-    fn output_len(self) -> usize {
+    pub fn output_len(self) -> usize {
         self.digest().output_len()
     }
 }

@@ -53,6 +53,11 @@ impl ScramServer {
         self.mechanism
     }
 
+    /// Whether the next message is client-first (else client-final).
+    pub fn awaits_client_first(&self) -> bool {
+        matches!(self.phase, Phase::AwaitClientFirst)
+    }
+
     /// Handles client-first; `credential_of` looks the user's credential up. Returns
     /// server-first.
     pub fn client_first(
@@ -100,10 +105,12 @@ impl ScramServer {
                 },
             ),
         };
-        let nonce = format!(
-            "{client_nonce}{}",
-            base64_encode(&credentials::random_bytes(18))
-        );
+        // Alphanumeric, like Kafka's own server nonce.
+        let server_nonce: String = credentials::random_bytes(16)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let nonce = format!("{client_nonce}{server_nonce}");
         let server_first = format!(
             "r={nonce},s={},i={}",
             base64_encode(&credential.salt),
@@ -155,7 +162,10 @@ impl ScramServer {
         if !(channel_binding.starts_with(b"n,") || channel_binding.starts_with(b"y,")) {
             return Err(ScramError::Malformed("channel binding is not supported"));
         }
-        if final_nonce != Some(nonce.as_str()) {
+        // Kafka's broker accepts a final nonce that *ends with* the server's (its
+        // ScramSaslServer checks `endsWith`), and librdkafka relies on it: it sends its own
+        // nonce again in front of the combined one.
+        if !final_nonce.is_some_and(|n| n.ends_with(nonce.as_str())) {
             return Err(ScramError::Malformed("nonce does not match"));
         }
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
@@ -219,6 +229,7 @@ mod tests {
         password: &str,
         client_first_bare: &str,
         server_first: &str,
+        nonce_prefix: &str,
     ) -> (String, Vec<u8>) {
         let attrs: Vec<(&str, &str)> = server_first
             .split(',')
@@ -230,7 +241,7 @@ mod tests {
         let salted = salted_password(mechanism, password.as_bytes(), &salt, iterations);
         let client_key = hmac_sign(mechanism, &salted, b"Client Key");
         let stored_key = hash(mechanism, &client_key);
-        let without_proof = format!("c=biws,r={}", get("r"));
+        let without_proof = format!("c=biws,r={nonce_prefix}{}", get("r"));
         let auth = format!("{client_first_bare},{server_first},{without_proof}");
         let signature = hmac_sign(mechanism, &stored_key, auth.as_bytes());
         let proof: Vec<u8> = client_key
@@ -252,6 +263,16 @@ mod tests {
         stored_pw: &str,
         given_pw: &str,
     ) -> Result<String, ScramError> {
+        exchange_with_prefix(mechanism, user, stored_pw, given_pw, "")
+    }
+
+    fn exchange_with_prefix(
+        mechanism: ScramMechanism,
+        user: &str,
+        stored_pw: &str,
+        given_pw: &str,
+        nonce_prefix: &str,
+    ) -> Result<String, ScramError> {
         let salt = b"0123456789abcdef".to_vec();
         let salted = salted_password(mechanism, stored_pw.as_bytes(), &salt, 4096);
         let credential = scram_from_salted_password(mechanism, salt, &salted, 4096);
@@ -263,7 +284,7 @@ mod tests {
         let server_first = String::from_utf8(server_first).unwrap();
         assert!(server_first.starts_with("r=fyko+d2lbbFgONRv9qkxdawL"));
         let (final_message, expected_server_final) =
-            client_final(mechanism, given_pw, &bare, &server_first);
+            client_final(mechanism, given_pw, &bare, &server_first, nonce_prefix);
         let (who, server_final) = server.client_final(final_message.as_bytes())?;
         assert_eq!(server_final, expected_server_final);
         Ok(who)
@@ -286,6 +307,18 @@ mod tests {
     }
 
     #[test]
+    fn librdkafka_repeating_its_nonce_is_accepted_as_kafka_does() {
+        let repeated = exchange_with_prefix(
+            ScramMechanism::Sha512,
+            "al=2Cice",
+            "pw",
+            "pw",
+            "fyko+d2lbbFgONRv9qkxdawL",
+        );
+        assert_eq!(repeated.unwrap(), "al,ice");
+    }
+
+    #[test]
     fn malformed_messages_are_refused() {
         let mut s = ScramServer::new(ScramMechanism::Sha256);
         assert!(matches!(
@@ -299,7 +332,7 @@ mod tests {
         let mut s = ScramServer::new(ScramMechanism::Sha256);
         s.client_first(b"n,,n=a,r=abc", |_| None).unwrap();
         assert_eq!(
-            s.client_final(b"c=biws,r=other,p=AAAA"),
+            s.client_final(b"c=biws,r=abc,p=AAAA"),
             Err(ScramError::Malformed("nonce does not match"))
         );
     }

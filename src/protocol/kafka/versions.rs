@@ -35,6 +35,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The advertised range for `api`, if it is served at all.
@@ -118,6 +122,20 @@ mod tests {
                 ApiKey::InitProducerId => {
                     within::<InitProducerIdRequest, InitProducerIdResponse>(min, max)
                 }
+                ApiKey::SaslHandshake => {
+                    within::<SaslHandshakeRequest, SaslHandshakeResponse>(min, max)
+                }
+                ApiKey::SaslAuthenticate => {
+                    within::<SaslAuthenticateRequest, SaslAuthenticateResponse>(min, max)
+                }
+                ApiKey::DescribeUserScramCredentials => within::<
+                    DescribeUserScramCredentialsRequest,
+                    DescribeUserScramCredentialsResponse,
+                >(min, max),
+                ApiKey::AlterUserScramCredentials => within::<
+                    AlterUserScramCredentialsRequest,
+                    AlterUserScramCredentialsResponse,
+                >(min, max),
                 other => panic!("no codec check for {other:?}"),
             }
         }

@@ -13,6 +13,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer;
+mod scram_credentials;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +32,8 @@ pub enum Outcome {
     Respond(Bytes),
     /// Produce with acks=0.
     NoResponse,
+    /// Answer, then close (a failed SASL authentication, as Kafka does).
+    RespondThenClose(Bytes),
     /// The request cannot be answered (undecodable body, unsupported version); Kafka closes.
     Close(String),
 }
@@ -114,6 +117,8 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::DeleteGroups => ready(groups::delete_groups(ctx, &req)),
         ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, &req)),
         ApiKey::InitProducerId => Box::pin(producer::init_producer_id(ctx.clone(), req)),
+        ApiKey::DescribeUserScramCredentials => ready(scram_credentials::describe(ctx, conn, &req)),
+        ApiKey::AlterUserScramCredentials => ready(scram_credentials::alter(ctx, conn, &req)),
         other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     let api_name = format!("{api:?}");
