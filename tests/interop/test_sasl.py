@@ -181,3 +181,16 @@ def test_admin_client_manages_scram_credentials(sasl_ferry) -> None:
                          "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-512",
                          "sasl.username": "carol", "sasl.password": "carol-secret"})
     assert carol.list_topics(timeout=10).cluster_id
+
+
+def test_create_acls_answers_security_disabled(sasl_ferry) -> None:
+    """Kafka ACLs are not implemented: the broker answers as Kafka without an authorizer."""
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType,
+                                       ResourcePatternType, ResourceType)
+    admin = AdminClient(sasl(sasl_ferry.bootstrap, "PLAIN"))
+    binding = AclBinding(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL,
+                         "User:alice", "*", AclOperation.READ, AclPermissionType.ALLOW)
+    for future in admin.create_acls([binding]).values():
+        with pytest.raises(KafkaException) as refused:
+            future.result(timeout=30)
+        assert refused.value.args[0].code() == KafkaError.SECURITY_DISABLED

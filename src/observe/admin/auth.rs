@@ -131,6 +131,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<(BrokerCore, Us
             "the admin API needs HTTP basic auth of a user tagged administrator, management or monitoring",
         ));
     };
+    // An unknown peer (a router served without the listener's ConnectInfo) is not loopback.
+    let peer = Some(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
     match core.login("http", peer, &user, &password).await {
         Ok(info) => Ok((core, info)),
         Err(_) => Err(ApiError::new(

@@ -39,6 +39,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 /// The advertised range for `api`, if it is served at all.
@@ -136,6 +139,11 @@ mod tests {
                     AlterUserScramCredentialsRequest,
                     AlterUserScramCredentialsResponse,
                 >(min, max),
+                ApiKey::CreateAcls => within::<CreateAclsRequest, CreateAclsResponse>(min, max),
+                ApiKey::DescribeAcls => {
+                    within::<DescribeAclsRequest, DescribeAclsResponse>(min, max)
+                }
+                ApiKey::DeleteAcls => within::<DeleteAclsRequest, DeleteAclsResponse>(min, max),
                 other => panic!("no codec check for {other:?}"),
             }
         }

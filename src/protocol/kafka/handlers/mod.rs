@@ -5,6 +5,7 @@
 //! decodes the body and does whatever must happen in order (enqueueing appends), then returns
 //! the rest of the work as a future the connection runs concurrently.
 
+mod acls;
 mod admin;
 mod api_versions;
 mod fetch;
@@ -119,6 +120,9 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::InitProducerId => Box::pin(producer::init_producer_id(ctx.clone(), req)),
         ApiKey::DescribeUserScramCredentials => ready(scram_credentials::describe(ctx, conn, &req)),
         ApiKey::AlterUserScramCredentials => ready(scram_credentials::alter(ctx, conn, &req)),
+        ApiKey::CreateAcls => ready(acls::create_acls(&req)),
+        ApiKey::DescribeAcls => ready(acls::describe_acls(&req)),
+        ApiKey::DeleteAcls => ready(acls::delete_acls(&req)),
         other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     let api_name = format!("{api:?}");
