@@ -41,34 +41,9 @@ impl RawKafka {
         version: i16,
         body: &Req,
     ) -> Resp {
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("raw-test-client")));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, api.request_header_version(version))
-            .unwrap();
-        body.encode(&mut buf, version).unwrap();
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&buf).await.unwrap();
-
-        let mut frame = tokio::time::timeout(ANSWER_WAIT, async {
-            let size = self.stream.read_i32().await.unwrap();
-            let mut frame = vec![0u8; size as usize];
-            self.stream.read_exact(&mut frame).await.unwrap();
-            Bytes::from(frame)
+        self.try_call(api, version, body).await.unwrap_or_else(|| {
+            panic!("the broker closed the connection instead of answering {api:?}")
         })
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {api:?} within {ANSWER_WAIT:?}"));
-        let header =
-            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id);
-        Resp::decode(&mut frame, version).unwrap()
     }
 
     /// Sends one request and reads its answer, or `None` if the broker closes the connection
