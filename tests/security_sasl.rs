@@ -2,7 +2,9 @@
 //! runs RFC 5802's client side (the rdkafka test build has no OpenSSL, which librdkafka's
 //! SCRAM needs; the Python interop suite covers SCRAM with librdkafka and kafka-python),
 //! handshake v0 raw tokens, KIP-368 session expiry and re-authentication, the refusal of
-//! anonymous clients, and Describe/AlterUserScramCredentials.
+//! anonymous clients, Describe/AlterUserScramCredentials, the ACL APIs' SECURITY_DISABLED; and,
+//! through the `ferry` binary, the start-up WARN line for a Kafka listener open to anonymous
+//! remote clients and `--print-config` without secrets.
 
 use std::time::Duration;
 
@@ -500,4 +502,93 @@ async fn acl_requests_say_that_no_authorizer_is_configured() {
         .await;
     assert_eq!(described.error_code, 54);
     broker.stop().await;
+}
+
+/// Starts `ferry serve` with `args` and `env`, and returns its log lines up to "ferry is ready"
+/// (the listener lines come before it), then stops it.
+fn startup_log(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn ferry");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let ready = line.contains("ferry is ready");
+            lines.push(line);
+            if ready {
+                break;
+            }
+        }
+        tx.send(lines).ok();
+    });
+    let lines = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("ferry did not get ready within 30 s");
+    child.kill().ok();
+    child.wait().ok();
+    lines
+}
+
+#[test]
+fn a_kafka_listener_open_to_anonymous_remote_clients_is_warned_about() {
+    let warning = "without authenticating (kafka.allow_anonymous = true)";
+    let open = startup_log(
+        &["--kafka-listen", "0.0.0.0:0"],
+        &[("FERRY_KAFKA__ALLOW_ANONYMOUS", "true")],
+    );
+    let warned: Vec<&String> = open.iter().filter(|l| l.contains(warning)).collect();
+    assert_eq!(warned.len(), 1, "{open:#?}");
+    assert!(warned[0].contains("WARN"), "{warned:?}");
+
+    // The default (anonymous from loopback only) warns about nothing.
+    let default = startup_log(&["--kafka-listen", "0.0.0.0:0"], &[]);
+    assert!(default.iter().any(|l| l.contains("ferry is ready")));
+    assert!(!default.iter().any(|l| l.contains(warning)), "{default:#?}");
+    assert!(
+        default
+            .iter()
+            .any(|l| l.contains("anonymous from loopback only")),
+        "{default:#?}"
+    );
+}
+
+#[test]
+fn print_config_redacts_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "[observe]\nadmin_password = \"s3cret-admin\"\n\
+         [[users]]\nname = \"app\"\npassword = \"s3cret-app\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--print-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(printed.contains("name = \"app\""), "{printed}");
+    assert_eq!(printed.matches("<redacted>").count(), 3, "{printed}");
 }
