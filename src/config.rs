@@ -18,7 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::log::{FsyncPolicy, LogConfig};
 
 mod diagnose;
+mod kafka;
+mod security;
 use diagnose::{did_you_mean, did_you_mean_variable, flag_name, io_reason, with_origin, Origins};
+pub use kafka::KafkaSettings;
+pub use security::{AnonymousAccess, UserSettings, SASL_MECHANISMS};
 
 /// A configuration problem, always naming the key (or variable) it is about.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,10 @@ pub struct Config {
     pub observe: ObserveSettings,
     /// Alert rules and where their events go (see `src/observe/alerts.rs`).
     pub alerts: crate::observe::alerts::AlertSettings,
+    /// `[[users]]`: users of every protocol and the admin API (name, password or
+    /// password_hash, tags). Default none: the first start creates the loopback-only default
+    /// users `guest`/`guest` and `admin`/`admin` (see docs/security.md).
+    pub users: Vec<UserSettings>,
 }
 
 impl Default for Config {
@@ -99,6 +107,7 @@ impl Default for Config {
             amqp: AmqpSettings::default(),
             observe: ObserveSettings::default(),
             alerts: crate::observe::alerts::AlertSettings::default(),
+            users: Vec::new(),
         }
     }
 }
@@ -197,45 +206,6 @@ impl LogSettings {
     }
 }
 
-/// `[kafka]`: Kafka protocol behaviour.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaSettings {
-    /// Create a topic when a client asks for it in Metadata or produces to it. Default true.
-    pub auto_create_topics: bool,
-    /// Partitions of an auto-created topic. Default 1.
-    pub default_partitions: u32,
-    /// Largest request accepted; checked before the body is read. Default 100 MiB (Kafka's
-    /// `socket.request.max.bytes`).
-    pub max_request_bytes: usize,
-    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group waits
-    /// for more members. Default 3000 (Kafka's).
-    pub group_initial_rebalance_delay_ms: u64,
-    /// `group.min.session.timeout.ms`. Default 6000.
-    pub group_min_session_timeout_ms: u64,
-    /// `group.max.session.timeout.ms`. Default 1800000.
-    pub group_max_session_timeout_ms: u64,
-    /// Most open Kafka connections; a connection beyond it is closed as soon as it is
-    /// accepted (Kafka's `max.connections`). 0 = no limit. Default 10000.
-    pub max_connections: usize,
-    /// `connections.max.idle.ms`: a connection that completes no request for this long, with
-    /// none in flight, is closed. Also bounds a request that trickles in. Default 600000.
-    pub connections_max_idle_ms: u64,
-    /// `fetch.max.bytes`: most record bytes one fetch response carries, whatever the client
-    /// asks (the first batch still comes whole, so a consumer always progresses). Bounds what
-    /// a client that asks for huge fetches and never reads them can make the broker buffer
-    /// (32 requests in flight x this). Default 57671680 (55 MiB, Kafka's).
-    pub fetch_max_bytes: usize,
-
-    // --- resource limits (issue 12; see `broker::limits`) ---------------------------------
-    /// Largest `max.message.bytes` a client may give a topic (CreateTopics, AlterConfigs,
-    /// IncrementalAlterConfigs); more is refused with POLICY_VIOLATION. Default 10485760.
-    pub max_message_bytes_limit: usize,
-    /// Most partitions over all topics; creating more is refused with POLICY_VIOLATION before
-    /// anything is written. 0 = no limit. Default 10000.
-    pub max_partitions: usize,
-}
-
 impl Config {
     /// The broker's resource limits (`kafka.max_partitions`, `amqp.max_queues`,
     /// `kafka.max_message_bytes_limit`).
@@ -244,35 +214,6 @@ impl Config {
             max_partitions: self.kafka.max_partitions,
             max_queues: self.amqp.max_queues,
             max_message_bytes_limit: self.kafka.max_message_bytes_limit,
-        }
-    }
-}
-
-impl KafkaSettings {
-    pub fn group_settings(&self) -> crate::broker::GroupSettings {
-        crate::broker::GroupSettings {
-            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
-            min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
-            max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
-            ..crate::broker::GroupSettings::default()
-        }
-    }
-}
-
-impl Default for KafkaSettings {
-    fn default() -> Self {
-        Self {
-            auto_create_topics: true,
-            default_partitions: 1,
-            max_request_bytes: 100 * 1024 * 1024,
-            group_initial_rebalance_delay_ms: 3000,
-            group_min_session_timeout_ms: 6000,
-            group_max_session_timeout_ms: 1_800_000,
-            max_connections: 10_000,
-            connections_max_idle_ms: 600_000,
-            fetch_max_bytes: 55 * 1024 * 1024,
-            max_message_bytes_limit: crate::broker::ResourceLimits::DEFAULT_MAX_MESSAGE_BYTES_LIMIT,
-            max_partitions: crate::broker::ResourceLimits::DEFAULT_MAX_PARTITIONS,
         }
     }
 }
@@ -298,7 +239,8 @@ pub struct AmqpPermission {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// Users allowed to connect. Default one user `guest` with password `guest`.
+    /// Legacy: users allowed to connect, now folded into `[[users]]` (still accepted). Default
+    /// one user `guest` with password `guest`, created loopback-only on the first start.
     pub users: Vec<AmqpUser>,
     /// Users who may connect only from a loopback address (RabbitMQ's `loopback_users`).
     /// Default `["guest"]`.
@@ -476,6 +418,7 @@ impl Config {
 
     /// Checks what serde cannot: addresses resolve, numbers are in range, policies parse.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_users()?;
         self.alerts
             .validate()
             .map_err(|message| ConfigError::Invalid {
@@ -746,8 +689,13 @@ impl Overrides {
 }
 
 /// A flattened view used by tests and `ferry serve --print-config`.
+/// Secrets (passwords, password hashes) are shown as `<redacted>`.
 pub fn to_toml_string(config: &Config) -> String {
-    toml::to_string_pretty(config).unwrap_or_default()
+    let Ok(mut tree) = toml::Value::try_from(config) else {
+        return String::new();
+    };
+    security::redact(&mut tree);
+    toml::to_string_pretty(&tree).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ fn main() -> ExitCode {
         Command::Exchange(args) => admin(ferry::admin_cli::exchange(args.into())),
         Command::Group(args) => admin(ferry::admin_cli::group(args.into())),
         Command::Dlq(args) => admin(ferry::admin_cli::dlq(args.into())),
+        Command::User(args) => admin(ferry::admin_cli::user(args.into())),
+        Command::Permission(args) => admin(ferry::admin_cli::permission(args.into())),
+        Command::Vhost(args) => admin(ferry::admin_cli::vhost(args.into())),
         Command::Produce(args) => {
             ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::produce(args.into()))
                 .map_err(anyhow::Error::from)

@@ -50,6 +50,8 @@ pub enum StartError {
     Recovery(#[from] BrokerError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("users: {0}")]
+    Users(#[from] crate::broker::users::UserError),
 }
 
 /// One listen address that could not be bound.
@@ -319,6 +321,8 @@ impl BrokerBuilder {
         )
         .await?;
         core.set_limits(config.resource_limits());
+        core.users().seed(&config.user_seed())?;
+        core.apply_vhosts()?;
         log_startup(&report, started.elapsed());
         health.set_core(core.clone());
 

@@ -346,14 +346,8 @@ async fn unknown_delivery_tag_is_a_406_channel_error() {
     broker.stop().await;
 }
 
-/// A non-loopback address of this machine, if it has one.
-fn external_ip() -> Option<std::net::IpAddr> {
-    // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    s.connect("192.0.2.1:9").ok()?;
-    let ip = s.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
-}
+mod common;
+use common::external_ip;
 
 #[tokio::test]
 async fn guest_is_refused_from_a_non_loopback_address() {

@@ -1,4 +1,5 @@
-//! The operator's command line: `ferry topic|queue|exchange|group|dlq` over the admin HTTP API
+//! The operator's command line: `ferry topic|queue|exchange|group|dlq|user|permission|vhost`
+//! over the admin HTTP API
 //! (`docs/admin-api.yaml`), and `ferry produce|consume` over the Kafka protocol ([`kcat`]).
 //!
 //! Admin subcommands are thin: each is one or a few API calls through the small client in
@@ -16,6 +17,7 @@ pub mod http;
 pub mod kcat;
 mod queues;
 mod topics;
+pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +31,7 @@ use self::http::{segment, Client};
 use self::queues::purge;
 pub use self::queues::queue;
 pub use self::topics::topic;
+pub use self::users::{permission, user, vhost};
 
 /// Why an admin command failed. Every message says what to try next.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +43,8 @@ pub enum CliError {
     Unreachable { url: String, reason: String },
     #[error(
         "the admin API at {url} refused the credentials — pass --user/--password (or set \
-         FERRY_ADMIN_USER/FERRY_ADMIN_PASSWORD) to the server's observe.admin_user/admin_password"
+         FERRY_ADMIN_USER/FERRY_ADMIN_PASSWORD) of a user tagged administrator or management \
+         (the default admin/admin works only from the broker's own machine)"
     )]
     Unauthorized { url: String },
     #[error("{message} (HTTP {status}){}", hint(*status))]
@@ -66,7 +70,7 @@ fn hint(status: u16) -> &'static str {
     match status {
         404 => " — check the name with the matching `list` command",
         409 => " — it already exists with other settings, or is in use",
-        403 => " — the admin API is disabled or the name is reserved",
+        403 => " — the admin API is disabled, the name is reserved, or your user's tags do not allow this",
         503 => " — the broker is still starting or is shutting down; retry shortly",
         _ => "",
     }

@@ -36,6 +36,7 @@ pub mod routing;
 pub mod stream;
 pub mod topic;
 pub mod topic_router;
+pub mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -132,6 +133,8 @@ struct CoreInner {
     login_guard: login_guard::LoginGuard,
     /// What creation requests may ask for (see [`limits`]).
     limits: RwLock<ResourceLimits>,
+    /// Users, permissions and run-time vhosts of every protocol (see [`users`]).
+    users: users::UserStore,
 }
 
 impl BrokerCore {
@@ -171,6 +174,7 @@ impl BrokerCore {
                 message: other.to_string(),
             },
         })?;
+        let users = users::UserStore::open(meta.clone())?;
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -186,6 +190,7 @@ impl BrokerCore {
                 topic_routers: topic_router::TopicRouters::default(),
                 login_guard: login_guard::LoginGuard::new(),
                 limits: RwLock::new(ResourceLimits::default()),
+                users,
             }),
         };
         core.inner
@@ -261,6 +266,11 @@ impl BrokerCore {
 
     /// Failed-login counting, logging and slowing, shared by the admin API and the AMQP
     /// handshake.
+    /// The one user store of every protocol and the admin API.
+    pub fn users(&self) -> &users::UserStore {
+        &self.inner.users
+    }
+
     pub fn login_guard(&self) -> &login_guard::LoginGuard {
         &self.inner.login_guard
     }

@@ -22,7 +22,7 @@ pub struct AdminConn {
         global = true
     )]
     pub admin_url: String,
-    /// Admin user (the server's observe.admin_user).
+    /// Admin API user: one tagged administrator (or management/monitoring for what they allow).
     #[arg(
         long,
         value_name = "USER",
@@ -31,7 +31,7 @@ pub struct AdminConn {
         global = true
     )]
     pub user: String,
-    /// Admin password (the server's observe.admin_password).
+    /// Its password.
     #[arg(
         long,
         value_name = "PASSWORD",

@@ -13,6 +13,7 @@ use self::bench::BenchArgs;
 
 pub mod admin;
 pub mod bench;
+pub mod security;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +49,12 @@ pub enum Command {
     Group(admin::GroupArgs),
     /// Dead-letter queues: list, browse, replay, purge (through the admin API).
     Dlq(admin::DlqArgs),
+    /// Users of every protocol: list, add, passwd, delete (through the admin API).
+    User(security::UserArgs),
+    /// AMQP permissions (configure/write/read patterns per vhost): list, set, clear.
+    Permission(security::PermissionArgs),
+    /// Virtual hosts: list, add, delete (through the admin API).
+    Vhost(security::VhostArgs),
     /// Produce lines from stdin or a file to a topic over the Kafka protocol (like kcat -P).
     #[command(
         after_help = "Examples:\n  echo hello | ferry produce -t orders\n  ferry produce -t orders -f events.txt -K :    # key before the first ':'"

@@ -13,6 +13,9 @@ pub(super) fn with_origin(e: ConfigError, origins: &Origins) -> ConfigError {
     match e {
         ConfigError::Invalid { key, message } => {
             let message = match origins.get(&key) {
+                Some((origin, _)) if super::security::is_secret_key(&key) => {
+                    format!("{message} (from {origin}; the value is not shown)")
+                }
                 Some((origin, value)) => format!("{message} (got {value} from {origin})"),
                 None => message,
             };

@@ -156,6 +156,34 @@ pub fn queue_state(vhost: &str, name: &str) -> Vec<u8> {
     key("queue_state", &[vhost.as_bytes(), name.as_bytes()])
 }
 
+pub fn user(name: &str) -> Vec<u8> {
+    key("user", &[name.as_bytes()])
+}
+pub fn users() -> Vec<u8> {
+    prefix("user", &[])
+}
+
+/// RabbitMQ's permissions are per (vhost, user).
+pub fn permission(vhost: &str, user: &str) -> Vec<u8> {
+    key("permission", &[vhost.as_bytes(), user.as_bytes()])
+}
+pub fn permissions() -> Vec<u8> {
+    prefix("permission", &[])
+}
+
+pub fn vhost(name: &str) -> Vec<u8> {
+    key("vhost", &[name.as_bytes()])
+}
+pub fn vhosts() -> Vec<u8> {
+    prefix("vhost", &[])
+}
+
+/// Present once the user store was first set up (default users created or configured ones
+/// written), so deleting every user does not bring the default ones back at the next start.
+pub fn users_initialised() -> Vec<u8> {
+    key("setting", &[b"users_initialised"])
+}
+
 /// The name parts of a key produced by this module, or `None` if `key` is not one (another
 /// generation, or damaged).
 pub fn parts(key: &[u8]) -> Option<Vec<Vec<u8>>> {

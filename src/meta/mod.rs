@@ -13,6 +13,7 @@ pub mod memory_store;
 pub mod migrate;
 pub mod sled_store;
 pub mod store;
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use memory_store::MemoryStore;
 pub use sled_store::SledStore;
 pub use store::{MetaOp, MetaStore};
+pub use users::{PermissionRecord, ScramRecord, UserRecord, VhostRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {

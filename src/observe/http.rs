@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,7 +24,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::admin::{Admin, AdminCredentials};
+use super::admin::Admin;
 use super::settings::ObserveSettings;
 use crate::broker::BrokerCore;
 
@@ -100,7 +100,10 @@ pub struct AppState {
     pub(super) health: Arc<Health>,
     prometheus: Option<PrometheusHandle>,
     per_object_metrics: bool,
-    pub(super) admin: AdminCredentials,
+    /// False when `observe.admin_user` and `admin_password` are both empty (API off).
+    pub(super) admin_enabled: bool,
+    /// `observe.metrics_auth`: `/metrics` needs a monitoring user.
+    metrics_auth: bool,
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (open) plus the admin API under `/api/` (basic auth
@@ -114,10 +117,8 @@ pub fn router(
         health,
         prometheus,
         per_object_metrics: settings.per_object_metrics,
-        admin: AdminCredentials {
-            user: settings.admin_user.clone(),
-            password: settings.admin_password.clone(),
-        },
+        admin_enabled: !(settings.admin_user.is_empty() && settings.admin_password.is_empty()),
+        metrics_auth: settings.metrics_auth,
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -142,7 +143,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    if state.metrics_auth {
+        let (mut parts, _) = request.into_parts();
+        // Any management tag may scrape; a plain AMQP user may not.
+        if let Err(e) = Admin::from_request_parts(&mut parts, &state).await {
+            return e.into_response();
+        }
+    }
     match &state.prometheus {
         Some(handle) => {
             let mut text = handle.render();

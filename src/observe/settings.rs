@@ -19,10 +19,15 @@ pub struct ObserveSettings {
     /// Label queue gauges by `queue` and partition/lag gauges by `partition`. Default true;
     /// false sums them per vhost / per topic, for brokers with very many objects.
     pub per_object_metrics: bool,
-    /// HTTP basic-auth user for the admin API under `/api/`. Default `admin`.
+    /// Legacy: an `administrator` user of the admin API, now one user of the user store
+    /// (`[[users]]`). Default `admin`, which with the default password is created once as a
+    /// loopback-only default user.
     pub admin_user: String,
     /// Its password. Default `admin`; empty user and password turn the admin API off.
     pub admin_password: String,
+    /// `/metrics` needs HTTP basic auth of a user tagged `monitoring`, `management` or
+    /// `administrator`. Default false (Prometheus scrapes without credentials by convention).
+    pub metrics_auth: bool,
     /// OTLP/HTTP collector to export tracing spans to (`http://collector:4318`; a URL without a
     /// path gets `/v1/traces`). Needs a ferry built with the `otlp` cargo feature. Default empty:
     /// no export.
@@ -40,6 +45,7 @@ impl Default for ObserveSettings {
             per_object_metrics: true,
             admin_user: "admin".into(),
             admin_password: "admin".into(),
+            metrics_auth: false,
             otlp_endpoint: String::new(),
             http: HttpSettings::default(),
         }

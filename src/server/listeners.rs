@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{os_reason, Addrs, ListenConflict, StartError};
-use crate::config::{resolve_listen, Config};
+use crate::config::{resolve_listen, AnonymousAccess, Config};
 use crate::tls::TlsAcceptor;
 
 /// Binds the TLS listener of setting `key` if it is switched on (and so `tls` is loaded).
@@ -73,14 +73,16 @@ pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
         .kafka_advertised
         .as_deref()
         .unwrap_or("the address the client connected to");
+    let kafka_auth = kafka_auth(config);
     tracing::info!(
         protocol = "kafka",
         addr = %kafka,
         advertised,
-        auth = "none (SASL not offered)",
+        auth = %kafka_auth,
         tls = "off",
         "listening"
     );
+    warn_if_open("kafka", kafka, config);
     let client_certs = match config.tls.ca_file.as_str() {
         "" => "not asked for".to_string(),
         ca => format!("{} against {ca}", config.tls.client_auth),
@@ -94,18 +96,21 @@ pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
             protocol = "kafka",
             %addr,
             advertised,
+            auth = %kafka_auth,
             tls = "on",
             cert_file = %config.tls.cert_file,
             client_certs = %client_certs,
             "listening"
         );
+        let certs_required = !config.tls.ca_file.is_empty() && config.tls.client_auth == "required";
+        if !certs_required {
+            warn_if_open("kafka-tls", addr, config);
+        }
     }
-    let users: Vec<&str> = config.amqp.users.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
         protocol = "amqp-0-9-1",
         addr = %amqp,
-        auth = "PLAIN, AMQPLAIN",
-        users = %users.join(","),
+        auth = "PLAIN, AMQPLAIN (the user store)",
         loopback_only = %config.amqp.loopback_users.join(","),
         vhosts = %config.amqp.vhosts.join(","),
         tls = "off",
@@ -130,7 +135,7 @@ pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
     {
         "off".to_string()
     } else {
-        format!("/api (basic auth, user {})", config.observe.admin_user)
+        "/api (basic auth of users tagged administrator/management/monitoring)".to_string()
     };
     tracing::info!(
         protocol = "http",
@@ -160,4 +165,32 @@ pub(super) fn local_addr(
         addr: addr.to_string(),
         source,
     })
+}
+
+/// How Kafka clients authenticate, for the listener's log line.
+fn kafka_auth(config: &Config) -> String {
+    let sasl = match config.kafka.sasl_enabled_mechanisms.as_slice() {
+        [] => "SASL off".to_string(),
+        mechanisms => format!("SASL {}", mechanisms.join("/")),
+    };
+    let anonymous = match config.kafka.allow_anonymous {
+        AnonymousAccess::Never => "no anonymous clients",
+        AnonymousAccess::Loopback => "anonymous from loopback only",
+        AnonymousAccess::Always => "anonymous from anywhere",
+    };
+    format!("{sasl}, {anonymous}")
+}
+
+/// One WARN line for a Kafka listener that lets clients from other machines in without
+/// authenticating (`kafka.allow_anonymous = true` on a non-loopback address).
+fn warn_if_open(listener: &str, addr: std::net::SocketAddr, config: &Config) {
+    if config.kafka.allow_anonymous == AnonymousAccess::Always && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listener,
+            %addr,
+            "Kafka clients from other machines can read, write and delete every topic without \
+             authenticating (kafka.allow_anonymous = true); configure [[users]] and SASL, or \
+             set kafka.allow_anonymous = \"loopback\""
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The admin HTTP API as a test sees it: one request as admin/admin, answered with the status
+//! The admin HTTP API as a test sees it: one request as admin/admin (or another user), answered with the status
 //! and the JSON body. A body that is not JSON fails the test: every answer of the API is JSON.
 
 use ferry::testing::TestBroker;
@@ -12,9 +12,21 @@ pub async fn admin_call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    admin_call_as(broker, "admin", "admin", method, path, body).await
+}
+
+/// Like [`admin_call`], as `user`/`password`.
+pub async fn admin_call_as(
+    broker: &TestBroker,
+    user: &str,
+    password: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req = Client::new()
         .request(method, format!("{}{path}", broker.http_url()))
-        .basic_auth("admin", Some("admin"));
+        .basic_auth(user, Some(password));
     if let Some(b) = body {
         req = req.json(&b);
     }

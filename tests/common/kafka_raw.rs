@@ -41,6 +41,19 @@ impl RawKafka {
         version: i16,
         body: &Req,
     ) -> Resp {
+        self.try_call(api, version, body).await.unwrap_or_else(|| {
+            panic!("the broker closed the connection instead of answering {api:?}")
+        })
+    }
+
+    /// Sends one request and reads its answer, or `None` if the broker closes the connection
+    /// instead of answering.
+    pub async fn try_call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Option<Resp> {
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api as i16)
@@ -55,19 +68,32 @@ impl RawKafka {
         body.encode(&mut buf, version).unwrap();
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&buf).await.unwrap();
-
-        let mut frame = tokio::time::timeout(ANSWER_WAIT, async {
-            let size = self.stream.read_i32().await.unwrap();
-            let mut frame = vec![0u8; size as usize];
-            self.stream.read_exact(&mut frame).await.unwrap();
-            Bytes::from(frame)
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {api:?} within {ANSWER_WAIT:?}"));
+        // A broker that already closed may reset the write; that is a close too.
+        self.stream.write_all(&buf).await.ok()?;
+        let mut frame = Bytes::from(self.recv_frame().await?);
         let header =
             ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
         assert_eq!(header.correlation_id, self.correlation_id);
-        Resp::decode(&mut frame, version).unwrap()
+        Some(Resp::decode(&mut frame, version).unwrap())
+    }
+
+    /// Sends `payload` framed by its size only (SASL tokens after a v0 SaslHandshake).
+    pub async fn send_frame(&mut self, payload: &[u8]) {
+        let mut buf = BytesMut::new();
+        buf.put_i32(payload.len() as i32);
+        buf.put_slice(payload);
+        self.stream.write_all(&buf).await.unwrap();
+    }
+
+    /// Reads one size-framed answer; `None` once the broker closed the connection.
+    pub async fn recv_frame(&mut self) -> Option<Vec<u8>> {
+        tokio::time::timeout(ANSWER_WAIT, async {
+            let size = self.stream.read_i32().await.ok()?;
+            let mut frame = vec![0u8; size as usize];
+            self.stream.read_exact(&mut frame).await.ok()?;
+            Some(frame)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("neither an answer nor a close within {ANSWER_WAIT:?}"))
     }
 }

@@ -1,87 +1,145 @@
-//! Who may use the admin API: HTTP basic auth against `observe.admin_user` /
-//! `observe.admin_password`, compared in constant time. Failed attempts go through the core's
-//! login guard (counted as `ferry_auth_failures_total{protocol="http"}`, logged at WARN with the
-//! peer address, answered after a per-peer delay) like failed AMQP logins.
+//! Who may use the admin API: HTTP basic auth against the core's user store, with RabbitMQ's
+//! management tags deciding what a user may do:
+//!
+//! - `administrator`: everything, including users, permissions and vhosts;
+//! - `management`: read everything and change topics, queues, exchanges, bindings and groups;
+//! - `monitoring`: read only (GET and HEAD);
+//! - no management tag: refused (401, as RabbitMQ answers "not authorised").
+//!
+//! Failed attempts go through the core's login guard (counted as
+//! `ferry_auth_failures_total{protocol="http"}`, logged at WARN with the peer address,
+//! answered after a per-peer delay) like failed AMQP logins.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 
 use super::ApiError;
+use crate::broker::users::UserInfo;
 use crate::broker::BrokerCore;
 use crate::observe::http::AppState;
 use crate::util::base64_decode;
 
-/// An authenticated admin request, with the core once recovery has finished.
+/// An authenticated admin request allowed by its user's tags, with the core once recovery has
+/// finished.
 pub struct Admin(pub(crate) BrokerCore);
+
+/// A request of an `administrator` (users, permissions, vhosts), with who made it.
+pub struct Administrator(pub(crate) BrokerCore, pub(crate) UserInfo);
+
+/// The tags that open the admin API at all.
+const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring"];
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let creds = &state.admin;
-        if creds.user.is_empty() && creds.password.is_empty() {
+        let (core, user) = authenticate(parts, state).await?;
+        let read_only = matches!(parts.method, Method::GET | Method::HEAD);
+        let allowed = if read_only {
+            MANAGEMENT_TAGS.iter().any(|t| user.has_tag(t))
+        } else {
+            user.has_tag("administrator") || user.has_tag("management")
+        };
+        if !allowed {
+            return Err(not_authorised(&user, read_only));
+        }
+        Ok(Admin(core))
+    }
+}
+
+impl FromRequestParts<AppState> for Administrator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (core, user) = authenticate(parts, state).await?;
+        if !user.has_tag("administrator") {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "disabled",
-                "the admin API is disabled (observe.admin_user and observe.admin_password are empty)",
+                "not_authorised",
+                format!(
+                    "user '{}' is not an administrator (users, permissions and vhosts need the \
+                     administrator tag)",
+                    user.name
+                ),
             ));
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
-        if let Some(core) = state.health.core() {
-            let guard = core.login_guard();
-            if guard.busy(peer) {
-                // Refused unchecked, and not waited out: waiting here would hold one more
-                // connection for a guesser who is already waiting out many.
-                let _ = guard.failed("http", peer, "");
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
-                    "too many failed logins from this address are waiting; retry later",
-                ));
-            }
-        }
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_basic);
-        match given {
-            Some((user, password))
-                if constant_time_eq(user.as_bytes(), creds.user.as_bytes())
-                    & constant_time_eq(password.as_bytes(), creds.password.as_bytes()) => {}
-            Some((user, _)) => {
-                if let Some(core) = state.health.core() {
-                    core.login_guard().failed("http", peer, &user).wait().await;
-                }
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "wrong admin user or password",
-                ));
-            }
-            None => return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the admin API needs HTTP basic auth (observe.admin_user / observe.admin_password)",
-            )),
-        }
-        match state.health.core() {
-            Some(core) => {
-                core.login_guard().succeeded(peer);
-                Ok(Admin(core.clone()))
-            }
-            None => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the broker is still recovering its data directory",
-            )),
-        }
+        Ok(Administrator(core, user))
+    }
+}
+
+fn not_authorised(user: &UserInfo, read_only: bool) -> ApiError {
+    let needs = if read_only {
+        "the administrator, management or monitoring tag"
+    } else {
+        "the administrator or management tag (monitoring is read-only)"
+    };
+    let status = if MANAGEMENT_TAGS.iter().any(|t| user.has_tag(t)) {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    ApiError::new(
+        status,
+        "not_authorised",
+        format!("user '{}' needs {needs}", user.name),
+    )
+}
+
+/// Checks the basic-auth credentials of a request against the user store.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<(BrokerCore, UserInfo), ApiError> {
+    if !state.admin_enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "the admin API is disabled (observe.admin_user and observe.admin_password are empty)",
+        ));
+    }
+    let peer: Option<IpAddr> = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let Some(core) = state.health.core().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the broker is still recovering its data directory",
+        ));
+    };
+    let guard = core.login_guard();
+    if guard.busy(peer) {
+        // Refused unchecked, and not waited out: waiting here would hold one more
+        // connection for a guesser who is already waiting out many.
+        let _ = guard.failed("http", peer, "");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many failed logins from this address are waiting; retry later",
+        ));
+    }
+    let given = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_basic);
+    let Some((user, password)) = given else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API needs HTTP basic auth of a user tagged administrator, management or monitoring",
+        ));
+    };
+    // An unknown peer (a router served without the listener's ConnectInfo) is not loopback.
+    let peer = Some(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
+    match core.login("http", peer, &user, &password).await {
+        Ok(info) => Ok((core, info)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong user or password (or this user may only log in from the broker's own machine)",
+        )),
     }
 }
 
@@ -94,13 +152,6 @@ fn parse_basic(value: &str) -> Option<(String, String)> {
     let decoded = String::from_utf8(base64_decode(encoded.trim())?).ok()?;
     let (user, password) = decoded.split_once(':')?;
     Some((user.to_string(), password.to_string()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -116,12 +167,5 @@ mod tests {
         );
         assert_eq!(parse_basic("Bearer abc"), None);
         assert_eq!(parse_basic("Basic !!!"), None);
-    }
-
-    #[test]
-    fn comparison_needs_equal_length_and_bytes() {
-        assert!(constant_time_eq(b"admin", b"admin"));
-        assert!(!constant_time_eq(b"admin", b"admim"));
-        assert!(!constant_time_eq(b"admin", b"admin1"));
     }
 }

@@ -1,8 +1,9 @@
 //! The admin HTTP API under `/api/`: topics, queues, exchanges, bindings and consumer groups as
 //! JSON, described in `docs/admin-api.yaml`.
 //!
-//! Every route needs HTTP basic auth with `observe.admin_user` / `observe.admin_password`
-//! (default `admin`/`admin`; both empty turn the API off). Errors are `{"error", "message"}`
+//! Every route needs HTTP basic auth of a user in the core's user store whose RabbitMQ tags
+//! allow the request (see [`auth`]; the default `admin`/`admin` works from loopback only;
+//! `observe.admin_user` and `observe.admin_password` both empty turn the API off). Errors are `{"error", "message"}`
 //! with the matching status: 400 bad input, 401 unauthenticated, 403 reserved names, 404
 //! unknown, 409 exists / inequivalent / in use, 503 while the broker is still recovering or
 //! shutting down.
@@ -16,7 +17,8 @@
 //! came from, settling each only after its copy is durable, and `.../purge` (or DELETE
 //! `.../contents`) empties it. RabbitMQ-style health checks live in [`super::http`].
 //!
-//! One file per resource: [`topics`], [`queues`], [`exchanges`], [`bindings`], [`groups`] and
+//! One file per resource: [`topics`], [`queues`], [`exchanges`], [`bindings`], [`groups`],
+//! [`users`] (users, permissions, vhosts) and
 //! the dead-letter tools in [`dlq`]; [`auth`] checks credentials (and slows password guessing
 //! through the core's login guard); this file holds the routes and the one error shape.
 
@@ -27,6 +29,7 @@ mod exchanges;
 mod groups;
 mod queues;
 mod topics;
+mod users;
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, StatusCode};
@@ -92,6 +95,31 @@ pub fn routes() -> Router<AppState> {
             "/api/groups/{id}/reset-offsets",
             post(groups::reset_offsets),
         )
+        .route("/api/users", get(users::list_users))
+        .route(
+            "/api/users/{name}",
+            get(users::get_user)
+                .put(users::put_user)
+                .delete(users::delete_user),
+        )
+        .route(
+            "/api/users/{name}/permissions",
+            get(users::user_permissions),
+        )
+        .route("/api/permissions", get(users::list_permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(users::get_permission)
+                .put(users::put_permission)
+                .delete(users::delete_permission),
+        )
+        .route("/api/vhosts", get(users::list_vhosts))
+        .route(
+            "/api/vhosts/{name}",
+            get(users::get_vhost)
+                .put(users::put_vhost)
+                .delete(users::delete_vhost),
+        )
         .merge(super::http::health_check_routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(errors_as_json))
@@ -141,13 +169,6 @@ async fn errors_as_json(request: axum::extract::Request, next: axum::middleware:
         json.headers_mut().insert(header::ALLOW, allow.clone());
     }
     json
-}
-
-/// Who may use the admin API.
-#[derive(Clone, Debug, Default)]
-pub struct AdminCredentials {
-    pub user: String,
-    pub password: String,
 }
 
 /// An admin API error: `{"error": kind, "message": text}` with its status.

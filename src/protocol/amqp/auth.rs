@@ -1,5 +1,6 @@
-//! Authentication of connection.start-ok: PLAIN and AMQPLAIN against `amqp.users`, and
-//! EXTERNAL with a verified TLS client certificate.
+//! Authentication of connection.start-ok (PLAIN and AMQPLAIN against the core's one user
+//! store, EXTERNAL with a verified TLS client certificate) and RabbitMQ's permission checks on
+//! every channel method that needs one.
 //!
 //! EXTERNAL follows RabbitMQ's `rabbitmq_auth_mechanism_ssl`: it is offered in
 //! connection.start only on a TLS connection whose client sent a certificate that verified
@@ -7,14 +8,15 @@
 //! (its password is not asked for; the certificate is the credential). Failures get 403
 //! ACCESS_REFUSED, as RabbitMQ answers, and count towards the core's login guard.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use amq_protocol::protocol::connection;
+use amq_protocol::protocol::{basic, connection, exchange, queue, AMQPClass};
 use amq_protocol::types::AMQPValue;
 
 use super::convert::{self, AmqpError};
+use crate::broker::users::{Access, LoginRefused, Resource};
 use crate::broker::BrokerCore;
-use crate::config::AmqpSettings;
 use crate::tls::ConnSecurity;
 
 /// The mechanisms connection.start offers on a connection.
@@ -26,10 +28,10 @@ pub fn mechanisms(security: &ConnSecurity) -> &'static str {
     }
 }
 
-/// Checks the credentials of connection.start-ok; returns the user name.
+/// Checks the credentials of connection.start-ok against the core's user store; returns the
+/// user name.
 pub async fn authenticate(
     core: &BrokerCore,
-    settings: &AmqpSettings,
     peer: SocketAddr,
     security: &ConnSecurity,
     s: &connection::StartOk,
@@ -43,8 +45,7 @@ pub async fn authenticate(
             ),
         )
     };
-    let guard = core.login_guard();
-    let user = match s.mechanism.as_str() {
+    match s.mechanism.as_str() {
         "EXTERNAL" => {
             let Some(cert) = &security.client_cert else {
                 return Err(AmqpError::connection(
@@ -56,38 +57,150 @@ pub async fn authenticate(
                 tracing::info!(%peer, subject = %cert.subject, "AMQP EXTERNAL: the client certificate has no CN");
                 return Err(refused());
             };
-            if !settings.users.iter().any(|u| u.name == user) {
-                guard.failed("amqp", Some(peer.ip()), &user).wait().await;
-                return Err(refused());
+            let guard = core.login_guard();
+            match core.users().check_identity(&user, Some(peer.ip())) {
+                Ok(info) => {
+                    guard.succeeded(Some(peer.ip()));
+                    Ok(info.name)
+                }
+                Err(e) => {
+                    if let LoginRefused::LoopbackOnly(_) = e {
+                        tracing::info!(%peer, user, "AMQP user may only connect from loopback");
+                    }
+                    guard.failed("amqp", Some(peer.ip()), &user).wait().await;
+                    Err(refused())
+                }
             }
-            user
         }
         "PLAIN" | "AMQPLAIN" => {
             let (user, password) = credentials(s).ok_or_else(refused)?;
-            let known = settings
-                .users
-                .iter()
-                .any(|u| u.name == user && u.password == password);
-            if !known {
-                // Counted, logged (WARN, rate-limited) and slowed per peer by the core's guard.
-                guard.failed("amqp", Some(peer.ip()), &user).wait().await;
-                return Err(refused());
-            }
-            user
+            // Counted, logged (WARN, rate-limited) and slowed per peer by the core.
+            core.login("amqp", Some(peer.ip()), &user, &password)
+                .await
+                .map(|info| info.name)
+                .map_err(|_| refused())
         }
-        other => {
-            return Err(AmqpError::connection(
-                403,
-                format!("unsupported authentication mechanism {other}"),
-            ))
-        }
-    };
-    guard.succeeded(Some(peer.ip()));
-    if settings.loopback_users.contains(&user) && !peer.ip().is_loopback() {
-        tracing::info!(%peer, user, "AMQP user may only connect from loopback");
-        return Err(refused());
+        other => Err(AmqpError::connection(
+            403,
+            format!("unsupported authentication mechanism {other}"),
+        )),
     }
-    Ok(user)
+}
+
+/// Most names one connection remembers decisions for; past it the memory starts over.
+const MAX_CACHED_NAMES: usize = 1024;
+
+/// A connection's memory of permission decisions, so a publish costs a hash lookup rather
+/// than a regex match. Dropped whenever the user store changes (its generation moves), so a
+/// revoked permission refuses the very next operation, as RabbitMQ does.
+#[derive(Default)]
+pub struct PermissionCache {
+    generation: u64,
+    /// Per name: bit `2 * slot` = decided, bit `2 * slot + 1` = allowed.
+    decisions: HashMap<String, u16>,
+}
+
+impl PermissionCache {
+    fn check(
+        &mut self,
+        core: &BrokerCore,
+        vhost: &str,
+        user: &str,
+        access: Access,
+        resource: Resource,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        let users = core.users();
+        let generation = users.generation();
+        if generation != self.generation || self.decisions.len() >= MAX_CACHED_NAMES {
+            self.decisions.clear();
+            self.generation = generation;
+        }
+        let slot = (access as u16) * 2 + resource as u16;
+        let (decided, allowed) = (1u16 << (2 * slot), 1u16 << (2 * slot + 1));
+        let bits = self.decisions.get(name).copied().unwrap_or(0);
+        let ok = if bits & decided != 0 {
+            bits & allowed != 0
+        } else {
+            let ok = users.allowed(vhost, user, access, resource, name);
+            let entry = self.decisions.entry(name.to_string()).or_insert(0);
+            *entry |= decided | if ok { allowed } else { 0 };
+            ok
+        };
+        if ok {
+            return Ok(());
+        }
+        let shown = match (resource, name) {
+            (Resource::Exchange, "") => "amq.default",
+            _ => name,
+        };
+        Err(AmqpError::channel(
+            403,
+            format!(
+                "{} access to {} '{shown}' in vhost '{vhost}' refused for user '{user}'",
+                access.as_str(),
+                resource.as_str()
+            ),
+        ))
+    }
+}
+
+/// Checks what a channel method needs, with RabbitMQ's rules: configure to declare or
+/// delete, write on the destination and read on the source of a binding, write to publish,
+/// read to consume, get or purge. A passive declare only asks whether something exists and
+/// needs nothing.
+pub fn authorize(
+    core: &BrokerCore,
+    vhost: &str,
+    user: &str,
+    cache: &mut PermissionCache,
+    method: &AMQPClass,
+) -> Result<(), AmqpError> {
+    use Access::{Configure, Read, Write};
+    use Resource::{Exchange, Queue};
+    let mut check =
+        |access, resource, name: &str| cache.check(core, vhost, user, access, resource, name);
+    match method {
+        AMQPClass::Exchange(e) => match e {
+            exchange::AMQPMethod::Declare(m) if !m.passive => {
+                check(Configure, Exchange, m.exchange.as_str())
+            }
+            exchange::AMQPMethod::Delete(m) => check(Configure, Exchange, m.exchange.as_str()),
+            exchange::AMQPMethod::Bind(m) => {
+                check(Write, Exchange, m.destination.as_str())?;
+                check(Read, Exchange, m.source.as_str())
+            }
+            exchange::AMQPMethod::Unbind(m) => {
+                check(Write, Exchange, m.destination.as_str())?;
+                check(Read, Exchange, m.source.as_str())
+            }
+            _ => Ok(()),
+        },
+        AMQPClass::Queue(q) => match q {
+            // A server-named queue (empty name) is the client's own, as RabbitMQ's amq.gen-*.
+            queue::AMQPMethod::Declare(m) if !m.passive && !m.queue.as_str().is_empty() => {
+                check(Configure, Queue, m.queue.as_str())
+            }
+            queue::AMQPMethod::Delete(m) => check(Configure, Queue, m.queue.as_str()),
+            queue::AMQPMethod::Purge(m) => check(Read, Queue, m.queue.as_str()),
+            queue::AMQPMethod::Bind(m) => {
+                check(Write, Queue, m.queue.as_str())?;
+                check(Read, Exchange, m.exchange.as_str())
+            }
+            queue::AMQPMethod::Unbind(m) => {
+                check(Write, Queue, m.queue.as_str())?;
+                check(Read, Exchange, m.exchange.as_str())
+            }
+            _ => Ok(()),
+        },
+        AMQPClass::Basic(b) => match b {
+            basic::AMQPMethod::Publish(m) => check(Write, Exchange, m.exchange.as_str()),
+            basic::AMQPMethod::Consume(m) => check(Read, Queue, m.queue.as_str()),
+            basic::AMQPMethod::Get(m) => check(Read, Queue, m.queue.as_str()),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// The (user, password) of a PLAIN or AMQPLAIN response.

@@ -40,8 +40,8 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let settings = Arc::new(settings);
-    // The memory and disk alarms that block publishers run in `observe::alarms`.
-    core.router().set_vhosts(&settings.vhosts);
+    // The memory and disk alarms that block publishers run in `observe::alarms`; the vhosts
+    // (configured and created at run time) are set by the server from the user store.
     let max_connections = settings.max_connections;
     let plain = {
         let (core, settings) = (core.clone(), settings.clone());

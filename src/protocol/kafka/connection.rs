@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use super::codec::{self, FrameError};
 use super::handlers::{self, Outcome};
+use super::sasl::{Gate, SaslState};
 use super::KafkaContext;
 use crate::tls::{ConnSecurity, Transport};
 
@@ -45,6 +46,8 @@ pub struct ConnInfo {
     pub client_id: Option<String>,
     /// TLS or not, and the client certificate's principal (mTLS).
     pub security: ConnSecurity,
+    /// The user this connection authenticated as with SASL.
+    pub user: Option<String>,
 }
 
 /// Serves one connection; `local` is the socket's local address (taken before a TLS
@@ -87,6 +90,10 @@ pub async fn run<S: Transport>(
                         break;
                     }
                 }
+                Outcome::RespondThenClose(bytes) => {
+                    let _ = out.write_all(&bytes).await;
+                    break;
+                }
                 Outcome::NoResponse => {}
                 Outcome::Close(reason) => {
                     tracing::debug!(%peer, reason, "closing Kafka connection");
@@ -107,6 +114,7 @@ pub async fn run<S: Transport>(
             .min(u64::from(u32::MAX)),
     );
     let mut client_gone = false;
+    let mut sasl = SaslState::new(&ctx, peer, &security);
     loop {
         let mut deadline = tokio::time::Instant::now() + idle;
         let read = read_request(&mut reader, max);
@@ -142,22 +150,55 @@ pub async fn run<S: Transport>(
             Some(Read::Truncated) => break,
         };
         crate::observe::metrics::bytes_received("kafka", frame.len() + 4);
-        let request = match codec::parse_request(Bytes::from(frame)) {
-            Ok(r) => r,
-            Err(FrameError::UnknownApiKey { key, version, .. }) => {
-                tracing::warn!(%peer, key, version, "unknown Kafka api key; closing connection");
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "malformed Kafka request; closing connection");
+        // SASL requests are answered here, in order, before anything else of the connection
+        // runs; other requests pass only once the connection may send them.
+        let gate = if sasl.expects_raw_token() {
+            Some(sasl.raw_token(&ctx, &frame).await)
+        } else {
+            None
+        };
+        let (request, gate) = match gate {
+            Some(gate) => (None, gate),
+            None => match codec::parse_request(Bytes::from(frame)) {
+                Ok(r) => {
+                    let gate = sasl.gate(&ctx, &r).await;
+                    (Some(r), gate)
+                }
+                Err(FrameError::UnknownApiKey { key, version, .. }) => {
+                    tracing::warn!(%peer, key, version, "unknown Kafka api key; closing connection");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "malformed Kafka request; closing connection");
+                    break;
+                }
+            },
+        };
+        let (answer, last) = match gate {
+            Gate::Pass => (None, false),
+            Gate::Answered(outcome) => (Some(outcome), false),
+            Gate::Final(Outcome::Respond(bytes)) => (Some(Outcome::RespondThenClose(bytes)), true),
+            Gate::Final(outcome) => (Some(outcome), true),
+            Gate::Refuse(reason) => {
+                tracing::info!(%peer, reason, "closing Kafka connection");
                 break;
             }
         };
+        if let Some(outcome) = answer {
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent = queue.send(tokio::spawn(std::future::ready(outcome))).await;
+            if sent.is_err() || last {
+                break;
+            }
+            continue;
+        }
+        let Some(request) = request else { break };
         let conn = ConnInfo {
             peer,
             local,
             client_id: request.client_id.clone(),
             security: security.clone(),
+            user: sasl.user().map(str::to_string),
         };
         let work = handlers::dispatch(&ctx, &conn, request).await;
         in_flight.fetch_add(1, Ordering::Relaxed);

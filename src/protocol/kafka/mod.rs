@@ -4,13 +4,15 @@
 //! Layout: [`codec`] frames requests and responses without I/O; [`connection`] owns a socket,
 //! reads frames and writes responses in request order while letting requests run concurrently;
 //! [`handlers`] hold one file per API family and translate decoded requests into core calls;
-//! [`convert`] maps core errors to Kafka error codes; [`versions`] is the advertised table.
+//! [`convert`] maps core errors to Kafka error codes; [`versions`] is the advertised table;
+//! [`sasl`] authenticates connections (SaslHandshake, SaslAuthenticate, re-authentication).
 //! Message bodies are decoded and encoded by the `kafka-protocol` crate.
 
 pub mod codec;
 pub mod connection;
 pub mod convert;
 pub mod handlers;
+pub mod sasl;
 pub mod versions;
 
 use std::net::SocketAddr;

@@ -35,6 +35,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 /// The advertised range for `api`, if it is served at all.
@@ -118,6 +125,25 @@ mod tests {
                 ApiKey::InitProducerId => {
                     within::<InitProducerIdRequest, InitProducerIdResponse>(min, max)
                 }
+                ApiKey::SaslHandshake => {
+                    within::<SaslHandshakeRequest, SaslHandshakeResponse>(min, max)
+                }
+                ApiKey::SaslAuthenticate => {
+                    within::<SaslAuthenticateRequest, SaslAuthenticateResponse>(min, max)
+                }
+                ApiKey::DescribeUserScramCredentials => within::<
+                    DescribeUserScramCredentialsRequest,
+                    DescribeUserScramCredentialsResponse,
+                >(min, max),
+                ApiKey::AlterUserScramCredentials => within::<
+                    AlterUserScramCredentialsRequest,
+                    AlterUserScramCredentialsResponse,
+                >(min, max),
+                ApiKey::CreateAcls => within::<CreateAclsRequest, CreateAclsResponse>(min, max),
+                ApiKey::DescribeAcls => {
+                    within::<DescribeAclsRequest, DescribeAclsResponse>(min, max)
+                }
+                ApiKey::DeleteAcls => within::<DeleteAclsRequest, DeleteAclsResponse>(min, max),
                 other => panic!("no codec check for {other:?}"),
             }
         }

@@ -93,6 +93,13 @@ impl Conn {
                 "method frame while content was expected",
             ));
         }
+        crate::protocol::amqp::auth::authorize(
+            &self.core,
+            &self.vhost,
+            &self.user,
+            &mut self.permissions,
+            &m,
+        )?;
         let ctx = Ctx {
             core: &self.core,
             vhost: &self.vhost,

@@ -60,7 +60,6 @@ impl Conn {
             (Phase::AwaitStartOk, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => {
                 self.user = crate::protocol::amqp::auth::authenticate(
                     &self.core,
-                    &self.settings,
                     self.peer,
                     &self.security,
                     &s,
@@ -145,15 +144,9 @@ impl Conn {
         }
     }
 
-    /// Whether the authenticated user may open `vhost`: a user without a permissions entry
-    /// may open every vhost.
+    /// Whether the authenticated user may open `vhost`: RabbitMQ's rule, a permission entry
+    /// for the user there (configured users get one on every configured vhost).
     fn may_open(&self, vhost: &str) -> bool {
-        let mut entries = self
-            .settings
-            .permissions
-            .iter()
-            .filter(|p| p.user == self.user)
-            .peekable();
-        entries.peek().is_none() || entries.any(|p| p.vhosts.iter().any(|v| v == vhost))
+        self.core.users().may_open_vhost(vhost, &self.user)
     }
 }

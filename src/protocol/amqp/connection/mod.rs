@@ -73,6 +73,8 @@ struct Conn {
     /// The authenticated user: a published `user_id` property must match it (RabbitMQ's
     /// validated user-id), so consumers can trust it.
     user: String,
+    /// Permission decisions of this connection, dropped when the user store changes.
+    permissions: crate::protocol::amqp::auth::PermissionCache,
     channels: HashMap<u16, Channel>,
     /// Class and method of the method being handled, for close replies.
     current: (u16, u16),
@@ -192,6 +194,7 @@ pub async fn serve<S: Transport>(
         phase: Phase::AwaitStartOk,
         vhost: String::new(),
         user: String::new(),
+        permissions: crate::protocol::amqp::auth::PermissionCache::default(),
         channels: HashMap::new(),
         current: (0, 0),
         wants_blocked: false,

@@ -5,6 +5,7 @@
 //! decodes the body and does whatever must happen in order (enqueueing appends), then returns
 //! the rest of the work as a future the connection runs concurrently.
 
+mod acls;
 mod admin;
 mod api_versions;
 mod fetch;
@@ -13,6 +14,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer;
+mod scram_credentials;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +33,8 @@ pub enum Outcome {
     Respond(Bytes),
     /// Produce with acks=0.
     NoResponse,
+    /// Answer, then close (a failed SASL authentication, as Kafka does).
+    RespondThenClose(Bytes),
     /// The request cannot be answered (undecodable body, unsupported version); Kafka closes.
     Close(String),
 }
@@ -114,6 +118,11 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::DeleteGroups => ready(groups::delete_groups(ctx, &req)),
         ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, &req)),
         ApiKey::InitProducerId => Box::pin(producer::init_producer_id(ctx.clone(), req)),
+        ApiKey::DescribeUserScramCredentials => ready(scram_credentials::describe(ctx, conn, &req)),
+        ApiKey::AlterUserScramCredentials => ready(scram_credentials::alter(ctx, conn, &req)),
+        ApiKey::CreateAcls => ready(acls::create_acls(&req)),
+        ApiKey::DescribeAcls => ready(acls::describe_acls(&req)),
+        ApiKey::DeleteAcls => ready(acls::delete_acls(&req)),
         other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     let api_name = format!("{api:?}");

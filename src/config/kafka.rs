@@ -1,0 +1,92 @@
+//! `[kafka]`: the Kafka protocol's settings, with Kafka's names and defaults (moved out of
+//! `config.rs`, which only assembles the tree).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AnonymousAccess, SASL_MECHANISMS};
+
+/// `[kafka]`: Kafka protocol behaviour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Create a topic when a client asks for it in Metadata or produces to it. Default true.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic. Default 1.
+    pub default_partitions: u32,
+    /// Largest request accepted; checked before the body is read. Default 100 MiB (Kafka's
+    /// `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group waits
+    /// for more members. Default 3000 (Kafka's).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms`. Default 6000.
+    pub group_min_session_timeout_ms: u64,
+    /// `group.max.session.timeout.ms`. Default 1800000.
+    pub group_max_session_timeout_ms: u64,
+    /// Most open Kafka connections; a connection beyond it is closed as soon as it is
+    /// accepted (Kafka's `max.connections`). 0 = no limit. Default 10000.
+    pub max_connections: usize,
+    /// `connections.max.idle.ms`: a connection that completes no request for this long, with
+    /// none in flight, is closed. Also bounds a request that trickles in. Default 600000.
+    pub connections_max_idle_ms: u64,
+    /// `fetch.max.bytes`: most record bytes one fetch response carries, whatever the client
+    /// asks (the first batch still comes whole, so a consumer always progresses). Bounds what
+    /// a client that asks for huge fetches and never reads them can make the broker buffer
+    /// (32 requests in flight x this). Default 57671680 (55 MiB, Kafka's).
+    pub fetch_max_bytes: usize,
+
+    // --- resource limits (issue 12; see `broker::limits`) ---------------------------------
+    /// Largest `max.message.bytes` a client may give a topic (CreateTopics, AlterConfigs,
+    /// IncrementalAlterConfigs); more is refused with POLICY_VIOLATION. Default 10485760.
+    pub max_message_bytes_limit: usize,
+    /// Most partitions over all topics; creating more is refused with POLICY_VIOLATION before
+    /// anything is written. 0 = no limit. Default 10000.
+    pub max_partitions: usize,
+
+    // --- security (issue 13; see `config/security.rs` and docs/security.md) ----------------
+    /// `sasl.enabled.mechanisms`: what SaslHandshake accepts, of `PLAIN`, `SCRAM-SHA-256` and
+    /// `SCRAM-SHA-512`, on both Kafka listeners (SASL_PLAINTEXT and SASL_SSL). Empty: SASL is
+    /// off. Default all three.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// `connections.max.reauth.ms` (KIP-368): a SASL session lasts this long; the client must
+    /// re-authenticate on the same connection before it ends, or the connection is closed at
+    /// its next request. 0 = sessions never expire. Default 0 (Kafka's).
+    pub connections_max_reauth_ms: u64,
+    /// Who may use Kafka without SASL (or a verified client certificate): `"loopback"` (peers
+    /// on this machine only; default), `true` (everyone) or `false` (nobody).
+    pub allow_anonymous: AnonymousAccess,
+}
+
+impl KafkaSettings {
+    pub fn group_settings(&self) -> crate::broker::GroupSettings {
+        crate::broker::GroupSettings {
+            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
+            min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
+            max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
+            ..crate::broker::GroupSettings::default()
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_request_bytes: 100 * 1024 * 1024,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            max_connections: 10_000,
+            connections_max_idle_ms: 600_000,
+            fetch_max_bytes: 55 * 1024 * 1024,
+            max_message_bytes_limit: crate::broker::ResourceLimits::DEFAULT_MAX_MESSAGE_BYTES_LIMIT,
+            max_partitions: crate::broker::ResourceLimits::DEFAULT_MAX_PARTITIONS,
+            sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| m.to_string()).collect(),
+            connections_max_reauth_ms: 0,
+            allow_anonymous: AnonymousAccess::Loopback,
+        }
+    }
+}
