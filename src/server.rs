@@ -406,6 +406,46 @@ impl BrokerBuilder {
             });
         }
 
+        {
+            // The log cleaner: one pass over the compacted partitions per backoff, off the
+            // async workers, with one offset map reused for every partition.
+            let core = core.clone();
+            let interval = config.log.cleaner_backoff();
+            let map_bytes = config.log.cleaner_dedupe_buffer_bytes;
+            let mut shutdown = shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut map = Some(crate::log::OffsetMap::with_memory(map_bytes));
+                let mut tick = tokio::time::interval(interval);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let core = core.clone();
+                            let Some(mut owned) = map.take() else { break };
+                            let done = tokio::task::spawn_blocking(move || {
+                                let removed = core.clean_logs(&mut owned);
+                                (owned, removed)
+                            })
+                            .await;
+                            match done {
+                                Ok((owned, removed)) => {
+                                    map = Some(owned);
+                                    if removed > 0 {
+                                        tracing::info!(removed, "log cleaner removed superseded records");
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "log cleaner stopped");
+                                    break;
+                                }
+                            }
+                        }
+                        _ = crate::util::stopped(&mut shutdown) => break,
+                    }
+                }
+            });
+        }
+
         if let Some(acceptor) = &tls {
             tasks.spawn(watch_certificates(acceptor.clone(), shutdown_rx.clone()));
         }

@@ -610,6 +610,27 @@ impl BrokerCore {
         deleted
     }
 
+    /// Runs a compaction pass on every compacted partition that is due, with `map` as the
+    /// offset map (its memory bounds each pass); returns the records removed. Blocking.
+    pub fn clean_logs(&self, map: &mut crate::log::OffsetMap) -> u64 {
+        let mut removed = 0;
+        for topic in self.topics() {
+            if !topic.log_config().cleanup_policy.compacts() {
+                continue;
+            }
+            for (p, handle) in topic.partitions().iter().enumerate() {
+                match handle.clean(map) {
+                    Ok(Some(report)) => removed += report.records_removed,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = topic.name(), partition = p, error = %e, "log cleaning failed")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Partitions (and queue logs) that stopped accepting writes after an I/O failure.
     pub fn failed_partitions(&self) -> Vec<(String, i32)> {
         let mut failed = Vec::new();

@@ -582,6 +582,21 @@ impl PartitionHandle {
         self.shared.failed.load(Ordering::SeqCst)
     }
 
+    /// The log behind this handle, for the cleaner's short critical sections.
+    pub(crate) fn log_lock(&self) -> &RwLock<PartitionLog> {
+        &self.shared.log
+    }
+
+    /// The `topic` and `partition` metric labels.
+    pub(crate) fn metric_labels(&self) -> &[(&'static str, String)] {
+        &self.shared.metric_labels
+    }
+
+    /// Republishes the size gauges (after the cleaner shrank the log).
+    pub(crate) fn refresh_gauges(&self) {
+        self.shared.publish_gauges();
+    }
+
     /// Whether a writer task is running (one starts with an append and retires after
     /// [`WRITER_IDLE_RETIRE`] without work); for tests and diagnostics.
     pub fn writer_running(&self) -> bool {

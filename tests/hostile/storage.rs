@@ -866,3 +866,129 @@ async fn ten_thousand_idle_partitions_cost_a_few_kilobytes_each() {
     let _ = conn.close(200, "bye".into()).await;
     broker.stop().await;
 }
+
+/// Produces `fd_value(t, round)` to partition 0 of `fd_topic(t)`; answers the partition's
+/// error code and base offset.
+async fn produce_value(client: &mut kafka_raw::RawKafka, t: usize, round: usize) -> (i16, i64) {
+    use bytes::Bytes;
+    use ferry::log::{encode_batch, SimpleRecord};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let batch = encode_batch(&[SimpleRecord {
+        key: None,
+        value: Some(Bytes::from(fd_value(t, round))),
+        headers: vec![],
+        timestamp: 1_700_000_000_000,
+    }]);
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(fd_topic(t))))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.freeze()))])]);
+    let resp: ProduceResponse = client.call(ApiKey::Produce, 8, &req).await;
+    let p = &resp.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Issue 12: a segment whose file could not be reopened (its descriptor closed to stay within
+/// the budget, then none to be had) fail-stopped its partition for good, though nothing had
+/// been written and the shortage passed. Now the append fails alone with
+/// KAFKA_STORAGE_ERROR and the next one, once descriptors are back, is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_cannot_be_reopened_fails_the_append_not_the_partition() {
+    use std::time::{Duration, Instant};
+
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    const LIMIT: usize = 64;
+    // More than the budget (32 files) of other topics' segments get written after topic 0's.
+    const TOPICS: usize = 40;
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = LimitedServe::start(dir.path(), &format!("-n {LIMIT}"));
+    let mut client = kafka_raw::RawKafka::connect(serve.kafka).await;
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(
+            (0..TOPICS)
+                .map(|t| {
+                    CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(fd_topic(t))))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1)
+                })
+                .collect(),
+        );
+    let resp: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &req).await;
+    assert!(resp.topics.iter().all(|t| t.error_code == 0), "{resp:?}");
+    assert_eq!(produce_value(&mut client, 0, 0).await, (0, 0));
+    // Writing every other topic makes topic 0's files the least recently used: closed.
+    for t in 1..TOPICS {
+        assert_eq!(produce_value(&mut client, t, 0).await, (0, 0), "topic {t}");
+    }
+    let segment_of_topic_0 = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/fd", serve.pid))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .filter(|t| t.contains(&format!("{}-0/", fd_topic(0))) && t.ends_with(".log"))
+            .collect()
+    };
+    assert_eq!(
+        segment_of_topic_0(),
+        Vec::<String>::new(),
+        "topic 0's segment was closed"
+    );
+
+    // Connections take the broker's last descriptors: accept fails with EMFILE.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut hogs = Vec::new();
+    while fds_of(serve.pid).0 < LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never ran out of descriptors"
+        );
+        for _ in 0..4 {
+            hogs.push(
+                tokio::net::TcpStream::connect(serve.kafka)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, _) = produce_value(&mut client, 0, 1).await;
+    assert_eq!(
+        code, 56,
+        "KAFKA_STORAGE_ERROR while no descriptor can be had"
+    );
+
+    drop(hogs);
+    while fds_of(serve.pid).0 > LIMIT - 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker kept the closed connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same partition takes records again, from the offset the refused one would have had.
+    assert_eq!(produce_value(&mut client, 0, 1).await, (0, 1));
+    assert_eq!(produce_value(&mut client, 0, 2).await, (0, 2));
+    fetch_and_check(&mut client, &[0], 3).await;
+    drop(client);
+    let (_, errors) = serve.stop();
+    assert!(
+        !errors.iter().any(|l| l.contains("fail-stopped")),
+        "a partition fail-stopped: {errors:?}"
+    );
+}
