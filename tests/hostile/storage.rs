@@ -589,6 +589,35 @@ fn fd_topic(t: usize) -> String {
     format!("fd-{t:04}")
 }
 
+/// Creates the one-partition topics [`fd_topic`] names for `topics`, in one CreateTopics.
+async fn create_fd_topics(client: &mut kafka_raw::RawKafka, topics: &[usize]) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(
+            topics
+                .iter()
+                .map(|&t| {
+                    CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(fd_topic(t))))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1)
+                })
+                .collect(),
+        );
+    let resp: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &req).await;
+    for topic in &resp.topics {
+        assert_eq!(
+            topic.error_code, 0,
+            "creating {:?}: {:?}",
+            topic.name, topic.error_message
+        );
+    }
+}
+
 fn fd_value(t: usize, round: usize) -> String {
     format!("round {round} of {}", fd_topic(t))
 }
@@ -649,12 +678,8 @@ async fn two_thousand_partitions_fit_in_256_file_descriptors() {
 
     use bytes::Bytes;
     use ferry::log::{encode_batch, SimpleRecord};
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{
-        ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse,
-        TopicName,
-    };
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
     use kafka_protocol::protocol::StrBytes;
 
     const TOPICS: usize = 2_000;
@@ -671,27 +696,7 @@ async fn two_thousand_partitions_fit_in_256_file_descriptors() {
     let logged_budget = serve.budget;
     let mut client = kafka_raw::RawKafka::connect(serve.kafka).await;
     for chunk in all_topics.chunks(PER_REQUEST) {
-        let req = CreateTopicsRequest::default()
-            .with_timeout_ms(30_000)
-            .with_topics(
-                chunk
-                    .iter()
-                    .map(|&t| {
-                        CreatableTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(fd_topic(t))))
-                            .with_num_partitions(1)
-                            .with_replication_factor(1)
-                    })
-                    .collect(),
-            );
-        let resp: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &req).await;
-        for topic in &resp.topics {
-            assert_eq!(
-                topic.error_code, 0,
-                "creating {:?}: {:?}",
-                topic.name, topic.error_message
-            );
-        }
+        create_fd_topics(&mut client, chunk).await;
         assert!(Instant::now() < deadline, "creating topics took too long");
     }
     for round in 0..ROUNDS {
@@ -903,10 +908,6 @@ async fn produce_value(client: &mut kafka_raw::RawKafka, t: usize, round: usize)
 async fn a_segment_that_cannot_be_reopened_fails_the_append_not_the_partition() {
     use std::time::{Duration, Instant};
 
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
-    use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
-    use kafka_protocol::protocol::StrBytes;
-
     const LIMIT: usize = 64;
     // More than the budget (32 files) of other topics' segments get written after topic 0's.
     const TOPICS: usize = 40;
@@ -915,20 +916,7 @@ async fn a_segment_that_cannot_be_reopened_fails_the_append_not_the_partition() 
     let dir = tempfile::tempdir().unwrap();
     let serve = LimitedServe::start(dir.path(), &format!("-n {LIMIT}"));
     let mut client = kafka_raw::RawKafka::connect(serve.kafka).await;
-    let req = CreateTopicsRequest::default()
-        .with_timeout_ms(30_000)
-        .with_topics(
-            (0..TOPICS)
-                .map(|t| {
-                    CreatableTopic::default()
-                        .with_name(TopicName(StrBytes::from_string(fd_topic(t))))
-                        .with_num_partitions(1)
-                        .with_replication_factor(1)
-                })
-                .collect(),
-        );
-    let resp: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &req).await;
-    assert!(resp.topics.iter().all(|t| t.error_code == 0), "{resp:?}");
+    create_fd_topics(&mut client, &(0..TOPICS).collect::<Vec<_>>()).await;
     assert_eq!(produce_value(&mut client, 0, 0).await, (0, 0));
     // Writing every other topic makes topic 0's files the least recently used: closed.
     for t in 1..TOPICS {
