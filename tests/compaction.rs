@@ -20,6 +20,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use ferry::testing::TestBroker;
 
+mod common;
+
 const TIMEOUT: Duration = Duration::from_secs(20);
 const KEYS: usize = 20;
 const UPDATES: usize = 30;
@@ -297,6 +299,22 @@ async fn compaction_settings_are_accepted_and_described() {
         matches!(refused[0], Err((_, RDKafkaErrorCode::InvalidConfig))),
         "{refused:?}"
     );
+
+    // The admin API takes the same settings.
+    let (status, body) = common::admin::admin_call(
+        &broker,
+        reqwest::Method::POST,
+        "/api/topics",
+        Some(serde_json::json!({
+            "name": "via-api",
+            "configs": {"cleanup.policy": "compact", "delete.retention.ms": "5000"}
+        })),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let topic = broker.core().topic("via-api").expect("created");
+    assert!(topic.log_config().cleanup_policy.compacts());
+    assert_eq!(topic.log_config().delete_retention_ms, 5000);
     broker.stop().await;
 }
 
