@@ -137,6 +137,13 @@ pub struct LogSettings {
     pub index_interval_bytes: usize,
     /// How often retention runs, in milliseconds. Default 300000 (Kafka's 5 minutes).
     pub retention_check_interval_ms: u64,
+    /// How often the log cleaner looks for compacted partitions that are due
+    /// (`log.cleaner.backoff.ms`). Default 15000.
+    pub cleaner_backoff_ms: u64,
+    /// Memory of the cleaner's offset map (`log.cleaner.dedupe.buffer.size`), about 40 bytes a
+    /// key: a pass maps at most this many keys and leaves the rest for the next one. Default
+    /// 33554432 (32 MiB).
+    pub cleaner_dedupe_buffer_bytes: usize,
     /// Most segment and index files kept open at once, over all partitions and queues; idle
     /// ones beyond it are closed (least recently used first) and reopened when next read or
     /// written, so descriptors follow the active partitions, not all of them. Files in use
@@ -162,6 +169,8 @@ impl Default for LogSettings {
             max_message_bytes: log.max_message_bytes,
             index_interval_bytes: log.index_interval_bytes,
             retention_check_interval_ms: 300_000,
+            cleaner_backoff_ms: 15_000,
+            cleaner_dedupe_buffer_bytes: crate::log::cleaner::DEFAULT_DEDUPE_BUFFER_BYTES,
             max_open_files: 0,
             sync_journal: false,
         }
@@ -203,6 +212,10 @@ impl LogSettings {
 
     pub fn retention_check_interval(&self) -> Duration {
         Duration::from_millis(self.retention_check_interval_ms.max(1))
+    }
+
+    pub fn cleaner_backoff(&self) -> Duration {
+        Duration::from_millis(self.cleaner_backoff_ms.max(1))
     }
 }
 

@@ -387,27 +387,33 @@ impl BrokerBuilder {
 
         {
             let core = core.clone();
-            let interval = config.log.retention_check_interval();
-            let mut shutdown = shutdown_rx.clone();
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            // Deleting segment files blocks; keep it off the async workers.
-                            let core = core.clone();
-                            let deleted = tokio::task::spawn_blocking(move || core.enforce_retention())
-                                .await
-                                .unwrap_or(0);
-                            if deleted > 0 {
-                                tracing::info!(deleted, "retention deleted segments");
-                            }
-                        }
-                        _ = crate::util::stopped(&mut shutdown) => break,
+            tasks.spawn(every(
+                config.log.retention_check_interval(),
+                shutdown_rx.clone(),
+                move || {
+                    let deleted = core.enforce_retention();
+                    if deleted > 0 {
+                        tracing::info!(deleted, "retention deleted segments");
                     }
-                }
-            });
+                },
+            ));
+        }
+        {
+            // The log cleaner: one offset map, allocated once and reused for every partition.
+            let core = core.clone();
+            let map = Mutex::new(crate::log::OffsetMap::with_memory(
+                config.log.cleaner_dedupe_buffer_bytes,
+            ));
+            tasks.spawn(every(
+                config.log.cleaner_backoff(),
+                shutdown_rx.clone(),
+                move || {
+                    let removed = core.clean_logs(&mut map.lock());
+                    if removed > 0 {
+                        tracing::info!(removed, "log cleaner removed superseded records");
+                    }
+                },
+            ));
         }
 
         if let Some(acceptor) = &tls {
@@ -592,6 +598,29 @@ impl Drop for Broker {
 }
 
 /// A data directory path that names a file is refused before anything starts.
+/// Runs the blocking `job` (file deletions, segment rewrites) every `interval` on the blocking
+/// pool, one run at a time, until shutdown.
+async fn every(
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    job: impl Fn() + Send + Sync + 'static,
+) {
+    let job = Arc::new(job);
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let job = Arc::clone(&job);
+                if let Err(e) = tokio::task::spawn_blocking(move || job()).await {
+                    tracing::error!(error = %e, "a periodic storage task panicked");
+                }
+            }
+            _ = crate::util::stopped(&mut shutdown) => break,
+        }
+    }
+}
+
 fn check_data_dir(dir: &Path) -> Result<(), StartError> {
     if dir.exists() && !dir.is_dir() {
         return Err(StartError::DataDir {

@@ -564,7 +564,7 @@ fn closed_and_config_errors() {
     ));
     let mut log = open(dir.path(), cfg(), &clock);
     let mut c = log.config().clone();
-    assert!(c.set("cleanup.policy", "compact").is_err());
+    assert!(c.set("cleanup.policy", "compress").is_err());
     c.set("retention.ms", "1000").unwrap();
     log.update_config(c).unwrap();
     assert_eq!(log.config().retention_ms, 1000);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry::clock::Clock;
+use ferry::log::writer::WRITER_IDLE_RETIRE;
 use ferry::log::{
     encode_batch, FsyncPolicy, LogConfig, LogError, LogLabels, PartitionHandle, PartitionLog,
     SimpleRecord,
@@ -253,4 +254,64 @@ fn open_without_runtime_is_an_error_not_a_panic() {
         labels(),
     );
     assert!(r.is_err());
+}
+
+/// Issue 12: an idle partition holds no writer task. One starts with the first append and
+/// retires after `WRITER_IDLE_RETIRE` without work; appends queued across a retirement keep
+/// their order, barriers wait for a retiring writer's last group, and the last handle dropped
+/// with no writer running still closes the log cleanly.
+#[tokio::test(start_paused = true)]
+async fn the_writer_starts_on_demand_and_retires_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = open(dir.path(), FsyncPolicy::Always);
+    assert!(
+        !handle.writer_running(),
+        "an empty partition runs no writer"
+    );
+    handle.append(batch("first", 1)).await.unwrap();
+    assert!(handle.writer_running());
+    tokio::time::sleep(WRITER_IDLE_RETIRE + Duration::from_secs(1)).await;
+    assert!(!handle.writer_running(), "the idle writer retired");
+
+    // Many rounds of: queue appends, let the writer go idle while more are queued.
+    let mut pending = Vec::new();
+    for round in 0..20 {
+        for i in 0..3 {
+            pending.push(
+                handle
+                    .submit_append(batch(&format!("r{round}-{i}"), 1))
+                    .await
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(WRITER_IDLE_RETIRE * (round % 2)).await;
+    }
+    let mut offsets = Vec::new();
+    for p in pending {
+        offsets.push(p.wait().await.unwrap().base_offset);
+    }
+    assert_eq!(
+        offsets,
+        (1..=60).collect::<Vec<i64>>(),
+        "in submission order"
+    );
+    handle.barrier().await;
+    assert_eq!(handle.high_watermark(), 61);
+
+    // Retired, then every handle dropped: the log is still closed cleanly.
+    tokio::time::sleep(WRITER_IDLE_RETIRE + Duration::from_secs(1)).await;
+    assert!(!handle.writer_running());
+    drop(handle);
+    let marker = dir.path().join(".clean_shutdown");
+    for _ in 0..1000 {
+        if marker.exists() {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (log, report) =
+        PartitionLog::open(dir.path(), LogConfig::default(), Clock::manual(T0)).unwrap();
+    assert!(report.clean_shutdown);
+    assert_eq!(log.log_end_offset(), 61);
 }

@@ -223,7 +223,7 @@ impl BrokerCore {
             for (p, handle) in topic.partitions().iter().enumerate() {
                 core.inner
                     .topic_routers
-                    .start(&core, topic.name(), p as i32, handle.clone());
+                    .attach(&core, topic.name(), p as i32, handle.clone());
             }
         }
         Ok((core, report))
@@ -413,7 +413,7 @@ impl BrokerCore {
         for (p, handle) in topic.partitions().iter().enumerate() {
             self.inner
                 .topic_routers
-                .start(self, name, p as i32, handle.clone());
+                .attach(self, name, p as i32, handle.clone());
         }
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
@@ -571,7 +571,7 @@ impl BrokerCore {
             if let Some(handle) = grown.partition(p) {
                 self.inner
                     .topic_routers
-                    .start(self, name, p, handle.clone());
+                    .attach(self, name, p, handle.clone());
             }
         }
         Ok(grown)
@@ -621,6 +621,27 @@ impl BrokerCore {
         deleted
     }
 
+    /// Runs a compaction pass on every compacted partition that is due, with `map` as the
+    /// offset map (its memory bounds each pass); returns the records removed. Blocking.
+    pub fn clean_logs(&self, map: &mut crate::log::OffsetMap) -> u64 {
+        let mut removed = 0;
+        for topic in self.topics() {
+            if !topic.log_config().cleanup_policy.compacts() {
+                continue;
+            }
+            for (p, handle) in topic.partitions().iter().enumerate() {
+                match handle.clean(map) {
+                    Ok(Some(report)) => removed += report.records_removed,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = topic.name(), partition = p, error = %e, "log cleaning failed")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Partitions (and queue logs) that stopped accepting writes after an I/O failure.
     pub fn failed_partitions(&self) -> Vec<(String, i32)> {
         let mut failed = Vec::new();
@@ -650,16 +671,28 @@ impl BrokerCore {
         self.inner.groups.shutdown().await;
         self.inner.topic_routers.stop(None).await;
         self.inner.router.shutdown().await;
-        for topic in self.topics() {
-            for handle in topic.partitions() {
+        // Closing a partition is a few fsyncs; one at a time, 20,000 partitions took 30 s
+        // here. Closed together (the filesystem journal batches their syncs) they take a
+        // fraction of that.
+        use futures::StreamExt;
+        let handles: Vec<PartitionHandle> = self
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().to_vec())
+            .collect();
+        futures::stream::iter(handles)
+            .for_each_concurrent(SHUTDOWN_CONCURRENCY, |handle| async move {
                 handle.shutdown().await;
-            }
-        }
+            })
+            .await;
         if let Err(e) = self.inner.meta.flush() {
             tracing::error!(error = %e, "flushing metadata at shutdown failed");
         }
     }
 }
+
+/// Partitions closed at once at shutdown (each close runs on the blocking pool).
+const SHUTDOWN_CONCURRENCY: usize = 64;
 
 /// A random topic id.
 fn random_topic_id() -> [u8; 16] {

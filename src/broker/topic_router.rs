@@ -10,7 +10,8 @@
 //! over the partitions, as librdkafka's random rule and Java's sticky rule spread null keys.
 //! The publish is confirmed once the topic append is durable.
 //!
-//! **Route.** One task per topic partition tails the log from its high watermark and copies
+//! **Route.** One task per topic partition with records to route (started by the log's
+//! high-watermark hook, ended after a few idle seconds) tails the log and copies
 //! each new record (from either protocol) into every queue whose binding to exchange `T`
 //! matches the record key (topic patterns: `*` one word, `#` any). The topic log stays the one
 //! source of truth: nothing is routed at publish time, so a Kafka-produced and an
@@ -52,6 +53,10 @@ use crate::meta::{RouteInFlight, RouteMark, TopicRouteState};
 
 /// Bytes of topic log read per routing step.
 const ROUTE_CHUNK: usize = 1024 * 1024;
+/// How long a router that has caught up waits for new records before it ends. The partition's
+/// high-watermark hook starts it again when records arrive, so an idle partition costs no
+/// task (issue 12: 100,000 mostly idle partitions).
+const ROUTER_IDLE_RETIRE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), seed `0x9747b28c`.
 pub fn murmur2(data: &[u8]) -> i32 {
@@ -95,6 +100,9 @@ pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
 #[derive(Default)]
 pub(crate) struct TopicRouters {
     tasks: Mutex<HashMap<(String, i32), RouterTask>>,
+    /// Topics whose routers were stopped for good (deleted): a record arriving during the
+    /// deletion must not start one again.
+    stopped: Mutex<HashSet<String>>,
     /// Round-robin counter for publishes without a key.
     round_robin: AtomicU32,
 }
@@ -115,7 +123,9 @@ impl TopicRouters {
     ) {
         let mut tasks = self.tasks.lock();
         let k = (topic.to_string(), partition);
-        if tasks.get(&k).is_some_and(|t| !t.handle.is_finished()) {
+        if tasks.get(&k).is_some_and(|t| !t.handle.is_finished())
+            || self.stopped.lock().contains(topic)
+        {
             return;
         }
         let (stop, stop_rx) = watch::channel(false);
@@ -129,10 +139,57 @@ impl TopicRouters {
         tasks.insert(k, RouterTask { stop, handle });
     }
 
+    /// Routes partition `partition` of `topic` from now on: starts its router if it has
+    /// records to route (or an interrupted batch to repair), and makes the log start it
+    /// whenever records arrive later.
+    pub(crate) fn attach(
+        &self,
+        core: &BrokerCore,
+        topic: &str,
+        partition: i32,
+        log: PartitionHandle,
+    ) {
+        self.stopped.lock().remove(topic);
+        let weak = Arc::downgrade(&core.inner);
+        let name = topic.to_string();
+        log.on_high_watermark_advance(Box::new(move |_| {
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let core = BrokerCore { inner };
+            if let Ok(log) = core.partition(&name, partition) {
+                core.inner.topic_routers.start(&core, &name, partition, log);
+            }
+        }));
+        let idle = matches!(
+            core.inner.meta.topic_route(topic, partition),
+            Ok(Some(state)) if state.in_flight.is_none() && state.next >= log.high_watermark()
+        );
+        if !idle {
+            self.start(core, topic, partition, log);
+        }
+    }
+
+    /// Ends the router of a partition that has routed everything below `cursor`, unless
+    /// records arrived meanwhile (checked under the lock the high-watermark hook takes to
+    /// start a router, so none is missed). Returns whether it ended.
+    fn retire(&self, topic: &str, partition: i32, log: &PartitionHandle, cursor: i64) -> bool {
+        let mut tasks = self.tasks.lock();
+        if log.high_watermark() > cursor {
+            return false;
+        }
+        tasks.remove(&(topic.to_string(), partition));
+        true
+    }
+
     /// Stops the tasks of `topic` (every topic with `None`), waiting for the batch in hand.
     pub(crate) async fn stop(&self, topic: Option<&str>) {
         let stopped: Vec<RouterTask> = {
             let mut tasks = self.tasks.lock();
+            if let Some(topic) = topic {
+                self.stopped.lock().insert(topic.to_string());
+            }
             let keys: Vec<_> = tasks
                 .keys()
                 .filter(|(t, _)| topic.is_none_or(|want| want == t))
@@ -333,6 +390,12 @@ async fn route_partition(
         tokio::select! {
             r = hw.changed() => if r.is_err() { return },
             r = stop.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(ROUTER_IDLE_RETIRE) => {
+                let Some(inner) = core.upgrade() else { return };
+                if inner.topic_routers.retire(&topic, partition, &log, cursor) {
+                    return;
+                }
+            }
         }
     }
 }

@@ -23,6 +23,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "retention.bytes",
     "max.message.bytes",
     "cleanup.policy",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
     "index.interval.bytes",
     "message.timestamp.type",
     "fsync.policy",
@@ -56,32 +60,59 @@ fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// `cleanup.policy`. Only `delete` exists for now; compaction is not implemented, and accepting
-/// `compact` silently would let a user believe keys are being compacted.
+/// `cleanup.policy`: what happens to old data — whole segments deleted by age and size
+/// (`delete`), older records of a key removed by the cleaner (`compact`, see `cleaner.rs`), or
+/// both (`compact,delete`, in either order, as Kafka accepts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum CleanupPolicy {
     /// Delete whole segments by age and size.
     #[default]
     Delete,
+    /// Keep the latest record of every key; never delete segments by age or size.
+    Compact,
+    /// Both.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether the cleaner compacts this log.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// Whether retention deletes whole segments of this log.
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
 }
 
 impl FromStr for CleanupPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "delete" => Ok(CleanupPolicy::Delete),
-            other if other.split(',').any(|p| p.trim() == "compact") => {
-                Err("log compaction is not supported yet; only `delete` is".to_string())
+        let (mut compact, mut delete) = (false, false);
+        for part in s.split(',') {
+            match part.trim() {
+                "compact" => compact = true,
+                "delete" => delete = true,
+                _ => return Err("expected `delete`, `compact` or `compact,delete`".to_string()),
             }
-            _ => Err("expected `delete`".to_string()),
         }
+        Ok(match (compact, delete) {
+            (true, true) => CleanupPolicy::CompactDelete,
+            (true, false) => CleanupPolicy::Compact,
+            _ => CleanupPolicy::Delete,
+        })
     }
 }
 
 impl fmt::Display for CleanupPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("delete")
+        f.write_str(match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        })
     }
 }
 
@@ -229,8 +260,20 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// `max.message.bytes`: the largest record batch accepted. Default 1048588 (Kafka's).
     pub max_message_bytes: usize,
-    /// `cleanup.policy`: only `delete`.
+    /// `cleanup.policy`: `delete` (default), `compact` or `compact,delete`.
     pub cleanup_policy: CleanupPolicy,
+    /// `delete.retention.ms`: how long the cleaner keeps a tombstone (a record with a null
+    /// value) that is the latest of its key, so consumers that lag behind still see the delete.
+    /// Default 86400000 (1 day).
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: the share of the cleanable log not yet compacted above which
+    /// the cleaner compacts it. Default 0.5.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a record stays uncompacted at least this long. Default 0.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a record not compacted after this long is compacted whatever the
+    /// dirty ratio. Default 9223372036854775807 (never forced).
+    pub max_compaction_lag_ms: i64,
     /// `index.interval.bytes`: log bytes between two sparse index entries. Default 4096.
     pub index_interval_bytes: usize,
     /// `message.timestamp.type`: `CreateTime` (default) or `LogAppendTime`.
@@ -276,6 +319,10 @@ impl Default for LogConfig {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DAY_MS,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
             index_interval_bytes: 4096,
             message_timestamp_type: TimestampType::CreateTime,
             fsync: FsyncPolicy::Always,
@@ -305,6 +352,15 @@ impl LogConfig {
             "retention.bytes" => next.retention_bytes = parse_int(kafka_name, value)?,
             "max.message.bytes" => next.max_message_bytes = parse_int(kafka_name, value)?,
             "index.interval.bytes" => next.index_interval_bytes = parse_int(kafka_name, value)?,
+            "delete.retention.ms" => next.delete_retention_ms = parse_int(kafka_name, value)?,
+            "min.cleanable.dirty.ratio" => {
+                next.min_cleanable_dirty_ratio = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(kafka_name, value, "not a number"))?
+            }
+            "min.compaction.lag.ms" => next.min_compaction_lag_ms = parse_int(kafka_name, value)?,
+            "max.compaction.lag.ms" => next.max_compaction_lag_ms = parse_int(kafka_name, value)?,
             "cleanup.policy" => {
                 next.cleanup_policy = value.parse().map_err(|r| invalid(kafka_name, value, r))?
             }
@@ -348,6 +404,10 @@ impl LogConfig {
             "retention.ms" => self.retention_ms >= -1,
             "retention.bytes" => self.retention_bytes >= -1,
             "ferry.dedup.window.ms" => self.dedup_window_ms >= -1,
+            "delete.retention.ms" => self.delete_retention_ms >= 0,
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms >= 0,
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms >= 1,
+            "min.cleanable.dirty.ratio" => (0.0..=1.0).contains(&self.min_cleanable_dirty_ratio),
             "max.message.bytes" => self.max_message_bytes <= i32::MAX as usize,
             "index.interval.bytes" => self.index_interval_bytes <= i32::MAX as usize,
             _ => true,
@@ -360,6 +420,9 @@ impl LogConfig {
                 "segment.ms" => "must be at least 1",
                 "retention.ms" | "retention.bytes" => "must be -1 (unlimited) or non-negative",
                 "ferry.dedup.window.ms" => "must be -1 (off) or non-negative",
+                "delete.retention.ms" | "min.compaction.lag.ms" => "must be non-negative",
+                "max.compaction.lag.ms" => "must be at least 1",
+                "min.cleanable.dirty.ratio" => "must be between 0 and 1",
                 _ => "must be between 0 and 2147483647",
             };
             Err(invalid(key, value, reason))
@@ -374,6 +437,10 @@ impl LogConfig {
             "retention.bytes" => self.retention_bytes.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "cleanup.policy" => self.cleanup_policy.to_string(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms.to_string(),
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
             "message.timestamp.type" => self.message_timestamp_type.to_string(),
             "fsync.policy" => self.fsync.to_string(),
@@ -441,10 +508,13 @@ mod tests {
     fn rejects_bad_values_naming_the_key() {
         let mut c = LogConfig::default();
         let before = c.clone();
-        let err = c.set("cleanup.policy", "compact").unwrap_err();
+        let err = c.set("cleanup.policy", "compress").unwrap_err();
         assert!(err.to_string().contains("cleanup.policy"), "{err}");
-        assert!(err.to_string().contains("compaction"), "{err}");
-        assert!(c.set("cleanup.policy", "compact,delete").is_err());
+        assert!(c.set("cleanup.policy", "compact,forever").is_err());
+        assert!(c.set("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(c.set("min.cleanable.dirty.ratio", "half").is_err());
+        assert!(c.set("delete.retention.ms", "-1").is_err());
+        assert!(c.set("max.compaction.lag.ms", "0").is_err());
         assert!(matches!(
             c.set("no.such.key", "1"),
             Err(ConfigError::UnknownKey(_))
@@ -456,6 +526,45 @@ mod tests {
         assert!(c.set("fsync.policy", "sometimes").is_err());
         assert!(c.set("preallocate", "yes").is_err());
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn cleanup_policies_as_kafka_spells_them() {
+        let mut c = LogConfig::default();
+        for (given, policy, shown) in [
+            ("compact", CleanupPolicy::Compact, "compact"),
+            (
+                "compact,delete",
+                CleanupPolicy::CompactDelete,
+                "compact,delete",
+            ),
+            (
+                "delete, compact",
+                CleanupPolicy::CompactDelete,
+                "compact,delete",
+            ),
+            ("delete", CleanupPolicy::Delete, "delete"),
+        ] {
+            c.set("cleanup.policy", given).unwrap();
+            assert_eq!(c.cleanup_policy, policy, "{given}");
+            assert_eq!(c.cleanup_policy.to_string(), shown);
+        }
+        assert!(CleanupPolicy::Compact.compacts() && !CleanupPolicy::Compact.deletes());
+        assert!(CleanupPolicy::CompactDelete.compacts() && CleanupPolicy::CompactDelete.deletes());
+        c.set("min.cleanable.dirty.ratio", "0.25").unwrap();
+        c.set("delete.retention.ms", "100").unwrap();
+        c.set("min.compaction.lag.ms", "5").unwrap();
+        c.set("max.compaction.lag.ms", "60000").unwrap();
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.25);
+        assert_eq!(
+            (
+                c.delete_retention_ms,
+                c.min_compaction_lag_ms,
+                c.max_compaction_lag_ms
+            ),
+            (100, 5, 60_000)
+        );
+        c.validate().unwrap();
     }
 
     #[test]
@@ -476,7 +585,7 @@ mod tests {
         assert!(json.contains("\"interval:5\""), "{json}");
         let back: LogConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
-        let bad = json.replace("\"delete\"", "\"compact\"");
+        let bad = json.replace("\"delete\"", "\"compress\"");
         assert!(serde_json::from_str::<LogConfig>(&bad).is_err());
     }
 }

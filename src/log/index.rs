@@ -86,7 +86,11 @@ impl EntryFile {
         }
         self.file
             .write_all_at(bytes, self.written)
-            .map_err(|e| e.into_log_error(format!("write {}", self.path.display())))?;
+            .map_err(|e| match e {
+                // Nothing written: the entries stay unflushed and the next flush retries.
+                super::open_files::WriteError::Open(e) => super::segment::not_started(e),
+                e => e.into_log_error(format!("write {}", self.path.display())),
+            })?;
         self.written += bytes.len() as u64;
         Ok(())
     }

@@ -13,14 +13,18 @@
 //! - [`partition_log`]: [`PartitionLog`], the synchronous single-owner log (append, read, roll,
 //!   retention, close). [`recovery`] rebuilds it from disk on open; [`retention`] decides what to
 //!   delete.
-//! - [`writer`]: [`PartitionHandle`], the async face with one writer task per partition doing
-//!   group commit, and the high watermark readers are bounded by.
+//! - [`writer`]: [`PartitionHandle`], the async face with a writer task per written partition
+//!   doing group commit, and the high watermark readers are bounded by.
+//! - [`cleaner`]: log compaction (`cleanup.policy=compact`), run pass by pass through
+//!   [`PartitionHandle::clean`].
 //!
 //! Errors are one enum, [`LogError`], whose variants stay distinct because the protocol adapters
 //! map them to different Kafka error codes and AMQP reply codes.
 
 pub mod batch;
 mod batch_records;
+pub mod cleaner;
+mod cleaner_run;
 pub mod config;
 pub mod index;
 pub mod open_files;
@@ -36,6 +40,8 @@ pub use batch::{
     encode_batch, set_base_offset, try_encode_batch, validate_batch, BatchHeader, BatchIter,
     BatchStop, EncodeOptions, SimpleRecord,
 };
+pub use cleaner::OffsetMap;
+pub use cleaner_run::CleanReport;
 pub use config::{
     CleanupPolicy, ConfigEntry, ConfigError, FsyncPolicy, LogConfig, TimestampType, KNOWN_KEYS,
 };
@@ -97,6 +103,10 @@ pub enum LogError {
     /// A configuration value was rejected.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A record the topic cannot take, though the batch is well formed: a record without a key
+    /// on a compacted topic (Kafka's INVALID_RECORD).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
     /// An idempotent producer's batch does not follow its previous one (a gap or reordering).
     #[error("producer {producer_id}: sequence {received} is out of order (expected {expected})")]
     OutOfOrderSequence {

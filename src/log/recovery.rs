@@ -172,7 +172,7 @@ pub(crate) fn recover(
             report.removed_files.push(path);
             continue;
         }
-        if name == super::producer_state::SNAPSHOT_FILE {
+        if name == super::producer_state::SNAPSHOT_FILE || name == super::cleaner::CHECKPOINT_FILE {
             continue;
         }
         let parsed = name
@@ -204,6 +204,8 @@ pub(crate) fn recover(
         }
     }
 
+    // Below this offset the cleaner may have left gaps (see `scan`).
+    let gaps_below = super::cleaner::read_gaps_below(dir).unwrap_or(i64::MIN);
     let mut segments = Vec::with_capacity(bases.len().max(1));
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
@@ -213,6 +215,7 @@ pub(crate) fn recover(
             base,
             is_last,
             trust_indexes,
+            gaps_below,
             config,
             clock,
             &mut report,
@@ -230,6 +233,23 @@ pub(crate) fn recover(
         tracing::debug!(dir = %dir.display(), %report, "partition log opened");
     }
     Ok((segments, report))
+}
+
+/// Opens a sealed segment the cleaner has just rewritten (its indexes unlinked), building its
+/// indexes from the new file.
+pub(crate) fn reopen_cleaned_segment(dir: &Path, base: i64, config: &LogConfig) -> Result<Segment> {
+    let mut report = RecoveryReport::default();
+    // `clock` only dates an active segment; this one is sealed.
+    recover_segment(
+        dir,
+        base,
+        false,
+        false,
+        i64::MAX,
+        config,
+        &Clock::manual(0),
+        &mut report,
+    )
 }
 
 /// What a scan of (part of) a segment established.
@@ -251,6 +271,7 @@ fn recover_segment(
     base: i64,
     is_last: bool,
     trust_indexes: bool,
+    gaps_below: i64,
     config: &LogConfig,
     clock: &Clock,
     report: &mut RecoveryReport,
@@ -270,20 +291,27 @@ fn recover_segment(
 
     let index = OffsetIndex::load(&index_path, base, len)?;
     let time_index = TimeIndex::load(&time_path, base, len)?;
+    // A sealed segment opened without trusting its indexes is the cleaner's, which unlinked
+    // them on purpose: no warning then.
+    let expected_rebuild = !is_last && !trust_indexes;
     if index.is_none() {
         report.rebuilt_indexes.push(index_path.clone());
-        tracing::warn!(path = %index_path.display(), "offset index missing or corrupt; rebuilding");
+        if !expected_rebuild {
+            tracing::warn!(path = %index_path.display(), "offset index missing or corrupt; rebuilding");
+        }
     }
     if time_index.is_none() {
         report.rebuilt_indexes.push(time_path.clone());
-        tracing::warn!(path = %time_path.display(), "time index missing or corrupt; rebuilding");
+        if !expected_rebuild {
+            tracing::warn!(path = %time_path.display(), "time index missing or corrupt; rebuilding");
+        }
     }
 
     // Fast path: trusted indexes, verify only from the last index entry on.
     if trust_indexes {
         if let (Some(mut index), Some(mut time_index)) = (index, time_index) {
             let from = index.last().map(|e| u64::from(e.position)).unwrap_or(0);
-            let scan = scan(&file, &log_path, base, from, len, None, config)?;
+            let scan = scan(&file, &log_path, base, from, len, None, gaps_below, config)?;
             // Any problem in the tail means the index cannot be trusted to say where the valid
             // region ends (or what its next offset is): rescan the whole segment instead.
             if scan.stop.is_none() {
@@ -327,7 +355,16 @@ fn recover_segment(
         }
     }
 
-    let scan = scan(&file, &log_path, base, 0, len, Some(base), config)?;
+    let scan = scan(
+        &file,
+        &log_path,
+        base,
+        0,
+        len,
+        Some(base),
+        gaps_below,
+        config,
+    )?;
     truncate_if_needed(&file, &log_path, len, &scan, report)?;
     let index = OffsetIndex::rebuild(&index_path, base, &scan.index)?;
     let mut time_index = TimeIndex::rebuild(&time_path, base, &scan.time_index)?;
@@ -418,11 +455,14 @@ fn truncate_if_needed(
 }
 
 /// Scans batches from `from` (a batch boundary) to `len`, checking framing, CRC and offsets,
-/// and computing the index entries the append path would have written. Offsets inside a segment
-/// are dense (the writer assigns them so and nothing compacts), so each batch must start where
-/// the previous one ended; `expected` is the first batch's base offset if known (`None` when
-/// starting mid-segment, where any base at or above the segment base is accepted). Since the base
-/// offset field is outside the CRC, this is also what catches a damaged base offset.
+/// and computing the index entries the append path would have written. The writer assigns
+/// offsets densely, so each batch must start where the previous one ended; `expected` is the
+/// first batch's base offset if known (`None` when starting mid-segment, where any base at or
+/// above the segment base is accepted). Since the base offset field is outside the CRC, this is
+/// also what catches a damaged base offset. The one exception is below `gaps_below`, the range
+/// the cleaner has compacted (`cleaner.rs`), where dropped records leave gaps: there a batch
+/// may start past where the previous one ended, as in Kafka.
+#[allow(clippy::too_many_arguments)]
 fn scan(
     file: &File,
     path: &Path,
@@ -430,6 +470,7 @@ fn scan(
     from: u64,
     len: u64,
     expected: Option<i64>,
+    gaps_below: i64,
     config: &LogConfig,
 ) -> Result<Scan> {
     let mut s = Scan {
@@ -458,6 +499,7 @@ fn scan(
                 pos + range.start as u64,
                 expected_next,
                 segment_base,
+                gaps_below,
                 config,
             ) {
                 break 'outer;
@@ -488,7 +530,15 @@ fn scan(
                         s.stop = Some(format!("CRC mismatch at position {at}"));
                         break;
                     }
-                    if !accept(&mut s, &h, at, expected_next, segment_base, config) {
+                    if !accept(
+                        &mut s,
+                        &h,
+                        at,
+                        expected_next,
+                        segment_base,
+                        gaps_below,
+                        config,
+                    ) {
                         break;
                     }
                     expected_next = Some(h.next_offset());
@@ -520,10 +570,11 @@ fn accept(
     position: u64,
     expected: Option<i64>,
     segment_base: i64,
+    gaps_below: i64,
     config: &LogConfig,
 ) -> bool {
     let in_order = match expected {
-        Some(e) => h.base_offset == e,
+        Some(e) => h.base_offset == e || (h.base_offset > e && h.base_offset < gaps_below),
         None => h.base_offset >= segment_base,
     };
     if !in_order || h.last_offset() - segment_base > u32::MAX as i64 {

@@ -38,6 +38,10 @@ pub struct RetentionPlan {
 
 /// Decides what to delete. `segments` are oldest first; the last one is the active segment.
 pub fn plan(segments: &[SegmentMeta], config: &LogConfig, now_ms: i64) -> RetentionPlan {
+    // A `compact`-only log keeps its segments; the cleaner thins them instead.
+    if !config.cleanup_policy.deletes() {
+        return RetentionPlan::default();
+    }
     let Some(active) = segments.last() else {
         return RetentionPlan::default();
     };

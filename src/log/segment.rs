@@ -100,11 +100,41 @@ fn is_out_of_space(e: &std::io::Error) -> bool {
     )
 }
 
-/// Whether an error from [`Segment::append`] is a write the disk refused for lack of space and
-/// that was undone: nothing of it is in the file and the segment is as before the call, so the
-/// log may stay open and retry later appends (instead of fail-stopping).
+/// Whether an error from [`Segment::append`] is a write that left nothing in the file — the
+/// disk refused it for lack of space and it was undone, or the segment's file could not be
+/// reopened (descriptors exhausted, say) so it never started — with the segment as before the
+/// call, so the log may stay open and retry later appends (instead of fail-stopping).
 pub fn write_refused(e: &LogError) -> bool {
-    matches!(e, LogError::Io { source, .. } if is_out_of_space(source))
+    matches!(e, LogError::Io { source, .. } if is_out_of_space(source)) || is_not_started(e)
+}
+
+fn is_not_started(e: &LogError) -> bool {
+    matches!(e, LogError::Io { source, .. }
+        if source.get_ref().is_some_and(|r| r.is::<NotStarted>()))
+}
+
+/// The cause of a write that never started because its file could not be (re)opened.
+#[derive(Debug)]
+struct NotStarted(std::io::Error);
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NotStarted {}
+
+/// Marks an open failure of a write as [`write_refused`]. Only an operating-system error
+/// qualifies: a file poisoned by an earlier failed fsync must keep fail-stopping.
+pub(crate) fn not_started(e: LogError) -> LogError {
+    match e {
+        LogError::Io { context, source } if source.raw_os_error().is_some() => LogError::Io {
+            context,
+            source: std::io::Error::new(source.kind(), NotStarted(source)),
+        },
+        other => other,
+    }
 }
 
 /// An error after the batches of an append were written: never [`write_refused`], whatever
@@ -293,7 +323,7 @@ impl Segment {
         }
         match self.write_at(buf, start) {
             Ok(()) => {}
-            Err(WriteError::Open(e)) => return Err(e),
+            Err(WriteError::Open(e)) => return Err(not_started(e)),
             Err(WriteError::Io(e)) => return Err(self.undo_failed_write(start, end, e)),
         }
 
@@ -319,11 +349,21 @@ impl Segment {
         self.next_offset = last.next_offset();
         // The batches are written and counted by now, so a full disk here must not read as a
         // refused (undone) write: it is reported as a plain I/O error, which fail-stops.
+        // An index file that cannot be reopened just now keeps its entries in memory for the
+        // next flush (at the latest the roll or close): the batches are safely in the log.
+        let deferred = |e: LogError| {
+            if is_not_started(&e) {
+                tracing::warn!(error = %e, "index flush deferred");
+                Ok(())
+            } else {
+                Err(written_anyway(e))
+            }
+        };
         if self.index.unflushed() >= INDEX_FLUSH_ENTRIES {
-            self.index.flush().map_err(written_anyway)?;
+            self.index.flush().or_else(deferred)?;
         }
         if self.time_index.unflushed() >= INDEX_FLUSH_ENTRIES {
-            self.time_index.flush().map_err(written_anyway)?;
+            self.time_index.flush().or_else(deferred)?;
         }
         Ok(())
     }

@@ -37,6 +37,24 @@ fn no_space(reason: &str) -> LogError {
     )
 }
 
+/// A compacted topic keeps the latest record per key, so a record without a key has no place
+/// in it: Kafka refuses it with INVALID_RECORD, and so does Ferry (control batches aside).
+fn refuse_keyless(batches: &[u8], headers: &[(BatchHeader, Range<usize>)]) -> Result<()> {
+    for (h, range) in headers {
+        if h.is_control() {
+            continue;
+        }
+        let mut one = bytes::Bytes::copy_from_slice(&batches[range.clone()]);
+        let records = crate::log::batch::decode_next_batch(&mut one)?;
+        if records.iter().any(|r| r.record.key.is_none()) {
+            return Err(LogError::InvalidRecord(
+                "Compacted topic cannot accept message without key".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl PartitionLog {
     /// Appends the record batches in `batches` (one or more, concatenated, as a Kafka produce
     /// request carries them). All are validated before anything is written; on success their
@@ -44,6 +62,7 @@ impl PartitionLog {
     /// buffer, which then holds exactly the bytes stored.
     pub fn append(&mut self, batches: &mut [u8]) -> Result<AppendInfo> {
         self.check_open()?;
+        self.refresh_producer_states()?;
         let now = self.clock.now_ms();
         let prepared = self.prepare(batches, self.log_end_offset(), now)?;
         let info = prepared.info;
@@ -69,6 +88,17 @@ impl PartitionLog {
     pub fn append_many<B: AsMut<[u8]>>(&mut self, requests: &mut [B]) -> Vec<Result<AppendInfo>> {
         if let [single] = requests {
             return vec![self.append(single.as_mut())];
+        }
+        if let Err(e) = self.refresh_producer_states() {
+            // Every request gets the same failure (`LogError` is not `Clone`).
+            let (context, kind) = match &e {
+                LogError::Io { context, source } => (context.clone(), source.kind()),
+                other => (other.to_string(), std::io::ErrorKind::Other),
+            };
+            return requests
+                .iter()
+                .map(|_| Err(LogError::io(context.clone(), kind.into())))
+                .collect();
         }
         let now = self.clock.now_ms();
         let mut results: Vec<Result<AppendInfo>> = Vec::with_capacity(requests.len());
@@ -203,6 +233,9 @@ impl PartitionLog {
         if let Some(stop) = it.take_stop() {
             return Err(stop.into_error());
         }
+        if self.config.cleanup_policy.compacts() {
+            refuse_keyless(batches, &headers)?;
+        }
         if let Some(duplicate) = self.check_producers(&headers)? {
             return Ok(Prepared {
                 info: duplicate,
@@ -278,6 +311,16 @@ impl PartitionLog {
         }
     }
 
+    /// Rebuilds the producers' sequence state if a refused write left it stale and the
+    /// rebuild could not be done then.
+    fn refresh_producer_states(&mut self) -> Result<()> {
+        if self.producers_stale {
+            self.rebuild_producer_states()?;
+            self.producers_stale = false;
+        }
+        Ok(())
+    }
+
     fn record_producers(&mut self, headers: &[(BatchHeader, Range<usize>)]) {
         for (h, _) in headers {
             self.producers.record(h);
@@ -298,8 +341,11 @@ impl PartitionLog {
                 // A full disk refused the write and the segment undid it: the log stays open.
                 // The producers' sequences were recorded before writing; forget the ones that
                 // did not land, or the producer's retry would be taken for a duplicate.
+                // If the log cannot be read back just now (the same descriptor shortage, say),
+                // the next append retries the rebuild before it checks any sequence.
                 if let Err(re) = self.rebuild_producer_states() {
-                    return Err(self.fail(re));
+                    tracing::warn!(dir = %self.dir.display(), error = %re, "rebuilding producer state deferred");
+                    self.producers_stale = true;
                 }
                 return Err(e);
             }

@@ -37,6 +37,7 @@ use super::{LogError, Result};
 use crate::clock::Clock;
 
 mod append;
+pub(crate) mod compact;
 mod read;
 mod trim;
 
@@ -98,6 +99,9 @@ pub struct PartitionLog {
     state: State,
     /// Idempotent producers' recent sequence ranges (see `producer_state`).
     producers: ProducerStates,
+    /// A refused write recorded sequences that did not land and the state could not be
+    /// rebuilt from the log at once: it is, before the next append.
+    producers_stale: bool,
 }
 
 impl PartitionLog {
@@ -116,6 +120,7 @@ impl PartitionLog {
             segments,
             state: State::Open,
             producers: ProducerStates::default(),
+            producers_stale: false,
         };
         log.rebuild_producer_states()?;
         Ok((log, report))
@@ -123,7 +128,7 @@ impl PartitionLog {
 
     /// Loads the producer-state snapshot and replays the batch headers written after it (all
     /// of the log when there is no usable snapshot).
-    fn rebuild_producer_states(&mut self) -> Result<()> {
+    pub(super) fn rebuild_producer_states(&mut self) -> Result<()> {
         let start = self.log_start_offset();
         let end = self.log_end_offset();
         let (mut states, mut from) = match ProducerStates::load(&self.dir) {
@@ -168,7 +173,7 @@ impl PartitionLog {
         &mut self.segments[last]
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         match &self.state {
             State::Open => Ok(()),
             State::Failed(reason) => Err(LogError::FailStopped(reason.clone())),
@@ -261,6 +266,11 @@ impl PartitionLog {
     /// The partition directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The log's clock, now.
+    pub(crate) fn clock_now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Current configuration.

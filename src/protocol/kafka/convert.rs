@@ -14,6 +14,7 @@ pub fn log_error_code(e: &LogError) -> i16 {
             ResponseError::CorruptMessage.code()
         }
         LogError::MessageTooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        LogError::InvalidRecord(_) => ResponseError::InvalidRecord.code(),
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::FailStopped(_) | LogError::Io { .. } => ResponseError::KafkaStorageError.code(),
         LogError::Closed => ResponseError::NotLeaderOrFollower.code(),
