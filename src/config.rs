@@ -74,6 +74,8 @@ pub struct Config {
     pub kafka: KafkaSettings,
     /// AMQP 0-9-1 protocol settings.
     pub amqp: AmqpSettings,
+    /// `[native]`: native protocol (protobuf over QUIC) settings; its users are `amqp.users`.
+    pub native: crate::protocol::native::NativeSettings,
     /// Logging and metrics.
     pub observe: ObserveSettings,
     /// Alert rules and where their events go (see `src/observe/alerts.rs`).
@@ -97,6 +99,7 @@ impl Default for Config {
             log: LogSettings::default(),
             kafka: KafkaSettings::default(),
             amqp: AmqpSettings::default(),
+            native: crate::protocol::native::NativeSettings::default(),
             observe: ObserveSettings::default(),
             alerts: crate::observe::alerts::AlertSettings::default(),
         }

@@ -50,6 +50,9 @@ pub enum StartError {
     Recovery(#[from] BrokerError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The native listener's certificate or QUIC configuration.
+    #[error(transparent)]
+    Native(#[from] crate::protocol::native::EndpointError),
 }
 
 /// One listen address that could not be bound.
@@ -339,8 +342,20 @@ impl BrokerBuilder {
         if let Some(addr) = amqp_tls_addr {
             health.set_listener("amqps", addr);
         }
-        // The native protocol (protobuf over QUIC) is not implemented yet; its address is
-        // validated and reserved in the configuration, but nothing binds it.
+        let native = listeners::bind_native(&config, &data_dir)?;
+        let native_addr = native.local_addr().map_err(|source| StartError::Bind {
+            what: "native",
+            addr: config.native_listen.clone(),
+            source,
+        })?;
+        health.set_listener("native", native_addr);
+        tasks.spawn(protocol::native::serve(
+            native,
+            core.clone(),
+            config.amqp.clone(),
+            config.native.clone(),
+            shutdown_rx.clone(),
+        ));
 
         let kafka_settings = protocol::kafka::KafkaServerSettings {
             advertised: config.kafka_advertised.clone(),
@@ -412,6 +427,7 @@ impl BrokerBuilder {
         let addrs = Addrs {
             kafka: kafka_addr,
             amqp: amqp_addr,
+            native: native_addr,
             http: http_addr,
             kafka_tls: kafka_tls_addr,
             amqp_tls: amqp_tls_addr,
@@ -453,6 +469,8 @@ impl BrokerBuilder {
 struct Addrs {
     kafka: SocketAddr,
     amqp: SocketAddr,
+    /// UDP (QUIC).
+    native: SocketAddr,
     http: SocketAddr,
     kafka_tls: Option<SocketAddr>,
     amqp_tls: Option<SocketAddr>,
@@ -501,6 +519,11 @@ impl Broker {
 
     pub fn amqp_addr(&self) -> SocketAddr {
         self.addrs.amqp
+    }
+
+    /// The native protocol's QUIC (UDP) address.
+    pub fn native_addr(&self) -> SocketAddr {
+        self.addrs.native
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -8,7 +8,9 @@
 //! `ferry_connections_refused_total`.
 
 pub mod amqp;
+pub mod credentials;
 pub mod kafka;
+pub mod native;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -64,13 +64,12 @@ pub async fn authenticate(
         }
         "PLAIN" | "AMQPLAIN" => {
             let (user, password) = credentials(s).ok_or_else(refused)?;
-            let known = settings
-                .users
-                .iter()
-                .any(|u| u.name == user && u.password == password);
+            // Counted, logged (WARN, rate-limited) and slowed per peer by the core's guard.
+            let known = crate::protocol::credentials::verify_password(
+                core, settings, "amqp", peer, &user, &password,
+            )
+            .await;
             if !known {
-                // Counted, logged (WARN, rate-limited) and slowed per peer by the core's guard.
-                guard.failed("amqp", Some(peer.ip()), &user).wait().await;
                 return Err(refused());
             }
             user
@@ -83,7 +82,7 @@ pub async fn authenticate(
         }
     };
     guard.succeeded(Some(peer.ip()));
-    if settings.loopback_users.contains(&user) && !peer.ip().is_loopback() {
+    if !crate::protocol::credentials::allowed_from(settings, peer, &user) {
         tracing::info!(%peer, user, "AMQP user may only connect from loopback");
         return Err(refused());
     }

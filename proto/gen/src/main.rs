@@ -1,0 +1,8 @@
+fn main() {
+    let proto_dir = std::env::args().nth(1).expect("proto dir");
+    let out = std::env::args().nth(2).expect("out dir");
+    let fds = protox::compile([format!("{proto_dir}/ferry.proto")], [proto_dir.as_str()]).expect("compile");
+    let mut config = prost_build::Config::new();
+    config.out_dir(&out);
+    config.compile_fds(fds).expect("codegen");
+}
