@@ -342,7 +342,7 @@ impl BrokerBuilder {
         if let Some(addr) = amqp_tls_addr {
             health.set_listener("amqps", addr);
         }
-        let native = listeners::bind_native(&config, &data_dir)?;
+        let (native, native_fingerprint) = listeners::bind_native(&config, &data_dir)?;
         let native_addr = native.local_addr().map_err(|source| StartError::Bind {
             what: "native",
             addr: config.native_listen.clone(),
@@ -428,6 +428,7 @@ impl BrokerBuilder {
             kafka: kafka_addr,
             amqp: amqp_addr,
             native: native_addr,
+            native_fingerprint,
             http: http_addr,
             kafka_tls: kafka_tls_addr,
             amqp_tls: amqp_tls_addr,
@@ -471,6 +472,8 @@ struct Addrs {
     amqp: SocketAddr,
     /// UDP (QUIC).
     native: SocketAddr,
+    /// SHA-256 of the native listener's certificate (what clients pin).
+    native_fingerprint: String,
     http: SocketAddr,
     kafka_tls: Option<SocketAddr>,
     amqp_tls: Option<SocketAddr>,
@@ -524,6 +527,12 @@ impl Broker {
     /// The native protocol's QUIC (UDP) address.
     pub fn native_addr(&self) -> SocketAddr {
         self.addrs.native
+    }
+
+    /// The SHA-256 fingerprint of the native listener's certificate, for
+    /// `client::native::Trust::Fingerprint`.
+    pub fn native_fingerprint(&self) -> &str {
+        &self.addrs.native_fingerprint
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -34,7 +34,10 @@ pub(super) async fn bind_tls(
 /// Binds the native protocol's QUIC endpoint (UDP) on `native_listen`, with the TLS
 /// listeners' certificate or the data directory's self-signed one (its fingerprint is logged:
 /// clients pin it).
-pub(super) fn bind_native(config: &Config, data_dir: &Path) -> Result<quinn::Endpoint, StartError> {
+pub(super) fn bind_native(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<(quinn::Endpoint, String), StartError> {
     use crate::protocol::native::endpoint;
     let key = "native_listen";
     let addr = resolve_listen(key, &config.native_listen)?;
@@ -57,7 +60,7 @@ pub(super) fn bind_native(config: &Config, data_dir: &Path) -> Result<quinn::End
         sha256_fingerprint = %fingerprint,
         "listening"
     );
-    Ok(bound)
+    Ok((bound, fingerprint))
 }
 
 /// Reloads the certificates when their files change, every `tls.reload_check_interval_ms`.
