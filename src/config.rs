@@ -502,6 +502,12 @@ impl Config {
         if let Some(adv) = &self.kafka_tls_advertised {
             parse_host_port("kafka_tls_advertised", adv)?;
         }
+        if let Some((key, message)) = self.native.problem() {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            });
+        }
         if let Some((key, message)) = self.tls.problem(!self.tls_listeners().is_empty()) {
             return Err(ConfigError::Invalid {
                 key: key.into(),

@@ -55,7 +55,7 @@ pub fn decode<M: Message + Default>(
 }
 
 /// The frame length and the size of its varint prefix, if the prefix is complete.
-fn peek_length(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
+pub fn peek_length(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     let mut value: u64 = 0;
     for (i, byte) in buf.iter().take(10).enumerate() {
         value |= u64::from(byte & 0x7f) << (7 * i);

@@ -33,6 +33,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The length of the next frame, reading only as far as its prefix (so a reader can
+    /// reserve memory for the frame before it arrives); `Ok(None)` when the stream ended
+    /// cleanly between frames. A length past the limit is an error.
+    pub async fn next_len(&mut self) -> Result<Option<usize>, ReadError> {
+        loop {
+            if let Some((len, _)) = codec::peek_length(&self.buf)? {
+                if len > self.max as u64 {
+                    return Err(FrameError::TooLarge { len, max: self.max }.into());
+                }
+                // `len <= max` fits in usize.
+                return Ok(Some(len as usize));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+        }
+    }
+
     /// The next frame; `Ok(None)` when the stream ended cleanly between frames.
     pub async fn next<M: Message + Default>(&mut self) -> Result<Option<M>, ReadError> {
         loop {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::convert::NativeError;
@@ -35,7 +35,15 @@ pub(crate) struct Ctx {
     pub peer: SocketAddr,
     /// Set by the first successful `Authenticate`.
     pub user: OnceLock<String>,
+    /// Bytes of request frames being read or handled at once on this connection: a permit per
+    /// byte, taken once a frame's length is known and before its body is read, and held until
+    /// it is answered. Without it, thousands of streams each sending a frame just under the
+    /// limit would make the broker buffer all of them.
+    pub frame_budget: Arc<Semaphore>,
 }
+
+/// Request bytes a connection may have in memory at once, in units of the frame limit.
+const FRAME_BUDGET_FRAMES: usize = 4;
 
 pub(super) async fn run(
     incoming: quinn::Incoming,
@@ -52,6 +60,7 @@ pub(super) async fn run(
             return;
         }
     };
+    let frame_budget = Arc::new(Semaphore::new(budget_bytes(&settings)));
     let ctx = Arc::new(Ctx {
         core,
         users,
@@ -59,6 +68,7 @@ pub(super) async fn run(
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         peer,
         user: OnceLock::new(),
+        frame_budget,
     });
     metrics::gauge!("ferry_connections", "protocol" => "native").increment(1.0);
     tracing::debug!(%peer, connection = ctx.id, "native connection open");
@@ -94,6 +104,22 @@ pub(super) async fn run(
 /// Reads a stream's request and answers it.
 async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
     let mut reader = FrameReader::new(recv, ctx.settings.max_frame_bytes);
+    let len = match reader.next_len().await {
+        Ok(Some(len)) => len,
+        Ok(None) | Err(ReadError::Io(_)) => return,
+        Err(ReadError::Frame(e)) => return refuse(&mut send, e.into()).await,
+        Err(ReadError::Truncated) => {
+            return refuse(
+                &mut send,
+                NativeError::malformed("the stream ended inside a frame"),
+            )
+            .await
+        }
+    };
+    let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
+    let Ok(_budget) = ctx.frame_budget.clone().acquire_many_owned(permits).await else {
+        return;
+    };
     let request: v1::Request = match reader.next().await {
         Ok(Some(r)) => r,
         Ok(None) => return,
@@ -135,6 +161,15 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
         .await;
     }
     handlers::dispatch(&ctx, op, &mut send, reader).await;
+}
+
+/// The connection's frame budget: a few frames at the limit, within the semaphore's range.
+fn budget_bytes(settings: &NativeSettings) -> usize {
+    settings
+        .max_frame_bytes
+        .saturating_mul(FRAME_BUDGET_FRAMES)
+        .min(Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
 }
 
 async fn refuse(send: &mut SendStream, e: NativeError) {

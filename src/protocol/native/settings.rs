@@ -17,6 +17,28 @@ pub struct NativeSettings {
     pub default_prefetch: u32,
 }
 
+impl NativeSettings {
+    /// The first problem with these settings, as (key, message).
+    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > 1 << 30 {
+            return Some((
+                "native.max_frame_bytes",
+                "must be between 1024 and 1073741824",
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Some(("native.max_concurrent_streams", "must be at least 1"));
+        }
+        if self.default_prefetch == 0 || self.default_prefetch > MAX_PREFETCH {
+            return Some(("native.default_prefetch", "must be between 1 and 65535"));
+        }
+        None
+    }
+}
+
+/// The largest prefetch a subscription gets (AMQP's limit too); a larger ask is clamped.
+pub const MAX_PREFETCH: u32 = 65_535;
+
 impl Default for NativeSettings {
     fn default() -> Self {
         Self {

@@ -69,7 +69,7 @@ fn prefetch(ctx: &Ctx, asked: u32) -> usize {
     } else {
         asked
     };
-    p.max(1) as usize
+    p.clamp(1, super::super::settings::MAX_PREFETCH) as usize
 }
 
 /// The queue consumer's registration and unsettled deliveries; dropping it returns them to
