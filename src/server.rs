@@ -446,6 +446,7 @@ impl BrokerBuilder {
             kafka_tls_addr = %or_off(kafka_tls_addr),
             amqp_tls_addr = %or_off(amqp_tls_addr),
             https_addr = %or_off(https_addr),
+            %native_addr,
             "ferry is ready"
         );
 

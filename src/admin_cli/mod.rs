@@ -14,6 +14,7 @@ mod exchanges;
 mod groups;
 pub mod http;
 pub mod kcat;
+pub mod native_publish;
 mod queues;
 mod topics;
 

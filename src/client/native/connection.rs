@@ -25,6 +25,9 @@ pub enum Trust {
     Fingerprint(String),
     /// CA certificates (PEM) the broker's certificate must chain to.
     CaFile(PathBuf),
+    /// Pin the (first) certificate in this PEM file, e.g. the broker's self-signed
+    /// `<data_dir>/native/cert.pem`.
+    CertFile(PathBuf),
 }
 
 /// Backoff between connection attempts: `initial`, doubling up to `max`, `attempts` in all.
@@ -294,15 +297,31 @@ fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClient
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NativeClientError::Config(e.to_string()))?;
-    let mut tls = match &o.trust {
-        Trust::Fingerprint(fp) => builder
+    let pinned = match &o.trust {
+        Trust::Fingerprint(fp) => Some(normalize(fp)),
+        Trust::CertFile(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                NativeClientError::Config(format!("reading {}: {e}", path.display()))
+            })?;
+            let cert = CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .ok_or_else(|| {
+                    NativeClientError::Config(format!("no certificate in {}", path.display()))
+                })?
+                .map_err(|e| NativeClientError::Config(e.to_string()))?;
+            Some(sha256_hex(&cert))
+        }
+        Trust::CaFile(_) => None,
+    };
+    let mut tls = match (&o.trust, pinned) {
+        (_, Some(fingerprint)) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
-                fingerprint: normalize(fp),
+                fingerprint,
                 provider,
             }))
             .with_no_client_auth(),
-        Trust::CaFile(path) => {
+        (Trust::CaFile(path), None) => {
             let pem = std::fs::read(path)
                 .map_err(|e| NativeClientError::Config(format!("reading the CA file: {e}")))?;
             let mut roots = rustls::RootCertStore::empty();
@@ -314,6 +333,11 @@ fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClient
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
+        (_, None) => {
+            return Err(NativeClientError::Config(
+                "no way to trust the server".into(),
+            ))
+        }
     };
     tls.alpn_protocols = vec![crate::proto::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -323,6 +347,12 @@ fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClient
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// SHA-256 of a DER certificate as upper-case hex without separators.
+fn sha256_hex(cert: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect()
 }
 
 fn normalize(fingerprint: &str) -> String {
@@ -349,8 +379,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
-        let seen: String = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        let seen = sha256_hex(end_entity);
         if seen == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
