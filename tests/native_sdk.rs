@@ -85,6 +85,28 @@ fn queue(broker: &TestBroker, name: &str) -> Arc<ferry::broker::queue::Queue> {
         .expect("queue exists")
 }
 
+/// Waits until queue `name` holds no message, ready or unacked.
+async fn all_settled(broker: &TestBroker, name: &str) {
+    let q = queue(broker, name);
+    eventually("every message settled", || {
+        q.message_count() == 0 && q.unacked_count() == 0
+    })
+    .await;
+}
+
+/// A handler that acks every event and hands it to the returned receiver.
+fn collector() -> (impl EventHandler, mpsc::UnboundedReceiver<ReceivedEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = move |event: ReceivedEvent, _ctx: EventContext| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(event);
+            Ok(())
+        }
+    };
+    (handler, rx)
+}
+
 /// Waits until `check` holds (bounded), for state a settle changes asynchronously.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -124,18 +146,9 @@ async fn publish_is_confirmed_and_a_subscriber_acks() {
     // The confirm means it is in the queue already.
     assert_eq!(queue(&broker, "orders").message_count(), 1);
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (handler, mut rx) = collector();
     let sub = EventConsumer::new(conn.clone())
-        .subscribe(
-            move |event: ReceivedEvent, _ctx: EventContext| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(event);
-                    Ok(())
-                }
-            },
-            ConsumerConfig::new("orders"),
-        )
+        .subscribe(handler, ConsumerConfig::new("orders"))
         .await
         .expect("subscribe");
     let event = tokio::time::timeout(WAIT, rx.recv())
@@ -154,11 +167,7 @@ async fn publish_is_confirmed_and_a_subscriber_acks() {
     assert_eq!(event.retry_count, 0);
     assert_eq!(event.json::<serde_json::Value>().expect("json")["order"], 7);
     sub.close().await;
-    let q = queue(&broker, "orders");
-    eventually("the ack settled the message", || {
-        q.message_count() == 0 && q.unacked_count() == 0
-    })
-    .await;
+    all_settled(&broker, "orders").await;
 }
 
 #[tokio::test]
@@ -214,11 +223,7 @@ async fn a_failing_handler_is_retried_by_the_broker_with_its_retry_count() {
     // Linear backoff: the broker held retry n for at least n x 100 ms.
     assert!(seen[1].1 - seen[0].1 >= Duration::from_millis(100));
     assert!(seen[2].1 - seen[1].1 >= Duration::from_millis(200));
-    let q = queue(&broker, "work");
-    eventually("settled", || {
-        q.message_count() == 0 && q.unacked_count() == 0
-    })
-    .await;
+    all_settled(&broker, "work").await;
 }
 
 #[tokio::test]
@@ -755,18 +760,9 @@ async fn sdk_metadata_reaches_kafka_and_amqp_consumers_and_back() {
         )
         .await
         .expect("produce");
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (handler, mut rx) = collector();
     let sub = EventConsumer::new(conn.clone())
-        .subscribe(
-            move |e: ReceivedEvent, _c: EventContext| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(e);
-                    Ok(())
-                }
-            },
-            ConsumerConfig::new("sdk-view"),
-        )
+        .subscribe(handler, ConsumerConfig::new("sdk-view"))
         .await
         .expect("subscribe");
     let event = tokio::time::timeout(WAIT, rx.recv())

@@ -106,15 +106,8 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
     let mut reader = FrameReader::new(recv, ctx.settings.max_frame_bytes);
     let len = match reader.next_len().await {
         Ok(Some(len)) => len,
-        Ok(None) | Err(ReadError::Io(_)) => return,
-        Err(ReadError::Frame(e)) => return refuse(&mut send, e.into()).await,
-        Err(ReadError::Truncated) => {
-            return refuse(
-                &mut send,
-                NativeError::malformed("the stream ended inside a frame"),
-            )
-            .await
-        }
+        Ok(None) => return,
+        Err(e) => return refuse_read(&mut send, e).await,
     };
     let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
     let Ok(_budget) = ctx.frame_budget.clone().acquire_many_owned(permits).await else {
@@ -123,15 +116,7 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
     let request: v1::Request = match reader.next().await {
         Ok(Some(r)) => r,
         Ok(None) => return,
-        Err(ReadError::Frame(e)) => return refuse(&mut send, e.into()).await,
-        Err(ReadError::Truncated) => {
-            return refuse(
-                &mut send,
-                NativeError::malformed("the stream ended inside a frame"),
-            )
-            .await
-        }
-        Err(ReadError::Io(_)) => return,
+        Err(e) => return refuse_read(&mut send, e).await,
     };
     let Some(op) = request.op else {
         return refuse(
@@ -170,6 +155,16 @@ fn budget_bytes(settings: &NativeSettings) -> usize {
         .saturating_mul(FRAME_BUDGET_FRAMES)
         .min(Semaphore::MAX_PERMITS)
         .min(u32::MAX as usize)
+}
+
+/// Answers a request that could not be read; a stream that failed under us gets nothing.
+async fn refuse_read(send: &mut SendStream, e: ReadError) {
+    let error = match e {
+        ReadError::Frame(e) => e.into(),
+        ReadError::Truncated => NativeError::malformed("the stream ended inside a frame"),
+        ReadError::Io(_) => return,
+    };
+    refuse(send, error).await
 }
 
 async fn refuse(send: &mut SendStream, e: NativeError) {
