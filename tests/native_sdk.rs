@@ -775,3 +775,64 @@ async fn sdk_metadata_reaches_kafka_and_amqp_consumers_and_back() {
     assert_eq!(event.metadata.traceparent, TRACEPARENT);
     sub.close().await;
 }
+
+/// One request on its own stream of `quic`; the first response.
+async fn raw_call(quic: &quinn::Connection, op: v1::request::Op) -> v1::response::Result {
+    let (mut send, recv) = quic.open_bi().await.expect("stream");
+    ferry::proto::framed::write(&mut send, &v1::Request { op: Some(op) })
+        .await
+        .expect("write");
+    let _ = send.finish();
+    let mut reader = ferry::proto::framed::FrameReader::new(recv, 1 << 20);
+    let r: v1::Response = reader.next().await.expect("read").expect("a response");
+    r.result.expect("a result")
+}
+
+#[tokio::test]
+async fn nothing_but_authenticate_is_served_before_a_login() {
+    let broker = TestBroker::start().await.expect("broker");
+    let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
+    let options = ConnectOptions::new(broker.native_addr(), trust, "guest", "guest");
+    let quic = open_raw(&options).await.expect("handshake");
+    let declare = || {
+        v1::request::Op::DeclareQueue(v1::DeclareQueue {
+            name: "sneaky".into(),
+            ..Default::default()
+        })
+    };
+    let auth = |password: &str| {
+        v1::request::Op::Authenticate(v1::Authenticate {
+            user: "guest".into(),
+            password: password.into(),
+            client_name: "raw".into(),
+        })
+    };
+    let refused = |r: v1::response::Result| match r {
+        v1::response::Result::Error(e) => ErrorCode::try_from(e.code).expect("code"),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(
+        refused(raw_call(&quic, declare()).await),
+        ErrorCode::Unauthenticated
+    );
+    assert!(broker.core().router().queue("/", "sneaky").is_none());
+    assert_eq!(
+        refused(raw_call(&quic, auth("nope")).await),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        refused(raw_call(&quic, declare()).await),
+        ErrorCode::Unauthenticated
+    );
+    match raw_call(&quic, auth("guest")).await {
+        v1::response::Result::Authenticated(a) => {
+            assert_eq!(a.user, "guest");
+            assert_eq!(a.max_frame_bytes, 16 * 1024 * 1024);
+        }
+        other => panic!("expected Authenticated, got {other:?}"),
+    }
+    assert!(matches!(
+        raw_call(&quic, declare()).await,
+        v1::response::Result::QueueDeclared(_)
+    ));
+}

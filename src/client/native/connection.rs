@@ -137,14 +137,7 @@ struct Inner {
 
 /// Connects and authenticates, retrying per `options.backoff`.
 pub async fn connect(options: ConnectOptions) -> Result<NativeConnection, NativeClientError> {
-    let client = client_config(&options)?;
-    let bind: SocketAddr = if options.addr.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0_u16; 8], 0))
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(NativeClientError::connection)?;
-    endpoint.set_default_client_config(client);
+    let (endpoint, _) = client_endpoint(&options)?;
     let c = NativeConnection {
         inner: Arc::new(Inner {
             options,
@@ -154,6 +147,33 @@ pub async fn connect(options: ConnectOptions) -> Result<NativeConnection, Native
     };
     c.connection().await?;
     Ok(c)
+}
+
+/// A QUIC connection to the native listener that has not authenticated, for tools and tests
+/// that speak the protocol frame by frame (one attempt, no retry).
+pub async fn open_raw(options: &ConnectOptions) -> Result<quinn::Connection, NativeClientError> {
+    let (endpoint, _) = client_endpoint(options)?;
+    let connecting = endpoint
+        .connect(options.addr, &options.server_name)
+        .map_err(NativeClientError::connection)?;
+    tokio::time::timeout(options.connect_timeout, connecting)
+        .await
+        .map_err(|_| NativeClientError::Timeout(options.connect_timeout))?
+        .map_err(NativeClientError::connection)
+}
+
+fn client_endpoint(
+    options: &ConnectOptions,
+) -> Result<(quinn::Endpoint, quinn::ClientConfig), NativeClientError> {
+    let client = client_config(options)?;
+    let bind: SocketAddr = if options.addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0_u16; 8], 0))
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(NativeClientError::connection)?;
+    endpoint.set_default_client_config(client.clone());
+    Ok((endpoint, client))
 }
 
 impl NativeConnection {

@@ -27,7 +27,7 @@ mod reply;
 
 pub use crate::proto::v1::ErrorCode;
 pub use connection::{
-    connect, Backoff, ConnectOptions, NativeClientError, NativeConnection, Trust,
+    connect, open_raw, Backoff, ConnectOptions, NativeClientError, NativeConnection, Trust,
 };
 pub use consumer::{
     BackoffKind, ConsumerConfig, EventConsumer, EventContext, EventHandler, HandlerConfig,
