@@ -27,6 +27,9 @@ use crate::proto::v1::{self, request, response, settle::Outcome, ErrorCode};
 /// appends (the core does not notify those).
 const TOPIC_RECHECK: Duration = Duration::from_secs(1);
 
+/// Most settles applied in one go.
+const SETTLE_BATCH: usize = 1024;
+
 type Settles = mpsc::Receiver<Result<v1::Settle, NativeError>>;
 
 /// Reads the client's settles off the stream until it ends; a malformed frame or any other
@@ -180,7 +183,24 @@ pub(crate) async fn queue(
             _ = ready.changed() => {}
             settle = settles.recv() => match settle {
                 Some(Ok(s)) => {
-                    if let Err(e) = settle_queue(ctx, &mut consumer, s).await {
+                    // Settles that arrived together are applied together: one state write
+                    // per queue call, as an AMQP `multiple` ack gets.
+                    let mut batch = vec![s];
+                    let mut failed = None;
+                    while batch.len() < SETTLE_BATCH {
+                        match settles.try_recv() {
+                            Ok(Ok(s)) => batch.push(s),
+                            Ok(Err(e)) => {
+                                failed = Some(e);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = settle_queue(ctx, &mut consumer, batch).await {
+                        break Err(e);
+                    }
+                    if let Some(e) = failed {
                         break Err(e);
                     }
                 }
@@ -204,41 +224,60 @@ pub(crate) async fn queue(
     result
 }
 
+/// Applies a batch of settles: acks and requeues in one queue call each, rejects one by one.
+/// An unknown tag or outcome ends the batch (what came before it is applied) with an error.
 async fn settle_queue(
     ctx: &Ctx,
     consumer: &mut QueueConsumer,
-    s: v1::Settle,
+    batch: Vec<v1::Settle>,
 ) -> Result<(), NativeError> {
-    let Some(offset) = consumer.unacked.remove(&s.delivery_tag) else {
-        return Err(NativeError::new(
-            ErrorCode::UnknownDelivery,
-            format!("unknown delivery tag {}", s.delivery_tag),
-        ));
-    };
-    let q = &consumer.queue;
-    let outcome = Outcome::try_from(s.outcome)
-        .map_err(|_| NativeError::malformed(format!("unknown settle outcome {}", s.outcome)))?;
-    crate::observe::metrics::record_settled(
+    let mut acks = Vec::new();
+    let mut requeues = Vec::new();
+    let mut result = Ok(());
+    for s in batch {
+        let outcome = match Outcome::try_from(s.outcome) {
+            Ok(o) => o,
+            Err(_) => {
+                result = Err(NativeError::malformed(format!(
+                    "unknown settle outcome {}",
+                    s.outcome
+                )));
+                break;
+            }
+        };
+        let Some(offset) = consumer.unacked.remove(&s.delivery_tag) else {
+            result = Err(NativeError::new(
+                ErrorCode::UnknownDelivery,
+                format!("unknown delivery tag {}", s.delivery_tag),
+            ));
+            break;
+        };
         match outcome {
-            Outcome::Ack => None,
-            Outcome::NackRequeue => Some(true),
-            Outcome::Reject => Some(false),
-        },
-        1,
-    );
-    q.record_outcome(consumer.id, outcome == Outcome::Ack, 1);
-    match outcome {
-        Outcome::Ack => q.ack(&[offset]),
-        Outcome::NackRequeue => q.requeue(&[offset]),
-        Outcome::Reject => {
-            let reason = (!s.reason.is_empty()).then_some(s.reason);
-            ctx.core
-                .router()
-                .dead_letter_rejected(q, offset, reason)
-                .await
+            Outcome::Ack => acks.push(offset),
+            Outcome::NackRequeue => requeues.push(offset),
+            Outcome::Reject => {
+                crate::observe::metrics::record_settled(Some(false), 1);
+                consumer.queue.record_outcome(consumer.id, false, 1);
+                let reason = (!s.reason.is_empty()).then_some(s.reason);
+                ctx.core
+                    .router()
+                    .dead_letter_rejected(&consumer.queue, offset, reason)
+                    .await
+            }
         }
     }
-    Ok(())
+    let q = &consumer.queue;
+    if !acks.is_empty() {
+        crate::observe::metrics::record_settled(None, acks.len());
+        q.record_outcome(consumer.id, true, acks.len());
+        q.ack(&acks);
+    }
+    if !requeues.is_empty() {
+        crate::observe::metrics::record_settled(Some(true), requeues.len());
+        q.record_outcome(consumer.id, false, requeues.len());
+        q.requeue(&requeues);
+    }
+    result
 }
 
 fn deliver(d: v1::Delivery) -> v1::Response {
