@@ -836,3 +836,149 @@ async fn nothing_but_authenticate_is_served_before_a_login() {
         v1::response::Result::QueueDeclared(_)
     ));
 }
+
+#[tokio::test]
+async fn a_subscription_survives_a_killed_connection_and_a_panicking_handler() {
+    let broker = TestBroker::start().await.expect("broker");
+    let conn = sdk(&broker).await;
+    let consumer = EventConsumer::new(conn.clone());
+    let mut config = ConsumerConfig::new("sturdy");
+    config.retry = RetryConfig {
+        attempts: 3,
+        delay: Duration::from_millis(10),
+        backoff: BackoffKind::Linear,
+        max_delay: Duration::from_millis(10),
+    };
+    consumer.declare_queue(&config).await.expect("declare");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = move |event: ReceivedEvent, _ctx: EventContext| {
+        let tx = tx.clone();
+        async move {
+            if event.attribute("panic").is_some() && event.retry_count == 0 {
+                panic!("handler bug");
+            }
+            let _ = tx.send(event);
+            Ok(())
+        }
+    };
+    let sub = consumer
+        .subscribe(handler, config)
+        .await
+        .expect("subscribe");
+    let publisher = EventPublisher::new(conn.clone());
+    let to = PublishConfig::queue("sturdy");
+    let first = publisher
+        .publish(
+            &1,
+            EventMetadata::new("t", "/s").with_attribute("panic", "yes"),
+            &to,
+        )
+        .await
+        .expect("publish");
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("in time")
+        .expect("event");
+    assert_eq!(got.metadata.id, first.id);
+    assert_eq!(got.retry_count, 1, "the panic counted as a failed attempt");
+
+    conn.quic()
+        .await
+        .expect("connected")
+        .close(0_u32.into(), b"test kill");
+    let second = publisher
+        .publish(&2, EventMetadata::new("t", "/s"), &to)
+        .await
+        .expect("publish on a new connection");
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("resubscribed in time")
+        .expect("event");
+    assert_eq!(got.metadata.id, second.id);
+    sub.close().await;
+    all_settled(&broker, "sturdy").await;
+}
+
+#[tokio::test]
+async fn a_topic_subscription_reads_from_an_offset_with_locations() {
+    let broker = TestBroker::start().await.expect("broker");
+    let conn = sdk(&broker).await;
+    call(
+        &conn,
+        v1::request::Op::DeclareTopic(v1::DeclareTopic {
+            name: "audit".into(),
+            partitions: 1,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let publisher = EventPublisher::new(conn.clone());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = publisher
+            .publish(
+                &i,
+                EventMetadata::new("audit.entry", "/a"),
+                &PublishConfig::topic("audit"),
+            )
+            .await
+            .expect("publish");
+        ids.push(r.id);
+    }
+    let subscribe = v1::Request {
+        op: Some(v1::request::Op::SubscribeTopic(v1::SubscribeTopic {
+            topic: "audit".into(),
+            start: Some(v1::subscribe_topic::Start::Offset(1)),
+            prefetch: 10,
+        })),
+    };
+    let (mut send, mut reader) = conn.open_subscription(&subscribe).await.expect("subscribe");
+    for (expected_offset, id) in [(1, &ids[1]), (2, &ids[2])] {
+        let r: v1::Response = tokio::time::timeout(WAIT, reader.next())
+            .await
+            .expect("in time")
+            .expect("read")
+            .expect("frame");
+        let Some(v1::response::Result::Delivery(d)) = r.result else {
+            panic!("expected a delivery, got {r:?}");
+        };
+        assert_eq!((d.partition, d.offset), (0, expected_offset));
+        let meta = d.message.expect("message").metadata.expect("metadata");
+        assert_eq!(&meta.id, id);
+        assert_eq!(meta.r#type, "audit.entry");
+    }
+    // A settle for a tag never sent ends the subscription with a typed error.
+    let bogus = v1::Request {
+        op: Some(v1::request::Op::Settle(v1::Settle {
+            delivery_tag: 999,
+            ..Default::default()
+        })),
+    };
+    ferry::proto::framed::write(&mut send, &bogus)
+        .await
+        .expect("write");
+    let r: v1::Response = tokio::time::timeout(WAIT, reader.next())
+        .await
+        .expect("in time")
+        .expect("read")
+        .expect("frame");
+    match r.result {
+        Some(v1::response::Result::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::UnknownDelivery as i32)
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // Unknown start topic: NOT_FOUND.
+    let missing = v1::Request {
+        op: Some(v1::request::Op::SubscribeTopic(v1::SubscribeTopic {
+            topic: "nope".into(),
+            ..Default::default()
+        })),
+    };
+    let err = conn
+        .open_subscription(&missing)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -449,7 +450,12 @@ async fn serve(
                 let run = handler.handle(event, ctx);
                 let settle_tx = settle_tx.clone();
                 running.spawn(async move {
-                    let outcome = run.await;
+                    // A panicking handler fails its attempt like an error would, rather than
+                    // leaving the delivery unsettled until the subscription ends.
+                    let outcome = std::panic::AssertUnwindSafe(run)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| Err(HandlerError("the handler panicked".into())));
                     drop(permit);
                     let settle = match outcome {
                         Ok(()) => v1::Settle { delivery_tag: tag, outcome: Outcome::Ack as i32, reason: String::new() },
