@@ -982,3 +982,41 @@ async fn a_topic_subscription_reads_from_an_offset_with_locations() {
         .expect("refused");
     assert_eq!(err.code(), Some(ErrorCode::NotFound));
 }
+
+#[tokio::test]
+async fn a_batch_is_confirmed_together_and_a_repeat_is_deduplicated() {
+    let broker = TestBroker::start().await.expect("broker");
+    let conn = sdk(&broker).await;
+    declare_queue(
+        &conn,
+        "batched",
+        serde_json::json!({"x-message-deduplication": true}),
+    )
+    .await;
+    let publisher = EventPublisher::new(conn.clone());
+    let events: Vec<(Vec<u8>, EventMetadata)> = (0..3)
+        .map(|i| {
+            (
+                vec![i],
+                EventMetadata::new("t", "/s").with_id(&format!("b-{i}")),
+            )
+        })
+        .collect();
+    let to = PublishConfig::queue("batched");
+    let first = publisher
+        .publish_batch(events.clone(), "application/octet-stream", &to)
+        .await
+        .expect("batch");
+    assert_eq!(
+        first.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["b-0", "b-1", "b-2"]
+    );
+    assert!(first.iter().all(|r| !r.duplicate && r.queues == 1));
+    assert_eq!(queue(&broker, "batched").message_count(), 3);
+    let again = publisher
+        .publish_batch(events, "application/octet-stream", &to)
+        .await
+        .expect("batch again");
+    assert!(again.iter().all(|r| r.duplicate));
+    assert_eq!(queue(&broker, "batched").message_count(), 3);
+}

@@ -44,8 +44,10 @@ pub struct NativeBenchSettings {
     /// Publish for this many seconds per size.
     pub duration: Option<f64>,
     pub size: Vec<usize>,
-    /// Publishes in flight (awaiting their confirm).
+    /// Publish requests in flight (awaiting their confirm).
     pub window: usize,
+    /// Messages per publish request (1: `publish`; more: `publish_batch`).
+    pub batch: usize,
     /// The subscription's prefetch.
     pub prefetch: u32,
     /// Publish at most this many messages per second.
@@ -61,6 +63,7 @@ pub struct Report {
     pub addr: String,
     pub client_cores: usize,
     pub window: usize,
+    pub batch: usize,
     pub prefetch: u32,
     pub rate: Option<u64>,
     pub cases: Vec<CaseReport>,
@@ -123,6 +126,7 @@ pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
             addr: s.addr.clone(),
             client_cores: cores(),
             window: s.window,
+            batch: s.batch,
             prefetch: s.prefetch,
             rate: s.rate,
             cases,
@@ -246,9 +250,15 @@ async fn publish(
         let Ok(permit) = window.clone().acquire_owned().await else {
             break;
         };
-        let mut payload = vec![0_u8; size.max(STAMP_LEN)];
+        let n = s.batch.max(1);
         let sent_at = start.elapsed().as_nanos() as u64;
-        payload[..STAMP_LEN].copy_from_slice(&sent_at.to_le_bytes());
+        let events: Vec<(Vec<u8>, EventMetadata)> = (0..n)
+            .map(|_| {
+                let mut payload = vec![0_u8; size.max(STAMP_LEN)];
+                payload[..STAMP_LEN].copy_from_slice(&sent_at.to_le_bytes());
+                (payload, EventMetadata::default())
+            })
+            .collect();
         let (publisher, config, confirms, failed, published) = (
             publisher.clone(),
             config.clone(),
@@ -257,18 +267,24 @@ async fn publish(
             published.clone(),
         );
         tokio::spawn(async move {
-            let r = publisher
-                .publish_bytes(
-                    payload,
-                    "application/octet-stream",
-                    EventMetadata::default(),
-                    &config,
-                    "",
-                )
-                .await;
+            let r = if n == 1 {
+                let mut events = events;
+                match events.pop() {
+                    Some((payload, meta)) => publisher
+                        .publish_bytes(payload, "application/octet-stream", meta, &config, "")
+                        .await
+                        .map(|_| 1),
+                    None => Ok(0),
+                }
+            } else {
+                publisher
+                    .publish_batch(events, "application/octet-stream", &config)
+                    .await
+                    .map(|r| r.len() as u64)
+            };
             match r {
-                Ok(_) => {
-                    published.fetch_add(1, Ordering::SeqCst);
+                Ok(count) => {
+                    published.fetch_add(count, Ordering::SeqCst);
                     confirms
                         .lock()
                         .push((start.elapsed().as_nanos() as u64).saturating_sub(sent_at));
@@ -277,7 +293,7 @@ async fn publish(
             }
             drop(permit);
         });
-        sent += 1;
+        sent += n as u64;
     }
     // Every publish in flight finishes before the phase ends.
     let _ = window.acquire_many(s.window.max(1) as u32).await;

@@ -77,9 +77,12 @@ pub struct NativeBenchArgs {
     /// Message sizes in bytes, comma-separated (k/KiB, M/MiB accepted).
     #[arg(long, value_delimiter = ',', value_parser = parse_bytes, default_value = "16,1KiB")]
     pub size: Vec<usize>,
-    /// Publishes in flight, awaiting their confirms.
+    /// Publish requests in flight, awaiting their confirms.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
+    /// Messages per publish request: 1 publishes one by one, more uses publish_batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// The subscription's prefetch.
     #[arg(long, default_value_t = 256)]
     pub prefetch: u32,
@@ -106,6 +109,7 @@ impl From<NativeBenchArgs> for ferry::bench::NativeBenchSettings {
             duration: a.duration,
             size: a.size,
             window: a.window,
+            batch: a.batch,
             prefetch: a.prefetch,
             rate: a.rate,
             keep: a.keep,

@@ -132,25 +132,53 @@ impl EventPublisher {
     ) -> Result<PublishReceipt, NativeClientError> {
         metadata.ensure_id();
         let req = request(payload, content_type, &metadata, config, reply_to);
+        match self.call_resending(&req).await? {
+            (response::Result::Published(p), resent) => Ok(receipt(p, resent)),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Publishes several events (payloads already encoded as `content_type`) to one
+    /// destination in one request; the broker confirms them together, after one write. Ids
+    /// are fixed before sending, so a resend after a connection loss is deduplicated as for
+    /// [`publish`](Self::publish). Not atomic: on an error, earlier events may be stored.
+    pub async fn publish_batch(
+        &self,
+        events: Vec<(Vec<u8>, EventMetadata)>,
+        content_type: &str,
+        config: &PublishConfig,
+    ) -> Result<Vec<PublishReceipt>, NativeClientError> {
+        let events = events
+            .into_iter()
+            .map(|(payload, mut metadata)| {
+                metadata.ensure_id();
+                (payload, metadata)
+            })
+            .collect();
+        let req = batch_request(events, content_type, config);
+        match self.call_resending(&req).await? {
+            (response::Result::PublishedBatch(b), resent) => {
+                Ok(b.results.into_iter().map(|p| receipt(p, resent)).collect())
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Calls `req`, sending it again on a new connection when the connection failed before
+    /// the answer came (the caller fixed the ids, so the broker can drop repeats).
+    async fn call_resending(
+        &self,
+        req: &v1::Request,
+    ) -> Result<(response::Result, u32), NativeClientError> {
         let attempts = self.conn.options().backoff.attempts.max(1);
         let mut resent = 0;
         loop {
-            match self.conn.call(&req).await {
-                Ok(response::Result::Published(p)) => {
-                    return Ok(PublishReceipt {
-                        id: p.id,
-                        partition: p.partition,
-                        offset: p.offset,
-                        queues: p.queues,
-                        duplicate: p.duplicate,
-                        resent,
-                    })
-                }
-                Ok(other) => return Err(unexpected(&other)),
+            match self.conn.call(req).await {
+                Ok(r) => return Ok((r, resent)),
                 // The confirm may have been lost with the connection: send the same message
                 // (same id) again on a new one.
                 Err(NativeClientError::Connection(e)) if resent + 1 < attempts => {
-                    tracing::debug!(error = %e, id = metadata.id, "publish interrupted; resending");
+                    tracing::debug!(error = %e, "publish interrupted; resending");
                     resent += 1;
                     // No need to drop the connection here: the next call replaces it if it
                     // is closed, and closing it would fail other callers' calls on it.
@@ -168,19 +196,25 @@ fn request(
     config: &PublishConfig,
     reply_to: &str,
 ) -> v1::Request {
-    let mut headers: Vec<v1::Header> = metadata
-        .attributes
-        .iter()
-        .map(|(k, v)| v1::Header {
-            key: k.clone(),
-            value: v.as_bytes().to_vec(),
-        })
-        .collect();
-    headers.extend(config.headers.iter().map(|(k, v)| v1::Header {
-        key: k.clone(),
-        value: v.clone(),
-    }));
-    let (destination, key) = match &config.destination {
+    let (destination, key) = destination(config);
+    v1::Request {
+        op: Some(request::Op::Publish(v1::Publish {
+            destination: Some(destination),
+            message: Some(message(
+                payload,
+                key,
+                content_type,
+                metadata,
+                config,
+                reply_to,
+            )),
+        })),
+    }
+}
+
+/// The wire destination of `config`, and the record key it implies.
+fn destination(config: &PublishConfig) -> (Wire, Vec<u8>) {
+    match &config.destination {
         Destination::Topic {
             topic,
             partition,
@@ -204,16 +238,69 @@ fn request(
             }),
             Vec::new(),
         ),
+    }
+}
+
+fn message(
+    payload: Vec<u8>,
+    key: Vec<u8>,
+    content_type: &str,
+    metadata: &EventMetadata,
+    config: &PublishConfig,
+    reply_to: &str,
+) -> v1::Message {
+    let mut headers: Vec<v1::Header> = metadata
+        .attributes
+        .iter()
+        .map(|(k, v)| v1::Header {
+            key: k.clone(),
+            value: v.as_bytes().to_vec(),
+        })
+        .collect();
+    headers.extend(config.headers.iter().map(|(k, v)| v1::Header {
+        key: k.clone(),
+        value: v.clone(),
+    }));
+    v1::Message {
+        metadata: Some(metadata.to_wire(content_type, reply_to)),
+        key,
+        payload,
+        headers,
+    }
+}
+
+/// Many events to one destination as one `PublishBatch` request.
+fn batch_request(
+    events: Vec<(Vec<u8>, EventMetadata)>,
+    content_type: &str,
+    config: &PublishConfig,
+) -> v1::Request {
+    let (wire, key) = destination(config);
+    let destination = match wire {
+        Wire::Topic(t) => v1::publish_batch::Destination::Topic(t),
+        Wire::Exchange(e) => v1::publish_batch::Destination::Exchange(e),
     };
+    let messages = events
+        .into_iter()
+        .map(|(payload, metadata)| {
+            message(payload, key.clone(), content_type, &metadata, config, "")
+        })
+        .collect();
     v1::Request {
-        op: Some(request::Op::Publish(v1::Publish {
+        op: Some(request::Op::PublishBatch(v1::PublishBatch {
             destination: Some(destination),
-            message: Some(v1::Message {
-                metadata: Some(metadata.to_wire(content_type, reply_to)),
-                key,
-                payload,
-                headers,
-            }),
+            messages,
         })),
+    }
+}
+
+fn receipt(p: v1::PublishResult, resent: u32) -> PublishReceipt {
+    PublishReceipt {
+        id: p.id,
+        partition: p.partition,
+        offset: p.offset,
+        queues: p.queues,
+        duplicate: p.duplicate,
+        resent,
     }
 }
