@@ -414,8 +414,15 @@ async fn serve(
         tokio::select! {
             _ = crate::util::stopped(stop) => break Ended::Stopped,
             Some(settle) = settle_rx.recv() => {
-                let frame = v1::Request { op: Some(request::Op::Settle(settle)) };
-                if framed::write(&mut send, &frame).await.is_err() {
+                // Settles that are ready together go out in one write.
+                let mut out = bytes::BytesMut::new();
+                let mut next = Some(settle);
+                while let Some(settle) = next {
+                    let frame = v1::Request { op: Some(request::Op::Settle(settle)) };
+                    out.extend_from_slice(&crate::proto::codec::encode(&frame));
+                    next = settle_rx.try_recv().ok();
+                }
+                if send.write_all(&out).await.is_err() {
                     break Ended::Broken;
                 }
             }

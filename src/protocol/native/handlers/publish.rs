@@ -8,7 +8,7 @@ use super::super::connection::Ctx;
 use super::super::convert::{self, NativeError};
 use crate::broker::routing::DEFAULT_VHOST;
 use crate::broker::topic_router::partition_for_key;
-use crate::log::PendingAppend;
+use crate::log::{PartitionHandle, PendingAppend};
 use crate::proto::v1::{self, ErrorCode};
 
 /// Where a publish goes, checked.
@@ -23,6 +23,10 @@ enum Destination<'a> {
 /// A message handed to the core whose appends are not yet durable.
 struct Submitted {
     pending: Vec<PendingAppend>,
+    /// For a deduplicated message: the logs that hold (or are still appending) the copy it
+    /// repeats. The confirm waits for their appends in flight, so a repeat is never confirmed
+    /// before the original is durable (a resend after a lost confirm races its original).
+    settle_first: Vec<PartitionHandle>,
     partition: i32,
     id: String,
     duplicate: bool,
@@ -130,6 +134,7 @@ async fn submit(
                     let pending = log.submit_append(batch).await?;
                     Ok(Submitted {
                         pending: vec![pending],
+                        settle_first: Vec::new(),
                         partition: *p,
                         id,
                         duplicate: false,
@@ -150,8 +155,14 @@ async fn submit(
                         .publish_now(DEFAULT_VHOST, topic, None, record)
                         .await?;
                     let duplicate = published.pending.is_empty();
+                    let settle_first = if duplicate {
+                        topic_logs(ctx, topic, key.as_deref())
+                    } else {
+                        Vec::new()
+                    };
                     Ok(Submitted {
                         pending: published.pending,
+                        settle_first,
                         partition: if duplicate { -1 } else { partition },
                         id,
                         duplicate,
@@ -189,8 +200,15 @@ async fn submit(
                 ));
             }
             let queues = u32::try_from(published.pending.len()).unwrap_or(u32::MAX);
+            let duplicate = published.routed && published.pending.is_empty();
+            let settle_first = if duplicate {
+                exchange_logs(ctx, e, &headers)
+            } else {
+                Vec::new()
+            };
             Ok(Submitted {
-                duplicate: published.routed && published.pending.is_empty(),
+                duplicate,
+                settle_first,
                 pending: published.pending,
                 partition: -1,
                 id,
@@ -200,7 +218,43 @@ async fn submit(
     }
 }
 
+/// The partition logs a topic publish with `key` may have gone to.
+fn topic_logs(ctx: &Ctx, topic: &str, key: Option<&[u8]>) -> Vec<PartitionHandle> {
+    let Some(t) = ctx.core.topic(topic) else {
+        return Vec::new();
+    };
+    match key.filter(|k| !k.is_empty()) {
+        Some(k) => t
+            .partition(partition_for_key(k, t.partition_count()))
+            .cloned()
+            .into_iter()
+            .collect(),
+        None => t.partitions().to_vec(),
+    }
+}
+
+/// The logs an exchange publish was routed to: the queues it matches, or the topic's
+/// partitions when the exchange is a topic's face.
+fn exchange_logs(
+    ctx: &Ctx,
+    e: &v1::ExchangeDestination,
+    headers: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<PartitionHandle> {
+    let vhost = convert::vhost(&e.vhost);
+    if vhost == DEFAULT_VHOST && ctx.core.topic(&e.exchange).is_some() {
+        return topic_logs(ctx, &e.exchange, Some(e.routing_key.as_bytes()));
+    }
+    ctx.core
+        .router()
+        .route(vhost, &e.exchange, &e.routing_key, Some(headers))
+        .map(|queues| queues.iter().map(|q| q.log().clone()).collect())
+        .unwrap_or_default()
+}
+
 async fn confirm(s: Submitted) -> Result<v1::PublishResult, NativeError> {
+    for log in &s.settle_first {
+        log.barrier().await;
+    }
     let mut offset = -1;
     for p in s.pending {
         let info = p.wait().await?;

@@ -147,6 +147,8 @@ pub(crate) async fn queue(
             match queue.take_for(consumer.id, credit, false) {
                 Ok(msgs) if !msgs.is_empty() => {
                     crate::observe::metrics::record_deliveries(&msgs);
+                    // All deliveries of one take go out in one write.
+                    let mut out = bytes::BytesMut::new();
                     for msg in msgs {
                         next_tag += 1;
                         consumer.unacked.insert(next_tag, msg.offset);
@@ -165,8 +167,9 @@ pub(crate) async fn queue(
                             partition: -1,
                             offset: -1,
                         };
-                        write(send, &deliver(delivery)).await?;
+                        out.extend_from_slice(&crate::proto::codec::encode(&deliver(delivery)));
                     }
+                    write_bytes(send, &out).await?;
                     continue;
                 }
                 Ok(_) => {}
@@ -284,6 +287,12 @@ fn deliver(d: v1::Delivery) -> v1::Response {
     v1::Response {
         result: Some(response::Result::Delivery(d)),
     }
+}
+
+async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> Result<(), NativeError> {
+    send.write_all(bytes)
+        .await
+        .map_err(|e| NativeError::new(ErrorCode::Unavailable, format!("stream closed: {e}")))
 }
 
 async fn write(send: &mut SendStream, r: &v1::Response) -> Result<(), NativeError> {
