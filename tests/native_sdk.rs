@@ -1020,3 +1020,70 @@ async fn a_batch_is_confirmed_together_and_a_repeat_is_deduplicated() {
     assert!(again.iter().all(|r| r.duplicate));
     assert_eq!(queue(&broker, "batched").message_count(), 3);
 }
+
+#[tokio::test]
+async fn an_old_event_version_is_upcast_before_its_handler_sees_it() {
+    let broker = TestBroker::start().await.expect("broker");
+    let conn = sdk(&broker).await;
+    let consumer = EventConsumer::new(conn.clone());
+    let config = ConsumerConfig::new("users");
+    consumer.declare_queue(&config).await.expect("declare");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let v3 = move |event: ReceivedEvent, _ctx: EventContext| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((
+                event.metadata.schema_version.clone(),
+                event.json::<serde_json::Value>()?,
+            ));
+            Ok(())
+        }
+    };
+    // v1 {"name": "Ada Lovelace"} -> v2 {"first", "last"} -> v3 adds "display".
+    let handlers = Handlers::new()
+        .on(HandlerConfig::new("user.created", "3"), v3)
+        .upcast("user.created", "1", |mut e| {
+            let v1: serde_json::Value = e.json()?;
+            let name = v1["name"].as_str().unwrap_or_default();
+            let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+            e.payload =
+                serde_json::to_vec(&serde_json::json!({"first": first, "last": last}))?.into();
+            e.metadata.schema_version = "2".into();
+            Ok(e)
+        })
+        .upcast("user.created", "2", |mut e| {
+            let mut v2: serde_json::Value = e.json()?;
+            v2["display"] = format!(
+                "{} {}",
+                v2["first"].as_str().unwrap_or(""),
+                v2["last"].as_str().unwrap_or("")
+            )
+            .into();
+            e.payload = serde_json::to_vec(&v2)?.into();
+            e.metadata.schema_version = "3".into();
+            Ok(e)
+        });
+    let sub = consumer
+        .subscribe(handlers, config)
+        .await
+        .expect("subscribe");
+    EventPublisher::new(conn.clone())
+        .publish(
+            &serde_json::json!({"name": "Ada Lovelace"}),
+            EventMetadata::new("user.created", "/u").with_schema_version("1"),
+            &PublishConfig::queue("users"),
+        )
+        .await
+        .expect("publish");
+    let (version, body) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("in time")
+        .expect("event");
+    assert_eq!(version, "3");
+    assert_eq!(
+        body,
+        serde_json::json!({"first": "Ada", "last": "Lovelace", "display": "Ada Lovelace"})
+    );
+    sub.close().await;
+    all_settled(&broker, "users").await;
+}

@@ -156,11 +156,21 @@ impl HandlerConfig {
     }
 }
 
-/// Handlers registered by event type and version; itself an [`EventHandler`]. An event no
-/// handler takes fails with "no handler" (and so ends dead-lettered).
+/// Turns an event of an older schema version into the next one (it must change
+/// `metadata.schema_version`).
+pub type Upcaster = Arc<dyn Fn(ReceivedEvent) -> Result<ReceivedEvent, HandlerError> + Send + Sync>;
+
+/// Upcasts applied to one event at most, so a cycle of upcasters cannot spin.
+const MAX_UPCASTS: usize = 16;
+
+/// Handlers registered by event type and version; itself an [`EventHandler`]. An event whose
+/// version has an upcaster is upcast first (repeatedly, v1 -> v2 -> v3) so a handler sees only
+/// the version it registered for. An event no handler takes fails with "no handler" (and so
+/// ends dead-lettered).
 #[derive(Default)]
 pub struct Handlers {
     routes: Vec<(HandlerConfig, Arc<dyn EventHandler>)>,
+    upcasters: Vec<(String, String, Upcaster)>,
 }
 
 impl Handlers {
@@ -172,6 +182,43 @@ impl Handlers {
         self.routes.push((config, Arc::new(handler)));
         self
     }
+
+    /// Registers `upcast` for events of `event_type` at schema version `from_version`.
+    pub fn upcast(
+        mut self,
+        event_type: &str,
+        from_version: &str,
+        upcast: impl Fn(ReceivedEvent) -> Result<ReceivedEvent, HandlerError> + Send + Sync + 'static,
+    ) -> Self {
+        self.upcasters
+            .push((event_type.into(), from_version.into(), Arc::new(upcast)));
+        self
+    }
+
+    /// Applies the upcasters that match, until none does.
+    fn upcast_all(&self, mut event: ReceivedEvent) -> Result<ReceivedEvent, HandlerError> {
+        for _ in 0..MAX_UPCASTS {
+            let m = &event.metadata;
+            let Some((_, from, upcast)) = self
+                .upcasters
+                .iter()
+                .find(|(t, v, _)| *t == m.event_type && *v == m.schema_version)
+            else {
+                return Ok(event);
+            };
+            let from = from.clone();
+            event = upcast(event)?;
+            if event.metadata.schema_version == from {
+                return Err(HandlerError(format!(
+                    "the upcaster of `{}` version `{from}` did not change the version",
+                    event.metadata.event_type
+                )));
+            }
+        }
+        Err(HandlerError(format!(
+            "more than {MAX_UPCASTS} upcasts for one event (a cycle?)"
+        )))
+    }
 }
 
 impl EventHandler for Handlers {
@@ -180,6 +227,10 @@ impl EventHandler for Handlers {
         event: ReceivedEvent,
         ctx: EventContext,
     ) -> BoxFuture<'static, Result<(), HandlerError>> {
+        let event = match self.upcast_all(event) {
+            Ok(e) => e,
+            Err(err) => return Box::pin(async move { Err(err) }),
+        };
         let m = &event.metadata;
         let found = self.routes.iter().find(|(c, _)| {
             c.event_type == m.event_type && (c.version.is_empty() || c.version == m.schema_version)

@@ -31,7 +31,7 @@ pub use connection::{
 };
 pub use consumer::{
     BackoffKind, ConsumerConfig, EventConsumer, EventContext, EventHandler, HandlerConfig,
-    HandlerError, Handlers, RetryConfig, Subscription,
+    HandlerError, Handlers, RetryConfig, Subscription, Upcaster,
 };
 pub use event::{EventMetadata, ReceivedEvent};
 pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};
