@@ -348,7 +348,8 @@ impl BrokerBuilder {
             addr: config.native_listen.clone(),
             source,
         })?;
-        health.set_listener("native", native_addr);
+        // Not in the health listeners: their checks connect over TCP, and this one is UDP.
+        // It is bound before the broker turns ready, so /readyz waits for it all the same.
         tasks.spawn(protocol::native::serve(
             native,
             core.clone(),
