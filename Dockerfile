@@ -29,7 +29,7 @@ COPY config/ferry.toml /etc/ferry/ferry.toml
 USER ferry
 ENV FERRY_DATA_DIR=/var/lib/ferry
 VOLUME /var/lib/ferry
-EXPOSE 9092 5672 8080
+EXPOSE 9092 5672 8080 7447/udp
 # Ready means recovered and every listener accepting (not only "the process is up").
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/readyz"]

@@ -78,6 +78,8 @@ pub struct Config {
     pub kafka: KafkaSettings,
     /// AMQP 0-9-1 protocol settings.
     pub amqp: AmqpSettings,
+    /// `[native]`: native protocol (protobuf over QUIC) settings; its users are `amqp.users`.
+    pub native: crate::protocol::native::NativeSettings,
     /// Logging and metrics.
     pub observe: ObserveSettings,
     /// Alert rules and where their events go (see `src/observe/alerts.rs`).
@@ -105,6 +107,7 @@ impl Default for Config {
             log: LogSettings::default(),
             kafka: KafkaSettings::default(),
             amqp: AmqpSettings::default(),
+            native: crate::protocol::native::NativeSettings::default(),
             observe: ObserveSettings::default(),
             alerts: crate::observe::alerts::AlertSettings::default(),
             users: Vec::new(),
@@ -454,6 +457,12 @@ impl Config {
         }
         if let Some(adv) = &self.kafka_tls_advertised {
             parse_host_port("kafka_tls_advertised", adv)?;
+        }
+        if let Some((key, message)) = self.native.problem() {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            });
         }
         if let Some((key, message)) = self.tls.problem(!self.tls_listeners().is_empty()) {
             return Err(ConfigError::Invalid {

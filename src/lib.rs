@@ -28,6 +28,7 @@ pub mod config;
 pub mod log;
 pub mod meta;
 pub mod observe;
+pub mod proto;
 pub mod protocol;
 pub mod server;
 pub mod testing;

@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::produce(args.into()))
                 .map_err(anyhow::Error::from)
         }
+        Command::Publish(args) => ferry::admin_cli::kcat::run_blocking(
+            ferry::admin_cli::native_publish::publish(args.into()),
+        )
+        .map_err(anyhow::Error::from),
         Command::Consume(args) => {
             ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::consume(args.into()))
                 .map_err(anyhow::Error::from)

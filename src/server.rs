@@ -52,6 +52,9 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("users: {0}")]
     Users(#[from] crate::broker::users::UserError),
+    /// The native listener's certificate or QUIC configuration.
+    #[error(transparent)]
+    Native(#[from] crate::protocol::native::EndpointError),
 }
 
 /// One listen address that could not be bound.
@@ -343,8 +346,20 @@ impl BrokerBuilder {
         if let Some(addr) = amqp_tls_addr {
             health.set_listener("amqps", addr);
         }
-        // The native protocol (protobuf over QUIC) is not implemented yet; its address is
-        // validated and reserved in the configuration, but nothing binds it.
+        let (native, native_fingerprint) = listeners::bind_native(&config, &data_dir)?;
+        let native_addr = native.local_addr().map_err(|source| StartError::Bind {
+            what: "native",
+            addr: config.native_listen.clone(),
+            source,
+        })?;
+        // Not in the health listeners: their checks connect over TCP, and this one is UDP.
+        // It is bound before the broker turns ready, so /readyz waits for it all the same.
+        tasks.spawn(protocol::native::serve(
+            native,
+            core.clone(),
+            config.native.clone(),
+            shutdown_rx.clone(),
+        ));
 
         let kafka_settings = protocol::kafka::KafkaServerSettings {
             advertised: config.kafka_advertised.clone(),
@@ -422,6 +437,8 @@ impl BrokerBuilder {
         let addrs = Addrs {
             kafka: kafka_addr,
             amqp: amqp_addr,
+            native: native_addr,
+            native_fingerprint,
             http: http_addr,
             kafka_tls: kafka_tls_addr,
             amqp_tls: amqp_tls_addr,
@@ -439,6 +456,7 @@ impl BrokerBuilder {
             kafka_tls_addr = %or_off(kafka_tls_addr),
             amqp_tls_addr = %or_off(amqp_tls_addr),
             https_addr = %or_off(https_addr),
+            %native_addr,
             "ferry is ready"
         );
 
@@ -463,6 +481,10 @@ impl BrokerBuilder {
 struct Addrs {
     kafka: SocketAddr,
     amqp: SocketAddr,
+    /// UDP (QUIC).
+    native: SocketAddr,
+    /// SHA-256 of the native listener's certificate (what clients pin).
+    native_fingerprint: String,
     http: SocketAddr,
     kafka_tls: Option<SocketAddr>,
     amqp_tls: Option<SocketAddr>,
@@ -511,6 +533,17 @@ impl Broker {
 
     pub fn amqp_addr(&self) -> SocketAddr {
         self.addrs.amqp
+    }
+
+    /// The native protocol's QUIC (UDP) address.
+    pub fn native_addr(&self) -> SocketAddr {
+        self.addrs.native
+    }
+
+    /// The SHA-256 fingerprint of the native listener's certificate, for
+    /// `client::native::Trust::Fingerprint`.
+    pub fn native_fingerprint(&self) -> &str {
+        &self.addrs.native_fingerprint
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -44,7 +44,8 @@ fn every_listener_in_use_is_reported_at_once_naming_its_flag() {
         ferry(&["serve", "--data-dir"])
             .arg(dir.path().join("d"))
             .args(["--http-listen", &http_addr, "--kafka-listen", &kafka_addr])
-            .args(["--amqp-listen", "127.0.0.1:0"]),
+            .args(["--amqp-listen", "127.0.0.1:0"])
+            .args(["--native-listen", "127.0.0.1:0"]),
     );
     assert!(err.contains("cannot listen on 2 addresses"), "{err}");
     assert!(
@@ -152,6 +153,8 @@ fn a_data_dir_that_is_a_file_says_so() {
                 "--kafka-listen",
                 "127.0.0.1:0",
                 "--amqp-listen",
+                "127.0.0.1:0",
+                "--native-listen",
                 "127.0.0.1:0",
             ])
             .args(["--http-listen", "127.0.0.1:0"]),

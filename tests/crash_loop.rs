@@ -103,6 +103,7 @@ fn spawn_server(data: &Path, log: &Path, ports: &Ports) -> Child {
         .arg(data)
         .args(["--kafka-listen", &format!("127.0.0.1:{}", ports.kafka)])
         .args(["--amqp-listen", &format!("127.0.0.1:{}", ports.amqp)])
+        .args(["--native-listen", "127.0.0.1:0"])
         .args(["--http-listen", &format!("127.0.0.1:{}", ports.http)])
         .args(["--fsync", "always"])
         .env("FERRY_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "0")

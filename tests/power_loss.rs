@@ -60,6 +60,7 @@ async fn start(data: &Path, fsync: &str, segment_bytes: u64) -> Server {
         .arg(data)
         .args(["--kafka-listen", &format!("127.0.0.1:{kafka}")])
         .args(["--amqp-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--native-listen", "127.0.0.1:0"])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .args(["--fsync", fsync])
         .env("FERRY_LOG__SYNC_JOURNAL", "true")

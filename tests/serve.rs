@@ -21,6 +21,8 @@ fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
             "127.0.0.1:0",
             "--amqp-listen",
             "127.0.0.1:0",
+            "--native-listen",
+            "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
         ])
@@ -100,6 +102,8 @@ async fn serve_ready_metrics_sigterm_and_restart() {
             "--kafka-listen",
             "127.0.0.1:0",
             "--amqp-listen",
+            "127.0.0.1:0",
+            "--native-listen",
             "127.0.0.1:0",
         ])
         .args(["--http-listen", "127.0.0.1:0"])

@@ -15,6 +15,7 @@ mod exchanges;
 mod groups;
 pub mod http;
 pub mod kcat;
+pub mod native_publish;
 mod queues;
 mod topics;
 pub mod users;

@@ -15,6 +15,7 @@
 pub mod amqp;
 mod broker_cpu;
 pub mod kafka;
+pub mod native;
 mod settings;
 
 use std::io::{IsTerminal, Write};
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use self::native::NativeBenchSettings;
 pub use self::settings::{AmqpBenchSettings, BenchTarget, KafkaBenchSettings};
 use crate::client::ClientError;
 
@@ -83,6 +85,14 @@ pub fn run(target: BenchTarget) -> Result<(), BenchError> {
                 .build()
                 .map_err(BenchError::Runtime)?;
             runtime.block_on(amqp::run(args))
+        }
+        BenchTarget::Native(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("ferry-bench")
+                .build()
+                .map_err(BenchError::Runtime)?;
+            runtime.block_on(native::run(args))
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum BenchTarget {
     /// and this client's own CPU share, for every message size. Each size uses a fresh queue,
     /// deleted afterwards unless --keep.
     Amqp(AmqpBenchSettings),
+    /// Load-test Ferry's native protocol: confirmed publishes (a window in flight) and one
+    /// acking subscription on a durable queue; the same figures as `Amqp`.
+    Native(super::NativeBenchSettings),
 }
 
 /// Flags of `ferry bench amqp`.

@@ -373,6 +373,17 @@ impl<'a> RoutingHeaders<'a> {
         }
     }
 
+    /// A view the caller already has (e.g. a native publish's text headers, kept after its
+    /// record was moved into the log).
+    pub fn from_view(view: Option<Map<String, Value>>) -> Self {
+        let cell = OnceCell::new();
+        let _ = cell.set(view);
+        RoutingHeaders {
+            record: None,
+            view: cell,
+        }
+    }
+
     pub fn get(&self) -> Option<&Map<String, Value>> {
         self.view
             .get_or_init(|| self.record.and_then(routing_headers))

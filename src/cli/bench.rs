@@ -3,6 +3,8 @@
 //! the broker, `--size`/`--sizes`, `--records`/`--messages`, `--duration`, `--timeout`,
 //! `--keep`, `--json`.
 
+use std::path::PathBuf;
+
 use clap::{Args, Subcommand};
 
 /// `ferry bench <target>`.
@@ -31,6 +33,89 @@ pub enum BenchTarget {
         after_help = "Examples:\n  ferry bench amqp                               # 16 B and 1 KiB, 10 s each, against 127.0.0.1:5672\n  ferry bench amqp -b amqp://guest:guest@rabbit:5672/%2f --size 1KiB --rate 10000\n  ferry bench amqp --size 16 --messages 1000000 --no-consumer   # what queued messages cost"
     )]
     Amqp(AmqpBenchArgs),
+    /// Load-test Ferry's native protocol (QUIC): confirmed publishes through the SDK with a
+    /// window in flight, and one subscription acking every delivery, on a fresh durable queue
+    /// per size; reports messages/s, confirm and end-to-end latency, and the client's CPU.
+    #[command(
+        after_help = "Examples:\n  ferry bench native --cert-file ferry-data/native/cert.pem\n  ferry bench native --fingerprint AB:CD:... --size 1KiB --rate 10000 --duration 10"
+    )]
+    Native(NativeBenchArgs),
+}
+
+/// Flags of `ferry bench native`.
+#[derive(Debug, Clone, Args)]
+pub struct NativeBenchArgs {
+    /// The broker's native listener (UDP).
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        env = "FERRY_NATIVE_ADDR",
+        default_value = "127.0.0.1:7447"
+    )]
+    pub native_addr: String,
+    /// Pin the broker certificate's SHA-256 fingerprint (logged at start).
+    #[arg(long, env = "FERRY_NATIVE_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Pin the certificate in this PEM file (a local broker's <data_dir>/native/cert.pem).
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, env = "FERRY_USER", default_value = "guest")]
+    pub user: String,
+    #[arg(
+        long,
+        env = "FERRY_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true
+    )]
+    pub password: String,
+    /// Messages to publish (and consume) per size [default: publish for 10 s].
+    #[arg(long, conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// Publish for this many seconds per size.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Message sizes in bytes, comma-separated (k/KiB, M/MiB accepted).
+    #[arg(long, value_delimiter = ',', value_parser = parse_bytes, default_value = "16,1KiB")]
+    pub size: Vec<usize>,
+    /// Publish requests in flight, awaiting their confirms.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Messages per publish request: 1 publishes one by one, more uses publish_batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// The subscription's prefetch.
+    #[arg(long, default_value_t = 256)]
+    pub prefetch: u32,
+    /// Publish at most this many messages per second.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Keep the bench queues.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the results as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<NativeBenchArgs> for ferry::bench::NativeBenchSettings {
+    fn from(a: NativeBenchArgs) -> Self {
+        Self {
+            addr: a.native_addr,
+            fingerprint: a.fingerprint,
+            cert_file: a.cert_file,
+            user: a.user,
+            password: a.password,
+            messages: a.messages,
+            duration: a.duration,
+            size: a.size,
+            window: a.window,
+            batch: a.batch,
+            prefetch: a.prefetch,
+            rate: a.rate,
+            keep: a.keep,
+            json: a.json,
+        }
+    }
 }
 
 /// Flags of `ferry bench amqp`.
@@ -169,6 +254,7 @@ impl From<BenchTarget> for ferry::bench::BenchTarget {
         match a {
             BenchTarget::Kafka(v) => Self::Kafka(v.into()),
             BenchTarget::Amqp(v) => Self::Amqp(v.into()),
+            BenchTarget::Native(v) => Self::Native(v.into()),
         }
     }
 }

@@ -13,6 +13,7 @@ use self::bench::BenchArgs;
 
 pub mod admin;
 pub mod bench;
+pub mod publish;
 pub mod security;
 
 #[derive(Debug, Parser)]
@@ -60,6 +61,11 @@ pub enum Command {
         after_help = "Examples:\n  echo hello | ferry produce -t orders\n  ferry produce -t orders -f events.txt -K :    # key before the first ':'"
     )]
     Produce(admin::ProduceArgs),
+    /// Publish one event over the native protocol (QUIC) and print the broker's confirm.
+    #[command(
+        after_help = "Examples:\n  ferry publish --cert-file ferry-data/native/cert.pem -t orders --type order.placed --source /shop '{\"id\":1}'\n  ferry publish --fingerprint AB:CD:... -e '' -r payments --correlation-id c-1 '{}'"
+    )]
+    Publish(publish::PublishArgs),
     /// Print a topic's messages over the Kafka protocol (like kcat -C).
     #[command(
         after_help = "Examples:\n  ferry consume -t orders -e                     # everything, then stop\n  ferry consume -t orders -p 1 -o -10 --json     # the last ten of partition 1\n  ferry consume -t orders -o end                 # wait for new messages"

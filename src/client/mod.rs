@@ -12,6 +12,7 @@
 pub mod amqp;
 pub mod http;
 pub mod kafka;
+pub mod native;
 
 use std::time::Duration;
 

@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod kafka;
+pub mod native;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -31,6 +31,38 @@ pub(super) async fn bind_tls(
     Ok(Some((listener, acceptor.clone(), bound)))
 }
 
+/// Binds the native protocol's QUIC endpoint (UDP) on `native_listen`, with the TLS
+/// listeners' certificate or the data directory's self-signed one (its fingerprint is logged:
+/// clients pin it).
+pub(super) fn bind_native(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<(quinn::Endpoint, String), StartError> {
+    use crate::protocol::native::endpoint;
+    let key = "native_listen";
+    let addr = resolve_listen(key, &config.native_listen)?;
+    let identity = endpoint::identity(&config.tls, data_dir)?;
+    let (fingerprint, origin) = (identity.fingerprint.clone(), identity.origin);
+    let bound = endpoint::bind(addr, identity, &config.native).map_err(|e| match e {
+        endpoint::EndpointError::Bind { source, .. } => StartError::Listen(vec![ListenConflict {
+            key,
+            addr: config.native_listen.clone(),
+            reason: format!("{} (UDP)", os_reason(&source)),
+        }]),
+        other => StartError::Native(other),
+    })?;
+    tracing::info!(
+        protocol = "native (QUIC)",
+        addr = %bound.local_addr().map_or_else(|_| config.native_listen.clone(), |a| a.to_string()),
+        alpn = "ferry/1",
+        auth = "PLAIN (amqp.users)",
+        certificate = origin,
+        sha256_fingerprint = %fingerprint,
+        "listening"
+    );
+    Ok((bound, fingerprint))
+}
+
 /// Reloads the certificates when their files change, every `tls.reload_check_interval_ms`.
 pub(super) async fn watch_certificates(
     acceptor: Arc<TlsAcceptor>,

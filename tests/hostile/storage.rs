@@ -486,7 +486,7 @@ impl LimitedServe {
 
         let script = format!(
             "ulimit {limits} && exec '{}' serve --data-dir '{}' --kafka-listen 127.0.0.1:0 \
-             --amqp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
+             --amqp-listen 127.0.0.1:0 --native-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
             env!("CARGO_BIN_EXE_ferry"),
             data.display()
         );

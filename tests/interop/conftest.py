@@ -36,6 +36,8 @@ READY_RE = re.compile(
 READY_TLS_RE = re.compile(
     r"ferry is ready .* kafka_tls_addr=(?P<kafka_tls>\S+) amqp_tls_addr=(?P<amqp_tls>\S+) "
     r"https_addr=(?P<https>\S+)")
+# The native (QUIC) listener's address ends the same line.
+READY_NATIVE_RE = re.compile(r"ferry is ready .* native_addr=(?P<native>\S+)")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -68,6 +70,7 @@ class Broker:
     kafka_tls: Optional[str] = None
     amqp_tls: Optional[str] = None
     https: Optional[str] = None
+    native_addr: Optional[str] = None
 
     @property
     def supports_idempotence(self) -> bool:
@@ -106,6 +109,7 @@ def _start_ferry(binary: Path, workdir: Path, extra_args: tuple[str, ...] = ()) 
             del env[key]
     cmd = [str(binary), "serve", "--data-dir", str(data_dir),
            "--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0",
+           "--native-listen", "127.0.0.1:0",
            "--http-listen", "127.0.0.1:0", *extra_args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
@@ -130,6 +134,9 @@ def _start_ferry(binary: Path, workdir: Path, extra_args: tuple[str, ...] = ()) 
     broker.bootstrap = match["kafka"]
     broker.amqp_addr = match["amqp"]
     broker.http = f"http://{match['http']}"
+    native = READY_NATIVE_RE.search(broker.log_text())
+    if native:
+        broker.native_addr = native["native"]
     tls = READY_TLS_RE.search(broker.log_text())
     if tls:
         off = lambda addr: None if addr == "off" else addr  # noqa: E731

@@ -7,6 +7,15 @@ impl Router {
     /// adding the death record, and settles them in `q` once the copies are durable. The
     /// offsets must be unacked in `q`.
     pub async fn dead_letter(&self, q: &Arc<Queue>, dead: Vec<(i64, DeathReason)>) {
+        self.dead_letter_noted(q, dead, None).await
+    }
+
+    async fn dead_letter_noted(
+        &self,
+        q: &Arc<Queue>,
+        dead: Vec<(i64, DeathReason)>,
+        error: Option<&str>,
+    ) {
         let offsets: Vec<i64> = dead.iter().map(|(o, _)| *o).collect();
         let Some(dlx) = q.limits().dead_letter_exchange.clone() else {
             q.ack(&offsets);
@@ -30,7 +39,10 @@ impl Router {
                 .increment(1);
             self.dead_lettered
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let record = with_death(record.clone(), q, *reason, now);
+            let mut record = with_death(record.clone(), q, *reason, now);
+            if let Some(error) = error {
+                note_error(&mut record, error);
+            }
             let record = match &q.limits().dead_letter_routing_key {
                 Some(k) => SimpleRecord {
                     key: Some(bytes::Bytes::copy_from_slice(k.as_bytes())),
@@ -54,6 +66,19 @@ impl Router {
             }
         }
         q.ack(&offsets);
+    }
+}
+
+/// Puts `error` into the newest death entry of `record` (see [`Router::dead_letter_rejected`]).
+fn note_error(record: &mut SimpleRecord, error: &str) {
+    let mut deaths = death_history(record);
+    if let Some(newest) = deaths.first_mut() {
+        newest["error"] = Value::from(error);
+        record.headers.retain(|(k, _)| k != DEATH_HEADER);
+        record.headers.push((
+            DEATH_HEADER.to_string(),
+            Some(bytes::Bytes::from(Value::Array(deaths).to_string())),
+        ));
     }
 }
 
@@ -151,4 +176,21 @@ pub(super) fn with_death(
     ));
     record.timestamp = now_ms;
     record
+}
+
+impl Router {
+    /// Dead-letters one unacked message a consumer rejected, keeping its `error` (why the
+    /// consumer gave up, e.g. a handler's error text) in the new death entry.
+    pub async fn dead_letter_rejected(&self, q: &Arc<Queue>, offset: i64, error: Option<String>) {
+        match error {
+            None => {
+                self.dead_letter(q, vec![(offset, DeathReason::Rejected)])
+                    .await
+            }
+            Some(error) => {
+                self.dead_letter_noted(q, vec![(offset, DeathReason::Rejected)], Some(&error))
+                    .await
+            }
+        }
+    }
 }

@@ -1,0 +1,375 @@
+//! `ferry bench native`: confirmed publishing and consuming over the native protocol, the same
+//! shape as `ferry bench amqp` so the two can be compared on one machine and run.
+//!
+//! For every message size it declares a fresh durable queue and runs, at the same time, a
+//! publisher keeping `--window` publishes in flight through the SDK's [`EventPublisher`] (each
+//! one a QUIC stream answered after the durability confirm), and a consumer on one
+//! subscription stream with `--prefetch` unsettled deliveries that acks each one. Every payload
+//! starts with the time it was sent (ns since the run started, little-endian), so the consumer
+//! measures end-to-end latency on the same clock. The queue is deleted afterwards unless
+//! `--keep`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency};
+use crate::client::native::{
+    connect, ConnectOptions, EventMetadata, EventPublisher, NativeConnection, PublishConfig, Trust,
+};
+use crate::proto::{framed, v1};
+
+/// Bytes at the start of each payload that carry the time it was sent.
+const STAMP_LEN: usize = 8;
+const DEFAULT_SECS: f64 = 10.0;
+
+/// Flags of `ferry bench native`.
+#[derive(Debug, Clone)]
+pub struct NativeBenchSettings {
+    /// The native listener, `HOST:PORT`.
+    pub addr: String,
+    /// Pin this certificate fingerprint...
+    pub fingerprint: Option<String>,
+    /// ... or the certificate in this PEM file.
+    pub cert_file: Option<PathBuf>,
+    pub user: String,
+    pub password: String,
+    /// Messages per size [default: publish for 10 s].
+    pub messages: Option<u64>,
+    /// Publish for this many seconds per size.
+    pub duration: Option<f64>,
+    pub size: Vec<usize>,
+    /// Publish requests in flight (awaiting their confirm).
+    pub window: usize,
+    /// Messages per publish request (1: `publish`; more: `publish_batch`).
+    pub batch: usize,
+    /// The subscription's prefetch.
+    pub prefetch: u32,
+    /// Publish at most this many messages per second.
+    pub rate: Option<u64>,
+    pub keep: bool,
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub addr: String,
+    pub client_cores: usize,
+    pub window: usize,
+    pub batch: usize,
+    pub prefetch: u32,
+    pub rate: Option<u64>,
+    pub cases: Vec<CaseReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CaseReport {
+    pub case: String,
+    pub message_bytes: usize,
+    pub queue: String,
+    pub published: u64,
+    pub publish_messages_per_sec: f64,
+    pub confirm_latency: Option<Latency>,
+    pub consumed: u64,
+    pub consume_messages_per_sec: f64,
+    pub end_to_end_latency: Option<Latency>,
+    pub client_cpu_percent: Option<f64>,
+}
+
+pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
+    let addr = s
+        .addr
+        .parse()
+        .map_err(|_| BenchError::Invalid(format!("--native-addr {}: expected IP:PORT", s.addr)))?;
+    let trust = match (&s.fingerprint, &s.cert_file) {
+        (Some(fp), None) => Trust::Fingerprint(fp.clone()),
+        (None, Some(file)) => Trust::CertFile(file.clone()),
+        _ => {
+            return Err(BenchError::Invalid(
+                "give one of --fingerprint and --cert-file (the broker logs its fingerprint)"
+                    .into(),
+            ))
+        }
+    };
+    let conn = connect(ConnectOptions::new(addr, trust, &s.user, &s.password))
+        .await
+        .map_err(|e| BenchError::Failed(format!("connecting to {}: {e}", s.addr)))?;
+    let mut cases = Vec::new();
+    for &size in &s.size {
+        let case = run_case(&conn, &s, size).await?;
+        if !s.json {
+            println!(
+                "  {}: published+confirmed {} msg/s (confirm p50 {:.2} ms p99 {:.2} ms), consumed {} msg/s, e2e p50 {:.2} ms p99 {:.2} ms (client CPU {})",
+                case.case,
+                group(case.publish_messages_per_sec as u64),
+                case.confirm_latency.as_ref().map_or(0.0, |l| l.p50_ms),
+                case.confirm_latency.as_ref().map_or(0.0, |l| l.p99_ms),
+                group(case.consume_messages_per_sec as u64),
+                case.end_to_end_latency.as_ref().map_or(0.0, |l| l.p50_ms),
+                case.end_to_end_latency.as_ref().map_or(0.0, |l| l.p99_ms),
+                case.client_cpu_percent.map_or("n/a".to_string(), |p| format!("{p:.0}%")),
+            );
+        }
+        cases.push(case);
+    }
+    if s.json {
+        let report = Report {
+            tool: "ferry bench native",
+            version: env!("CARGO_PKG_VERSION"),
+            addr: s.addr.clone(),
+            client_cores: cores(),
+            window: s.window,
+            batch: s.batch,
+            prefetch: s.prefetch,
+            rate: s.rate,
+            cases,
+        };
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| BenchError::Failed(e.to_string()))?;
+        println!("{text}");
+    }
+    Ok(())
+}
+
+async fn call(conn: &NativeConnection, op: v1::request::Op) -> Result<(), BenchError> {
+    conn.call(&v1::Request { op: Some(op) })
+        .await
+        .map(|_| ())
+        .map_err(|e| BenchError::Failed(e.to_string()))
+}
+
+async fn run_case(
+    conn: &NativeConnection,
+    s: &NativeBenchSettings,
+    size: usize,
+) -> Result<CaseReport, BenchError> {
+    let queue = format!(
+        "ferry-bench-native-{}-{}",
+        size_label(size),
+        random_suffix()
+    );
+    call(
+        conn,
+        v1::request::Op::DeclareQueue(v1::DeclareQueue {
+            name: queue.clone(),
+            durable: true,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let start = Instant::now();
+    let published = Arc::new(AtomicU64::new(0));
+    let publishing_done = Arc::new(AtomicBool::new(false));
+    let consumer = tokio::spawn(consume(
+        conn.clone(),
+        queue.clone(),
+        s.prefetch,
+        start,
+        published.clone(),
+        publishing_done.clone(),
+    ));
+    let cpu = CpuMeter::start();
+    let (confirms, publish_secs) = publish(conn, s, size, &queue, start, &published).await?;
+    publishing_done.store(true, Ordering::SeqCst);
+    let consumed = tokio::time::timeout(Duration::from_secs(60), consumer)
+        .await
+        .map_err(|_| BenchError::Failed("the consumer did not drain the queue in 60 s".into()))?
+        .map_err(|e| BenchError::Failed(e.to_string()))??;
+    let share = cpu.stop();
+    if !s.keep {
+        call(
+            conn,
+            v1::request::Op::DeleteQueue(v1::DeleteQueue {
+                vhost: String::new(),
+                name: queue.clone(),
+            }),
+        )
+        .await?;
+    }
+    let n = published.load(Ordering::SeqCst);
+    Ok(CaseReport {
+        case: size_label(size),
+        message_bytes: size,
+        queue,
+        published: n,
+        publish_messages_per_sec: n as f64 / publish_secs.max(1e-9),
+        confirm_latency: Latency::from("confirm", confirms),
+        consumed: consumed.count,
+        consume_messages_per_sec: consumed.count as f64 / consumed.secs.max(1e-9),
+        end_to_end_latency: Latency::from("end_to_end", consumed.latencies),
+        client_cpu_percent: share.client,
+    })
+}
+
+/// Publishes until the count or the time is reached; returns confirm latencies (ns) and the
+/// publishing time in seconds.
+async fn publish(
+    conn: &NativeConnection,
+    s: &NativeBenchSettings,
+    size: usize,
+    queue: &str,
+    start: Instant,
+    published: &Arc<AtomicU64>,
+) -> Result<(Vec<u64>, f64), BenchError> {
+    let publisher = EventPublisher::new(conn.clone());
+    let config = PublishConfig::queue(queue);
+    let window = Arc::new(Semaphore::new(s.window.max(1)));
+    let confirms = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(None));
+    let until = s
+        .duration
+        .or(if s.messages.is_none() {
+            Some(DEFAULT_SECS)
+        } else {
+            None
+        })
+        .map(|secs| start + Duration::from_secs_f64(secs));
+    let interval = s
+        .rate
+        .filter(|r| *r > 0)
+        .map(|r| Duration::from_secs_f64(1.0 / r as f64));
+    let mut sent: u64 = 0;
+    let began = Instant::now();
+    loop {
+        if s.messages.is_some_and(|m| sent >= m) || until.is_some_and(|u| Instant::now() >= u) {
+            break;
+        }
+        if let Some(e) = failed.lock().take() {
+            return Err(e);
+        }
+        if let Some(every) = interval {
+            tokio::time::sleep_until((began + every.mul_f64(sent as f64)).into()).await;
+        }
+        let Ok(permit) = window.clone().acquire_owned().await else {
+            break;
+        };
+        let n = s.batch.max(1);
+        let sent_at = start.elapsed().as_nanos() as u64;
+        let events: Vec<(Vec<u8>, EventMetadata)> = (0..n)
+            .map(|_| {
+                let mut payload = vec![0_u8; size.max(STAMP_LEN)];
+                payload[..STAMP_LEN].copy_from_slice(&sent_at.to_le_bytes());
+                (payload, EventMetadata::default())
+            })
+            .collect();
+        let (publisher, config, confirms, failed, published) = (
+            publisher.clone(),
+            config.clone(),
+            confirms.clone(),
+            failed.clone(),
+            published.clone(),
+        );
+        tokio::spawn(async move {
+            let r = if n == 1 {
+                let mut events = events;
+                match events.pop() {
+                    Some((payload, meta)) => publisher
+                        .publish_bytes(payload, "application/octet-stream", meta, &config, "")
+                        .await
+                        .map(|_| 1),
+                    None => Ok(0),
+                }
+            } else {
+                publisher
+                    .publish_batch(events, "application/octet-stream", &config)
+                    .await
+                    .map(|r| r.len() as u64)
+            };
+            match r {
+                Ok(count) => {
+                    published.fetch_add(count, Ordering::SeqCst);
+                    confirms
+                        .lock()
+                        .push((start.elapsed().as_nanos() as u64).saturating_sub(sent_at));
+                }
+                Err(e) => *failed.lock() = Some(BenchError::Failed(format!("publish: {e}"))),
+            }
+            drop(permit);
+        });
+        sent += n as u64;
+    }
+    // Every publish in flight finishes before the phase ends.
+    let _ = window.acquire_many(s.window.max(1) as u32).await;
+    let secs = began.elapsed().as_secs_f64();
+    if let Some(e) = failed.lock().take() {
+        return Err(e);
+    }
+    let confirms = std::mem::take(&mut *confirms.lock());
+    Ok((confirms, secs))
+}
+
+struct Consumed {
+    count: u64,
+    secs: f64,
+    latencies: Vec<u64>,
+}
+
+async fn consume(
+    conn: NativeConnection,
+    queue: String,
+    prefetch: u32,
+    start: Instant,
+    published: Arc<AtomicU64>,
+    publishing_done: Arc<AtomicBool>,
+) -> Result<Consumed, BenchError> {
+    let req = v1::Request {
+        op: Some(v1::request::Op::SubscribeQueue(v1::SubscribeQueue {
+            vhost: String::new(),
+            queue,
+            prefetch,
+        })),
+    };
+    let (mut send, mut reader) = conn
+        .open_subscription(&req)
+        .await
+        .map_err(|e| BenchError::Failed(format!("subscribe: {e}")))?;
+    let began = Instant::now();
+    let mut latencies = Vec::new();
+    let mut count = 0;
+    loop {
+        if publishing_done.load(Ordering::SeqCst) && count >= published.load(Ordering::SeqCst) {
+            break;
+        }
+        let next = tokio::time::timeout(Duration::from_millis(200), reader.next::<v1::Response>());
+        let response = match next.await {
+            Err(_) => continue,
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return Err(BenchError::Failed("the subscription ended".into())),
+            Ok(Err(e)) => return Err(BenchError::Failed(format!("subscription: {e}"))),
+        };
+        let Some(v1::response::Result::Delivery(d)) = response.result else {
+            return Err(BenchError::Failed(format!("unexpected frame {response:?}")));
+        };
+        let payload = d.message.map(|m| m.payload).unwrap_or_default();
+        if let Some(stamp) = payload.get(..STAMP_LEN) {
+            let mut b = [0_u8; STAMP_LEN];
+            b.copy_from_slice(stamp);
+            let now = start.elapsed().as_nanos() as u64;
+            latencies.push(now.saturating_sub(u64::from_le_bytes(b)));
+        }
+        count += 1;
+        let settle = v1::Request {
+            op: Some(v1::request::Op::Settle(v1::Settle {
+                delivery_tag: d.delivery_tag,
+                outcome: v1::settle::Outcome::Ack as i32,
+                reason: String::new(),
+            })),
+        };
+        framed::write(&mut send, &settle)
+            .await
+            .map_err(|e| BenchError::Failed(format!("ack: {e}")))?;
+    }
+    let _ = send.finish();
+    Ok(Consumed {
+        count,
+        secs: began.elapsed().as_secs_f64(),
+        latencies,
+    })
+}

@@ -1,0 +1,445 @@
+//! The SDK's connection: one QUIC connection, re-established with backoff when it drops,
+//! over which every call opens its own stream.
+//!
+//! The server certificate is checked against a pinned SHA-256 fingerprint (what the broker
+//! logs for its self-signed certificate), or against CA certificates in a PEM file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::sync::Mutex;
+
+use crate::proto::framed::{self, FrameReader};
+use crate::proto::v1::{self, request, response, ErrorCode};
+
+/// How the client decides to trust the broker's certificate.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The SHA-256 fingerprint the broker logs (`AB:CD:...`, case and colons optional).
+    Fingerprint(String),
+    /// CA certificates (PEM) the broker's certificate must chain to.
+    CaFile(PathBuf),
+    /// Pin the (first) certificate in this PEM file, e.g. the broker's self-signed
+    /// `<data_dir>/native/cert.pem`.
+    CertFile(PathBuf),
+}
+
+/// Backoff between connection attempts: `initial`, doubling up to `max`, `attempts` in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            attempts: 10,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `n` (1 = the first retry).
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 2_u32.saturating_pow(n.saturating_sub(1).min(16));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub addr: SocketAddr,
+    /// The name the certificate must carry (checked with [`Trust::CaFile`]). Default `localhost`.
+    pub server_name: String,
+    pub trust: Trust,
+    pub user: String,
+    pub password: String,
+    /// Shown in the broker's logs.
+    pub client_name: String,
+    pub backoff: Backoff,
+    /// Per attempt. Default 5 s.
+    pub connect_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl ConnectOptions {
+    pub fn new(addr: SocketAddr, trust: Trust, user: &str, password: &str) -> Self {
+        Self {
+            addr,
+            server_name: "localhost".into(),
+            trust,
+            user: user.into(),
+            password: password.into(),
+            client_name: "ferry-sdk".into(),
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(5),
+            max_frame_bytes: crate::proto::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NativeClientError {
+    /// The broker answered with an error.
+    #[error("{code:?}: {message}")]
+    Server { code: ErrorCode, message: String },
+    /// The connection or stream failed; the call may or may not have reached the broker.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// No reply within the time asked for.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The event could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The client's own settings are unusable (certificate file, fingerprint).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl NativeClientError {
+    /// The broker's error code, if it answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn connection(e: impl std::fmt::Display) -> Self {
+        Self::Connection(e.to_string())
+    }
+}
+
+/// A connection to a broker's native listener; cheap to clone and share.
+#[derive(Clone)]
+pub struct NativeConnection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: ConnectOptions,
+    endpoint: quinn::Endpoint,
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+/// Connects and authenticates, retrying per `options.backoff`.
+pub async fn connect(options: ConnectOptions) -> Result<NativeConnection, NativeClientError> {
+    let (endpoint, _) = client_endpoint(&options)?;
+    let c = NativeConnection {
+        inner: Arc::new(Inner {
+            options,
+            endpoint,
+            conn: Mutex::new(None),
+        }),
+    };
+    c.connection().await?;
+    Ok(c)
+}
+
+/// A QUIC connection to the native listener that has not authenticated, for tools and tests
+/// that speak the protocol frame by frame (one attempt, no retry).
+pub async fn open_raw(options: &ConnectOptions) -> Result<quinn::Connection, NativeClientError> {
+    let (endpoint, _) = client_endpoint(options)?;
+    let connecting = endpoint
+        .connect(options.addr, &options.server_name)
+        .map_err(NativeClientError::connection)?;
+    tokio::time::timeout(options.connect_timeout, connecting)
+        .await
+        .map_err(|_| NativeClientError::Timeout(options.connect_timeout))?
+        .map_err(NativeClientError::connection)
+}
+
+fn client_endpoint(
+    options: &ConnectOptions,
+) -> Result<(quinn::Endpoint, quinn::ClientConfig), NativeClientError> {
+    let client = client_config(options)?;
+    let bind: SocketAddr = if options.addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0_u16; 8], 0))
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(NativeClientError::connection)?;
+    endpoint.set_default_client_config(client.clone());
+    Ok((endpoint, client))
+}
+
+impl NativeConnection {
+    /// The live connection, (re)connecting with backoff if there is none.
+    async fn connection(&self) -> Result<quinn::Connection, NativeClientError> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let o = &self.inner.options;
+        let mut last = NativeClientError::Connection("not attempted".into());
+        for attempt in 0..o.backoff.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(o.backoff.delay(attempt)).await;
+            }
+            match self.open().await {
+                Ok(c) => {
+                    *slot = Some(c.clone());
+                    return Ok(c);
+                }
+                // A refused login does not get better by retrying.
+                Err(e @ NativeClientError::Server { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn open(&self) -> Result<quinn::Connection, NativeClientError> {
+        let o = &self.inner.options;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect(o.addr, &o.server_name)
+            .map_err(NativeClientError::connection)?;
+        let conn = tokio::time::timeout(o.connect_timeout, connecting)
+            .await
+            .map_err(|_| NativeClientError::Timeout(o.connect_timeout))?
+            .map_err(NativeClientError::connection)?;
+        let auth = v1::Request {
+            op: Some(request::Op::Authenticate(v1::Authenticate {
+                user: o.user.clone(),
+                password: o.password.clone(),
+                client_name: o.client_name.clone(),
+            })),
+        };
+        match unary_on(&conn, &auth, o.max_frame_bytes).await? {
+            response::Result::Authenticated(_) => Ok(conn),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Forgets the current connection (the next call reconnects). For tests of reconnects.
+    pub async fn drop_connection(&self) {
+        if let Some(c) = self.inner.conn.lock().await.take() {
+            c.close(0_u32.into(), b"closed by the client");
+        }
+    }
+
+    /// The live QUIC connection, for tests that kill it.
+    pub async fn quic(&self) -> Option<quinn::Connection> {
+        self.inner.conn.lock().await.clone()
+    }
+
+    /// One request, one response. A broker error is [`NativeClientError::Server`].
+    pub async fn call(&self, req: &v1::Request) -> Result<response::Result, NativeClientError> {
+        let conn = self.connection().await?;
+        unary_on(&conn, req, self.inner.options.max_frame_bytes).await
+    }
+
+    /// Opens a subscription stream: sends `req`, waits for `Subscribed`.
+    pub async fn open_subscription(
+        &self,
+        req: &v1::Request,
+    ) -> Result<(quinn::SendStream, FrameReader<quinn::RecvStream>), NativeClientError> {
+        let conn = self.connection().await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(NativeClientError::connection)?;
+        framed::write(&mut send, req)
+            .await
+            .map_err(NativeClientError::connection)?;
+        let mut reader = FrameReader::new(recv, self.inner.options.max_frame_bytes);
+        match read_result(&mut reader).await? {
+            response::Result::Subscribed(_) => Ok((send, reader)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn options(&self) -> &ConnectOptions {
+        &self.inner.options
+    }
+}
+
+/// Reads one response; an error response becomes [`NativeClientError::Server`].
+pub(crate) async fn read_result(
+    reader: &mut FrameReader<quinn::RecvStream>,
+) -> Result<response::Result, NativeClientError> {
+    let response: v1::Response = reader
+        .next()
+        .await
+        .map_err(NativeClientError::connection)?
+        .ok_or_else(|| {
+            NativeClientError::Connection("the stream ended without an answer".into())
+        })?;
+    match response.result {
+        Some(response::Result::Error(e)) => Err(NativeClientError::Server {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
+            message: e.message,
+        }),
+        Some(r) => Ok(r),
+        None => Err(NativeClientError::Codec(
+            "a response with no result this client knows".into(),
+        )),
+    }
+}
+
+async fn unary_on(
+    conn: &quinn::Connection,
+    req: &v1::Request,
+    max_frame_bytes: usize,
+) -> Result<response::Result, NativeClientError> {
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(NativeClientError::connection)?;
+    framed::write(&mut send, req)
+        .await
+        .map_err(NativeClientError::connection)?;
+    let _ = send.finish();
+    read_result(&mut FrameReader::new(recv, max_frame_bytes)).await
+}
+
+pub(crate) fn unexpected(r: &response::Result) -> NativeClientError {
+    NativeClientError::Codec(format!("unexpected response {r:?}"))
+}
+
+fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClientError> {
+    let provider = crate::proto::crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NativeClientError::Config(e.to_string()))?;
+    let pinned = match &o.trust {
+        Trust::Fingerprint(fp) => Some(normalize(fp)),
+        Trust::CertFile(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                NativeClientError::Config(format!("reading {}: {e}", path.display()))
+            })?;
+            let cert = CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .ok_or_else(|| {
+                    NativeClientError::Config(format!("no certificate in {}", path.display()))
+                })?
+                .map_err(|e| NativeClientError::Config(e.to_string()))?;
+            Some(sha256_hex(&cert))
+        }
+        Trust::CaFile(_) => None,
+    };
+    let mut tls = match (&o.trust, pinned) {
+        (_, Some(fingerprint)) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint,
+                provider,
+            }))
+            .with_no_client_auth(),
+        (Trust::CaFile(path), None) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| NativeClientError::Config(format!("reading the CA file: {e}")))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| NativeClientError::Config(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| NativeClientError::Config(e.to_string()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        (_, None) => {
+            return Err(NativeClientError::Config(
+                "no way to trust the server".into(),
+            ))
+        }
+    };
+    tls.alpn_protocols = vec![crate::proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| NativeClientError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// SHA-256 of a DER certificate as upper-case hex without separators.
+fn sha256_hex(cert: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn normalize(fingerprint: &str) -> String {
+    fingerprint
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// Accepts exactly the certificate with the pinned fingerprint (signatures still verified).
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seen = sha256_hex(end_entity);
+        if seen == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "server certificate fingerprint {seen} is not the pinned one"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,38 @@
+//! The Rust SDK over the native protocol: [`EventPublisher`] (publish with a durability
+//! confirm, resend after reconnect, dedup by event id), [`EventConsumer`] (handlers with
+//! broker-side delayed retries and dead-lettering), [`Handlers`] (registration by event type
+//! and version), [`EventContext`] (follow-up events with causation and correlation ids) and
+//! [`Requester`] (request/reply).
+//!
+//! Everything runs over one [`NativeConnection`] (QUIC, reconnecting with backoff), one
+//! stream per call. Events are JSON by default; [`EventPublisher::publish_bytes`] takes any
+//! encoding (a prost message's bytes with `application/protobuf`).
+//!
+//! ```no_run
+//! # async fn demo(addr: std::net::SocketAddr, fingerprint: String) -> Result<(), Box<dyn std::error::Error>> {
+//! use ferry::client::native::*;
+//! let conn = connect(ConnectOptions::new(addr, Trust::Fingerprint(fingerprint), "guest", "guest")).await?;
+//! let publisher = EventPublisher::new(conn.clone());
+//! publisher
+//!     .publish(&serde_json::json!({"order": 1}), EventMetadata::new("order.placed", "/shop"), &PublishConfig::queue("orders"))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod connection;
+mod consumer;
+mod event;
+mod publisher;
+mod reply;
+
+pub use crate::proto::v1::ErrorCode;
+pub use connection::{
+    connect, open_raw, Backoff, ConnectOptions, NativeClientError, NativeConnection, Trust,
+};
+pub use consumer::{
+    BackoffKind, ConsumerConfig, EventConsumer, EventContext, EventHandler, HandlerConfig,
+    HandlerError, Handlers, RetryConfig, Subscription, Upcaster,
+};
+pub use event::{EventMetadata, ReceivedEvent};
+pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};
+pub use reply::Requester;

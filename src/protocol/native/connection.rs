@@ -1,0 +1,202 @@
+//! One QUIC connection: accepts its bidirectional streams, each running as its own task, and
+//! holds what they share (the authenticated user, the connection id that owns exclusive
+//! queues). The first request must authenticate; until one has, every other is refused.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::convert::NativeError;
+use super::{handlers, NativeSettings};
+use crate::broker::BrokerCore;
+use crate::proto::framed::{self, FrameReader, ReadError};
+use crate::proto::v1::{self, request::Op, ErrorCode};
+
+/// Native connection ids start high so they never meet the AMQP adapter's (which count from
+/// 1) in the router's exclusive-queue bookkeeping.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1 << 62);
+
+/// How long open streams get to finish once the connection is closing.
+const STREAM_GRACE: Duration = Duration::from_secs(2);
+
+/// What every stream of a connection shares.
+pub(crate) struct Ctx {
+    pub core: BrokerCore,
+    pub settings: Arc<NativeSettings>,
+    /// The router's connection id (owner of exclusive queues).
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// Set by the first successful `Authenticate`.
+    pub user: OnceLock<String>,
+    /// Bytes of request frames being read or handled at once on this connection: a permit per
+    /// byte, taken once a frame's length is known and before its body is read, and held until
+    /// it is answered. Without it, thousands of streams each sending a frame just under the
+    /// limit would make the broker buffer all of them.
+    pub frame_budget: Arc<Semaphore>,
+}
+
+/// Request bytes a connection may have in memory at once, in units of the frame limit.
+const FRAME_BUDGET_FRAMES: usize = 4;
+
+pub(super) async fn run(
+    incoming: quinn::Incoming,
+    core: BrokerCore,
+    settings: Arc<NativeSettings>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "native handshake failed");
+            return;
+        }
+    };
+    let frame_budget = Arc::new(Semaphore::new(budget_bytes(&settings)));
+    let ctx = Arc::new(Ctx {
+        core,
+        settings,
+        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        peer,
+        user: OnceLock::new(),
+        frame_budget,
+    });
+    metrics::gauge!("ferry_connections", "protocol" => "native").increment(1.0);
+    tracing::debug!(%peer, connection = ctx.id, "native connection open");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(stream(ctx.clone(), send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "native connection closed");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = crate::util::stopped(&mut shutdown) => {
+                conn.close(0_u32.into(), b"broker shutting down");
+                break;
+            }
+        }
+    }
+    // The peer is gone: stream reads and writes fail at once and subscriptions return their
+    // unsettled deliveries; the grace only bounds a stream stuck on the core.
+    let drain = async { while streams.join_next().await.is_some() {} };
+    if tokio::time::timeout(STREAM_GRACE, drain).await.is_err() {
+        streams.abort_all();
+    }
+    ctx.core.router().connection_closed(ctx.id).await;
+    metrics::gauge!("ferry_connections", "protocol" => "native").decrement(1.0);
+}
+
+/// Reads a stream's request and answers it.
+async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
+    let mut reader = FrameReader::new(recv, ctx.settings.max_frame_bytes);
+    let len = match reader.next_len().await {
+        Ok(Some(len)) => len,
+        Ok(None) => return,
+        Err(e) => return refuse_read(&mut send, e).await,
+    };
+    let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
+    let Ok(_budget) = ctx.frame_budget.clone().acquire_many_owned(permits).await else {
+        return;
+    };
+    let request: v1::Request = match reader.next().await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => return refuse_read(&mut send, e).await,
+    };
+    let Some(op) = request.op else {
+        return refuse(
+            &mut send,
+            NativeError::malformed("the request names no operation this server knows"),
+        )
+        .await;
+    };
+    if let Op::Authenticate(a) = op {
+        let answer = authenticate(&ctx, a).await;
+        let response = match answer {
+            Ok(r) => r,
+            Err(e) => e.response(),
+        };
+        let _ = framed::write(&mut send, &response).await;
+        let _ = send.finish();
+        return;
+    }
+    if ctx.user.get().is_none() {
+        return refuse(
+            &mut send,
+            NativeError::new(
+                ErrorCode::Unauthenticated,
+                "authenticate first: the first request on a connection must be Authenticate",
+            ),
+        )
+        .await;
+    }
+    handlers::dispatch(&ctx, op, &mut send, reader).await;
+}
+
+/// The connection's frame budget: a few frames at the limit, within the semaphore's range.
+fn budget_bytes(settings: &NativeSettings) -> usize {
+    settings
+        .max_frame_bytes
+        .saturating_mul(FRAME_BUDGET_FRAMES)
+        .min(Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
+}
+
+/// Answers a request that could not be read; a stream that failed under us gets nothing.
+async fn refuse_read(send: &mut SendStream, e: ReadError) {
+    let error = match e {
+        ReadError::Frame(e) => e.into(),
+        ReadError::Truncated => NativeError::malformed("the stream ended inside a frame"),
+        ReadError::Io(_) => return,
+    };
+    refuse(send, error).await
+}
+
+async fn refuse(send: &mut SendStream, e: NativeError) {
+    let _ = framed::write(send, &e.response()).await;
+    let _ = send.finish();
+}
+
+async fn authenticate(ctx: &Ctx, a: v1::Authenticate) -> Result<v1::Response, NativeError> {
+    if let Some(user) = ctx.user.get() {
+        if *user != a.user {
+            return Err(NativeError::new(
+                ErrorCode::InvalidArgument,
+                "this connection is already authenticated as another user",
+            ));
+        }
+    } else {
+        let refused = || {
+            NativeError::new(
+                ErrorCode::Unauthenticated,
+                "login refused: unknown user or wrong password",
+            )
+        };
+        // Counted, logged (WARN, rate-limited) and slowed per peer by the core, and the
+        // loopback-only rule for default users, exactly as for AMQP and Kafka PLAIN.
+        ctx.core
+            .login("native", Some(ctx.peer.ip()), &a.user, &a.password)
+            .await
+            .map_err(|_| refused())?;
+        let _ = ctx.user.set(a.user.clone());
+        tracing::debug!(peer = %ctx.peer, user = a.user, client = a.client_name, "native login");
+    }
+    Ok(v1::Response {
+        result: Some(v1::response::Result::Authenticated(v1::Authenticated {
+            user: a.user,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            max_frame_bytes: u32::try_from(ctx.settings.max_frame_bytes).unwrap_or(u32::MAX),
+        })),
+    })
+}

@@ -1,0 +1,52 @@
+//! One function per request family; [`dispatch`] answers a stream's first request.
+
+mod admin;
+mod publish;
+mod subscribe;
+
+use quinn::{RecvStream, SendStream};
+
+use super::connection::Ctx;
+use super::convert::NativeError;
+use crate::proto::framed::{self, FrameReader};
+use crate::proto::v1::{request::Op, response::Result as R, Done, Response};
+
+/// Answers `op` on its stream: one response for a unary call, a sequence for a subscription;
+/// an error is answered as a typed [`crate::proto::v1::Error`].
+pub(super) async fn dispatch(
+    ctx: &Ctx,
+    op: Op,
+    send: &mut SendStream,
+    reader: FrameReader<RecvStream>,
+) {
+    let done = |()| R::Done(Done {});
+    let answer = match op {
+        Op::Publish(p) => publish::publish(ctx, p).await.map(R::Published),
+        Op::PublishBatch(b) => publish::publish_batch(ctx, b).await.map(R::PublishedBatch),
+        Op::SubscribeQueue(s) => subscribe::queue(ctx, s, send, reader).await.map(done),
+        Op::SubscribeTopic(s) => subscribe::topic(ctx, s, send, reader).await.map(done),
+        Op::Settle(_) => Err(NativeError::malformed(
+            "settle belongs on the stream of the subscription that delivered the message",
+        )),
+        Op::Authenticate(_) => Err(NativeError::new(
+            crate::proto::v1::ErrorCode::InvalidArgument,
+            "this connection is already authenticated",
+        )),
+        Op::DeclareTopic(d) => admin::declare_topic(ctx, d).await.map(done),
+        Op::DeleteTopic(d) => admin::delete_topic(ctx, d).await.map(done),
+        Op::DeclareExchange(d) => admin::declare_exchange(ctx, d).await.map(done),
+        Op::DeleteExchange(d) => admin::delete_exchange(ctx, d).await.map(done),
+        Op::DeclareQueue(d) => admin::declare_queue(ctx, d).await.map(R::QueueDeclared),
+        Op::DeleteQueue(d) => admin::delete_queue(ctx, d).await.map(done),
+        Op::Bind(b) => admin::bind(ctx, b).await.map(done),
+        Op::Unbind(b) => admin::unbind(ctx, b).await.map(done),
+    };
+    let response = match answer {
+        Ok(result) => Response {
+            result: Some(result),
+        },
+        Err(e) => e.response(),
+    };
+    let _ = framed::write(send, &response).await;
+    let _ = send.finish();
+}
