@@ -65,6 +65,7 @@ use super::partition_log::{AppendInfo, LogSlice, PartitionLog, RetentionReport};
 use super::recovery::RecoveryReport;
 use super::{LogError, Result};
 use crate::clock::Clock;
+use lazy::{wait_for, Writer, WriterSlot};
 
 /// Most bytes of appends one group commit takes from the queue.
 pub const GROUP_MAX_BYTES: usize = 16 << 20;
@@ -80,6 +81,8 @@ pub const WRITER_IDLE_RETIRE: std::time::Duration = std::time::Duration::from_se
 /// With the `sync_journal` option: file in the partition directory holding, as 8 little-endian
 /// bytes, the log end offset as of the last successful fsync (everything below it is durable).
 pub const SYNC_JOURNAL_FILE: &str = "sync.journal";
+
+mod lazy;
 
 /// Which partition a handle serves; used as metric labels and in log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,108 +240,6 @@ impl PendingAppend {
 pub struct PartitionHandle {
     shared: Arc<Shared>,
     writer: Arc<Writer>,
-}
-
-/// The partition's writer task, started on demand: by the first append after the previous one
-/// retired (idle for [`WRITER_IDLE_RETIRE`]). Dropped with the last handle, which closes the
-/// log (through the running writer, or a task spawned for it).
-struct Writer {
-    shared: Arc<Shared>,
-    slot: Mutex<WriterSlot>,
-}
-
-#[derive(Default)]
-struct WriterSlot {
-    /// The running writer's queue.
-    tx: Option<mpsc::Sender<Command>>,
-    /// Set while a retiring writer finishes what was queued before it closed its queue: the
-    /// next writer waits for it, so appends submitted in order are written in order.
-    draining: Option<watch::Receiver<bool>>,
-    /// Shut down: no writer starts again.
-    closed: bool,
-}
-
-impl Writer {
-    /// The running writer's queue, starting a writer if none runs. `None` once shut down
-    /// (unless `for_shutdown`, the one command that may start a writer on a closing log).
-    fn sender(self: &Arc<Self>, for_shutdown: bool) -> Option<mpsc::Sender<Command>> {
-        let mut slot = self.slot.lock();
-        if slot.closed && !for_shutdown {
-            return None;
-        }
-        if for_shutdown {
-            slot.closed = true;
-        }
-        if let Some(tx) = slot.tx.as_ref().filter(|tx| !tx.is_closed()) {
-            return Some(tx.clone());
-        }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let predecessor = slot.draining.take();
-        self.shared.runtime.spawn(writer_task(
-            Arc::clone(&self.shared),
-            Arc::downgrade(self),
-            rx,
-            predecessor,
-        ));
-        slot.tx = Some(tx.clone());
-        Some(tx)
-    }
-
-    /// Queues `cmd` on a running writer; gives it back if there is none to take it (shut
-    /// down, or the runtime is gone).
-    async fn send(self: &Arc<Self>, mut cmd: Command, for_shutdown: bool) -> Result<(), Command> {
-        // A writer retiring between `sender` and `send` hands the command back; the next
-        // one takes it. Bounded, because a runtime that is shutting down drops every task it
-        // is given.
-        for _ in 0..3 {
-            let Some(tx) = self.sender(for_shutdown) else {
-                return Err(cmd);
-            };
-            match tx.send(cmd).await {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(back)) => cmd = back,
-            }
-        }
-        Err(cmd)
-    }
-
-    /// Called by a writer that has been idle: no new command reaches it after this, and the
-    /// next writer waits for `done` to turn true. Returns `false` (keep running) if the slot
-    /// has a different writer or the log is shutting down.
-    fn retire(&self, rx: &mut mpsc::Receiver<Command>, done: watch::Receiver<bool>) -> bool {
-        let mut slot = self.slot.lock();
-        if slot.closed {
-            return false;
-        }
-        slot.tx = None;
-        slot.draining = Some(done);
-        // Under the lock, so no sender can clone the queue between the two steps.
-        rx.close();
-        true
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let slot = self.slot.get_mut();
-        if slot.closed || slot.tx.is_some() {
-            // A running writer sees its queue close and closes the log itself.
-            return;
-        }
-        let shared = Arc::clone(&self.shared);
-        let predecessor = slot.draining.take();
-        self.shared.runtime.spawn(async move {
-            wait_for(predecessor).await;
-            close_log(&shared).await;
-        });
-    }
-}
-
-/// Waits until a retiring writer has finished its last commands.
-async fn wait_for(predecessor: Option<watch::Receiver<bool>>) {
-    if let Some(mut done) = predecessor {
-        let _ = done.wait_for(|d| *d).await;
-    }
 }
 
 impl std::fmt::Debug for PartitionHandle {
