@@ -17,6 +17,7 @@
 //! feed the queues bound to it from the topic log, exactly once per record and queue.
 
 pub mod breaker;
+pub mod connections;
 pub mod dedup;
 pub mod delayed;
 pub mod event;
@@ -132,6 +133,8 @@ struct CoreInner {
     login_guard: login_guard::LoginGuard,
     /// What creation requests may ask for (see [`limits`]).
     limits: RwLock<ResourceLimits>,
+    /// Live client connections of every protocol, for the management API.
+    connections: connections::ConnectionRegistry,
 }
 
 impl BrokerCore {
@@ -186,6 +189,7 @@ impl BrokerCore {
                 topic_routers: topic_router::TopicRouters::default(),
                 login_guard: login_guard::LoginGuard::new(),
                 limits: RwLock::new(ResourceLimits::default()),
+                connections: Default::default(),
             }),
         };
         core.inner
@@ -263,6 +267,11 @@ impl BrokerCore {
     /// handshake.
     pub fn login_guard(&self) -> &login_guard::LoginGuard {
         &self.inner.login_guard
+    }
+
+    /// Live client connections (see [`connections`]).
+    pub fn connections(&self) -> &connections::ConnectionRegistry {
+        &self.inner.connections
     }
 
     /// Exchanges, queues and bindings.

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use super::codec::{self, FrameError};
 use super::handlers::{self, Outcome};
 use super::KafkaContext;
+use crate::broker::connections::{close_requested, NewConnection, Protocol};
 use crate::tls::{ConnSecurity, Transport};
 
 /// Requests one connection may have in flight before we stop reading from it.
@@ -60,6 +61,21 @@ pub async fn run<S: Transport>(
     let (mut reader, writer) = stream.split_halves();
     let (queue, mut pending) = mpsc::channel::<JoinHandle<Outcome>>(MAX_IN_FLIGHT);
     metrics::gauge!("ferry_connections", "protocol" => "kafka").increment(1.0);
+    let registration = ctx.core.connections().register(NewConnection {
+        protocol: Protocol::Kafka,
+        peer,
+        local,
+        tls: security.tls,
+    });
+    // Kafka's principal without SASL: the mTLS subject, else ANONYMOUS (as `User:ANONYMOUS`).
+    registration.set_user(
+        security
+            .client_cert
+            .as_ref()
+            .map_or("ANONYMOUS", |p| p.subject.as_str()),
+    );
+    let mut close_requests = registration.close_requests();
+    let written = registration.handle();
     // Requests read but not yet answered: while any is, the connection is not idle.
     let in_flight = Arc::new(AtomicUsize::new(0));
     let answered = in_flight.clone();
@@ -79,6 +95,7 @@ pub async fn run<S: Transport>(
             match outcome {
                 Outcome::Respond(bytes) => {
                     crate::observe::metrics::bytes_sent("kafka", bytes.len());
+                    written.add_sent(bytes.len());
                     if out.write_all(&bytes).await.is_err() {
                         break;
                     }
@@ -124,6 +141,12 @@ pub async fn run<S: Transport>(
                     break None;
                 }
                 _ = crate::util::stopped(&mut shutdown) => break None,
+                // Kafka has no server-side close frame: a forced close drops the socket.
+                reason = close_requested(&mut close_requests) => {
+                    tracing::info!(%peer, reason, "Kafka connection closed by an administrator");
+                    client_gone = true;
+                    break None;
+                }
             }
         };
         let frame = match read {
@@ -142,6 +165,7 @@ pub async fn run<S: Transport>(
             Some(Read::Truncated) => break,
         };
         crate::observe::metrics::bytes_received("kafka", frame.len() + 4);
+        registration.add_received(frame.len() + 4);
         let request = match codec::parse_request(Bytes::from(frame)) {
             Ok(r) => r,
             Err(FrameError::UnknownApiKey { key, version, .. }) => {
@@ -153,6 +177,9 @@ pub async fn run<S: Transport>(
                 break;
             }
         };
+        if let Some(client_id) = &request.client_id {
+            registration.set_client_name(client_id);
+        }
         let conn = ConnInfo {
             peer,
             local,

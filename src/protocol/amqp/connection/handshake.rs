@@ -66,6 +66,13 @@ impl Conn {
                     &s,
                 )
                 .await?;
+                self.registration.set_user(&self.user);
+                if let Some(AMQPValue::LongString(name)) =
+                    s.client_properties.inner().get("connection_name")
+                {
+                    self.registration
+                        .set_client_name(&String::from_utf8_lossy(name.as_bytes()));
+                }
                 self.wants_blocked = matches!(
                     s.client_properties.inner().get("capabilities"),
                     Some(AMQPValue::FieldTable(caps))
@@ -121,6 +128,7 @@ impl Conn {
                         format!("access to vhost '{vhost}' refused for user '{}'", self.user),
                     ));
                 }
+                self.registration.set_vhost(&vhost);
                 self.vhost = vhost;
                 self.phase = Phase::Open;
                 self.send(
