@@ -16,15 +16,18 @@
 //! came from, settling each only after its copy is durable, and `.../purge` (or DELETE
 //! `.../contents`) empties it. RabbitMQ-style health checks live in [`super::http`].
 //!
-//! One file per resource: [`topics`], [`queues`], [`exchanges`], [`bindings`], [`groups`] and
-//! the dead-letter tools in [`dlq`]; [`auth`] checks credentials (and slows password guessing
+//! One file per resource: [`topics`], [`queues`], [`exchanges`], [`bindings`], [`groups`],
+//! live [`connections`] (with their channels and consumers), the [`overview`] and node view,
+//! and the dead-letter tools in [`dlq`]; [`auth`] checks credentials (and slows password guessing
 //! through the core's login guard); this file holds the routes and the one error shape.
 
 mod auth;
 mod bindings;
+mod connections;
 mod dlq;
 mod exchanges;
 mod groups;
+mod overview;
 mod queues;
 mod topics;
 
@@ -92,6 +95,15 @@ pub fn routes() -> Router<AppState> {
             "/api/groups/{id}/reset-offsets",
             post(groups::reset_offsets),
         )
+        .route("/api/overview", get(overview::overview))
+        .route("/api/nodes", get(overview::nodes))
+        .route("/api/connections", get(connections::list_connections))
+        .route(
+            "/api/connections/{name}",
+            get(connections::get_connection).delete(connections::close_connection),
+        )
+        .route("/api/channels", get(connections::list_channels))
+        .route("/api/consumers", get(connections::list_consumers))
         .merge(super::http::health_check_routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(errors_as_json))
