@@ -33,6 +33,20 @@ fn main() -> ExitCode {
         Command::Exchange(args) => admin(ferry::admin_cli::exchange(args.into())),
         Command::Group(args) => admin(ferry::admin_cli::group(args.into())),
         Command::Dlq(args) => admin(ferry::admin_cli::dlq(args.into())),
+        Command::Status(args) => admin(ferry::admin_cli::manage::status(args.conn.into())),
+        Command::Connection(args) => {
+            let conn = args.conn.into();
+            match args.command {
+                cli::manage::ConnectionCommand::List => {
+                    admin(ferry::admin_cli::manage::connections(conn))
+                }
+                cli::manage::ConnectionCommand::Close { name, reason } => admin(
+                    ferry::admin_cli::manage::close_connection(conn, &name, reason.as_deref()),
+                ),
+            }
+        }
+        Command::Channel(args) => admin(ferry::admin_cli::manage::channels(args.conn.into())),
+        Command::Consumer(args) => admin(ferry::admin_cli::manage::consumers(args.conn.into())),
         Command::Produce(args) => {
             ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::produce(args.into()))
                 .map_err(anyhow::Error::from)

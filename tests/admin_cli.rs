@@ -933,3 +933,101 @@ async fn topic_create_of_an_existing_topic_and_consume_the_last_n() {
     .await;
     assert_eq!(last_two.stdout, "b\nc\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_connection_channel_and_consumer_commands() {
+    let broker = TestBroker::start().await.unwrap();
+    let conn = Connection::connect(
+        &broker.amqp_url(),
+        ConnectionProperties::default().with_connection_name("cli-watched".into()),
+    )
+    .await
+    .unwrap();
+    let mut events = conn.events_listener();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(3, BasicQosOptions::default()).await.unwrap();
+    ch.queue_declare(
+        "tasks".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _consumer = ch
+        .basic_consume(
+            "tasks".into(),
+            "cli-consumer".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let status = ok(&broker, &["status"]).await.stdout;
+    assert!(
+        status.contains("Connections: 1 (channels 1, consumers 1)"),
+        "{status}"
+    );
+    assert!(status.contains("Alarms:      none"), "{status}");
+    let overview = ok(&broker, &["status", "--json"]).await.json();
+    assert_eq!(overview["overview"]["object_totals"]["queues"], 1);
+    assert!(overview["node"]["mem_used"].as_u64().unwrap() > 0);
+
+    let listed = ok(&broker, &["connection", "list"]).await.stdout;
+    let row = listed
+        .lines()
+        .find(|l| l.contains("cli-watched"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains("amqp") && row.contains("guest"), "{row}");
+    let connections = ok(&broker, &["connection", "list", "--json"]).await.json();
+    let name = connections[0]["name"].as_str().unwrap().to_string();
+
+    let channels = ok(&broker, &["channel", "list"]).await.stdout;
+    assert!(channels.contains(&format!("{name} (1)")), "{channels}");
+    let consumers = ok(&broker, &["consumer", "list", "--json"]).await.json();
+    assert_eq!(consumers[0]["consumer_tag"], "cli-consumer");
+    assert_eq!(consumers[0]["queue"]["name"], "tasks");
+    assert_eq!(consumers[0]["prefetch_count"], 3);
+    let consumers = ok(&broker, &["consumer", "list"]).await.stdout;
+    assert!(
+        consumers.contains("cli-consumer") && consumers.contains("tasks"),
+        "{consumers}"
+    );
+
+    ok(
+        &broker,
+        &["connection", "close", &name, "--reason", "rolling restart"],
+    )
+    .await;
+    let error = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => return e,
+                Some(_) => {}
+                None => panic!("event stream ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the client hears of the close");
+    let text = error.to_string();
+    assert!(text.contains("rolling restart"), "{text}");
+    assert!(text.contains("CONNECTION_FORCED"), "{text}");
+
+    // It leaves the list once the server has finished closing it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ok(&broker, &["connection", "list", "--json"]).await.json() != Value::Array(vec![]) {
+        assert!(tokio::time::Instant::now() < deadline, "still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = ferry(&broker, &["connection", "close", &name]).await;
+    assert!(!gone.ok);
+    assert!(gone.stderr.contains("no connection"), "{}", gone.stderr);
+    let bad = ferry(
+        &broker,
+        &["connection", "close", &name, "--reason", "two\nlines"],
+    )
+    .await;
+    assert!(!bad.ok);
+    assert!(bad.stderr.contains("--reason"), "{}", bad.stderr);
+}
