@@ -1031,3 +1031,112 @@ async fn status_connection_channel_and_consumer_commands() {
     assert!(!bad.ok);
     assert!(bad.stderr.contains("--reason"), "{}", bad.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_partitions_unbind_and_group_delete_commands() {
+    let broker = TestBroker::start().await.unwrap();
+
+    // topic add-partitions grows a topic and refuses to shrink it.
+    ok(&broker, &["topic", "create", "ledger"]).await;
+    let grown = ok(&broker, &["topic", "add-partitions", "ledger", "3"]).await;
+    assert!(
+        grown.stdout.contains("now has 3 partition(s)"),
+        "{}",
+        grown.stdout
+    );
+    let topic = ok(&broker, &["topic", "describe", "ledger", "--json"])
+        .await
+        .json();
+    assert_eq!(topic["partitions"].as_array().unwrap().len(), 3);
+    let shrink = ferry(&broker, &["topic", "add-partitions", "ledger", "2"]).await;
+    assert!(!shrink.ok, "{}", shrink.stdout);
+
+    // exchange unbind removes the binding: a confirmed publish no longer reaches the queue.
+    ok(
+        &broker,
+        &["exchange", "create", "billing", "--type", "direct"],
+    )
+    .await;
+    ok(&broker, &["queue", "create", "invoices"]).await;
+    ok(
+        &broker,
+        &["exchange", "bind", "billing", "invoices", "-k", "eu"],
+    )
+    .await;
+    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let publish = || async {
+        ch.basic_publish(
+            "billing".into(),
+            "eu".into(),
+            BasicPublishOptions::default(),
+            b"invoice",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+    };
+    publish().await;
+    wait_ready(&broker, "invoices", 1).await;
+    let unbound = ok(
+        &broker,
+        &["exchange", "unbind", "billing", "invoices", "-k", "eu"],
+    )
+    .await;
+    assert!(
+        unbound.stdout.contains("unbound queue invoices"),
+        "{}",
+        unbound.stdout
+    );
+    publish().await;
+    let q = ok(&broker, &["queue", "describe", "invoices", "--json"])
+        .await
+        .json();
+    assert_eq!(q["ready"], 1, "the second publish was not routed: {q}");
+    let again = ferry(
+        &broker,
+        &["exchange", "unbind", "billing", "invoices", "-k", "eu"],
+    )
+    .await;
+    assert!(!again.ok);
+    assert!(again.stderr.contains("no binding"), "{}", again.stderr);
+
+    // group delete removes an empty group with its offsets.
+    let bootstrap = broker.kafka_bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "old-billing")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("ledger", 0, Offset::Offset(0))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+    })
+    .await
+    .unwrap();
+    let groups = ok(&broker, &["group", "list"]).await.stdout;
+    assert!(groups.contains("old-billing"), "{groups}");
+    let deleted = ok(&broker, &["group", "delete", "old-billing"]).await;
+    assert!(deleted
+        .stdout
+        .contains("deleted consumer group old-billing"));
+    let groups = ok(&broker, &["group", "list"]).await.stdout;
+    assert!(!groups.contains("old-billing"), "{groups}");
+    let missing = ferry(&broker, &["group", "delete", "old-billing"]).await;
+    assert!(!missing.ok);
+    assert!(
+        missing.stderr.contains("unknown consumer group"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -87,6 +87,29 @@ pub async fn exchange(a: ExchangeArgs) -> Result<(), CliError> {
                 println!("bound queue {queue} to exchange {exchange} with key '{routing_key}'");
             }
         }
+        ExchangeCommand::Unbind {
+            exchange,
+            queue,
+            routing_key,
+            vhost,
+        } => {
+            c.call(
+                "DELETE",
+                "/api/bindings",
+                Some(
+                    &json!({"vhost": vhost, "source": exchange, "destination": queue,
+                    "destination_type": "queue", "routing_key": routing_key}),
+                ),
+            )
+            .await?;
+            if json {
+                print_json(
+                    &json!({"unbound": {"exchange": exchange, "queue": queue, "routing_key": routing_key}}),
+                );
+            } else {
+                println!("unbound queue {queue} from exchange {exchange} (key '{routing_key}')");
+            }
+        }
     }
     Ok(())
 }

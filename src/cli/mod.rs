@@ -40,13 +40,13 @@ pub enum Command {
         after_help = "Examples:\n  ferry bench kafka                              # a short run against 127.0.0.1:9092\n  ferry bench amqp --sizes 16,1KiB --duration 10"
     )]
     Bench(BenchArgs),
-    /// Topics: list, create, delete, describe (through the admin API).
+    /// Topics: list, create, delete, describe, add-partitions (through the admin API).
     Topic(admin::TopicArgs),
     /// AMQP queues: list, create, delete, describe, purge (through the admin API).
     Queue(admin::QueueArgs),
-    /// AMQP exchanges: list, create, delete, bind (through the admin API).
+    /// AMQP exchanges: list, create, delete, bind, unbind (through the admin API).
     Exchange(admin::ExchangeArgs),
-    /// Kafka consumer groups: list, describe, reset-offsets (through the admin API).
+    /// Kafka consumer groups: list, describe, delete, reset-offsets (through the admin API).
     Group(admin::GroupArgs),
     /// Dead-letter queues: list, browse, replay, purge (through the admin API).
     Dlq(admin::DlqArgs),

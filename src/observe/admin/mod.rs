@@ -90,7 +90,10 @@ pub fn routes() -> Router<AppState> {
                 .delete(bindings::delete_binding),
         )
         .route("/api/groups", get(groups::list_groups))
-        .route("/api/groups/{id}", get(groups::get_group))
+        .route(
+            "/api/groups/{id}",
+            get(groups::get_group).delete(groups::delete_group),
+        )
         .route(
             "/api/groups/{id}/reset-offsets",
             post(groups::reset_offsets),
@@ -244,6 +247,7 @@ impl From<GroupError> for ApiError {
             | GroupError::UnknownMemberId
             | GroupError::RebalanceInProgress => (StatusCode::CONFLICT, "conflict"),
             GroupError::InvalidGroupId => (StatusCode::BAD_REQUEST, "bad_request"),
+            GroupError::GroupIdNotFound => (StatusCode::NOT_FOUND, "not_found"),
             GroupError::CoordinatorNotAvailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
