@@ -16,6 +16,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
+mod common;
+
 /// The binary's exit status, stdout and stderr.
 struct Run {
     ok: bool,
@@ -28,6 +30,30 @@ impl Run {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
     }
+}
+
+/// Commits `offset` for partition 0 of `topic` as consumer group `group` (rdkafka, no
+/// subscription), leaving an empty group with that offset.
+async fn commit_offset(broker: &TestBroker, group: &str, topic: &str, offset: i64) {
+    let (bootstrap, group, topic) = (
+        broker.kafka_bootstrap(),
+        group.to_string(),
+        topic.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(offset))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 /// Runs `ferry ARGS` against `broker`'s admin API (via FERRY_ADMIN_URL).
@@ -533,21 +559,7 @@ async fn group_reset_offsets_moves_an_empty_groups_offsets() {
             .await
             .unwrap();
     }
-    let bootstrap = broker.kafka_bootstrap();
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "billing")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("payments", 0, Offset::Offset(10))
-            .unwrap();
-        c.commit(&tpl, CommitMode::Sync).unwrap();
-    })
-    .await
-    .unwrap();
+    commit_offset(&broker, "billing", "payments", 10).await;
 
     let r = ok(
         &broker,
@@ -943,7 +955,7 @@ async fn status_connection_channel_and_consumer_commands() {
     )
     .await
     .unwrap();
-    let mut events = conn.events_listener();
+    let events = conn.events_listener();
     let ch = conn.create_channel().await.unwrap();
     ch.basic_qos(3, BasicQosOptions::default()).await.unwrap();
     ch.queue_declare(
@@ -999,17 +1011,7 @@ async fn status_connection_channel_and_consumer_commands() {
         &["connection", "close", &name, "--reason", "rolling restart"],
     )
     .await;
-    let error = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.next().await {
-                Some(lapin::Event::Error(e)) => return e,
-                Some(_) => {}
-                None => panic!("event stream ended without an error"),
-            }
-        }
-    })
-    .await
-    .expect("the client hears of the close");
+    let error = common::amqp::connection_error(events).await;
     let text = error.to_string();
     assert!(text.contains("rolling restart"), "{text}");
     assert!(text.contains("CONNECTION_FORCED"), "{text}");
@@ -1109,21 +1111,7 @@ async fn add_partitions_unbind_and_group_delete_commands() {
     assert!(again.stderr.contains("no binding"), "{}", again.stderr);
 
     // group delete removes an empty group with its offsets.
-    let bootstrap = broker.kafka_bootstrap();
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "old-billing")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("ledger", 0, Offset::Offset(0))
-            .unwrap();
-        c.commit(&tpl, CommitMode::Sync).unwrap();
-    })
-    .await
-    .unwrap();
+    commit_offset(&broker, "old-billing", "ledger", 0).await;
     let groups = ok(&broker, &["group", "list"]).await.stdout;
     assert!(groups.contains("old-billing"), "{groups}");
     let deleted = ok(&broker, &["group", "delete", "old-billing"]).await;

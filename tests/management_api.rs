@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use ferry::testing::TestBroker;
-use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -81,7 +80,7 @@ async fn amqp_connection_channels_and_consumers_are_listed_and_close_reaches_the
     )
     .await
     .expect("connect");
-    let mut events = conn.events_listener();
+    let events = conn.events_listener();
     let ch = conn.create_channel().await.expect("channel");
     ch.basic_qos(7, BasicQosOptions::default())
         .await
@@ -160,17 +159,7 @@ async fn amqp_connection_channels_and_consumers_are_listed_and_close_reaches_the
         close(&broker, &name, Some("maintenance window")).await,
         StatusCode::NO_CONTENT
     );
-    let error = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.next().await {
-                Some(lapin::Event::Error(e)) => return e,
-                Some(_) => {}
-                None => panic!("event stream ended without an error"),
-            }
-        }
-    })
-    .await
-    .expect("the client hears of the close in time");
+    let error = common::amqp::connection_error(events).await;
     assert_eq!(amqp_code(&error), Some(320), "{error}");
     assert!(
         error.to_string().contains("maintenance window"),

@@ -75,10 +75,7 @@ pub async fn exchange(a: ExchangeArgs) -> Result<(), CliError> {
                 .call(
                     "POST",
                     "/api/bindings",
-                    Some(
-                        &json!({"vhost": vhost, "source": exchange, "destination": queue,
-                        "destination_type": "queue", "routing_key": routing_key}),
-                    ),
+                    Some(&binding(&vhost, &exchange, &queue, &routing_key)),
                 )
                 .await?;
             if json {
@@ -96,10 +93,7 @@ pub async fn exchange(a: ExchangeArgs) -> Result<(), CliError> {
             c.call(
                 "DELETE",
                 "/api/bindings",
-                Some(
-                    &json!({"vhost": vhost, "source": exchange, "destination": queue,
-                    "destination_type": "queue", "routing_key": routing_key}),
-                ),
+                Some(&binding(&vhost, &exchange, &queue, &routing_key)),
             )
             .await?;
             if json {
@@ -112,4 +106,10 @@ pub async fn exchange(a: ExchangeArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The `/api/bindings` body naming one binding of a queue to an exchange.
+fn binding(vhost: &str, exchange: &str, queue: &str, routing_key: &str) -> Value {
+    json!({"vhost": vhost, "source": exchange, "destination": queue,
+        "destination_type": "queue", "routing_key": routing_key})
 }

@@ -121,35 +121,44 @@ fn status_text(o: &Value, node: &Value) -> String {
 
 /// `ferry connection list`
 pub async fn connections(conn: AdminConn) -> Result<(), CliError> {
-    let v = client(&conn)?.call("GET", "/api/connections", None).await?;
+    let headers = [
+        "NAME", "PROTOCOL", "USER", "VHOST", "CLIENT", "TLS", "CHANNELS", "RECV", "SENT",
+    ];
+    list(&conn, "/api/connections", &headers, |c| {
+        vec![
+            cell(&c["name"]),
+            cell(&c["protocol"]),
+            cell(&c["user"]),
+            cell(&c["vhost"]),
+            cell(&c["client_name"]),
+            yes_no(&c["ssl"]),
+            cell(&c["channels"]),
+            c["recv_oct"].as_u64().map_or("-".into(), bytes),
+            c["send_oct"].as_u64().map_or("-".into(), bytes),
+        ]
+    })
+    .await
+}
+
+/// GETs a list from the API and prints it as a table of `row`s, or as JSON with `--json`.
+async fn list(
+    conn: &AdminConn,
+    path: &str,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<(), CliError> {
+    let v = client(conn)?.call("GET", path, None).await?;
     if conn.json {
         print_json(&v);
-        return Ok(());
+    } else {
+        let rows: Vec<Vec<String>> = arr(&v).iter().map(row).collect();
+        print!("{}", table(headers, &rows));
     }
-    let rows: Vec<Vec<String>> = arr(&v)
-        .iter()
-        .map(|c| {
-            vec![
-                cell(&c["name"]),
-                cell(&c["protocol"]),
-                cell(&c["user"]),
-                cell(&c["vhost"]),
-                cell(&c["client_name"]),
-                if c["ssl"] == true { "yes" } else { "no" }.into(),
-                cell(&c["channels"]),
-                c["recv_oct"].as_u64().map_or("-".into(), bytes),
-                c["send_oct"].as_u64().map_or("-".into(), bytes),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &["NAME", "PROTOCOL", "USER", "VHOST", "CLIENT", "TLS", "CHANNELS", "RECV", "SENT"],
-            &rows
-        )
-    );
     Ok(())
+}
+
+fn yes_no(v: &Value) -> String {
+    if *v == Value::Bool(true) { "yes" } else { "no" }.into()
 }
 
 /// `ferry connection close NAME [--reason TEXT]`
@@ -178,74 +187,41 @@ pub async fn close_connection(
 
 /// `ferry channel list`
 pub async fn channels(conn: AdminConn) -> Result<(), CliError> {
-    let v = client(&conn)?.call("GET", "/api/channels", None).await?;
-    if conn.json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = arr(&v)
-        .iter()
-        .map(|c| {
-            vec![
-                cell(&c["name"]),
-                cell(&c["user"]),
-                cell(&c["vhost"]),
-                cell(&c["prefetch_count"]),
-                cell(&c["global_prefetch_count"]),
-                cell(&c["consumer_count"]),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "CHANNEL",
-                "USER",
-                "VHOST",
-                "PREFETCH",
-                "GLOBAL PREFETCH",
-                "CONSUMERS"
-            ],
-            &rows
-        )
-    );
-    Ok(())
+    let headers = [
+        "CHANNEL",
+        "USER",
+        "VHOST",
+        "PREFETCH",
+        "GLOBAL PREFETCH",
+        "CONSUMERS",
+    ];
+    list(&conn, "/api/channels", &headers, |c| {
+        vec![
+            cell(&c["name"]),
+            cell(&c["user"]),
+            cell(&c["vhost"]),
+            cell(&c["prefetch_count"]),
+            cell(&c["global_prefetch_count"]),
+            cell(&c["consumer_count"]),
+        ]
+    })
+    .await
 }
 
 /// `ferry consumer list`
 pub async fn consumers(conn: AdminConn) -> Result<(), CliError> {
-    let v = client(&conn)?.call("GET", "/api/consumers", None).await?;
-    if conn.json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = arr(&v)
-        .iter()
-        .map(|c| {
-            vec![
-                cell(&c["consumer_tag"]),
-                cell(&c["queue"]["name"]),
-                cell(&c["queue"]["vhost"]),
-                cell(&c["channel_details"]["name"]),
-                if c["ack_required"] == true {
-                    "yes"
-                } else {
-                    "no"
-                }
-                .into(),
-                cell(&c["prefetch_count"]),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &["TAG", "QUEUE", "VHOST", "CHANNEL", "ACK", "PREFETCH"],
-            &rows
-        )
-    );
-    Ok(())
+    let headers = ["TAG", "QUEUE", "VHOST", "CHANNEL", "ACK", "PREFETCH"];
+    list(&conn, "/api/consumers", &headers, |c| {
+        vec![
+            cell(&c["consumer_tag"]),
+            cell(&c["queue"]["name"]),
+            cell(&c["queue"]["vhost"]),
+            cell(&c["channel_details"]["name"]),
+            yes_no(&c["ack_required"]),
+            cell(&c["prefetch_count"]),
+        ]
+    })
+    .await
 }
 
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s` from milliseconds.
