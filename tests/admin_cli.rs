@@ -1065,27 +1065,19 @@ async fn add_partitions_unbind_and_group_delete_commands() {
         &["exchange", "bind", "billing", "invoices", "-k", "eu"],
     )
     .await;
-    let conn = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let publish = || async {
-        ch.basic_publish(
-            "billing".into(),
-            "eu".into(),
-            BasicPublishOptions::default(),
+    let conn = common::amqp::connect(&broker).await;
+    let ch = common::amqp::channel(&conn).await;
+    common::amqp::confirm_mode(&ch).await;
+    let publish = || {
+        common::amqp::publish_confirmed(
+            &ch,
+            "billing",
+            "eu",
             b"invoice",
             BasicProperties::default(),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap()
     };
-    publish().await;
+    assert!(publish().await, "acked");
     wait_ready(&broker, "invoices", 1).await;
     let unbound = ok(
         &broker,
@@ -1097,7 +1089,7 @@ async fn add_partitions_unbind_and_group_delete_commands() {
         "{}",
         unbound.stdout
     );
-    publish().await;
+    assert!(publish().await, "acked");
     let q = ok(&broker, &["queue", "describe", "invoices", "--json"])
         .await
         .json();
