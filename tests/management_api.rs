@@ -111,6 +111,7 @@ async fn amqp_connection_channels_and_consumers_are_listed_and_close_reaches_the
     assert!(c["recv_oct"].as_u64().unwrap() > 0, "{c}");
     assert!(c["send_oct"].as_u64().unwrap() > 0, "{c}");
     assert!(c["connected_at"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(c["recv_oct_details"]["rate"].is_number(), "{c}");
     let name = c["name"].as_str().unwrap().to_string();
     assert_eq!(
         name,

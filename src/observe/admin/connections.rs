@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::overview::{rates, RateSamples};
 use super::{Admin, ApiError};
 use crate::broker::connections::{ConnectionSnapshot, Protocol};
 use crate::broker::BrokerCore;
@@ -30,7 +31,12 @@ pub(super) fn node_name() -> String {
     format!("ferry@{host}")
 }
 
+/// Byte totals per connection id, for the `*_oct_details.rate` fields.
+static BYTE_SAMPLES: RateSamples = parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
 fn connection_view(c: &ConnectionSnapshot, node: &str) -> Value {
+    let totals = [c.recv_oct as f64, c.send_oct as f64];
+    let rates = rates(&BYTE_SAMPLES, c.id, &totals, std::time::Instant::now());
     let mut view = json!({
         "name": c.name,
         "node": node,
@@ -46,7 +52,9 @@ fn connection_view(c: &ConnectionSnapshot, node: &str) -> Value {
         "ssl": c.tls,
         "connected_at": c.connected_at_ms,
         "recv_oct": c.recv_oct,
+        "recv_oct_details": { "rate": rates[0] },
         "send_oct": c.send_oct,
+        "send_oct_details": { "rate": rates[1] },
         "client_name": c.client_name,
     });
     match c.protocol {
@@ -80,8 +88,12 @@ fn sorted_connections(core: &BrokerCore) -> Vec<ConnectionSnapshot> {
 
 pub(super) async fn list_connections(Admin(core): Admin) -> Json<Vec<Value>> {
     let node = node_name();
+    let connections = sorted_connections(&core);
+    // Samples of closed connections go; ids are never reused.
+    let live: std::collections::BTreeSet<u64> = connections.iter().map(|c| c.id).collect();
+    BYTE_SAMPLES.lock().retain(|id, _| live.contains(id));
     Json(
-        sorted_connections(&core)
+        connections
             .iter()
             .map(|c| connection_view(c, &node))
             .collect(),

@@ -4,10 +4,12 @@
 //!
 //! Message totals are the process's own counters (the `ferry_messages_*_total` families of
 //! `/metrics`), so they need metrics on (`observe.metrics`, the default); without them
-//! `message_stats` is empty, as RabbitMQ's is without stats. Rates are the change between the
-//! current totals and a sample taken at least [`RATE_WINDOW`] earlier by a previous request
-//! (one sample is kept, replaced once it is older than the window), so a dashboard polling
-//! every few seconds sees the rate over the last 5 to 10 seconds; the first request reports 0.
+//! `message_stats` is empty, as RabbitMQ's is without stats. A rate is the growth since a sample
+//! kept from an earlier request, divided by the time since it; the sample is replaced once it is
+//! [`RATE_WINDOW`] old, so a client polling every few seconds sees the rate over the last few
+//! seconds (at most the window plus its polling interval), and the first request reports 0.
+//! Memory stays bounded: one sample for the overview and one per live connection (the
+//! connections' `*_oct_details.rate`, see [`rates`]).
 //! Node figures come from `/proc` (Linux) and `statvfs`; a figure the platform cannot give is
 //! `null`.
 
@@ -46,8 +48,37 @@ const MESSAGE_COUNTERS: &[(&str, &str)] = &[
     ("send_oct", "ferry_bytes_sent_total"),
 ];
 
-/// The sample rates are computed against.
-static RATE_SAMPLE: Mutex<Option<(Instant, BTreeMap<&'static str, f64>)>> = Mutex::new(None);
+/// Earlier totals, by key, that rates are computed against.
+pub(super) type RateSamples = Mutex<BTreeMap<u64, (Instant, Vec<f64>)>>;
+
+/// The overview's sample (key 0).
+static OVERVIEW_SAMPLES: RateSamples = Mutex::new(BTreeMap::new());
+
+/// Per-second rates of the growing `totals` of `key`, against the sample kept for it from an
+/// earlier request; the sample is replaced once it is [`RATE_WINDOW`] old. 0 without a sample
+/// or when the sample is too recent to divide by.
+pub(super) fn rates(samples: &RateSamples, key: u64, totals: &[f64], now: Instant) -> Vec<f64> {
+    let mut kept = samples.lock();
+    let previous = kept.get(&key).cloned();
+    if previous
+        .as_ref()
+        .is_none_or(|(at, _)| now.duration_since(*at) >= RATE_WINDOW)
+    {
+        kept.insert(key, (now, totals.to_vec()));
+    }
+    drop(kept);
+    totals
+        .iter()
+        .enumerate()
+        .map(|(i, total)| match &previous {
+            Some((at, before)) if now.duration_since(*at) >= Duration::from_millis(100) => {
+                let delta = (total - before.get(i).copied().unwrap_or(0.0)).max(0.0);
+                (delta / now.duration_since(*at).as_secs_f64() * 10.0).round() / 10.0
+            }
+            _ => 0.0,
+        })
+        .collect()
+}
 
 /// Sums every series of each counter in a Prometheus text rendering.
 fn counter_totals(rendered: &str) -> BTreeMap<&'static str, f64> {
@@ -71,27 +102,14 @@ fn message_stats(state: &AppState) -> Value {
     let Some(handle) = state.prometheus.as_ref() else {
         return json!({});
     };
-    let now = Instant::now();
-    let totals = counter_totals(&handle.render());
-    let mut sample = RATE_SAMPLE.lock();
-    let previous = sample.clone();
-    if previous
-        .as_ref()
-        .is_none_or(|(at, _)| now.duration_since(*at) >= RATE_WINDOW)
-    {
-        *sample = Some((now, totals.clone()));
-    }
-    drop(sample);
+    let by_key = counter_totals(&handle.render());
+    let totals: Vec<f64> = MESSAGE_COUNTERS
+        .iter()
+        .map(|(key, _)| by_key.get(key).copied().unwrap_or(0.0))
+        .collect();
+    let rates = rates(&OVERVIEW_SAMPLES, 0, &totals, Instant::now());
     let mut stats = Map::new();
-    for (key, _) in MESSAGE_COUNTERS {
-        let total = totals.get(key).copied().unwrap_or(0.0);
-        let rate = match &previous {
-            Some((at, before)) if now.duration_since(*at) >= Duration::from_millis(100) => {
-                let delta = total - before.get(key).copied().unwrap_or(0.0);
-                (delta.max(0.0) / now.duration_since(*at).as_secs_f64() * 10.0).round() / 10.0
-            }
-            _ => 0.0,
-        };
+    for (((key, _), total), rate) in MESSAGE_COUNTERS.iter().zip(totals).zip(rates) {
         stats.insert((*key).to_string(), json!(total as u64));
         stats.insert(format!("{key}_details"), json!({ "rate": rate }));
     }
@@ -227,6 +245,23 @@ mod tests {
         assert_eq!(totals.get("send_oct"), Some(&15.0));
         assert_eq!(totals.get("publish"), Some(&3.0));
         assert_eq!(totals.len(), 2);
+    }
+
+    #[test]
+    fn rates_divide_growth_by_the_time_since_the_kept_sample() {
+        let samples = RateSamples::default();
+        let t0 = Instant::now();
+        assert_eq!(rates(&samples, 7, &[100.0, 5.0], t0), [0.0, 0.0]);
+        // 2 s later: measured against t0, and t0's sample is kept (younger than the window).
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(rates(&samples, 7, &[300.0, 5.0], t1), [100.0, 0.0]);
+        // 6 s after t0: still against t0, which is then replaced by this sample.
+        let t2 = t0 + Duration::from_secs(6);
+        assert_eq!(rates(&samples, 7, &[700.0, 11.0], t2), [100.0, 1.0]);
+        let t3 = t2 + Duration::from_secs(1);
+        assert_eq!(rates(&samples, 7, &[750.0, 11.0], t3), [50.0, 0.0]);
+        // Another key has its own sample.
+        assert_eq!(rates(&samples, 8, &[1.0], t3), [0.0]);
     }
 
     #[test]
