@@ -156,6 +156,24 @@ async fn amqp_connection_channels_and_consumers_are_listed_and_close_reaches_the
         .expect("cancel");
     assert_eq!(get(&broker, "/api/consumers").await, Value::Array(vec![]));
 
+    // A channel leaves the list when it closes.
+    let second = conn.create_channel().await.expect("second channel");
+    assert_eq!(
+        get(&broker, "/api/channels")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    second
+        .close(200, "done".into())
+        .await
+        .expect("channel.close");
+    let channels = get(&broker, "/api/channels").await;
+    assert_eq!(channels.as_array().unwrap().len(), 1, "{channels}");
+    assert_eq!(channels[0]["number"], 1);
+
     assert_eq!(
         close(&broker, &name, Some("maintenance window")).await,
         StatusCode::NO_CONTENT

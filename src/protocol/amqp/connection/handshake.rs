@@ -67,11 +67,15 @@ impl Conn {
                 )
                 .await?;
                 self.registration.set_user(&self.user);
-                if let Some(AMQPValue::LongString(name)) =
-                    s.client_properties.inner().get("connection_name")
-                {
-                    self.registration
-                        .set_client_name(&String::from_utf8_lossy(name.as_bytes()));
+                // Clients send it as a long string; a short one is accepted too.
+                match s.client_properties.inner().get("connection_name") {
+                    Some(AMQPValue::LongString(name)) => self
+                        .registration
+                        .set_client_name(&String::from_utf8_lossy(name.as_bytes())),
+                    Some(AMQPValue::ShortString(name)) => {
+                        self.registration.set_client_name(name.as_str())
+                    }
+                    _ => {}
                 }
                 self.wants_blocked = matches!(
                     s.client_properties.inner().get("capabilities"),
