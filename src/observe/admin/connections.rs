@@ -62,7 +62,13 @@ fn connection_view(c: &ConnectionSnapshot, node: &str) -> Value {
             view["channels"] = json!(c.channels.len());
             view["client_properties"] = json!({ "connection_name": c.client_name });
         }
-        Protocol::Kafka => view["client_id"] = json!(c.client_name),
+        Protocol::Kafka => {
+            view["client_id"] = json!(c.client_name);
+            // Kafka's principal of a client that did not authenticate (`User:ANONYMOUS`).
+            if c.user.is_none() {
+                view["user"] = json!("ANONYMOUS");
+            }
+        }
         Protocol::Native => {}
     }
     view

@@ -67,13 +67,11 @@ pub async fn run<S: Transport>(
         local,
         tls: security.tls,
     });
-    // Kafka's principal without SASL: the mTLS subject, else ANONYMOUS (as `User:ANONYMOUS`).
-    registration.set_user(
-        security
-            .client_cert
-            .as_ref()
-            .map_or("ANONYMOUS", |p| p.subject.as_str()),
-    );
+    // The mTLS subject is the principal; without one the listing shows Kafka's ANONYMOUS until
+    // a SASL handshake sets the user (set once, so set it only when known).
+    if let Some(principal) = &security.client_cert {
+        registration.set_user(&principal.subject);
+    }
     let mut close_requests = registration.close_requests();
     let written = registration.handle();
     // Requests read but not yet answered: while any is, the connection is not idle.
