@@ -36,6 +36,20 @@ fn main() -> ExitCode {
         Command::User(args) => admin(ferry::admin_cli::user(args.into())),
         Command::Permission(args) => admin(ferry::admin_cli::permission(args.into())),
         Command::Vhost(args) => admin(ferry::admin_cli::vhost(args.into())),
+        Command::Status(args) => admin(ferry::admin_cli::manage::status(args.conn.into())),
+        Command::Connection(args) => {
+            let conn = args.conn.into();
+            match args.command {
+                cli::manage::ConnectionCommand::List => {
+                    admin(ferry::admin_cli::manage::connections(conn))
+                }
+                cli::manage::ConnectionCommand::Close { name, reason } => admin(
+                    ferry::admin_cli::manage::close_connection(conn, &name, reason.as_deref()),
+                ),
+            }
+        }
+        Command::Channel(args) => admin(ferry::admin_cli::manage::channels(args.conn.into())),
+        Command::Consumer(args) => admin(ferry::admin_cli::manage::consumers(args.conn.into())),
         Command::Produce(args) => {
             ferry::admin_cli::kcat::run_blocking(ferry::admin_cli::kcat::produce(args.into()))
                 .map_err(anyhow::Error::from)

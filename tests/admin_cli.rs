@@ -16,6 +16,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
+mod common;
+
 /// The binary's exit status, stdout and stderr.
 struct Run {
     ok: bool,
@@ -28,6 +30,30 @@ impl Run {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
     }
+}
+
+/// Commits `offset` for partition 0 of `topic` as consumer group `group` (rdkafka, no
+/// subscription), leaving an empty group with that offset.
+async fn commit_offset(broker: &TestBroker, group: &str, topic: &str, offset: i64) {
+    let (bootstrap, group, topic) = (
+        broker.kafka_bootstrap(),
+        group.to_string(),
+        topic.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(offset))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 /// Runs `ferry ARGS` against `broker`'s admin API (via FERRY_ADMIN_URL).
@@ -533,21 +559,7 @@ async fn group_reset_offsets_moves_an_empty_groups_offsets() {
             .await
             .unwrap();
     }
-    let bootstrap = broker.kafka_bootstrap();
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "billing")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("payments", 0, Offset::Offset(10))
-            .unwrap();
-        c.commit(&tpl, CommitMode::Sync).unwrap();
-    })
-    .await
-    .unwrap();
+    commit_offset(&broker, "billing", "payments", 10).await;
 
     let r = ok(
         &broker,
@@ -932,4 +944,179 @@ async fn topic_create_of_an_existing_topic_and_consume_the_last_n() {
     )
     .await;
     assert_eq!(last_two.stdout, "b\nc\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_connection_channel_and_consumer_commands() {
+    let broker = TestBroker::start().await.unwrap();
+    let conn = Connection::connect(
+        &broker.amqp_url(),
+        ConnectionProperties::default().with_connection_name("cli-watched".into()),
+    )
+    .await
+    .unwrap();
+    let events = conn.events_listener();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(3, BasicQosOptions::default()).await.unwrap();
+    ch.queue_declare(
+        "tasks".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _consumer = ch
+        .basic_consume(
+            "tasks".into(),
+            "cli-consumer".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let status = ok(&broker, &["status"]).await.stdout;
+    assert!(
+        status.contains("Connections: 1 (channels 1, consumers 1)"),
+        "{status}"
+    );
+    assert!(status.contains("Alarms:      none"), "{status}");
+    let overview = ok(&broker, &["status", "--json"]).await.json();
+    assert_eq!(overview["overview"]["object_totals"]["queues"], 1);
+    assert!(overview["node"]["mem_used"].as_u64().unwrap() > 0);
+
+    let listed = ok(&broker, &["connection", "list"]).await.stdout;
+    let row = listed
+        .lines()
+        .find(|l| l.contains("cli-watched"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains("amqp") && row.contains("guest"), "{row}");
+    let connections = ok(&broker, &["connection", "list", "--json"]).await.json();
+    let name = connections[0]["name"].as_str().unwrap().to_string();
+
+    let channels = ok(&broker, &["channel", "list"]).await.stdout;
+    assert!(channels.contains(&format!("{name} (1)")), "{channels}");
+    let consumers = ok(&broker, &["consumer", "list", "--json"]).await.json();
+    assert_eq!(consumers[0]["consumer_tag"], "cli-consumer");
+    assert_eq!(consumers[0]["queue"]["name"], "tasks");
+    assert_eq!(consumers[0]["prefetch_count"], 3);
+    let consumers = ok(&broker, &["consumer", "list"]).await.stdout;
+    assert!(
+        consumers.contains("cli-consumer") && consumers.contains("tasks"),
+        "{consumers}"
+    );
+
+    ok(
+        &broker,
+        &["connection", "close", &name, "--reason", "rolling restart"],
+    )
+    .await;
+    let error = common::amqp::connection_error(events).await;
+    let text = error.to_string();
+    assert!(text.contains("rolling restart"), "{text}");
+    assert!(text.contains("CONNECTION_FORCED"), "{text}");
+
+    // It leaves the list once the server has finished closing it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ok(&broker, &["connection", "list", "--json"]).await.json() != Value::Array(vec![]) {
+        assert!(tokio::time::Instant::now() < deadline, "still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = ferry(&broker, &["connection", "close", &name]).await;
+    assert!(!gone.ok);
+    assert!(gone.stderr.contains("no connection"), "{}", gone.stderr);
+    let bad = ferry(
+        &broker,
+        &["connection", "close", &name, "--reason", "two\nlines"],
+    )
+    .await;
+    assert!(!bad.ok);
+    assert!(bad.stderr.contains("--reason"), "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_partitions_unbind_and_group_delete_commands() {
+    let broker = TestBroker::start().await.unwrap();
+
+    // topic add-partitions grows a topic and refuses to shrink it.
+    ok(&broker, &["topic", "create", "ledger"]).await;
+    let grown = ok(&broker, &["topic", "add-partitions", "ledger", "3"]).await;
+    assert!(
+        grown.stdout.contains("now has 3 partition(s)"),
+        "{}",
+        grown.stdout
+    );
+    let topic = ok(&broker, &["topic", "describe", "ledger", "--json"])
+        .await
+        .json();
+    assert_eq!(topic["partitions"].as_array().unwrap().len(), 3);
+    let shrink = ferry(&broker, &["topic", "add-partitions", "ledger", "2"]).await;
+    assert!(!shrink.ok, "{}", shrink.stdout);
+
+    // exchange unbind removes the binding: a confirmed publish no longer reaches the queue.
+    ok(
+        &broker,
+        &["exchange", "create", "billing", "--type", "direct"],
+    )
+    .await;
+    ok(&broker, &["queue", "create", "invoices"]).await;
+    ok(
+        &broker,
+        &["exchange", "bind", "billing", "invoices", "-k", "eu"],
+    )
+    .await;
+    let conn = common::amqp::connect(&broker).await;
+    let ch = common::amqp::channel(&conn).await;
+    common::amqp::confirm_mode(&ch).await;
+    let publish = || {
+        common::amqp::publish_confirmed(
+            &ch,
+            "billing",
+            "eu",
+            b"invoice",
+            BasicProperties::default(),
+        )
+    };
+    assert!(publish().await, "acked");
+    wait_ready(&broker, "invoices", 1).await;
+    let unbound = ok(
+        &broker,
+        &["exchange", "unbind", "billing", "invoices", "-k", "eu"],
+    )
+    .await;
+    assert!(
+        unbound.stdout.contains("unbound queue invoices"),
+        "{}",
+        unbound.stdout
+    );
+    assert!(publish().await, "acked");
+    let q = ok(&broker, &["queue", "describe", "invoices", "--json"])
+        .await
+        .json();
+    assert_eq!(q["ready"], 1, "the second publish was not routed: {q}");
+    let again = ferry(
+        &broker,
+        &["exchange", "unbind", "billing", "invoices", "-k", "eu"],
+    )
+    .await;
+    assert!(!again.ok);
+    assert!(again.stderr.contains("no binding"), "{}", again.stderr);
+
+    // group delete removes an empty group with its offsets.
+    commit_offset(&broker, "old-billing", "ledger", 0).await;
+    let groups = ok(&broker, &["group", "list"]).await.stdout;
+    assert!(groups.contains("old-billing"), "{groups}");
+    let deleted = ok(&broker, &["group", "delete", "old-billing"]).await;
+    assert!(deleted
+        .stdout
+        .contains("deleted consumer group old-billing"));
+    let groups = ok(&broker, &["group", "list"]).await.stdout;
+    assert!(!groups.contains("old-billing"), "{groups}");
+    let missing = ferry(&broker, &["group", "delete", "old-billing"]).await;
+    assert!(!missing.ok);
+    assert!(
+        missing.stderr.contains("unknown consumer group"),
+        "{}",
+        missing.stderr
+    );
 }

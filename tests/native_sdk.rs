@@ -1087,3 +1087,94 @@ async fn an_old_event_version_is_upcast_before_its_handler_sees_it() {
     sub.close().await;
     all_settled(&broker, "users").await;
 }
+
+/// The management API lists a native connection with its user, client name and QUIC byte
+/// counts, and `DELETE /api/connections/{name}` closes it: the client sees an application
+/// close with code 320 and the operator's reason.
+#[tokio::test]
+async fn a_native_connection_is_listed_and_closed_through_the_management_api() {
+    let broker = TestBroker::start().await.expect("broker");
+    let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
+    let options = ConnectOptions::new(broker.native_addr(), trust, "guest", "guest");
+    let quic = open_raw(&options).await.expect("handshake");
+    let login = v1::request::Op::Authenticate(v1::Authenticate {
+        user: "guest".into(),
+        password: "guest".into(),
+        client_name: "inventory-service".into(),
+    });
+    assert!(matches!(
+        raw_call(&quic, login).await,
+        v1::response::Result::Authenticated(_)
+    ));
+    let http = reqwest::Client::new();
+    let list = || async {
+        let body: serde_json::Value = http
+            .get(format!("{}/api/connections", broker.http_url()))
+            .basic_auth("admin", Some("admin"))
+            .send()
+            .await
+            .expect("GET /api/connections")
+            .json()
+            .await
+            .expect("json");
+        body.as_array()
+            .expect("a list")
+            .iter()
+            .filter(|c| c["protocol"] == "native")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // The byte counts are folded in once a second.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let listed = loop {
+        let native = list().await;
+        if native.len() == 1 && native[0]["recv_oct"].as_u64().unwrap_or(0) > 0 {
+            break native[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "native connection not listed with bytes: {native:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed["user"], "guest");
+    assert_eq!(listed["client_name"], "inventory-service");
+    assert_eq!(listed["ssl"], true);
+    assert!(listed["send_oct"].as_u64().unwrap_or(0) > 0, "{listed}");
+
+    let name = listed["name"].as_str().expect("a name");
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let status = http
+        .delete(format!("{}/api/connections/{encoded}", broker.http_url()))
+        .basic_auth("admin", Some("admin"))
+        .header("X-Reason", "rolling restart")
+        .send()
+        .await
+        .expect("DELETE")
+        .status();
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    match tokio::time::timeout(WAIT, quic.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(u64::from(close.error_code), 320);
+            assert_eq!(&close.reason[..], b"rolling restart");
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !list().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed connection still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

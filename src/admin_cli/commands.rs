@@ -53,6 +53,13 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
+    /// Grow a topic to COUNT partitions (Kafka's CreatePartitions; never fewer).
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new total partition count.
+        count: u32,
+    },
 }
 
 /// `ferry queue ...`
@@ -147,6 +154,17 @@ pub enum ExchangeCommand {
         /// Virtual host (as in the AMQP URL; `/` is the default one).
         vhost: String,
     },
+    /// Remove a binding of a queue to an exchange.
+    Unbind {
+        /// Source exchange.
+        exchange: String,
+        /// Destination queue.
+        queue: String,
+        /// Binding key of the binding to remove.
+        routing_key: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
+        vhost: String,
+    },
 }
 
 /// `ferry group ...`
@@ -167,6 +185,11 @@ pub enum GroupCommand {
     /// what a consumer with auto.offset.reset=earliest still has to read.
     Describe {
         /// Consumer group id (group.id).
+        group: String,
+    },
+    /// Delete an empty group and its committed offsets (like kafka-consumer-groups --delete).
+    Delete {
+        /// Consumer group id (group.id); it must have no members.
         group: String,
     },
     /// Move an empty group's committed offsets (like kafka-consumer-groups --reset-offsets).

@@ -75,10 +75,7 @@ pub async fn exchange(a: ExchangeArgs) -> Result<(), CliError> {
                 .call(
                     "POST",
                     "/api/bindings",
-                    Some(
-                        &json!({"vhost": vhost, "source": exchange, "destination": queue,
-                        "destination_type": "queue", "routing_key": routing_key}),
-                    ),
+                    Some(&binding(&vhost, &exchange, &queue, &routing_key)),
                 )
                 .await?;
             if json {
@@ -87,6 +84,32 @@ pub async fn exchange(a: ExchangeArgs) -> Result<(), CliError> {
                 println!("bound queue {queue} to exchange {exchange} with key '{routing_key}'");
             }
         }
+        ExchangeCommand::Unbind {
+            exchange,
+            queue,
+            routing_key,
+            vhost,
+        } => {
+            c.call(
+                "DELETE",
+                "/api/bindings",
+                Some(&binding(&vhost, &exchange, &queue, &routing_key)),
+            )
+            .await?;
+            if json {
+                print_json(
+                    &json!({"unbound": {"exchange": exchange, "queue": queue, "routing_key": routing_key}}),
+                );
+            } else {
+                println!("unbound queue {queue} from exchange {exchange} (key '{routing_key}')");
+            }
+        }
     }
     Ok(())
+}
+
+/// The `/api/bindings` body naming one binding of a queue to an exchange.
+fn binding(vhost: &str, exchange: &str, queue: &str, routing_key: &str) -> Value {
+    json!({"vhost": vhost, "source": exchange, "destination": queue,
+        "destination_type": "queue", "routing_key": routing_key})
 }

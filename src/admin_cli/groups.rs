@@ -25,6 +25,15 @@ pub async fn group(a: GroupArgs) -> Result<(), CliError> {
                 .collect();
             print!("{}", table(&["GROUP", "STATE", "PROTOCOL TYPE"], &rows));
         }
+        GroupCommand::Delete { group } => {
+            c.call("DELETE", &format!("/api/groups/{}", segment(&group)), None)
+                .await?;
+            if json {
+                print_json(&json!({"deleted": group}));
+            } else {
+                println!("deleted consumer group {group}");
+            }
+        }
         GroupCommand::Describe { group } => {
             let v = c
                 .call("GET", &format!("/api/groups/{}", segment(&group)), None)

@@ -49,6 +49,20 @@ impl Client {
         Err(self.api_error(status, &value))
     }
 
+    /// [`call`](Self::call) with extra request headers.
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, CliError> {
+        let (status, value) = self.send(method, path, None, headers).await?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        Err(self.api_error(status, &value))
+    }
+
     /// Like [`call`](Self::call) but hands back any status with its body (health checks).
     pub async fn raw(
         &self,
@@ -56,8 +70,19 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), CliError> {
+        self.send(method, path, body, &[]).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), CliError> {
         let url = || self.url().to_string();
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.inner.request(method, path, body)).await {
+        let request = self.inner.request_with_headers(method, path, body, headers);
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(HttpError::Unreachable(reason))) => Err(CliError::Unreachable { url: url(), reason }),
             Ok(Err(HttpError::Protocol(why))) => Err(CliError::Protocol(format!(

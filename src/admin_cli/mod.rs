@@ -1,5 +1,5 @@
-//! The operator's command line: `ferry topic|queue|exchange|group|dlq|user|permission|vhost`
-//! over the admin HTTP API
+//! The operator's command line: `ferry topic|queue|exchange|group|dlq|user|permission|vhost`,
+//! and `ferry status`, `ferry connection|channel|consumer` ([`manage`]), over the admin HTTP API
 //! (`docs/admin-api.yaml`), and `ferry produce|consume` over the Kafka protocol ([`kcat`]).
 //!
 //! Admin subcommands are thin: each is one or a few API calls through the small client in
@@ -15,6 +15,7 @@ mod exchanges;
 mod groups;
 pub mod http;
 pub mod kcat;
+pub mod manage;
 pub mod native_publish;
 mod queues;
 mod topics;

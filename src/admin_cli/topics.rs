@@ -74,6 +74,23 @@ pub async fn topic(a: TopicArgs) -> Result<(), CliError> {
                 println!("deleted topic {name}");
             }
         }
+        TopicCommand::AddPartitions { name, count } => {
+            let v = c
+                .call(
+                    "POST",
+                    &format!("/api/topics/{}/partitions", segment(&name)),
+                    Some(&json!({ "count": count })),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "topic {name} now has {} partition(s)",
+                    cell(&v["partition_count"])
+                );
+            }
+        }
         TopicCommand::Describe { name } => {
             let v = c
                 .call("GET", &format!("/api/topics/{}", segment(&name)), None)

@@ -17,6 +17,7 @@
 //! feed the queues bound to it from the topic log, exactly once per record and queue.
 
 pub mod breaker;
+pub mod connections;
 pub mod dedup;
 pub mod delayed;
 pub mod event;
@@ -135,6 +136,8 @@ struct CoreInner {
     limits: RwLock<ResourceLimits>,
     /// Users, permissions and run-time vhosts of every protocol (see [`users`]).
     users: users::UserStore,
+    /// Live client connections of every protocol, for the management API.
+    connections: connections::ConnectionRegistry,
 }
 
 impl BrokerCore {
@@ -191,6 +194,7 @@ impl BrokerCore {
                 login_guard: login_guard::LoginGuard::new(),
                 limits: RwLock::new(ResourceLimits::default()),
                 users,
+                connections: Default::default(),
             }),
         };
         core.inner
@@ -273,6 +277,11 @@ impl BrokerCore {
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {
         &self.inner.login_guard
+    }
+
+    /// Live client connections (see [`connections`]).
+    pub fn connections(&self) -> &connections::ConnectionRegistry {
+        &self.inner.connections
     }
 
     /// Exchanges, queues and bindings.

@@ -101,6 +101,15 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
+    /// Grow a topic to COUNT partitions (like kafka-topics --alter --partitions; never fewer).
+    /// Keys map to partitions by count, so keyed records may land elsewhere afterwards.
+    #[command(after_help = "Example:\n  ferry topic add-partitions orders 6")]
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new total partition count.
+        count: u32,
+    },
 }
 
 /// `ferry queue ...`
@@ -243,6 +252,20 @@ pub enum ExchangeCommand {
         #[arg(long, default_value = "/")]
         vhost: String,
     },
+    /// Remove a binding of a queue to an exchange.
+    #[command(after_help = "Example:\n  ferry exchange unbind orders orders.eu -k 'eu.#'")]
+    Unbind {
+        /// Source exchange.
+        exchange: String,
+        /// Destination queue.
+        queue: String,
+        /// Binding key of the binding to remove.
+        #[arg(long, short = 'k', default_value = "")]
+        routing_key: String,
+        /// Virtual host (as in the AMQP URL; `/` is the default one).
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
 }
 
 /// `ferry group ...`
@@ -273,6 +296,12 @@ pub enum GroupCommand {
     )]
     Describe {
         /// Consumer group id (group.id).
+        group: String,
+    },
+    /// Delete an empty group and its committed offsets (like kafka-consumer-groups --delete).
+    #[command(after_help = "Example:\n  ferry group delete billing-old")]
+    Delete {
+        /// Consumer group id (group.id); it must have no members.
         group: String,
     },
     /// Move an empty group's committed offsets (like kafka-consumer-groups --reset-offsets).
@@ -488,6 +517,7 @@ impl From<TopicCommand> for ferry::admin_cli::commands::TopicCommand {
             },
             TopicCommand::Delete { name } => Self::Delete { name },
             TopicCommand::Describe { name } => Self::Describe { name },
+            TopicCommand::AddPartitions { name, count } => Self::AddPartitions { name, count },
         }
     }
 }
@@ -571,6 +601,17 @@ impl From<ExchangeCommand> for ferry::admin_cli::commands::ExchangeCommand {
                 routing_key,
                 vhost,
             },
+            ExchangeCommand::Unbind {
+                exchange,
+                queue,
+                routing_key,
+                vhost,
+            } => Self::Unbind {
+                exchange,
+                queue,
+                routing_key,
+                vhost,
+            },
         }
     }
 }
@@ -589,6 +630,7 @@ impl From<GroupCommand> for ferry::admin_cli::commands::GroupCommand {
         match a {
             GroupCommand::List => Self::List,
             GroupCommand::Describe { group } => Self::Describe { group },
+            GroupCommand::Delete { group } => Self::Delete { group },
             GroupCommand::ResetOffsets {
                 group,
                 topic,

@@ -1,7 +1,8 @@
 //! The command line, as clap derive types. Parsing only: `main.rs` turns these into a
 //! [`Config`](ferry::config::Config) or the library's plain settings and runs them. This is the
 //! binary's module tree (`src/main.rs` is its own crate root), so no module of the `ferry`
-//! library imports clap. The subcommands' flags have their own files: [`admin`] and [`bench`].
+//! library imports clap. The subcommands' flags have their own files: [`admin`], [`manage`]
+//! and [`bench`].
 
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ use self::bench::BenchArgs;
 
 pub mod admin;
 pub mod bench;
+pub mod manage;
 pub mod publish;
 pub mod security;
 
@@ -40,13 +42,13 @@ pub enum Command {
         after_help = "Examples:\n  ferry bench kafka                              # a short run against 127.0.0.1:9092\n  ferry bench amqp --sizes 16,1KiB --duration 10"
     )]
     Bench(BenchArgs),
-    /// Topics: list, create, delete, describe (through the admin API).
+    /// Topics: list, create, delete, describe, add-partitions (through the admin API).
     Topic(admin::TopicArgs),
     /// AMQP queues: list, create, delete, describe, purge (through the admin API).
     Queue(admin::QueueArgs),
-    /// AMQP exchanges: list, create, delete, bind (through the admin API).
+    /// AMQP exchanges: list, create, delete, bind, unbind (through the admin API).
     Exchange(admin::ExchangeArgs),
-    /// Kafka consumer groups: list, describe, reset-offsets (through the admin API).
+    /// Kafka consumer groups: list, describe, delete, reset-offsets (through the admin API).
     Group(admin::GroupArgs),
     /// Dead-letter queues: list, browse, replay, purge (through the admin API).
     Dlq(admin::DlqArgs),
@@ -56,6 +58,14 @@ pub enum Command {
     Permission(security::PermissionArgs),
     /// Virtual hosts: list, add, delete (through the admin API).
     Vhost(security::VhostArgs),
+    /// The broker at a glance: node, listeners, alarms, connections, messages and rates.
+    Status(manage::StatusArgs),
+    /// Client connections of every protocol: list, close (through the admin API).
+    Connection(manage::ConnectionArgs),
+    /// AMQP channels: list (through the admin API).
+    Channel(manage::ListOnlyArgs),
+    /// AMQP consumers with their queue and prefetch: list (through the admin API).
+    Consumer(manage::ListOnlyArgs),
     /// Produce lines from stdin or a file to a topic over the Kafka protocol (like kcat -P).
     #[command(
         after_help = "Examples:\n  echo hello | ferry produce -t orders\n  ferry produce -t orders -f events.txt -K :    # key before the first ':'"

@@ -142,6 +142,26 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), HttpError> {
+        self.request_with_headers(method, path, body, &[]).await
+    }
+
+    /// [`request`](Self::request) with extra headers (`X-Reason` of a connection close). A
+    /// header whose name or value holds a line break is refused (it would split the request).
+    pub async fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), HttpError> {
+        if headers
+            .iter()
+            .any(|(k, v)| k.contains(['\r', '\n']) || v.contains(['\r', '\n']))
+        {
+            return Err(HttpError::BadUrl(
+                "a request header may not contain a line break".into(),
+            ));
+        }
         let unreachable = HttpError::Unreachable;
         let stream = match tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -171,6 +191,9 @@ impl Client {
         }
         if body.is_some() {
             request.push_str("Content-Type: application/json\r\n");
+        }
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
         request.push_str(&payload);

@@ -65,7 +65,7 @@ impl Health {
         l.push((protocol, addr));
     }
 
-    fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+    pub(crate) fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
         self.listeners.lock().clone()
     }
 
@@ -98,7 +98,7 @@ impl Health {
 #[derive(Clone)]
 pub struct AppState {
     pub(super) health: Arc<Health>,
-    prometheus: Option<PrometheusHandle>,
+    pub(super) prometheus: Option<PrometheusHandle>,
     per_object_metrics: bool,
     /// False when `observe.admin_user` and `admin_password` are both empty (API off).
     pub(super) admin_enabled: bool,

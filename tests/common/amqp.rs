@@ -250,3 +250,20 @@ pub async fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// The first error a connection reports on its event stream (a broker's connection.close),
+/// within [`WAIT`].
+pub async fn connection_error(events: impl futures::Stream<Item = lapin::Event>) -> lapin::Error {
+    let mut events = std::pin::pin!(events);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => return e,
+                Some(_) => {}
+                None => panic!("event stream ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the client hears of the close in time")
+}

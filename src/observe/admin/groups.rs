@@ -106,6 +106,32 @@ fn decode_assignment(bytes: &Bytes) -> Option<Vec<AssignedPartitions>> {
     )
 }
 
+/// Deletes an empty group and its committed offsets (Kafka's DeleteGroups): 204, 404 when
+/// there is no such group, 409 while it has members.
+pub(super) async fn delete_group(
+    Admin(core): Admin,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let results = core.groups().delete_groups(std::slice::from_ref(&id));
+    for (_, result) in results {
+        result.map_err(|e| match e {
+            crate::broker::GroupError::GroupIdNotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown consumer group `{id}`"),
+            ),
+            crate::broker::GroupError::NonEmptyGroup => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("consumer group `{id}` has active members; stop its consumers first"),
+            ),
+            other => other.into(),
+        })?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 pub(super) async fn get_group(
     Admin(core): Admin,
     Path(id): Path<String>,

@@ -18,15 +18,18 @@
 //! `.../contents`) empties it. RabbitMQ-style health checks live in [`super::http`].
 //!
 //! One file per resource: [`topics`], [`queues`], [`exchanges`], [`bindings`], [`groups`],
-//! [`users`] (users, permissions, vhosts) and
-//! the dead-letter tools in [`dlq`]; [`auth`] checks credentials (and slows password guessing
+//! [`users`] (users, permissions, vhosts), live [`connections`] (with their channels and
+//! consumers), the [`overview`] and node view, and the dead-letter tools in [`dlq`]; [`auth`]
+//! checks credentials (and slows password guessing
 //! through the core's login guard); this file holds the routes and the one error shape.
 
 mod auth;
 mod bindings;
+mod connections;
 mod dlq;
 mod exchanges;
 mod groups;
+mod overview;
 mod queues;
 mod topics;
 mod users;
@@ -90,7 +93,10 @@ pub fn routes() -> Router<AppState> {
                 .delete(bindings::delete_binding),
         )
         .route("/api/groups", get(groups::list_groups))
-        .route("/api/groups/{id}", get(groups::get_group))
+        .route(
+            "/api/groups/{id}",
+            get(groups::get_group).delete(groups::delete_group),
+        )
         .route(
             "/api/groups/{id}/reset-offsets",
             post(groups::reset_offsets),
@@ -120,6 +126,15 @@ pub fn routes() -> Router<AppState> {
                 .put(users::put_vhost)
                 .delete(users::delete_vhost),
         )
+        .route("/api/overview", get(overview::overview))
+        .route("/api/nodes", get(overview::nodes))
+        .route("/api/connections", get(connections::list_connections))
+        .route(
+            "/api/connections/{name}",
+            get(connections::get_connection).delete(connections::close_connection),
+        )
+        .route("/api/channels", get(connections::list_channels))
+        .route("/api/consumers", get(connections::list_consumers))
         .merge(super::http::health_check_routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(errors_as_json))
@@ -253,6 +268,7 @@ impl From<GroupError> for ApiError {
             | GroupError::UnknownMemberId
             | GroupError::RebalanceInProgress => (StatusCode::CONFLICT, "conflict"),
             GroupError::InvalidGroupId => (StatusCode::BAD_REQUEST, "bad_request"),
+            GroupError::GroupIdNotFound => (StatusCode::NOT_FOUND, "not_found"),
             GroupError::CoordinatorNotAvailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

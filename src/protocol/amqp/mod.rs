@@ -51,9 +51,10 @@ pub async fn serve(
             shutdown.clone(),
             max_connections,
             move |stream, peer, shutdown| {
+                let local = stream.local_addr().ok();
                 connection::serve(
                     stream,
-                    peer,
+                    (peer, local),
                     ConnSecurity::default(),
                     core.clone(),
                     settings.clone(),
@@ -75,8 +76,10 @@ pub async fn serve(
         move |stream, peer, shutdown| {
             let (core, settings, acceptor) = (core.clone(), settings.clone(), acceptor.clone());
             async move {
+                let local = stream.local_addr().ok();
                 if let Some((stream, security)) = acceptor.accept(stream, peer, "amqp").await {
-                    connection::serve(stream, peer, security, core, settings, shutdown).await;
+                    let addrs = (peer, local);
+                    connection::serve(stream, addrs, security, core, settings, shutdown).await;
                 }
             }
         },

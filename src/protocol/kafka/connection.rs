@@ -33,6 +33,7 @@ use super::codec::{self, FrameError};
 use super::handlers::{self, Outcome};
 use super::sasl::{Gate, SaslState};
 use super::KafkaContext;
+use crate::broker::connections::{close_requested, NewConnection, Protocol};
 use crate::tls::{ConnSecurity, Transport};
 
 /// Requests one connection may have in flight before we stop reading from it.
@@ -63,6 +64,19 @@ pub async fn run<S: Transport>(
     let (mut reader, writer) = stream.split_halves();
     let (queue, mut pending) = mpsc::channel::<JoinHandle<Outcome>>(MAX_IN_FLIGHT);
     metrics::gauge!("ferry_connections", "protocol" => "kafka").increment(1.0);
+    let registration = ctx.core.connections().register(NewConnection {
+        protocol: Protocol::Kafka,
+        peer,
+        local,
+        tls: security.tls,
+    });
+    // The mTLS subject is the principal; without one the listing shows Kafka's ANONYMOUS until
+    // a SASL handshake sets the user (set once, so set it only when known).
+    if let Some(principal) = &security.client_cert {
+        registration.set_user(&principal.subject);
+    }
+    let mut close_requests = registration.close_requests();
+    let written = registration.handle();
     // Requests read but not yet answered: while any is, the connection is not idle.
     let in_flight = Arc::new(AtomicUsize::new(0));
     let answered = in_flight.clone();
@@ -82,6 +96,7 @@ pub async fn run<S: Transport>(
             match outcome {
                 Outcome::Respond(bytes) => {
                     crate::observe::metrics::bytes_sent("kafka", bytes.len());
+                    written.add_sent(bytes.len());
                     if out.write_all(&bytes).await.is_err() {
                         break;
                     }
@@ -132,6 +147,12 @@ pub async fn run<S: Transport>(
                     break None;
                 }
                 _ = crate::util::stopped(&mut shutdown) => break None,
+                // Kafka has no server-side close frame: a forced close drops the socket.
+                reason = close_requested(&mut close_requests) => {
+                    tracing::info!(%peer, reason, "Kafka connection closed by an administrator");
+                    client_gone = true;
+                    break None;
+                }
             }
         };
         let frame = match read {
@@ -150,6 +171,7 @@ pub async fn run<S: Transport>(
             Some(Read::Truncated) => break,
         };
         crate::observe::metrics::bytes_received("kafka", frame.len() + 4);
+        registration.add_received(frame.len() + 4);
         // SASL requests are answered here, in order, before anything else of the connection
         // runs; other requests pass only once the connection may send them.
         let gate = if sasl.expects_raw_token() {
@@ -185,6 +207,10 @@ pub async fn run<S: Transport>(
             }
         };
         if let Some(outcome) = answer {
+            // A SASL exchange may just have named the user (the registry keeps the first).
+            if let Some(user) = sasl.user() {
+                registration.set_user(user);
+            }
             in_flight.fetch_add(1, Ordering::Relaxed);
             let sent = queue.send(tokio::spawn(std::future::ready(outcome))).await;
             if sent.is_err() || last {
@@ -193,6 +219,9 @@ pub async fn run<S: Transport>(
             continue;
         }
         let Some(request) = request else { break };
+        if let Some(client_id) = &request.client_id {
+            registration.set_client_name(client_id);
+        }
         let conn = ConnInfo {
             peer,
             local,

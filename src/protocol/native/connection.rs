@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::convert::NativeError;
 use super::{handlers, NativeSettings};
+use crate::broker::connections::{NewConnection, Protocol};
 use crate::broker::BrokerCore;
 use crate::proto::framed::{self, FrameReader, ReadError};
 use crate::proto::v1::{self, request::Op, ErrorCode};
@@ -20,6 +21,13 @@ use crate::proto::v1::{self, request::Op, ErrorCode};
 /// Native connection ids start high so they never meet the AMQP adapter's (which count from
 /// 1) in the router's exclusive-queue bookkeeping.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1 << 62);
+
+/// How often the connection's QUIC byte counts are copied into the management API's list.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The QUIC application close code of a connection an operator closed (`DELETE
+/// /api/connections/{name}`); the reason travels as the close frame's text.
+const CLOSED_BY_OPERATOR: u32 = 320;
 
 /// How long open streams get to finish once the connection is closing.
 const STREAM_GRACE: Duration = Duration::from_secs(2);
@@ -33,6 +41,8 @@ pub(crate) struct Ctx {
     pub peer: SocketAddr,
     /// Set by the first successful `Authenticate`.
     pub user: OnceLock<String>,
+    /// This connection in the management API's list (`/api/connections`).
+    pub listed: Arc<crate::broker::connections::Connection>,
     /// Bytes of request frames being read or handled at once on this connection: a permit per
     /// byte, taken once a frame's length is known and before its body is read, and held until
     /// it is answered. Without it, thousands of streams each sending a frame just under the
@@ -45,6 +55,7 @@ const FRAME_BUDGET_FRAMES: usize = 4;
 
 pub(super) async fn run(
     incoming: quinn::Incoming,
+    listen_addr: Option<SocketAddr>,
     core: BrokerCore,
     settings: Arc<NativeSettings>,
     mut shutdown: watch::Receiver<bool>,
@@ -58,7 +69,21 @@ pub(super) async fn run(
         }
     };
     let frame_budget = Arc::new(Semaphore::new(budget_bytes(&settings)));
+    let registration = core.connections().register(NewConnection {
+        protocol: Protocol::Native,
+        peer,
+        // The address the client's packets arrived at when the platform says, else the
+        // listener's (which may be 0.0.0.0).
+        local: match (conn.local_ip(), listen_addr) {
+            (Some(ip), Some(listen)) => Some(SocketAddr::new(ip, listen.port())),
+            (None, listen) => listen,
+            (Some(_), None) => None,
+        },
+        tls: true,
+    });
+    let mut close_requests = registration.close_requests();
     let ctx = Arc::new(Ctx {
+        listed: registration.handle(),
         core,
         settings,
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
@@ -69,8 +94,24 @@ pub(super) async fn run(
     metrics::gauge!("ferry_connections", "protocol" => "native").increment(1.0);
     tracing::debug!(%peer, connection = ctx.id, "native connection open");
     let mut streams = JoinSet::new();
+    // Byte counts come from QUIC's own statistics, folded in once a second rather than per
+    // frame: they include retransmissions and framing, as a socket's byte counts would.
+    let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
+    let (mut rx_seen, mut tx_seen) = (0_u64, 0_u64);
     loop {
         tokio::select! {
+            _ = stats_tick.tick() => {
+                let udp = conn.stats();
+                let (rx, tx) = (udp.udp_rx.bytes, udp.udp_tx.bytes);
+                ctx.listed.add_received(usize::try_from(rx.saturating_sub(rx_seen)).unwrap_or(usize::MAX));
+                ctx.listed.add_sent(usize::try_from(tx.saturating_sub(tx_seen)).unwrap_or(usize::MAX));
+                (rx_seen, tx_seen) = (rx, tx);
+            }
+            reason = crate::broker::connections::close_requested(&mut close_requests) => {
+                tracing::info!(%peer, reason, "native connection closed through the management API");
+                conn.close(CLOSED_BY_OPERATOR.into(), reason.as_bytes());
+                break;
+            }
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     streams.spawn(stream(ctx.clone(), send, recv));
@@ -190,6 +231,10 @@ async fn authenticate(ctx: &Ctx, a: v1::Authenticate) -> Result<v1::Response, Na
             .await
             .map_err(|_| refused())?;
         let _ = ctx.user.set(a.user.clone());
+        ctx.listed.set_user(&a.user);
+        if !a.client_name.is_empty() {
+            ctx.listed.set_client_name(&a.client_name);
+        }
         tracing::debug!(peer = %ctx.peer, user = a.user, client = a.client_name, "native login");
     }
     Ok(v1::Response {

@@ -43,12 +43,14 @@ pub async fn serve(
 ) {
     let settings = Arc::new(settings);
     let mut connections = JoinSet::new();
+    let listen_addr = endpoint.local_addr().ok();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
                     connections.spawn(connection::run(
                         incoming,
+                        listen_addr,
                         core.clone(),
                         settings.clone(),
                         shutdown.clone(),

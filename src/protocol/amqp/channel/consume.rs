@@ -3,6 +3,7 @@
 //! basic.get, and the direct reply-to pseudo-queue.
 
 use super::*;
+use crate::broker::connections::ConsumerState;
 
 impl Channel {
     /// basic.consume on `amq.rabbitmq.reply-to`: registers this channel for direct replies.
@@ -118,6 +119,16 @@ impl Channel {
         }
         let id = queue.add_consumer_with(priority, breaker);
         let prefetch = self.shared.book.lock().consumer_prefetch;
+        out.connection.consumer_added(
+            self.id,
+            &tag,
+            ConsumerState {
+                queue: queue.name().to_string(),
+                ack_required: !m.no_ack,
+                exclusive: m.exclusive,
+                prefetch_count: prefetch,
+            },
+        );
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_consumer(ConsumerTask {
             channel: self.id,
@@ -173,6 +184,16 @@ impl Channel {
         };
         let consumer =
             stream_consumer::start(core, self.id, out, self.shared.clone(), request).await?;
+        out.connection.consumer_added(
+            self.id,
+            &tag,
+            ConsumerState {
+                queue: m.queue.as_str().to_string(),
+                ack_required: !m.no_ack,
+                exclusive: m.exclusive,
+                prefetch_count: prefetch,
+            },
+        );
         self.streams.insert(tag, consumer);
         Ok(())
     }

@@ -77,6 +77,8 @@ pub struct Out {
     /// channel and on the connection's others, as RabbitMQ does; py-amqp (kombu, Celery)
     /// raises `ConsumerCancelled` from `queue_delete()` when the cancel comes first.
     pub replies_first: Arc<tokio::sync::RwLock<()>>,
+    /// The connection's registry entry, where consumers are listed for the management API.
+    pub connection: Arc<crate::broker::connections::Connection>,
     /// This connection's per-message metric handles.
     pub metrics: crate::observe::metrics::AmqpMetrics,
 }

@@ -52,6 +52,7 @@ impl Conn {
                     ));
                 }
                 self.channels.insert(ch, Channel::new(ch));
+                self.registration.channel_opened(ch);
                 self.send(
                     ch,
                     AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -63,6 +64,7 @@ impl Conn {
                 if let Some(mut c) = self.channels.remove(&ch) {
                     c.shutdown(&self.core).await;
                 }
+                self.registration.channel_closed(ch);
                 self.send(
                     ch,
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
@@ -73,6 +75,7 @@ impl Conn {
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
                 if self.channels.get(&ch).is_some_and(|c| c.closing) {
                     self.channels.remove(&ch);
+                    self.registration.channel_closed(ch);
                 }
                 return Ok(());
             }
@@ -149,6 +152,8 @@ impl Conn {
                     }
                     B::Qos(m) => {
                         c.qos(&m);
+                        self.registration
+                            .channel_prefetch(ch, m.prefetch_count, m.global);
                         Some(AMQPClass::Basic(B::QosOk(basic::QosOk {})))
                     }
                     B::Consume(m) => {
@@ -158,6 +163,8 @@ impl Conn {
                     }
                     B::Cancel(m) => {
                         c.cancel(&self.core, m.consumer_tag.as_str()).await;
+                        self.registration
+                            .consumer_removed(ch, m.consumer_tag.as_str());
                         (!m.nowait).then(|| {
                             AMQPClass::Basic(B::CancelOk(basic::CancelOk {
                                 consumer_tag: m.consumer_tag.clone(),

@@ -34,6 +34,7 @@ impl Conn {
     ) -> Option<AmqpError> {
         let mut last_read = tokio::time::Instant::now();
         let mut alarm = self.core.router().subscribe_alarm();
+        let mut close_requests = self.registration.close_requests();
         loop {
             loop {
                 if self.published && alarm.borrow_and_update().is_some() {
@@ -80,7 +81,11 @@ impl Conn {
             tokio::select! {
                 r = rd.read_buf(buf) => match r {
                     Ok(0) | Err(_) => return None,
-                    Ok(n) => { crate::observe::metrics::bytes_received("amqp", n); last_read = tokio::time::Instant::now() }
+                    Ok(n) => {
+                        crate::observe::metrics::bytes_received("amqp", n);
+                        self.registration.add_received(n);
+                        last_read = tokio::time::Instant::now();
+                    }
                 },
                 _ = sleep => {
                     tracing::info!(peer = %self.peer, "AMQP client missed heartbeats or the handshake deadline; closing");
@@ -88,6 +93,13 @@ impl Conn {
                 }
                 _ = crate::util::stopped(shutdown) => {
                     return Some(AmqpError::connection(320, "broker shutdown"));
+                }
+                // Closed through the management API: connection.close 320 with its reason, as
+                // RabbitMQ answers `DELETE /api/connections/{name}`.
+                reason = crate::broker::connections::close_requested(&mut close_requests) => {
+                    tracing::info!(peer = %self.peer, reason, "AMQP connection closed by an administrator");
+                    self.current = (0, 0);
+                    return Some(AmqpError::connection(320, reason));
                 }
             }
         }

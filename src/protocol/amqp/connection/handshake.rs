@@ -65,6 +65,17 @@ impl Conn {
                     &s,
                 )
                 .await?;
+                self.registration.set_user(&self.user);
+                // Clients send it as a long string; a short one is accepted too.
+                match s.client_properties.inner().get("connection_name") {
+                    Some(AMQPValue::LongString(name)) => self
+                        .registration
+                        .set_client_name(&String::from_utf8_lossy(name.as_bytes())),
+                    Some(AMQPValue::ShortString(name)) => {
+                        self.registration.set_client_name(name.as_str())
+                    }
+                    _ => {}
+                }
                 self.wants_blocked = matches!(
                     s.client_properties.inner().get("capabilities"),
                     Some(AMQPValue::FieldTable(caps))
@@ -120,6 +131,7 @@ impl Conn {
                         format!("access to vhost '{vhost}' refused for user '{}'", self.user),
                     ));
                 }
+                self.registration.set_vhost(&vhost);
                 self.vhost = vhost;
                 self.phase = Phase::Open;
                 self.send(

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::channel::{Channel, Out, Outbound, WRITE_BUDGET};
 use super::codec;
+use crate::broker::connections::{NewConnection, Protocol, Registration};
 use crate::broker::BrokerCore;
 use crate::config::AmqpSettings;
 use crate::tls::{ConnSecurity, Transport};
@@ -87,6 +88,8 @@ struct Conn {
     handshake_deadline: tokio::time::Instant,
     /// TLS or not, and the client certificate (which makes EXTERNAL available).
     security: ConnSecurity,
+    /// This connection's entry in the core's connection registry (listed while it lives).
+    registration: Registration,
 }
 
 /// Answers a connection beyond `amqp.max_connections` as RabbitMQ answers one beyond its node
@@ -123,10 +126,11 @@ pub async fn refuse<S: Transport>(stream: S, limit: usize) {
 }
 
 /// Serves one accepted connection until it closes. For TLS, `stream` has finished its
-/// handshake and `security` says what it established.
+/// handshake and `security` says what it established. `addrs` are the peer's address and the
+/// listener's (when known), which name the connection in the management API.
 pub async fn serve<S: Transport>(
     stream: S,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
     security: ConnSecurity,
     core: BrokerCore,
     settings: Arc<AmqpSettings>,
@@ -170,10 +174,22 @@ pub async fn serve<S: Transport>(
     }
     codec::consume(&mut buf, 8);
     let _connection_gauge = crate::observe::metrics::ConnectionGauge::new("amqp");
+    let registration = core.connections().register(NewConnection {
+        protocol: Protocol::Amqp,
+        peer,
+        local,
+        tls: security.tls,
+    });
+    registration.add_received(8);
 
     let (tx, rx) = mpsc::channel::<Outbound>(1024);
     let (heartbeat_tx, heartbeat_rx) = watch::channel(0u16);
-    let mut writer = tokio::spawn(writer::write_loop(wr, rx, heartbeat_rx));
+    let mut writer = tokio::spawn(writer::write_loop(
+        wr,
+        rx,
+        heartbeat_rx,
+        registration.handle(),
+    ));
     let mut conn = Conn {
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         peer,
@@ -189,6 +205,7 @@ pub async fn serve<S: Transport>(
             frame_max: 0,
             replies_first: Arc::new(tokio::sync::RwLock::new(())),
             metrics: crate::observe::metrics::AmqpMetrics::new(),
+            connection: registration.handle(),
         },
         heartbeat_tx,
         phase: Phase::AwaitStartOk,
@@ -201,6 +218,7 @@ pub async fn serve<S: Transport>(
         published: false,
         handshake_deadline,
         security,
+        registration,
     };
     conn.out.frame_max = conn.frame_max;
     conn.send_start().await;

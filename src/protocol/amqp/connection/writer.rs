@@ -15,6 +15,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Outbound>,
     mut heartbeat: watch::Receiver<u16>,
+    connection: std::sync::Arc<crate::broker::connections::Connection>,
 ) {
     let mut batch = BytesMut::new();
     let mut tuning = true;
@@ -34,9 +35,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 let mut permits = Vec::new();
                 let mut next = Some(first);
                 let mut failed = false;
+                let mut written = 0;
                 while let Some((bytes, permit)) = next.take() {
                     permits.push(permit);
                     crate::observe::metrics::bytes_sent("amqp", bytes.len());
+                    written += bytes.len();
                     if bytes.len() >= 64 * 1024 {
                         failed |= wr.write_all(&batch).await.is_err();
                         batch.clear();
@@ -53,6 +56,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 // A TLS stream may hold the tail of a record until flushed (TCP: a no-op).
                 failed |= wr.flush().await.is_err();
                 batch.clear();
+                connection.add_sent(written);
                 drop(permits);
                 if failed {
                     break;
@@ -64,6 +68,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 if wr.write_all(&hb).await.is_err() || wr.flush().await.is_err() {
                     break;
                 }
+                connection.add_sent(hb.len());
             }
             // Once the connection drops its sender, only the frame channel matters.
             r = heartbeat.changed(), if tuning => tuning = r.is_ok(),
