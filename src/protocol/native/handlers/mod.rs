@@ -1,6 +1,7 @@
 //! One function per request family; [`dispatch`] answers a stream's first request.
 
 mod admin;
+mod processed;
 mod publish;
 mod subscribe;
 
@@ -40,6 +41,8 @@ pub(super) async fn dispatch(
         Op::DeleteQueue(d) => admin::delete_queue(ctx, d).await.map(done),
         Op::Bind(b) => admin::bind(ctx, b).await.map(done),
         Op::Unbind(b) => admin::unbind(ctx, b).await.map(done),
+        Op::CheckProcessed(c) => processed::check(ctx, c).await.map(R::ProcessedStatus),
+        Op::RecordProcessed(r) => processed::record(ctx, r).await.map(done),
     };
     let response = match answer {
         Ok(result) => Response {
