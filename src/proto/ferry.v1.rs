@@ -518,6 +518,8 @@ pub enum ErrorCode {
     ShuttingDown = 11,
     /// Anything else.
     Internal = 12,
+    /// The user lacks the vhost permission (configure, write or read) the request needs.
+    PermissionDenied = 13,
 }
 impl ErrorCode {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -539,6 +541,7 @@ impl ErrorCode {
             Self::UnknownDelivery => "UNKNOWN_DELIVERY",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Internal => "INTERNAL",
+            Self::PermissionDenied => "PERMISSION_DENIED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -557,6 +560,7 @@ impl ErrorCode {
             "UNKNOWN_DELIVERY" => Some(Self::UnknownDelivery),
             "SHUTTING_DOWN" => Some(Self::ShuttingDown),
             "INTERNAL" => Some(Self::Internal),
+            "PERMISSION_DENIED" => Some(Self::PermissionDenied),
             _ => None,
         }
     }

@@ -1,11 +1,14 @@
 //! One function per request family; [`dispatch`] answers a stream's first request.
 
 mod admin;
+mod authorize;
 mod processed;
 mod publish;
 mod subscribe;
 
 use quinn::{RecvStream, SendStream};
+
+pub(super) use authorize::PermissionCache;
 
 use super::connection::Ctx;
 use super::convert::NativeError;
@@ -20,6 +23,11 @@ pub(super) async fn dispatch(
     send: &mut SendStream,
     reader: FrameReader<RecvStream>,
 ) {
+    if let Err(e) = authorize::authorize(ctx, &op) {
+        let _ = framed::write(send, &e.response()).await;
+        let _ = send.finish();
+        return;
+    }
     let done = |()| R::Done(Done {});
     let answer = match op {
         Op::Publish(p) => publish::publish(ctx, p).await.map(R::Published),
