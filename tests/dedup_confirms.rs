@@ -33,10 +33,9 @@ async fn original_lost_and_repeat_nacked(ch: &lapin::Channel, exchange: &str, ke
     );
 }
 
-#[tokio::test]
-async fn a_queue_repeat_is_not_confirmed_when_its_original_is_lost() {
-    let broker = TestBroker::start().await.unwrap();
-    let conn = connect(&broker).await;
+/// A channel in confirm mode and the durable queue `once` with `x-message-deduplication`.
+async fn deduplicating_queue(broker: &TestBroker) -> (lapin::Connection, lapin::Channel) {
+    let conn = connect(broker).await;
     let ch = channel(&conn).await;
     declare_durable(
         &ch,
@@ -45,6 +44,13 @@ async fn a_queue_repeat_is_not_confirmed_when_its_original_is_lost() {
     )
     .await;
     confirm_mode(&ch).await;
+    (conn, ch)
+}
+
+#[tokio::test]
+async fn a_queue_repeat_is_not_confirmed_when_its_original_is_lost() {
+    let broker = TestBroker::start().await.unwrap();
+    let (_conn, ch) = deduplicating_queue(&broker).await;
     let q = broker.core().router().queue("/", "once").unwrap();
     q.log().inject_fsync_failure();
     original_lost_and_repeat_nacked(&ch, "", "once").await;
@@ -73,15 +79,7 @@ async fn a_topic_repeat_is_not_confirmed_when_its_original_is_lost() {
 #[tokio::test]
 async fn a_repeat_of_a_durable_message_is_confirmed_and_not_stored_twice() {
     let broker = TestBroker::start().await.unwrap();
-    let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare_durable(
-        &ch,
-        "once",
-        args(vec![("x-message-deduplication", AMQPValue::Boolean(true))]),
-    )
-    .await;
-    confirm_mode(&ch).await;
+    let (_conn, ch) = deduplicating_queue(&broker).await;
     let original = publish_pending(&ch, "", "once", b"a", with_id("a")).await;
     let resend = publish_pending(&ch, "", "once", b"a", with_id("a")).await;
     assert!(original.await.unwrap().is_ack());
