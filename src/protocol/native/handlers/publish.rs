@@ -118,7 +118,7 @@ async fn submit(
     match dest {
         Destination::Topic { topic, partition } => {
             let key = (!message.key.is_empty()).then(|| Bytes::from(message.key.clone()));
-            let (record, id, _) = convert::to_record(message, key.clone(), now)?;
+            let (record, id) = convert::to_record(message, key.clone(), now)?;
             match partition {
                 Some(p) => {
                     // An explicit partition is appended to directly, as a Kafka producer's is.
@@ -162,7 +162,7 @@ async fn submit(
         }
         Destination::Exchange(e) => {
             let key = Some(Bytes::copy_from_slice(e.routing_key.as_bytes()));
-            let (record, id, _) = convert::to_record(message, key, now)?;
+            let (record, id) = convert::to_record(message, key, now)?;
             let published = ctx
                 .core
                 .router()
