@@ -10,7 +10,10 @@
 //! reach a bound queue deduplicated too. A message without an id is never dropped.
 //!
 //! A dropped duplicate is confirmed to its publisher like any routed message (the plugin does
-//! the same): the publisher asked for the message to be in the queue, and it is.
+//! the same): the publisher asked for the message to be in the queue, and it is. The confirm
+//! waits until the copy it repeats is durable, and fails if that copy's append failed (see
+//! [`crate::broker::routing::Durable`]), so a resend racing its original is never confirmed
+//! for a message a crash then loses.
 //!
 //! A topic can have a window of its own (topic config `ferry.dedup.window.ms`), applied to
 //! publishes through its exchange face by the core's topic sink (`topic_router.rs`) with the

@@ -28,6 +28,7 @@ pub mod login_guard;
 pub mod message;
 pub mod names;
 pub mod offset_reset;
+pub mod processed;
 pub mod producer;
 pub mod queue;
 pub mod queue_browse;
@@ -138,6 +139,8 @@ struct CoreInner {
     users: users::UserStore,
     /// Live client connections of every protocol, for the management API.
     connections: connections::ConnectionRegistry,
+    /// Event ids idempotent handlers completed (see [`processed`]).
+    processed: processed::ProcessedIds,
 }
 
 impl BrokerCore {
@@ -178,6 +181,7 @@ impl BrokerCore {
             },
         })?;
         let users = users::UserStore::open(meta.clone())?;
+        let processed = processed::ProcessedIds::new(meta.clone(), clock.clone());
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -193,6 +197,7 @@ impl BrokerCore {
                 topic_routers: topic_router::TopicRouters::default(),
                 login_guard: login_guard::LoginGuard::new(),
                 limits: RwLock::new(ResourceLimits::default()),
+                processed,
                 users,
                 connections: Default::default(),
             }),
@@ -273,6 +278,11 @@ impl BrokerCore {
     /// The one user store of every protocol and the admin API.
     pub fn users(&self) -> &users::UserStore {
         &self.inner.users
+    }
+
+    /// The processed-id store of idempotent handlers.
+    pub fn processed(&self) -> &processed::ProcessedIds {
+        &self.inner.processed
     }
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {

@@ -46,7 +46,9 @@ use tokio::task::JoinHandle;
 
 use super::dedup::{self, DedupCache, DedupPolicy};
 use super::queue::{Queue, Submitted};
-use super::routing::{RoutingError, TopicSink, TopicSubmit, DEFAULT_VHOST, EXCHANGE_HEADER};
+use super::routing::{
+    Durable, RoutingError, TopicSink, TopicSubmit, DEFAULT_VHOST, EXCHANGE_HEADER,
+};
 use super::{BrokerCore, CoreInner};
 use crate::log::{batch, PartitionHandle, SimpleRecord};
 use crate::meta::{RouteInFlight, RouteMark, TopicRouteState};
@@ -303,15 +305,24 @@ impl TopicSink for CoreTopicSink {
             let window = t
                 .partition(0)
                 .map_or(-1, |log| log.config().dedup_window_ms);
+            let n = t.partition_count();
+            let keyed = record
+                .key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .map(|k| partition_for_key(k, n));
             if window > 0 && self.is_repeat(&t, window, &record, core.inner.router.now_ms()) {
                 metrics::counter!("ferry_messages_deduplicated_total").increment(1);
-                return Ok(None);
+                // The original went to the key's partition; without a key, to any of them.
+                let logs = match keyed {
+                    Some(p) => t.partition(p).cloned().into_iter().collect(),
+                    None => t.partitions().to_vec(),
+                };
+                return Ok(Durable::Repeat(logs));
             }
-            let n = t.partition_count();
-            let partition = match record.key.as_deref() {
-                Some(k) if !k.is_empty() => partition_for_key(k, n),
-                _ => (core.inner.topic_routers.next_round_robin() as usize % n.max(1)) as i32,
-            };
+            let partition = keyed.unwrap_or_else(|| {
+                (core.inner.topic_routers.next_round_robin() as usize % n.max(1)) as i32
+            });
             let log = t.partition(partition).cloned().ok_or_else(not_found)?;
             // A dead letter or re-publish of a routed copy must not carry its old routing
             // into the topic.
@@ -323,7 +334,7 @@ impl TopicSink for CoreTopicSink {
                 std::slice::from_ref(&record),
                 &crate::log::EncodeOptions::default(),
             )?;
-            Ok(Some(log.submit_append(batch).await?))
+            Ok(Durable::Append(log.submit_append(batch).await?))
         })
     }
 }

@@ -156,6 +156,14 @@ pub fn queue_state(vhost: &str, name: &str) -> Vec<u8> {
     key("queue_state", &[vhost.as_bytes(), name.as_bytes()])
 }
 
+/// An event id a named idempotent handler completed (see `broker::processed`).
+pub fn processed(handler: &str, event_id: &str) -> Vec<u8> {
+    key("processed", &[handler.as_bytes(), event_id.as_bytes()])
+}
+pub fn processed_by(handler: &str) -> Vec<u8> {
+    prefix("processed", &[handler.as_bytes()])
+}
+
 pub fn user(name: &str) -> Vec<u8> {
     key("user", &[name.as_bytes()])
 }

@@ -401,6 +401,47 @@ impl Meta {
         self.store.get(&keys::queue_state(vhost, name))
     }
 
+    // --- processed event ids of idempotent handlers ---------------------------------------
+
+    /// Records that `handler` completed `event_id` at `at_ms`.
+    pub fn put_processed(
+        &self,
+        handler: &str,
+        event_id: &str,
+        at_ms: i64,
+    ) -> Result<(), MetaError> {
+        self.store
+            .put(&keys::processed(handler, event_id), &at_ms.to_be_bytes())
+    }
+    /// Every id `handler` completed, with the time it was recorded.
+    pub fn processed_ids(&self, handler: &str) -> Result<Vec<(String, i64)>, MetaError> {
+        let mut ids = Vec::new();
+        for (k, v) in self.store.scan_prefix(&keys::processed_by(handler))? {
+            let corrupt = || MetaError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                message: "not a processed-id record".into(),
+            };
+            let parts = keys::parts(&k).ok_or_else(corrupt)?;
+            let [_, id] = parts.as_slice() else {
+                return Err(corrupt());
+            };
+            let at: [u8; 8] = v.as_slice().try_into().map_err(|_| corrupt())?;
+            ids.push((
+                String::from_utf8_lossy(id).into_owned(),
+                i64::from_be_bytes(at),
+            ));
+        }
+        Ok(ids)
+    }
+    /// Forgets ids of `handler` (evicted by age or count).
+    pub fn delete_processed(&self, handler: &str, event_ids: &[String]) -> Result<(), MetaError> {
+        let ops = event_ids
+            .iter()
+            .map(|id| MetaOp::Delete(keys::processed(handler, id)))
+            .collect();
+        self.store.apply(ops)
+    }
+
     // --- consumer groups ----------------------------------------------------------------------
 
     /// Commits offsets for a group atomically (all partitions of one OffsetCommit or none).

@@ -3,7 +3,7 @@
 pub struct Request {
     #[prost(
         oneof = "request::Op",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
     )]
     pub op: ::core::option::Option<request::Op>,
 }
@@ -39,11 +39,15 @@ pub mod request {
         Bind(super::Bind),
         #[prost(message, tag = "14")]
         Unbind(super::Unbind),
+        #[prost(message, tag = "15")]
+        CheckProcessed(super::CheckProcessed),
+        #[prost(message, tag = "16")]
+        RecordProcessed(super::RecordProcessed),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Response {
-    #[prost(oneof = "response::Result", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "response::Result", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub result: ::core::option::Option<response::Result>,
 }
 /// Nested message and enum types in `Response`.
@@ -66,6 +70,8 @@ pub mod response {
         Done(super::Done),
         #[prost(message, tag = "8")]
         QueueDeclared(super::QueueDeclared),
+        #[prost(message, tag = "9")]
+        ProcessedStatus(super::ProcessedStatus),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -461,6 +467,29 @@ pub struct Unbind {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Done {}
+/// Asks whether `handler` completed `event_id`; answered by `ProcessedStatus`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckProcessed {
+    /// The handler's stable name, e.g. "billing.charge-card" (1..255 bytes).
+    #[prost(string, tag = "1")]
+    pub handler: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub event_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProcessedStatus {
+    #[prost(bool, tag = "1")]
+    pub processed: bool,
+}
+/// Records that `handler` completed `event_id`; answered by `Done` once durable. Send it after
+/// the handler succeeded and before acking the delivery.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecordProcessed {
+    #[prost(string, tag = "1")]
+    pub handler: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub event_id: ::prost::alloc::string::String,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum ErrorCode {
@@ -489,6 +518,8 @@ pub enum ErrorCode {
     ShuttingDown = 11,
     /// Anything else.
     Internal = 12,
+    /// The user lacks the vhost permission (configure, write or read) the request needs.
+    PermissionDenied = 13,
 }
 impl ErrorCode {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -510,6 +541,7 @@ impl ErrorCode {
             Self::UnknownDelivery => "UNKNOWN_DELIVERY",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Internal => "INTERNAL",
+            Self::PermissionDenied => "PERMISSION_DENIED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -528,6 +560,7 @@ impl ErrorCode {
             "UNKNOWN_DELIVERY" => Some(Self::UnknownDelivery),
             "SHUTTING_DOWN" => Some(Self::ShuttingDown),
             "INTERNAL" => Some(Self::Internal),
+            "PERMISSION_DENIED" => Some(Self::PermissionDenied),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod amqp;
 pub mod kafka;
 pub mod kafka_raw;
+pub mod native;
 
 /// A non-loopback address of this machine, if it has one.
 pub fn external_ip() -> Option<std::net::IpAddr> {

@@ -42,12 +42,13 @@ use super::exchange::{Exchange, ExchangeKind, PREDECLARED};
 use super::queue::{DeathReason, Overflow, Queue, QueueLimits, QueueSetup, Submitted};
 pub use super::queue::{PRIORITY_HEADER, TTL_HEADER};
 use crate::clock::Clock;
-use crate::log::{LogConfig, LogError, LogLabels, PartitionHandle, PendingAppend, SimpleRecord};
+use crate::log::{LogConfig, LogError, LogLabels, PartitionHandle, SimpleRecord};
 use crate::meta::{BindingDef, DestinationKind, ExchangeDef, Meta, MetaError, QueueDef};
 
 mod bind;
 mod dead_letter;
 mod declare;
+mod durable;
 mod publish;
 mod storage;
 mod tasks;
@@ -56,6 +57,7 @@ pub use dead_letter::death_history;
 use dead_letter::*;
 pub use declare::DELAYED_MESSAGE_EXCHANGE;
 use declare::*;
+pub use durable::Durable;
 pub use storage::escape_path_component;
 pub(crate) use storage::remove_dir_if_present;
 use storage::*;
@@ -159,8 +161,9 @@ pub const EXCHANGE_HEADER: &str = "ferry.exchange";
 /// What [`RouterInner::publish`] did with a message.
 #[derive(Debug, Default)]
 pub struct Published {
-    /// One per queue that took the message; each resolves once its append is durable.
-    pub pending: Vec<PendingAppend>,
+    /// One per queue (or topic) that holds the message, its own append or a repeat that
+    /// deduplication dropped; each resolves once the copy is durable.
+    pub pending: Vec<Durable>,
     /// Whether any queue matched (a mandatory publish that matched none is returned).
     pub routed: bool,
     /// Whether a matching queue refused it because it is full (`x-overflow` reject-publish
@@ -175,18 +178,17 @@ pub struct Published {
 /// The AMQP adapter turns it into RabbitMQ's `x-death` header.
 pub const DEATH_HEADER: &str = "ferry.death";
 
-/// What [`TopicSink::submit`] returns: the pending append, or `None` for a deduplicated record.
-pub type TopicSubmit<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<PendingAppend>, RoutingError>> + Send + 'a>,
->;
+/// What [`TopicSink::submit`] returns: the copy in the topic, appended or a repeat.
+pub type TopicSubmit<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Durable, RoutingError>> + Send + 'a>>;
 
 /// Where a publish to a topic's exchange face goes: the core appends it to the topic (the
 /// router does not own topics). Implemented by the broker core.
 pub trait TopicSink: Send + Sync {
     /// Queues an append of `record` to topic `topic`, on the partition its key chooses; the
-    /// handle resolves once the append is durable. `None`: the topic's deduplication window
-    /// already holds the record's message id, so nothing was appended (and the publish is
-    /// confirmed: the message is in the topic).
+    /// handle resolves once the append is durable. A [`Durable::Repeat`]: the topic's
+    /// deduplication window already holds the record's message id, so nothing was appended
+    /// (and the publish is confirmed once the original is durable: the message is in the topic).
     fn submit<'a>(&'a self, topic: &'a str, record: SimpleRecord) -> TopicSubmit<'a>;
 }
 

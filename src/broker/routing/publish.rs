@@ -138,8 +138,9 @@ impl RouterInner {
         let due = self.clock.now_ms().saturating_add(delay_ms);
         let stored = crate::broker::delayed::wrap(record, exchange, due);
         let pending = match q.submit(stored).await? {
-            Submitted::Appended(p) => vec![p],
-            Submitted::Full | Submitted::Duplicate => Vec::new(),
+            Submitted::Appended(p) => vec![Durable::Append(p)],
+            Submitted::Duplicate => vec![Durable::repeat_in(q.log())],
+            Submitted::Full => Vec::new(),
         };
         Ok(Published {
             pending,
@@ -192,9 +193,9 @@ impl RouterInner {
                     .topic_sink
                     .get()
                     .ok_or_else(|| RoutingError::not_found("exchange", vhost, exchange))?;
-                let pending = sink.submit(ex.name(), record).await?;
+                let copy = sink.submit(ex.name(), record).await?;
                 return Ok(Published {
-                    pending: pending.into_iter().collect(),
+                    pending: vec![copy],
                     routed: true,
                     rejected: false,
                 });
@@ -246,9 +247,10 @@ impl RouterInner {
                 None => crate::broker::queue::encode_one(&record)?,
             };
             match q.submit_encoded(&record, encoded).await? {
-                Submitted::Appended(p) => out.pending.push(p),
-                // Already in the queue: confirmed like any routed message.
-                Submitted::Duplicate => {}
+                Submitted::Appended(p) => out.pending.push(Durable::Append(p)),
+                // Already in the queue: confirmed like any routed message, once the original
+                // copy is durable.
+                Submitted::Duplicate => out.pending.push(Durable::repeat_in(q.log())),
                 Submitted::Full => {
                     out.rejected = true;
                     let dlx = q.limits().dead_letter_exchange.clone();

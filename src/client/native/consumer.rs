@@ -133,9 +133,15 @@ pub struct HandlerConfig {
     pub event_type: String,
     /// The schema version it handles; empty = any.
     pub version: String,
-    /// Declares the handler safe to run twice for one event id. (The broker-side store of
-    /// processed ids that would skip repeats is not built yet; see docs/native-protocol.md.)
+    /// Skip an event whose id this handler already completed: before running it the consumer
+    /// asks the broker's processed-id store (kept per handler [`name`](Self::name), bounded by
+    /// count and age, durable across restarts); after it returns `Ok` the id is recorded, then
+    /// the delivery acked. A skipped repeat is acked without running the handler.
     pub idempotent: bool,
+    /// The handler's stable name, the key of its processed ids: give each service's handler
+    /// its own (e.g. `billing.charge-card`), or two services handling one event type would skip
+    /// each other's events. Empty = `<event_type>@<version>`.
+    pub name: String,
     /// A run longer than this counts as a failure. `None` = no limit.
     pub timeout: Option<Duration>,
 }
@@ -146,7 +152,24 @@ impl HandlerConfig {
             event_type: event_type.into(),
             version: version.into(),
             idempotent: false,
+            name: String::new(),
             timeout: None,
+        }
+    }
+
+    /// Makes the handler idempotent under `name` (see [`HandlerConfig::idempotent`]).
+    pub fn idempotent_as(mut self, name: &str) -> Self {
+        self.idempotent = true;
+        self.name = name.into();
+        self
+    }
+
+    /// The key of the handler's processed ids in the broker.
+    fn processed_key(&self) -> String {
+        if self.name.is_empty() {
+            format!("{}@{}", self.event_type, self.version)
+        } else {
+            self.name.clone()
         }
     }
 
@@ -242,15 +265,81 @@ impl EventHandler for Handlers {
             ));
             return Box::pin(async move { Err(err) });
         };
-        let run = handler.handle(event, ctx);
-        match config.timeout {
-            None => run,
-            Some(limit) => Box::pin(async move {
-                match tokio::time::timeout(limit, run).await {
-                    Ok(r) => r,
-                    Err(_) => Err(HandlerError(format!("handler timed out after {limit:?}"))),
-                }
-            }),
+        let event_id = event.metadata.id.clone();
+        if !config.idempotent || event_id.is_empty() {
+            return run_with_timeout(handler.handle(event, ctx), config.timeout);
+        }
+        let (handler, timeout) = (handler.clone(), config.timeout);
+        let (conn, name) = (ctx.publisher.connection().clone(), config.processed_key());
+        Box::pin(async move {
+            if processed::check(&conn, &name, &event_id).await? {
+                tracing::debug!(
+                    handler = name,
+                    event_id,
+                    "skipping an event already handled"
+                );
+                return Ok(());
+            }
+            run_with_timeout(handler.handle(event, ctx), timeout).await?;
+            // Recorded before the ack: if recording fails the delivery is retried, and the
+            // handler (declared safe to repeat) may run again.
+            processed::record(&conn, &name, &event_id).await?;
+            Ok(())
+        })
+    }
+}
+
+fn run_with_timeout(
+    run: BoxFuture<'static, Result<(), HandlerError>>,
+    timeout: Option<Duration>,
+) -> BoxFuture<'static, Result<(), HandlerError>> {
+    match timeout {
+        None => run,
+        Some(limit) => Box::pin(async move {
+            match tokio::time::timeout(limit, run).await {
+                Ok(r) => r,
+                Err(_) => Err(HandlerError(format!("handler timed out after {limit:?}"))),
+            }
+        }),
+    }
+}
+
+/// The broker's processed-id store, as an idempotent handler uses it.
+mod processed {
+    use super::{unexpected, HandlerError, NativeConnection};
+    use crate::proto::v1::{self, request, response};
+
+    pub(super) async fn check(
+        conn: &NativeConnection,
+        handler: &str,
+        event_id: &str,
+    ) -> Result<bool, HandlerError> {
+        let req = v1::Request {
+            op: Some(request::Op::CheckProcessed(v1::CheckProcessed {
+                handler: handler.into(),
+                event_id: event_id.into(),
+            })),
+        };
+        match conn.call(&req).await? {
+            response::Result::ProcessedStatus(s) => Ok(s.processed),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    pub(super) async fn record(
+        conn: &NativeConnection,
+        handler: &str,
+        event_id: &str,
+    ) -> Result<(), HandlerError> {
+        let req = v1::Request {
+            op: Some(request::Op::RecordProcessed(v1::RecordProcessed {
+                handler: handler.into(),
+                event_id: event_id.into(),
+            })),
+        };
+        match conn.call(&req).await? {
+            response::Result::Done(_) => Ok(()),
+            other => Err(unexpected(&other).into()),
         }
     }
 }

@@ -301,7 +301,7 @@ pub async fn publish(
         .await
         .map_err(|e| amqp_error(e, DEFAULT_VHOST))?;
     Ok(Published {
-        pending: vec![pending],
+        pending: vec![crate::broker::routing::Durable::Append(pending)],
         routed: true,
         rejected: false,
     })

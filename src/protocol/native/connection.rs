@@ -48,6 +48,8 @@ pub(crate) struct Ctx {
     /// it is answered. Without it, thousands of streams each sending a frame just under the
     /// limit would make the broker buffer all of them.
     pub frame_budget: Arc<Semaphore>,
+    /// The user's permission decisions (see `handlers::authorize`).
+    pub permissions: handlers::PermissionCache,
 }
 
 /// Request bytes a connection may have in memory at once, in units of the frame limit.
@@ -90,6 +92,7 @@ pub(super) async fn run(
         peer,
         user: OnceLock::new(),
         frame_budget,
+        permissions: handlers::PermissionCache::default(),
     });
     metrics::gauge!("ferry_connections", "protocol" => "native").increment(1.0);
     tracing::debug!(%peer, connection = ctx.id, "native connection open");

@@ -141,15 +141,14 @@ pub fn format_time_ms(ms: i64) -> String {
 
 /// A published message as a record: the payload as value, `key` as key, the metadata as
 /// headers (see the module docs). An empty id gets a broker-assigned UUIDv7. Returns the
-/// record, its id, and the application headers as JSON (what a headers exchange matches).
+/// record and its id.
 pub fn to_record(
     msg: v1::Message,
     key: Option<Bytes>,
     now_ms: i64,
-) -> Result<(SimpleRecord, String, Map<String, Value>), NativeError> {
+) -> Result<(SimpleRecord, String), NativeError> {
     let meta = msg.metadata.unwrap_or_default();
     let mut headers: Vec<(String, Option<Bytes>)> = Vec::with_capacity(msg.headers.len() + 8);
-    let mut json = Map::new();
     for h in msg.headers {
         if reserved(&h.key) {
             return Err(NativeError::new(
@@ -166,9 +165,6 @@ pub fn to_record(
                 ErrorCode::InvalidArgument,
                 format!("header `{}` given twice", h.key),
             ));
-        }
-        if let Ok(text) = std::str::from_utf8(&h.value) {
-            json.insert(h.key.clone(), Value::String(text.to_string()));
         }
         headers.push((h.key, Some(Bytes::from(h.value))));
     }
@@ -207,7 +203,7 @@ pub fn to_record(
         headers,
         timestamp: now_ms,
     };
-    Ok((record, id, json))
+    Ok((record, id))
 }
 
 fn header<'a>(record: &'a SimpleRecord, name: &str) -> Option<&'a Bytes> {
@@ -340,9 +336,8 @@ mod tests {
                 value: b"acme".to_vec(),
             }],
         };
-        let (record, id, json) = to_record(msg.clone(), None, 5).expect("valid");
+        let (record, id) = to_record(msg.clone(), None, 5).expect("valid");
         assert_eq!(id, "e-1");
-        assert_eq!(json.get("tenant"), Some(&Value::String("acme".into())));
         assert_eq!(text(&record, "ce_time"), "2023-11-14T22:13:20.123Z");
         let back = from_record(&record, None);
         assert_eq!(back.metadata, msg.metadata);

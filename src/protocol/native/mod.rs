@@ -47,6 +47,19 @@ pub async fn serve(
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
+                Some(incoming)
+                    if settings.max_connections > 0
+                        && connections.len() >= settings.max_connections =>
+                {
+                    // QUIC's CONNECTION_REFUSED before any handshake work: a connection flood
+                    // costs one packet each.
+                    metrics::counter!("ferry_connections_refused_total", "protocol" => "native")
+                        .increment(1);
+                    tracing::debug!(peer = %incoming.remote_address(),
+                        max_connections = settings.max_connections,
+                        "native connection limit reached; refusing");
+                    incoming.refuse();
+                }
                 Some(incoming) => {
                     connections.spawn(connection::run(
                         incoming,

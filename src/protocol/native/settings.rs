@@ -15,6 +15,9 @@ pub struct NativeSettings {
     pub idle_timeout_ms: u64,
     /// Unsettled deliveries per subscription when the client asks for 0. Default 100.
     pub default_prefetch: u32,
+    /// Connections served at once (0 = no limit); one more is refused with QUIC's
+    /// CONNECTION_REFUSED and counted in `ferry_connections_refused_total`. Default 10000.
+    pub max_connections: usize,
 }
 
 impl NativeSettings {
@@ -46,6 +49,7 @@ impl Default for NativeSettings {
             max_concurrent_streams: 4096,
             idle_timeout_ms: 30_000,
             default_prefetch: 100,
+            max_connections: 10_000,
         }
     }
 }

@@ -35,9 +35,9 @@ mod publish;
 
 use self::publish::*;
 use crate::broker::queue::{DeathReason, Queue};
+use crate::broker::routing::Durable;
 use crate::broker::routing::{Published, MAX_MESSAGE_BYTES};
 use crate::broker::BrokerCore;
-use crate::log::PendingAppend;
 use crate::protocol::amqp::codec::{encode_content, encode_method};
 use crate::protocol::amqp::convert::{self, AmqpError};
 use crate::protocol::amqp::reply_to;
@@ -266,7 +266,7 @@ struct Consumer {
 struct Confirms {
     next: u64,
     /// (sequence number, appends, refused by a full queue).
-    tx: mpsc::UnboundedSender<(u64, Vec<PendingAppend>, bool, PublishPermit)>,
+    tx: mpsc::UnboundedSender<(u64, Vec<Durable>, bool, PublishPermit)>,
     task: JoinHandle<()>,
 }
 

@@ -336,11 +336,7 @@ impl Channel {
 /// nacked after the other queues' appends settle (RabbitMQ nacks if any queue rejected it).
 /// The publish's share of the connection's publish budget is released once its appends
 /// settle.
-pub(super) async fn wait_all(
-    pending: Vec<PendingAppend>,
-    rejected: bool,
-    permit: PublishPermit,
-) -> bool {
+pub(super) async fn wait_all(pending: Vec<Durable>, rejected: bool, permit: PublishPermit) -> bool {
     let mut ok = !rejected;
     for p in pending {
         if let Err(e) = p.wait().await {
@@ -355,7 +351,7 @@ pub(super) async fn wait_all(
 
 pub(super) async fn confirm_task(
     channel: u16,
-    mut rx: mpsc::UnboundedReceiver<(u64, Vec<PendingAppend>, bool, PublishPermit)>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Vec<Durable>, bool, PublishPermit)>,
     out: Out,
 ) {
     type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;

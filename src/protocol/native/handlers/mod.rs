@@ -1,10 +1,14 @@
 //! One function per request family; [`dispatch`] answers a stream's first request.
 
 mod admin;
+mod authorize;
+mod processed;
 mod publish;
 mod subscribe;
 
 use quinn::{RecvStream, SendStream};
+
+pub(super) use authorize::PermissionCache;
 
 use super::connection::Ctx;
 use super::convert::NativeError;
@@ -19,6 +23,11 @@ pub(super) async fn dispatch(
     send: &mut SendStream,
     reader: FrameReader<RecvStream>,
 ) {
+    if let Err(e) = authorize::authorize(ctx, &op) {
+        let _ = framed::write(send, &e.response()).await;
+        let _ = send.finish();
+        return;
+    }
     let done = |()| R::Done(Done {});
     let answer = match op {
         Op::Publish(p) => publish::publish(ctx, p).await.map(R::Published),
@@ -40,6 +49,8 @@ pub(super) async fn dispatch(
         Op::DeleteQueue(d) => admin::delete_queue(ctx, d).await.map(done),
         Op::Bind(b) => admin::bind(ctx, b).await.map(done),
         Op::Unbind(b) => admin::unbind(ctx, b).await.map(done),
+        Op::CheckProcessed(c) => processed::check(ctx, c).await.map(R::ProcessedStatus),
+        Op::RecordProcessed(r) => processed::record(ctx, r).await.map(done),
     };
     let response = match answer {
         Ok(result) => Response {

@@ -6,10 +6,8 @@ use bytes::Bytes;
 
 use super::super::connection::Ctx;
 use super::super::convert::{self, NativeError};
-use crate::broker::message::RoutingHeaders;
-use crate::broker::routing::DEFAULT_VHOST;
+use crate::broker::routing::{Durable, DEFAULT_VHOST};
 use crate::broker::topic_router::partition_for_key;
-use crate::log::{PartitionHandle, PendingAppend};
 use crate::proto::v1::{self, ErrorCode};
 
 /// Where a publish goes, checked.
@@ -21,13 +19,10 @@ enum Destination<'a> {
     Exchange(&'a v1::ExchangeDestination),
 }
 
-/// A message handed to the core whose appends are not yet durable.
+/// A message handed to the core whose copies are not yet durable (a repeat that
+/// deduplication dropped is confirmed once its original is: see [`Durable`]).
 struct Submitted {
-    pending: Vec<PendingAppend>,
-    /// For a deduplicated message: the logs that hold (or are still appending) the copy it
-    /// repeats. The confirm waits for their appends in flight, so a repeat is never confirmed
-    /// before the original is durable (a resend after a lost confirm races its original).
-    settle_first: Vec<PartitionHandle>,
+    pending: Vec<Durable>,
     partition: i32,
     id: String,
     duplicate: bool,
@@ -123,7 +118,7 @@ async fn submit(
     match dest {
         Destination::Topic { topic, partition } => {
             let key = (!message.key.is_empty()).then(|| Bytes::from(message.key.clone()));
-            let (record, id, _) = convert::to_record(message, key.clone(), now)?;
+            let (record, id) = convert::to_record(message, key.clone(), now)?;
             match partition {
                 Some(p) => {
                     // An explicit partition is appended to directly, as a Kafka producer's is.
@@ -134,8 +129,7 @@ async fn submit(
                     )?;
                     let pending = log.submit_append(batch).await?;
                     Ok(Submitted {
-                        pending: vec![pending],
-                        settle_first: Vec::new(),
+                        pending: vec![Durable::Append(pending)],
                         partition: *p,
                         id,
                         duplicate: false,
@@ -155,15 +149,9 @@ async fn submit(
                         .router()
                         .publish_now(DEFAULT_VHOST, topic, record)
                         .await?;
-                    let duplicate = published.pending.is_empty();
-                    let settle_first = if duplicate {
-                        topic_logs(ctx, topic, key.as_deref())
-                    } else {
-                        Vec::new()
-                    };
+                    let duplicate = is_repeat(&published.pending);
                     Ok(Submitted {
                         pending: published.pending,
-                        settle_first,
                         partition: if duplicate { -1 } else { partition },
                         id,
                         duplicate,
@@ -174,7 +162,7 @@ async fn submit(
         }
         Destination::Exchange(e) => {
             let key = Some(Bytes::copy_from_slice(e.routing_key.as_bytes()));
-            let (record, id, headers) = convert::to_record(message, key, now)?;
+            let (record, id) = convert::to_record(message, key, now)?;
             let published = ctx
                 .core
                 .router()
@@ -200,15 +188,9 @@ async fn submit(
                 ));
             }
             let queues = u32::try_from(published.pending.len()).unwrap_or(u32::MAX);
-            let duplicate = published.routed && published.pending.is_empty();
-            let settle_first = if duplicate {
-                exchange_logs(ctx, e, headers)
-            } else {
-                Vec::new()
-            };
+            let duplicate = is_repeat(&published.pending);
             Ok(Submitted {
                 duplicate,
-                settle_first,
                 pending: published.pending,
                 partition: -1,
                 id,
@@ -218,52 +200,17 @@ async fn submit(
     }
 }
 
-/// The partition logs a topic publish with `key` may have gone to.
-fn topic_logs(ctx: &Ctx, topic: &str, key: Option<&[u8]>) -> Vec<PartitionHandle> {
-    let Some(t) = ctx.core.topic(topic) else {
-        return Vec::new();
-    };
-    match key.filter(|k| !k.is_empty()) {
-        Some(k) => t
-            .partition(partition_for_key(k, t.partition_count()))
-            .cloned()
-            .into_iter()
-            .collect(),
-        None => t.partitions().to_vec(),
-    }
-}
-
-/// The logs an exchange publish was routed to: the queues it matches, or the topic's
-/// partitions when the exchange is a topic's face.
-fn exchange_logs(
-    ctx: &Ctx,
-    e: &v1::ExchangeDestination,
-    headers: serde_json::Map<String, serde_json::Value>,
-) -> Vec<PartitionHandle> {
-    let vhost = convert::vhost(&e.vhost);
-    if vhost == DEFAULT_VHOST && ctx.core.topic(&e.exchange).is_some() {
-        return topic_logs(ctx, &e.exchange, Some(e.routing_key.as_bytes()));
-    }
-    ctx.core
-        .router()
-        .route(
-            vhost,
-            &e.exchange,
-            &e.routing_key,
-            &RoutingHeaders::from_view((!headers.is_empty()).then_some(headers)),
-        )
-        .map(|queues| queues.iter().map(|q| q.log().clone()).collect())
-        .unwrap_or_default()
+/// Whether every copy of a publish was a repeat deduplication dropped.
+fn is_repeat(copies: &[Durable]) -> bool {
+    !copies.is_empty() && copies.iter().all(Durable::is_repeat)
 }
 
 async fn confirm(s: Submitted) -> Result<v1::PublishResult, NativeError> {
-    for log in &s.settle_first {
-        log.barrier().await;
-    }
     let mut offset = -1;
     for p in s.pending {
-        let info = p.wait().await?;
-        offset = info.base_offset;
+        if let Some(info) = p.wait().await? {
+            offset = info.base_offset;
+        }
     }
     Ok(v1::PublishResult {
         partition: s.partition,
