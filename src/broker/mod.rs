@@ -16,6 +16,7 @@
 //! publishes to it append to the topic (murmur2 partitioner), and per-partition router tasks
 //! feed the queues bound to it from the topic log, exactly once per record and queue.
 
+pub mod acls;
 pub mod breaker;
 pub mod dedup;
 pub mod delayed;
@@ -134,6 +135,8 @@ struct CoreInner {
     limits: RwLock<ResourceLimits>,
     /// Users, permissions and run-time vhosts of every protocol (see [`users`]).
     users: users::UserStore,
+    /// Kafka ACL bindings (see [`acls`]).
+    acls: acls::AclStore,
 }
 
 impl BrokerCore {
@@ -174,6 +177,7 @@ impl BrokerCore {
             },
         })?;
         let users = users::UserStore::open(meta.clone())?;
+        let acls = acls::AclStore::open(meta.clone())?;
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -190,6 +194,7 @@ impl BrokerCore {
                 login_guard: login_guard::LoginGuard::new(),
                 limits: RwLock::new(ResourceLimits::default()),
                 users,
+                acls,
             }),
         };
         core.inner
@@ -268,6 +273,11 @@ impl BrokerCore {
     /// The one user store of every protocol and the admin API.
     pub fn users(&self) -> &users::UserStore {
         &self.inner.users
+    }
+
+    /// The Kafka ACL bindings.
+    pub fn acls(&self) -> &acls::AclStore {
+        &self.inner.acls
     }
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {

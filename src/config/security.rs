@@ -201,6 +201,15 @@ impl Config {
     }
 
     pub(super) fn validate_users(&self) -> Result<(), ConfigError> {
+        for principal in &self.kafka.super_users {
+            if !matches!(principal.split_once(':'), Some((kind, name)) if !kind.is_empty() && !name.is_empty())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "kafka.super_users".into(),
+                    message: format!("`{principal}` is not a principal like `User:admin`"),
+                });
+            }
+        }
         for m in &self.kafka.sasl_enabled_mechanisms {
             if !SASL_MECHANISMS.contains(&m.as_str()) {
                 return Err(ConfigError::Invalid {
