@@ -292,6 +292,30 @@ mod tests {
     }
 
     #[test]
+    fn super_users_take_a_list_or_kafkas_joined_string() {
+        let from_env = Config::load(
+            None,
+            vec![(
+                "FERRY_KAFKA__SUPER_USERS".to_string(),
+                "User:admin; User:ops".to_string(),
+            )],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(from_env.kafka.super_users, vec!["User:admin", "User:ops"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[kafka]\nsuper_users = [\"User:root\"]\n").unwrap();
+        let from_file = Config::load(Some(&path), Vec::new(), vec![]).unwrap();
+        assert_eq!(from_file.kafka.super_users, vec!["User:root"]);
+        std::fs::write(&path, "[kafka]\nsuper_users = [\"root\"]\n").unwrap();
+        let err = Config::load(Some(&path), Vec::new(), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.super_users"), "{err}");
+    }
+
+    #[test]
     fn allow_anonymous_takes_a_flag_or_loopback() {
         let load = |v: &str| {
             Config::load(
