@@ -11,11 +11,11 @@
 //! ALLOW bindings only, as in Kafka: denying READ does not deny DESCRIBE).
 //!
 //! Whether ACLs are enforced at all is the protocol adapter's setting (`kafka.acl_enabled`);
-//! this store only keeps and matches bindings. Every change bumps a generation number, like
-//! the user store's, for callers that cache decisions.
+//! this store only keeps and matches bindings. Decisions are not cached: a check is a scan of
+//! the bindings of one resource type under a read lock, and a change applies to the very next
+//! request.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -179,7 +179,6 @@ impl AclFilter {
 pub struct AclStore {
     meta: Meta,
     bindings: RwLock<Vec<AclRecord>>,
-    generation: AtomicU64,
 }
 
 impl AclStore {
@@ -194,12 +193,7 @@ impl AclStore {
         Ok(Self {
             meta,
             bindings: RwLock::new(bindings),
-            generation: AtomicU64::new(0),
         })
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
     }
 
     /// Stores the bindings (each already validated); one already present stays once.
@@ -216,7 +210,6 @@ impl AclStore {
                 bindings.push(acl);
             }
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -239,7 +232,6 @@ impl AclStore {
         }
         self.meta.delete_acls(&gone)?;
         *bindings = kept;
-        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(gone)
     }
 

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
-use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -23,18 +21,17 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerProtocolSubscription, DeleteGroupsRequest, DeleteGroupsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, BrokerId, ConsumerProtocolSubscription, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
-use crate::broker::{GroupError, GroupState, JoinRequest, LeavingMember, SyncRequest};
+use crate::broker::{GroupError, JoinRequest, LeavingMember, SyncRequest};
 use crate::meta::CommittedOffset;
 use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
@@ -42,12 +39,12 @@ use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::NONE;
 use crate::protocol::kafka::{KafkaContext, NODE_ID};
 
-fn s(v: impl Into<String>) -> StrBytes {
+pub(super) fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
 /// GROUP_AUTHORIZATION_FAILED: the principal may not use the group.
-const GROUP_DENIED: i16 = 30;
+pub(super) const GROUP_DENIED: i16 = 30;
 
 pub fn group_error_code(e: &GroupError) -> i16 {
     match e {
@@ -70,7 +67,7 @@ pub fn group_error_code(e: &GroupError) -> i16 {
     }
 }
 
-fn code_of<T>(r: &Result<T, GroupError>) -> i16 {
+pub(super) fn code_of<T>(r: &Result<T, GroupError>) -> i16 {
     r.as_ref().err().map(group_error_code).unwrap_or(NONE)
 }
 
@@ -615,123 +612,6 @@ fn committed_fields(c: Option<CommittedOffset>) -> (i64, i32, String) {
         Some(c) => (c.offset, c.leader_epoch, c.metadata.unwrap_or_default()),
         None => (-1, -1, String::new()),
     }
-}
-
-pub fn list_groups(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
-    let request: ListGroupsRequest = match decode(req) {
-        Ok(r) => r,
-        Err(close) => return close,
-    };
-    let v = req.api_version;
-    let filter: Vec<GroupState> = request
-        .states_filter
-        .iter()
-        .filter_map(|st| GroupState::parse(st.as_str()))
-        .collect();
-    // Unknown state names in the filter match nothing, as in Kafka.
-    let groups = if !request.states_filter.is_empty() && filter.is_empty() {
-        Vec::new()
-    } else {
-        ctx.core.groups().list_groups(&filter)
-    };
-    // DESCRIBE on the cluster lists every group; otherwise the groups the client may DESCRIBE.
-    let everything = ctx.allowed_on_cluster(conn, operation::DESCRIBE);
-    let groups: Vec<_> = groups
-        .into_iter()
-        .filter(|g| {
-            everything || ctx.allowed(conn, operation::DESCRIBE, resource::GROUP, &g.group_id)
-        })
-        .collect();
-    let body = ListGroupsResponse::default().with_groups(
-        groups
-            .into_iter()
-            .map(|g| {
-                let mut listed = ListedGroup::default()
-                    .with_group_id(GroupId(s(g.group_id)))
-                    .with_protocol_type(s(g.protocol_type));
-                if v >= 4 {
-                    listed = listed.with_group_state(s(g.state.as_str()));
-                }
-                listed
-            })
-            .collect(),
-    );
-    respond(ApiKey::ListGroups, v, req.correlation_id, &body)
-}
-
-pub fn describe_groups(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
-    let request: DescribeGroupsRequest = match decode(req) {
-        Ok(r) => r,
-        Err(close) => return close,
-    };
-    let v = req.api_version;
-    let groups = request
-        .groups
-        .iter()
-        .map(|id| {
-            if !ctx.allowed(conn, operation::DESCRIBE, resource::GROUP, id.as_str()) {
-                return DescribedGroup::default()
-                    .with_group_id(id.clone())
-                    .with_error_code(GROUP_DENIED);
-            }
-            let d = ctx.core.groups().describe_group(id.as_str());
-            DescribedGroup::default()
-                .with_group_id(id.clone())
-                .with_group_state(s(d.state.as_str()))
-                .with_protocol_type(s(d.protocol_type))
-                .with_protocol_data(s(d.protocol))
-                .with_members(
-                    d.members
-                        .into_iter()
-                        .map(|m| {
-                            let mut member = DescribedGroupMember::default()
-                                .with_member_id(s(m.member_id))
-                                .with_client_id(s(m.client_id))
-                                .with_client_host(s(m.client_host))
-                                .with_member_metadata(m.metadata)
-                                .with_member_assignment(m.assignment);
-                            if v >= 4 {
-                                member = member.with_group_instance_id(m.instance_id.map(s));
-                            }
-                            member
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    let body = DescribeGroupsResponse::default().with_groups(groups);
-    respond(ApiKey::DescribeGroups, v, req.correlation_id, &body)
-}
-
-pub fn delete_groups(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
-    let request: DeleteGroupsRequest = match decode(req) {
-        Ok(r) => r,
-        Err(close) => return close,
-    };
-    let (ids, denied): (Vec<String>, Vec<String>) = request
-        .groups_names
-        .iter()
-        .map(|g| g.to_string())
-        .partition(|id| ctx.allowed(conn, operation::DELETE, resource::GROUP, id));
-    let results = ctx.core.groups().delete_groups(&ids);
-    let result = |id: String, code: i16| {
-        kafka_protocol::messages::delete_groups_response::DeletableGroupResult::default()
-            .with_group_id(GroupId(s(id)))
-            .with_error_code(code)
-    };
-    let body = DeleteGroupsResponse::default().with_results(
-        results
-            .into_iter()
-            .map(|(id, r)| result(id, code_of(&r)))
-            .chain(denied.into_iter().map(|id| result(id, GROUP_DENIED)))
-            .collect(),
-    );
-    respond(
-        ApiKey::DeleteGroups,
-        req.api_version,
-        req.correlation_id,
-        &body,
-    )
 }
 
 /// The topics a "consumer" protocol member subscribes to, read from its JoinGroup metadata.

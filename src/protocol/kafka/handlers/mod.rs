@@ -9,6 +9,7 @@ mod acls;
 mod admin;
 mod api_versions;
 mod fetch;
+mod group_admin;
 mod groups;
 mod list_offsets;
 mod metadata;
@@ -117,9 +118,9 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::LeaveGroup => ready(groups::leave_group(ctx, conn, &req)),
         ApiKey::OffsetCommit => Box::pin(groups::offset_commit(ctx.clone(), conn.clone(), req)),
         ApiKey::OffsetFetch => ready(groups::offset_fetch(ctx, conn, &req)),
-        ApiKey::ListGroups => ready(groups::list_groups(ctx, conn, &req)),
-        ApiKey::DescribeGroups => ready(groups::describe_groups(ctx, conn, &req)),
-        ApiKey::DeleteGroups => ready(groups::delete_groups(ctx, conn, &req)),
+        ApiKey::ListGroups => ready(group_admin::list_groups(ctx, conn, &req)),
+        ApiKey::DescribeGroups => ready(group_admin::describe_groups(ctx, conn, &req)),
+        ApiKey::DeleteGroups => ready(group_admin::delete_groups(ctx, conn, &req)),
         ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, conn, &req)),
         ApiKey::InitProducerId => {
             Box::pin(producer::init_producer_id(ctx.clone(), conn.clone(), req))
