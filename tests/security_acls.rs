@@ -21,6 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 mod common;
 use common::kafka_raw::RawKafka;
 
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
@@ -491,6 +492,30 @@ async fn deny_beats_allow_prefixes_match_and_super_users_bypass() {
         .await;
     assert_eq!(named.topics[0].error_code, TOPIC_AUTHORIZATION_FAILED);
     assert!(broker.core().topic("new-topic").is_none());
+
+    // WRITE without CREATE: producing to a missing topic does not create it.
+    let produced: ProduceResponse = bob
+        .call(
+            ApiKey::Produce,
+            8,
+            &ProduceRequest::default()
+                .with_transactional_id(None)
+                .with_acks(-1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![produce_request::TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("pub.new")))
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(bytes::Bytes::from_static(b"not read"))),
+                    ])]),
+        )
+        .await;
+    assert_eq!(
+        produced.responses[0].partition_responses[0].error_code,
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert!(broker.core().topic("pub.new").is_none());
 
     // An idempotent producer: bob may WRITE some topic, carol no topic at all.
     let init = InitProducerIdRequest::default()

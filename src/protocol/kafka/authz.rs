@@ -55,6 +55,13 @@ impl KafkaContext {
         self.allowed(conn, op, resource::CLUSTER, CLUSTER_NAME)
     }
 
+    /// May `conn` have the topic `name` created for it by Metadata or Produce (auto-creation)?
+    /// Kafka asks CREATE on the cluster or on the topic.
+    pub fn may_auto_create(&self, conn: &ConnInfo, name: &str) -> bool {
+        self.allowed_on_cluster(conn, operation::CREATE)
+            || self.allowed(conn, operation::CREATE, resource::TOPIC, name)
+    }
+
     /// Kafka 3.x's rule for an idempotent producer: IDEMPOTENT_WRITE on the cluster, or WRITE
     /// on at least one topic.
     pub fn allowed_idempotent_write(&self, conn: &ConnInfo) -> bool {

@@ -83,9 +83,7 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
                     continue;
                 }
                 // Auto-creation needs CREATE on the cluster or the topic, as in Kafka.
-                let may_create = allow_create
-                    && (ctx.allowed_on_cluster(&conn, operation::CREATE)
-                        || ctx.allowed(&conn, operation::CREATE, resource::TOPIC, &name));
+                let may_create = allow_create && ctx.may_auto_create(&conn, &name);
                 let found = match ctx.core.topic(&name) {
                     Some(t) => Ok(t),
                     None if may_create => ctx

@@ -56,7 +56,7 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
         let name = topic.name.as_str().to_string();
         // Checked before resolving, which may auto-create the topic.
         let resolved = if ctx.allowed(conn, operation::WRITE, resource::TOPIC, &name) {
-            resolve_topic(ctx, &name)
+            resolve_topic(ctx, conn, &name)
                 .await
                 .map_err(|e| broker_error_code(&e))
         } else {
@@ -195,12 +195,14 @@ fn with_error(
 
 async fn resolve_topic(
     ctx: &Arc<KafkaContext>,
+    conn: &ConnInfo,
     name: &str,
 ) -> Result<Arc<crate::broker::Topic>, BrokerError> {
     if let Some(t) = ctx.core.topic(name) {
         return Ok(t);
     }
-    if !ctx.settings.kafka.auto_create_topics {
+    // Auto-creation needs CREATE, as on the Metadata path.
+    if !ctx.settings.kafka.auto_create_topics || !ctx.may_auto_create(conn, name) {
         return Err(BrokerError::UnknownTopic(name.to_string()));
     }
     match ctx
