@@ -558,3 +558,73 @@ async fn acls_survive_a_restart() {
     );
     broker.stop().await;
 }
+
+/// With ACLs on, a topic's exchange face asks the topic ACL too: alice's AMQP permissions
+/// (`.*` on `/`) let her publish to exchange `orders` only once a Kafka ACL allows her WRITE.
+#[tokio::test]
+async fn a_topics_exchange_face_checks_the_topic_acl() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let broker = acl_broker(None).await;
+    create_topic(&broker, "orders").await;
+    let url = format!("amqp://alice:alice-secret@{}/%2f", broker.amqp_addr());
+    let publish = |ch: lapin::Channel| async move {
+        match ch
+            .basic_publish(
+                "orders".into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                b"over amqp",
+                BasicProperties::default(),
+            )
+            .await
+        {
+            Ok(pending) => pending.await.map(|c| c.is_ack()),
+            Err(e) => Err(e),
+        }
+    };
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let refused = publish(ch)
+        .await
+        .expect_err("published without a topic ACL");
+    assert!(
+        format!("{refused:?} {refused}").contains("ACCESS_REFUSED"),
+        "{refused:?}"
+    );
+
+    let mut admin = signed_in(&broker, "admin").await;
+    let codes = create_acls(
+        &mut admin,
+        vec![binding(
+            TOPIC,
+            LITERAL,
+            "orders",
+            "User:alice",
+            WRITE,
+            ALLOW,
+        )],
+    )
+    .await;
+    assert_eq!(codes, vec![0]);
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    assert!(publish(ch).await.unwrap(), "the publish is confirmed");
+    let hw = broker
+        .core()
+        .topic("orders")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .high_watermark();
+    assert_eq!(hw, 1);
+    broker.stop().await;
+}

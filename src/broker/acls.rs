@@ -10,12 +10,14 @@
 //! DESCRIBE_CONFIGS by ALTER_CONFIGS, and ALL covers every operation (implication applies to
 //! ALLOW bindings only, as in Kafka: denying READ does not deny DESCRIBE).
 //!
-//! Whether ACLs are enforced at all is the protocol adapter's setting (`kafka.acl_enabled`);
-//! this store only keeps and matches bindings. Decisions are not cached: a check is a scan of
-//! the bindings of one resource type under a read lock, and a change applies to the very next
-//! request.
+//! Whether ACLs are enforced at all is `kafka.acl_enabled`, set once at start
+//! ([`AclStore::set_enforcement`]) so that the Kafka adapter and the AMQP adapter (for a
+//! topic's exchange face) read the same switch. The Kafka adapter does not cache decisions (a
+//! check is a scan of the bindings under a read lock); the AMQP adapter caches per connection
+//! and drops its cache when [`AclStore::generation`] moves.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -179,6 +181,9 @@ impl AclFilter {
 pub struct AclStore {
     meta: Meta,
     bindings: RwLock<Vec<AclRecord>>,
+    /// `Some` while ACLs are enforced (`kafka.acl_enabled`).
+    enforcement: RwLock<Option<AclPolicy>>,
+    generation: AtomicU64,
 }
 
 impl AclStore {
@@ -193,7 +198,25 @@ impl AclStore {
         Ok(Self {
             meta,
             bindings: RwLock::new(bindings),
+            enforcement: RwLock::new(None),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// Turns enforcement on with `policy`, or off with `None`.
+    pub fn set_enforcement(&self, policy: Option<AclPolicy>) {
+        *self.enforcement.write() = policy;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The policy while ACLs are enforced.
+    pub fn enforcement(&self) -> Option<AclPolicy> {
+        self.enforcement.read().clone()
+    }
+
+    /// Moves on every change of bindings or enforcement.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Stores the bindings (each already validated); one already present stays once.
@@ -210,6 +233,7 @@ impl AclStore {
                 bindings.push(acl);
             }
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -232,6 +256,7 @@ impl AclStore {
         }
         self.meta.delete_acls(&gone)?;
         *bindings = kept;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(gone)
     }
 

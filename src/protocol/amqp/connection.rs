@@ -755,6 +755,7 @@ impl Conn {
         }
         super::auth::authorize(
             &self.core,
+            self.peer.ip(),
             &self.vhost,
             &self.user,
             &mut self.permissions,
