@@ -325,6 +325,8 @@ impl BrokerBuilder {
         .await?;
         core.set_limits(config.resource_limits());
         core.users().seed(&config.user_seed())?;
+        core.acls()
+            .set_enforcement(config.kafka.acl_enabled.then(|| config.kafka.acl_policy()));
         core.apply_vhosts()?;
         log_startup(&report, started.elapsed());
         health.set_core(core.clone());

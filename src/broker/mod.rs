@@ -16,6 +16,7 @@
 //! publishes to it append to the topic (murmur2 partitioner), and per-partition router tasks
 //! feed the queues bound to it from the topic log, exactly once per record and queue.
 
+pub mod acls;
 pub mod breaker;
 pub mod connections;
 pub mod dedup;
@@ -141,6 +142,8 @@ struct CoreInner {
     connections: connections::ConnectionRegistry,
     /// Event ids idempotent handlers completed (see [`processed`]).
     processed: processed::ProcessedIds,
+    /// Kafka ACL bindings (see [`acls`]).
+    acls: acls::AclStore,
 }
 
 impl BrokerCore {
@@ -182,6 +185,7 @@ impl BrokerCore {
         })?;
         let users = users::UserStore::open(meta.clone())?;
         let processed = processed::ProcessedIds::new(meta.clone(), clock.clone());
+        let acls = acls::AclStore::open(meta.clone())?;
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -200,6 +204,7 @@ impl BrokerCore {
                 processed,
                 users,
                 connections: Default::default(),
+                acls,
             }),
         };
         core.inner
@@ -283,6 +288,11 @@ impl BrokerCore {
     /// The processed-id store of idempotent handlers.
     pub fn processed(&self) -> &processed::ProcessedIds {
         &self.inner.processed
+    }
+
+    /// The Kafka ACL bindings.
+    pub fn acls(&self) -> &acls::AclStore {
+        &self.inner.acls
     }
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {

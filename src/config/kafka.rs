@@ -57,9 +57,48 @@ pub struct KafkaSettings {
     /// Who may use Kafka without SASL (or a verified client certificate): `"loopback"` (peers
     /// on this machine only; default), `true` (everyone) or `false` (nobody).
     pub allow_anonymous: AnonymousAccess,
+    /// Enforce Kafka ACLs on every Kafka request (Kafka's `authorizer.class.name` set to its
+    /// standard authorizer). Off: every accepted client may do everything and the ACL APIs
+    /// answer SECURITY_DISABLED, as Kafka without an authorizer. Default false.
+    pub acl_enabled: bool,
+    /// `super.users`: principals (`User:admin`) that bypass ACLs; a list or Kafka's
+    /// `"User:a;User:b"` string. Default none.
+    #[serde(deserialize_with = "super_users")]
+    pub super_users: Vec<String>,
+    /// `allow.everyone.if.no.acl.found`: with ACLs on, allow a request on a resource no ACL
+    /// covers. Default false (Kafka's).
+    pub allow_everyone_if_no_acl_found: bool,
+}
+
+/// `super_users` as a TOML list or Kafka's `;`-separated string (what an environment variable
+/// gives).
+fn super_users<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Joined(String),
+    }
+    let list = match Form::deserialize(d)? {
+        Form::List(list) => list,
+        Form::Joined(joined) => joined.split(';').map(str::to_string).collect(),
+    };
+    Ok(list
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 impl KafkaSettings {
+    /// What ACL enforcement needs besides the bindings.
+    pub fn acl_policy(&self) -> crate::broker::acls::AclPolicy {
+        crate::broker::acls::AclPolicy {
+            super_users: self.super_users.clone(),
+            allow_everyone_if_no_acl_found: self.allow_everyone_if_no_acl_found,
+        }
+    }
+
     pub fn group_settings(&self) -> crate::broker::GroupSettings {
         crate::broker::GroupSettings {
             initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
@@ -87,6 +126,9 @@ impl Default for KafkaSettings {
             sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| m.to_string()).collect(),
             connections_max_reauth_ms: 0,
             allow_anonymous: AnonymousAccess::Loopback,
+            acl_enabled: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
         }
     }
 }

@@ -201,6 +201,15 @@ impl Config {
     }
 
     pub(super) fn validate_users(&self) -> Result<(), ConfigError> {
+        for principal in &self.kafka.super_users {
+            if !matches!(principal.split_once(':'), Some((kind, name)) if !kind.is_empty() && !name.is_empty())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "kafka.super_users".into(),
+                    message: format!("`{principal}` is not a principal like `User:admin`"),
+                });
+            }
+        }
         for m in &self.kafka.sasl_enabled_mechanisms {
             if !SASL_MECHANISMS.contains(&m.as_str()) {
                 return Err(ConfigError::Invalid {
@@ -280,6 +289,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("both password and password_hash"), "{err}");
+    }
+
+    #[test]
+    fn super_users_take_a_list_or_kafkas_joined_string() {
+        let from_env = Config::load(
+            None,
+            vec![(
+                "FERRY_KAFKA__SUPER_USERS".to_string(),
+                "User:admin; User:ops".to_string(),
+            )],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(from_env.kafka.super_users, vec!["User:admin", "User:ops"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[kafka]\nsuper_users = [\"User:root\"]\n").unwrap();
+        let from_file = Config::load(Some(&path), Vec::new(), vec![]).unwrap();
+        assert_eq!(from_file.kafka.super_users, vec!["User:root"]);
+        std::fs::write(&path, "[kafka]\nsuper_users = [\"root\"]\n").unwrap();
+        let err = Config::load(Some(&path), Vec::new(), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.super_users"), "{err}");
     }
 
     #[test]

@@ -186,6 +186,33 @@ pub fn vhosts() -> Vec<u8> {
     prefix("vhost", &[])
 }
 
+/// A Kafka ACL binding: every field is part of the key, so a binding is stored once.
+pub fn acl(
+    resource_type: i8,
+    pattern_type: i8,
+    resource_name: &str,
+    principal: &str,
+    host: &str,
+    operation: i8,
+    permission: i8,
+) -> Vec<u8> {
+    key(
+        "acl",
+        &[
+            resource_type.to_string().as_bytes(),
+            pattern_type.to_string().as_bytes(),
+            resource_name.as_bytes(),
+            principal.as_bytes(),
+            host.as_bytes(),
+            operation.to_string().as_bytes(),
+            permission.to_string().as_bytes(),
+        ],
+    )
+}
+pub fn acls() -> Vec<u8> {
+    prefix("acl", &[])
+}
+
 /// Present once the user store was first set up (default users created or configured ones
 /// written), so deleting every user does not bring the default ones back at the next start.
 pub fn users_initialised() -> Vec<u8> {

@@ -8,6 +8,7 @@
 //! generation (see [`keys`]), and opening a store written by a newer generation is refused
 //! rather than misread.
 
+pub mod acls;
 pub mod keys;
 pub mod memory_store;
 pub mod migrate;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use acls::AclRecord;
 pub use memory_store::MemoryStore;
 pub use sled_store::SledStore;
 pub use store::{MetaOp, MetaStore};

@@ -1,7 +1,8 @@
 """Kafka SASL with real clients (issue 13): confluent-kafka with PLAIN over SASL_PLAINTEXT and
 SCRAM-SHA-512 over SASL_SSL, kcat with SCRAM-SHA-512 over SASL_SSL, kafka-python with
 SCRAM-SHA-256, aiokafka with PLAIN; a wrong password, a client that skips SASL, and
-confluent-kafka's AdminClient managing SCRAM credentials.
+confluent-kafka's AdminClient managing SCRAM credentials, and Kafka ACLs: AdminClient
+create/describe/delete_acls and a produce the ACLs deny.
 
 Each case starts its own Ferry requiring SASL from every client (`kafka.allow_anonymous =
 false`; by default loopback clients may skip it) with users from `[[users]]`.
@@ -184,7 +185,7 @@ def test_admin_client_manages_scram_credentials(sasl_ferry) -> None:
 
 
 def test_create_acls_answers_security_disabled(sasl_ferry) -> None:
-    """Kafka ACLs are not implemented: the broker answers as Kafka without an authorizer."""
+    """With `kafka.acl_enabled` off the broker answers as Kafka without an authorizer."""
     from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType,
                                        ResourcePatternType, ResourceType)
     admin = AdminClient(sasl(sasl_ferry.bootstrap, "PLAIN"))
@@ -194,3 +195,58 @@ def test_create_acls_answers_security_disabled(sasl_ferry) -> None:
         with pytest.raises(KafkaException) as refused:
             future.result(timeout=30)
         assert refused.value.args[0].code() == KafkaError.SECURITY_DISABLED
+
+
+@pytest.fixture
+def acl_ferry(spawn_ferry, tmp_path: Path):
+    """ACLs on (`kafka.acl_enabled`), alice a super user, bob an ordinary user."""
+    config = tmp_path / "ferry-acls.toml"
+    config.write_text(
+        '[kafka]\nallow_anonymous = false\nacl_enabled = true\nsuper_users = "User:alice"\n'
+        f'[[users]]\nname = "{USER}"\npassword = "{PASSWORD}"\n'
+        '[[users]]\nname = "bob"\npassword = "bob-secret"\n')
+    return spawn_ferry("--config", str(config))
+
+
+def test_admin_client_manages_acls_and_a_denied_produce_fails(acl_ferry) -> None:
+    from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation,
+                                       AclPermissionType, NewTopic, ResourcePatternType,
+                                       ResourceType)
+    admin = AdminClient(sasl(acl_ferry.bootstrap, "PLAIN"))
+    for future in admin.create_topics([NewTopic("orders", 1), NewTopic("payroll", 1)]).values():
+        future.result(timeout=30)
+    allow = AclBinding(ResourceType.TOPIC, "ord", ResourcePatternType.PREFIXED,
+                       "User:bob", "*", AclOperation.WRITE, AclPermissionType.ALLOW)
+    deny = AclBinding(ResourceType.TOPIC, "payroll", ResourcePatternType.LITERAL,
+                      "User:*", "*", AclOperation.ALL, AclPermissionType.DENY)
+    for future in admin.create_acls([allow, deny]).values():
+        assert future.result(timeout=30) is None
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                  AclOperation.ANY, AclPermissionType.ANY)
+    described = admin.describe_acls(everything).result(timeout=30)
+    assert sorted(described, key=str) == sorted([allow, deny], key=str)
+
+    bob = {**sasl(acl_ferry.bootstrap, "PLAIN"), "sasl.username": "bob",
+           "sasl.password": "bob-secret", "message.timeout.ms": 10000}
+    errors: list[KafkaError] = []
+    producer = Producer({**bob, "error_cb": errors.append})
+    reports: dict[str, KafkaError | None] = {}
+    for topic in ("orders", "payroll"):
+        producer.produce(topic, value=b"from bob",
+                         on_delivery=lambda err, msg, t=topic: reports.__setitem__(t, err))
+    producer.flush(30)
+    assert reports["orders"] is None
+    assert reports["payroll"] is not None
+    assert reports["payroll"].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+    # Deleting by principal returns what went; bob's writes to orders stop too.
+    bobs = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, "User:bob", None,
+                            AclOperation.ANY, AclPermissionType.ANY)
+    deleted = [b for f in admin.delete_acls([bobs]).values() for b in f.result(timeout=30)]
+    assert deleted == [allow]
+    assert admin.describe_acls(everything).result(timeout=30) == [deny]
+    producer.produce("orders", value=b"again",
+                     on_delivery=lambda err, msg: reports.__setitem__("again", err))
+    producer.flush(30)
+    assert reports["again"] is not None
+    assert reports["again"].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED

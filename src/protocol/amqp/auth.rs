@@ -9,7 +9,7 @@
 //! ACCESS_REFUSED, as RabbitMQ answers, and count towards the core's login guard.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use amq_protocol::protocol::{basic, connection, exchange, queue, AMQPClass};
 use amq_protocol::types::AMQPValue;
@@ -101,9 +101,11 @@ pub struct PermissionCache {
 }
 
 impl PermissionCache {
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &mut self,
         core: &BrokerCore,
+        peer: IpAddr,
         vhost: &str,
         user: &str,
         access: Access,
@@ -111,7 +113,8 @@ impl PermissionCache {
         name: &str,
     ) -> Result<(), AmqpError> {
         let users = core.users();
-        let generation = users.generation();
+        // Both only grow, so their sum moves whenever either does.
+        let generation = users.generation() + core.acls().generation();
         if generation != self.generation || self.decisions.len() >= MAX_CACHED_NAMES {
             self.decisions.clear();
             self.generation = generation;
@@ -122,7 +125,8 @@ impl PermissionCache {
         let ok = if bits & decided != 0 {
             bits & allowed != 0
         } else {
-            let ok = users.allowed(vhost, user, access, resource, name);
+            let ok = users.allowed(vhost, user, access, resource, name)
+                && topic_face_allowed(core, peer, vhost, user, access, resource, name);
             let entry = self.decisions.entry(name.to_string()).or_insert(0);
             *entry |= decided | if ok { allowed } else { 0 };
             ok
@@ -145,12 +149,46 @@ impl PermissionCache {
     }
 }
 
+/// A topic's exchange face (exchange `T` of vhost `/` for topic `T`) also asks the topic's
+/// Kafka ACLs while they are enforced: publishing needs WRITE, binding from it READ, for
+/// principal `User:<user>` (docs/security.md, "How AMQP permissions and Kafka ACLs meet").
+fn topic_face_allowed(
+    core: &BrokerCore,
+    peer: IpAddr,
+    vhost: &str,
+    user: &str,
+    access: Access,
+    resource: Resource,
+    name: &str,
+) -> bool {
+    let op = match access {
+        Access::Write => crate::broker::acls::operation::WRITE,
+        Access::Read => crate::broker::acls::operation::READ,
+        Access::Configure => return true,
+    };
+    if resource != Resource::Exchange || vhost != "/" || core.topic(name).is_none() {
+        return true;
+    }
+    let Some(policy) = core.acls().enforcement() else {
+        return true;
+    };
+    core.acls().authorize(
+        &policy,
+        &format!("User:{user}"),
+        peer,
+        op,
+        crate::broker::acls::resource::TOPIC,
+        name,
+    )
+}
+
 /// Checks what a channel method needs, with RabbitMQ's rules: configure to declare or
 /// delete, write on the destination and read on the source of a binding, write to publish,
 /// read to consume, get or purge. A passive declare only asks whether something exists and
 /// needs nothing.
 pub fn authorize(
     core: &BrokerCore,
+    peer: IpAddr,
     vhost: &str,
     user: &str,
     cache: &mut PermissionCache,
@@ -159,7 +197,7 @@ pub fn authorize(
     use Access::{Configure, Read, Write};
     use Resource::{Exchange, Queue};
     let mut check =
-        |access, resource, name: &str| cache.check(core, vhost, user, access, resource, name);
+        |access, resource, name: &str| cache.check(core, peer, vhost, user, access, resource, name);
     match method {
         AMQPClass::Exchange(e) => match e {
             exchange::AMQPMethod::Declare(m) if !m.passive => {

@@ -5,9 +5,11 @@
 //! reads frames and writes responses in request order while letting requests run concurrently;
 //! [`handlers`] hold one file per API family and translate decoded requests into core calls;
 //! [`convert`] maps core errors to Kafka error codes; [`versions`] is the advertised table;
-//! [`sasl`] authenticates connections (SaslHandshake, SaslAuthenticate, re-authentication).
+//! [`sasl`] authenticates connections (SaslHandshake, SaslAuthenticate, re-authentication);
+//! [`authz`] authorizes requests with Kafka ACLs.
 //! Message bodies are decoded and encoded by the `kafka-protocol` crate.
 
+pub mod authz;
 pub mod codec;
 pub mod connection;
 pub mod convert;
@@ -51,6 +53,8 @@ pub struct KafkaContext {
     pub shutdown: watch::Receiver<bool>,
     pub settings: KafkaServerSettings,
     pub cluster_id: String,
+    /// `kafka.super_users` and `kafka.allow_everyone_if_no_acl_found`, for [`authz`].
+    pub acl_policy: crate::broker::acls::AclPolicy,
 }
 
 impl KafkaContext {
@@ -101,8 +105,9 @@ pub async fn serve(
     let ctx = Arc::new(KafkaContext {
         core,
         shutdown: shutdown.clone(),
-        settings,
         cluster_id,
+        acl_policy: settings.kafka.acl_policy(),
+        settings,
     });
     let max_connections = ctx.settings.kafka.max_connections;
     // Kafka has no way to say "too many connections": the broker just closes the socket and

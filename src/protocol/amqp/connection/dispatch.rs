@@ -98,6 +98,7 @@ impl Conn {
         }
         crate::protocol::amqp::auth::authorize(
             &self.core,
+            self.peer.ip(),
             &self.vhost,
             &self.user,
             &mut self.permissions,

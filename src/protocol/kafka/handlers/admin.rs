@@ -30,6 +30,7 @@ use kafka_protocol::ResponseError;
 use super::{decode, respond, Outcome};
 use crate::broker::{validate_topic_name, BrokerError};
 use crate::log::LogConfig;
+use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
 use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::{broker_error_code, NONE};
@@ -50,15 +51,18 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(str_bytes(s))
 }
 
-pub async fn create_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn create_topics(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: CreateTopicsRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
     };
     let v = req.api_version;
     let mut results = Vec::with_capacity(request.topics.len());
+    let cluster_create = ctx.allowed_on_cluster(&conn, operation::CREATE);
     for topic in request.topics {
         let name = topic.name.as_str().to_string();
+        let authorized =
+            cluster_create || ctx.allowed(&conn, operation::CREATE, resource::TOPIC, &name);
         let partitions = if !topic.assignments.is_empty() {
             topic.assignments.len() as i32
         } else if topic.num_partitions == -1 {
@@ -72,7 +76,9 @@ pub async fn create_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
                 configs.insert(c.name.to_string(), value.to_string());
             }
         }
-        let outcome: Result<(), (i16, String)> = if !matches!(topic.replication_factor, -1 | 1) {
+        let outcome: Result<(), (i16, String)> = if !authorized {
+            Err(denied(&name))
+        } else if !matches!(topic.replication_factor, -1 | 1) {
             Err((
                 ResponseError::InvalidReplicationFactor.code(),
                 format!(
@@ -151,7 +157,7 @@ pub async fn create_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
     respond(ApiKey::CreateTopics, v, req.correlation_id, &body)
 }
 
-pub async fn delete_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn delete_topics(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: DeleteTopicsRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -190,7 +196,13 @@ pub async fn delete_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
                     result =
                         result.with_topic_id(uuid::Uuid::from_bytes(topic_id.unwrap_or_default()));
                 }
-                if let Err(e) = ctx.core.delete_topic(&name).await {
+                if !ctx.allowed(&conn, operation::DELETE, resource::TOPIC, &name) {
+                    let (code, message) = denied(&name);
+                    result = result.with_error_code(code);
+                    if v >= 5 {
+                        result = result.with_error_message(Some(str_bytes(message)));
+                    }
+                } else if let Err(e) = ctx.core.delete_topic(&name).await {
                     result = result.with_error_code(broker_error_code(&e));
                     if v >= 5 {
                         result = result.with_error_message(Some(str_bytes(e.client_message())));
@@ -204,7 +216,7 @@ pub async fn delete_topics(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
     respond(ApiKey::DeleteTopics, v, req.correlation_id, &body)
 }
 
-pub async fn create_partitions(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn create_partitions(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: CreatePartitionsRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -212,6 +224,16 @@ pub async fn create_partitions(ctx: Arc<KafkaContext>, req: RawRequest) -> Outco
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.as_str().to_string();
+        if !ctx.allowed(&conn, operation::ALTER, resource::TOPIC, &name) {
+            let (code, message) = denied(&name);
+            results.push(
+                CreatePartitionsTopicResult::default()
+                    .with_name(topic_name(&name))
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(message))),
+            );
+            continue;
+        }
         let outcome = match ctx.core.topic(&name) {
             None => Err(BrokerError::UnknownTopic(name.clone())),
             Some(t) if topic.count <= t.partition_count() as i32 => {
@@ -277,7 +299,7 @@ fn config_entries(
         .collect()
 }
 
-pub fn describe_configs(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+pub fn describe_configs(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
     let request: DescribeConfigsRequest = match decode(req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -290,6 +312,22 @@ pub fn describe_configs(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
             let mut result = DescribeConfigsResult::default()
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
+            let authorized = match res.resource_type {
+                RESOURCE_TOPIC => ctx.allowed(
+                    conn,
+                    operation::DESCRIBE_CONFIGS,
+                    resource::TOPIC,
+                    res.resource_name.as_str(),
+                ),
+                RESOURCE_BROKER => ctx.allowed_on_cluster(conn, operation::DESCRIBE_CONFIGS),
+                _ => true,
+            };
+            if !authorized {
+                let (code, message) = config_denied(res.resource_type, res.resource_name.as_str());
+                return result
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(message)));
+            }
             let entries = match res.resource_type {
                 RESOURCE_TOPIC => match ctx.core.topic(res.resource_name.as_str()) {
                     Some(t) => config_entries(
@@ -355,7 +393,7 @@ fn broker_key(topic_key: &str) -> &str {
     }
 }
 
-pub async fn alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn alter_configs(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: AlterConfigsRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -375,6 +413,7 @@ pub async fn alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
             .collect();
         let outcome = alter_topic(
             &ctx,
+            &conn,
             res.resource_type,
             &name,
             request.validate_only,
@@ -399,7 +438,11 @@ pub async fn alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
     )
 }
 
-pub async fn incremental_alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn incremental_alter_configs(
+    ctx: Arc<KafkaContext>,
+    conn: ConnInfo,
+    req: RawRequest,
+) -> Outcome {
     let request: IncrementalAlterConfigsRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -436,6 +479,7 @@ pub async fn incremental_alter_configs(ctx: Arc<KafkaContext>, req: RawRequest) 
             None => {
                 alter_topic(
                     &ctx,
+                    &conn,
                     res.resource_type,
                     &name,
                     request.validate_only,
@@ -473,6 +517,7 @@ fn error_fields(outcome: Result<(), (i16, String)>) -> (i16, Option<StrBytes>) {
 
 async fn alter_topic(
     ctx: &Arc<KafkaContext>,
+    conn: &ConnInfo,
     resource_type: i8,
     name: &str,
     validate_only: bool,
@@ -483,6 +528,9 @@ async fn alter_topic(
             ResponseError::InvalidRequest.code(),
             "only topic configs can be altered; broker settings live in the config file".into(),
         ));
+    }
+    if !ctx.allowed(conn, operation::ALTER_CONFIGS, resource::TOPIC, name) {
+        return Err(config_denied(resource_type, name));
     }
     let to_kafka = |e: BrokerError| (broker_error_code(&e), e.client_message());
     if ctx.core.topic(name).is_none() {
@@ -500,6 +548,26 @@ async fn alter_topic(
         .await
         .map(|_| ())
         .map_err(to_kafka)
+}
+
+/// TOPIC_AUTHORIZATION_FAILED for a topic the principal may not use.
+fn denied(topic: &str) -> (i16, String) {
+    (
+        ResponseError::TopicAuthorizationFailed.code(),
+        format!("not authorized to access topic `{topic}`"),
+    )
+}
+
+/// The refusal of a config request: per topic, or CLUSTER_AUTHORIZATION_FAILED for the broker.
+fn config_denied(resource_type: i8, name: &str) -> (i16, String) {
+    if resource_type == RESOURCE_TOPIC {
+        denied(name)
+    } else {
+        (
+            ResponseError::ClusterAuthorizationFailed.code(),
+            "not authorized to access the cluster's configs".into(),
+        )
+    }
 }
 
 pub fn describe_cluster(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {

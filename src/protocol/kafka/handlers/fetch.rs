@@ -17,14 +17,16 @@ use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
 use crate::log::{LogError, PartitionHandle};
+use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
+use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::log_error_code;
 use crate::protocol::kafka::KafkaContext;
 
 /// Longest long-poll we honour, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
-pub async fn handle(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: FetchRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -42,16 +44,26 @@ pub async fn handle(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
     };
 
     // Resolve handles once; a topic deleted mid-poll keeps answering from its old handle.
-    let targets: Vec<(usize, usize, Option<PartitionHandle>)> = request
+    // A topic the client may not READ answers TOPIC_AUTHORIZATION_FAILED per partition.
+    let targets: Vec<(usize, usize, Result<PartitionHandle, i16>)> = request
         .topics
         .iter()
         .enumerate()
         .flat_map(|(ti, topic)| {
-            let resolved = ctx.core.topic(topic.topic.as_str());
+            let name = topic.topic.as_str();
+            let resolved = if ctx.allowed(&conn, operation::READ, resource::TOPIC, name) {
+                ctx.core
+                    .topic(name)
+                    .ok_or(ResponseError::UnknownTopicOrPartition.code())
+            } else {
+                Err(ResponseError::TopicAuthorizationFailed.code())
+            };
             topic.partitions.iter().enumerate().map(move |(pi, p)| {
-                let handle = resolved
-                    .as_ref()
-                    .and_then(|t| t.partition(p.partition).cloned());
+                let handle = resolved.as_ref().map_err(|code| *code).and_then(|t| {
+                    t.partition(p.partition)
+                        .cloned()
+                        .ok_or(ResponseError::UnknownTopicOrPartition.code())
+                });
                 (ti, pi, handle)
             })
         })
@@ -61,7 +73,7 @@ pub async fn handle(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
         // Subscribe before reading so an append between the read and the wait still wakes us.
         let mut watchers: Vec<_> = targets
             .iter()
-            .filter_map(|(_, _, h)| h.as_ref().map(|h| h.subscribe_high_watermark()))
+            .filter_map(|(_, _, h)| h.as_ref().ok().map(|h| h.subscribe_high_watermark()))
             .collect();
         let (body, total) = build(&request, &targets, max_bytes, req.api_version);
         let now = tokio::time::Instant::now();
@@ -88,7 +100,7 @@ pub async fn handle(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
 
 fn build(
     request: &FetchRequest,
-    targets: &[(usize, usize, Option<PartitionHandle>)],
+    targets: &[(usize, usize, Result<PartitionHandle, i16>)],
     max_bytes: usize,
     version: i16,
 ) -> (FetchResponse, usize) {
@@ -103,10 +115,10 @@ fn build(
         let wanted = &request.topics[*ti].partitions[*pi];
         let mut data = PartitionData::default().with_partition_index(wanted.partition);
         match handle {
-            None => {
-                data = data.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+            Err(code) => {
+                data = data.with_error_code(*code);
             }
-            Some(h) => {
+            Ok(h) => {
                 let hw = h.high_watermark();
                 data = data
                     .with_high_watermark(hw)

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
-use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -23,27 +21,30 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerProtocolSubscription, DeleteGroupsRequest, DeleteGroupsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, BrokerId, ConsumerProtocolSubscription, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
-use crate::broker::{GroupError, GroupState, JoinRequest, LeavingMember, SyncRequest};
+use crate::broker::{GroupError, JoinRequest, LeavingMember, SyncRequest};
 use crate::meta::CommittedOffset;
+use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
 use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::NONE;
 use crate::protocol::kafka::{KafkaContext, NODE_ID};
 
-fn s(v: impl Into<String>) -> StrBytes {
+pub(super) fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
+
+/// GROUP_AUTHORIZATION_FAILED: the principal may not use the group.
+pub(super) const GROUP_DENIED: i16 = 30;
 
 pub fn group_error_code(e: &GroupError) -> i16 {
     match e {
@@ -66,7 +67,7 @@ pub fn group_error_code(e: &GroupError) -> i16 {
     }
 }
 
-fn code_of<T>(r: &Result<T, GroupError>) -> i16 {
+pub(super) fn code_of<T>(r: &Result<T, GroupError>) -> i16 {
     r.as_ref().err().map(group_error_code).unwrap_or(NONE)
 }
 
@@ -77,9 +78,21 @@ pub fn find_coordinator(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawReque
     };
     let v = req.api_version;
     let (host, port) = ctx.advertised_endpoint(conn);
-    // Key type 1 is a transaction coordinator, which Ferry does not offer.
+    // Key type 1 is a transaction coordinator, which Ferry does not offer. A group needs
+    // DESCRIBE (Kafka's check), checked per key from v4.
+    let group_code = |key: &str| {
+        if ctx.allowed(conn, operation::DESCRIBE, resource::GROUP, key) {
+            (NONE, None)
+        } else {
+            (GROUP_DENIED, Some(s("not authorized to access the group")))
+        }
+    };
     let (code, message) = if request.key_type == 0 {
-        (NONE, None)
+        if v >= 4 {
+            (NONE, None)
+        } else {
+            group_code(request.key.as_str())
+        }
     } else {
         (
             ResponseError::CoordinatorNotAvailable.code(),
@@ -91,10 +104,14 @@ pub fn find_coordinator(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawReque
             .coordinator_keys
             .iter()
             .map(|key| {
+                let (code, message) = match code {
+                    NONE => group_code(key.as_str()),
+                    _ => (code, message.clone()),
+                };
                 let c = Coordinator::default()
                     .with_key(key.clone())
                     .with_error_code(code)
-                    .with_error_message(message.clone());
+                    .with_error_message(message);
                 if code == NONE {
                     c.with_node_id(BrokerId(NODE_ID))
                         .with_host(s(host.clone()))
@@ -129,6 +146,15 @@ pub async fn join_group(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest)
         Err(close) => return close,
     };
     let v = req.api_version;
+    if !ctx.allowed(
+        &conn,
+        operation::READ,
+        resource::GROUP,
+        request.group_id.as_str(),
+    ) {
+        let body = JoinGroupResponse::default().with_error_code(GROUP_DENIED);
+        return respond(ApiKey::JoinGroup, v, req.correlation_id, &body);
+    }
     let session_timeout = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
     let rebalance_timeout = if v >= 1 {
         Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64)
@@ -208,12 +234,23 @@ pub async fn join_group(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest)
     respond(ApiKey::JoinGroup, v, req.correlation_id, &body)
 }
 
-pub async fn sync_group(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn sync_group(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: SyncGroupRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
     };
     let v = req.api_version;
+    if !ctx.allowed(
+        &conn,
+        operation::READ,
+        resource::GROUP,
+        request.group_id.as_str(),
+    ) {
+        let body = SyncGroupResponse::default()
+            .with_error_code(GROUP_DENIED)
+            .with_assignment(Bytes::new());
+        return respond(ApiKey::SyncGroup, v, req.correlation_id, &body);
+    }
     let sync = SyncRequest {
         group_id: request.group_id.to_string(),
         generation: request.generation_id,
@@ -249,11 +286,25 @@ pub async fn sync_group(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
     respond(ApiKey::SyncGroup, v, req.correlation_id, &body)
 }
 
-pub fn heartbeat(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+pub fn heartbeat(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
     let request: HeartbeatRequest = match decode(req) {
         Ok(r) => r,
         Err(close) => return close,
     };
+    if !ctx.allowed(
+        conn,
+        operation::READ,
+        resource::GROUP,
+        request.group_id.as_str(),
+    ) {
+        let body = HeartbeatResponse::default().with_error_code(GROUP_DENIED);
+        return respond(
+            ApiKey::Heartbeat,
+            req.api_version,
+            req.correlation_id,
+            &body,
+        );
+    }
     let result = ctx.core.groups().heartbeat(
         request.group_id.as_str(),
         request.generation_id,
@@ -269,12 +320,21 @@ pub fn heartbeat(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
     )
 }
 
-pub fn leave_group(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+pub fn leave_group(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
     let request: LeaveGroupRequest = match decode(req) {
         Ok(r) => r,
         Err(close) => return close,
     };
     let v = req.api_version;
+    if !ctx.allowed(
+        conn,
+        operation::READ,
+        resource::GROUP,
+        request.group_id.as_str(),
+    ) {
+        let body = LeaveGroupResponse::default().with_error_code(GROUP_DENIED);
+        return respond(ApiKey::LeaveGroup, v, req.correlation_id, &body);
+    }
     let leaving: Vec<LeavingMember> = if v >= 3 {
         request
             .members
@@ -314,7 +374,7 @@ pub fn leave_group(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
     respond(ApiKey::LeaveGroup, v, req.correlation_id, &body)
 }
 
-pub async fn offset_commit(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn offset_commit(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: OffsetCommitRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -322,15 +382,29 @@ pub async fn offset_commit(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
     let v = req.api_version;
     let now = ctx.core.clock().now_ms();
     // Partitions of unknown topics are refused one by one; the rest commit together.
+    // READ on the group, then READ on each topic (Kafka's order of checks).
+    let group_ok = ctx.allowed(
+        &conn,
+        operation::READ,
+        resource::GROUP,
+        request.group_id.as_str(),
+    );
     let mut offsets = Vec::new();
-    let mut unknown = Vec::new();
+    let mut refused: Vec<((String, i32), i16)> = Vec::new();
     for topic in &request.topics {
+        let topic_ok =
+            group_ok && ctx.allowed(&conn, operation::READ, resource::TOPIC, topic.name.as_str());
         let exists = ctx.core.topic(topic.name.as_str());
         for p in &topic.partitions {
             let valid = exists
                 .as_ref()
                 .is_some_and(|t| t.partition(p.partition_index).is_some());
-            if valid {
+            let key = (topic.name.to_string(), p.partition_index);
+            if !group_ok {
+                refused.push((key, GROUP_DENIED));
+            } else if !topic_ok {
+                refused.push((key, ResponseError::TopicAuthorizationFailed.code()));
+            } else if valid {
                 offsets.push(CommittedOffset {
                     topic: topic.name.to_string(),
                     partition: p.partition_index,
@@ -340,7 +414,7 @@ pub async fn offset_commit(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
                     commit_ms: now,
                 });
             } else {
-                unknown.push((topic.name.to_string(), p.partition_index));
+                refused.push((key, ResponseError::UnknownTopicOrPartition.code()));
             }
         }
     }
@@ -376,12 +450,11 @@ pub async fn offset_commit(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
                     t.partitions
                         .iter()
                         .map(|p| {
-                            let code = if unknown.contains(&(t.name.to_string(), p.partition_index))
-                            {
-                                ResponseError::UnknownTopicOrPartition.code()
-                            } else {
-                                group_code
-                            };
+                            let key = (t.name.to_string(), p.partition_index);
+                            let code = refused
+                                .iter()
+                                .find(|(k, _)| *k == key)
+                                .map_or(group_code, |(_, code)| *code);
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
                                 .with_error_code(code)
@@ -401,15 +474,25 @@ type OffsetsByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
 /// partitions that have none.
 fn fetch_group(
     ctx: &KafkaContext,
+    conn: &ConnInfo,
     group_id: &str,
     wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> Result<OffsetsByTopic, GroupError> {
+) -> Result<OffsetsByTopic, i16> {
+    if !ctx.allowed(conn, operation::DESCRIBE, resource::GROUP, group_id) {
+        return Err(GROUP_DENIED);
+    }
     let flat: Option<Vec<(String, i32)>> = wanted.as_ref().map(|w| {
         w.iter()
             .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
             .collect()
     });
-    let committed = ctx.core.groups().fetch_offsets(group_id, flat.as_deref())?;
+    let mut committed = ctx
+        .core
+        .groups()
+        .fetch_offsets(group_id, flat.as_deref())
+        .map_err(|e| group_error_code(&e))?;
+    // Offsets of topics the client may not DESCRIBE are not shown (Kafka leaves them out).
+    committed.retain(|c| ctx.allowed(conn, operation::DESCRIBE, resource::TOPIC, &c.topic));
     let find = |t: &str, p: i32| {
         committed
             .iter()
@@ -437,7 +520,7 @@ fn fetch_group(
     })
 }
 
-pub fn offset_fetch(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+pub fn offset_fetch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
     let request: OffsetFetchRequest = match decode(req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -454,7 +537,7 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
                         .collect()
                 });
                 let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                match fetch_group(ctx, g.group_id.as_str(), wanted) {
+                match fetch_group(ctx, conn, g.group_id.as_str(), wanted) {
                     Ok(topics) => {
                         out = out.with_topics(
                             topics
@@ -479,7 +562,7 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
                                 .collect(),
                         )
                     }
-                    Err(e) => out = out.with_error_code(group_error_code(&e)),
+                    Err(code) => out = out.with_error_code(code),
                 }
                 out
             })
@@ -492,7 +575,7 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
             .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let body = match fetch_group(ctx, request.group_id.as_str(), wanted) {
+    let body = match fetch_group(ctx, conn, request.group_id.as_str(), wanted) {
         Ok(topics) => OffsetFetchResponse::default().with_topics(
             topics
                 .into_iter()
@@ -518,7 +601,7 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
                 })
                 .collect(),
         ),
-        Err(e) if v >= 2 => OffsetFetchResponse::default().with_error_code(group_error_code(&e)),
+        Err(code) if v >= 2 => OffsetFetchResponse::default().with_error_code(code),
         Err(_) => OffsetFetchResponse::default(),
     };
     respond(ApiKey::OffsetFetch, v, req.correlation_id, &body)
@@ -529,104 +612,6 @@ fn committed_fields(c: Option<CommittedOffset>) -> (i64, i32, String) {
         Some(c) => (c.offset, c.leader_epoch, c.metadata.unwrap_or_default()),
         None => (-1, -1, String::new()),
     }
-}
-
-pub fn list_groups(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
-    let request: ListGroupsRequest = match decode(req) {
-        Ok(r) => r,
-        Err(close) => return close,
-    };
-    let v = req.api_version;
-    let filter: Vec<GroupState> = request
-        .states_filter
-        .iter()
-        .filter_map(|st| GroupState::parse(st.as_str()))
-        .collect();
-    // Unknown state names in the filter match nothing, as in Kafka.
-    let groups = if !request.states_filter.is_empty() && filter.is_empty() {
-        Vec::new()
-    } else {
-        ctx.core.groups().list_groups(&filter)
-    };
-    let body = ListGroupsResponse::default().with_groups(
-        groups
-            .into_iter()
-            .map(|g| {
-                let mut listed = ListedGroup::default()
-                    .with_group_id(GroupId(s(g.group_id)))
-                    .with_protocol_type(s(g.protocol_type));
-                if v >= 4 {
-                    listed = listed.with_group_state(s(g.state.as_str()));
-                }
-                listed
-            })
-            .collect(),
-    );
-    respond(ApiKey::ListGroups, v, req.correlation_id, &body)
-}
-
-pub fn describe_groups(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
-    let request: DescribeGroupsRequest = match decode(req) {
-        Ok(r) => r,
-        Err(close) => return close,
-    };
-    let v = req.api_version;
-    let groups = request
-        .groups
-        .iter()
-        .map(|id| {
-            let d = ctx.core.groups().describe_group(id.as_str());
-            DescribedGroup::default()
-                .with_group_id(id.clone())
-                .with_group_state(s(d.state.as_str()))
-                .with_protocol_type(s(d.protocol_type))
-                .with_protocol_data(s(d.protocol))
-                .with_members(
-                    d.members
-                        .into_iter()
-                        .map(|m| {
-                            let mut member = DescribedGroupMember::default()
-                                .with_member_id(s(m.member_id))
-                                .with_client_id(s(m.client_id))
-                                .with_client_host(s(m.client_host))
-                                .with_member_metadata(m.metadata)
-                                .with_member_assignment(m.assignment);
-                            if v >= 4 {
-                                member = member.with_group_instance_id(m.instance_id.map(s));
-                            }
-                            member
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    let body = DescribeGroupsResponse::default().with_groups(groups);
-    respond(ApiKey::DescribeGroups, v, req.correlation_id, &body)
-}
-
-pub fn delete_groups(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
-    let request: DeleteGroupsRequest = match decode(req) {
-        Ok(r) => r,
-        Err(close) => return close,
-    };
-    let ids: Vec<String> = request.groups_names.iter().map(|g| g.to_string()).collect();
-    let results = ctx.core.groups().delete_groups(&ids);
-    let body = DeleteGroupsResponse::default().with_results(
-        results
-            .into_iter()
-            .map(|(id, r)| {
-                kafka_protocol::messages::delete_groups_response::DeletableGroupResult::default()
-                    .with_group_id(GroupId(s(id)))
-                    .with_error_code(code_of(&r))
-            })
-            .collect(),
-    );
-    respond(
-        ApiKey::DeleteGroups,
-        req.api_version,
-        req.correlation_id,
-        &body,
-    )
 }
 
 /// The topics a "consumer" protocol member subscribes to, read from its JoinGroup metadata.
@@ -642,11 +627,25 @@ fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
         .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
 }
 
-pub fn offset_delete(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+pub fn offset_delete(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
     let request: OffsetDeleteRequest = match decode(req) {
         Ok(r) => r,
         Err(close) => return close,
     };
+    if !ctx.allowed(
+        conn,
+        operation::DELETE,
+        resource::GROUP,
+        request.group_id.as_str(),
+    ) {
+        let body = OffsetDeleteResponse::default().with_error_code(GROUP_DENIED);
+        return respond(
+            ApiKey::OffsetDelete,
+            req.api_version,
+            req.correlation_id,
+            &body,
+        );
+    }
     let partitions: Vec<(String, i32)> = request
         .topics
         .iter()

@@ -10,7 +10,9 @@ use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
+use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
+use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::log_error_code;
 use crate::protocol::kafka::KafkaContext;
 
@@ -19,7 +21,7 @@ const EARLIEST: i64 = -2;
 /// KIP-734 (v7+): the record with the largest timestamp.
 const MAX_TIMESTAMP: i64 = -3;
 
-pub fn handle(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
+pub fn handle(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
     let request: ListOffsetsRequest = match decode(req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -29,7 +31,19 @@ pub fn handle(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
         .topics
         .iter()
         .map(|topic| {
-            let resolved = ctx.core.topic(topic.name.as_str());
+            // Kafka asks DESCRIBE for ListOffsets (READ implies it).
+            let authorized = ctx.allowed(
+                conn,
+                operation::DESCRIBE,
+                resource::TOPIC,
+                topic.name.as_str(),
+            );
+            let resolved = ctx.core.topic(topic.name.as_str()).filter(|_| authorized);
+            let missing = if authorized {
+                ResponseError::UnknownTopicOrPartition.code()
+            } else {
+                ResponseError::TopicAuthorizationFailed.code()
+            };
             let partitions = topic
                 .partitions
                 .iter()
@@ -44,7 +58,7 @@ pub fn handle(ctx: &Arc<KafkaContext>, req: &RawRequest) -> Outcome {
                         .and_then(|t| t.partition(p.partition_index))
                     else {
                         return resp
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_error_code(missing)
                             .with_offset(-1)
                             .with_timestamp(-1);
                     };

@@ -12,6 +12,7 @@ use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
 use crate::broker::{BrokerError, Topic};
+use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
 use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::broker_error_code;
@@ -36,8 +37,11 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
     let mut topics = Vec::new();
     match wanted {
         None => {
+            // Only the topics the client may DESCRIBE, as Kafka lists them.
             for topic in ctx.core.topics() {
-                topics.push(describe(&topic, v));
+                if ctx.allowed(&conn, operation::DESCRIBE, resource::TOPIC, topic.name()) {
+                    topics.push(describe(&topic, v));
+                }
             }
         }
         Some(list) => {
@@ -47,7 +51,16 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
                     None => {
                         // v10+: lookup by id.
                         let id = *wanted.topic_id.as_bytes();
-                        match ctx.core.topics().into_iter().find(|t| t.topic_id() == id) {
+                        let visible = ctx.core.topics().into_iter().find(|t| {
+                            t.topic_id() == id
+                                && ctx.allowed(
+                                    &conn,
+                                    operation::DESCRIBE,
+                                    resource::TOPIC,
+                                    t.name(),
+                                )
+                        });
+                        match visible {
                             Some(t) => {
                                 topics.push(describe(&t, v));
                             }
@@ -61,9 +74,19 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
                         continue;
                     }
                 };
+                if !ctx.allowed(&conn, operation::DESCRIBE, resource::TOPIC, &name) {
+                    topics.push(
+                        MetadataResponseTopic::default()
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                            .with_name(Some(TopicName(StrBytes::from_string(name)))),
+                    );
+                    continue;
+                }
+                // Auto-creation needs CREATE on the cluster or the topic, as in Kafka.
+                let may_create = allow_create && ctx.may_auto_create(&conn, &name);
                 let found = match ctx.core.topic(&name) {
                     Some(t) => Ok(t),
-                    None if allow_create => ctx
+                    None if may_create => ctx
                         .core
                         .create_topic(
                             &name,

@@ -9,6 +9,7 @@ mod acls;
 mod admin;
 mod api_versions;
 mod fetch;
+mod group_admin;
 mod groups;
 mod list_offsets;
 mod metadata;
@@ -94,35 +95,41 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
     let work: Work = match api {
         ApiKey::ApiVersions => ready(api_versions::handle(&req)),
         ApiKey::Metadata => Box::pin(metadata::handle(ctx.clone(), conn.clone(), req)),
-        ApiKey::Produce => produce::submit(ctx, req).await,
-        ApiKey::Fetch => Box::pin(fetch::handle(ctx.clone(), req)),
-        ApiKey::ListOffsets => ready(list_offsets::handle(ctx, &req)),
-        ApiKey::CreateTopics => Box::pin(admin::create_topics(ctx.clone(), req)),
-        ApiKey::DeleteTopics => Box::pin(admin::delete_topics(ctx.clone(), req)),
-        ApiKey::CreatePartitions => Box::pin(admin::create_partitions(ctx.clone(), req)),
-        ApiKey::DescribeConfigs => ready(admin::describe_configs(ctx, &req)),
-        ApiKey::AlterConfigs => Box::pin(admin::alter_configs(ctx.clone(), req)),
-        ApiKey::IncrementalAlterConfigs => {
-            Box::pin(admin::incremental_alter_configs(ctx.clone(), req))
+        ApiKey::Produce => produce::submit(ctx, conn, req).await,
+        ApiKey::Fetch => Box::pin(fetch::handle(ctx.clone(), conn.clone(), req)),
+        ApiKey::ListOffsets => ready(list_offsets::handle(ctx, conn, &req)),
+        ApiKey::CreateTopics => Box::pin(admin::create_topics(ctx.clone(), conn.clone(), req)),
+        ApiKey::DeleteTopics => Box::pin(admin::delete_topics(ctx.clone(), conn.clone(), req)),
+        ApiKey::CreatePartitions => {
+            Box::pin(admin::create_partitions(ctx.clone(), conn.clone(), req))
         }
+        ApiKey::DescribeConfigs => ready(admin::describe_configs(ctx, conn, &req)),
+        ApiKey::AlterConfigs => Box::pin(admin::alter_configs(ctx.clone(), conn.clone(), req)),
+        ApiKey::IncrementalAlterConfigs => Box::pin(admin::incremental_alter_configs(
+            ctx.clone(),
+            conn.clone(),
+            req,
+        )),
         ApiKey::DescribeCluster => ready(admin::describe_cluster(ctx, conn, &req)),
         ApiKey::FindCoordinator => ready(groups::find_coordinator(ctx, conn, &req)),
         ApiKey::JoinGroup => Box::pin(groups::join_group(ctx.clone(), conn.clone(), req)),
-        ApiKey::SyncGroup => Box::pin(groups::sync_group(ctx.clone(), req)),
-        ApiKey::Heartbeat => ready(groups::heartbeat(ctx, &req)),
-        ApiKey::LeaveGroup => ready(groups::leave_group(ctx, &req)),
-        ApiKey::OffsetCommit => Box::pin(groups::offset_commit(ctx.clone(), req)),
-        ApiKey::OffsetFetch => ready(groups::offset_fetch(ctx, &req)),
-        ApiKey::ListGroups => ready(groups::list_groups(ctx, &req)),
-        ApiKey::DescribeGroups => ready(groups::describe_groups(ctx, &req)),
-        ApiKey::DeleteGroups => ready(groups::delete_groups(ctx, &req)),
-        ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, &req)),
-        ApiKey::InitProducerId => Box::pin(producer::init_producer_id(ctx.clone(), req)),
+        ApiKey::SyncGroup => Box::pin(groups::sync_group(ctx.clone(), conn.clone(), req)),
+        ApiKey::Heartbeat => ready(groups::heartbeat(ctx, conn, &req)),
+        ApiKey::LeaveGroup => ready(groups::leave_group(ctx, conn, &req)),
+        ApiKey::OffsetCommit => Box::pin(groups::offset_commit(ctx.clone(), conn.clone(), req)),
+        ApiKey::OffsetFetch => ready(groups::offset_fetch(ctx, conn, &req)),
+        ApiKey::ListGroups => ready(group_admin::list_groups(ctx, conn, &req)),
+        ApiKey::DescribeGroups => ready(group_admin::describe_groups(ctx, conn, &req)),
+        ApiKey::DeleteGroups => ready(group_admin::delete_groups(ctx, conn, &req)),
+        ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, conn, &req)),
+        ApiKey::InitProducerId => {
+            Box::pin(producer::init_producer_id(ctx.clone(), conn.clone(), req))
+        }
         ApiKey::DescribeUserScramCredentials => ready(scram_credentials::describe(ctx, conn, &req)),
         ApiKey::AlterUserScramCredentials => ready(scram_credentials::alter(ctx, conn, &req)),
-        ApiKey::CreateAcls => ready(acls::create_acls(&req)),
-        ApiKey::DescribeAcls => ready(acls::describe_acls(&req)),
-        ApiKey::DeleteAcls => ready(acls::delete_acls(&req)),
+        ApiKey::CreateAcls => ready(acls::create_acls(ctx, conn, &req)),
+        ApiKey::DescribeAcls => ready(acls::describe_acls(ctx, conn, &req)),
+        ApiKey::DeleteAcls => ready(acls::delete_acls(ctx, conn, &req)),
         other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     let api_name = format!("{api:?}");

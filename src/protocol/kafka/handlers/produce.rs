@@ -19,7 +19,9 @@ use tracing::Instrument;
 use super::{decode, ready, respond, Outcome, Work};
 use crate::broker::BrokerError;
 use crate::log::{LogError, PartitionHandle, PendingAppend};
+use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::{self, RawRequest};
+use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::{broker_error_code, log_error_code, NONE};
 use crate::protocol::kafka::KafkaContext;
 
@@ -30,7 +32,7 @@ enum PartitionResult {
     Failed(i16, Option<String>),
 }
 
-pub async fn submit(ctx: &Arc<KafkaContext>, req: RawRequest) -> Work {
+pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -> Work {
     if req.api_version < 3 {
         return ready(legacy(&req));
     }
@@ -52,11 +54,18 @@ pub async fn submit(ctx: &Arc<KafkaContext>, req: RawRequest) -> Work {
     let mut submitted = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.as_str().to_string();
-        let resolved = resolve_topic(ctx, &name).await;
+        // Checked before resolving, which may auto-create the topic.
+        let resolved = if ctx.allowed(conn, operation::WRITE, resource::TOPIC, &name) {
+            resolve_topic(ctx, conn, &name)
+                .await
+                .map_err(|e| broker_error_code(&e))
+        } else {
+            Err(ResponseError::TopicAuthorizationFailed.code())
+        };
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for part in topic.partition_data {
             let result = match (&resolved, part.records) {
-                (Err(e), _) => PartitionResult::Failed(broker_error_code(e), None),
+                (Err(code), _) => PartitionResult::Failed(*code, None),
                 (Ok(_), None) => PartitionResult::Failed(
                     ResponseError::InvalidRecord.code(),
                     Some("records are null".into()),
@@ -186,12 +195,14 @@ fn with_error(
 
 async fn resolve_topic(
     ctx: &Arc<KafkaContext>,
+    conn: &ConnInfo,
     name: &str,
 ) -> Result<Arc<crate::broker::Topic>, BrokerError> {
     if let Some(t) = ctx.core.topic(name) {
         return Ok(t);
     }
-    if !ctx.settings.kafka.auto_create_topics {
+    // Auto-creation needs CREATE, as on the Metadata path.
+    if !ctx.settings.kafka.auto_create_topics || !ctx.may_auto_create(conn, name) {
         return Err(BrokerError::UnknownTopic(name.to_string()));
     }
     match ctx

@@ -12,9 +12,10 @@ use kafka_protocol::ResponseError;
 use super::{decode, respond, Outcome};
 use crate::broker::producer::ProducerIdError;
 use crate::protocol::kafka::codec::RawRequest;
+use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::KafkaContext;
 
-pub async fn init_producer_id(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcome {
+pub async fn init_producer_id(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> Outcome {
     let request: InitProducerIdRequest = match decode(&req) {
         Ok(r) => r,
         Err(close) => return close,
@@ -35,6 +36,14 @@ pub async fn init_producer_id(ctx: Arc<KafkaContext>, req: RawRequest) -> Outcom
             v,
             req.correlation_id,
             &error(ResponseError::InvalidRequest.code()),
+        );
+    }
+    if !ctx.allowed_idempotent_write(&conn) {
+        return respond(
+            ApiKey::InitProducerId,
+            v,
+            req.correlation_id,
+            &error(ResponseError::ClusterAuthorizationFailed.code()),
         );
     }
     // KIP-360: from v3 a producer may present its current id and epoch to have the epoch bumped.

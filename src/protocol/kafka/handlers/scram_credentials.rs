@@ -27,6 +27,7 @@ use crate::broker::users::credentials::{
     scram_from_salted_password, DEFAULT_SCRAM_ITERATIONS, MAX_SCRAM_ITERATIONS,
 };
 use crate::broker::users::{Password, ScramMechanism};
+use crate::protocol::kafka::authz::operation;
 use crate::protocol::kafka::codec::RawRequest;
 use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::KafkaContext;
@@ -47,16 +48,19 @@ const MECHANISMS: [ScramMechanism; 2] = [ScramMechanism::Sha256, ScramMechanism:
 
 /// Whether the connection may read or change credentials: an `administrator` user, or a
 /// client the broker lets in without authentication (`kafka.allow_anonymous`), which is what a
-/// Kafka broker without an authorizer allows.
-fn may_manage_credentials(ctx: &KafkaContext, conn: &ConnInfo) -> bool {
-    match &conn.user {
-        None => true,
-        Some(user) => ctx
-            .core
+/// Kafka broker without an authorizer allows. With ACLs on, an `administrator` user or a
+/// principal the ACLs allow `op` (DESCRIBE or ALTER) on the cluster, as Kafka requires.
+fn may_manage_credentials(ctx: &KafkaContext, conn: &ConnInfo, op: i8) -> bool {
+    let administrator = conn.user.as_ref().is_some_and(|user| {
+        ctx.core
             .users()
             .user(user)
-            .is_some_and(|u| u.tags.iter().any(|t| t == "administrator")),
+            .is_some_and(|u| u.tags.iter().any(|t| t == "administrator"))
+    });
+    if ctx.acl_enabled() {
+        return administrator || ctx.allowed_on_cluster(conn, op);
     }
+    conn.user.is_none() || administrator
 }
 
 fn text(s: impl Into<String>) -> Option<StrBytes> {
@@ -71,7 +75,7 @@ pub fn describe(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> O
     let answer = |body: DescribeUserScramCredentialsResponse| {
         respond(req.api_key, req.api_version, req.correlation_id, &body)
     };
-    if !may_manage_credentials(ctx, conn) {
+    if !may_manage_credentials(ctx, conn, operation::DESCRIBE) {
         return answer(
             DescribeUserScramCredentialsResponse::default()
                 .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
@@ -146,7 +150,7 @@ pub fn alter(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outc
         .map(|d| d.name.to_string())
         .chain(request.upsertions.iter().map(|u| u.name.to_string()))
         .collect();
-    let allowed = may_manage_credentials(ctx, conn);
+    let allowed = may_manage_credentials(ctx, conn, operation::ALTER);
     // A (user, mechanism) named twice in one request is refused for that user.
     let mut pairs: HashMap<(String, i8), usize> = HashMap::new();
     for (name, mechanism) in request
