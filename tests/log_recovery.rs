@@ -335,3 +335,43 @@ fn random_garbage_never_panics() {
         let _ = sizes;
     }
 }
+
+/// A close whose index file cannot be reopened (here a directory stands where the
+/// `.timeindex` was; in production the process is out of descriptors) still closes: the
+/// batches are durable, so it only skips the clean-shutdown marker and the next open rebuilds
+/// the indexes, rather than fail-stopping the partition.
+#[test]
+fn a_close_that_cannot_reopen_an_index_closes_unclean_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), cfg(), Clock::manual(T0)).unwrap();
+    for i in 0..4 {
+        log.append(&mut batch(&format!("a{i}"), 3)).unwrap();
+    }
+    log.close().unwrap();
+
+    // Reopened after a clean close, the indexes are read into memory and hold no descriptor.
+    let (mut log, report) = PartitionLog::open(dir.path(), cfg(), Clock::manual(T0)).unwrap();
+    assert!(report.clean_shutdown, "{report}");
+    // Five records: a newer max timestamp (T0 + 4), which the close must add to the time index.
+    log.append(&mut batch("b", 5)).unwrap();
+    let before = values(&log);
+    let time_index = last_log(dir.path()).with_extension("timeindex");
+    std::fs::remove_file(&time_index).unwrap();
+    std::fs::create_dir(&time_index).unwrap();
+
+    log.close()
+        .expect("a close must not fail-stop because an index cannot be reopened");
+
+    std::fs::remove_dir(&time_index).unwrap();
+    let (mut log, report) = PartitionLog::open(dir.path(), cfg(), Clock::manual(T0)).unwrap();
+    assert!(
+        !report.clean_shutdown,
+        "no marker without the indexes: {report}"
+    );
+    assert_eq!(values(&log), before);
+    assert_eq!(
+        log.offset_for_timestamp(T0 + 4).unwrap(),
+        Some((16, T0 + 4))
+    );
+    assert_eq!(log.append(&mut batch("c", 1)).unwrap().base_offset, 17);
+}
