@@ -209,11 +209,26 @@ impl PartitionLog {
     }
     /// Seals the active segment (final time index entry, trim, fsync) and starts a new one at
     /// the log end offset.
+    ///
+    /// A roll that fails because a file cannot be opened just now (`EMFILE`) returns an error
+    /// [`segment::write_refused`] recognises and leaves the old segment active, so the append
+    /// that wanted the roll is refused and a later one retries it. That holds while sealing
+    /// the old segment (sealing twice is harmless) and while creating the new one made nothing
+    /// yet; a failure after that fail-stops as any other.
     pub fn roll(&mut self) -> Result<()> {
         self.check_open()?;
         let next = self.log_end_offset();
         self.active_mut().finish()?;
-        let segment = Segment::create(&self.dir, next)?;
+        let segment = match Segment::create(&self.dir, next) {
+            Ok(segment) => segment,
+            // Nothing of the new segment exists (its `.log` is made first), so the old one may
+            // go on taking appends. Once files exist the log must stop at `next`: an unlink now
+            // might not be durable, and recovery would find a segment inside the old one.
+            Err(e) if !segment::log_path(&self.dir, next).exists() => {
+                return Err(segment::not_started(e))
+            }
+            Err(e) => return Err(e),
+        };
         // The new file's directory entry must be durable before data in it is acknowledged.
         recovery::sync_dir(&self.dir)?;
         tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
