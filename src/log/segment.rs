@@ -108,7 +108,10 @@ pub fn write_refused(e: &LogError) -> bool {
     matches!(e, LogError::Io { source, .. } if is_out_of_space(source)) || is_not_started(e)
 }
 
-fn is_not_started(e: &LogError) -> bool {
+/// Whether `e` is a write that never started because its file could not be (re)opened. Never
+/// true of an fsync error (an fsync does not reopen), so an `ENOSPC` from writeback still
+/// fail-stops.
+pub(crate) fn is_not_started(e: &LogError) -> bool {
     matches!(e, LogError::Io { source, .. }
         if source.get_ref().is_some_and(|r| r.is::<NotStarted>()))
 }
@@ -452,9 +455,10 @@ impl Segment {
                 .maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
         }
         if self.allocated > self.size {
-            self.file
-                .set_len(self.size)
-                .map_err(|e| e.into_log_error(format!("trim {}", self.log_path.display())))?;
+            self.file.set_len(self.size).map_err(|e| match e {
+                WriteError::Open(e) => not_started(e),
+                e => e.into_log_error(format!("trim {}", self.log_path.display())),
+            })?;
             self.allocated = self.size;
         }
         self.sync()?;

@@ -71,7 +71,12 @@ impl PartitionLog {
         }
         if self.should_roll(0, batches.len() as u64, info.last_offset, now) {
             if let Err(e) = self.roll() {
-                return Err(self.fail(e));
+                // A file that could not be opened refuses this append only (see `roll`).
+                return Err(if segment::is_not_started(&e) {
+                    e
+                } else {
+                    self.fail(e)
+                });
             }
         }
         // Recorded after any roll, whose snapshot must cover only what is written.
@@ -143,6 +148,7 @@ impl PartitionLog {
                 if let Err(e) = self.check_open().and_then(|()| self.roll()) {
                     let e = match e {
                         LogError::FailStopped(_) | LogError::Closed => e,
+                        e if segment::is_not_started(&e) => e,
                         other => self.fail(other),
                     };
                     results.push(Err(e));

@@ -32,7 +32,7 @@ use super::config::LogConfig;
 use super::open_files::LazyFile;
 use super::producer_state::ProducerStates;
 use super::recovery::{self, RecoveryReport, CLEAN_SHUTDOWN_FILE};
-use super::segment::Segment;
+use super::segment::{self, Segment};
 use super::{LogError, Result};
 use crate::clock::Clock;
 
@@ -209,11 +209,26 @@ impl PartitionLog {
     }
     /// Seals the active segment (final time index entry, trim, fsync) and starts a new one at
     /// the log end offset.
+    ///
+    /// A roll that fails because a file cannot be opened just now (`EMFILE`) returns an error
+    /// [`segment::write_refused`] recognises and leaves the old segment active, so the append
+    /// that wanted the roll is refused and a later one retries it. That holds while sealing
+    /// the old segment (sealing twice is harmless) and while creating the new one made nothing
+    /// yet; a failure after that fail-stops as any other.
     pub fn roll(&mut self) -> Result<()> {
         self.check_open()?;
         let next = self.log_end_offset();
         self.active_mut().finish()?;
-        let segment = Segment::create(&self.dir, next)?;
+        let segment = match Segment::create(&self.dir, next) {
+            Ok(segment) => segment,
+            // Nothing of the new segment exists (its `.log` is made first), so the old one may
+            // go on taking appends. Once files exist the log must stop at `next`: an unlink now
+            // might not be durable, and recovery would find a segment inside the old one.
+            Err(e) if !segment::log_path(&self.dir, next).exists() => {
+                return Err(segment::not_started(e))
+            }
+            Err(e) => return Err(e),
+        };
         // The new file's directory entry must be durable before data in it is acknowledged.
         recovery::sync_dir(&self.dir)?;
         tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled segment");
@@ -297,16 +312,48 @@ impl PartitionLog {
             State::Failed(reason) => return Err(LogError::FailStopped(reason.clone())),
             State::Open => {}
         }
-        if let Err(e) = self.active_mut().finish() {
-            return Err(self.fail(e));
+        match self.active_mut().finish() {
+            Ok(()) => {}
+            // The trim or an index write could not even start (no descriptor to be had just
+            // now, typically): nothing is lost as long as the batches themselves are synced,
+            // since the next open rebuilds the active segment's indexes and cuts preallocated
+            // zeros when the clean-shutdown marker is missing. A log being closed must not
+            // fail-stop for a shortage that passes.
+            Err(e) if segment::is_not_started(&e) => {
+                if let Err(e) = self.active().sync() {
+                    return Err(self.fail(e));
+                }
+                self.close_unclean(&e);
+                return Ok(());
+            }
+            Err(e) => return Err(self.fail(e)),
         }
         self.snapshot_producer_states();
+        // Everything is synced by now: the marker only spares the next open a scan, so failing
+        // to leave it (`EMFILE` again, say) costs that scan, not data.
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
-        std::fs::write(&marker, b"")
-            .map_err(|e| LogError::io(format!("write {}", marker.display()), e))?;
-        recovery::sync_dir(&self.dir)?;
+        let marked = std::fs::write(&marker, b"")
+            .map_err(|e| LogError::io(format!("write {}", marker.display()), e))
+            .and_then(|()| recovery::sync_dir(&self.dir));
+        if let Err(e) = marked {
+            // A marker that did reach the disk would vouch for what `finish` made durable,
+            // so it may stay; one half-made is what a crash leaves too.
+            self.close_unclean(&e);
+            return Ok(());
+        }
         self.state = State::Closed;
         Ok(())
+    }
+
+    /// Ends a close whose data is durable but which could not leave the log ready for a fast
+    /// start: the next open recovers the active segment as after a crash.
+    fn close_unclean(&mut self, cause: &LogError) {
+        tracing::warn!(
+            dir = %self.dir.display(),
+            error = %cause,
+            "partition log closed without its clean-shutdown marker; the next open recovers it"
+        );
+        self.state = State::Closed;
     }
 
     /// Removes the partition directory and everything in it.
