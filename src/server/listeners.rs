@@ -55,7 +55,7 @@ pub(super) fn bind_native(
         protocol = "native (QUIC)",
         addr = %bound.local_addr().map_or_else(|_| config.native_listen.clone(), |a| a.to_string()),
         alpn = "ferry/1",
-        auth = "PLAIN (amqp.users)",
+        auth = "PLAIN (the user store)",
         certificate = origin,
         sha256_fingerprint = %fingerprint,
         "listening"
