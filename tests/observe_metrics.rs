@@ -29,6 +29,23 @@ async fn scrape(broker: &TestBroker) -> String {
     resp.text().await.unwrap()
 }
 
+/// Every `ferry_*` metric family in a scrape has a `# HELP` line: an undescribed one is flagged
+/// by `promtool check metrics` and shows as a bare name in Grafana's metric browser.
+fn assert_every_family_described(text: &str) {
+    let helped: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let bare: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("ferry_") && !helped.contains(name))
+        .collect();
+    assert!(bare.is_empty(), "metric families without # HELP: {bare:?}");
+}
+
 /// The value of the series `name` whose labels are exactly `labels` (0 when absent, so a
 /// counter that never moved reads as 0).
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -271,6 +288,7 @@ async fn amqp_counters_move_by_exactly_the_traffic_sent() {
         ) > 0.0
     );
     assert!(value(&after, "ferry_bytes_sent_total", &[("protocol", "amqp")]) > 0.0);
+    assert_every_family_described(&after);
 
     conn.close(200, "bye".into()).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -533,7 +551,9 @@ async fn wrong_admin_passwords_are_counted_and_slowed() {
         }
     }
     let flood = started.elapsed();
-    assert_eq!(failures(&scrape(&broker).await) - before, 300.0);
+    let after_flood = scrape(&broker).await;
+    assert_eq!(failures(&after_flood) - before, 300.0);
+    assert_every_family_described(&after_flood);
     // One address cannot hold more than a few connections waiting out delays.
     let most_waiting = ferry::broker::login_guard::MAX_WAITING_PER_PEER as usize;
     assert!(

@@ -171,6 +171,121 @@ fn describe() {
         "ferry_group_offset_commits_total",
         "Partition offsets committed by consumer groups"
     );
+    describe_rest();
+}
+
+/// The descriptions of every other series, grouped by the subsystem that records it. An
+/// undescribed series is scraped without `# HELP`, which dashboards and `promtool check metrics`
+/// flag, so each `counter!`/`gauge!`/`histogram!` name in the tree has its line here.
+fn describe_rest() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    // Log: cleaner, file handles, refused appends.
+    describe_counter!(
+        "ferry_log_cleaner_runs_total",
+        "Log cleaner passes completed"
+    );
+    describe_counter!(
+        "ferry_log_cleaner_bytes_reclaimed_total",
+        Unit::Bytes,
+        "Bytes freed by log compaction"
+    );
+    describe_counter!(
+        "ferry_log_cleaner_records_removed_total",
+        "Records removed by log compaction (superseded keys and expired tombstones)"
+    );
+    describe_gauge!(
+        "ferry_log_cleaner_dirty_ratio",
+        "Share of a compacted partition's bytes not yet cleaned, by topic and partition"
+    );
+    describe_gauge!(
+        "ferry_log_open_files",
+        "Segment files the log holds open (bounded by log.max_open_files)"
+    );
+    describe_counter!(
+        "ferry_log_refused_appends_total",
+        "Appends refused by a partition writer (disk full, a failed reopen), by topic and partition"
+    );
+
+    // Reliability rules in the core.
+    describe_counter!(
+        "ferry_messages_deduplicated_total",
+        "Published messages dropped as duplicates of an earlier message id (x-deduplication-header)"
+    );
+    describe_counter!(
+        "ferry_retries_scheduled_total",
+        "Rejected deliveries scheduled for a delayed retry by a queue's retry policy"
+    );
+    describe_gauge!(
+        "ferry_circuit_breaker_state",
+        "Consumer circuit breaker per queue consumer: 0 closed, 1 open, 2 half-open"
+    );
+    describe_counter!(
+        "ferry_circuit_breaker_transitions_total",
+        "Consumer circuit breaker state changes, by queue and target state"
+    );
+
+    // Connections, authentication, TLS, HTTP.
+    describe_counter!(
+        "ferry_connections_refused_total",
+        "Connections refused because a listener's max_connections was reached, by protocol"
+    );
+    describe_counter!(
+        "ferry_connections_idle_closed_total",
+        "Connections closed for being idle past connections_max_idle_ms, by protocol"
+    );
+    describe_counter!(
+        "ferry_auth_failures_total",
+        "Failed logins (AMQP, Kafka SASL, native, admin API), by protocol"
+    );
+    describe_counter!(
+        "ferry_kafka_acl_denied_total",
+        "Kafka requests or resources denied by an ACL"
+    );
+    describe_counter!(
+        "ferry_kafka_reauthentications_total",
+        "Kafka SASL re-authentications (KIP-368) on a live connection"
+    );
+    describe_counter!(
+        "ferry_kafka_sessions_expired_total",
+        "Kafka connections refused a request because their SASL session expired without re-authentication"
+    );
+    describe_counter!(
+        "ferry_tls_handshakes_total",
+        "Completed TLS handshakes, by protocol"
+    );
+    describe_counter!(
+        "ferry_tls_handshake_failures_total",
+        "Failed TLS handshakes, by protocol"
+    );
+    describe_counter!(
+        "ferry_tls_reloads_total",
+        "Certificate reloads from disk, by result"
+    );
+    describe_gauge!(
+        "ferry_http_connections",
+        "Open HTTP (admin API) connections"
+    );
+    describe_counter!(
+        "ferry_http_connections_closed_total",
+        "HTTP connections closed by the server, by reason"
+    );
+
+    // AMQP adapter back-pressure and limits.
+    describe_counter!(
+        "ferry_amqp_reader_paused_total",
+        "Times an AMQP connection stopped reading because its writer fell behind"
+    );
+    describe_counter!(
+        "ferry_amqp_headers_dropped_total",
+        "AMQP headers dropped from a delivery because they would not fit in frame_max"
+    );
+
+    // Alerts.
+    describe_gauge!("ferry_alert_firing", "1 while an alert rule fires, by rule");
+    describe_counter!(
+        "ferry_alert_transitions_total",
+        "Alert rule state changes, by rule and target state"
+    );
 }
 
 // --- recording helpers for the adapters (one call where the thing happens) ---------------------
