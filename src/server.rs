@@ -747,7 +747,23 @@ fn raise_open_files_limit(config: &Config) {
     tracing::info!(max_open_files = budget, "log open-files budget");
     let wanted =
         budget as u64 + config.kafka.max_connections as u64 + config.amqp.max_connections as u64;
-    if wanted > limit.rlim_cur {
+    // The defaults (an automatic budget of half the limit, 10,000 connections per protocol)
+    // over-commit on purpose: both caps are ceilings that are rarely reached together, and a
+    // fresh `ferry serve` should not greet its user with a warning. Only limits an operator set
+    // are worth a WARN.
+    let defaults = (
+        crate::config::KafkaSettings::default().max_connections,
+        crate::config::AmqpSettings::default().max_connections,
+    );
+    let operator_set = config.log.max_open_files != 0
+        || (config.kafka.max_connections, config.amqp.max_connections) != defaults;
+    if wanted > limit.rlim_cur && !operator_set {
+        tracing::info!(
+            open_files_limit = limit.rlim_cur,
+            log_max_open_files = budget,
+            "the default connection limits plus the log's open-files budget exceed the open-files limit; raise the limit for more than a few thousand connections"
+        );
+    } else if wanted > limit.rlim_cur {
         tracing::warn!(
             open_files_limit = limit.rlim_cur,
             log_max_open_files = budget,

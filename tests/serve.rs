@@ -13,6 +13,14 @@ fn ferry() -> Command {
 /// Starts `ferry serve` on loopback port 0 and returns it with its HTTP address, read from the
 /// log line that announces it.
 fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
+    let (child, http, _warnings) = start_watching_warnings(data_dir, extra);
+    (child, http)
+}
+
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`start`], also collecting every WARN/ERROR line the process logs.
+fn start_watching_warnings(data_dir: &Path, extra: &[&str]) -> (Child, String, Lines) {
     let mut child = ferry()
         .args(["serve", "--data-dir"])
         .arg(data_dir)
@@ -35,9 +43,14 @@ fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
         .expect("spawn ferry");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let warnings = Lines::default();
+    let collected = warnings.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" WARN ") || line.contains(" ERROR ") {
+                collected.lock().unwrap().push(line.clone());
+            }
             if !sent {
                 if let Some(rest) = line.split("http=").nth(1) {
                     let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
@@ -50,7 +63,7 @@ fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("ferry never announced its HTTP address");
-    (child, format!("http://{addr}"))
+    (child, format!("http://{addr}"), warnings)
 }
 
 async fn wait_ready(http: &str) {
@@ -84,8 +97,11 @@ fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
 #[tokio::test]
 async fn serve_ready_metrics_sigterm_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, http) = start(dir.path(), &[]);
+    let (child, http, warnings) = start_watching_warnings(dir.path(), &[]);
     wait_ready(&http).await;
+    // A first start with the defaults has nothing to warn about: a WARN there teaches users
+    // to ignore the log.
+    assert_eq!(*warnings.lock().unwrap(), Vec::<String>::new());
 
     let health = reqwest::get(format!("{http}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
