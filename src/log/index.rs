@@ -1,5 +1,7 @@
-//! The sparse offset index of one segment, in Kafka's `.index` format: 8-byte big-endian entries
-//! of (u32 offset relative to the segment base, u32 byte position in the `.log` file).
+//! The sparse indexes of one segment: one generic [`SparseIndex`] over an [`IndexFormat`], and
+//! the offset index in Kafka's `.index` format: 8-byte big-endian entries of (u32 offset relative
+//! to the segment base, u32 byte position in the `.log` file). The time index
+//! (`time_index.rs`) is the other format.
 //!
 //! The entries live in a `Vec` for lookups and are mirrored to an append-only file. Like Kafka,
 //! an entry names the *last* offset of a batch and the position where that batch starts, so
@@ -112,59 +114,69 @@ impl EntryFile {
     }
 }
 
-/// The sparse offset index of one segment.
-#[derive(Debug)]
-pub struct OffsetIndex {
-    file: EntryFile,
-    base_offset: i64,
-    /// (relative offset, position), strictly increasing in both.
-    entries: Vec<(u32, u32)>,
+/// What distinguishes one sparse index from another: the on-disk entry layout, the order
+/// entries must keep, and the check a loaded entry must pass against the log. Everything else
+/// (the in-memory entries, deferred writes, load, rebuild, truncation) is [`SparseIndex`].
+pub trait IndexFormat {
+    /// One entry as kept in memory, with its offset relative to the segment base.
+    type Raw: Copy + std::fmt::Debug;
+    /// One entry as callers see it, with the offset made absolute.
+    type Entry;
+    /// Bytes per entry on disk.
+    const SIZE: usize;
+    /// What the index is called in logs.
+    const NAME: &'static str;
+    fn encode(raw: Self::Raw, out: &mut Vec<u8>);
+    /// Decodes one `SIZE`-byte chunk.
+    fn decode(chunk: &[u8]) -> Self::Raw;
+    /// Whether `next` may follow `prev`: a sparse index may skip entries, never reorder them.
+    fn follows(prev: Self::Raw, next: Self::Raw) -> bool;
+    /// Why a loaded entry cannot belong to a log of `log_len` bytes, if it cannot.
+    fn stale(raw: Self::Raw, log_len: u64) -> Option<String>;
+    fn entry(base_offset: i64, raw: Self::Raw) -> Self::Entry;
 }
 
-/// Bytes per `.index` entry.
-pub const INDEX_ENTRY_SIZE: usize = 8;
+/// The sparse index of one segment: entries in a `Vec` for lookups, mirrored to an append-only
+/// file written lazily by [`flush`](Self::flush).
+#[derive(Debug)]
+pub struct SparseIndex<F: IndexFormat> {
+    file: EntryFile,
+    base_offset: i64,
+    /// Strictly ordered by [`IndexFormat::follows`].
+    entries: Vec<F::Raw>,
+}
 
 /// Unflushed entries (of either index) after which the segment writes them out.
 pub const INDEX_FLUSH_ENTRIES: usize = 256;
 
-impl OffsetIndex {
+impl<F: IndexFormat> SparseIndex<F> {
     /// Creates (or empties) the index file for a segment starting at `base_offset`.
     pub fn create(path: &Path, base_offset: i64) -> Result<Self> {
-        Ok(OffsetIndex {
+        Ok(SparseIndex {
             file: EntryFile::create(path)?,
             base_offset,
             entries: Vec::new(),
         })
     }
 
-    /// Loads an existing index. Returns `Ok(None)` if the file is missing or fails a sanity check
-    /// (size not a multiple of 8, offsets or positions not strictly increasing, a position at or
-    /// past `log_len`); the caller then rebuilds it from the log.
+    /// Loads an existing index. Returns `Ok(None)` if the file is missing or fails a sanity
+    /// check (size not a multiple of the entry size, entries out of order, an entry the log of
+    /// `log_len` bytes cannot hold); the caller then rebuilds it from the log.
     pub fn load(path: &Path, segment_base: i64, log_len: u64) -> Result<Option<Self>> {
         let Some((file, bytes)) = EntryFile::read_existing(path)? else {
             return Ok(None);
         };
-        match parse_entries(&bytes, log_len) {
-            Ok(entries) => Ok(Some(OffsetIndex {
+        match parse_entries::<F>(&bytes, log_len) {
+            Ok(entries) => Ok(Some(SparseIndex {
                 file,
                 base_offset: segment_base,
                 entries,
             })),
             Err(reason) => {
-                tracing::warn!(path = %path.display(), %reason, "offset index fails sanity check");
+                tracing::warn!(path = %path.display(), %reason, index = F::NAME, "index fails sanity check");
                 Ok(None)
             }
         }
-    }
-
-    /// Replaces the file at `path` with exactly `entries` (from a scan of the log).
-    pub fn rebuild(path: &Path, base_offset: i64, entries: &[IndexEntry]) -> Result<Self> {
-        let mut index = OffsetIndex::create(path, base_offset)?;
-        for e in entries {
-            index.append(e.offset, e.position);
-        }
-        index.flush()?;
-        Ok(index)
     }
 
     /// Base offset of the segment this index belongs to.
@@ -172,43 +184,43 @@ impl OffsetIndex {
         self.base_offset
     }
 
-    /// Path of the `.index` file.
+    /// Path of the index file.
     pub fn path(&self) -> &Path {
         &self.file.path
     }
 
-    /// Adds an entry in memory (written by the next [`flush`](Self::flush)). Entries that would
-    /// not be strictly increasing, or whose relative offset does not fit in 32 bits, are ignored:
-    /// a sparse index may skip entries without becoming wrong.
-    pub fn append(&mut self, offset: i64, position: u32) {
-        let Ok(rel) = u32::try_from(offset.saturating_sub(self.base_offset)) else {
-            return;
-        };
-        if let Some(&(last_rel, last_pos)) = self.entries.last() {
-            if rel <= last_rel || position <= last_pos {
-                return;
-            }
+    /// `offset` relative to the segment base, if it fits an entry.
+    pub(super) fn relative(&self, offset: i64) -> Option<u32> {
+        u32::try_from(offset.saturating_sub(self.base_offset)).ok()
+    }
+
+    /// Adds an entry in memory (written by the next flush) if it follows the last one.
+    pub(super) fn push(&mut self, raw: F::Raw) {
+        if self
+            .entries
+            .last()
+            .is_none_or(|&last| F::follows(last, raw))
+        {
+            self.entries.push(raw);
         }
-        self.entries.push((rel, position));
     }
 
     /// Entries in memory not yet written to the file.
     pub fn unflushed(&self) -> usize {
         self.entries
             .len()
-            .saturating_sub(self.file.written() as usize / INDEX_ENTRY_SIZE)
+            .saturating_sub(self.file.written() as usize / F::SIZE)
     }
 
     /// Writes entries not yet in the file.
     pub fn flush(&mut self) -> Result<()> {
-        let from = (self.file.written() as usize / INDEX_ENTRY_SIZE).min(self.entries.len());
+        let from = (self.file.written() as usize / F::SIZE).min(self.entries.len());
         if from == self.entries.len() {
             return Ok(());
         }
-        let mut bytes = Vec::with_capacity((self.entries.len() - from) * INDEX_ENTRY_SIZE);
-        for &(rel, pos) in &self.entries[from..] {
-            bytes.extend_from_slice(&rel.to_be_bytes());
-            bytes.extend_from_slice(&pos.to_be_bytes());
+        let mut bytes = Vec::with_capacity((self.entries.len() - from) * F::SIZE);
+        for &raw in &self.entries[from..] {
+            F::encode(raw, &mut bytes);
         }
         self.file.write_tail(&bytes)
     }
@@ -219,35 +231,19 @@ impl OffsetIndex {
         self.file.sync()
     }
 
-    /// Greatest entry whose offset is `<= offset`, if any.
-    pub fn lookup_entry(&self, offset: i64) -> Option<IndexEntry> {
-        let rel = offset.saturating_sub(self.base_offset);
-        if rel < 0 {
-            return None;
-        }
-        let rel = u32::try_from(rel).unwrap_or(u32::MAX);
-        let n = self.entries.partition_point(|&(r, _)| r <= rel);
+    fn entry(&self, i: usize) -> F::Entry {
+        F::entry(self.base_offset, self.entries[i])
+    }
+
+    /// The greatest entry for which `at_or_below` holds, with `at_or_below` true for a prefix
+    /// of the entries (the index's order makes every key search one).
+    pub(super) fn greatest(&self, at_or_below: impl FnMut(&F::Raw) -> bool) -> Option<F::Entry> {
+        let n = self.entries.partition_point(at_or_below);
         n.checked_sub(1).map(|i| self.entry(i))
     }
 
-    /// File position to start scanning from to find `offset`: that of the greatest entry
-    /// `<= offset`, or 0.
-    pub fn lookup(&self, offset: i64) -> u64 {
-        self.lookup_entry(offset)
-            .map(|e| u64::from(e.position))
-            .unwrap_or(0)
-    }
-
-    fn entry(&self, i: usize) -> IndexEntry {
-        let (rel, position) = self.entries[i];
-        IndexEntry {
-            offset: self.base_offset + i64::from(rel),
-            position,
-        }
-    }
-
     /// The last entry, if any.
-    pub fn last(&self) -> Option<IndexEntry> {
+    pub fn last(&self) -> Option<F::Entry> {
         self.entries.len().checked_sub(1).map(|i| self.entry(i))
     }
 
@@ -262,19 +258,15 @@ impl OffsetIndex {
     }
 
     /// All entries, oldest first.
-    pub fn entries(&self) -> Vec<IndexEntry> {
+    pub fn entries(&self) -> Vec<F::Entry> {
         (0..self.entries.len()).map(|i| self.entry(i)).collect()
     }
 
-    /// Drops entries pointing at or past `log_len` after the log was truncated there.
-    pub fn truncate_to_position(&mut self, log_len: u64) -> Result<()> {
-        let keep = self
-            .entries
-            .partition_point(|&(_, pos)| u64::from(pos) < log_len);
-        if keep < self.entries.len() {
-            self.entries.truncate(keep);
-        }
-        let bytes = (keep * INDEX_ENTRY_SIZE) as u64;
+    /// Keeps the entries for which `keep` holds (a prefix) and cuts the file to match.
+    pub(super) fn truncate_where(&mut self, keep: impl FnMut(&F::Raw) -> bool) -> Result<()> {
+        let kept = self.entries.partition_point(keep);
+        self.entries.truncate(kept);
+        let bytes = (kept * F::SIZE) as u64;
         if self.file.written() > bytes {
             self.file.truncate(bytes)?;
         }
@@ -282,30 +274,119 @@ impl OffsetIndex {
     }
 }
 
-fn parse_entries(bytes: &[u8], log_len: u64) -> std::result::Result<Vec<(u32, u32)>, String> {
-    if bytes.len() % INDEX_ENTRY_SIZE != 0 {
+fn parse_entries<F: IndexFormat>(
+    bytes: &[u8],
+    log_len: u64,
+) -> std::result::Result<Vec<F::Raw>, String> {
+    if bytes.len() % F::SIZE != 0 {
         return Err(format!(
-            "size {} is not a multiple of {INDEX_ENTRY_SIZE}",
-            bytes.len()
+            "size {} is not a multiple of {}",
+            bytes.len(),
+            F::SIZE
         ));
     }
-    let mut entries = Vec::with_capacity(bytes.len() / INDEX_ENTRY_SIZE);
-    for chunk in bytes.chunks_exact(INDEX_ENTRY_SIZE) {
-        let rel = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        let pos = u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
-        if u64::from(pos) >= log_len {
-            return Err(format!("position {pos} is past the log end {log_len}"));
+    let mut entries: Vec<F::Raw> = Vec::with_capacity(bytes.len() / F::SIZE);
+    for chunk in bytes.chunks_exact(F::SIZE) {
+        let raw = F::decode(chunk);
+        if let Some(reason) = F::stale(raw, log_len) {
+            return Err(reason);
         }
-        if let Some(&(last_rel, last_pos)) = entries.last() {
-            if rel <= last_rel || pos <= last_pos {
-                return Err(format!(
-                    "entry ({rel}, {pos}) does not follow ({last_rel}, {last_pos})"
-                ));
+        if let Some(&last) = entries.last() {
+            if !F::follows(last, raw) {
+                return Err(format!("entry {raw:?} does not follow {last:?}"));
             }
         }
-        entries.push((rel, pos));
+        entries.push(raw);
     }
     Ok(entries)
+}
+
+/// Kafka's `.index` layout: (u32 relative offset, u32 position), both strictly increasing.
+#[derive(Debug)]
+pub enum OffsetFormat {}
+
+/// Bytes per `.index` entry.
+pub const INDEX_ENTRY_SIZE: usize = 8;
+
+impl IndexFormat for OffsetFormat {
+    type Raw = (u32, u32);
+    type Entry = IndexEntry;
+    const SIZE: usize = INDEX_ENTRY_SIZE;
+    const NAME: &'static str = "offset";
+
+    fn encode((rel, pos): (u32, u32), out: &mut Vec<u8>) {
+        out.extend_from_slice(&rel.to_be_bytes());
+        out.extend_from_slice(&pos.to_be_bytes());
+    }
+
+    fn decode(chunk: &[u8]) -> (u32, u32) {
+        (
+            u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+            u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]),
+        )
+    }
+
+    fn follows((last_rel, last_pos): (u32, u32), (rel, pos): (u32, u32)) -> bool {
+        rel > last_rel && pos > last_pos
+    }
+
+    fn stale((_, pos): (u32, u32), log_len: u64) -> Option<String> {
+        (u64::from(pos) >= log_len).then(|| format!("position {pos} is past the log end {log_len}"))
+    }
+
+    fn entry(base_offset: i64, (rel, position): (u32, u32)) -> IndexEntry {
+        IndexEntry {
+            offset: base_offset + i64::from(rel),
+            position,
+        }
+    }
+}
+
+/// The sparse offset index of one segment.
+pub type OffsetIndex = SparseIndex<OffsetFormat>;
+
+impl SparseIndex<OffsetFormat> {
+    /// Replaces the file at `path` with exactly `entries` (from a scan of the log).
+    pub fn rebuild(path: &Path, base_offset: i64, entries: &[IndexEntry]) -> Result<Self> {
+        let mut index = Self::create(path, base_offset)?;
+        for e in entries {
+            index.append(e.offset, e.position);
+        }
+        index.flush()?;
+        Ok(index)
+    }
+
+    /// Adds an entry in memory (written by the next [`flush`](Self::flush)). Entries that would
+    /// not be strictly increasing, or whose relative offset does not fit in 32 bits, are ignored:
+    /// a sparse index may skip entries without becoming wrong.
+    pub fn append(&mut self, offset: i64, position: u32) {
+        if let Some(rel) = self.relative(offset) {
+            self.push((rel, position));
+        }
+    }
+
+    /// Greatest entry whose offset is `<= offset`, if any.
+    pub fn lookup_entry(&self, offset: i64) -> Option<IndexEntry> {
+        let rel = offset.saturating_sub(self.base_offset);
+        if rel < 0 {
+            return None;
+        }
+        let rel = u32::try_from(rel).unwrap_or(u32::MAX);
+        self.greatest(|&(r, _)| r <= rel)
+    }
+
+    /// File position to start scanning from to find `offset`: that of the greatest entry
+    /// `<= offset`, or 0.
+    pub fn lookup(&self, offset: i64) -> u64 {
+        self.lookup_entry(offset)
+            .map(|e| u64::from(e.position))
+            .unwrap_or(0)
+    }
+
+    /// Drops entries pointing at or past `log_len` after the log was truncated there.
+    pub fn truncate_to_position(&mut self, log_len: u64) -> Result<()> {
+        self.truncate_where(|&(_, pos)| u64::from(pos) < log_len)
+    }
 }
 
 #[cfg(test)]

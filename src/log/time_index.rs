@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use super::index::EntryFile;
+use super::index::{IndexFormat, SparseIndex};
 use super::Result;
 
 /// One time index entry, with the offset made absolute.
@@ -26,47 +26,54 @@ pub struct TimeEntry {
 /// Bytes per `.timeindex` entry.
 pub const TIME_INDEX_ENTRY_SIZE: usize = 12;
 
-/// The sparse time index of one segment.
+/// Kafka's `.timeindex` layout: (i64 timestamp, u32 relative offset); timestamps strictly
+/// increase, offsets never decrease.
 #[derive(Debug)]
-pub struct TimeIndex {
-    file: EntryFile,
-    base_offset: i64,
-    entries: Vec<(i64, u32)>,
-}
+pub enum TimeFormat {}
 
-impl TimeIndex {
-    /// Creates (or empties) the time index file for a segment starting at `base_offset`.
-    pub fn create(path: &Path, base_offset: i64) -> Result<Self> {
-        Ok(TimeIndex {
-            file: EntryFile::create(path)?,
-            base_offset,
-            entries: Vec::new(),
-        })
+impl IndexFormat for TimeFormat {
+    type Raw = (i64, u32);
+    type Entry = TimeEntry;
+    const SIZE: usize = TIME_INDEX_ENTRY_SIZE;
+    const NAME: &'static str = "time";
+
+    fn encode((ts, rel): (i64, u32), out: &mut Vec<u8>) {
+        out.extend_from_slice(&ts.to_be_bytes());
+        out.extend_from_slice(&rel.to_be_bytes());
     }
 
-    /// Loads an existing time index. `Ok(None)` if missing or failing a sanity check (size not a
-    /// multiple of 12, timestamps not strictly increasing, offsets decreasing, entries in an
-    /// empty log); the caller rebuilds it.
-    pub fn load(path: &Path, segment_base: i64, log_len: u64) -> Result<Option<Self>> {
-        let Some((file, bytes)) = EntryFile::read_existing(path)? else {
-            return Ok(None);
-        };
-        match parse_entries(&bytes, log_len) {
-            Ok(entries) => Ok(Some(TimeIndex {
-                file,
-                base_offset: segment_base,
-                entries,
-            })),
-            Err(reason) => {
-                tracing::warn!(path = %path.display(), %reason, "time index fails sanity check");
-                Ok(None)
-            }
+    fn decode(chunk: &[u8]) -> (i64, u32) {
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&chunk[..8]);
+        (
+            i64::from_be_bytes(ts),
+            u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]),
+        )
+    }
+
+    fn follows((last_ts, last_rel): (i64, u32), (ts, rel): (i64, u32)) -> bool {
+        ts > last_ts && rel >= last_rel
+    }
+
+    fn stale(_: (i64, u32), log_len: u64) -> Option<String> {
+        (log_len == 0).then(|| "entries for an empty log".to_string())
+    }
+
+    fn entry(base_offset: i64, (timestamp, rel): (i64, u32)) -> TimeEntry {
+        TimeEntry {
+            timestamp,
+            offset: base_offset + i64::from(rel),
         }
     }
+}
 
+/// The sparse time index of one segment.
+pub type TimeIndex = SparseIndex<TimeFormat>;
+
+impl SparseIndex<TimeFormat> {
     /// Replaces the file at `path` with exactly `entries`.
     pub fn rebuild(path: &Path, base_offset: i64, entries: &[TimeEntry]) -> Result<Self> {
-        let mut index = TimeIndex::create(path, base_offset)?;
+        let mut index = Self::create(path, base_offset)?;
         for e in entries {
             index.maybe_append(e.timestamp, e.offset);
         }
@@ -74,127 +81,24 @@ impl TimeIndex {
         Ok(index)
     }
 
-    /// Path of the `.timeindex` file.
-    pub fn path(&self) -> &Path {
-        &self.file.path
-    }
-
     /// Adds (in memory) an entry if `timestamp` is greater than the last one and `offset` not
     /// smaller; otherwise does nothing.
     pub fn maybe_append(&mut self, timestamp: i64, offset: i64) {
-        let Ok(rel) = u32::try_from(offset.saturating_sub(self.base_offset)) else {
-            return;
-        };
-        if let Some(&(last_ts, last_rel)) = self.entries.last() {
-            if timestamp <= last_ts || rel < last_rel {
-                return;
-            }
-        }
-        self.entries.push((timestamp, rel));
-    }
-
-    /// Entries in memory not yet written to the file.
-    pub fn unflushed(&self) -> usize {
-        self.entries
-            .len()
-            .saturating_sub(self.file.written() as usize / TIME_INDEX_ENTRY_SIZE)
-    }
-
-    /// Writes entries not yet in the file.
-    pub fn flush(&mut self) -> Result<()> {
-        let from = (self.file.written() as usize / TIME_INDEX_ENTRY_SIZE).min(self.entries.len());
-        if from == self.entries.len() {
-            return Ok(());
-        }
-        let mut bytes = Vec::with_capacity((self.entries.len() - from) * TIME_INDEX_ENTRY_SIZE);
-        for &(ts, rel) in &self.entries[from..] {
-            bytes.extend_from_slice(&ts.to_be_bytes());
-            bytes.extend_from_slice(&rel.to_be_bytes());
-        }
-        self.file.write_tail(&bytes)
-    }
-
-    /// Flushes and fdatasyncs the file.
-    pub fn sync(&mut self) -> Result<()> {
-        self.flush()?;
-        self.file.sync()
-    }
-
-    fn entry(&self, i: usize) -> TimeEntry {
-        let (timestamp, rel) = self.entries[i];
-        TimeEntry {
-            timestamp,
-            offset: self.base_offset + i64::from(rel),
+        if let Some(rel) = self.relative(offset) {
+            self.push((timestamp, rel));
         }
     }
 
     /// Greatest entry whose timestamp is `<= timestamp`, if any.
     pub fn lookup(&self, timestamp: i64) -> Option<TimeEntry> {
-        let n = self.entries.partition_point(|&(ts, _)| ts <= timestamp);
-        n.checked_sub(1).map(|i| self.entry(i))
-    }
-
-    /// The last entry (the segment's max timestamp once rolled or closed).
-    pub fn last(&self) -> Option<TimeEntry> {
-        self.entries.len().checked_sub(1).map(|i| self.entry(i))
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether there are no entries.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// All entries, oldest first.
-    pub fn entries(&self) -> Vec<TimeEntry> {
-        (0..self.entries.len()).map(|i| self.entry(i)).collect()
+        self.greatest(|&(ts, _)| ts <= timestamp)
     }
 
     /// Drops entries whose offset is `>= next_offset` after the log was truncated.
     pub fn truncate_to_offset(&mut self, next_offset: i64) -> Result<()> {
-        let base = self.base_offset;
-        let keep = self
-            .entries
-            .partition_point(|&(_, rel)| base + i64::from(rel) < next_offset);
-        self.entries.truncate(keep);
-        let bytes = (keep * TIME_INDEX_ENTRY_SIZE) as u64;
-        if self.file.written() > bytes {
-            self.file.truncate(bytes)?;
-        }
-        Ok(())
+        let base = self.base_offset();
+        self.truncate_where(|&(_, rel)| base + i64::from(rel) < next_offset)
     }
-}
-
-fn parse_entries(bytes: &[u8], log_len: u64) -> std::result::Result<Vec<(i64, u32)>, String> {
-    if bytes.len() % TIME_INDEX_ENTRY_SIZE != 0 {
-        return Err(format!(
-            "size {} is not a multiple of {TIME_INDEX_ENTRY_SIZE}",
-            bytes.len()
-        ));
-    }
-    if log_len == 0 && !bytes.is_empty() {
-        return Err("entries for an empty log".to_string());
-    }
-    let mut entries: Vec<(i64, u32)> = Vec::with_capacity(bytes.len() / TIME_INDEX_ENTRY_SIZE);
-    for chunk in bytes.chunks_exact(TIME_INDEX_ENTRY_SIZE) {
-        let mut ts = [0u8; 8];
-        ts.copy_from_slice(&chunk[..8]);
-        let ts = i64::from_be_bytes(ts);
-        let rel = u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]);
-        if let Some(&(last_ts, last_rel)) = entries.last() {
-            if ts <= last_ts || rel < last_rel {
-                return Err(format!(
-                    "entry ({ts}, {rel}) does not follow ({last_ts}, {last_rel})"
-                ));
-            }
-        }
-        entries.push((ts, rel));
-    }
-    Ok(entries)
 }
 
 #[cfg(test)]
