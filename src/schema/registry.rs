@@ -589,7 +589,20 @@ impl State {
             }
         }
         let canonical = parse::canonical(schema.schema_type, &schema.schema)?;
+        compat::validate(
+            (schema.schema_type, &schema.schema, &schema.references),
+            &|r| self.reference_text(r),
+        )?;
         Ok((schema.schema_type, canonical, schema.references.clone()))
+    }
+
+    /// The text of the schema a reference names.
+    fn reference_text(&self, reference: &SchemaReference) -> Option<String> {
+        self.subjects
+            .get(&reference.subject)
+            .and_then(|vs| vs.iter().find(|v| v.version == reference.version))
+            .and_then(|v| self.schemas.get(&v.id))
+            .map(|s| s.record.schema.clone())
     }
 
     fn referrers(&self, subject: &str, version: i32) -> Vec<i32> {
@@ -654,13 +667,7 @@ impl State {
             let Some(old_schema) = self.schemas.get(&old.id) else {
                 continue;
             };
-            let resolve = |r: &SchemaReference| {
-                self.subjects
-                    .get(&r.subject)
-                    .and_then(|vs| vs.iter().find(|v| v.version == r.version))
-                    .and_then(|v| self.schemas.get(&v.id))
-                    .map(|s| s.record.schema.clone())
-            };
+            let resolve = |r: &SchemaReference| self.reference_text(r);
             for problem in compat::check(
                 level,
                 (candidate.0, &candidate.1, &candidate.2),

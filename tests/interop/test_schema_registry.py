@@ -232,3 +232,97 @@ def test_references_resolve_and_block_deletion(registry):
         registry.register_schema(helpers.unique("sr-ref-bad"), Schema(
             '"string"', "AVRO", [SchemaReference("x.Y", helpers.unique("nowhere"), 1)]))
     assert dangling.value.error_code == 42201
+
+
+def _avro_record(name: str, fields: list[dict]) -> Schema:
+    import json
+    return Schema(json.dumps({"type": "record", "name": name, "fields": fields}), "AVRO")
+
+
+def test_backward_incompatible_avro_change_is_refused_with_409(registry):
+    subject = helpers.unique("sr-compat-avro")
+    v1 = _avro_record("User", [{"name": "name", "type": "string"}])
+    registry.register_schema(subject, v1)
+    # A field without a default: the new schema cannot read what v1 wrote.
+    no_default = _avro_record("User", [{"name": "name", "type": "string"},
+                                       {"name": "age", "type": "int"}])
+    assert registry.test_compatibility(subject, no_default) is False
+    with pytest.raises(SchemaRegistryError) as refused:
+        registry.register_schema(subject, no_default)
+    assert refused.value.http_status_code == 409 and refused.value.error_code == 409
+    assert "age" in refused.value.error_message
+    assert registry.get_versions(subject) == [1]
+    # With a default it reads old data, so BACKWARD lets it in.
+    with_default = _avro_record("User", [{"name": "name", "type": "string"},
+                                         {"name": "age", "type": "int", "default": 0}])
+    assert registry.test_compatibility(subject, with_default) is True
+    registry.register_schema(subject, with_default)
+    assert registry.get_versions(subject) == [1, 2]
+    # Under NONE anything goes.
+    registry.set_compatibility(subject, "NONE")
+    registry.register_schema(subject, _avro_record("User", [{"name": "x", "type": "long"}]))
+    assert registry.get_versions(subject) == [1, 2, 3]
+
+
+def test_transitive_levels_check_every_earlier_version(registry):
+    # v1 {f: int} -> v2 {} -> v3 {f: string, default ""}: v3 reads v2's data but not v1's.
+    v1 = _avro_record("T", [{"name": "f", "type": "int"}])
+    v2 = _avro_record("T", [])
+    v3 = _avro_record("T", [{"name": "f", "type": "string", "default": ""}])
+    plain, transitive = helpers.unique("sr-backward"), helpers.unique("sr-transitive")
+    registry.set_compatibility(transitive, "BACKWARD_TRANSITIVE")
+    for subject in (plain, transitive):
+        registry.register_schema(subject, v1)
+        registry.register_schema(subject, v2)
+    registry.register_schema(plain, v3)
+    with pytest.raises(SchemaRegistryError) as refused:
+        registry.register_schema(transitive, v3)
+    assert refused.value.error_code == 409
+
+
+def test_forward_and_full_levels(registry):
+    v1 = _avro_record("F", [{"name": "a", "type": "string"}])
+    extra = _avro_record("F", [{"name": "a", "type": "string"}, {"name": "b", "type": "int"}])
+    forward, full = helpers.unique("sr-forward"), helpers.unique("sr-full")
+    registry.set_compatibility(forward, "FORWARD")
+    registry.set_compatibility(full, "FULL")
+    for subject in (forward, full):
+        registry.register_schema(subject, v1)
+    # The old schema ignores the added field, so FORWARD accepts it; FULL also needs BACKWARD.
+    registry.register_schema(forward, extra)
+    with pytest.raises(SchemaRegistryError) as refused:
+        registry.register_schema(full, extra)
+    assert refused.value.error_code == 409
+
+
+def test_json_schema_compatibility_follows_the_registry_rules(registry):
+    import json
+    subject = helpers.unique("sr-compat-json")
+    base = {"type": "object", "properties": {"id": {"type": "integer"}}}
+    registry.register_schema(subject, Schema(json.dumps(base), "JSON"))
+    required = dict(base, required=["id"])
+    with pytest.raises(SchemaRegistryError) as refused:
+        registry.register_schema(subject, Schema(json.dumps(required), "JSON"))
+    assert refused.value.error_code == 409
+    widened = {"type": "object", "properties": {"id": {"type": "number"}}}
+    registry.register_schema(subject, Schema(json.dumps(widened), "JSON"))
+    assert registry.get_versions(subject) == [1, 2]
+
+
+def test_protobuf_wire_incompatible_change_is_refused(registry):
+    import base64
+
+    def order(kind: int) -> Schema:
+        file = descriptor_pb2.FileDescriptorProto(name="o.proto", package="shop", syntax="proto3")
+        message = file.message_type.add(name="Order")
+        message.field.add(name="id", number=1, type=kind,
+                          label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+        return Schema(base64.b64encode(file.SerializeToString()).decode(), "PROTOBUF")
+
+    subject = helpers.unique("sr-compat-proto")
+    registry.register_schema(subject, order(descriptor_pb2.FieldDescriptorProto.TYPE_INT64))
+    # int64 -> int32 shares the varint wire type; int64 -> string does not.
+    registry.register_schema(subject, order(descriptor_pb2.FieldDescriptorProto.TYPE_INT32))
+    with pytest.raises(SchemaRegistryError) as refused:
+        registry.register_schema(subject, order(descriptor_pb2.FieldDescriptorProto.TYPE_STRING))
+    assert refused.value.error_code == 409
