@@ -78,6 +78,8 @@ struct State {
 pub struct SchemaRegistry {
     meta: Meta,
     state: Mutex<State>,
+    /// Parsed schemas for validation on publish, by id.
+    pub(super) prepared: super::validate::PreparedCache,
 }
 
 impl SchemaRegistry {
@@ -121,6 +123,7 @@ impl SchemaRegistry {
         Ok(Self {
             meta,
             state: Mutex::new(state),
+            prepared: Default::default(),
         })
     }
 
@@ -132,6 +135,11 @@ impl SchemaRegistry {
             Some(s) if named => Ok(s.clone()),
             _ => Err(RegistryError::SchemaNotFound(id.to_string())),
         }
+    }
+
+    /// The text of the schema a reference names.
+    pub fn reference_text(&self, reference: &SchemaReference) -> Option<String> {
+        self.state.lock().reference_text(reference)
     }
 
     /// Every (subject, version) naming schema `id`.
