@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 /// One refused record: its index in the batch and why (Kafka's KIP-467 record error).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordRejection {
@@ -34,7 +36,7 @@ pub trait SchemaValidator: Send + Sync + 'static {
     /// Checks every record value of `batch` (one whole record batch as produced) bound for
     /// `topic`: Confluent's wire format, a schema id registered under the topic's subject,
     /// and a payload that decodes against it. Empty when every record passes.
-    fn check_records(&self, topic: &str, batch: &[u8]) -> Vec<RecordRejection>;
+    fn check_records(&self, topic: &str, batch: &Bytes) -> Vec<RecordRejection>;
 
     /// Checks a message whose schema is named by metadata; `Err` says why it is refused,
     /// with the metric's reason first.
@@ -104,7 +106,7 @@ impl super::BrokerCore {
 
     /// The records of `batch` that `topic` refuses (`ferry.schema.validation=true`); empty,
     /// after one bool test, for a topic that does not validate.
-    pub fn check_kafka_records(&self, topic: &super::Topic, batch: &[u8]) -> Vec<RecordRejection> {
+    pub fn check_kafka_records(&self, topic: &super::Topic, batch: &Bytes) -> Vec<RecordRejection> {
         if !topic.log_config().schema_validation {
             return Vec::new();
         }

@@ -147,8 +147,8 @@ impl SchemaRegistry {
 }
 
 impl SchemaValidator for SchemaRegistry {
-    fn check_records(&self, topic: &str, batch: &[u8]) -> Vec<RecordRejection> {
-        let mut bytes = Bytes::copy_from_slice(batch);
+    fn check_records(&self, topic: &str, batch: &Bytes) -> Vec<RecordRejection> {
+        let mut bytes = batch.clone();
         let records = match crate::log::batch::decode_next_batch(&mut bytes) {
             Ok(records) => records,
             Err(e) => {

@@ -167,9 +167,14 @@ struct SchemaBody {
     id: Option<i32>,
 }
 
+/// A JSON request body, or 400 saying what is wrong with it.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, RegistryError> {
+    serde_json::from_slice(body)
+        .map_err(|e| RegistryError::BadRequest(format!("malformed request body: {e}")))
+}
+
 fn schema_body(body: &Bytes) -> Result<(NewSchema, Option<i32>), RegistryError> {
-    let parsed: SchemaBody = serde_json::from_slice(body)
-        .map_err(|e| RegistryError::BadRequest(format!("malformed request body: {e}")))?;
+    let parsed: SchemaBody = parse_body(body)?;
     let schema = parsed
         .schema
         .filter(|s| !s.trim().is_empty())
@@ -368,8 +373,7 @@ struct ConfigBody {
 }
 
 fn config_body(body: &Bytes) -> Result<Compatibility, RegistryError> {
-    let parsed: ConfigBody = serde_json::from_slice(body)
-        .map_err(|e| RegistryError::BadRequest(format!("malformed request body: {e}")))?;
+    let parsed: ConfigBody = parse_body(body)?;
     Compatibility::parse(parsed.compatibility.as_deref().unwrap_or(""))
 }
 
@@ -459,8 +463,7 @@ struct ModeBody {
 }
 
 fn mode_body(body: &Bytes) -> Result<Mode, RegistryError> {
-    let parsed: ModeBody = serde_json::from_slice(body)
-        .map_err(|e| RegistryError::BadRequest(format!("malformed request body: {e}")))?;
+    let parsed: ModeBody = parse_body(body)?;
     Mode::parse(parsed.mode.as_deref().unwrap_or(""))
 }
 

@@ -20,7 +20,7 @@ use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
 
 /// A Protobuf schema as registered.
 pub enum ProtoSchema {
-    Descriptor(FileDescriptorProto),
+    Descriptor(Box<FileDescriptorProto>),
     /// `.proto` source text.
     Source,
 }
@@ -29,7 +29,7 @@ pub fn parse(text: &str) -> Result<ProtoSchema, String> {
     let trimmed = text.trim();
     if let Some(bytes) = crate::util::base64_decode(trimmed) {
         if let Ok(file) = FileDescriptorProto::decode(bytes.as_slice()) {
-            return Ok(ProtoSchema::Descriptor(file));
+            return Ok(ProtoSchema::Descriptor(Box::new(file)));
         }
     }
     let looks_like_source = ["syntax", "message", "enum", "package", "import"]
@@ -181,7 +181,7 @@ mod tests {
     }
 
     fn file(fields: Vec<FieldDescriptorProto>) -> ProtoSchema {
-        ProtoSchema::Descriptor(FileDescriptorProto {
+        ProtoSchema::Descriptor(Box::new(FileDescriptorProto {
             name: Some("order.proto".into()),
             package: Some("shop".into()),
             message_type: vec![DescriptorProto {
@@ -190,7 +190,7 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
-        })
+        }))
     }
 
     #[test]
