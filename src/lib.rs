@@ -30,6 +30,7 @@ pub mod meta;
 pub mod observe;
 pub mod proto;
 pub mod protocol;
+pub mod schema;
 pub mod server;
 pub mod testing;
 pub mod tls;

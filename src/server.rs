@@ -330,6 +330,9 @@ impl BrokerBuilder {
         core.apply_vhosts()?;
         log_startup(&report, started.elapsed());
         health.set_core(core.clone());
+        let schemas = Arc::new(crate::schema::SchemaRegistry::open(core.meta().clone())?);
+        core.set_schema_validator(schemas.clone());
+        health.set_schemas(schemas);
 
         health.set_phase("binding protocol listeners");
         let kafka_listener = bind("kafka_listen", &config.kafka_listen).await?;

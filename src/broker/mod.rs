@@ -36,6 +36,7 @@ pub mod queue_browse;
 pub mod replay;
 pub mod retry;
 pub mod routing;
+pub mod schema_check;
 pub mod stream;
 pub mod topic;
 pub mod topic_router;
@@ -144,6 +145,8 @@ struct CoreInner {
     processed: processed::ProcessedIds,
     /// Kafka ACL bindings (see [`acls`]).
     acls: acls::AclStore,
+    /// The schema registry, for topics and exchanges that validate (see [`schema_check`]).
+    schema_validator: std::sync::OnceLock<schema_check::SharedValidator>,
 }
 
 impl BrokerCore {
@@ -205,6 +208,7 @@ impl BrokerCore {
                 users,
                 connections: Default::default(),
                 acls,
+                schema_validator: std::sync::OnceLock::new(),
             }),
         };
         core.inner

@@ -32,6 +32,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "fsync.policy",
     "preallocate",
     "ferry.dedup.window.ms",
+    "ferry.schema.validation",
 ];
 
 /// A rejected configuration key or value.
@@ -294,6 +295,12 @@ pub struct LogConfig {
     /// was appended within this window are dropped (see `broker/topic_router.rs`). -1 (the
     /// default) turns it off.
     pub dedup_window_ms: i64,
+    /// `ferry.schema.validation`: every record produced to the topic must carry the schema
+    /// registry's wire format (magic 0 + schema id of a schema under `<topic>-value`) and
+    /// decode against that schema; others are refused (see `broker::schema_check`). Default
+    /// false: nothing is checked and the produce path pays one bool test.
+    #[serde(default)]
+    pub schema_validation: bool,
 }
 
 /// Default of `preallocate`, chosen by measurement on the 2-core dev VM, where the two
@@ -329,6 +336,7 @@ impl Default for LogConfig {
             preallocate: DEFAULT_PREALLOCATE,
             sync_journal: false,
             dedup_window_ms: -1,
+            schema_validation: false,
         }
     }
 }
@@ -372,6 +380,13 @@ impl LogConfig {
                 next.fsync = value.parse().map_err(|r| invalid(kafka_name, value, r))?
             }
             "ferry.dedup.window.ms" => next.dedup_window_ms = parse_int(kafka_name, value)?,
+            "ferry.schema.validation" => {
+                next.schema_validation = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid(kafka_name, value, "expected `true` or `false`")),
+                }
+            }
             "preallocate" => {
                 next.preallocate = match value.trim() {
                     "true" => true,
@@ -446,6 +461,7 @@ impl LogConfig {
             "fsync.policy" => self.fsync.to_string(),
             "preallocate" => self.preallocate.to_string(),
             "ferry.dedup.window.ms" => self.dedup_window_ms.to_string(),
+            "ferry.schema.validation" => self.schema_validation.to_string(),
             _ => return None,
         })
     }

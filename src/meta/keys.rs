@@ -129,6 +129,36 @@ pub fn cluster_id() -> Vec<u8> {
     key("cluster", &[b"id"])
 }
 
+/// A registered schema by its registry id (ids are positive, so they pad to ten digits).
+pub fn schema(id: i32) -> Vec<u8> {
+    key("schema", &[format!("{id:010}").as_bytes()])
+}
+pub fn schemas() -> Vec<u8> {
+    prefix("schema", &[])
+}
+
+/// Version `version` of a schema-registry subject.
+pub fn subject_version(subject: &str, version: i32) -> Vec<u8> {
+    key(
+        "subject_version",
+        &[subject.as_bytes(), format!("{version:010}").as_bytes()],
+    )
+}
+pub fn subject_versions() -> Vec<u8> {
+    prefix("subject_version", &[])
+}
+
+/// The registry's compatibility level and mode: of one subject, or global (`None`).
+pub fn schema_config(subject: Option<&str>) -> Vec<u8> {
+    match subject {
+        Some(s) => key("schema_config", &[s.as_bytes()]),
+        None => key("schema_config_global", &[]),
+    }
+}
+pub fn schema_configs() -> Vec<u8> {
+    prefix("schema_config", &[])
+}
+
 pub fn producer_id_counter() -> Vec<u8> {
     key("counter", &[b"producer_id"])
 }

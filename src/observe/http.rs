@@ -27,6 +27,7 @@ use serde_json::json;
 use super::admin::Admin;
 use super::settings::ObserveSettings;
 use crate::broker::BrokerCore;
+use crate::schema::SchemaRegistry;
 
 /// What `/readyz` and the health checks report.
 #[derive(Default)]
@@ -34,6 +35,8 @@ pub struct Health {
     ready: AtomicBool,
     phase: Mutex<String>,
     core: OnceLock<BrokerCore>,
+    /// The schema registry, opened with the core.
+    schemas: OnceLock<Arc<SchemaRegistry>>,
     /// Bound listeners by protocol (`kafka`, `amqp`, `http`), for the listener checks.
     listeners: Mutex<Vec<(&'static str, SocketAddr)>>,
 }
@@ -51,6 +54,15 @@ impl Health {
 
     pub fn set_core(&self, core: BrokerCore) {
         let _ = self.core.set(core);
+    }
+
+    pub fn set_schemas(&self, registry: Arc<SchemaRegistry>) {
+        let _ = self.schemas.set(registry);
+    }
+
+    /// The schema registry, once recovery has opened the core.
+    pub fn schemas(&self) -> Option<&Arc<SchemaRegistry>> {
+        self.schemas.get()
     }
 
     /// The core, once recovery has opened it.

@@ -31,6 +31,7 @@ mod exchanges;
 mod groups;
 mod overview;
 mod queues;
+mod schema_registry;
 mod topics;
 mod users;
 
@@ -138,6 +139,8 @@ pub fn routes() -> Router<AppState> {
         .merge(super::http::health_check_routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(errors_as_json))
+        // After the layer: registry errors keep Confluent's own shape.
+        .merge(schema_registry::routes())
 }
 
 /// Most bytes of a framework-made error text carried into the JSON message.

@@ -181,6 +181,16 @@ impl Channel {
                     format!("cannot publish to internal exchange '{}'", msg.exchange),
                 ));
             }
+            if let Err(refused) =
+                core.check_exchange_message(&msg.exchange, &ex.def().arguments, &message)
+            {
+                // Like x-overflow reject-publish: nacked in confirm mode, dropped otherwise.
+                tracing::debug!(exchange = %msg.exchange, reason = refused.reason, "{}", refused.message);
+                return Ok(Published {
+                    rejected: true,
+                    ..Published::default()
+                });
+            }
         }
         let route_span = tracing::debug_span!(
             "route",

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -17,6 +19,7 @@ use kafka_protocol::ResponseError;
 use tracing::Instrument;
 
 use super::{decode, ready, respond, Outcome, Work};
+use crate::broker::schema_check::RecordRejection;
 use crate::broker::BrokerError;
 use crate::log::{LogError, PartitionHandle, PendingAppend};
 use crate::protocol::kafka::authz::{operation, resource};
@@ -30,6 +33,8 @@ enum PartitionResult {
     /// bytes for per-record trace events.
     Pending(PendingAppend, PartitionHandle, tracing::Span, Option<Bytes>),
     Failed(i16, Option<String>),
+    /// Records the topic's schema validation refused (KIP-467 record errors).
+    Rejected(Vec<RecordRejection>),
 }
 
 pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -> Work {
@@ -70,11 +75,17 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
                     ResponseError::InvalidRecord.code(),
                     Some("records are null".into()),
                 ),
-                (Ok(t), Some(records)) => match t.partition(part.index) {
-                    None => {
+                (Ok(t), Some(records)) => match (
+                    t.partition(part.index),
+                    ctx.core.check_kafka_records(t, &records),
+                ) {
+                    (None, _) => {
                         PartitionResult::Failed(ResponseError::UnknownTopicOrPartition.code(), None)
                     }
-                    Some(handle) => {
+                    (Some(_), rejected) if !rejected.is_empty() => {
+                        PartitionResult::Rejected(rejected)
+                    }
+                    (Some(handle), _) => {
                         // One span per batch, not per record: the hot path stays a callsite
                         // check when DEBUG is off. Per-record ids are TRACE events.
                         let span = tracing::debug_span!(
@@ -152,6 +163,10 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
                         any_error = true;
                         resp = with_error(resp, code, message, version);
                     }
+                    PartitionResult::Rejected(rejected) => {
+                        any_error = true;
+                        resp = with_record_errors(resp, &rejected, version);
+                    }
                 }
                 partition_responses.push(resp);
             }
@@ -191,6 +206,30 @@ fn with_error(
     } else {
         resp
     }
+}
+
+/// INVALID_RECORD with the first refusal as the message and every one as a record error
+/// (KIP-467, Produce v8+), as Kafka answers a record its broker-side validation refuses.
+fn with_record_errors(
+    resp: PartitionProduceResponse,
+    rejected: &[RecordRejection],
+    version: i16,
+) -> PartitionProduceResponse {
+    let message = rejected.first().map(|r| r.message.clone());
+    let resp = with_error(resp, ResponseError::InvalidRecord.code(), message, version);
+    if version < 8 {
+        return resp;
+    }
+    resp.with_record_errors(
+        rejected
+            .iter()
+            .map(|r| {
+                BatchIndexAndErrorMessage::default()
+                    .with_batch_index(r.batch_index)
+                    .with_batch_index_error_message(Some(StrBytes::from_string(r.message.clone())))
+            })
+            .collect(),
+    )
 }
 
 async fn resolve_topic(

@@ -1,0 +1,92 @@
+//! Compatibility between a new schema and an earlier one, in the directions a level asks for,
+//! and the full parse a schema must pass before it is registered.
+//!
+//! BACKWARD means the new schema can read what the old one wrote; FORWARD the reverse; FULL
+//! both. Each language answers one question, "can `reader` read what `writer` wrote?":
+//! [`avro`] through apache-avro's own schema-resolution checker, [`json`] with the rules
+//! Confluent's registry documents for JSON Schema (written here: no crate has them), and
+//! [`protobuf`] by comparing `FileDescriptorProto`s field number by field number at the wire
+//! level. A change of schema type is never compatible.
+
+pub mod avro;
+pub mod json;
+pub mod protobuf;
+
+use super::types::{Compatibility, RegistryError, SchemaType};
+use crate::meta::SchemaReference;
+
+/// A schema as the checker sees it: its type, text and references.
+pub type Checked<'a> = (SchemaType, &'a str, &'a [SchemaReference]);
+
+/// The text of the schema a reference names, if it exists.
+pub type Resolve<'a> = dyn Fn(&SchemaReference) -> Option<String> + 'a;
+
+/// Parses `schema` fully (with its references), or says why it is not a valid schema.
+pub fn validate(schema: Checked<'_>, resolve: &Resolve<'_>) -> Result<(), RegistryError> {
+    let (schema_type, text, references) = schema;
+    let result = match schema_type {
+        SchemaType::Avro => avro::parse(text, references, resolve).map(drop),
+        SchemaType::Json => json::parse(text).map(drop),
+        SchemaType::Protobuf => protobuf::parse(text).map(drop),
+    };
+    result.map_err(RegistryError::InvalidSchema)
+}
+
+/// What keeps `new` from following `old` under `level` (empty: nothing).
+pub fn check(
+    level: Compatibility,
+    new: Checked<'_>,
+    old: Checked<'_>,
+    resolve: &Resolve<'_>,
+) -> Vec<String> {
+    if level == Compatibility::None {
+        return Vec::new();
+    }
+    if new.0 != old.0 {
+        return vec![format!(
+            "the schema type changed from {} to {}",
+            old.0.as_str(),
+            new.0.as_str()
+        )];
+    }
+    let mut problems = Vec::new();
+    if level.backward() {
+        problems.extend(
+            can_read(new, old, resolve).into_iter().map(|p| {
+                format!("BACKWARD: the new schema cannot read data the old one wrote: {p}")
+            }),
+        );
+    }
+    if level.forward() {
+        problems.extend(
+            can_read(old, new, resolve).into_iter().map(|p| {
+                format!("FORWARD: the old schema cannot read data the new one writes: {p}")
+            }),
+        );
+    }
+    problems
+}
+
+/// Why `reader` cannot read everything `writer` can write (empty: it can).
+fn can_read(reader: Checked<'_>, writer: Checked<'_>, resolve: &Resolve<'_>) -> Vec<String> {
+    match reader.0 {
+        SchemaType::Avro => {
+            let parsed = (
+                avro::parse(reader.1, reader.2, resolve),
+                avro::parse(writer.1, writer.2, resolve),
+            );
+            match parsed {
+                (Ok(r), Ok(w)) => avro::can_read(&r, &w),
+                (Err(e), _) | (_, Err(e)) => vec![e],
+            }
+        }
+        SchemaType::Json => match (json::parse(reader.1), json::parse(writer.1)) {
+            (Ok(r), Ok(w)) => json::can_read(&r, &w),
+            (Err(e), _) | (_, Err(e)) => vec![e],
+        },
+        SchemaType::Protobuf => match (protobuf::parse(reader.1), protobuf::parse(writer.1)) {
+            (Ok(r), Ok(w)) => protobuf::can_read(&r, &w),
+            (Err(e), _) | (_, Err(e)) => vec![e],
+        },
+    }
+}

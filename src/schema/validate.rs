@@ -1,0 +1,311 @@
+//! Validation on publish: the registry as the core's [`SchemaValidator`].
+//!
+//! A Kafka record passes when its value is in Confluent's wire format (magic byte 0, the
+//! big-endian schema id, then the payload; Protobuf puts its message-index array first), the
+//! id names a schema registered under the topic's subject (`<topic>-value`, or for record
+//! name strategies `<topic>-<record>` or the record's full name), and the payload decodes:
+//! Avro with apache-avro against the writer schema (every byte consumed), JSON against the
+//! JSON Schema ([`super::json_check`]), Protobuf as a well-formed wire-format message.
+//!
+//! Schemas are parsed once per id and cached (an id's schema never changes); which subjects
+//! hold an id is looked up once per batch per id, so a delete takes effect at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use super::compat::avro::{self, ParsedAvro};
+use super::json_check;
+use super::registry::{SchemaRegistry, StoredSchema, VersionRef};
+use super::types::SchemaType;
+use crate::broker::schema_check::{NamedSchemaMessage, RecordRejection, SchemaValidator};
+
+/// A schema ready to check payloads against.
+pub enum Prepared {
+    Avro(ParsedAvro),
+    Json(serde_json::Value),
+    Protobuf,
+}
+
+/// Parsed schemas by id.
+#[derive(Default)]
+pub struct PreparedCache {
+    by_id: RwLock<HashMap<i32, Arc<Prepared>>>,
+}
+
+impl PreparedCache {
+    fn get(
+        &self,
+        registry: &SchemaRegistry,
+        schema: &StoredSchema,
+    ) -> Result<Arc<Prepared>, String> {
+        let id = schema.record.id;
+        if let Some(p) = self.by_id.read().get(&id) {
+            return Ok(p.clone());
+        }
+        let prepared = Arc::new(match schema.schema_type {
+            SchemaType::Avro => Prepared::Avro(avro::parse(
+                &schema.record.schema,
+                &schema.record.references,
+                &|r| registry.reference_text(r),
+            )?),
+            SchemaType::Json => Prepared::Json(
+                serde_json::from_str(&schema.record.schema).map_err(|e| e.to_string())?,
+            ),
+            SchemaType::Protobuf => Prepared::Protobuf,
+        });
+        self.by_id.write().insert(id, prepared.clone());
+        Ok(prepared)
+    }
+}
+
+/// Whether a subject holding the schema is one a producer to `topic` could have used.
+fn subject_fits(topic: &str, subject: &str, record_name: Option<&str>) -> bool {
+    match subject
+        .strip_prefix(topic)
+        .and_then(|rest| rest.strip_prefix('-'))
+    {
+        Some("key") => false,
+        Some(_) => true,
+        None => record_name == Some(subject),
+    }
+}
+
+fn record_name(prepared: &Prepared) -> Option<String> {
+    match prepared {
+        Prepared::Avro(p) => p.schema.name().map(|n| n.fullname(None)),
+        Prepared::Json(v) => v.get("title").and_then(|t| t.as_str()).map(str::to_string),
+        Prepared::Protobuf => None,
+    }
+}
+
+impl SchemaRegistry {
+    fn check_value(
+        &self,
+        topic: &str,
+        value: Option<&[u8]>,
+        seen: &mut HashMap<i32, Result<Arc<Prepared>, (&'static str, String)>>,
+    ) -> Result<(), (&'static str, String)> {
+        let value = value.ok_or(("wire_format", "the record has no value".to_string()))?;
+        if value.len() < 5 || value[0] != 0 {
+            return Err((
+                "wire_format",
+                "the value is not in the schema registry wire format (magic byte 0 and a \
+                 4-byte schema id)"
+                    .into(),
+            ));
+        }
+        let id = i32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+        let prepared = seen
+            .entry(id)
+            .or_insert_with(|| self.prepare_for_topic(topic, id))
+            .clone()?;
+        let payload = &value[5..];
+        match &*prepared {
+            Prepared::Avro(schema) => decode_avro(schema, payload),
+            Prepared::Json(schema) => json_check::check_document(schema, payload),
+            Prepared::Protobuf => check_protobuf(payload),
+        }
+        .map_err(|e| {
+            (
+                "decode",
+                format!("the value does not decode against schema {id}: {e}"),
+            )
+        })
+    }
+
+    fn prepare_for_topic(
+        &self,
+        topic: &str,
+        id: i32,
+    ) -> Result<Arc<Prepared>, (&'static str, String)> {
+        let schema = self.schema_by_id(id).map_err(|_| {
+            (
+                "unknown_schema",
+                format!("schema id {id} is not registered"),
+            )
+        })?;
+        let prepared = self
+            .prepared
+            .get(self, &schema)
+            .map_err(|e| ("unknown_schema", format!("schema {id} cannot be used: {e}")))?;
+        let name = record_name(&prepared);
+        let subjects = self.versions_of_id(id, false).unwrap_or_default();
+        if !subjects
+            .iter()
+            .any(|(subject, _)| subject_fits(topic, subject, name.as_deref()))
+        {
+            return Err((
+                "wrong_subject",
+                format!("schema {id} is not registered under subject '{topic}-value'"),
+            ));
+        }
+        Ok(prepared)
+    }
+}
+
+impl SchemaValidator for SchemaRegistry {
+    fn check_records(&self, topic: &str, batch: &Bytes) -> Vec<RecordRejection> {
+        let mut bytes = batch.clone();
+        let records = match crate::log::batch::decode_next_batch(&mut bytes) {
+            Ok(records) => records,
+            Err(e) => {
+                return vec![RecordRejection {
+                    batch_index: 0,
+                    reason: "wire_format",
+                    message: format!("the record batch cannot be read: {e}"),
+                }]
+            }
+        };
+        let mut seen = HashMap::new();
+        records
+            .iter()
+            .enumerate()
+            .filter_map(|(index, r)| {
+                let value = r.record.value.as_deref();
+                self.check_value(topic, value, &mut seen)
+                    .err()
+                    .map(|(reason, message)| RecordRejection {
+                        batch_index: i32::try_from(index).unwrap_or(i32::MAX),
+                        reason,
+                        message,
+                    })
+            })
+            .collect()
+    }
+
+    fn check_named(&self, message: &NamedSchemaMessage<'_>) -> Result<(), (&'static str, String)> {
+        let which = match message.version {
+            None => VersionRef::Latest,
+            Some(v) => VersionRef::parse(v).map_err(|e| ("unknown_schema", e.to_string()))?,
+        };
+        let found = self
+            .version(message.subject, which, false)
+            .map_err(|e| ("unknown_schema", e.to_string()))?;
+        let prepared = self
+            .prepared
+            .get(self, &found.schema)
+            .map_err(|e| ("unknown_schema", e))?;
+        if let (Prepared::Json(_), Some(content_type)) = (&*prepared, message.content_type) {
+            let essence = content_type.split(';').next().unwrap_or("").trim();
+            if !(essence == "application/json" || essence.ends_with("+json")) {
+                return Err((
+                    "content_type",
+                    format!(
+                        "subject '{}' holds a JSON schema but the content type is '{content_type}'",
+                        message.subject
+                    ),
+                ));
+            }
+        }
+        match &*prepared {
+            Prepared::Json(schema) => json_check::check_document(schema, message.body),
+            Prepared::Avro(schema) => decode_avro(schema, message.body),
+            Prepared::Protobuf => check_protobuf(message.body),
+        }
+        .map_err(|e| {
+            (
+                "decode",
+                format!(
+                    "the body does not match subject '{}' version {}: {e}",
+                    message.subject, found.version
+                ),
+            )
+        })
+    }
+}
+
+fn decode_avro(schema: &ParsedAvro, payload: &[u8]) -> Result<(), String> {
+    let mut reader = payload;
+    let decoded = if schema.referenced.is_empty() {
+        apache_avro::from_avro_datum(&schema.schema, &mut reader, None)
+    } else {
+        apache_avro::from_avro_datum_schemata(
+            &schema.schema,
+            schema.referenced.iter().collect(),
+            &mut reader,
+            None,
+        )
+    };
+    decoded.map_err(|e| e.to_string())?;
+    if reader.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} bytes left over after the datum", reader.len()))
+    }
+}
+
+fn read_varint(buf: &mut &[u8]) -> Result<u64, String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = buf.split_first().ok_or("truncated varint")?;
+        *buf = rest;
+        value |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
+/// Confluent's message-index array (zig-zag varints, a lone 0 for the first message), then a
+/// protobuf message whose every field is well formed.
+fn check_protobuf(payload: &[u8]) -> Result<(), String> {
+    let mut buf = payload;
+    let count = read_varint(&mut buf)? >> 1;
+    if count > 64 {
+        return Err("message-index array longer than 64".into());
+    }
+    for _ in 0..count {
+        read_varint(&mut buf)?;
+    }
+    while !buf.is_empty() {
+        let tag = read_varint(&mut buf)?;
+        if tag >> 3 == 0 {
+            return Err("field number 0".into());
+        }
+        let skip = match tag & 7 {
+            0 => {
+                read_varint(&mut buf)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(read_varint(&mut buf)?).map_err(|_| "length too large")?,
+            5 => 4,
+            other => return Err(format!("unsupported wire type {other}")),
+        };
+        if skip > buf.len() {
+            return Err("field runs past the end of the message".into());
+        }
+        buf = &buf[skip..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_strategies() {
+        assert!(subject_fits("orders", "orders-value", None));
+        assert!(subject_fits("orders", "orders-shop.Order", None));
+        assert!(!subject_fits("orders", "orders-key", None));
+        assert!(subject_fits("orders", "shop.Order", Some("shop.Order")));
+        assert!(!subject_fits(
+            "orders",
+            "payments-value",
+            Some("shop.Order")
+        ));
+    }
+
+    #[test]
+    fn protobuf_wire_format() {
+        // index array [0] (a lone 0), then field 1 varint 150, field 2 "hi".
+        assert!(check_protobuf(&[0x00, 0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i']).is_ok());
+        assert!(check_protobuf(&[0x00, 0x12, 0x05, b'h']).is_err());
+        assert!(check_protobuf(&[0x00, 0x0f]).is_err());
+    }
+}
