@@ -930,6 +930,7 @@ async fn a_topic_subscription_reads_from_an_offset_with_locations() {
             topic: "audit".into(),
             start: Some(v1::subscribe_topic::Start::Offset(1)),
             prefetch: 10,
+            ..Default::default()
         })),
     };
     let (mut send, mut reader) = conn.open_subscription(&subscribe).await.expect("subscribe");

@@ -2,6 +2,7 @@
 
 mod admin;
 mod authorize;
+mod group;
 mod processed;
 mod publish;
 mod subscribe;
