@@ -821,6 +821,7 @@ async fn nothing_but_authenticate_is_served_before_a_login() {
             user: "guest".into(),
             password: password.into(),
             client_name: "raw".into(),
+            ..Default::default()
         })
     };
     let refused = |r: v1::response::Result| match r {
@@ -1118,6 +1119,7 @@ async fn a_native_connection_is_listed_and_closed_through_the_management_api() {
         user: "guest".into(),
         password: "guest".into(),
         client_name: "inventory-service".into(),
+        ..Default::default()
     });
     assert!(matches!(
         raw_call(&quic, login).await,

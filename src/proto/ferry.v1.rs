@@ -94,6 +94,10 @@ pub struct Authenticate {
     /// Optional client name, shown in the broker's logs.
     #[prost(string, tag = "3")]
     pub client_name: ::prost::alloc::string::String,
+    /// "PLAIN" (or empty): `user` and `password`. "EXTERNAL": the verified TLS client
+    /// certificate is the credential and the user is its CN (`user` empty or equal to it).
+    #[prost(string, tag = "4")]
+    pub mechanism: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Authenticated {
