@@ -200,7 +200,7 @@ fn client_endpoint(
     } else {
         SocketAddr::from(([0_u16; 8], 0))
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(NativeClientError::connection)?;
+    let mut endpoint = crate::proto::endpoint(bind, None).map_err(NativeClientError::connection)?;
     endpoint.set_default_client_config(client.clone());
     Ok((endpoint, client))
 }

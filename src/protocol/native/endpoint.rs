@@ -156,7 +156,7 @@ pub fn bind_with(
     tls: &rustls::ServerConfig,
     settings: &NativeSettings,
 ) -> Result<quinn::Endpoint, EndpointError> {
-    quinn::Endpoint::server(server_config(tls, settings)?, addr)
+    crate::proto::endpoint(addr, Some(server_config(tls, settings)?))
         .map_err(|source| EndpointError::Bind { addr, source })
 }
 
