@@ -170,7 +170,8 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
         .await;
     };
     if let Op::Authenticate(a) = op {
-        let answer = authenticate(&ctx, a).await;
+        // Boxed: a login is rare, and inline it would grow every stream's task (see dispatch).
+        let answer = Box::pin(authenticate(&ctx, a)).await;
         let response = match answer {
             Ok(r) => r,
             Err(e) => e.response(),
