@@ -31,6 +31,12 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// `max_ids` ids, so a client inventing names must not grow the store without bound.
 pub const DEFAULT_MAX_HANDLERS: usize = 10_000;
 
+/// The store's name for `handler` of `user`: a handler's ids belong to the user that recorded
+/// them. The user's length comes first, so no (user, handler) pair spells another's.
+pub fn scoped_handler(user: &str, handler: &str) -> String {
+    format!("{}:{user}/{handler}", user.len())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessedLimits {
     pub max_ids: usize,

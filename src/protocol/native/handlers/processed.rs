@@ -25,8 +25,7 @@ fn check_names(handler: &str, event_id: &str) -> Result<(), NativeError> {
     Ok(())
 }
 
-/// The store's name for `handler` of the connection's user. The user's length comes first, so
-/// no (user, handler) pair can spell another's name.
+/// The store's name for `handler` of the connection's user, if the store has room for it.
 fn scoped(ctx: &Ctx, handler: &str) -> Result<String, NativeError> {
     let Some(user) = ctx.user.get() else {
         return Err(NativeError::new(
@@ -34,7 +33,7 @@ fn scoped(ctx: &Ctx, handler: &str) -> Result<String, NativeError> {
             "authenticate first",
         ));
     };
-    let name = format!("{}:{user}/{handler}", user.len());
+    let name = crate::broker::processed::scoped_handler(user, handler);
     if !ctx.core.processed().admits(&name) {
         return Err(NativeError::new(
             ErrorCode::Rejected,
