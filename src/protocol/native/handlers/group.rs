@@ -16,8 +16,6 @@
 //! current one's first) are ignored: their partitions may belong to another member now, which
 //! reads them from the committed offset.
 
-mod consumer_protocol;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -34,6 +32,7 @@ use crate::broker::group::{
 };
 use crate::broker::stream::{StreamReader, StreamStart};
 use crate::proto::v1::{self, response, ErrorCode};
+use crate::protocol::consumer_protocol;
 
 /// Kafka's protocol type for consumers: what lets Kafka clients and native members share a group.
 const PROTOCOL_TYPE: &str = "consumer";

@@ -1,7 +1,8 @@
 //! Kafka's "consumer" protocol formats for group members: the subscription a member joins with
 //! and the assignment the leader hands out (ConsumerProtocolSubscription / Assignment, each a
 //! big-endian i16 version, then the body). Version 0 is written, which every Kafka client
-//! reads; any version is read through the v0 prefix all versions share. Pure functions.
+//! reads; any version is read through the v0 prefix all versions share. Pure functions, shared
+//! by the Kafka adapter (OffsetDelete reads members' subscriptions) and native group members.
 
 use std::collections::BTreeMap;
 
@@ -15,14 +16,14 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use crate::broker::group::JoinedMember;
 
 /// The member metadata of a subscription to `topic`.
-pub(super) fn subscription(topic: &str) -> Bytes {
+pub(crate) fn subscription(topic: &str) -> Bytes {
     let body = ConsumerProtocolSubscription::default()
         .with_topics(vec![StrBytes::from_string(topic.to_string())]);
     versioned(|buf| body.encode(buf, 0))
 }
 
 /// The topics a member subscribes to; `None` for metadata that is not a subscription.
-fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
+pub(crate) fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
     let mut buf = Bytes::copy_from_slice(metadata);
     if buf.remaining() < 2 {
         return None;
@@ -34,7 +35,7 @@ fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
 }
 
 /// The partitions of `topic` in an assignment (sorted); none when it cannot be read.
-pub(super) fn partitions_of(assignment: &[u8], topic: &str) -> Vec<i32> {
+pub(crate) fn partitions_of(assignment: &[u8], topic: &str) -> Vec<i32> {
     let mut buf = Bytes::copy_from_slice(assignment);
     if buf.remaining() < 2 {
         return Vec::new();
@@ -62,7 +63,7 @@ pub(super) fn partitions_of(assignment: &[u8], topic: &str) -> Vec<i32> {
 /// consecutive ranges of partitions, the first `partitions % subscribers` one more. Every member
 /// gets an assignment, maybe empty. `partition_count` gives a topic's partitions (`None`: the
 /// topic does not exist, and nobody gets any of it).
-pub(super) fn assign_ranges(
+pub(crate) fn assign_ranges(
     members: &[JoinedMember],
     partition_count: impl Fn(&str) -> Option<usize>,
 ) -> Vec<(String, Bytes)> {
