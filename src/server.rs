@@ -245,7 +245,10 @@ impl BrokerBuilder {
         probe_listeners(&config)?;
         // Certificates are checked before anything binds, so a bad file fails the start at
         // once with the reason rather than every handshake later.
-        let tls = if config.tls_listeners().is_empty() {
+        // The native listener uses the shared TLS configuration too when a certificate is
+        // named, even without a TCP TLS listener (for client certificates and reloads).
+        let native_tls = !config.tls.cert_file.is_empty() && !config.tls.key_file.is_empty();
+        let tls = if config.tls_listeners().is_empty() && !native_tls {
             None
         } else {
             Some(TlsAcceptor::load(&config.tls)?)
@@ -351,7 +354,8 @@ impl BrokerBuilder {
         if let Some(addr) = amqp_tls_addr {
             health.set_listener("amqps", addr);
         }
-        let (native, native_fingerprint) = listeners::bind_native(&config, &data_dir)?;
+        let (native, native_fingerprint) =
+            listeners::bind_native(&config, &data_dir, tls.as_ref())?;
         let native_addr = native.local_addr().map_err(|source| StartError::Bind {
             what: "native",
             addr: config.native_listen.clone(),
@@ -359,10 +363,18 @@ impl BrokerBuilder {
         })?;
         // Not in the health listeners: their checks connect over TCP, and this one is UDP.
         // It is bound before the broker turns ready, so /readyz waits for it all the same.
+        let native_certificates =
+            tls.clone()
+                .filter(|_| native_tls)
+                .map(|acceptor| protocol::native::Certificates {
+                    acceptor,
+                    cert_file: config.tls.cert_file.clone().into(),
+                });
         tasks.spawn(protocol::native::serve(
             native,
             core.clone(),
             config.native.clone(),
+            native_certificates,
             shutdown_rx.clone(),
         ));
 

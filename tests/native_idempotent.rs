@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry::broker::processed::scoped_handler;
 use ferry::client::native::*;
 use ferry::testing::TestBroker;
 use parking_lot::Mutex;
@@ -142,7 +143,7 @@ async fn an_idempotent_handler_runs_once_per_event_id_across_a_broker_restart() 
         assert!(broker
             .core()
             .processed()
-            .is_processed("billing.charge", "flaky-1")
+            .is_processed(&scoped_handler("guest", "billing.charge"), "flaky-1")
             .unwrap());
         broker.stop().await;
     }

@@ -250,3 +250,73 @@ async fn connections_past_native_max_connections_are_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+fn check_processed(handler: &str, id: &str) -> Op {
+    Op::CheckProcessed(v1::CheckProcessed {
+        handler: handler.into(),
+        event_id: id.into(),
+    })
+}
+
+fn record_processed(handler: &str, id: &str) -> Op {
+    Op::RecordProcessed(v1::RecordProcessed {
+        handler: handler.into(),
+        event_id: id.into(),
+    })
+}
+
+async fn processed(conn: &NativeConnection, handler: &str, id: &str) -> bool {
+    match call(conn, check_processed(handler, id)).await {
+        Ok(v1::response::Result::ProcessedStatus(s)) => s.processed,
+        other => panic!("expected a processed status, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn processed_ids_belong_to_the_user_that_recorded_them() {
+    let broker = TestBroker::start().await.expect("broker");
+    broker
+        .core()
+        .users()
+        .put_user("mallory", Password::Clear("m-secret".into()), Vec::new())
+        .expect("user");
+    let owner = connect_as(&broker, "guest", "guest").await;
+    let other = connect_as(&broker, "mallory", "m-secret").await;
+    call(&owner, record_processed("billing.charge", "evt-1"))
+        .await
+        .expect("record");
+    assert!(processed(&owner, "billing.charge", "evt-1").await);
+    // Another user neither sees the owner's ids nor can mark an event done in its name.
+    assert!(!processed(&other, "billing.charge", "evt-1").await);
+    call(&other, record_processed("billing.charge", "evt-2"))
+        .await
+        .expect("a user's own record");
+    assert!(!processed(&owner, "billing.charge", "evt-2").await);
+    assert!(processed(&other, "billing.charge", "evt-2").await);
+}
+
+#[tokio::test]
+async fn handler_names_are_bounded() {
+    let broker = TestBroker::start().await.expect("broker");
+    broker
+        .core()
+        .processed()
+        .set_limits(ferry::broker::processed::ProcessedLimits {
+            max_handlers: 2,
+            ..Default::default()
+        });
+    let conn = connect_as(&broker, "guest", "guest").await;
+    for name in ["h1", "h2"] {
+        call(&conn, record_processed(name, "e"))
+            .await
+            .expect("within the cap");
+    }
+    for op in [record_processed("h3", "e"), check_processed("h3", "e")] {
+        match call(&conn, op).await {
+            Err(NativeClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::Rejected),
+            other => panic!("expected REJECTED past the cap, got {other:?}"),
+        }
+    }
+    // Known names keep working.
+    assert!(processed(&conn, "h1", "e").await);
+}

@@ -170,9 +170,22 @@ async fn publish_is_confirmed_and_a_subscriber_acks() {
     all_settled(&broker, "orders").await;
 }
 
+/// The retry count of the handler's next attempt.
+async fn attempt(rx: &mut mpsc::UnboundedReceiver<u32>) -> u32 {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("an attempt in time")
+        .expect("handler running")
+}
+
+/// Retry timings on the broker's manual clock: each retry is held (the queue reports it
+/// delayed) until exactly its backoff has passed on that clock, then delivered with its count.
 #[tokio::test]
 async fn a_failing_handler_is_retried_by_the_broker_with_its_retry_count() {
-    let broker = TestBroker::start().await.expect("broker");
+    let clock = ferry::clock::Clock::manual(1_700_000_000_000);
+    let broker = TestBroker::with(|b| b.clock(clock.clone()))
+        .await
+        .expect("broker");
     let conn = sdk(&broker).await;
     let consumer = EventConsumer::new(conn.clone());
     let mut config = ConsumerConfig::new("work");
@@ -191,39 +204,42 @@ async fn a_failing_handler_is_retried_by_the_broker_with_its_retry_count() {
         )
         .await
         .expect("publish");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let handler = {
-        let seen = seen.clone();
-        move |event: ReceivedEvent, _ctx: EventContext| {
-            let seen = seen.clone();
-            let done_tx = done_tx.clone();
-            async move {
-                seen.lock()
-                    .push((event.retry_count, std::time::Instant::now()));
-                if event.retry_count < 2 {
-                    return Err(HandlerError("not yet".into()));
-                }
-                let _ = done_tx.send(());
-                Ok(())
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let handler = move |event: ReceivedEvent, _ctx: EventContext| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send(event.retry_count);
+            if event.retry_count < 2 {
+                return Err(HandlerError("not yet".into()));
             }
+            Ok(())
         }
     };
     let sub = consumer
         .subscribe(handler, config)
         .await
         .expect("subscribe");
-    tokio::time::timeout(WAIT, done_rx.recv())
-        .await
-        .expect("succeeds in time");
-    sub.close().await;
-    let seen = seen.lock().clone();
-    let counts: Vec<u32> = seen.iter().map(|(c, _)| *c).collect();
-    assert_eq!(counts, vec![0, 1, 2]);
-    // Linear backoff: the broker held retry n for at least n x 100 ms.
-    assert!(seen[1].1 - seen[0].1 >= Duration::from_millis(100));
-    assert!(seen[2].1 - seen[1].1 >= Duration::from_millis(200));
+    let q = queue(&broker, "work");
+    assert_eq!(attempt(&mut seen_rx).await, 0);
+    // Linear backoff: retry n is held for n x 100 ms of the broker's clock, not a moment less.
+    for (retry, delay_ms) in [(1, 100), (2, 200)] {
+        eventually("the failed attempt is held as a delayed retry", || {
+            q.delayed_count() == 1
+        })
+        .await;
+        clock.advance_ms(delay_ms - 1);
+        assert_eq!(q.message_count(), 1);
+        assert_eq!(
+            q.delayed_count(),
+            1,
+            "retry {retry} released before {delay_ms} ms"
+        );
+        assert!(seen_rx.try_recv().is_err(), "retry {retry} ran early");
+        clock.advance_ms(1);
+        assert_eq!(attempt(&mut seen_rx).await, retry);
+    }
     all_settled(&broker, "work").await;
+    sub.close().await;
 }
 
 #[tokio::test]
@@ -805,6 +821,7 @@ async fn nothing_but_authenticate_is_served_before_a_login() {
             user: "guest".into(),
             password: password.into(),
             client_name: "raw".into(),
+            ..Default::default()
         })
     };
     let refused = |r: v1::response::Result| match r {
@@ -930,6 +947,7 @@ async fn a_topic_subscription_reads_from_an_offset_with_locations() {
             topic: "audit".into(),
             start: Some(v1::subscribe_topic::Start::Offset(1)),
             prefetch: 10,
+            ..Default::default()
         })),
     };
     let (mut send, mut reader) = conn.open_subscription(&subscribe).await.expect("subscribe");
@@ -1101,6 +1119,7 @@ async fn a_native_connection_is_listed_and_closed_through_the_management_api() {
         user: "guest".into(),
         password: "guest".into(),
         client_name: "inventory-service".into(),
+        ..Default::default()
     });
     assert!(matches!(
         raw_call(&quic, login).await,

@@ -27,11 +27,21 @@ pub const DEFAULT_MAX_IDS: usize = 100_000;
 pub const DEFAULT_MAX_AGE_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Longest handler name or event id accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
+/// Handler names held in memory at once unless configured otherwise: each costs up to
+/// `max_ids` ids, so a client inventing names must not grow the store without bound.
+pub const DEFAULT_MAX_HANDLERS: usize = 10_000;
+
+/// The store's name for `handler` of `user`: a handler's ids belong to the user that recorded
+/// them. The user's length comes first, so no (user, handler) pair spells another's.
+pub fn scoped_handler(user: &str, handler: &str) -> String {
+    format!("{}:{user}/{handler}", user.len())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessedLimits {
     pub max_ids: usize,
     pub max_age_ms: i64,
+    pub max_handlers: usize,
 }
 
 impl Default for ProcessedLimits {
@@ -39,6 +49,7 @@ impl Default for ProcessedLimits {
         Self {
             max_ids: DEFAULT_MAX_IDS,
             max_age_ms: DEFAULT_MAX_AGE_MS,
+            max_handlers: DEFAULT_MAX_HANDLERS,
         }
     }
 }
@@ -88,6 +99,14 @@ impl ProcessedIds {
 
     pub fn set_limits(&self, limits: ProcessedLimits) {
         *self.limits.lock() = limits;
+    }
+
+    /// Whether `handler` may be used: it is known already, or there is room for one more name
+    /// under `max_handlers`. Callers refuse a request for a name that is not admitted.
+    pub fn admits(&self, handler: &str) -> bool {
+        let max = self.limits.lock().max_handlers;
+        let handlers = self.handlers.lock();
+        handlers.contains_key(handler) || handlers.len() < max
     }
 
     /// The handler's ids, loaded from the store on first use. The store's lock is held across
@@ -151,6 +170,7 @@ mod tests {
         s.set_limits(ProcessedLimits {
             max_ids,
             max_age_ms,
+            ..ProcessedLimits::default()
         });
         s
     }

@@ -243,6 +243,8 @@ pub struct StreamRecord {
 }
 
 struct Cursor {
+    /// The partition's number in its topic.
+    partition: i32,
     log: PartitionHandle,
     hw: watch::Receiver<i64>,
     /// Next offset to read from the log.
@@ -260,6 +262,9 @@ pub struct StreamReader {
     cursors: Vec<Cursor>,
     /// Partition polled first next time, so one busy partition cannot starve the others.
     turn: usize,
+    /// Reads only the partitions it was opened with (a consumer-group member's assignment);
+    /// partitions added later are someone else's until the next assignment.
+    assigned_only: bool,
     _count: ReaderCount,
 }
 
@@ -270,9 +275,10 @@ impl StreamReader {
             .topic(name)
             .ok_or_else(|| StreamError::NotFound(name.to_string()))?;
         let mut cursors = Vec::with_capacity(topic.partition_count());
-        for log in topic.partitions() {
+        for (p, log) in topic.partitions().iter().enumerate() {
             let next = start_offset(log, start)?;
             cursors.push(Cursor {
+                partition: p as i32,
                 hw: log.subscribe_high_watermark(),
                 log: log.clone(),
                 next,
@@ -286,8 +292,54 @@ impl StreamReader {
             partitions: topic.partition_count(),
             cursors,
             turn: 0,
+            assigned_only: false,
             _count: ReaderCount::new(topic.topic_id()),
         })
+    }
+
+    /// Opens a reader on some partitions of topic `name` only, each at its own start (a
+    /// consumer-group member's assignment, at its committed offsets). A partition the topic
+    /// does not have is [`StreamError::NotFound`].
+    pub fn open_partitions(
+        core: &BrokerCore,
+        name: &str,
+        starts: &[(i32, StreamStart)],
+    ) -> Result<Self, StreamError> {
+        let topic = core
+            .topic(name)
+            .ok_or_else(|| StreamError::NotFound(name.to_string()))?;
+        let mut cursors = Vec::with_capacity(starts.len());
+        for &(partition, start) in starts {
+            let log = usize::try_from(partition)
+                .ok()
+                .and_then(|p| topic.partitions().get(p))
+                .ok_or_else(|| StreamError::NotFound(format!("{name}/{partition}")))?;
+            cursors.push(Cursor {
+                partition,
+                hw: log.subscribe_high_watermark(),
+                next: start_offset(log, start)?,
+                log: log.clone(),
+                ahead: VecDeque::new(),
+            });
+        }
+        Ok(StreamReader {
+            core: core.clone(),
+            name: name.to_string(),
+            topic_id: topic.topic_id(),
+            partitions: cursors.len(),
+            cursors,
+            turn: 0,
+            assigned_only: true,
+            _count: ReaderCount::new(topic.topic_id()),
+        })
+    }
+
+    /// The next offset this reader hands out in each of its partitions.
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        self.cursors
+            .iter()
+            .map(|c| (c.partition, c.ahead.front().map_or(c.next, |r| r.offset)))
+            .collect()
     }
 
     /// The topic read.
@@ -308,8 +360,17 @@ impl StreamReader {
             .topic(&self.name)
             .filter(|t| t.topic_id() == self.topic_id)
             .ok_or_else(|| StreamError::NotFound(self.name.clone()))?;
-        for log in topic.partitions().iter().skip(self.cursors.len()) {
+        if self.assigned_only {
+            return Ok(());
+        }
+        for (p, log) in topic
+            .partitions()
+            .iter()
+            .enumerate()
+            .skip(self.cursors.len())
+        {
             self.cursors.push(Cursor {
+                partition: p as i32,
                 hw: log.subscribe_high_watermark(),
                 next: log.log_start_offset(),
                 log: log.clone(),
@@ -336,7 +397,7 @@ impl StreamReader {
             self.turn = self.turn.wrapping_add(1);
             let before = out.len();
             let name = self.name.clone();
-            fill(&mut self.cursors[p], p as i32, &name)?;
+            fill(&mut self.cursors[p], &name)?;
             let c = &mut self.cursors[p];
             while out.len() < max {
                 match c.ahead.pop_front() {
@@ -393,7 +454,8 @@ fn start_offset(log: &PartitionHandle, start: StreamStart) -> Result<i64, Stream
 }
 
 /// Decodes the next chunk of a partition into its look-ahead when that is empty.
-fn fill(c: &mut Cursor, partition: i32, topic: &str) -> Result<(), StreamError> {
+fn fill(c: &mut Cursor, topic: &str) -> Result<(), StreamError> {
+    let partition = c.partition;
     // Mark the watermark seen before reading, so an append after the read wakes `wait`.
     c.hw.borrow_and_update();
     if !c.ahead.is_empty() {

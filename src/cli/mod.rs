@@ -123,7 +123,7 @@ pub struct ServeArgs {
     /// AMQP 0-9-1 listener [default: 0.0.0.0:5672].
     #[arg(long, value_name = "HOST:PORT")]
     pub amqp_listen: Option<String>,
-    /// Native protocol (QUIC) listener [default: 0.0.0.0:7447] (reserved; not served yet).
+    /// Native protocol (QUIC, UDP) listener [default: 0.0.0.0:7447].
     #[arg(long, value_name = "HOST:PORT")]
     pub native_listen: Option<String>,
     /// HTTP listener for /healthz, /readyz and /metrics [default: 0.0.0.0:8080].

@@ -80,6 +80,7 @@ mod tests {
                 user: "guest".into(),
                 password: "guest".into(),
                 client_name: String::new(),
+                mechanism: String::new(),
             })),
         }
     }

@@ -47,7 +47,7 @@ pub mod request {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Response {
-    #[prost(oneof = "response::Result", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "response::Result", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 30")]
     pub result: ::core::option::Option<response::Result>,
 }
 /// Nested message and enum types in `Response`.
@@ -72,6 +72,9 @@ pub mod response {
         QueueDeclared(super::QueueDeclared),
         #[prost(message, tag = "9")]
         ProcessedStatus(super::ProcessedStatus),
+        /// Consumer-group subscriptions (tags from 30 on).
+        #[prost(message, tag = "30")]
+        Assigned(super::Assigned),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -91,6 +94,10 @@ pub struct Authenticate {
     /// Optional client name, shown in the broker's logs.
     #[prost(string, tag = "3")]
     pub client_name: ::prost::alloc::string::String,
+    /// "PLAIN" (or empty): `user` and `password`. "EXTERNAL": the verified TLS client
+    /// certificate is the credential and the user is its CN (`user` empty or equal to it).
+    #[prost(string, tag = "4")]
+    pub mechanism: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Authenticated {
@@ -254,6 +261,9 @@ pub struct SubscribeTopic {
     /// Deliveries sent before the client must settle (ack) some; 0 = 100.
     #[prost(uint32, tag = "6")]
     pub prefetch: u32,
+    /// Consumer group to read as a member of (empty = none): see `Assigned` at the end.
+    #[prost(string, tag = "7")]
+    pub group: ::prost::alloc::string::String,
     #[prost(oneof = "subscribe_topic::Start", tags = "2, 3, 4, 5")]
     pub start: ::core::option::Option<subscribe_topic::Start>,
 }
@@ -489,6 +499,20 @@ pub struct RecordProcessed {
     pub handler: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub event_id: ::prost::alloc::string::String,
+}
+/// Sent after `Subscribed` and after every rebalance, before the deliveries of that assignment.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Assigned {
+    /// The group generation this assignment belongs to.
+    #[prost(int32, tag = "1")]
+    pub generation: i32,
+    /// This member's id in the group (as Kafka tools list it).
+    #[prost(string, tag = "2")]
+    pub member_id: ::prost::alloc::string::String,
+    /// The partitions of the topic this member now reads; may be empty (more members than
+    /// partitions).
+    #[prost(int32, repeated, tag = "3")]
+    pub partitions: ::prost::alloc::vec::Vec<i32>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

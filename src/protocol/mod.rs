@@ -8,6 +8,7 @@
 //! `ferry_connections_refused_total`.
 
 pub mod amqp;
+mod consumer_protocol;
 pub mod kafka;
 pub mod native;
 

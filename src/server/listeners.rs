@@ -37,13 +37,21 @@ pub(super) async fn bind_tls(
 pub(super) fn bind_native(
     config: &Config,
     data_dir: &Path,
+    tls: Option<&Arc<TlsAcceptor>>,
 ) -> Result<(quinn::Endpoint, String), StartError> {
     use crate::protocol::native::endpoint;
     let key = "native_listen";
     let addr = resolve_listen(key, &config.native_listen)?;
     let identity = endpoint::identity(&config.tls, data_dir)?;
     let (fingerprint, origin) = (identity.fingerprint.clone(), identity.origin);
-    let bound = endpoint::bind(addr, identity, &config.native).map_err(|e| match e {
+    // With `tls.cert_file` the shared TLS configuration (client certificates, reloads).
+    let bound = match tls {
+        Some(acceptor) if origin == endpoint::CONFIGURED => {
+            endpoint::bind_with(addr, &acceptor.server_config(), &config.native)
+        }
+        _ => endpoint::bind(addr, identity, &config.native),
+    };
+    let bound = bound.map_err(|e| match e {
         endpoint::EndpointError::Bind { source, .. } => StartError::Listen(vec![ListenConflict {
             key,
             addr: config.native_listen.clone(),
@@ -57,6 +65,7 @@ pub(super) fn bind_native(
         alpn = "ferry/1",
         auth = "PLAIN (the user store)",
         certificate = origin,
+        client_certificates = if tls.is_some_and(|t| t.verifies_clients()) { "verified (tls.ca_file)" } else { "not asked for" },
         sha256_fingerprint = %fingerprint,
         "listening"
     );

@@ -204,6 +204,12 @@ impl TlsAcceptor {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The rustls configuration new handshakes use now (the native listener builds its QUIC
+    /// configuration from it, with its own ALPN).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.current.read().clone()
+    }
+
     /// Whether client certificates are verified (a CA is configured).
     pub fn verifies_clients(&self) -> bool {
         !self.settings.ca_file.is_empty()

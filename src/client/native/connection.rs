@@ -2,7 +2,9 @@
 //! over which every call opens its own stream.
 //!
 //! The server certificate is checked against a pinned SHA-256 fingerprint (what the broker
-//! logs for its self-signed certificate), or against CA certificates in a PEM file.
+//! logs for its self-signed certificate), or against CA certificates in a PEM file. A client
+//! certificate (mTLS) is presented when [`ConnectOptions::client_certificate`] names one; with
+//! [`Mechanism::External`] it is also the login (the user is its CN).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +73,31 @@ pub struct ConnectOptions {
     /// Per attempt. Default 5 s.
     pub connect_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// A client certificate to present (PEM certificate chain file, PEM key file), for a
+    /// broker that verifies them (`tls.ca_file`). Default none.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// How to log in. Default [`Mechanism::Plain`] with `user` and `password`.
+    pub mechanism: Mechanism,
+}
+
+/// The login mechanism of the connection's `Authenticate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mechanism {
+    /// `user` and `password` against the broker's user store.
+    #[default]
+    Plain,
+    /// The verified client certificate is the credential; the user is its CN (RabbitMQ's
+    /// EXTERNAL). Needs [`ConnectOptions::client_certificate`].
+    External,
+}
+
+impl Mechanism {
+    fn wire_name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::External => "EXTERNAL",
+        }
+    }
 }
 
 impl ConnectOptions {
@@ -85,6 +112,8 @@ impl ConnectOptions {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(5),
             max_frame_bytes: crate::proto::DEFAULT_MAX_FRAME_BYTES,
+            client_certificate: None,
+            mechanism: Mechanism::Plain,
         }
     }
 }
@@ -171,7 +200,7 @@ fn client_endpoint(
     } else {
         SocketAddr::from(([0_u16; 8], 0))
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(NativeClientError::connection)?;
+    let mut endpoint = crate::proto::endpoint(bind, None).map_err(NativeClientError::connection)?;
     endpoint.set_default_client_config(client.clone());
     Ok((endpoint, client))
 }
@@ -218,6 +247,7 @@ impl NativeConnection {
                 user: o.user.clone(),
                 password: o.password.clone(),
                 client_name: o.client_name.clone(),
+                mechanism: o.mechanism.wire_name().into(),
             })),
         };
         match unary_on(&conn, &auth, o.max_frame_bytes).await? {
@@ -333,14 +363,13 @@ fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClient
         }
         Trust::CaFile(_) => None,
     };
-    let mut tls = match (&o.trust, pinned) {
+    let verifying = match (&o.trust, pinned) {
         (_, Some(fingerprint)) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
                 fingerprint,
                 provider,
-            }))
-            .with_no_client_auth(),
+            })),
         (Trust::CaFile(path), None) => {
             let pem = std::fs::read(path)
                 .map_err(|e| NativeClientError::Config(format!("reading the CA file: {e}")))?;
@@ -351,12 +380,27 @@ fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClient
                     .add(cert)
                     .map_err(|e| NativeClientError::Config(e.to_string()))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
         (_, None) => {
             return Err(NativeClientError::Config(
                 "no way to trust the server".into(),
             ))
+        }
+    };
+    let mut tls = match &o.client_certificate {
+        None => verifying.with_no_client_auth(),
+        Some((cert_file, key_file)) => {
+            let config = |what: &str, e: String| NativeClientError::Config(format!("{what}: {e}"));
+            let chain = CertificateDer::pem_file_iter(cert_file)
+                .map_err(|e| config("client certificate", e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| config("client certificate", e.to_string()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key_file)
+                .map_err(|e| config("client key", e.to_string()))?;
+            verifying
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| config("client certificate", e.to_string()))?
         }
     };
     tls.alpn_protocols = vec![crate::proto::ALPN.to_vec()];

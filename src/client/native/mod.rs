@@ -27,7 +27,8 @@ mod reply;
 
 pub use crate::proto::v1::ErrorCode;
 pub use connection::{
-    connect, open_raw, Backoff, ConnectOptions, NativeClientError, NativeConnection, Trust,
+    connect, open_raw, Backoff, ConnectOptions, Mechanism, NativeClientError, NativeConnection,
+    Trust,
 };
 pub use consumer::{
     BackoffKind, ConsumerConfig, EventConsumer, EventContext, EventHandler, HandlerConfig,

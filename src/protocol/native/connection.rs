@@ -50,6 +50,9 @@ pub(crate) struct Ctx {
     pub frame_budget: Arc<Semaphore>,
     /// The user's permission decisions (see `handlers::authorize`).
     pub permissions: handlers::PermissionCache,
+    /// The client certificate's subject, when the client sent one and it verified against
+    /// `tls.ca_file` (the only way the handshake lets one through).
+    pub client_cert: Option<crate::tls::Principal>,
 }
 
 /// Request bytes a connection may have in memory at once, in units of the frame limit.
@@ -93,6 +96,7 @@ pub(super) async fn run(
         user: OnceLock::new(),
         frame_budget,
         permissions: handlers::PermissionCache::default(),
+        client_cert: client_certificate(&conn),
     });
     metrics::gauge!("ferry_connections", "protocol" => "native").increment(1.0);
     tracing::debug!(%peer, connection = ctx.id, "native connection open");
@@ -166,7 +170,8 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
         .await;
     };
     if let Op::Authenticate(a) = op {
-        let answer = authenticate(&ctx, a).await;
+        // Boxed: a login is rare, and inline it would grow every stream's task (see dispatch).
+        let answer = Box::pin(authenticate(&ctx, a)).await;
         let response = match answer {
             Ok(r) => r,
             Err(e) => e.response(),
@@ -186,6 +191,15 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
         .await;
     }
     handlers::dispatch(&ctx, op, &mut send, reader).await;
+}
+
+/// The subject of the client's verified certificate, if it sent one.
+fn client_certificate(conn: &quinn::Connection) -> Option<crate::tls::Principal> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    crate::tls::Principal::from_der(chain.first()?).ok()
 }
 
 /// The connection's frame budget: a few frames at the limit, within the semaphore's range.
@@ -213,36 +227,78 @@ async fn refuse(send: &mut SendStream, e: NativeError) {
 }
 
 async fn authenticate(ctx: &Ctx, a: v1::Authenticate) -> Result<v1::Response, NativeError> {
-    if let Some(user) = ctx.user.get() {
-        if *user != a.user {
+    let refused = || {
+        NativeError::new(
+            ErrorCode::Unauthenticated,
+            "login refused: unknown user or wrong password",
+        )
+    };
+    let external = match a.mechanism.as_str() {
+        "" | "PLAIN" => false,
+        "EXTERNAL" => true,
+        other => {
+            return Err(NativeError::new(
+                ErrorCode::InvalidArgument,
+                format!("unknown authentication mechanism `{other}` (PLAIN or EXTERNAL)"),
+            ))
+        }
+    };
+    // EXTERNAL (RabbitMQ's rabbitmq_auth_mechanism_ssl): the verified client certificate is
+    // the credential and its CN the user.
+    let user = if external {
+        let Some(cert) = &ctx.client_cert else {
+            return Err(NativeError::new(
+                ErrorCode::Unauthenticated,
+                "EXTERNAL needs a client certificate the broker verified (tls.ca_file)",
+            ));
+        };
+        match &cert.common_name {
+            Some(cn) if a.user.is_empty() || a.user == *cn => cn.clone(),
+            _ => {
+                tracing::info!(peer = %ctx.peer, subject = %cert.subject, user = a.user,
+                    "native EXTERNAL login: the certificate has no CN or another one");
+                return Err(refused());
+            }
+        }
+    } else {
+        a.user.clone()
+    };
+    if let Some(current) = ctx.user.get() {
+        if *current != user {
             return Err(NativeError::new(
                 ErrorCode::InvalidArgument,
                 "this connection is already authenticated as another user",
             ));
         }
     } else {
-        let refused = || {
-            NativeError::new(
-                ErrorCode::Unauthenticated,
-                "login refused: unknown user or wrong password",
-            )
-        };
-        // Counted, logged (WARN, rate-limited) and slowed per peer by the core, and the
-        // loopback-only rule for default users, exactly as for AMQP and Kafka PLAIN.
-        ctx.core
-            .login("native", Some(ctx.peer.ip()), &a.user, &a.password)
-            .await
-            .map_err(|_| refused())?;
-        let _ = ctx.user.set(a.user.clone());
-        ctx.listed.set_user(&a.user);
+        let ip = Some(ctx.peer.ip());
+        if external {
+            let guard = ctx.core.login_guard();
+            match ctx.core.users().check_identity(&user, ip) {
+                Ok(_) => guard.succeeded(ip),
+                Err(_) => {
+                    guard.failed("native", ip, &user).wait().await;
+                    return Err(refused());
+                }
+            }
+        } else {
+            // Counted, logged (WARN, rate-limited) and slowed per peer by the core, and the
+            // loopback-only rule for default users, exactly as for AMQP and Kafka PLAIN.
+            ctx.core
+                .login("native", ip, &user, &a.password)
+                .await
+                .map_err(|_| refused())?;
+        }
+        let _ = ctx.user.set(user.clone());
+        ctx.listed.set_user(&user);
         if !a.client_name.is_empty() {
             ctx.listed.set_client_name(&a.client_name);
         }
-        tracing::debug!(peer = %ctx.peer, user = a.user, client = a.client_name, "native login");
+        tracing::debug!(peer = %ctx.peer, user, client = a.client_name, external, "native login");
     }
     Ok(v1::Response {
         result: Some(v1::response::Result::Authenticated(v1::Authenticated {
-            user: a.user,
+            user,
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             max_frame_bytes: u32::try_from(ctx.settings.max_frame_bytes).unwrap_or(u32::MAX),
         })),

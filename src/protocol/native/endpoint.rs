@@ -4,6 +4,12 @@
 //! otherwise a self-signed one for `localhost` is generated at first start and kept in
 //! `<data_dir>/native/` so clients that pinned it keep working across restarts. Its SHA-256
 //! fingerprint is logged either way: that is what a client pins.
+//!
+//! With `tls.cert_file` the QUIC configuration is built from the broker's shared
+//! [`TlsAcceptor`](crate::tls::TlsAcceptor) configuration (the one every TLS listener uses, with
+//! ALPN `ferry/1` added), so the native listener verifies client certificates against
+//! `tls.ca_file` as `tls.client_auth` says, and takes reloaded certificates (SIGHUP, file
+//! change) for new connections: [`server_config`] is rebuilt and swapped into the endpoint.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,6 +36,9 @@ pub enum EndpointError {
     },
 }
 
+/// [`Identity::origin`] of the certificate named by `tls.cert_file`.
+pub const CONFIGURED: &str = "tls.cert_file";
+
 /// A certificate chain and its key, with the leaf's SHA-256 fingerprint (hex, colon-separated).
 pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
@@ -47,7 +56,7 @@ pub fn identity(tls: &TlsSettings, data_dir: &Path) -> Result<Identity, Endpoint
             .map_err(|e| err(format!("reading tls.cert_file: {e}")))?;
         let key =
             std::fs::read(&tls.key_file).map_err(|e| err(format!("reading tls.key_file: {e}")))?;
-        (cert, key, "tls.cert_file")
+        (cert, key, CONFIGURED)
     } else {
         let dir = data_dir.join("native");
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -125,23 +134,45 @@ pub fn transport(settings: &NativeSettings) -> quinn::TransportConfig {
     t
 }
 
-/// Binds the QUIC endpoint on `addr` with `identity`.
+/// Binds the QUIC endpoint on `addr` with `identity` (no client certificates).
 pub fn bind(
     addr: SocketAddr,
     identity: Identity,
     settings: &NativeSettings,
 ) -> Result<quinn::Endpoint, EndpointError> {
     let provider = crate::proto::crypto_provider();
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| EndpointError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)
         .map_err(|e| EndpointError::Certificate(e.to_string()))?;
+    bind_with(addr, &tls, settings)
+}
+
+/// Binds the QUIC endpoint on `addr` with a TLS listener's rustls configuration.
+pub fn bind_with(
+    addr: SocketAddr,
+    tls: &rustls::ServerConfig,
+    settings: &NativeSettings,
+) -> Result<quinn::Endpoint, EndpointError> {
+    crate::proto::endpoint(addr, Some(server_config(tls, settings)?))
+        .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// The QUIC server configuration for a rustls configuration: the same certificates and
+/// client verification, ALPN `ferry/1` (QUIC negotiates TLS 1.3 only, whatever `tls` allows).
+pub fn server_config(
+    tls: &rustls::ServerConfig,
+    settings: &NativeSettings,
+) -> Result<quinn::ServerConfig, EndpointError> {
+    let mut tls = tls.clone();
     tls.alpn_protocols = vec![crate::proto::ALPN.to_vec()];
+    // QUIC allows no other early-data size than 0 or u32::MAX; 0-RTT is not offered.
+    tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| EndpointError::Config(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(settings)));
-    quinn::Endpoint::server(server, addr).map_err(|source| EndpointError::Bind { addr, source })
+    Ok(server)
 }

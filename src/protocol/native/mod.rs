@@ -34,18 +34,38 @@ use crate::broker::BrokerCore;
 /// How long open connections get to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How often the endpoint looks for reloaded certificates (the shared acceptor reloads them on
+/// SIGHUP or a file change; this only notices that it did).
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// The shared TLS configuration the endpoint follows when `tls.cert_file` is set.
+pub struct Certificates {
+    pub acceptor: Arc<crate::tls::TlsAcceptor>,
+    /// For the new fingerprint in the log after a reload.
+    pub cert_file: std::path::PathBuf,
+}
+
 /// Serves native connections on `endpoint` until `shutdown` turns true.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     core: BrokerCore,
     settings: NativeSettings,
+    certificates: Option<Certificates>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let settings = Arc::new(settings);
     let mut connections = JoinSet::new();
     let listen_addr = endpoint.local_addr().ok();
+    let mut loaded = certificates.as_ref().map(|c| c.acceptor.generation());
+    let mut reload_check = tokio::time::interval(RELOAD_CHECK);
+    reload_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = reload_check.tick(), if certificates.is_some() => {
+                if let Some(c) = &certificates {
+                    follow_reload(&endpoint, c, &settings, &mut loaded);
+                }
+            }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming)
                     if settings.max_connections > 0
@@ -81,4 +101,39 @@ pub async fn serve(
         connections.abort_all();
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Swaps the endpoint's configuration when the shared acceptor loaded new certificates: new
+/// connections get them, open ones keep theirs (as on the TCP TLS listeners).
+fn follow_reload(
+    endpoint: &quinn::Endpoint,
+    certificates: &Certificates,
+    settings: &NativeSettings,
+    loaded: &mut Option<u64>,
+) {
+    let generation = certificates.acceptor.generation();
+    if *loaded == Some(generation) {
+        return;
+    }
+    *loaded = Some(generation);
+    match endpoint::server_config(&certificates.acceptor.server_config(), settings) {
+        Ok(config) => {
+            endpoint.set_server_config(Some(config));
+            let fingerprint = std::fs::read(&certificates.cert_file)
+                .ok()
+                .and_then(|pem| {
+                    use rustls::pki_types::pem::PemObject;
+                    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                        .next()?
+                        .ok()
+                })
+                .map(|leaf| endpoint::fingerprint(&leaf))
+                .unwrap_or_default();
+            tracing::info!(generation, sha256_fingerprint = %fingerprint,
+                "native listener uses the reloaded certificates");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the reloaded certificates do not suit QUIC; the native listener keeps its own");
+        }
+    }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -21,13 +21,12 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerProtocolSubscription, FindCoordinatorRequest,
-    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
@@ -614,19 +613,6 @@ fn committed_fields(c: Option<CommittedOffset>) -> (i64, i32, String) {
     }
 }
 
-/// The topics a "consumer" protocol member subscribes to, read from its JoinGroup metadata.
-/// Every version shares the v0 prefix (topics, user data), so that is what is parsed.
-fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
-    let mut buf = Bytes::copy_from_slice(metadata);
-    if buf.remaining() < 2 {
-        return None;
-    }
-    let _version = buf.get_i16();
-    ConsumerProtocolSubscription::decode(&mut buf, 0)
-        .ok()
-        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
-}
-
 pub fn offset_delete(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Outcome {
     let request: OffsetDeleteRequest = match decode(req) {
         Ok(r) => r,
@@ -655,10 +641,11 @@ pub fn offset_delete(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest)
                 .map(move |p| (t.name.to_string(), p.partition_index))
         })
         .collect();
-    let result =
-        ctx.core
-            .groups()
-            .delete_offsets(request.group_id.as_str(), &partitions, subscribed_topics);
+    let result = ctx.core.groups().delete_offsets(
+        request.group_id.as_str(),
+        &partitions,
+        crate::protocol::consumer_protocol::subscribed_topics,
+    );
     let body = match result {
         Err(e) => OffsetDeleteResponse::default().with_error_code(group_error_code(&e)),
         Ok(per_partition) => OffsetDeleteResponse::default().with_topics(

@@ -2,8 +2,9 @@
 //! configure to declare or delete, write to publish, read to consume, and for a binding write
 //! on the queue and read on the exchange. A topic counts as the exchange of its name in vhost
 //! `/` (its exchange face): declaring or deleting it needs configure, publishing to it write,
-//! subscribing to it read. A passive declare, a server-named queue and the processed-id
-//! requests need nothing.
+//! subscribing to it read. A passive declare and a server-named queue need nothing; the
+//! processed-id requests need only the login, since their ids are scoped by user (see
+//! `processed`).
 //!
 //! Decisions are cached per connection (a publish then costs a hash lookup, not a regex match)
 //! and the cache is dropped whenever the user store changes, so a revoked permission refuses

@@ -2,6 +2,7 @@
 
 mod admin;
 mod authorize;
+mod group;
 mod processed;
 mod publish;
 mod subscribe;
@@ -14,6 +15,26 @@ use super::connection::Ctx;
 use super::convert::NativeError;
 use crate::proto::framed::{self, FrameReader};
 use crate::proto::v1::{request::Op, response::Result as R, Done, Response};
+
+/// The declarations and processed-id requests: one answer each.
+async fn unary(ctx: &Ctx, op: Op) -> Result<R, NativeError> {
+    let done = |()| R::Done(Done {});
+    match op {
+        Op::DeclareTopic(d) => admin::declare_topic(ctx, d).await.map(done),
+        Op::DeleteTopic(d) => admin::delete_topic(ctx, d).await.map(done),
+        Op::DeclareExchange(d) => admin::declare_exchange(ctx, d).await.map(done),
+        Op::DeleteExchange(d) => admin::delete_exchange(ctx, d).await.map(done),
+        Op::DeclareQueue(d) => admin::declare_queue(ctx, d).await.map(R::QueueDeclared),
+        Op::DeleteQueue(d) => admin::delete_queue(ctx, d).await.map(done),
+        Op::Bind(b) => admin::bind(ctx, b).await.map(done),
+        Op::Unbind(b) => admin::unbind(ctx, b).await.map(done),
+        Op::CheckProcessed(c) => processed::check(ctx, c).await.map(R::ProcessedStatus),
+        Op::RecordProcessed(r) => processed::record(ctx, r).await.map(done),
+        _ => Err(NativeError::malformed(
+            "the request names no operation this server knows",
+        )),
+    }
+}
 
 /// Answers `op` on its stream: one response for a unary call, a sequence for a subscription;
 /// an error is answered as a typed [`crate::proto::v1::Error`].
@@ -29,11 +50,20 @@ pub(super) async fn dispatch(
         return;
     }
     let done = |()| R::Done(Done {});
+    // Only `publish` runs inline: the other handlers' futures are boxed, since a stream's task
+    // is as large as the largest state it may reach and is copied into every spawned task.
+    // Inline subscriptions made each publish's task several kilobytes, copied per request.
     let answer = match op {
         Op::Publish(p) => publish::publish(ctx, p).await.map(R::Published),
-        Op::PublishBatch(b) => publish::publish_batch(ctx, b).await.map(R::PublishedBatch),
-        Op::SubscribeQueue(s) => subscribe::queue(ctx, s, send, reader).await.map(done),
-        Op::SubscribeTopic(s) => subscribe::topic(ctx, s, send, reader).await.map(done),
+        Op::PublishBatch(b) => Box::pin(publish::publish_batch(ctx, b))
+            .await
+            .map(R::PublishedBatch),
+        Op::SubscribeQueue(s) => Box::pin(subscribe::queue(ctx, s, send, reader))
+            .await
+            .map(done),
+        Op::SubscribeTopic(s) => Box::pin(subscribe::topic(ctx, s, send, reader))
+            .await
+            .map(done),
         Op::Settle(_) => Err(NativeError::malformed(
             "settle belongs on the stream of the subscription that delivered the message",
         )),
@@ -41,16 +71,7 @@ pub(super) async fn dispatch(
             crate::proto::v1::ErrorCode::InvalidArgument,
             "this connection is already authenticated",
         )),
-        Op::DeclareTopic(d) => admin::declare_topic(ctx, d).await.map(done),
-        Op::DeleteTopic(d) => admin::delete_topic(ctx, d).await.map(done),
-        Op::DeclareExchange(d) => admin::declare_exchange(ctx, d).await.map(done),
-        Op::DeleteExchange(d) => admin::delete_exchange(ctx, d).await.map(done),
-        Op::DeclareQueue(d) => admin::declare_queue(ctx, d).await.map(R::QueueDeclared),
-        Op::DeleteQueue(d) => admin::delete_queue(ctx, d).await.map(done),
-        Op::Bind(b) => admin::bind(ctx, b).await.map(done),
-        Op::Unbind(b) => admin::unbind(ctx, b).await.map(done),
-        Op::CheckProcessed(c) => processed::check(ctx, c).await.map(R::ProcessedStatus),
-        Op::RecordProcessed(r) => processed::record(ctx, r).await.map(done),
+        other => Box::pin(unary(ctx, other)).await,
     };
     let response = match answer {
         Ok(result) => Response {

@@ -1,6 +1,12 @@
 //! Check and record the event ids an idempotent handler completed (the core's
 //! `broker::processed` store). The store is synchronous (metadata store, flushed on record), so
 //! it runs on the blocking pool rather than stall the connection's tasks.
+//!
+//! Access: a handler's ids belong to the user that recorded them. The name a client sends is
+//! scoped by the connection's user before it reaches the store, so one user can neither read
+//! another's ids (learn which events it handled) nor record ids in its name (make it skip
+//! events). No vhost permission is needed beyond a login, as the ids are the user's own. The
+//! store holds at most `max_handlers` names in memory; a new name past that is `REJECTED`.
 
 use super::super::connection::Ctx;
 use super::super::convert::NativeError;
@@ -17,6 +23,25 @@ fn check_names(handler: &str, event_id: &str) -> Result<(), NativeError> {
         }
     }
     Ok(())
+}
+
+/// The store's name for `handler` of the connection's user, if the store has room for it.
+fn scoped(ctx: &Ctx, handler: &str) -> Result<String, NativeError> {
+    let Some(user) = ctx.user.get() else {
+        return Err(NativeError::new(
+            ErrorCode::Unauthenticated,
+            "authenticate first",
+        ));
+    };
+    let name = crate::broker::processed::scoped_handler(user, handler);
+    if !ctx.core.processed().admits(&name) {
+        return Err(NativeError::new(
+            ErrorCode::Rejected,
+            "the broker's processed-id store holds as many handler names as it may; \
+             reuse a handler name",
+        ));
+    }
+    Ok(name)
 }
 
 async fn on_store<T: Send + 'static>(
@@ -37,11 +62,13 @@ pub(crate) async fn check(
     c: v1::CheckProcessed,
 ) -> Result<v1::ProcessedStatus, NativeError> {
     check_names(&c.handler, &c.event_id)?;
-    let processed = on_store(ctx, move |s| s.is_processed(&c.handler, &c.event_id)).await?;
+    let handler = scoped(ctx, &c.handler)?;
+    let processed = on_store(ctx, move |s| s.is_processed(&handler, &c.event_id)).await?;
     Ok(v1::ProcessedStatus { processed })
 }
 
 pub(crate) async fn record(ctx: &Ctx, r: v1::RecordProcessed) -> Result<(), NativeError> {
     check_names(&r.handler, &r.event_id)?;
-    on_store(ctx, move |s| s.record(&r.handler, &r.event_id)).await
+    let handler = scoped(ctx, &r.handler)?;
+    on_store(ctx, move |s| s.record(&handler, &r.event_id)).await
 }

@@ -19,7 +19,7 @@ use super::super::connection::Ctx;
 use super::super::convert::{self, NativeError};
 use crate::broker::event::RecordLocation;
 use crate::broker::queue::Queue;
-use crate::broker::stream::{StreamError, StreamReader, StreamStart};
+use crate::broker::stream::{StreamError, StreamReader, StreamRecord, StreamStart};
 use crate::proto::framed::{self, FrameReader};
 use crate::proto::v1::{self, request, response, settle::Outcome, ErrorCode};
 
@@ -28,13 +28,13 @@ use crate::proto::v1::{self, request, response, settle::Outcome, ErrorCode};
 const TOPIC_RECHECK: Duration = Duration::from_secs(1);
 
 /// Most settles applied in one go.
-const SETTLE_BATCH: usize = 1024;
+pub(super) const SETTLE_BATCH: usize = 1024;
 
-type Settles = mpsc::Receiver<Result<v1::Settle, NativeError>>;
+pub(super) type Settles = mpsc::Receiver<Result<v1::Settle, NativeError>>;
 
 /// Reads the client's settles off the stream until it ends; a malformed frame or any other
 /// request is passed on as an error, which ends the subscription.
-fn settle_reader(mut reader: FrameReader<RecvStream>) -> Settles {
+pub(super) fn settle_reader(mut reader: FrameReader<RecvStream>) -> Settles {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         loop {
@@ -58,7 +58,7 @@ fn settle_reader(mut reader: FrameReader<RecvStream>) -> Settles {
     rx
 }
 
-fn subscribed(name: &str) -> v1::Response {
+pub(super) fn subscribed(name: &str) -> v1::Response {
     v1::Response {
         result: Some(response::Result::Subscribed(v1::Subscribed {
             name: name.to_string(),
@@ -66,7 +66,7 @@ fn subscribed(name: &str) -> v1::Response {
     }
 }
 
-fn prefetch(ctx: &Ctx, asked: u32) -> usize {
+pub(super) fn prefetch(ctx: &Ctx, asked: u32) -> usize {
     let p = if asked == 0 {
         ctx.settings.default_prefetch
     } else {
@@ -286,19 +286,19 @@ async fn settle_queue(
     result
 }
 
-fn deliver(d: v1::Delivery) -> v1::Response {
+pub(super) fn deliver(d: v1::Delivery) -> v1::Response {
     v1::Response {
         result: Some(response::Result::Delivery(d)),
     }
 }
 
-async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> Result<(), NativeError> {
+pub(super) async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> Result<(), NativeError> {
     send.write_all(bytes)
         .await
         .map_err(|e| NativeError::new(ErrorCode::Unavailable, format!("stream closed: {e}")))
 }
 
-async fn write(send: &mut SendStream, r: &v1::Response) -> Result<(), NativeError> {
+pub(super) async fn write(send: &mut SendStream, r: &v1::Response) -> Result<(), NativeError> {
     framed::write(send, r)
         .await
         .map_err(|e| NativeError::new(ErrorCode::Unavailable, format!("stream closed: {e}")))
@@ -310,13 +310,10 @@ pub(crate) async fn topic(
     send: &mut SendStream,
     reader: FrameReader<RecvStream>,
 ) -> Result<(), NativeError> {
-    use v1::subscribe_topic::Start;
-    let start = match s.start {
-        None | Some(Start::Latest(_)) => StreamStart::Next,
-        Some(Start::Earliest(_)) => StreamStart::First,
-        Some(Start::Offset(o)) => StreamStart::Offset(o),
-        Some(Start::TimestampMs(t)) => StreamStart::Timestamp(t),
-    };
+    if !s.group.is_empty() {
+        return super::group::topic(ctx, s, send, reader).await;
+    }
+    let start = start_of(&s);
     let mut stream = StreamReader::open(&ctx.core, &s.topic, start).map_err(stream_error)?;
     let prefetch = prefetch(ctx, s.prefetch);
     let mut settles = settle_reader(reader);
@@ -331,26 +328,7 @@ pub(crate) async fn topic(
                 for r in records {
                     next_tag += 1;
                     outstanding.insert(next_tag);
-                    let at = RecordLocation {
-                        topic: &s.topic,
-                        partition: r.partition,
-                        offset: r.offset,
-                    };
-                    let delivery = v1::Delivery {
-                        delivery_tag: next_tag,
-                        exchange: s.topic.clone(),
-                        routing_key: r
-                            .record
-                            .key
-                            .as_ref()
-                            .map(|k| String::from_utf8_lossy(k).into_owned())
-                            .unwrap_or_default(),
-                        message: Some(convert::from_record(&r.record, Some(at))),
-                        redelivered: false,
-                        delivery_count: 0,
-                        partition: r.partition,
-                        offset: r.offset,
-                    };
+                    let delivery = topic_delivery(&s.topic, next_tag, r);
                     write(send, &deliver(delivery)).await?;
                 }
                 continue;
@@ -375,7 +353,43 @@ pub(crate) async fn topic(
     }
 }
 
-fn stream_error(e: StreamError) -> NativeError {
+/// Where a topic subscription starts (a group member: where a partition without a committed
+/// offset starts).
+pub(super) fn start_of(s: &v1::SubscribeTopic) -> StreamStart {
+    use v1::subscribe_topic::Start;
+    match s.start {
+        None | Some(Start::Latest(_)) => StreamStart::Next,
+        Some(Start::Earliest(_)) => StreamStart::First,
+        Some(Start::Offset(o)) => StreamStart::Offset(o),
+        Some(Start::TimestampMs(t)) => StreamStart::Timestamp(t),
+    }
+}
+
+/// The delivery of a record read from `topic`.
+pub(super) fn topic_delivery(topic: &str, tag: u64, r: StreamRecord) -> v1::Delivery {
+    let at = RecordLocation {
+        topic,
+        partition: r.partition,
+        offset: r.offset,
+    };
+    v1::Delivery {
+        delivery_tag: tag,
+        exchange: topic.to_string(),
+        routing_key: r
+            .record
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        message: Some(convert::from_record(&r.record, Some(at))),
+        redelivered: false,
+        delivery_count: 0,
+        partition: r.partition,
+        offset: r.offset,
+    }
+}
+
+pub(super) fn stream_error(e: StreamError) -> NativeError {
     match e {
         StreamError::NotFound(name) => {
             NativeError::new(ErrorCode::NotFound, format!("unknown topic `{name}`"))
