@@ -84,7 +84,8 @@ pub struct Error {
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
 }
-/// SASL PLAIN in structured form; the same users as AMQP (`amqp.users`).
+/// SASL PLAIN in structured form, or EXTERNAL with a verified client certificate; the same
+/// users as AMQP and Kafka (the broker's user store).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Authenticate {
     #[prost(string, tag = "1")]
@@ -542,7 +543,8 @@ pub enum ErrorCode {
     ShuttingDown = 11,
     /// Anything else.
     Internal = 12,
-    /// The user lacks the vhost permission (configure, write or read) the request needs.
+    /// The user lacks the vhost permission (configure, write or read) the request needs, with
+    /// RabbitMQ's rules (see docs/native-protocol.md).
     PermissionDenied = 13,
 }
 impl ErrorCode {
