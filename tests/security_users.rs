@@ -565,3 +565,61 @@ async fn cli_manages_users_permissions_and_vhosts() {
     assert!(amqp(&broker, "carol", "new-pass", "/").await.is_err());
     broker.stop().await;
 }
+
+/// `observe.allow_anonymous`, the admin API's counterpart of `kafka.allow_anonymous`: off by
+/// default (no credentials, 401), `"loopback"` lets requests without credentials in from this
+/// machine only, `true` from anywhere.
+#[tokio::test]
+async fn admin_api_anonymous_access_follows_observe_allow_anonymous() {
+    use ferry::config::AnonymousAccess;
+    let no_credentials = |url: String| async move {
+        Client::new()
+            .get(format!("{url}/api/vhosts"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let default = TestBroker::start().await.unwrap();
+    assert_eq!(
+        no_credentials(default.http_url()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    default.stop().await;
+
+    let ip = external_ip();
+    for (setting, from_remote) in [
+        (AnonymousAccess::Loopback, StatusCode::UNAUTHORIZED),
+        (AnonymousAccess::Always, StatusCode::OK),
+    ] {
+        let broker = TestBroker::with(move |b| {
+            b.http_listen("0.0.0.0:0")
+                .configure(move |c| c.observe.allow_anonymous = setting)
+        })
+        .await
+        .unwrap();
+        let local = format!("http://127.0.0.1:{}", broker.http_addr().port());
+        assert_eq!(
+            no_credentials(local.clone()).await,
+            StatusCode::OK,
+            "{setting:?}"
+        );
+        // Anonymous is an administrator: it may create users.
+        let created = Client::new()
+            .put(format!("{local}/api/users/made-anonymously"))
+            .json(&json!({"password": "pw", "tags": ""}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(created.is_success(), "{setting:?}: {created}");
+        match ip {
+            Some(ip) => {
+                let remote = format!("http://{ip}:{}", broker.http_addr().port());
+                assert_eq!(no_credentials(remote).await, from_remote, "{setting:?}");
+            }
+            None => eprintln!("no non-loopback interface; remote half skipped"),
+        }
+        broker.stop().await;
+    }
+}
