@@ -623,3 +623,61 @@ async fn admin_api_anonymous_access_follows_observe_allow_anonymous() {
         broker.stop().await;
     }
 }
+
+/// RabbitMQ checks configure on the name it generates for a server-named queue: a user whose
+/// configure pattern does not cover `amq.gen-…` cannot declare one (403), and one whose
+/// pattern does gets the generated name.
+#[tokio::test]
+async fn server_named_queues_need_configure_on_their_generated_name() {
+    let broker = TestBroker::start().await.unwrap();
+    assert!(put_user(&broker, "app", "app-pw", "").await.is_success());
+    put_permission(&broker, "/", "app", "^app\\.", ".*", ".*").await;
+    let conn = amqp(&broker, "app", "app-pw", "/").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        "app.named".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let refused = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(is_access_refused(&refused), "{refused:?}");
+
+    put_permission(&broker, "/", "app", "^(app\\.|amq\\.gen-)", ".*", ".*").await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert!(q.name().as_str().starts_with("amq.gen-"), "{}", q.name());
+    // A client may still not pick an amq.gen- name itself (reserved prefix).
+    let own = ch
+        .queue_declare(
+            "amq.gen-mine".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(is_access_refused(&own), "{own:?}");
+    conn.close(200, "bye".into()).await.ok();
+    broker.stop().await;
+}

@@ -123,6 +123,7 @@ pub(super) async fn put_queue(
             // No AMQP connection owns an admin declaration (ids start at 1, so 0 is nobody);
             // an existing exclusive queue of a real connection then answers 409.
             connection: 0,
+            server_named: false,
         })
         .await?;
     let status = if declared.fresh {

@@ -215,8 +215,8 @@ pub fn authorize(
             _ => Ok(()),
         },
         AMQPClass::Queue(q) => match q {
-            // A server-named queue (empty name) is the client's own, as RabbitMQ's amq.gen-*.
-            queue::AMQPMethod::Declare(m) if !m.passive && !m.queue.as_str().is_empty() => {
+            // A server-named queue arrives here already named `amq.gen-…` (see dispatch).
+            queue::AMQPMethod::Declare(m) if !m.passive => {
                 check(Configure, Queue, m.queue.as_str())
             }
             queue::AMQPMethod::Delete(m) => check(Configure, Queue, m.queue.as_str()),
