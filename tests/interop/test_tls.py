@@ -39,13 +39,16 @@ def generate(ferry_bin: Path, out: Path, *extra: str) -> Path:
 
 
 def tls_flags(certs: Path, tmp_path: Path, *more: str) -> tuple[str, ...]:
-    # The client certificate's CN must be a configured AMQP user for EXTERNAL.
+    # The user a client certificate logs in as is its subject mapped by
+    # tls.principal_mapping_rules (Kafka's syntax; the same name is the Kafka principal): here
+    # the CN, which must be a configured user for EXTERNAL.
     config = tmp_path / "ferry-tls.toml"
     config.write_text(
         '[amqp]\n'
         'users = [{ name = "guest", password = "guest" }, '
         f'{{ name = "{CLIENT}", password = "not-used-with-external" }}]\n'
-        '[tls]\nreload_check_interval_ms = 0\n')
+        '[tls]\nreload_check_interval_ms = 0\n'
+        'principal_mapping_rules = "RULE:^CN=([^,]*)$/$1/,DEFAULT"\n')
     return ("--config", str(config),
             "--kafka-tls-listen", "127.0.0.1:0", "--amqp-tls-listen", "127.0.0.1:0",
             "--http-tls-listen", "127.0.0.1:0",
