@@ -220,6 +220,9 @@ async fn admin_api_tags_decide_what_a_user_may_do() {
         }
     };
     assert_eq!(declare("watcher").await, StatusCode::FORBIDDEN);
+    // A management user works in the vhosts it has permissions in (RabbitMQ's rule).
+    assert_eq!(declare("operator").await, StatusCode::FORBIDDEN);
+    put_permission(&broker, "/", "operator", ".*", ".*", ".*").await;
     assert!(declare("operator").await.is_success());
 
     // Users and permissions need administrator.
@@ -679,5 +682,83 @@ async fn server_named_queues_need_configure_on_their_generated_name() {
         .unwrap_err();
     assert!(is_access_refused(&own), "{own:?}");
     conn.close(200, "bye".into()).await.ok();
+    broker.stop().await;
+}
+
+/// RabbitMQ's `management` tag sees only the vhosts its user has permissions in: lists leave
+/// the others out, paths naming them get 403; `monitoring` (and `administrator`) see all.
+#[tokio::test]
+async fn management_users_see_only_the_vhosts_they_have_permissions_in() {
+    let broker = TestBroker::start().await.unwrap();
+    let (status, _) = call(&broker, Method::PUT, "/api/vhosts/staging", Some(json!({}))).await;
+    assert!(status.is_success(), "{status}");
+    for (vhost, queue) in [("%2F", "orders"), ("staging", "secret")] {
+        let path = format!("/api/queues/{vhost}/{queue}");
+        let (status, body) = call(&broker, Method::PUT, &path, Some(json!({}))).await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+    put_user(&broker, "operator", "pw", "management").await;
+    put_user(&broker, "watcher", "pw", "monitoring").await;
+    put_permission(&broker, "/", "operator", ".*", ".*", ".*").await;
+    // An AMQP connection in each vhost (admin created staging, so it may open it).
+    let root = amqp(&broker, "guest", "guest", "/").await.unwrap();
+    let staging = amqp(&broker, "admin", "admin", "staging").await.unwrap();
+
+    let get = |user: &'static str, path: &'static str| {
+        let broker = &broker;
+        async move { call_as(broker, user, "pw", Method::GET, path, None).await }
+    };
+    let vhosts_of = |list: &Value, key: &str| -> Vec<String> {
+        let mut seen: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o[key].as_str().unwrap_or("-").to_string())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    let (status, queues) = get("operator", "/api/queues").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(vhosts_of(&queues, "vhost"), ["/"]);
+    let (_, exchanges) = get("operator", "/api/exchanges").await;
+    assert_eq!(vhosts_of(&exchanges, "vhost"), ["/"]);
+    let (_, vhosts) = get("operator", "/api/vhosts").await;
+    assert_eq!(vhosts_of(&vhosts, "name"), ["/"]);
+    let (_, connections) = get("operator", "/api/connections").await;
+    assert_eq!(vhosts_of(&connections, "vhost"), ["/"]);
+    for path in [
+        "/api/queues/staging/secret",
+        "/api/vhosts/staging",
+        "/api/exchanges/staging/amq.direct",
+    ] {
+        let (status, body) = get("operator", path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    let (status, _) = call_as(
+        &broker,
+        "operator",
+        "pw",
+        Method::DELETE,
+        "/api/queues/staging/secret",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(broker
+        .core()
+        .router()
+        .existing_queue("staging", "secret")
+        .is_ok());
+
+    let (_, queues) = get("watcher", "/api/queues").await;
+    assert_eq!(vhosts_of(&queues, "vhost"), ["/", "staging"]);
+    let (_, connections) = get("watcher", "/api/connections").await;
+    assert_eq!(vhosts_of(&connections, "vhost"), ["/", "staging"]);
+    let (status, _) = get("watcher", "/api/queues/staging/secret").await;
+    assert_eq!(status, StatusCode::OK);
+    root.close(200, "bye".into()).await.ok();
+    staging.close(200, "bye".into()).await.ok();
     broker.stop().await;
 }

@@ -2,7 +2,8 @@
 //! management tags deciding what a user may do:
 //!
 //! - `administrator`: everything, including users, permissions and vhosts;
-//! - `management`: read everything and change topics, queues, exchanges, bindings and groups;
+//! - `management`: read and change topics, queues, exchanges, bindings and groups, of the
+//!   vhosts it has permissions in only (see [`super::scope`]);
 //! - `monitoring`: read only (GET and HEAD);
 //! - no management tag: refused (401, as RabbitMQ answers "not authorised").
 //!
@@ -16,6 +17,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 
+use super::scope::VhostScope;
 use super::ApiError;
 use crate::broker::users::UserInfo;
 use crate::broker::BrokerCore;
@@ -46,6 +48,9 @@ impl FromRequestParts<AppState> for Admin {
         if !allowed {
             return Err(not_authorised(&user, read_only));
         }
+        let scope = VhostScope::of(&core, &user);
+        super::scope::check_path(parts, state, &scope, &user).await?;
+        parts.extensions.insert(scope);
         Ok(Admin(core))
     }
 }

@@ -31,6 +31,7 @@ mod exchanges;
 mod groups;
 mod overview;
 mod queues;
+mod scope;
 mod topics;
 mod users;
 
