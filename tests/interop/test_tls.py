@@ -233,3 +233,34 @@ def test_sighup_reloads_certificates_and_a_broken_one_is_kept_out(
     helpers.wait_for("the failed reload", lambda: "keeping the certificates in use" in b.log_text(),
                      15)
     assert https_get(f"{b.https}/readyz", renewed / "ca.pem")[0] == 200
+
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def node_client(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs a Node.js client of tests/interop/node, or skips saying why it cannot."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (amqplib is a Node.js client)")
+    if not (NODE_DIR / "node_modules" / "amqplib").is_dir():
+        pytest.skip("amqplib is not installed: run `npm ci --prefix tests/interop/node` "
+                    "(.ci/run does)")
+    return subprocess.run([node, str(NODE_DIR / script), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_amqplib_over_amqps_with_a_password_and_with_external(tls_ferry, certs: Path) -> None:
+    port = helpers.split_hostport(tls_ferry.amqp_tls)[1]
+    ca = str(certs / "ca.pem")
+    done = node_client("amqps_roundtrip.js", f"amqps://guest:guest@localhost:{port}/%2f", ca)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["got"] == "over amqps from amqplib", result
+    assert result["queue"].startswith("amq.gen-"), result
+    assert result["server"] == "Ferry", result
+    # EXTERNAL with the client certificate: the mapped subject (its CN here) is the user.
+    done = node_client("amqps_roundtrip.js", f"amqps://localhost:{port}/%2f", ca,
+                       str(certs / f"client-{CLIENT}.pem"), str(certs / f"client-{CLIENT}.key"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["got"] == "over amqps from amqplib"
