@@ -827,3 +827,137 @@ async fn admin_offset_and_group_view_apis_refuse_without_their_acl() {
     assert_eq!(names, vec!["ledger-app"]);
     broker.stop().await;
 }
+
+/// Runs `ferry ARGS` against the broker's admin API as `user` (password `<user>-secret`).
+async fn ferry_cli(broker: &TestBroker, user: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_ADMIN_URL", broker.http_url())
+        .env("FERRY_ADMIN_USER", user)
+        .env("FERRY_ADMIN_PASSWORD", format!("{user}-secret"))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("ferry finished within 60 s")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `ferry acl add|list|delete` over `/api/acls` writes the same bindings the Kafka APIs do:
+/// one made from the CLI lets an rdkafka producer in, deleting it shuts the producer out. It
+/// works while nobody but an administrator of the admin API could use the Kafka ACL APIs (the
+/// admin here is not a Kafka super user), checks names, refuses a filterless delete and
+/// non-administrators.
+#[tokio::test]
+async fn ferry_acl_manages_the_bindings_kafka_enforces() {
+    let broker = TestBroker::with(|b| {
+        b.configure(|c| {
+            c.kafka.allow_anonymous = ferry::config::AnonymousAccess::Never;
+            c.kafka.acl_enabled = true;
+            c.users = [("admin", "administrator"), ("alice", "")]
+                .into_iter()
+                .map(|(name, tag)| ferry::config::UserSettings {
+                    name: name.into(),
+                    password: format!("{name}-secret"),
+                    password_hash: String::new(),
+                    tags: (!tag.is_empty())
+                        .then(|| tag.to_string())
+                        .into_iter()
+                        .collect(),
+                })
+                .collect();
+        })
+    })
+    .await
+    .unwrap();
+    create_topic(&broker, "orders").await;
+    assert_eq!(
+        produce(&broker, "alice", "orders").await,
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+
+    let (ok, out, err) = ferry_cli(
+        &broker,
+        "admin",
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--topic",
+            "ord",
+            "--prefixed",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("User:alice allow WRITE on TOPIC ord (PREFIXED)"),
+        "{out}"
+    );
+    produce(&broker, "alice", "orders").await.unwrap();
+
+    let (ok, out, err) = ferry_cli(&broker, "admin", &["acl", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([{
+            "resource_type": "TOPIC", "resource_name": "ord", "pattern_type": "PREFIXED",
+            "principal": "User:alice", "host": "*", "operation": "WRITE", "permission": "ALLOW"
+        }])
+    );
+    let (ok, out, _) = ferry_cli(&broker, "admin", &["acl", "list"]).await;
+    assert!(
+        ok && out.starts_with("PRINCIPAL") && out.contains("User:alice"),
+        "{out}"
+    );
+
+    let (ok, _, err) = ferry_cli(
+        &broker,
+        "admin",
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "reed",
+            "--topic",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("`reed` is not an operation"), "{err}");
+    let (ok, _, err) = ferry_cli(&broker, "admin", &["acl", "delete"]).await;
+    assert!(!ok && err.contains("without a filter"), "{err}");
+    let (ok, _, err) = ferry_cli(&broker, "alice", &["acl", "list"]).await;
+    assert!(!ok && err.contains("403"), "{err}");
+
+    let (ok, out, err) = ferry_cli(
+        &broker,
+        "admin",
+        &["acl", "delete", "--principal", "User:alice", "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        produce(&broker, "alice", "orders").await,
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+    broker.stop().await;
+}
