@@ -119,8 +119,10 @@ pub(crate) async fn authenticate(conn: &Connection, login: &SaslLogin) -> Result
     Ok(())
 }
 
-/// One SCRAM exchange from the client's side.
-pub(crate) struct ScramClient {
+/// One SCRAM exchange from the client's side: [`client_first`](Self::client_first), then
+/// [`client_final`](Self::client_final) for the server's first message, then
+/// [`verify_server_final`](Self::verify_server_final).
+pub struct ScramClient {
     sha512: bool,
     password: String,
     nonce: String,
@@ -133,7 +135,7 @@ fn scram_error(detail: &str) -> ClientError {
 }
 
 impl ScramClient {
-    pub(crate) fn new(login: &SaslLogin) -> Result<Self, ClientError> {
+    pub fn new(login: &SaslLogin) -> Result<Self, ClientError> {
         let mut raw = [0u8; 24];
         ring::rand::SystemRandom::new()
             .fill(&mut raw)
@@ -150,7 +152,7 @@ impl ScramClient {
         })
     }
 
-    pub(crate) fn client_first(&self) -> Vec<u8> {
+    pub fn client_first(&self) -> Vec<u8> {
         format!("n,,{}", self.first_bare).into_bytes()
     }
 
@@ -165,7 +167,7 @@ impl ScramClient {
             .to_vec()
     }
 
-    pub(crate) fn client_final(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ClientError> {
+    pub fn client_final(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ClientError> {
         let server_first = std::str::from_utf8(server_first)
             .map_err(|_| scram_error("the server's first message is not UTF-8"))?;
         let attr = |k: char| {
@@ -214,7 +216,7 @@ impl ScramClient {
         Ok(format!("{without_proof},p={}", base64_encode(&proof)).into_bytes())
     }
 
-    pub(crate) fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ClientError> {
+    pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ClientError> {
         let text = std::str::from_utf8(server_final).unwrap_or("");
         if let Some(error) = text.strip_prefix("e=") {
             return Err(scram_error(&format!("the server says {error}")));
