@@ -830,21 +830,7 @@ async fn admin_offset_and_group_view_apis_refuse_without_their_acl() {
 
 /// Runs `ferry ARGS` against the broker's admin API as `user` (password `<user>-secret`).
 async fn ferry_cli(broker: &TestBroker, user: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_ADMIN_URL", broker.http_url())
-        .env("FERRY_ADMIN_USER", user)
-        .env("FERRY_ADMIN_PASSWORD", format!("{user}-secret"))
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("ferry finished within 60 s")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::admin::ferry_cli_as(broker, user, &format!("{user}-secret"), args, "").await
 }
 
 /// `ferry acl add|list|delete` over `/api/acls` writes the same bindings the Kafka APIs do:

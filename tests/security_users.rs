@@ -462,29 +462,7 @@ async fn default_users_work_from_loopback_only_until_their_password_changes() {
 
 /// Runs `ferry ARGS` against the broker's admin API as admin/admin, `stdin` piped in.
 async fn ferry_cli(broker: &TestBroker, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_ADMIN_URL", broker.http_url())
-        .env_remove("FERRY_ADMIN_USER")
-        .env_remove("FERRY_ADMIN_PASSWORD")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the ferry binary starts");
-    let mut input = child.stdin.take().expect("stdin is piped");
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("ferry finished within 60 s")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::admin::ferry_cli_as(broker, "admin", "admin", args, stdin).await
 }
 
 #[tokio::test]
