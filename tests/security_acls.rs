@@ -172,6 +172,30 @@ async fn produce(broker: &TestBroker, user: &str, topic: &str) -> Result<(), RDK
     }
 }
 
+/// Commits offset 0 of `topic` partition 0 for `group` outside any generation (as an admin
+/// tool does); returns the partition's error code.
+async fn commit_offset_zero(client: &mut RawKafka, group: &str, topic: &str) -> i16 {
+    let committed: OffsetCommitResponse = client
+        .call(
+            ApiKey::OffsetCommit,
+            7,
+            &OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.into())))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.into())))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(0),
+                        ]),
+                ]),
+        )
+        .await;
+    committed.topics[0].partitions[0].error_code
+}
+
 async fn create_topic(broker: &TestBroker, name: &str) {
     broker
         .core()
@@ -373,26 +397,8 @@ async fn allowed_user_produces_and_consumes_and_others_are_refused() {
         )
         .await;
     assert_eq!(joined.error_code, GROUP_AUTHORIZATION_FAILED);
-    let committed: OffsetCommitResponse = bob
-        .call(
-            ApiKey::OffsetCommit,
-            7,
-            &OffsetCommitRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str("orders-app")))
-                .with_generation_id_or_member_epoch(-1)
-                .with_topics(vec![
-                    offset_commit_request::OffsetCommitRequestTopic::default()
-                        .with_name(TopicName(StrBytes::from_static_str("orders")))
-                        .with_partitions(vec![
-                            offset_commit_request::OffsetCommitRequestPartition::default()
-                                .with_partition_index(0)
-                                .with_committed_offset(0),
-                        ]),
-                ]),
-        )
-        .await;
     assert_eq!(
-        committed.topics[0].partitions[0].error_code,
+        commit_offset_zero(&mut bob, "orders-app", "orders").await,
         GROUP_AUTHORIZATION_FAILED
     );
     let mut carol = signed_in(&broker, "carol").await;
@@ -659,25 +665,10 @@ async fn admin_offset_and_group_view_apis_refuse_without_their_acl() {
     .await;
     assert_eq!(codes, vec![0]);
     // The super user commits an offset for the group, which alice must not see.
-    let committed: OffsetCommitResponse = admin
-        .call(
-            ApiKey::OffsetCommit,
-            7,
-            &OffsetCommitRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str("ledger-app")))
-                .with_generation_id_or_member_epoch(-1)
-                .with_topics(vec![
-                    offset_commit_request::OffsetCommitRequestTopic::default()
-                        .with_name(TopicName(StrBytes::from_static_str("ledger")))
-                        .with_partitions(vec![
-                            offset_commit_request::OffsetCommitRequestPartition::default()
-                                .with_partition_index(0)
-                                .with_committed_offset(0),
-                        ]),
-                ]),
-        )
-        .await;
-    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+    assert_eq!(
+        commit_offset_zero(&mut admin, "ledger-app", "ledger").await,
+        0
+    );
 
     let alice_admin: AdminClient<DefaultClientContext> =
         rdkafka_config(&broker, "alice").create().unwrap();
