@@ -264,3 +264,35 @@ def test_amqplib_over_amqps_with_a_password_and_with_external(tls_ferry, certs: 
                        str(certs / f"client-{CLIENT}.pem"), str(certs / f"client-{CLIENT}.key"))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["got"] == "over amqps from amqplib"
+
+
+def test_kombu_over_amqps(tls_ferry, certs: Path) -> None:
+    import kombu
+
+    port = helpers.split_hostport(tls_ferry.amqp_tls)[1]
+    tls = {"ca_certs": str(certs / "ca.pem"), "cert_reqs": ssl.CERT_REQUIRED,
+           "server_hostname": "localhost"}
+    name = helpers.unique("kombu-tls")
+    with kombu.Connection(f"amqp://guest:guest@localhost:{port}//", ssl=tls,
+                          connect_timeout=10) as conn:
+        with conn.SimpleQueue(name) as q:
+            q.put({"over": "tls"})
+            message = q.get(block=True, timeout=10)
+            message.ack()
+            assert message.payload == {"over": "tls"}
+
+
+def test_curl_reads_the_admin_api_over_https(tls_ferry, certs: Path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    https = tls_ferry.https.replace("127.0.0.1", "localhost")
+    done = subprocess.run([curl, "-sS", "--fail", "--cacert", str(certs / "ca.pem"),
+                           "-u", "admin:admin", f"{https}/api/overview"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["node"], done.stdout
+    # Without the CA, curl refuses the self-signed chain.
+    untrusted = subprocess.run([curl, "-sS", "-u", "admin:admin", f"{https}/api/overview"],
+                               capture_output=True, text=True, timeout=30)
+    assert untrusted.returncode != 0
