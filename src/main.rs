@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::User(args) => admin(ferry::admin_cli::user(args.into())),
         Command::Permission(args) => admin(ferry::admin_cli::permission(args.into())),
         Command::Vhost(args) => admin(ferry::admin_cli::vhost(args.into())),
+        Command::Acl(args) => admin(ferry::admin_cli::acl(args.into())),
         Command::Status(args) => admin(ferry::admin_cli::manage::status(args.conn.into())),
         Command::Connection(args) => {
             let conn = args.conn.into();

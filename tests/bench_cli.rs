@@ -267,3 +267,177 @@ async fn bench_amqp_with_an_unreadable_broker_pid_says_so() {
     assert!(stderr.contains("--broker-pid 4294967295"), "{stderr}");
     broker.stop().await;
 }
+
+/// A broker with Kafka SSL and AMQPS listeners (certificate for `localhost` from
+/// `ferry::tls::generate`), SASL required from everyone, and the user `bench`.
+async fn secured_broker(dir: &std::path::Path) -> (TestBroker, std::path::PathBuf) {
+    let generated = ferry::tls::generate::generate(&ferry::tls::generate::CertRequest {
+        dns: vec!["localhost".into()],
+        // Metadata sends clients to the listener's own address, 127.0.0.1.
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        clients: vec![],
+        out: dir.to_path_buf(),
+        days: 2,
+        force: false,
+    })
+    .unwrap();
+    let g = generated.clone();
+    let broker = TestBroker::with(move |b| {
+        b.configure(move |c| {
+            c.kafka_tls_listen = "127.0.0.1:0".into();
+            c.amqp_tls_listen = "127.0.0.1:0".into();
+            c.tls.cert_file = g.server_cert.display().to_string();
+            c.tls.key_file = g.server_key.display().to_string();
+            c.kafka.allow_anonymous = ferry::config::AnonymousAccess::Never;
+            c.users = vec![ferry::config::UserSettings {
+                name: "bench".into(),
+                password: "bench-secret".into(),
+                password_hash: String::new(),
+                tags: vec![],
+            }];
+        })
+    })
+    .await
+    .unwrap();
+    (broker, generated.ca_cert)
+}
+
+async fn run_bench(args: &[&str]) -> std::process::Output {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("bench")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ferry bench");
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("ferry bench did not finish within 120 s")
+        .expect("ferry bench output")
+}
+
+/// `--tls --cacert` and `--sasl-*` put every bench connection on SASL_SSL: the broker refuses
+/// anonymous clients, so records only get through when the bench signs in, with either
+/// mechanism family; a wrong password is reported as an authentication failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_kafka_runs_over_sasl_ssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, ca) = secured_broker(dir.path()).await;
+    let bootstrap = format!("localhost:{}", broker.kafka_tls_addr().unwrap().port());
+    let ca = ca.display().to_string();
+    for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
+        let out = run_bench(&[
+            "kafka",
+            "-b",
+            &bootstrap,
+            "--tls",
+            "--cacert",
+            &ca,
+            "--sasl-mechanism",
+            mechanism,
+            "--sasl-user",
+            "bench",
+            "--sasl-password",
+            "bench-secret",
+            "--records",
+            "2000",
+            "--sizes",
+            "1KiB",
+            "--partitions",
+            "2",
+            "--latency-secs",
+            "0.5",
+            "--json",
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mechanism}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["settings"]["security_protocol"], "SASL_SSL");
+        assert_eq!(report["settings"]["sasl_mechanism"], mechanism);
+        let case = &report["cases"][0];
+        assert_eq!(case["produce"]["records"], 2000, "{case:#}");
+        assert_eq!(case["consume"]["records"], 2000, "{case:#}");
+        assert!(case["e2e"]["records"].as_u64().unwrap() > 0, "{case:#}");
+    }
+
+    let wrong = run_bench(&[
+        "kafka",
+        "-b",
+        &bootstrap,
+        "--tls",
+        "--cacert",
+        &ca,
+        "--sasl-mechanism",
+        "SCRAM-SHA-256",
+        "--sasl-user",
+        "bench",
+        "--sasl-password",
+        "nope",
+        "--records",
+        "10",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(stderr.contains("SaslAuthenticate failed"), "{stderr}");
+    // Without SASL the broker lets nothing through (anonymous is off).
+    let anonymous = run_bench(&[
+        "kafka",
+        "-b",
+        &bootstrap,
+        "--tls",
+        "--cacert",
+        &ca,
+        "--records",
+        "10",
+    ])
+    .await;
+    assert!(!anonymous.status.success());
+    broker.stop().await;
+}
+
+/// `amqps://` URLs connect with TLS, trusting `--cacert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_amqp_runs_over_amqps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, ca) = secured_broker(dir.path()).await;
+    let url = format!(
+        "amqps://bench:bench-secret@localhost:{}/%2f",
+        broker.amqp_tls_addr().unwrap().port()
+    );
+    let ca = ca.display().to_string();
+    let report = bench_amqp_json(&[
+        "--url",
+        &url,
+        "--cacert",
+        &ca,
+        "--messages",
+        "2000",
+        "--size",
+        "1KiB",
+    ])
+    .await;
+    assert!(report["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("amqps://bench@localhost:"));
+    let case = &report["cases"][0];
+    assert_eq!(case["publish"]["messages"], 2000, "{case:#}");
+    assert_eq!(case["consume"]["messages"], 2000, "{case:#}");
+
+    // The plaintext bench client cannot talk to the TLS port.
+    let plain = run_bench(&[
+        "amqp",
+        "--url",
+        &url.replace("amqps://", "amqp://"),
+        "--messages",
+        "10",
+        "--timeout",
+        "5",
+    ])
+    .await;
+    assert!(!plain.status.success());
+    broker.stop().await;
+}

@@ -201,6 +201,7 @@ async fn core_queue(
             auto_delete: false,
             arguments,
             connection: 1,
+            server_named: false,
         })
         .await
         .unwrap()

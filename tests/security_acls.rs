@@ -172,6 +172,30 @@ async fn produce(broker: &TestBroker, user: &str, topic: &str) -> Result<(), RDK
     }
 }
 
+/// Commits offset 0 of `topic` partition 0 for `group` outside any generation (as an admin
+/// tool does); returns the partition's error code.
+async fn commit_offset_zero(client: &mut RawKafka, group: &str, topic: &str) -> i16 {
+    let committed: OffsetCommitResponse = client
+        .call(
+            ApiKey::OffsetCommit,
+            7,
+            &OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.into())))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.into())))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(0),
+                        ]),
+                ]),
+        )
+        .await;
+    committed.topics[0].partitions[0].error_code
+}
+
 async fn create_topic(broker: &TestBroker, name: &str) {
     broker
         .core()
@@ -373,26 +397,8 @@ async fn allowed_user_produces_and_consumes_and_others_are_refused() {
         )
         .await;
     assert_eq!(joined.error_code, GROUP_AUTHORIZATION_FAILED);
-    let committed: OffsetCommitResponse = bob
-        .call(
-            ApiKey::OffsetCommit,
-            7,
-            &OffsetCommitRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str("orders-app")))
-                .with_generation_id_or_member_epoch(-1)
-                .with_topics(vec![
-                    offset_commit_request::OffsetCommitRequestTopic::default()
-                        .with_name(TopicName(StrBytes::from_static_str("orders")))
-                        .with_partitions(vec![
-                            offset_commit_request::OffsetCommitRequestPartition::default()
-                                .with_partition_index(0)
-                                .with_committed_offset(0),
-                        ]),
-                ]),
-        )
-        .await;
     assert_eq!(
-        committed.topics[0].partitions[0].error_code,
+        commit_offset_zero(&mut bob, "orders-app", "orders").await,
         GROUP_AUTHORIZATION_FAILED
     );
     let mut carol = signed_in(&broker, "carol").await;
@@ -626,5 +632,309 @@ async fn a_topics_exchange_face_checks_the_topic_acl() {
         .unwrap()
         .high_watermark();
     assert_eq!(hw, 1);
+    broker.stop().await;
+}
+
+/// The APIs the first ACL tests did not reach, each refused with Kafka's code: DeleteTopics and
+/// CreatePartitions through rdkafka's AdminClient, OffsetFetch through an rdkafka consumer (per
+/// partition: TOPIC_AUTHORIZATION_FAILED for a topic without DESCRIBE, as Kafka answers, not
+/// an omission that reads as "no offset"), and on the wire (rust-rdkafka drops the config
+/// APIs' per-resource errors) DescribeConfigs (topic and broker), AlterConfigs,
+/// IncrementalAlterConfigs, ListOffsets, DescribeGroups and ListGroups.
+#[tokio::test]
+async fn admin_offset_and_group_view_apis_refuse_without_their_acl() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let broker = acl_broker(None).await;
+    create_topic(&broker, "ledger").await;
+    let mut admin = signed_in(&broker, "admin").await;
+    // alice may use the group ledger-app (READ implies DESCRIBE) but has no topic ACL.
+    let codes = create_acls(
+        &mut admin,
+        vec![binding(
+            GROUP,
+            LITERAL,
+            "ledger-app",
+            "User:alice",
+            READ,
+            ALLOW,
+        )],
+    )
+    .await;
+    assert_eq!(codes, vec![0]);
+    // The super user commits an offset for the group, which alice must not see.
+    assert_eq!(
+        commit_offset_zero(&mut admin, "ledger-app", "ledger").await,
+        0
+    );
+
+    let alice_admin: AdminClient<DefaultClientContext> =
+        rdkafka_config(&broker, "alice").create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deleted = alice_admin.delete_topics(&["ledger"], &opts).await.unwrap();
+    assert_eq!(
+        deleted[0],
+        Err((
+            "ledger".to_string(),
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        ))
+    );
+    assert!(broker.core().topic("ledger").is_some());
+    let grown = alice_admin
+        .create_partitions(&[NewPartitions::new("ledger", 3)], &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        grown[0],
+        Err((
+            "ledger".to_string(),
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        ))
+    );
+    // rust-rdkafka drops per-resource errors of the config APIs, so those go on the wire.
+    let mut alice = signed_in(&broker, "alice").await;
+    let described: DescribeConfigsResponse = alice
+        .call(
+            ApiKey::DescribeConfigs,
+            4,
+            &DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("ledger")),
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(4)
+                    .with_resource_name(StrBytes::from_static_str("1")),
+            ]),
+        )
+        .await;
+    let codes: Vec<i16> = described.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(
+        codes,
+        vec![TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED]
+    );
+    assert!(described.results.iter().all(|r| r.configs.is_empty()));
+    let altered: AlterConfigsResponse = alice
+        .call(
+            ApiKey::AlterConfigs,
+            2,
+            &AlterConfigsRequest::default().with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("ledger"))
+                    .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("retention.ms"))
+                        .with_value(Some(StrBytes::from_static_str("1000")))]),
+            ]),
+        )
+        .await;
+    assert_eq!(altered.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+    let altered: IncrementalAlterConfigsResponse = alice
+        .call(
+            ApiKey::IncrementalAlterConfigs,
+            1,
+            &IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("ledger"))
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(StrBytes::from_static_str("retention.ms"))
+                            .with_config_operation(0)
+                            .with_value(Some(StrBytes::from_static_str("1000"))),
+                    ]),
+            ]),
+        )
+        .await;
+    assert_eq!(altered.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+    let ledger = broker.core().topic("ledger").unwrap();
+    assert!(!ledger.config_overrides().contains_key("retention.ms"));
+
+    let consumer: BaseConsumer = rdkafka_config(&broker, "alice")
+        .set("group.id", "ledger-app")
+        .create()
+        .unwrap();
+    let offsets = tokio::task::spawn_blocking(move || {
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition("ledger", 0);
+        consumer.committed_offsets(wanted, Duration::from_secs(10))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let element = offsets.find_partition("ledger", 0).unwrap();
+    assert_eq!(element.offset(), Offset::Invalid);
+    assert!(
+        matches!(
+            element.error(),
+            Err(KafkaError::OffsetFetch(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+            ))
+        ),
+        "{:?}",
+        element.error()
+    );
+
+    let listed: ListOffsetsResponse = alice
+        .call(
+            ApiKey::ListOffsets,
+            5,
+            &ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("ledger")))
+                    .with_partitions(vec![
+                        list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1),
+                    ])]),
+        )
+        .await;
+    assert_eq!(
+        listed.topics[0].partitions[0].error_code,
+        TOPIC_AUTHORIZATION_FAILED
+    );
+    // carol has nothing: she cannot describe alice's group, nor see it listed.
+    let mut carol = signed_in(&broker, "carol").await;
+    let groups: DescribeGroupsResponse = carol
+        .call(
+            ApiKey::DescribeGroups,
+            5,
+            &DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(StrBytes::from_static_str("ledger-app"))]),
+        )
+        .await;
+    assert_eq!(groups.groups[0].error_code, GROUP_AUTHORIZATION_FAILED);
+    let listed: ListGroupsResponse = carol
+        .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default())
+        .await;
+    assert_eq!(listed.error_code, 0);
+    assert!(listed.groups.is_empty(), "{:?}", listed.groups);
+    let listed: ListGroupsResponse = alice
+        .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default())
+        .await;
+    let names: Vec<&str> = listed.groups.iter().map(|g| g.group_id.as_str()).collect();
+    assert_eq!(names, vec!["ledger-app"]);
+    broker.stop().await;
+}
+
+/// Runs `ferry ARGS` against the broker's admin API as `user` (password `<user>-secret`).
+async fn ferry_cli(broker: &TestBroker, user: &str, args: &[&str]) -> (bool, String, String) {
+    common::admin::ferry_cli_as(broker, user, &format!("{user}-secret"), args, "").await
+}
+
+/// `ferry acl add|list|delete` over `/api/acls` writes the same bindings the Kafka APIs do:
+/// one made from the CLI lets an rdkafka producer in, deleting it shuts the producer out. It
+/// works while nobody but an administrator of the admin API could use the Kafka ACL APIs (the
+/// admin here is not a Kafka super user), checks names, refuses a filterless delete and
+/// non-administrators.
+#[tokio::test]
+async fn ferry_acl_manages_the_bindings_kafka_enforces() {
+    let broker = TestBroker::with(|b| {
+        b.configure(|c| {
+            c.kafka.allow_anonymous = ferry::config::AnonymousAccess::Never;
+            c.kafka.acl_enabled = true;
+            c.users = [("admin", "administrator"), ("alice", "")]
+                .into_iter()
+                .map(|(name, tag)| ferry::config::UserSettings {
+                    name: name.into(),
+                    password: format!("{name}-secret"),
+                    password_hash: String::new(),
+                    tags: (!tag.is_empty())
+                        .then(|| tag.to_string())
+                        .into_iter()
+                        .collect(),
+                })
+                .collect();
+        })
+    })
+    .await
+    .unwrap();
+    create_topic(&broker, "orders").await;
+    assert_eq!(
+        produce(&broker, "alice", "orders").await,
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+
+    let (ok, out, err) = ferry_cli(
+        &broker,
+        "admin",
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--topic",
+            "ord",
+            "--prefixed",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("User:alice allow WRITE on TOPIC ord (PREFIXED)"),
+        "{out}"
+    );
+    produce(&broker, "alice", "orders").await.unwrap();
+
+    let (ok, out, err) = ferry_cli(&broker, "admin", &["acl", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([{
+            "resource_type": "TOPIC", "resource_name": "ord", "pattern_type": "PREFIXED",
+            "principal": "User:alice", "host": "*", "operation": "WRITE", "permission": "ALLOW"
+        }])
+    );
+    let (ok, out, _) = ferry_cli(&broker, "admin", &["acl", "list"]).await;
+    assert!(
+        ok && out.starts_with("PRINCIPAL") && out.contains("User:alice"),
+        "{out}"
+    );
+
+    let (ok, _, err) = ferry_cli(
+        &broker,
+        "admin",
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "reed",
+            "--topic",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("`reed` is not an operation"), "{err}");
+    let (ok, _, err) = ferry_cli(&broker, "admin", &["acl", "delete"]).await;
+    assert!(!ok && err.contains("without a filter"), "{err}");
+    let (ok, _, err) = ferry_cli(&broker, "alice", &["acl", "list"]).await;
+    assert!(!ok && err.contains("403"), "{err}");
+
+    let (ok, out, err) = ferry_cli(
+        &broker,
+        "admin",
+        &["acl", "delete", "--principal", "User:alice", "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        produce(&broker, "alice", "orders").await,
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
     broker.stop().await;
 }

@@ -220,6 +220,9 @@ async fn admin_api_tags_decide_what_a_user_may_do() {
         }
     };
     assert_eq!(declare("watcher").await, StatusCode::FORBIDDEN);
+    // A management user works in the vhosts it has permissions in (RabbitMQ's rule).
+    assert_eq!(declare("operator").await, StatusCode::FORBIDDEN);
+    put_permission(&broker, "/", "operator", ".*", ".*", ".*").await;
     assert!(declare("operator").await.is_success());
 
     // Users and permissions need administrator.
@@ -459,29 +462,7 @@ async fn default_users_work_from_loopback_only_until_their_password_changes() {
 
 /// Runs `ferry ARGS` against the broker's admin API as admin/admin, `stdin` piped in.
 async fn ferry_cli(broker: &TestBroker, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_ADMIN_URL", broker.http_url())
-        .env_remove("FERRY_ADMIN_USER")
-        .env_remove("FERRY_ADMIN_PASSWORD")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the ferry binary starts");
-    let mut input = child.stdin.take().expect("stdin is piped");
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("ferry finished within 60 s")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::admin::ferry_cli_as(broker, "admin", "admin", args, stdin).await
 }
 
 #[tokio::test]
@@ -563,5 +544,199 @@ async fn cli_manages_users_permissions_and_vhosts() {
     let (ok, out, err) = ferry_cli(&broker, &["user", "delete", "carol"], "").await;
     assert!(ok, "{out}{err}");
     assert!(amqp(&broker, "carol", "new-pass", "/").await.is_err());
+    broker.stop().await;
+}
+
+/// `observe.allow_anonymous`, the admin API's counterpart of `kafka.allow_anonymous`: off by
+/// default (no credentials, 401), `"loopback"` lets requests without credentials in from this
+/// machine only, `true` from anywhere.
+#[tokio::test]
+async fn admin_api_anonymous_access_follows_observe_allow_anonymous() {
+    use ferry::config::AnonymousAccess;
+    let no_credentials = |url: String| async move {
+        Client::new()
+            .get(format!("{url}/api/vhosts"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let default = TestBroker::start().await.unwrap();
+    assert_eq!(
+        no_credentials(default.http_url()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    default.stop().await;
+
+    let ip = external_ip();
+    for (setting, from_remote) in [
+        (AnonymousAccess::Loopback, StatusCode::UNAUTHORIZED),
+        (AnonymousAccess::Always, StatusCode::OK),
+    ] {
+        let broker = TestBroker::with(move |b| {
+            b.http_listen("0.0.0.0:0")
+                .configure(move |c| c.observe.allow_anonymous = setting)
+        })
+        .await
+        .unwrap();
+        let local = format!("http://127.0.0.1:{}", broker.http_addr().port());
+        assert_eq!(
+            no_credentials(local.clone()).await,
+            StatusCode::OK,
+            "{setting:?}"
+        );
+        // Anonymous is an administrator: it may create users.
+        let created = Client::new()
+            .put(format!("{local}/api/users/made-anonymously"))
+            .json(&json!({"password": "pw", "tags": ""}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(created.is_success(), "{setting:?}: {created}");
+        match ip {
+            Some(ip) => {
+                let remote = format!("http://{ip}:{}", broker.http_addr().port());
+                assert_eq!(no_credentials(remote).await, from_remote, "{setting:?}");
+            }
+            None => eprintln!("no non-loopback interface; remote half skipped"),
+        }
+        broker.stop().await;
+    }
+}
+
+/// RabbitMQ checks configure on the name it generates for a server-named queue: a user whose
+/// configure pattern does not cover `amq.gen-…` cannot declare one (403), and one whose
+/// pattern does gets the generated name.
+#[tokio::test]
+async fn server_named_queues_need_configure_on_their_generated_name() {
+    let broker = TestBroker::start().await.unwrap();
+    assert!(put_user(&broker, "app", "app-pw", "").await.is_success());
+    put_permission(&broker, "/", "app", "^app\\.", ".*", ".*").await;
+    let conn = amqp(&broker, "app", "app-pw", "/").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        "app.named".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let refused = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(is_access_refused(&refused), "{refused:?}");
+
+    put_permission(&broker, "/", "app", "^(app\\.|amq\\.gen-)", ".*", ".*").await;
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert!(q.name().as_str().starts_with("amq.gen-"), "{}", q.name());
+    // A client may still not pick an amq.gen- name itself (reserved prefix).
+    let own = ch
+        .queue_declare(
+            "amq.gen-mine".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(is_access_refused(&own), "{own:?}");
+    conn.close(200, "bye".into()).await.ok();
+    broker.stop().await;
+}
+
+/// RabbitMQ's `management` tag sees only the vhosts its user has permissions in: lists leave
+/// the others out, paths naming them get 403; `monitoring` (and `administrator`) see all.
+#[tokio::test]
+async fn management_users_see_only_the_vhosts_they_have_permissions_in() {
+    let broker = TestBroker::start().await.unwrap();
+    let (status, _) = call(&broker, Method::PUT, "/api/vhosts/staging", Some(json!({}))).await;
+    assert!(status.is_success(), "{status}");
+    for (vhost, queue) in [("%2F", "orders"), ("staging", "secret")] {
+        let path = format!("/api/queues/{vhost}/{queue}");
+        let (status, body) = call(&broker, Method::PUT, &path, Some(json!({}))).await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+    put_user(&broker, "operator", "pw", "management").await;
+    put_user(&broker, "watcher", "pw", "monitoring").await;
+    put_permission(&broker, "/", "operator", ".*", ".*", ".*").await;
+    // An AMQP connection in each vhost (admin created staging, so it may open it).
+    let root = amqp(&broker, "guest", "guest", "/").await.unwrap();
+    let staging = amqp(&broker, "admin", "admin", "staging").await.unwrap();
+
+    let get = |user: &'static str, path: &'static str| {
+        let broker = &broker;
+        async move { call_as(broker, user, "pw", Method::GET, path, None).await }
+    };
+    let vhosts_of = |list: &Value, key: &str| -> Vec<String> {
+        let mut seen: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o[key].as_str().unwrap_or("-").to_string())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    let (status, queues) = get("operator", "/api/queues").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(vhosts_of(&queues, "vhost"), ["/"]);
+    let (_, exchanges) = get("operator", "/api/exchanges").await;
+    assert_eq!(vhosts_of(&exchanges, "vhost"), ["/"]);
+    let (_, vhosts) = get("operator", "/api/vhosts").await;
+    assert_eq!(vhosts_of(&vhosts, "name"), ["/"]);
+    let (_, connections) = get("operator", "/api/connections").await;
+    assert_eq!(vhosts_of(&connections, "vhost"), ["/"]);
+    for path in [
+        "/api/queues/staging/secret",
+        "/api/vhosts/staging",
+        "/api/exchanges/staging/amq.direct",
+    ] {
+        let (status, body) = get("operator", path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    let (status, _) = call_as(
+        &broker,
+        "operator",
+        "pw",
+        Method::DELETE,
+        "/api/queues/staging/secret",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(broker
+        .core()
+        .router()
+        .existing_queue("staging", "secret")
+        .is_ok());
+
+    let (_, queues) = get("watcher", "/api/queues").await;
+    assert_eq!(vhosts_of(&queues, "vhost"), ["/", "staging"]);
+    let (_, connections) = get("watcher", "/api/connections").await;
+    assert_eq!(vhosts_of(&connections, "vhost"), ["/", "staging"]);
+    let (status, _) = get("watcher", "/api/queues/staging/secret").await;
+    assert_eq!(status, StatusCode::OK);
+    root.close(200, "bye".into()).await.ok();
+    staging.close(200, "bye".into()).await.ok();
     broker.stop().await;
 }

@@ -440,3 +440,92 @@ async fn health_checks_know_the_tls_listeners() {
     assert_eq!(response.status(), 503);
     plain.shutdown().await;
 }
+
+/// One certificate is one user on every protocol: `tls.principal_mapping_rules` (Kafka's
+/// syntax) maps the subject to the name that is both the Kafka principal `User:<name>` and
+/// the AMQP EXTERNAL user, so a Kafka ACL for that name decides what the certificate's Kafka
+/// client may do; a certificate no rule maps is refused rather than let in as anonymous.
+#[tokio::test]
+async fn principal_mapping_rules_name_the_certificates_user() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let g = certs(dir.path(), &["orders-app"], false);
+    let broker = tls_broker_with(&g, |c| {
+        c.tls.principal_mapping_rules = "RULE:^CN=([^,]*)$/$1/U".into();
+        c.kafka.acl_enabled = true;
+    })
+    .await;
+    for topic in ["orders", "billing"] {
+        broker
+            .core()
+            .create_topic(topic, 1, Default::default())
+            .await
+            .unwrap();
+    }
+    broker
+        .core()
+        .acls()
+        .create(&[ferry::meta::AclRecord {
+            resource_type: 2,
+            resource_name: "orders".into(),
+            pattern_type: 3,
+            principal: "User:ORDERS-APP".into(),
+            host: "*".into(),
+            operation: 8, // DESCRIBE
+            permission: 3,
+        }])
+        .unwrap();
+    let addr = broker.kafka_tls_addr().unwrap();
+    let (cert, key) = (&g.clients[0].1, &g.clients[0].2);
+    let stream = connect(addr, client_config(&g.ca_cert, Some((cert, key))))
+        .await
+        .unwrap();
+    let mut kafka = RawKafka::over(stream);
+    let topics = ["orders", "billing"].map(|t| {
+        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str(t))))
+    });
+    let response: MetadataResponse = kafka
+        .call(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default().with_topics(Some(topics.to_vec())),
+        )
+        .await;
+    let codes: Vec<(String, i16)> = response
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().to_string(), t.error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![("orders".to_string(), 0), ("billing".to_string(), 29)]
+    );
+    let users: Vec<Option<String>> = broker
+        .core()
+        .connections()
+        .list()
+        .into_iter()
+        .map(|c| c.user)
+        .collect();
+    assert_eq!(users, vec![Some("ORDERS-APP".to_string())]);
+    broker.shutdown().await;
+
+    // A rule set that maps no subject refuses the certificate.
+    let broker = tls_broker_with(&g, |c| {
+        c.tls.principal_mapping_rules = "RULE:^CN=billing-.*$/billing/".into();
+    })
+    .await;
+    let addr = broker.kafka_tls_addr().unwrap();
+    let refused = async {
+        let mut stream = connect(addr, client_config(&g.ca_cert, Some((cert, key)))).await?;
+        stream.write_all(&[0, 0, 0, 0]).await?;
+        stream.flush().await?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.map(|_| ())
+    };
+    assert!(refused.await.is_err());
+    broker.shutdown().await;
+}

@@ -1,4 +1,4 @@
-//! The operator's command line: `ferry topic|queue|exchange|group|dlq|user|permission|vhost`,
+//! The operator's command line: `ferry topic|queue|exchange|group|dlq|user|permission|vhost|acl`,
 //! and `ferry status`, `ferry connection|channel|consumer` ([`manage`]), over the admin HTTP API
 //! (`docs/admin-api.yaml`), and `ferry produce|consume` over the Kafka protocol ([`kcat`]).
 //!
@@ -9,6 +9,7 @@
 //! call are composed here: `dlq list` (which queues are dead-letter targets) and `dlq replay`
 //! (in chunks, so a terminal shows progress).
 
+mod acls;
 pub mod commands;
 mod dlq;
 mod exchanges;
@@ -25,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
+pub use self::acls::{acl, AclArgs, AclCommand, AclSpec};
 use self::commands::*;
 pub use self::dlq::dlq;
 pub use self::exchanges::exchange;

@@ -25,7 +25,11 @@ pub enum BenchTarget {
 #[derive(Debug, Clone)]
 pub struct AmqpBenchSettings {
     /// Broker URL (the vhost `/` is written %2f); `-b` as in `ferry bench kafka`.
+    /// `amqps://` connects with TLS (RabbitMQ's port 5671).
     pub url: String,
+    /// For `amqps://`: the CA certificate(s) the broker's certificate must chain to (PEM)
+    /// [default: the system's CA bundle].
+    pub cacert: Option<std::path::PathBuf>,
     /// Messages to publish (and consume) per size [default: publish for 10 s].
     pub messages: Option<u64>,
     /// Publish for this many seconds per size [default: 10].
@@ -63,6 +67,13 @@ pub struct AmqpBenchSettings {
 pub struct KafkaBenchSettings {
     /// Kafka listener to bootstrap from (as for `ferry produce`/`consume`).
     pub bootstrap: String,
+    /// Connect with TLS (Kafka's `SSL`, or `SASL_SSL` with `sasl`).
+    pub tls: bool,
+    /// With `tls`: the CA certificate(s) the broker's certificate must chain to (PEM)
+    /// [default: the system's CA bundle].
+    pub cacert: Option<std::path::PathBuf>,
+    /// Log every connection in with SASL (Kafka's `SASL_PLAINTEXT`, or `SASL_SSL` with `tls`).
+    pub sasl: Option<crate::client::sasl::SaslLogin>,
     /// Records to produce (then consume) per case [default: 64 MiB of values, i.e. 671,088
     /// of 100 B or 65,536 of 1 KiB; the default run takes well under a minute].
     pub records: Option<u64>,

@@ -16,6 +16,7 @@
 //! publishes to it append to the topic (murmur2 partitioner), and per-partition router tasks
 //! feed the queues bound to it from the topic log, exactly once per record and queue.
 
+pub mod acl_names;
 pub mod acls;
 pub mod breaker;
 pub mod connections;

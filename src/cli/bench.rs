@@ -21,7 +21,7 @@ pub enum BenchTarget {
     /// latency p50/p99, and this client's own CPU share, for every record size x partition
     /// count. Each case uses a fresh topic, deleted afterwards unless --keep.
     #[command(
-        after_help = "Examples:\n  ferry bench kafka                              # 4 cases of 64 MiB against 127.0.0.1:9092\n  ferry bench kafka -b kafka-1:9092 --sizes 1KiB --partitions 8 --duration 30\n  ferry bench kafka --records 100000 --latency-rate 0 --json > run.json"
+        after_help = "Examples:\n  ferry bench kafka                              # 4 cases of 64 MiB against 127.0.0.1:9092\n  ferry bench kafka -b kafka-1:9092 --sizes 1KiB --partitions 8 --duration 30\n  ferry bench kafka --records 100000 --latency-rate 0 --json > run.json\n  ferry bench kafka -b localhost:9093 --tls --cacert ca.pem --sasl-mechanism SCRAM-SHA-512 --sasl-user bench"
     )]
     Kafka(KafkaBenchArgs),
     /// Load-test any AMQP 0-9-1 broker (Ferry, RabbitMQ, ...): one publisher with publisher
@@ -30,7 +30,7 @@ pub enum BenchTarget {
     /// and this client's own CPU share, for every message size. Each size uses a fresh queue,
     /// deleted afterwards unless --keep.
     #[command(
-        after_help = "Examples:\n  ferry bench amqp                               # 16 B and 1 KiB, 10 s each, against 127.0.0.1:5672\n  ferry bench amqp -b amqp://guest:guest@rabbit:5672/%2f --size 1KiB --rate 10000\n  ferry bench amqp --size 16 --messages 1000000 --no-consumer   # what queued messages cost"
+        after_help = "Examples:\n  ferry bench amqp                               # 16 B and 1 KiB, 10 s each, against 127.0.0.1:5672\n  ferry bench amqp -b amqp://guest:guest@rabbit:5672/%2f --size 1KiB --rate 10000\n  ferry bench amqp --size 16 --messages 1000000 --no-consumer   # what queued messages cost\n  ferry bench amqp -b amqps://guest:guest@localhost:5671/%2f --cacert ca.pem"
     )]
     Amqp(AmqpBenchArgs),
     /// Load-test Ferry's native protocol (QUIC): confirmed publishes through the SDK with a
@@ -131,6 +131,14 @@ pub struct AmqpBenchArgs {
         help_heading = "Connection (also from the environment)"
     )]
     pub url: String,
+    /// For amqps:// URLs: the CA certificate(s) the broker's certificate must chain to (PEM)
+    /// [default: the system's CA bundle].
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Connection (also from the environment)"
+    )]
+    pub cacert: Option<PathBuf>,
     /// Messages to publish (and consume) per size [default: publish for 10 s].
     #[arg(long, alias = "records", value_name = "N", conflicts_with = "duration")]
     pub messages: Option<u64>,
@@ -189,6 +197,49 @@ pub struct KafkaBenchArgs {
         help_heading = "Connection (also from the environment)"
     )]
     pub bootstrap: String,
+    /// Connect with TLS (Kafka's SSL; SASL_SSL with --sasl-mechanism), e.g. to
+    /// kafka_tls_listen.
+    #[arg(long, help_heading = "Connection (also from the environment)")]
+    pub tls: bool,
+    /// With --tls: the CA certificate(s) the broker's certificate must chain to (PEM)
+    /// [default: the system's CA bundle].
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls",
+        help_heading = "Connection (also from the environment)"
+    )]
+    pub cacert: Option<PathBuf>,
+    /// Log in with SASL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_PLAINTEXT; SASL_SSL
+    /// with --tls).
+    #[arg(
+        long,
+        value_name = "MECHANISM",
+        requires = "sasl_user",
+        value_parser = parse_mechanism,
+        help_heading = "Connection (also from the environment)"
+    )]
+    pub sasl_mechanism: Option<ferry::client::sasl::SaslMechanism>,
+    /// The SASL user.
+    #[arg(
+        long,
+        value_name = "USER",
+        env = "FERRY_SASL_USER",
+        requires = "sasl_mechanism",
+        help_heading = "Connection (also from the environment)"
+    )]
+    pub sasl_user: Option<String>,
+    /// The SASL user's password.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FERRY_SASL_PASSWORD",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true,
+        help_heading = "Connection (also from the environment)"
+    )]
+    pub sasl_password: String,
     /// Records to produce (then consume) per case [default: 64 MiB of values, i.e. 671,088
     /// of 100 B or 65,536 of 1 KiB; the default run takes well under a minute].
     #[arg(
@@ -263,6 +314,7 @@ impl From<AmqpBenchArgs> for ferry::bench::AmqpBenchSettings {
     fn from(a: AmqpBenchArgs) -> Self {
         Self {
             url: a.url,
+            cacert: a.cacert,
             messages: a.messages,
             duration: a.duration,
             size: a.size,
@@ -282,8 +334,19 @@ impl From<AmqpBenchArgs> for ferry::bench::AmqpBenchSettings {
 
 impl From<KafkaBenchArgs> for ferry::bench::KafkaBenchSettings {
     fn from(a: KafkaBenchArgs) -> Self {
+        let sasl = match (a.sasl_mechanism, a.sasl_user) {
+            (Some(mechanism), Some(user)) => Some(ferry::client::sasl::SaslLogin {
+                mechanism,
+                user,
+                password: a.sasl_password,
+            }),
+            _ => None,
+        };
         Self {
             bootstrap: a.bootstrap,
+            tls: a.tls,
+            cacert: a.cacert,
+            sasl,
             records: a.records,
             duration: a.duration,
             sizes: a.sizes,
@@ -299,6 +362,10 @@ impl From<KafkaBenchArgs> for ferry::bench::KafkaBenchSettings {
             json: a.json,
         }
     }
+}
+
+fn parse_mechanism(s: &str) -> Result<ferry::client::sasl::SaslMechanism, String> {
+    s.parse()
 }
 
 /// `100`, `64k`, `64KiB`, `1M`, `8MiB` as a byte count.

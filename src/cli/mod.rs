@@ -58,6 +58,8 @@ pub enum Command {
     Permission(security::PermissionArgs),
     /// Virtual hosts: list, add, delete (through the admin API).
     Vhost(security::VhostArgs),
+    /// Kafka ACL bindings: list, add, delete (through the admin API).
+    Acl(security::AclArgs),
     /// The broker at a glance: node, listeners, alarms, connections, messages and rates.
     Status(manage::StatusArgs),
     /// Client connections of every protocol: list, close (through the admin API).

@@ -24,8 +24,8 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amq_protocol::uri::AMQPUri;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+pub(crate) use super::transport::{ReadStream, WriteStream};
 use super::ClientError;
 use crate::protocol::amqp::codec::{self, Incoming, FRAME_OVERHEAD, PROTOCOL_HEADER};
 
@@ -178,8 +178,12 @@ pub(crate) fn short(s: &str, what: &str) -> Result<ShortString, ClientError> {
 
 /// `amqp://user@host:port/vhost` — the URL without its password, for output.
 pub(crate) fn display_url(uri: &AMQPUri) -> String {
+    let scheme = match uri.scheme {
+        amq_protocol::uri::AMQPScheme::AMQPS => "amqps",
+        amq_protocol::uri::AMQPScheme::AMQP => "amqp",
+    };
     format!(
-        "amqp://{}@{}:{}/{}",
+        "{scheme}://{}@{}:{}/{}",
         uri.authority.userinfo.username,
         uri.authority.host,
         uri.authority.port,
@@ -212,8 +216,8 @@ fn closed_by_broker(what: &str, during: &str, code: u16, text: &str) -> ClientEr
 /// A connection while methods are exchanged one at a time.
 pub(crate) struct Session {
     addr: String,
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    read: ReadStream,
+    write: WriteStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     frame_max: usize,
@@ -223,16 +227,27 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Connects, authenticates with PLAIN and opens the URL's vhost.
-    pub(crate) async fn connect(uri: &AMQPUri, timeout: Duration) -> Result<Session, ClientError> {
+    /// Connects (with TLS for `amqps://`, trusting `tls`'s CAs), authenticates with PLAIN and
+    /// opens the URL's vhost.
+    pub(crate) async fn connect(
+        uri: &AMQPUri,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<Session, ClientError> {
         let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let stream = super::tcp_connect(addr.as_str(), timeout)
-            .await
-            .map_err(|reason| ClientError::AmqpConnect {
-                addr: addr.clone(),
-                reason,
-            })?;
-        let (read, write) = stream.into_split();
+        let tls = match uri.scheme {
+            amq_protocol::uri::AMQPScheme::AMQPS => Some(tls.ok_or_else(|| {
+                ClientError::Invalid("amqps:// needs a TLS configuration".into())
+            })?),
+            amq_protocol::uri::AMQPScheme::AMQP => None,
+        };
+        let (read, write) =
+            super::transport::connect(addr.as_str(), &uri.authority.host, tls, timeout)
+                .await
+                .map_err(|reason| ClientError::AmqpConnect {
+                    addr: addr.clone(),
+                    reason,
+                })?;
         let mut s = Session {
             addr,
             read,
@@ -500,7 +515,7 @@ impl Session {
 
     /// Splits into the halves and the bytes already read but not parsed (the reader starts
     /// from those), for the measured phase.
-    pub(crate) fn into_split(self) -> (Halves, OwnedReadHalf, OwnedWriteHalf, BytesMut) {
+    pub(crate) fn into_split(self) -> (Halves, ReadStream, WriteStream, BytesMut) {
         (
             Halves {
                 addr: self.addr,
@@ -517,8 +532,8 @@ impl Session {
     /// Joins the halves again; `rbuf` holds whatever the reader had not parsed yet.
     pub(crate) fn rejoin(
         halves: Halves,
-        read: OwnedReadHalf,
-        write: OwnedWriteHalf,
+        read: ReadStream,
+        write: WriteStream,
         rbuf: BytesMut,
     ) -> Session {
         Session {

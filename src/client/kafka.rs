@@ -25,10 +25,11 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, Str
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::sasl::{self, SaslLogin};
+use super::transport::{self, ReadStream, WriteStream};
 use super::ClientError;
 
 /// Client id sent in every request header.
@@ -50,6 +51,16 @@ struct Outgoing {
 struct InFlight {
     correlation_id: i32,
     reply: oneshot::Sender<Reply>,
+}
+
+/// How a connection protects itself and who it logs in as; the default is plaintext and
+/// anonymous (`PLAINTEXT`). TLS and SASL together are Kafka's `SASL_SSL`.
+#[derive(Clone, Debug, Default)]
+pub struct KafkaSecurity {
+    /// TLS with this configuration (`SSL`), checking the certificate against the host name.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// SaslHandshake + SaslAuthenticate right after ApiVersions (`SASL_*`).
+    pub sasl: Option<SaslLogin>,
 }
 
 /// One pipelined connection to one broker. Cheap to clone; the connection closes when the last
@@ -94,17 +105,30 @@ pub(crate) async fn resolve(addr: &str) -> Result<std::net::SocketAddr, ClientEr
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) and asks for the broker's API versions.
+    /// Connects to `addr` (`host:port`) in plaintext, without SASL, and asks for the broker's
+    /// API versions.
     pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Connection, ClientError> {
+        Self::connect_with(addr, timeout, &KafkaSecurity::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with TLS and/or a SASL login as `security` says.
+    pub(crate) async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        security: &KafkaSecurity,
+    ) -> Result<Connection, ClientError> {
         let sock = resolve(addr).await?;
-        let stream =
-            super::tcp_connect(sock, timeout)
-                .await
-                .map_err(|reason| ClientError::Connect {
-                    addr: addr.to_string(),
-                    reason,
-                })?;
-        let (read, write) = stream.into_split();
+        let (read, write) = transport::connect(
+            sock,
+            transport::host_of(addr),
+            security.tls.as_ref(),
+            timeout,
+        )
+        .await
+        .map_err(|reason| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        })?;
         let (tx, rx) = mpsc::channel::<Outgoing>(QUEUE);
         let (flight_tx, flight_rx) = mpsc::unbounded_channel::<InFlight>();
         let closed = Arc::new(Mutex::new(None));
@@ -122,6 +146,9 @@ impl Connection {
             }),
         };
         conn.negotiate().await?;
+        if let Some(login) = &security.sasl {
+            sasl::authenticate(&conn, login).await?;
+        }
         Ok(conn)
     }
 
@@ -379,7 +406,7 @@ pub(crate) fn retriable(code: i16) -> bool {
 
 async fn write_loop(
     mut rx: mpsc::Receiver<Outgoing>,
-    write: OwnedWriteHalf,
+    write: WriteStream,
     in_flight: mpsc::UnboundedSender<InFlight>,
     closed: Arc<Mutex<Option<String>>>,
 ) {
@@ -415,7 +442,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    read: OwnedReadHalf,
+    read: ReadStream,
     mut in_flight: mpsc::UnboundedReceiver<InFlight>,
     closed: Arc<Mutex<Option<String>>>,
 ) {

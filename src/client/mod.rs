@@ -13,6 +13,8 @@ pub mod amqp;
 pub mod http;
 pub mod kafka;
 pub mod native;
+pub mod sasl;
+mod transport;
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{AmqpPermission, AmqpSettings, AmqpUser, Config, ConfigError};
+pub use crate::broker::users::AnonymousAccess;
 use crate::broker::users::{ConfiguredUser, Password, Seed};
 
 /// One `[[users]]` entry: a user of every protocol and the admin API.
@@ -28,60 +29,6 @@ pub struct UserSettings {
 
 /// The SASL mechanisms Kafka clients may use (`kafka.sasl_enabled_mechanisms`).
 pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
-
-/// `kafka.allow_anonymous`: `"loopback"`, `true` or `false` in the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "AnonymousAccessValue", into = "AnonymousAccessValue")]
-pub enum AnonymousAccess {
-    /// Every Kafka client must authenticate.
-    Never,
-    /// Clients on this machine may skip authentication (the default).
-    Loopback,
-    /// Every client may skip authentication (the behaviour before SASL).
-    Always,
-}
-
-impl AnonymousAccess {
-    /// Whether a client at `peer` may use Kafka without authenticating.
-    pub fn allows(self, peer: std::net::IpAddr) -> bool {
-        match self {
-            AnonymousAccess::Never => false,
-            AnonymousAccess::Loopback => crate::broker::users::is_loopback(peer),
-            AnonymousAccess::Always => true,
-        }
-    }
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum AnonymousAccessValue {
-    Flag(bool),
-    Word(String),
-}
-
-impl TryFrom<AnonymousAccessValue> for AnonymousAccess {
-    type Error = String;
-    fn try_from(v: AnonymousAccessValue) -> Result<Self, String> {
-        match v {
-            AnonymousAccessValue::Flag(true) => Ok(AnonymousAccess::Always),
-            AnonymousAccessValue::Flag(false) => Ok(AnonymousAccess::Never),
-            AnonymousAccessValue::Word(w) if w == "loopback" => Ok(AnonymousAccess::Loopback),
-            AnonymousAccessValue::Word(w) => {
-                Err(format!("`{w}` is not one of true, false, \"loopback\""))
-            }
-        }
-    }
-}
-
-impl From<AnonymousAccess> for AnonymousAccessValue {
-    fn from(a: AnonymousAccess) -> Self {
-        match a {
-            AnonymousAccess::Never => AnonymousAccessValue::Flag(false),
-            AnonymousAccess::Loopback => AnonymousAccessValue::Word("loopback".into()),
-            AnonymousAccess::Always => AnonymousAccessValue::Flag(true),
-        }
-    }
-}
 
 /// Secrets `--print-config` and errors never show.
 const SECRET_KEYS: &[&str] = &["password", "password_hash", "admin_password"];

@@ -116,6 +116,8 @@ pub struct AppState {
     pub(super) admin_enabled: bool,
     /// `observe.metrics_auth`: `/metrics` needs a monitoring user.
     metrics_auth: bool,
+    /// `observe.allow_anonymous`: who may use the admin API without basic auth.
+    pub(super) allow_anonymous: crate::broker::users::AnonymousAccess,
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (open) plus the admin API under `/api/` (basic auth
@@ -131,6 +133,7 @@ pub fn router(
         per_object_metrics: settings.per_object_metrics,
         admin_enabled: !(settings.admin_user.is_empty() && settings.admin_password.is_empty()),
         metrics_auth: settings.metrics_auth,
+        allow_anonymous: settings.allow_anonymous,
     };
     Router::new()
         .route("/healthz", get(healthz))

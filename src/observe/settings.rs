@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::http_listener::HttpSettings;
+use crate::broker::users::AnonymousAccess;
 
 /// `[observe]`: logs, metrics, the admin API and the HTTP listener.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +29,11 @@ pub struct ObserveSettings {
     /// `/metrics` needs HTTP basic auth of a user tagged `monitoring`, `management` or
     /// `administrator`. Default false (Prometheus scrapes without credentials by convention).
     pub metrics_auth: bool,
+    /// Admin API requests without basic auth act as an `administrator`: `false` (default: every
+    /// request names a user), `"loopback"` (from this machine only) or `true` (from anywhere;
+    /// logged as a WARN line per HTTP listener reachable from other machines). The admin API's
+    /// counterpart of `kafka.allow_anonymous`.
+    pub allow_anonymous: AnonymousAccess,
     /// OTLP/HTTP collector to export tracing spans to (`http://collector:4318`; a URL without a
     /// path gets `/v1/traces`). Needs a ferry built with the `otlp` cargo feature. Default empty:
     /// no export.
@@ -46,6 +52,7 @@ impl Default for ObserveSettings {
             admin_user: "admin".into(),
             admin_password: "admin".into(),
             metrics_auth: false,
+            allow_anonymous: AnonymousAccess::Never,
             otlp_endpoint: String::new(),
             http: HttpSettings::default(),
         }

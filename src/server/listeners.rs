@@ -176,7 +176,12 @@ pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
     {
         "off".to_string()
     } else {
-        "/api (basic auth of users tagged administrator/management/monitoring)".to_string()
+        let anonymous = match config.observe.allow_anonymous {
+            AnonymousAccess::Never => "",
+            AnonymousAccess::Loopback => "; requests without credentials from loopback",
+            AnonymousAccess::Always => "; requests without credentials from anywhere",
+        };
+        format!("/api (basic auth of users tagged administrator/management/monitoring{anonymous})")
     };
     tracing::info!(
         protocol = "http",
@@ -186,8 +191,10 @@ pub(super) fn log_listeners(config: &Config, addrs: &Addrs, data_dir: &Path) {
         tls = "off",
         "listening"
     );
+    warn_if_admin_open("http", http, config);
     if let Some(addr) = addrs.https {
         tracing::info!(protocol = "https", %addr, admin_api = %admin, cert_file = %config.tls.cert_file, "listening");
+        warn_if_admin_open("https", addr, config);
     }
     tracing::info!(
         path = %data_dir.display(),
@@ -220,6 +227,25 @@ fn kafka_auth(config: &Config) -> String {
         AnonymousAccess::Always => "anonymous from anywhere",
     };
     format!("{sasl}, {anonymous}")
+}
+
+/// One WARN line for an HTTP listener whose admin API lets requests from other machines in
+/// without credentials (`observe.allow_anonymous = true` on a non-loopback address).
+fn warn_if_admin_open(listener: &str, addr: std::net::SocketAddr, config: &Config) {
+    let admin_on =
+        !(config.observe.admin_user.is_empty() && config.observe.admin_password.is_empty());
+    if admin_on
+        && config.observe.allow_anonymous == AnonymousAccess::Always
+        && !addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            listener,
+            %addr,
+            "anyone who reaches this address can use the admin API as an administrator without \
+             credentials (observe.allow_anonymous = true); configure [[users]], or set \
+             observe.allow_anonymous = \"loopback\""
+        );
+    }
 }
 
 /// One WARN line for a Kafka listener that lets clients from other machines in without

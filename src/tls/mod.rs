@@ -14,9 +14,8 @@
 //! [`FAILURE_LOG_INTERVAL`] with the number left unlogged, since a scanner can cause thousands.
 //!
 //! What the connection learns is a [`ConnSecurity`]: whether it is TLS and, for a verified
-//! client certificate, its [`Principal`] (the subject as Kafka's default
-//! `ssl.principal.mapping.rules` renders it, and the CN that AMQP's EXTERNAL mechanism uses).
-//! SASL will attach its principal to the same value. [`Transport`] lets the protocol loops be
+//! client certificate, its [`Principal`] (the subject in RFC 2253 form and the user name
+//! `tls.principal_mapping_rules` maps it to, which Kafka and AMQP EXTERNAL both use). [`Transport`] lets the protocol loops be
 //! generic over plaintext and TLS streams while keeping tokio's lock-free split for TCP.
 
 pub mod generate;
@@ -37,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub use principal::Principal;
+pub use principal::{Principal, PrincipalMapping};
 
 /// A TLS stream as the listeners produce it.
 pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -67,6 +66,11 @@ pub struct TlsSettings {
     /// How often the certificate, key and CA files are checked for changes, which reloads
     /// them (SIGHUP reloads at once). 0 = only on SIGHUP. Default 10000.
     pub reload_check_interval_ms: u64,
+    /// How a verified client certificate's subject becomes a user name, for Kafka (principal
+    /// `User:<name>`) and AMQP EXTERNAL alike: Kafka's `ssl.principal.mapping.rules` syntax,
+    /// e.g. `"RULE:^CN=([^,]*).*$/$1/,DEFAULT"` for the common name. Default `"DEFAULT"`:
+    /// the whole subject in RFC 2253 form (`CN=app,O=corp`).
+    pub principal_mapping_rules: String,
 }
 
 impl Default for TlsSettings {
@@ -78,6 +82,7 @@ impl Default for TlsSettings {
             client_auth: "requested".into(),
             handshake_timeout_ms: 10_000,
             reload_check_interval_ms: 10_000,
+            principal_mapping_rules: "DEFAULT".into(),
         }
     }
 }
@@ -88,6 +93,13 @@ impl TlsSettings {
     pub fn problem(&self, needed: bool) -> Option<(&'static str, &'static str)> {
         if !matches!(self.client_auth.as_str(), "requested" | "required") {
             return Some(("tls.client_auth", "must be \"requested\" or \"required\""));
+        }
+        if PrincipalMapping::parse(&self.principal_mapping_rules).is_err() {
+            return Some((
+                "tls.principal_mapping_rules",
+                "must be Kafka's ssl.principal.mapping.rules syntax: comma-separated \
+                 RULE:pattern/replacement/[LU] and DEFAULT",
+            ));
         }
         if self.handshake_timeout_ms == 0 {
             return Some(("tls.handshake_timeout_ms", "must be at least 1"));
@@ -129,6 +141,8 @@ pub enum TlsError {
         "the certificate in tls.cert_file and the key in tls.key_file do not fit together: {0}"
     )]
     Config(String),
+    #[error("tls.principal_mapping_rules: {0}")]
+    Mapping(String),
 }
 
 /// What a connection knows about its transport and its peer's identity.
@@ -171,6 +185,8 @@ type Stamps = Vec<Option<SystemTime>>;
 /// The shared TLS server side of every listener; see the module documentation.
 pub struct TlsAcceptor {
     settings: TlsSettings,
+    /// `settings.principal_mapping_rules`, parsed once.
+    mapping: PrincipalMapping,
     current: RwLock<Arc<ServerConfig>>,
     loaded_stamps: Mutex<Stamps>,
     /// Counts successful loads, so tests and operators can tell a reload happened.
@@ -191,7 +207,10 @@ impl TlsAcceptor {
     pub fn load(settings: &TlsSettings) -> Result<Arc<Self>, TlsError> {
         let stamps = file_stamps(settings);
         let config = server_config(settings)?;
+        let mapping = PrincipalMapping::parse(&settings.principal_mapping_rules)
+            .map_err(|e| TlsError::Mapping(e.to_string()))?;
         Ok(Arc::new(Self {
+            mapping,
             settings: settings.clone(),
             current: RwLock::new(Arc::new(config)),
             loaded_stamps: Mutex::new(stamps),
@@ -281,20 +300,26 @@ impl TlsAcceptor {
                 return None;
             }
         };
-        let client_cert = stream
+        let client_cert = match stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| match Principal::from_der(leaf) {
+            .and_then(|c| c.first())
+        {
+            None => None,
+            Some(leaf) => match Principal::from_der(leaf, &self.mapping) {
                 Ok(p) => Some(Arc::new(p)),
                 Err(e) => {
-                    // rustls verified it, so this is a certificate our parser does not
-                    // understand; the connection goes on without a principal.
-                    tracing::warn!(%peer, protocol, error = %e, "cannot read the client certificate's subject");
-                    None
+                    // A verified certificate that names no user (no mapping rule applies, or
+                    // our parser cannot read it) is refused, as Kafka refuses it, rather than
+                    // let in as anonymous.
+                    tracing::warn!(%peer, protocol, error = %e, "client certificate refused");
+                    metrics::counter!("ferry_tls_handshake_failures_total", "protocol" => protocol)
+                        .increment(1);
+                    return None;
                 }
-            });
+            },
+        };
         metrics::counter!("ferry_tls_handshakes_total", "protocol" => protocol).increment(1);
         Some((
             stream,

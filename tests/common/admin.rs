@@ -40,3 +40,37 @@ pub async fn admin_call_as(
     };
     (status, json)
 }
+
+/// Runs `ferry ARGS` against the broker's admin API as `user`/`password` with `stdin` piped
+/// in; returns whether it succeeded, its stdout and its stderr.
+pub async fn ferry_cli_as(
+    broker: &TestBroker,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_ADMIN_URL", broker.http_url())
+        .env("FERRY_ADMIN_USER", user)
+        .env("FERRY_ADMIN_PASSWORD", password)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the ferry binary starts");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("ferry finished within 60 s")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

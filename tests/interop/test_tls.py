@@ -39,13 +39,16 @@ def generate(ferry_bin: Path, out: Path, *extra: str) -> Path:
 
 
 def tls_flags(certs: Path, tmp_path: Path, *more: str) -> tuple[str, ...]:
-    # The client certificate's CN must be a configured AMQP user for EXTERNAL.
+    # The user a client certificate logs in as is its subject mapped by
+    # tls.principal_mapping_rules (Kafka's syntax; the same name is the Kafka principal): here
+    # the CN, which must be a configured user for EXTERNAL.
     config = tmp_path / "ferry-tls.toml"
     config.write_text(
         '[amqp]\n'
         'users = [{ name = "guest", password = "guest" }, '
         f'{{ name = "{CLIENT}", password = "not-used-with-external" }}]\n'
-        '[tls]\nreload_check_interval_ms = 0\n')
+        '[tls]\nreload_check_interval_ms = 0\n'
+        'principal_mapping_rules = "RULE:^CN=([^,]*)$/$1/,DEFAULT"\n')
     return ("--config", str(config),
             "--kafka-tls-listen", "127.0.0.1:0", "--amqp-tls-listen", "127.0.0.1:0",
             "--http-tls-listen", "127.0.0.1:0",
@@ -230,3 +233,66 @@ def test_sighup_reloads_certificates_and_a_broken_one_is_kept_out(
     helpers.wait_for("the failed reload", lambda: "keeping the certificates in use" in b.log_text(),
                      15)
     assert https_get(f"{b.https}/readyz", renewed / "ca.pem")[0] == 200
+
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def node_client(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs a Node.js client of tests/interop/node, or skips saying why it cannot."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (amqplib is a Node.js client)")
+    if not (NODE_DIR / "node_modules" / "amqplib").is_dir():
+        pytest.skip("amqplib is not installed: run `npm ci --prefix tests/interop/node` "
+                    "(.ci/run does)")
+    return subprocess.run([node, str(NODE_DIR / script), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_amqplib_over_amqps_with_a_password_and_with_external(tls_ferry, certs: Path) -> None:
+    port = helpers.split_hostport(tls_ferry.amqp_tls)[1]
+    ca = str(certs / "ca.pem")
+    done = node_client("amqps_roundtrip.js", f"amqps://guest:guest@localhost:{port}/%2f", ca)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["got"] == "over amqps from amqplib", result
+    assert result["queue"].startswith("amq.gen-"), result
+    assert result["server"] == "Ferry", result
+    # EXTERNAL with the client certificate: the mapped subject (its CN here) is the user.
+    done = node_client("amqps_roundtrip.js", f"amqps://localhost:{port}/%2f", ca,
+                       str(certs / f"client-{CLIENT}.pem"), str(certs / f"client-{CLIENT}.key"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["got"] == "over amqps from amqplib"
+
+
+def test_kombu_over_amqps(tls_ferry, certs: Path) -> None:
+    import kombu
+
+    port = helpers.split_hostport(tls_ferry.amqp_tls)[1]
+    tls = {"ca_certs": str(certs / "ca.pem"), "cert_reqs": ssl.CERT_REQUIRED,
+           "server_hostname": "localhost"}
+    name = helpers.unique("kombu-tls")
+    with kombu.Connection(f"amqp://guest:guest@localhost:{port}//", ssl=tls,
+                          connect_timeout=10) as conn:
+        with conn.SimpleQueue(name) as q:
+            q.put({"over": "tls"})
+            message = q.get(block=True, timeout=10)
+            message.ack()
+            assert message.payload == {"over": "tls"}
+
+
+def test_curl_reads_the_admin_api_over_https(tls_ferry, certs: Path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    https = tls_ferry.https.replace("127.0.0.1", "localhost")
+    done = subprocess.run([curl, "-sS", "--fail", "--cacert", str(certs / "ca.pem"),
+                           "-u", "admin:admin", f"{https}/api/overview"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["node"], done.stdout
+    # Without the CA, curl refuses the self-signed chain.
+    untrusted = subprocess.run([curl, "-sS", "-u", "admin:admin", f"{https}/api/overview"],
+                               capture_output=True, text=True, timeout=30)
+    assert untrusted.returncode != 0

@@ -9,7 +9,7 @@ use super::*;
 pub(super) async fn publish_loop(
     ctx: &Ctx,
     shared: &Shared,
-    write: &mut OwnedWriteHalf,
+    write: &mut WriteStream,
     queue: &str,
     size: usize,
     frame_max: usize,
@@ -128,7 +128,7 @@ pub(super) fn read_error(e: std::io::Error, during: &str) -> BenchError {
 
 /// Reads publisher confirms until told to stop, advancing `Shared::confirmed`.
 pub(super) async fn confirm_loop(
-    io: &mut (OwnedReadHalf, BytesMut),
+    io: &mut (ReadStream, BytesMut),
     frame_max: usize,
     shared: &Shared,
     mut stop: oneshot::Receiver<()>,
@@ -204,7 +204,7 @@ pub(super) async fn confirm_loop(
 /// Receives deliveries, measures their latency and acknowledges them in batches, until it has
 /// seen `Shared::target` messages.
 pub(super) async fn consume_loop(
-    io: &mut (OwnedReadHalf, OwnedWriteHalf, BytesMut),
+    io: &mut (ReadStream, WriteStream, BytesMut),
     frame_max: usize,
     shared: &Shared,
     prefetch: u16,

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::client::amqp::{ReadStream, WriteStream};
 use amq_protocol::protocol::{basic, channel, confirm, connection, queue, AMQPClass};
 use amq_protocol::types::FieldTable;
 use amq_protocol::uri::AMQPUri;
@@ -35,7 +36,6 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, Notify};
 
 use super::broker_cpu::BrokerProcess;
@@ -153,6 +153,8 @@ impl Phase {
 struct Ctx {
     args: AmqpBenchSettings,
     uri: AMQPUri,
+    /// For `amqps://`: the CAs the broker's certificate must chain to.
+    tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     /// The queue of the running case, deleted on Ctrl-C.
     active: Arc<Mutex<Option<String>>>,
@@ -172,6 +174,13 @@ fn delivery_mode(args: &AmqpBenchSettings) -> u8 {
 /// Runs every case and prints the results.
 pub async fn run(args: AmqpBenchSettings) -> Result<(), BenchError> {
     let uri = validate(&args)?;
+    let tls = match uri.scheme {
+        amq_protocol::uri::AMQPScheme::AMQPS => Some(
+            crate::tls::client_config(args.cacert.as_deref())
+                .map_err(|e| BenchError::Invalid(e.to_string()))?,
+        ),
+        amq_protocol::uri::AMQPScheme::AMQP => None,
+    };
     let timeout = Duration::from_secs(args.timeout.max(1));
     let active = Arc::new(Mutex::new(None::<String>));
     let keep = args.keep || args.no_consumer;
@@ -187,6 +196,7 @@ pub async fn run(args: AmqpBenchSettings) -> Result<(), BenchError> {
     let ctx = Ctx {
         args,
         uri: uri.clone(),
+        tls: tls.clone(),
         timeout,
         active: active.clone(),
         broker,
@@ -196,7 +206,7 @@ pub async fn run(args: AmqpBenchSettings) -> Result<(), BenchError> {
         _ = tokio::signal::ctrl_c() => {
             let queue = active.lock().take();
             let note = match queue {
-                Some(q) if !keep => match delete_queue_fresh(&uri, timeout, &q).await {
+                Some(q) if !keep => match delete_queue_fresh(&uri, tls.as_ref(), timeout, &q).await {
                     Ok(()) => format!(" (deleted queue {q})"),
                     Err(e) => format!(" (could not delete queue {q}: {e})"),
                 },
@@ -217,8 +227,10 @@ fn validate(args: &AmqpBenchSettings) -> Result<AMQPUri, BenchError> {
             args.url
         ))
     })?;
-    if !matches!(uri.scheme, amq_protocol::uri::AMQPScheme::AMQP) {
-        return bad("--url: only amqp:// is supported (no TLS in the bench client)".into());
+    if args.cacert.is_some() && !matches!(uri.scheme, amq_protocol::uri::AMQPScheme::AMQPS) {
+        return bad(
+            "--cacert is for amqps:// URLs (e.g. amqps://guest:guest@localhost:5671/%2f)".into(),
+        );
     }
     if args.size.is_empty() {
         return bad("--size needs at least one value".into());
@@ -334,10 +346,11 @@ async fn delete_queue(s: &mut Session, queue: &str) -> Result<(), BenchError> {
 /// Deletes `queue` over a connection of its own (after Ctrl-C, when the others are gone).
 async fn delete_queue_fresh(
     uri: &AMQPUri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: Duration,
     queue: &str,
 ) -> Result<(), BenchError> {
-    let mut s = Session::connect(uri, timeout).await?;
+    let mut s = Session::connect(uri, tls, timeout).await?;
     s.open_channel(CH).await?;
     delete_queue(&mut s, queue).await?;
     s.close().await;
@@ -402,7 +415,7 @@ struct Consumed {
 
 /// Connects and opens channel [`CH`].
 async fn session(ctx: &Ctx) -> Result<Session, BenchError> {
-    let mut s = Session::connect(&ctx.uri, ctx.timeout).await?;
+    let mut s = Session::connect(&ctx.uri, ctx.tls.as_ref(), ctx.timeout).await?;
     s.open_channel(CH).await?;
     Ok(s)
 }

@@ -196,7 +196,7 @@ pub(super) async fn e2e_phase(
 ) -> Result<Phase, BenchError> {
     // Consumers get their own connections: a long-polling fetch would hold up the produce
     // answers queued behind it on a shared one.
-    let readers = connect_all(leaders, ctx.timeout).await?;
+    let readers = connect_all(leaders, ctx.timeout, &ctx.security).await?;
     let rate = ctx.args.latency_rate as f64 / conns.len() as f64;
     let secs = ctx.args.latency_secs;
     let total = (ctx.args.latency_rate as f64 * secs) as u64;

@@ -53,7 +53,7 @@ use super::{
 };
 use crate::client::kafka::{
     kafka_error, list_offset, produce_request, retriable, topic_metadata_request, topic_name,
-    Connection, Pending,
+    Connection, KafkaSecurity, Pending,
 };
 use crate::client::ClientError;
 use crate::log::batch::{try_encode_batch, BatchHeader, BatchIter, EncodeOptions, SimpleRecord};
@@ -111,6 +111,10 @@ pub struct Report {
 
 #[derive(Debug, Serialize)]
 pub struct Settings {
+    /// Kafka's name for the connections' protection: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.
+    pub security_protocol: &'static str,
+    /// The SASL mechanism, when `security_protocol` is SASL_*.
+    pub sasl_mechanism: Option<&'static str>,
     pub acks: i16,
     pub in_flight_per_connection: usize,
     pub batch_bytes: usize,
@@ -194,6 +198,8 @@ struct Ctx {
     args: KafkaBenchSettings,
     admin: Connection,
     timeout: Duration,
+    /// TLS and SASL for every connection, from the flags.
+    security: KafkaSecurity,
     produce_v: i16,
     fetch_v: i16,
     /// Zero of the e2e time stamps.
@@ -207,10 +213,11 @@ struct Ctx {
 pub async fn run(args: KafkaBenchSettings) -> Result<(), BenchError> {
     validate(&args)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let admin = Connection::connect(&args.bootstrap, timeout).await?;
+    let security = security(&args)?;
+    let admin = Connection::connect_with(&args.bootstrap, timeout, &security).await?;
     let active = Arc::new(Mutex::new(None::<String>));
     let keep = args.keep;
-    let work = run_cases(args, admin.clone(), active.clone());
+    let work = run_cases(args, admin.clone(), security, active.clone());
     tokio::select! {
         result = work => result,
         _ = tokio::signal::ctrl_c() => {
@@ -273,6 +280,7 @@ fn validate(args: &KafkaBenchSettings) -> Result<(), BenchError> {
 async fn run_cases(
     args: KafkaBenchSettings,
     admin: Connection,
+    security: KafkaSecurity,
     active: Arc<Mutex<Option<String>>>,
 ) -> Result<(), BenchError> {
     let produce_v = admin.version(ApiKey::Produce, PRODUCE)?;
@@ -290,6 +298,7 @@ async fn run_cases(
         args,
         admin,
         timeout,
+        security,
         produce_v,
         fetch_v,
         epoch: Instant::now(),
@@ -297,9 +306,10 @@ async fn run_cases(
     };
     if !ctx.args.json {
         eprintln!(
-            "ferry bench kafka → {} ({} broker{}; Produce v{produce_v}, Fetch v{fetch_v}); \
+            "ferry bench kafka → {} ({}; {} broker{}; Produce v{produce_v}, Fetch v{fetch_v}); \
              client on {} cores",
             ctx.args.bootstrap,
+            security_protocol(&ctx.security),
             cluster.brokers.len(),
             if cluster.brokers.len() == 1 { "" } else { "s" },
             cores()
@@ -322,6 +332,8 @@ async fn run_cases(
         brokers: cluster.brokers.len(),
         client_cores: cores(),
         settings: Settings {
+            security_protocol: security_protocol(&ctx.security),
+            sasl_mechanism: ctx.security.sasl.as_ref().map(|l| l.mechanism.name()),
             acks: -1,
             in_flight_per_connection: ctx.args.in_flight,
             batch_bytes: ctx.args.batch_bytes,
@@ -423,7 +435,7 @@ async fn run_phases(
     partitions: i32,
 ) -> Result<Phases, BenchError> {
     let leaders = wait_for_leaders(ctx, topic, partitions).await?;
-    let conns = connect_all(&leaders, ctx.timeout).await?;
+    let conns = connect_all(&leaders, ctx.timeout, &ctx.security).await?;
     let per_batch = ((ctx.args.batch_bytes.saturating_sub(BATCH_HEADER)) / (size + RECORD_OVERHEAD))
         .max(1) as u64;
 
@@ -464,12 +476,47 @@ async fn run_phases(
     Ok((per_batch, produce, consume, e2e))
 }
 
-async fn connect_all(addrs: &[String], timeout: Duration) -> Result<Vec<Connection>, BenchError> {
+async fn connect_all(
+    addrs: &[String],
+    timeout: Duration,
+    security: &KafkaSecurity,
+) -> Result<Vec<Connection>, BenchError> {
     let mut conns = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        conns.push(Connection::connect(addr, timeout).await?);
+        conns.push(Connection::connect_with(addr, timeout, security).await?);
     }
     Ok(conns)
+}
+
+/// Kafka's `security.protocol` name for `security`.
+fn security_protocol(security: &KafkaSecurity) -> &'static str {
+    match (security.tls.is_some(), security.sasl.is_some()) {
+        (false, false) => "PLAINTEXT",
+        (true, false) => "SSL",
+        (false, true) => "SASL_PLAINTEXT",
+        (true, true) => "SASL_SSL",
+    }
+}
+
+/// TLS and SASL as the flags ask for them.
+fn security(args: &KafkaBenchSettings) -> Result<KafkaSecurity, BenchError> {
+    if args.cacert.is_some() && !args.tls {
+        return Err(BenchError::Invalid(
+            "--cacert is for TLS connections: add --tls".into(),
+        ));
+    }
+    let tls = if args.tls {
+        Some(
+            crate::tls::client_config(args.cacert.as_deref())
+                .map_err(|e| BenchError::Invalid(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    Ok(KafkaSecurity {
+        tls,
+        sasl: args.sasl.clone(),
+    })
 }
 
 #[cfg(test)]

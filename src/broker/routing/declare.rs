@@ -169,7 +169,7 @@ impl RouterInner {
     ) -> Result<QueueDeclared, RoutingError> {
         let _admin = self.admin.lock().await;
         let name = if spec.name.is_empty() && !spec.passive {
-            format!("amq.gen-{}", random_suffix())
+            server_queue_name()
         } else {
             spec.name.clone()
         };
@@ -222,6 +222,7 @@ impl RouterInner {
         }
         if name.starts_with("amq.")
             && !spec.name.is_empty()
+            && !(spec.server_named && name.starts_with("amq.gen-"))
             && spec.connection != INTERNAL_CONNECTION
         {
             return Err(RoutingError::AccessRefused(format!(
@@ -416,6 +417,11 @@ pub(super) fn args_equivalent(a: &Value, b: &Value) -> bool {
         _ => false,
     };
     (empty(a) && empty(b)) || a == b
+}
+
+/// A fresh name for a queue the client asked the server to name (RabbitMQ's `amq.gen-…`).
+pub fn server_queue_name() -> String {
+    format!("amq.gen-{}", random_suffix())
 }
 
 pub(super) fn random_suffix() -> String {

@@ -55,8 +55,8 @@ mod tasks;
 
 pub use dead_letter::death_history;
 use dead_letter::*;
-pub use declare::DELAYED_MESSAGE_EXCHANGE;
 use declare::*;
+pub use declare::{server_queue_name, DELAYED_MESSAGE_EXCHANGE};
 pub use durable::Durable;
 pub use storage::escape_path_component;
 pub(crate) use storage::remove_dir_if_present;
@@ -148,6 +148,10 @@ pub struct QueueSpec {
     pub arguments: Value,
     /// The connection asking (for exclusive-access checks on existing queues).
     pub connection: u64,
+    /// `name` came from [`server_queue_name`] on the client's behalf (an AMQP declare with an
+    /// empty name, whose permission check needs the name first), so its reserved `amq.gen-`
+    /// prefix is allowed.
+    pub server_named: bool,
 }
 
 /// The connection id of declarations the broker makes itself (the delay queue): they may use

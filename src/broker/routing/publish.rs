@@ -172,6 +172,7 @@ impl RouterInner {
                 auto_delete: false,
                 arguments: Value::Object(Map::new()),
                 connection: INTERNAL_CONNECTION,
+                server_named: false,
             })
             .await?;
         router.start_delay_scheduler(&declared.queue);

@@ -16,6 +16,7 @@
 //! and the admin API's `admin`/`admin`) are created, marked loopback-only: they work from the
 //! same machine only, as RabbitMQ's `guest` does, until their password is changed.
 
+mod anonymous;
 pub mod credentials;
 pub mod permissions;
 pub mod scram;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::meta::{Meta, MetaError, PermissionRecord, ScramRecord, UserRecord};
+pub use anonymous::AnonymousAccess;
 pub use credentials::ScramMechanism;
 pub use permissions::{Access, Permission, Resource};
 

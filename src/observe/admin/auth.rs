@@ -2,7 +2,8 @@
 //! management tags deciding what a user may do:
 //!
 //! - `administrator`: everything, including users, permissions and vhosts;
-//! - `management`: read everything and change topics, queues, exchanges, bindings and groups;
+//! - `management`: read and change topics, queues, exchanges, bindings and groups, of the
+//!   vhosts it has permissions in only (see [`super::scope`]);
 //! - `monitoring`: read only (GET and HEAD);
 //! - no management tag: refused (401, as RabbitMQ answers "not authorised").
 //!
@@ -16,6 +17,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 
+use super::scope::VhostScope;
 use super::ApiError;
 use crate::broker::users::UserInfo;
 use crate::broker::BrokerCore;
@@ -46,6 +48,9 @@ impl FromRequestParts<AppState> for Admin {
         if !allowed {
             return Err(not_authorised(&user, read_only));
         }
+        let scope = VhostScope::of(&core, &user);
+        super::scope::check_path(parts, state, &scope, &user).await?;
+        parts.extensions.insert(scope);
         Ok(Admin(core))
     }
 }
@@ -124,15 +129,18 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<(BrokerCore, Us
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_basic);
+    // An unknown peer (a router served without the listener's ConnectInfo) is not loopback.
+    let peer = Some(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
     let Some((user, password)) = given else {
+        if peer.is_some_and(|ip| state.allow_anonymous.allows(ip)) {
+            return Ok((core, anonymous()));
+        }
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the admin API needs HTTP basic auth of a user tagged administrator, management or monitoring",
         ));
     };
-    // An unknown peer (a router served without the listener's ConnectInfo) is not loopback.
-    let peer = Some(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
     match core.login("http", peer, &user, &password).await {
         Ok(info) => Ok((core, info)),
         Err(_) => Err(ApiError::new(
@@ -140,6 +148,15 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<(BrokerCore, Us
             "unauthorized",
             "wrong user or password (or this user may only log in from the broker's own machine)",
         )),
+    }
+}
+
+/// Who a request without credentials acts as when `observe.allow_anonymous` lets it in: an
+/// administrator, as an anonymous Kafka client may do everything while ACLs are off.
+fn anonymous() -> UserInfo {
+    UserInfo {
+        name: "anonymous".into(),
+        tags: vec!["administrator".into()],
     }
 }
 

@@ -8,17 +8,22 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::queues::unknown_vhost;
+use super::scope::Scope;
 use super::{empty_object, json_body, Admin, ApiError};
 use crate::broker::names;
 use crate::broker::BrokerCore;
 use crate::meta::{BindingDef, DestinationKind};
 
-pub(super) async fn list_bindings(Admin(core): Admin) -> Json<Vec<crate::meta::BindingDef>> {
+pub(super) async fn list_bindings(
+    Admin(core): Admin,
+    Scope(scope): Scope,
+) -> Json<Vec<crate::meta::BindingDef>> {
     let mut bindings: Vec<crate::meta::BindingDef> = core
         .router()
         .exchanges()
         .iter()
         .flat_map(|e| e.bindings())
+        .filter(|b| scope.allows(&b.vhost))
         .collect();
     bindings.sort_by(|a, b| {
         (&a.vhost, &a.source, &a.destination, &a.routing_key).cmp(&(

@@ -10,6 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::overview::{rates, RateSamples};
+use super::scope::{Scope, VhostScope};
 use super::{Admin, ApiError};
 use crate::broker::connections::{ConnectionSnapshot, Protocol};
 use crate::broker::BrokerCore;
@@ -86,18 +87,23 @@ fn connection_details(c: &ConnectionSnapshot) -> Value {
     })
 }
 
-fn sorted_connections(core: &BrokerCore) -> Vec<ConnectionSnapshot> {
+/// The connections `scope` may see (a management user: AMQP connections of its vhosts), by
+/// name.
+fn sorted_connections(core: &BrokerCore, scope: &VhostScope) -> Vec<ConnectionSnapshot> {
     let mut all = core.connections().list();
+    all.retain(|c| scope.allows_opt(c.vhost.as_deref()));
     all.sort_by(|a, b| a.name.cmp(&b.name));
     all
 }
 
-pub(super) async fn list_connections(Admin(core): Admin) -> Json<Vec<Value>> {
+pub(super) async fn list_connections(Admin(core): Admin, Scope(scope): Scope) -> Json<Vec<Value>> {
     let node = node_name();
-    let connections = sorted_connections(&core);
-    // Samples of closed connections go; ids are never reused.
-    let live: std::collections::BTreeSet<u64> = connections.iter().map(|c| c.id).collect();
-    BYTE_SAMPLES.lock().retain(|id, _| live.contains(id));
+    let connections = sorted_connections(&core, &scope);
+    // Samples of closed connections go; ids are never reused. Only a full list can tell.
+    if scope == VhostScope::All {
+        let live: std::collections::BTreeSet<u64> = connections.iter().map(|c| c.id).collect();
+        BYTE_SAMPLES.lock().retain(|id, _| live.contains(id));
+    }
     Json(
         connections
             .iter()
@@ -116,11 +122,13 @@ fn no_connection(name: &str) -> ApiError {
 
 pub(super) async fn get_connection(
     Admin(core): Admin,
+    Scope(scope): Scope,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let c = core
         .connections()
         .get(&name)
+        .filter(|c| scope.allows_opt(c.vhost.as_deref()))
         .ok_or_else(|| no_connection(&name))?;
     Ok(Json(connection_view(&c, &node_name())))
 }
@@ -130,9 +138,18 @@ pub(super) async fn get_connection(
 /// connection leaves the list when its task has finished closing.
 pub(super) async fn close_connection(
     Admin(core): Admin,
+    Scope(scope): Scope,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // A connection outside the user's vhosts does not exist for it.
+    let visible = core
+        .connections()
+        .get(&name)
+        .is_some_and(|c| scope.allows_opt(c.vhost.as_deref()));
+    if !visible {
+        return Err(no_connection(&name));
+    }
     let reason = match headers.get("x-reason") {
         None => DEFAULT_CLOSE_REASON.to_string(),
         Some(v) => v
@@ -156,10 +173,10 @@ pub(super) async fn close_connection(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(super) async fn list_channels(Admin(core): Admin) -> Json<Vec<Value>> {
+pub(super) async fn list_channels(Admin(core): Admin, Scope(scope): Scope) -> Json<Vec<Value>> {
     let node = node_name();
     let mut channels = Vec::new();
-    for c in sorted_connections(&core) {
+    for c in sorted_connections(&core, &scope) {
         for (number, ch) in &c.channels {
             channels.push(json!({
                 "name": channel_name(&c, *number),
@@ -193,9 +210,9 @@ fn live_consumers<'a>(
     })
 }
 
-pub(super) async fn list_consumers(Admin(core): Admin) -> Json<Vec<Value>> {
+pub(super) async fn list_consumers(Admin(core): Admin, Scope(scope): Scope) -> Json<Vec<Value>> {
     let mut consumers = Vec::new();
-    for c in sorted_connections(&core) {
+    for c in sorted_connections(&core, &scope) {
         for (number, ch) in &c.channels {
             for (tag, consumer) in live_consumers(&core, &c, ch) {
                 consumers.push(json!({

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::queues::unknown_vhost;
+use super::scope::Scope;
 use super::{bad_request, empty_object, json_body, yes, Admin, ApiError};
 use crate::broker::names;
 use crate::broker::routing::RoutingError;
@@ -26,11 +27,15 @@ pub(super) struct ExchangeView {
     arguments: serde_json::Value,
 }
 
-pub(super) async fn list_exchanges(Admin(core): Admin) -> Json<Vec<ExchangeView>> {
+pub(super) async fn list_exchanges(
+    Admin(core): Admin,
+    Scope(scope): Scope,
+) -> Json<Vec<ExchangeView>> {
     let mut exchanges: Vec<ExchangeView> = core
         .router()
         .exchanges()
         .iter()
+        .filter(|e| scope.allows(&e.def().vhost))
         .map(|e| exchange_view(e))
         .collect();
     exchanges.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));

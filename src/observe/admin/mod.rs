@@ -23,6 +23,7 @@
 //! checks credentials (and slows password guessing
 //! through the core's login guard); this file holds the routes and the one error shape.
 
+mod acls;
 mod auth;
 mod bindings;
 mod connections;
@@ -32,6 +33,7 @@ mod groups;
 mod overview;
 mod queues;
 mod schema_registry;
+mod scope;
 mod topics;
 mod users;
 
@@ -119,6 +121,12 @@ pub fn routes() -> Router<AppState> {
             get(users::get_permission)
                 .put(users::put_permission)
                 .delete(users::delete_permission),
+        )
+        .route(
+            "/api/acls",
+            get(acls::list_acls)
+                .post(acls::create_acl)
+                .delete(acls::delete_acls),
         )
         .route("/api/vhosts", get(users::list_vhosts))
         .route(

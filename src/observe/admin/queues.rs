@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::scope::Scope;
 use super::{bad_request, empty_object, json_body, yes, Admin, ApiError};
 use crate::broker::names;
 use crate::broker::queue::QueueLimits;
@@ -28,11 +29,12 @@ pub(super) struct QueueView {
     consumers: u32,
 }
 
-pub(super) async fn list_queues(Admin(core): Admin) -> Json<Vec<QueueView>> {
+pub(super) async fn list_queues(Admin(core): Admin, Scope(scope): Scope) -> Json<Vec<QueueView>> {
     let mut queues: Vec<QueueView> = core
         .router()
         .queues()
         .iter()
+        .filter(|q| scope.allows(&q.def().vhost))
         .map(|q| queue_view(q))
         .collect();
     queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
@@ -123,6 +125,7 @@ pub(super) async fn put_queue(
             // No AMQP connection owns an admin declaration (ids start at 1, so 0 is nobody);
             // an existing exclusive queue of a real connection then answers 409.
             connection: 0,
+            server_named: false,
         })
         .await?;
     let status = if declared.fresh {

@@ -11,6 +11,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Administrator;
+use super::scope::Scope;
 use super::{json_body, Admin, ApiError};
 use crate::broker::users::{Password, UserError};
 use crate::meta::{PermissionRecord, UserRecord};
@@ -240,10 +241,14 @@ pub(super) struct VhostView {
     configured: bool,
 }
 
-pub(super) async fn list_vhosts(Admin(core): Admin) -> Result<Json<Vec<VhostView>>, ApiError> {
+pub(super) async fn list_vhosts(
+    Admin(core): Admin,
+    Scope(scope): Scope,
+) -> Result<Json<Vec<VhostView>>, ApiError> {
     Ok(Json(
         core.vhosts()?
             .into_iter()
+            .filter(|v| scope.allows(&v.name))
             .map(|v| VhostView {
                 name: v.name,
                 description: v.description,

@@ -4,7 +4,9 @@
 //!
 //! EXTERNAL follows RabbitMQ's `rabbitmq_auth_mechanism_ssl`: it is offered in
 //! connection.start only on a TLS connection whose client sent a certificate that verified
-//! against `tls.ca_file`, the user is the certificate subject's CN, and that user must exist
+//! against `tls.ca_file`, the user is the name `tls.principal_mapping_rules` maps the subject
+//! to (the same name as the Kafka principal; by default the whole subject, as RabbitMQ's
+//! `ssl_cert_login_from = distinguished_name`), and that user must exist
 //! (its password is not asked for; the certificate is the credential). Failures get 403
 //! ACCESS_REFUSED, as RabbitMQ answers, and count towards the core's login guard.
 
@@ -53,10 +55,8 @@ pub async fn authenticate(
                     "EXTERNAL authentication needs a TLS connection with a verified client certificate",
                 ));
             };
-            let Some(user) = cert.common_name.clone() else {
-                tracing::info!(%peer, subject = %cert.subject, "AMQP EXTERNAL: the client certificate has no CN");
-                return Err(refused());
-            };
+            // The same name Kafka's principal uses (tls.principal_mapping_rules).
+            let user = cert.name.clone();
             let guard = core.login_guard();
             match core.users().check_identity(&user, Some(peer.ip())) {
                 Ok(info) => {
@@ -215,8 +215,8 @@ pub fn authorize(
             _ => Ok(()),
         },
         AMQPClass::Queue(q) => match q {
-            // A server-named queue (empty name) is the client's own, as RabbitMQ's amq.gen-*.
-            queue::AMQPMethod::Declare(m) if !m.passive && !m.queue.as_str().is_empty() => {
+            // A server-named queue arrives here already named `amq.gen-…` (see dispatch).
+            queue::AMQPMethod::Declare(m) if !m.passive => {
                 check(Configure, Queue, m.queue.as_str())
             }
             queue::AMQPMethod::Delete(m) => check(Configure, Queue, m.queue.as_str()),

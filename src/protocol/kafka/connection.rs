@@ -70,10 +70,11 @@ pub async fn run<S: Transport>(
         local,
         tls: security.tls,
     });
-    // The mTLS subject is the principal; without one the listing shows Kafka's ANONYMOUS until
-    // a SASL handshake sets the user (set once, so set it only when known).
+    // The mTLS user (the mapped subject) is the principal; without one the listing shows
+    // Kafka's ANONYMOUS until a SASL handshake sets the user (set once, so set it only when
+    // known).
     if let Some(principal) = &security.client_cert {
-        registration.set_user(&principal.subject);
+        registration.set_user(&principal.name);
     }
     let mut close_requests = registration.close_requests();
     let written = registration.handle();

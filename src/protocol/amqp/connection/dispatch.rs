@@ -96,6 +96,18 @@ impl Conn {
                 "method frame while content was expected",
             ));
         }
+        let mut m = m;
+        // RabbitMQ checks configure on the name it generates for a server-named queue, so a
+        // user without configure on `amq.gen-…` cannot declare one: name it before the check.
+        let server_named = match &mut m {
+            AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(d))
+                if d.queue.as_str().is_empty() && !d.passive =>
+            {
+                d.queue = crate::broker::routing::server_queue_name().into();
+                true
+            }
+            _ => false,
+        };
         crate::protocol::amqp::auth::authorize(
             &self.core,
             self.peer.ip(),
@@ -135,7 +147,7 @@ impl Conn {
             AMQPClass::Queue(q) => {
                 use amq_protocol::protocol::queue::AMQPMethod as Q;
                 match q {
-                    Q::Declare(m) => handlers::queue::declare(&ctx, m).await?,
+                    Q::Declare(m) => handlers::queue::declare(&ctx, m, server_named).await?,
                     Q::Bind(m) => handlers::queue::bind(&ctx, m).await?,
                     Q::Unbind(m) => handlers::queue::unbind(&ctx, m).await?,
                     Q::Purge(m) => handlers::queue::purge(&ctx, m).await?,

@@ -12,7 +12,9 @@ use crate::meta::{BindingDef, DestinationKind};
 use crate::protocol::amqp::convert::table_to_json;
 use crate::protocol::amqp::stream_consumer;
 
-pub async fn declare(ctx: &Ctx<'_>, m: queue::Declare) -> Reply {
+/// `server_named`: the client sent an empty name and the connection named the queue with
+/// [`crate::broker::routing::server_queue_name`] (so permissions could be checked on it).
+pub async fn declare(ctx: &Ctx<'_>, m: queue::Declare, server_named: bool) -> Reply {
     if m.queue.as_str() == crate::protocol::amqp::reply_to::PSEUDO_QUEUE {
         // The direct reply-to pseudo-queue always "exists" (RabbitMQ answers declare-ok,
         // passive or not): kombu and Celery declare every queue they consume from.
@@ -27,7 +29,15 @@ pub async fn declare(ctx: &Ctx<'_>, m: queue::Declare) -> Reply {
     check_name("queue", m.queue.as_str())?;
     // Streams are topics: declared (and checked passively) before the classic queue path,
     // which does not know x-queue-type=stream.
-    if let Some(reply) = stream_consumer::declare(ctx, &m).await {
+    let stream_view = if server_named {
+        // Streams are never server-named: let the stream path see the empty name it refuses.
+        let mut unnamed = m.clone();
+        unnamed.queue = "".into();
+        std::borrow::Cow::Owned(unnamed)
+    } else {
+        std::borrow::Cow::Borrowed(&m)
+    };
+    if let Some(reply) = stream_consumer::declare(ctx, &stream_view).await {
         return reply;
     }
     let spec = QueueSpec {
@@ -39,6 +49,7 @@ pub async fn declare(ctx: &Ctx<'_>, m: queue::Declare) -> Reply {
         auto_delete: m.auto_delete,
         arguments: table_to_json(&m.arguments),
         connection: ctx.connection_id,
+        server_named,
     };
     let d = ctx.core.router().declare_queue(spec).await?;
     Ok((!m.nowait).then(|| {

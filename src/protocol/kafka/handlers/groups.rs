@@ -466,8 +466,12 @@ pub async fn offset_commit(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawReque
     respond(ApiKey::OffsetCommit, v, req.correlation_id, &body)
 }
 
-/// A group's committed offsets by topic, `None` where a wanted partition has none.
-type OffsetsByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+/// A group's committed offsets by topic, `None` where a wanted partition has none, with the
+/// partition's error code (TOPIC_AUTHORIZATION_FAILED for a topic the client may not DESCRIBE).
+type OffsetsByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>, i16)>)>;
+
+/// TOPIC_AUTHORIZATION_FAILED.
+const TOPIC_DENIED: i16 = 29;
 
 /// Offsets of one group for the wanted partitions (None = every committed one), with -1 for
 /// partitions that have none.
@@ -490,7 +494,9 @@ fn fetch_group(
         .groups()
         .fetch_offsets(group_id, flat.as_deref())
         .map_err(|e| group_error_code(&e))?;
-    // Offsets of topics the client may not DESCRIBE are not shown (Kafka leaves them out).
+    // Offsets of topics the client may not DESCRIBE are never shown: asked for by name, their
+    // partitions answer TOPIC_AUTHORIZATION_FAILED; asked for as "all", they are left out (as
+    // Kafka does in both cases).
     committed.retain(|c| ctx.allowed(conn, operation::DESCRIBE, resource::TOPIC, &c.topic));
     let find = |t: &str, p: i32| {
         committed
@@ -502,7 +508,14 @@ fn fetch_group(
         Some(w) => w
             .into_iter()
             .map(|(t, ps)| {
-                let parts = ps.into_iter().map(|p| (p, find(&t, p))).collect();
+                let denied = !ctx.allowed(conn, operation::DESCRIBE, resource::TOPIC, &t);
+                let parts = ps
+                    .into_iter()
+                    .map(|p| match denied {
+                        true => (p, None, TOPIC_DENIED),
+                        false => (p, find(&t, p), 0),
+                    })
+                    .collect();
                 (t, parts)
             })
             .collect(),
@@ -510,8 +523,8 @@ fn fetch_group(
             let mut topics: OffsetsByTopic = Vec::new();
             for c in committed {
                 match topics.iter_mut().find(|(t, _)| *t == c.topic) {
-                    Some((_, parts)) => parts.push((c.partition, Some(c))),
-                    None => topics.push((c.topic.clone(), vec![(c.partition, Some(c))])),
+                    Some((_, parts)) => parts.push((c.partition, Some(c), 0)),
+                    None => topics.push((c.topic.clone(), vec![(c.partition, Some(c), 0)])),
                 }
             }
             topics
@@ -547,10 +560,11 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) 
                                         .with_partitions(
                                             parts
                                                 .into_iter()
-                                                .map(|(p, c)| {
+                                                .map(|(p, c, code)| {
                                                     let (offset, epoch, meta) = committed_fields(c);
                                                     OffsetFetchResponsePartitions::default()
                                                         .with_partition_index(p)
+                                                        .with_error_code(code)
                                                         .with_committed_offset(offset)
                                                         .with_committed_leader_epoch(epoch)
                                                         .with_metadata(Some(s(meta)))
@@ -584,10 +598,11 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) 
                         .with_partitions(
                             parts
                                 .into_iter()
-                                .map(|(p, c)| {
+                                .map(|(p, c, code)| {
                                     let (offset, epoch, meta) = committed_fields(c);
                                     let mut part = OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
+                                        .with_error_code(code)
                                         .with_committed_offset(offset)
                                         .with_metadata(Some(s(meta)));
                                     if v >= 5 {

@@ -76,6 +76,7 @@ pub(crate) async fn declare_queue(
         auto_delete: d.auto_delete,
         arguments: convert::arguments("arguments_json", &d.arguments_json)?,
         connection: ctx.id,
+        server_named: false,
     };
     let declared = ctx.core.router().declare_queue(spec).await?;
     Ok(v1::QueueDeclared {
