@@ -39,6 +39,7 @@ pub mod routing;
 pub mod stream;
 pub mod topic;
 pub mod topic_router;
+pub mod txn;
 pub mod users;
 
 use std::collections::{BTreeMap, HashMap};
@@ -144,6 +145,8 @@ struct CoreInner {
     processed: processed::ProcessedIds,
     /// Kafka ACL bindings (see [`acls`]).
     acls: acls::AclStore,
+    /// Kafka transactions (see [`txn`]).
+    txns: txn::TxnCoordinator,
 }
 
 impl BrokerCore {
@@ -186,6 +189,7 @@ impl BrokerCore {
         let users = users::UserStore::open(meta.clone())?;
         let processed = processed::ProcessedIds::new(meta.clone(), clock.clone());
         let acls = acls::AclStore::open(meta.clone())?;
+        let txns = txn::TxnCoordinator::load(&meta)?;
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -205,6 +209,7 @@ impl BrokerCore {
                 users,
                 connections: Default::default(),
                 acls,
+                txns,
             }),
         };
         core.inner
@@ -240,6 +245,8 @@ impl BrokerCore {
                     .attach(&core, topic.name(), p as i32, handle.clone());
             }
         }
+        core.recover_transactions().await;
+        txn::spawn_timeout_sweeper(Arc::downgrade(&core.inner));
         Ok((core, report))
     }
 

@@ -14,6 +14,7 @@ pub mod memory_store;
 pub mod migrate;
 pub mod sled_store;
 pub mod store;
+pub mod txn;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub use acls::AclRecord;
 pub use memory_store::MemoryStore;
 pub use sled_store::SledStore;
 pub use store::{MetaOp, MetaStore};
+pub use txn::{TxnRecord, TxnStatus};
 pub use users::{PermissionRecord, ScramRecord, UserRecord, VhostRecord};
 
 #[derive(Debug, thiserror::Error)]
