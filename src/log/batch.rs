@@ -596,7 +596,10 @@ mod tests {
         );
         let h = validate_batch(&b).unwrap();
         assert!(h.is_control() && h.is_transactional());
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, -1));
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (42, 3, -1)
+        );
         let set = RecordBatchDecoder::decode(&mut b).unwrap();
         let r = &set.records[0];
         assert!(r.control && r.transactional);
