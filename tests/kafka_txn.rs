@@ -364,6 +364,104 @@ async fn a_queue_bound_to_the_topic_gets_only_committed_records() {
     broker.stop().await;
 }
 
+/// With ACLs on, a transactional producer needs WRITE (and, to find its coordinator,
+/// DESCRIBE) on its transactional id besides WRITE on the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transactional_id_acl_is_enforced() {
+    use ferry::broker::acls::{operation, resource};
+    use ferry::meta::AclRecord;
+
+    let broker = TestBroker::with(|b| {
+        b.configure(|c| {
+            c.kafka.allow_anonymous = ferry::config::AnonymousAccess::Never;
+            c.kafka.acl_enabled = true;
+            c.kafka.super_users = vec!["User:admin".into()];
+            c.users = ["admin", "alice"]
+                .into_iter()
+                .map(|name| ferry::config::UserSettings {
+                    name: name.into(),
+                    password: format!("{name}-secret"),
+                    password_hash: String::new(),
+                    tags: vec![],
+                })
+                .collect();
+        })
+    })
+    .await
+    .expect("broker");
+    let allow = |resource_type: i8, name: &str, op: i8| AclRecord {
+        resource_type,
+        resource_name: name.into(),
+        pattern_type: 3,
+        principal: "User:alice".into(),
+        host: "*".into(),
+        operation: op,
+        permission: 3,
+    };
+    let acls = broker.core().acls();
+    acls.create(&[
+        allow(resource::TOPIC, "acl-txn", operation::WRITE),
+        allow(resource::TOPIC, "acl-txn", operation::DESCRIBE),
+    ])
+    .unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", "admin")
+        .set("sasl.password", "admin-secret")
+        .create()
+        .expect("admin");
+    let made = admin
+        .create_topics(
+            [&NewTopic::new("acl-txn", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topics");
+    assert!(made[0].is_ok(), "{made:?}");
+    let bootstrap = broker.kafka_bootstrap();
+    let config = move || {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &bootstrap)
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanisms", "PLAIN")
+            .set("sasl.username", "alice")
+            .set("sasl.password", "alice-secret")
+            .set("transactional.id", "tx-alice");
+        c
+    };
+    let denied_config = config.clone();
+    blocking(move || {
+        let p: BaseProducer = denied_config().create().unwrap();
+        match p.init_transactions(TIMEOUT) {
+            Err(KafkaError::Transaction(e)) => assert_eq!(
+                e.code(),
+                rdkafka::types::RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+                "{e}"
+            ),
+            other => panic!("registered without the transactional id ACL: {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    acls.create(&[
+        allow(resource::TRANSACTIONAL_ID, "tx-alice", operation::WRITE),
+        allow(resource::TRANSACTIONAL_ID, "tx-alice", operation::DESCRIBE),
+    ])
+    .unwrap();
+    blocking(move || {
+        let p: BaseProducer = config().create().unwrap();
+        p.init_transactions(TIMEOUT).expect("allowed now");
+        p.begin_transaction().unwrap();
+        send_all(&p, "acl-txn", 0, &["granted"]);
+        p.commit_transaction(TIMEOUT).unwrap();
+    })
+    .await
+    .unwrap();
+    broker.stop().await;
+}
+
 /// A `ferry serve` child, so it can be killed with SIGKILL, and its Kafka address.
 struct Child {
     process: std::process::Child,

@@ -12,7 +12,7 @@ impl GroupCoordinator {
     pub fn commit_transactional_offsets(
         &self,
         group_id: &str,
-        mut offsets: Vec<CommittedOffset>,
+        offsets: Vec<CommittedOffset>,
     ) -> Result<(), GroupError> {
         self.check_running()?;
         if offsets.is_empty() {
@@ -22,17 +22,6 @@ impl GroupCoordinator {
             return Err(GroupError::CoordinatorNotAvailable);
         };
         let _writer = entry.commit_lock.lock();
-        let now_ms = self.inner.clock.now_ms();
-        for o in &mut offsets {
-            o.commit_ms = now_ms;
-        }
-        self.inner.meta.commit_offsets(group_id, &offsets)?;
-        self.inner.meta.flush()?;
-        metrics::counter!("ferry_group_offset_commits_total").increment(offsets.len() as u64);
-        let mut cache = entry.offsets.lock();
-        for o in offsets {
-            cache.insert((o.topic.clone(), o.partition), o);
-        }
-        Ok(())
+        self.store_offsets(&entry, group_id, offsets)
     }
 }

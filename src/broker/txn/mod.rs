@@ -103,6 +103,15 @@ impl TxnCoordinator {
             .clone()
     }
 
+    /// The lock over a registered id's record, without creating one for an id a client made
+    /// up (requests other than InitProducerId must not grow the table).
+    fn existing_entry(
+        &self,
+        transactional_id: &str,
+    ) -> Option<Arc<tokio::sync::Mutex<Option<TxnRecord>>>> {
+        self.entries.lock().get(transactional_id).cloned()
+    }
+
     /// Every id's lock, for sweeps (timeouts, recovery, listing).
     fn all_entries(&self) -> Vec<Arc<tokio::sync::Mutex<Option<TxnRecord>>>> {
         self.entries.lock().values().cloned().collect()

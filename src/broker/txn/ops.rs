@@ -151,7 +151,10 @@ impl BrokerCore {
         epoch: i16,
         change: impl FnOnce(&mut TxnRecord, i64) -> Result<bool, TxnError>,
     ) -> Result<(), TxnError> {
-        let entry = self.txns().entry(transactional_id);
+        let entry = self
+            .txns()
+            .existing_entry(transactional_id)
+            .ok_or(TxnError::InvalidProducerIdMapping)?;
         let mut guard = entry.lock().await;
         let Some(record) = guard.as_ref() else {
             return Err(TxnError::InvalidProducerIdMapping);
@@ -246,7 +249,10 @@ impl BrokerCore {
         epoch: i16,
         commit: bool,
     ) -> Result<(), TxnError> {
-        let entry = self.txns().entry(transactional_id);
+        let entry = self
+            .txns()
+            .existing_entry(transactional_id)
+            .ok_or(TxnError::InvalidProducerIdMapping)?;
         let mut guard = entry.lock().await;
         let Some(record) = guard.as_ref() else {
             return Err(TxnError::InvalidProducerIdMapping);
