@@ -41,6 +41,7 @@ pub mod schema_check;
 pub mod stream;
 pub mod topic;
 pub mod topic_router;
+pub mod txn;
 pub mod users;
 
 use std::collections::{BTreeMap, HashMap};
@@ -148,6 +149,8 @@ struct CoreInner {
     acls: acls::AclStore,
     /// The schema registry, for topics and exchanges that validate (see [`schema_check`]).
     schema_validator: std::sync::OnceLock<schema_check::SharedValidator>,
+    /// Kafka transactions (see [`txn`]).
+    txns: txn::TxnCoordinator,
 }
 
 impl BrokerCore {
@@ -190,6 +193,7 @@ impl BrokerCore {
         let users = users::UserStore::open(meta.clone())?;
         let processed = processed::ProcessedIds::new(meta.clone(), clock.clone());
         let acls = acls::AclStore::open(meta.clone())?;
+        let txns = txn::TxnCoordinator::load(&meta)?;
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -210,6 +214,7 @@ impl BrokerCore {
                 connections: Default::default(),
                 acls,
                 schema_validator: std::sync::OnceLock::new(),
+                txns,
             }),
         };
         core.inner
@@ -245,6 +250,8 @@ impl BrokerCore {
                     .attach(&core, topic.name(), p as i32, handle.clone());
             }
         }
+        core.recover_transactions().await;
+        txn::spawn_timeout_sweeper(Arc::downgrade(&core.inner));
         Ok((core, report))
     }
 

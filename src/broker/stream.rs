@@ -416,7 +416,7 @@ impl StreamReader {
         if self
             .cursors
             .iter()
-            .any(|c| !c.ahead.is_empty() || c.next < c.log.high_watermark())
+            .any(|c| !c.ahead.is_empty() || c.next < c.log.last_stable_offset())
         {
             return;
         }
@@ -463,10 +463,12 @@ fn fill(c: &mut Cursor, topic: &str) -> Result<(), StreamError> {
     }
     // Retention may have removed what the reader had not reached yet: go on from the start.
     c.next = c.next.max(c.log.log_start_offset());
-    if c.next >= c.log.high_watermark() {
+    // Stream readers see committed records only: up to the last stable offset, without
+    // aborted transactions' batches.
+    if c.next >= c.log.last_stable_offset() {
         return Ok(());
     }
-    let slice = match c.log.read(c.next, READ_CHUNK) {
+    let (slice, aborted) = match c.log.read_committed(c.next, READ_CHUNK) {
         Ok(s) => s,
         Err(LogError::OffsetOutOfRange { log_start, .. }) => {
             c.next = log_start;
@@ -480,13 +482,14 @@ fn fill(c: &mut Cursor, topic: &str) -> Result<(), StreamError> {
             topic,
             partition,
             offset = c.next,
-            "nothing readable below the high watermark; skipping"
+            "nothing readable below the last stable offset; skipping"
         );
-        c.next = c.log.high_watermark();
+        c.next = c.log.last_stable_offset();
         return Ok(());
     }
     let mut buf: Bytes = slice.bytes.clone();
     while buf.has_remaining() {
+        let header = crate::log::BatchHeader::parse(&buf).ok();
         let records = match crate::log::batch::decode_next_batch(&mut buf) {
             Ok(records) => records,
             Err(e) => {
@@ -494,6 +497,9 @@ fn fill(c: &mut Cursor, topic: &str) -> Result<(), StreamError> {
                 break;
             }
         };
+        if header.is_some_and(|h| crate::log::txn_index::is_aborted(&aborted, &h)) {
+            continue;
+        }
         for crate::log::batch::StoredRecord {
             offset,
             is_control,

@@ -50,6 +50,7 @@ use super::routing::{
     Durable, RoutingError, TopicSink, TopicSubmit, DEFAULT_VHOST, EXCHANGE_HEADER,
 };
 use super::{BrokerCore, CoreInner};
+use crate::log::txn_index::is_aborted;
 use crate::log::{batch, PartitionHandle, SimpleRecord};
 use crate::meta::{RouteInFlight, RouteMark, TopicRouteState};
 
@@ -370,7 +371,9 @@ async fn route_partition(
         if *stop.borrow_and_update() {
             return;
         }
-        let end = *hw.borrow_and_update();
+        // Bounded by the last stable offset (see `route_step`); a marker that moves it also
+        // moves the high watermark, which wakes this loop.
+        let end = (*hw.borrow_and_update()).min(log.last_stable_offset());
         if cursor < end {
             let Some(inner) = core.upgrade() else { return };
             let core_ref = BrokerCore { inner };
@@ -519,7 +522,9 @@ async fn route_step(
 ) -> Result<i64, RoutingError> {
     let meta = core.meta();
     let cursor = cursor.max(log.log_start_offset());
-    let end = log.high_watermark();
+    // Queues get a transaction's records only once it commits (never if it aborts): routing
+    // stops at the last stable offset and drops aborted transactions' batches.
+    let end = log.last_stable_offset();
     if cursor >= end {
         return Ok(cursor);
     }
@@ -533,14 +538,14 @@ async fn route_step(
         meta.put_topic_route_offset(topic, partition, end)?;
         return Ok(end);
     };
-    let slice = log.read(cursor, ROUTE_CHUNK)?;
+    let (slice, aborted) = log.read_committed(cursor, ROUTE_CHUNK)?;
     if slice.bytes.is_empty() || slice.next_offset <= cursor {
         tracing::warn!(
             topic,
             partition,
             cursor,
             end,
-            "nothing readable below the high watermark; skipping"
+            "nothing readable below the last stable offset; skipping"
         );
         meta.put_topic_route_offset(topic, partition, end)?;
         return Ok(end);
@@ -549,6 +554,7 @@ async fn route_step(
     let mut plan: Vec<(SimpleRecord, Vec<Arc<Queue>>)> = Vec::new();
     let mut next = cursor;
     while buf.has_remaining() {
+        let header = batch::BatchHeader::parse(&buf).ok();
         let records = match batch::decode_next_batch(&mut buf) {
             Ok(records) => records,
             Err(e) => {
@@ -556,6 +562,10 @@ async fn route_step(
                 break;
             }
         };
+        if let Some(h) = header.filter(|h| is_aborted(&aborted, h)) {
+            next = next.max(h.next_offset());
+            continue;
+        }
         for batch::StoredRecord {
             offset,
             is_control,

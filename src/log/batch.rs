@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
 
 use super::LogError;
@@ -468,6 +468,8 @@ pub struct EncodeOptions {
     pub partition_leader_epoch: i32,
     /// Set the transactional attribute.
     pub transactional: bool,
+    /// Set the control attribute (transaction markers; see [`encode_control_batch`]).
+    pub control: bool,
 }
 
 impl Default for EncodeOptions {
@@ -479,6 +481,7 @@ impl Default for EncodeOptions {
             base_sequence: -1,
             partition_leader_epoch: -1,
             transactional: false,
+            control: false,
         }
     }
 }
@@ -509,6 +512,40 @@ pub fn try_encode_batch(
     options: &EncodeOptions,
 ) -> Result<BytesMut, LogError> {
     super::batch_records::encode(records, options)
+}
+
+/// Builds a transaction marker: a control batch of producer `producer_id` at `producer_epoch`
+/// with one record whose key is (version 0, `kind`) and whose value is (version 0,
+/// `coordinator_epoch`), as Kafka's `EndTransactionMarker`. Written by the transaction
+/// coordinator to every partition of a transaction when it commits or aborts.
+pub fn encode_control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    kind: super::txn_index::ControlKind,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> BytesMut {
+    let mut key = BytesMut::with_capacity(4);
+    key.put_i16(0);
+    key.put_i16(kind.code());
+    let mut value = BytesMut::with_capacity(6);
+    value.put_i16(0);
+    value.put_i32(coordinator_epoch);
+    let record = SimpleRecord {
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Vec::new(),
+        timestamp,
+    };
+    let options = EncodeOptions {
+        producer_id,
+        producer_epoch,
+        transactional: true,
+        control: true,
+        ..EncodeOptions::default()
+    };
+    // One small record cannot exceed the encoder's 2 GiB bound.
+    try_encode_batch(std::slice::from_ref(&record), &options).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -546,6 +583,30 @@ mod tests {
         assert_eq!(BatchIter::new(&b).count(), 1);
     }
 
+    /// A transaction marker is what Kafka's own decoder takes for one: a control record in a
+    /// transactional batch of the producer, key (version 0, type), value (version 0, epoch).
+    #[test]
+    fn control_batches_decode_as_kafka_markers() {
+        let mut b = encode_control_batch(
+            42,
+            3,
+            super::super::txn_index::ControlKind::Commit,
+            0,
+            1_700_000_000_000,
+        );
+        let h = validate_batch(&b).unwrap();
+        assert!(h.is_control() && h.is_transactional());
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (42, 3, -1)
+        );
+        let set = RecordBatchDecoder::decode(&mut b).unwrap();
+        let r = &set.records[0];
+        assert!(r.control && r.transactional);
+        assert_eq!(r.key.as_deref(), Some(&[0u8, 0, 0, 1][..]));
+        assert_eq!(r.value.as_deref(), Some(&[0u8, 0, 0, 0, 0, 0][..]));
+    }
+
     #[test]
     fn try_encode_sets_producer_fields_and_rejects_empty() {
         let opts = EncodeOptions {
@@ -555,6 +616,7 @@ mod tests {
             base_sequence: 10,
             partition_leader_epoch: 5,
             transactional: true,
+            control: false,
         };
         let recs: Vec<_> = (0..3).map(rec).collect();
         let b = try_encode_batch(&recs, &opts).unwrap();

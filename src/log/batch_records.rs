@@ -23,6 +23,7 @@ use super::batch::{
 use super::LogError;
 
 const ATTR_TRANSACTIONAL: i16 = 1 << 4;
+const ATTR_CONTROL: i16 = 1 << 5;
 
 fn put_varint(buf: &mut BytesMut, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -98,11 +99,14 @@ pub(super) fn encode(
     buf.put_i32(options.partition_leader_epoch);
     buf.put_i8(MAGIC_V2);
     buf.put_u32(0); // CRC, filled in below
-    buf.put_i16(if options.transactional {
-        ATTR_TRANSACTIONAL
-    } else {
-        0
-    });
+    let mut attributes = 0;
+    if options.transactional {
+        attributes |= ATTR_TRANSACTIONAL;
+    }
+    if options.control {
+        attributes |= ATTR_CONTROL;
+    }
+    buf.put_i16(attributes);
     buf.put_i32(count - 1);
     buf.put_i64(min_ts);
     buf.put_i64(max_ts);
@@ -275,6 +279,7 @@ mod tests {
             base_sequence: 100,
             partition_leader_epoch: 3,
             transactional: true,
+            control: false,
         };
         let batch = encode(&records(), &options).unwrap();
         let h = super::super::batch::validate_batch(&batch).unwrap();

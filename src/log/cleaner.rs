@@ -20,6 +20,9 @@
 //!   kept from a thinned batch are re-encoded, uncompressed, one batch per run of consecutive
 //!   offsets. Control batches and keyless records (written before the topic was compacted) are
 //!   always kept.
+//! - **Transactions.** As Kafka: a pass never reaches the first offset of a transaction still
+//!   open (the last stable offset bounds it), records of aborted transactions count for no key
+//!   and are removed, and their markers are kept (a reader past them needs nothing else).
 //! - **Crash safety.** The new segment is written as `<base>.log.cleaned` and fsynced; then,
 //!   under the partition lock, the old indexes are unlinked and the cleaned file renamed over
 //!   the `.log` (atomic) and the directory fsynced; the new indexes are built from the new file
@@ -47,6 +50,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::batch::{decode_next_batch, try_encode_batch, BatchHeader, EncodeOptions, SimpleRecord};
 use super::config::LogConfig;
+use super::txn_index::{is_aborted, AbortedTxn};
 use super::{LogError, Result};
 
 /// File in the partition directory holding, as decimal text, the offset below which the log
@@ -217,11 +221,17 @@ pub fn plan(
 
 /// Adds the keys of the records of `batches` (whole stored batches) from `from` on to `map`.
 /// Returns the first offset whose key did not fit (the map is full), if any.
-pub fn map_keys(batches: &Bytes, from: i64, map: &mut OffsetMap) -> Result<Option<i64>> {
+/// Batches of the `aborted` transactions are skipped: their records are no key's value.
+pub fn map_keys(
+    batches: &Bytes,
+    from: i64,
+    map: &mut OffsetMap,
+    aborted: &[AbortedTxn],
+) -> Result<Option<i64>> {
     let mut buf = batches.clone();
     while !buf.is_empty() {
         let header = BatchHeader::parse(&buf)?;
-        if header.is_control() {
+        if header.is_control() || is_aborted(aborted, &header) {
             let _ = buf.split_to(header.total_size().min(buf.len()));
             continue;
         }
@@ -259,10 +269,12 @@ pub struct Compacted {
 
 /// Appends to `out` what the cleaner keeps of `batches` (whole stored batches): see the module
 /// documentation for the rules.
+/// Batches of the `aborted` transactions are dropped whole.
 pub fn compact_batches(
     batches: &Bytes,
     map: &OffsetMap,
     rules: Retain,
+    aborted: &[AbortedTxn],
     out: &mut BytesMut,
 ) -> Result<Compacted> {
     let mut counts = Compacted::default();
@@ -276,6 +288,11 @@ pub fn compact_batches(
             ));
         }
         let whole = buf.slice(..size);
+        if header.base_offset < rules.map_end && is_aborted(aborted, &header) {
+            counts.removed += header.record_count().max(0) as u64;
+            let _ = buf.split_to(size);
+            continue;
+        }
         if header.is_control() || header.base_offset >= rules.map_end {
             out.extend_from_slice(&whole);
             counts.kept += header.record_count().max(0) as u64;
@@ -439,6 +456,44 @@ mod tests {
         c
     }
 
+    /// A value written by an aborted transaction is no value: the committed one before it
+    /// stays, and the aborted batch goes.
+    #[test]
+    fn aborted_transactions_count_for_no_key_and_are_removed() {
+        let mut log = BytesMut::from(&stored(0, &[vec![rec(Some("k"), Some("committed"), 1)]])[..]);
+        let options = EncodeOptions {
+            base_offset: 1,
+            producer_id: 5,
+            producer_epoch: 0,
+            base_sequence: 0,
+            transactional: true,
+            ..EncodeOptions::default()
+        };
+        log.extend_from_slice(
+            &try_encode_batch(&[rec(Some("k"), Some("aborted"), 2)], &options).unwrap(),
+        );
+        let log = log.freeze();
+        let aborted = [AbortedTxn {
+            producer_id: 5,
+            first_offset: 1,
+            last_offset: 2,
+        }];
+        let mut map = OffsetMap::with_memory(1 << 20);
+        map_keys(&log, 0, &mut map, &aborted).unwrap();
+        assert_eq!(map.latest(b"k"), Some(0));
+        let rules = Retain {
+            map_end: 2,
+            tombstone_horizon: 0,
+        };
+        let mut out = BytesMut::new();
+        let counts = compact_batches(&log, &map, rules, &aborted, &mut out).unwrap();
+        assert_eq!((counts.kept, counts.removed), (1, 1));
+        assert_eq!(
+            contents(&out.freeze()),
+            vec![(0, Some("k".into()), Some("committed".into()))]
+        );
+    }
+
     #[test]
     fn latest_value_per_key_is_kept_with_its_offset() {
         let log = stored(
@@ -450,14 +505,14 @@ mod tests {
             ],
         );
         let mut map = OffsetMap::with_memory(1 << 20);
-        assert_eq!(map_keys(&log, 0, &mut map).unwrap(), None);
+        assert_eq!(map_keys(&log, 0, &mut map, &[]).unwrap(), None);
         assert_eq!(map.len(), 3);
         let mut out = BytesMut::new();
         let rules = Retain {
             map_end: 6,
             tombstone_horizon: 0,
         };
-        let counts = compact_batches(&log, &map, rules, &mut out).unwrap();
+        let counts = compact_batches(&log, &map, rules, &[], &mut out).unwrap();
         assert_eq!(
             counts,
             Compacted {
@@ -493,14 +548,14 @@ mod tests {
             ]],
         );
         let mut map = OffsetMap::with_memory(1 << 20);
-        map_keys(&log, 10, &mut map).unwrap();
+        map_keys(&log, 10, &mut map, &[]).unwrap();
         let pass = |horizon| {
             let mut out = BytesMut::new();
             let rules = Retain {
                 map_end: 13,
                 tombstone_horizon: horizon,
             };
-            compact_batches(&log, &map, rules, &mut out).unwrap();
+            compact_batches(&log, &map, rules, &[], &mut out).unwrap();
             contents(&out.freeze())
         };
         assert_eq!(
@@ -522,14 +577,14 @@ mod tests {
         let log = stored(0, &[many, vec![rec(Some("key-0"), Some("new"), 5000)]]);
         let mut map = OffsetMap::with_memory(0);
         assert_eq!(map.capacity(), 1024);
-        let end = map_keys(&log, 0, &mut map).unwrap();
+        let end = map_keys(&log, 0, &mut map, &[]).unwrap();
         assert_eq!(end, Some(1024), "the map filled at its capacity");
         let mut out = BytesMut::new();
         let rules = Retain {
             map_end: 1024,
             tombstone_horizon: 0,
         };
-        let counts = compact_batches(&log, &map, rules, &mut out).unwrap();
+        let counts = compact_batches(&log, &map, rules, &[], &mut out).unwrap();
         // Nothing below 1024 is superseded within the map: everything stays, including
         // key-0's old value, whose newer one the map never saw.
         assert_eq!(counts.removed, 0);

@@ -38,7 +38,7 @@ impl PartitionHandle {
     /// call it from a blocking thread. `Ok(None)`: nothing was due.
     pub fn clean(&self, map: &mut OffsetMap) -> Result<Option<CleanReport>> {
         let lock = self.log_lock();
-        let (views, dir, config, now) = {
+        let (views, dir, config, now, first_unstable, aborted) = {
             let log = lock.read();
             log.check_open()?;
             (
@@ -46,6 +46,9 @@ impl PartitionHandle {
                 log.dir().to_path_buf(),
                 log.config().clone(),
                 log.clock_now_ms(),
+                log.first_unstable_offset(),
+                // Everything the pass can reach is below the log end.
+                log.aborted_between(i64::MIN, log.log_end_offset()),
             )
         };
         let checkpoint = cleaner::read_checkpoint(&dir).unwrap_or(i64::MIN);
@@ -59,16 +62,18 @@ impl PartitionHandle {
             return Ok(None);
         }
 
-        // Map the keys of the dirty section.
+        // Map the keys of the dirty section, which ends before any open transaction (its
+        // outcome decides whether its records count).
         map.clear();
-        let mut map_end = plan.clean_upto;
+        let clean_upto = first_unstable.map_or(plan.clean_upto, |f| f.min(plan.clean_upto));
+        let mut map_end = clean_upto;
         let mut at = plan.dirty_from;
-        while at < plan.clean_upto {
-            let slice = lock.read().read(at, READ_CHUNK, plan.clean_upto)?;
+        while at < clean_upto {
+            let slice = lock.read().read(at, READ_CHUNK, clean_upto)?;
             if slice.bytes.is_empty() || slice.next_offset <= at {
                 break;
             }
-            if let Some(full_at) = cleaner::map_keys(&slice.bytes, at, map)? {
+            if let Some(full_at) = cleaner::map_keys(&slice.bytes, at, map, &aborted)? {
                 map_end = full_at;
                 break;
             }
@@ -94,7 +99,7 @@ impl PartitionHandle {
             let Some(pinned) = lock.read().pin_sealed(view.base_offset)? else {
                 continue;
             };
-            let (bytes, counts) = compact_file(&pinned.file, pinned.size, map, rules)?;
+            let (bytes, counts) = compact_file(&pinned.file, pinned.size, map, rules, &aborted)?;
             if counts.removed == 0 {
                 continue;
             }
@@ -147,6 +152,7 @@ fn compact_file(
     size: u64,
     map: &OffsetMap,
     rules: Retain,
+    aborted: &[crate::log::AbortedTxn],
 ) -> Result<(Bytes, Compacted)> {
     let mut out = BytesMut::new();
     let mut total = Compacted::default();
@@ -171,7 +177,7 @@ fn compact_file(
             whole = buf.len();
         }
         buf.truncate(whole);
-        let counts = cleaner::compact_batches(&Bytes::from(buf), map, rules, &mut out)?;
+        let counts = cleaner::compact_batches(&Bytes::from(buf), map, rules, aborted, &mut out)?;
         total.kept += counts.kept;
         total.removed += counts.removed;
         pos += whole as u64;

@@ -34,11 +34,12 @@ pub mod recovery;
 pub mod retention;
 pub mod segment;
 pub mod time_index;
+pub mod txn_index;
 pub mod writer;
 
 pub use batch::{
-    encode_batch, set_base_offset, try_encode_batch, validate_batch, BatchHeader, BatchIter,
-    BatchStop, EncodeOptions, SimpleRecord,
+    encode_batch, encode_control_batch, set_base_offset, try_encode_batch, validate_batch,
+    BatchHeader, BatchIter, BatchStop, EncodeOptions, SimpleRecord,
 };
 pub use cleaner::OffsetMap;
 pub use cleaner_run::CleanReport;
@@ -51,6 +52,7 @@ pub use partition_log::{AppendInfo, LogSlice, PartitionLog, RetentionReport};
 pub use recovery::RecoveryReport;
 pub use segment::Segment;
 pub use time_index::TimeIndex;
+pub use txn_index::{AbortedTxn, ControlKind};
 pub use writer::{LogLabels, PartitionHandle, PendingAppend};
 
 /// Everything that can go wrong in the log layer.

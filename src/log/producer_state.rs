@@ -18,6 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::batch::BatchHeader;
+use super::txn_index::TxnIndex;
 use super::LogError;
 
 /// Batches per producer whose sequence ranges are remembered (Kafka's
@@ -74,12 +75,17 @@ struct Snapshot {
     /// Every batch below this offset is reflected in `states`.
     offset: i64,
     states: ProducerStates,
+    /// Open and aborted transactions (see `txn_index`); absent in snapshots of older versions,
+    /// which predate transactions, so empty is right for them.
+    #[serde(default)]
+    txns: TxnIndex,
 }
 
 impl ProducerStates {
     /// Decides what to do with a batch (header as received, before offsets are assigned).
     pub fn check(&self, h: &BatchHeader) -> Result<SeqCheck, LogError> {
-        if h.producer_id < 0 {
+        // Transaction markers carry no sequence; the coordinator writes them, never a client.
+        if h.producer_id < 0 || h.is_control() {
             return Ok(SeqCheck::Append);
         }
         let last_seq = last_sequence(h.base_sequence, h.last_offset_delta);
@@ -139,6 +145,16 @@ impl ProducerStates {
         if h.producer_id < 0 {
             return;
         }
+        if h.is_control() {
+            // A marker written with a bumped epoch (a zombie's transaction aborted by its
+            // successor) fences the older epoch here too; it has no sequence to remember.
+            let entry = self.producers.entry(h.producer_id).or_default();
+            if h.producer_epoch > entry.epoch {
+                entry.epoch = h.producer_epoch;
+                entry.recent.clear();
+            }
+            return;
+        }
         let range = SeqRange {
             first_seq: h.base_sequence,
             last_seq: last_sequence(h.base_sequence, h.last_offset_delta),
@@ -174,22 +190,24 @@ impl ProducerStates {
     /// Writes the snapshot atomically (temp file + rename). Failure is not fatal — the state
     /// can be rebuilt from the log — so it is logged by the caller, not propagated as a
     /// fail-stop.
-    pub fn save(&self, dir: &Path, offset: i64) -> std::io::Result<()> {
+    pub fn save(&self, dir: &Path, offset: i64, txns: &TxnIndex) -> std::io::Result<()> {
         let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let body = serde_json::to_vec(&Snapshot {
             offset,
             states: self.clone(),
+            txns: txns.clone(),
         })
         .map_err(std::io::Error::other)?;
         std::fs::write(&tmp, body)?;
         std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
     }
 
-    /// Loads the snapshot, if there is a readable one; returns it with the offset it covers.
-    pub fn load(dir: &Path) -> Option<(ProducerStates, i64)> {
+    /// Loads the snapshot, if there is a readable one; returns it with the transaction index
+    /// saved with it and the offset both cover.
+    pub fn load(dir: &Path) -> Option<(ProducerStates, TxnIndex, i64)> {
         let raw = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
         match serde_json::from_slice::<Snapshot>(&raw) {
-            Ok(s) => Some((s.states, s.offset)),
+            Ok(s) => Some((s.states, s.txns, s.offset)),
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "ignoring unreadable producer state snapshot; rebuilding from the log");
                 None
@@ -281,8 +299,8 @@ mod tests {
         let mut s = ProducerStates::default();
         s.record(&header(1, 0, 0, 2, 0));
         s.record(&header(2, 3, 0, 1, 50));
-        s.save(dir.path(), 51).unwrap();
-        let (loaded, offset) = ProducerStates::load(dir.path()).unwrap();
+        s.save(dir.path(), 51, &TxnIndex::default()).unwrap();
+        let (loaded, _, offset) = ProducerStates::load(dir.path()).unwrap();
         assert_eq!((loaded.clone(), offset), (s, 51));
         let mut expired = loaded;
         expired.expire_below(10);

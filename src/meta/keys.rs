@@ -170,6 +170,14 @@ pub fn producers() -> Vec<u8> {
     prefix("producer", &[])
 }
 
+/// A transactional id's coordinator state (see `broker::txn`).
+pub fn transaction(transactional_id: &str) -> Vec<u8> {
+    key("txn", &[transactional_id.as_bytes()])
+}
+pub fn transactions() -> Vec<u8> {
+    prefix("txn", &[])
+}
+
 /// How far the topic router has routed partition `partition` of `topic` into bound queues
 /// (the next offset to route).
 pub fn topic_route(topic: &str, partition: i32) -> Vec<u8> {

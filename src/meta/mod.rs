@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod schemas;
 pub mod sled_store;
 pub mod store;
+pub mod txn;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ pub use memory_store::MemoryStore;
 pub use schemas::{SchemaRecord, SchemaReference, SchemaScopeConfig, SubjectVersionRecord};
 pub use sled_store::SledStore;
 pub use store::{MetaOp, MetaStore};
+pub use txn::{TxnRecord, TxnStatus};
 pub use users::{PermissionRecord, ScramRecord, UserRecord, VhostRecord};
 
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,7 @@ mod offsets;
 mod state;
 #[cfg(test)]
 mod tests;
+mod txn_offsets;
 mod types;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -16,7 +16,7 @@ impl GroupCoordinator {
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-        mut offsets: Vec<CommittedOffset>,
+        offsets: Vec<CommittedOffset>,
     ) -> Result<(), GroupError> {
         self.check_running()?;
         let Some(entry) = self.group(group_id, generation < 0)? else {
@@ -30,6 +30,17 @@ impl GroupCoordinator {
             self.settle(&entry, &mut group);
             checked?;
         }
+        self.store_offsets(&entry, group_id, offsets)
+    }
+
+    /// Stamps `offsets` with the commit time, writes and flushes them, then updates the cache
+    /// (the caller holds the group's commit lock).
+    pub(super) fn store_offsets(
+        &self,
+        entry: &GroupEntry,
+        group_id: &str,
+        mut offsets: Vec<CommittedOffset>,
+    ) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
         }

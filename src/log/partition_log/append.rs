@@ -80,7 +80,7 @@ impl PartitionLog {
             }
         }
         // Recorded after any roll, whose snapshot must cover only what is written.
-        self.record_producers(&prepared.headers);
+        self.record_producers(batches, &prepared.headers);
         self.write(batches, &prepared.headers, now)?;
         Ok(info)
     }
@@ -157,7 +157,7 @@ impl PartitionLog {
             }
             // After any roll (its snapshot covers only written data), before the next request
             // of the group is checked against it.
-            self.record_producers(&prepared.headers);
+            self.record_producers(batches, &prepared.headers);
             let base = run.bytes.len();
             run.bytes.extend_from_slice(batches);
             run.headers.extend(
@@ -327,9 +327,12 @@ impl PartitionLog {
         Ok(())
     }
 
-    fn record_producers(&mut self, headers: &[(BatchHeader, Range<usize>)]) {
-        for (h, _) in headers {
+    /// Accounts for a request's batches (offsets assigned) in the producer and transaction
+    /// state; `batches` holds them at the headers' ranges.
+    fn record_producers(&mut self, batches: &[u8], headers: &[(BatchHeader, Range<usize>)]) {
+        for (h, range) in headers {
             self.producers.record(h);
+            self.txns.record(h, &batches[range.clone()]);
         }
     }
 

@@ -33,6 +33,7 @@ use super::open_files::LazyFile;
 use super::producer_state::ProducerStates;
 use super::recovery::{self, RecoveryReport, CLEAN_SHUTDOWN_FILE};
 use super::segment::{self, Segment};
+use super::txn_index::{AbortedTxn, TxnIndex};
 use super::{LogError, Result};
 use crate::clock::Clock;
 
@@ -99,6 +100,8 @@ pub struct PartitionLog {
     state: State,
     /// Idempotent producers' recent sequence ranges (see `producer_state`).
     producers: ProducerStates,
+    /// Open and aborted transactions (see `txn_index`), rebuilt with `producers`.
+    txns: TxnIndex,
     /// A refused write recorded sequences that did not land and the state could not be
     /// rebuilt from the log at once: it is, before the next append.
     producers_stale: bool,
@@ -120,6 +123,7 @@ impl PartitionLog {
             segments,
             state: State::Open,
             producers: ProducerStates::default(),
+            txns: TxnIndex::default(),
             producers_stale: false,
         };
         log.rebuild_producer_states()?;
@@ -131,18 +135,21 @@ impl PartitionLog {
     pub(super) fn rebuild_producer_states(&mut self) -> Result<()> {
         let start = self.log_start_offset();
         let end = self.log_end_offset();
-        let (mut states, mut from) = match ProducerStates::load(&self.dir) {
-            Some((states, offset)) if offset >= start && offset <= end => (states, offset),
-            _ => (ProducerStates::default(), start),
+        let (mut states, mut txns, mut from) = match ProducerStates::load(&self.dir) {
+            Some((states, txns, offset)) if offset >= start && offset <= end => {
+                (states, txns, offset)
+            }
+            _ => (ProducerStates::default(), TxnIndex::default(), start),
         };
         while from < end {
             let slice = self.read(from, 8 * 1024 * 1024, end)?;
             if slice.bytes.is_empty() {
                 break;
             }
-            for (h, _) in BatchIter::new(&slice.bytes) {
+            for (h, range) in BatchIter::new(&slice.bytes) {
                 if h.base_offset >= from {
                     states.record(&h);
+                    txns.record(&h, &slice.bytes[range]);
                 }
             }
             if slice.next_offset <= from {
@@ -151,14 +158,34 @@ impl PartitionLog {
             from = slice.next_offset;
         }
         states.expire_below(start);
+        txns.expire_below(start);
         self.producers = states;
+        self.txns = txns;
         Ok(())
+    }
+
+    /// Offset of the first record of the oldest transaction still open in this partition.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.txns.first_unstable_offset()
+    }
+
+    /// Aborted transactions with records in `[from, to)`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.txns.aborted_between(from, to)
+    }
+
+    /// Whether `producer_id` has a transaction open in this partition.
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.txns.is_open(producer_id)
     }
 
     /// Writes the producer-state snapshot for the current log end; a failure only costs a
     /// longer scan at the next start, so it is logged, not fatal.
     fn snapshot_producer_states(&self) {
-        if let Err(e) = self.producers.save(&self.dir, self.log_end_offset()) {
+        if let Err(e) = self
+            .producers
+            .save(&self.dir, self.log_end_offset(), &self.txns)
+        {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write producer state snapshot");
         }
     }

@@ -63,6 +63,7 @@ impl PartitionLog {
         recovery::sync_dir(&self.dir)?;
         report.log_start_offset = self.log_start_offset();
         self.producers.expire_below(report.log_start_offset);
+        self.txns.expire_below(report.log_start_offset);
         match first_error {
             Some(e) => Err(e),
             None => Ok(report),

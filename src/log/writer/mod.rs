@@ -373,6 +373,41 @@ impl PartitionHandle {
         self.shared.log.read().read(offset, max_bytes, hw)
     }
 
+    /// The last stable offset: the high watermark, or the first record of the oldest
+    /// transaction still open here if that is lower. `read_committed` readers stop there.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.shared
+            .log
+            .read()
+            .first_unstable_offset()
+            .map_or(hw, |first| first.min(hw))
+    }
+
+    /// Reads whole batches from `offset` for a `read_committed` reader: bounded by the last
+    /// stable offset, with the aborted transactions that have records in what was read (the
+    /// reader drops those producers' batches in those ranges).
+    pub fn read_committed(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(LogSlice, Vec<crate::log::AbortedTxn>)> {
+        let lso = self.last_stable_offset();
+        let log = self.shared.log.read();
+        let slice = log.read(offset, max_bytes, lso)?;
+        let aborted = if slice.bytes.is_empty() {
+            Vec::new()
+        } else {
+            log.aborted_between(slice.first_offset, slice.next_offset)
+        };
+        Ok((slice, aborted))
+    }
+
+    /// Whether `producer_id` has a transaction open in this partition.
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.shared.log.read().has_open_transaction(producer_id)
+    }
+
     /// Sets a function called with the new high watermark each time it advances, after
     /// watchers of [`subscribe_high_watermark`](Self::subscribe_high_watermark) can see it:
     /// how a layer above starts work for a partition only once it has records, instead of

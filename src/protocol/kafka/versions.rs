@@ -4,8 +4,11 @@
 //! the broker version from these maxima; librdkafka and the Java client pick the highest common
 //! version), clipped to what the `kafka-protocol` crate can decode. Produce advertises minimum 0
 //! as Kafka 3.x does (old librdkafka misbehaves otherwise, KAFKA-18659) but v0–2 can only carry
-//! the old message formats, which are answered with UNSUPPORTED_VERSION. Transaction APIs are
-//! deliberately absent: a client that sees them advertised would use them.
+//! the old message formats, which are answered with UNSUPPORTED_VERSION. The transaction APIs
+//! stop below the versions whose semantics Ferry lacks: AddPartitionsToTxn v4+ (broker-to-broker
+//! verification), and the KIP-890 part 2 versions (EndTxn v4+, TxnOffsetCommit v4+,
+//! AddOffsetsToTxn v4+, InitProducerId v5: TRANSACTION_ABORTABLE and per-transaction epoch
+//! bumps), ListTransactions v2 (a regex filter).
 
 use kafka_protocol::messages::ApiKey;
 
@@ -35,6 +38,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
@@ -124,6 +133,22 @@ mod tests {
                 }
                 ApiKey::InitProducerId => {
                     within::<InitProducerIdRequest, InitProducerIdResponse>(min, max)
+                }
+                ApiKey::AddPartitionsToTxn => {
+                    within::<AddPartitionsToTxnRequest, AddPartitionsToTxnResponse>(min, max)
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    within::<AddOffsetsToTxnRequest, AddOffsetsToTxnResponse>(min, max)
+                }
+                ApiKey::EndTxn => within::<EndTxnRequest, EndTxnResponse>(min, max),
+                ApiKey::TxnOffsetCommit => {
+                    within::<TxnOffsetCommitRequest, TxnOffsetCommitResponse>(min, max)
+                }
+                ApiKey::DescribeTransactions => {
+                    within::<DescribeTransactionsRequest, DescribeTransactionsResponse>(min, max)
+                }
+                ApiKey::ListTransactions => {
+                    within::<ListTransactionsRequest, ListTransactionsResponse>(min, max)
                 }
                 ApiKey::SaslHandshake => {
                     within::<SaslHandshakeRequest, SaslHandshakeResponse>(min, max)

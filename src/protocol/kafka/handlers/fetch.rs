@@ -5,14 +5,20 @@
 //! non-empty partition is returned whole even when larger than the limits, so a consumer can
 //! always make progress. Fetch sessions are not kept: every answer has session id 0, which
 //! clients treat as "send full fetches".
+//!
+//! `isolation_level=read_committed` (v4+) reads only up to the last stable offset and returns
+//! the aborted transactions overlapping what it read, from the partition's transaction index,
+//! so the client drops their records (and skips control batches, as it always does).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::select_all;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
@@ -106,6 +112,7 @@ fn build(
 ) -> (FetchResponse, usize) {
     let mut remaining = max_bytes;
     let mut total = 0usize;
+    let read_committed = request.isolation_level == 1;
     let mut topics: Vec<FetchableTopicResponse> = request
         .topics
         .iter()
@@ -122,7 +129,7 @@ fn build(
                 let hw = h.high_watermark();
                 data = data
                     .with_high_watermark(hw)
-                    .with_last_stable_offset(hw)
+                    .with_last_stable_offset(h.last_stable_offset())
                     .with_log_start_offset(h.log_start_offset());
                 let limit = (wanted.partition_max_bytes.max(0) as usize).min(remaining);
                 // KIP-74: until something is in the response, let one whole batch through.
@@ -141,8 +148,26 @@ fn build(
                         bytes = tracing::field::Empty,
                     );
                     let _in = span.enter();
-                    match h.read(wanted.fetch_offset, limit) {
-                        Ok(slice) => {
+                    let read = if read_committed {
+                        h.read_committed(wanted.fetch_offset, limit)
+                    } else {
+                        h.read(wanted.fetch_offset, limit)
+                            .map(|slice| (slice, Vec::new()))
+                    };
+                    match read {
+                        Ok((slice, aborted)) => {
+                            if read_committed {
+                                data = data.with_aborted_transactions(Some(
+                                    aborted
+                                        .iter()
+                                        .map(|a| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(a.producer_id))
+                                                .with_first_offset(a.first_offset)
+                                        })
+                                        .collect(),
+                                ));
+                            }
                             let n = slice.bytes.len();
                             if total > 0 && n > remaining {
                                 data = data.with_records(Some(Bytes::new()));

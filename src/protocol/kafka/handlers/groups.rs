@@ -77,16 +77,30 @@ pub fn find_coordinator(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawReque
     };
     let v = req.api_version;
     let (host, port) = ctx.advertised_endpoint(conn);
-    // Key type 1 is a transaction coordinator, which Ferry does not offer. A group needs
-    // DESCRIBE (Kafka's check), checked per key from v4.
+    // Key type 0 is a group, 1 a transactional id; this node coordinates both. Kafka asks
+    // DESCRIBE on the group or transactional id, checked per key from v4.
+    let key_type = request.key_type;
     let group_code = |key: &str| {
-        if ctx.allowed(conn, operation::DESCRIBE, resource::GROUP, key) {
-            (NONE, None)
+        let (resource_type, what) = if key_type == 1 {
+            (resource::TRANSACTIONAL_ID, "transactional id")
         } else {
-            (GROUP_DENIED, Some(s("not authorized to access the group")))
+            (resource::GROUP, "group")
+        };
+        if ctx.allowed(conn, operation::DESCRIBE, resource_type, key) {
+            (NONE, None)
+        } else if key_type == 1 {
+            (
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+                Some(s(format!("not authorized to access the {what}"))),
+            )
+        } else {
+            (
+                GROUP_DENIED,
+                Some(s(format!("not authorized to access the {what}"))),
+            )
         }
     };
-    let (code, message) = if request.key_type == 0 {
+    let (code, message) = if key_type == 0 || key_type == 1 {
         if v >= 4 {
             (NONE, None)
         } else {
@@ -94,8 +108,8 @@ pub fn find_coordinator(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawReque
         }
     } else {
         (
-            ResponseError::CoordinatorNotAvailable.code(),
-            Some(s("transactions are not supported")),
+            ResponseError::InvalidRequest.code(),
+            Some(s(format!("unknown coordinator key type {key_type}"))),
         )
     };
     let body = if v >= 4 {

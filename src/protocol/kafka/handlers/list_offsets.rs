@@ -1,5 +1,6 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, v7+), and the first offset at or
-//! after a timestamp, which the time index answers.
+//! after a timestamp, which the time index answers. With `isolation_level=read_committed`
+//! "latest" is the last stable offset, as Kafka answers.
 
 use std::sync::Arc;
 
@@ -27,6 +28,15 @@ pub fn handle(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Out
         Err(close) => return close,
     };
     let v = req.api_version;
+    // read_committed (v2+) sees the log only up to the last stable offset.
+    let committed = v >= 2 && request.isolation_level == 1;
+    let visible_end = |h: &crate::log::PartitionHandle| {
+        if committed {
+            h.last_stable_offset()
+        } else {
+            h.high_watermark()
+        }
+    };
     let topics = request
         .topics
         .iter()
@@ -63,7 +73,7 @@ pub fn handle(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Out
                             .with_timestamp(-1);
                     };
                     match p.timestamp {
-                        LATEST => resp.with_offset(handle.high_watermark()).with_timestamp(-1),
+                        LATEST => resp.with_offset(visible_end(handle)).with_timestamp(-1),
                         EARLIEST => resp
                             .with_offset(handle.log_start_offset())
                             .with_timestamp(-1),
@@ -80,8 +90,9 @@ pub fn handle(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> Out
                             .with_offset(-1)
                             .with_timestamp(-1),
                         ts => match handle.offset_for_timestamp(ts) {
-                            // Only offsets below the high watermark are visible to consumers.
-                            Ok(Some((offset, found_ts))) if offset < handle.high_watermark() => {
+                            // Only offsets below the high watermark (the last stable offset
+                            // for read_committed) are visible to consumers.
+                            Ok(Some((offset, found_ts))) if offset < visible_end(handle) => {
                                 resp.with_offset(offset).with_timestamp(found_ts)
                             }
                             Ok(_) => resp.with_offset(-1).with_timestamp(-1),

@@ -16,6 +16,7 @@ mod metadata;
 mod produce;
 mod producer;
 mod scram_credentials;
+mod txn;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -125,6 +126,12 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::InitProducerId => {
             Box::pin(producer::init_producer_id(ctx.clone(), conn.clone(), req))
         }
+        ApiKey::AddPartitionsToTxn => Box::pin(txn::add_partitions(ctx.clone(), conn.clone(), req)),
+        ApiKey::AddOffsetsToTxn => Box::pin(txn::add_offsets(ctx.clone(), conn.clone(), req)),
+        ApiKey::TxnOffsetCommit => Box::pin(txn::txn_offset_commit(ctx.clone(), conn.clone(), req)),
+        ApiKey::EndTxn => Box::pin(txn::end_txn(ctx.clone(), conn.clone(), req)),
+        ApiKey::DescribeTransactions => Box::pin(txn::describe(ctx.clone(), conn.clone(), req)),
+        ApiKey::ListTransactions => Box::pin(txn::list(ctx.clone(), conn.clone(), req)),
         ApiKey::DescribeUserScramCredentials => ready(scram_credentials::describe(ctx, conn, &req)),
         ApiKey::AlterUserScramCredentials => ready(scram_credentials::alter(ctx, conn, &req)),
         ApiKey::CreateAcls => ready(acls::create_acls(ctx, conn, &req)),

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::{decode, ready, respond, Outcome, Work};
 use crate::broker::schema_check::RecordRejection;
+use crate::broker::txn::TxnError;
 use crate::broker::BrokerError;
 use crate::log::{LogError, PartitionHandle, PendingAppend};
 use crate::protocol::kafka::authz::{operation, resource};
@@ -50,10 +51,16 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
         let code = ResponseError::InvalidRequiredAcks.code();
         return ready(respond_all(&req, &request, code));
     }
-    if request.transactional_id.is_some() {
-        // Transactions are not advertised; a client sending one anyway gets a clear refusal.
-        let code = ResponseError::TransactionalIdAuthorizationFailed.code();
-        return ready(respond_all(&req, &request, code));
+    if let Some(id) = request.transactional_id.as_ref() {
+        if !ctx.allowed(
+            conn,
+            operation::WRITE,
+            resource::TRANSACTIONAL_ID,
+            id.as_str(),
+        ) {
+            let code = ResponseError::TransactionalIdAuthorizationFailed.code();
+            return ready(respond_all(&req, &request, code));
+        }
     }
 
     let mut submitted = Vec::with_capacity(request.topic_data.len());
@@ -77,15 +84,20 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
                 ),
                 (Ok(t), Some(records)) => match (
                     t.partition(part.index),
+                    transaction_refusal(ctx, &name, part.index, &records),
+                    // One bool test unless the topic validates its records.
                     ctx.core.check_kafka_records(t, &records),
                 ) {
-                    (None, _) => {
+                    (None, _, _) => {
                         PartitionResult::Failed(ResponseError::UnknownTopicOrPartition.code(), None)
                     }
-                    (Some(_), rejected) if !rejected.is_empty() => {
+                    (Some(_), Some((code, message)), _) => {
+                        PartitionResult::Failed(code, Some(message))
+                    }
+                    (Some(_), None, rejected) if !rejected.is_empty() => {
                         PartitionResult::Rejected(rejected)
                     }
-                    (Some(handle), _) => {
+                    (Some(handle), None, _) => {
                         // One span per batch, not per record: the hot path stays a callsite
                         // check when DEBUG is off. Per-record ids are TRACE events.
                         let span = tracing::debug_span!(
@@ -188,6 +200,44 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
         let body = ProduceResponse::default().with_responses(responses);
         respond(ApiKey::Produce, version, correlation_id, &body)
     })
+}
+
+/// Why a partition's batches may not be appended on transactional grounds: a control batch
+/// (only the coordinator writes markers; Kafka refuses them with INVALID_RECORD), or a
+/// transactional batch from a fenced epoch or for a partition not added to the producer's
+/// open transaction. `None`: append them.
+fn transaction_refusal(
+    ctx: &KafkaContext,
+    topic: &str,
+    partition: i32,
+    records: &[u8],
+) -> Option<(i16, String)> {
+    for (h, _) in crate::log::BatchIter::new(records) {
+        if h.is_control() {
+            return Some((
+                ResponseError::InvalidRecord.code(),
+                "produce requests cannot carry control batches".into(),
+            ));
+        }
+        if h.is_transactional() {
+            if let Err(e) = ctx.core.check_transactional_produce(
+                h.producer_id,
+                h.producer_epoch,
+                topic,
+                partition,
+            ) {
+                let code = match e {
+                    TxnError::ProducerFenced => ResponseError::InvalidProducerEpoch.code(),
+                    TxnError::InvalidProducerIdMapping => {
+                        ResponseError::InvalidProducerIdMapping.code()
+                    }
+                    _ => ResponseError::InvalidTxnState.code(),
+                };
+                return Some((code, e.to_string()));
+            }
+        }
+    }
+    None
 }
 
 fn error_text(e: &LogError) -> String {
