@@ -229,6 +229,15 @@ impl TlsAcceptor {
         self.current.read().clone()
     }
 
+    /// The user a verified client certificate authenticates, by `tls.principal_mapping_rules`
+    /// (for listeners that do their own handshake, as QUIC does); fails if no rule applies.
+    pub fn principal(
+        &self,
+        leaf: &rustls::pki_types::CertificateDer<'_>,
+    ) -> Result<Principal, String> {
+        Principal::from_der(leaf, &self.mapping)
+    }
+
     /// Whether client certificates are verified (a CA is configured).
     pub fn verifies_clients(&self) -> bool {
         !self.settings.ca_file.is_empty()

@@ -61,6 +61,7 @@ const FRAME_BUDGET_FRAMES: usize = 4;
 pub(super) async fn run(
     incoming: quinn::Incoming,
     listen_addr: Option<SocketAddr>,
+    acceptor: Option<Arc<crate::tls::TlsAcceptor>>,
     core: BrokerCore,
     settings: Arc<NativeSettings>,
     mut shutdown: watch::Receiver<bool>,
@@ -96,7 +97,7 @@ pub(super) async fn run(
         user: OnceLock::new(),
         frame_budget,
         permissions: handlers::PermissionCache::default(),
-        client_cert: client_certificate(&conn),
+        client_cert: client_certificate(&conn, acceptor.as_deref()),
     });
     metrics::gauge!("ferry_connections", "protocol" => "native").increment(1.0);
     tracing::debug!(%peer, connection = ctx.id, "native connection open");
@@ -193,13 +194,25 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, recv: RecvStream) {
     handlers::dispatch(&ctx, op, &mut send, reader).await;
 }
 
-/// The subject of the client's verified certificate, if it sent one.
-fn client_certificate(conn: &quinn::Connection) -> Option<crate::tls::Principal> {
+/// The user of the client's verified certificate, if it sent one that a mapping rule names.
+/// Certificates are only verified with the shared TLS configuration (a self-signed listener
+/// asks for none). One that no rule maps logs in as nobody: EXTERNAL then fails, as it does
+/// for Kafka and AMQP.
+fn client_certificate(
+    conn: &quinn::Connection,
+    acceptor: Option<&crate::tls::TlsAcceptor>,
+) -> Option<crate::tls::Principal> {
     let chain = conn
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    crate::tls::Principal::from_der(chain.first()?).ok()
+    match acceptor?.principal(chain.first()?) {
+        Ok(principal) => Some(principal),
+        Err(e) => {
+            tracing::warn!(peer = %conn.remote_address(), error = %e, "native client certificate names no user");
+            None
+        }
+    }
 }
 
 /// The connection's frame budget: a few frames at the limit, within the semaphore's range.

@@ -84,6 +84,7 @@ pub async fn serve(
                     connections.spawn(connection::run(
                         incoming,
                         listen_addr,
+                        certificates.as_ref().map(|c| c.acceptor.clone()),
                         core.clone(),
                         settings.clone(),
                         shutdown.clone(),
