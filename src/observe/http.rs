@@ -104,6 +104,8 @@ pub struct AppState {
     pub(super) admin_enabled: bool,
     /// `observe.metrics_auth`: `/metrics` needs a monitoring user.
     metrics_auth: bool,
+    /// Rate and length samples for the admin API (`?lengths_age=`).
+    pub(super) history: Arc<super::admin::History>,
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (open) plus the admin API under `/api/` (basic auth
@@ -119,7 +121,9 @@ pub fn router(
         per_object_metrics: settings.per_object_metrics,
         admin_enabled: !(settings.admin_user.is_empty() && settings.admin_password.is_empty()),
         metrics_auth: settings.metrics_auth,
+        history: Arc::default(),
     };
+    super::admin::start_history(&state);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
