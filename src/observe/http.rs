@@ -129,6 +129,7 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(super::admin::routes())
+        .merge(super::console::routes())
         .with_state(state)
 }
 

@@ -155,6 +155,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/overview", get(overview::overview))
         .route("/api/nodes", get(overview::nodes))
+        .route("/api/alerts", get(overview::alerts))
         .route("/api/connections", get(connections::list_connections))
         .route(
             "/api/connections/{name}",
@@ -175,7 +176,14 @@ const MAX_ERROR_TEXT: usize = 4096;
 /// a body over the size limit): their plain-text message is carried over, and an `Allow`
 /// header is kept.
 async fn errors_as_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let response = next.run(request).await;
+    // The console shows its own login page: no browser password dialog on its 401s.
+    let from_console = request
+        .headers()
+        .contains_key(super::console::CONSOLE_HEADER);
+    let mut response = next.run(request).await;
+    if from_console {
+        response.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

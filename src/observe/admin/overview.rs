@@ -161,6 +161,10 @@ pub(super) async fn overview(
         "cluster_name": node,
         "listeners": listeners,
         "alarms": alarms,
+        "alerts": firing_alerts(state.prometheus.as_ref())
+            .into_iter()
+            .filter(|a| a["firing"] == true)
+            .collect::<Vec<_>>(),
         "object_totals": {
             "connections": connections.len(),
             "channels": channels,
@@ -190,6 +194,37 @@ pub(super) async fn overview(
         }
     }
     Ok(Json(view))
+}
+
+/// Alert rules from the config and whether each is firing now (the `ferry_alert_firing` gauge
+/// the alert task keeps); empty without metrics or rules.
+pub(super) async fn alerts(_: Admin, State(state): State<AppState>) -> Json<Value> {
+    Json(json!(firing_alerts(state.prometheus.as_ref())))
+}
+
+fn firing_alerts(handle: Option<&PrometheusHandle>) -> Vec<Value> {
+    let Some(handle) = handle else {
+        return Vec::new();
+    };
+    let rendered = handle.render();
+    let mut out = Vec::new();
+    for line in rendered.lines() {
+        let Some(rest) = line.strip_prefix("ferry_alert_firing{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(rule) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("rule=\""))
+            .map(|r| r.trim_end_matches('"').replace("\\\"", "\""))
+        else {
+            continue;
+        };
+        out.push(json!({"rule": rule, "firing": value.trim() == "1"}));
+    }
+    out
 }
 
 /// One element: this node.
