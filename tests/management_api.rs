@@ -506,3 +506,151 @@ async fn group_lag_history_and_kafka_clients_by_client_id() {
     );
     assert!(!auditor["connections"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_console_is_served_at_the_root_with_its_vendored_charts() {
+    let broker = TestBroker::start().await.unwrap();
+    let http = Client::new();
+    let index = http
+        .get(broker.http_url() + "/")
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(index.status(), StatusCode::OK);
+    let csp = index.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = index.text().await.unwrap();
+    assert!(html.contains("/console/app.js") && html.contains("uPlot.iife.min.js"));
+    for (path, kind) in [
+        ("/console/app.js", "text/javascript"),
+        ("/console/pages.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+        ("/console/vendor/uPlot.iife.min.js", "text/javascript"),
+        ("/console/vendor/uPlot.min.css", "text/css"),
+    ] {
+        let r = http.get(broker.http_url() + path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+        assert!(!r.bytes().await.unwrap().is_empty());
+    }
+    let missing = http
+        .get(broker.http_url() + "/console/../secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    // A 401 to the console carries no WWW-Authenticate (no browser dialog); to others it does.
+    let plain = http
+        .get(broker.http_url() + "/api/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    assert!(plain.headers().contains_key("www-authenticate"));
+    let console = http
+        .get(broker.http_url() + "/api/whoami")
+        .header("X-Ferry-Console", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(console.status(), StatusCode::UNAUTHORIZED);
+    assert!(!console.headers().contains_key("www-authenticate"));
+    let me = get(&broker, "/api/whoami").await;
+    assert_eq!(me["name"], "admin");
+    assert!(
+        me["tags"].as_str().unwrap().contains("administrator"),
+        "{me}"
+    );
+}
+
+#[tokio::test]
+async fn topic_records_browse_from_a_timestamp_and_a_test_publish_reaches_the_topic() {
+    let broker = TestBroker::start().await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .create()
+        .expect("producer");
+    for (i, ts) in [1_000_000_000_000i64, 1_000_000_005_000, 1_000_000_010_000]
+        .into_iter()
+        .enumerate()
+    {
+        producer
+            .send(
+                FutureRecord::to("timeline")
+                    .key(&format!("k{i}"))
+                    .payload(&format!("v{i}"))
+                    .timestamp(ts)
+                    .headers(rdkafka::message::OwnedHeaders::new().insert(
+                        rdkafka::message::Header {
+                            key: "origin",
+                            value: Some("test"),
+                        },
+                    )),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let from_time = get(
+        &broker,
+        "/api/topics/timeline/records?timestamp=1000000004000",
+    )
+    .await;
+    let offsets: Vec<i64> = from_time
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, [1, 2], "{from_time}");
+    assert_eq!(from_time[0]["key"], "k1");
+    assert_eq!(from_time[0]["payload"], "v1");
+    assert_eq!(from_time[0]["headers"]["origin"], "test");
+    let last_one = get(&broker, "/api/topics/timeline/records?count=1").await;
+    assert_eq!(last_one[0]["offset"], 2, "{last_one}");
+
+    let (status, published) = call(
+        &broker,
+        Method::POST,
+        "/api/exchanges/%2F/timeline/publish",
+        Some(
+            serde_json::json!({"routing_key": "k3", "payload": "from the console",
+                                "properties": {"headers": {"source": "console"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{published}");
+    assert_eq!(published["routed"], true);
+    let (_, records) = call(
+        &broker,
+        Method::GET,
+        "/api/topics/timeline/records?offset=3",
+        None,
+    )
+    .await;
+    assert_eq!(records[0]["key"], "k3", "{records}");
+    assert_eq!(records[0]["payload"], "from the console");
+
+    for bad in [
+        "/api/topics/timeline/records?count=0",
+        "/api/topics/timeline/records?offset=1&timestamp=5",
+    ] {
+        let (status, _) = call(&broker, Method::GET, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (status, _) = call(
+        &broker,
+        Method::GET,
+        "/api/topics/timeline/records?partition=7",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

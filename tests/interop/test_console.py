@@ -177,14 +177,13 @@ def test_rate_chart_moves_while_a_producer_runs(console, ferry):
 
     def run() -> None:
         p = Producer({"bootstrap.servers": ferry.bootstrap, "linger.ms": 5})
-        deadline = time.monotonic() + 60
-        i = 0
-        while not stop.is_set() and time.monotonic() < deadline:
-            # A changing pace, so two 5 s samples differ.
-            for _ in range(20 + (i % 4) * 40):
+        started = time.monotonic()
+        while not stop.is_set() and time.monotonic() < started + 60:
+            # Fast and slow phases of 7 s, so 5 s samples see different rates.
+            fast = int((time.monotonic() - started) / 7) % 2 == 0
+            for _ in range(100 if fast else 10):
                 p.produce(topic, value=b"x" * 100)
             p.poll(0)
-            i += 1
             time.sleep(0.25)
         p.flush(15)
 
@@ -201,8 +200,12 @@ def test_rate_chart_moves_while_a_producer_runs(console, ferry):
                 seen.add(last)
             return len({v for v in seen if float(v) > 0}) >= 2
 
-        _wait(console, moved, "two different non-zero plotted rates", timeout=45)
-        _shot(console, "topic-rate-chart")
+        print("plotted rates seen:", seen)
+        try:
+            _wait(console, moved, "two different non-zero plotted rates", timeout=45)
+        finally:
+            _shot(console, "topic-rate-chart")
+        assert seen, "the chart plotted nothing"
     finally:
         stop.set()
         producer.join(30)
