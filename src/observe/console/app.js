@@ -341,6 +341,10 @@ const Ferry = (() => {
           data.push(xs.map((t) => (m.has(t) ? m.get(t) : null)));
         }
         plot.setData(data);
+        // At least the last 10 minutes across, so a first lone sample does not span years.
+        const hi = xs.length ? xs[xs.length - 1] / 1000 : Date.now() / 1000;
+        const lo = Math.min(xs.length ? xs[0] / 1000 : hi, hi - 600);
+        plot.setScale("x", { min: lo, max: hi });
         const first = points[series[0].key] || [];
         const newest = first.reduce((a, b) => (b[0] > a[0] ? b : a), [0, null]);
         box.dataset.last = newest[1] === null ? "" : String(newest[1]);
