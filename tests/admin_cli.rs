@@ -1120,3 +1120,84 @@ async fn add_partitions_unbind_and_group_delete_commands() {
         missing.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_alter_changes_only_the_named_configs_as_kafka_describe_configs_reports() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let broker = TestBroker::start().await.unwrap();
+    ok(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "ledger",
+            "-c",
+            "retention.ms=3600000",
+            "-c",
+            "max.message.bytes=50000",
+        ],
+    )
+    .await;
+    let altered = ok(
+        &broker,
+        &[
+            "topic",
+            "alter",
+            "ledger",
+            "-c",
+            "retention.ms=7200000",
+            "--delete-config",
+            "max.message.bytes",
+        ],
+    )
+    .await;
+    assert!(
+        altered.stdout.contains("retention.ms=7200000"),
+        "{}",
+        altered.stdout
+    );
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .create()
+        .expect("admin client");
+    let described = admin
+        .describe_configs(
+            [&ResourceSpecifier::Topic("ledger")],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("describe configs");
+    let resource = described[0].as_ref().expect("topic configs");
+    let retention = resource.get("retention.ms").expect("retention.ms");
+    assert_eq!(retention.value.as_deref(), Some("7200000"));
+    assert!(!retention.is_default);
+    let max_bytes = resource
+        .get("max.message.bytes")
+        .expect("max.message.bytes");
+    assert!(
+        max_bytes.is_default,
+        "deleted back to the default: {max_bytes:?}"
+    );
+
+    // Nothing to change, an unknown topic and a bad value are refused with a reason.
+    let nothing = ferry(&broker, &["topic", "alter", "ledger"]).await;
+    assert!(
+        !nothing.ok && nothing.stderr.contains("-c KEY=VALUE"),
+        "{}",
+        nothing.stderr
+    );
+    let unknown = ferry(&broker, &["topic", "alter", "nope", "-c", "retention.ms=1"]).await;
+    assert!(!unknown.ok, "{}", unknown.stdout);
+    let bad = ferry(
+        &broker,
+        &["topic", "alter", "ledger", "-c", "retention.ms=soon"],
+    )
+    .await;
+    assert!(
+        !bad.ok && bad.stderr.contains("retention.ms"),
+        "{}",
+        bad.stderr
+    );
+}

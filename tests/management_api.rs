@@ -311,3 +311,346 @@ async fn overview_and_nodes_describe_the_broker() {
     assert_eq!(node["mem_alarm"], false);
     assert_eq!(node["disk_free_alarm"], false);
 }
+
+/// Polls `GET path` every 250 ms for up to 20 s (history ticks every 5 s) until `cond` holds.
+async fn wait_long(broker: &TestBroker, path: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = get(broker, path).await;
+        if cond(&body) || tokio::time::Instant::now() >= deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn newest_sample(details: &Value) -> Option<f64> {
+    details["samples"].as_array()?.first()?["sample"].as_f64()
+}
+
+#[tokio::test]
+async fn history_samples_follow_a_queue_a_topic_and_the_overview() {
+    let broker = TestBroker::start().await.unwrap();
+    let conn = common::amqp::connect(&broker).await;
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "filling").await;
+    for i in 0..3 {
+        publish(&ch, "", "filling", format!("m{i}").as_bytes()).await;
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .create()
+        .expect("producer");
+    for i in 0..4 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to("clicks").payload(&format!("c{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+
+    let queue_path = "/api/queues/%2F/filling?lengths_age=600&lengths_incr=5";
+    let q = wait_long(&broker, queue_path, |q| {
+        newest_sample(&q["messages_ready_details"]) == Some(3.0)
+    })
+    .await;
+    assert_eq!(
+        newest_sample(&q["messages_ready_details"]),
+        Some(3.0),
+        "{q}"
+    );
+    assert_eq!(q["messages_ready"], 3);
+    assert_eq!(
+        newest_sample(&q["message_stats"]["publish_details"]),
+        Some(3.0),
+        "{q}"
+    );
+
+    // Two more: a later sample holds 5, the earlier one 3, and they are 5 s apart (newest
+    // first, milliseconds since the epoch).
+    for i in 3..5 {
+        publish(&ch, "", "filling", format!("m{i}").as_bytes()).await;
+    }
+    let q = wait_long(&broker, queue_path, |q| {
+        newest_sample(&q["messages_ready_details"]) == Some(5.0)
+    })
+    .await;
+    let samples = q["messages_ready_details"]["samples"].as_array().unwrap();
+    assert_eq!(samples[0]["sample"], 5.0, "{q}");
+    let three = samples
+        .iter()
+        .find(|s| s["sample"] == 3.0)
+        .unwrap_or_else(|| panic!("the earlier level is kept: {q}"));
+    let apart = samples[0]["timestamp"].as_u64().unwrap() - three["timestamp"].as_u64().unwrap();
+    assert!(apart >= 5000 && apart % 5000 == 0, "{q}");
+    assert!(q["messages_ready_details"]["rate"].is_number());
+    assert!(
+        q["messages_ready_details"]["avg"].as_f64().unwrap() > 0.0,
+        "{q}"
+    );
+
+    let t = wait_long(
+        &broker,
+        "/api/topics/clicks?lengths_age=60&lengths_incr=5",
+        |t| newest_sample(&t["messages_in_details"]) == Some(4.0),
+    )
+    .await;
+    assert_eq!(newest_sample(&t["messages_in_details"]), Some(4.0), "{t}");
+    assert!(
+        newest_sample(&t["size_bytes_details"]).unwrap() > 0.0,
+        "{t}"
+    );
+
+    let o = get(&broker, "/api/overview?lengths_age=60&lengths_incr=5").await;
+    assert!(
+        newest_sample(&o["queue_totals"]["messages_ready_details"]).unwrap() >= 5.0,
+        "{o}"
+    );
+    assert!(
+        newest_sample(&o["message_stats"]["publish_details"]).unwrap() >= 5.0,
+        "{o}"
+    );
+    assert!(newest_sample(&o["object_totals"]["connections_details"]).unwrap() >= 1.0);
+    // Without the parameters only current rates come back.
+    let plain = get(&broker, "/api/queues/%2F/filling").await;
+    assert!(
+        plain["messages_ready_details"]["rate"].is_number(),
+        "{plain}"
+    );
+    assert!(plain["messages_ready_details"].get("samples").is_none());
+
+    for bad in [
+        "/api/overview?lengths_age=0",
+        "/api/overview?lengths_age=600&lengths_incr=1",
+        "/api/overview?lengths_age=90000",
+        "/api/queues?lengths_incr=5",
+        "/api/topics/clicks?msg_rates_age=10&msg_rates_incr=20",
+    ] {
+        let (status, body) = call(&broker, Method::GET, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_lag_history_and_kafka_clients_by_client_id() {
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    let broker = TestBroker::start().await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .set("client.id", "ledger-writer")
+        .create()
+        .expect("producer");
+    for i in 0..6 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to("ledger").payload(&format!("r{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .set("group.id", "auditors")
+        .set("client.id", "ledger-auditor")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["ledger"]).expect("subscribe");
+    // Read two of six and commit: the group lags by four.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .expect("a record in time")
+            .expect("record");
+    }
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit");
+
+    let g = wait_long(
+        &broker,
+        "/api/groups/auditors?lengths_age=60&lengths_incr=5",
+        |g| newest_sample(&g["lag_details"]) == Some(4.0),
+    )
+    .await;
+    assert_eq!(newest_sample(&g["lag_details"]), Some(4.0), "{g}");
+    assert_eq!(newest_sample(&g["consumed_details"]), Some(2.0), "{g}");
+    let member = &g["members"][0];
+    assert_eq!(member["client_id"], "ledger-auditor", "{g}");
+    assert_eq!(member["assignment"][0]["topic"], "ledger", "{g}");
+
+    let clients = get(&broker, "/api/kafka/clients").await;
+    let by_id = |id: &str| {
+        clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} in {clients}"))
+    };
+    let writer = by_id("ledger-writer");
+    assert!(writer["recv_oct"].as_u64().unwrap() > 0, "{writer}");
+    assert_eq!(writer["users"], serde_json::json!(["ANONYMOUS"]));
+    assert_eq!(writer["groups"], serde_json::json!([]));
+    let auditor = by_id("ledger-auditor");
+    assert_eq!(
+        auditor["groups"],
+        serde_json::json!(["auditors"]),
+        "{auditor}"
+    );
+    assert!(!auditor["connections"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_console_is_served_at_the_root_with_its_vendored_charts() {
+    let broker = TestBroker::start().await.unwrap();
+    let http = Client::new();
+    let index = http
+        .get(broker.http_url() + "/")
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(index.status(), StatusCode::OK);
+    let csp = index.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = index.text().await.unwrap();
+    assert!(html.contains("/console/app.js") && html.contains("uPlot.iife.min.js"));
+    for (path, kind) in [
+        ("/console/app.js", "text/javascript"),
+        ("/console/pages.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+        ("/console/vendor/uPlot.iife.min.js", "text/javascript"),
+        ("/console/vendor/uPlot.min.css", "text/css"),
+    ] {
+        let r = http.get(broker.http_url() + path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+        assert!(!r.bytes().await.unwrap().is_empty());
+    }
+    let missing = http
+        .get(broker.http_url() + "/console/../secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    // A 401 to the console carries no WWW-Authenticate (no browser dialog); to others it does.
+    let plain = http
+        .get(broker.http_url() + "/api/whoami")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    assert!(plain.headers().contains_key("www-authenticate"));
+    let console = http
+        .get(broker.http_url() + "/api/whoami")
+        .header("X-Ferry-Console", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(console.status(), StatusCode::UNAUTHORIZED);
+    assert!(!console.headers().contains_key("www-authenticate"));
+    let me = get(&broker, "/api/whoami").await;
+    assert_eq!(me["name"], "admin");
+    assert!(
+        me["tags"].as_str().unwrap().contains("administrator"),
+        "{me}"
+    );
+}
+
+#[tokio::test]
+async fn topic_records_browse_from_a_timestamp_and_a_test_publish_reaches_the_topic() {
+    let broker = TestBroker::start().await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .create()
+        .expect("producer");
+    for (i, ts) in [1_000_000_000_000i64, 1_000_000_005_000, 1_000_000_010_000]
+        .into_iter()
+        .enumerate()
+    {
+        producer
+            .send(
+                FutureRecord::to("timeline")
+                    .key(&format!("k{i}"))
+                    .payload(&format!("v{i}"))
+                    .timestamp(ts)
+                    .headers(rdkafka::message::OwnedHeaders::new().insert(
+                        rdkafka::message::Header {
+                            key: "origin",
+                            value: Some("test"),
+                        },
+                    )),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let from_time = get(
+        &broker,
+        "/api/topics/timeline/records?timestamp=1000000004000",
+    )
+    .await;
+    let offsets: Vec<i64> = from_time
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, [1, 2], "{from_time}");
+    assert_eq!(from_time[0]["key"], "k1");
+    assert_eq!(from_time[0]["payload"], "v1");
+    assert_eq!(from_time[0]["headers"]["origin"], "test");
+    let last_one = get(&broker, "/api/topics/timeline/records?count=1").await;
+    assert_eq!(last_one[0]["offset"], 2, "{last_one}");
+
+    let (status, published) = call(
+        &broker,
+        Method::POST,
+        "/api/exchanges/%2F/timeline/publish",
+        Some(
+            serde_json::json!({"routing_key": "k3", "payload": "from the console",
+                                "properties": {"headers": {"source": "console"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{published}");
+    assert_eq!(published["routed"], true);
+    let (_, records) = call(
+        &broker,
+        Method::GET,
+        "/api/topics/timeline/records?offset=3",
+        None,
+    )
+    .await;
+    assert_eq!(records[0]["key"], "k3", "{records}");
+    assert_eq!(records[0]["payload"], "from the console");
+
+    for bad in [
+        "/api/topics/timeline/records?count=0",
+        "/api/topics/timeline/records?offset=1&timestamp=5",
+    ] {
+        let (status, _) = call(&broker, Method::GET, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (status, _) = call(
+        &broker,
+        Method::GET,
+        "/api/topics/timeline/records?partition=7",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -60,6 +60,15 @@ pub enum TopicCommand {
         /// The new total partition count.
         count: u32,
     },
+    /// Change config overrides: set `configs` (KEY=VALUE), return `delete` keys to the default.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// KEY=VALUE overrides to set.
+        configs: Vec<String>,
+        /// Keys to return to the broker default.
+        delete: Vec<String>,
+    },
 }
 
 /// `ferry queue ...`

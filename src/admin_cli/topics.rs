@@ -1,4 +1,4 @@
-//! `ferry topic list|create|delete|describe`: one admin API call each, printed as a table or
+//! `ferry topic list|create|delete|describe|add-partitions|alter`: one admin API call each, printed as a table or
 //! as the API's JSON.
 
 use super::*;
@@ -89,6 +89,39 @@ pub async fn topic(a: TopicArgs) -> Result<(), CliError> {
                     "topic {name} now has {} partition(s)",
                     cell(&v["partition_count"])
                 );
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            configs,
+            delete,
+        } => {
+            if configs.is_empty() && delete.is_empty() {
+                return Err(CliError::Usage(
+                    "name a change: -c KEY=VALUE or --delete-config KEY".into(),
+                ));
+            }
+            let set = pairs(&configs, "--config", false)?;
+            let v = c
+                .call(
+                    "PATCH",
+                    &format!("/api/topics/{}/configs", segment(&name)),
+                    Some(&json!({"set": set, "delete": delete})),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                let now: Vec<String> = v["configs"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", cell(v))).collect())
+                    .unwrap_or_default();
+                let now = if now.is_empty() {
+                    "(broker defaults)".to_string()
+                } else {
+                    now.join(", ")
+                };
+                println!("topic {name} configs: {now}");
             }
         }
         TopicCommand::Describe { name } => {

@@ -110,6 +110,21 @@ pub enum TopicCommand {
         /// The new total partition count.
         count: u32,
     },
+    /// Change a topic's config overrides (like kafka-configs --alter: only the keys named
+    /// change; --delete-config returns a key to the broker default).
+    #[command(
+        after_help = "Examples:\n  ferry topic alter orders -c retention.ms=86400000\n  ferry topic alter orders --delete-config retention.ms"
+    )]
+    Alter {
+        /// Topic name.
+        name: String,
+        /// Config to set (Kafka names), e.g. -c retention.ms=60000; repeatable.
+        #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// Config to return to the broker default; repeatable.
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete: Vec<String>,
+    },
 }
 
 /// `ferry queue ...`
@@ -518,6 +533,15 @@ impl From<TopicCommand> for ferry::admin_cli::commands::TopicCommand {
             TopicCommand::Delete { name } => Self::Delete { name },
             TopicCommand::Describe { name } => Self::Describe { name },
             TopicCommand::AddPartitions { name, count } => Self::AddPartitions { name, count },
+            TopicCommand::Alter {
+                name,
+                configs,
+                delete,
+            } => Self::Alter {
+                name,
+                configs,
+                delete,
+            },
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct AppState {
     metrics_auth: bool,
     /// `observe.allow_anonymous`: who may use the admin API without basic auth.
     pub(super) allow_anonymous: crate::broker::users::AnonymousAccess,
+    /// Rate and length samples for the admin API (`?lengths_age=`).
+    pub(super) history: Arc<super::admin::History>,
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (open) plus the admin API under `/api/` (basic auth
@@ -134,12 +136,15 @@ pub fn router(
         admin_enabled: !(settings.admin_user.is_empty() && settings.admin_password.is_empty()),
         metrics_auth: settings.metrics_auth,
         allow_anonymous: settings.allow_anonymous,
+        history: Arc::default(),
     };
+    super::admin::start_history(&state);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(super::admin::routes())
+        .merge(super::console::routes())
         .with_state(state)
 }
 

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod alarms;
 pub mod alerts;
+pub mod console;
 pub mod http;
 pub mod http_listener;
 pub mod metrics;

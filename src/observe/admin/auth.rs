@@ -31,6 +31,22 @@ pub struct Admin(pub(crate) BrokerCore);
 /// A request of an `administrator` (users, permissions, vhosts), with who made it.
 pub struct Administrator(pub(crate) BrokerCore, pub(crate) UserInfo);
 
+/// Any authenticated user with a management tag, whatever the method: who is asking
+/// (`/api/whoami`).
+pub struct Caller(pub(crate) UserInfo);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (_, user) = authenticate(parts, state).await?;
+        if !MANAGEMENT_TAGS.iter().any(|t| user.has_tag(t)) {
+            return Err(not_authorised(&user, true));
+        }
+        Ok(Caller(user))
+    }
+}
+
 /// The tags that open the admin API at all.
 const MANAGEMENT_TAGS: &[&str] = &["administrator", "management", "monitoring"];
 

@@ -60,7 +60,7 @@ fn amqp_headers_of(record: &SimpleRecord) -> Option<serde_json::Map<String, serd
     (!headers.is_empty()).then_some(headers)
 }
 
-fn message_view(offset: i64, record: &SimpleRecord) -> MessageView {
+pub(super) fn message_view(offset: i64, record: &SimpleRecord) -> MessageView {
     let body = record.value.clone().unwrap_or_default();
     let (payload, payload_encoding) = match std::str::from_utf8(&body) {
         Ok(t) => (t.to_string(), "string"),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::Path;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,9 +19,11 @@ use kafka_protocol::protocol::Decodable;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::history::{top_level, with_history, SeriesKey, WindowParams};
 use super::{bad_request, json_body, Admin, ApiError};
 use crate::broker::offset_reset::{OffsetResetError, ResetScope, ResetTarget};
 use crate::broker::{BrokerCore, GroupState};
+use crate::observe::http::AppState;
 use crate::observe::metrics::{group_lag, GroupLag};
 
 #[derive(Serialize)]
@@ -134,8 +136,11 @@ pub(super) async fn delete_group(
 
 pub(super) async fn get_group(
     Admin(core): Admin,
+    State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<GroupView>, ApiError> {
+    Query(params): Query<WindowParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let window = params.window()?;
     let d = core.groups().describe_group(&id);
     let offsets = group_lag(&core, &id);
     if d.state == GroupState::Dead && offsets.is_empty() {
@@ -178,7 +183,8 @@ pub(super) async fn get_group(
     }
     let total_lag = views.values().filter_map(|o| o.lag).sum();
     let offsets = views.into_values().collect();
-    Ok(Json(GroupView {
+    let key = SeriesKey::Group(id);
+    let view = GroupView {
         group_id: d.group_id,
         state: d.state.as_str(),
         protocol_type: d.protocol_type,
@@ -186,7 +192,14 @@ pub(super) async fn get_group(
         members,
         offsets,
         total_lag,
-    }))
+    };
+    Ok(Json(with_history(
+        &state.history,
+        &key,
+        &window,
+        view,
+        top_level,
+    )))
 }
 
 /// An assigned partition without a committed offset, as `kafka-consumer-groups --describe`

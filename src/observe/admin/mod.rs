@@ -19,7 +19,8 @@
 //!
 //! One file per resource: [`topics`], [`queues`], [`exchanges`], [`bindings`], [`groups`],
 //! [`users`] (users, permissions, vhosts), live [`connections`] (with their channels and
-//! consumers), the [`overview`] and node view, and the dead-letter tools in [`dlq`]; [`auth`]
+//! consumers), the [`overview`] and node view, the dead-letter tools in [`dlq`], the rate and
+//! length [`history`] behind `?lengths_age=`, and the [`kafka_views`]; [`auth`]
 //! checks credentials (and slows password guessing
 //! through the core's login guard); this file holds the routes and the one error shape.
 
@@ -30,6 +31,9 @@ mod connections;
 mod dlq;
 mod exchanges;
 mod groups;
+pub(crate) mod history;
+mod kafka_views;
+mod messages;
 mod overview;
 mod queues;
 mod schema_registry;
@@ -49,6 +53,18 @@ use crate::broker::routing::RoutingError;
 use crate::broker::{BrokerError, GroupError};
 
 pub use auth::Admin;
+pub use history::History;
+
+/// Starts the history sampler for `state` (see [`history`]): the overview's message counters
+/// come from the metrics recorder, zeros when metrics are off.
+pub(super) fn start_history(state: &AppState) {
+    let prometheus = state.prometheus.clone();
+    history::spawn_sampler(
+        std::sync::Arc::downgrade(&state.history),
+        state.health.clone(),
+        move || overview::message_counter_totals(prometheus.as_ref()),
+    );
+}
 
 /// The `/api/...` routes, to be merged into the HTTP router.
 pub fn routes() -> Router<AppState> {
@@ -62,6 +78,17 @@ pub fn routes() -> Router<AppState> {
             get(topics::get_topic).delete(topics::delete_topic),
         )
         .route("/api/topics/{name}/partitions", post(topics::grow_topic))
+        .route(
+            "/api/topics/{name}/configs",
+            axum::routing::patch(topics::alter_topic_configs),
+        )
+        .route("/api/kafka/clients", get(kafka_views::list_clients))
+        .route("/api/topics/{name}/records", get(messages::browse_topic))
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(messages::publish),
+        )
+        .route("/api/whoami", get(messages::whoami))
         .route("/api/queues", get(queues::list_queues))
         .route(
             "/api/queues/{vhost}/{name}",
@@ -137,6 +164,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/overview", get(overview::overview))
         .route("/api/nodes", get(overview::nodes))
+        .route("/api/alerts", get(overview::alerts))
         .route("/api/connections", get(connections::list_connections))
         .route(
             "/api/connections/{name}",
@@ -159,7 +187,14 @@ const MAX_ERROR_TEXT: usize = 4096;
 /// a body over the size limit): their plain-text message is carried over, and an `Allow`
 /// header is kept.
 async fn errors_as_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let response = next.run(request).await;
+    // The console shows its own login page: no browser password dialog on its 401s.
+    let from_console = request
+        .headers()
+        .contains_key(super::console::CONSOLE_HEADER);
+    let mut response = next.run(request).await;
+    if from_console {
+        response.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

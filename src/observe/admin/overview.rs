@@ -4,25 +4,27 @@
 //!
 //! Message totals are the process's own counters (the `ferry_messages_*_total` families of
 //! `/metrics`), so they need metrics on (`observe.metrics`, the default); without them
-//! `message_stats` is empty, as RabbitMQ's is without stats. A rate is the growth since a sample
-//! kept from an earlier request, divided by the time since it; the sample is replaced once it is
-//! [`RATE_WINDOW`] old, so a client polling every few seconds sees the rate over the last few
-//! seconds (at most the window plus its polling interval), and the first request reports 0.
-//! Memory stays bounded: one sample for the overview and one per live connection (the
-//! connections' `*_oct_details.rate`, see [`rates`]).
+//! `message_stats` is empty, as RabbitMQ's is without stats. The overview's rates and samples
+//! come from the 5-second [`super::history`]. A connection's `*_oct_details.rate` is the growth
+//! since a sample kept from an earlier request, divided by the time since it; the sample is
+//! replaced once it is [`RATE_WINDOW`] old, so a client polling every few seconds sees the rate
+//! over the last few seconds, and the first request reports 0 (see [`rates`]; one sample per
+//! live connection).
 //! Node figures come from `/proc` (Linux) and `statvfs`; a figure the platform cannot give is
 //! `null`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::Json;
+use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 use super::connections::node_name;
-use super::Admin;
+use super::history::{self, SeriesKey, WindowParams};
+use super::{Admin, ApiError};
 use crate::observe::alarms;
 use crate::observe::http::AppState;
 
@@ -50,9 +52,6 @@ const MESSAGE_COUNTERS: &[(&str, &str)] = &[
 
 /// Earlier totals, by key, that rates are computed against.
 pub(super) type RateSamples = Mutex<BTreeMap<u64, (Instant, Vec<f64>)>>;
-
-/// The overview's sample (key 0).
-static OVERVIEW_SAMPLES: RateSamples = Mutex::new(BTreeMap::new());
 
 /// Per-second rates of the growing `totals` of `key`, against the sample kept for it from an
 /// earlier request; the sample is replaced once it is [`RATE_WINDOW`] old. 0 without a sample
@@ -98,25 +97,37 @@ fn counter_totals(rendered: &str) -> BTreeMap<&'static str, f64> {
     totals
 }
 
-fn message_stats(state: &AppState) -> Value {
-    let Some(handle) = state.prometheus.as_ref() else {
-        return json!({});
-    };
-    let by_key = counter_totals(&handle.render());
-    let totals: Vec<f64> = MESSAGE_COUNTERS
+/// The message counters' totals in [`MESSAGE_COUNTERS`] order (the history's overview
+/// counters); zeros without a metrics recorder.
+pub(super) fn message_counter_totals(handle: Option<&PrometheusHandle>) -> Vec<f64> {
+    let by_key = handle
+        .map(|h| counter_totals(&h.render()))
+        .unwrap_or_default();
+    MESSAGE_COUNTERS
         .iter()
         .map(|(key, _)| by_key.get(key).copied().unwrap_or(0.0))
-        .collect();
-    let rates = rates(&OVERVIEW_SAMPLES, 0, &totals, Instant::now());
+        .collect()
+}
+
+/// Totals now; the `*_details` (rates, samples) are added from the history.
+fn message_stats(state: &AppState) -> Value {
+    if state.prometheus.is_none() {
+        return json!({});
+    }
+    let totals = message_counter_totals(state.prometheus.as_ref());
     let mut stats = Map::new();
-    for (((key, _), total), rate) in MESSAGE_COUNTERS.iter().zip(totals).zip(rates) {
+    for ((key, _), total) in MESSAGE_COUNTERS.iter().zip(totals) {
         stats.insert((*key).to_string(), json!(total as u64));
-        stats.insert(format!("{key}_details"), json!({ "rate": rate }));
     }
     Value::Object(stats)
 }
 
-pub(super) async fn overview(Admin(core): Admin, State(state): State<AppState>) -> Json<Value> {
+pub(super) async fn overview(
+    Admin(core): Admin,
+    State(state): State<AppState>,
+    Query(params): Query<WindowParams>,
+) -> Result<Json<Value>, ApiError> {
+    let window = params.window()?;
     let node = node_name();
     let queues = core.router().queues();
     let ready: u64 = queues.iter().map(|q| q.message_count()).sum();
@@ -143,13 +154,17 @@ pub(super) async fn overview(Admin(core): Admin, State(state): State<AppState>) 
         .iter()
         .cloned()
         .collect();
-    Json(json!({
+    let mut view = json!({
         "product_name": "Ferry",
         "product_version": env!("CARGO_PKG_VERSION"),
         "node": node,
         "cluster_name": node,
         "listeners": listeners,
         "alarms": alarms,
+        "alerts": firing_alerts(state.prometheus.as_ref())
+            .into_iter()
+            .filter(|a| a["firing"] == true)
+            .collect::<Vec<_>>(),
         "object_totals": {
             "connections": connections.len(),
             "channels": channels,
@@ -165,7 +180,51 @@ pub(super) async fn overview(Admin(core): Admin, State(state): State<AppState>) 
             "messages_unacknowledged": unacked,
         },
         "message_stats": message_stats(&state),
-    }))
+    });
+    if let Some(view) = view.as_object_mut() {
+        state.history.decorate(
+            &SeriesKey::Overview,
+            &window,
+            view,
+            history::overview_sections,
+        );
+        // Without a metrics recorder there are no message counters to report.
+        if state.prometheus.is_none() {
+            view.insert("message_stats".into(), json!({}));
+        }
+    }
+    Ok(Json(view))
+}
+
+/// Alert rules from the config and whether each is firing now (the `ferry_alert_firing` gauge
+/// the alert task keeps); empty without metrics or rules.
+pub(super) async fn alerts(_: Admin, State(state): State<AppState>) -> Json<Value> {
+    Json(json!(firing_alerts(state.prometheus.as_ref())))
+}
+
+fn firing_alerts(handle: Option<&PrometheusHandle>) -> Vec<Value> {
+    let Some(handle) = handle else {
+        return Vec::new();
+    };
+    let rendered = handle.render();
+    let mut out = Vec::new();
+    for line in rendered.lines() {
+        let Some(rest) = line.strip_prefix("ferry_alert_firing{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(rule) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("rule=\""))
+            .map(|r| r.trim_end_matches('"').replace("\\\"", "\""))
+        else {
+            continue;
+        };
+        out.push(json!({"rule": rule, "firing": value.trim() == "1"}));
+    }
+    out
 }
 
 /// One element: this node.

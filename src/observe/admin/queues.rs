@@ -2,19 +2,21 @@
 //! the same rules as AMQP's queue.declare ([`crate::broker::names`], [`QueueLimits`]).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::history::{queue_sections, with_history, SeriesKey, Window, WindowParams};
 use super::scope::Scope;
 use super::{bad_request, empty_object, json_body, yes, Admin, ApiError};
 use crate::broker::names;
 use crate::broker::queue::QueueLimits;
 use crate::broker::routing::QueueSpec;
 use crate::broker::BrokerCore;
+use crate::observe::http::AppState;
 
 #[derive(Serialize)]
 pub(super) struct QueueView {
@@ -27,9 +29,21 @@ pub(super) struct QueueView {
     ready: u64,
     unacked: u64,
     consumers: u32,
+    /// RabbitMQ's names for the counts above (ready + unacked, ready, unacked).
+    messages: u64,
+    messages_ready: u64,
+    messages_unacknowledged: u64,
 }
 
-pub(super) async fn list_queues(Admin(core): Admin, Scope(scope): Scope) -> Json<Vec<QueueView>> {
+/// The queues the caller may see (a `management` user: those of its vhosts), with the current
+/// rates from the history (and samples when `lengths_age` asks).
+pub(super) async fn list_queues(
+    Admin(core): Admin,
+    Scope(scope): Scope,
+    State(state): State<AppState>,
+    Query(params): Query<WindowParams>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let window = params.window()?;
     let mut queues: Vec<QueueView> = core
         .router()
         .queues()
@@ -38,7 +52,20 @@ pub(super) async fn list_queues(Admin(core): Admin, Scope(scope): Scope) -> Json
         .map(|q| queue_view(q))
         .collect();
     queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
-    Json(queues)
+    Ok(Json(
+        queues
+            .into_iter()
+            .map(|q| with_queue_history(&state, &window, q))
+            .collect(),
+    ))
+}
+
+fn with_queue_history(state: &AppState, window: &Window, q: QueueView) -> serde_json::Value {
+    let key = SeriesKey::Queue {
+        vhost: q.vhost.clone(),
+        name: q.name.clone(),
+    };
+    with_history(&state.history, &key, window, q, queue_sections)
 }
 
 pub(super) fn unknown_vhost(core: &BrokerCore, vhost: &str) -> Result<(), ApiError> {
@@ -63,6 +90,7 @@ pub(super) fn queue_of(
 }
 
 pub(super) fn queue_view(q: &crate::broker::queue::Queue) -> QueueView {
+    let (ready, unacked) = (q.message_count(), q.unacked_count());
     QueueView {
         vhost: q.vhost().to_string(),
         name: q.name().to_string(),
@@ -70,18 +98,24 @@ pub(super) fn queue_view(q: &crate::broker::queue::Queue) -> QueueView {
         auto_delete: q.auto_delete(),
         exclusive: q.exclusive_owner().is_some(),
         arguments: q.def().arguments.clone(),
-        ready: q.message_count(),
-        unacked: q.unacked_count(),
+        ready,
+        unacked,
         consumers: q.consumer_count(),
+        messages: ready + unacked,
+        messages_ready: ready,
+        messages_unacknowledged: unacked,
     }
 }
 
 pub(super) async fn get_queue(
     Admin(core): Admin,
+    State(state): State<AppState>,
     Path((vhost, name)): Path<(String, String)>,
+    Query(params): Query<WindowParams>,
 ) -> Result<Response, ApiError> {
+    let window = params.window()?;
     let q = queue_of(&core, &vhost, &name)?;
-    Ok(Json(queue_view(&q)).into_response())
+    Ok(Json(with_queue_history(&state, &window, queue_view(&q))).into_response())
 }
 
 #[derive(Deserialize)]
