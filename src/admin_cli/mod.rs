@@ -1,4 +1,4 @@
-//! The operator's command line: `ferry topic|queue|exchange|group|dlq|user|permission|vhost`,
+//! The operator's command line: `ferry topic|queue|exchange|group|dlq|bridge|user|permission|vhost`,
 //! and `ferry status`, `ferry connection|channel|consumer` ([`manage`]), over the admin HTTP API
 //! (`docs/admin-api.yaml`), and `ferry produce|consume` over the Kafka protocol ([`kcat`]).
 //!
@@ -9,6 +9,7 @@
 //! call are composed here: `dlq list` (which queues are dead-letter targets) and `dlq replay`
 //! (in chunks, so a terminal shows progress).
 
+pub mod bridges;
 pub mod commands;
 mod dlq;
 mod exchanges;

@@ -29,6 +29,7 @@ pub mod login_guard;
 pub mod message;
 pub mod names;
 pub mod offset_reset;
+pub mod parameters;
 pub mod processed;
 pub mod producer;
 pub mod queue;
@@ -144,6 +145,8 @@ struct CoreInner {
     processed: processed::ProcessedIds,
     /// Kafka ACL bindings (see [`acls`]).
     acls: acls::AclStore,
+    /// Runtime parameters (shovel definitions; see [`parameters`]).
+    parameters: parameters::RuntimeParameters,
 }
 
 impl BrokerCore {
@@ -186,6 +189,7 @@ impl BrokerCore {
         let users = users::UserStore::open(meta.clone())?;
         let processed = processed::ProcessedIds::new(meta.clone(), clock.clone());
         let acls = acls::AclStore::open(meta.clone())?;
+        let parameters = parameters::RuntimeParameters::open(meta.clone())?;
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -205,6 +209,7 @@ impl BrokerCore {
                 users,
                 connections: Default::default(),
                 acls,
+                parameters,
             }),
         };
         core.inner
@@ -293,6 +298,11 @@ impl BrokerCore {
     /// The Kafka ACL bindings.
     pub fn acls(&self) -> &acls::AclStore {
         &self.inner.acls
+    }
+
+    /// Runtime parameters: shovel definitions and their components' live state.
+    pub fn parameters(&self) -> &parameters::RuntimeParameters {
+        &self.inner.parameters
     }
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {

@@ -12,6 +12,7 @@ pub mod acls;
 pub mod keys;
 pub mod memory_store;
 pub mod migrate;
+pub mod parameters;
 pub mod sled_store;
 pub mod store;
 pub mod users;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use acls::AclRecord;
 pub use memory_store::MemoryStore;
+pub use parameters::ParameterRecord;
 pub use sled_store::SledStore;
 pub use store::{MetaOp, MetaStore};
 pub use users::{PermissionRecord, ScramRecord, UserRecord, VhostRecord};
