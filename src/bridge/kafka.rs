@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
 use super::definition::DestSpec;
@@ -26,6 +26,40 @@ use crate::log::SimpleRecord;
 
 /// How long one produce may wait in librdkafka's queue before it fails the batch.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take: a metadata request must answer within it, so a cluster
+/// that is down shows as `blocked` rather than as a running bridge with nothing moving.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the cluster for `topic`'s metadata (librdkafka calls block, so on the blocking pool).
+async fn probe<C>(client: std::sync::Arc<C>, topic: String) -> Result<(), String>
+where
+    C: ProbeClient + Send + Sync + 'static,
+{
+    tokio::task::spawn_blocking(move || client.probe(&topic))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+trait ProbeClient {
+    fn probe(&self, topic: &str) -> Result<(), String>;
+}
+
+impl ProbeClient for FutureProducer {
+    fn probe(&self, topic: &str) -> Result<(), String> {
+        self.client()
+            .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl ProbeClient for StreamConsumer {
+    fn probe(&self, topic: &str) -> Result<(), String> {
+        self.fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
 
 fn config(bootstrap: &str, options: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -37,12 +71,12 @@ fn config(bootstrap: &str, options: &BTreeMap<String, String>) -> ClientConfig {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: std::sync::Arc<FutureProducer>,
     topic: String,
 }
 
 impl KafkaSink {
-    pub fn open(
+    pub async fn open(
         bootstrap: &str,
         options: &BTreeMap<String, String>,
         dest: &DestSpec,
@@ -61,6 +95,10 @@ impl KafkaSink {
             )
             .create()
             .map_err(|e| BridgeError::Destination(e.to_string()))?;
+        let producer = std::sync::Arc::new(producer);
+        probe(producer.clone(), topic.clone())
+            .await
+            .map_err(BridgeError::Destination)?;
         Ok(Self {
             producer,
             topic: topic.clone(),
@@ -112,12 +150,12 @@ impl KafkaSink {
 }
 
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: std::sync::Arc<StreamConsumer>,
     topic: String,
 }
 
 impl KafkaSource {
-    pub fn open(
+    pub async fn open(
         bootstrap: &str,
         options: &BTreeMap<String, String>,
         topic: &str,
@@ -130,6 +168,10 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(|e| BridgeError::Source(e.to_string()))?;
+        let consumer = std::sync::Arc::new(consumer);
+        probe(consumer.clone(), topic.to_string())
+            .await
+            .map_err(BridgeError::Source)?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| BridgeError::Source(e.to_string()))?;

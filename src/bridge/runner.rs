@@ -208,7 +208,7 @@ async fn open_destination(core: &BrokerCore, def: &Definition) -> Result<Destina
             Destination::Amqp(AmqpSink::open(uris, &def.destination, confirm).await?)
         }
         Endpoint::Kafka { bootstrap, options } => {
-            Destination::Kafka(KafkaSink::open(bootstrap, options, &def.destination)?)
+            Destination::Kafka(KafkaSink::open(bootstrap, options, &def.destination).await?)
         }
     })
 }
@@ -226,7 +226,7 @@ async fn open_source(core: &BrokerCore, def: &Definition) -> Result<Source, Brid
             Source::Amqp(AmqpSource::open(uris, source, def.prefetch, no_ack).await?)
         }
         (Endpoint::Kafka { bootstrap, options }, SourceSpec::Topic { topic, group }) => {
-            Source::Kafka(KafkaSource::open(bootstrap, options, topic, group)?)
+            Source::Kafka(KafkaSource::open(bootstrap, options, topic, group).await?)
         }
         (Endpoint::Kafka { .. }, _) => {
             return Err(BridgeError::Source("a Kafka source reads a topic".into()))
