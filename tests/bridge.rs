@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 mod common;
 use common::admin::admin_call;
-use common::amqp::{channel, connect, declare_durable, exchange};
+use common::amqp::{channel, connect, count, declare_durable, exchange};
 
 /// Longest wait for any one condition.
 const WAIT: Duration = Duration::from_secs(30);
@@ -239,18 +239,11 @@ async fn ferry_queue_to_remote_amqp_stores_while_the_destination_is_down_and_for
     let b_ch = channel(&b_conn).await;
     let got = consume(&b_ch, "inbox", 500).await;
     assert_eq!(got, bodies(0..500));
-    let q = b_ch
-        .queue_declare(
-            "inbox".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(q.message_count(), 0, "no duplicates were delivered");
+    assert_eq!(
+        count(&b_ch, "inbox").await,
+        0,
+        "no duplicates were delivered"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -425,18 +418,7 @@ async fn two_nodes_bridged_both_ways_do_not_loop() {
         (&a_ch, "outbox"),
         (&b_ch, "outbox"),
     ] {
-        let q = ch
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(q.message_count(), 0, "{name}: no copy came round again");
+        assert_eq!(count(ch, name).await, 0, "{name}: no copy came round again");
     }
     a.stop().await;
     b.stop().await;
@@ -742,20 +724,6 @@ const N: usize = 20_000;
 /// Messages the kill test's publisher has unconfirmed at once.
 const WINDOW: usize = 100;
 
-async fn depth_of(ch: &lapin::Channel, queue: &str) -> usize {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map(|q| q.message_count() as usize)
-    .expect("passive queue.declare")
-}
-
 /// Publishes `m-from..m-N` to `outbox` in confirmed windows; returns how many (from 0) are
 /// confirmed when it finishes or the connection fails.
 async fn publish_until_error(url: String, from: usize) -> usize {
@@ -840,7 +808,7 @@ async fn kill_9_of_the_bridging_node_mid_stream_loses_nothing() {
     declare_durable(&b_ch, "inbox", FieldTable::default()).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let depth = depth_of(&b_ch, "inbox").await;
+        let depth = count(&b_ch, "inbox").await as usize;
         if depth >= N / 5 {
             break;
         }

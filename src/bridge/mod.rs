@@ -159,9 +159,8 @@ async fn reconcile(core: BrokerCore, statuses: Statuses, mut shutdown: watch::Re
             _ = shutdown.changed() => break,
         }
     }
-    for (_, r) in running {
-        stop(r).await;
-    }
+    // All at once: the server gives its tasks 10 s in all to stop.
+    futures::future::join_all(running.into_values().map(stop)).await;
 }
 
 /// Asks a runner to stop and waits for it to return its unsettled messages; a runner stuck

@@ -66,15 +66,16 @@ pub struct Incoming {
     pub token: Token,
 }
 
+// The lapin ends are boxed: they are several times the size of the others.
 enum Source {
     Ferry(QueueSource),
-    Amqp(AmqpSource),
+    Amqp(Box<AmqpSource>),
     Kafka(KafkaSource),
 }
 
 enum Destination {
     Ferry(Sink),
-    Amqp(AmqpSink),
+    Amqp(Box<AmqpSink>),
     Kafka(KafkaSink),
 }
 
@@ -109,7 +110,7 @@ impl Source {
     async fn close(self) {
         match self {
             Source::Ferry(s) => s.close().await,
-            Source::Amqp(s) => s.close().await,
+            Source::Amqp(s) => (*s).close().await,
             Source::Kafka(_) => {}
         }
     }
@@ -127,7 +128,7 @@ impl Destination {
     async fn close(self) {
         match self {
             Destination::Ferry(_) | Destination::Kafka(_) => {}
-            Destination::Amqp(d) => d.close().await,
+            Destination::Amqp(d) => (*d).close().await,
         }
     }
 }
@@ -204,9 +205,9 @@ async fn open_destination(core: &BrokerCore, def: &Definition) -> Result<Destina
         Endpoint::Ferry { vhost } => {
             Destination::Ferry(Sink::open(core, vhost, &def.destination).await?)
         }
-        Endpoint::Amqp { uris } => {
-            Destination::Amqp(AmqpSink::open(uris, &def.destination, confirm).await?)
-        }
+        Endpoint::Amqp { uris } => Destination::Amqp(Box::new(
+            AmqpSink::open(uris, &def.destination, confirm).await?,
+        )),
         Endpoint::Kafka { bootstrap, options } => {
             Destination::Kafka(KafkaSink::open(bootstrap, options, &def.destination).await?)
         }
@@ -222,9 +223,9 @@ async fn open_source(core: &BrokerCore, def: &Definition) -> Result<Source, Brid
         (Endpoint::Ferry { .. }, _) => {
             return Err(BridgeError::Source("a Ferry source must be a queue".into()))
         }
-        (Endpoint::Amqp { uris }, source) => {
-            Source::Amqp(AmqpSource::open(uris, source, def.prefetch, no_ack).await?)
-        }
+        (Endpoint::Amqp { uris }, source) => Source::Amqp(Box::new(
+            AmqpSource::open(uris, source, def.prefetch, no_ack).await?,
+        )),
         (Endpoint::Kafka { bootstrap, options }, SourceSpec::Topic { topic, group }) => {
             Source::Kafka(KafkaSource::open(bootstrap, options, topic, group).await?)
         }

@@ -5,6 +5,8 @@
 //! component validates the value before it is stored, so a bad definition is a 400 naming
 //! the key. `DELETE /api/shovels/vhost/{vhost}/{name}/restart` restarts one (RabbitMQ's
 //! restart endpoint). The `bridges` health check fails while any bridge is not running.
+//! Changing parameters needs the `administrator` tag: a definition holds remote credentials
+//! and makes the broker connect out, which RabbitMQ also keeps from plain management users.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::Path;
@@ -14,6 +16,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Administrator;
 use super::{json_body, Admin, ApiError};
 use crate::broker::parameters::{Parameter, ParameterError};
 
@@ -109,7 +112,7 @@ pub(super) async fn get_parameter(
 }
 
 pub(super) async fn put_parameter(
-    Admin(core): Admin,
+    Administrator(core, _): Administrator,
     Path((component, vhost, name)): Path<(String, String, String)>,
     body: Result<Json<ParameterBody>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -146,7 +149,7 @@ pub(super) async fn put_parameter(
 }
 
 pub(super) async fn delete_parameter(
-    Admin(core): Admin,
+    Administrator(core, _): Administrator,
     Path((component, vhost, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     known(&core, &component)?;
@@ -192,7 +195,7 @@ pub(super) async fn get_shovel(
 }
 
 pub(super) async fn restart_shovel(
-    Admin(core): Admin,
+    Administrator(core, _): Administrator,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     core.parameters().restart(SHOVEL, &vhost, &name)?;
