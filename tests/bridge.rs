@@ -450,20 +450,20 @@ async fn remote_queue_is_not_consumed_while_the_ferry_destination_refuses() {
                "src-prefetch-count": 5, "reconnect-delay": 0.05}),
     )
     .await;
-    wait_for(&a, "pull", "blocked on the full queue", |s| {
-        s["state"] == "blocked" && s["messages_forwarded"] == 10
+    // Connections work but every publish is refused: the breaker opens (failures without
+    // progress count), and nothing more is taken from the remote queue.
+    wait_for(&a, "pull", "blocked with the breaker open", |s| {
+        s["state"] == "blocked"
+            && s["circuit_breaker"] == "open"
+            && s["reason"].as_str().is_some_and(|r| r.contains("full"))
     })
     .await;
-    // A batch refused part-way is sent again whole, so a message may repeat (the
-    // at-least-once window, at most one batch); none is lost and first copies are in order.
+    // Room is made: everything arrives. A batch refused part-way is sent again whole, so a
+    // message may repeat (the at-least-once window); none is lost and first copies are in
+    // order.
     let (all, firsts) = consume_distinct(&a_ch, "landing", 30).await;
     assert_eq!(firsts, bodies(0..30));
-    assert!(
-        all.len() - firsts.len() <= 5 * 20,
-        "{} duplicates",
-        all.len() - 30
-    );
-    assert_eq!(all[..10], bodies(0..10)[..]);
+    assert!(all.len() - 30 <= 5 * 20, "{} duplicates", all.len() - 30);
     a.stop().await;
     b.stop().await;
 }

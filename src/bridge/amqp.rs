@@ -23,7 +23,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 
 use super::definition::{redact, DestSpec, SourceSpec};
-use super::runner::{BridgeError, Incoming, Token};
+use super::runner::{BridgeError, Confirms, Incoming, Token};
 use crate::broker::message::Message;
 use crate::protocol::amqp::convert;
 
@@ -248,8 +248,12 @@ impl AmqpSink {
         })
     }
 
-    /// Publishes the batch pipelined; with confirms on, returns once all are acked.
-    pub async fn send(&mut self, batch: Vec<Message>, wait: bool) -> Result<(), BridgeError> {
+    /// Publishes the batch pipelined; with confirms on, what lands once all are acked.
+    pub async fn publish(
+        &mut self,
+        batch: Vec<Message>,
+        wait: bool,
+    ) -> Result<Confirms, BridgeError> {
         let dst = |e: lapin::Error| BridgeError::Destination(e.to_string());
         let mut confirms = Vec::with_capacity(batch.len());
         for message in batch {
@@ -272,16 +276,11 @@ impl AmqpSink {
                 .map_err(dst)?;
             confirms.push(confirm);
         }
-        if self.confirms && wait {
-            for c in confirms {
-                if c.await.map_err(dst)?.is_nack() {
-                    return Err(BridgeError::Destination(
-                        "the destination nacked a message".into(),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        Ok(if self.confirms && wait {
+            Confirms::Amqp(confirms)
+        } else {
+            Confirms::None
+        })
     }
 
     pub async fn close(self) {

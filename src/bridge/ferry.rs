@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::definition::DestSpec;
-use super::runner::{BridgeError, Incoming, Token};
+use super::runner::{BridgeError, Confirms, Incoming, Token};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::routing::{Durable, QueueSpec, DEFAULT_VHOST, INTERNAL_CONNECTION};
@@ -25,6 +25,8 @@ pub struct QueueSource {
     queue: Arc<Queue>,
     consumer: u64,
     unacked: Vec<i64>,
+    /// Most messages unsettled at once (`src-prefetch-count`), over every batch in flight.
+    prefetch: usize,
     auto_settle: bool,
     appends: tokio::sync::watch::Receiver<i64>,
     ready: tokio::sync::watch::Receiver<u64>,
@@ -59,6 +61,7 @@ impl QueueSource {
         core: &BrokerCore,
         vhost: &str,
         name: &str,
+        prefetch: usize,
         auto_settle: bool,
     ) -> Result<Self, BridgeError> {
         let queue = declare(core, vhost, name).await?;
@@ -70,6 +73,7 @@ impl QueueSource {
             queue,
             consumer,
             unacked: Vec::new(),
+            prefetch,
             auto_settle,
             closed: false,
         })
@@ -79,7 +83,7 @@ impl QueueSource {
         self.queue.message_count()
     }
 
-    /// Waits for at least one message, then takes up to `max` minus what is still unacked.
+    /// Waits for at least one message, then takes up to `max`, within the prefetch limit.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Incoming>, BridgeError> {
         loop {
             self.appends.borrow_and_update();
@@ -90,7 +94,7 @@ impl QueueSource {
                     self.queue.name()
                 )));
             }
-            let credit = max.saturating_sub(self.unacked.len());
+            let credit = self.prefetch.saturating_sub(self.unacked.len()).min(max);
             self.queue.set_credit(self.consumer, credit > 0);
             if credit > 0 && self.queue.may_take(self.consumer) {
                 let msgs = self
@@ -212,8 +216,12 @@ impl Sink {
         })
     }
 
-    /// Publishes the batch in order; with `confirm`, returns once every copy is durable.
-    pub async fn send(&mut self, batch: Vec<Message>, confirm: bool) -> Result<(), BridgeError> {
+    /// Publishes the batch in order; with `confirm`, what lands once every copy is durable.
+    pub async fn publish(
+        &mut self,
+        batch: Vec<Message>,
+        confirm: bool,
+    ) -> Result<Confirms, BridgeError> {
         let mut pending: Vec<Durable> = Vec::new();
         for mut message in batch {
             if let Some(k) = &self.key {
@@ -232,13 +240,10 @@ impl Sink {
             }
             pending.extend(published.pending);
         }
-        if confirm {
-            for p in pending {
-                p.wait()
-                    .await
-                    .map_err(|e| BridgeError::Destination(e.to_string()))?;
-            }
-        }
-        Ok(())
+        Ok(if confirm {
+            Confirms::Ferry(pending)
+        } else {
+            Confirms::None
+        })
     }
 }

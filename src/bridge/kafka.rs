@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
 use super::definition::DestSpec;
-use super::runner::{BridgeError, Incoming, Token};
+use super::runner::{BridgeError, Confirms, Incoming, Token};
 use crate::broker::message::Message;
 use crate::log::SimpleRecord;
 
@@ -105,8 +105,8 @@ impl KafkaSink {
         })
     }
 
-    /// Produces the batch in order; with `confirm`, waits for every delivery report.
-    pub async fn send(&mut self, batch: Vec<Message>, confirm: bool) -> Result<(), BridgeError> {
+    /// Produces the batch in order; with `confirm`, what lands with every delivery report.
+    pub fn publish(&mut self, batch: Vec<Message>, confirm: bool) -> Result<Confirms, BridgeError> {
         let mut deliveries = Vec::with_capacity(batch.len());
         for message in batch {
             let record = message.into_record();
@@ -132,20 +132,11 @@ impl KafkaSink {
                 .map_err(|(e, _)| BridgeError::Destination(e.to_string()))?;
             deliveries.push(delivery);
         }
-        if confirm {
-            for d in deliveries {
-                match d.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(BridgeError::Destination(e.to_string())),
-                    Err(_) => {
-                        return Err(BridgeError::Destination(
-                            "the producer dropped a delivery".into(),
-                        ))
-                    }
-                }
-            }
-        }
-        Ok(())
+        Ok(if confirm {
+            Confirms::Kafka(deliveries)
+        } else {
+            Confirms::None
+        })
     }
 }
 

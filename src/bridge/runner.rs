@@ -1,12 +1,14 @@
 //! One bridge's task: connect both sides, pump batches, and when a side fails, back off and
 //! try again.
 //!
-//! The pump is batch-synchronous, which is what keeps order and the no-loss promise simple:
-//! take up to `src-prefetch-count` messages from the source, publish them all to the
-//! destination pipelined, wait for the destination's confirms (`on-confirm`), then settle the
-//! whole batch at the source. A failure anywhere drops both connections without settling,
-//! so the source keeps (or gets back) everything unsettled in its order, and the next run
-//! sends it again: duplicates are possible only for the batch in flight at the failure.
+//! The pump moves batches of half `src-prefetch-count`, two at a time: while the
+//! destination confirms one batch (`on-confirm`), the next is already taken from the source
+//! and published, so neither side idles for a round trip. Batches are settled at the source
+//! strictly in order, each only after all its confirms, which keeps order and the no-loss
+//! promise simple. A failure anywhere drops both connections without settling, so the source
+//! keeps (or gets back) everything unsettled in its order, and the next run sends it again:
+//! duplicates are possible only for what was in flight at the failure (at most
+//! `src-prefetch-count` messages).
 //!
 //! The destination is connected first: while it is down the source is not consumed at all,
 //! so messages wait where they are (a Ferry queue keeps them durably; a remote queue keeps
@@ -116,12 +118,60 @@ impl Source {
     }
 }
 
-impl Destination {
-    async fn send(&mut self, batch: Vec<Message>, confirm: bool) -> Result<(), BridgeError> {
+/// What a published batch waits for before it may be settled at the source.
+pub enum Confirms {
+    /// Nothing (`on-publish`, `no-ack`).
+    None,
+    Ferry(Vec<crate::broker::routing::Durable>),
+    Amqp(Vec<lapin::PublisherConfirm>),
+    Kafka(Vec<rdkafka::producer::DeliveryFuture>),
+}
+
+impl Confirms {
+    /// Resolves once every message of the batch is confirmed; a nack or a failed delivery
+    /// fails the batch.
+    pub async fn wait(self) -> Result<(), BridgeError> {
+        let dst = |e: String| BridgeError::Destination(e);
         match self {
-            Destination::Ferry(d) => d.send(batch, confirm).await,
-            Destination::Amqp(d) => d.send(batch, confirm).await,
-            Destination::Kafka(d) => d.send(batch, confirm).await,
+            Confirms::None => Ok(()),
+            Confirms::Ferry(pending) => {
+                for p in pending {
+                    p.wait().await.map_err(|e| dst(e.to_string()))?;
+                }
+                Ok(())
+            }
+            Confirms::Amqp(confirms) => {
+                for c in confirms {
+                    if c.await.map_err(|e| dst(e.to_string()))?.is_nack() {
+                        return Err(dst("the destination nacked a message".into()));
+                    }
+                }
+                Ok(())
+            }
+            Confirms::Kafka(deliveries) => {
+                for d in deliveries {
+                    match d.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => return Err(dst(e.to_string())),
+                        Err(_) => return Err(dst("the producer dropped a delivery".into())),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Destination {
+    async fn publish(
+        &mut self,
+        batch: Vec<Message>,
+        confirm: bool,
+    ) -> Result<Confirms, BridgeError> {
+        match self {
+            Destination::Ferry(d) => d.publish(batch, confirm).await,
+            Destination::Amqp(d) => d.publish(batch, confirm).await,
+            Destination::Kafka(d) => d.publish(batch, confirm),
         }
     }
 
@@ -161,8 +211,10 @@ pub async fn run(
                 status.set_state(State::Terminated, Some("src-delete-after reached".into()));
                 return;
             }
-            Err((e, reached_running)) => {
-                if reached_running {
+            Err((e, made_progress)) => {
+                // Only forwarding resets the breaker: a destination that accepts connections
+                // but refuses every message must not be hammered.
+                if made_progress {
                     failures = 0;
                 }
                 failures = failures.saturating_add(1);
@@ -217,9 +269,9 @@ async fn open_destination(core: &BrokerCore, def: &Definition) -> Result<Destina
 async fn open_source(core: &BrokerCore, def: &Definition) -> Result<Source, BridgeError> {
     let no_ack = def.ack_mode == AckMode::NoAck;
     Ok(match (&def.src, &def.source) {
-        (Endpoint::Ferry { vhost }, SourceSpec::Queue(q)) => {
-            Source::Ferry(QueueSource::open(core, vhost, q, no_ack).await?)
-        }
+        (Endpoint::Ferry { vhost }, SourceSpec::Queue(q)) => Source::Ferry(
+            QueueSource::open(core, vhost, q, usize::from(def.prefetch), no_ack).await?,
+        ),
         (Endpoint::Ferry { .. }, _) => {
             return Err(BridgeError::Source("a Ferry source must be a queue".into()))
         }
@@ -235,7 +287,7 @@ async fn open_source(core: &BrokerCore, def: &Definition) -> Result<Source, Brid
     })
 }
 
-/// One connected run; the error says whether the bridge got as far as running.
+/// One connected run; the error says whether it forwarded anything before failing.
 async fn run_once(
     core: &BrokerCore,
     def: &Definition,
@@ -264,11 +316,39 @@ async fn run_once(
     }
     let limit = target.unwrap_or(u64::MAX);
     status.set_state(State::Running, None);
-    status.set_breaker(false);
+    let before = status.forwarded_total();
     let result = pump(def, status, stop, &mut source, &mut dest, limit).await;
     source.close().await;
     dest.close().await;
-    result.map_err(|e| (e, true))
+    result.map_err(|e| (e, status.forwarded_total() > before))
+}
+
+/// A published batch waiting for its confirms.
+struct Flight {
+    tokens: Vec<Token>,
+    forwarded: u64,
+    skipped: u64,
+    landed: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BridgeError>> + Send>>,
+}
+
+enum Next {
+    Landed(Result<(), BridgeError>),
+    Batch(Result<Vec<Incoming>, BridgeError>),
+    Stop,
+}
+
+async fn land(
+    source: &mut Source,
+    status: &BridgeStatus,
+    flight: Flight,
+) -> Result<(), BridgeError> {
+    source.settle(&flight.tokens).await?;
+    if flight.skipped > 0 {
+        status.skipped(flight.skipped);
+    }
+    status.forwarded(flight.forwarded);
+    status.set_breaker(false);
+    Ok(())
 }
 
 async fn pump(
@@ -280,17 +360,46 @@ async fn pump(
     limit: u64,
 ) -> Result<Ended, BridgeError> {
     let id = format!("{}/{}", def.vhost, def.name);
+    let batch_size = usize::from(def.prefetch).div_ceil(2);
+    let confirm = def.ack_mode == AckMode::OnConfirm;
+    let mut flight: Option<Flight> = None;
     loop {
-        let done = status.forwarded_total();
+        let in_flight = flight.as_ref().map_or(0, |f| f.tokens.len() as u64);
+        let done = status.forwarded_total() + in_flight;
         if done >= limit {
-            return Ok(Ended::Finished);
+            match flight.take() {
+                Some(mut f) => {
+                    (&mut f.landed).await?;
+                    land(source, status, f).await?;
+                    continue;
+                }
+                None => return Ok(Ended::Finished),
+            }
         }
         status.set_pending(source.pending());
         let room = usize::try_from(limit - done).unwrap_or(usize::MAX);
-        let max = usize::from(def.prefetch).min(room);
-        let batch = tokio::select! {
-            b = source.next_batch(max) => b?,
-            _ = stop.changed() => return Ok(Ended::Stopped),
+        let max = batch_size.min(room);
+        let next = match flight.as_mut() {
+            None => tokio::select! {
+                b = source.next_batch(max) => Next::Batch(b),
+                _ = stop.changed() => Next::Stop,
+            },
+            Some(f) => tokio::select! {
+                r = &mut f.landed => Next::Landed(r),
+                b = source.next_batch(max) => Next::Batch(b),
+                _ = stop.changed() => Next::Stop,
+            },
+        };
+        let batch = match next {
+            Next::Stop => return Ok(Ended::Stopped),
+            Next::Landed(r) => {
+                r?;
+                if let Some(f) = flight.take() {
+                    land(source, status, f).await?;
+                }
+                continue;
+            }
+            Next::Batch(b) => b?,
         };
         let tokens: Vec<Token> = batch.iter().map(|m| m.token).collect();
         let mut out = Vec::with_capacity(batch.len());
@@ -301,15 +410,23 @@ async fn pump(
                 None => skipped += 1,
             }
         }
-        let n = out.len() as u64;
-        if !out.is_empty() {
-            dest.send(out, def.ack_mode == AckMode::OnConfirm).await?;
+        let forwarded = out.len() as u64;
+        let confirms = if out.is_empty() {
+            Confirms::None
+        } else {
+            dest.publish(out, confirm).await?
+        };
+        // Batches settle in order: the earlier one lands before this one is recorded.
+        if let Some(mut f) = flight.take() {
+            (&mut f.landed).await?;
+            land(source, status, f).await?;
         }
-        source.settle(&tokens).await?;
-        if skipped > 0 {
-            status.skipped(skipped);
-        }
-        status.forwarded(n);
+        flight = Some(Flight {
+            tokens,
+            forwarded,
+            skipped,
+            landed: Box::pin(confirms.wait()),
+        });
     }
 }
 
