@@ -90,6 +90,11 @@ pub struct Config {
     /// password_hash, tags). Default none: the first start creates the loopback-only default
     /// users `guest`/`guest` and `admin`/`admin` (see docs/security.md).
     pub users: Vec<UserSettings>,
+    /// `[[bridges]]`: shovels to or from remote RabbitMQ/Kafka, one table each with `name`,
+    /// optional `vhost` (default "/") and the dynamic shovel keys (`src-uri`, `src-queue`,
+    /// `dest-uri`, `dest-topic`, `ack-mode`, ...; see docs/bridges.md). Stored at start like
+    /// `PUT /api/parameters/shovel/...`. Default none.
+    pub bridges: Vec<crate::bridge::BridgeSettings>,
 }
 
 impl Default for Config {
@@ -113,6 +118,7 @@ impl Default for Config {
             observe: ObserveSettings::default(),
             alerts: crate::observe::alerts::AlertSettings::default(),
             users: Vec::new(),
+            bridges: Vec::new(),
         }
     }
 }

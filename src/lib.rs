@@ -21,6 +21,7 @@
 
 pub mod admin_cli;
 pub mod bench;
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod clock;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Exchange(args) => admin(ferry::admin_cli::exchange(args.into())),
         Command::Group(args) => admin(ferry::admin_cli::group(args.into())),
         Command::Dlq(args) => admin(ferry::admin_cli::dlq(args.into())),
+        Command::Bridge(args) => admin(ferry::admin_cli::bridges::bridge(args.into())),
         Command::User(args) => admin(ferry::admin_cli::user(args.into())),
         Command::Permission(args) => admin(ferry::admin_cli::permission(args.into())),
         Command::Vhost(args) => admin(ferry::admin_cli::vhost(args.into())),

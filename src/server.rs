@@ -52,6 +52,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("users: {0}")]
     Users(#[from] crate::broker::users::UserError),
+    #[error("bridges: {0}")]
+    Bridges(#[from] crate::broker::parameters::ParameterError),
     /// The native listener's certificate or QUIC configuration.
     #[error(transparent)]
     Native(#[from] crate::protocol::native::EndpointError),
@@ -404,6 +406,11 @@ impl BrokerBuilder {
             limits_rx,
             shutdown_rx.clone(),
         ));
+        tasks.spawn(crate::bridge::start(
+            &core,
+            &config.bridges,
+            shutdown_rx.clone(),
+        )?);
         tasks.spawn(crate::observe::alerts::run(
             core.clone(),
             config.alerts.clone(),

@@ -1,4 +1,4 @@
-//! The operator's command line: `ferry topic|queue|exchange|group|dlq|user|permission|vhost|acl`,
+//! The operator's command line: `ferry topic|queue|exchange|group|dlq|bridge|user|permission|vhost|acl`,
 //! and `ferry status`, `ferry connection|channel|consumer` ([`manage`]), over the admin HTTP API
 //! (`docs/admin-api.yaml`), and `ferry produce|consume` over the Kafka protocol ([`kcat`]).
 //!
@@ -10,6 +10,7 @@
 //! (in chunks, so a terminal shows progress).
 
 mod acls;
+pub mod bridges;
 pub mod commands;
 mod dlq;
 mod exchanges;

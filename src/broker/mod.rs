@@ -30,6 +30,7 @@ pub mod login_guard;
 pub mod message;
 pub mod names;
 pub mod offset_reset;
+pub mod parameters;
 pub mod processed;
 pub mod producer;
 pub mod queue;
@@ -151,6 +152,8 @@ struct CoreInner {
     schema_validator: std::sync::OnceLock<schema_check::SharedValidator>,
     /// Kafka transactions (see [`txn`]).
     txns: txn::TxnCoordinator,
+    /// Runtime parameters (shovel definitions; see [`parameters`]).
+    parameters: parameters::RuntimeParameters,
 }
 
 impl BrokerCore {
@@ -194,6 +197,7 @@ impl BrokerCore {
         let processed = processed::ProcessedIds::new(meta.clone(), clock.clone());
         let acls = acls::AclStore::open(meta.clone())?;
         let txns = txn::TxnCoordinator::load(&meta)?;
+        let parameters = parameters::RuntimeParameters::open(meta.clone())?;
         let core = Self {
             inner: Arc::new(CoreInner {
                 data_dir,
@@ -215,6 +219,7 @@ impl BrokerCore {
                 acls,
                 schema_validator: std::sync::OnceLock::new(),
                 txns,
+                parameters,
             }),
         };
         core.inner
@@ -305,6 +310,11 @@ impl BrokerCore {
     /// The Kafka ACL bindings.
     pub fn acls(&self) -> &acls::AclStore {
         &self.inner.acls
+    }
+
+    /// Runtime parameters: shovel definitions and their components' live state.
+    pub fn parameters(&self) -> &parameters::RuntimeParameters {
+        &self.inner.parameters
     }
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {

@@ -14,6 +14,7 @@ use self::bench::BenchArgs;
 
 pub mod admin;
 pub mod bench;
+pub mod bridge;
 pub mod manage;
 pub mod publish;
 pub mod security;
@@ -52,6 +53,9 @@ pub enum Command {
     Group(admin::GroupArgs),
     /// Dead-letter queues: list, browse, replay, purge (through the admin API).
     Dlq(admin::DlqArgs),
+    /// Bridges (shovels) to and from RabbitMQ and Kafka: create, list, describe, delete,
+    /// restart (through the admin API).
+    Bridge(bridge::BridgeArgs),
     /// Users of every protocol: list, add, passwd, delete (through the admin API).
     User(security::UserArgs),
     /// AMQP permissions (configure/write/read patterns per vhost): list, set, clear.

@@ -251,6 +251,18 @@ pub fn acls() -> Vec<u8> {
     prefix("acl", &[])
 }
 
+/// A runtime parameter (RabbitMQ's `/api/parameters/{component}/{vhost}/{name}`; shovel
+/// definitions are component `shovel`).
+pub fn parameter(component: &str, vhost: &str, name: &str) -> Vec<u8> {
+    key(
+        "parameter",
+        &[component.as_bytes(), vhost.as_bytes(), name.as_bytes()],
+    )
+}
+pub fn parameters() -> Vec<u8> {
+    prefix("parameter", &[])
+}
+
 /// Present once the user store was first set up (default users created or configured ones
 /// written), so deleting every user does not bring the default ones back at the next start.
 pub fn users_initialised() -> Vec<u8> {

@@ -17,7 +17,8 @@
 //! `no_consumers` (`queue` has none), `consumer_lag` (group `group`'s total lag on `topic`
 //! above `threshold`), `dead_letter_rate` (messages dead-lettered in the last minute above
 //! `threshold`), `resource_alarm` (the disk or memory alarm is on), `circuit_open` (a consumer
-//! circuit breaker of `queue`, or of any queue when `queue` is empty, is open).
+//! circuit breaker of `queue`, or of any queue when `queue` is empty, is open), `bridge_down`
+//! (bridge `bridge` in `vhost`, or any bridge when `bridge` is empty, is not running).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -63,13 +64,15 @@ pub struct AlertRule {
     /// Names the rule in logs, metrics and events.
     pub name: String,
     /// `queue_depth`, `no_consumers`, `consumer_lag`, `dead_letter_rate`, `resource_alarm`,
-    /// `circuit_open`.
+    /// `circuit_open`, `bridge_down`.
     pub kind: String,
     /// The vhost of `queue` (default `/`).
     pub vhost: String,
     pub queue: String,
     pub group: String,
     pub topic: String,
+    /// The bridge (shovel) name of `bridge_down`; empty: any bridge.
+    pub bridge: String,
     /// Fires above this value (depth, lag, dead letters per minute).
     pub threshold: u64,
     /// How long the condition must hold before the rule fires.
@@ -103,12 +106,12 @@ impl AlertSettings {
                     needs("group", &r.group)?;
                     needs("topic", &r.topic)?;
                 }
-                "dead_letter_rate" | "resource_alarm" | "circuit_open" => {}
+                "dead_letter_rate" | "resource_alarm" | "circuit_open" | "bridge_down" => {}
                 other => {
                     return Err(format!(
                         "alert rule `{}` has unknown kind `{other}` (use queue_depth, \
-                         no_consumers, consumer_lag, dead_letter_rate, resource_alarm or \
-                         circuit_open)",
+                         no_consumers, consumer_lag, dead_letter_rate, resource_alarm, \
+                         circuit_open or bridge_down)",
                         r.name
                     ))
                 }
@@ -183,6 +186,33 @@ fn evaluate(
                 alarm.is_some(),
                 u64::from(alarm.is_some()),
                 alarm.unwrap_or_else(|| "no resource alarm".into()),
+            )
+        }
+        "bridge_down" => {
+            let down: Vec<String> = core
+                .parameters()
+                .status("shovel")
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| rule.bridge.is_empty() || b["name"] == rule.bridge.as_str())
+                .filter(|b| rule.bridge.is_empty() || b["vhost"] == vhost)
+                .filter(|b| b["state"] != "running")
+                .map(|b| {
+                    format!(
+                        "{} ({})",
+                        b["name"].as_str().unwrap_or(""),
+                        b["state"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            (
+                !down.is_empty(),
+                down.len() as u64,
+                if down.is_empty() {
+                    "every bridge is running".to_string()
+                } else {
+                    format!("bridges not running: {}", down.join(", "))
+                },
             )
         }
         "circuit_open" => {

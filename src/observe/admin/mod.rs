@@ -27,6 +27,7 @@
 mod acls;
 mod auth;
 mod bindings;
+mod bridges;
 mod connections;
 mod dlq;
 mod exchanges;
@@ -172,11 +173,40 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/channels", get(connections::list_channels))
         .route("/api/consumers", get(connections::list_consumers))
+        .merge(bridge_routes())
         .merge(super::http::health_check_routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(errors_as_json))
         // After the layer: registry errors keep Confluent's own shape.
         .merge(schema_registry::routes())
+}
+
+/// Runtime parameters (shovel definitions) and the shovels' live state ([`bridges`]).
+fn bridge_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/parameters", get(bridges::list_all))
+        .route("/api/parameters/{component}", get(bridges::list_component))
+        .route(
+            "/api/parameters/{component}/{vhost}",
+            get(bridges::list_in_vhost),
+        )
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(bridges::get_parameter)
+                .put(bridges::put_parameter)
+                .delete(bridges::delete_parameter),
+        )
+        .route("/api/shovels", get(bridges::list_shovels))
+        .route("/api/shovels/{vhost}", get(bridges::list_shovels_in_vhost))
+        .route(
+            "/api/shovels/vhost/{vhost}/{name}",
+            get(bridges::get_shovel),
+        )
+        .route(
+            "/api/shovels/vhost/{vhost}/{name}/restart",
+            axum::routing::delete(bridges::restart_shovel),
+        )
+        .route("/api/health/checks/bridges", get(bridges::check_bridges))
 }
 
 /// Most bytes of a framework-made error text carried into the JSON message.

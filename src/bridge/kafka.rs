@@ -1,0 +1,239 @@
+//! The remote Kafka side of a bridge, through rdkafka (librdkafka: clusters, leader changes,
+//! SASL and TLS come with it; the `kafka://` URI's query pairs are its settings).
+//!
+//! A destination is an idempotent producer with `acks=all`: a batch is produced in order
+//! and, for `on-confirm`, the source settles only after every record's delivery report, so
+//! producer retries never duplicate or reorder a record within a session. A source is a
+//! consumer group member on the remote cluster with auto-commit off: offsets are committed
+//! only after the batch is settled, i.e. durable at the destination (a Ferry append for
+//! Kafka -> Ferry), so a crash at any point redelivers from the last committed offset.
+//! Records keep their key, value, timestamp and headers, which is all a Kafka record has;
+//! Ferry's AMQP properties and CloudEvents attributes travel as those headers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+
+use super::definition::DestSpec;
+use super::runner::{BridgeError, Confirms, Incoming, Token};
+use crate::broker::message::Message;
+use crate::log::SimpleRecord;
+
+/// How long one produce may wait in librdkafka's queue before it fails the batch.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take: a metadata request must answer within it, so a cluster
+/// that is down shows as `blocked` rather than as a running bridge with nothing moving.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the cluster for `topic`'s metadata (librdkafka calls block, so on the blocking pool).
+async fn probe<C>(client: std::sync::Arc<C>, topic: String) -> Result<(), String>
+where
+    C: ProbeClient + Send + Sync + 'static,
+{
+    tokio::task::spawn_blocking(move || client.probe(&topic))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+trait ProbeClient {
+    fn probe(&self, topic: &str) -> Result<(), String>;
+}
+
+impl ProbeClient for FutureProducer {
+    fn probe(&self, topic: &str) -> Result<(), String> {
+        self.client()
+            .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl ProbeClient for StreamConsumer {
+    fn probe(&self, topic: &str) -> Result<(), String> {
+        self.fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn config(bootstrap: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in options {
+        c.set(k, v);
+    }
+    c
+}
+
+pub struct KafkaSink {
+    producer: std::sync::Arc<FutureProducer>,
+    topic: String,
+}
+
+impl KafkaSink {
+    pub async fn open(
+        bootstrap: &str,
+        options: &BTreeMap<String, String>,
+        dest: &DestSpec,
+    ) -> Result<Self, BridgeError> {
+        let DestSpec::Topic(topic) = dest else {
+            return Err(BridgeError::Destination(
+                "a Kafka destination takes dest-topic".into(),
+            ));
+        };
+        let producer: FutureProducer = config(bootstrap, options)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
+            .create()
+            .map_err(|e| BridgeError::Destination(e.to_string()))?;
+        let producer = std::sync::Arc::new(producer);
+        probe(producer.clone(), topic.clone())
+            .await
+            .map_err(BridgeError::Destination)?;
+        Ok(Self {
+            producer,
+            topic: topic.clone(),
+        })
+    }
+
+    /// Produces the batch in order; with `confirm`, what lands with every delivery report.
+    pub fn publish(&mut self, batch: Vec<Message>, confirm: bool) -> Result<Confirms, BridgeError> {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for message in batch {
+            let record = message.into_record();
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (k, v) in &record.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+            let mut out = FutureRecord::to(&self.topic)
+                .headers(headers)
+                .timestamp(record.timestamp);
+            if let Some(k) = &record.key {
+                out = out.key(&k[..]);
+            }
+            if let Some(v) = &record.value {
+                out = out.payload(&v[..]);
+            }
+            let delivery = self
+                .producer
+                .send_result(out)
+                .map_err(|(e, _)| BridgeError::Destination(e.to_string()))?;
+            deliveries.push(delivery);
+        }
+        Ok(if confirm {
+            Confirms::Kafka(deliveries)
+        } else {
+            Confirms::None
+        })
+    }
+}
+
+pub struct KafkaSource {
+    consumer: std::sync::Arc<StreamConsumer>,
+    topic: String,
+}
+
+impl KafkaSource {
+    pub async fn open(
+        bootstrap: &str,
+        options: &BTreeMap<String, String>,
+        topic: &str,
+        group: &str,
+    ) -> Result<Self, BridgeError> {
+        let consumer: StreamConsumer = config(bootstrap, options)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| BridgeError::Source(e.to_string()))?;
+        let consumer = std::sync::Arc::new(consumer);
+        probe(consumer.clone(), topic.to_string())
+            .await
+            .map_err(BridgeError::Source)?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| BridgeError::Source(e.to_string()))?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+        })
+    }
+
+    pub fn pending(&self) -> Option<u64> {
+        None
+    }
+
+    /// Waits for one record, then takes what librdkafka already holds, up to `max`.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Incoming>, BridgeError> {
+        let mut out = Vec::new();
+        loop {
+            let next = if out.is_empty() {
+                Some(self.consumer.recv().await)
+            } else {
+                futures::FutureExt::now_or_never(self.consumer.recv())
+            };
+            let Some(next) = next else { return Ok(out) };
+            let m = next.map_err(|e| BridgeError::Source(e.to_string()))?;
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let record = SimpleRecord {
+                key: m.key().map(Bytes::copy_from_slice),
+                value: m.payload().map(Bytes::copy_from_slice),
+                headers,
+                timestamp: m.timestamp().to_millis().unwrap_or(0),
+            };
+            out.push(Incoming {
+                message: Message::from_record(record),
+                exchange: self.topic.clone(),
+                token: Token::Kafka {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                },
+            });
+            if out.len() >= max {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Commits, per partition, the offset after the batch's last record.
+    pub fn settle(&mut self, tokens: &[Token]) -> Result<(), BridgeError> {
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for t in tokens {
+            if let Token::Kafka { partition, offset } = t {
+                let e = next.entry(*partition).or_insert(offset + 1);
+                *e = (*e).max(offset + 1);
+            }
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (p, o) in next {
+            list.add_partition_offset(&self.topic, p, Offset::Offset(o))
+                .map_err(|e| BridgeError::Source(e.to_string()))?;
+        }
+        self.consumer
+            .commit(&list, CommitMode::Async)
+            .map_err(|e| BridgeError::Source(e.to_string()))
+    }
+}
