@@ -50,6 +50,7 @@ async fn declare(core: &BrokerCore, vhost: &str, name: &str) -> Result<Arc<Queue
             auto_delete: false,
             arguments: Value::Object(Map::new()),
             connection: INTERNAL_CONNECTION,
+            server_named: false,
         })
         .await
         .map_err(|e| BridgeError::Local(e.to_string()))?;
