@@ -144,6 +144,9 @@ struct CoreInner {
     processed: processed::ProcessedIds,
     /// Kafka ACL bindings (see [`acls`]).
     acls: acls::AclStore,
+    /// State of layers above the core that must exist once per core (the event store's
+    /// stream indexes), by type: see [`BrokerCore::layered`].
+    layered: parking_lot::Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl BrokerCore {
@@ -205,6 +208,7 @@ impl BrokerCore {
                 users,
                 connections: Default::default(),
                 acls,
+                layered: Default::default(),
             }),
         };
         core.inner
@@ -293,6 +297,24 @@ impl BrokerCore {
     /// The Kafka ACL bindings.
     pub fn acls(&self) -> &acls::AclStore {
         &self.inner.acls
+    }
+
+    /// The one value of type `T` kept for this core, made by `init` on first use: how a layer
+    /// above the core (which the core may not import) keeps state that must be shared by every
+    /// adapter, such as the event store's stream indexes. `T` must not hold the core itself
+    /// (that would be a reference cycle).
+    pub fn layered<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let key = std::any::TypeId::of::<T>();
+        let mut layered = self.inner.layered.lock();
+        if let Some(existing) = layered
+            .get(&key)
+            .and_then(|v| Arc::clone(v).downcast::<T>().ok())
+        {
+            return existing;
+        }
+        let value = Arc::new(init());
+        layered.insert(key, value.clone());
+        value
     }
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {

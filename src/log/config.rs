@@ -32,6 +32,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "fsync.policy",
     "preallocate",
     "ferry.dedup.window.ms",
+    "ferry.event.store",
+    "ferry.event.store.allow.produce",
 ];
 
 /// A rejected configuration key or value.
@@ -294,6 +296,12 @@ pub struct LogConfig {
     /// was appended within this window are dropped (see `broker/topic_router.rs`). -1 (the
     /// default) turns it off.
     pub dedup_window_ms: i64,
+    /// `ferry.event.store`: the topic holds event streams with expected-revision appends
+    /// (see `crate::es`; the log itself ignores it). Default false.
+    pub event_store: bool,
+    /// `ferry.event.store.allow.produce`: plain Kafka produce into an event-store topic is
+    /// accepted (its records belong to no stream). Default false: refused.
+    pub event_store_allow_produce: bool,
 }
 
 /// Default of `preallocate`, chosen by measurement on the 2-core dev VM, where the two
@@ -329,7 +337,17 @@ impl Default for LogConfig {
             preallocate: DEFAULT_PREALLOCATE,
             sync_journal: false,
             dedup_window_ms: -1,
+            event_store: false,
+            event_store_allow_produce: false,
         }
+    }
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "expected `true` or `false`")),
     }
 }
 
@@ -372,12 +390,10 @@ impl LogConfig {
                 next.fsync = value.parse().map_err(|r| invalid(kafka_name, value, r))?
             }
             "ferry.dedup.window.ms" => next.dedup_window_ms = parse_int(kafka_name, value)?,
-            "preallocate" => {
-                next.preallocate = match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid(kafka_name, value, "expected `true` or `false`")),
-                }
+            "preallocate" => next.preallocate = parse_bool(kafka_name, value)?,
+            "ferry.event.store" => next.event_store = parse_bool(kafka_name, value)?,
+            "ferry.event.store.allow.produce" => {
+                next.event_store_allow_produce = parse_bool(kafka_name, value)?
             }
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         }
@@ -446,6 +462,8 @@ impl LogConfig {
             "fsync.policy" => self.fsync.to_string(),
             "preallocate" => self.preallocate.to_string(),
             "ferry.dedup.window.ms" => self.dedup_window_ms.to_string(),
+            "ferry.event.store" => self.event_store.to_string(),
+            "ferry.event.store.allow.produce" => self.event_store_allow_produce.to_string(),
             _ => return None,
         })
     }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod authorize;
+mod es;
 mod processed;
 mod publish;
 mod subscribe;
@@ -51,6 +52,12 @@ pub(super) async fn dispatch(
         Op::Unbind(b) => admin::unbind(ctx, b).await.map(done),
         Op::CheckProcessed(c) => processed::check(ctx, c).await.map(R::ProcessedStatus),
         Op::RecordProcessed(r) => processed::record(ctx, r).await.map(done),
+        Op::AppendToStream(a) => es::append(ctx, a).await.map(R::StreamAppended),
+        Op::DeleteStream(d) => es::delete(ctx, d).await.map(R::StreamAppended),
+        Op::GetStreamInfo(g) => es::info(ctx, g).await.map(R::StreamInfo),
+        Op::ReadStream(r) => es::read_stream(ctx, r).await.map(R::EventsRead),
+        Op::ReadAll(r) => es::read_all(ctx, r).await.map(R::EventsRead),
+        Op::SetStreamMetadata(m) => es::set_metadata(ctx, m).await.map(R::StreamAppended),
     };
     let response = match answer {
         Ok(result) => Response {

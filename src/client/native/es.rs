@@ -1,0 +1,263 @@
+//! The event-store face of the SDK: [`EventStoreClient`] appends to streams with an expected
+//! revision, deletes streams and reads a stream's state (see `crate::es` and
+//! docs/event-store.md).
+//!
+//! An append whose answer is lost (the connection dropped) is resent with the same event ids,
+//! after a reconnect, up to [`APPEND_ATTEMPTS`] times: the broker recognises the ids and returns
+//! the original result without writing again, so a resend can never write an event twice.
+
+use std::collections::BTreeMap;
+
+use super::connection::{NativeClientError, NativeConnection};
+use super::event::EventMetadata;
+use crate::proto::v1::{self, expected_revision::Kind, request::Op, response, stream_appended};
+
+/// The topic config that makes a topic an event store (the broker's `ferry.event.store`).
+pub const EVENT_STORE_CONFIG: &str = "ferry.event.store";
+/// Times an append is sent before its connection error is returned.
+pub const APPEND_ATTEMPTS: u32 = 5;
+
+/// What the writer expects the stream's last revision to be (KurrentDB's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedRevision {
+    Any,
+    NoStream,
+    StreamExists,
+    Exact(u64),
+}
+
+impl ExpectedRevision {
+    fn to_wire(self) -> v1::ExpectedRevision {
+        let kind = match self {
+            Self::Any => Kind::Any(true),
+            Self::NoStream => Kind::NoStream(true),
+            Self::StreamExists => Kind::StreamExists(true),
+            Self::Exact(n) => Kind::Exact(n),
+        };
+        v1::ExpectedRevision { kind: Some(kind) }
+    }
+
+    fn from_wire(wire: Option<v1::ExpectedRevision>) -> Self {
+        match wire.and_then(|e| e.kind) {
+            None | Some(Kind::Any(_)) => Self::Any,
+            Some(Kind::NoStream(_)) => Self::NoStream,
+            Some(Kind::StreamExists(_)) => Self::StreamExists,
+            Some(Kind::Exact(n)) => Self::Exact(n),
+        }
+    }
+}
+
+/// One event to append.
+#[derive(Debug, Clone)]
+pub struct EventData {
+    /// Id, type, source, correlation...; an empty id becomes a UUIDv7 before the first send.
+    pub metadata: EventMetadata,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+}
+
+impl EventData {
+    /// A JSON event of `event_type`.
+    pub fn json<T: serde::Serialize>(
+        event_type: &str,
+        value: &T,
+    ) -> Result<Self, NativeClientError> {
+        Ok(Self {
+            metadata: EventMetadata::new(event_type, ""),
+            content_type: "application/json".into(),
+            payload: serde_json::to_vec(value)
+                .map_err(|e| NativeClientError::Codec(e.to_string()))?,
+        })
+    }
+
+    pub fn with_id(mut self, id: &str) -> Self {
+        self.metadata.id = id.into();
+        self
+    }
+
+    fn to_wire(&self) -> v1::Message {
+        v1::Message {
+            metadata: Some(self.metadata.to_wire(&self.content_type, "")),
+            key: Vec::new(),
+            payload: self.payload.clone(),
+            headers: self
+                .metadata
+                .attributes
+                .iter()
+                .map(|(k, v)| v1::Header {
+                    key: k.clone(),
+                    value: v.clone().into_bytes(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A successful append or deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's last revision: the `Exact` of the next append.
+    pub next_expected_revision: u64,
+    pub partition: i32,
+    /// Log offset of the last record written.
+    pub position: i64,
+    /// The ids had been written before: this is the original result.
+    pub duplicate: bool,
+}
+
+/// Why an append failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("wrong expected version: expected {expected:?}, stream is at {current:?}")]
+    WrongExpectedVersion {
+        /// None: the stream does not exist (or is soft-deleted).
+        current: Option<u64>,
+        expected: ExpectedRevision,
+    },
+    #[error(transparent)]
+    Client(#[from] NativeClientError),
+}
+
+/// A stream's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub last_revision: Option<u64>,
+    pub soft_deleted: bool,
+    pub tombstoned: bool,
+    pub partition: i32,
+    /// Log offset of the stream's last record, -1 for none.
+    pub last_position: i64,
+}
+
+/// Event-store calls over a [`NativeConnection`].
+#[derive(Clone)]
+pub struct EventStoreClient {
+    conn: NativeConnection,
+}
+
+impl EventStoreClient {
+    pub fn new(conn: NativeConnection) -> Self {
+        Self { conn }
+    }
+
+    /// Creates event-store topic `topic` with `partitions` partitions (one gives a totally
+    /// ordered `$all`).
+    pub async fn create_store(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<(), NativeClientError> {
+        let configs = BTreeMap::from([(EVENT_STORE_CONFIG.to_string(), "true".to_string())]);
+        self.conn
+            .call(&v1::Request {
+                op: Some(Op::DeclareTopic(v1::DeclareTopic {
+                    name: topic.into(),
+                    partitions,
+                    configs: configs.into_iter().collect(),
+                })),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Appends `events` to `stream` of `topic`, all or nothing, if `expected` holds. Resent
+    /// with the same ids after a lost answer (see the module docs).
+    pub async fn append(
+        &self,
+        topic: &str,
+        stream: &str,
+        expected: ExpectedRevision,
+        mut events: Vec<EventData>,
+    ) -> Result<AppendResult, AppendError> {
+        for event in &mut events {
+            event.metadata.ensure_id();
+        }
+        let request = v1::Request {
+            op: Some(Op::AppendToStream(v1::AppendToStream {
+                topic: topic.into(),
+                stream: stream.into(),
+                expected: Some(expected.to_wire()),
+                events: events.iter().map(EventData::to_wire).collect(),
+            })),
+        };
+        self.call_appended(&request).await
+    }
+
+    /// Deletes `stream` of `topic`: soft (a later append continues at the next revision) or
+    /// hard (a tombstone: refused for good).
+    pub async fn delete_stream(
+        &self,
+        topic: &str,
+        stream: &str,
+        expected: ExpectedRevision,
+        hard: bool,
+    ) -> Result<AppendResult, AppendError> {
+        let request = v1::Request {
+            op: Some(Op::DeleteStream(v1::DeleteStream {
+                topic: topic.into(),
+                stream: stream.into(),
+                expected: Some(expected.to_wire()),
+                hard,
+            })),
+        };
+        self.call_appended(&request).await
+    }
+
+    /// The stream's last revision and deletion state.
+    pub async fn stream_info(
+        &self,
+        topic: &str,
+        stream: &str,
+    ) -> Result<StreamInfo, NativeClientError> {
+        let request = v1::Request {
+            op: Some(Op::GetStreamInfo(v1::GetStreamInfo {
+                topic: topic.into(),
+                stream: stream.into(),
+            })),
+        };
+        match self.conn.call(&request).await? {
+            response::Result::StreamInfo(i) => Ok(StreamInfo {
+                last_revision: i.last_revision,
+                soft_deleted: i.soft_deleted,
+                tombstoned: i.tombstoned,
+                partition: i.partition,
+                last_position: i.last_position,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn call_appended(&self, request: &v1::Request) -> Result<AppendResult, AppendError> {
+        let mut attempt = 0;
+        let answer = loop {
+            attempt += 1;
+            match self.conn.call(request).await {
+                Err(NativeClientError::Connection(_)) if attempt < APPEND_ATTEMPTS => {
+                    tokio::time::sleep(self.conn.options().backoff.delay(attempt)).await;
+                }
+                other => break other?,
+            }
+        };
+        match answer {
+            response::Result::StreamAppended(v1::StreamAppended {
+                outcome: Some(stream_appended::Outcome::Success(s)),
+            }) => Ok(AppendResult {
+                next_expected_revision: s.next_expected_revision,
+                partition: s.partition,
+                position: s.position,
+                duplicate: s.duplicate,
+            }),
+            response::Result::StreamAppended(v1::StreamAppended {
+                outcome: Some(stream_appended::Outcome::WrongExpectedVersion(w)),
+            }) => Err(AppendError::WrongExpectedVersion {
+                current: w.current_revision,
+                expected: ExpectedRevision::from_wire(w.expected),
+            }),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+}
+
+fn unexpected(answer: &response::Result) -> NativeClientError {
+    NativeClientError::Codec(format!("unexpected answer {answer:?}"))
+}
