@@ -170,7 +170,7 @@ async fn read_log(kafka: u16) -> Vec<Logged> {
             out.push(Logged {
                 offset: m.offset(),
                 stream: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                revision: header("ferry.es.revision").and_then(|r| r.parse().ok()),
+                revision: header("ce_streamrevision").and_then(|r| r.parse().ok()),
                 id: header("ce_id").unwrap_or_default(),
             });
         }

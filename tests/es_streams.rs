@@ -55,7 +55,7 @@ fn header<'a>(record: &'a Consumed, name: &str) -> Option<&'a str> {
 }
 
 fn revision(record: &Consumed) -> u64 {
-    header(record, "ferry.es.revision")
+    header(record, "ce_streamrevision")
         .and_then(|r| r.parse().ok())
         .expect("revision header")
 }
@@ -300,7 +300,7 @@ async fn kafka_consumers_see_cloudevents_headers_and_plain_produce_is_refused() 
     assert_eq!(header(r, "ce_subject"), Some("order-42"));
     assert_eq!(header(r, "ce_specversion"), Some("1.0"));
     assert_eq!(header(r, "correlation-id"), Some("corr-7"));
-    assert_eq!(header(r, "ferry.es.revision"), Some("0"));
+    assert_eq!(header(r, "ce_streamrevision"), Some("0"));
     assert_eq!(r.payload, br#"{"n":1}"#);
 
     let producer: FutureProducer = ClientConfig::new()

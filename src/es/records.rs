@@ -1,6 +1,7 @@
 //! How events sit in the log: one record per event, key = stream name, the CloudEvents headers
 //! the adapter wrote (`ce_id`, `ce_type`, `ce_source`, ...) with `ce_subject` set to the stream,
-//! plus [`REVISION_HEADER`] (the event's revision in its stream, decimal). A stream deletion is
+//! plus [`REVISION_HEADER`] (the event's revision in its stream, decimal: a CloudEvents
+//! extension attribute, so AMQP consumers see it as `cloudEvents:streamrevision`). A stream deletion is
 //! a record of the stream with [`DELETED_HEADER`] (`soft` or `hard`) and no revision. One
 //! append is one record batch, so a reader sees all of it or none.
 //!
@@ -13,8 +14,9 @@ use bytes::Bytes;
 use crate::log::batch::StoredRecord;
 use crate::log::{EncodeOptions, LogError, SimpleRecord};
 
-/// The event's revision in its stream, as decimal text.
-pub const REVISION_HEADER: &str = "ferry.es.revision";
+/// The event's revision in its stream, as decimal text (CloudEvents extension
+/// `streamrevision` in the Kafka binding).
+pub const REVISION_HEADER: &str = "ce_streamrevision";
 /// On a deletion record: `soft` or `hard`.
 pub const DELETED_HEADER: &str = "ferry.es.deleted";
 /// On a stream-metadata record: JSON `{"maxCount": n, "maxAge": ms}` (either may be null).

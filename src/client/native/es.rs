@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::connection::{NativeClientError, NativeConnection};
-use super::event::EventMetadata;
+use super::event::{EventMetadata, ReceivedEvent};
 use crate::proto::v1::{self, expected_revision::Kind, request::Op, response, stream_appended};
 
 /// The topic config that makes a topic an event store (the broker's `ferry.event.store`).
@@ -127,6 +127,49 @@ pub struct StreamInfo {
     pub partition: i32,
     /// Log offset of the stream's last record, -1 for none.
     pub last_position: i64,
+    /// `$maxCount` and `$maxAge` (ms), if set.
+    pub max_count: Option<u64>,
+    pub max_age_ms: Option<u64>,
+    /// Reads start here (revisions below were soft-deleted).
+    pub truncate_before: u64,
+}
+
+/// Where a stream read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Start,
+    End,
+    Revision(u64),
+}
+
+/// An event read from a stream or from `$all`.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub stream: String,
+    pub revision: u64,
+    pub partition: i32,
+    /// Log offset of its record.
+    pub position: i64,
+    /// Metadata, content type and payload (`event.partition`/`offset` say where it is).
+    pub event: ReceivedEvent,
+}
+
+impl RecordedEvent {
+    fn from_wire(r: v1::RecordedEvent) -> Self {
+        let event = ReceivedEvent::from_wire(v1::Delivery {
+            message: r.message,
+            partition: r.partition,
+            offset: r.position,
+            ..Default::default()
+        });
+        Self {
+            stream: r.stream,
+            revision: r.revision,
+            partition: r.partition,
+            position: r.position,
+            event,
+        }
+    }
 }
 
 /// Event-store calls over a [`NativeConnection`].
@@ -222,7 +265,93 @@ impl EventStoreClient {
                 tombstoned: i.tombstoned,
                 partition: i.partition,
                 last_position: i.last_position,
+                max_count: i.max_count,
+                max_age_ms: i.max_age_ms,
+                truncate_before: i.truncate_before,
             }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads up to `max_count` events of `stream` from `from`, forwards or backwards. A stream
+    /// never written or soft-deleted is `STREAM_NOT_FOUND`, a tombstoned one `STREAM_DELETED`.
+    pub async fn read_stream(
+        &self,
+        topic: &str,
+        stream: &str,
+        from: ReadFrom,
+        backwards: bool,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, NativeClientError> {
+        use v1::read_stream::From;
+        let from = match from {
+            ReadFrom::Start => From::Start(true),
+            ReadFrom::End => From::End(true),
+            ReadFrom::Revision(n) => From::Revision(n),
+        };
+        let request = v1::Request {
+            op: Some(Op::ReadStream(v1::ReadStream {
+                topic: topic.into(),
+                stream: stream.into(),
+                from: Some(from),
+                backwards,
+                max_count,
+            })),
+        };
+        Ok(self.call_read(&request).await?.0)
+    }
+
+    /// Reads up to `max_count` events of one partition of `topic` from `from_position` (`$all`
+    /// of a one-partition store); returns them and the position the next read starts at.
+    pub async fn read_all(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_position: i64,
+        max_count: u32,
+    ) -> Result<(Vec<RecordedEvent>, i64), NativeClientError> {
+        let request = v1::Request {
+            op: Some(Op::ReadAll(v1::ReadAll {
+                topic: topic.into(),
+                partition,
+                from_position,
+                max_count,
+            })),
+        };
+        self.call_read(&request).await
+    }
+
+    /// Sets `stream`'s `$maxCount` / `$maxAge` (ms): reads then leave older events out.
+    pub async fn set_stream_metadata(
+        &self,
+        topic: &str,
+        stream: &str,
+        max_count: Option<u64>,
+        max_age_ms: Option<u64>,
+    ) -> Result<AppendResult, AppendError> {
+        let request = v1::Request {
+            op: Some(Op::SetStreamMetadata(v1::SetStreamMetadata {
+                topic: topic.into(),
+                stream: stream.into(),
+                max_count,
+                max_age_ms,
+            })),
+        };
+        self.call_appended(&request).await
+    }
+
+    async fn call_read(
+        &self,
+        request: &v1::Request,
+    ) -> Result<(Vec<RecordedEvent>, i64), NativeClientError> {
+        match self.conn.call(request).await? {
+            response::Result::EventsRead(read) => Ok((
+                read.events
+                    .into_iter()
+                    .map(RecordedEvent::from_wire)
+                    .collect(),
+                read.next_position,
+            )),
             other => Err(unexpected(&other)),
         }
     }

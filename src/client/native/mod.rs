@@ -35,7 +35,8 @@ pub use consumer::{
     HandlerError, Handlers, RetryConfig, Subscription, Upcaster,
 };
 pub use es::{
-    AppendError, AppendResult, EventData, EventStoreClient, ExpectedRevision, StreamInfo,
+    AppendError, AppendResult, EventData, EventStoreClient, ExpectedRevision, ReadFrom,
+    RecordedEvent, StreamInfo,
 };
 pub use event::{EventMetadata, ReceivedEvent};
 pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};
