@@ -119,6 +119,9 @@ async fn concurrent_exact_writers_one_wins_each_round() {
     broker.stop().await;
 }
 
+/// Ok(the new revision), or Err(the current revision a WrongExpectedVersion names).
+type Want = Result<u64, Option<u64>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expected_revision_table_over_live_soft_deleted_and_tombstoned_streams() {
     let broker = TestBroker::start().await.expect("broker");
@@ -144,7 +147,7 @@ async fn expected_revision_table_over_live_soft_deleted_and_tombstoned_streams()
 
     // (stream, expected, Ok(new revision) | Err(current) for WrongExpectedVersion); every
     // case runs on a fresh copy of the state, so each is tried against the state above.
-    let cases: Vec<(&str, ExpectedRevision, Result<u64, Option<u64>>)> = vec![
+    let cases: Vec<(&str, ExpectedRevision, Want)> = vec![
         ("never", Any, Ok(0)),
         ("never", NoStream, Ok(0)),
         ("never", StreamExists, Err(None)),

@@ -17,6 +17,7 @@
 //! it. Its state lives once per broker core (`BrokerCore::layered`), so every adapter that
 //! opens an [`EventStore`] shares one index per partition.
 
+pub mod catchup;
 mod follower;
 mod index;
 mod partition;
@@ -32,6 +33,7 @@ use crate::broker::topic_router::partition_for_key;
 use crate::broker::{BrokerCore, BrokerError};
 use crate::log::LogError;
 use crate::meta::MetaError;
+pub use catchup::{CatchUp, CatchUpMessage, EventFilter, Selection};
 use partition::EsPartition;
 pub use read::{ReadFrom, RecordedEvent};
 pub use records::{NewEvent, StreamLimits};
@@ -272,6 +274,62 @@ impl EventStore {
         })
         .await
         .map_err(|_| EsError::Unavailable("the read failed".into()))?
+    }
+
+    /// A catch-up subscription to `stream` from `from_revision`.
+    pub async fn subscribe_to_stream(
+        &self,
+        topic: &str,
+        stream: &str,
+        from_revision: u64,
+    ) -> Result<CatchUp, EsError> {
+        let partition = self.partition_of(topic, stream).await?;
+        let (t, s, p) = (topic.to_string(), stream.to_string(), partition.partition());
+        let meta = self.core.meta().clone();
+        let start =
+            tokio::task::spawn_blocking(move || meta.es_revision_floor(&t, p, &s, from_revision))
+                .await
+                .map_err(|_| EsError::Unavailable("opening the subscription failed".into()))??
+                .map_or(0, |(_, offset)| offset);
+        Ok(CatchUp::new(
+            partition.handle().clone(),
+            p,
+            start,
+            Selection::Stream {
+                stream: stream.to_string(),
+                from_revision,
+            },
+            catchup::DEFAULT_CHECKPOINT_INTERVAL,
+        ))
+    }
+
+    /// A catch-up subscription to partition `partition` of `topic` (`$all`) from
+    /// `from_position`, optionally filtered, with a checkpoint every `checkpoint_interval`
+    /// skipped records (0 = the default).
+    pub fn subscribe_to_all(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_position: i64,
+        filter: Option<EventFilter>,
+        checkpoint_interval: u64,
+    ) -> Result<CatchUp, EsError> {
+        let t = self.event_store_topic(topic)?;
+        let handle = t
+            .partition(partition)
+            .cloned()
+            .ok_or_else(|| EsError::InvalidArgument(format!("no partition {partition}")))?;
+        let interval = match checkpoint_interval {
+            0 => catchup::DEFAULT_CHECKPOINT_INTERVAL,
+            n => n,
+        };
+        Ok(CatchUp::new(
+            handle,
+            partition,
+            from_position,
+            Selection::All(filter),
+            interval,
+        ))
     }
 
     /// The state of `stream` and its partition.

@@ -126,7 +126,7 @@ impl EsPartition {
             }
             let first = match inner.index.check(stream, expected) {
                 Ok(first) => first,
-                Err(failure) => return Ok(refusal(stream, failure, expected)?),
+                Err(failure) => return refusal(stream, failure, expected),
             };
             let batch = records::encode_events(stream, first, &events)?;
             let pending = self.handle.submit_append(batch).await?;
@@ -183,7 +183,7 @@ impl EsPartition {
         let mut inner = self.lock_fresh().await?;
         let next = match inner.index.check(stream, expected) {
             Ok(next) => next,
-            Err(failure) => return Ok(refusal(stream, failure, expected)?),
+            Err(failure) => return refusal(stream, failure, expected),
         };
         let now = self.clock.now_ms();
         let id = crate::broker::event::new_message_id(now);
@@ -285,8 +285,10 @@ fn refusal(
     }
 }
 
-/// Every stream record in the log from `from` to the high watermark, batch by batch: each
-/// batch's stream records with their offsets (an append is one batch).
+/// Every stream record in the log from `from` to at least `upto` (all durable: a read may
+/// return records past `upto` and they are taken, see `read::scan`), batch by batch: each
+/// batch's stream records with their offsets (an append is one batch). Returns the offset
+/// after the last record read.
 pub(super) fn scan_batches(
     handle: &PartitionHandle,
     from: i64,
@@ -303,7 +305,7 @@ pub(super) fn scan_batches(
         while !bytes.is_empty() {
             let batch: Vec<(EsRecord, i64)> = decode_next_batch(&mut bytes)?
                 .iter()
-                .filter(|r| r.offset >= offset && r.offset < upto)
+                .filter(|r| r.offset >= offset)
                 .filter_map(|r| records::classify(r).map(|es| (es, r.offset)))
                 .collect();
             if !batch.is_empty() {

@@ -39,8 +39,11 @@ pub enum ReadFrom {
 }
 
 /// Calls `each` with every record from `from` below the high watermark, in order, until it
-/// returns false; returns the offset after the last record looked at.
-fn scan(
+/// returns false; returns the offset after the last record looked at. Every record a read
+/// returns is below the high watermark *at that read* (durable), so all of them are taken: a
+/// slice may reach past the watermark seen when the scan started, and skipping those records
+/// while moving past them would lose them.
+pub(super) fn scan(
     handle: &PartitionHandle,
     from: i64,
     mut each: impl FnMut(i64, EsRecord, SimpleRecord) -> bool,
@@ -55,7 +58,7 @@ fn scan(
         let mut bytes: Bytes = slice.bytes;
         while !bytes.is_empty() {
             for stored in decode_next_batch(&mut bytes)? {
-                if stored.offset < offset || stored.offset >= upto {
+                if stored.offset < offset {
                     continue;
                 }
                 let at = stored.offset;

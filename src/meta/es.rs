@@ -47,10 +47,12 @@ impl Meta {
         topic: &str,
         partition: i32,
     ) -> Result<(Vec<StreamRecord>, i64), MetaError> {
-        let streams = self.scan(&keys::es_streams(topic, partition))?;
+        // The offset first: a concurrent update can then only make the streams newer than it,
+        // and replaying the log from an older offset over newer entries converges.
         let upto = self
             .get::<i64>(&keys::es_indexed(topic, partition))?
             .unwrap_or(0);
+        let streams = self.scan(&keys::es_streams(topic, partition))?;
         Ok((streams, upto))
     }
 

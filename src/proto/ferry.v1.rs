@@ -3,7 +3,7 @@
 pub struct Request {
     #[prost(
         oneof = "request::Op",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 40, 41, 42, 43, 44, 45"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 40, 41, 42, 43, 44, 45, 46, 47"
     )]
     pub op: ::core::option::Option<request::Op>,
 }
@@ -56,11 +56,18 @@ pub mod request {
         ReadAll(super::ReadAll),
         #[prost(message, tag = "45")]
         SetStreamMetadata(super::SetStreamMetadata),
+        #[prost(message, tag = "46")]
+        SubscribeToStream(super::SubscribeToStream),
+        #[prost(message, tag = "47")]
+        SubscribeToAll(super::SubscribeToAll),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Response {
-    #[prost(oneof = "response::Result", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 40, 41, 42")]
+    #[prost(
+        oneof = "response::Result",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 40, 41, 42, 43"
+    )]
     pub result: ::core::option::Option<response::Result>,
 }
 /// Nested message and enum types in `Response`.
@@ -92,6 +99,8 @@ pub mod response {
         StreamInfo(super::StreamInfo),
         #[prost(message, tag = "42")]
         EventsRead(super::EventsRead),
+        #[prost(message, tag = "43")]
+        CatchUp(super::CatchUp),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -712,6 +721,81 @@ pub struct SetStreamMetadata {
     pub max_count: ::core::option::Option<u64>,
     #[prost(uint64, optional, tag = "4")]
     pub max_age_ms: ::core::option::Option<u64>,
+}
+/// Catch-up subscriptions. On the subscription's stream the server writes `Subscribed`, then
+/// `CatchUp` messages: the events from the start point in order, `caught_up` once it reached the
+/// log's end (later events are live), `fell_behind` if it later lags far behind again, and for a
+/// filtered `$all` subscription a `checkpoint` every `checkpoint_interval` skipped records. The
+/// client keeps the checkpoint (the position after the last event it processed, or the last
+/// `checkpoint`) and subscribes from it to resume. It ends the subscription by finishing its
+/// side of the stream.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscribeToStream {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stream: ::prost::alloc::string::String,
+    /// First revision delivered (0 = from the start).
+    #[prost(uint64, tag = "3")]
+    pub from_revision: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscribeToAll {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    #[prost(int64, tag = "3")]
+    pub from_position: i64,
+    #[prost(message, optional, tag = "4")]
+    pub filter: ::core::option::Option<EventFilter>,
+    /// Records a filter may skip between two checkpoints; 0 = 1000.
+    #[prost(uint32, tag = "5")]
+    pub checkpoint_interval: u32,
+}
+/// Server-side filters; regexes use Rust's `regex` syntax (no look-around, linear time).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EventFilter {
+    #[prost(oneof = "event_filter::Kind", tags = "1, 2, 3, 4")]
+    pub kind: ::core::option::Option<event_filter::Kind>,
+}
+/// Nested message and enum types in `EventFilter`.
+pub mod event_filter {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        /// Streams whose name starts with this (a category, e.g. "order-").
+        #[prost(string, tag = "1")]
+        StreamPrefix(::prost::alloc::string::String),
+        #[prost(string, tag = "2")]
+        StreamRegex(::prost::alloc::string::String),
+        /// Events whose type (ce_type) starts with this.
+        #[prost(string, tag = "3")]
+        TypePrefix(::prost::alloc::string::String),
+        #[prost(string, tag = "4")]
+        TypeRegex(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CatchUp {
+    #[prost(oneof = "catch_up::Message", tags = "1, 2, 3, 4")]
+    pub message: ::core::option::Option<catch_up::Message>,
+}
+/// Nested message and enum types in `CatchUp`.
+pub mod catch_up {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Message {
+        #[prost(message, tag = "1")]
+        Event(super::RecordedEvent),
+        /// Every record before this position was looked at.
+        #[prost(int64, tag = "2")]
+        Checkpoint(i64),
+        /// Reached the log's end at this position.
+        #[prost(int64, tag = "3")]
+        CaughtUp(i64),
+        /// Caught up before, now far behind again at this position.
+        #[prost(int64, tag = "4")]
+        FellBehind(i64),
+    }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

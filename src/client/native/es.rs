@@ -1,5 +1,6 @@
 //! The event-store face of the SDK: [`EventStoreClient`] appends to streams with an expected
-//! revision, deletes streams and reads a stream's state (see `crate::es` and
+//! revision, deletes streams, reads streams and `$all`, and opens catch-up subscriptions
+//! ([`CatchUpSubscription`]; the application keeps the checkpoint) (see `crate::es` and
 //! docs/event-store.md).
 //!
 //! An append whose answer is lost (the connection dropped) is resent with the same event ids,
@@ -389,4 +390,111 @@ impl EventStoreClient {
 
 fn unexpected(answer: &response::Result) -> NativeClientError {
     NativeClientError::Codec(format!("unexpected answer {answer:?}"))
+}
+
+/// A server-side filter of an `$all` subscription (regexes in Rust `regex` syntax).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionFilter {
+    /// Streams whose name starts with this: a category such as `order-`.
+    StreamPrefix(String),
+    StreamRegex(String),
+    /// Events whose type starts with this.
+    TypePrefix(String),
+    TypeRegex(String),
+}
+
+/// What a catch-up subscription delivers.
+#[derive(Debug, Clone)]
+pub enum CatchUpEvent {
+    /// Boxed: an event is much larger than the signals.
+    Event(Box<RecordedEvent>),
+    /// Everything before this position was looked at: a place to resume from.
+    Checkpoint(i64),
+    /// Reached the log's end at this position; what follows is live.
+    CaughtUp(i64),
+    /// Far behind again at this position.
+    FellBehind(i64),
+}
+
+/// A catch-up subscription; read it with [`next`](Self::next), end it with
+/// [`close`](Self::close) (or by dropping it).
+pub struct CatchUpSubscription {
+    send: quinn::SendStream,
+    reader: crate::proto::framed::FrameReader<quinn::RecvStream>,
+}
+
+impl CatchUpSubscription {
+    /// The next message; `None` once the broker ended the subscription.
+    pub async fn next(&mut self) -> Result<Option<CatchUpEvent>, NativeClientError> {
+        use v1::catch_up::Message as M;
+        match super::connection::read_result(&mut self.reader).await {
+            Ok(response::Result::CatchUp(v1::CatchUp { message: Some(m) })) => Ok(Some(match m {
+                M::Event(e) => CatchUpEvent::Event(Box::new(RecordedEvent::from_wire(e))),
+                M::Checkpoint(p) => CatchUpEvent::Checkpoint(p),
+                M::CaughtUp(p) => CatchUpEvent::CaughtUp(p),
+                M::FellBehind(p) => CatchUpEvent::FellBehind(p),
+            })),
+            Ok(response::Result::Done(_)) => Ok(None),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends the subscription.
+    pub fn close(mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+impl EventStoreClient {
+    /// A catch-up subscription to `stream` from `from_revision` (0 = the start).
+    pub async fn subscribe_to_stream(
+        &self,
+        topic: &str,
+        stream: &str,
+        from_revision: u64,
+    ) -> Result<CatchUpSubscription, NativeClientError> {
+        let request = v1::Request {
+            op: Some(Op::SubscribeToStream(v1::SubscribeToStream {
+                topic: topic.into(),
+                stream: stream.into(),
+                from_revision,
+            })),
+        };
+        let (send, reader) = self.conn.open_subscription(&request).await?;
+        Ok(CatchUpSubscription { send, reader })
+    }
+
+    /// A catch-up subscription to partition `partition` of `topic` (`$all`) from
+    /// `from_position`, optionally filtered, with a checkpoint every `checkpoint_interval`
+    /// records the filter skips (0 = 1000).
+    pub async fn subscribe_to_all(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_position: i64,
+        filter: Option<SubscriptionFilter>,
+        checkpoint_interval: u32,
+    ) -> Result<CatchUpSubscription, NativeClientError> {
+        use v1::event_filter::Kind as F;
+        let filter = filter.map(|f| v1::EventFilter {
+            kind: Some(match f {
+                SubscriptionFilter::StreamPrefix(p) => F::StreamPrefix(p),
+                SubscriptionFilter::StreamRegex(r) => F::StreamRegex(r),
+                SubscriptionFilter::TypePrefix(p) => F::TypePrefix(p),
+                SubscriptionFilter::TypeRegex(r) => F::TypeRegex(r),
+            }),
+        });
+        let request = v1::Request {
+            op: Some(Op::SubscribeToAll(v1::SubscribeToAll {
+                topic: topic.into(),
+                partition,
+                from_position,
+                filter,
+                checkpoint_interval,
+            })),
+        };
+        let (send, reader) = self.conn.open_subscription(&request).await?;
+        Ok(CatchUpSubscription { send, reader })
+    }
 }

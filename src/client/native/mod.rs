@@ -35,8 +35,8 @@ pub use consumer::{
     HandlerError, Handlers, RetryConfig, Subscription, Upcaster,
 };
 pub use es::{
-    AppendError, AppendResult, EventData, EventStoreClient, ExpectedRevision, ReadFrom,
-    RecordedEvent, StreamInfo,
+    AppendError, AppendResult, CatchUpEvent, CatchUpSubscription, EventData, EventStoreClient,
+    ExpectedRevision, ReadFrom, RecordedEvent, StreamInfo, SubscriptionFilter,
 };
 pub use event::{EventMetadata, ReceivedEvent};
 pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};

@@ -80,6 +80,8 @@ fn needs(op: &Op) -> Vec<(&str, Access, Resource, &str)> {
         Op::ReadStream(r) => vec![(DEFAULT_VHOST, Read, Exchange, &r.topic)],
         Op::ReadAll(r) => vec![(DEFAULT_VHOST, Read, Exchange, &r.topic)],
         Op::SetStreamMetadata(m) => vec![(DEFAULT_VHOST, Write, Exchange, &m.topic)],
+        Op::SubscribeToStream(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
+        Op::SubscribeToAll(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
         _ => Vec::new(),
     }
 }

@@ -131,7 +131,7 @@ fn read_count(wire: u32) -> usize {
     }
 }
 
-fn recorded(event: RecordedEvent) -> v1::RecordedEvent {
+pub(super) fn recorded(event: RecordedEvent) -> v1::RecordedEvent {
     v1::RecordedEvent {
         message: Some(convert::from_record(&event.record, None)),
         stream: event.stream,

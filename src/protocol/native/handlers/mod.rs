@@ -3,6 +3,7 @@
 mod admin;
 mod authorize;
 mod es;
+mod es_subscribe;
 mod processed;
 mod publish;
 mod subscribe;
@@ -58,6 +59,10 @@ pub(super) async fn dispatch(
         Op::ReadStream(r) => es::read_stream(ctx, r).await.map(R::EventsRead),
         Op::ReadAll(r) => es::read_all(ctx, r).await.map(R::EventsRead),
         Op::SetStreamMetadata(m) => es::set_metadata(ctx, m).await.map(R::StreamAppended),
+        Op::SubscribeToStream(s) => es_subscribe::to_stream(ctx, s, send, reader)
+            .await
+            .map(done),
+        Op::SubscribeToAll(s) => es_subscribe::to_all(ctx, s, send, reader).await.map(done),
     };
     let response = match answer {
         Ok(result) => Response {
