@@ -26,6 +26,7 @@ pub mod broker;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod es;
 pub mod log;
 pub mod meta;
 pub mod observe;

@@ -154,6 +154,9 @@ struct CoreInner {
     txns: txn::TxnCoordinator,
     /// Runtime parameters (shovel definitions; see [`parameters`]).
     parameters: parameters::RuntimeParameters,
+    /// State of layers above the core that must exist once per core (the event store's
+    /// stream indexes), by type: see [`BrokerCore::layered`].
+    layered: parking_lot::Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl BrokerCore {
@@ -220,6 +223,7 @@ impl BrokerCore {
                 schema_validator: std::sync::OnceLock::new(),
                 txns,
                 parameters,
+                layered: Default::default(),
             }),
         };
         core.inner
@@ -315,6 +319,24 @@ impl BrokerCore {
     /// Runtime parameters: shovel definitions and their components' live state.
     pub fn parameters(&self) -> &parameters::RuntimeParameters {
         &self.inner.parameters
+    }
+
+    /// The one value of type `T` kept for this core, made by `init` on first use: how a layer
+    /// above the core (which the core may not import) keeps state that must be shared by every
+    /// adapter, such as the event store's stream indexes. `T` must not hold the core itself
+    /// (that would be a reference cycle).
+    pub fn layered<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let key = std::any::TypeId::of::<T>();
+        let mut layered = self.inner.layered.lock();
+        if let Some(existing) = layered
+            .get(&key)
+            .and_then(|v| Arc::clone(v).downcast::<T>().ok())
+        {
+            return existing;
+        }
+        let value = Arc::new(init());
+        layered.insert(key, value.clone());
+        value
     }
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {

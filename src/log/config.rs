@@ -33,6 +33,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "preallocate",
     "ferry.dedup.window.ms",
     "ferry.schema.validation",
+    "ferry.event.store",
+    "ferry.event.store.allow.produce",
 ];
 
 /// A rejected configuration key or value.
@@ -301,6 +303,12 @@ pub struct LogConfig {
     /// false: nothing is checked and the produce path pays one bool test.
     #[serde(default)]
     pub schema_validation: bool,
+    /// `ferry.event.store`: the topic holds event streams with expected-revision appends
+    /// (see `crate::es`; the log itself ignores it). Default false.
+    pub event_store: bool,
+    /// `ferry.event.store.allow.produce`: plain Kafka produce into an event-store topic is
+    /// accepted (its records belong to no stream). Default false: refused.
+    pub event_store_allow_produce: bool,
 }
 
 /// Default of `preallocate`, chosen by measurement on the 2-core dev VM, where the two
@@ -337,7 +345,17 @@ impl Default for LogConfig {
             sync_journal: false,
             dedup_window_ms: -1,
             schema_validation: false,
+            event_store: false,
+            event_store_allow_produce: false,
         }
+    }
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "expected `true` or `false`")),
     }
 }
 
@@ -381,18 +399,12 @@ impl LogConfig {
             }
             "ferry.dedup.window.ms" => next.dedup_window_ms = parse_int(kafka_name, value)?,
             "ferry.schema.validation" => {
-                next.schema_validation = match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid(kafka_name, value, "expected `true` or `false`")),
-                }
+                next.schema_validation = parse_bool(kafka_name, value)?
             }
-            "preallocate" => {
-                next.preallocate = match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid(kafka_name, value, "expected `true` or `false`")),
-                }
+            "preallocate" => next.preallocate = parse_bool(kafka_name, value)?,
+            "ferry.event.store" => next.event_store = parse_bool(kafka_name, value)?,
+            "ferry.event.store.allow.produce" => {
+                next.event_store_allow_produce = parse_bool(kafka_name, value)?
             }
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         }
@@ -462,6 +474,8 @@ impl LogConfig {
             "preallocate" => self.preallocate.to_string(),
             "ferry.dedup.window.ms" => self.dedup_window_ms.to_string(),
             "ferry.schema.validation" => self.schema_validation.to_string(),
+            "ferry.event.store" => self.event_store.to_string(),
+            "ferry.event.store.allow.produce" => self.event_store_allow_produce.to_string(),
             _ => return None,
         })
     }

@@ -202,6 +202,61 @@ pub fn processed_by(handler: &str) -> Vec<u8> {
     prefix("processed", &[handler.as_bytes()])
 }
 
+/// Event store: one stream's index entry in an event-store topic's partition.
+pub fn es_stream(topic: &str, partition: i32, stream: &str) -> Vec<u8> {
+    key(
+        "es_stream",
+        &[
+            topic.as_bytes(),
+            format!("{partition:010}").as_bytes(),
+            stream.as_bytes(),
+        ],
+    )
+}
+pub fn es_streams(topic: &str, partition: i32) -> Vec<u8> {
+    prefix(
+        "es_stream",
+        &[topic.as_bytes(), format!("{partition:010}").as_bytes()],
+    )
+}
+/// Event store: a sparse revision -> log offset entry of one stream.
+pub fn es_revision(topic: &str, partition: i32, stream: &str, revision: u64) -> Vec<u8> {
+    key(
+        "es_revision",
+        &[
+            topic.as_bytes(),
+            format!("{partition:010}").as_bytes(),
+            stream.as_bytes(),
+            format!("{revision:020}").as_bytes(),
+        ],
+    )
+}
+pub fn es_revisions(topic: &str, partition: i32, stream: &str) -> Vec<u8> {
+    prefix(
+        "es_revision",
+        &[
+            topic.as_bytes(),
+            format!("{partition:010}").as_bytes(),
+            stream.as_bytes(),
+        ],
+    )
+}
+/// Event store: the log offset below which a partition's records are in the stored index.
+pub fn es_indexed(topic: &str, partition: i32) -> Vec<u8> {
+    key(
+        "es_indexed",
+        &[topic.as_bytes(), format!("{partition:010}").as_bytes()],
+    )
+}
+/// Every event-store key of `topic`, by kind (for topic deletion).
+pub fn es_topic_prefixes(topic: &str) -> [Vec<u8>; 3] {
+    [
+        prefix("es_stream", &[topic.as_bytes()]),
+        prefix("es_revision", &[topic.as_bytes()]),
+        prefix("es_indexed", &[topic.as_bytes()]),
+    ]
+}
+
 pub fn user(name: &str) -> Vec<u8> {
     key("user", &[name.as_bytes()])
 }

@@ -9,6 +9,7 @@
 //! rather than misread.
 
 pub mod acls;
+pub mod es;
 pub mod keys;
 pub mod memory_store;
 pub mod migrate;
@@ -322,6 +323,11 @@ impl Meta {
         let mut ops = vec![MetaOp::Delete(keys::topic(name))];
         for (k, _) in self.store.scan_prefix(&keys::topic_routes(name))? {
             ops.push(MetaOp::Delete(k));
+        }
+        for prefix in keys::es_topic_prefixes(name) {
+            for (k, _) in self.store.scan_prefix(&prefix)? {
+                ops.push(MetaOp::Delete(k));
+            }
         }
         for (k, v) in self.store.scan_prefix(&keys::all_group_offsets())? {
             let committed: CommittedOffset = decode(&k, &v)?;

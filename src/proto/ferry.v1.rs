@@ -3,7 +3,7 @@
 pub struct Request {
     #[prost(
         oneof = "request::Op",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 40, 41, 42, 43, 44, 45, 46, 47"
     )]
     pub op: ::core::option::Option<request::Op>,
 }
@@ -43,11 +43,31 @@ pub mod request {
         CheckProcessed(super::CheckProcessed),
         #[prost(message, tag = "16")]
         RecordProcessed(super::RecordProcessed),
+        /// Event store (numbers 40..59; see the section at the end).
+        #[prost(message, tag = "40")]
+        AppendToStream(super::AppendToStream),
+        #[prost(message, tag = "41")]
+        DeleteStream(super::DeleteStream),
+        #[prost(message, tag = "42")]
+        GetStreamInfo(super::GetStreamInfo),
+        #[prost(message, tag = "43")]
+        ReadStream(super::ReadStream),
+        #[prost(message, tag = "44")]
+        ReadAll(super::ReadAll),
+        #[prost(message, tag = "45")]
+        SetStreamMetadata(super::SetStreamMetadata),
+        #[prost(message, tag = "46")]
+        SubscribeToStream(super::SubscribeToStream),
+        #[prost(message, tag = "47")]
+        SubscribeToAll(super::SubscribeToAll),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Response {
-    #[prost(oneof = "response::Result", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 30")]
+    #[prost(
+        oneof = "response::Result",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 30, 40, 41, 42, 43"
+    )]
     pub result: ::core::option::Option<response::Result>,
 }
 /// Nested message and enum types in `Response`.
@@ -75,6 +95,15 @@ pub mod response {
         /// Consumer-group subscriptions (tags from 30 on).
         #[prost(message, tag = "30")]
         Assigned(super::Assigned),
+        /// Event store (numbers 40..59).
+        #[prost(message, tag = "40")]
+        StreamAppended(super::StreamAppended),
+        #[prost(message, tag = "41")]
+        StreamInfo(super::StreamInfo),
+        #[prost(message, tag = "42")]
+        EventsRead(super::EventsRead),
+        #[prost(message, tag = "43")]
+        CatchUp(super::CatchUp),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -515,6 +544,284 @@ pub struct Assigned {
     #[prost(int32, repeated, tag = "3")]
     pub partitions: ::prost::alloc::vec::Vec<i32>,
 }
+/// What the writer believes the stream's last revision is; checked atomically with the append.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExpectedRevision {
+    #[prost(oneof = "expected_revision::Kind", tags = "1, 2, 3, 4")]
+    pub kind: ::core::option::Option<expected_revision::Kind>,
+}
+/// Nested message and enum types in `ExpectedRevision`.
+pub mod expected_revision {
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        /// No check.
+        #[prost(bool, tag = "1")]
+        Any(bool),
+        /// The stream must not exist (or be soft-deleted).
+        #[prost(bool, tag = "2")]
+        NoStream(bool),
+        /// The stream must exist (and not be soft-deleted).
+        #[prost(bool, tag = "3")]
+        StreamExists(bool),
+        /// The stream's last revision must be this one.
+        #[prost(uint64, tag = "4")]
+        Exact(u64),
+    }
+}
+/// Appends `events` to `stream`, all or nothing (one record batch). Event ids (metadata.id) are
+/// the idempotency key: resending an append whose ids were already written returns the
+/// original result and writes nothing. An empty id gets a broker-assigned UUIDv7 (and then no
+/// idempotency across resends).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AppendToStream {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stream: ::prost::alloc::string::String,
+    /// Absent = any.
+    #[prost(message, optional, tag = "3")]
+    pub expected: ::core::option::Option<ExpectedRevision>,
+    /// 1..=max events; metadata.subject must be empty or equal to `stream`.
+    #[prost(message, repeated, tag = "4")]
+    pub events: ::prost::alloc::vec::Vec<Message>,
+}
+/// Deletes a stream. Soft: reads then answer STREAM_NOT_FOUND and a later append continues at
+/// the last revision + 1. Hard: a tombstone; reads and appends are refused for good.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteStream {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stream: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub expected: ::core::option::Option<ExpectedRevision>,
+    #[prost(bool, tag = "4")]
+    pub hard: bool,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AppendSuccess {
+    /// The stream's last revision after the append (pass it as `exact` next time).
+    #[prost(uint64, tag = "1")]
+    pub next_expected_revision: u64,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// Log offset of the last record written (the commit position in `$all` of its partition).
+    #[prost(int64, tag = "3")]
+    pub position: i64,
+    /// True when the ids had been written before and nothing new was written.
+    #[prost(bool, tag = "4")]
+    pub duplicate: bool,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WrongExpectedVersion {
+    /// The stream's last revision; absent when the stream does not exist or is soft-deleted.
+    #[prost(uint64, optional, tag = "1")]
+    pub current_revision: ::core::option::Option<u64>,
+    #[prost(message, optional, tag = "2")]
+    pub expected: ::core::option::Option<ExpectedRevision>,
+}
+/// The answer to AppendToStream and DeleteStream.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamAppended {
+    #[prost(oneof = "stream_appended::Outcome", tags = "1, 2")]
+    pub outcome: ::core::option::Option<stream_appended::Outcome>,
+}
+/// Nested message and enum types in `StreamAppended`.
+pub mod stream_appended {
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Outcome {
+        #[prost(message, tag = "1")]
+        Success(super::AppendSuccess),
+        #[prost(message, tag = "2")]
+        WrongExpectedVersion(super::WrongExpectedVersion),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetStreamInfo {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stream: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StreamInfo {
+    /// The last revision written, absent for a stream never written.
+    #[prost(uint64, optional, tag = "1")]
+    pub last_revision: ::core::option::Option<u64>,
+    #[prost(bool, tag = "2")]
+    pub soft_deleted: bool,
+    #[prost(bool, tag = "3")]
+    pub tombstoned: bool,
+    #[prost(int32, tag = "4")]
+    pub partition: i32,
+    /// Log offset of the stream's last record (-1 if none).
+    #[prost(int64, tag = "5")]
+    pub last_position: i64,
+    /// Stream metadata ($maxCount, $maxAge in ms); absent = unlimited.
+    #[prost(uint64, optional, tag = "6")]
+    pub max_count: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "7")]
+    pub max_age_ms: ::core::option::Option<u64>,
+    /// Reads start at this revision (revisions below were soft-deleted).
+    #[prost(uint64, tag = "8")]
+    pub truncate_before: u64,
+}
+/// Reads up to `max_count` events of a stream, forwards or backwards. A stream never written or
+/// soft-deleted answers STREAM_NOT_FOUND, a tombstoned one STREAM_DELETED. Events past the
+/// stream's $maxCount / $maxAge are not returned.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadStream {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stream: ::prost::alloc::string::String,
+    #[prost(bool, tag = "6")]
+    pub backwards: bool,
+    /// 0 = 100; at most 10,000.
+    #[prost(uint32, tag = "7")]
+    pub max_count: u32,
+    #[prost(oneof = "read_stream::From", tags = "3, 4, 5")]
+    pub from: ::core::option::Option<read_stream::From>,
+}
+/// Nested message and enum types in `ReadStream`.
+pub mod read_stream {
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum From {
+        /// The first revision (forwards) -- the default.
+        #[prost(bool, tag = "3")]
+        Start(bool),
+        /// The last revision (backwards).
+        #[prost(bool, tag = "4")]
+        End(bool),
+        /// This revision, included.
+        #[prost(uint64, tag = "5")]
+        Revision(u64),
+    }
+}
+/// Reads the events of one partition of an event-store topic (`$all` of a one-partition store)
+/// from a log position on, in log order; deletion and metadata records are skipped.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadAll {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    #[prost(int64, tag = "3")]
+    pub from_position: i64,
+    /// 0 = 100; at most 10,000.
+    #[prost(uint32, tag = "4")]
+    pub max_count: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RecordedEvent {
+    #[prost(string, tag = "1")]
+    pub stream: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
+    #[prost(int32, tag = "3")]
+    pub partition: i32,
+    /// Log offset of the event's record.
+    #[prost(int64, tag = "4")]
+    pub position: i64,
+    #[prost(message, optional, tag = "5")]
+    pub message: ::core::option::Option<Message>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EventsRead {
+    #[prost(message, repeated, tag = "1")]
+    pub events: ::prost::alloc::vec::Vec<RecordedEvent>,
+    /// ReadAll: where the next read continues.
+    #[prost(int64, tag = "2")]
+    pub next_position: i64,
+}
+/// Sets a stream's metadata, KurrentDB's $maxCount and $maxAge: older events are no longer
+/// returned by reads. Written as a record of the stream; answered by StreamAppended.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetStreamMetadata {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stream: ::prost::alloc::string::String,
+    #[prost(uint64, optional, tag = "3")]
+    pub max_count: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "4")]
+    pub max_age_ms: ::core::option::Option<u64>,
+}
+/// Catch-up subscriptions. On the subscription's stream the server writes `Subscribed`, then
+/// `CatchUp` messages: the events from the start point in order, `caught_up` once it reached the
+/// log's end (later events are live), `fell_behind` if it later lags far behind again, and for a
+/// filtered `$all` subscription a `checkpoint` every `checkpoint_interval` skipped records. The
+/// client keeps the checkpoint (the position after the last event it processed, or the last
+/// `checkpoint`) and subscribes from it to resume. It ends the subscription by finishing its
+/// side of the stream.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscribeToStream {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stream: ::prost::alloc::string::String,
+    /// First revision delivered (0 = from the start).
+    #[prost(uint64, tag = "3")]
+    pub from_revision: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscribeToAll {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    #[prost(int64, tag = "3")]
+    pub from_position: i64,
+    #[prost(message, optional, tag = "4")]
+    pub filter: ::core::option::Option<EventFilter>,
+    /// Records a filter may skip between two checkpoints; 0 = 1000.
+    #[prost(uint32, tag = "5")]
+    pub checkpoint_interval: u32,
+}
+/// Server-side filters; regexes use Rust's `regex` syntax (no look-around, linear time).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EventFilter {
+    #[prost(oneof = "event_filter::Kind", tags = "1, 2, 3, 4")]
+    pub kind: ::core::option::Option<event_filter::Kind>,
+}
+/// Nested message and enum types in `EventFilter`.
+pub mod event_filter {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        /// Streams whose name starts with this (a category, e.g. "order-").
+        #[prost(string, tag = "1")]
+        StreamPrefix(::prost::alloc::string::String),
+        #[prost(string, tag = "2")]
+        StreamRegex(::prost::alloc::string::String),
+        /// Events whose type (ce_type) starts with this.
+        #[prost(string, tag = "3")]
+        TypePrefix(::prost::alloc::string::String),
+        #[prost(string, tag = "4")]
+        TypeRegex(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CatchUp {
+    #[prost(oneof = "catch_up::Message", tags = "1, 2, 3, 4")]
+    pub message: ::core::option::Option<catch_up::Message>,
+}
+/// Nested message and enum types in `CatchUp`.
+pub mod catch_up {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Message {
+        #[prost(message, tag = "1")]
+        Event(super::RecordedEvent),
+        /// Every record before this position was looked at.
+        #[prost(int64, tag = "2")]
+        Checkpoint(i64),
+        /// Reached the log's end at this position.
+        #[prost(int64, tag = "3")]
+        CaughtUp(i64),
+        /// Caught up before, now far behind again at this position.
+        #[prost(int64, tag = "4")]
+        FellBehind(i64),
+    }
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum ErrorCode {
@@ -546,6 +853,10 @@ pub enum ErrorCode {
     /// The user lacks the vhost permission (configure, write or read) the request needs, with
     /// RabbitMQ's rules (see docs/native-protocol.md).
     PermissionDenied = 13,
+    /// Event store: the stream was hard-deleted (tombstoned); it can never be read or written.
+    StreamDeleted = 40,
+    /// Event store: the stream does not exist or was soft-deleted.
+    StreamNotFound = 41,
 }
 impl ErrorCode {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -568,6 +879,8 @@ impl ErrorCode {
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Internal => "INTERNAL",
             Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::StreamDeleted => "STREAM_DELETED",
+            Self::StreamNotFound => "STREAM_NOT_FOUND",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -587,6 +900,8 @@ impl ErrorCode {
             "SHUTTING_DOWN" => Some(Self::ShuttingDown),
             "INTERNAL" => Some(Self::Internal),
             "PERMISSION_DENIED" => Some(Self::PermissionDenied),
+            "STREAM_DELETED" => Some(Self::StreamDeleted),
+            "STREAM_NOT_FOUND" => Some(Self::StreamNotFound),
             _ => None,
         }
     }

@@ -21,6 +21,7 @@
 
 mod connection;
 mod consumer;
+mod es;
 mod event;
 mod publisher;
 mod reply;
@@ -33,6 +34,10 @@ pub use connection::{
 pub use consumer::{
     BackoffKind, ConsumerConfig, EventConsumer, EventContext, EventHandler, HandlerConfig,
     HandlerError, Handlers, RetryConfig, Subscription, Upcaster,
+};
+pub use es::{
+    AppendError, AppendResult, CatchUpEvent, CatchUpSubscription, EventData, EventStoreClient,
+    ExpectedRevision, ReadFrom, RecordedEvent, StreamInfo, SubscriptionFilter,
 };
 pub use event::{EventMetadata, ReceivedEvent};
 pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};

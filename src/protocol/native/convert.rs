@@ -97,7 +97,14 @@ impl From<RoutingError> for NativeError {
 
 impl From<BrokerError> for NativeError {
     fn from(e: BrokerError) -> Self {
-        let code = match &e {
+        Self::from_broker(&e)
+    }
+}
+
+impl NativeError {
+    /// A core error as its typed code.
+    pub fn from_broker(e: &BrokerError) -> Self {
+        let code = match e {
             BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
                 ErrorCode::NotFound
             }

@@ -38,6 +38,12 @@ enum PartitionResult {
     Rejected(Vec<RecordRejection>),
 }
 
+/// Plain produce into an event-store topic would bypass its expected-revision checks.
+fn refuses_plain_produce(topic: &crate::broker::Topic) -> bool {
+    let config = topic.log_config();
+    config.event_store && !config.event_store_allow_produce
+}
+
 pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -> Work {
     if req.api_version < 3 {
         return ready(legacy(&req));
@@ -81,6 +87,13 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
                 (Ok(_), None) => PartitionResult::Failed(
                     ResponseError::InvalidRecord.code(),
                     Some("records are null".into()),
+                ),
+                (Ok(t), Some(_)) if refuses_plain_produce(t) => PartitionResult::Failed(
+                    ResponseError::InvalidRecord.code(),
+                    Some(format!(
+                        "topic `{name}` is an event store: append through the event-store API \
+                         (set ferry.event.store.allow.produce=true to allow plain produce)"
+                    )),
                 ),
                 (Ok(t), Some(records)) => match (
                     t.partition(part.index),

@@ -74,6 +74,15 @@ fn needs(op: &Op) -> Vec<(&str, Access, Resource, &str)> {
             (convert::vhost(&b.vhost), Write, Queue, &b.queue),
             (convert::vhost(&b.vhost), Read, Exchange, &b.exchange),
         ],
+        // Event store: appending and deleting a stream write to the topic, reading reads it.
+        Op::AppendToStream(a) => vec![(DEFAULT_VHOST, Write, Exchange, &a.topic)],
+        Op::DeleteStream(d) => vec![(DEFAULT_VHOST, Write, Exchange, &d.topic)],
+        Op::GetStreamInfo(g) => vec![(DEFAULT_VHOST, Read, Exchange, &g.topic)],
+        Op::ReadStream(r) => vec![(DEFAULT_VHOST, Read, Exchange, &r.topic)],
+        Op::ReadAll(r) => vec![(DEFAULT_VHOST, Read, Exchange, &r.topic)],
+        Op::SetStreamMetadata(m) => vec![(DEFAULT_VHOST, Write, Exchange, &m.topic)],
+        Op::SubscribeToStream(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
+        Op::SubscribeToAll(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
         _ => Vec::new(),
     }
 }

@@ -3,6 +3,8 @@
 mod admin;
 mod authorize;
 mod group;
+mod es;
+mod es_subscribe;
 mod processed;
 mod publish;
 mod subscribe;
@@ -30,6 +32,12 @@ async fn unary(ctx: &Ctx, op: Op) -> Result<R, NativeError> {
         Op::Unbind(b) => admin::unbind(ctx, b).await.map(done),
         Op::CheckProcessed(c) => processed::check(ctx, c).await.map(R::ProcessedStatus),
         Op::RecordProcessed(r) => processed::record(ctx, r).await.map(done),
+        Op::AppendToStream(a) => es::append(ctx, a).await.map(R::StreamAppended),
+        Op::DeleteStream(d) => es::delete(ctx, d).await.map(R::StreamAppended),
+        Op::GetStreamInfo(g) => es::info(ctx, g).await.map(R::StreamInfo),
+        Op::ReadStream(r) => es::read_stream(ctx, r).await.map(R::EventsRead),
+        Op::ReadAll(r) => es::read_all(ctx, r).await.map(R::EventsRead),
+        Op::SetStreamMetadata(m) => es::set_metadata(ctx, m).await.map(R::StreamAppended),
         _ => Err(NativeError::malformed(
             "the request names no operation this server knows",
         )),
@@ -71,6 +79,12 @@ pub(super) async fn dispatch(
             crate::proto::v1::ErrorCode::InvalidArgument,
             "this connection is already authenticated",
         )),
+        Op::SubscribeToStream(s) => Box::pin(es_subscribe::to_stream(ctx, s, send, reader))
+            .await
+            .map(done),
+        Op::SubscribeToAll(s) => Box::pin(es_subscribe::to_all(ctx, s, send, reader))
+            .await
+            .map(done),
         other => Box::pin(unary(ctx, other)).await,
     };
     let response = match answer {

@@ -1,0 +1,392 @@
+//! One event-store partition: the single place its appends are checked and queued, in order.
+//!
+//! An append takes the partition's index lock, checks the expected revision against the
+//! reserved index, encodes the batch, queues it on the partition's writer and reserves the new
+//! revisions, then releases the lock and waits for durability outside it. So appends are
+//! checked one at a time in the order they are written, but none waits for the fsync of the one
+//! before: the writer's group commit batches them. If a write fails, the reserved state may
+//! claim revisions the log does not hold, so the index is marked stale and the next append
+//! first waits for the writer to drain (a barrier) and rebuilds the index from the log.
+//!
+//! The index is rebuilt the same way when the partition is first used after a start: from the
+//! stored index (`meta::es`, written by `follower.rs` only for durable records) plus the log
+//! after it, and the last [`RECENT_SCAN_RECORDS`] records for the idempotency map. It can
+//! therefore never disagree with the log after a crash. A remaining edge, documented in
+//! docs/event-store.md: when a write fails with a full disk (the partition is not fail-stopped)
+//! and an append of the same stream queued behind it succeeds, that stream has a gap in its
+//! revisions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch, Mutex};
+
+use super::index::{CheckFailure, PartitionIndex, RecentAppend, RECENT_APPENDS};
+use super::records::{self, EsRecord, NewEvent};
+use super::{AppendOutcome, AppendSuccess, EsError, ExpectedRevision, StreamState};
+use crate::clock::Clock;
+use crate::log::batch::decode_next_batch;
+use crate::log::PartitionHandle;
+use crate::meta::Meta;
+
+/// Records at the log's end scanned at a rebuild to refill the idempotency map.
+pub const RECENT_SCAN_RECORDS: i64 = RECENT_APPENDS as i64;
+/// Bytes read from the log per step of a scan.
+pub(super) const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+struct Inner {
+    index: PartitionIndex,
+    /// A write failed since the index was built: rebuild it before the next check.
+    stale: bool,
+}
+
+pub(crate) struct EsPartition {
+    topic: String,
+    partition: i32,
+    handle: PartitionHandle,
+    meta: Meta,
+    clock: Clock,
+    inner: Mutex<Inner>,
+    /// Dropped with the partition: stops its follower task.
+    _stop_follower: oneshot::Sender<()>,
+}
+
+impl EsPartition {
+    /// Builds the index from the stored index and the log, and starts the follower that keeps
+    /// the stored index up to date.
+    pub async fn open(
+        topic: &str,
+        partition: i32,
+        handle: PartitionHandle,
+        meta: Meta,
+        clock: Clock,
+    ) -> Result<Arc<Self>, EsError> {
+        let index = rebuild(topic, partition, &handle, &meta).await?;
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(super::follower::run(
+            topic.to_string(),
+            partition,
+            handle.clone(),
+            meta.clone(),
+            stopped,
+        ));
+        Ok(Arc::new(Self {
+            topic: topic.to_string(),
+            partition,
+            handle,
+            meta,
+            clock,
+            inner: Mutex::new(Inner {
+                index,
+                stale: false,
+            }),
+            _stop_follower: stop,
+        }))
+    }
+
+    async fn lock_fresh(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, EsError> {
+        let mut inner = self.inner.lock().await;
+        if inner.stale {
+            self.handle.barrier().await;
+            inner.index = rebuild(&self.topic, self.partition, &self.handle, &self.meta).await?;
+            inner.stale = false;
+        }
+        Ok(inner)
+    }
+
+    /// Appends `events` to `stream` if `expected` holds (see the module docs).
+    pub async fn append(
+        self: &Arc<Self>,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, EsError> {
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        // A resend whose original failed is written anew; a second failure is final.
+        for attempt in 0..2 {
+            let mut inner = self.lock_fresh().await?;
+            let earlier = inner.index.recent(&ids[0]).filter(|_| attempt == 0);
+            if let Some(earlier) = earlier {
+                if earlier.stream != stream || earlier.ids != ids {
+                    return Err(EsError::InvalidArgument(format!(
+                        "event id `{}` was already appended with other events or to another stream",
+                        ids[0]
+                    )));
+                }
+                let mut outcome = earlier.outcome.clone();
+                drop(inner);
+                match settled(&mut outcome).await {
+                    Ok(mut original) => {
+                        original.duplicate = true;
+                        return Ok(AppendOutcome::Success(original));
+                    }
+                    // The original failed: write it again.
+                    Err(_) => continue,
+                }
+            }
+            let first = match inner.index.check(stream, expected) {
+                Ok(first) => first,
+                Err(failure) => return refusal(stream, failure, expected),
+            };
+            let batch = records::encode_events(stream, first, &events)?;
+            let pending = self.handle.submit_append(batch).await?;
+            let count = events.len() as u64;
+            inner.index.reserve(stream, first, count);
+            let (settle, mut outcome) = watch::channel(None);
+            inner.index.remember(RecentAppend {
+                stream: stream.to_string(),
+                ids,
+                outcome: outcome.clone(),
+            });
+            drop(inner);
+            // Completed by its own task, so a caller that goes away (its connection closed)
+            // cannot leave a resend waiting on an outcome nobody will set.
+            let this = Arc::clone(self);
+            let stream = stream.to_string();
+            tokio::spawn(async move {
+                let result = match pending.wait().await {
+                    Ok(info) => {
+                        this.inner
+                            .lock()
+                            .await
+                            .index
+                            .record_position(&stream, info.last_offset);
+                        Ok(AppendSuccess {
+                            next_expected_revision: first + count - 1,
+                            partition: this.partition,
+                            position: info.last_offset,
+                            duplicate: false,
+                        })
+                    }
+                    Err(e) => {
+                        this.inner.lock().await.stale = true;
+                        Err(e.client_message())
+                    }
+                };
+                settle.send_replace(Some(result));
+            });
+            return settled(&mut outcome).await.map(AppendOutcome::Success);
+        }
+        Err(EsError::Unavailable(
+            "an earlier attempt of this append failed; retry".into(),
+        ))
+    }
+
+    /// Deletes `stream` (soft: a later append continues; hard: a tombstone) if `expected`
+    /// holds.
+    pub async fn delete(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        hard: bool,
+    ) -> Result<AppendOutcome, EsError> {
+        let mut inner = self.lock_fresh().await?;
+        let next = match inner.index.check(stream, expected) {
+            Ok(next) => next,
+            Err(failure) => return refusal(stream, failure, expected),
+        };
+        let now = self.clock.now_ms();
+        let id = crate::broker::event::new_message_id(now);
+        let batch = records::encode_deletion(stream, hard, &id, now)?;
+        let pending = self.handle.submit_append(batch).await?;
+        inner.index.reserve_deletion(stream, hard);
+        drop(inner);
+        match pending.wait().await {
+            Ok(info) => Ok(AppendOutcome::Success(AppendSuccess {
+                next_expected_revision: next.saturating_sub(1),
+                partition: self.partition,
+                position: info.last_offset,
+                duplicate: false,
+            })),
+            Err(e) => {
+                self.inner.lock().await.stale = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn handle(&self) -> &PartitionHandle {
+        &self.handle
+    }
+
+    /// Sets the stream's metadata (a record of the stream; no revision check).
+    pub async fn set_metadata(
+        &self,
+        stream: &str,
+        limits: records::StreamLimits,
+    ) -> Result<AppendSuccess, EsError> {
+        let mut inner = self.lock_fresh().await?;
+        if inner
+            .index
+            .streams
+            .get(stream)
+            .is_some_and(|s| s.tombstoned)
+        {
+            return Err(EsError::StreamDeleted(stream.to_string()));
+        }
+        let now = self.clock.now_ms();
+        let id = crate::broker::event::new_message_id(now);
+        let batch = records::encode_metadata(stream, limits, &id, now)?;
+        let pending = self.handle.submit_append(batch).await?;
+        inner.index.reserve_metadata(stream, limits);
+        let last = inner
+            .index
+            .streams
+            .get(stream)
+            .and_then(|s| s.last_revision);
+        drop(inner);
+        match pending.wait().await {
+            Ok(info) => Ok(AppendSuccess {
+                next_expected_revision: last.unwrap_or(0),
+                partition: self.partition,
+                position: info.last_offset,
+                duplicate: false,
+            }),
+            Err(e) => {
+                self.inner.lock().await.stale = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The stream's state as the index has it (reserved appends included).
+    pub async fn info(&self, stream: &str) -> Result<StreamState, EsError> {
+        let inner = self.lock_fresh().await?;
+        Ok(inner.index.streams.get(stream).cloned().unwrap_or_default())
+    }
+}
+
+/// Waits for an append's outcome.
+async fn settled(outcome: &mut super::index::SharedOutcome) -> Result<AppendSuccess, EsError> {
+    match outcome.wait_for(Option::is_some).await {
+        Ok(done) => match done.clone() {
+            Some(Ok(success)) => Ok(success),
+            Some(Err(message)) => Err(EsError::Unavailable(message)),
+            None => Err(EsError::Unavailable("the append was abandoned".into())),
+        },
+        Err(_) => Err(EsError::Unavailable("the append was abandoned".into())),
+    }
+}
+
+fn refusal(
+    stream: &str,
+    failure: CheckFailure,
+    expected: ExpectedRevision,
+) -> Result<AppendOutcome, EsError> {
+    match failure {
+        CheckFailure::StreamDeleted => Err(EsError::StreamDeleted(stream.to_string())),
+        CheckFailure::WrongExpectedVersion { current } => {
+            Ok(AppendOutcome::WrongExpectedVersion { current, expected })
+        }
+    }
+}
+
+/// Every stream record in the log from `from` to at least `upto` (all durable: a read may
+/// return records past `upto` and they are taken, see `read::scan`), batch by batch: each
+/// batch's stream records with their offsets (an append is one batch). Returns the offset
+/// after the last record read.
+pub(super) fn scan_batches(
+    handle: &PartitionHandle,
+    from: i64,
+    upto: i64,
+    mut each: impl FnMut(Vec<(EsRecord, i64)>),
+) -> Result<i64, EsError> {
+    let mut offset = from.max(handle.log_start_offset());
+    while offset < upto {
+        let slice = handle.read(offset, SCAN_CHUNK_BYTES)?;
+        if slice.bytes.is_empty() || slice.next_offset <= offset {
+            break;
+        }
+        let mut bytes: Bytes = slice.bytes;
+        while !bytes.is_empty() {
+            let batch: Vec<(EsRecord, i64)> = decode_next_batch(&mut bytes)?
+                .iter()
+                .filter(|r| r.offset >= offset)
+                .filter_map(|r| records::classify(r).map(|es| (es, r.offset)))
+                .collect();
+            if !batch.is_empty() {
+                each(batch);
+            }
+        }
+        offset = slice.next_offset;
+    }
+    Ok(offset)
+}
+
+/// The partition's index from the stored index plus the log after it (see the module docs).
+async fn rebuild(
+    topic: &str,
+    partition: i32,
+    handle: &PartitionHandle,
+    meta: &Meta,
+) -> Result<PartitionIndex, EsError> {
+    let (topic, handle, meta) = (topic.to_string(), handle.clone(), meta.clone());
+    tokio::task::spawn_blocking(move || {
+        let end = handle.high_watermark();
+        let start = handle.log_start_offset();
+        let (stored, indexed_upto) = meta.es_index(&topic, partition)?;
+        let mut index = PartitionIndex::default();
+        // A stored index past the log's end describes records the log lost (a power failure
+        // under `fsync.policy=never`): trust only the log then.
+        let index_from = if indexed_upto > end {
+            start
+        } else {
+            for s in stored {
+                index.streams.insert(
+                    s.stream.clone(),
+                    StreamState {
+                        last_revision: u64::try_from(s.last_revision).ok(),
+                        last_offset: s.last_offset,
+                        soft_deleted: s.soft_deleted,
+                        tombstoned: s.tombstoned,
+                        truncate_before: s.truncate_before,
+                        limits: records::StreamLimits {
+                            max_count: s.max_count,
+                            max_age_ms: s.max_age_ms,
+                        },
+                    },
+                );
+            }
+            indexed_upto.max(start)
+        };
+        let scan_from = index_from.min((end - RECENT_SCAN_RECORDS).max(start));
+        scan_batches(&handle, scan_from, end, |batch| {
+            let mut ids = Vec::new();
+            let mut last = None;
+            for (record, offset) in &batch {
+                if *offset >= index_from {
+                    index.apply(record, *offset);
+                }
+                if let EsRecord::Event {
+                    stream,
+                    revision,
+                    id,
+                } = record
+                {
+                    ids.push(id.clone());
+                    last = Some((stream.clone(), *revision, *offset));
+                }
+            }
+            if let Some((stream, revision, position)) = last {
+                let (_, outcome) = watch::channel(Some(Ok(AppendSuccess {
+                    next_expected_revision: revision,
+                    partition,
+                    position,
+                    duplicate: false,
+                })));
+                index.remember(RecentAppend {
+                    stream,
+                    ids,
+                    outcome,
+                });
+            }
+        })?;
+        Ok(index)
+    })
+    .await
+    .map_err(|_| EsError::Unavailable("rebuilding the stream index failed".into()))?
+}

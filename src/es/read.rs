@@ -1,0 +1,184 @@
+//! Reads: a stream forwards or backwards from a revision, and one partition of the store in
+//! log order (`$all` of a one-partition store). Only durable records (below the high
+//! watermark) are read.
+//!
+//! A stream read starts at the stored sparse revision index's entry at or below the first
+//! revision wanted (`meta::es`, every 64th revision), else at the log start, and scans forward
+//! filtering by key; so it costs the records of the partition between that entry and the last
+//! event returned. Soft-deleted revisions and events past `$maxCount` / `$maxAge` are left out.
+
+use bytes::Bytes;
+
+use super::records::{self, EsRecord};
+use super::{EsError, StreamState};
+use crate::log::batch::decode_next_batch;
+use crate::log::{PartitionHandle, SimpleRecord};
+use crate::meta::Meta;
+
+/// Most events one read returns.
+pub const MAX_READ_COUNT: usize = 10_000;
+
+/// One event as read.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub stream: String,
+    pub revision: u64,
+    pub partition: i32,
+    /// Log offset of its record.
+    pub position: i64,
+    /// Key, value, headers (CloudEvents + revision) and timestamp.
+    pub record: SimpleRecord,
+}
+
+/// Where a stream read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Start,
+    End,
+    Revision(u64),
+}
+
+/// Calls `each` with every record from `from` below the high watermark, in order, until it
+/// returns false; returns the offset after the last record looked at. Every record a read
+/// returns is below the high watermark *at that read* (durable), so all of them are taken: a
+/// slice may reach past the watermark seen when the scan started, and skipping those records
+/// while moving past them would lose them.
+pub(super) fn scan(
+    handle: &PartitionHandle,
+    from: i64,
+    mut each: impl FnMut(i64, EsRecord, SimpleRecord) -> bool,
+) -> Result<i64, EsError> {
+    let upto = handle.high_watermark();
+    let mut offset = from.max(handle.log_start_offset());
+    while offset < upto {
+        let slice = handle.read(offset, super::partition::SCAN_CHUNK_BYTES)?;
+        if slice.bytes.is_empty() || slice.next_offset <= offset {
+            break;
+        }
+        let mut bytes: Bytes = slice.bytes;
+        while !bytes.is_empty() {
+            for stored in decode_next_batch(&mut bytes)? {
+                if stored.offset < offset {
+                    continue;
+                }
+                let at = stored.offset;
+                if let Some(es) = records::classify(&stored) {
+                    if !each(at, es, stored.record) {
+                        return Ok(at + 1);
+                    }
+                }
+            }
+        }
+        offset = slice.next_offset;
+    }
+    Ok(offset)
+}
+
+/// Reads `stream` (whose index state is `state`) per `from`, `backwards` and `max_count`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn read_stream(
+    handle: &PartitionHandle,
+    meta: &Meta,
+    topic: &str,
+    partition: i32,
+    stream: &str,
+    state: &StreamState,
+    from: ReadFrom,
+    backwards: bool,
+    max_count: usize,
+    now_ms: i64,
+) -> Result<Vec<RecordedEvent>, EsError> {
+    let Some(last) = state.last_revision else {
+        return Ok(Vec::new());
+    };
+    let max_count = max_count.clamp(1, MAX_READ_COUNT) as u64;
+    let mut visible_from = state.truncate_before;
+    if let Some(keep) = state.limits.max_count {
+        visible_from = visible_from.max((last + 1).saturating_sub(keep));
+    }
+    let min_time = state
+        .limits
+        .max_age_ms
+        .map(|age| now_ms.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX)));
+    let (low, high) = if backwards {
+        let top = match from {
+            ReadFrom::Start => 0,
+            ReadFrom::End => last,
+            ReadFrom::Revision(r) => r.min(last),
+        };
+        ((top + 1).saturating_sub(max_count).max(visible_from), top)
+    } else {
+        let first = match from {
+            ReadFrom::Start => 0,
+            ReadFrom::End => last,
+            ReadFrom::Revision(r) => r,
+        }
+        .max(visible_from);
+        (first, first.saturating_add(max_count - 1).min(last))
+    };
+    if low > high {
+        return Ok(Vec::new());
+    }
+    let start = meta
+        .es_revision_floor(topic, partition, stream, low)?
+        .map_or(0, |(_, offset)| offset);
+    let mut events = Vec::new();
+    scan(handle, start, |position, es, record| {
+        let EsRecord::Event {
+            stream: s,
+            revision,
+            ..
+        } = es
+        else {
+            return true;
+        };
+        if s != stream || revision < low {
+            return true;
+        }
+        if revision > high {
+            return false;
+        }
+        if min_time.is_none_or(|t| record.timestamp >= t) {
+            events.push(RecordedEvent {
+                stream: s,
+                revision,
+                partition,
+                position,
+                record,
+            });
+        }
+        revision < high
+    })?;
+    if backwards {
+        events.reverse();
+    }
+    Ok(events)
+}
+
+/// Reads up to `max_count` events of the partition from `from_position` on; returns them and
+/// the position the next read continues at.
+pub(super) fn read_all(
+    handle: &PartitionHandle,
+    partition: i32,
+    from_position: i64,
+    max_count: usize,
+) -> Result<(Vec<RecordedEvent>, i64), EsError> {
+    let max_count = max_count.clamp(1, MAX_READ_COUNT);
+    let mut events = Vec::new();
+    let next = scan(handle, from_position, |position, es, record| {
+        if let EsRecord::Event {
+            stream, revision, ..
+        } = es
+        {
+            events.push(RecordedEvent {
+                stream,
+                revision,
+                partition,
+                position,
+                record,
+            });
+        }
+        events.len() < max_count
+    })?;
+    Ok((events, next.max(from_position)))
+}
