@@ -398,9 +398,7 @@ impl LogConfig {
                 next.fsync = value.parse().map_err(|r| invalid(kafka_name, value, r))?
             }
             "ferry.dedup.window.ms" => next.dedup_window_ms = parse_int(kafka_name, value)?,
-            "ferry.schema.validation" => {
-                next.schema_validation = parse_bool(kafka_name, value)?
-            }
+            "ferry.schema.validation" => next.schema_validation = parse_bool(kafka_name, value)?,
             "preallocate" => next.preallocate = parse_bool(kafka_name, value)?,
             "ferry.event.store" => next.event_store = parse_bool(kafka_name, value)?,
             "ferry.event.store.allow.produce" => {

@@ -2,9 +2,9 @@
 
 mod admin;
 mod authorize;
-mod group;
 mod es;
 mod es_subscribe;
+mod group;
 mod processed;
 mod publish;
 mod subscribe;
