@@ -19,7 +19,7 @@
 //! object's series goes at the next tick, freeing its slot.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -456,10 +456,13 @@ pub fn read_core(core: &BrokerCore, counters: Vec<f64>) -> Vec<(SeriesKey, Vec<f
 }
 
 /// Starts the sampler on the current runtime (none outside one): a tick now, then every
-/// [`FINE_EVERY_SECS`], until the history is dropped with the last router holding it.
+/// [`FINE_EVERY_SECS`], until the history is dropped with the last router holding it. It holds
+/// the broker only weakly and only during a tick: a stopped broker must release its data
+/// directory at once, not at the sampler's next tick (a restart on the same directory would
+/// find the metadata store still locked).
 pub fn spawn_sampler(
     history: Weak<History>,
-    health: Arc<Health>,
+    health: Weak<Health>,
     counters: impl Fn() -> Vec<f64> + Send + 'static,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -470,12 +473,13 @@ pub fn spawn_sampler(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             ticks.tick().await;
-            let Some(history) = history.upgrade() else {
+            let (Some(history), Some(health)) = (history.upgrade(), health.upgrade()) else {
                 return;
             };
             let Some(core) = health.core().cloned() else {
                 continue;
             };
+            drop(health);
             let counters = counters();
             // Reading every object walks the core's maps; keep it off the async workers.
             let readings = tokio::task::spawn_blocking(move || read_core(&core, counters)).await;

@@ -62,7 +62,7 @@ pub(super) fn start_history(state: &AppState) {
     let prometheus = state.prometheus.clone();
     history::spawn_sampler(
         std::sync::Arc::downgrade(&state.history),
-        state.health.clone(),
+        std::sync::Arc::downgrade(&state.health),
         move || overview::message_counter_totals(prometheus.as_ref()),
     );
 }
