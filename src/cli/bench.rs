@@ -21,7 +21,7 @@ pub enum BenchTarget {
     /// latency p50/p99, and this client's own CPU share, for every record size x partition
     /// count. Each case uses a fresh topic, deleted afterwards unless --keep.
     #[command(
-        after_help = "Examples:\n  ferry bench kafka                              # 4 cases of 64 MiB against 127.0.0.1:9092\n  ferry bench kafka -b kafka-1:9092 --sizes 1KiB --partitions 8 --duration 30\n  ferry bench kafka --records 100000 --latency-rate 0 --json > run.json\n  ferry bench kafka -b localhost:9093 --tls --cacert ca.pem --sasl-mechanism SCRAM-SHA-512 --sasl-user bench"
+        after_help = "Examples:\n  ferry bench kafka                              # 4 cases of 64 MiB against 127.0.0.1:9092\n  ferry bench kafka -b kafka-1:9092 --sizes 1KiB --partitions 8 --duration 30\n  ferry bench kafka --records 100000 --latency-rate 0 --json > run.json\n  ferry bench kafka -b host:9093 --tls --sasl-mechanism SCRAM-SHA-512 --sasl-user bench"
     )]
     Kafka(KafkaBenchArgs),
     /// Load-test any AMQP 0-9-1 broker (Ferry, RabbitMQ, ...): one publisher with publisher
