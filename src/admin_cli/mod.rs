@@ -9,6 +9,7 @@
 //! call are composed here: `dlq list` (which queues are dead-letter targets) and `dlq replay`
 //! (in chunks, so a terminal shows progress).
 
+pub mod catalog;
 pub mod commands;
 mod dlq;
 mod exchanges;

@@ -18,6 +18,7 @@
 
 pub mod acls;
 pub mod breaker;
+pub mod catalog;
 pub mod connections;
 pub mod dedup;
 pub mod delayed;
@@ -147,6 +148,8 @@ struct CoreInner {
     acls: acls::AclStore,
     /// The schema registry, for topics and exchanges that validate (see [`schema_check`]).
     schema_validator: std::sync::OnceLock<schema_check::SharedValidator>,
+    /// The event types seen at publish (issue 18's catalog), sampled cheaply.
+    catalog: catalog::EventCatalog,
 }
 
 impl BrokerCore {
@@ -209,6 +212,7 @@ impl BrokerCore {
                 connections: Default::default(),
                 acls,
                 schema_validator: std::sync::OnceLock::new(),
+                catalog: catalog::EventCatalog::default(),
             }),
         };
         core.inner
@@ -301,6 +305,11 @@ impl BrokerCore {
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {
         &self.inner.login_guard
+    }
+
+    /// The event catalog: types, flows and producers seen at publish.
+    pub fn catalog(&self) -> &catalog::EventCatalog {
+        &self.inner.catalog
     }
 
     /// Live client connections (see [`connections`]).

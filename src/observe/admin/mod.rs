@@ -25,6 +25,7 @@
 
 mod auth;
 mod bindings;
+mod catalog;
 mod connections;
 mod dlq;
 mod exchanges;
@@ -127,6 +128,7 @@ pub fn routes() -> Router<AppState> {
                 .put(users::put_vhost)
                 .delete(users::delete_vhost),
         )
+        .route("/api/catalog", get(catalog::catalog))
         .route("/api/overview", get(overview::overview))
         .route("/api/nodes", get(overview::nodes))
         .route("/api/connections", get(connections::list_connections))
