@@ -38,16 +38,16 @@ fn schema_cell(v: &Value) -> String {
     )
 }
 
-fn flows(e: &Value) -> String {
-    let mut all: Vec<String> = arr(&e["topics"])
+/// `"<label> <name>"` for each name of each list, comma-separated; `-` when there is none.
+fn labelled(lists: &[(&str, &Value)]) -> String {
+    let all: Vec<String> = lists
         .iter()
-        .map(|t| format!("topic {}", cell(t)))
+        .flat_map(|(label, names)| {
+            arr(names)
+                .iter()
+                .map(move |n| format!("{label} {}", cell(n)))
+        })
         .collect();
-    all.extend(
-        arr(&e["exchanges"])
-            .iter()
-            .map(|x| format!("exchange {}", cell(x))),
-    );
     if all.is_empty() {
         "-".into()
     } else {
@@ -55,21 +55,15 @@ fn flows(e: &Value) -> String {
     }
 }
 
+fn flows(e: &Value) -> String {
+    labelled(&[("topic", &e["topics"]), ("exchange", &e["exchanges"])])
+}
+
 fn consumers(e: &Value) -> String {
-    let mut all: Vec<String> = arr(&e["consumers"]["groups"])
-        .iter()
-        .map(|g| format!("group {}", cell(g)))
-        .collect();
-    all.extend(
-        arr(&e["consumers"]["queues"])
-            .iter()
-            .map(|q| format!("queue {}", cell(q))),
-    );
-    if all.is_empty() {
-        "-".into()
-    } else {
-        all.join(", ")
-    }
+    labelled(&[
+        ("group", &e["consumers"]["groups"]),
+        ("queue", &e["consumers"]["queues"]),
+    ])
 }
 
 /// One row per event type.
