@@ -184,6 +184,14 @@ impl Channel {
             if let Err(refused) =
                 core.check_exchange_message(&msg.exchange, &ex.def().arguments, &message)
             {
+                let arguments = &ex.def().arguments;
+                if let Some(dead_lettered) = core
+                    .dead_letter_refused(vhost, &msg.exchange, arguments, message, &refused)
+                    .await
+                {
+                    // Confirmed once the dead letter is durable, as RabbitMQ's DLX does.
+                    return Ok(dead_lettered);
+                }
                 // Like x-overflow reject-publish: nacked in confirm mode, dropped otherwise.
                 tracing::debug!(exchange = %msg.exchange, reason = refused.reason, "{}", refused.message);
                 return Ok(Published {
