@@ -39,6 +39,10 @@ fn main() -> ExitCode {
         Command::Vhost(args) => admin(ferry::admin_cli::vhost(args.into())),
         Command::Acl(args) => admin(ferry::admin_cli::acl(args.into())),
         Command::Status(args) => admin(ferry::admin_cli::manage::status(args.conn.into())),
+        Command::Catalog(args) => admin(ferry::admin_cli::catalog::catalog(
+            args.conn.into(),
+            args.markdown,
+        )),
         Command::Connection(args) => {
             let conn = args.conn.into();
             match args.command {

@@ -337,6 +337,7 @@ impl BrokerBuilder {
         health.set_core(core.clone());
         let schemas = Arc::new(crate::schema::SchemaRegistry::open(core.meta().clone())?);
         core.set_schema_validator(schemas.clone());
+        core.catalog().set_examples(config.observe.catalog_examples);
         health.set_schemas(schemas);
 
         health.set_phase("binding protocol listeners");

@@ -11,6 +11,7 @@
 
 mod acls;
 pub mod bridges;
+pub mod catalog;
 pub mod commands;
 mod dlq;
 mod exchanges;

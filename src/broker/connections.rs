@@ -120,6 +120,11 @@ impl Connection {
     }
 
     /// Sets the authenticated user; later calls are ignored (identity is fixed once known).
+    /// The user this connection authenticated as, once it has.
+    pub fn user(&self) -> Option<&str> {
+        self.user.get().map(String::as_str)
+    }
+
     pub fn set_user(&self, user: &str) {
         let _ = self.user.set(user.to_string());
     }

@@ -19,6 +19,7 @@
 pub mod acl_names;
 pub mod acls;
 pub mod breaker;
+pub mod catalog;
 pub mod connections;
 pub mod dedup;
 pub mod delayed;
@@ -157,6 +158,8 @@ struct CoreInner {
     /// State of layers above the core that must exist once per core (the event store's
     /// stream indexes), by type: see [`BrokerCore::layered`].
     layered: parking_lot::Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
+    /// The event types seen at publish (issue 18's catalog), sampled cheaply.
+    catalog: catalog::EventCatalog,
 }
 
 impl BrokerCore {
@@ -224,6 +227,7 @@ impl BrokerCore {
                 txns,
                 parameters,
                 layered: Default::default(),
+                catalog: catalog::EventCatalog::default(),
             }),
         };
         core.inner
@@ -341,6 +345,11 @@ impl BrokerCore {
 
     pub fn login_guard(&self) -> &login_guard::LoginGuard {
         &self.inner.login_guard
+    }
+
+    /// The event catalog: types, flows and producers seen at publish.
+    pub fn catalog(&self) -> &catalog::EventCatalog {
+        &self.inner.catalog
     }
 
     /// Live client connections (see [`connections`]).

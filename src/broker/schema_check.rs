@@ -56,8 +56,37 @@ pub fn count_rejection(kind: &'static str, name: &str, reason: &'static str) {
 }
 
 /// The exchange argument that turns validation on (`true`, or `nack`: refuse; a publisher in
-/// confirm mode gets basic.nack, others lose the message as with `x-overflow` reject-publish).
+/// confirm mode gets basic.nack, others lose the message as with `x-overflow` reject-publish;
+/// [`DEAD_LETTER_MODE`]: route the refused message to the exchange's dead-letter exchange).
 pub const VALIDATION_ARGUMENT: &str = "x-schema-validation";
+/// The `x-schema-validation` value that dead-letters a refused message to the exchange's
+/// `x-dead-letter-exchange` (reason `schema`) instead of refusing the publish.
+pub const DEAD_LETTER_MODE: &str = "dead-letter";
+/// The exchange arguments naming where `dead-letter` mode sends refused messages.
+pub const DEAD_LETTER_EXCHANGE_ARGUMENT: &str = "x-dead-letter-exchange";
+pub const DEAD_LETTER_ROUTING_KEY_ARGUMENT: &str = "x-dead-letter-routing-key";
+/// The header a schema dead letter carries with why it was refused.
+pub const SCHEMA_ERROR_HEADER: &str = "x-schema-error";
+
+/// The dead-letter exchange (and routing key) of an exchange declared with
+/// `x-schema-validation: dead-letter`; `None` for nack semantics.
+pub fn schema_dead_letter_target(
+    arguments: &serde_json::Value,
+) -> Option<(String, Option<String>)> {
+    if arguments.get(VALIDATION_ARGUMENT)?.as_str()? != DEAD_LETTER_MODE {
+        return None;
+    }
+    let exchange = arguments
+        .get(DEAD_LETTER_EXCHANGE_ARGUMENT)?
+        .as_str()?
+        .to_string();
+    let key = arguments
+        .get(DEAD_LETTER_ROUTING_KEY_ARGUMENT)
+        .and_then(|k| k.as_str())
+        .map(str::to_string);
+    Some((exchange, key))
+}
+
 /// The exchange argument naming the subject its messages follow (default `<exchange>-value`).
 pub const SUBJECT_ARGUMENT: &str = "x-schema-subject";
 
@@ -172,6 +201,62 @@ impl super::BrokerCore {
         validator
             .check_named(&named)
             .map_err(|(reason, message)| MessageRejection { reason, message })
+    }
+}
+
+impl super::BrokerCore {
+    /// Dead-letters a message `exchange` refused (its arguments name the dead-letter exchange,
+    /// see [`schema_dead_letter_target`]): published to that exchange with an `x-death` entry
+    /// of reason `schema` and the refusal in [`SCHEMA_ERROR_HEADER`]. `None` when the exchange
+    /// nacks refusals instead; a dead-letter exchange that does not exist drops the message,
+    /// as RabbitMQ's dead-lettering does.
+    pub async fn dead_letter_refused(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        arguments: &serde_json::Value,
+        message: super::message::Message,
+        refused: &MessageRejection,
+    ) -> Option<super::routing::Published> {
+        let (dlx, routing_key) = schema_dead_letter_target(arguments)?;
+        let mut record = message.into_record();
+        let original_key = record
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let death = serde_json::json!([{
+            "queue": "",
+            "reason": "schema",
+            "count": 1,
+            "exchange": exchange,
+            "routing-keys": [original_key],
+            "time": self.clock().now_ms().max(0) / 1000,
+            "first": true,
+            "error": refused.message,
+        }]);
+        record
+            .headers
+            .retain(|(k, _)| k != super::routing::DEATH_HEADER && k != SCHEMA_ERROR_HEADER);
+        record.headers.push((
+            super::routing::DEATH_HEADER.to_string(),
+            Some(Bytes::from(death.to_string())),
+        ));
+        record.headers.push((
+            SCHEMA_ERROR_HEADER.to_string(),
+            Some(Bytes::from(refused.message.clone())),
+        ));
+        if let Some(key) = routing_key {
+            record.key = Some(Bytes::from(key));
+        }
+        metrics::counter!("ferry_messages_dead_lettered_total", "reason" => "schema").increment(1);
+        match self.router().publish_now(vhost, &dlx, record).await {
+            Ok(published) => Some(published),
+            Err(e) => {
+                tracing::debug!(exchange, error = %e, "dead-lettering a refused message dropped it");
+                Some(super::routing::Published::default())
+            }
+        }
     }
 }
 

@@ -16,6 +16,19 @@ pub struct StatusArgs {
     pub conn: AdminConn,
 }
 
+/// `ferry catalog`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  ferry catalog\n  ferry catalog --markdown > docs/events.md\n  ferry catalog --json | jq '.events[].type'"
+)]
+pub struct CatalogArgs {
+    #[command(flatten)]
+    pub conn: AdminConn,
+    /// Print a Markdown document of every event type (to commit next to the code).
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
+}
+
 /// `ferry connection ...`
 #[derive(Debug, Args)]
 #[command(

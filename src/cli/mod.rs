@@ -66,6 +66,8 @@ pub enum Command {
     Acl(security::AclArgs),
     /// The broker at a glance: node, listeners, alarms, connections, messages and rates.
     Status(manage::StatusArgs),
+    /// Event types seen at publish: schema, flows, producers, consumers, rate, an example.
+    Catalog(manage::CatalogArgs),
     /// Client connections of every protocol: list, close (through the admin API).
     Connection(manage::ConnectionArgs),
     /// AMQP channels: list (through the admin API).

@@ -38,6 +38,9 @@ pub struct ObserveSettings {
     /// path gets `/v1/traces`). Needs a ferry built with the `otlp` cargo feature. Default empty:
     /// no export.
     pub otlp_endpoint: String,
+    /// Keep and show one example payload per event type in the event catalog (`/api/catalog`,
+    /// `ferry catalog`). Default true; false redacts them (payloads may hold personal data).
+    pub catalog_examples: bool,
     /// `[observe.http]`: timeouts and the connection cap of the HTTP listener.
     pub http: HttpSettings,
 }
@@ -54,6 +57,7 @@ impl Default for ObserveSettings {
             metrics_auth: false,
             allow_anonymous: AnonymousAccess::Never,
             otlp_endpoint: String::new(),
+            catalog_examples: true,
             http: HttpSettings::default(),
         }
     }

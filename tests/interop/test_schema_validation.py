@@ -143,3 +143,48 @@ def test_pika_sees_a_nack_for_a_message_its_schema_refuses(ferry, registry, amqp
         assert bodies == [b'{"id": 1}', b'{"id": 4}']
     finally:
         connection.close()
+
+
+@pytest.mark.amqp
+def test_a_refused_message_is_dead_lettered_with_reason_schema(ferry, registry, amqp_url):
+    import json
+
+    import pika
+
+    exchange = helpers.unique("validated-dlx")
+    dlx = helpers.unique("schema-dlx")
+    registry.register_schema(f"{exchange}-value", Schema(json.dumps({
+        "type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}),
+        "JSON"))
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(dlx, "fanout")
+        dead = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(dead, dlx)
+        channel.exchange_declare(exchange, "direct", arguments={
+            "x-schema-validation": "dead-letter", "x-dead-letter-exchange": dlx})
+        good = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(good, exchange, "orders")
+        channel.confirm_delivery()
+        props = pika.BasicProperties(content_type="application/json")
+        # Both confirmed: the refused one once its dead letter is stored.
+        channel.basic_publish(exchange, "orders", b'{"id": 1}', props)
+        channel.basic_publish(exchange, "orders", b'{"id": "one"}', props)
+
+        method, _, body = channel.basic_get(good, auto_ack=True)
+        assert body == b'{"id": 1}'
+        assert channel.basic_get(good, auto_ack=True)[0] is None
+
+        method, dead_props, body = channel.basic_get(dead, auto_ack=True)
+        assert method is not None, "the refused message was not dead-lettered"
+        assert body == b'{"id": "one"}'
+        death = dead_props.headers["x-death"][0]
+        assert death["reason"] == "schema"
+        assert death["exchange"] == exchange
+        assert death["routing-keys"] == ["orders"]
+        assert dead_props.headers["x-first-death-reason"] == "schema"
+        assert dead_props.headers["x-schema-error"]
+        assert channel.basic_get(dead, auto_ack=True)[0] is None
+    finally:
+        connection.close()

@@ -28,6 +28,7 @@ mod acls;
 mod auth;
 mod bindings;
 mod bridges;
+mod catalog;
 mod connections;
 mod dlq;
 mod exchanges;
@@ -163,6 +164,7 @@ pub fn routes() -> Router<AppState> {
                 .put(users::put_vhost)
                 .delete(users::delete_vhost),
         )
+        .route("/api/catalog", get(catalog::catalog))
         .route("/api/overview", get(overview::overview))
         .route("/api/nodes", get(overview::nodes))
         .route("/api/alerts", get(overview::alerts))

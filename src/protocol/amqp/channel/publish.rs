@@ -184,6 +184,14 @@ impl Channel {
             if let Err(refused) =
                 core.check_exchange_message(&msg.exchange, &ex.def().arguments, &message)
             {
+                let arguments = &ex.def().arguments;
+                if let Some(dead_lettered) = core
+                    .dead_letter_refused(vhost, &msg.exchange, arguments, message, &refused)
+                    .await
+                {
+                    // Confirmed once the dead letter is durable, as RabbitMQ's DLX does.
+                    return Ok(dead_lettered);
+                }
                 // Like x-overflow reject-publish: nacked in confirm mode, dropped otherwise.
                 tracing::debug!(exchange = %msg.exchange, reason = refused.reason, "{}", refused.message);
                 return Ok(Published {
@@ -192,6 +200,7 @@ impl Channel {
                 });
             }
         }
+        observe_in_catalog(core, out, &msg.exchange, &message);
         let route_span = tracing::debug_span!(
             "route",
             exchange = %msg.exchange,
@@ -480,4 +489,42 @@ pub(super) fn record_event_fields(
             crate::observe::otlp::set_remote_parent(span, tp, m.tracestate.as_deref());
         }
     }
+}
+
+/// Counts a publish in the event catalog, reading the message's metadata only when the
+/// exchange is due a sample (see `broker::catalog`). The default exchange is `amq.default`.
+fn observe_in_catalog(
+    core: &BrokerCore,
+    out: &Out,
+    exchange: &str,
+    message: &crate::broker::message::Message,
+) {
+    use crate::broker::catalog::{FlowKind, SeenEvent};
+    let name = if exchange.is_empty() {
+        "amq.default"
+    } else {
+        exchange
+    };
+    core.catalog()
+        .observe(FlowKind::Exchange, name, core.clock().now_ms(), 1, || {
+            let text = |h: &str| {
+                message
+                    .header(h)
+                    .and_then(|v| v.as_bytes())
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            };
+            let Some(event_type) = message.event_type() else {
+                return Vec::new();
+            };
+            let producer = text("amqp.app-id")
+                .map(|a| format!("amqp:{a}"))
+                .or_else(|| out.connection.user().map(|u| format!("amqp-user:{u}")));
+            vec![SeenEvent {
+                event_type,
+                schema_version: message.schema_version(),
+                content_type: text("amqp.content-type"),
+                producer,
+                example: message.value.clone(),
+            }]
+        });
 }

@@ -44,6 +44,23 @@ fn refuses_plain_produce(topic: &crate::broker::Topic) -> bool {
     config.event_store && !config.event_store_allow_produce
 }
 
+/// Counts a produced batch in the event catalog, reading its records only when the topic is
+/// due a sample (see `broker::catalog`).
+fn observe_in_catalog(ctx: &KafkaContext, conn: &ConnInfo, topic: &str, records: &Bytes) {
+    use crate::broker::catalog::{kafka_batch_events, kafka_record_count, FlowKind};
+    let now_ms = ctx.core.clock().now_ms();
+    ctx.core.catalog().observe(
+        FlowKind::Topic,
+        topic,
+        now_ms,
+        kafka_record_count(records),
+        || {
+            let producer = conn.client_id.as_deref().or(conn.user.as_deref());
+            kafka_batch_events(records, producer)
+        },
+    );
+}
+
 pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -> Work {
     if req.api_version < 3 {
         return ready(legacy(&req));
@@ -129,6 +146,7 @@ pub async fn submit(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest) -
                             .await
                         {
                             Ok(pending) => {
+                                observe_in_catalog(ctx, conn, &name, &records);
                                 PartitionResult::Pending(pending, handle.clone(), span, traced)
                             }
                             Err(e) => {
