@@ -731,13 +731,33 @@
       ],
       { label: "Alert rules", empty: "No alert rules configured ([[alerts.rules]] in the config file)." }
     );
-    root.append(heading("Alerts"), h("h2", {}, "Resource alarms"), alarms, h("h2", {}, "Alert rules"), rules.el);
+    const history = table(
+      [
+        { label: "When", value: (t) => time(t.at_ms) },
+        { label: "Rule", value: (t) => t.rule },
+        { label: "Change", value: (t) => h(t.to === "firing" ? "span.pill.firing" : "span.pill", {}, `${t.from} → ${t.to}`) },
+        { label: "Value", value: (t) => num(t.value, 0), num: true },
+        { label: "Message", value: (t) => t.message },
+      ],
+      { filter: true, label: "Firing history", empty: "No rule has fired or resolved since the broker started." }
+    );
+    root.append(
+      heading("Alerts"),
+      h("h2", {}, "Resource alarms"),
+      alarms,
+      h("h2", {}, "Alert rules"),
+      rules.el,
+      h("h2", {}, "Firing history"),
+      h("p.muted", {}, "The latest 200 transitions across all rules since the broker started, newest first."),
+      history.el
+    );
     return async () => {
       const [o, a] = await Promise.all([get("/api/overview"), get("/api/alerts")]);
       alarms.replaceChildren(
         ...((o.alarms || []).length ? o.alarms.map((x) => h("span.pill.alarm", {}, x)) : [h("span.pill", {}, "No memory or disk alarm")])
       );
       rules.update(a);
+      history.update(a.flatMap((r) => r.history || []).sort((x, y) => y.at_ms - x.at_ms));
     };
   });
 })();
