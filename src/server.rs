@@ -415,6 +415,7 @@ impl BrokerBuilder {
         tasks.spawn(crate::observe::alerts::run(
             core.clone(),
             config.alerts.clone(),
+            health.alert_history().clone(),
             shutdown_rx.clone(),
         ));
         tasks.spawn(protocol::amqp::serve(

@@ -141,6 +141,28 @@ async fn a_queue_depth_rule_fires_and_resolves_everywhere() {
         eventually(|| async { metric(&broker, rule).await == Some(0.0) }).await,
         "the rule did not resolve"
     );
+    // The admin API keeps the firing history: both transitions, newest first, with the value.
+    let alerts: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/alerts", broker.http_url()))
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let history = &alerts[0]["history"];
+    assert_eq!(alerts[0]["rule"], "jobs-backlog", "{alerts}");
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{alerts}");
+    assert_eq!(
+        (&history[0]["from"], &history[0]["to"]),
+        (&"firing".into(), &"ok".into())
+    );
+    assert_eq!(
+        (&history[1]["from"], &history[1]["to"], &history[1]["value"]),
+        (&"ok".into(), &"firing".into(), &5.into())
+    );
+    assert!(history[0]["at_ms"].as_i64() >= history[1]["at_ms"].as_i64());
     // The webhook saw both transitions; its first answer (500) was retried.
     assert!(eventually(|| async { hooks.lock().len() == 2 }).await);
     let states: Vec<String> = hooks

@@ -19,6 +19,8 @@
 //! `threshold`), `resource_alarm` (the disk or memory alarm is on), `circuit_open` (a consumer
 //! circuit breaker of `queue`, or of any queue when `queue` is empty, is open), `bridge_down`
 //! (bridge `bridge` in `vhost`, or any bridge when `bridge` is empty, is not running).
+//!
+//! The latest transitions are also kept in memory ([`AlertHistory`]) for `GET /api/alerts`.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -26,6 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::alert_history::{AlertHistory, AlertTransition};
 use crate::broker::BrokerCore;
 use crate::log::SimpleRecord;
 
@@ -240,7 +243,12 @@ struct RuleState {
 }
 
 /// Runs the rules until shutdown.
-pub async fn run(core: BrokerCore, settings: AlertSettings, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    core: BrokerCore,
+    settings: AlertSettings,
+    history: std::sync::Arc<AlertHistory>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if settings.rules.is_empty() {
         return;
     }
@@ -298,6 +306,14 @@ pub async fn run(core: BrokerCore, settings: AlertSettings, mut shutdown: watch:
                 }
             };
             if let Some(to) = transition {
+                history.record(AlertTransition {
+                    rule: rule.name.clone(),
+                    from: if to == "firing" { "ok" } else { "firing" },
+                    to: if to == "firing" { "firing" } else { "ok" },
+                    at_ms: now,
+                    value,
+                    message: message.clone(),
+                });
                 notify(&core, &settings, rule, to, value, &message, now).await;
             }
         }

@@ -39,6 +39,8 @@ pub struct Health {
     schemas: OnceLock<Arc<SchemaRegistry>>,
     /// Bound listeners by protocol (`kafka`, `amqp`, `http`), for the listener checks.
     listeners: Mutex<Vec<(&'static str, SocketAddr)>>,
+    /// Recent alert transitions, recorded by the alert task, read by `GET /api/alerts`.
+    alert_history: Arc<super::alert_history::AlertHistory>,
 }
 
 impl Health {
@@ -54,6 +56,10 @@ impl Health {
 
     pub fn set_core(&self, core: BrokerCore) {
         let _ = self.core.set(core);
+    }
+
+    pub fn alert_history(&self) -> &Arc<super::alert_history::AlertHistory> {
+        &self.alert_history
     }
 
     pub fn set_schemas(&self, registry: Arc<SchemaRegistry>) {

@@ -1,5 +1,5 @@
 //! Observability beside the core: the Prometheus exporter and its scrape-time gauges
-//! ([`metrics`]), the memory and disk resource alarms ([`alarms`]), alert rules ([`alerts`]), the HTTP endpoints ([`http`]), the admin API under `/api/` ([`admin`],
+//! ([`metrics`]), the memory and disk resource alarms ([`alarms`]), alert rules ([`alerts`]) and their recent transitions ([`alert_history`]), the HTTP endpoints ([`http`]), the admin API under `/api/` ([`admin`],
 //! documented in `docs/admin-api.yaml`) and log setup ([`tracing`]).
 //!
 //! The core only records through the `metrics` and `tracing` facades; this module decides where
@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod alarms;
+pub mod alert_history;
 pub mod alerts;
 pub mod console;
 pub mod http;

@@ -358,6 +358,56 @@ def test_a_monitoring_user_cannot_purge(browser, ferry):
         conn.close()
 
 
+def test_bridges_page_shows_a_bridge_made_through_the_api(console, ferry):
+    name = helpers.unique("console-bridge")
+    src = helpers.unique("console-bridge-src")
+    dest = helpers.unique("console-bridge-dest")
+    status, _ = _api(ferry, "PUT", f"/api/parameters/shovel/%2F/{name}",
+                     {"value": {"src-queue": src, "dest-queue": dest}})
+    assert status in (201, 204), status
+    conn = _pika(ferry, "console-bridge-publisher")
+    try:
+        ch = conn.channel()
+        ch.queue_declare(src, durable=True)
+        for i in range(2):
+            ch.basic_publish("", src, f"bridged-{i}".encode())
+        helpers.wait_for("the bridge forwarding both messages", lambda: (
+            lambda s: s[0] == 200 and s[1]["messages_forwarded"] == 2)(
+                _api(ferry, "GET", f"/api/shovels/vhost/%2F/{name}")))
+        _go(console, "#/bridges", "table")
+        key = f"//{name}"  # rows are keyed vhost/name, and the vhost is "/"
+        _wait(console, lambda d: name in _row_text(d, key), "the bridge listed")
+        row = _row_text(console, key)
+        assert "running" in row and src in row and dest in row, row
+        assert " 2 " in f" {row} ", row
+        _shot(console, "bridges")
+    finally:
+        conn.close()
+        _api(ferry, "DELETE", f"/api/parameters/shovel/%2F/{name}")
+
+
+def test_schemas_page_shows_a_registered_schema_and_the_catalog(console, ferry):
+    topic = helpers.unique("console-events")
+    subject = f"{topic}-value"  # TopicNameStrategy, so the catalog links the schema
+    schema = json.dumps({"type": "record", "name": "Order", "namespace": "console.test",
+                         "fields": [{"name": "id", "type": "string"}]})
+    status, registered = _api(ferry, "POST", f"/subjects/{urllib.parse.quote(subject)}/versions",
+                              {"schema": schema})
+    assert status == 200, registered
+    event_type = helpers.unique("console.order.created")
+    _produce(ferry, topic, 2, headers=[("ce_type", event_type.encode())])
+    helpers.wait_for("the event catalogued", lambda: any(
+        e["type"] == event_type for e in _api(ferry, "GET", "/api/catalog")[1]["events"]))
+
+    _go(console, "#/schemas", "table")
+    _wait(console, lambda d: subject in _row_text(d, subject), "the subject listed")
+    row = _row_text(console, subject)
+    assert "AVRO" in row and str(registered["id"]) in row, row
+    _wait(console, lambda d: topic in _row_text(d, event_type), "the event type with its topic")
+    assert f"{subject} v1 (AVRO)" in _row_text(console, event_type)
+    _shot(console, "schemas")
+
+
 def test_every_page_renders_in_light_dark_and_at_phone_width(console, ferry):
     from selenium.webdriver.common.by import By
 

@@ -196,10 +196,17 @@ pub(super) async fn overview(
     Ok(Json(view))
 }
 
-/// Alert rules from the config and whether each is firing now (the `ferry_alert_firing` gauge
-/// the alert task keeps); empty without metrics or rules.
+/// Alert rules from the config, whether each is firing now (the `ferry_alert_firing` gauge
+/// the alert task keeps) and its recent transitions; empty without metrics or rules.
 pub(super) async fn alerts(_: Admin, State(state): State<AppState>) -> Json<Value> {
-    Json(json!(firing_alerts(state.prometheus.as_ref())))
+    let history = state.health.alert_history();
+    let mut rules = firing_alerts(state.prometheus.as_ref());
+    for rule in &mut rules {
+        // Recent transitions of this rule, newest first (bounded; lost at restart).
+        let transitions = rule["rule"].as_str().map(|name| history.of_rule(name));
+        rule["history"] = json!(transitions.unwrap_or_default());
+    }
+    Json(json!(rules))
 }
 
 fn firing_alerts(handle: Option<&PrometheusHandle>) -> Vec<Value> {

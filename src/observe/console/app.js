@@ -393,8 +393,9 @@ const Ferry = (() => {
     }
     if (typing || e.ctrlKey || e.metaKey || e.altKey || !state.user) return;
     const links = [...document.querySelectorAll("nav a")];
-    if (/^[1-8]$/.test(e.key)) {
-      links[Number(e.key) - 1].click();
+    // 1-9 then 0, as the digits sit on the keyboard.
+    if (/^[0-9]$/.test(e.key) && links[(Number(e.key) + 9) % 10]) {
+      links[(Number(e.key) + 9) % 10].click();
       $("#main").focus();
       e.preventDefault();
     } else if (e.key === "/") {

@@ -628,6 +628,98 @@
     return refresh;
   });
 
+  // --- bridges ----------------------------------------------------------------------------
+
+  /** "uri queue|exchange (key)|topic" of one side of a shovel definition. */
+  function endpoint(uri, def, side) {
+    const what = def[`${side}-queue`]
+      ? `queue ${def[`${side}-queue`]}`
+      : def[`${side}-topic`]
+      ? `topic ${def[`${side}-topic`]}`
+      : def[`${side}-exchange`]
+      ? `exchange ${def[`${side}-exchange`]}${def[`${side}-exchange-key`] ? ` (${def[`${side}-exchange-key`]})` : ""}`
+      : "";
+    return `${uri || ""} ${what}`.trim();
+  }
+
+  page("bridges", async (root) => {
+    const bridges = table(
+      [
+        { label: "Name", value: (b) => b.name },
+        { label: "Vhost", value: (b) => b.vhost },
+        { label: "State", value: (b) => h(b.state === "running" ? "span.pill" : "span.pill.firing", {}, b.state) },
+        { label: "Reason", value: (b) => b.reason || "" },
+        { label: "Source", value: (b) => endpoint(b.src_uri, b.definition, "src") },
+        { label: "Destination", value: (b) => endpoint(b.dest_uri, b.definition, "dest") },
+        { label: "Forwarded", value: (b) => num(b.messages_forwarded, 0), num: true },
+        { label: "Skipped", value: (b) => num(b.messages_skipped, 0), num: true },
+        { label: "Pending", value: (b) => num(b.pending, 0), num: true },
+        { label: "Reconnects", value: (b) => num(b.reconnects, 0), num: true },
+        { label: "Breaker", value: (b) => b.circuit_breaker },
+        { label: "Since", value: (b) => time(b.since_ms) },
+      ],
+      {
+        filter: true,
+        label: "Bridges",
+        rowKey: (b) => `${b.vhost}/${b.name}`,
+        empty: "No bridges (PUT /api/parameters/shovel/{vhost}/{name}, ferry bridge create, or [[bridges]] in the config file).",
+      }
+    );
+    root.append(heading("Bridges"), bridges.el);
+    return async () => {
+      // The live state names only the URIs; the definition says which queue, exchange or topic.
+      const [live, defs] = await Promise.all([get("/api/shovels"), get("/api/parameters/shovel")]);
+      const byKey = new Map(defs.map((d) => [`${d.vhost}/${d.name}`, d.value]));
+      bridges.update(live.map((b) => Object.assign({ definition: byKey.get(`${b.vhost}/${b.name}`) || {} }, b)));
+    };
+  });
+
+  // --- schemas and the event catalog ------------------------------------------------------
+
+  // Latest versions are fetched one subject at a time; past this many the page says so.
+  const MAX_SUBJECTS = 200;
+
+  page("schemas", async (root) => {
+    const note = h("p.muted");
+    const subjects = table(
+      [
+        { label: "Subject", value: (s) => s.subject },
+        { label: "Latest version", value: (s) => s.version, num: true },
+        { label: "Id", value: (s) => s.id, num: true },
+        { label: "Type", value: (s) => s.schemaType || "AVRO" },
+        { label: "Schema", value: (s) => h("details", {}, h("summary", {}, "show"), h("pre", {}, s.schema)) },
+      ],
+      { filter: true, label: "Schema subjects", rowKey: (s) => s.subject, empty: "No schemas registered." }
+    );
+    const events = table(
+      [
+        { label: "Event type", value: (e) => e.type },
+        { label: "Schema", value: (e) => (e.schema ? `${e.schema.subject} v${e.schema.latest_version} (${e.schema.schema_type})` : "") },
+        { label: "Topics", value: (e) => (e.topics || []).join(", ") },
+        { label: "Exchanges", value: (e) => (e.exchanges || []).join(", ") },
+        { label: "Producers", value: (e) => (e.producers || []).join(", ") },
+        { label: "Messages (est.)", value: (e) => num(e.messages_estimated, 0), num: true },
+        { label: "Last seen", value: (e) => time(e.last_seen_ms) },
+      ],
+      { label: "Event catalog", rowKey: (e) => e.type, empty: "No typed events seen yet (ce_type header or AMQP type property)." }
+    );
+    root.append(heading("Schemas"), note, subjects.el, h("h2", {}, "Event catalog"), events.el);
+    return async () => {
+      const [names, catalog] = await Promise.all([get("/subjects").catch((e) => e), get("/api/catalog")]);
+      events.update(catalog.events);
+      if (names instanceof Error) {
+        note.textContent = `The schema registry did not answer: ${names.message}`;
+        subjects.update([]);
+        return;
+      }
+      const shown = (names || []).slice(0, MAX_SUBJECTS);
+      note.textContent = shown.length < names.length ? `Showing the first ${shown.length} of ${names.length} subjects.` : "";
+      // A subject deleted between the two calls is left out rather than failing the page.
+      const latest = await Promise.all(shown.map((s) => get(`/subjects/${enc(s)}/versions/latest`).catch(() => null)));
+      subjects.update(latest.filter(Boolean));
+    };
+  });
+
   // --- alerts -----------------------------------------------------------------------------
 
   page("alerts", async (root) => {
@@ -639,13 +731,33 @@
       ],
       { label: "Alert rules", empty: "No alert rules configured ([[alerts.rules]] in the config file)." }
     );
-    root.append(heading("Alerts"), h("h2", {}, "Resource alarms"), alarms, h("h2", {}, "Alert rules"), rules.el);
+    const history = table(
+      [
+        { label: "When", value: (t) => time(t.at_ms) },
+        { label: "Rule", value: (t) => t.rule },
+        { label: "Change", value: (t) => h(t.to === "firing" ? "span.pill.firing" : "span.pill", {}, `${t.from} → ${t.to}`) },
+        { label: "Value", value: (t) => num(t.value, 0), num: true },
+        { label: "Message", value: (t) => t.message },
+      ],
+      { filter: true, label: "Firing history", empty: "No rule has fired or resolved since the broker started." }
+    );
+    root.append(
+      heading("Alerts"),
+      h("h2", {}, "Resource alarms"),
+      alarms,
+      h("h2", {}, "Alert rules"),
+      rules.el,
+      h("h2", {}, "Firing history"),
+      h("p.muted", {}, "The latest 200 transitions across all rules since the broker started, newest first."),
+      history.el
+    );
     return async () => {
       const [o, a] = await Promise.all([get("/api/overview"), get("/api/alerts")]);
       alarms.replaceChildren(
         ...((o.alarms || []).length ? o.alarms.map((x) => h("span.pill.alarm", {}, x)) : [h("span.pill", {}, "No memory or disk alarm")])
       );
       rules.update(a);
+      history.update(a.flatMap((r) => r.history || []).sort((x, y) => y.at_ms - x.at_ms));
     };
   });
 })();
