@@ -654,3 +654,79 @@ async fn topic_records_browse_from_a_timestamp_and_a_test_publish_reaches_the_to
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Issue 19's Kafka producer view: `/api/kafka/producers` lists an idempotent producer's id
+/// with its last sequence and offset per partition, and a transactional producer's id with
+/// its transactional id and Kafka's transaction state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_producers_show_sequences_and_transactions() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = TestBroker::start().await.unwrap();
+    let idempotent: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.kafka_bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("idempotent producer");
+    for i in 0..3 {
+        idempotent
+            .send(
+                FutureRecord::<(), _>::to("payments")
+                    .partition(0)
+                    .payload(&format!("p{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let bootstrap = broker.kafka_bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(20);
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", "settle-1")
+            .set("linger.ms", "0")
+            .create()
+            .expect("transactional producer");
+        p.init_transactions(timeout).expect("init_transactions");
+        p.begin_transaction().expect("begin");
+        for v in ["s0", "s1"] {
+            p.send(
+                BaseRecord::<str, str>::to("settlements")
+                    .partition(0)
+                    .payload(v),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+        }
+        p.flush(timeout).expect("flushed");
+        p.commit_transaction(timeout).expect("commit");
+    })
+    .await
+    .unwrap();
+
+    let producers = get(&broker, "/api/kafka/producers").await;
+    let list = producers.as_array().expect("an array");
+    let on = |topic: &str| {
+        list.iter()
+            .find(|p| {
+                p["partitions"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|x| x["topic"] == topic))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("a producer on {topic} in {producers}"))
+    };
+    let plain = on("payments");
+    assert_eq!(plain["transactional_id"], Value::Null, "{plain}");
+    assert_eq!(plain["partitions"][0]["partition"], 0, "{plain}");
+    assert_eq!(plain["partitions"][0]["last_sequence"], 2, "{plain}");
+    assert_eq!(plain["partitions"][0]["last_offset"], 2, "{plain}");
+
+    let txn = on("settlements");
+    assert_ne!(txn["producer_id"], plain["producer_id"], "{producers}");
+    assert_eq!(txn["transactional_id"], "settle-1", "{txn}");
+    assert_eq!(txn["transaction_state"], "CompleteCommit", "{txn}");
+    assert_eq!(txn["partitions"][0]["last_sequence"], 1, "{txn}");
+    assert_eq!(txn["partitions"][0]["last_offset"], 1, "{txn}");
+    broker.stop().await;
+}

@@ -64,6 +64,18 @@ fn next_sequence(seq: i32) -> i32 {
     }
 }
 
+/// One idempotent producer's state in one partition, as operators see it (the admin API's
+/// producer view): its epoch and the last batch it appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Sequence of the last record appended (the next batch must start one past it).
+    pub last_sequence: i32,
+    /// Offset of that record.
+    pub last_offset: i64,
+}
+
 /// The table for one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStates {
@@ -177,6 +189,24 @@ impl ProducerStates {
     pub fn expire_below(&mut self, log_start: i64) {
         self.producers
             .retain(|_, e| e.recent.back().is_some_and(|r| r.last_offset >= log_start));
+    }
+
+    /// Every producer with a remembered batch, by producer id.
+    pub fn summaries(&self) -> Vec<ProducerSummary> {
+        let mut out: Vec<ProducerSummary> = self
+            .producers
+            .iter()
+            .filter_map(|(&producer_id, entry)| {
+                entry.recent.back().map(|last| ProducerSummary {
+                    producer_id,
+                    epoch: entry.epoch,
+                    last_sequence: last.last_seq,
+                    last_offset: last.last_offset,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
     }
 
     pub fn len(&self) -> usize {

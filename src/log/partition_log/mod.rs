@@ -132,6 +132,11 @@ impl PartitionLog {
 
     /// Loads the producer-state snapshot and replays the batch headers written after it (all
     /// of the log when there is no usable snapshot).
+    /// The idempotent producers this partition remembers (see `producer_state`).
+    pub fn producer_summaries(&self) -> Vec<super::producer_state::ProducerSummary> {
+        self.producers.summaries()
+    }
+
     pub(super) fn rebuild_producer_states(&mut self) -> Result<()> {
         let start = self.log_start_offset();
         let end = self.log_end_offset();

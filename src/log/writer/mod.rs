@@ -373,6 +373,11 @@ impl PartitionHandle {
         self.shared.log.read().read(offset, max_bytes, hw)
     }
 
+    /// The idempotent producers this partition remembers, with their last appended batch.
+    pub fn producers(&self) -> Vec<super::producer_state::ProducerSummary> {
+        self.shared.log.read().producer_summaries()
+    }
+
     /// The last stable offset: the high watermark, or the first record of the oldest
     /// transaction still open here if that is lower. `read_committed` readers stop there.
     pub fn last_stable_offset(&self) -> i64 {

@@ -85,6 +85,7 @@ pub fn routes() -> Router<AppState> {
             axum::routing::patch(topics::alter_topic_configs),
         )
         .route("/api/kafka/clients", get(kafka_views::list_clients))
+        .route("/api/kafka/producers", get(kafka_views::list_producers))
         .route("/api/topics/{name}/records", get(messages::browse_topic))
         .route(
             "/api/exchanges/{vhost}/{name}/publish",
