@@ -235,6 +235,19 @@ async fn https_serves_health_and_refuses_the_admin_api_without_credentials() {
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     let api = https_get(addr, &g.ca_cert, "/api/topics").await;
     assert!(api.starts_with("HTTP/1.1 401"), "{api}");
+    // Issue 19: the web console and its vendored charts are served over HTTPS too.
+    let console = https_get(addr, &g.ca_cert, "/").await;
+    assert!(console.starts_with("HTTP/1.1 200"), "{console}");
+    assert!(
+        console.contains("<title>Ferry console</title>"),
+        "{console}"
+    );
+    let charts = https_get(addr, &g.ca_cert, "/console/vendor/uPlot.iife.min.js").await;
+    assert!(
+        charts.starts_with("HTTP/1.1 200"),
+        "{}",
+        &charts[..charts.len().min(300)]
+    );
     broker.shutdown().await;
 }
 

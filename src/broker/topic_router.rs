@@ -373,7 +373,11 @@ async fn route_partition(
         }
         // Bounded by the last stable offset (see `route_step`); a marker that moves it also
         // moves the high watermark, which wakes this loop.
-        let end = (*hw.borrow_and_update()).min(log.last_stable_offset());
+        // Copy the watermark out first: the borrow holds the watch's read lock, and taking
+        // it again in `last_stable_offset` while the writer waits to advance the watermark
+        // deadlocks both (parking_lot queues new readers behind a waiting writer).
+        let high_watermark = *hw.borrow_and_update();
+        let end = high_watermark.min(log.last_stable_offset());
         if cursor < end {
             let Some(inner) = core.upgrade() else { return };
             let core_ref = BrokerCore { inner };
