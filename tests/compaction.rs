@@ -21,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use ferry::testing::TestBroker;
 
 mod common;
+use common::serve::ServeChild;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const KEYS: usize = 20;
@@ -334,69 +335,6 @@ fn mid_pass(partition: &Path) -> bool {
         })
 }
 
-/// A `ferry serve` child (so it can be killed with SIGKILL) and its Kafka address.
-struct Child {
-    process: std::process::Child,
-    kafka: String,
-}
-
-impl Child {
-    fn start(data: &Path, config: &Path) -> Child {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-
-        let mut process = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "--kafka-listen",
-                "127.0.0.1:0",
-                "--amqp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferry serve");
-        let stderr = process.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") && line.contains("kafka") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ferry logged its Kafka address");
-        let kafka = line
-            .split("addr=")
-            .nth(1)
-            .map(|rest| rest.chars().take_while(|c| !c.is_whitespace()).collect())
-            .expect("addr= in the listening line");
-        Child { process, kafka }
-    }
-
-    fn kill(mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
 /// Issue 17: a kill -9 at any point of a cleaner pass leaves the old segment or the new one,
 /// never a lost value. A broker cleaning every 20 ms takes rounds of updates (~1 KiB values,
 /// some tombstones) while a watcher SIGKILLs it the moment its partition directory shows a
@@ -422,7 +360,7 @@ async fn a_kill_during_cleaning_never_loses_the_latest_value_of_a_key() {
     let mut in_doubt: Option<(String, Option<String>)> = None;
     let mut interrupted = 0;
     for round in 0..ROUNDS {
-        let child = Child::start(&data, &config);
+        let child = ServeChild::start(&data, Some(&config));
         if round == 0 {
             let made = admin(&child.kafka)
                 .create_topics(
@@ -500,7 +438,7 @@ async fn a_kill_during_cleaning_never_loses_the_latest_value_of_a_key() {
         interrupted += usize::from(caught.load(Ordering::Relaxed));
         child.kill();
     }
-    let child = Child::start(&data, &config);
+    let child = ServeChild::start(&data, Some(&config));
     let bootstrap = child.kafka.clone();
     let records = tokio::task::spawn_blocking(move || read_all(&bootstrap))
         .await

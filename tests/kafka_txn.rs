@@ -6,7 +6,6 @@
 //! topic gets only committed records, and a kill -9 in the middle of a transaction exposes
 //! none of it.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -21,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use ferry::testing::TestBroker;
 
 mod common;
+use common::serve::ServeChild;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -462,64 +462,6 @@ async fn the_transactional_id_acl_is_enforced() {
     broker.stop().await;
 }
 
-/// A `ferry serve` child, so it can be killed with SIGKILL, and its Kafka address.
-struct Child {
-    process: std::process::Child,
-    kafka: String,
-}
-
-impl Child {
-    fn start(data: &Path) -> Child {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-
-        let mut process = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "--kafka-listen",
-                "127.0.0.1:0",
-                "--amqp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferry serve");
-        let stderr = process.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") && line.contains("kafka") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ferry logged its Kafka address");
-        let kafka = line
-            .split("addr=")
-            .nth(1)
-            .map(|rest| rest.chars().take_while(|c| !c.is_whitespace()).collect())
-            .expect("addr= in the listening line");
-        Child { process, kafka }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        // SIGKILL: no clean shutdown, no snapshot, no clean-shutdown marker.
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
 /// kill -9 with a transaction open: after the restart its records stay invisible to
 /// read_committed readers (the successor's registration aborts it), the transaction
 /// committed before the kill is intact, and the id works on.
@@ -527,7 +469,7 @@ impl Drop for Child {
 async fn a_kill_mid_transaction_exposes_none_of_it_and_keeps_what_was_committed() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let child = Child::start(&data);
+    let child = ServeChild::start(&data, None);
     create_topic(&child.kafka, "crash", 1).await;
     let bootstrap = child.kafka.clone();
     blocking(move || {
@@ -544,7 +486,7 @@ async fn a_kill_mid_transaction_exposes_none_of_it_and_keeps_what_was_committed(
     .unwrap();
     drop(child);
 
-    let child = Child::start(&data);
+    let child = ServeChild::start(&data, None);
     let bootstrap = child.kafka.clone();
     blocking(move || {
         // Still open after the restart: read_committed stops before it.

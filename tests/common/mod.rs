@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod kafka;
 pub mod kafka_raw;
 pub mod native;
+pub mod serve;
 
 /// A non-loopback address of this machine, if it has one.
 pub fn external_ip() -> Option<std::net::IpAddr> {

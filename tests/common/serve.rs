@@ -1,0 +1,70 @@
+//! `ferry serve` as a child process, for tests that SIGKILL the broker (no clean shutdown, no
+//! producer-state snapshot, no clean-shutdown marker) and restart it on the same data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A running `ferry serve` and its Kafka address; dropped (or [`kill`](Self::kill)ed) with SIGKILL.
+pub struct ServeChild {
+    pub process: std::process::Child,
+    pub kafka: String,
+}
+
+impl ServeChild {
+    /// Starts `ferry serve` on `data` (with `--config` when given), every listener on a
+    /// loopback port the OS picks, and waits for the line that announces the Kafka listener.
+    pub fn start(data: &Path, config: Option<&Path>) -> ServeChild {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut process = command
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--kafka-listen",
+                "127.0.0.1:0",
+                "--amqp-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferry serve");
+        let stderr = process.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") && line.contains("kafka") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ferry logged its Kafka address");
+        let kafka = line
+            .split("addr=")
+            .nth(1)
+            .map(|rest| rest.chars().take_while(|c| !c.is_whitespace()).collect())
+            .expect("addr= in the listening line");
+        ServeChild { process, kafka }
+    }
+
+    /// SIGKILL now (what dropping it does), for a test that reads better saying so.
+    pub fn kill(self) {}
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
