@@ -25,6 +25,9 @@
 //! Cycles: `FERRY_CRASH_CYCLES` (default 20), seed: `FERRY_CRASH_SEED` (default from the
 //! clock, always printed, so a failure can be replayed).
 
+mod common;
+use common::serve::wait_ready;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -115,23 +118,6 @@ fn spawn_server(data: &Path, log: &Path, ports: &Ports) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn ferry")
-}
-
-async fn wait_ready(http: u16, child: &mut Child) {
-    let url = format!("http://127.0.0.1:{http}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(&url).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("ferry exited during startup: {status}");
-        }
-        assert!(Instant::now() < deadline, "/readyz never became 200");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Everything the clients observed, shared between their tasks and the checks.

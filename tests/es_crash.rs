@@ -12,6 +12,9 @@
 //!
 //! Cycles: `FERRY_ES_CRASH_CYCLES` (default 4); seed `FERRY_ES_CRASH_SEED` (printed).
 
+mod common;
+use common::serve::wait_ready;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -81,23 +84,6 @@ fn spawn_server(data: &Path, ports: &Ports) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn ferry")
-}
-
-async fn wait_ready(http: u16, child: &mut Child) {
-    let url = format!("http://127.0.0.1:{http}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(&url).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("ferry exited during startup: {status}");
-        }
-        assert!(Instant::now() < deadline, "/readyz never became 200");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn sdk(data: &Path, ports: &Ports) -> EventStoreClient {

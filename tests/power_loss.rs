@@ -19,6 +19,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,20 +73,7 @@ async fn start(data: &Path, fsync: &str, segment_bytes: u64) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ferry");
-    let url = format!("http://127.0.0.1:{http}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(&url).await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("ferry exited during startup: {status}");
-        }
-        assert!(Instant::now() < deadline, "/readyz never became 200");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::serve::wait_ready(http, &mut child).await;
     Server {
         child,
         kafka: format!("127.0.0.1:{kafka}"),

@@ -1,10 +1,11 @@
 //! `ferry serve` as a child process, for tests that SIGKILL the broker (no clean shutdown, no
-//! producer-state snapshot, no clean-shutdown marker) and restart it on the same data directory.
+//! producer-state snapshot, no clean-shutdown marker) and restart it on the same data directory,
+//! and the readiness wait every such test needs.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A running `ferry serve` and its Kafka address; dropped (or [`kill`](Self::kill)ed) with SIGKILL.
 pub struct ServeChild {
@@ -66,5 +67,24 @@ impl Drop for ServeChild {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+    }
+}
+
+/// Waits until `ferry serve`'s `/readyz` on `http` answers 200 (recovery done, every listener
+/// accepting); fails at once if the process exits first, and after 30 s.
+pub async fn wait_ready(http: u16, child: &mut std::process::Child) {
+    let url = format!("http://127.0.0.1:{http}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("ferry exited during startup: {status}");
+        }
+        assert!(Instant::now() < deadline, "/readyz never became 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
