@@ -1,0 +1,106 @@
+//! The read side of a partition handle: bounded reads (by the high watermark, or by the last
+//! stable offset for `read_committed` readers), offsets, sizes and timestamp lookups. They take
+//! the log's read lock briefly and never wait for the writer task, so readers and the single
+//! writer meet only at that lock and at the high-watermark watch. Never hold a borrow of that
+//! watch while calling one of these: a second read queued behind a waiting writer deadlocks.
+
+use tokio::sync::watch;
+
+use super::PartitionHandle;
+use crate::log::partition_log::LogSlice;
+use crate::log::Result;
+
+impl PartitionHandle {
+    /// Reads whole batches from `offset`, bounded by the high watermark (see
+    /// [`PartitionLog::read`](crate::log::PartitionLog::read)).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<LogSlice> {
+        let hw = self.high_watermark();
+        self.shared.log.read().read(offset, max_bytes, hw)
+    }
+
+    /// The idempotent producers this partition remembers, with their last appended batch.
+    pub fn producers(&self) -> Vec<crate::log::producer_state::ProducerSummary> {
+        self.shared.log.read().producer_summaries()
+    }
+
+    /// The last stable offset: the high watermark, or the first record of the oldest
+    /// transaction still open here if that is lower. `read_committed` readers stop there.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.shared
+            .log
+            .read()
+            .first_unstable_offset()
+            .map_or(hw, |first| first.min(hw))
+    }
+
+    /// Reads whole batches from `offset` for a `read_committed` reader: bounded by the last
+    /// stable offset, with the aborted transactions that have records in what was read (the
+    /// reader drops those producers' batches in those ranges).
+    pub fn read_committed(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(LogSlice, Vec<crate::log::AbortedTxn>)> {
+        let lso = self.last_stable_offset();
+        let log = self.shared.log.read();
+        let slice = log.read(offset, max_bytes, lso)?;
+        let aborted = if slice.bytes.is_empty() {
+            Vec::new()
+        } else {
+            log.aborted_between(slice.first_offset, slice.next_offset)
+        };
+        Ok((slice, aborted))
+    }
+
+    /// Whether `producer_id` has a transaction open in this partition.
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.shared.log.read().has_open_transaction(producer_id)
+    }
+
+    /// Offset below which everything is durable (per policy) and readable.
+    pub fn high_watermark(&self) -> i64 {
+        *self.shared.high_watermark.borrow()
+    }
+
+    /// A receiver that changes whenever the high watermark advances (for long-poll fetches and
+    /// push consumers).
+    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+        self.shared.high_watermark.subscribe()
+    }
+
+    /// First offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.shared.log.read().log_start_offset()
+    }
+
+    /// Next offset to be written (may be ahead of the high watermark while a group is syncing).
+    pub fn log_end_offset(&self) -> i64 {
+        self.shared.log.read().log_end_offset()
+    }
+
+    /// Bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.log.read().size_bytes()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.shared.log.read().segment_count()
+    }
+
+    /// Earliest offset (below the high watermark) whose timestamp is `>= timestamp`, with that
+    /// timestamp; see [`PartitionLog::offset_for_timestamp`](crate::log::PartitionLog::offset_for_timestamp).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        let hw = self.high_watermark();
+        let found = self.shared.log.read().offset_for_timestamp(timestamp)?;
+        Ok(found.filter(|(offset, _)| *offset < hw))
+    }
+
+    /// The offset and timestamp of the newest-timestamped record below the high watermark.
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        let hw = self.high_watermark();
+        let found = self.shared.log.read().max_timestamp_offset()?;
+        Ok(found.filter(|(offset, _)| *offset < hw))
+    }
+}
