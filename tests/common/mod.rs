@@ -1,4 +1,4 @@
-//! Helpers shared by integration test binaries (each includes what it needs with `mod common;`).
+//! Helpers shared by the integration-test binary (`tests/integration`) and the two hostile-input binaries, which include them with `#[path]`/`mod common;`.
 #![allow(dead_code)]
 
 pub mod admin;

@@ -1,0 +1,63 @@
+//! Ferry's integration tests, one binary with a module per feature.
+//!
+//! Every test file used to be its own binary, and each of those linked the whole crate and its
+//! dependencies (about 360 MB of debug build each): `cargo test` spent minutes linking and the
+//! target directory grew by gigabytes per change. One binary links once. Each module still reads
+//! as a standalone suite with its own `//!` paragraph; `cargo test --test integration kafka_txn`
+//! runs one of them. The tests that count the process's file descriptors and memory
+//! (`tests/hostile.rs`, `tests/hostile_http.rs`) stay separate binaries so nothing else runs
+//! beside them.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin_api;
+mod admin_cli;
+mod alerts;
+mod amqp_features;
+mod amqp_lapin;
+mod amqp_wire;
+mod bench_cli;
+mod bridge;
+mod cli_errors;
+mod compaction;
+mod crash_loop;
+mod cross_protocol;
+mod dedup_confirms;
+mod disk_faults;
+mod embed;
+mod es_catchup;
+mod es_crash;
+mod es_reads;
+mod es_streams;
+mod event_metadata;
+mod kafka_groups;
+mod kafka_idempotence;
+mod kafka_rdkafka;
+mod kafka_txn;
+mod kafka_wire;
+mod log_basic;
+mod log_crash;
+mod log_recovery;
+mod log_writer;
+mod management_api;
+mod native_bench;
+mod native_example;
+mod native_groups;
+mod native_idempotent;
+mod native_permissions;
+mod native_sdk;
+mod native_tls;
+mod observe_metrics;
+mod power_loss;
+mod properties;
+mod properties_amqp;
+mod reliability;
+mod schema_catalog;
+mod schema_registry;
+mod security_acls;
+mod security_sasl;
+mod security_users;
+mod serve;
+mod streams;
+mod tls;
