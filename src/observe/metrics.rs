@@ -280,6 +280,40 @@ fn describe_rest() {
         "AMQP headers dropped from a delivery because they would not fit in frame_max"
     );
 
+    // Transactions, schemas, bridges.
+    describe_counter!(
+        "ferry_kafka_txn_producers_registered_total",
+        "Transactional ids seen for the first time by InitProducerId"
+    );
+    describe_counter!(
+        "ferry_kafka_txn_completed_total",
+        "Kafka transactions completed, by result (commit or abort)"
+    );
+    describe_counter!(
+        "ferry_schema_rejections_total",
+        "Messages refused by schema validation, by topic or exchange and reason"
+    );
+    describe_counter!(
+        "ferry_bridge_messages_forwarded_total",
+        "Messages a bridge delivered to its destination, by bridge"
+    );
+    describe_counter!(
+        "ferry_bridge_messages_skipped_total",
+        "Messages a bridge did not forward because they had already crossed it (loop guard), by bridge"
+    );
+    describe_counter!(
+        "ferry_bridge_reconnects_total",
+        "Times a bridge reconnected to its source or destination, by bridge"
+    );
+    describe_gauge!(
+        "ferry_bridge_pending",
+        "Messages waiting at a bridge's source, when the source can tell, by bridge"
+    );
+    describe_gauge!(
+        "ferry_bridge_state",
+        "A bridge's state: 0 starting, 1 running, 2 blocked, 3 terminated, by bridge"
+    );
+
     // Alerts.
     describe_gauge!("ferry_alert_firing", "1 while an alert rule fires, by rule");
     describe_counter!(

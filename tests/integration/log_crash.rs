@@ -149,7 +149,12 @@ fn acked_appends_survive_sigkill() {
 
     for cycle in 0..CYCLES {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "log_crash::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(DIR_VAR, dir.path())
             .env(CYCLE_VAR, cycle.to_string())
             .stdout(Stdio::piped())

@@ -6,7 +6,11 @@
 //! as a standalone suite with its own `//!` paragraph; `cargo test --test integration kafka_txn`
 //! runs one of them. The tests that count the process's file descriptors and memory
 //! (`tests/hostile.rs`, `tests/hostile_http.rs`) stay separate binaries so nothing else runs
-//! beside them.
+//! beside them, and so does `tests/observe_metrics.rs`, which asserts exact deltas of
+//! process-wide metrics that the AMQP traffic of other suites would move.
+//!
+//! A test that re-executes this binary as a child selects itself by its full path
+//! (`log_crash::crash_child`), module included.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -48,7 +52,6 @@ mod native_idempotent;
 mod native_permissions;
 mod native_sdk;
 mod native_tls;
-mod observe_metrics;
 mod power_loss;
 mod properties;
 mod properties_amqp;

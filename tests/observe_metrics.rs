@@ -3,7 +3,9 @@
 //!
 //! The metrics registry is process-wide, so every test uses its own topic, queue and group names,
 //! and only `amqp_counters_move_by_exactly_the_traffic_sent` sends AMQP traffic in this binary
-//! (the AMQP message counters have no per-object label).
+//! (the AMQP message counters and the connection and channel gauges have no per-object label).
+//! That is why this suite is its own test binary and not a module of `tests/integration`: the
+//! other suites there send AMQP traffic in the same process at the same time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
