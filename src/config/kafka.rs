@@ -110,9 +110,7 @@ impl KafkaSettings {
             initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
             min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
             max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
-            consumer_session_timeout: Duration::from_millis(
-                self.group_consumer_session_timeout_ms,
-            ),
+            consumer_session_timeout: Duration::from_millis(self.group_consumer_session_timeout_ms),
             consumer_heartbeat_interval: Duration::from_millis(
                 self.group_consumer_heartbeat_interval_ms,
             ),

@@ -139,10 +139,9 @@ mod tests {
                     ConsumerGroupHeartbeatRequest,
                     ConsumerGroupHeartbeatResponse,
                 >(min, max),
-                ApiKey::ConsumerGroupDescribe => within::<
-                    ConsumerGroupDescribeRequest,
-                    ConsumerGroupDescribeResponse,
-                >(min, max),
+                ApiKey::ConsumerGroupDescribe => {
+                    within::<ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse>(min, max)
+                }
                 ApiKey::InitProducerId => {
                     within::<InitProducerIdRequest, InitProducerIdResponse>(min, max)
                 }

@@ -273,7 +273,10 @@ mod tests {
         assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
         for m in ["a", "b"] {
             for (t, ps) in &second[m] {
-                assert!(ps.is_subset(&first[m][t]), "{m} gained a partition it did not have");
+                assert!(
+                    ps.is_subset(&first[m][t]),
+                    "{m} gained a partition it did not have"
+                );
             }
         }
     }

@@ -280,7 +280,11 @@ impl ConsumerGroup {
     /// A joining member (epoch 0): new, a known dynamic member starting over (it gave up
     /// everything it had, as a client does when fenced), or a static member's new
     /// incarnation. Returns the member id and whether the group epoch must go up.
-    fn join(&mut self, req: &ConsumerHeartbeat, now: Instant) -> Result<(String, bool), GroupError> {
+    fn join(
+        &mut self,
+        req: &ConsumerHeartbeat,
+        now: Instant,
+    ) -> Result<(String, bool), GroupError> {
         let member_id = if req.member_id.is_empty() {
             uuid_string()
         } else {
@@ -309,13 +313,15 @@ impl ConsumerGroup {
                         }
                         self.members.insert(member_id.clone(), old);
                     }
-                    self.static_members.insert(instance.clone(), member_id.clone());
+                    self.static_members
+                        .insert(instance.clone(), member_id.clone());
                     tracing::info!(member = %member_id, replaced = %old_id, instance = %instance,
                         "static consumer group member replaced");
                     return Ok((member_id, false));
                 }
             }
-            self.static_members.insert(instance.clone(), member_id.clone());
+            self.static_members
+                .insert(instance.clone(), member_id.clone());
         }
         if let Some(existing) = self.members.get_mut(&member_id) {
             // Rejoining under the same id: it owns nothing now.
@@ -486,8 +492,12 @@ impl ConsumerGroup {
         let target = assignor::assign(assignor, &specs, &self.metadata, &self.target);
         self.target = target;
         self.assignment_epoch = self.group_epoch;
-        tracing::info!(assignment_epoch = self.assignment_epoch, assignor,
-            members = self.members.len(), "consumer group target assignment computed");
+        tracing::info!(
+            assignment_epoch = self.assignment_epoch,
+            assignor,
+            members = self.members.len(),
+            "consumer group target assignment computed"
+        );
     }
 
     fn reconcile_member(&mut self, member_id: &str, owned: reconcile::Owned<'_>, now: Instant) {
@@ -637,8 +647,7 @@ impl ConsumerGroup {
             })
             .collect();
         for (id, reason) in expired {
-            metrics::counter!("ferry_group_members_removed_total", "reason" => reason)
-                .increment(1);
+            metrics::counter!("ferry_group_members_removed_total", "reason" => reason).increment(1);
             self.remove_member(&id, reason);
         }
     }
@@ -701,7 +710,11 @@ impl ConsumerGroup {
 /// Kafka's request checks (`throwIfConsumerGroupHeartbeatRequestIsInvalid`).
 fn validate(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
     let invalid = |what: &str| Err(GroupError::InvalidRequest(what.to_string()));
-    if req.instance_id.as_deref().is_some_and(|s| s.trim().is_empty()) {
+    if req
+        .instance_id
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
         return invalid("InstanceId can't be empty.");
     }
     if req.rack_id.as_deref().is_some_and(|s| s.trim().is_empty()) {
@@ -724,7 +737,9 @@ fn validate(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
                 .as_ref()
                 .is_some_and(|r| !r.is_empty());
             if !names && !regex {
-                return invalid("SubscribedTopicNames or SubscribedTopicRegex must be set in first request.");
+                return invalid(
+                    "SubscribedTopicNames or SubscribedTopicRegex must be set in first request.",
+                );
             }
         }
         LEAVE_EPOCH => {
@@ -749,7 +764,11 @@ fn validate(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
             return Err(GroupError::UnsupportedAssignor(assignor.clone()));
         }
     }
-    if let Some(pattern) = req.subscribed_topic_regex.as_deref().filter(|p| !p.is_empty()) {
+    if let Some(pattern) = req
+        .subscribed_topic_regex
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
         compile(pattern).map_err(|e| GroupError::InvalidRegularExpression(e.to_string()))?;
     }
     Ok(())
@@ -768,7 +787,8 @@ fn uuid_string() -> String {
     let mut b = crate::util::random_bytes16();
     b[6] = (b[6] & 0x0F) | 0x40;
     b[8] = (b[8] & 0x3F) | 0x80;
-    let hex = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
     format!(
         "{}-{}-{}-{}-{}",
         hex(0..4),

@@ -29,7 +29,14 @@ pub(super) fn reconcile(
     match member.state {
         MemberState::Stable if member.epoch == target_epoch => {}
         MemberState::UnrevokedPartitions if owns_any(owned, &member.pending_revocation) => {}
-        _ => next_assignment(member, target_epoch, target, subscribed, owned, held_by_other),
+        _ => next_assignment(
+            member,
+            target_epoch,
+            target,
+            subscribed,
+            owned,
+            held_by_other,
+        ),
     }
 }
 

@@ -49,7 +49,10 @@ impl Group {
         let Some(max) = max_size else { return true };
         match self.state {
             // Assigning/Reconciling belong to consumer groups, never to this classic state.
-            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => true,
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => true,
             GroupState::PreparingRebalance => {
                 self.member(member_id)
                     .is_some_and(|m| m.join_reply.is_some())

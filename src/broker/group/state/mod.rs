@@ -37,8 +37,8 @@ use crate::meta::{GroupRecord, Meta};
 use super::consumer::ConsumerGroup;
 use super::member::{new_member_id, Member, NEW_MEMBER_JOIN_TIMEOUT};
 use super::{
-    GroupDescription, GroupError, GroupSettings, GroupState, GroupType, JoinRequest,
-    JoinResponse, JoinedMember, MemberDescription, SyncRequest, SyncResponse,
+    GroupDescription, GroupError, GroupSettings, GroupState, GroupType, JoinRequest, JoinResponse,
+    JoinedMember, MemberDescription, SyncRequest, SyncResponse,
 };
 
 /// The answer to a request: now, or when the group reaches the point the request waits for.

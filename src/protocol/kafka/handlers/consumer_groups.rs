@@ -45,12 +45,7 @@ pub fn heartbeat(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> 
     };
     let v = req.api_version;
     let reply = |body: ConsumerGroupHeartbeatResponse| {
-        respond(
-            ApiKey::ConsumerGroupHeartbeat,
-            v,
-            req.correlation_id,
-            &body,
-        )
+        respond(ApiKey::ConsumerGroupHeartbeat, v, req.correlation_id, &body)
     };
     if !ctx.allowed(
         conn,
@@ -71,7 +66,10 @@ pub fn heartbeat(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> 
             .subscribed_topic_names
             .as_ref()
             .map(|names| names.iter().map(|n| n.to_string()).collect()),
-        subscribed_topic_regex: request.subscribed_topic_regex.as_ref().map(|x| x.to_string()),
+        subscribed_topic_regex: request
+            .subscribed_topic_regex
+            .as_ref()
+            .map(|x| x.to_string()),
         server_assignor: request.server_assignor.as_ref().map(|x| x.to_string()),
         owned: request.topic_partitions.as_ref().map(|tps| {
             tps.iter()
@@ -174,9 +172,7 @@ pub fn describe(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -> O
                                             .map(|n| TopicName(s(n)))
                                             .collect(),
                                     )
-                                    .with_subscribed_topic_regex(
-                                        m.subscribed_topic_regex.map(s),
-                                    )
+                                    .with_subscribed_topic_regex(m.subscribed_topic_regex.map(s))
                                     .with_assignment(assignment(m.assignment))
                                     .with_target_assignment(assignment(m.target_assignment));
                                 if v >= 1 {
