@@ -340,7 +340,10 @@ async fn the_consumer_group_apis_on_the_wire() {
                     .with_committed_offset(17)])])
     };
     let stale: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 9, &commit(0)).await;
-    assert_eq!(stale.topics[0].partitions[0].error_code, 113, "STALE_MEMBER_EPOCH");
+    assert_eq!(
+        stale.topics[0].partitions[0].error_code, 113,
+        "STALE_MEMBER_EPOCH"
+    );
     let ok: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 9, &commit(1)).await;
     assert_eq!(ok.topics[0].partitions[0].error_code, 0);
 
@@ -356,7 +359,10 @@ async fn the_consumer_group_apis_on_the_wire() {
     assert_eq!(stale.groups[0].error_code, 113);
     let fetched: OffsetFetchResponse = raw.call(ApiKey::OffsetFetch, 9, &fetch(1)).await;
     assert_eq!(fetched.groups[0].error_code, 0);
-    assert_eq!(fetched.groups[0].topics[0].partitions[0].committed_offset, 17);
+    assert_eq!(
+        fetched.groups[0].topics[0].partitions[0].committed_offset,
+        17
+    );
 
     // A classic member cannot join while the consumer member is in.
     let classic: JoinGroupResponse = raw
@@ -387,7 +393,13 @@ async fn the_consumer_group_apis_on_the_wire() {
     let rows: Vec<(&str, &str, &str)> = listed
         .groups
         .iter()
-        .map(|g| (g.group_id.as_str(), g.group_type.as_str(), g.group_state.as_str()))
+        .map(|g| {
+            (
+                g.group_id.as_str(),
+                g.group_type.as_str(),
+                g.group_state.as_str(),
+            )
+        })
         .collect();
     assert_eq!(rows, vec![("wire-group", "consumer", "Stable")]);
     let classic_only: ListGroupsResponse = raw
@@ -415,9 +427,15 @@ async fn the_consumer_group_apis_on_the_wire() {
     assert_eq!(g.assignor_name.as_str(), "uniform");
     assert_eq!(g.members.len(), 1);
     let m = &g.members[0];
-    assert_eq!((m.member_id.as_str(), m.member_epoch, m.member_type), ("m1", 1, 1));
+    assert_eq!(
+        (m.member_id.as_str(), m.member_epoch, m.member_type),
+        ("m1", 1, 1)
+    );
     assert_eq!(m.assignment.topic_partitions[0].topic_name.as_str(), "wire");
-    assert_eq!(m.target_assignment.topic_partitions[0].partitions, vec![0, 1, 2]);
+    assert_eq!(
+        m.target_assignment.topic_partitions[0].partitions,
+        vec![0, 1, 2]
+    );
     assert_eq!(described.groups[1].error_code, 69, "GROUP_ID_NOT_FOUND");
 
     // Leaving (epoch -1) empties the group; a classic member may then take the id over.
@@ -434,7 +452,12 @@ async fn the_consumer_group_apis_on_the_wire() {
         .await;
     assert_eq!((left.error_code, left.member_epoch), (0, -1));
     assert_eq!(
-        broker.core().groups().consumer_describe("wire-group").unwrap().state,
+        broker
+            .core()
+            .groups()
+            .consumer_describe("wire-group")
+            .unwrap()
+            .state,
         GroupState::Empty
     );
 }
