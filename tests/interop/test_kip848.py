@@ -73,16 +73,19 @@ class Ledger:
 def settle(ledger: Ledger, consumers: dict[str, Consumer], step: str) -> dict[str, set[int]]:
     deadline = time.monotonic() + SETTLE_TIMEOUT
     steady = 0
+    owned: dict[str, set[int]] = {}
     while True:
-        assert time.monotonic() < deadline, f"{step}: the group did not settle"
+        assert time.monotonic() < deadline, f"{step}: the group did not settle: {owned}"
         ledger.pump(consumers)
         owned = {n: {tp.partition for tp in c.assignment()} for n, c in consumers.items()}
         every = [p for ps in owned.values() for p in ps]
+        # Every partition exactly once, and the uniform assignor's even split (a member that
+        # just joined owns nothing until the others have revoked for it).
         exact = sorted(every) == list(range(PARTITIONS))
-        steady = steady + 1 if exact else 0
+        sizes = [len(ps) for ps in owned.values()]
+        balanced = max(sizes) - min(sizes) <= 1
+        steady = steady + 1 if exact and balanced else 0
         if steady >= 5:
-            sizes = [len(ps) for ps in owned.values()]
-            assert max(sizes) - min(sizes) <= 1, f"{step}: unbalanced {owned}"
             return owned
 
 
