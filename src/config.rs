@@ -430,6 +430,15 @@ impl Config {
                 "must not exceed kafka.group_max_session_timeout_ms",
             ));
         }
+        if self.kafka.group_consumer_heartbeat_interval_ms == 0
+            || self.kafka.group_consumer_heartbeat_interval_ms
+                >= self.kafka.group_consumer_session_timeout_ms
+        {
+            return Err(invalid(
+                "kafka.group_consumer_heartbeat_interval_ms",
+                "must be above 0 and below kafka.group_consumer_session_timeout_ms",
+            ));
+        }
         if self.kafka.fetch_max_bytes < 1024 {
             return Err(invalid("kafka.fetch_max_bytes", "must be at least 1024"));
         }

@@ -59,9 +59,10 @@ use crate::meta::{Meta, MetaError, TopicDef};
 use routing::remove_dir_if_present;
 
 pub use group::{
+    ConsumerGroupView, ConsumerHeartbeat, ConsumerHeartbeatResponse, ConsumerMemberView,
     GroupCoordinator, GroupDescription, GroupError, GroupListing, GroupSettings, GroupState,
-    JoinRequest, JoinResponse, JoinedMember, LeavingMember, MemberDescription, PartitionResults,
-    SyncRequest, SyncResponse,
+    GroupType, JoinRequest, JoinResponse, JoinedMember, LeavingMember, MemberDescription,
+    PartitionResults, SyncRequest, SyncResponse, TopicMeta, TopicSnapshot,
 };
 pub use limits::ResourceLimits;
 pub use topic::{validate_topic_name, Topic};

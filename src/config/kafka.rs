@@ -25,6 +25,12 @@ pub struct KafkaSettings {
     pub group_min_session_timeout_ms: u64,
     /// `group.max.session.timeout.ms`. Default 1800000.
     pub group_max_session_timeout_ms: u64,
+    /// `group.consumer.session.timeout.ms`: a KIP-848 (`group.protocol=consumer`) member that
+    /// sends no ConsumerGroupHeartbeat for this long is fenced. Default 45000.
+    pub group_consumer_session_timeout_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms`: how often KIP-848 members heartbeat; a
+    /// rebalance takes a few of these. Default 5000.
+    pub group_consumer_heartbeat_interval_ms: u64,
     /// Most open Kafka connections; a connection beyond it is closed as soon as it is
     /// accepted (Kafka's `max.connections`). 0 = no limit. Default 10000.
     pub max_connections: usize,
@@ -104,6 +110,10 @@ impl KafkaSettings {
             initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
             min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
             max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
+            consumer_session_timeout: Duration::from_millis(self.group_consumer_session_timeout_ms),
+            consumer_heartbeat_interval: Duration::from_millis(
+                self.group_consumer_heartbeat_interval_ms,
+            ),
             ..crate::broker::GroupSettings::default()
         }
     }
@@ -118,6 +128,8 @@ impl Default for KafkaSettings {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
             max_connections: 10_000,
             connections_max_idle_ms: 600_000,
             fetch_max_bytes: 55 * 1024 * 1024,

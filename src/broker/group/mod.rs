@@ -7,6 +7,15 @@
 //! Rust types: the Kafka adapter translates requests into calls here and [`GroupError`] into
 //! Kafka error codes (each variant is named after its code).
 //!
+//! KIP-848 consumer groups (ConsumerGroupHeartbeat, ConsumerGroupDescribe) live in
+//! [`consumer`], inside the same per-group state so one id is one group whatever its protocol:
+//! a classic group with members refuses ConsumerGroupHeartbeat (GROUP_ID_NOT_FOUND, as Kafka
+//! without the migration policy), a consumer group with members refuses JoinGroup
+//! (INCONSISTENT_GROUP_PROTOCOL), and an empty group of either kind turns into the other on its
+//! first member, keeping its committed offsets. Consumer-group membership is in memory only:
+//! after a restart the group is Empty with its offsets, and members rejoin (their heartbeats
+//! get UNKNOWN_MEMBER_ID, upon which a client rejoins with epoch 0).
+//!
 //! Design. Each group is a [`state::Group`] state machine behind its own mutex; requests that
 //! must wait (JoinGroup until the rebalance completes, SyncGroup until the leader's assignment)
 //! park a oneshot sender on their member and await it after the lock is released. Timeouts
@@ -26,6 +35,8 @@
 //! the group forms its next generation, offset commits stamped with the restored generation are
 //! accepted from the forgotten members, so what they processed meanwhile is not delivered again.
 
+mod consumer;
+mod consumer_api;
 mod member;
 mod offsets;
 mod state;
@@ -51,6 +62,10 @@ use crate::meta::{GroupRecord, Meta, MetaError};
 
 pub use crate::meta::CommittedOffset;
 
+pub use consumer::{
+    Assignment, ConsumerGroupView, ConsumerHeartbeat, ConsumerHeartbeatResponse,
+    ConsumerMemberView, TopicId, TopicMeta, TopicSnapshot, ASSIGNORS, DEFAULT_ASSIGNOR,
+};
 use state::{Group, Reply};
 pub use types::*;
 
@@ -342,12 +357,14 @@ impl GroupCoordinator {
             .iter()
             .filter_map(|entry| {
                 let group = entry.state.lock();
-                let keep = group.state != GroupState::Dead
-                    && (states_filter.is_empty() || states_filter.contains(&group.state));
+                let state = group.effective_state();
+                let keep = state != GroupState::Dead
+                    && (states_filter.is_empty() || states_filter.contains(&state));
                 keep.then(|| GroupListing {
                     group_id: group.id.clone(),
                     protocol_type: group.protocol_type.clone().unwrap_or_default(),
-                    state: group.state,
+                    state,
+                    group_type: group.group_type(),
                 })
             })
             .collect();
@@ -386,7 +403,7 @@ impl GroupCoordinator {
         {
             let _writer = entry.commit_lock.lock();
             let mut group = entry.state.lock();
-            match group.state {
+            match group.effective_state() {
                 GroupState::Dead => return Err(GroupError::GroupIdNotFound),
                 GroupState::Empty => {}
                 _ => return Err(GroupError::NonEmptyGroup),

@@ -103,11 +103,18 @@ impl GroupCoordinator {
             return Err(GroupError::GroupIdNotFound);
         };
         let _writer = entry.commit_lock.lock();
+        // A KIP-848 group knows its members' topics itself; a classic one has them in each
+        // member's protocol metadata.
+        let mut consumer_topics = None;
         let member_metadata = {
             let group = entry.state.lock();
-            match group.state {
+            match group.effective_state() {
                 GroupState::Dead => return Err(GroupError::GroupIdNotFound),
                 GroupState::Empty => None,
+                _ if group.consumer.is_some() => {
+                    consumer_topics = group.consumer.as_ref().map(|c| c.subscribed_topics());
+                    None
+                }
                 _ if group.protocol_type.as_deref() == Some("consumer") => {
                     Some(group.member_protocol_metadata())
                 }
@@ -116,7 +123,7 @@ impl GroupCoordinator {
         };
         // Decode outside the group lock: the closure is the adapter's code.
         let subscribed: Option<HashSet<String>> = match member_metadata {
-            None => Some(HashSet::new()),
+            None => Some(consumer_topics.unwrap_or_default().into_iter().collect()),
             Some(None) => None,
             Some(Some(all)) => all
                 .iter()

@@ -33,6 +33,21 @@ pub enum GroupError {
     InvalidGroupId,
     #[error("group coordinator not available")]
     CoordinatorNotAvailable,
+    /// KIP-848: the member's epoch is not one the group knows; it must rejoin with epoch 0.
+    #[error("the member epoch is fenced; rejoin")]
+    FencedMemberEpoch,
+    /// KIP-848: an OffsetCommit or OffsetFetch at an older member epoch.
+    #[error("the member epoch is stale")]
+    StaleMemberEpoch,
+    /// KIP-848: a static member's instance id is still held by a member that did not leave.
+    #[error("the instance id is still used by another member")]
+    UnreleasedInstanceId,
+    #[error("server assignor `{0}` is not supported (uniform, range)")]
+    UnsupportedAssignor(String),
+    #[error("invalid regular expression: {0}")]
+    InvalidRegularExpression(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     #[error("group storage error: {0}")]
     Storage(String),
 }
@@ -43,7 +58,9 @@ impl From<MetaError> for GroupError {
     }
 }
 
-/// A group's state, as Kafka names it (ListGroups v4+ filters by these names).
+/// A group's state, as Kafka names it (ListGroups v4+ filters by these names). Classic
+/// groups go through Empty, PreparingRebalance, CompletingRebalance, Stable and Dead; KIP-848
+/// consumer groups through Empty, Assigning, Reconciling and Stable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GroupState {
     Empty,
@@ -51,15 +68,21 @@ pub enum GroupState {
     CompletingRebalance,
     Stable,
     Dead,
+    /// Consumer group: a new target assignment is due.
+    Assigning,
+    /// Consumer group: members are catching up with the target assignment.
+    Reconciling,
 }
 
 impl GroupState {
-    pub const ALL: [GroupState; 5] = [
+    pub const ALL: [GroupState; 7] = [
         GroupState::Empty,
         GroupState::PreparingRebalance,
         GroupState::CompletingRebalance,
         GroupState::Stable,
         GroupState::Dead,
+        GroupState::Assigning,
+        GroupState::Reconciling,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +92,8 @@ impl GroupState {
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
             GroupState::Dead => "Dead",
+            GroupState::Assigning => "Assigning",
+            GroupState::Reconciling => "Reconciling",
         }
     }
 
@@ -98,6 +123,13 @@ pub struct GroupSettings {
     pub max_session_timeout: Duration,
     /// `group.max.size`. Default unlimited.
     pub max_size: Option<usize>,
+    /// `group.consumer.session.timeout.ms`: a KIP-848 consumer-group member that sends no
+    /// heartbeat for this long is fenced. Default 45 s.
+    pub consumer_session_timeout: Duration,
+    /// `group.consumer.heartbeat.interval.ms`: how often KIP-848 members heartbeat (told in
+    /// every ConsumerGroupHeartbeat answer; it is also how fast a rebalance converges).
+    /// Default 5 s.
+    pub consumer_heartbeat_interval: Duration,
 }
 
 impl Default for GroupSettings {
@@ -107,6 +139,8 @@ impl Default for GroupSettings {
             min_session_timeout: Duration::from_secs(6),
             max_session_timeout: Duration::from_secs(30 * 60),
             max_size: None,
+            consumer_session_timeout: Duration::from_secs(45),
+            consumer_heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -192,6 +226,31 @@ pub struct GroupListing {
     /// Empty when the group never had a member (offsets only).
     pub protocol_type: String,
     pub state: GroupState,
+    pub group_type: GroupType,
+}
+
+/// Which membership protocol a group speaks (ListGroups v5's `GroupType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupType {
+    /// JoinGroup/SyncGroup with a leader client assigning.
+    Classic,
+    /// KIP-848 ConsumerGroupHeartbeat with server-side assignment.
+    Consumer,
+}
+
+impl GroupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::Classic => "classic",
+            GroupType::Consumer => "consumer",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<GroupType> {
+        [GroupType::Classic, GroupType::Consumer]
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(name))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

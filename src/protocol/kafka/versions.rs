@@ -8,7 +8,9 @@
 //! stop below the versions whose semantics Ferry lacks: AddPartitionsToTxn v4+ (broker-to-broker
 //! verification), and the KIP-890 part 2 versions (EndTxn v4+, TxnOffsetCommit v4+,
 //! AddOffsetsToTxn v4+, InitProducerId v5: TRANSACTION_ABORTABLE and per-transaction epoch
-//! bumps), ListTransactions v2 (a regex filter).
+//! bumps), ListTransactions v2 (a regex filter). ConsumerGroupHeartbeat goes to v1 because
+//! librdkafka 2.12 asks for exactly v1 (`group.protocol=consumer`), and with it OffsetCommit v9
+//! and OffsetFetch v9 (the member-epoch versions KIP-848 clients require).
 
 use kafka_protocol::messages::ApiKey;
 
@@ -31,12 +33,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 3),
@@ -130,6 +134,13 @@ mod tests {
                 }
                 ApiKey::OffsetDelete => {
                     within::<OffsetDeleteRequest, OffsetDeleteResponse>(min, max)
+                }
+                ApiKey::ConsumerGroupHeartbeat => within::<
+                    ConsumerGroupHeartbeatRequest,
+                    ConsumerGroupHeartbeatResponse,
+                >(min, max),
+                ApiKey::ConsumerGroupDescribe => {
+                    within::<ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse>(min, max)
                 }
                 ApiKey::InitProducerId => {
                     within::<InitProducerIdRequest, InitProducerIdResponse>(min, max)

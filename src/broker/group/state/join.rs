@@ -27,6 +27,9 @@ impl Group {
             // Deleted under our feet: the client rediscovers the coordinator and retries.
             return Reply::Now(Err(GroupError::CoordinatorNotAvailable));
         }
+        if let Err(e) = self.admit_classic() {
+            return Reply::Now(Err(e));
+        }
         if !self.accepts_joining_member(&req.member_id, settings.max_size) {
             // An over-capacity group sheds existing members that have not rejoined yet, as
             // Kafka does (plain removal: the completion check in `join` follows).
@@ -45,7 +48,11 @@ impl Group {
     pub(super) fn accepts_joining_member(&self, member_id: &str, max_size: Option<usize>) -> bool {
         let Some(max) = max_size else { return true };
         match self.state {
-            GroupState::Empty | GroupState::Dead => true,
+            // Assigning/Reconciling belong to consumer groups, never to this classic state.
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => true,
             GroupState::PreparingRebalance => {
                 self.member(member_id)
                     .is_some_and(|m| m.join_reply.is_some())
@@ -157,7 +164,10 @@ impl Group {
             GroupState::CompletingRebalance | GroupState::Stable => {
                 self.update_member_and_rebalance(req, now, settings)
             }
-            GroupState::Empty | GroupState::Dead => Reply::Now(Err(GroupError::UnknownMemberId)),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Reply::Now(Err(GroupError::UnknownMemberId)),
         }
     }
 
@@ -320,7 +330,11 @@ impl Group {
             GroupState::CompletingRebalance => {
                 self.prepare_rebalance(now, settings, "static member rejoined during sync")
             }
-            GroupState::PreparingRebalance | GroupState::Empty | GroupState::Dead => {}
+            GroupState::PreparingRebalance
+            | GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {}
         }
         Reply::Later(rx)
     }

@@ -23,7 +23,10 @@ impl Group {
             return Err(GroupError::UnknownMemberId);
         };
         match state {
-            GroupState::Empty | GroupState::Dead => Err(GroupError::UnknownMemberId),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Err(GroupError::UnknownMemberId),
             GroupState::CompletingRebalance | GroupState::Stable => {
                 m.touch(now);
                 Ok(())
@@ -85,6 +88,10 @@ impl Group {
         if self.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
+        if let Some(c) = &self.consumer {
+            // KIP-848: the member epoch stands in for the generation.
+            return c.check_commit(generation, member_id);
+        }
         if generation < 0 && self.state == GroupState::Empty {
             // Admin tools and consumers without group management (`assign()`).
             return Ok(());
@@ -113,7 +120,9 @@ impl Group {
             // The member has this generation's JoinGroup answer but no assignment yet.
             GroupState::CompletingRebalance => Err(GroupError::RebalanceInProgress),
             GroupState::Empty => Ok(()),
-            GroupState::Dead => Err(GroupError::CoordinatorNotAvailable),
+            GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {
+                Err(GroupError::CoordinatorNotAvailable)
+            }
         }
     }
 

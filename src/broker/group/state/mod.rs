@@ -34,9 +34,10 @@ use tokio::time::Instant;
 
 use crate::meta::{GroupRecord, Meta};
 
+use super::consumer::ConsumerGroup;
 use super::member::{new_member_id, Member, NEW_MEMBER_JOIN_TIMEOUT};
 use super::{
-    GroupDescription, GroupError, GroupSettings, GroupState, JoinRequest, JoinResponse,
+    GroupDescription, GroupError, GroupSettings, GroupState, GroupType, JoinRequest, JoinResponse,
     JoinedMember, MemberDescription, SyncRequest, SyncResponse,
 };
 
@@ -98,6 +99,9 @@ pub(super) struct Group {
     /// The generation this group had when the broker last stopped, if any: its members are
     /// not restored, but their commits are still accepted (see [`Group::check_commit`]).
     restored_generation: Option<i32>,
+    /// Set while this id is a KIP-848 consumer group (then the classic fields above stay
+    /// Empty and unused); dropped when a classic member joins it empty.
+    pub(super) consumer: Option<ConsumerGroup>,
 }
 
 impl Group {
@@ -123,6 +127,42 @@ impl Group {
             timer_running: false,
             timer_at: None,
             restored_generation,
+            consumer: None,
+        }
+    }
+
+    /// The state the admin views show: the consumer group's own when it is one.
+    pub(super) fn effective_state(&self) -> GroupState {
+        match &self.consumer {
+            Some(c) if self.state != GroupState::Dead => c.state(),
+            _ => self.state,
+        }
+    }
+
+    pub(super) fn group_type(&self) -> GroupType {
+        if self.consumer.is_some() {
+            GroupType::Consumer
+        } else {
+            GroupType::Classic
+        }
+    }
+
+    /// Whether classic members are in (or joining) the group.
+    pub(super) fn classic_in_use(&self) -> bool {
+        !self.members.is_empty() || !self.pending.is_empty() || self.state != GroupState::Empty
+    }
+
+    /// Whether a classic member could join without disturbing anyone: no consumer-protocol
+    /// members. An empty consumer group is turned back into a classic one (its offsets stay).
+    pub(super) fn admit_classic(&mut self) -> Result<(), GroupError> {
+        match &self.consumer {
+            Some(c) if !c.members.is_empty() => Err(GroupError::InconsistentGroupProtocol),
+            Some(_) => {
+                tracing::info!(group = %self.id, "empty consumer group becomes a classic group");
+                self.consumer = None;
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -149,6 +189,28 @@ impl Group {
 
     /// DescribeGroups: metadata and assignments only once Stable, as Kafka reports them.
     pub(super) fn describe(&self) -> GroupDescription {
+        if let Some(c) = &self.consumer {
+            // DescribeGroups of a consumer group: who is in it, without the classic
+            // metadata and assignment bytes (ConsumerGroupDescribe has the details).
+            return GroupDescription {
+                group_id: self.id.clone(),
+                state: self.effective_state(),
+                protocol_type: "consumer".into(),
+                protocol: c.assignor().to_string(),
+                members: c
+                    .members
+                    .values()
+                    .map(|m| MemberDescription {
+                        member_id: m.id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        metadata: Bytes::new(),
+                        assignment: Bytes::new(),
+                    })
+                    .collect(),
+            };
+        }
         let stable = self.state == GroupState::Stable;
         let protocol = if stable {
             self.protocol.clone().unwrap_or_default()

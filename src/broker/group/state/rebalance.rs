@@ -205,7 +205,10 @@ impl Group {
                 self.maybe_prepare_rebalance(now, settings, reason)
             }
             GroupState::PreparingRebalance => self.try_complete_join(now),
-            GroupState::Empty | GroupState::Dead => {}
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {}
         }
     }
 }

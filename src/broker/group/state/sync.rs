@@ -30,7 +30,10 @@ impl Group {
             return Reply::Now(Err(GroupError::InconsistentGroupProtocol));
         }
         match self.state {
-            GroupState::Empty | GroupState::Dead => Reply::Now(Err(GroupError::UnknownMemberId)),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Reply::Now(Err(GroupError::UnknownMemberId)),
             GroupState::PreparingRebalance => Reply::Now(Err(GroupError::RebalanceInProgress)),
             GroupState::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();

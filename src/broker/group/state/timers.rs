@@ -15,10 +15,12 @@ impl Group {
             .join_timer
             .filter(|_| self.state == GroupState::PreparingRebalance)
             .map(|t| t.deadline());
+        let consumer = self.consumer.as_ref().and_then(|c| c.next_deadline());
         members
             .chain(pending)
             .chain(join)
             .chain(self.sync_deadline)
+            .chain(consumer)
             .min()
     }
 
@@ -27,6 +29,9 @@ impl Group {
     pub(in crate::broker::group) fn fire_timers(&mut self, now: Instant, settings: &GroupSettings) {
         if self.state == GroupState::Dead {
             return;
+        }
+        if let Some(c) = &mut self.consumer {
+            c.fire_timers(now);
         }
         let before = self.pending.len();
         self.pending.retain(|_, deadline| *deadline > now);

@@ -1,6 +1,7 @@
 //! Scenario tests: simulated members run as concurrent tasks under paused tokio time, so every
 //! session, rebalance and initial-delay timeout elapses instantly and deterministically.
 
+mod consumer;
 mod offsets;
 mod protocol;
 mod rebalance;

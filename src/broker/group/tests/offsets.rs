@@ -97,7 +97,8 @@ async fn offsets_commit_fetch_delete_and_survive_a_new_coordinator() {
         vec![GroupListing {
             group_id: "simple".into(),
             protocol_type: String::new(),
-            state: GroupState::Empty
+            state: GroupState::Empty,
+            group_type: GroupType::Classic,
         }]
     );
 

@@ -200,7 +200,8 @@ async fn leaving_rebalances_the_rest_and_the_last_one_out_empties_the_group() {
         vec![GroupListing {
             group_id: "g".into(),
             protocol_type: "consumer".into(),
-            state: GroupState::Empty
+            state: GroupState::Empty,
+            group_type: GroupType::Classic,
         }]
     );
     assert!(c.list_groups(&[GroupState::Stable]).is_empty());

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{
 
 use super::groups::{code_of, s, GROUP_DENIED};
 use super::{decode, respond, Outcome};
-use crate::broker::GroupState;
+use crate::broker::{GroupState, GroupType};
 use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
 use crate::protocol::kafka::connection::ConnInfo;
@@ -31,11 +31,20 @@ pub fn list_groups(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -
         .filter_map(|st| GroupState::parse(st.as_str()))
         .collect();
     // Unknown state names in the filter match nothing, as in Kafka.
-    let groups = if !request.states_filter.is_empty() && filter.is_empty() {
+    let mut groups = if !request.states_filter.is_empty() && filter.is_empty() {
         Vec::new()
     } else {
         ctx.core.groups().list_groups(&filter)
     };
+    // v5 (KIP-848): filter by group type, "classic" or "consumer".
+    if !request.types_filter.is_empty() {
+        let types: Vec<GroupType> = request
+            .types_filter
+            .iter()
+            .filter_map(|t| GroupType::parse(t.as_str()))
+            .collect();
+        groups.retain(|g| types.contains(&g.group_type));
+    }
     // DESCRIBE on the cluster lists every group; otherwise the groups the client may DESCRIBE.
     let everything = ctx.allowed_on_cluster(conn, operation::DESCRIBE);
     let groups: Vec<_> = groups
@@ -53,6 +62,9 @@ pub fn list_groups(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) -
                     .with_protocol_type(s(g.protocol_type));
                 if v >= 4 {
                     listed = listed.with_group_state(s(g.state.as_str()));
+                }
+                if v >= 5 {
+                    listed = listed.with_group_type(s(g.group_type.as_str()));
                 }
                 listed
             })

@@ -59,6 +59,12 @@ pub fn group_error_code(e: &GroupError) -> i16 {
         GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached.code(),
         GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic.code(),
         GroupError::InvalidGroupId => ResponseError::InvalidGroupId.code(),
+        GroupError::FencedMemberEpoch => ResponseError::FencedMemberEpoch.code(),
+        GroupError::StaleMemberEpoch => ResponseError::StaleMemberEpoch.code(),
+        GroupError::UnreleasedInstanceId => ResponseError::UnreleasedInstanceId.code(),
+        GroupError::UnsupportedAssignor(_) => ResponseError::UnsupportedAssignor.code(),
+        GroupError::InvalidRegularExpression(_) => ResponseError::InvalidRegularExpression.code(),
+        GroupError::InvalidRequest(_) => ResponseError::InvalidRequest.code(),
         // Storage trouble is transient from a client's view: it retries elsewhere/later.
         GroupError::CoordinatorNotAvailable | GroupError::Storage(_) => {
             ResponseError::CoordinatorNotAvailable.code()
@@ -563,6 +569,15 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) 
                         .collect()
                 });
                 let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                // v9 (KIP-848): a member fetching names itself and its epoch.
+                let member_check = ctx.core.groups().check_offset_fetch(
+                    g.group_id.as_str(),
+                    g.member_id.as_deref().unwrap_or_default(),
+                    g.member_epoch,
+                );
+                if let Err(e) = member_check {
+                    return out.with_error_code(group_error_code(&e));
+                }
                 match fetch_group(ctx, conn, g.group_id.as_str(), wanted) {
                     Ok(topics) => {
                         out = out.with_topics(

@@ -8,6 +8,7 @@
 mod acls;
 mod admin;
 mod api_versions;
+mod consumer_groups;
 mod fetch;
 mod group_admin;
 mod groups;
@@ -123,6 +124,8 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::DescribeGroups => ready(group_admin::describe_groups(ctx, conn, &req)),
         ApiKey::DeleteGroups => ready(group_admin::delete_groups(ctx, conn, &req)),
         ApiKey::OffsetDelete => ready(groups::offset_delete(ctx, conn, &req)),
+        ApiKey::ConsumerGroupHeartbeat => ready(consumer_groups::heartbeat(ctx, conn, &req)),
+        ApiKey::ConsumerGroupDescribe => ready(consumer_groups::describe(ctx, conn, &req)),
         ApiKey::InitProducerId => {
             Box::pin(producer::init_producer_id(ctx.clone(), conn.clone(), req))
         }
