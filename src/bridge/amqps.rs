@@ -16,6 +16,7 @@
 //! certificates are picked up at the next reconnect, and a missing one shows as the bridge's
 //! blocked reason.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
