@@ -452,6 +452,15 @@ mod tests {
             }
         );
         assert_eq!(d.delete_after, DeleteAfter::Count(10));
+        let local = Definition::parse(
+            "/",
+            "t",
+            &json!({"src-topic": "clicks", "dest-uri": "amqps://u:p@h:5671/%2f?cacertfile=%2Fca.pem",
+                    "dest-queue": "q"}),
+        )
+        .unwrap();
+        assert_eq!(local.src, Endpoint::Ferry { vhost: "/".into() });
+        assert_eq!(local.dest.display(), "amqps://u:***@h:5671/%2f");
         for (bad, says) in [
             (
                 json!({"src-queue": "a", "dest-queue": "b", "ack-mode": "sometimes"}),
@@ -476,6 +485,15 @@ mod tests {
             (
                 json!({"src-queue": "a", "dest-queue": "b", "reconnect-delay": -1}),
                 "reconnect-delay",
+            ),
+            (
+                json!({"src-exchange": "", "dest-queue": "b"}),
+                "default exchange",
+            ),
+            (
+                json!({"src-queue": "a", "dest-uri": "amqps://h?verify=sometimes",
+                       "dest-queue": "b"}),
+                "verify",
             ),
         ] {
             let e = Definition::parse("/", "x", &bad).unwrap_err();

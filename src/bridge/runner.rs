@@ -236,14 +236,42 @@ pub async fn run(
                     e.to_string()
                 };
                 status.set_state(State::Blocked, Some(reason));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => {}
+                // While blocked, a Ferry source queue is where messages wait: keep its depth
+                // current, since that is when an operator looks at it.
+                let until = tokio::time::Instant::now() + wait;
+                loop {
+                    if let Some(p) = waiting_at_source(&core, &def) {
+                        status.set_pending(Some(p));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = tokio::time::sleep(PENDING_REFRESH) => {}
+                        _ = stop.changed() => break,
+                    }
                 }
             }
         }
     }
     status.set_state(State::Terminated, Some("stopped".into()));
+}
+
+/// How often a blocked bridge refreshes `pending`.
+const PENDING_REFRESH: Duration = Duration::from_millis(500);
+
+/// Messages waiting in a Ferry source queue (`None` for other sources, or before the queue
+/// exists).
+fn waiting_at_source(core: &BrokerCore, def: &Definition) -> Option<u64> {
+    let Endpoint::Ferry { vhost } = &def.src else {
+        return None;
+    };
+    let queue = match &def.source {
+        SourceSpec::Queue(q) => q.clone(),
+        SourceSpec::Exchange { .. } => super::ferry::exchange_queue_name(&def.name),
+        SourceSpec::Topic { .. } => return None,
+    };
+    core.router()
+        .queue(vhost, &queue)
+        .map(|q| q.message_count())
 }
 
 /// The wait after `failures` failures in a row: `base * 2^(failures-1)`, capped, ±20%.

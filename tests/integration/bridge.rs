@@ -881,10 +881,11 @@ async fn ferry_exchange_source_keeps_what_it_binds_while_the_destination_is_down
     })
     .await;
 
-    // While the destination is down, the bridge's own durable queue keeps what matches.
+    // While the destination is down, the bridge's own durable queue keeps what matches (the
+    // bridge finds the destination gone when it next publishes, and returns that batch).
     b.stop().await;
-    wait_for(&a, "ex-to-b", "blocked", |s| s["state"] == "blocked").await;
     publish_confirmed(&a_ch, "orders", "eu.de", &bodies(100..250)).await;
+    wait_for(&a, "ex-to-b", "blocked", |s| s["state"] == "blocked").await;
     assert_eq!(
         status_of(&a, "/api/queues/%2F/amq.ferry.bridge.ex-to-b").await,
         StatusCode::OK
@@ -902,14 +903,16 @@ async fn ferry_exchange_source_keeps_what_it_binds_while_the_destination_is_down
     assert_eq!(consume(&b_ch, "inbox", 250).await, bodies(0..250));
 
     // A new key replaces the binding rather than adding one.
-    define(
+    let (status, body) = admin_call(
         &a,
-        "ex-to-b",
-        json!({"src-exchange": "orders", "src-exchange-key": "us.#",
+        Method::PUT,
+        "/api/parameters/shovel/%2F/ex-to-b",
+        Some(json!({"value": {"src-exchange": "orders", "src-exchange-key": "us.#",
                "dest-uri": format!("amqp://guest:guest@{b_addr}/%2f"), "dest-queue": "inbox",
-               "reconnect-delay": 0.1}),
+               "reconnect-delay": 0.1}})),
     )
     .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "an update: {body}");
     wait_for(&a, "ex-to-b", "running again", |s| {
         s["state"] == "running" && s["messages_forwarded"] == 0
     })
