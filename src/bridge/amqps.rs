@@ -103,9 +103,7 @@ pub fn parse(uri: &str) -> Result<AmqpsUri, String> {
                     "verify_peer" => true,
                     "verify_none" => false,
                     other => {
-                        return Err(format!(
-                            "verify={other} is not verify_peer or verify_none"
-                        ))
+                        return Err(format!("verify={other} is not verify_peer or verify_none"))
                     }
                 }
             }
@@ -175,8 +173,8 @@ fn client_config(u: &AmqpsUri) -> Result<(Arc<rustls::ClientConfig>, ServerName<
                 .ok_or("no cacertfile given and no system CA bundle found")?,
         };
         let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| format!("cacertfile {path}: {e}"))?;
+        let certs =
+            CertificateDer::pem_file_iter(&path).map_err(|e| format!("cacertfile {path}: {e}"))?;
         for cert in certs {
             let cert = cert.map_err(|e| format!("cacertfile {path}: {e}"))?;
             roots
@@ -198,7 +196,8 @@ fn client_config(u: &AmqpsUri) -> Result<(Arc<rustls::ClientConfig>, ServerName<
                 .map_err(|e| format!("certfile {cert}: {e}"))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("certfile {cert}: {e}"))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("keyfile {key}: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("keyfile {key}: {e}"))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("client certificate: {e}"))?
@@ -239,7 +238,9 @@ pub async fn connect(uri: &str, properties: ConnectionProperties) -> Result<Conn
             };
             let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
             Ok(AsyncTcpStream::Plain(Stream::Tls(Box::new(tls))))
         }
     };
@@ -407,7 +408,11 @@ impl futures::io::AsyncRead for Stream {
 }
 
 impl futures::io::AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -442,18 +447,25 @@ mod tests {
         .unwrap();
         assert_eq!(u.host, "rabbit.example");
         assert_eq!(u.port, 5676);
-        assert_eq!(u.lapin_uri, "amqps://u:p%40ss@rabbit.example:5676/%2f?heartbeat=10");
+        assert_eq!(
+            u.lapin_uri,
+            "amqps://u:p%40ss@rabbit.example:5676/%2f?heartbeat=10"
+        );
         assert_eq!(u.tls.cacertfile.as_deref(), Some("/etc/ca.pem"));
         assert_eq!(u.tls.keyfile.as_deref(), Some("/k.pem"));
         assert!(u.tls.verify_peer);
         assert_eq!(u.tls.server_name, Some(Some("rabbit".into())));
-        let d = parse("amqps://127.0.0.1?verify=verify_none&server_name_indication=disable")
-            .unwrap();
+        let d =
+            parse("amqps://127.0.0.1?verify=verify_none&server_name_indication=disable").unwrap();
         assert_eq!((d.host.as_str(), d.port), ("127.0.0.1", 5671));
         assert!(!d.tls.verify_peer);
         assert_eq!(d.tls.server_name, Some(None));
         assert_eq!(parse("amqps://[::1]:5999/").unwrap().host, "::1");
-        assert!(parse("amqps://h?verify=maybe").unwrap_err().contains("verify"));
-        assert!(parse("amqps://h?certfile=/c.pem").unwrap_err().contains("keyfile"));
+        assert!(parse("amqps://h?verify=maybe")
+            .unwrap_err()
+            .contains("verify"));
+        assert!(parse("amqps://h?certfile=/c.pem")
+            .unwrap_err()
+            .contains("keyfile"));
     }
 }

@@ -907,9 +907,11 @@ async fn ferry_exchange_source_keeps_what_it_binds_while_the_destination_is_down
         &a,
         Method::PUT,
         "/api/parameters/shovel/%2F/ex-to-b",
-        Some(json!({"value": {"src-exchange": "orders", "src-exchange-key": "us.#",
+        Some(
+            json!({"value": {"src-exchange": "orders", "src-exchange-key": "us.#",
                "dest-uri": format!("amqp://guest:guest@{b_addr}/%2f"), "dest-queue": "inbox",
-               "reconnect-delay": 0.1}})),
+               "reconnect-delay": 0.1}}),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "an update: {body}");
@@ -936,8 +938,7 @@ async fn ferry_exchange_source_keeps_what_it_binds_while_the_destination_is_down
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while status_of(&a, "/api/queues/%2F/amq.ferry.bridge.ex-to-b").await != StatusCode::NOT_FOUND
-    {
+    while status_of(&a, "/api/queues/%2F/amq.ferry.bridge.ex-to-b").await != StatusCode::NOT_FOUND {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the bridge's queue outlived it"
