@@ -1,7 +1,8 @@
 //! The remote AMQP 0-9-1 side of a bridge (a RabbitMQ node or cluster, or another Ferry),
 //! through lapin.
 //!
-//! URIs are tried in order until one connects (a cluster's nodes). A source declares its
+//! URIs are tried in order until one connects (a cluster's nodes); `amqps://` ones go
+//! through [`super::amqps`]. A source declares its
 //! queue durable, as RabbitMQ's dynamic shovels do (an exchange source gets an exclusive
 //! server-named queue bound with the key), sets `basic.qos` to `src-prefetch-count` and acks
 //! with `multiple` up to the last message of each forwarded batch; deliveries it holds when
@@ -30,7 +31,14 @@ use crate::protocol::amqp::convert;
 async fn connect(uris: &[String]) -> Result<(Connection, Channel), String> {
     let mut last = String::from("no URI");
     for uri in uris {
-        match Connection::connect(uri, ConnectionProperties::default()).await {
+        let connected = if uri.starts_with("amqps://") {
+            super::amqps::connect(uri, ConnectionProperties::default()).await
+        } else {
+            Connection::connect(uri, ConnectionProperties::default())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match connected {
             Ok(conn) => {
                 let channel = conn
                     .create_channel()

@@ -33,7 +33,9 @@ pub enum Endpoint {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
     Queue(String),
-    /// An exchange: the bridge consumes a queue of its own bound with `key`.
+    /// An exchange: the bridge consumes a queue of its own bound with `key` (remote: an
+    /// exclusive server-named queue, as RabbitMQ's shovel; Ferry: a durable queue that lives
+    /// as long as the bridge, see `ferry.rs`).
     Exchange {
         exchange: String,
         key: String,
@@ -189,17 +191,9 @@ impl Definition {
                     "an amqp:// source has no topics: give src-queue or src-exchange".into(),
                 )
             }
-            (Endpoint::Ferry { .. }, SourceSpec::Exchange { .. }) => {
+            (_, SourceSpec::Exchange { exchange, .. }) if exchange.is_empty() => {
                 return Err(
-                    "a Ferry exchange source is not supported yet: bind a durable queue to the \
-                     exchange and give src-queue (it also keeps messages while the bridge is down)"
-                        .into(),
-                )
-            }
-            (Endpoint::Ferry { .. }, SourceSpec::Topic { .. }) => {
-                return Err(
-                    "a Ferry topic source is not supported yet: bind a queue to the topic (topics \
-                     are exchanges) and give src-queue"
+                    "src-exchange must name an exchange (the default exchange takes no bindings)"
                         .into(),
                 )
             }
@@ -305,9 +299,8 @@ fn endpoint(key: &str, uris: Option<Uris>, vhost: &str) -> Result<Endpoint, Stri
     }
     for u in &uris {
         if u.starts_with("amqps://") {
-            return Err(format!(
-                "{key}: amqps:// is not supported by this build's AMQP client yet; use amqp://"
-            ));
+            super::amqps::parse(u).map_err(|e| format!("{key} '{}': {e}", redact(u)))?;
+            continue;
         }
         if !u.starts_with("amqp://") {
             return Err(format!(
@@ -345,7 +338,7 @@ fn kafka_endpoint(key: &str, rest: &str) -> Result<Endpoint, String> {
 
 /// `%XX` escapes decoded (a vhost in a URI path, a value in a Kafka URI query); `None` when
 /// an escape is malformed or the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -400,7 +393,11 @@ impl Endpoint {
     pub fn display(&self) -> String {
         match self {
             Endpoint::Ferry { .. } => "ferry:".into(),
-            Endpoint::Amqp { uris } => uris.iter().map(|u| redact(u)).collect::<Vec<_>>().join(","),
+            Endpoint::Amqp { uris } => uris
+                .iter()
+                .map(|u| redact(u.split_once('?').map_or(u, |(base, _)| base)))
+                .collect::<Vec<_>>()
+                .join(","),
             Endpoint::Kafka { bootstrap, .. } => format!("kafka://{bootstrap}"),
         }
     }
@@ -455,6 +452,15 @@ mod tests {
             }
         );
         assert_eq!(d.delete_after, DeleteAfter::Count(10));
+        let local = Definition::parse(
+            "/",
+            "t",
+            &json!({"src-topic": "clicks", "dest-uri": "amqps://u:p@h:5671/%2f?cacertfile=%2Fca.pem",
+                    "dest-queue": "q"}),
+        )
+        .unwrap();
+        assert_eq!(local.src, Endpoint::Ferry { vhost: "/".into() });
+        assert_eq!(local.dest.display(), "amqps://u:***@h:5671/%2f");
         for (bad, says) in [
             (
                 json!({"src-queue": "a", "dest-queue": "b", "ack-mode": "sometimes"}),
@@ -479,6 +485,15 @@ mod tests {
             (
                 json!({"src-queue": "a", "dest-queue": "b", "reconnect-delay": -1}),
                 "reconnect-delay",
+            ),
+            (
+                json!({"src-exchange": "", "dest-queue": "b"}),
+                "default exchange",
+            ),
+            (
+                json!({"src-queue": "a", "dest-uri": "amqps://h?verify=sometimes",
+                       "dest-queue": "b"}),
+                "verify",
             ),
         ] {
             let e = Definition::parse("/", "x", &bad).unwrap_err();

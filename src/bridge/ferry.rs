@@ -6,9 +6,27 @@
 //! Messages it holds unacked when it stops go back to the queue in their place, so the next
 //! run forwards them first. A destination publishes through the router like any client and,
 //! for `on-confirm`, waits until every copy is durable before the source settles.
+//!
+//! An exchange source is a queue source on a queue the bridge owns: `amq.ferry.bridge.{name}`,
+//! durable, bound to the exchange with `src-exchange-key`. RabbitMQ's shovel binds an
+//! exclusive server-named queue instead, so what is published while the shovel is down is
+//! lost; here the queue outlives connections, destination outages and broker restarts and
+//! goes only with the bridge definition ([`delete_exchange_queue`]), so store-and-forward
+//! holds for exchanges as for queues. Messages published before the bridge first started are
+//! not in it (nothing was bound yet), as with RabbitMQ.
+//!
+//! A topic source reads the topic's log with the core's [`StreamReader`] (every partition,
+//! offset order within each, new partitions picked up from their start) and keeps its position
+//! as the committed offsets of a Ferry consumer group (`src-group`): it starts at the group's
+//! offsets (or the log start) and commits, per partition, only the records the destination
+//! confirmed. The group is an ordinary one, so `ferry group list` and Kafka's OffsetFetch show
+//! it, and a Kafka consumer joining it is refused the bridge's commits (they are "simple"
+//! commits, allowed only while the group has no members), which stops the bridge with a reason
+//! rather than letting two readers split the position.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -17,7 +35,9 @@ use super::runner::{BridgeError, Confirms, Incoming, Token};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::broker::routing::{Durable, QueueSpec, DEFAULT_VHOST, INTERNAL_CONNECTION};
+use crate::broker::stream::{StreamReader, StreamStart};
 use crate::broker::BrokerCore;
+use crate::meta::{BindingDef, CommittedOffset, DestinationKind};
 
 /// A Ferry queue read by the bridge as one consumer.
 pub struct QueueSource {
@@ -31,6 +51,70 @@ pub struct QueueSource {
     appends: tokio::sync::watch::Receiver<i64>,
     ready: tokio::sync::watch::Receiver<u64>,
     closed: bool,
+}
+
+/// The queue an exchange source of bridge `bridge` consumes (in the bridge's vhost). The
+/// reserved `amq.` prefix keeps clients from declaring one of the same name by accident.
+pub fn exchange_queue_name(bridge: &str) -> String {
+    format!("amq.ferry.bridge.{bridge}")
+}
+
+/// Declares the bridge's exchange queue, binds it to `exchange` with `key`, and drops any
+/// other binding it has (left by an earlier definition of the bridge). Returns its name.
+pub async fn bind_exchange_queue(
+    core: &BrokerCore,
+    vhost: &str,
+    bridge: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<String, BridgeError> {
+    core.router()
+        .existing_exchange(vhost, exchange)
+        .map_err(|e| BridgeError::Source(e.to_string()))?;
+    let name = exchange_queue_name(bridge);
+    declare(core, vhost, &name).await?;
+    let wanted = BindingDef {
+        vhost: vhost.to_string(),
+        source: exchange.to_string(),
+        destination_kind: DestinationKind::Queue,
+        destination: name.clone(),
+        routing_key: key.to_string(),
+        arguments: Value::Object(Map::new()),
+    };
+    for ex in core.router().exchanges() {
+        for b in ex.bindings() {
+            let ours = b.vhost == vhost
+                && b.destination_kind == DestinationKind::Queue
+                && b.destination == name;
+            if ours && !(b.source == exchange && b.routing_key == key) {
+                core.router()
+                    .unbind(b)
+                    .await
+                    .map_err(|e| BridgeError::Local(e.to_string()))?;
+            }
+        }
+    }
+    core.router()
+        .bind(wanted)
+        .await
+        .map_err(|e| BridgeError::Source(e.to_string()))?;
+    Ok(name)
+}
+
+/// Deletes the exchange queue of a bridge that is gone (with what it still held: the bridge
+/// that would have forwarded it no longer exists). Absent is fine.
+pub async fn delete_exchange_queue(core: &BrokerCore, vhost: &str, bridge: &str) {
+    let name = exchange_queue_name(bridge);
+    if core.router().queue(vhost, &name).is_none() {
+        return;
+    }
+    if let Err(e) = core
+        .router()
+        .delete_queue(vhost, &name, false, false, None)
+        .await
+    {
+        tracing::warn!(bridge, vhost, error = %e, "could not delete the bridge's exchange queue");
+    }
 }
 
 /// Declares `name` durable when it does not exist (RabbitMQ's dynamic shovels declare their
@@ -175,6 +259,132 @@ impl Drop for QueueSource {
             self.release();
             self.queue.remove_consumer(self.consumer);
         }
+    }
+}
+
+/// How often a topic source looks at the topic registry while idle: the core sends no
+/// notification when a topic is deleted or gains partitions.
+const TOPIC_TICK: Duration = Duration::from_secs(1);
+
+/// A Ferry topic read as consumer group `group`; see the module docs.
+pub struct TopicSource {
+    core: BrokerCore,
+    reader: StreamReader,
+    topic: String,
+    group: String,
+}
+
+impl TopicSource {
+    pub async fn open(core: &BrokerCore, topic: &str, group: &str) -> Result<Self, BridgeError> {
+        let src = |e: String| BridgeError::Source(e);
+        let Some(t) = core.topic(topic) else {
+            return Err(src(format!("topic '{topic}' does not exist")));
+        };
+        let committed: HashMap<i32, i64> = core
+            .groups()
+            .fetch_offsets(group, None)
+            .map_err(|e| src(e.to_string()))?
+            .into_iter()
+            .filter(|o| o.topic == topic && o.offset >= 0)
+            .map(|o| (o.partition, o.offset))
+            .collect();
+        let starts: Vec<(i32, StreamStart)> = (0..t.partition_count() as i32)
+            .map(|p| {
+                let start = committed
+                    .get(&p)
+                    .map_or(StreamStart::First, |o| StreamStart::Offset(*o));
+                (p, start)
+            })
+            .collect();
+        let reader = StreamReader::open_partitions(core, topic, &starts)
+            .map_err(|e| src(e.to_string()))?
+            .follow_new_partitions();
+        Ok(Self {
+            core: core.clone(),
+            reader,
+            topic: topic.to_string(),
+            group: group.to_string(),
+        })
+    }
+
+    /// Records of the topic not yet handed to the destination.
+    pub fn pending(&self) -> u64 {
+        let Some(t) = self.core.topic(&self.topic) else {
+            return 0;
+        };
+        self.reader
+            .positions()
+            .into_iter()
+            .filter_map(|(p, next)| {
+                let log = t.partition(p)?;
+                u64::try_from(log.high_watermark() - next).ok()
+            })
+            .sum()
+    }
+
+    /// Waits for at least one readable record, then takes up to `max`.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Incoming>, BridgeError> {
+        loop {
+            let records = self
+                .reader
+                .poll(max)
+                .map_err(|e| BridgeError::Source(e.to_string()))?;
+            if !records.is_empty() {
+                return Ok(records
+                    .into_iter()
+                    .map(|r| Incoming {
+                        message: Message::from_record(r.record),
+                        exchange: self.topic.clone(),
+                        token: Token::Kafka {
+                            partition: r.partition,
+                            offset: r.offset,
+                        },
+                    })
+                    .collect());
+            }
+            tokio::select! {
+                _ = self.reader.wait() => {}
+                _ = tokio::time::sleep(TOPIC_TICK) => {}
+            }
+        }
+    }
+
+    /// Commits, per partition, the offset after the last confirmed record (a simple commit:
+    /// generation -1, no member). The commit flushes the metadata store, so it runs on the
+    /// blocking pool.
+    pub async fn settle(&mut self, tokens: &[Token]) -> Result<(), BridgeError> {
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for t in tokens {
+            if let Token::Kafka { partition, offset } = t {
+                let e = next.entry(*partition).or_insert(offset + 1);
+                *e = (*e).max(offset + 1);
+            }
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let offsets = next
+            .into_iter()
+            .map(|(partition, offset)| CommittedOffset {
+                topic: self.topic.clone(),
+                partition,
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: 0,
+            })
+            .collect();
+        let groups = self.core.groups().clone();
+        let group = self.group.clone();
+        tokio::task::spawn_blocking(move || groups.commit_offsets(&group, -1, "", None, offsets))
+            .await
+            .map_err(|e| BridgeError::Local(e.to_string()))?
+            .map_err(|e| {
+                BridgeError::Source(format!(
+                    "committing group '{}': {e} (is a Kafka consumer using the bridge's group?)",
+                    self.group
+                ))
+            })
     }
 }
 

@@ -10,11 +10,12 @@
 //! stopped when it is deleted. The core never calls in here; the admin API and the runner
 //! meet only in the core's parameter store.
 //!
-//! The Ferry side goes through the core ([`ferry`]); the remote sides use lapin ([`amqp`])
-//! and rdkafka ([`kafka`]). [`status`] holds what `GET /api/shovels` and the
-//! `ferry_bridge_*` metrics report.
+//! The Ferry side goes through the core ([`ferry`]); the remote sides use lapin ([`amqp`],
+//! over TLS for `amqps://` through [`amqps`]) and rdkafka ([`kafka`]). [`status`] holds what
+//! `GET /api/shovels` and the `ferry_bridge_*` metrics report.
 
 pub mod amqp;
+pub mod amqps;
 pub mod definition;
 pub mod ferry;
 pub mod kafka;
@@ -55,6 +56,9 @@ fn default_vhost() -> String {
 
 struct Running {
     generation: u64,
+    /// The vhost of the exchange queue this bridge owns (a Ferry exchange source), deleted
+    /// with the bridge.
+    owns_queue: Option<String>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -119,10 +123,16 @@ async fn reconcile(core: BrokerCore, statuses: Statuses, mut shutdown: watch::Re
             {
                 continue;
             }
+            let parsed = Definition::parse(&p.vhost, &p.name, &p.value);
             if let Some(old) = running.remove(&key) {
+                let owned = old.owns_queue.clone();
                 stop(old).await;
+                let still = parsed.as_ref().ok().and_then(owned_queue);
+                if let Some(vhost) = owned.filter(|v| still.as_ref() != Some(v)) {
+                    ferry::delete_exchange_queue(&core, &vhost, &p.name).await;
+                }
             }
-            let def = match Definition::parse(&p.vhost, &p.name, &p.value) {
+            let def = match parsed {
                 Ok(d) => d,
                 Err(e) => {
                     // Stored by an older build that accepted it: shown, not run.
@@ -133,11 +143,13 @@ async fn reconcile(core: BrokerCore, statuses: Statuses, mut shutdown: watch::Re
             let status = BridgeStatus::new(&def);
             statuses.lock().insert(key.clone(), status.clone());
             let (stop_tx, stop_rx) = watch::channel(false);
+            let owns_queue = owned_queue(&def);
             let task = tokio::spawn(runner::run(core.clone(), def, status, stop_rx));
             running.insert(
                 key,
                 Running {
                     generation: p.generation,
+                    owns_queue,
                     stop: stop_tx,
                     task,
                 },
@@ -150,7 +162,11 @@ async fn reconcile(core: BrokerCore, statuses: Statuses, mut shutdown: watch::Re
             .collect();
         for key in gone {
             if let Some(old) = running.remove(&key) {
+                let owned = old.owns_queue.clone();
                 stop(old).await;
+                if let Some(vhost) = owned {
+                    ferry::delete_exchange_queue(&core, &vhost, &key.1).await;
+                }
             }
             statuses.lock().remove(&key);
         }
@@ -161,6 +177,16 @@ async fn reconcile(core: BrokerCore, statuses: Statuses, mut shutdown: watch::Re
     }
     // All at once: the server gives its tasks 10 s in all to stop.
     futures::future::join_all(running.into_values().map(stop)).await;
+}
+
+/// The vhost of the queue a bridge owns: a Ferry exchange source's bound queue.
+fn owned_queue(def: &Definition) -> Option<String> {
+    match (&def.src, &def.source) {
+        (definition::Endpoint::Ferry { vhost }, definition::SourceSpec::Exchange { .. }) => {
+            Some(vhost.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Asks a runner to stop and waits for it to return its unsettled messages; a runner stuck

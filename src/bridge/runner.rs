@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::amqp::{AmqpSink, AmqpSource};
 use super::definition::{AckMode, Definition, DeleteAfter, Endpoint, SourceSpec};
-use super::ferry::{QueueSource, Sink};
+use super::ferry::{QueueSource, Sink, TopicSource};
 use super::kafka::{KafkaSink, KafkaSource};
 use super::status::{BridgeStatus, State};
 use crate::broker::message::{HeaderValue, Message};
@@ -71,6 +71,7 @@ pub struct Incoming {
 // The lapin ends are boxed: they are several times the size of the others.
 enum Source {
     Ferry(QueueSource),
+    Topic(TopicSource),
     Amqp(Box<AmqpSource>),
     Kafka(KafkaSource),
 }
@@ -85,6 +86,7 @@ impl Source {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Incoming>, BridgeError> {
         match self {
             Source::Ferry(s) => s.next_batch(max).await,
+            Source::Topic(s) => s.next_batch(max).await,
             Source::Amqp(s) => s.next_batch(max).await,
             Source::Kafka(s) => s.next_batch(max).await,
         }
@@ -96,6 +98,7 @@ impl Source {
                 s.settle(tokens);
                 Ok(())
             }
+            Source::Topic(s) => s.settle(tokens).await,
             Source::Amqp(s) => s.settle(tokens).await,
             Source::Kafka(s) => s.settle(tokens),
         }
@@ -104,6 +107,7 @@ impl Source {
     fn pending(&self) -> Option<u64> {
         match self {
             Source::Ferry(s) => Some(s.pending()),
+            Source::Topic(s) => Some(s.pending()),
             Source::Amqp(_) => None,
             Source::Kafka(s) => s.pending(),
         }
@@ -113,7 +117,7 @@ impl Source {
         match self {
             Source::Ferry(s) => s.close().await,
             Source::Amqp(s) => (*s).close().await,
-            Source::Kafka(_) => {}
+            Source::Kafka(_) | Source::Topic(_) => {}
         }
     }
 }
@@ -232,14 +236,42 @@ pub async fn run(
                     e.to_string()
                 };
                 status.set_state(State::Blocked, Some(reason));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => {}
+                // While blocked, a Ferry source queue is where messages wait: keep its depth
+                // current, since that is when an operator looks at it.
+                let until = tokio::time::Instant::now() + wait;
+                loop {
+                    if let Some(p) = waiting_at_source(&core, &def) {
+                        status.set_pending(Some(p));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = tokio::time::sleep(PENDING_REFRESH) => {}
+                        _ = stop.changed() => break,
+                    }
                 }
             }
         }
     }
     status.set_state(State::Terminated, Some("stopped".into()));
+}
+
+/// How often a blocked bridge refreshes `pending`.
+const PENDING_REFRESH: Duration = Duration::from_millis(500);
+
+/// Messages waiting in a Ferry source queue (`None` for other sources, or before the queue
+/// exists).
+fn waiting_at_source(core: &BrokerCore, def: &Definition) -> Option<u64> {
+    let Endpoint::Ferry { vhost } = &def.src else {
+        return None;
+    };
+    let queue = match &def.source {
+        SourceSpec::Queue(q) => q.clone(),
+        SourceSpec::Exchange { .. } => super::ferry::exchange_queue_name(&def.name),
+        SourceSpec::Topic { .. } => return None,
+    };
+    core.router()
+        .queue(vhost, &queue)
+        .map(|q| q.message_count())
 }
 
 /// The wait after `failures` failures in a row: `base * 2^(failures-1)`, capped, ±20%.
@@ -272,8 +304,15 @@ async fn open_source(core: &BrokerCore, def: &Definition) -> Result<Source, Brid
         (Endpoint::Ferry { vhost }, SourceSpec::Queue(q)) => Source::Ferry(
             QueueSource::open(core, vhost, q, usize::from(def.prefetch), no_ack).await?,
         ),
-        (Endpoint::Ferry { .. }, _) => {
-            return Err(BridgeError::Source("a Ferry source must be a queue".into()))
+        (Endpoint::Ferry { vhost }, SourceSpec::Exchange { exchange, key }) => {
+            let queue =
+                super::ferry::bind_exchange_queue(core, vhost, &def.name, exchange, key).await?;
+            Source::Ferry(
+                QueueSource::open(core, vhost, &queue, usize::from(def.prefetch), no_ack).await?,
+            )
+        }
+        (Endpoint::Ferry { .. }, SourceSpec::Topic { topic, group }) => {
+            Source::Topic(TopicSource::open(core, topic, group).await?)
         }
         (Endpoint::Amqp { uris }, source) => Source::Amqp(Box::new(
             AmqpSource::open(uris, source, def.prefetch, no_ack).await?,
@@ -310,7 +349,7 @@ async fn run_once(
             DeleteAfter::QueueLength => Some(match &source {
                 Source::Ferry(s) => s.pending(),
                 Source::Amqp(s) => s.queue_length(),
-                Source::Kafka(_) => u64::MAX,
+                Source::Kafka(_) | Source::Topic(_) => u64::MAX,
             }),
         };
     }

@@ -334,6 +334,19 @@ impl StreamReader {
         })
     }
 
+    /// Makes a reader opened with [`Self::open_partitions`] on partitions `0..n`, in order,
+    /// also read partitions added to the topic later, from their start: a reader that owns
+    /// the whole topic (a bridge's topic source) rather than one member's assignment.
+    pub fn follow_new_partitions(mut self) -> Self {
+        let in_order = self
+            .cursors
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.partition == i as i32);
+        self.assigned_only = !in_order;
+        self
+    }
+
     /// The next offset this reader hands out in each of its partitions.
     pub fn positions(&self) -> Vec<(i32, i64)> {
         self.cursors

@@ -841,3 +841,443 @@ async fn kill_9_of_the_bridging_node_mid_stream_loses_nothing() {
     a.wait().unwrap();
     b.stop().await;
 }
+
+// ---- exchange and topic sources ----
+
+async fn status_of(broker: &TestBroker, path: &str) -> StatusCode {
+    admin_call(broker, Method::GET, path, None).await.0
+}
+
+#[tokio::test]
+async fn ferry_exchange_source_keeps_what_it_binds_while_the_destination_is_down() {
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::with(|c| c.data_dir(b_dir.path()))
+        .await
+        .unwrap();
+    let b_addr = b.amqp_addr();
+    let a = TestBroker::start().await.unwrap();
+    let a_conn = connect(&a).await;
+    let a_ch = channel(&a_conn).await;
+    exchange(
+        &a_ch,
+        "orders",
+        lapin::ExchangeKind::Topic,
+        FieldTable::default(),
+    )
+    .await;
+    define(
+        &a,
+        "ex-to-b",
+        json!({"src-exchange": "orders", "src-exchange-key": "eu.#",
+               "dest-uri": format!("amqp://guest:guest@{b_addr}/%2f"), "dest-queue": "inbox",
+               "reconnect-delay": 0.1, "src-prefetch-count": 20}),
+    )
+    .await;
+    wait_for(&a, "ex-to-b", "running", |s| s["state"] == "running").await;
+    publish_confirmed(&a_ch, "orders", "eu.fr", &bodies(0..100)).await;
+    publish_confirmed(&a_ch, "orders", "us.ny", &bodies(1000..1010)).await;
+    wait_for(&a, "ex-to-b", "100 forwarded", |s| {
+        s["messages_forwarded"] == 100
+    })
+    .await;
+
+    // While the destination is down, the bridge's own durable queue keeps what matches (the
+    // bridge finds the destination gone when it next publishes, and returns that batch).
+    b.stop().await;
+    publish_confirmed(&a_ch, "orders", "eu.de", &bodies(100..250)).await;
+    wait_for(&a, "ex-to-b", "blocked", |s| s["state"] == "blocked").await;
+    assert_eq!(
+        status_of(&a, "/api/queues/%2F/amq.ferry.bridge.ex-to-b").await,
+        StatusCode::OK
+    );
+    wait_for(&a, "ex-to-b", "150 pending", |s| s["pending"] == 150).await;
+    let b = TestBroker::with(|c| c.data_dir(b_dir.path()).amqp_listen(b_addr.to_string()))
+        .await
+        .unwrap();
+    wait_for(&a, "ex-to-b", "250 forwarded", |s| {
+        s["messages_forwarded"] == 250
+    })
+    .await;
+    let b_conn = connect(&b).await;
+    let b_ch = channel(&b_conn).await;
+    assert_eq!(consume(&b_ch, "inbox", 250).await, bodies(0..250));
+
+    // A new key replaces the binding rather than adding one.
+    let (status, body) = admin_call(
+        &a,
+        Method::PUT,
+        "/api/parameters/shovel/%2F/ex-to-b",
+        Some(
+            json!({"value": {"src-exchange": "orders", "src-exchange-key": "us.#",
+               "dest-uri": format!("amqp://guest:guest@{b_addr}/%2f"), "dest-queue": "inbox",
+               "reconnect-delay": 0.1}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "an update: {body}");
+    wait_for(&a, "ex-to-b", "running again", |s| {
+        s["state"] == "running" && s["messages_forwarded"] == 0
+    })
+    .await;
+    publish_confirmed(&a_ch, "orders", "eu.fr", &bodies(300..305)).await;
+    publish_confirmed(&a_ch, "orders", "us.ca", &bodies(400..405)).await;
+    wait_for(&a, "ex-to-b", "5 forwarded", |s| {
+        s["messages_forwarded"] == 5 && s["pending"] == 0
+    })
+    .await;
+    assert_eq!(consume(&b_ch, "inbox", 5).await, bodies(400..405));
+    assert_eq!(count(&b_ch, "inbox").await, 0, "eu.* is no longer bound");
+
+    // The queue goes with the bridge.
+    let (status, _) = admin_call(
+        &a,
+        Method::DELETE,
+        "/api/parameters/shovel/%2F/ex-to-b",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while status_of(&a, "/api/queues/%2F/amq.ferry.bridge.ex-to-b").await != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge's queue outlived it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn remote_amqp_exchange_source_binds_its_own_queue_with_the_key() {
+    let b = TestBroker::start().await.unwrap();
+    let a = TestBroker::start().await.unwrap();
+    let b_conn = connect(&b).await;
+    let b_ch = channel(&b_conn).await;
+    exchange(
+        &b_ch,
+        "events",
+        lapin::ExchangeKind::Direct,
+        FieldTable::default(),
+    )
+    .await;
+    define(
+        &a,
+        "from-b-ex",
+        json!({"src-uri": b.amqp_url(), "src-exchange": "events", "src-exchange-key": "k",
+               "dest-queue": "landing", "reconnect-delay": 0.1}),
+    )
+    .await;
+    wait_for(&a, "from-b-ex", "running", |s| s["state"] == "running").await;
+    publish_confirmed(&b_ch, "events", "other", &bodies(100..103)).await;
+    publish_confirmed(&b_ch, "events", "k", &bodies(0..20)).await;
+    let a_conn = connect(&a).await;
+    let a_ch = channel(&a_conn).await;
+    assert_eq!(consume(&a_ch, "landing", 20).await, bodies(0..20));
+    wait_for(&a, "from-b-ex", "20 forwarded", |s| {
+        s["messages_forwarded"] == 20
+    })
+    .await;
+    assert_eq!(count(&a_ch, "landing").await, 0, "only key k was bound");
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn produce_keyed(bootstrap: &str, topic: &str, range: std::ops::Range<usize>, keys: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends = range.map(|i| {
+        let producer = producer.clone();
+        async move {
+            let key = format!("k{}", i % keys);
+            let body = format!("m-{i}");
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&body),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        }
+    });
+    // In order per key: a key's records go to one partition, and one producer keeps order.
+    for r in futures::future::join_all(sends).await {
+        r.expect("produced");
+    }
+}
+
+/// Sum over partitions of the group's committed offsets on `topic` (Kafka OffsetFetch).
+async fn committed_total(bootstrap: String, group: &str, topic: &str, partitions: i32) -> i64 {
+    let (group, topic) = (group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&topic, p);
+        }
+        let offsets = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+        offsets
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_topic_source_resumes_from_its_group_after_a_restart() {
+    const TOTAL: usize = 3000;
+    const PREFETCH: usize = 100;
+    let a_dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start().await.unwrap();
+    let a = TestBroker::with(|c| c.data_dir(a_dir.path()))
+        .await
+        .unwrap();
+    a.core()
+        .create_topic("clicks", 3, Default::default())
+        .await
+        .unwrap();
+    define(
+        &a,
+        "clicks-out",
+        json!({"src-topic": "clicks", "dest-uri": b.amqp_url(), "dest-queue": "inbox",
+               "src-prefetch-count": PREFETCH, "reconnect-delay": 0.1}),
+    )
+    .await;
+    wait_for(&a, "clicks-out", "running", |s| s["state"] == "running").await;
+    produce_keyed(&a.kafka_bootstrap(), "clicks", 0..TOTAL / 2, 6).await;
+    wait_for(&a, "clicks-out", "part forwarded", |s| {
+        s["messages_forwarded"].as_u64() >= Some(300)
+    })
+    .await;
+    // The bridging broker restarts mid-stream; its position is the group's committed offsets.
+    a.stop().await;
+    let a = TestBroker::with(|c| c.data_dir(a_dir.path()))
+        .await
+        .unwrap();
+    produce_keyed(&a.kafka_bootstrap(), "clicks", TOTAL / 2..TOTAL, 6).await;
+    let b_conn = connect(&b).await;
+    let b_ch = channel(&b_conn).await;
+    let (all, first) = consume_distinct(&b_ch, "inbox", TOTAL).await;
+    let mut expected = bodies(0..TOTAL);
+    expected.sort();
+    let mut got = first.clone();
+    got.sort();
+    assert_eq!(got, expected, "every record, once at least");
+    for key in 0..6 {
+        let of_key: Vec<usize> = first
+            .iter()
+            .map(|m| m["m-".len()..].parse::<usize>().unwrap())
+            .filter(|i| i % 6 == key)
+            .collect();
+        assert!(
+            of_key.windows(2).all(|w| w[0] < w[1]),
+            "key k{key} out of order"
+        );
+    }
+    assert!(
+        all.len() - TOTAL <= PREFETCH,
+        "{} duplicates: more than the batches in flight at the restart",
+        all.len() - TOTAL
+    );
+    // The position is an ordinary Ferry consumer group, read back with Kafka's OffsetFetch.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let total =
+            committed_total(a.kafka_bootstrap(), "ferry-bridge-clicks-out", "clicks", 3).await;
+        if total == TOTAL as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {total} of {TOTAL}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_ferry_pulling_from_kafka_loses_nothing() {
+    const PREFETCH: usize = 200;
+    let b = TestBroker::start().await.unwrap();
+    produce_keyed(&b.kafka_bootstrap(), "src", 0..N, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A short session, so the killed node's group member is expired quickly and the restarted
+    // one gets the partition (librdkafka's default is 45 s).
+    std::fs::write(
+        dir.path().join("ferry.toml"),
+        format!(
+            "[[bridges]]\nname = \"pull\"\nsrc-uri = \"kafka://{}?session.timeout.ms=6000\"\n\
+             src-topic = \"src\"\ndest-queue = \"landing\"\nsrc-prefetch-count = {PREFETCH}\n\
+             reconnect-delay = 0.1\n",
+            b.kafka_bootstrap()
+        ),
+    )
+    .unwrap();
+    let (amqp, http) = (free_port(), free_port());
+    let mut a = spawn_bridging_node(dir.path(), amqp, http);
+    wait_ready(http).await;
+    let a_url = format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // A fresh connection each time: the queue appears only once the bridge connected.
+        let conn = common::amqp::connect_url(&a_url).await;
+        let ch = channel(&conn).await;
+        let depth = match ch
+            .queue_declare(
+                "landing".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(q) => q.message_count() as usize,
+            Err(_) => 0,
+        };
+        let _ = conn.close(200, "ok".into()).await;
+        if depth >= N / 5 {
+            assert!(depth < N, "the bridge finished before the kill");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let mut a = spawn_bridging_node(dir.path(), amqp, http);
+    wait_ready(http).await;
+    let conn = common::amqp::connect_url(&a_url).await;
+    let ch = channel(&conn).await;
+    let (all, first) = consume_distinct(&ch, "landing", N).await;
+    assert_eq!(first, bodies(0..N), "every record, first copies in order");
+    // Unsettled at the kill: the two batches in flight, plus commits the remote had not yet
+    // applied (they are sent asynchronously after each batch is durable).
+    assert!(
+        all.len() - N <= 2 * PREFETCH,
+        "{} duplicates: more than the batches in flight",
+        all.len() - N
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let total = committed_total(b.kafka_bootstrap(), "ferry-bridge-pull", "src", 1).await;
+        if total == N as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {total} of {N}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    b.stop().await;
+}
+
+// ---- amqps:// remotes ----
+
+#[tokio::test]
+async fn amqps_remote_both_ways_with_client_certificates() {
+    use ferry::tls::generate::{generate, CertRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let g = generate(&CertRequest {
+        dns: vec!["localhost".into()],
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        clients: vec!["edge".into()],
+        out: dir.path().to_path_buf(),
+        days: 2,
+        force: false,
+    })
+    .unwrap();
+    let gc = g.clone();
+    let b = TestBroker::with(move |builder| {
+        builder.configure(move |c| {
+            c.amqp_tls_listen = "127.0.0.1:0".into();
+            c.tls.cert_file = gc.server_cert.display().to_string();
+            c.tls.key_file = gc.server_key.display().to_string();
+            c.tls.ca_file = gc.ca_cert.display().to_string();
+            c.tls.client_auth = "required".into();
+        })
+    })
+    .await
+    .unwrap();
+    let port = b.amqp_tls_addr().unwrap().port();
+    let (_, cert, key) = &g.clients[0];
+    let enc = |p: &std::path::Path| p.display().to_string().replace('/', "%2F");
+    let tls_query = format!(
+        "cacertfile={}&certfile={}&keyfile={}&verify=verify_peer",
+        enc(&g.ca_cert),
+        enc(cert),
+        enc(key)
+    );
+    let a = TestBroker::start().await.unwrap();
+    // Out: a Ferry queue to the TLS listener by name; in: the reverse, dialled by address
+    // with the certificate's name given as SNI.
+    define(
+        &a,
+        "tls-out",
+        json!({"src-queue": "out",
+               "dest-uri": format!("amqps://guest:guest@localhost:{port}/%2f?{tls_query}"),
+               "dest-queue": "inbox", "reconnect-delay": 0.1}),
+    )
+    .await;
+    define(
+        &a,
+        "tls-in",
+        json!({"src-uri": format!(
+                   "amqps://guest:guest@127.0.0.1:{port}/%2f?{tls_query}&server_name_indication=localhost"),
+               "src-queue": "remote.src", "dest-queue": "landing", "reconnect-delay": 0.1}),
+    )
+    .await;
+    // Without a client certificate the required-client-auth listener refuses the handshake.
+    define(
+        &a,
+        "tls-no-cert",
+        json!({"src-queue": "unused",
+               "dest-uri": format!("amqps://guest:guest@localhost:{port}/%2f?cacertfile={}",
+                                   enc(&g.ca_cert)),
+               "dest-queue": "never", "reconnect-delay": 0.1}),
+    )
+    .await;
+    wait_for(&a, "tls-out", "running", |s| s["state"] == "running").await;
+    wait_for(&a, "tls-in", "running", |s| s["state"] == "running").await;
+    wait_for(&a, "tls-no-cert", "blocked", |s| s["state"] == "blocked").await;
+
+    let a_conn = connect(&a).await;
+    let a_ch = channel(&a_conn).await;
+    publish_confirmed(&a_ch, "", "out", &bodies(0..50)).await;
+    // B's plain listener is the test's own view of B.
+    let b_conn = connect(&b).await;
+    let b_ch = channel(&b_conn).await;
+    assert_eq!(consume(&b_ch, "inbox", 50).await, bodies(0..50));
+    publish_confirmed(&b_ch, "", "remote.src", &bodies(100..150)).await;
+    assert_eq!(consume(&a_ch, "landing", 50).await, bodies(100..150));
+    let s = shovel(&a, "tls-out").await;
+    assert!(
+        !s.to_string().contains("keyfile"),
+        "the status shows no TLS file paths: {s}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
