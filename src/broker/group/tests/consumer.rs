@@ -473,3 +473,29 @@ async fn a_static_member_must_leave_before_its_instance_id_is_reused() {
         Err(GroupError::FencedInstanceId)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_members_rejoin_and_committed_offsets_remain() {
+    let meta = Meta::in_memory();
+    let snap = topics(2);
+    let mut a = Sim::new("a");
+    {
+        let c = coordinator(&meta);
+        settle(&c, &mut [&mut a], &snap);
+        c.commit_offsets("g", a.epoch, "a", None, vec![offset("t", 0, 9)])
+            .unwrap();
+        c.shutdown().await;
+    }
+    // Membership was in memory: the member is unknown and rejoins with epoch 0, as librdkafka
+    // does on UNKNOWN_MEMBER_ID; the offsets were durable.
+    let c = coordinator(&meta);
+    assert_eq!(
+        c.consumer_heartbeat(a.request("g"), &snap),
+        Err(GroupError::UnknownMemberId)
+    );
+    a.epoch = 0;
+    a.owned.clear();
+    settle(&c, &mut [&mut a], &snap);
+    assert_eq!(a.count(), 2);
+    assert_eq!(c.fetch_offsets("g", None).unwrap()[0].offset, 9);
+}
