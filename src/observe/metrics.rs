@@ -241,6 +241,14 @@ fn describe_rest() {
         "ferry_kafka_acl_denied_total",
         "Kafka requests or resources denied by an ACL"
     );
+    describe_gauge!(
+        "ferry_kafka_fetch_sessions",
+        "Kafka incremental fetch sessions (KIP-227) held in the session cache"
+    );
+    describe_counter!(
+        "ferry_kafka_fetch_sessions_evicted_total",
+        "Kafka fetch sessions evicted (least recently used) to make room for a new one"
+    );
     describe_counter!(
         "ferry_kafka_reauthentications_total",
         "Kafka SASL re-authentications (KIP-368) on a live connection"

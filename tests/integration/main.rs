@@ -31,6 +31,7 @@ mod es_crash;
 mod es_reads;
 mod es_streams;
 mod event_metadata;
+mod kafka_fetch_sessions;
 mod kafka_groups;
 mod kafka_idempotence;
 mod kafka_rdkafka;

@@ -171,8 +171,10 @@ impl FetchSessionCache {
         self.len() == 0
     }
 
-    fn publish_size(sessions: usize) {
-        metrics::gauge!("ferry_kafka_fetch_sessions").set(sessions as f64);
+    /// The gauge moves by differences, not by setting a value, so several brokers in one
+    /// process (tests, embedders) add up instead of overwriting each other.
+    fn gauge(change: f64) {
+        metrics::gauge!("ferry_kafka_fetch_sessions").increment(change);
     }
 
     /// Removes `session_id` if `principal` owns it (a full fetch naming it replaces or closes
@@ -187,7 +189,7 @@ impl FetchSessionCache {
             .is_some_and(|s| s.principal == principal)
         {
             inner.sessions.remove(&session_id);
-            Self::publish_size(inner.sessions.len());
+            Self::gauge(-1.0);
         }
     }
 
@@ -265,6 +267,7 @@ impl FetchSessionCache {
                 break;
             };
             inner.sessions.remove(&oldest);
+            Self::gauge(-1.0);
             metrics::counter!("ferry_kafka_fetch_sessions_evicted_total").increment(1);
         }
         let id = loop {
@@ -294,7 +297,7 @@ impl FetchSessionCache {
             }
         }
         inner.sessions.insert(id, session);
-        Self::publish_size(inner.sessions.len());
+        Self::gauge(1.0);
         id
     }
 
@@ -339,6 +342,15 @@ impl FetchSessionCache {
             keep.push(must);
         }
         Some(keep)
+    }
+}
+
+impl Drop for FetchSessionCache {
+    fn drop(&mut self) {
+        let held = self.inner.get_mut().sessions.len();
+        if held > 0 {
+            Self::gauge(-(held as f64));
+        }
     }
 }
 
