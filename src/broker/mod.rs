@@ -303,6 +303,12 @@ impl BrokerCore {
         &self.inner.data_dir
     }
 
+    /// The directory holding the topics' partition logs (Kafka's `log.dirs`, of which Ferry
+    /// has one).
+    pub fn logs_dir(&self) -> &Path {
+        &self.inner.logs_dir
+    }
+
     /// Failed-login counting, logging and slowing, shared by the admin API and the AMQP
     /// handshake.
     /// The one user store of every protocol and the admin API.

@@ -52,6 +52,7 @@ use crate::meta::{GroupRecord, Meta, MetaError};
 pub use crate::meta::CommittedOffset;
 
 use state::{Group, Reply};
+pub use txn_offsets::TxnCommitter;
 pub use types::*;
 
 /// The coordinator handle; cheap to clone and share with every connection.

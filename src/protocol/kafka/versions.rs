@@ -51,6 +51,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The advertised range for `api`, if it is served at all.
@@ -169,6 +172,15 @@ mod tests {
                     within::<DescribeAclsRequest, DescribeAclsResponse>(min, max)
                 }
                 ApiKey::DeleteAcls => within::<DeleteAclsRequest, DeleteAclsResponse>(min, max),
+                ApiKey::OffsetForLeaderEpoch => {
+                    within::<OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse>(min, max)
+                }
+                ApiKey::DescribeLogDirs => {
+                    within::<DescribeLogDirsRequest, DescribeLogDirsResponse>(min, max)
+                }
+                ApiKey::DescribeProducers => {
+                    within::<DescribeProducersRequest, DescribeProducersResponse>(min, max)
+                }
                 other => panic!("no codec check for {other:?}"),
             }
         }
