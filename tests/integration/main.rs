@@ -35,6 +35,7 @@ mod kafka_fetch_sessions;
 mod kafka_groups;
 mod kafka_idempotence;
 mod kafka_rdkafka;
+mod kafka_tool_apis;
 mod kafka_txn;
 mod kafka_wire;
 mod log_basic;
