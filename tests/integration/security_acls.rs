@@ -1014,9 +1014,23 @@ async fn log_tool_apis_check_their_acls() {
         &mut admin,
         vec![
             binding(TOPIC, LITERAL, "tools", "User:alice", READ, ALLOW),
-            binding(CLUSTER, LITERAL, "kafka-cluster", "User:alice", DESCRIBE, ALLOW),
+            binding(
+                CLUSTER,
+                LITERAL,
+                "kafka-cluster",
+                "User:alice",
+                DESCRIBE,
+                ALLOW,
+            ),
             binding(TOPIC, LITERAL, "tools", "User:bob", DESCRIBE, ALLOW),
-            binding(CLUSTER, LITERAL, "kafka-cluster", "User:carol", CLUSTER_ACTION, ALLOW),
+            binding(
+                CLUSTER,
+                LITERAL,
+                "kafka-cluster",
+                "User:carol",
+                CLUSTER_ACTION,
+                ALLOW,
+            ),
         ],
     )
     .await;
