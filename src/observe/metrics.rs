@@ -241,6 +241,14 @@ fn describe_rest() {
         "ferry_kafka_acl_denied_total",
         "Kafka requests or resources denied by an ACL"
     );
+    describe_counter!(
+        "ferry_kafka_txn_completed_total",
+        "Kafka transactions completed, by result (commit or abort; timeouts and fencing included)"
+    );
+    describe_counter!(
+        "ferry_kafka_txn_producers_registered_total",
+        "Kafka transactional ids registered for the first time"
+    );
     describe_gauge!(
         "ferry_kafka_fetch_sessions",
         "Kafka incremental fetch sessions (KIP-227) held in the session cache"
