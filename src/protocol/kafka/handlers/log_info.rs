@@ -163,11 +163,18 @@ pub fn offset_for_leader_epoch(
                         Ok(h) => h,
                         Err(e) => return out.with_error_code(e.code()),
                     };
-                    if p.current_leader_epoch > LEADER_EPOCH {
-                        return out.with_error_code(ResponseError::UnknownLeaderEpoch.code());
-                    }
-                    if p.current_leader_epoch >= 0 && p.current_leader_epoch < LEADER_EPOCH {
-                        return out.with_error_code(ResponseError::FencedLeaderEpoch.code());
+                    // -1: the client does not know the leader epoch; nothing to check.
+                    if p.current_leader_epoch >= 0 {
+                        match p.current_leader_epoch.cmp(&LEADER_EPOCH) {
+                            std::cmp::Ordering::Greater => {
+                                return out
+                                    .with_error_code(ResponseError::UnknownLeaderEpoch.code())
+                            }
+                            std::cmp::Ordering::Less => {
+                                return out.with_error_code(ResponseError::FencedLeaderEpoch.code())
+                            }
+                            std::cmp::Ordering::Equal => {}
+                        }
                     }
                     let (epoch, end) = epoch_end(p.leader_epoch, handle.log_end_offset());
                     out.with_leader_epoch(epoch).with_end_offset(end)
