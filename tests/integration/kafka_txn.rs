@@ -643,3 +643,66 @@ async fn consume_transform_produce_is_exactly_once_through_kill_9_loops() {
     .unwrap();
     drop(child);
 }
+
+/// KIP-447's zombie check on the consumer side: offsets sent with group metadata taken before
+/// a rebalance (a generation the group has left behind) are refused with ILLEGAL_GENERATION,
+/// so a consumer that lost its partitions cannot commit them through a transaction; the
+/// transaction must abort. Fresh metadata from the same consumer works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_with_a_stale_generation_are_refused() {
+    let broker = TestBroker::start().await.expect("broker");
+    let bootstrap = broker.kafka_bootstrap();
+    create_topic(&bootstrap, "gen-in", 2).await;
+    blocking(move || {
+        let subscribed = |c: &BaseConsumer| c.assignment().map(|a| a.count()).unwrap_or(0);
+        let a = consumer(&bootstrap, "gen-group", "read_committed");
+        a.subscribe(&["gen-in"]).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while subscribed(&a) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the first member never got both partitions"
+            );
+            let _ = a.poll(Duration::from_millis(100));
+        }
+        let stale = a.group_metadata().expect("group metadata");
+
+        // A second member joins: a new generation, one partition each.
+        let b = consumer(&bootstrap, "gen-group", "read_committed");
+        b.subscribe(&["gen-in"]).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while subscribed(&a) != 1 || subscribed(&b) != 1 {
+            assert!(Instant::now() < deadline, "the rebalance never finished");
+            let _ = a.poll(Duration::from_millis(50));
+            let _ = b.poll(Duration::from_millis(50));
+        }
+
+        let p = txn_producer(&bootstrap, "txn-gen", 60_000);
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("gen-in", 0, Offset::Offset(0))
+            .unwrap();
+        p.begin_transaction().unwrap();
+        match p.send_offsets_to_transaction(&offsets, &stale, TIMEOUT) {
+            Err(KafkaError::Transaction(e)) => {
+                assert_eq!(
+                    e.code(),
+                    rdkafka::types::RDKafkaErrorCode::IllegalGeneration,
+                    "{e}"
+                );
+                assert!(e.txn_requires_abort(), "{e}");
+            }
+            other => panic!("offsets of a stale generation were accepted: {other:?}"),
+        }
+        p.abort_transaction(TIMEOUT).unwrap();
+
+        let fresh = a.group_metadata().expect("group metadata");
+        p.begin_transaction().unwrap();
+        p.send_offsets_to_transaction(&offsets, &fresh, TIMEOUT)
+            .expect("the current generation's metadata is accepted");
+        p.commit_transaction(TIMEOUT).unwrap();
+    })
+    .await
+    .unwrap();
+    broker.stop().await;
+}
