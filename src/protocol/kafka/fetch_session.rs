@@ -36,15 +36,22 @@ pub const FINAL_EPOCH: i32 = -1;
 /// One partition as a fetch asks for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WantedPartition {
+    /// The topic's name; empty for a topic id (v13+) this broker does not know.
     pub topic: String,
+    /// The topic id (v13+ names topics by id); nil before v13.
+    pub topic_id: uuid::Uuid,
     pub partition: i32,
     pub fetch_offset: i64,
     pub max_bytes: i32,
 }
 
+/// A partition of a session: name and id together, so unknown ids (empty name) stay apart
+/// and a topic re-created under the same name is another partition.
+pub type PartitionKey = (String, uuid::Uuid, i32);
+
 impl WantedPartition {
-    fn key(&self) -> (String, i32) {
-        (self.topic.clone(), self.partition)
+    fn key(&self) -> PartitionKey {
+        (self.topic.clone(), self.topic_id, self.partition)
     }
 }
 
@@ -92,7 +99,7 @@ struct Session {
     principal: String,
     /// The epoch the next incremental request must carry.
     epoch: i32,
-    partitions: HashMap<(String, i32), CachedPartition>,
+    partitions: HashMap<PartitionKey, CachedPartition>,
     next_order: u64,
     /// Tick of the last use, for least-recently-used eviction.
     last_used: u64,
@@ -201,7 +208,7 @@ impl FetchSessionCache {
         session_id: i32,
         epoch: i32,
         wanted: Vec<WantedPartition>,
-        forgotten: &[(String, i32)],
+        forgotten: &[PartitionKey],
     ) -> Context {
         let mut inner = self.inner.lock();
         match epoch {
@@ -361,6 +368,7 @@ mod tests {
     fn want(topic: &str, partition: i32, fetch_offset: i64) -> WantedPartition {
         WantedPartition {
             topic: topic.into(),
+            topic_id: uuid::Uuid::nil(),
             partition,
             fetch_offset,
             max_bytes: 1024,
@@ -437,8 +445,13 @@ mod tests {
         let cache = FetchSessionCache::new(10);
         let parts = vec![want("a", 0, 0)];
         let id = cache.create("u", &parts, &[report(0, 0)]);
-        let (_, next, all) =
-            incremental(cache.open("u", id, 1, vec![want("c", 0, 0)], &[("a".to_string(), 0)]));
+        let (_, next, all) = incremental(cache.open(
+            "u",
+            id,
+            1,
+            vec![want("c", 0, 0)],
+            &[("a".to_string(), uuid::Uuid::nil(), 0)],
+        ));
         assert_eq!(all, vec![want("c", 0, 0)]);
         assert_eq!(
             cache.complete(id, next, &all, &[report(0, 0)]).unwrap(),

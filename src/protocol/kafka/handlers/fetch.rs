@@ -60,24 +60,38 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
     };
     let read_committed = request.isolation_level == 1;
 
-    let wanted: Vec<WantedPartition> = request
-        .topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions.iter().map(|p| WantedPartition {
-                topic: t.topic.to_string(),
-                partition: p.partition,
-                fetch_offset: p.fetch_offset,
-                max_bytes: p.partition_max_bytes,
-            })
-        })
-        .collect();
+    // v13+ names topics by id: each id is looked up once; an unknown one gets an empty name
+    // (and UNKNOWN_TOPIC_ID below).
+    let mut names: HashMap<uuid::Uuid, String> = HashMap::new();
+    let mut topic_of = |name: &TopicName, id: uuid::Uuid| -> (String, uuid::Uuid) {
+        if v < 13 {
+            return (name.to_string(), uuid::Uuid::nil());
+        }
+        let name = names.entry(id).or_insert_with(|| {
+            ctx.core
+                .topic_by_id(*id.as_bytes())
+                .map(|t| t.name().to_string())
+                .unwrap_or_default()
+        });
+        (name.clone(), id)
+    };
+    let mut wanted: Vec<WantedPartition> = Vec::new();
+    for t in &request.topics {
+        let (topic, topic_id) = topic_of(&t.topic, t.topic_id);
+        wanted.extend(t.partitions.iter().map(|p| WantedPartition {
+            topic: topic.clone(),
+            topic_id,
+            partition: p.partition,
+            fetch_offset: p.fetch_offset,
+            max_bytes: p.partition_max_bytes,
+        }));
+    }
     let context = if v >= 7 {
-        let forgotten: Vec<(String, i32)> = request
-            .forgotten_topics_data
-            .iter()
-            .flat_map(|t| t.partitions.iter().map(|p| (t.topic.to_string(), *p)))
-            .collect();
+        let mut forgotten = Vec::new();
+        for t in &request.forgotten_topics_data {
+            let (topic, topic_id) = topic_of(&t.topic, t.topic_id);
+            forgotten.extend(t.partitions.iter().map(|p| (topic.clone(), topic_id, *p)));
+        }
         ctx.fetch_sessions.open(
             &conn.principal(),
             request.session_id,
@@ -112,6 +126,9 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
     let targets: Vec<Result<PartitionHandle, i16>> = partitions
         .iter()
         .map(|w| {
+            if v >= 13 && w.topic.is_empty() {
+                return Err(ResponseError::UnknownTopicId.code());
+            }
             let topic = topics.entry(w.topic.as_str()).or_insert_with(|| {
                 if ctx.allowed(&conn, operation::READ, resource::TOPIC, &w.topic) {
                     ctx.core
@@ -175,8 +192,12 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
             None => return session_error(&req, ResponseError::InvalidFetchSessionEpoch.code()),
         },
     };
-    let mut body =
-        FetchResponse::default().with_responses(by_topic(partitions, built.data, keep.as_deref()));
+    let mut body = FetchResponse::default().with_responses(by_topic(
+        partitions,
+        built.data,
+        keep.as_deref(),
+        v,
+    ));
     if v >= 7 {
         body = body.with_session_id(session_id).with_error_code(0);
     }
@@ -203,23 +224,28 @@ fn session_error(req: &RawRequest, code: i16) -> Outcome {
 }
 
 /// Groups per-partition answers by topic (first appearance order), keeping only the
-/// partitions `keep` selects.
+/// partitions `keep` selects. Topics are named by id from v13, by name before.
 fn by_topic(
     partitions: &[WantedPartition],
     data: Vec<PartitionData>,
     keep: Option<&[bool]>,
+    version: i16,
 ) -> Vec<FetchableTopicResponse> {
     let mut out: Vec<FetchableTopicResponse> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: HashMap<(&str, uuid::Uuid), usize> = HashMap::new();
     for (i, (wanted, data)) in partitions.iter().zip(data).enumerate() {
         if keep.is_some_and(|k| !k.get(i).copied().unwrap_or(false)) {
             continue;
         }
-        let at = *index.entry(wanted.topic.as_str()).or_insert_with(|| {
-            out.push(
+        let key = (wanted.topic.as_str(), wanted.topic_id);
+        let at = *index.entry(key).or_insert_with(|| {
+            let topic = if version >= 13 {
+                FetchableTopicResponse::default().with_topic_id(wanted.topic_id)
+            } else {
                 FetchableTopicResponse::default()
-                    .with_topic(TopicName(StrBytes::from_string(wanted.topic.clone()))),
-            );
+                    .with_topic(TopicName(StrBytes::from_string(wanted.topic.clone())))
+            };
+            out.push(topic);
             out.len() - 1
         });
         out[at].partitions.push(data);
