@@ -10,7 +10,8 @@
 //! (a full fetch lists them, an incremental one names only changes and the session supplies
 //! the rest); after the read the answer of an incremental fetch is cut down to the partitions
 //! with something new. Session errors (FETCH_SESSION_ID_NOT_FOUND,
-//! INVALID_FETCH_SESSION_EPOCH) are top-level and carry no partitions.
+//! INVALID_FETCH_SESSION_EPOCH) are top-level and carry no partitions. From v13 topics are
+//! named by id (Metadata's); an id this broker does not have answers UNKNOWN_TOPIC_ID.
 //!
 //! `isolation_level=read_committed` (v4+) reads only up to the last stable offset and returns
 //! the aborted transactions overlapping what it read, from the partition's transaction index,
