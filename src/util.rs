@@ -14,6 +14,30 @@ pub fn random_bytes16() -> [u8; 16] {
     id
 }
 
+/// (total, available to unprivileged users) bytes of the file system holding `path`, from
+/// `statvfs`; `None` if it cannot be asked.
+pub fn fs_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is writable memory of the right
+    // type; statvfs initializes it when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: rc == 0, so statvfs filled the struct.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some 32-bit targets).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, avail, frsize) = (
+        u64::from(st.f_blocks),
+        u64::from(st.f_bavail),
+        u64::from(st.f_frsize),
+    );
+    Some((blocks.saturating_mul(frsize), avail.saturating_mul(frsize)))
+}
+
 /// Resolves once a shutdown flag turns true (or its sender is gone). Returns `()` rather than
 /// watch's borrow guard, so it can sit in a `select!` inside a `Send` future.
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {

@@ -304,6 +304,22 @@ impl BrokerCore {
         &self.inner.data_dir
     }
 
+    /// The topic whose id (Metadata v10+, Fetch v13+) is `id`, if there is one.
+    pub fn topic_by_id(&self, id: [u8; 16]) -> Option<Arc<Topic>> {
+        self.inner
+            .topics
+            .read()
+            .values()
+            .find(|t| t.topic_id() == id)
+            .cloned()
+    }
+
+    /// The directory holding the topics' partition logs (Kafka's `log.dirs`, of which Ferry
+    /// has one).
+    pub fn logs_dir(&self) -> &Path {
+        &self.inner.logs_dir
+    }
+
     /// Failed-login counting, logging and slowing, shared by the admin API and the AMQP
     /// handshake.
     /// The one user store of every protocol and the admin API.

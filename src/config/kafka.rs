@@ -42,6 +42,10 @@ pub struct KafkaSettings {
     /// a client that asks for huge fetches and never reads them can make the broker buffer
     /// (32 requests in flight x this). Default 57671680 (55 MiB, Kafka's).
     pub fetch_max_bytes: usize,
+    /// `max.incremental.fetch.session.cache.slots`: most KIP-227 fetch sessions kept; a new
+    /// one evicts the least recently used. 0 disables sessions (clients keep sending full
+    /// fetches). Default 1000 (Kafka's).
+    pub max_incremental_fetch_session_cache_slots: usize,
 
     // --- resource limits (issue 12; see `broker::limits`) ---------------------------------
     /// Largest `max.message.bytes` a client may give a topic (CreateTopics, AlterConfigs,
@@ -133,6 +137,7 @@ impl Default for KafkaSettings {
             max_connections: 10_000,
             connections_max_idle_ms: 600_000,
             fetch_max_bytes: 55 * 1024 * 1024,
+            max_incremental_fetch_session_cache_slots: 1000,
             max_message_bytes_limit: crate::broker::ResourceLimits::DEFAULT_MAX_MESSAGE_BYTES_LIMIT,
             max_partitions: crate::broker::ResourceLimits::DEFAULT_MAX_PARTITIONS,
             sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| m.to_string()).collect(),

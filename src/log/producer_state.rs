@@ -40,6 +40,14 @@ struct SeqRange {
 struct ProducerEntry {
     epoch: i16,
     recent: VecDeque<SeqRange>,
+    /// Largest timestamp of the last batch appended (DescribeProducers' `last_timestamp`);
+    /// -1 in snapshots written before it was kept, until the producer's next batch.
+    #[serde(default = "no_timestamp")]
+    last_timestamp: i64,
+}
+
+fn no_timestamp() -> i64 {
+    -1
 }
 
 /// What to do with an incoming batch.
@@ -74,6 +82,8 @@ pub struct ProducerSummary {
     pub last_sequence: i32,
     /// Offset of that record.
     pub last_offset: i64,
+    /// Largest timestamp of that batch (-1 if unknown).
+    pub last_timestamp: i64,
 }
 
 /// The table for one partition.
@@ -179,6 +189,7 @@ impl ProducerStates {
             entry.recent.clear();
         }
         entry.recent.push_back(range);
+        entry.last_timestamp = h.max_timestamp;
         while entry.recent.len() > REMEMBERED_BATCHES {
             entry.recent.pop_front();
         }
@@ -202,6 +213,7 @@ impl ProducerStates {
                     epoch: entry.epoch,
                     last_sequence: last.last_seq,
                     last_offset: last.last_offset,
+                    last_timestamp: entry.last_timestamp,
                 })
             })
             .collect();

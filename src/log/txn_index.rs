@@ -117,6 +117,11 @@ impl TxnIndex {
         self.ongoing.values().min().copied()
     }
 
+    /// Offset of the first record of `producer_id`'s open transaction here, if one is open.
+    pub fn open_since(&self, producer_id: i64) -> Option<i64> {
+        self.ongoing.get(&producer_id).copied()
+    }
+
     /// Whether `producer_id` has an open transaction in this partition.
     pub fn is_open(&self, producer_id: i64) -> bool {
         self.ongoing.contains_key(&producer_id)

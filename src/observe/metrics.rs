@@ -242,6 +242,22 @@ fn describe_rest() {
         "Kafka requests or resources denied by an ACL"
     );
     describe_counter!(
+        "ferry_kafka_txn_completed_total",
+        "Kafka transactions completed, by result (commit or abort; timeouts and fencing included)"
+    );
+    describe_counter!(
+        "ferry_kafka_txn_producers_registered_total",
+        "Kafka transactional ids registered for the first time"
+    );
+    describe_gauge!(
+        "ferry_kafka_fetch_sessions",
+        "Kafka incremental fetch sessions (KIP-227) held in the session cache"
+    );
+    describe_counter!(
+        "ferry_kafka_fetch_sessions_evicted_total",
+        "Kafka fetch sessions evicted (least recently used) to make room for a new one"
+    );
+    describe_counter!(
         "ferry_kafka_reauthentications_total",
         "Kafka SASL re-authentications (KIP-368) on a live connection"
     );
@@ -280,15 +296,7 @@ fn describe_rest() {
         "AMQP headers dropped from a delivery because they would not fit in frame_max"
     );
 
-    // Transactions, schemas, bridges.
-    describe_counter!(
-        "ferry_kafka_txn_producers_registered_total",
-        "Transactional ids seen for the first time by InitProducerId"
-    );
-    describe_counter!(
-        "ferry_kafka_txn_completed_total",
-        "Kafka transactions completed, by result (commit or abort)"
-    );
+    // Schemas, bridges.
     describe_counter!(
         "ferry_schema_rejections_total",
         "Messages refused by schema validation, by topic or exchange and reason"

@@ -508,3 +508,201 @@ async fn a_kill_mid_transaction_exposes_none_of_it_and_keeps_what_was_committed(
     .unwrap();
     drop(child);
 }
+
+/// Input records of the crash loop.
+const LOOP_INPUTS: usize = 60;
+
+/// One consume-transform-produce run against `bootstrap`: reads `loop-in` from the group's
+/// committed offset (read_committed, so OffsetFetch asks for stable offsets), and for every
+/// batch of up to 4 records writes `out-<n>` to `loop-out` and commits the input offsets in
+/// the same transaction. Stops after `budget` records or when the input has been idle for
+/// 3 s. With `leave_open`, it then opens one more transaction (outputs and offsets sent, not
+/// committed) and leaks the clients, so the broker can be killed under it. Returns how many
+/// records it committed.
+fn transform_run(bootstrap: &str, budget: usize, leave_open: bool) -> usize {
+    let p = txn_producer(bootstrap, "txn-loop", 60_000);
+    let c = consumer(bootstrap, "loop", "read_committed");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("loop-in", 0, Offset::Stored)
+        .unwrap();
+    c.assign(&assignment).unwrap();
+    let metadata = c.group_metadata().expect("group metadata");
+    let next_batch = |limit: usize| -> Vec<(i64, String)> {
+        let mut batch = Vec::new();
+        let idle_until = Instant::now() + Duration::from_secs(3);
+        while batch.len() < limit && Instant::now() < idle_until {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => batch.push((
+                    m.offset(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                )),
+                Some(Err(e)) => panic!("consume: {e}"),
+                None if !batch.is_empty() => break,
+                None => {}
+            }
+        }
+        batch
+    };
+    let transact = |batch: &[(i64, String)]| {
+        p.begin_transaction().unwrap();
+        let outputs: Vec<String> = batch
+            .iter()
+            .map(|(_, v)| v.replace("in-", "out-"))
+            .collect();
+        let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        send_all(&p, "loop-out", 0, &outputs);
+        let mut offsets = TopicPartitionList::new();
+        let next = batch.last().map_or(0, |(o, _)| o + 1);
+        offsets
+            .add_partition_offset("loop-in", 0, Offset::Offset(next))
+            .unwrap();
+        p.send_offsets_to_transaction(&offsets, &metadata, TIMEOUT)
+            .unwrap();
+    };
+    let mut done = 0;
+    while done < budget {
+        let batch = next_batch(4.min(budget - done));
+        if batch.is_empty() {
+            break;
+        }
+        transact(&batch);
+        p.commit_transaction(TIMEOUT).unwrap();
+        done += batch.len();
+    }
+    if leave_open {
+        let batch = next_batch(4);
+        if !batch.is_empty() {
+            transact(&batch);
+        }
+        // Leaked, not closed: closing would abort the transaction or commit nothing cleanly.
+        std::mem::forget(p);
+        std::mem::forget(c);
+    }
+    done
+}
+
+/// kill -9 in a loop under a consume-transform-produce service (`FERRY_TXN_CRASH_CYCLES`
+/// cycles, default 3, at most 59): odd cycles kill with a transaction open (outputs written, offsets sent,
+/// no commit), even ones right after a commit. After the last restart the service finishes
+/// the input, and a read_committed reader of the output sees every input transformed exactly
+/// once, in order: nothing of an interrupted transaction, nothing committed lost, and no input
+/// processed twice (its offset moved in the same transaction as its output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_transform_produce_is_exactly_once_through_kill_9_loops() {
+    let cycles: usize = std::env::var("FERRY_TXN_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let child = ServeChild::start(&data, None);
+    create_topic(&child.kafka, "loop-in", 1).await;
+    create_topic(&child.kafka, "loop-out", 1).await;
+    let bootstrap = child.kafka.clone();
+    blocking(move || {
+        let inputs: Vec<String> = (0..LOOP_INPUTS).map(|i| format!("in-{i:03}")).collect();
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        send_all(&plain_producer(&bootstrap), "loop-in", 0, &inputs);
+    })
+    .await
+    .unwrap();
+    drop(child);
+
+    // Each interrupted run commits at most this much, so the last run has work left.
+    let budget = (LOOP_INPUTS / (cycles + 1)).max(1);
+    let mut committed = 0;
+    for cycle in 1..=cycles {
+        let child = ServeChild::start(&data, None);
+        let bootstrap = child.kafka.clone();
+        let leave_open = cycle % 2 == 1;
+        committed += blocking(move || transform_run(&bootstrap, budget, leave_open))
+            .await
+            .unwrap();
+        // SIGKILL: mid-transaction on odd cycles, just after a commit on even ones.
+        child.kill();
+    }
+    assert!(
+        committed < LOOP_INPUTS,
+        "the loop must leave work for the end"
+    );
+
+    let child = ServeChild::start(&data, None);
+    let bootstrap = child.kafka.clone();
+    blocking(move || {
+        let rest = transform_run(&bootstrap, usize::MAX, false);
+        assert_eq!(committed + rest, LOOP_INPUTS, "every input committed once");
+        let last = format!("out-{:03}", LOOP_INPUTS - 1);
+        let expected: Vec<String> = (0..LOOP_INPUTS).map(|i| format!("out-{i:03}")).collect();
+        assert_eq!(
+            read_until(&bootstrap, "loop-out", 0, "read_committed", &last),
+            expected
+        );
+    })
+    .await
+    .unwrap();
+    drop(child);
+}
+
+/// KIP-447's zombie check on the consumer side: offsets sent with group metadata taken before
+/// a rebalance (a generation the group has left behind) are refused with ILLEGAL_GENERATION,
+/// so a consumer that lost its partitions cannot commit them through a transaction; the
+/// transaction must abort. Fresh metadata from the same consumer works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_with_a_stale_generation_are_refused() {
+    let broker = TestBroker::start().await.expect("broker");
+    let bootstrap = broker.kafka_bootstrap();
+    create_topic(&bootstrap, "gen-in", 2).await;
+    blocking(move || {
+        let subscribed = |c: &BaseConsumer| c.assignment().map(|a| a.count()).unwrap_or(0);
+        let a = consumer(&bootstrap, "gen-group", "read_committed");
+        a.subscribe(&["gen-in"]).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while subscribed(&a) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the first member never got both partitions"
+            );
+            let _ = a.poll(Duration::from_millis(100));
+        }
+        let stale = a.group_metadata().expect("group metadata");
+
+        // A second member joins: a new generation, one partition each.
+        let b = consumer(&bootstrap, "gen-group", "read_committed");
+        b.subscribe(&["gen-in"]).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while subscribed(&a) != 1 || subscribed(&b) != 1 {
+            assert!(Instant::now() < deadline, "the rebalance never finished");
+            let _ = a.poll(Duration::from_millis(50));
+            let _ = b.poll(Duration::from_millis(50));
+        }
+
+        let p = txn_producer(&bootstrap, "txn-gen", 60_000);
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("gen-in", 0, Offset::Offset(0))
+            .unwrap();
+        p.begin_transaction().unwrap();
+        match p.send_offsets_to_transaction(&offsets, &stale, TIMEOUT) {
+            Err(KafkaError::Transaction(e)) => {
+                assert_eq!(
+                    e.code(),
+                    rdkafka::types::RDKafkaErrorCode::IllegalGeneration,
+                    "{e}"
+                );
+                assert!(e.txn_requires_abort(), "{e}");
+            }
+            other => panic!("offsets of a stale generation were accepted: {other:?}"),
+        }
+        p.abort_transaction(TIMEOUT).unwrap();
+
+        let fresh = a.group_metadata().expect("group metadata");
+        p.begin_transaction().unwrap();
+        p.send_offsets_to_transaction(&offsets, &fresh, TIMEOUT)
+            .expect("the current generation's metadata is accepted");
+        p.commit_transaction(TIMEOUT).unwrap();
+    })
+    .await
+    .unwrap();
+    broker.stop().await;
+}

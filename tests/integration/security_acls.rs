@@ -938,3 +938,116 @@ async fn ferry_acl_manages_the_bindings_kafka_enforces() {
     );
     broker.stop().await;
 }
+
+/// The log tool APIs ask what Kafka asks: DescribeProducers READ on the topic,
+/// OffsetForLeaderEpoch DESCRIBE on the topic (or CLUSTER_ACTION on the cluster),
+/// DescribeLogDirs DESCRIBE on the cluster.
+#[tokio::test]
+async fn log_tool_apis_check_their_acls() {
+    const CLUSTER: i8 = 4;
+    const DESCRIBE: i8 = 8;
+    const CLUSTER_ACTION: i8 = 9;
+    let broker = acl_broker(None).await;
+    create_topic(&broker, "tools").await;
+
+    async fn producers_code(client: &mut RawKafka) -> i16 {
+        let resp: DescribeProducersResponse = client
+            .call(
+                ApiKey::DescribeProducers,
+                0,
+                &DescribeProducersRequest::default().with_topics(vec![
+                    describe_producers_request::TopicRequest::default()
+                        .with_name(TopicName(StrBytes::from_static_str("tools")))
+                        .with_partition_indexes(vec![0]),
+                ]),
+            )
+            .await;
+        resp.topics[0].partitions[0].error_code
+    }
+    async fn epoch_code(client: &mut RawKafka) -> i16 {
+        let resp: OffsetForLeaderEpochResponse = client
+            .call(
+                ApiKey::OffsetForLeaderEpoch,
+                4,
+                &OffsetForLeaderEpochRequest::default().with_topics(vec![
+                    offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                        .with_topic(TopicName(StrBytes::from_static_str("tools")))
+                        .with_partitions(vec![
+                            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(-1)
+                                .with_leader_epoch(0),
+                        ]),
+                ]),
+            )
+            .await;
+        resp.topics[0].partitions[0].error_code
+    }
+    /// (top-level error, topics listed) of DescribeLogDirs v4 for every topic.
+    async fn log_dirs(client: &mut RawKafka) -> (i16, Vec<String>) {
+        let resp: DescribeLogDirsResponse = client
+            .call(
+                ApiKey::DescribeLogDirs,
+                4,
+                &DescribeLogDirsRequest::default().with_topics(None),
+            )
+            .await;
+        let topics = resp
+            .results
+            .iter()
+            .flat_map(|r| r.topics.iter().map(|t| t.name.to_string()))
+            .collect();
+        (resp.error_code, topics)
+    }
+
+    // Without any binding everything is refused.
+    let mut alice = signed_in(&broker, "alice").await;
+    assert_eq!(producers_code(&mut alice).await, TOPIC_AUTHORIZATION_FAILED);
+    assert_eq!(epoch_code(&mut alice).await, TOPIC_AUTHORIZATION_FAILED);
+    assert_eq!(
+        log_dirs(&mut alice).await,
+        (CLUSTER_AUTHORIZATION_FAILED, vec![])
+    );
+
+    let mut admin = signed_in(&broker, "admin").await;
+    let created = create_acls(
+        &mut admin,
+        vec![
+            binding(TOPIC, LITERAL, "tools", "User:alice", READ, ALLOW),
+            binding(
+                CLUSTER,
+                LITERAL,
+                "kafka-cluster",
+                "User:alice",
+                DESCRIBE,
+                ALLOW,
+            ),
+            binding(TOPIC, LITERAL, "tools", "User:bob", DESCRIBE, ALLOW),
+            binding(
+                CLUSTER,
+                LITERAL,
+                "kafka-cluster",
+                "User:carol",
+                CLUSTER_ACTION,
+                ALLOW,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(created, vec![0, 0, 0, 0]);
+
+    // READ on the topic (which implies DESCRIBE) and DESCRIBE on the cluster: all three.
+    assert_eq!(producers_code(&mut alice).await, 0);
+    assert_eq!(epoch_code(&mut alice).await, 0);
+    assert_eq!(log_dirs(&mut alice).await, (0, vec!["tools".to_string()]));
+    // DESCRIBE on the topic is enough for OffsetForLeaderEpoch, not for DescribeProducers.
+    let mut bob = signed_in(&broker, "bob").await;
+    assert_eq!(producers_code(&mut bob).await, TOPIC_AUTHORIZATION_FAILED);
+    assert_eq!(epoch_code(&mut bob).await, 0);
+    assert_eq!(log_dirs(&mut bob).await.0, CLUSTER_AUTHORIZATION_FAILED);
+    // CLUSTER_ACTION (a broker's right) covers OffsetForLeaderEpoch on every topic.
+    let mut carol = signed_in(&broker, "carol").await;
+    assert_eq!(epoch_code(&mut carol).await, 0);
+    assert_eq!(producers_code(&mut carol).await, TOPIC_AUTHORIZATION_FAILED);
+    broker.stop().await;
+}

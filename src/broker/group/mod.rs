@@ -67,6 +67,7 @@ pub use consumer::{
     ConsumerMemberView, TopicId, TopicMeta, TopicSnapshot, ASSIGNORS, DEFAULT_ASSIGNOR,
 };
 use state::{Group, Reply};
+pub use txn_offsets::TxnCommitter;
 pub use types::*;
 
 /// The coordinator handle; cheap to clone and share with every connection.

@@ -62,6 +62,10 @@ pub enum TxnError {
     Log(String),
     #[error("applying transactional offsets failed: {0}")]
     Group(String),
+    /// TxnOffsetCommit from a consumer that is not a current member of the group's current
+    /// generation (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID, ...).
+    #[error("transactional offset commit refused by the group: {0}")]
+    Member(crate::broker::group::GroupError),
 }
 
 /// What produce needs to know about a transactional producer id, kept in memory.
@@ -70,6 +74,9 @@ struct LiveProducer {
     epoch: i16,
     /// Partitions of the open transaction; empty when none is open.
     open: BTreeSet<(String, i32)>,
+    /// (group, topic, partition) of the offsets the open or deciding transaction holds
+    /// (TxnOffsetCommit), until they are applied or dropped.
+    pending_offsets: BTreeSet<(String, String, i32)>,
 }
 
 /// The coordinator's in-memory side: one async lock per transactional id over its record, and
@@ -124,13 +131,29 @@ impl TxnCoordinator {
         } else {
             BTreeSet::new()
         };
+        let pending_offsets = record
+            .pending_offsets
+            .iter()
+            .map(|(group, o)| (group.clone(), o.topic.clone(), o.partition))
+            .collect();
         self.live.write().insert(
             record.producer_id,
             LiveProducer {
                 epoch: record.epoch,
                 open,
+                pending_offsets,
             },
         );
+    }
+
+    /// Does a transaction hold an offset of `group` for `(topic, partition)` that is not
+    /// applied yet? OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT then.
+    pub fn has_pending_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
+        let key = (group.to_string(), topic.to_string(), partition);
+        self.live
+            .read()
+            .values()
+            .any(|p| p.pending_offsets.contains(&key))
     }
 
     /// Forgets a producer id that was replaced (its epoch ran out).

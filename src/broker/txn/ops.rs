@@ -214,13 +214,15 @@ impl BrokerCore {
     }
 
     /// TxnOffsetCommit: holds `offsets` for `group_id` until the transaction ends; they reach
-    /// the group only if it commits.
+    /// the group only if it commits. `committer` (v3+) must be a current member of the
+    /// group's current generation, as Kafka's group coordinator checks.
     pub async fn txn_offset_commit(
         &self,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
         group_id: &str,
+        committer: &crate::broker::group::TxnCommitter,
         offsets: Vec<CommittedOffset>,
     ) -> Result<(), TxnError> {
         self.update_txn(transactional_id, producer_id, epoch, |r, _| {
@@ -229,6 +231,9 @@ impl BrokerCore {
                     "the group was not added to an open transaction (AddOffsetsToTxn)".into(),
                 ));
             }
+            self.groups()
+                .check_txn_committer(group_id, committer)
+                .map_err(TxnError::Member)?;
             for o in offsets {
                 r.pending_offsets.retain(|(g, p)| {
                     !(g == group_id && p.topic == o.topic && p.partition == o.partition)
@@ -412,6 +417,12 @@ impl BrokerCore {
         }
         out.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
         out
+    }
+
+    /// Does an open transaction hold an offset of `group` for this partition? See
+    /// [`super::TxnCoordinator::has_pending_offset`].
+    pub fn has_pending_txn_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.txns().has_pending_offset(group, topic, partition)
     }
 
     /// May this transactional batch be appended? See [`super::TxnCoordinator::check_produce`].

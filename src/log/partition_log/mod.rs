@@ -179,6 +179,11 @@ impl PartitionLog {
         self.txns.aborted_between(from, to)
     }
 
+    /// Offset of the first record of `producer_id`'s transaction open in this partition.
+    pub fn open_transaction_start(&self, producer_id: i64) -> Option<i64> {
+        self.txns.open_since(producer_id)
+    }
+
     /// Whether `producer_id` has a transaction open in this partition.
     pub fn has_open_transaction(&self, producer_id: i64) -> bool {
         self.txns.is_open(producer_id)

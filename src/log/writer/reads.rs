@@ -53,6 +53,12 @@ impl PartitionHandle {
         Ok((slice, aborted))
     }
 
+    /// Offset of the first record of `producer_id`'s transaction open in this partition
+    /// (DescribeProducers' `current_txn_start_offset`).
+    pub fn open_transaction_start(&self, producer_id: i64) -> Option<i64> {
+        self.shared.log.read().open_transaction_start(producer_id)
+    }
+
     /// Whether `producer_id` has a transaction open in this partition.
     pub fn has_open_transaction(&self, producer_id: i64) -> bool {
         self.shared.log.read().has_open_transaction(producer_id)

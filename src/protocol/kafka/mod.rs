@@ -6,13 +6,15 @@
 //! [`handlers`] hold one file per API family and translate decoded requests into core calls;
 //! [`convert`] maps core errors to Kafka error codes; [`versions`] is the advertised table;
 //! [`sasl`] authenticates connections (SaslHandshake, SaslAuthenticate, re-authentication);
-//! [`authz`] authorizes requests with Kafka ACLs.
+//! [`authz`] authorizes requests with Kafka ACLs; [`fetch_session`] keeps KIP-227 incremental
+//! fetch sessions.
 //! Message bodies are decoded and encoded by the `kafka-protocol` crate.
 
 pub mod authz;
 pub mod codec;
 pub mod connection;
 pub mod convert;
+pub mod fetch_session;
 pub mod handlers;
 pub mod sasl;
 pub mod versions;
@@ -55,6 +57,8 @@ pub struct KafkaContext {
     pub cluster_id: String,
     /// `kafka.super_users` and `kafka.allow_everyone_if_no_acl_found`, for [`authz`].
     pub acl_policy: crate::broker::acls::AclPolicy,
+    /// KIP-227 fetch sessions, shared by both listeners (a client may reconnect elsewhere).
+    pub fetch_sessions: fetch_session::FetchSessionCache,
 }
 
 impl KafkaContext {
@@ -107,6 +111,9 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         cluster_id,
         acl_policy: settings.kafka.acl_policy(),
+        fetch_sessions: fetch_session::FetchSessionCache::new(
+            settings.kafka.max_incremental_fetch_session_cache_slots,
+        ),
         settings,
     });
     let max_connections = ctx.settings.kafka.max_connections;

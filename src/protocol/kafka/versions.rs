@@ -17,7 +17,7 @@ use kafka_protocol::messages::ApiKey;
 /// `(api, min, max)` for every API this broker serves.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 0, 9),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 13),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
@@ -55,6 +55,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The advertised range for `api`, if it is served at all.
@@ -180,6 +183,15 @@ mod tests {
                     within::<DescribeAclsRequest, DescribeAclsResponse>(min, max)
                 }
                 ApiKey::DeleteAcls => within::<DeleteAclsRequest, DeleteAclsResponse>(min, max),
+                ApiKey::OffsetForLeaderEpoch => {
+                    within::<OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse>(min, max)
+                }
+                ApiKey::DescribeLogDirs => {
+                    within::<DescribeLogDirsRequest, DescribeLogDirsResponse>(min, max)
+                }
+                ApiKey::DescribeProducers => {
+                    within::<DescribeProducersRequest, DescribeProducersResponse>(min, max)
+                }
                 other => panic!("no codec check for {other:?}"),
             }
         }

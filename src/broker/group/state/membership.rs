@@ -154,4 +154,31 @@ impl Group {
             && self.member(member_id).is_none()
             && !fenced
     }
+
+    /// Kafka's validateOffsetCommit for a TxnOffsetCommit (v3+ carries the consumer's
+    /// generation, member id and instance id): a commit naming no member is accepted, as from
+    /// a producer that does not know the group; one naming a member must come from a current
+    /// member (FENCED_INSTANCE_ID for a replaced static one) of the current generation. The
+    /// rebalance state does not matter: the offsets land only when the transaction commits.
+    pub(in crate::broker::group) fn check_txn_commit(
+        &self,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), GroupError> {
+        if self.state == GroupState::Dead {
+            return Err(GroupError::CoordinatorNotAvailable);
+        }
+        if generation < 0 && member_id.is_empty() && instance_id.is_none() {
+            return Ok(());
+        }
+        if self.commit_from_before_restart(generation, member_id, instance_id) {
+            return Ok(());
+        }
+        self.validate_member(member_id, instance_id)?;
+        if generation != self.generation {
+            return Err(GroupError::IllegalGeneration);
+        }
+        Ok(())
+    }
 }

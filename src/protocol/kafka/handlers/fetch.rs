@@ -3,13 +3,21 @@
 //!
 //! Per-partition and whole-response byte limits follow KIP-74: the first batch of the first
 //! non-empty partition is returned whole even when larger than the limits, so a consumer can
-//! always make progress. Fetch sessions are not kept: every answer has session id 0, which
-//! clients treat as "send full fetches".
+//! always make progress.
+//!
+//! Fetch sessions (KIP-227, v7+): the request's session id and epoch are turned into the list
+//! of partitions to serve by [`crate::protocol::kafka::fetch_session`] before anything is read
+//! (a full fetch lists them, an incremental one names only changes and the session supplies
+//! the rest); after the read the answer of an incremental fetch is cut down to the partitions
+//! with something new. Session errors (FETCH_SESSION_ID_NOT_FOUND,
+//! INVALID_FETCH_SESSION_EPOCH) are top-level and carry no partitions. From v13 topics are
+//! named by id (Metadata's); an id this broker does not have answers UNKNOWN_TOPIC_ID.
 //!
 //! `isolation_level=read_committed` (v4+) reads only up to the last stable offset and returns
 //! the aborted transactions overlapping what it read, from the partition's transaction index,
 //! so the client drops their records (and skips control batches, as it always does).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +26,8 @@ use futures::future::select_all;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProducerId};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProducerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
@@ -27,6 +36,7 @@ use crate::protocol::kafka::authz::{operation, resource};
 use crate::protocol::kafka::codec::RawRequest;
 use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::log_error_code;
+use crate::protocol::kafka::fetch_session::{Context, Reported, WantedPartition};
 use crate::protocol::kafka::KafkaContext;
 
 /// Longest long-poll we honour, whatever the client asks.
@@ -37,6 +47,7 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
         Ok(r) => r,
         Err(close) => return close,
     };
+    let v = req.api_version;
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -48,47 +59,109 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
     } else {
         (request.max_bytes as usize).min(cap)
     };
+    let read_committed = request.isolation_level == 1;
+
+    // v13+ names topics by id: each id is looked up once; an unknown one gets an empty name
+    // (and UNKNOWN_TOPIC_ID below).
+    let mut names: HashMap<uuid::Uuid, String> = HashMap::new();
+    let mut topic_of = |name: &TopicName, id: uuid::Uuid| -> (String, uuid::Uuid) {
+        if v < 13 {
+            return (name.to_string(), uuid::Uuid::nil());
+        }
+        let name = names.entry(id).or_insert_with(|| {
+            ctx.core
+                .topic_by_id(*id.as_bytes())
+                .map(|t| t.name().to_string())
+                .unwrap_or_default()
+        });
+        (name.clone(), id)
+    };
+    let mut wanted: Vec<WantedPartition> = Vec::new();
+    for t in &request.topics {
+        let (topic, topic_id) = topic_of(&t.topic, t.topic_id);
+        wanted.extend(t.partitions.iter().map(|p| WantedPartition {
+            topic: topic.clone(),
+            topic_id,
+            partition: p.partition,
+            fetch_offset: p.fetch_offset,
+            max_bytes: p.partition_max_bytes,
+        }));
+    }
+    let context = if v >= 7 {
+        let mut forgotten = Vec::new();
+        for t in &request.forgotten_topics_data {
+            let (topic, topic_id) = topic_of(&t.topic, t.topic_id);
+            forgotten.extend(t.partitions.iter().map(|p| (topic.clone(), topic_id, *p)));
+        }
+        ctx.fetch_sessions.open(
+            &conn.principal(),
+            request.session_id,
+            request.session_epoch,
+            wanted,
+            &forgotten,
+        )
+    } else {
+        Context::Sessionless(wanted)
+    };
+    let (mode, partitions) = match context {
+        Context::Sessionless(p) => (Mode::Sessionless, p),
+        Context::Full(p) => (Mode::Full, p),
+        Context::Incremental {
+            session_id,
+            next_epoch,
+            partitions,
+        } => (
+            Mode::Incremental {
+                session_id,
+                next_epoch,
+            },
+            partitions,
+        ),
+        Context::Error(code) => return session_error(&req, code),
+    };
+    let partitions = &partitions;
 
     // Resolve handles once; a topic deleted mid-poll keeps answering from its old handle.
     // A topic the client may not READ answers TOPIC_AUTHORIZATION_FAILED per partition.
-    let targets: Vec<(usize, usize, Result<PartitionHandle, i16>)> = request
-        .topics
+    let mut topics: HashMap<&str, Result<Arc<crate::broker::Topic>, i16>> = HashMap::new();
+    let targets: Vec<Result<PartitionHandle, i16>> = partitions
         .iter()
-        .enumerate()
-        .flat_map(|(ti, topic)| {
-            let name = topic.topic.as_str();
-            let resolved = if ctx.allowed(&conn, operation::READ, resource::TOPIC, name) {
-                ctx.core
-                    .topic(name)
-                    .ok_or(ResponseError::UnknownTopicOrPartition.code())
-            } else {
-                Err(ResponseError::TopicAuthorizationFailed.code())
-            };
-            topic.partitions.iter().enumerate().map(move |(pi, p)| {
-                let handle = resolved.as_ref().map_err(|code| *code).and_then(|t| {
-                    t.partition(p.partition)
-                        .cloned()
+        .map(|w| {
+            if v >= 13 && w.topic.is_empty() {
+                return Err(ResponseError::UnknownTopicId.code());
+            }
+            let topic = topics.entry(w.topic.as_str()).or_insert_with(|| {
+                if ctx.allowed(&conn, operation::READ, resource::TOPIC, &w.topic) {
+                    ctx.core
+                        .topic(&w.topic)
                         .ok_or(ResponseError::UnknownTopicOrPartition.code())
-                });
-                (ti, pi, handle)
+                } else {
+                    Err(ResponseError::TopicAuthorizationFailed.code())
+                }
+            });
+            topic.as_ref().map_err(|code| *code).and_then(|t| {
+                t.partition(w.partition)
+                    .cloned()
+                    .ok_or(ResponseError::UnknownTopicOrPartition.code())
             })
         })
         .collect();
 
-    loop {
+    let built = loop {
         // Subscribe before reading so an append between the read and the wait still wakes us.
         let mut watchers: Vec<_> = targets
             .iter()
-            .filter_map(|(_, _, h)| h.as_ref().ok().map(|h| h.subscribe_high_watermark()))
+            .filter_map(|h| h.as_ref().ok().map(|h| h.subscribe_high_watermark()))
             .collect();
-        let (body, total) = build(&request, &targets, max_bytes, req.api_version);
+        let built = build(partitions, &targets, max_bytes, read_committed);
+        let total = built.total;
         let now = tokio::time::Instant::now();
         if total >= min_bytes
             || total > 0 && min_bytes == 0
             || now >= deadline
             || watchers.is_empty()
         {
-            return respond(ApiKey::Fetch, req.api_version, req.correlation_id, &body);
+            break built;
         }
         let any_change = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
         let mut shutdown = ctx.shutdown.clone();
@@ -98,29 +171,109 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
             _ = crate::util::stopped(&mut shutdown) => false,
         };
         if !woken {
-            let (body, _) = build(&request, &targets, max_bytes, req.api_version);
-            return respond(ApiKey::Fetch, req.api_version, req.correlation_id, &body);
+            break build(partitions, &targets, max_bytes, read_committed);
         }
+    };
+
+    let (session_id, keep) = match mode {
+        Mode::Sessionless => (0, None),
+        Mode::Full => (
+            ctx.fetch_sessions
+                .create(&conn.principal(), partitions, &built.reports),
+            None,
+        ),
+        Mode::Incremental {
+            session_id,
+            next_epoch,
+        } => match ctx
+            .fetch_sessions
+            .complete(session_id, next_epoch, partitions, &built.reports)
+        {
+            Some(keep) => (session_id, Some(keep)),
+            None => return session_error(&req, ResponseError::InvalidFetchSessionEpoch.code()),
+        },
+    };
+    let mut body = FetchResponse::default().with_responses(by_topic(
+        partitions,
+        built.data,
+        keep.as_deref(),
+        v,
+    ));
+    if v >= 7 {
+        body = body.with_session_id(session_id).with_error_code(0);
     }
+    respond(ApiKey::Fetch, v, req.correlation_id, &body)
+}
+
+/// How the answer relates to a fetch session.
+enum Mode {
+    Sessionless,
+    /// Create a session from this full fetch once it is answered.
+    Full,
+    Incremental {
+        session_id: i32,
+        next_epoch: i32,
+    },
+}
+
+/// A top-level session error: no partitions, session 0 (the client starts a new session).
+fn session_error(req: &RawRequest, code: i16) -> Outcome {
+    let body = FetchResponse::default()
+        .with_error_code(code)
+        .with_session_id(0);
+    respond(ApiKey::Fetch, req.api_version, req.correlation_id, &body)
+}
+
+/// Groups per-partition answers by topic (first appearance order), keeping only the
+/// partitions `keep` selects. Topics are named by id from v13, by name before.
+fn by_topic(
+    partitions: &[WantedPartition],
+    data: Vec<PartitionData>,
+    keep: Option<&[bool]>,
+    version: i16,
+) -> Vec<FetchableTopicResponse> {
+    let mut out: Vec<FetchableTopicResponse> = Vec::new();
+    let mut index: HashMap<(&str, uuid::Uuid), usize> = HashMap::new();
+    for (i, (wanted, data)) in partitions.iter().zip(data).enumerate() {
+        if keep.is_some_and(|k| !k.get(i).copied().unwrap_or(false)) {
+            continue;
+        }
+        let key = (wanted.topic.as_str(), wanted.topic_id);
+        let at = *index.entry(key).or_insert_with(|| {
+            let topic = if version >= 13 {
+                FetchableTopicResponse::default().with_topic_id(wanted.topic_id)
+            } else {
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_string(wanted.topic.clone())))
+            };
+            out.push(topic);
+            out.len() - 1
+        });
+        out[at].partitions.push(data);
+    }
+    out
+}
+
+/// One read of every partition.
+struct Built {
+    data: Vec<PartitionData>,
+    reports: Vec<Reported>,
+    total: usize,
 }
 
 fn build(
-    request: &FetchRequest,
-    targets: &[(usize, usize, Result<PartitionHandle, i16>)],
+    partitions: &[WantedPartition],
+    targets: &[Result<PartitionHandle, i16>],
     max_bytes: usize,
-    version: i16,
-) -> (FetchResponse, usize) {
+    read_committed: bool,
+) -> Built {
     let mut remaining = max_bytes;
     let mut total = 0usize;
-    let read_committed = request.isolation_level == 1;
-    let mut topics: Vec<FetchableTopicResponse> = request
-        .topics
-        .iter()
-        .map(|t| FetchableTopicResponse::default().with_topic(t.topic.clone()))
-        .collect();
-    for (ti, pi, handle) in targets {
-        let wanted = &request.topics[*ti].partitions[*pi];
+    let mut out = Vec::with_capacity(partitions.len());
+    let mut reports = Vec::with_capacity(partitions.len());
+    for (wanted, handle) in partitions.iter().zip(targets) {
         let mut data = PartitionData::default().with_partition_index(wanted.partition);
+        let mut bytes = 0;
         match handle {
             Err(code) => {
                 data = data.with_error_code(*code);
@@ -131,13 +284,13 @@ fn build(
                     .with_high_watermark(hw)
                     .with_last_stable_offset(h.last_stable_offset())
                     .with_log_start_offset(h.log_start_offset());
-                let limit = (wanted.partition_max_bytes.max(0) as usize).min(remaining);
+                let limit = (wanted.max_bytes.max(0) as usize).min(remaining);
                 // KIP-74: until something is in the response, let one whole batch through.
                 let limit = if total == 0 { limit.max(1) } else { limit };
                 if limit == 0 {
                     data = data.with_records(Some(Bytes::new()));
                 } else {
-                    let topic = request.topics[*ti].topic.as_str();
+                    let topic = wanted.topic.as_str();
                     // One span per partition read; per-record ids only as TRACE events.
                     let span = tracing::debug_span!(
                         "deliver",
@@ -181,6 +334,7 @@ fn build(
                                     &slice.bytes,
                                 );
                                 total += n;
+                                bytes = n;
                                 remaining = remaining.saturating_sub(n);
                                 data = data.with_records(Some(slice.bytes));
                             }
@@ -200,11 +354,18 @@ fn build(
                 }
             }
         }
-        topics[*ti].partitions.push(data);
+        reports.push(Reported {
+            high_watermark: data.high_watermark,
+            last_stable_offset: data.last_stable_offset,
+            log_start_offset: data.log_start_offset,
+            error_code: data.error_code,
+            record_bytes: bytes,
+        });
+        out.push(data);
     }
-    let mut body = FetchResponse::default().with_responses(topics);
-    if version >= 7 {
-        body = body.with_session_id(0).with_error_code(0);
+    Built {
+        data: out,
+        reports,
+        total,
     }
-    (body, total)
 }

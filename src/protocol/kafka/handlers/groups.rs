@@ -492,15 +492,22 @@ type OffsetsByTopic = Vec<(String, Vec<(i32, Option<CommittedOffset>, i16)>)>;
 
 /// TOPIC_AUTHORIZATION_FAILED.
 const TOPIC_DENIED: i16 = 29;
+/// UNSTABLE_OFFSET_COMMIT: a transaction holds an offset for the partition not yet applied.
+const UNSTABLE: i16 = 88;
 
 /// Offsets of one group for the wanted partitions (None = every committed one), with -1 for
-/// partitions that have none.
+/// partitions that have none. With `require_stable` (v7+, KIP-447) a partition whose offset
+/// an open transaction is about to change answers UNSTABLE_OFFSET_COMMIT instead, so a
+/// `read_committed` consumer retries rather than start from an offset about to move.
 fn fetch_group(
     ctx: &KafkaContext,
     conn: &ConnInfo,
     group_id: &str,
     wanted: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<OffsetsByTopic, i16> {
+    let unstable =
+        |t: &str, p: i32| require_stable && ctx.core.has_pending_txn_offset(group_id, t, p);
     if !ctx.allowed(conn, operation::DESCRIBE, resource::GROUP, group_id) {
         return Err(GROUP_DENIED);
     }
@@ -533,6 +540,7 @@ fn fetch_group(
                     .into_iter()
                     .map(|p| match denied {
                         true => (p, None, TOPIC_DENIED),
+                        false if unstable(&t, p) => (p, None, UNSTABLE),
                         false => (p, find(&t, p), 0),
                     })
                     .collect();
@@ -542,9 +550,14 @@ fn fetch_group(
         None => {
             let mut topics: OffsetsByTopic = Vec::new();
             for c in committed {
+                let entry = if unstable(&c.topic, c.partition) {
+                    (c.partition, None, UNSTABLE)
+                } else {
+                    (c.partition, Some(c.clone()), 0)
+                };
                 match topics.iter_mut().find(|(t, _)| *t == c.topic) {
-                    Some((_, parts)) => parts.push((c.partition, Some(c), 0)),
-                    None => topics.push((c.topic.clone(), vec![(c.partition, Some(c), 0)])),
+                    Some((_, parts)) => parts.push(entry),
+                    None => topics.push((c.topic.clone(), vec![entry])),
                 }
             }
             topics
@@ -578,7 +591,13 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) 
                 if let Err(e) = member_check {
                     return out.with_error_code(group_error_code(&e));
                 }
-                match fetch_group(ctx, conn, g.group_id.as_str(), wanted) {
+                match fetch_group(
+                    ctx,
+                    conn,
+                    g.group_id.as_str(),
+                    wanted,
+                    request.require_stable,
+                ) {
                     Ok(topics) => {
                         out = out.with_topics(
                             topics
@@ -617,7 +636,8 @@ pub fn offset_fetch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: &RawRequest) 
             .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let body = match fetch_group(ctx, conn, request.group_id.as_str(), wanted) {
+    let require_stable = v >= 7 && request.require_stable;
+    let body = match fetch_group(ctx, conn, request.group_id.as_str(), wanted, require_stable) {
         Ok(topics) => OffsetFetchResponse::default().with_topics(
             topics
                 .into_iter()

@@ -13,6 +13,7 @@ mod fetch;
 mod group_admin;
 mod groups;
 mod list_offsets;
+mod log_info;
 mod metadata;
 mod produce;
 mod producer;
@@ -140,6 +141,9 @@ pub async fn dispatch(ctx: &Arc<KafkaContext>, conn: &ConnInfo, req: RawRequest)
         ApiKey::CreateAcls => ready(acls::create_acls(ctx, conn, &req)),
         ApiKey::DescribeAcls => ready(acls::describe_acls(ctx, conn, &req)),
         ApiKey::DeleteAcls => ready(acls::delete_acls(ctx, conn, &req)),
+        ApiKey::DescribeProducers => ready(log_info::describe_producers(ctx, conn, &req)),
+        ApiKey::OffsetForLeaderEpoch => ready(log_info::offset_for_leader_epoch(ctx, conn, &req)),
+        ApiKey::DescribeLogDirs => ready(log_info::describe_log_dirs(ctx, conn, &req)),
         other => ready(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     let api_name = format!("{api:?}");

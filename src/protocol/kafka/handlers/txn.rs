@@ -43,6 +43,7 @@ pub(crate) fn txn_error_code(e: &TxnError, fenced_code: bool) -> i16 {
         TxnError::ConcurrentTransactions => ResponseError::ConcurrentTransactions.code(),
         TxnError::InvalidTransactionTimeout(_) => ResponseError::InvalidTransactionTimeout.code(),
         TxnError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
+        TxnError::Member(e) => super::groups::group_error_code(e),
         TxnError::Meta(_) | TxnError::Log(_) | TxnError::Group(_) => {
             tracing::warn!(error = %e, "transaction coordinator error");
             ResponseError::CoordinatorNotAvailable.code()
@@ -210,6 +211,20 @@ pub async fn txn_offset_commit(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawR
             });
         }
     }
+    // v3+ (KIP-447): the consumer's group identity, checked against the group; older
+    // versions carry none.
+    let committer = if v >= 3 {
+        crate::broker::group::TxnCommitter {
+            generation: request.generation_id,
+            member_id: request.member_id.to_string(),
+            instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
+        }
+    } else {
+        crate::broker::group::TxnCommitter {
+            generation: -1,
+            ..Default::default()
+        }
+    };
     let code = match denied {
         Some(code) => code,
         None if !topic_denied.is_empty() => ResponseError::OperationNotAttempted.code(),
@@ -221,6 +236,7 @@ pub async fn txn_offset_commit(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawR
                     request.producer_id.0,
                     request.producer_epoch,
                     group,
+                    &committer,
                     offsets,
                 )
                 .await;
