@@ -4,9 +4,9 @@
 //! consumer (as the consumers themselves see it and as ConsumerGroupDescribe's core view says),
 //! and across all the rebalances no record is lost or processed twice.
 //!
-//! "Processed" means consumed and then committed synchronously: a record whose commit fails
-//! (its partition moved on) is not counted, and must come again to its next owner from the
-//! committed offset. Two owners of one partition at once would both commit it; a partition
+//! "Processed" means consumed and then committed synchronously: a record whose commit fails is
+//! not counted, and must come again, to the same consumer (which seeks back to it) or to the
+//! partition's next owner from the committed offset. Two owners of one partition at once would both commit it; a partition
 //! nobody gets would leave records unprocessed.
 //!
 //! librdkafka calls block, so the whole scenario runs on one blocking thread that polls the
@@ -19,6 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::Offset;
 
 use ferry::broker::GroupState;
 use ferry::testing::TestBroker;
@@ -87,6 +88,18 @@ impl Ledger {
                     String::from_utf8_lossy(msg.payload().unwrap_or_default()).into_owned();
                 if c.commit_message(&msg, CommitMode::Sync).is_ok() {
                     *self.processed.entry(payload).or_default() += 1;
+                } else {
+                    // A commit refused while the partition stays ours (a STALE_MEMBER_EPOCH in
+                    // the middle of a rebalance) must not let the next record's commit cover
+                    // this one: go back and process it again, as an application would. If the
+                    // partition has moved on the seek fails and its next owner starts here.
+                    let _ = c.seek(
+                        msg.topic(),
+                        msg.partition(),
+                        Offset::Offset(msg.offset()),
+                        Duration::from_secs(1),
+                    );
+                    break;
                 }
             }
         }
