@@ -176,6 +176,14 @@ impl SchemaValidator for SchemaRegistry {
             .collect()
     }
 
+    fn check_framed(
+        &self,
+        topic: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), (&'static str, String)> {
+        self.check_value(topic, value, &mut HashMap::new())
+    }
+
     fn check_named(&self, message: &NamedSchemaMessage<'_>) -> Result<(), (&'static str, String)> {
         let which = match message.version {
             None => VersionRef::Latest,

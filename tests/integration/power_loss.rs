@@ -17,9 +17,9 @@
 //! The metadata store (sled, topic definitions and offsets) is not cut back: its own flushes
 //! are outside this layer. Seed: `FERRY_POWER_SEED` (printed).
 
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
