@@ -129,9 +129,11 @@ impl QueueValidation {
         let on = match value {
             serde_json::Value::Bool(b) => *b,
             serde_json::Value::String(s) => !matches!(s.as_str(), "false" | "off" | ""),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "invalid arg '{VALIDATION_ARGUMENT}': {other} (true, false, nack or dead-letter)"
-            )),
+            ))
+            }
         };
         if !on {
             return Ok(None);
