@@ -448,6 +448,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn queue_arguments() {
+        let parse = |v: serde_json::Value| {
+            QueueValidation::from_arguments(v.as_object().expect("an object"))
+        };
+        assert_eq!(parse(json!({})), Ok(None));
+        assert_eq!(parse(json!({"x-schema-validation": false})), Ok(None));
+        assert_eq!(parse(json!({"x-schema-validation": "off"})), Ok(None));
+        assert_eq!(
+            parse(json!({"x-schema-validation": true})),
+            Ok(Some(QueueValidation::default()))
+        );
+        assert_eq!(
+            parse(json!({"x-schema-validation": "dead-letter", "x-schema-subject": "s"})),
+            Ok(Some(QueueValidation {
+                subject: Some("s".into()),
+                dead_letter: true
+            }))
+        );
+        assert!(parse(json!({"x-schema-validation": 1})).is_err());
+        assert!(parse(json!({"x-schema-validation": true, "x-schema-subject": 2})).is_err());
+    }
+
+    #[test]
     fn exchange_arguments_and_schema_headers() {
         assert_eq!(
             validation_subject("orders", &json!({"x-schema-validation": true})),
