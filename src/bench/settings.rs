@@ -101,4 +101,7 @@ pub struct KafkaBenchSettings {
     pub keep: bool,
     /// Print every result as one JSON document on stdout (and nothing else there).
     pub json: bool,
+    /// `--schema avro`: validated topics and Confluent-framed Avro values (see
+    /// `bench::kafka::schema`).
+    pub schema: Option<super::kafka::SchemaBench>,
 }

@@ -60,7 +60,8 @@ pub struct SeenEvent {
     pub event_type: String,
     pub schema_version: Option<String>,
     pub content_type: Option<String>,
-    /// `kafka:<client id>`, `amqp:<app id>` or `amqp-user:<user>`.
+    /// `kafka:<client id>`, `amqp:<app id>`, `amqp-user:<user>`, `native:<client name>` or
+    /// `native-user:<user>`.
     pub producer: Option<String>,
     pub example: Option<Bytes>,
 }
@@ -277,32 +278,42 @@ impl EventCatalog {
 pub fn kafka_batch_events(batch: &Bytes, producer: Option<&str>) -> Vec<SeenEvent> {
     let mut buf = batch.clone();
     let mut seen = Vec::new();
+    let producer = producer.map(|p| format!("kafka:{p}"));
     while bytes::Buf::has_remaining(&buf) {
         let Ok(records) = crate::log::batch::decode_next_batch(&mut buf) else {
             break;
         };
-        for r in records.into_iter().filter(|r| !r.is_control) {
-            let meta = super::event::EventMetadata::from_record(&r.record);
-            let Some(event_type) = meta.kind else {
-                continue;
-            };
-            let content_type = r
-                .record
-                .headers
+        seen.extend(
+            records
                 .iter()
-                .find(|(k, _)| k == "content-type" || k == "ce_datacontenttype")
-                .and_then(|(_, v)| v.as_deref())
-                .map(|v| String::from_utf8_lossy(v).into_owned());
-            seen.push(SeenEvent {
-                event_type,
-                schema_version: meta.schema_version,
-                content_type,
-                producer: producer.map(|p| format!("kafka:{p}")),
-                example: r.record.value,
-            });
-        }
+                .filter(|r| !r.is_control)
+                .filter_map(|r| record_event(&r.record, producer.as_deref())),
+        );
     }
     seen
+}
+
+/// The catalog facts of one stored record (`None` when it names no event type); `producer`
+/// is already prefixed with its protocol (`kafka:`, `native:`...).
+pub fn record_event(
+    record: &crate::log::SimpleRecord,
+    producer: Option<&str>,
+) -> Option<SeenEvent> {
+    let meta = super::event::EventMetadata::from_record(record);
+    let event_type = meta.kind?;
+    let content_type = record
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-type" || k == "ce_datacontenttype")
+        .and_then(|(_, v)| v.as_deref())
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    Some(SeenEvent {
+        event_type,
+        schema_version: meta.schema_version,
+        content_type,
+        producer: producer.map(str::to_string),
+        example: record.value.clone(),
+    })
 }
 
 /// The record count of a Kafka record batch v2 (bytes 57..61), 1 when it cannot be read.

@@ -133,6 +133,11 @@ impl Connection {
         let _ = self.vhost.set(vhost.to_string());
     }
 
+    /// The client's own name for itself, once it gave one.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_name.get().map(String::as_str)
+    }
+
     /// The client's own name for itself (AMQP `connection_name`, Kafka `client.id`).
     pub fn set_client_name(&self, name: &str) {
         if self.client_name.get().is_none() {

@@ -4,8 +4,19 @@
 //! [`SchemaValidator`] the server installs. A topic asks for validation with the topic config
 //! `ferry.schema.validation=true`; the produce path then calls
 //! [`BrokerCore::check_kafka_records`](super::BrokerCore::check_kafka_records), which for every
-//! other topic is one bool test and returns. Rejections are counted as
-//! `ferry_schema_rejections_total{topic|exchange, reason}`.
+//! other topic is one bool test and returns. Messages that name their schema in metadata
+//! (AMQP and native publishes) are checked by [`BrokerCore::check_published`] (an exchange
+//! declared with `x-schema-validation`, or a validating topic's exchange face) and
+//! [`BrokerCore::check_topic_message`] (a native publish straight to a topic); a queue
+//! declared with `x-schema-validation` is checked by the router as the message reaches it
+//! ([`check_queue_record`]). Rejections are counted as
+//! `ferry_schema_rejections_total{topic|exchange|queue, reason}`.
+//!
+//! A message reaches a validating topic from a protocol other than Kafka in one of two forms:
+//! naming its schema in metadata (a `schema-version` or CloudEvents `dataschema` header, the
+//! native `schema_version` field) against the subject `<topic>-value`, or, naming none, in
+//! Confluent's wire format as a Kafka record must be, so that Kafka consumers with Confluent
+//! deserializers can read whatever the topic holds.
 
 use std::sync::Arc;
 
@@ -37,6 +48,12 @@ pub trait SchemaValidator: Send + Sync + 'static {
     /// `topic`: Confluent's wire format, a schema id registered under the topic's subject,
     /// and a payload that decodes against it. Empty when every record passes.
     fn check_records(&self, topic: &str, batch: &Bytes) -> Vec<RecordRejection>;
+
+    /// Checks one message value bound for `topic` as [`check_records`](Self::check_records)
+    /// checks a record's: Confluent's wire format, an id under the topic's subject, a payload
+    /// that decodes. `Err` says why, with the metric's reason first.
+    fn check_framed(&self, topic: &str, value: Option<&[u8]>)
+        -> Result<(), (&'static str, String)>;
 
     /// Checks a message whose schema is named by metadata; `Err` says why it is refused,
     /// with the metric's reason first.
@@ -90,6 +107,149 @@ pub fn schema_dead_letter_target(
 /// The exchange argument naming the subject its messages follow (default `<exchange>-value`).
 pub const SUBJECT_ARGUMENT: &str = "x-schema-subject";
 
+/// A queue declared with `x-schema-validation`: every message routed to it is checked
+/// against `subject` (argument `x-schema-subject`, default `<queue>-value`). A refusal nacks
+/// the publish, or with `dead-letter` (and the queue's `x-dead-letter-exchange`) dead-letters
+/// the message with reason `schema`. Parsed once at declaration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueValidation {
+    /// `None`: `<queue>-value`.
+    pub subject: Option<String>,
+    pub dead_letter: bool,
+}
+
+impl QueueValidation {
+    /// The queue's validation, if its arguments ask for it; an error names a bad argument.
+    pub fn from_arguments(
+        arguments: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<Self>, String> {
+        let Some(value) = arguments.get(VALIDATION_ARGUMENT) else {
+            return Ok(None);
+        };
+        let on = match value {
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::String(s) => !matches!(s.as_str(), "false" | "off" | ""),
+            other => {
+                return Err(format!(
+                "invalid arg '{VALIDATION_ARGUMENT}': {other} (true, false, nack or dead-letter)"
+            ))
+            }
+        };
+        if !on {
+            return Ok(None);
+        }
+        let subject = match arguments.get(SUBJECT_ARGUMENT) {
+            None => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                return Err(format!(
+                    "invalid arg '{SUBJECT_ARGUMENT}': must be a string"
+                ))
+            }
+        };
+        Ok(Some(Self {
+            subject,
+            dead_letter: value.as_str() == Some(DEAD_LETTER_MODE),
+        }))
+    }
+}
+
+/// A message as validation reads it: the core's [`Message`](super::message::Message) (AMQP
+/// publishes) or a record (native publishes, routed records).
+#[derive(Clone, Copy)]
+pub enum MessageView<'a> {
+    Message(&'a super::message::Message),
+    Record(&'a crate::log::SimpleRecord),
+}
+
+/// The facts a named-schema check needs, read only once validation is on.
+struct SchemaFacts<'a> {
+    schema_version: Option<String>,
+    content_type: Option<String>,
+    body: Option<&'a [u8]>,
+}
+
+/// Record headers that carry the content type: native and Kafka, then AMQP's property.
+const CONTENT_TYPE_HEADERS: [&str; 2] = ["content-type", "amqp.content-type"];
+
+impl<'a> MessageView<'a> {
+    fn facts(self) -> SchemaFacts<'a> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self {
+            MessageView::Message(m) => SchemaFacts {
+                schema_version: m.metadata().schema_version,
+                content_type: CONTENT_TYPE_HEADERS
+                    .iter()
+                    .find_map(|h| m.header(h))
+                    .and_then(|v| v.as_bytes())
+                    .map(|b| text(b)),
+                body: m.value.as_deref(),
+            },
+            MessageView::Record(r) => SchemaFacts {
+                schema_version: super::event::EventMetadata::from_record(r).schema_version,
+                content_type: CONTENT_TYPE_HEADERS.iter().find_map(|h| {
+                    r.headers
+                        .iter()
+                        .find(|(k, _)| k == h)
+                        .and_then(|(_, v)| v.as_deref())
+                        .map(text)
+                }),
+                body: r.value.as_deref(),
+            },
+        }
+    }
+}
+
+fn no_registry(what: &str) -> MessageRejection {
+    MessageRejection {
+        reason: "no_registry",
+        message: format!("the {what} requires schema validation but no schema registry runs"),
+    }
+}
+
+/// Checks a message that names its schema version in metadata against `subject` (or the
+/// subject its `dataschema` URI names).
+fn check_named_facts(
+    validator: &dyn SchemaValidator,
+    subject: &str,
+    facts: &SchemaFacts<'_>,
+) -> Result<(), MessageRejection> {
+    let (subject, version) = named_schema(subject, facts.schema_version.as_deref());
+    let named = NamedSchemaMessage {
+        subject: &subject,
+        version: version.as_deref(),
+        content_type: facts.content_type.as_deref(),
+        body: facts.body.unwrap_or_default(),
+    };
+    validator
+        .check_named(&named)
+        .map_err(|(reason, message)| MessageRejection { reason, message })
+}
+
+/// Checks a record routed to queue `queue` that validates with `validation`; counts a
+/// refusal under `queue`.
+pub fn check_queue_record(
+    validator: Option<&dyn SchemaValidator>,
+    queue: &str,
+    validation: &QueueValidation,
+    record: &crate::log::SimpleRecord,
+) -> Result<(), MessageRejection> {
+    let result = match validator {
+        None => Err(no_registry("queue")),
+        Some(v) => {
+            let subject = validation
+                .subject
+                .clone()
+                .unwrap_or_else(|| format!("{queue}-value"));
+            check_named_facts(v, &subject, &MessageView::Record(record).facts())
+        }
+    };
+    if let Err(r) = &result {
+        count_rejection("queue", queue, r.reason);
+    }
+    result
+}
+
 /// Why a message published to a validating exchange was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRejection {
@@ -130,6 +290,7 @@ fn named_schema<'a>(default_subject: &'a str, header: Option<&'a str>) -> (Strin
 impl super::BrokerCore {
     /// Installs the schema registry that validating topics and exchanges check against.
     pub fn set_schema_validator(&self, validator: Arc<dyn SchemaValidator>) {
+        self.router().set_schema_validator(validator.clone());
         let _ = self.inner.schema_validator.set(validator);
     }
 
@@ -161,46 +322,67 @@ impl super::BrokerCore {
         &self,
         exchange: &str,
         arguments: &serde_json::Value,
-        message: &super::message::Message,
+        message: MessageView<'_>,
     ) -> Result<(), MessageRejection> {
         let Some(subject) = validation_subject(exchange, arguments) else {
             return Ok(());
         };
-        let result = self.check_named_message(&subject, message);
+        let result = match self.inner.schema_validator.get() {
+            None => Err(no_registry("exchange")),
+            Some(v) => check_named_facts(v.as_ref(), &subject, &message.facts()),
+        };
         if let Err(r) = &result {
             count_rejection("exchange", exchange, r.reason);
         }
         result
     }
 
-    fn check_named_message(
+    /// Checks a message published (not produced by Kafka) to a topic with
+    /// `ferry.schema.validation=true`; one bool test for any other topic. A message naming a
+    /// schema version in metadata is checked against `<topic>-value` (or the subject its
+    /// `dataschema` URI names); one naming none must be in Confluent's wire format, as a
+    /// Kafka record must.
+    pub fn check_topic_message(
         &self,
-        subject: &str,
-        message: &super::message::Message,
+        topic: &super::Topic,
+        message: MessageView<'_>,
     ) -> Result<(), MessageRejection> {
-        let Some(validator) = self.inner.schema_validator.get() else {
-            return Err(MessageRejection {
-                reason: "no_registry",
-                message: "the exchange requires schema validation but no schema registry runs"
-                    .into(),
-            });
+        if !topic.log_config().schema_validation {
+            return Ok(());
+        }
+        let result = match self.inner.schema_validator.get() {
+            None => Err(no_registry("topic")),
+            Some(v) => {
+                let facts = message.facts();
+                if facts.schema_version.is_some() {
+                    check_named_facts(v.as_ref(), &format!("{}-value", topic.name()), &facts)
+                } else {
+                    v.check_framed(topic.name(), facts.body)
+                        .map_err(|(reason, message)| MessageRejection { reason, message })
+                }
+            }
         };
-        let metadata = message.metadata();
-        let (subject, version) = named_schema(subject, metadata.schema_version.as_deref());
-        let content_type = ["content-type", "amqp.content-type"]
-            .iter()
-            .find_map(|h| message.header(h))
-            .and_then(|v| v.as_bytes())
-            .map(|b| String::from_utf8_lossy(b).into_owned());
-        let named = NamedSchemaMessage {
-            subject: &subject,
-            version: version.as_deref(),
-            content_type: content_type.as_deref(),
-            body: message.value.as_deref().unwrap_or_default(),
-        };
-        validator
-            .check_named(&named)
-            .map_err(|(reason, message)| MessageRejection { reason, message })
+        if let Err(r) = &result {
+            count_rejection("topic", topic.name(), r.reason);
+        }
+        result
+    }
+
+    /// Checks a message published to `exchange` in `vhost`: a topic's exchange face (vhost
+    /// `/`) by the topic's rules ([`check_topic_message`](Self::check_topic_message)), any
+    /// other exchange by its `x-schema-validation` argument.
+    pub fn check_published(
+        &self,
+        vhost: &str,
+        exchange: &super::exchange::Exchange,
+        message: MessageView<'_>,
+    ) -> Result<(), MessageRejection> {
+        if exchange.is_topic() && vhost == super::routing::DEFAULT_VHOST {
+            if let Some(topic) = self.topic(exchange.name()) {
+                return self.check_topic_message(&topic, message);
+            }
+        }
+        self.check_exchange_message(exchange.name(), &exchange.def().arguments, message)
     }
 }
 
@@ -264,6 +446,29 @@ impl super::BrokerCore {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn queue_arguments() {
+        let parse = |v: serde_json::Value| {
+            QueueValidation::from_arguments(v.as_object().expect("an object"))
+        };
+        assert_eq!(parse(json!({})), Ok(None));
+        assert_eq!(parse(json!({"x-schema-validation": false})), Ok(None));
+        assert_eq!(parse(json!({"x-schema-validation": "off"})), Ok(None));
+        assert_eq!(
+            parse(json!({"x-schema-validation": true})),
+            Ok(Some(QueueValidation::default()))
+        );
+        assert_eq!(
+            parse(json!({"x-schema-validation": "dead-letter", "x-schema-subject": "s"})),
+            Ok(Some(QueueValidation {
+                subject: Some("s".into()),
+                dead_letter: true
+            }))
+        );
+        assert!(parse(json!({"x-schema-validation": 1})).is_err());
+        assert!(parse(json!({"x-schema-validation": true, "x-schema-subject": 2})).is_err());
+    }
 
     #[test]
     fn exchange_arguments_and_schema_headers() {

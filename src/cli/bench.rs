@@ -290,6 +290,31 @@ pub struct KafkaBenchArgs {
     /// Print every result as one JSON document on stdout (and nothing else there).
     #[arg(long)]
     pub json: bool,
+    /// Measure validation on publish: each case's topic gets `ferry.schema.validation=true`,
+    /// an Avro schema is registered under `<topic>-value` and every value is a
+    /// Confluent-framed Avro order of the case's size. Needs Ferry's schema registry.
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub schema: Option<BenchSchemaFormat>,
+    /// The schema registry for --schema (Ferry's HTTP listener).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub schema_registry: String,
+    /// Basic-auth user for --schema-registry (the admin API's).
+    #[arg(long, value_name = "USER", default_value = "admin")]
+    pub schema_registry_user: String,
+    /// Basic-auth password for --schema-registry.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        default_value = "admin",
+        env = "FERRY_SCHEMA_REGISTRY_PASSWORD"
+    )]
+    pub schema_registry_password: String,
+}
+
+/// Record formats `ferry bench kafka --schema` can send.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BenchSchemaFormat {
+    Avro,
 }
 
 // The library takes plain settings; these carry the parsed flags over.
@@ -360,6 +385,11 @@ impl From<KafkaBenchArgs> for ferry::bench::KafkaBenchSettings {
             timeout: a.timeout,
             keep: a.keep,
             json: a.json,
+            schema: a.schema.map(|_| ferry::bench::kafka::SchemaBench {
+                registry: a.schema_registry,
+                user: a.schema_registry_user,
+                password: a.schema_registry_password,
+            }),
         }
     }
 }

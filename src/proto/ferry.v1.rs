@@ -112,6 +112,16 @@ pub struct Error {
     pub code: i32,
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
+    /// SCHEMA_REJECTED: the refusal's reason, the `reason` label of
+    /// `ferry_schema_rejections_total`: `wire_format`, `unknown_schema`, `wrong_subject`,
+    /// `decode`, `content_type` or `no_registry`.
+    #[prost(string, tag = "3")]
+    pub schema_reason: ::prost::alloc::string::String,
+    /// SCHEMA_REJECTED answering a `PublishBatch`: the index of the refused message (the batch
+    /// is checked whole before any of it is stored, except for queue-level validation, see
+    /// docs/schemas.md).
+    #[prost(uint32, tag = "4")]
+    pub message_index: u32,
 }
 /// SASL PLAIN in structured form, or EXTERNAL with a verified client certificate; the same
 /// users as AMQP and Kafka (the broker's user store).
@@ -853,6 +863,10 @@ pub enum ErrorCode {
     /// The user lacks the vhost permission (configure, write or read) the request needs, with
     /// RabbitMQ's rules (see docs/native-protocol.md).
     PermissionDenied = 13,
+    /// The message does not match its schema: the destination validates (a topic with
+    /// `ferry.schema.validation=true`, an exchange or queue with `x-schema-validation`; see
+    /// docs/schemas.md). `Error.schema_reason` says why; nothing of the refused message is stored.
+    SchemaRejected = 14,
     /// Event store: the stream was hard-deleted (tombstoned); it can never be read or written.
     StreamDeleted = 40,
     /// Event store: the stream does not exist or was soft-deleted.
@@ -879,6 +893,7 @@ impl ErrorCode {
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Internal => "INTERNAL",
             Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::SchemaRejected => "SCHEMA_REJECTED",
             Self::StreamDeleted => "STREAM_DELETED",
             Self::StreamNotFound => "STREAM_NOT_FOUND",
         }
@@ -900,6 +915,7 @@ impl ErrorCode {
             "SHUTTING_DOWN" => Some(Self::ShuttingDown),
             "INTERNAL" => Some(Self::Internal),
             "PERMISSION_DENIED" => Some(Self::PermissionDenied),
+            "SCHEMA_REJECTED" => Some(Self::SchemaRejected),
             "STREAM_DELETED" => Some(Self::StreamDeleted),
             "STREAM_NOT_FOUND" => Some(Self::StreamNotFound),
             _ => None,

@@ -6,12 +6,14 @@
 //! store (durable, ids stable across restarts); [`parse`] checks a schema text and gives its
 //! canonical form; [`compat`] decides whether a new version may follow the earlier ones;
 //! [`types`] has the vocabulary and the errors with Confluent's codes; [`validate`] makes the
-//! registry the core's validator on publish (with [`json_check`] for JSON payloads). The REST routes live in
+//! registry the core's validator on publish (with [`json_check`] for JSON payloads and
+//! [`avro_walk`] for Avro ones). The REST routes live in
 //! `observe::admin::schema_registry`, behind the admin API's credentials.
 //!
 //! The registry sits beside the protocol adapters: it reads the core's metadata store and
 //! nothing above it.
 
+pub mod avro_walk;
 pub mod compat;
 pub mod json_check;
 pub mod parse;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
+use super::avro_walk::{self, AvroNames, Walked};
 use super::compat::avro::{self, ParsedAvro};
 use super::json_check;
 use super::registry::{SchemaRegistry, StoredSchema, VersionRef};
@@ -23,8 +24,11 @@ use super::types::SchemaType;
 use crate::broker::schema_check::{NamedSchemaMessage, RecordRejection, SchemaValidator};
 
 /// A schema ready to check payloads against.
+// Held once per schema id behind an `Arc`, so the Avro variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Prepared {
-    Avro(ParsedAvro),
+    /// With its named types, for the allocation-free walk.
+    Avro(ParsedAvro, AvroNames),
     Json(serde_json::Value),
     Protobuf,
 }
@@ -46,11 +50,13 @@ impl PreparedCache {
             return Ok(p.clone());
         }
         let prepared = Arc::new(match schema.schema_type {
-            SchemaType::Avro => Prepared::Avro(avro::parse(
-                &schema.record.schema,
-                &schema.record.references,
-                &|r| registry.reference_text(r),
-            )?),
+            SchemaType::Avro => {
+                let parsed = avro::parse(&schema.record.schema, &schema.record.references, &|r| {
+                    registry.reference_text(r)
+                })?;
+                let names = AvroNames::of(&parsed.schema);
+                Prepared::Avro(parsed, names)
+            }
             SchemaType::Json => Prepared::Json(
                 serde_json::from_str(&schema.record.schema).map_err(|e| e.to_string())?,
             ),
@@ -75,7 +81,7 @@ fn subject_fits(topic: &str, subject: &str, record_name: Option<&str>) -> bool {
 
 fn record_name(prepared: &Prepared) -> Option<String> {
     match prepared {
-        Prepared::Avro(p) => p.schema.name().map(|n| n.fullname(None)),
+        Prepared::Avro(p, _) => p.schema.name().map(|n| n.fullname(None)),
         Prepared::Json(v) => v.get("title").and_then(|t| t.as_str()).map(str::to_string),
         Prepared::Protobuf => None,
     }
@@ -104,7 +110,7 @@ impl SchemaRegistry {
             .clone()?;
         let payload = &value[5..];
         match &*prepared {
-            Prepared::Avro(schema) => decode_avro(schema, payload),
+            Prepared::Avro(schema, names) => decode_avro(schema, names, payload),
             Prepared::Json(schema) => json_check::check_document(schema, payload),
             Prepared::Protobuf => check_protobuf(payload),
         }
@@ -176,6 +182,14 @@ impl SchemaValidator for SchemaRegistry {
             .collect()
     }
 
+    fn check_framed(
+        &self,
+        topic: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), (&'static str, String)> {
+        self.check_value(topic, value, &mut HashMap::new())
+    }
+
     fn check_named(&self, message: &NamedSchemaMessage<'_>) -> Result<(), (&'static str, String)> {
         let which = match message.version {
             None => VersionRef::Latest,
@@ -202,7 +216,7 @@ impl SchemaValidator for SchemaRegistry {
         }
         match &*prepared {
             Prepared::Json(schema) => json_check::check_document(schema, message.body),
-            Prepared::Avro(schema) => decode_avro(schema, message.body),
+            Prepared::Avro(schema, names) => decode_avro(schema, names, message.body),
             Prepared::Protobuf => check_protobuf(message.body),
         }
         .map_err(|e| {
@@ -217,8 +231,19 @@ impl SchemaValidator for SchemaRegistry {
     }
 }
 
-fn decode_avro(schema: &ParsedAvro, payload: &[u8]) -> Result<(), String> {
+/// Whether `payload` is one whole datum of `schema`: walked without building it when the
+/// schema stands alone (see [`avro_walk`]), else (references, or a type the walk leaves to
+/// the decoder) decoded by apache-avro.
+fn decode_avro(schema: &ParsedAvro, names: &AvroNames, payload: &[u8]) -> Result<(), String> {
     let mut reader = payload;
+    if schema.referenced.is_empty() {
+        match avro_walk::walk(&schema.schema, names, &mut reader) {
+            Ok(()) if reader.is_empty() => return Ok(()),
+            Ok(()) => return Err(format!("{} bytes left over after the datum", reader.len())),
+            Err(Walked::Invalid(reason)) => return Err(reason),
+            Err(Walked::Unsupported) => reader = payload,
+        }
+    }
     let decoded = if schema.referenced.is_empty() {
         apache_avro::from_avro_datum(&schema.schema, &mut reader, None)
     } else {

@@ -75,6 +75,82 @@ async fn bench_kafka_reports_json_and_deletes_its_topic() {
     broker.stop().await;
 }
 
+/// `--schema avro`: the bench's topic validates, its schema is registered under the topic's
+/// subject, and every produced (and e2e-stamped) framed Avro record passes validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_kafka_with_schema_avro_sends_records_the_topic_validates() {
+    let broker = TestBroker::start().await.unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["bench", "kafka", "--bootstrap"])
+        .arg(broker.kafka_bootstrap())
+        .args(["--schema", "avro", "--schema-registry"])
+        .arg(broker.http_url())
+        .args([
+            "--records",
+            "2000",
+            "--sizes",
+            "1024",
+            "--partitions",
+            "1",
+            "--latency-secs",
+            "1",
+            "--keep",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ferry bench");
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("ferry bench did not finish within 120 s")
+        .expect("ferry bench output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["settings"]["schema"], "avro", "{report:#}");
+    let case = &report["cases"][0];
+    assert_eq!(case["produce"]["records"], 2000, "{case:#}");
+    assert_eq!(case["consume"]["records"], 2000, "{case:#}");
+    assert!(case["e2e"]["latency"]["samples"].as_u64().unwrap() > 0);
+
+    let topic = case["topic"].as_str().unwrap();
+    let kept = broker.core().topic(topic).expect("--keep kept the topic");
+    assert!(kept.log_config().schema_validation);
+    let versions: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/subjects/{topic}-value/versions",
+            broker.http_url()
+        ))
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions, serde_json::json!([1]));
+    // A record that is not framed Avro is refused on that topic: validation was on.
+    let refused = broker.core().check_kafka_records(&kept, &plain_batch());
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].reason, "wire_format");
+    broker.stop().await;
+}
+
+/// One record batch holding one plain (unframed) value.
+fn plain_batch() -> bytes::Bytes {
+    let record = ferry::log::SimpleRecord {
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"not avro")),
+        headers: Vec::new(),
+        timestamp: 0,
+    };
+    ferry::log::try_encode_batch(&[record], &ferry::log::EncodeOptions::default())
+        .unwrap()
+        .freeze()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_kafka_without_a_broker_says_how_to_start_one() {
     // A port that was free a moment ago: bind, note, release.

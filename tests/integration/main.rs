@@ -61,6 +61,7 @@ mod properties_amqp;
 mod reliability;
 mod schema_catalog;
 mod schema_registry;
+mod schema_validation;
 mod security_acls;
 mod security_sasl;
 mod security_users;

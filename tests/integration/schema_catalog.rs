@@ -2,7 +2,8 @@
 //! CloudEvents-typed records, lapin publishes typed AMQP messages (to an exchange and to the
 //! topic's own exchange face), a consumer group commits and a queue is bound; `/api/catalog`
 //! and `ferry catalog --markdown` (the built binary) then list every type with its schema,
-//! flows, producers and consumers.
+//! flows, producers and consumers. Native SDK publishes are catalogued with their client name
+//! (or user) as producer.
 
 use std::time::Duration;
 
@@ -208,5 +209,114 @@ async fn the_catalog_lists_types_with_producers_and_consumers_after_mixed_traffi
         "{markdown}"
     );
     assert!(markdown.contains("\"amount\": 5"), "{markdown}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn native_sdk_publishes_appear_in_the_catalog_with_their_client_name() {
+    use ferry::client::native::{connect, EventMetadata, EventPublisher, PublishConfig};
+
+    let broker = TestBroker::start().await.unwrap();
+    broker
+        .core()
+        .create_topic("native-cat-orders", 1, Default::default())
+        .await
+        .unwrap();
+    let conn = common::amqp::connect(&broker).await;
+    let ch = common::amqp::channel(&conn).await;
+    common::amqp::exchange(
+        &ch,
+        "native-cat-payments",
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await;
+    common::amqp::declare(&ch, "native-cat-ledger").await;
+    common::amqp::bind(&ch, "native-cat-ledger", "native-cat-payments", "").await;
+
+    let mut options = common::native::options(&broker, "guest", "guest");
+    options.client_name = "checkout-svc".into();
+    let publisher = EventPublisher::new(connect(options).await.unwrap());
+    publisher
+        .publish(
+            &json!({"order": 1}),
+            EventMetadata::new("native.order.placed", "/checkout").with_schema_version("3"),
+            &PublishConfig::topic("native-cat-orders"),
+        )
+        .await
+        .unwrap();
+    publisher
+        .publish_batch(
+            vec![
+                (
+                    br#"{"amount":1}"#.to_vec(),
+                    EventMetadata::new("native.payment.captured", "/checkout"),
+                ),
+                (
+                    br#"{"amount":2}"#.to_vec(),
+                    EventMetadata::new("native.payment.captured", "/checkout"),
+                ),
+            ],
+            "application/json",
+            &PublishConfig::exchange("native-cat-payments", ""),
+        )
+        .await
+        .unwrap();
+    // Without a client name the producer is the connection's user. (Another topic: a flow is
+    // sampled at most once a second.)
+    broker
+        .core()
+        .create_topic("native-cat-refunds", 1, Default::default())
+        .await
+        .unwrap();
+    let mut no_name = common::native::options(&broker, "guest", "guest");
+    no_name.client_name = String::new();
+    let unnamed = EventPublisher::new(connect(no_name).await.unwrap());
+    unnamed
+        .publish(
+            &json!({"order": 2}),
+            EventMetadata::new("native.order.cancelled", "/checkout"),
+            &PublishConfig::topic("native-cat-refunds"),
+        )
+        .await
+        .unwrap();
+
+    let catalog = get_catalog(&broker).await;
+    let placed = event(&catalog, "native.order.placed");
+    assert_eq!(placed["topics"], json!(["native-cat-orders"]), "{placed}");
+    assert_eq!(
+        placed["producers"],
+        json!(["native:checkout-svc"]),
+        "{placed}"
+    );
+    assert_eq!(placed["versions"], json!(["3"]), "{placed}");
+    assert_eq!(
+        placed["content_types"],
+        json!(["application/json"]),
+        "{placed}"
+    );
+    assert_eq!(placed["example"]["data"], r#"{"order":1}"#, "{placed}");
+    let captured = event(&catalog, "native.payment.captured");
+    assert_eq!(
+        captured["exchanges"],
+        json!(["native-cat-payments"]),
+        "{captured}"
+    );
+    assert_eq!(
+        captured["consumers"]["queues"],
+        json!(["native-cat-ledger"]),
+        "{captured}"
+    );
+    assert_eq!(
+        captured["messages_estimated"].as_u64(),
+        Some(2),
+        "{captured}"
+    );
+    let cancelled = event(&catalog, "native.order.cancelled");
+    assert_eq!(
+        cancelled["producers"],
+        json!(["native-user:guest"]),
+        "{cancelled}"
+    );
     broker.stop().await;
 }

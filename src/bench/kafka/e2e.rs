@@ -4,11 +4,16 @@
 
 use super::*;
 
-/// A batch of `n` records whose values start with the send time (ns since `epoch`).
-pub(super) fn stamped_batch(filler: &[u8], n: u64, epoch: Instant) -> Result<Bytes, BenchError> {
+/// A batch of `n` records whose values carry the send time (ns since `epoch`) at `at`.
+pub(super) fn stamped_batch(
+    filler: &[u8],
+    n: u64,
+    epoch: Instant,
+    at: usize,
+) -> Result<Bytes, BenchError> {
     let stamp = (epoch.elapsed().as_nanos() as u64).to_be_bytes();
     let mut value = BytesMut::from(filler);
-    value[..STAMP_LEN].copy_from_slice(&stamp);
+    value[at..at + STAMP_LEN].copy_from_slice(&stamp);
     plain_batch(&value.freeze(), n)
 }
 
@@ -26,7 +31,7 @@ pub(super) async fn e2e_produce(
     version: i16,
     topic: TopicName,
     partition: i32,
-    size: usize,
+    value: CaseValue,
     rate: f64,
     secs: f64,
     max_batch: u64,
@@ -61,7 +66,6 @@ pub(super) async fn e2e_produce(
         Ok::<_, BenchError>(out)
     });
 
-    let value = filler(size);
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(secs);
     let mut sent = 0u64;
@@ -74,7 +78,7 @@ pub(super) async fn e2e_produce(
         let mut n = due.saturating_sub(sent);
         while n > 0 {
             let take = n.min(max_batch);
-            let batch = match stamped_batch(&value, take, epoch) {
+            let batch = match stamped_batch(&value.template, take, epoch, value.stamp_at) {
                 Ok(b) => b,
                 Err(e) => {
                     failure = Some(e);
@@ -126,6 +130,7 @@ pub(super) async fn e2e_consume(
     start: i64,
     fetch_bytes: i32,
     epoch: Instant,
+    stamp_at: usize,
     end: Arc<AtomicI64>,
 ) -> Result<Vec<u64>, BenchError> {
     let name = topic_name(&topic);
@@ -171,7 +176,7 @@ pub(super) async fn e2e_consume(
                 if let Some(stamp) = record
                     .value
                     .as_ref()
-                    .and_then(|v| v.get(..STAMP_LEN))
+                    .and_then(|v| v.get(stamp_at..stamp_at + STAMP_LEN))
                     .and_then(|s| <[u8; STAMP_LEN]>::try_from(s).ok())
                 {
                     samples.push(arrived.saturating_sub(u64::from_be_bytes(stamp)));
@@ -190,10 +195,11 @@ pub(super) async fn e2e_phase(
     conns: &[Connection],
     leaders: &[String],
     topic: &str,
-    size: usize,
+    value: &CaseValue,
     starts: &[i64],
     max_batch: u64,
 ) -> Result<Phase, BenchError> {
+    let size = value.template.len();
     // Consumers get their own connections: a long-polling fetch would hold up the produce
     // answers queued behind it on a shared one.
     let readers = connect_all(leaders, ctx.timeout, &ctx.security).await?;
@@ -214,6 +220,7 @@ pub(super) async fn e2e_phase(
             starts[p],
             ctx.args.fetch_bytes as i32,
             ctx.epoch,
+            value.stamp_at,
             end.clone(),
         ));
         producers.spawn(e2e_produce(
@@ -221,7 +228,7 @@ pub(super) async fn e2e_phase(
             ctx.produce_v,
             topic_name(topic),
             p as i32,
-            size,
+            value.clone(),
             rate,
             secs,
             max_batch,

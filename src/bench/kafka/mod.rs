@@ -24,6 +24,8 @@
 //! Each phase records this process's CPU time (`/proc/self/stat` utime + stime) before and
 //! after, divided by wall time × cores, so the output shows whether the client limited the run.
 //! The topic is deleted at the end of the case (and on Ctrl-C) unless `--keep`.
+//!
+//! `--schema avro` measures validation on publish: see [`schema`].
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -63,6 +65,7 @@ mod consume;
 mod e2e;
 mod output;
 mod produce;
+mod schema;
 mod topics;
 
 use self::consume::*;
@@ -70,6 +73,8 @@ use self::e2e::*;
 use self::output::case_line;
 pub use self::output::render_table;
 use self::produce::*;
+pub use self::schema::SchemaBench;
+use self::schema::{CaseValue, FRAMED_STAMP_AT};
 use self::topics::*;
 
 const PRODUCE: (i16, i16) = (3, 12);
@@ -122,6 +127,9 @@ pub struct Settings {
     pub latency_rate: u64,
     pub latency_secs: f64,
     pub replication_factor: i16,
+    /// `avro` with `--schema avro` (validated topics, framed Avro values), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -274,6 +282,15 @@ fn validate(args: &KafkaBenchSettings) -> Result<(), BenchError> {
     if !(args.latency_secs.is_finite() && args.latency_secs >= 0.0) {
         return bad("--latency-secs must be zero or more".into());
     }
+    let smallest = schema::smallest_order();
+    if let Some(s) = args.sizes.iter().find(|s| **s < smallest) {
+        if args.schema.is_some() {
+            return bad(format!(
+                "--sizes {s}: --schema avro needs records of at least {smallest} bytes (the \
+                 wire-format header and an order with no items)"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -341,6 +358,7 @@ async fn run_cases(
             latency_rate: ctx.args.latency_rate,
             latency_secs: ctx.args.latency_secs,
             replication_factor: ctx.args.replication_factor,
+            schema: ctx.args.schema.as_ref().map(|_| "avro"),
         },
         api_versions: ApiVersionsUsed {
             produce: produce_v,
@@ -395,7 +413,22 @@ async fn run_case(ctx: &Ctx, size: usize, partitions: i32) -> Result<CaseReport,
     let topic = format!("ferry-bench-{size}-{partitions}-{}", random_suffix());
     create_topic(ctx, &topic, partitions).await?;
     *ctx.active.lock() = Some(topic.clone());
-    let result = run_phases(ctx, &label, &topic, size, partitions).await;
+    let result = match &ctx.args.schema {
+        None => Ok(CaseValue::plain(size)),
+        Some(s) => schema::register(s, &topic).await.and_then(|id| {
+            let value = schema::framed_order(id, size).ok_or_else(|| {
+                BenchError::Invalid(format!("--sizes {size} is too small for --schema avro"))
+            })?;
+            Ok(CaseValue {
+                template: Bytes::from(value),
+                stamp_at: FRAMED_STAMP_AT,
+            })
+        }),
+    };
+    let result = match result {
+        Ok(value) => run_phases(ctx, &label, &topic, &value, partitions).await,
+        Err(e) => Err(e),
+    };
     let deleted = if ctx.args.keep {
         false
     } else {
@@ -431,9 +464,10 @@ async fn run_phases(
     ctx: &Ctx,
     label: &str,
     topic: &str,
-    size: usize,
+    value: &CaseValue,
     partitions: i32,
 ) -> Result<Phases, BenchError> {
+    let size = value.template.len();
     let leaders = wait_for_leaders(ctx, topic, partitions).await?;
     let conns = connect_all(&leaders, ctx.timeout, &ctx.security).await?;
     let per_batch = ((ctx.args.batch_bytes.saturating_sub(BATCH_HEADER)) / (size + RECORD_OVERHEAD))
@@ -445,7 +479,7 @@ async fn run_phases(
         starts.push(list_offset(conn, topic, p as i32, -2).await?);
     }
 
-    let produce = produce_phase(ctx, label, &conns, topic, size, per_batch).await?;
+    let produce = produce_phase(ctx, label, &conns, topic, &value.template, per_batch).await?;
 
     let mut ends = Vec::with_capacity(conns.len());
     for (p, conn) in conns.iter().enumerate() {
@@ -469,7 +503,7 @@ async fn run_phases(
     }
 
     let e2e = if ctx.args.latency_rate > 0 && ctx.args.latency_secs > 0.0 {
-        Some(e2e_phase(ctx, label, &conns, &leaders, topic, size, &ends, per_batch).await?)
+        Some(e2e_phase(ctx, label, &conns, &leaders, topic, value, &ends, per_batch).await?)
     } else {
         None
     };
@@ -560,7 +594,7 @@ mod tests {
         let batch = plain_batch(&Bytes::from(filler(size)), per_batch).unwrap();
         assert!(batch.len() <= 64 * 1024, "{} bytes", batch.len());
         assert!(batch.len() > 60 * 1024, "{} bytes", batch.len());
-        let stamped = stamped_batch(&filler(size), 3, Instant::now()).unwrap();
+        let stamped = stamped_batch(&filler(size), 3, Instant::now(), 0).unwrap();
         assert_eq!(BatchIter::new(&stamped).count(), 1);
     }
 

@@ -143,12 +143,12 @@ pub(super) async fn produce_phase(
     label: &str,
     conns: &[Connection],
     topic: &str,
-    size: usize,
+    value: &Bytes,
     per_batch: u64,
 ) -> Result<Phase, BenchError> {
     let partitions = conns.len() as u64;
-    let value = Bytes::from(filler(size));
-    let full = plain_batch(&value, per_batch)?;
+    let size = value.len();
+    let full = plain_batch(value, per_batch)?;
     let (total, deadline) = match (ctx.args.records, ctx.args.duration) {
         (Some(n), _) => (Some(n), None),
         (None, Some(secs)) => (None, Some(Duration::from_secs_f64(secs))),
@@ -162,7 +162,7 @@ pub(super) async fn produce_phase(
         let quota = total.map(|t| t / partitions + u64::from((p as u64) < t % partitions));
         let tail = match quota {
             Some(q) if q % per_batch != 0 => {
-                Some((plain_batch(&value, q % per_batch)?, q % per_batch))
+                Some((plain_batch(value, q % per_batch)?, q % per_batch))
             }
             _ => None,
         };

@@ -15,11 +15,25 @@ pub(super) async fn create_topic(
         -1 if v < 4 => 1,
         rf => rf,
     };
+    // `--schema avro`: the topic refuses records that do not match their schema.
+    let configs = match ctx.args.schema {
+        Some(_) => vec![
+            kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
+                .with_name(kafka_protocol::protocol::StrBytes::from_static_str(
+                    "ferry.schema.validation",
+                ))
+                .with_value(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+                    "true",
+                ))),
+        ],
+        None => Vec::new(),
+    };
     let request = CreateTopicsRequest::default()
         .with_topics(vec![CreatableTopic::default()
             .with_name(topic_name(topic))
             .with_num_partitions(partitions)
-            .with_replication_factor(rf)])
+            .with_replication_factor(rf)
+            .with_configs(configs)])
         .with_timeout_ms(BROKER_TIMEOUT_MS);
     let response = ctx.admin.call(v, &request).await?;
     let Some(result) = response.topics.iter().find(|t| t.name.as_str() == topic) else {

@@ -51,6 +51,9 @@ pub struct QueueLimits {
     pub dedup: Option<DedupPolicy>,
     /// `x-circuit-breaker-*`: every consumer's breaker (consumer arguments override it).
     pub breaker: Option<BreakerPolicy>,
+    /// `x-schema-validation` (and `x-schema-subject`): messages routed here must match a
+    /// registered schema.
+    pub schema_validation: Option<crate::broker::schema_check::QueueValidation>,
 }
 
 impl QueueLimits {
@@ -132,6 +135,8 @@ impl QueueLimits {
         limits.retry = RetryPolicy::from_arguments(map)?;
         limits.dedup = DedupPolicy::from_arguments(map)?;
         limits.breaker = BreakerPolicy::from_arguments(map)?;
+        limits.schema_validation =
+            crate::broker::schema_check::QueueValidation::from_arguments(map)?;
         // Quorum queues default to a delivery limit of 20 (RabbitMQ 4.0), so a poison message
         // cannot loop forever, and so do queues with delayed retry (LavinMQ): retrying with
         // backoff forever would hide a poison message instead of dead-lettering it. Classic

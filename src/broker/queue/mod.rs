@@ -90,6 +90,8 @@ pub enum DeathReason {
     Expired,
     MaxLen,
     DeliveryLimit,
+    /// Refused by the queue's schema validation (`x-schema-validation: dead-letter`).
+    Schema,
 }
 
 impl DeathReason {
@@ -99,6 +101,7 @@ impl DeathReason {
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
             DeathReason::DeliveryLimit => "delivery_limit",
+            DeathReason::Schema => "schema",
         }
     }
 }

@@ -70,7 +70,7 @@ impl Router {
 }
 
 /// Puts `error` into the newest death entry of `record` (see [`Router::dead_letter_rejected`]).
-fn note_error(record: &mut SimpleRecord, error: &str) {
+pub(super) fn note_error(record: &mut SimpleRecord, error: &str) {
     let mut deaths = death_history(record);
     if let Some(newest) = deaths.first_mut() {
         newest["error"] = Value::from(error);

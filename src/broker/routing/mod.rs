@@ -171,8 +171,11 @@ pub struct Published {
     /// Whether any queue matched (a mandatory publish that matched none is returned).
     pub routed: bool,
     /// Whether a matching queue refused it because it is full (`x-overflow` reject-publish
-    /// or reject-publish-dlx): a publisher in confirm mode gets a nack.
+    /// or reject-publish-dlx) or its schema validation refused the message: a publisher in
+    /// confirm mode gets a nack.
     pub rejected: bool,
+    /// Why a queue declared with `x-schema-validation` refused it (the first such queue).
+    pub schema_refused: Option<super::schema_check::MessageRejection>,
 }
 
 /// Record header with a message's dead-letter history, newest first, as JSON: a list of
@@ -228,6 +231,9 @@ pub struct RouterInner {
     alarm: tokio::sync::watch::Sender<Option<String>>,
     /// Appends publishes to topic exchanges to their topic; set once by the core.
     topic_sink: std::sync::OnceLock<Arc<dyn TopicSink>>,
+    /// The schema registry queues declared with `x-schema-validation` check against; set
+    /// once by the core with its own.
+    schema_validator: std::sync::OnceLock<Arc<dyn super::schema_check::SchemaValidator>>,
     /// The vhosts clients may open (`set_vhosts`); `/` until configured.
     vhosts: RwLock<HashSet<String>>,
     /// The router itself, for tasks started from `&RouterInner` (the delay scheduler).
@@ -288,6 +294,7 @@ impl Router {
             tasks: parking_lot::Mutex::new(Vec::new()),
             alarm: tokio::sync::watch::channel(None).0,
             topic_sink: std::sync::OnceLock::new(),
+            schema_validator: std::sync::OnceLock::new(),
             vhosts: RwLock::new(HashSet::from([DEFAULT_VHOST.to_string()])),
             self_ref: std::sync::OnceLock::new(),
             delay_schedulers: parking_lot::Mutex::new(HashSet::new()),
@@ -385,6 +392,11 @@ impl RouterInner {
     /// Sets where publishes to topic exchanges go (once; later calls are ignored).
     pub fn set_topic_sink(&self, sink: Arc<dyn TopicSink>) {
         let _ = self.topic_sink.set(sink);
+    }
+
+    /// Sets the schema registry validating queues check against (once).
+    pub fn set_schema_validator(&self, validator: Arc<dyn super::schema_check::SchemaValidator>) {
+        let _ = self.schema_validator.set(validator);
     }
 
     /// Makes topic `name` an exchange too (in the default vhost). An AMQP exchange declared

@@ -2,6 +2,9 @@
 
 use super::*;
 use crate::broker::message::{Message, RoutingHeaders};
+use crate::broker::schema_check::{
+    check_queue_record, MessageRejection, QueueValidation, SCHEMA_ERROR_HEADER,
+};
 
 impl RouterInner {
     /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
@@ -145,7 +148,7 @@ impl RouterInner {
         Ok(Published {
             pending,
             routed: true,
-            rejected: false,
+            ..Published::default()
         })
     }
 
@@ -198,7 +201,7 @@ impl RouterInner {
                 return Ok(Published {
                     pending: vec![copy],
                     routed: true,
-                    rejected: false,
+                    ..Published::default()
                 });
             }
         }
@@ -222,7 +225,7 @@ impl RouterInner {
         let mut out = Published {
             pending: Vec::with_capacity(queues.len()),
             routed: !queues.is_empty(),
-            rejected: false,
+            ..Published::default()
         };
         let deaths = death_history(&record);
         // Encoded once; each queue appends its own copy of the bytes (the log patches offsets
@@ -238,6 +241,14 @@ impl RouterInner {
                     "dropping a dead letter that went round a cycle"
                 );
                 continue;
+            }
+            if let Some(validation) = &q.limits().schema_validation {
+                let validator = self.schema_validator.get().map(|v| v.as_ref());
+                if let Err(refused) = check_queue_record(validator, q.name(), validation, &record) {
+                    self.refuse_for_schema(&q, validation, &record, refused, &mut out)
+                        .await;
+                    continue;
+                }
             }
             let encoded = match if i == last {
                 batch.take()
@@ -282,5 +293,50 @@ impl RouterInner {
             }
         }
         Ok(out)
+    }
+
+    /// A queue's schema validation refused `record`: with `dead-letter` (and the queue's
+    /// `x-dead-letter-exchange`) it is dead-lettered with reason `schema`, the publish
+    /// confirmed once the dead letter is durable; otherwise the publish is refused (a nack).
+    async fn refuse_for_schema(
+        &self,
+        q: &Arc<Queue>,
+        validation: &QueueValidation,
+        record: &SimpleRecord,
+        refused: MessageRejection,
+        out: &mut Published,
+    ) {
+        let dlx = q.limits().dead_letter_exchange.clone();
+        let Some(dlx) = dlx.filter(|_| validation.dead_letter) else {
+            tracing::debug!(
+                queue = q.name(),
+                reason = refused.reason,
+                "{}",
+                refused.message
+            );
+            out.rejected = true;
+            out.schema_refused.get_or_insert(refused);
+            return;
+        };
+        metrics::counter!("ferry_messages_dead_lettered_total", "reason" => DeathReason::Schema.as_str())
+            .increment(1);
+        self.dead_lettered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut dead = with_death(record.clone(), q, DeathReason::Schema, self.clock.now_ms());
+        note_error(&mut dead, &refused.message);
+        dead.headers.retain(|(k, _)| k != SCHEMA_ERROR_HEADER);
+        dead.headers.push((
+            SCHEMA_ERROR_HEADER.to_string(),
+            Some(bytes::Bytes::from(refused.message)),
+        ));
+        if let Some(k) = &q.limits().dead_letter_routing_key {
+            dead.key = Some(bytes::Bytes::copy_from_slice(k.as_bytes()));
+        }
+        match Box::pin(self.publish_now(q.vhost(), &dlx, dead)).await {
+            Ok(published) => out.pending.extend(published.pending),
+            Err(e) => {
+                tracing::debug!(queue = q.name(), error = %e, "dead-lettering a refused message dropped it");
+            }
+        }
     }
 }

@@ -124,6 +124,17 @@ pub enum NativeClientError {
     /// The broker answered with an error.
     #[error("{code:?}: {message}")]
     Server { code: ErrorCode, message: String },
+    /// The broker refused the message because it does not match its schema
+    /// (`SCHEMA_REJECTED`: the destination validates, see docs/schemas.md). `reason` is one of
+    /// `wire_format`, `unknown_schema`, `wrong_subject`, `decode`, `content_type`,
+    /// `no_registry`; `index` is the refused message's position in a batch (0 otherwise).
+    /// Not retried: the same message would be refused again.
+    #[error("schema rejected ({reason}): {message}")]
+    SchemaRejected {
+        reason: String,
+        message: String,
+        index: u32,
+    },
     /// The connection or stream failed; the call may or may not have reached the broker.
     #[error("connection: {0}")]
     Connection(String),
@@ -143,6 +154,7 @@ impl NativeClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Server { code, .. } => Some(*code),
+            Self::SchemaRejected { .. } => Some(ErrorCode::SchemaRejected),
             _ => None,
         }
     }
@@ -311,14 +323,26 @@ pub(crate) async fn read_result(
             NativeClientError::Connection("the stream ended without an answer".into())
         })?;
     match response.result {
-        Some(response::Result::Error(e)) => Err(NativeClientError::Server {
-            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
-            message: e.message,
-        }),
+        Some(response::Result::Error(e)) => Err(server_error(e)),
         Some(r) => Ok(r),
         None => Err(NativeClientError::Codec(
             "a response with no result this client knows".into(),
         )),
+    }
+}
+
+/// A broker's error answer as the SDK's error: schema refusals get their own variant.
+fn server_error(e: v1::Error) -> NativeClientError {
+    match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal) {
+        ErrorCode::SchemaRejected => NativeClientError::SchemaRejected {
+            reason: e.schema_reason,
+            message: e.message,
+            index: e.message_index,
+        },
+        code => NativeClientError::Server {
+            code,
+            message: e.message,
+        },
     }
 }
 

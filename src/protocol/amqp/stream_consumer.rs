@@ -303,7 +303,7 @@ pub async fn publish(
     Ok(Published {
         pending: vec![crate::broker::routing::Durable::Append(pending)],
         routed: true,
-        rejected: false,
+        ..Published::default()
     })
 }
 

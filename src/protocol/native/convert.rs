@@ -55,6 +55,9 @@ fn reserved(name: &str) -> bool {
 pub struct NativeError {
     pub code: ErrorCode,
     pub message: String,
+    /// `SCHEMA_REJECTED`: the refusal's reason (the metric's label) and, in a batch, the
+    /// refused message's index.
+    pub schema: Option<(&'static str, u32)>,
 }
 
 impl NativeError {
@@ -62,6 +65,19 @@ impl NativeError {
         Self {
             code,
             message: message.into(),
+            schema: None,
+        }
+    }
+
+    /// A schema validation's refusal of the message at `index` (0 for a single publish).
+    pub fn schema_rejected(
+        refused: crate::broker::schema_check::MessageRejection,
+        index: u32,
+    ) -> Self {
+        Self {
+            code: ErrorCode::SchemaRejected,
+            message: refused.message,
+            schema: Some((refused.reason, index)),
         }
     }
 
@@ -74,6 +90,8 @@ impl NativeError {
             result: Some(v1::response::Result::Error(v1::Error {
                 code: self.code as i32,
                 message: self.message.clone(),
+                schema_reason: self.schema.map(|(r, _)| r.to_string()).unwrap_or_default(),
+                message_index: self.schema.map_or(0, |(_, i)| i),
             })),
         }
     }

@@ -3,6 +3,7 @@
 //! publisher confirms, which a per-channel task sends in publish order once appends are durable.
 
 use super::*;
+use crate::broker::schema_check::MessageView;
 
 impl Channel {
     /// basic.publish: remember it until its content arrives.
@@ -181,9 +182,7 @@ impl Channel {
                     format!("cannot publish to internal exchange '{}'", msg.exchange),
                 ));
             }
-            if let Err(refused) =
-                core.check_exchange_message(&msg.exchange, &ex.def().arguments, &message)
-            {
+            if let Err(refused) = core.check_published(vhost, &ex, MessageView::Message(&message)) {
                 let arguments = &ex.def().arguments;
                 if let Some(dead_lettered) = core
                     .dead_letter_refused(vhost, &msg.exchange, arguments, message, &refused)
@@ -267,9 +266,8 @@ impl Channel {
         encode_content(r.channel, msg.props, &msg.body, r.out.frame_max, &mut b);
         let _ = r.out.send(b.freeze()).await;
         Published {
-            pending: Vec::new(),
             routed: true,
-            rejected: false,
+            ..Published::default()
         }
     }
 

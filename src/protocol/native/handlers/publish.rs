@@ -1,13 +1,20 @@
-//! Publish and batch publish: each message is converted at the edge, handed to the core
-//! (a topic's partition log, or the router for an exchange), and answered only once every
-//! copy is durable (a confirm).
+//! Publish and batch publish: each message is converted at the edge, checked against the
+//! destination's schema validation (a refusal is `SCHEMA_REJECTED`; a batch is checked whole
+//! before any of it is stored), handed to the core (a topic's partition log, or the router for
+//! an exchange), and answered only once every copy is durable (a confirm). Publishes are
+//! counted in the event catalog with the producer `native:<client name>` (or
+//! `native-user:<user>`).
 
 use bytes::Bytes;
 
 use super::super::connection::Ctx;
 use super::super::convert::{self, NativeError};
+use crate::broker::catalog::{record_event, FlowKind};
+use crate::broker::message::Message;
 use crate::broker::routing::{Durable, DEFAULT_VHOST};
+use crate::broker::schema_check::{schema_dead_letter_target, MessageRejection, MessageView};
 use crate::broker::topic_router::partition_for_key;
+use crate::log::SimpleRecord;
 use crate::proto::v1::{self, ErrorCode};
 
 /// Where a publish goes, checked.
@@ -37,7 +44,9 @@ pub(crate) async fn publish(ctx: &Ctx, p: v1::Publish) -> Result<v1::PublishResu
         .destination
         .ok_or_else(|| NativeError::malformed("publish has no destination"))?;
     let dest = destination_of(ctx, &destination)?;
-    let submitted = submit(ctx, &dest, message).await?;
+    let prepared = prepare(ctx, &dest, message, 0)?;
+    observe_in_catalog(ctx, &dest, std::slice::from_ref(&prepared));
+    let submitted = submit(ctx, &dest, prepared, 0).await?;
     confirm(submitted).await
 }
 
@@ -50,16 +59,113 @@ pub(crate) async fn publish_batch(
         .ok_or_else(|| NativeError::malformed("publish batch has no destination"))?
         .into();
     let dest = destination_of(ctx, &destination)?;
+    // Every message is converted and checked before any is stored, so a refused one refuses
+    // the batch whole (as Kafka refuses a batch with an invalid record).
+    let mut prepared = Vec::with_capacity(b.messages.len());
+    for (index, message) in b.messages.into_iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        prepared.push(prepare(ctx, &dest, message, index)?);
+    }
+    observe_in_catalog(ctx, &dest, &prepared);
     // Every message is queued for append before any is awaited, so one fsync covers the batch.
-    let mut submitted = Vec::with_capacity(b.messages.len());
-    for message in b.messages {
-        submitted.push(submit(ctx, &dest, message).await?);
+    let mut submitted = Vec::with_capacity(prepared.len());
+    for (index, p) in prepared.into_iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        submitted.push(submit(ctx, &dest, p, index).await?);
     }
     let mut results = Vec::with_capacity(submitted.len());
     for s in submitted {
         results.push(confirm(s).await?);
     }
     Ok(v1::PublishBatchResult { results })
+}
+
+/// A message converted to its record and checked against the destination's validation.
+struct Prepared {
+    record: SimpleRecord,
+    id: String,
+    key: Option<Bytes>,
+    /// Refused by an exchange declared with `x-schema-validation: dead-letter`: the record
+    /// goes to its dead-letter exchange instead.
+    dead_letter: Option<MessageRejection>,
+}
+
+fn prepare(
+    ctx: &Ctx,
+    dest: &Destination<'_>,
+    message: v1::Message,
+    index: u32,
+) -> Result<Prepared, NativeError> {
+    let now = ctx.core.router().now_ms();
+    let refused = |r| NativeError::schema_rejected(r, index);
+    match dest {
+        Destination::Topic { topic, .. } => {
+            let key = (!message.key.is_empty()).then(|| Bytes::from(message.key.clone()));
+            let (record, id) = convert::to_record(message, key.clone(), now)?;
+            if let Some(t) = ctx.core.topic(topic) {
+                ctx.core
+                    .check_topic_message(&t, MessageView::Record(&record))
+                    .map_err(refused)?;
+            }
+            Ok(Prepared {
+                record,
+                id,
+                key,
+                dead_letter: None,
+            })
+        }
+        Destination::Exchange(e) => {
+            let key = Some(Bytes::copy_from_slice(e.routing_key.as_bytes()));
+            let (record, id) = convert::to_record(message, key.clone(), now)?;
+            let vhost = convert::vhost(&e.vhost);
+            let mut dead_letter = None;
+            if let Some(ex) = (!e.exchange.is_empty())
+                .then(|| ctx.core.router().exchange(vhost, &e.exchange))
+                .flatten()
+            {
+                if let Err(r) = ctx
+                    .core
+                    .check_published(vhost, &ex, MessageView::Record(&record))
+                {
+                    // The exchange's argument decides, as for an AMQP publisher.
+                    if schema_dead_letter_target(&ex.def().arguments).is_none() {
+                        return Err(refused(r));
+                    }
+                    dead_letter = Some(r);
+                }
+            }
+            Ok(Prepared {
+                record,
+                id,
+                key,
+                dead_letter,
+            })
+        }
+    }
+}
+
+/// Counts the publish in the event catalog, reading its messages only when the topic or
+/// exchange is due a sample (see `broker::catalog`).
+fn observe_in_catalog(ctx: &Ctx, dest: &Destination<'_>, prepared: &[Prepared]) {
+    let (kind, name) = match dest {
+        Destination::Topic { topic, .. } => (FlowKind::Topic, *topic),
+        Destination::Exchange(e) if e.exchange.is_empty() => (FlowKind::Exchange, "amq.default"),
+        Destination::Exchange(e) => (FlowKind::Exchange, e.exchange.as_str()),
+    };
+    let count = u64::try_from(prepared.len()).unwrap_or(u64::MAX);
+    ctx.core
+        .catalog()
+        .observe(kind, name, ctx.core.clock().now_ms(), count, || {
+            let producer = match (ctx.listed.client_name(), ctx.user.get()) {
+                (Some(name), _) => Some(format!("native:{name}")),
+                (None, Some(user)) => Some(format!("native-user:{user}")),
+                (None, None) => None,
+            };
+            prepared
+                .iter()
+                .filter_map(|p| record_event(&p.record, producer.as_deref()))
+                .collect()
+        });
 }
 
 fn destination_of<'a>(
@@ -106,7 +212,8 @@ impl From<v1::publish_batch::Destination> for v1::publish::Destination {
 async fn submit(
     ctx: &Ctx,
     dest: &Destination<'_>,
-    message: v1::Message,
+    prepared: Prepared,
+    index: u32,
 ) -> Result<Submitted, NativeError> {
     if let Some(reason) = ctx.core.router().subscribe_alarm().borrow().clone() {
         return Err(NativeError::new(
@@ -114,11 +221,14 @@ async fn submit(
             format!("publishing is blocked by a resource alarm: {reason}"),
         ));
     }
-    let now = ctx.core.router().now_ms();
+    let Prepared {
+        record,
+        id,
+        key,
+        dead_letter,
+    } = prepared;
     match dest {
         Destination::Topic { topic, partition } => {
-            let key = (!message.key.is_empty()).then(|| Bytes::from(message.key.clone()));
-            let (record, id) = convert::to_record(message, key.clone(), now)?;
             match partition {
                 Some(p) => {
                     // An explicit partition is appended to directly, as a Kafka producer's is.
@@ -161,17 +271,19 @@ async fn submit(
             }
         }
         Destination::Exchange(e) => {
-            let key = Some(Bytes::copy_from_slice(e.routing_key.as_bytes()));
-            let (record, id) = convert::to_record(message, key, now)?;
+            let vhost = convert::vhost(&e.vhost);
+            let message = Message::from_record(record);
+            if let Some(refused) = dead_letter {
+                return dead_letter_refused(ctx, e, message, refused, id, index).await;
+            }
             let published = ctx
                 .core
                 .router()
-                .publish(
-                    convert::vhost(&e.vhost),
-                    &e.exchange,
-                    crate::broker::message::Message::from_record(record),
-                )
+                .publish(vhost, &e.exchange, message)
                 .await?;
+            if let Some(refused) = published.schema_refused {
+                return Err(NativeError::schema_rejected(refused, index));
+            }
             if published.rejected {
                 return Err(NativeError::new(
                     ErrorCode::Rejected,
@@ -197,6 +309,41 @@ async fn submit(
                 queues,
             })
         }
+    }
+}
+
+/// Sends a message an exchange with `x-schema-validation: dead-letter` refused to its
+/// dead-letter exchange; the publish is confirmed once the dead letter is durable, as an
+/// AMQP publisher's is.
+async fn dead_letter_refused(
+    ctx: &Ctx,
+    e: &v1::ExchangeDestination,
+    message: Message,
+    refused: MessageRejection,
+    id: String,
+    index: u32,
+) -> Result<Submitted, NativeError> {
+    let vhost = convert::vhost(&e.vhost);
+    let arguments = ctx
+        .core
+        .router()
+        .exchange(vhost, &e.exchange)
+        .map(|ex| ex.def().arguments.clone())
+        .unwrap_or_default();
+    match ctx
+        .core
+        .dead_letter_refused(vhost, &e.exchange, &arguments, message, &refused)
+        .await
+    {
+        Some(published) => Ok(Submitted {
+            pending: published.pending,
+            partition: -1,
+            id,
+            duplicate: false,
+            queues: 0,
+        }),
+        // The exchange was redeclared without dead-lettering since the check.
+        None => Err(NativeError::schema_rejected(refused, index)),
     }
 }
 
