@@ -1,0 +1,398 @@
+//! The SDK's event-sourcing helpers against an embedded broker (issue 15 tests 6 and 7):
+//! projections whose checkpoint is committed with the read model survive a crash mid-batch
+//! with exactly one application of every event, and a rebuild gives the same read model;
+//! checkpoints kept in Ferry resume where they were and fence a second runner; aggregate
+//! snapshots round trip and loading reads only the events after the snapshot.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ferry::client::native::*;
+use ferry::testing::TestBroker;
+
+async fn store(broker: &TestBroker, topic: &str) -> EventStoreClient {
+    let conn = common::native::connect_as(broker, "guest", "guest").await;
+    let client = EventStoreClient::new(conn);
+    client.create_store(topic, 1).await.expect("create store");
+    client
+}
+
+fn tick(n: u64) -> EventData {
+    EventData::json("tick", &serde_json::json!({ "n": n })).expect("json")
+}
+
+/// Appends `per_stream` events to each of `streams` streams, interleaved, in batches of 3.
+async fn fill(client: &EventStoreClient, topic: &str, streams: u64, per_stream: u64, base: u64) {
+    for round in 0..per_stream.div_ceil(3) {
+        for s in 0..streams {
+            let n = (per_stream - round * 3).min(3);
+            let events = (0..n).map(|i| tick(base + round * 3 + i)).collect();
+            client
+                .append(topic, &format!("item-{s}"), ExpectedRevision::Any, events)
+                .await
+                .expect("append");
+        }
+    }
+}
+
+/// The application's database: a read model and its checkpoint in one JSON file, committed
+/// by an atomic rename, so they are always written together.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Db {
+    /// Events counted per stream (an increment, not an upsert: a replayed event would count
+    /// twice, so the total proves exactly-once).
+    per_stream: BTreeMap<String, u64>,
+    total: u64,
+    sum: u64,
+    checkpoint: Option<i64>,
+}
+
+impl Db {
+    fn read(path: &Path) -> Db {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).expect("db file"),
+            Err(_) => Db::default(),
+        }
+    }
+
+    fn commit(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// Counts events into [`Db`], committing the checkpoint in the same transaction; fails (a
+/// crash: the transaction is dropped) when it reaches its `crash_at`-th event.
+struct CountingProjection {
+    path: PathBuf,
+    crash_at: Option<u64>,
+    seen: u64,
+}
+
+impl Projection for CountingProjection {
+    async fn apply(&mut self, events: &[RecordedEvent], checkpoint: i64) -> Result<(), BoxError> {
+        let mut tx = Db::read(&self.path);
+        for e in events {
+            self.seen += 1;
+            if self.crash_at == Some(self.seen) {
+                return Err("crash mid-batch".into());
+            }
+            let n: serde_json::Value = e.event.json()?;
+            *tx.per_stream.entry(e.stream.clone()).or_default() += 1;
+            tx.total += 1;
+            tx.sum += n["n"].as_u64().ok_or("no n")?;
+        }
+        tx.checkpoint = Some(checkpoint);
+        tx.commit(&self.path)?;
+        Ok(())
+    }
+
+    async fn load_checkpoint(&mut self) -> Result<Option<i64>, BoxError> {
+        Ok(Db::read(&self.path).checkpoint)
+    }
+
+    async fn reset(&mut self) -> Result<(), BoxError> {
+        Db::default().commit(&self.path)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn projection_crashed_mid_batch_counts_every_event_once_and_rebuilds_identically() {
+    let broker = TestBroker::start().await.expect("broker");
+    let topic = "es.proj6";
+    let client = store(&broker, topic).await;
+    fill(&client, topic, 10, 30, 0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("read-model.json");
+    let runner = ProjectionRunner::new(client.clone(), "counts", topic)
+        .with_storage(CheckpointStorage::Application)
+        .with_batch_size(50)
+        .with_max_wait(std::time::Duration::from_secs(30));
+
+    // Crash at the 120th event, inside the third batch (events 101..150).
+    let mut crashing = CountingProjection {
+        path: path.clone(),
+        crash_at: Some(120),
+        seen: 0,
+    };
+    let err = runner
+        .run_until_caught_up(&mut crashing)
+        .await
+        .expect_err("the projection crashes");
+    assert!(matches!(err, ProjectionError::Apply(_)), "{err}");
+    let after_crash = Db::read(&path);
+    assert_eq!(after_crash.total, 100, "two whole batches were committed");
+    assert!(after_crash.checkpoint.is_some());
+
+    // Restart: resumes from the committed checkpoint; nothing lost, nothing twice.
+    let mut projection = CountingProjection {
+        path: path.clone(),
+        crash_at: None,
+        seen: 0,
+    };
+    runner
+        .run_until_caught_up(&mut projection)
+        .await
+        .expect("restart");
+    assert_eq!(
+        projection.seen, 200,
+        "the restart read only what was not committed"
+    );
+    let db = Db::read(&path);
+    assert_eq!(db.total, 300);
+    assert_eq!(db.per_stream.len(), 10);
+    assert!(db.per_stream.values().all(|&n| n == 30), "{db:?}");
+
+    // More events, then a live run stopped once it has them.
+    fill(&client, topic, 10, 5, 1_000).await;
+    let stop_path = path.clone();
+    let stop = async move {
+        while Db::read(&stop_path).total < 350 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        runner.run(&mut projection, stop),
+    )
+    .await
+    .expect("live run in time")
+    .expect("live run");
+    let before_rebuild = Db::read(&path);
+    assert_eq!(before_rebuild.total, 350);
+
+    // Rebuild: reset and replay gives the identical read model and checkpoint.
+    let mut rebuilt = CountingProjection {
+        path: path.clone(),
+        crash_at: None,
+        seen: 0,
+    };
+    runner.rebuild(&mut rebuilt).await.expect("rebuild");
+    assert_eq!(rebuilt.seen, 350);
+    assert_eq!(Db::read(&path), before_rebuild);
+}
+
+/// A read model that keeps the events by position (an upsert, so idempotent, as the Ferry
+/// checkpoint storage requires) and records every position it was handed.
+#[derive(Clone, Default)]
+struct PositionsProjection {
+    model: Arc<Mutex<BTreeMap<i64, String>>>,
+    handed: Arc<Mutex<Vec<i64>>>,
+    crash_at: Option<usize>,
+}
+
+impl Projection for PositionsProjection {
+    async fn apply(&mut self, events: &[RecordedEvent], _checkpoint: i64) -> Result<(), BoxError> {
+        for e in events {
+            let handed = {
+                let mut h = self.handed.lock().map_err(|e| e.to_string())?;
+                h.push(e.position);
+                h.len()
+            };
+            if self.crash_at == Some(handed) {
+                return Err("crash mid-batch".into());
+            }
+            self.model
+                .lock()
+                .map_err(|e| e.to_string())?
+                .insert(e.position, e.stream.clone());
+        }
+        Ok(())
+    }
+
+    async fn reset(&mut self) -> Result<(), BoxError> {
+        self.model.lock().map_err(|e| e.to_string())?.clear();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn ferry_checkpoints_resume_after_a_crash_and_fence_a_second_runner() {
+    let broker = TestBroker::start().await.expect("broker");
+    let topic = "es.projferry";
+    let client = store(&broker, topic).await;
+    fill(&client, topic, 4, 30, 0).await;
+    let runner = ProjectionRunner::new(client.clone(), "positions", topic)
+        .with_batch_size(40)
+        .with_max_wait(std::time::Duration::from_secs(30));
+
+    let mut crashing = PositionsProjection {
+        crash_at: Some(70),
+        ..Default::default()
+    };
+    runner
+        .run_until_caught_up(&mut crashing)
+        .await
+        .expect_err("crash");
+    let checkpoints =
+        FerryCheckpoints::open(client.clone(), &format!("{topic}.projections"), "positions")
+            .await
+            .expect("checkpoints");
+    let stored = checkpoints
+        .position()
+        .expect("a checkpoint after the first batch");
+
+    // Restart with the same (durable, idempotent) read model: it resumes at the checkpoint.
+    let mut projection = PositionsProjection {
+        model: crashing.model.clone(),
+        ..Default::default()
+    };
+    let end = runner
+        .run_until_caught_up(&mut projection)
+        .await
+        .expect("restart");
+    let handed = projection.handed.lock().expect("lock").clone();
+    assert_eq!(
+        handed.first().copied(),
+        Some(stored),
+        "resumed at the checkpoint"
+    );
+    assert_eq!(
+        handed.len(),
+        120 - 40,
+        "only the uncommitted events came again"
+    );
+    assert_eq!(projection.model.lock().expect("lock").len(), 120);
+    let (all, _) = client.read_all(topic, 0, 0, 1_000).await.expect("read all");
+    let positions: Vec<i64> = all.iter().map(|e| e.position).collect();
+    let model: Vec<i64> = projection
+        .model
+        .lock()
+        .expect("lock")
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(model, positions);
+    assert_eq!(end, positions.last().map_or(0, |p| p + 1));
+
+    // A second runner holding an older revision of the checkpoint stream is fenced.
+    let mut stale = checkpoints;
+    let err = stale.save(Some(0)).await.expect_err("fenced");
+    assert!(matches!(err, ProjectionError::Fenced { .. }), "{err}");
+
+    // Rebuild from Ferry's checkpoint: the model is rebuilt from scratch, identical.
+    let mut rebuilt = PositionsProjection::default();
+    runner.rebuild(&mut rebuilt).await.expect("rebuild");
+    assert_eq!(
+        *rebuilt.model.lock().expect("lock"),
+        *projection.model.lock().expect("lock")
+    );
+    assert_eq!(rebuilt.handed.lock().expect("lock").len(), 120);
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Account {
+    balance: i64,
+    events: u64,
+}
+
+impl Aggregate for Account {
+    fn apply(&mut self, event: &RecordedEvent) -> Result<(), BoxError> {
+        let v: serde_json::Value = event.event.json()?;
+        self.balance += v["n"].as_i64().ok_or("no n")?;
+        self.events += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn snapshots_round_trip_and_loading_replays_only_the_events_after_one() {
+    let broker = TestBroker::start().await.expect("broker");
+    let topic = "es.snap";
+    let client = store(&broker, topic).await;
+    let snapshots = SnapshotStore::new(client.clone(), topic);
+    snapshots.create(1).await.expect("snapshot topic");
+    snapshots
+        .create(1)
+        .await
+        .expect("creating again is a no-op");
+    let stream = "acct-1";
+    client
+        .append(
+            topic,
+            stream,
+            ExpectedRevision::NoStream,
+            (1..=10).map(tick).collect(),
+        )
+        .await
+        .expect("append");
+
+    let none: Option<Snapshot<Account>> = snapshots.load(stream).await.expect("load");
+    assert!(none.is_none());
+    let loaded: LoadedAggregate<Account> = snapshots.load_aggregate(stream).await.expect("load");
+    assert_eq!(loaded.snapshot_revision, None);
+    assert_eq!(loaded.replayed, 10);
+    assert_eq!(loaded.revision, Some(9));
+    assert_eq!(
+        loaded.state,
+        Account {
+            balance: 55,
+            events: 10
+        }
+    );
+
+    snapshots
+        .save(stream, 9, &loaded.state)
+        .await
+        .expect("save");
+    client
+        .append(
+            topic,
+            stream,
+            ExpectedRevision::Exact(9),
+            (11..=15).map(tick).collect(),
+        )
+        .await
+        .expect("append");
+    let loaded: LoadedAggregate<Account> = snapshots.load_aggregate(stream).await.expect("load");
+    assert_eq!(loaded.snapshot_revision, Some(9));
+    assert_eq!(loaded.replayed, 5, "only the events after the snapshot");
+    assert_eq!(loaded.revision, Some(14));
+    assert_eq!(
+        loaded.state,
+        Account {
+            balance: 120,
+            events: 15
+        }
+    );
+
+    snapshots
+        .save(stream, 14, &loaded.state)
+        .await
+        .expect("save");
+    let latest: Snapshot<Account> = snapshots.load(stream).await.expect("load").expect("one");
+    assert_eq!(latest.revision, 14);
+    assert_eq!(
+        latest.state,
+        Account {
+            balance: 120,
+            events: 15
+        }
+    );
+    let loaded: LoadedAggregate<Account> = snapshots.load_aggregate(stream).await.expect("load");
+    assert_eq!((loaded.replayed, loaded.revision), (0, Some(14)));
+    assert_eq!(loaded.state, latest.state);
+
+    // A stream without events or snapshots loads as the default state.
+    let empty: LoadedAggregate<Account> =
+        snapshots.load_aggregate("acct-none").await.expect("load");
+    assert_eq!(
+        empty,
+        LoadedAggregate {
+            state: Account::default(),
+            revision: None,
+            snapshot_revision: None,
+            replayed: 0,
+        }
+    );
+
+    // Snapshots stay out of the store's `$all`.
+    let (all, _) = client.read_all(topic, 0, 0, 1_000).await.expect("read all");
+    assert_eq!(all.len(), 15);
+    assert!(all.iter().all(|e| e.event.metadata.event_type == "tick"));
+}
