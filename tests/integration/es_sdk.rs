@@ -396,3 +396,281 @@ async fn snapshots_round_trip_and_loading_replays_only_the_events_after_one() {
     assert_eq!(all.len(), 15);
     assert!(all.iter().all(|e| e.event.metadata.event_type == "tick"));
 }
+
+#[path = "../../examples/saga_orders.rs"]
+mod saga_example;
+
+use saga_example::{OrderPlaced, OrderRef, OrderSaga, OrderState};
+
+/// Collects what arrives on `queue` until nothing came for `quiet`.
+async fn drain(
+    consumer: &EventConsumer,
+    queue: &str,
+    quiet: std::time::Duration,
+) -> Vec<ReceivedEvent> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sub = consumer
+        .subscribe(
+            move |event: ReceivedEvent, _ctx: EventContext| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(event);
+                    Ok(())
+                }
+            },
+            ConsumerConfig::new(queue),
+        )
+        .await
+        .expect("subscribe");
+    let mut got = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(quiet, rx.recv()).await {
+        got.push(e);
+    }
+    sub.close().await;
+    got
+}
+
+fn saga_event(id: &str, kind: &str, order: &str) -> SagaEvent {
+    SagaEvent::json(
+        id,
+        kind,
+        order,
+        &OrderRef {
+            order: order.into(),
+        },
+    )
+    .expect("json")
+}
+
+#[tokio::test]
+async fn saga_with_duplicates_a_late_timeout_and_concurrent_events_compensates_exactly_once() {
+    let broker = TestBroker::start().await.expect("broker");
+    let conn_a = common::native::connect_as(&broker, "guest", "guest").await;
+    let conn_b = common::native::connect_as(&broker, "guest", "guest").await;
+    let timeout = std::time::Duration::from_millis(400);
+    let input = ConsumerConfig::new("t7.order-saga");
+    let a = SagaManager::new(
+        conn_a.clone(),
+        OrderSaga::new("t7", timeout),
+        "t7.sagas",
+        &input.queue,
+    );
+    let b = SagaManager::new(
+        conn_b,
+        OrderSaga::new("t7", timeout),
+        "t7.sagas",
+        &input.queue,
+    );
+    a.declare(&input).await.expect("declare");
+    for q in ["t7.stock", "t7.payments", "t7.shipping"] {
+        a.declare_command_queue(&ConsumerConfig::new(q))
+            .await
+            .expect("queue");
+    }
+    let orders: Vec<String> = (0..8).map(|i| format!("order-{i}")).collect();
+    for order in &orders {
+        let placed = SagaEvent::json(
+            &format!("{order}/placed"),
+            "order.placed",
+            order,
+            &OrderPlaced {
+                order: order.clone(),
+                amount_cents: 500,
+            },
+        )
+        .expect("json");
+        assert!(matches!(
+            a.handle(&placed).await.expect("placed"),
+            Handled::Applied {
+                revision: 0,
+                status: SagaStatus::Running
+            }
+        ));
+        assert_eq!(a.handle(&placed).await.expect("dup"), Handled::Duplicate);
+        let reserved = saga_event(&format!("{order}/reserved"), "stock.reserved", order);
+        a.handle(&reserved).await.expect("reserved");
+        // A timeout with a token that is not the pending one is stale.
+        let mut forged = saga_event(&format!("{order}/forged"), TIMEOUT_EVENT_TYPE, order);
+        forged.metadata.attributes = vec![
+            ("ferry-saga-token".into(), "not-the-token".into()),
+            ("ferry-saga-timeout".into(), "payment".into()),
+        ];
+        assert_eq!(
+            a.handle(&forged).await.expect("forged"),
+            Handled::StaleTimeout
+        );
+    }
+
+    // Per saga, at once on two managers: two different failure reports, a repeat of one,
+    // and a repeat of an old event. Exactly one transition wins; the rest see it.
+    let mut handled = Vec::new();
+    for order in &orders {
+        let declined = saga_event(&format!("{order}/declined"), "payment.failed", order);
+        let fraud = saga_event(&format!("{order}/fraud"), "payment.failed", order);
+        let reserved = saga_event(&format!("{order}/reserved"), "stock.reserved", order);
+        let (r1, r2, r3, r4) = tokio::join!(
+            a.handle(&declined),
+            b.handle(&fraud),
+            b.handle(&declined),
+            a.handle(&reserved),
+        );
+        handled.push([r1, r2, r3, r4].map(|r| r.expect("handled")));
+    }
+    for (order, results) in orders.iter().zip(&handled) {
+        let applied: Vec<_> = results
+            .iter()
+            .filter(|h| matches!(h, Handled::Applied { .. }))
+            .collect();
+        assert_eq!(
+            applied,
+            vec![&Handled::Applied {
+                revision: 2,
+                status: SagaStatus::Compensated
+            }],
+            "{order}: {results:?}"
+        );
+        assert!(results.iter().all(|h| matches!(
+            h,
+            Handled::Applied { .. } | Handled::Duplicate | Handled::Ended(SagaStatus::Compensated)
+        )));
+        let saga = a.load(order).await.expect("load").expect("saga");
+        assert_eq!(saga.revision, 2);
+        let r = saga.record;
+        assert_eq!(r.status, SagaStatus::Compensated);
+        assert_eq!(r.failure.as_deref(), Some("payment declined"));
+        assert_eq!(
+            r.state,
+            OrderState {
+                step: "payment failed".into(),
+                amount_cents: 500
+            }
+        );
+        assert_eq!(r.processed.len(), 3, "{:?}", r.processed);
+        assert!(r.timeout.is_none());
+        // The winning event delivered again sends its outbox again: the queue drops it.
+        let winner = saga_event(&r.caused_by, "payment.failed", order);
+        assert_eq!(a.handle(&winner).await.expect("again"), Handled::Duplicate);
+    }
+    assert!(
+        a.conflicts() + b.conflicts() > 0,
+        "concurrent events of one saga never contended: the test did not test it"
+    );
+
+    // The real payment timeouts (delayed messages) arrive late, after the sagas ended: ignored.
+    let consumer = EventConsumer::new(conn_a.clone());
+    tokio::time::sleep(timeout).await;
+    let late = drain(
+        &consumer,
+        &input.queue,
+        std::time::Duration::from_millis(800),
+    )
+    .await;
+    assert_eq!(late.len(), orders.len(), "one timeout per saga");
+    for t in late {
+        assert_eq!(t.metadata.event_type, TIMEOUT_EVENT_TYPE);
+        let h = a.handle(&SagaEvent::from(t)).await.expect("late timeout");
+        assert_eq!(h, Handled::Ended(SagaStatus::Compensated));
+    }
+
+    // The stock service got each reservation and each release exactly once.
+    let stock = drain(&consumer, "t7.stock", std::time::Duration::from_millis(800)).await;
+    for order in &orders {
+        let of = |kind: &str| {
+            stock
+                .iter()
+                .filter(|e| e.metadata.correlation_id == *order && e.metadata.event_type == kind)
+                .count()
+        };
+        assert_eq!(of("stock.reserve"), 1, "{order}");
+        assert_eq!(of("stock.release"), 1, "{order}");
+    }
+    assert_eq!(stock.len(), 2 * orders.len());
+}
+
+#[tokio::test]
+async fn saga_timeout_fires_when_the_payment_never_answers_and_compensates() {
+    let broker = TestBroker::start().await.expect("broker");
+    let conn = common::native::connect_as(&broker, "guest", "guest").await;
+    let input = ConsumerConfig::new("t7b.order-saga");
+    let saga = OrderSaga::new("t7b", std::time::Duration::from_millis(300));
+    let manager = SagaManager::new(conn.clone(), saga, "t7b.sagas", &input.queue);
+    manager.declare(&input).await.expect("declare");
+    manager
+        .declare_command_queue(&ConsumerConfig::new("t7b.stock"))
+        .await
+        .expect("queue");
+    manager
+        .declare_command_queue(&ConsumerConfig::new("t7b.payments"))
+        .await
+        .expect("queue");
+    let consumer = EventConsumer::new(conn);
+    let sub = manager
+        .subscribe(&consumer, input.clone())
+        .await
+        .expect("subscribe");
+    let order = "order-slow";
+    let placed = SagaEvent::json(
+        "slow/placed",
+        "order.placed",
+        order,
+        &OrderPlaced {
+            order: order.into(),
+            amount_cents: 700,
+        },
+    )
+    .expect("json");
+    manager.handle(&placed).await.expect("placed");
+    manager
+        .handle(&saga_event("slow/reserved", "stock.reserved", order))
+        .await
+        .expect("reserved");
+    // Nobody answers the payment: the timeout, delivered through the input queue, fails it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let record = loop {
+        let saga = manager.load(order).await.expect("load").expect("saga");
+        if saga.record.status != SagaStatus::Running {
+            break saga.record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timeout never fired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    sub.close().await;
+    assert_eq!(record.status, SagaStatus::Compensated);
+    assert_eq!(record.failure.as_deref(), Some("payment timed out"));
+    assert_eq!(record.state.step, "payment timed out");
+    let stock = drain(
+        &consumer,
+        "t7b.stock",
+        std::time::Duration::from_millis(500),
+    )
+    .await;
+    let kinds: Vec<&str> = stock
+        .iter()
+        .map(|e| e.metadata.event_type.as_str())
+        .collect();
+    assert_eq!(kinds, ["stock.reserve", "stock.release"]);
+}
+
+#[tokio::test]
+async fn saga_orders_example_ships_one_order_and_compensates_the_declined_one() {
+    let broker = TestBroker::start().await.expect("broker");
+    let run = saga_example::run(&broker).await.expect("the example runs");
+    assert_eq!(run.shipped.status, SagaStatus::Completed);
+    assert_eq!(run.shipped.state.step, "shipped");
+    assert_eq!(
+        run.shipped.processed.len(),
+        4,
+        "placed, reserved, charged, shipped"
+    );
+    assert_eq!(run.failed.status, SagaStatus::Compensated);
+    assert_eq!(run.failed.failure.as_deref(), Some("payment declined"));
+    assert_eq!(run.failed.state.amount_cents, 25_000);
+    assert_eq!(
+        run.releases,
+        ["order-2"],
+        "the declined order's stock, released once"
+    );
+}

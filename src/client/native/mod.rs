@@ -3,7 +3,8 @@
 //! broker-side delayed retries and dead-lettering), [`Handlers`] (registration by event type
 //! and version), [`EventContext`] (follow-up events with causation and correlation ids) and
 //! [`Requester`] (request/reply); for event stores [`EventStoreClient`], CQRS projections
-//! ([`ProjectionRunner`]) and aggregate snapshots ([`SnapshotStore`]).
+//! ([`ProjectionRunner`]), aggregate snapshots ([`SnapshotStore`]) and sagas
+//! ([`SagaManager`]).
 //!
 //! Everything runs over one [`NativeConnection`] (QUIC, reconnecting with backoff), one
 //! stream per call. Events are JSON by default; [`EventPublisher::publish_bytes`] takes any
@@ -27,6 +28,7 @@ mod event;
 mod projection;
 mod publisher;
 mod reply;
+mod saga;
 mod snapshot;
 
 pub use crate::proto::v1::ErrorCode;
@@ -49,6 +51,10 @@ pub use projection::{
 };
 pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};
 pub use reply::Requester;
+pub use saga::{
+    Command, Decision, Handled, Outcome, PendingTimeout, Saga, SagaError, SagaEvent, SagaInstance,
+    SagaManager, SagaRecord, SagaStatus, SAGA_EVENT_TYPE, TIMEOUT_EVENT_TYPE,
+};
 pub use snapshot::{
     Aggregate, AggregateError, LoadedAggregate, Snapshot, SnapshotStore, SNAPSHOT_EVENT_TYPE,
 };
