@@ -2,7 +2,9 @@
 //! projections whose checkpoint is committed with the read model survive a crash mid-batch
 //! with exactly one application of every event, and a rebuild gives the same read model;
 //! checkpoints kept in Ferry resume where they were and fence a second runner; aggregate
-//! snapshots round trip and loading reads only the events after the snapshot.
+//! snapshots round trip, loading reads only the events after the snapshot, and the compacted
+//! snapshot topic keeps the latest snapshot of each stream; sagas fed duplicates, stale and
+//! late timeouts and concurrent events compensate exactly once, and the saga example runs.
 
 use crate::common;
 
@@ -395,6 +397,85 @@ async fn snapshots_round_trip_and_loading_replays_only_the_events_after_one() {
     let (all, _) = client.read_all(topic, 0, 0, 1_000).await.expect("read all");
     assert_eq!(all.len(), 15);
     assert!(all.iter().all(|e| e.event.metadata.event_type == "tick"));
+}
+
+#[tokio::test]
+async fn the_snapshot_topic_is_compacted_to_the_latest_snapshot_of_each_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = TestBroker::with(|b| {
+        b.data_dir(dir.path())
+            .configure(|c| c.log.cleaner_backoff_ms = 100)
+    })
+    .await
+    .expect("broker");
+    let topic = "es.snapc";
+    let client = store(&broker, topic).await;
+    let snapshots = SnapshotStore::new(client.clone(), topic);
+    snapshots
+        .create_with(
+            1,
+            // Small segments, so most snapshots are in sealed, cleanable segments.
+            &[
+                ("segment.bytes", "2048"),
+                ("min.cleanable.dirty.ratio", "0.01"),
+            ],
+        )
+        .await
+        .expect("snapshot topic");
+    let streams = 5u64;
+    let saves = 40u64;
+    for v in 0..saves {
+        for s in 0..streams {
+            let state = Account {
+                balance: i64::try_from(v * 10 + s).expect("small"),
+                events: v + 1,
+            };
+            snapshots
+                .save(&format!("acct-{s}"), v, &state)
+                .await
+                .expect("save");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (records, _) = client
+            .read_all(snapshots.topic(), 0, 0, 10_000)
+            .await
+            .expect("read all");
+        // One per stream in the sealed segments, a few more in the active one.
+        if records.len() <= 20 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cleaner never compacted the snapshots: {} records",
+            records.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Every stream's latest snapshot survived compaction and is still found by the index.
+    for s in 0..streams {
+        let stream = format!("acct-{s}");
+        let latest: Snapshot<Account> = snapshots
+            .load(&stream)
+            .await
+            .expect("load")
+            .expect("a snapshot");
+        assert_eq!(latest.revision, saves - 1, "{stream}");
+        assert_eq!(
+            latest.state,
+            Account {
+                balance: i64::try_from((saves - 1) * 10 + s).expect("small"),
+                events: saves,
+            }
+        );
+    }
+    snapshots
+        .save("acct-0", saves, &Account::default())
+        .await
+        .expect("save after compaction");
+    let after: Snapshot<Account> = snapshots.load("acct-0").await.expect("load").expect("one");
+    assert_eq!(after.revision, saves);
 }
 
 #[path = "../../examples/saga_orders.rs"]

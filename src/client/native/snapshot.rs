@@ -90,8 +90,20 @@ impl SnapshotStore {
 
     /// Creates the compacted snapshot topic (idempotent for the same partition count).
     pub async fn create(&self, partitions: u32) -> Result<(), NativeClientError> {
+        self.create_with(partitions, &[]).await
+    }
+
+    /// As [`create`](Self::create), with more topic configs (`segment.bytes`,
+    /// `min.cleanable.dirty.ratio`, ... to tune the compaction).
+    pub async fn create_with(
+        &self,
+        partitions: u32,
+        extra_configs: &[(&str, &str)],
+    ) -> Result<(), NativeClientError> {
+        let mut configs = vec![("cleanup.policy", "compact")];
+        configs.extend_from_slice(extra_configs);
         self.client
-            .create_store_with(&self.topic, partitions, &[("cleanup.policy", "compact")])
+            .create_store_with(&self.topic, partitions, &configs)
             .await
     }
 
