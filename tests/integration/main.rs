@@ -33,6 +33,7 @@ mod embed;
 mod es_catchup;
 mod es_crash;
 mod es_reads;
+mod es_sdk;
 mod es_streams;
 mod event_metadata;
 mod kafka_consumer_protocol;

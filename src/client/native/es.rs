@@ -191,7 +191,21 @@ impl EventStoreClient {
         topic: &str,
         partitions: u32,
     ) -> Result<(), NativeClientError> {
-        let configs = BTreeMap::from([(EVENT_STORE_CONFIG.to_string(), "true".to_string())]);
+        self.create_store_with(topic, partitions, &[]).await
+    }
+
+    /// As [`create_store`](Self::create_store), with more topic configs (e.g.
+    /// `cleanup.policy=compact`).
+    pub async fn create_store_with(
+        &self,
+        topic: &str,
+        partitions: u32,
+        extra_configs: &[(&str, &str)],
+    ) -> Result<(), NativeClientError> {
+        let mut configs = BTreeMap::from([(EVENT_STORE_CONFIG.to_string(), "true".to_string())]);
+        for (k, v) in extra_configs {
+            configs.insert((*k).to_string(), (*v).to_string());
+        }
         self.conn
             .call(&v1::Request {
                 op: Some(Op::DeclareTopic(v1::DeclareTopic {

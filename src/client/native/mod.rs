@@ -2,7 +2,9 @@
 //! confirm, resend after reconnect, dedup by event id), [`EventConsumer`] (handlers with
 //! broker-side delayed retries and dead-lettering), [`Handlers`] (registration by event type
 //! and version), [`EventContext`] (follow-up events with causation and correlation ids) and
-//! [`Requester`] (request/reply).
+//! [`Requester`] (request/reply); for event stores [`EventStoreClient`], CQRS projections
+//! ([`ProjectionRunner`]), aggregate snapshots ([`SnapshotStore`]) and sagas
+//! ([`SagaManager`]).
 //!
 //! Everything runs over one [`NativeConnection`] (QUIC, reconnecting with backoff), one
 //! stream per call. Events are JSON by default; [`EventPublisher::publish_bytes`] takes any
@@ -23,8 +25,11 @@ mod connection;
 mod consumer;
 mod es;
 mod event;
+mod projection;
 mod publisher;
 mod reply;
+mod saga;
+mod snapshot;
 
 pub use crate::proto::v1::ErrorCode;
 pub use connection::{
@@ -40,5 +45,16 @@ pub use es::{
     ExpectedRevision, ReadFrom, RecordedEvent, StreamInfo, SubscriptionFilter,
 };
 pub use event::{EventMetadata, ReceivedEvent};
+pub use projection::{
+    BoxError, CheckpointStorage, FerryCheckpoints, Projection, ProjectionError, ProjectionRunner,
+    CHECKPOINT_EVENT_TYPE,
+};
 pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};
 pub use reply::Requester;
+pub use saga::{
+    Command, Decision, Handled, Outcome, PendingTimeout, Saga, SagaError, SagaEvent, SagaInstance,
+    SagaManager, SagaRecord, SagaStatus, SAGA_EVENT_TYPE, TIMEOUT_EVENT_TYPE,
+};
+pub use snapshot::{
+    Aggregate, AggregateError, LoadedAggregate, Snapshot, SnapshotStore, SNAPSHOT_EVENT_TYPE,
+};
