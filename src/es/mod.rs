@@ -247,7 +247,11 @@ impl EventStore {
         backwards: bool,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, EsError> {
-        check_stream_name(stream)?;
+        // Reserved (`$`) names may be read, not written: a persistent subscription's parked
+        // stream is one (`persistent::parked_stream_name`).
+        if stream.is_empty() || stream.len() > MAX_STREAM_NAME_BYTES {
+            check_stream_name(stream)?;
+        }
         self.read_stream_unchecked(topic, stream, from, backwards, max_count)
             .await
     }
