@@ -44,6 +44,7 @@ use super::read::RecordedEvent;
 use super::records::NewEvent;
 use super::{EsError, EventStore, ExpectedRevision, ReadFrom};
 use crate::broker::topic_router::partition_for_key;
+use crate::broker::WeakBrokerCore;
 use crate::log::SimpleRecord;
 use crate::meta::es_persistent::{PersistentCheckpoint, PersistentGroupRecord};
 
@@ -1054,7 +1055,7 @@ impl EventStore {
             replaying: tokio::sync::Mutex::new(()),
         });
         groups.insert(key, running.clone());
-        tokio::spawn(pump(self.clone(), running.clone(), cursors));
+        tokio::spawn(pump(self.core.downgrade(), running.clone(), cursors));
         Ok(running)
     }
 
@@ -1106,12 +1107,28 @@ impl EventStore {
     }
 }
 
-/// Reads the source, dispatches, expires, parks and checkpoints until the group stops.
-async fn pump(store: EventStore, group: Arc<Group>, mut cursors: Vec<CatchUp>) {
+impl Drop for Registry {
+    /// The broker is gone: every pump ends (they hold only a weak reference to the core, so
+    /// a stopped broker's meta store and logs close).
+    fn drop(&mut self) {
+        for group in self.groups.get_mut().values() {
+            group.stop();
+        }
+    }
+}
+
+/// Reads the source, dispatches, expires, parks and checkpoints until the group stops or the
+/// broker shuts down. It holds the core only while it works, never across a wait.
+async fn pump(core: WeakBrokerCore, group: Arc<Group>, mut cursors: Vec<CatchUp>) {
     loop {
         if group.stopped.load(Ordering::SeqCst) {
             return;
         }
+        let Some(core) = core.upgrade() else {
+            group.stop();
+            return;
+        };
+        let store = EventStore::new(&core);
         if store.core.topic(&group.topic).is_none() {
             group.stop();
             store
@@ -1203,6 +1220,7 @@ async fn pump(store: EventStore, group: Arc<Group>, mut cursors: Vec<CatchUp>) {
                 tracing::warn!(group = %group.name, error = %e, "storing a checkpoint failed");
             }
         }
+        drop((store, core));
         if progressed {
             continue;
         }
