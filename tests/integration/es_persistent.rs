@@ -499,3 +499,69 @@ async fn a_restarted_broker_resumes_from_the_checkpoint() {
     nothing_within(&mut sub, Duration::from_millis(500)).await;
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_event_is_retried_after_the_message_timeout() {
+    let broker = TestBroker::start().await.expect("broker");
+    let es = store(&broker).await;
+    let settings = PersistentSubscriptionSettings {
+        message_timeout: Duration::from_secs(60),
+        max_retry_count: 1,
+        ..from_start()
+    };
+    es.create_persistent_subscription(
+        TOPIC,
+        "slow",
+        PersistentSource::Stream("s".into()),
+        &settings,
+    )
+    .await
+    .expect("create");
+    // The update applies to the running group: a short timeout now.
+    let updated = PersistentSubscriptionSettings {
+        message_timeout: Duration::from_millis(300),
+        ..settings
+    };
+    es.update_persistent_subscription(TOPIC, "slow", &updated)
+        .await
+        .expect("update");
+    let listed = es
+        .list_persistent_subscriptions(Some(TOPIC))
+        .await
+        .expect("list");
+    assert_eq!(listed[0].settings, updated);
+    let missing = es
+        .update_persistent_subscription(TOPIC, "nobody", &updated)
+        .await
+        .expect_err("unknown group");
+    assert_eq!(missing.code(), Some(ErrorCode::NotFound), "{missing}");
+    append(&es, "s", vec![event("late", 0)]).await;
+    let mut sub = client(&broker)
+        .await
+        .subscribe_persistent(TOPIC, "slow", 0)
+        .await
+        .expect("subscribe");
+    let first = next(&mut sub).await;
+    assert_eq!(first.retry_count, 0);
+    let started = std::time::Instant::now();
+    // Not settled: delivered again after the timeout, then parked after the next one.
+    let second = next(&mut sub).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(second.retry_count, 1);
+    assert_eq!(second.event.revision, 0);
+    // The first delivery's id is stale now: acking it does nothing.
+    first.ack().await.expect("stale ack is ignored");
+    nothing_within(&mut sub, Duration::from_millis(800)).await;
+    let links = es
+        .read_stream(
+            TOPIC,
+            "$persistentsubscription-slow-parked",
+            ReadFrom::Start,
+            false,
+            10,
+        )
+        .await
+        .expect("parked");
+    assert_eq!(links.len(), 1);
+    broker.stop().await;
+}
