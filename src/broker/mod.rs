@@ -121,6 +121,24 @@ pub struct BrokerCore {
     inner: Arc<CoreInner>,
 }
 
+/// A [`BrokerCore`] that does not keep the core alive: for background tasks that must end
+/// with the broker rather than hold it open.
+#[derive(Clone)]
+pub struct WeakBrokerCore {
+    inner: std::sync::Weak<CoreInner>,
+}
+
+impl WeakBrokerCore {
+    /// The core, unless the broker is gone or shutting down.
+    pub fn upgrade(&self) -> Option<BrokerCore> {
+        let core = BrokerCore {
+            inner: self.inner.upgrade()?,
+        };
+        core.check_running().ok()?;
+        Some(core)
+    }
+}
+
 struct CoreInner {
     clock: Clock,
     groups: GroupCoordinator,
@@ -418,6 +436,13 @@ impl BrokerCore {
         let log_config = topic::effective_log_config(&self.inner.default_log_config, configs)?;
         self.inner.limits.read().check_topic_configs(configs)?;
         Ok(log_config)
+    }
+
+    /// A handle that does not keep the core alive.
+    pub fn downgrade(&self) -> WeakBrokerCore {
+        WeakBrokerCore {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     fn check_running(&self) -> Result<(), BrokerError> {

@@ -106,6 +106,11 @@ impl CatchUp {
         }
     }
 
+    /// The partition it reads.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
     /// The position the next poll reads from.
     pub fn position(&self) -> i64 {
         self.position

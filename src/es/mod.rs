@@ -21,6 +21,7 @@ pub mod catchup;
 mod follower;
 mod index;
 mod partition;
+pub mod persistent;
 pub mod read;
 pub mod records;
 
@@ -110,6 +111,12 @@ pub enum EsError {
     StreamNotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A persistent subscription group that does not exist.
+    #[error("{0}")]
+    GroupNotFound(String),
+    /// A persistent subscription group that exists already.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -168,6 +175,11 @@ impl EventStore {
 
     async fn partition_of(&self, topic: &str, stream: &str) -> Result<Arc<EsPartition>, EsError> {
         check_stream_name(stream)?;
+        self.partition_for(topic, stream).await
+    }
+
+    /// The partition of `stream`, a reserved (`$`) name included.
+    async fn partition_for(&self, topic: &str, stream: &str) -> Result<Arc<EsPartition>, EsError> {
         let t = self.event_store_topic(topic)?;
         let p = partition_for_key(stream.as_bytes(), t.partition_count());
         let handle = t
@@ -235,7 +247,25 @@ impl EventStore {
         backwards: bool,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, EsError> {
-        let partition = self.partition_of(topic, stream).await?;
+        // Reserved (`$`) names may be read, not written: a persistent subscription's parked
+        // stream is one (`persistent::parked_stream_name`).
+        if stream.is_empty() || stream.len() > MAX_STREAM_NAME_BYTES {
+            check_stream_name(stream)?;
+        }
+        self.read_stream_unchecked(topic, stream, from, backwards, max_count)
+            .await
+    }
+
+    /// [`read_stream`](Self::read_stream) of any stream, a reserved (`$`) name included.
+    async fn read_stream_unchecked(
+        &self,
+        topic: &str,
+        stream: &str,
+        from: ReadFrom,
+        backwards: bool,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, EsError> {
+        let partition = self.partition_for(topic, stream).await?;
         let state = partition.info(stream).await?;
         if state.tombstoned {
             return Err(EsError::StreamDeleted(stream.to_string()));

@@ -248,12 +248,29 @@ pub fn es_indexed(topic: &str, partition: i32) -> Vec<u8> {
         &[topic.as_bytes(), format!("{partition:010}").as_bytes()],
     )
 }
+/// Event store: a persistent subscription group's definition.
+pub fn es_psub(topic: &str, group: &str) -> Vec<u8> {
+    key("es_psub", &[topic.as_bytes(), group.as_bytes()])
+}
+/// Every persistent subscription group (of `topic`, or of every topic when `None`).
+pub fn es_psubs(topic: Option<&str>) -> Vec<u8> {
+    match topic {
+        Some(t) => prefix("es_psub", &[t.as_bytes()]),
+        None => prefix("es_psub", &[]),
+    }
+}
+/// Event store: a persistent subscription group's checkpoint.
+pub fn es_psub_checkpoint(topic: &str, group: &str) -> Vec<u8> {
+    key("es_psub_cp", &[topic.as_bytes(), group.as_bytes()])
+}
 /// Every event-store key of `topic`, by kind (for topic deletion).
-pub fn es_topic_prefixes(topic: &str) -> [Vec<u8>; 3] {
+pub fn es_topic_prefixes(topic: &str) -> [Vec<u8>; 5] {
     [
         prefix("es_stream", &[topic.as_bytes()]),
         prefix("es_revision", &[topic.as_bytes()]),
         prefix("es_indexed", &[topic.as_bytes()]),
+        prefix("es_psub", &[topic.as_bytes()]),
+        prefix("es_psub_cp", &[topic.as_bytes()]),
     ]
 }
 

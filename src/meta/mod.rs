@@ -10,6 +10,7 @@
 
 pub mod acls;
 pub mod es;
+pub mod es_persistent;
 pub mod keys;
 pub mod memory_store;
 pub mod migrate;

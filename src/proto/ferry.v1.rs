@@ -3,7 +3,7 @@
 pub struct Request {
     #[prost(
         oneof = "request::Op",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 40, 41, 42, 43, 44, 45, 46, 47"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54"
     )]
     pub op: ::core::option::Option<request::Op>,
 }
@@ -60,13 +60,28 @@ pub mod request {
         SubscribeToStream(super::SubscribeToStream),
         #[prost(message, tag = "47")]
         SubscribeToAll(super::SubscribeToAll),
+        #[prost(message, tag = "48")]
+        CreatePersistentSubscription(super::CreatePersistentSubscription),
+        #[prost(message, tag = "49")]
+        UpdatePersistentSubscription(super::UpdatePersistentSubscription),
+        #[prost(message, tag = "50")]
+        DeletePersistentSubscription(super::DeletePersistentSubscription),
+        #[prost(message, tag = "51")]
+        ListPersistentSubscriptions(super::ListPersistentSubscriptions),
+        #[prost(message, tag = "52")]
+        SubscribePersistent(super::SubscribePersistent),
+        /// Only on the stream of a SubscribePersistent, after it.
+        #[prost(message, tag = "53")]
+        PersistentSettle(super::PersistentSettle),
+        #[prost(message, tag = "54")]
+        ReplayParked(super::ReplayParked),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Response {
     #[prost(
         oneof = "response::Result",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 30, 40, 41, 42, 43"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 30, 40, 41, 42, 43, 48, 49, 50"
     )]
     pub result: ::core::option::Option<response::Result>,
 }
@@ -104,6 +119,12 @@ pub mod response {
         EventsRead(super::EventsRead),
         #[prost(message, tag = "43")]
         CatchUp(super::CatchUp),
+        #[prost(message, tag = "48")]
+        PersistentSubscriptions(super::PersistentSubscriptions),
+        #[prost(message, tag = "49")]
+        PersistentEvent(super::PersistentEvent),
+        #[prost(message, tag = "50")]
+        ParkedReplayed(super::ParkedReplayed),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -831,6 +852,268 @@ pub mod catch_up {
         #[prost(int64, tag = "4")]
         FellBehind(i64),
     }
+}
+/// Persistent subscriptions (KurrentDB's model, docs/event-store.md): server-side consumer
+/// groups over one stream, a category (stream-name prefix) or every stream (`$all`, optionally
+/// filtered) of an event-store topic. The broker keeps each group's position (its checkpoint),
+/// hands every event to one consumer of the group with a delivery id and a retry count, and
+/// waits for an ack or a nack (park, retry, skip). Parked events are links written to the
+/// stream `$persistentsubscription-<group>-parked` of the same topic; `ReplayParked` delivers
+/// them to the group again.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PersistentSubscriptionSettings {
+    /// Retries (nack retry, message timeout, consumer gone) before an event is parked; 0 = 10.
+    #[prost(uint32, tag = "4")]
+    pub max_retry_count: u32,
+    /// An event unacked this long is retried; 0 = 30,000 ms.
+    #[prost(uint32, tag = "5")]
+    pub message_timeout_ms: u32,
+    /// Unacked events one consumer holds at most (its buffer); 0 = 10. A consumer may ask for
+    /// less with SubscribePersistent.buffer_size.
+    #[prost(uint32, tag = "6")]
+    pub buffer_size: u32,
+    /// The checkpoint is stored after this many settled events (and when the group stops);
+    /// 0 = 10.
+    #[prost(uint32, tag = "7")]
+    pub checkpoint_after: u32,
+    #[prost(enumeration = "persistent_subscription_settings::Strategy", tag = "8")]
+    pub strategy: i32,
+    #[prost(oneof = "persistent_subscription_settings::StartFrom", tags = "1, 2, 3")]
+    pub start_from: ::core::option::Option<persistent_subscription_settings::StartFrom>,
+}
+/// Nested message and enum types in `PersistentSubscriptionSettings`.
+pub mod persistent_subscription_settings {
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Strategy {
+        RoundRobin = 0,
+        /// Events of one stream go to one consumer while it stays connected.
+        Pinned = 1,
+        /// Events with one correlation id go to one consumer while it stays connected.
+        PinnedByCorrelation = 2,
+    }
+    impl Strategy {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::RoundRobin => "ROUND_ROBIN",
+                Self::Pinned => "PINNED",
+                Self::PinnedByCorrelation => "PINNED_BY_CORRELATION",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "ROUND_ROBIN" => Some(Self::RoundRobin),
+                "PINNED" => Some(Self::Pinned),
+                "PINNED_BY_CORRELATION" => Some(Self::PinnedByCorrelation),
+                _ => None,
+            }
+        }
+    }
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum StartFrom {
+        #[prost(bool, tag = "1")]
+        Start(bool),
+        /// Only events appended after the group is created (the default).
+        #[prost(bool, tag = "2")]
+        End(bool),
+        /// This log position (in every partition the group reads).
+        #[prost(int64, tag = "3")]
+        Position(i64),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreatePersistentSubscription {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "6")]
+    pub settings: ::core::option::Option<PersistentSubscriptionSettings>,
+    #[prost(oneof = "create_persistent_subscription::Source", tags = "3, 4, 5")]
+    pub source: ::core::option::Option<create_persistent_subscription::Source>,
+}
+/// Nested message and enum types in `CreatePersistentSubscription`.
+pub mod create_persistent_subscription {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Source {
+        #[prost(string, tag = "3")]
+        Stream(::prost::alloc::string::String),
+        /// A category: every stream whose name starts with this prefix (e.g. "order-").
+        #[prost(string, tag = "4")]
+        Category(::prost::alloc::string::String),
+        /// Every stream (`$all`), optionally filtered as a catch-up `$all` subscription.
+        #[prost(message, tag = "5")]
+        All(super::EventFilter),
+    }
+}
+/// New settings for an existing group (its source and position stay). Answered by Done.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpdatePersistentSubscription {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub settings: ::core::option::Option<PersistentSubscriptionSettings>,
+}
+/// Deletes the group, its checkpoint and its parked links' replay position (the parked stream
+/// stays, as every stream). Its consumers' subscriptions end. Answered by Done.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeletePersistentSubscription {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListPersistentSubscriptions {
+    /// Empty = every event-store topic.
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PersistentSubscriptionInfo {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
+    /// "stream:<name>", "category:<prefix>" or "$all".
+    #[prost(string, tag = "3")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "4")]
+    pub settings: ::core::option::Option<PersistentSubscriptionSettings>,
+    /// Stored checkpoint per partition: every event before it is settled.
+    #[prost(map = "int32, int64", tag = "5")]
+    pub checkpoint: ::std::collections::HashMap<i32, i64>,
+    #[prost(uint32, tag = "6")]
+    pub consumers: u32,
+    /// Events delivered and not yet settled.
+    #[prost(uint32, tag = "7")]
+    pub in_flight: u32,
+    /// Events parked so far (the parked stream's length).
+    #[prost(uint64, tag = "8")]
+    pub parked: u64,
+    #[prost(string, tag = "9")]
+    pub parked_stream: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PersistentSubscriptions {
+    #[prost(message, repeated, tag = "1")]
+    pub subscriptions: ::prost::alloc::vec::Vec<PersistentSubscriptionInfo>,
+}
+/// Joins a group as one consumer. The server answers `Subscribed`, then `PersistentEvent`s;
+/// the client settles them with `PersistentSettle` requests on the same stream. When the stream
+/// ends, however it ends, the consumer's unsettled events are retried (retry count + 1).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscribePersistent {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
+    /// Unacked events this consumer holds at most; 0 = the group's buffer_size.
+    #[prost(uint32, tag = "3")]
+    pub buffer_size: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PersistentEvent {
+    /// Settle with this id; unique within the group.
+    #[prost(uint64, tag = "1")]
+    pub delivery_id: u64,
+    /// How often the event was retried before this delivery (0 on the first).
+    #[prost(uint32, tag = "2")]
+    pub retry_count: u32,
+    #[prost(message, optional, tag = "3")]
+    pub event: ::core::option::Option<RecordedEvent>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PersistentSettle {
+    #[prost(uint64, repeated, tag = "1")]
+    pub delivery_ids: ::prost::alloc::vec::Vec<u64>,
+    #[prost(enumeration = "persistent_settle::Action", tag = "2")]
+    pub action: i32,
+    /// PARK: why, kept in the parked link's `ferry.es.parked.reason` header.
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// Nested message and enum types in `PersistentSettle`.
+pub mod persistent_settle {
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Action {
+        Ack = 0,
+        /// Write a link to the parked stream; the event is settled.
+        Park = 1,
+        /// Deliver again (to any consumer), retry count + 1; parked once it exceeds max_retry_count.
+        Retry = 2,
+        /// Settled without processing.
+        Skip = 3,
+    }
+    impl Action {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Ack => "ACK",
+                Self::Park => "PARK",
+                Self::Retry => "RETRY",
+                Self::Skip => "SKIP",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "ACK" => Some(Self::Ack),
+                "PARK" => Some(Self::Park),
+                "RETRY" => Some(Self::Retry),
+                "SKIP" => Some(Self::Skip),
+                _ => None,
+            }
+        }
+    }
+}
+/// Delivers the group's parked events (those parked since the last replay) again, in the order
+/// they were parked, with retry count 0. Answered by ParkedReplayed.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayParked {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
+    /// Replay at most this many; 0 = all.
+    #[prost(uint64, tag = "3")]
+    pub stop_at: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ParkedReplayed {
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

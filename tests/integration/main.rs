@@ -32,6 +32,7 @@ mod disk_faults;
 mod embed;
 mod es_catchup;
 mod es_crash;
+mod es_persistent;
 mod es_reads;
 mod es_sdk;
 mod es_streams;

@@ -159,7 +159,7 @@ impl NativeClientError {
         }
     }
 
-    fn connection(e: impl std::fmt::Display) -> Self {
+    pub(super) fn connection(e: impl std::fmt::Display) -> Self {
         Self::Connection(e.to_string())
     }
 }

@@ -156,7 +156,7 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
-    fn from_wire(r: v1::RecordedEvent) -> Self {
+    pub(super) fn from_wire(r: v1::RecordedEvent) -> Self {
         let event = ReceivedEvent::from_wire(v1::Delivery {
             message: r.message,
             partition: r.partition,
@@ -176,7 +176,7 @@ impl RecordedEvent {
 /// Event-store calls over a [`NativeConnection`].
 #[derive(Clone)]
 pub struct EventStoreClient {
-    conn: NativeConnection,
+    pub(super) conn: NativeConnection,
 }
 
 impl EventStoreClient {
@@ -402,7 +402,7 @@ impl EventStoreClient {
     }
 }
 
-fn unexpected(answer: &response::Result) -> NativeClientError {
+pub(super) fn unexpected(answer: &response::Result) -> NativeClientError {
     NativeClientError::Codec(format!("unexpected answer {answer:?}"))
 }
 

@@ -24,6 +24,7 @@
 mod connection;
 mod consumer;
 mod es;
+mod es_persistent;
 mod event;
 mod projection;
 mod publisher;
@@ -43,6 +44,10 @@ pub use consumer::{
 pub use es::{
     AppendError, AppendResult, CatchUpEvent, CatchUpSubscription, EventData, EventStoreClient,
     ExpectedRevision, ReadFrom, RecordedEvent, StreamInfo, SubscriptionFilter,
+};
+pub use es_persistent::{
+    ConsumerStrategy, NackAction, PersistentEvent, PersistentSource, PersistentSubscription,
+    PersistentSubscriptionInfo, PersistentSubscriptionSettings, StartFrom,
 };
 pub use event::{EventMetadata, ReceivedEvent};
 pub use projection::{

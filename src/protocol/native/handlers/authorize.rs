@@ -83,6 +83,12 @@ fn needs(op: &Op) -> Vec<(&str, Access, Resource, &str)> {
         Op::SetStreamMetadata(m) => vec![(DEFAULT_VHOST, Write, Exchange, &m.topic)],
         Op::SubscribeToStream(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
         Op::SubscribeToAll(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
+        // Persistent subscriptions: managing a group configures the topic, consuming reads it.
+        Op::CreatePersistentSubscription(c) => vec![(DEFAULT_VHOST, Configure, Exchange, &c.topic)],
+        Op::UpdatePersistentSubscription(u) => vec![(DEFAULT_VHOST, Configure, Exchange, &u.topic)],
+        Op::DeletePersistentSubscription(d) => vec![(DEFAULT_VHOST, Configure, Exchange, &d.topic)],
+        Op::ReplayParked(r) => vec![(DEFAULT_VHOST, Configure, Exchange, &r.topic)],
+        Op::SubscribePersistent(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
         _ => Vec::new(),
     }
 }

@@ -24,6 +24,8 @@ impl From<EsError> for NativeError {
             EsError::StreamDeleted(_) => ErrorCode::StreamDeleted,
             EsError::StreamNotFound(_) => ErrorCode::StreamNotFound,
             EsError::Unavailable(_) | EsError::Log(_) | EsError::Meta(_) => ErrorCode::Unavailable,
+            EsError::GroupNotFound(_) => ErrorCode::NotFound,
+            EsError::Conflict(_) => ErrorCode::Conflict,
             EsError::Broker(b) => return NativeError::from_broker(b),
         };
         NativeError::new(code, e.client_message())

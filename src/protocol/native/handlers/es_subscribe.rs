@@ -40,19 +40,7 @@ pub(crate) async fn to_all(
     send: &mut SendStream,
     reader: FrameReader<RecvStream>,
 ) -> Result<(), NativeError> {
-    let regex = |pattern: &str| {
-        regex::RegexBuilder::new(pattern)
-            .size_limit(MAX_REGEX_BYTES)
-            .build()
-            .map_err(|e| NativeError::new(ErrorCode::InvalidArgument, format!("filter: {e}")))
-    };
-    let filter = match s.filter.and_then(|f| f.kind) {
-        None => None,
-        Some(Kind::StreamPrefix(p)) => Some(EventFilter::StreamPrefix(p)),
-        Some(Kind::StreamRegex(r)) => Some(EventFilter::StreamRegex(regex(&r)?)),
-        Some(Kind::TypePrefix(p)) => Some(EventFilter::TypePrefix(p)),
-        Some(Kind::TypeRegex(r)) => Some(EventFilter::TypeRegex(regex(&r)?)),
-    };
+    let filter = filter(s.filter)?;
     let catch_up = EventStore::new(&ctx.core).subscribe_to_all(
         &s.topic,
         s.partition,
@@ -61,6 +49,23 @@ pub(crate) async fn to_all(
         u64::from(s.checkpoint_interval),
     )?;
     run(catch_up, "$all", send, reader).await
+}
+
+/// The core's filter of a wire filter (regexes compiled with a size cap).
+pub(super) fn filter(wire: Option<v1::EventFilter>) -> Result<Option<EventFilter>, NativeError> {
+    let regex = |pattern: &str| {
+        regex::RegexBuilder::new(pattern)
+            .size_limit(MAX_REGEX_BYTES)
+            .build()
+            .map_err(|e| NativeError::new(ErrorCode::InvalidArgument, format!("filter: {e}")))
+    };
+    Ok(match wire.and_then(|f| f.kind) {
+        None => None,
+        Some(Kind::StreamPrefix(p)) => Some(EventFilter::StreamPrefix(p)),
+        Some(Kind::StreamRegex(r)) => Some(EventFilter::StreamRegex(regex(&r)?)),
+        Some(Kind::TypePrefix(p)) => Some(EventFilter::TypePrefix(p)),
+        Some(Kind::TypeRegex(r)) => Some(EventFilter::TypeRegex(regex(&r)?)),
+    })
 }
 
 async fn write(send: &mut SendStream, r: &v1::Response) -> Result<(), NativeError> {

@@ -3,6 +3,7 @@
 mod admin;
 mod authorize;
 mod es;
+mod es_persistent;
 mod es_subscribe;
 mod group;
 mod processed;
@@ -38,6 +39,13 @@ async fn unary(ctx: &Ctx, op: Op) -> Result<R, NativeError> {
         Op::ReadStream(r) => es::read_stream(ctx, r).await.map(R::EventsRead),
         Op::ReadAll(r) => es::read_all(ctx, r).await.map(R::EventsRead),
         Op::SetStreamMetadata(m) => es::set_metadata(ctx, m).await.map(R::StreamAppended),
+        Op::CreatePersistentSubscription(c) => es_persistent::create(ctx, c).await.map(done),
+        Op::UpdatePersistentSubscription(u) => es_persistent::update(ctx, u).await.map(done),
+        Op::DeletePersistentSubscription(d) => es_persistent::delete(ctx, d).await.map(done),
+        Op::ListPersistentSubscriptions(l) => es_persistent::list(ctx, l)
+            .await
+            .map(R::PersistentSubscriptions),
+        Op::ReplayParked(r) => es_persistent::replay(ctx, r).await.map(R::ParkedReplayed),
         _ => Err(NativeError::malformed(
             "the request names no operation this server knows",
         )),
@@ -85,6 +93,12 @@ pub(super) async fn dispatch(
         Op::SubscribeToAll(s) => Box::pin(es_subscribe::to_all(ctx, s, send, reader))
             .await
             .map(done),
+        Op::SubscribePersistent(s) => Box::pin(es_persistent::subscribe(ctx, s, send, reader))
+            .await
+            .map(done),
+        Op::PersistentSettle(_) => Err(NativeError::malformed(
+            "a persistent settle belongs on the stream of the subscription that delivered it",
+        )),
         other => Box::pin(unary(ctx, other)).await,
     };
     let response = match answer {
