@@ -361,6 +361,8 @@ impl Reactor for TlsKit {
         self.0.interval(dur)
     }
 
+    // The trait wants a `'static` future, which an `async fn` borrowing `self` is not.
+    #[allow(clippy::manual_async_fn)]
     fn tcp_connect_addr(
         &self,
         addr: std::net::SocketAddr,
