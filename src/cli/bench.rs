@@ -292,20 +292,40 @@ pub struct KafkaBenchArgs {
     pub json: bool,
     /// Measure validation on publish: each case's topic gets `ferry.schema.validation=true`,
     /// an Avro schema is registered under `<topic>-value` and every value is a
-    /// Confluent-framed Avro order of the case's size. Needs Ferry's schema registry.
-    #[arg(long, value_name = "FORMAT", value_enum)]
-    pub schema: Option<BenchSchemaFormat>,
-    /// The schema registry for --schema (Ferry's HTTP listener).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
-    pub schema_registry: String,
-    /// Basic-auth user for --schema-registry (the admin API's).
-    #[arg(long, value_name = "USER", default_value = "admin")]
-    pub schema_registry_user: String,
-    /// Basic-auth password for --schema-registry.
+    /// Confluent-framed Avro order of the case's size. Needs Ferry's schema registry (--registry).
     #[arg(
         long,
+        value_name = "FORMAT",
+        value_enum,
+        help_heading = "Schema validation"
+    )]
+    pub schema: Option<BenchSchemaFormat>,
+    /// The schema registry for --schema (Ferry's HTTP listener).
+    #[arg(
+        long = "registry",
+        alias = "schema-registry",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080",
+        help_heading = "Schema validation"
+    )]
+    pub schema_registry: String,
+    /// Basic-auth user for --registry (the admin API's).
+    #[arg(
+        long = "registry-user",
+        alias = "schema-registry-user",
+        value_name = "USER",
+        default_value = "admin",
+        help_heading = "Schema validation"
+    )]
+    pub schema_registry_user: String,
+    /// Basic-auth password for --registry.
+    #[arg(
+        long = "registry-password",
+        alias = "schema-registry-password",
         value_name = "PASSWORD",
         default_value = "admin",
+        hide_env_values = true,
+        help_heading = "Schema validation",
         env = "FERRY_SCHEMA_REGISTRY_PASSWORD"
     )]
     pub schema_registry_password: String,

@@ -83,7 +83,7 @@ async fn bench_kafka_with_schema_avro_sends_records_the_topic_validates() {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["bench", "kafka", "--bootstrap"])
         .arg(broker.kafka_bootstrap())
-        .args(["--schema", "avro", "--schema-registry"])
+        .args(["--schema", "avro", "--registry"])
         .arg(broker.http_url())
         .args([
             "--records",

@@ -1,6 +1,6 @@
 //! `--schema avro`: the cost of validation on publish (issue 18). Each case's topic is created
 //! with `ferry.schema.validation=true`, an Avro schema is registered under `<topic>-value` in
-//! the schema registry (`--schema-registry`), and every record value is an order in
+//! the schema registry (`--registry`), and every record value is an order in
 //! Confluent's wire format (magic byte 0, the 4-byte schema id, the Avro body) padded to the
 //! case's size, so the broker decodes a realistic record per record: a fixed stamp, a long, a
 //! string, a double, an enum, an array of item records and a padding string.
@@ -124,7 +124,7 @@ pub(super) fn smallest_order() -> usize {
 /// Registers [`ORDER_SCHEMA`] under `<topic>-value`; returns its id.
 pub(super) async fn register(schema: &SchemaBench, topic: &str) -> Result<u32, BenchError> {
     let client = crate::client::http::Client::new(&schema.registry, &schema.user, &schema.password)
-        .map_err(|e| BenchError::Invalid(format!("--schema-registry: {e}")))?;
+        .map_err(|e| BenchError::Invalid(format!("--registry: {e}")))?;
     let path = format!(
         "/subjects/{}/versions",
         crate::client::http::segment(&format!("{topic}-value"))
