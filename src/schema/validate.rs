@@ -5,7 +5,11 @@
 //! id names a schema registered under the topic's subject (`<topic>-value`, or for record
 //! name strategies `<topic>-<record>` or the record's full name), and the payload decodes:
 //! Avro with apache-avro against the writer schema (every byte consumed), JSON against the
-//! JSON Schema ([`super::json_check`]), Protobuf as a well-formed wire-format message.
+//! JSON Schema ([`super::json_check`]), Protobuf with prost-reflect as the message the
+//! message-index array names (every known field's wire type must match its declared type;
+//! unknown fields are allowed, as Protobuf's rules say). A Protobuf schema no descriptor pool
+//! can be built for (a base64 descriptor with unknown imports) only gets the well-formed
+//! wire-format check, and its rejections say so.
 //!
 //! Schemas are parsed once per id and cached (an id's schema never changes); which subjects
 //! hold an id is looked up once per batch per id, so a delete takes effect at once.
@@ -18,6 +22,7 @@ use parking_lot::RwLock;
 
 use super::avro_walk::{self, AvroNames, Walked};
 use super::compat::avro::{self, ParsedAvro};
+use super::compat::protobuf::{self, ProtoSchema};
 use super::json_check;
 use super::registry::{SchemaRegistry, StoredSchema, VersionRef};
 use super::types::SchemaType;
@@ -30,7 +35,7 @@ pub enum Prepared {
     /// With its named types, for the allocation-free walk.
     Avro(ParsedAvro, AvroNames),
     Json(serde_json::Value),
-    Protobuf,
+    Protobuf(ProtoSchema),
 }
 
 /// Parsed schemas by id.
@@ -60,7 +65,11 @@ impl PreparedCache {
             SchemaType::Json => Prepared::Json(
                 serde_json::from_str(&schema.record.schema).map_err(|e| e.to_string())?,
             ),
-            SchemaType::Protobuf => Prepared::Protobuf,
+            SchemaType::Protobuf => Prepared::Protobuf(protobuf::parse(
+                &schema.record.schema,
+                &schema.record.references,
+                &|r| registry.reference_text(r),
+            )?),
         });
         self.by_id.write().insert(id, prepared.clone());
         Ok(prepared)
@@ -83,7 +92,7 @@ fn record_name(prepared: &Prepared) -> Option<String> {
     match prepared {
         Prepared::Avro(p, _) => p.schema.name().map(|n| n.fullname(None)),
         Prepared::Json(v) => v.get("title").and_then(|t| t.as_str()).map(str::to_string),
-        Prepared::Protobuf => None,
+        Prepared::Protobuf(_) => None,
     }
 }
 
@@ -112,7 +121,7 @@ impl SchemaRegistry {
         match &*prepared {
             Prepared::Avro(schema, names) => decode_avro(schema, names, payload),
             Prepared::Json(schema) => json_check::check_document(schema, payload),
-            Prepared::Protobuf => check_protobuf(payload),
+            Prepared::Protobuf(schema) => check_protobuf(schema, payload),
         }
         .map_err(|e| {
             (
@@ -217,7 +226,7 @@ impl SchemaValidator for SchemaRegistry {
         match &*prepared {
             Prepared::Json(schema) => json_check::check_document(schema, message.body),
             Prepared::Avro(schema, names) => decode_avro(schema, names, message.body),
-            Prepared::Protobuf => check_protobuf(message.body),
+            Prepared::Protobuf(schema) => check_protobuf(schema, message.body),
         }
         .map_err(|e| {
             (
@@ -275,17 +284,45 @@ fn read_varint(buf: &mut &[u8]) -> Result<u64, String> {
     Err("varint longer than 10 bytes".into())
 }
 
-/// Confluent's message-index array (zig-zag varints, a lone 0 for the first message), then a
-/// protobuf message whose every field is well formed.
-fn check_protobuf(payload: &[u8]) -> Result<(), String> {
+/// Confluent's message-index array: a zig-zag varint count, then that many zig-zag indexes
+/// (a lone 0 means `[0]`, the file's first message).
+fn read_message_indexes(buf: &mut &[u8]) -> Result<Vec<usize>, String> {
+    let zigzag = |v: u64| (v >> 1) as i64 ^ -((v & 1) as i64);
+    let count = zigzag(read_varint(buf)?);
+    if !(0..=64).contains(&count) {
+        return Err(format!("message-index array of length {count}"));
+    }
+    if count == 0 {
+        return Ok(vec![0]);
+    }
+    (0..count)
+        .map(|_| {
+            let index = zigzag(read_varint(buf)?);
+            usize::try_from(index).map_err(|_| format!("negative message index {index}"))
+        })
+        .collect()
+}
+
+/// The payload decoded as the message its index array names, when the schema has a
+/// descriptor pool; else only checked to be well-formed wire format.
+fn check_protobuf(schema: &ProtoSchema, payload: &[u8]) -> Result<(), String> {
     let mut buf = payload;
-    let count = read_varint(&mut buf)? >> 1;
-    if count > 64 {
-        return Err("message-index array longer than 64".into());
+    let indexes = read_message_indexes(&mut buf)?;
+    if schema.pool.is_none() {
+        return check_wire_format(buf).map_err(|e| {
+            format!("{e} (only wire format checked: the schema's imports are not all registered)")
+        });
     }
-    for _ in 0..count {
-        read_varint(&mut buf)?;
-    }
+    let message = schema
+        .message(&indexes)
+        .ok_or_else(|| format!("message index {indexes:?} names no message of the schema"))?;
+    prost_reflect::DynamicMessage::decode(message.clone(), buf)
+        .map(drop)
+        .map_err(|e| format!("not a valid {}: {e}", message.full_name()))
+}
+
+/// A protobuf message whose every field is well formed, whatever its fields mean.
+fn check_wire_format(mut buf: &[u8]) -> Result<(), String> {
     while !buf.is_empty() {
         let tag = read_varint(&mut buf)?;
         if tag >> 3 == 0 {
@@ -327,10 +364,39 @@ mod tests {
     }
 
     #[test]
-    fn protobuf_wire_format() {
-        // index array [0] (a lone 0), then field 1 varint 150, field 2 "hi".
-        assert!(check_protobuf(&[0x00, 0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i']).is_ok());
-        assert!(check_protobuf(&[0x00, 0x12, 0x05, b'h']).is_err());
-        assert!(check_protobuf(&[0x00, 0x0f]).is_err());
+    fn protobuf_wire_format_without_a_pool() {
+        // field 1 varint 150, field 2 "hi".
+        assert!(check_wire_format(&[0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i']).is_ok());
+        assert!(check_wire_format(&[0x12, 0x05, b'h']).is_err());
+        assert!(check_wire_format(&[0x0f]).is_err());
+    }
+
+    #[test]
+    fn protobuf_payloads_decode_as_the_indexed_message() {
+        let schema = protobuf::parse(
+            r#"syntax = "proto3"; package shop;
+               message Order { int32 id = 1; string note = 2; Line line = 3;
+                               message Line { string sku = 1; } }
+               message Refund { string reason = 1; }"#,
+            &[],
+            &|_| None,
+        )
+        .unwrap();
+        // [0] then id = 150, note = "hi".
+        assert!(check_protobuf(&schema, &[0x00, 0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i']).is_ok());
+        // A string where the int32 id is declared: wire type 2 for a varint field.
+        let err = check_protobuf(&schema, &[0x00, 0x0a, 0x02, b'h', b'i']).unwrap_err();
+        assert!(err.contains("shop.Order"), "{err}");
+        // Unknown fields are allowed.
+        assert!(check_protobuf(&schema, &[0x00, 0x78, 0x01]).is_ok());
+        // A nested message cut short inside: line = { sku: length 5, 1 byte }.
+        assert!(check_protobuf(&schema, &[0x00, 0x1a, 0x03, 0x0a, 0x05, b'x']).is_err());
+        // Index array [1] (count 1, index 1: zig-zag 2, 2): Refund, whose field 1 is a string.
+        assert!(check_protobuf(&schema, &[0x02, 0x02, 0x08, 0x01]).is_err());
+        assert!(check_protobuf(&schema, &[0x02, 0x02, 0x0a, 0x01, b'r']).is_ok());
+        // [0, 0]: Order.Line.
+        assert!(check_protobuf(&schema, &[0x04, 0x00, 0x00, 0x0a, 0x01, b's']).is_ok());
+        // An index past the file's messages.
+        assert!(check_protobuf(&schema, &[0x02, 0x04]).is_err());
     }
 }

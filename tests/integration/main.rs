@@ -62,6 +62,7 @@ mod properties;
 mod properties_amqp;
 mod reliability;
 mod schema_catalog;
+mod schema_protobuf;
 mod schema_registry;
 mod schema_validation;
 mod security_acls;

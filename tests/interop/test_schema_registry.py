@@ -326,3 +326,22 @@ def test_protobuf_wire_incompatible_change_is_refused(registry):
     with pytest.raises(SchemaRegistryError) as refused:
         registry.register_schema(subject, order(descriptor_pb2.FieldDescriptorProto.TYPE_STRING))
     assert refused.value.error_code == 409
+
+
+def test_protobuf_source_text_is_compared_too(registry):
+    # `.proto` source, as the Java serializer and curl users register it.
+    v1 = """syntax = "proto3"; package shop;
+            message Order { int64 id = 1; Line line = 2; message Line { string sku = 1; } }"""
+    subject = helpers.unique("sr-compat-proto-src")
+    registry.register_schema(subject, Schema(v1, "PROTOBUF"))
+    # A field added and one renamed: compatible.
+    v2 = v1.replace("int64 id = 1;", "int64 order_id = 1; string note = 3;")
+    registry.register_schema(subject, Schema(v2, "PROTOBUF"))
+    # `line` from a message to an int32: another wire type.
+    with pytest.raises(SchemaRegistryError) as refused:
+        registry.register_schema(subject, Schema(v2.replace("Line line = 2;", "int32 line = 2;"),
+                                                 "PROTOBUF"))
+    assert refused.value.error_code == 409
+    with pytest.raises(SchemaRegistryError) as invalid:
+        registry.register_schema(subject, Schema("message A { int32 x = 1 }", "PROTOBUF"))
+    assert invalid.value.error_code == 42201

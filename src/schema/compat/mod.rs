@@ -5,7 +5,8 @@
 //! both. Each language answers one question, "can `reader` read what `writer` wrote?":
 //! [`avro`] through apache-avro's own schema-resolution checker, [`json`] with the rules
 //! Confluent's registry documents for JSON Schema (written here: no crate has them), and
-//! [`protobuf`] by comparing `FileDescriptorProto`s field number by field number at the wire
+//! [`protobuf`] by compiling `.proto` source or descriptors (protox) and comparing the resolved
+//! `FileDescriptorProto`s field number by field number at the wire
 //! level. A change of schema type is never compatible.
 
 pub mod avro;
@@ -27,7 +28,7 @@ pub fn validate(schema: Checked<'_>, resolve: &Resolve<'_>) -> Result<(), Regist
     let result = match schema_type {
         SchemaType::Avro => avro::parse(text, references, resolve).map(drop),
         SchemaType::Json => json::parse(text).map(drop),
-        SchemaType::Protobuf => protobuf::parse(text).map(drop),
+        SchemaType::Protobuf => protobuf::parse(text, references, resolve).map(drop),
     };
     result.map_err(RegistryError::InvalidSchema)
 }
@@ -84,9 +85,15 @@ fn can_read(reader: Checked<'_>, writer: Checked<'_>, resolve: &Resolve<'_>) -> 
             (Ok(r), Ok(w)) => json::can_read(&r, &w),
             (Err(e), _) | (_, Err(e)) => vec![e],
         },
-        SchemaType::Protobuf => match (protobuf::parse(reader.1), protobuf::parse(writer.1)) {
-            (Ok(r), Ok(w)) => protobuf::can_read(&r, &w),
-            (Err(e), _) | (_, Err(e)) => vec![e],
-        },
+        SchemaType::Protobuf => {
+            let parsed = (
+                protobuf::parse(reader.1, reader.2, resolve),
+                protobuf::parse(writer.1, writer.2, resolve),
+            );
+            match parsed {
+                (Ok(r), Ok(w)) => protobuf::can_read(&r, &w),
+                (Err(e), _) | (_, Err(e)) => vec![e],
+            }
+        }
     }
 }

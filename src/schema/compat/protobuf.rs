@@ -1,6 +1,10 @@
-//! Protobuf: compared at the wire level, field number by field number, over
-//! `FileDescriptorProto`s (prost-types). confluent-kafka's serializers register a schema as the
-//! base64 of its serialized `FileDescriptorProto`, which decodes here directly.
+//! Protobuf: compared at the wire level, field number by field number, over resolved
+//! `FileDescriptorProto`s. A schema arrives either as the base64 of a serialized
+//! `FileDescriptorProto` (confluent-kafka's Python serializer) or as `.proto` source text (the
+//! Java serializer, the REST API docs, curl users); both are compiled by protox into one
+//! descriptor pool, so every named field type is resolved to message or enum (its wire group).
+//! Imports are found among the schema's references (by reference name, as the registry's
+//! clients import them) and in protox's bundled `google/protobuf/*.proto` well-known types.
 //!
 //! Refused, as Confluent's registry documents: a changed package, a removed message, a field
 //! whose number now carries a wire-incompatible type (types within one wire group, such as
@@ -8,45 +12,127 @@
 //! field added or removed, and a field moved out of or into a oneof. Added fields, renamed
 //! fields, new messages and new enum values are fine.
 //!
-//! Schemas sent as `.proto` source text are accepted and stored, but not compared (no parser
-//! for the language is compiled in): only an unchanged text or a change of schema type is
-//! decided for them.
+//! Source text must compile (else the schema is invalid, 42201). A base64 descriptor whose
+//! imports cannot all be found is still accepted, as before: its field types are already
+//! resolved by the serializer's protoc, so it is compared as sent, and payloads written with
+//! it are only checked to be well-formed wire format (no pool to decode them with).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message;
+use prost_reflect::{DescriptorPool, MessageDescriptor};
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
-/// A Protobuf schema as registered.
-pub enum ProtoSchema {
-    Descriptor(Box<FileDescriptorProto>),
-    /// `.proto` source text.
-    Source,
+use super::Resolve;
+use crate::meta::SchemaReference;
+
+/// The name a `.proto` source schema compiles under when it does not name itself; chosen
+/// so that it cannot collide with an import path a reference uses.
+const SOURCE_FILE_NAME: &str = "ferry-registered-schema.proto";
+
+/// A Protobuf schema as registered, compiled.
+pub struct ProtoSchema {
+    /// The schema's own file, with field types resolved when `pool` is built.
+    pub file: Box<FileDescriptorProto>,
+    /// The file and everything it imports, for decoding payloads; `None` for a base64
+    /// descriptor whose imports are not all known.
+    pub pool: Option<DescriptorPool>,
 }
 
-pub fn parse(text: &str) -> Result<ProtoSchema, String> {
-    let trimmed = text.trim();
-    if let Some(bytes) = crate::util::base64_decode(trimmed) {
-        if let Ok(file) = FileDescriptorProto::decode(bytes.as_slice()) {
-            return Ok(ProtoSchema::Descriptor(Box::new(file)));
+impl ProtoSchema {
+    /// The message Confluent's message-index path names: the first index picks a top-level
+    /// message of the file, each further one a nested message of the previous.
+    pub fn message(&self, indexes: &[usize]) -> Option<MessageDescriptor> {
+        let pool = self.pool.as_ref()?;
+        let file = pool.get_file_by_name(self.file.name())?;
+        let (&first, rest) = indexes.split_first()?;
+        let mut message = file.messages().nth(first)?;
+        for &i in rest {
+            let child = message.child_messages().nth(i)?;
+            message = child;
+        }
+        Some(message)
+    }
+}
+
+/// A serialized `FileDescriptorProto` in base64, if `text` is one.
+fn as_descriptor(text: &str) -> Option<FileDescriptorProto> {
+    let bytes = crate::util::base64_decode(text.trim())?;
+    FileDescriptorProto::decode(bytes.as_slice()).ok()
+}
+
+/// Registered schema texts by the import name they answer to.
+struct RegisteredFiles {
+    files: HashMap<String, String>,
+}
+
+impl FileResolver for RegisteredFiles {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        let text = self
+            .files
+            .get(name)
+            .ok_or_else(|| protox::Error::file_not_found(name))?;
+        match as_descriptor(text) {
+            Some(mut descriptor) => {
+                // Imports name the file by the reference's name, whatever protoc called it.
+                descriptor.name = Some(name.to_string());
+                Ok(File::from_file_descriptor_proto(descriptor))
+            }
+            None => File::from_source(name, text),
         }
     }
-    let looks_like_source = ["syntax", "message", "enum", "package", "import"]
+}
+
+/// Compiles `text` (with the schemas its `references` name) into a [`ProtoSchema`], or says
+/// why it is not a valid Protobuf schema.
+pub fn parse(
+    text: &str,
+    references: &[SchemaReference],
+    resolve: &Resolve<'_>,
+) -> Result<ProtoSchema, String> {
+    let descriptor = as_descriptor(text);
+    let name = match &descriptor {
+        Some(d) if !d.name().is_empty() => d.name().to_string(),
+        _ => SOURCE_FILE_NAME.to_string(),
+    };
+    let mut files: HashMap<String, String> = references
         .iter()
-        .any(|word| trimmed.contains(word));
-    if looks_like_source {
-        Ok(ProtoSchema::Source)
-    } else {
-        Err("neither .proto source nor a base64 FileDescriptorProto".into())
+        .filter_map(|r| resolve(r).map(|text| (r.name.clone(), text)))
+        .collect();
+    files.insert(name.clone(), text.trim().to_string());
+    let mut resolver = ChainFileResolver::new();
+    resolver.add(RegisteredFiles { files });
+    resolver.add(GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(true);
+    let compiled = compiler
+        .open_file(&name)
+        .map(|c| c.descriptor_pool())
+        .map_err(|e| e.to_string());
+    match (compiled, descriptor) {
+        (Ok(pool), _) => {
+            let file = pool
+                .get_file_by_name(&name)
+                .map(|f| f.file_descriptor_proto().clone())
+                .ok_or_else(|| format!("{name} missing after compiling it"))?;
+            Ok(ProtoSchema {
+                file: Box::new(file),
+                pool: Some(pool),
+            })
+        }
+        (Err(_), Some(descriptor)) => Ok(ProtoSchema {
+            file: Box::new(descriptor),
+            pool: None,
+        }),
+        (Err(e), None) => Err(format!("not a valid .proto schema: {e}")),
     }
 }
 
 /// Why `reader` cannot read what `writer` wrote.
 pub fn can_read(reader: &ProtoSchema, writer: &ProtoSchema) -> Vec<String> {
-    let (ProtoSchema::Descriptor(r), ProtoSchema::Descriptor(w)) = (reader, writer) else {
-        return Vec::new();
-    };
+    let (r, w) = (&reader.file, &writer.file);
     let mut out = Vec::new();
     if r.package != w.package {
         out.push(format!(
@@ -180,18 +266,54 @@ mod tests {
         }
     }
 
-    fn file(fields: Vec<FieldDescriptorProto>) -> ProtoSchema {
-        ProtoSchema::Descriptor(Box::new(FileDescriptorProto {
+    fn descriptor(fields: Vec<FieldDescriptorProto>) -> FileDescriptorProto {
+        FileDescriptorProto {
             name: Some("order.proto".into()),
             package: Some("shop".into()),
+            syntax: Some("proto3".into()),
             message_type: vec![DescriptorProto {
                 name: Some("Order".into()),
                 field: fields,
                 ..Default::default()
             }],
             ..Default::default()
-        }))
+        }
     }
+
+    fn file(fields: Vec<FieldDescriptorProto>) -> ProtoSchema {
+        ProtoSchema {
+            file: Box::new(descriptor(fields)),
+            pool: None,
+        }
+    }
+
+    fn no_references(_: &SchemaReference) -> Option<String> {
+        None
+    }
+
+    fn source(text: &str) -> ProtoSchema {
+        match parse(text, &[], &no_references) {
+            Ok(schema) => schema,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    /// BACKWARD: can `new` read what `old` wrote?
+    fn backward(new: &str, old: &str) -> Vec<String> {
+        can_read(&source(new), &source(old))
+    }
+
+    const ORDER_V1: &str = r#"
+        syntax = "proto3";
+        package shop;
+        enum Status { NEW = 0; PAID = 1; }
+        message Item { string sku = 1; int32 quantity = 2; }
+        message Order {
+            int64 id = 1;
+            Status status = 2;
+            repeated Item items = 3;
+        }
+    "#;
 
     #[test]
     fn adding_and_renaming_fields_is_compatible() {
@@ -212,16 +334,96 @@ mod tests {
     }
 
     #[test]
-    fn the_base64_descriptor_form_parses() {
-        let ProtoSchema::Descriptor(descriptor) = file(vec![field("id", 1, Type::Int64)]) else {
-            unreachable!()
+    fn the_base64_descriptor_form_parses_and_compiles() {
+        let text = crate::util::base64_encode(
+            &descriptor(vec![field("id", 1, Type::Int64)]).encode_to_vec(),
+        );
+        let parsed = parse(&text, &[], &no_references).unwrap();
+        assert!(parsed.pool.is_some());
+        assert_eq!(parsed.message(&[0]).unwrap().full_name(), "shop.Order");
+        assert!(parse("!!", &[], &no_references).is_err());
+        assert!(parse(
+            "syntax = \"proto3\"; message A { int32 x = 1 }",
+            &[],
+            &no_references
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn source_field_added_is_compatible() {
+        let v2 = ORDER_V1.replace(
+            "repeated Item items = 3;",
+            "repeated Item items = 3; string note = 4;",
+        );
+        assert_eq!(backward(&v2, ORDER_V1), Vec::<String>::new());
+        assert_eq!(backward(ORDER_V1, &v2), Vec::<String>::new());
+    }
+
+    #[test]
+    fn source_field_renamed_is_compatible() {
+        let v2 = ORDER_V1.replace("int64 id = 1;", "int64 order_id = 1;");
+        assert_eq!(backward(&v2, ORDER_V1), Vec::<String>::new());
+    }
+
+    #[test]
+    fn source_type_change_within_a_wire_group_is_compatible() {
+        // An enum and int32 share the varint wire group: named types are resolved to an enum.
+        let v2 = ORDER_V1.replace("Status status = 2;", "int32 status = 2;");
+        assert_eq!(backward(&v2, ORDER_V1), Vec::<String>::new());
+    }
+
+    #[test]
+    fn source_type_change_across_wire_groups_is_incompatible() {
+        let v2 = ORDER_V1.replace("int64 id = 1;", "string id = 1;");
+        let problems = backward(&v2, ORDER_V1);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("field id (1)"), "{problems:?}");
+        // A named message in place of an enum: length-delimited versus varint.
+        let v3 = ORDER_V1.replace("Status status = 2;", "Item status = 2;");
+        assert_eq!(backward(&v3, ORDER_V1).len(), 1);
+    }
+
+    #[test]
+    fn source_message_removed_is_incompatible() {
+        let v2 = ORDER_V1.replace("message Item { string sku = 1; int32 quantity = 2; }", "");
+        let v2 = v2.replace("repeated Item items = 3;", "");
+        let problems = backward(&v2, ORDER_V1);
+        assert!(
+            problems.iter().any(|p| p == "message .shop.Item removed"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn source_imports_resolve_from_references_and_well_known_types() {
+        let common = r#"syntax = "proto3"; package common; message Money { int64 cents = 1; }"#;
+        let order = r#"
+            syntax = "proto3";
+            package shop;
+            import "common/money.proto";
+            import "google/protobuf/timestamp.proto";
+            message Order { common.Money total = 1; google.protobuf.Timestamp at = 2; }
+        "#;
+        let reference = SchemaReference {
+            name: "common/money.proto".into(),
+            subject: "money".into(),
+            version: 1,
         };
-        let text = crate::util::base64_encode(&descriptor.encode_to_vec());
-        assert!(matches!(parse(&text), Ok(ProtoSchema::Descriptor(_))));
-        assert!(matches!(
-            parse("syntax = \"proto3\"; message A {}"),
-            Ok(ProtoSchema::Source)
-        ));
-        assert!(parse("!!").is_err());
+        let resolve = |r: &SchemaReference| (r.subject == "money").then(|| common.to_string());
+        let parsed = parse(order, std::slice::from_ref(&reference), &resolve).unwrap();
+        let message = parsed.message(&[0]).unwrap();
+        assert_eq!(
+            message
+                .get_field(1)
+                .unwrap()
+                .kind()
+                .as_message()
+                .unwrap()
+                .full_name(),
+            "common.Money"
+        );
+        // Without the reference the import cannot be found: not a valid schema.
+        assert!(parse(order, &[], &no_references).is_err());
     }
 }
