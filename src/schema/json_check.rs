@@ -2,11 +2,42 @@
 //! shape of an event (`type`, `enum`, `const`, `required`, `properties`,
 //! `additionalProperties`, `items`, `prefixItems`, `minimum`/`maximum`, `minLength`/
 //! `maxLength`, `minItems`/`maxItems`, `allOf`/`anyOf`/`oneOf`/`not`, local `$ref` to
-//! `#/definitions/..` or `#/$defs/..`). Keywords outside this list (`pattern`, `format`,
-//! `dependentSchemas`, remote `$ref`, ...) are not checked here: the producer-side
-//! serializer, a full validator, still checks them; the broker guards the shape.
+//! `#/definitions/..` or `#/$defs/..`, `pattern` and `patternProperties`). Keywords outside
+//! this list (`format`, an annotation unless a validator opts in, `dependentSchemas`, remote
+//! `$ref`, ...) are not checked here: the producer-side serializer, a full validator, still
+//! checks them; the broker guards the shape.
+//!
+//! Patterns are ECMA-262 regular expressions; they are compiled with the `regex` crate, which
+//! takes the common subset. One it cannot compile (look-around, back-references) is not
+//! checked, and then `additionalProperties` is not applied either: a message is never refused
+//! for a rule the broker could not read. Compiled patterns are cached per process.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use regex::Regex;
 use serde_json::Value;
+
+/// Most compiled patterns kept; the cache starts over when full (schemas are few, and a
+/// flood of distinct patterns only costs recompiling).
+const PATTERN_CACHE_LIMIT: usize = 4096;
+
+/// The compiled form of an ECMA-262 `pattern`, or `None` when the `regex` crate cannot take it.
+fn compiled(pattern: &str) -> Option<Arc<Regex>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<Arc<Regex>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = cache.lock().get(pattern) {
+        return hit.clone();
+    }
+    let regex = Regex::new(pattern).ok().map(Arc::new);
+    let mut cache = cache.lock();
+    if cache.len() >= PATTERN_CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(pattern.to_string(), regex.clone());
+    regex
+}
 
 /// `Ok` when `body` is JSON that `schema` accepts.
 pub fn check_document(schema: &Value, body: &[u8]) -> Result<(), String> {
@@ -78,6 +109,11 @@ fn check(
         }
     }
     check_bounds(map, doc, path)?;
+    if let (Some(Value::String(pattern)), Value::String(text)) = (map.get("pattern"), doc) {
+        if compiled(pattern).is_some_and(|r| !r.is_match(text)) {
+            return Err(format!("{path}: does not match the pattern {pattern:?}"));
+        }
+    }
     if let Value::Object(fields) = doc {
         for name in map
             .get("required")
@@ -92,14 +128,32 @@ fn check(
             }
         }
         let properties = map.get("properties").and_then(Value::as_object);
+        let patterned: Vec<(Option<Arc<Regex>>, &Value)> = map
+            .get("patternProperties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(pattern, sub)| (compiled(pattern), sub))
+            .collect();
+        // additionalProperties covers the names no pattern matches; with a pattern we could
+        // not compile, that set is unknown, so it is not applied.
+        let all_patterns_read = patterned.iter().all(|(regex, _)| regex.is_some());
         for (name, value) in fields {
             let here = format!("{path}.{name}");
-            match properties.and_then(|p| p.get(name)) {
-                Some(sub) => check(root, sub, value, &here, depth + 1)?,
-                None => {
-                    if let Some(extra) = map.get("additionalProperties") {
-                        check(root, extra, value, &here, depth + 1)?;
-                    }
+            let mut matched = false;
+            if let Some(sub) = properties.and_then(|p| p.get(name)) {
+                matched = true;
+                check(root, sub, value, &here, depth + 1)?;
+            }
+            for (regex, sub) in &patterned {
+                if regex.as_ref().is_some_and(|r| r.is_match(name)) {
+                    matched = true;
+                    check(root, sub, value, &here, depth + 1)?;
+                }
+            }
+            if !matched && all_patterns_read {
+                if let Some(extra) = map.get("additionalProperties") {
+                    check(root, extra, value, &here, depth + 1)?;
                 }
             }
         }
@@ -217,5 +271,40 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn patterns_and_pattern_properties_are_checked() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]+$"}},
+            "patternProperties": {"^x-": {"type": "string"}},
+            "additionalProperties": false
+        });
+        assert!(check_document(&schema, br#"{"sku": "ABC-12", "x-source": "pos"}"#).is_ok());
+        for bad in [
+            &br#"{"sku": "abc-12"}"#[..],
+            br#"{"x-source": 3}"#,
+            br#"{"other": "no pattern and not a property"}"#,
+        ] {
+            assert!(
+                check_document(&schema, bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_pattern_the_regex_crate_cannot_read_never_refuses() {
+        // Look-ahead is ECMA-262 but not `regex`: neither the pattern nor
+        // additionalProperties (whose scope it decides) may refuse a message.
+        let schema = json!({
+            "type": "object",
+            "properties": {"code": {"type": "string", "pattern": "^(?=[a-z])"}},
+            "patternProperties": {"^(?!internal)": {"type": "string"}},
+            "additionalProperties": false
+        });
+        assert!(check_document(&schema, br#"{"code": "9", "anything": "x"}"#).is_ok());
     }
 }
