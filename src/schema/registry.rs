@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
-use super::compat;
+use super::compat::{self, ResolvedReference};
 use super::parse;
 use super::types::{Compatibility, Mode, RegistryError, SchemaType};
 use crate::meta::{
@@ -138,8 +138,8 @@ impl SchemaRegistry {
     }
 
     /// The text of the schema a reference names.
-    pub fn reference_text(&self, reference: &SchemaReference) -> Option<String> {
-        self.state.lock().reference_text(reference)
+    pub fn reference_schema(&self, reference: &SchemaReference) -> Option<ResolvedReference> {
+        self.state.lock().reference_schema(reference)
     }
 
     /// Every (subject, version) naming schema `id`.
@@ -599,18 +599,18 @@ impl State {
         let canonical = parse::canonical(schema.schema_type, &schema.schema)?;
         compat::validate(
             (schema.schema_type, &schema.schema, &schema.references),
-            &|r| self.reference_text(r),
+            &|r| self.reference_schema(r),
         )?;
         Ok((schema.schema_type, canonical, schema.references.clone()))
     }
 
     /// The text of the schema a reference names.
-    fn reference_text(&self, reference: &SchemaReference) -> Option<String> {
+    fn reference_schema(&self, reference: &SchemaReference) -> Option<ResolvedReference> {
         self.subjects
             .get(&reference.subject)
             .and_then(|vs| vs.iter().find(|v| v.version == reference.version))
             .and_then(|v| self.schemas.get(&v.id))
-            .map(|s| s.record.schema.clone())
+            .map(|s| (s.record.schema.clone(), s.record.references.clone()))
     }
 
     fn referrers(&self, subject: &str, version: i32) -> Vec<i32> {
@@ -675,7 +675,7 @@ impl State {
             let Some(old_schema) = self.schemas.get(&old.id) else {
                 continue;
             };
-            let resolve = |r: &SchemaReference| self.reference_text(r);
+            let resolve = |r: &SchemaReference| self.reference_schema(r);
             for problem in compat::check(
                 level,
                 (candidate.0, &candidate.1, &candidate.2),

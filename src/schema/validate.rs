@@ -57,7 +57,7 @@ impl PreparedCache {
         let prepared = Arc::new(match schema.schema_type {
             SchemaType::Avro => {
                 let parsed = avro::parse(&schema.record.schema, &schema.record.references, &|r| {
-                    registry.reference_text(r)
+                    registry.reference_schema(r)
                 })?;
                 let names = AvroNames::of(&parsed.schema);
                 Prepared::Avro(parsed, names)
@@ -68,7 +68,7 @@ impl PreparedCache {
             SchemaType::Protobuf => Prepared::Protobuf(protobuf::parse(
                 &schema.record.schema,
                 &schema.record.references,
-                &|r| registry.reference_text(r),
+                &|r| registry.reference_schema(r),
             )?),
         });
         self.by_id.write().insert(id, prepared.clone());

@@ -27,17 +27,10 @@ pub fn parse(
             referenced: Vec::new(),
         });
     }
-    let texts: Vec<String> = references
-        .iter()
-        .map(|r| {
-            resolve(r).ok_or_else(|| {
-                format!(
-                    "reference '{}' (subject '{}' version {}) cannot be resolved",
-                    r.name, r.subject, r.version
-                )
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let texts: Vec<String> = super::referenced_schemas(references, resolve)?
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
     let (schema, referenced) = Schema::parse_str_with_list(text, &texts)
         .map_err(|e| format!("invalid Avro schema: {e}"))?;
     Ok(ParsedAvro { schema, referenced })

@@ -19,8 +19,45 @@ use crate::meta::SchemaReference;
 /// A schema as the checker sees it: its type, text and references.
 pub type Checked<'a> = (SchemaType, &'a str, &'a [SchemaReference]);
 
-/// The text of the schema a reference names, if it exists.
-pub type Resolve<'a> = dyn Fn(&SchemaReference) -> Option<String> + 'a;
+/// A referenced schema: its text and its own references.
+pub type ResolvedReference = (String, Vec<SchemaReference>);
+
+/// The schema a reference names, if it exists.
+pub type Resolve<'a> = dyn Fn(&SchemaReference) -> Option<ResolvedReference> + 'a;
+
+/// Most schemas one schema may pull in through references, directly and transitively.
+const MAX_REFERENCED_SCHEMAS: usize = 1024;
+
+/// Every schema `references` names, and every schema those name in turn (as Confluent's
+/// registry resolves them), each once: the reference that first named it and its text.
+/// Fails on a reference that does not resolve.
+pub fn referenced_schemas(
+    references: &[SchemaReference],
+    resolve: &Resolve<'_>,
+) -> Result<Vec<(SchemaReference, String)>, String> {
+    let mut out: Vec<(SchemaReference, String)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut pending: Vec<SchemaReference> = references.iter().rev().cloned().collect();
+    while let Some(reference) = pending.pop() {
+        if !seen.insert((reference.subject.clone(), reference.version)) {
+            continue;
+        }
+        if out.len() >= MAX_REFERENCED_SCHEMAS {
+            return Err(format!(
+                "more than {MAX_REFERENCED_SCHEMAS} schemas referenced, directly or not"
+            ));
+        }
+        let (text, nested) = resolve(&reference).ok_or_else(|| {
+            format!(
+                "reference '{}' (subject '{}' version {}) cannot be resolved",
+                reference.name, reference.subject, reference.version
+            )
+        })?;
+        pending.extend(nested.into_iter().rev());
+        out.push((reference, text));
+    }
+    Ok(out)
+}
 
 /// Parses `schema` fully (with its references), or says why it is not a valid schema.
 pub fn validate(schema: Checked<'_>, resolve: &Resolve<'_>) -> Result<(), RegistryError> {

@@ -97,9 +97,13 @@ pub fn parse(
         Some(d) if !d.name().is_empty() => d.name().to_string(),
         _ => SOURCE_FILE_NAME.to_string(),
     };
-    let mut files: HashMap<String, String> = references
-        .iter()
-        .filter_map(|r| resolve(r).map(|text| (r.name.clone(), text)))
+    // Every schema the references name, transitively: an import of an imported file answers
+    // to the name its own referrer gave it. One that does not resolve leaves its import
+    // unanswered, and compiling says which.
+    let mut files: HashMap<String, String> = super::referenced_schemas(references, resolve)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(reference, text)| (reference.name, text))
         .collect();
     files.insert(name.clone(), text.trim().to_string());
     let mut resolver = ChainFileResolver::new();
@@ -287,7 +291,7 @@ mod tests {
         }
     }
 
-    fn no_references(_: &SchemaReference) -> Option<String> {
+    fn no_references(_: &SchemaReference) -> Option<super::super::ResolvedReference> {
         None
     }
 
@@ -410,7 +414,8 @@ mod tests {
             subject: "money".into(),
             version: 1,
         };
-        let resolve = |r: &SchemaReference| (r.subject == "money").then(|| common.to_string());
+        let resolve =
+            |r: &SchemaReference| (r.subject == "money").then(|| (common.to_string(), Vec::new()));
         let parsed = parse(order, std::slice::from_ref(&reference), &resolve).unwrap();
         let message = parsed.message(&[0]).unwrap();
         assert_eq!(
@@ -425,5 +430,39 @@ mod tests {
         );
         // Without the reference the import cannot be found: not a valid schema.
         assert!(parse(order, &[], &no_references).is_err());
+    }
+
+    #[test]
+    fn imports_of_imported_files_resolve_through_their_own_references() {
+        // order imports line, which imports money: Confluent's registry follows the chain.
+        let money = r#"syntax = "proto3"; package common; message Money { int64 cents = 1; }"#;
+        let line = r#"syntax = "proto3"; package shop; import "common/money.proto";
+                      message Line { string sku = 1; common.Money price = 2; }"#;
+        let order = r#"syntax = "proto3"; package shop; import "shop/line.proto";
+                       message Order { repeated Line lines = 1; }"#;
+        let to_money = SchemaReference {
+            name: "common/money.proto".into(),
+            subject: "money".into(),
+            version: 1,
+        };
+        let to_line = SchemaReference {
+            name: "shop/line.proto".into(),
+            subject: "line".into(),
+            version: 1,
+        };
+        let resolve = |r: &SchemaReference| match r.subject.as_str() {
+            "money" => Some((money.to_string(), Vec::new())),
+            "line" => Some((line.to_string(), vec![to_money.clone()])),
+            _ => None,
+        };
+        let parsed = parse(order, std::slice::from_ref(&to_line), &resolve).unwrap();
+        let line_message = parsed.message(&[0]).unwrap().get_field(1).unwrap().kind();
+        let price = line_message
+            .as_message()
+            .unwrap()
+            .get_field(2)
+            .unwrap()
+            .kind();
+        assert_eq!(price.as_message().unwrap().full_name(), "common.Money");
     }
 }
