@@ -6,7 +6,7 @@
 //! store (durable, ids stable across restarts); [`parse`] checks a schema text and gives its
 //! canonical form; [`compat`] decides whether a new version may follow the earlier ones;
 //! [`types`] has the vocabulary and the errors with Confluent's codes; [`validate`] makes the
-//! registry the core's validator on publish (with [`json_check`] for JSON payloads and
+//! registry the core's validator on publish (JSON payloads with jsonschema, [`json_check`] for schemas with references, and
 //! [`avro_walk`] for Avro ones). The REST routes live in
 //! `observe::admin::schema_registry`, behind the admin API's credentials.
 //!

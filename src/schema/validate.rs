@@ -5,7 +5,7 @@
 //! id names a schema registered under the topic's subject (`<topic>-value`, or for record
 //! name strategies `<topic>-<record>` or the record's full name), and the payload decodes:
 //! Avro with apache-avro against the writer schema (every byte consumed), JSON against the
-//! JSON Schema ([`super::json_check`]), Protobuf with prost-reflect as the message the
+//! JSON Schema (jsonschema; [`super::json_check`] for schemas with references), Protobuf with prost-reflect as the message the
 //! message-index array names (every known field's wire type must match its declared type;
 //! unknown fields are allowed, as Protobuf's rules say). A Protobuf schema no descriptor pool
 //! can be built for (a base64 descriptor with unknown imports) only gets the well-formed
@@ -34,8 +34,39 @@ use crate::broker::schema_check::{NamedSchemaMessage, RecordRejection, SchemaVal
 pub enum Prepared {
     /// With its named types, for the allocation-free walk.
     Avro(ParsedAvro, AvroNames),
-    Json(serde_json::Value),
+    Json(PreparedJson),
     Protobuf(ProtoSchema),
+}
+
+/// A JSON schema and, unless it has references (which need the registry's other subjects as
+/// resources) or jsonschema cannot compile it, its compiled validator.
+pub struct PreparedJson {
+    schema: serde_json::Value,
+    validator: Option<jsonschema::Validator>,
+}
+
+impl PreparedJson {
+    fn new(schema: serde_json::Value, has_references: bool) -> Self {
+        let validator = if has_references {
+            None
+        } else {
+            jsonschema::validator_for(&schema).ok()
+        };
+        Self { schema, validator }
+    }
+
+    fn check(&self, body: &[u8]) -> Result<(), String> {
+        let Some(validator) = &self.validator else {
+            return json_check::check_document(&self.schema, body);
+        };
+        let doc: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        validator.validate(&doc).map_err(|e| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "$".to_string() } else { at };
+            format!("{at}: {e}")
+        })
+    }
 }
 
 /// Parsed schemas by id.
@@ -62,9 +93,10 @@ impl PreparedCache {
                 let names = AvroNames::of(&parsed.schema);
                 Prepared::Avro(parsed, names)
             }
-            SchemaType::Json => Prepared::Json(
+            SchemaType::Json => Prepared::Json(PreparedJson::new(
                 serde_json::from_str(&schema.record.schema).map_err(|e| e.to_string())?,
-            ),
+                !schema.record.references.is_empty(),
+            )),
             SchemaType::Protobuf => Prepared::Protobuf(protobuf::parse(
                 &schema.record.schema,
                 &schema.record.references,
@@ -77,22 +109,46 @@ impl PreparedCache {
 }
 
 /// Whether a subject holding the schema is one a producer to `topic` could have used.
-fn subject_fits(topic: &str, subject: &str, record_name: Option<&str>) -> bool {
+fn subject_fits(topic: &str, subject: &str, record_names: &[String]) -> bool {
     match subject
         .strip_prefix(topic)
         .and_then(|rest| rest.strip_prefix('-'))
     {
         Some("key") => false,
         Some(_) => true,
-        None => record_name == Some(subject),
+        None => record_names.iter().any(|name| name == subject),
     }
 }
 
-fn record_name(prepared: &Prepared) -> Option<String> {
+/// The names RecordNameStrategy would give the schema: the Avro record's full name, the JSON
+/// schema's `title`, or (Protobuf, where the serializer names the subject after the message
+/// it writes) the full name of any top-level message of the file.
+fn record_names(prepared: &Prepared) -> Vec<String> {
     match prepared {
-        Prepared::Avro(p, _) => p.schema.name().map(|n| n.fullname(None)),
-        Prepared::Json(v) => v.get("title").and_then(|t| t.as_str()).map(str::to_string),
-        Prepared::Protobuf(_) => None,
+        Prepared::Avro(p, _) => p
+            .schema
+            .name()
+            .map(|n| n.fullname(None))
+            .into_iter()
+            .collect(),
+        Prepared::Json(v) => v
+            .schema
+            .get("title")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .into_iter()
+            .collect(),
+        Prepared::Protobuf(p) => {
+            let package = p.file.package();
+            p.file
+                .message_type
+                .iter()
+                .map(|m| match package {
+                    "" => m.name().to_string(),
+                    package => format!("{package}.{}", m.name()),
+                })
+                .collect()
+        }
     }
 }
 
@@ -120,7 +176,7 @@ impl SchemaRegistry {
         let payload = &value[5..];
         match &*prepared {
             Prepared::Avro(schema, names) => decode_avro(schema, names, payload),
-            Prepared::Json(schema) => json_check::check_document(schema, payload),
+            Prepared::Json(schema) => schema.check(payload),
             Prepared::Protobuf(schema) => check_protobuf(schema, payload),
         }
         .map_err(|e| {
@@ -146,11 +202,11 @@ impl SchemaRegistry {
             .prepared
             .get(self, &schema)
             .map_err(|e| ("unknown_schema", format!("schema {id} cannot be used: {e}")))?;
-        let name = record_name(&prepared);
+        let names = record_names(&prepared);
         let subjects = self.versions_of_id(id, false).unwrap_or_default();
         if !subjects
             .iter()
-            .any(|(subject, _)| subject_fits(topic, subject, name.as_deref()))
+            .any(|(subject, _)| subject_fits(topic, subject, &names))
         {
             return Err((
                 "wrong_subject",
@@ -224,7 +280,7 @@ impl SchemaValidator for SchemaRegistry {
             }
         }
         match &*prepared {
-            Prepared::Json(schema) => json_check::check_document(schema, message.body),
+            Prepared::Json(schema) => schema.check(message.body),
             Prepared::Avro(schema, names) => decode_avro(schema, names, message.body),
             Prepared::Protobuf(schema) => check_protobuf(schema, message.body),
         }
@@ -352,15 +408,74 @@ mod tests {
 
     #[test]
     fn subject_strategies() {
-        assert!(subject_fits("orders", "orders-value", None));
-        assert!(subject_fits("orders", "orders-shop.Order", None));
-        assert!(!subject_fits("orders", "orders-key", None));
-        assert!(subject_fits("orders", "shop.Order", Some("shop.Order")));
-        assert!(!subject_fits(
-            "orders",
-            "payments-value",
-            Some("shop.Order")
-        ));
+        let order = ["shop.Order".to_string()];
+        assert!(subject_fits("orders", "orders-value", &[]));
+        assert!(subject_fits("orders", "orders-shop.Order", &[]));
+        assert!(!subject_fits("orders", "orders-key", &[]));
+        assert!(subject_fits("orders", "shop.Order", &order));
+        assert!(!subject_fits("orders", "payments-value", &order));
+    }
+
+    #[test]
+    fn json_payloads_meet_the_whole_vocabulary() {
+        // Keywords the broker's own shape checker never had: multipleOf, uniqueItems,
+        // if/then/else, dependentRequired.
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "qty": {"type": "integer", "multipleOf": 5},
+                "tags": {"type": "array", "uniqueItems": true},
+                "kind": {"enum": ["card", "cash"]}
+            },
+            "if": {"properties": {"kind": {"const": "card"}}},
+            "then": {"required": ["last4"]},
+            "dependentRequired": {"refund": ["reason"]}
+        });
+        let prepared = PreparedJson::new(schema, false);
+        assert!(prepared.validator.is_some());
+        assert!(prepared
+            .check(br#"{"qty": 10, "tags": ["a", "b"], "kind": "cash"}"#)
+            .is_ok());
+        for bad in [
+            &br#"{"qty": 7}"#[..],
+            br#"{"tags": ["a", "a"]}"#,
+            br#"{"kind": "card"}"#,
+            br#"{"refund": true}"#,
+            b"{not json",
+        ] {
+            let err = prepared.check(bad).unwrap_err();
+            assert!(!err.is_empty(), "{}", String::from_utf8_lossy(bad));
+        }
+        // The path says where: `/qty`.
+        assert!(prepared
+            .check(br#"{"qty": 7}"#)
+            .unwrap_err()
+            .starts_with("/qty"));
+    }
+
+    #[test]
+    fn json_schemas_with_references_use_the_shape_checker() {
+        let prepared = PreparedJson::new(serde_json::json!({"type": "object"}), true);
+        assert!(prepared.validator.is_none());
+        assert!(prepared.check(br#"{"a": 1}"#).is_ok());
+        assert!(prepared.check(b"[1]").is_err());
+    }
+
+    #[test]
+    fn protobuf_record_names_are_the_files_messages() {
+        // RecordNameStrategy: confluent-kafka's ProtobufSerializer registers under the
+        // message's full name, so a validating topic must accept that subject.
+        let schema = protobuf::parse(
+            r#"syntax = "proto3"; package shop;
+               message Order { int32 id = 1; } message Refund { string reason = 1; }"#,
+            &[],
+            &|_| None,
+        )
+        .unwrap();
+        let names = record_names(&Prepared::Protobuf(schema));
+        assert_eq!(names, ["shop.Order", "shop.Refund"]);
+        assert!(subject_fits("orders", "shop.Refund", &names));
+        assert!(!subject_fits("orders", "shop.Invoice", &names));
     }
 
     #[test]
