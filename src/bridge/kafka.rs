@@ -143,7 +143,18 @@ impl KafkaSink {
 pub struct KafkaSource {
     consumer: std::sync::Arc<StreamConsumer>,
     topic: String,
+    /// The last offsets settled, and how many more times to send them while the source is
+    /// idle. A commit is asynchronous and librdkafka does not retry one the group refused
+    /// (REBALANCE_IN_PROGRESS while a killed predecessor's session runs out, say); without a
+    /// later batch to carry newer offsets, the group would stay behind what is durable and a
+    /// restart would bring that tail again.
+    recommit: Option<(TopicPartitionList, u32)>,
 }
+
+/// While idle, the last settled offsets are sent again this often...
+const RECOMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// ...this many times (30 s: past a group's session timeout and the rebalance after it).
+const RECOMMITS: u32 = 15;
 
 impl KafkaSource {
     pub async fn open(
@@ -169,6 +180,7 @@ impl KafkaSource {
         Ok(Self {
             consumer,
             topic: topic.to_string(),
+            recommit: None,
         })
     }
 
@@ -181,7 +193,24 @@ impl KafkaSource {
         let mut out = Vec::new();
         loop {
             let next = if out.is_empty() {
-                Some(self.consumer.recv().await)
+                let received = match &mut self.recommit {
+                    Some((list, left)) => {
+                        match tokio::time::timeout(RECOMMIT_EVERY, self.consumer.recv()).await {
+                            Ok(received) => received,
+                            Err(_idle) => {
+                                // Idempotent: the same offsets again.
+                                let _ = self.consumer.commit(list, CommitMode::Async);
+                                *left -= 1;
+                                if *left == 0 {
+                                    self.recommit = None;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    None => self.consumer.recv().await,
+                };
+                Some(received)
             } else {
                 futures::FutureExt::now_or_never(self.consumer.recv())
             };
@@ -234,6 +263,8 @@ impl KafkaSource {
         }
         self.consumer
             .commit(&list, CommitMode::Async)
-            .map_err(|e| BridgeError::Source(e.to_string()))
+            .map_err(|e| BridgeError::Source(e.to_string()))?;
+        self.recommit = Some((list, RECOMMITS));
+        Ok(())
     }
 }
