@@ -50,6 +50,7 @@ impl PartitionIndex {
             } => {
                 let state = self.streams.entry(stream.clone()).or_default();
                 state.last_revision = Some(*revision);
+                state.durable_revision = Some(*revision);
                 state.last_offset = offset;
                 state.soft_deleted = false;
             }
@@ -117,10 +118,12 @@ impl PartitionIndex {
         self.streams.entry(stream.to_string()).or_default().limits = limits;
     }
 
-    /// Records the position of a durable append, unless a later one already moved it.
-    pub fn record_position(&mut self, stream: &str, offset: i64) {
+    /// Records that an append ending at `offset` with revision `last_revision` is durable,
+    /// unless a later one already moved the stream past it.
+    pub fn record_durable(&mut self, stream: &str, offset: i64, last_revision: u64) {
         if let Some(state) = self.streams.get_mut(stream) {
             state.last_offset = state.last_offset.max(offset);
+            state.durable_revision = state.durable_revision.max(Some(last_revision));
         }
     }
 
@@ -155,6 +158,26 @@ mod tests {
             revision,
             id: format!("{stream}-{revision}"),
         }
+    }
+
+    #[test]
+    fn reads_see_a_reserved_revision_only_once_it_is_durable() {
+        let mut index = PartitionIndex::default();
+        index.apply(&event("s", 0), 0);
+        index.reserve("s", 1, 2);
+        let state = &index.streams["s"];
+        // The check sees the reservation at once; reads stay at what is durable.
+        assert_eq!(index.check("s", ExpectedRevision::Exact(2)), Ok(3));
+        assert_eq!(
+            (state.last_revision, state.durable_revision),
+            (Some(2), Some(0))
+        );
+        index.record_durable("s", 2, 2);
+        assert_eq!(index.streams["s"].durable_revision, Some(2));
+        // A late completion of an earlier append does not move it back.
+        index.record_durable("s", 1, 1);
+        assert_eq!(index.streams["s"].durable_revision, Some(2));
+        assert_eq!(index.streams["s"].last_offset, 2);
     }
 
     #[test]

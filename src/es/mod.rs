@@ -87,7 +87,11 @@ pub enum AppendOutcome {
 /// A stream's state in the index.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamState {
+    /// The last revision taken, durable or not (what the expected-revision check sees).
     pub last_revision: Option<u64>,
+    /// The last revision that is durable (below the high watermark): what reads may return.
+    /// It trails `last_revision` while an append waits for its fsync.
+    pub durable_revision: Option<u64>,
     /// Log offset of the stream's last durable record, -1 for none.
     pub last_offset: i64,
     pub soft_deleted: bool,
@@ -270,7 +274,7 @@ impl EventStore {
         if state.tombstoned {
             return Err(EsError::StreamDeleted(stream.to_string()));
         }
-        if state.soft_deleted || state.last_revision.is_none() {
+        if state.soft_deleted || state.durable_revision.is_none() {
             return Err(EsError::StreamNotFound(stream.to_string()));
         }
         let (handle, meta) = (partition.handle().clone(), self.core.meta().clone());

@@ -146,11 +146,11 @@ impl EsPartition {
             tokio::spawn(async move {
                 let result = match pending.wait().await {
                     Ok(info) => {
-                        this.inner
-                            .lock()
-                            .await
-                            .index
-                            .record_position(&stream, info.last_offset);
+                        this.inner.lock().await.index.record_durable(
+                            &stream,
+                            info.last_offset,
+                            first + count - 1,
+                        );
                         Ok(AppendSuccess {
                             next_expected_revision: first + count - 1,
                             partition: this.partition,
@@ -340,6 +340,7 @@ async fn rebuild(
                     s.stream.clone(),
                     StreamState {
                         last_revision: u64::try_from(s.last_revision).ok(),
+                        durable_revision: u64::try_from(s.last_revision).ok(),
                         last_offset: s.last_offset,
                         soft_deleted: s.soft_deleted,
                         tombstoned: s.tombstoned,

@@ -88,7 +88,9 @@ pub(super) fn read_stream(
     max_count: usize,
     now_ms: i64,
 ) -> Result<Vec<RecordedEvent>, EsError> {
-    let Some(last) = state.last_revision else {
+    // Only durable revisions: one still waiting for its fsync is not below the high watermark,
+    // so a read that counted it would come back short (empty for a backward read from the end).
+    let Some(last) = state.durable_revision else {
         return Ok(Vec::new());
     };
     let max_count = max_count.clamp(1, MAX_READ_COUNT) as u64;
