@@ -35,6 +35,24 @@ pub fn referenced_schemas(
     references: &[SchemaReference],
     resolve: &Resolve<'_>,
 ) -> Result<Vec<(SchemaReference, String)>, String> {
+    walk_references(references, resolve, true)
+}
+
+/// [`referenced_schemas`] without failing on a reference that does not resolve: it and what
+/// it would have named are left out, the rest is kept (a Protobuf compile then names the one
+/// import that is missing). Fails only past the size bound.
+pub fn resolvable_schemas(
+    references: &[SchemaReference],
+    resolve: &Resolve<'_>,
+) -> Result<Vec<(SchemaReference, String)>, String> {
+    walk_references(references, resolve, false)
+}
+
+fn walk_references(
+    references: &[SchemaReference],
+    resolve: &Resolve<'_>,
+    strict: bool,
+) -> Result<Vec<(SchemaReference, String)>, String> {
     let mut out: Vec<(SchemaReference, String)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut pending: Vec<SchemaReference> = references.iter().rev().cloned().collect();
@@ -47,12 +65,15 @@ pub fn referenced_schemas(
                 "more than {MAX_REFERENCED_SCHEMAS} schemas referenced, directly or not"
             ));
         }
-        let (text, nested) = resolve(&reference).ok_or_else(|| {
-            format!(
+        let Some((text, nested)) = resolve(&reference) else {
+            if !strict {
+                continue;
+            }
+            return Err(format!(
                 "reference '{}' (subject '{}' version {}) cannot be resolved",
                 reference.name, reference.subject, reference.version
-            )
-        })?;
+            ));
+        };
         pending.extend(nested.into_iter().rev());
         out.push((reference, text));
     }

@@ -100,8 +100,7 @@ pub fn parse(
     // Every schema the references name, transitively: an import of an imported file answers
     // to the name its own referrer gave it. One that does not resolve leaves its import
     // unanswered, and compiling says which.
-    let mut files: HashMap<String, String> = super::referenced_schemas(references, resolve)
-        .unwrap_or_default()
+    let mut files: HashMap<String, String> = super::resolvable_schemas(references, resolve)?
         .into_iter()
         .map(|(reference, text)| (reference.name, text))
         .collect();
@@ -318,6 +317,43 @@ mod tests {
             repeated Item items = 3;
         }
     "#;
+
+    #[test]
+    fn an_unresolved_reference_leaves_the_resolved_ones_in_place() {
+        let reference = |name: &str, subject: &str| SchemaReference {
+            name: name.into(),
+            subject: subject.into(),
+            version: 1,
+        };
+        let references = [
+            reference("money.proto", "money"),
+            reference("gone.proto", "gone"),
+        ];
+        let resolve = |r: &SchemaReference| {
+            (r.subject == "money").then(|| {
+                (
+                    "syntax = \"proto3\"; package shop; message Money { int64 cents = 1; }"
+                        .to_string(),
+                    Vec::new(),
+                )
+            })
+        };
+        let importing = |imports: &str| {
+            format!(
+                "syntax = \"proto3\"; package shop; {imports} \
+                 message Order {{ Money total = 1; }}"
+            )
+        };
+        // The resolved reference still answers its import although another one is missing.
+        let only_money = importing("import \"money.proto\";");
+        assert!(parse(&only_money, &references, &resolve).is_ok());
+        // Importing the missing one is named by the compile error.
+        let both = importing("import \"money.proto\"; import \"gone.proto\";");
+        match parse(&both, &references, &resolve) {
+            Ok(_) => panic!("compiled although gone.proto is missing"),
+            Err(err) => assert!(err.contains("gone.proto"), "{err}"),
+        }
+    }
 
     #[test]
     fn adding_and_renaming_fields_is_compatible() {
