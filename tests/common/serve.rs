@@ -70,6 +70,31 @@ impl Drop for ServeChild {
     }
 }
 
+/// A child process that is SIGKILLed when dropped, so a test that panics never leaves a
+/// `ferry serve` running (holding ports, files and whatever descriptors it inherited) after the
+/// test binary is gone. It derefs to the [`Child`](std::process::Child).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits until `ferry serve`'s `/readyz` on `http` answers 200 (recovery done, every listener
 /// accepting); fails at once if the process exits first, and after 30 s.
 pub async fn wait_ready(http: u16, child: &mut std::process::Child) {

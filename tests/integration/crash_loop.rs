@@ -95,7 +95,7 @@ struct Ports {
 
 /// Starts `ferry serve` on fixed loopback ports (the Kafka clients reconnect to the same
 /// address after each crash), appending its log to `server.log` in `dir`.
-fn spawn_server(data: &Path, log: &Path, ports: &Ports) -> Child {
+fn spawn_server(data: &Path, log: &Path, ports: &Ports) -> common::serve::KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -117,6 +117,7 @@ fn spawn_server(data: &Path, log: &Path, ports: &Ports) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(common::serve::KillOnDrop)
         .expect("spawn ferry")
 }
 

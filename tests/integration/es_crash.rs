@@ -17,7 +17,7 @@ use common::serve::wait_ready;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ struct Ports {
     native: u16,
 }
 
-fn spawn_server(data: &Path, ports: &Ports) -> Child {
+fn spawn_server(data: &Path, ports: &Ports) -> common::serve::KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -83,6 +83,7 @@ fn spawn_server(data: &Path, ports: &Ports) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(common::serve::KillOnDrop)
         .expect("spawn ferry")
 }
 

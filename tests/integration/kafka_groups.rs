@@ -798,7 +798,7 @@ async fn ride_through_a_restart(instance_id: Option<&str>) {
     let assigns_before = member.seen().assigns;
     broker.stop().await;
 
-    let broker = TestBroker::with(|b| {
+    let broker = common::restart_on_same_port(|b| {
         b.data_dir(dir.path())
             .kafka_listen(addr.to_string())
             .configure(|c| c.kafka.group_min_session_timeout_ms = 1000)

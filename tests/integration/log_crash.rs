@@ -23,6 +23,8 @@ use ferry::log::{
 };
 use kafka_protocol::records::RecordBatchDecoder;
 
+use crate::common;
+
 const DIR_VAR: &str = "FERRY_LOG_CRASH_DIR";
 const CYCLE_VAR: &str = "FERRY_LOG_CRASH_CYCLE";
 const CYCLES: u64 = 6;
@@ -160,6 +162,7 @@ fn acked_appends_survive_sigkill() {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
+            .map(common::serve::KillOnDrop)
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();

@@ -51,7 +51,7 @@ fn free_port() -> u16 {
 }
 
 struct Server {
-    child: Child,
+    child: common::serve::KillOnDrop,
     kafka: String,
 }
 
@@ -72,6 +72,7 @@ async fn start(data: &Path, fsync: &str, segment_bytes: u64) -> Server {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(common::serve::KillOnDrop)
         .expect("spawn ferry");
     common::serve::wait_ready(http, &mut child).await;
     Server {

@@ -459,7 +459,10 @@ fn startup_log(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn ferry");
+    let mut child = cmd
+        .spawn()
+        .map(common::serve::KillOnDrop)
+        .expect("spawn ferry");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -3,8 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::common;
 
 fn ferry() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -12,7 +14,7 @@ fn ferry() -> Command {
 
 /// Starts `ferry serve` on loopback port 0 and returns it with its HTTP address, read from the
 /// log line that announces it.
-fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
+fn start(data_dir: &Path, extra: &[&str]) -> (common::serve::KillOnDrop, String) {
     let (child, http, _warnings) = start_watching_warnings(data_dir, extra);
     (child, http)
 }
@@ -20,7 +22,10 @@ fn start(data_dir: &Path, extra: &[&str]) -> (Child, String) {
 type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// [`start`], also collecting every WARN/ERROR line the process logs.
-fn start_watching_warnings(data_dir: &Path, extra: &[&str]) -> (Child, String, Lines) {
+fn start_watching_warnings(
+    data_dir: &Path,
+    extra: &[&str],
+) -> (common::serve::KillOnDrop, String, Lines) {
     let mut child = ferry()
         .args(["serve", "--data-dir"])
         .arg(data_dir)
@@ -40,6 +45,7 @@ fn start_watching_warnings(data_dir: &Path, extra: &[&str]) -> (Child, String, L
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(common::serve::KillOnDrop)
         .expect("spawn ferry");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -79,7 +85,7 @@ async fn wait_ready(http: &str) {
     }
 }
 
-fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
+fn sigterm_and_wait(mut child: common::serve::KillOnDrop) -> std::process::ExitStatus {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
