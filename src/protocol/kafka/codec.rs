@@ -348,7 +348,9 @@ mod tests {
             for part in &spliced.parts {
                 match part {
                     ResponsePart::Bytes(b) => wire.extend_from_slice(b),
-                    ResponsePart::File(s) => wire.extend_from_slice(&bytes_of(&[s.clone()])),
+                    ResponsePart::File(s) => {
+                        wire.extend_from_slice(&bytes_of(std::slice::from_ref(s)))
+                    }
                 }
             }
             let expected = encode_response(ApiKey::Fetch, version, 9, &with_records).unwrap();
