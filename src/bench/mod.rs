@@ -133,6 +133,9 @@ pub(crate) struct CpuShare {
     /// The whole machine's busy time (everything but idle and iowait) in percent: well above
     /// `client` + the broker's share means something else competed for the CPUs.
     pub(crate) machine: Option<f64>,
+    /// CPU time (user + system) the broker process used, when measured
+    /// ([`CpuMeter::with_broker`]).
+    pub(crate) broker: Option<Duration>,
 }
 
 /// Measures wall time, this process's CPU share and the machine's over one phase.
@@ -140,6 +143,8 @@ pub(crate) struct CpuMeter {
     wall: Instant,
     cpu: Option<Duration>,
     machine: Option<(u64, u64)>,
+    /// A local broker and its CPU time at the start.
+    broker: Option<(broker_cpu::BrokerProcess, Duration)>,
 }
 
 impl CpuMeter {
@@ -147,8 +152,15 @@ impl CpuMeter {
         CpuMeter {
             cpu: process_cpu_time(),
             machine: machine_jiffies(),
+            broker: None,
             wall: Instant::now(),
         }
+    }
+
+    /// Also measures `broker`'s CPU time (when there is one and it is readable).
+    pub(crate) fn with_broker(mut self, broker: Option<&broker_cpu::BrokerProcess>) -> CpuMeter {
+        self.broker = broker.and_then(|b| Some((b.clone(), b.cpu_time()?)));
+        self
     }
 
     /// The shares since [`CpuMeter::start`]; `None` where `/proc` cannot be read.
@@ -168,10 +180,15 @@ impl CpuMeter {
             }
             _ => None,
         };
+        let broker = self
+            .broker
+            .as_ref()
+            .and_then(|(b, before)| Some(b.cpu_time()?.saturating_sub(*before)));
         CpuShare {
             wall,
             client,
             machine,
+            broker,
         }
     }
 }

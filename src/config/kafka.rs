@@ -42,6 +42,10 @@ pub struct KafkaSettings {
     /// a client that asks for huge fetches and never reads them can make the broker buffer
     /// (32 requests in flight x this). Default 57671680 (55 MiB, Kafka's).
     pub fetch_max_bytes: usize,
+    /// Serve fetched record bytes on plaintext listeners with `sendfile(2)` straight from the
+    /// segment files (TLS listeners always copy). Off: every fetch reads the bytes into memory
+    /// first. Default true.
+    pub zero_copy_fetch: bool,
     /// `max.incremental.fetch.session.cache.slots`: most KIP-227 fetch sessions kept; a new
     /// one evicts the least recently used. 0 disables sessions (clients keep sending full
     /// fetches). Default 1000 (Kafka's).
@@ -137,6 +141,7 @@ impl Default for KafkaSettings {
             max_connections: 10_000,
             connections_max_idle_ms: 600_000,
             fetch_max_bytes: 55 * 1024 * 1024,
+            zero_copy_fetch: true,
             max_incremental_fetch_session_cache_slots: 1000,
             max_message_bytes_limit: crate::broker::ResourceLimits::DEFAULT_MAX_MESSAGE_BYTES_LIMIT,
             max_partitions: crate::broker::ResourceLimits::DEFAULT_MAX_PARTITIONS,

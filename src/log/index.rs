@@ -383,6 +383,19 @@ impl SparseIndex<OffsetFormat> {
             .unwrap_or(0)
     }
 
+    /// Position of the last entry at or before file position `pos` (entries point at batch
+    /// starts, so this is a batch boundary).
+    pub fn last_position_at_or_below(&self, pos: u64) -> Option<u64> {
+        self.greatest(|&(_, p)| u64::from(p) <= pos)
+            .map(|e| u64::from(e.position))
+    }
+
+    /// Position of the last entry strictly before file position `pos`.
+    pub fn last_position_below(&self, pos: u64) -> Option<u64> {
+        self.greatest(|&(_, p)| u64::from(p) < pos)
+            .map(|e| u64::from(e.position))
+    }
+
     /// Drops entries pointing at or past `log_len` after the log was truncated there.
     pub fn truncate_to_position(&mut self, log_len: u64) -> Result<()> {
         self.truncate_where(|&(_, pos)| u64::from(pos) < log_len)

@@ -48,7 +48,7 @@ pub use config::{
 };
 pub use index::OffsetIndex;
 pub use open_files::{FileCache, LazyFile};
-pub use partition_log::{AppendInfo, LogSlice, PartitionLog, RetentionReport};
+pub use partition_log::{AppendInfo, FileSpan, LogSlice, LogSpans, PartitionLog, RetentionReport};
 pub use producer_state::ProducerSummary;
 pub use recovery::RecoveryReport;
 pub use segment::Segment;

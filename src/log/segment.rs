@@ -467,6 +467,54 @@ impl Segment {
         Ok(())
     }
 
+    /// The open log file, kept open (even if evicted from the descriptor budget, or unlinked by
+    /// retention) for as long as the returned handle lives: what a zero-copy send holds on to.
+    pub fn pinned_file(&self) -> Result<std::sync::Arc<File>> {
+        self.file.pin()
+    }
+
+    /// The run of whole batches starting at `pos` (a batch boundary) and ending at or before
+    /// `end`: its end position and the offset after its last batch, or `None` when not even
+    /// the first batch fits. Only batch headers are read, one `pread` each, starting from the
+    /// offset index's last entry before `end` (so a long run of small batches costs a few
+    /// reads, not one per batch); if the batch at that entry does not fit, the walk starts at
+    /// the entry before it, whose batches all end by then.
+    pub(crate) fn whole_batches_until(&self, pos: u64, end: u64) -> Result<Option<(u64, i64)>> {
+        let end = end.min(self.size);
+        let mut from = self
+            .index
+            .last_position_at_or_below(end)
+            .filter(|&p| p > pos);
+        let mut header = [0u8; HEADER_LEN];
+        loop {
+            let start = from.unwrap_or(pos);
+            let mut p = start;
+            let mut next = None;
+            while p + HEADER_LEN as u64 <= end {
+                self.read_exact(&mut header, p)?;
+                let h = BatchHeader::parse(&header).map_err(|e| {
+                    LogError::InvalidBatch(format!(
+                        "{} at position {p}: {e}",
+                        self.log_path.display()
+                    ))
+                })?;
+                let after = p + h.total_size() as u64;
+                if after > end {
+                    break;
+                }
+                p = after;
+                next = Some(h.next_offset());
+            }
+            match next {
+                Some(next) => return Ok(Some((p, next))),
+                None if start == pos => return Ok(None),
+                None => {
+                    from = self.index.last_position_below(start).filter(|&q| q > pos);
+                }
+            }
+        }
+    }
+
     /// Reads `len` bytes at `pos`, clamped to the logical size.
     pub fn read(&self, pos: u64, len: usize) -> Result<Bytes> {
         let len = (len as u64).min(self.size.saturating_sub(pos)) as usize;

@@ -59,6 +59,11 @@ pub fn install() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
+        "ferry_kafka_fetch_bytes_total",
+        Unit::Bytes,
+        "Record bytes served to Kafka fetches, by path: sendfile (zero copy from the segment file) or copy (read into memory, e.g. over TLS)"
+    );
+    describe_counter!(
         "ferry_log_appended_bytes_total",
         Unit::Bytes,
         "Bytes appended to partition logs"
@@ -444,6 +449,11 @@ pub fn record_settled(requeue: Option<bool>, count: usize) {
 
 pub fn bytes_received(protocol: &'static str, n: usize) {
     metrics::counter!("ferry_bytes_received_total", "protocol" => protocol).increment(n as u64);
+}
+
+/// Record bytes a Kafka fetch served, by how: `sendfile` (zero copy) or `copy`.
+pub fn kafka_fetch_bytes(path: &'static str, n: usize) {
+    metrics::counter!("ferry_kafka_fetch_bytes_total", "path" => path).increment(n as u64);
 }
 
 pub fn bytes_sent(protocol: &'static str, n: usize) {

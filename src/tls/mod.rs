@@ -161,6 +161,11 @@ pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     type Read: AsyncRead + Send + Unpin + 'static;
     type Write: AsyncWrite + Send + Unpin + 'static;
     fn split_halves(self) -> (Self::Read, Self::Write);
+    /// The plain TCP socket under a write half, for a zero-copy `sendfile(2)`; `None` when
+    /// bytes must go through the stream (TLS encrypts them).
+    fn plain_socket(_write: &Self::Write) -> Option<&TcpStream> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -168,6 +173,9 @@ impl Transport for TcpStream {
     type Write = tokio::net::tcp::OwnedWriteHalf;
     fn split_halves(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+    fn plain_socket(write: &Self::Write) -> Option<&TcpStream> {
+        Some(write.as_ref())
     }
 }
 

@@ -54,6 +54,18 @@ impl RawKafka {
         version: i16,
         body: &Req,
     ) -> Option<Resp> {
+        // A broker that already closed may reset the write; that is a close too.
+        self.send(api, version, body).await.ok()?;
+        self.try_recv(api, version).await
+    }
+
+    /// Sends one request without reading its answer (see [`try_recv`](Self::try_recv)).
+    pub async fn send<Req: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> std::io::Result<()> {
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api as i16)
@@ -68,8 +80,12 @@ impl RawKafka {
         body.encode(&mut buf, version).unwrap();
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
-        // A broker that already closed may reset the write; that is a close too.
-        self.stream.write_all(&buf).await.ok()?;
+        self.stream.write_all(&buf).await
+    }
+
+    /// Reads the answer to the last request [`send`](Self::send) sent; `None` if the broker
+    /// closed the connection instead.
+    pub async fn try_recv<Resp: Decodable>(&mut self, api: ApiKey, version: i16) -> Option<Resp> {
         let mut frame = Bytes::from(self.recv_frame().await?);
         let header =
             ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();

@@ -45,6 +45,7 @@ mod kafka_rdkafka;
 mod kafka_tool_apis;
 mod kafka_txn;
 mod kafka_wire;
+mod kafka_zero_copy;
 mod log_basic;
 mod log_crash;
 mod log_recovery;

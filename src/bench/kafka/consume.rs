@@ -155,7 +155,7 @@ pub(super) async fn consume_phase(
         ctx.progress,
     );
     let mut tasks = JoinSet::new();
-    let meter = CpuMeter::start();
+    let meter = CpuMeter::start().with_broker(ctx.broker.as_ref());
     for (p, conn) in conns.iter().enumerate() {
         tasks.spawn(consume_partition(
             conn.clone(),

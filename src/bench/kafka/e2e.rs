@@ -207,7 +207,7 @@ pub(super) async fn e2e_phase(
     let secs = ctx.args.latency_secs;
     let total = (ctx.args.latency_rate as f64 * secs) as u64;
     let progress = Progress::start(format!("{label} e2e"), Some(total), ctx.progress);
-    let meter = CpuMeter::start();
+    let meter = CpuMeter::start().with_broker(ctx.broker.as_ref());
     let mut consumers = JoinSet::new();
     let mut producers = JoinSet::new();
     for (p, (conn, reader)) in conns.iter().zip(&readers).enumerate() {

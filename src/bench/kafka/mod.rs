@@ -170,6 +170,11 @@ pub struct Phase {
     /// The whole machine's busy CPU over the phase, in percent of all cores (client, broker if
     /// local, and anything else running).
     pub machine_cpu_percent: Option<f64>,
+    /// The broker process's user + system CPU time over wall time, in percent of one core;
+    /// only for a broker on this machine (the owner of the bootstrap port).
+    pub broker_cpu_percent: Option<f64>,
+    /// The broker's CPU seconds per GB (10^9 bytes) of record values moved in the phase.
+    pub broker_cpu_secs_per_gb: Option<f64>,
     /// produce: acks=all ack latency under full load; e2e: produce send → fetched.
     pub latency: Option<Latency>,
     /// e2e only: ack latency at the e2e rate.
@@ -195,6 +200,14 @@ impl Phase {
             log_mb_per_sec: per_sec(log_bytes) / 1e6,
             client_cpu_percent: cpu.client,
             machine_cpu_percent: cpu.machine,
+            broker_cpu_percent: cpu
+                .broker
+                .filter(|_| seconds > 0.0)
+                .map(|d| 100.0 * d.as_secs_f64() / seconds),
+            broker_cpu_secs_per_gb: cpu
+                .broker
+                .filter(|_| value_bytes > 0)
+                .map(|d| d.as_secs_f64() * 1e9 / value_bytes as f64),
             latency: None,
             ack_latency: None,
         }
@@ -215,6 +228,8 @@ struct Ctx {
     /// The topic of the running case, deleted on Ctrl-C.
     active: Arc<Mutex<Option<String>>>,
     progress: bool,
+    /// The broker process when it runs here (owner of the bootstrap port), for its CPU.
+    broker: Option<super::broker_cpu::BrokerProcess>,
 }
 
 /// Runs every case and prints the results.
@@ -310,7 +325,18 @@ async fn run_cases(
         )
         .await?;
     let timeout = Duration::from_secs(args.timeout.max(1));
+    // The first bootstrap address, when it is this machine's, names the broker whose CPU
+    // each phase reports.
+    let broker = args
+        .bootstrap
+        .split(',')
+        .next()
+        .and_then(|first| first.trim().rsplit_once(':'))
+        .and_then(|(host, port)| {
+            super::broker_cpu::BrokerProcess::listening_on(host, port.parse().ok()?)
+        });
     let ctx = Ctx {
+        broker,
         progress: !args.json,
         args,
         admin,

@@ -15,18 +15,35 @@ pub(super) fn cpu(c: Option<f64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// A broker's CPU as "45% of a core, 0.31 s/GB".
+fn broker(percent: Option<f64>, per_gb: Option<f64>) -> String {
+    match (percent, per_gb) {
+        (Some(p), Some(g)) => format!("{p:.0}% of a core, {g:.2} s/GB"),
+        (Some(p), None) => format!("{p:.0}% of a core"),
+        _ => "n/a".into(),
+    }
+}
+
 /// One line per finished case on stderr, so a long run shows its results as it goes.
 pub(super) fn case_line(case: &CaseReport) -> String {
     let mut line = format!(
-        "  {}: produce {} records/s {:.1} MB/s (client CPU {}), consume {} records/s {:.1} MB/s \
-         (client CPU {})",
+        "  {}: produce {} records/s {:.1} MB/s (client CPU {}, broker CPU {}), consume {} \
+         records/s {:.1} MB/s (client CPU {}, broker CPU {})",
         case.case,
         group(case.produce.records_per_sec as u64),
         case.produce.mb_per_sec,
         cpu(case.produce.client_cpu_percent),
+        broker(
+            case.produce.broker_cpu_percent,
+            case.produce.broker_cpu_secs_per_gb
+        ),
         group(case.consume.records_per_sec as u64),
         case.consume.mb_per_sec,
         cpu(case.consume.client_cpu_percent),
+        broker(
+            case.consume.broker_cpu_percent,
+            case.consume.broker_cpu_secs_per_gb
+        ),
     );
     if let Some(e2e) = &case.e2e {
         let _ = write!(
@@ -53,7 +70,7 @@ pub fn render_table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<10} {:<8} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "\n{:<10} {:<8} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>9}",
         "case",
         "phase",
         "records",
@@ -63,7 +80,9 @@ pub fn render_table(report: &Report) -> String {
         "p50 ms",
         "p99 ms",
         "client CPU",
-        "machine CPU"
+        "machine CPU",
+        "broker CPU",
+        "CPU s/GB"
     );
     for case in &report.cases {
         let phases = [
@@ -75,7 +94,7 @@ pub fn render_table(report: &Report) -> String {
             let Some(p) = phase else { continue };
             let _ = writeln!(
                 out,
-                "{:<10} {:<8} {:>11} {:>12} {:>9.1} {:>9.1} {:>9} {:>9} {:>11} {:>11}",
+                "{:<10} {:<8} {:>11} {:>12} {:>9.1} {:>9.1} {:>9} {:>9} {:>11} {:>11} {:>11} {:>9}",
                 case.case,
                 name,
                 group(p.records),
@@ -86,6 +105,10 @@ pub fn render_table(report: &Report) -> String {
                 ms(&p.latency, true),
                 cpu(p.client_cpu_percent),
                 cpu(p.machine_cpu_percent),
+                cpu(p.broker_cpu_percent),
+                p.broker_cpu_secs_per_gb
+                    .map(|g| format!("{g:.2}"))
+                    .unwrap_or_else(|| "n/a".into()),
             );
         }
     }
@@ -125,6 +148,12 @@ pub fn render_table(report: &Report) -> String {
          the phase (client + a local broker + anything else): near 100% with a low client share \
          means the run was CPU-bound elsewhere, possibly by other work on the machine.",
         report.client_cores
+    );
+    let _ = writeln!(
+        out,
+        "broker CPU: the broker process's user+system CPU time / wall time, in % of one core, \
+         and CPU s/GB its CPU seconds per GB of record values; only when the bootstrap broker \
+         runs on this machine (found as the owner of the port), else n/a."
     );
     out
 }

@@ -156,7 +156,7 @@ pub(super) async fn produce_phase(
     };
     let progress = Progress::start(format!("{label} produce"), total, ctx.progress);
     let mut tasks = JoinSet::new();
-    let meter = CpuMeter::start();
+    let meter = CpuMeter::start().with_broker(ctx.broker.as_ref());
     let deadline = deadline.map(|d| Instant::now() + d);
     for (p, conn) in conns.iter().enumerate() {
         let quota = total.map(|t| t / partitions + u64::from((p as u64) < t % partitions));

@@ -23,7 +23,9 @@
 //! Segment and index files hold descriptors only while in use, under one process-wide budget
 //! (`open_files.rs`): a read of an idle segment reopens its file transparently.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -67,6 +69,107 @@ pub struct LogSlice {
     pub first_offset: i64,
     /// Offset after the last batch returned: where the next read should start.
     pub next_offset: i64,
+}
+
+/// A run of whole stored batches, described rather than read: the segment file (held open, so
+/// the bytes stay readable even if retention or compaction unlinks the segment meanwhile),
+/// where the run starts and how long it is. A zero-copy fetch hands these to `sendfile(2)`.
+#[derive(Debug, Clone)]
+pub struct FileSpan {
+    pub file: Arc<File>,
+    pub pos: u64,
+    pub len: usize,
+}
+
+/// Whole batches located in the log (see [`PartitionLog::read_spans`]): what [`LogSlice`]
+/// holds, before anything is copied.
+#[derive(Debug, Clone)]
+pub struct LogSpans {
+    /// One span per segment the read crossed, in log order.
+    pub spans: Vec<FileSpan>,
+    /// As in [`LogSlice::first_offset`].
+    pub first_offset: i64,
+    /// As in [`LogSlice::next_offset`].
+    pub next_offset: i64,
+}
+
+impl LogSpans {
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.spans.iter().map(|s| s.len).sum()
+    }
+
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.spans.iter().all(|s| s.len == 0)
+    }
+
+    /// Reads the spans into one buffer: one `pread` per span straight into memory that is
+    /// never zero-filled first, the only copy the copying path makes before encoding.
+    pub fn read_bytes(&self) -> Result<Bytes> {
+        match self.spans.as_slice() {
+            [] => Ok(Bytes::new()),
+            spans => {
+                let mut buf = Vec::with_capacity(self.len());
+                for span in spans {
+                    pread_append(span, &mut buf)?;
+                }
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+
+    /// The same read as a [`LogSlice`].
+    pub fn into_slice(self) -> Result<LogSlice> {
+        Ok(LogSlice {
+            bytes: self.read_bytes()?,
+            first_offset: self.first_offset,
+            next_offset: self.next_offset,
+        })
+    }
+}
+
+/// Appends `span`'s bytes to `buf` by `pread` into its spare capacity (no zero fill). A file
+/// shorter than the span (truncated under us) is an error, never a short buffer.
+fn pread_append(span: &FileSpan, buf: &mut Vec<u8>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(span.len);
+    let mut done = 0usize;
+    while done < span.len {
+        let spare = buf.spare_capacity_mut();
+        let want = (span.len - done).min(spare.len());
+        // SAFETY: `spare` is `want` or more bytes of writable capacity owned by `buf`; pread
+        // writes at most `want` bytes there, and only the bytes it reports written are made
+        // part of the vector below.
+        let n = unsafe {
+            libc::pread(
+                span.file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                want,
+                (span.pos + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(LogError::io("read segment", e));
+        }
+        if n == 0 {
+            return Err(LogError::io(
+                "read segment",
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment file is shorter than its batches",
+                ),
+            ));
+        }
+        // SAFETY: pread initialised exactly `n` (<= spare capacity) bytes after the length.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// What retention did.

@@ -1,10 +1,14 @@
 //! The fetch path of [`PartitionLog`]: whole batches by offset (Kafka fetch semantics, KIP-74)
 //! and offsets by timestamp (ListOffsets).
+//!
+//! A read first *locates* its batches ([`PartitionLog::read_spans`]): per segment, a file
+//! span from the first wanted batch to the end of the last whole batch that fits, found by
+//! reading batch headers only (from the offset index's entry nearest the cut). A zero-copy
+//! fetch sends those spans as they are; [`PartitionLog::read`] reads them with one `pread` per
+//! segment into a buffer that is never zero-filled, so the copying path copies each byte once.
 
-use bytes::{Bytes, BytesMut};
-
-use super::{LogSlice, PartitionLog};
-use crate::log::batch::{first_record_at_or_after, BatchHeader, HEADER_LEN};
+use super::{FileSpan, LogSlice, LogSpans, PartitionLog};
+use crate::log::batch::first_record_at_or_after;
 use crate::log::segment::Segment;
 use crate::log::{LogError, Result};
 
@@ -14,6 +18,14 @@ impl PartitionLog {
     /// whole. `offset` outside `[log_start, log_end]` is [`LogError::OffsetOutOfRange`]; at or
     /// past the upper bound the slice is empty.
     pub fn read(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<LogSlice> {
+        self.read_spans(offset, max_bytes, upper_bound)?
+            .into_slice()
+    }
+
+    /// What [`read`](Self::read) returns, located but not read: the segment files (held
+    /// open) and byte ranges of the batches, for a caller that sends them without copying.
+    /// Only batch headers are read here.
+    pub fn read_spans(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<LogSpans> {
         self.check_open()?;
         let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
         if offset < log_start || offset > log_end {
@@ -24,22 +36,19 @@ impl PartitionLog {
             });
         }
         let upper = upper_bound.min(log_end);
-        let empty = LogSlice {
-            bytes: Bytes::new(),
+        let mut found = LogSpans {
+            spans: Vec::new(),
             first_offset: offset,
             next_offset: offset,
         };
         if offset >= upper {
-            return Ok(empty);
+            return Ok(found);
         }
         let first_seg = self
             .segments
             .partition_point(|s| s.base_offset() <= offset)
             .saturating_sub(1);
 
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut first_offset = None;
-        let mut next_offset = offset;
         let mut budget = max_bytes;
         let mut target = offset;
         for seg in &self.segments[first_seg..] {
@@ -60,48 +69,33 @@ impl PartitionLog {
                     limit = p;
                 }
             }
-            let is_first = chunks.is_empty();
+            let is_first = found.spans.is_empty();
             let want = if is_first {
                 budget.max(first.total_size())
             } else {
                 budget
             };
-            let len = (want as u64).min(limit.saturating_sub(pos)) as usize;
-            if len < HEADER_LEN {
+            let end = pos + (want as u64).min(limit.saturating_sub(pos));
+            let Some((cut, last_next)) = seg.whole_batches_until(pos, end)? else {
                 break;
+            };
+            if is_first {
+                found.first_offset = first.base_offset;
             }
-            let data = seg.read(pos, len)?;
-            let (cut, last_next) = whole_batches(&data)?;
-            if cut == 0 {
-                break;
-            }
-            first_offset.get_or_insert(first.base_offset);
-            next_offset = last_next;
-            budget = budget.saturating_sub(cut);
-            let reached_limit = pos + cut as u64 >= limit;
-            chunks.push(data.slice(..cut));
-            if !reached_limit || limit < seg.size() || budget == 0 {
+            found.next_offset = last_next;
+            let len = (cut - pos) as usize;
+            budget = budget.saturating_sub(len);
+            found.spans.push(FileSpan {
+                file: seg.pinned_file()?,
+                pos,
+                len,
+            });
+            if cut < limit || limit < seg.size() || budget == 0 {
                 break;
             }
             target = seg.next_offset();
         }
-        let Some(first_offset) = first_offset else {
-            return Ok(empty);
-        };
-        let bytes = if chunks.len() == 1 {
-            chunks.pop().unwrap_or_default()
-        } else {
-            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            all.freeze()
-        };
-        Ok(LogSlice {
-            bytes,
-            first_offset,
-            next_offset,
-        })
+        Ok(found)
     }
 
     /// Kafka `ListOffsets` by timestamp: the earliest offset whose timestamp is `>= timestamp`,
@@ -143,19 +137,4 @@ impl PartitionLog {
         // The first batch whose max timestamp reaches the overall max is the one holding it.
         self.offset_for_timestamp(max)
     }
-}
-
-/// Length of the run of whole batches at the start of `data`, and the offset after the last.
-fn whole_batches(data: &[u8]) -> Result<(usize, i64)> {
-    let mut p = 0;
-    let mut next = 0;
-    while p + HEADER_LEN <= data.len() {
-        let h = BatchHeader::parse(&data[p..])?;
-        if p + h.total_size() > data.len() {
-            break;
-        }
-        p += h.total_size();
-        next = h.next_offset();
-    }
-    Ok((p, next))
 }

@@ -7,7 +7,7 @@
 use tokio::sync::watch;
 
 use super::PartitionHandle;
-use crate::log::partition_log::LogSlice;
+use crate::log::partition_log::{LogSlice, LogSpans};
 use crate::log::Result;
 
 impl PartitionHandle {
@@ -16,6 +16,13 @@ impl PartitionHandle {
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<LogSlice> {
         let hw = self.high_watermark();
         self.shared.log.read().read(offset, max_bytes, hw)
+    }
+
+    /// [`read`](Self::read), located but not copied (see
+    /// [`PartitionLog::read_spans`](crate::log::PartitionLog::read_spans)).
+    pub fn read_spans(&self, offset: i64, max_bytes: usize) -> Result<LogSpans> {
+        let hw = self.high_watermark();
+        self.shared.log.read().read_spans(offset, max_bytes, hw)
     }
 
     /// The idempotent producers this partition remembers, with their last appended batch.
@@ -42,15 +49,27 @@ impl PartitionHandle {
         offset: i64,
         max_bytes: usize,
     ) -> Result<(LogSlice, Vec<crate::log::AbortedTxn>)> {
+        let (spans, aborted) = self.read_committed_spans(offset, max_bytes)?;
+        Ok((spans.into_slice()?, aborted))
+    }
+
+    /// [`read_committed`](Self::read_committed), located but not copied. The aborted list is
+    /// all a `read_committed` client needs to drop aborted records (it filters, as from
+    /// Kafka), so the batches themselves go out exactly as stored.
+    pub fn read_committed_spans(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(LogSpans, Vec<crate::log::AbortedTxn>)> {
         let lso = self.last_stable_offset();
         let log = self.shared.log.read();
-        let slice = log.read(offset, max_bytes, lso)?;
-        let aborted = if slice.bytes.is_empty() {
+        let spans = log.read_spans(offset, max_bytes, lso)?;
+        let aborted = if spans.is_empty() {
             Vec::new()
         } else {
-            log.aborted_between(slice.first_offset, slice.next_offset)
+            log.aborted_between(spans.first_offset, spans.next_offset)
         };
-        Ok((slice, aborted))
+        Ok((spans, aborted))
     }
 
     /// Offset of the first record of `producer_id`'s transaction open in this partition

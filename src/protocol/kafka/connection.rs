@@ -17,7 +17,10 @@
 //! runs while a request trickles in, so sending one byte at a time does not hold a connection.
 //!
 //! The loop is generic over the stream ([`Transport`]), so plaintext and TLS connections run
-//! the same code; the TLS handshake has happened before [`run`] is called.
+//! the same code; the TLS handshake has happened before [`run`] is called. A zero-copy fetch
+//! answer ([`Outcome::RespondParts`]) is the one place the writer needs the plain socket: it
+//! flushes the encoded bytes before each segment-file span and sends the span with
+//! `sendfile(2)`, driven by tokio's writability readiness on the non-blocking socket.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,15 +28,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter, Interest};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::codec::{self, FrameError};
+use super::codec::{self, FrameError, ResponsePart};
 use super::handlers::{self, Outcome};
 use super::sasl::{Gate, SaslState};
 use super::KafkaContext;
 use crate::broker::connections::{close_requested, NewConnection, Protocol};
+use crate::log::FileSpan;
 use crate::tls::{ConnSecurity, Transport};
 
 /// Requests one connection may have in flight before we stop reading from it.
@@ -102,6 +107,19 @@ pub async fn run<S: Transport>(
                         break;
                     }
                     // Flush only when nothing else is ready, so pipelined responses share writes.
+                    if pending.is_empty() && out.flush().await.is_err() {
+                        break;
+                    }
+                }
+                Outcome::RespondParts(response) => {
+                    crate::observe::metrics::bytes_sent("kafka", response.len);
+                    written.add_sent(response.len);
+                    if let Err(e) = write_parts::<S>(&mut out, response.parts).await {
+                        // A short sendfile (a segment file cut under us) or a dead peer: part of
+                        // a response may be out, so the connection cannot go on.
+                        tracing::debug!(%peer, error = %e, "Kafka response not sent; closing");
+                        break;
+                    }
                     if pending.is_empty() && out.flush().await.is_err() {
                         break;
                     }
@@ -242,6 +260,81 @@ pub async fn run<S: Transport>(
     }
     let _ = writer_task.await;
     metrics::gauge!("ferry_connections", "protocol" => "kafka").decrement(1.0);
+}
+
+/// Writes a response in pieces: encoded bytes through the buffered writer, file spans with
+/// `sendfile(2)` on the plain socket after flushing what precedes them (or, on a stream that
+/// has no plain socket, read and written like any bytes).
+async fn write_parts<S: Transport>(
+    out: &mut BufWriter<S::Write>,
+    parts: Vec<ResponsePart>,
+) -> std::io::Result<()> {
+    for part in parts {
+        match part {
+            ResponsePart::Bytes(bytes) => out.write_all(&bytes).await?,
+            ResponsePart::File(span) => {
+                out.flush().await?;
+                match S::plain_socket(out.get_ref()) {
+                    Some(socket) => {
+                        sendfile_all(socket, &span).await?;
+                        crate::observe::metrics::kafka_fetch_bytes("sendfile", span.len);
+                    }
+                    None => {
+                        let bytes = crate::log::LogSpans {
+                            spans: vec![span],
+                            first_offset: 0,
+                            next_offset: 0,
+                        }
+                        .read_bytes()
+                        .map_err(std::io::Error::other)?;
+                        out.write_all(&bytes).await?;
+                        crate::observe::metrics::kafka_fetch_bytes("copy", bytes.len());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends all of `span` from its file to the non-blocking `socket`: `sendfile` whenever tokio
+/// says the socket is writable, resuming after partial sends and `EAGAIN`. The file ending
+/// before the span does (truncated while we send) is an error; the bytes sent so far were the
+/// right ones, and the caller closes the connection rather than send anything else.
+async fn sendfile_all(socket: &TcpStream, span: &FileSpan) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let end = span.pos + span.len as u64;
+    let mut offset = libc::off_t::try_from(span.pos).map_err(std::io::Error::other)?;
+    let (out_fd, in_fd) = (socket.as_raw_fd(), span.file.as_raw_fd());
+    while (offset as u64) < end {
+        // Linux sends at most ~2 GiB per call; a response is far smaller.
+        let want = (end - offset as u64).min(1 << 30) as usize;
+        socket.writable().await?;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            // SAFETY: both descriptors are open for the call (the socket is borrowed, the file
+            // held by `span`), and `offset` is a valid pointer the kernel advances.
+            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut offset, want) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment file ended before the fetched batches",
+                ))
+            }
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// What reading one request frame gave.

@@ -16,6 +16,16 @@
 //! `isolation_level=read_committed` (v4+) reads only up to the last stable offset and returns
 //! the aborted transactions overlapping what it read, from the partition's transaction index,
 //! so the client drops their records (and skips control batches, as it always does).
+//!
+//! Zero copy (`kafka.zero_copy_fetch`, plaintext connections only): the log is asked where
+//! the batches are ([`PartitionHandle::read_spans`]) instead of for their bytes, each
+//! partition's records field is encoded as a placeholder, and the codec cuts the response
+//! around the placeholders ([`codec::splice_records`]); the connection then sends the
+//! segment-file spans with `sendfile(2)`. Kafka stores batches as the client reads them, and a
+//! `read_committed` client filters aborted records itself from the aborted-transactions list,
+//! so nothing in a batch ever needs rewriting here. TLS connections (the bytes must pass
+//! through the cipher) and TRACE logging of delivered records (which decodes them) take the
+//! copying path: one `pread` per segment into an unzeroed buffer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,9 +41,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{decode, respond, Outcome};
-use crate::log::{LogError, PartitionHandle};
+use crate::log::{FileSpan, LogError, PartitionHandle};
 use crate::protocol::kafka::authz::{operation, resource};
-use crate::protocol::kafka::codec::RawRequest;
+use crate::protocol::kafka::codec::{self, RawRequest};
 use crate::protocol::kafka::connection::ConnInfo;
 use crate::protocol::kafka::convert::log_error_code;
 use crate::protocol::kafka::fetch_session::{Context, Reported, WantedPartition};
@@ -60,6 +70,10 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
         (request.max_bytes as usize).min(cap)
     };
     let read_committed = request.isolation_level == 1;
+    // sendfile needs the plain socket; TRACE delivery events decode the records.
+    let zero_copy = ctx.settings.kafka.zero_copy_fetch
+        && !conn.security.tls
+        && !tracing::enabled!(tracing::Level::TRACE);
 
     // v13+ names topics by id: each id is looked up once; an unknown one gets an empty name
     // (and UNKNOWN_TOPIC_ID below).
@@ -153,7 +167,7 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
             .iter()
             .filter_map(|h| h.as_ref().ok().map(|h| h.subscribe_high_watermark()))
             .collect();
-        let built = build(partitions, &targets, max_bytes, read_committed);
+        let built = build(partitions, &targets, max_bytes, read_committed, zero_copy);
         let total = built.total;
         let now = tokio::time::Instant::now();
         if total >= min_bytes
@@ -171,9 +185,13 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
             _ = crate::util::stopped(&mut shutdown) => false,
         };
         if !woken {
-            break build(partitions, &targets, max_bytes, read_committed);
+            break build(partitions, &targets, max_bytes, read_committed, zero_copy);
         }
     };
+
+    if built.copied > 0 {
+        crate::observe::metrics::kafka_fetch_bytes("copy", built.copied);
+    }
 
     let (session_id, keep) = match mode {
         Mode::Sessionless => (0, None),
@@ -202,7 +220,53 @@ pub async fn handle(ctx: Arc<KafkaContext>, conn: ConnInfo, req: RawRequest) -> 
     if v >= 7 {
         body = body.with_session_id(session_id).with_error_code(0);
     }
-    respond(ApiKey::Fetch, v, req.correlation_id, &body)
+    if built.spans.is_empty() {
+        return respond(ApiKey::Fetch, v, req.correlation_id, &body);
+    }
+    let framed = match codec::encode_response(ApiKey::Fetch, v, req.correlation_id, &body) {
+        Ok(framed) => framed,
+        Err(_) => return respond(ApiKey::Fetch, v, req.correlation_id, &body),
+    };
+    match codec::splice_records(framed, v >= 12, &built.spans) {
+        Some(spliced) => Outcome::RespondParts(spliced),
+        None => {
+            // Cannot happen unless the encoder changes shape; answer correctly regardless.
+            tracing::warn!("zero-copy fetch response could not be spliced; copying");
+            copy_instead(&mut body, &built.spans);
+            respond(ApiKey::Fetch, v, req.correlation_id, &body)
+        }
+    }
+}
+
+/// Replaces every placeholder in `body` by the bytes it stands for (read now), or by an
+/// error for a partition whose read fails.
+fn copy_instead(body: &mut FetchResponse, spans: &[Vec<FileSpan>]) {
+    for p in body
+        .responses
+        .iter_mut()
+        .flat_map(|t| t.partitions.iter_mut())
+    {
+        let Some(records) = &p.records else { continue };
+        if records.len() != codec::PLACEHOLDER_LEN || records[8..12] != *b"FZC1" {
+            continue;
+        }
+        let index = u32::from_be_bytes([records[12], records[13], records[14], records[15]]);
+        let read = spans.get(index as usize).map(|s| {
+            crate::log::LogSpans {
+                spans: s.clone(),
+                first_offset: 0,
+                next_offset: 0,
+            }
+            .read_bytes()
+        });
+        match read {
+            Some(Ok(bytes)) => p.records = Some(bytes),
+            _ => {
+                p.error_code = ResponseError::KafkaStorageError.code();
+                p.records = Some(Bytes::new());
+            }
+        }
+    }
 }
 
 /// How the answer relates to a fetch session.
@@ -259,6 +323,16 @@ struct Built {
     data: Vec<PartitionData>,
     reports: Vec<Reported>,
     total: usize,
+    /// Record bytes read into the response (the copying path).
+    copied: usize,
+    /// Zero copy: the spans each records placeholder stands for, by placeholder index.
+    spans: Vec<Vec<FileSpan>>,
+}
+
+/// A partition's records: read, or located for sendfile.
+enum Records {
+    Copied(Bytes),
+    Spans(Vec<FileSpan>),
 }
 
 fn build(
@@ -266,7 +340,10 @@ fn build(
     targets: &[Result<PartitionHandle, i16>],
     max_bytes: usize,
     read_committed: bool,
+    zero_copy: bool,
 ) -> Built {
+    let mut spans = Vec::new();
+    let mut copied = 0;
     let mut remaining = max_bytes;
     let mut total = 0usize;
     let mut out = Vec::with_capacity(partitions.len());
@@ -302,13 +379,23 @@ fn build(
                     );
                     let _in = span.enter();
                     let read = if read_committed {
-                        h.read_committed(wanted.fetch_offset, limit)
+                        h.read_committed_spans(wanted.fetch_offset, limit)
                     } else {
-                        h.read(wanted.fetch_offset, limit)
-                            .map(|slice| (slice, Vec::new()))
+                        h.read_spans(wanted.fetch_offset, limit)
+                            .map(|found| (found, Vec::new()))
                     };
+                    // Copying reads the bytes now, under no lock (the spans hold the files).
+                    let read = read.and_then(|(found, aborted)| {
+                        let n = found.len();
+                        let records = if zero_copy || n == 0 {
+                            Records::Spans(found.spans)
+                        } else {
+                            Records::Copied(found.read_bytes()?)
+                        };
+                        Ok((records, n, aborted))
+                    });
                     match read {
-                        Ok((slice, aborted)) => {
+                        Ok((records, n, aborted)) => {
                             if read_committed {
                                 data = data.with_aborted_transactions(Some(
                                     aborted
@@ -321,22 +408,32 @@ fn build(
                                         .collect(),
                                 ));
                             }
-                            let n = slice.bytes.len();
                             if total > 0 && n > remaining {
                                 data = data.with_records(Some(Bytes::new()));
                             } else {
                                 span.record("bytes", n);
-                                crate::broker::event::trace_records(
-                                    "fetch",
-                                    topic,
-                                    wanted.partition,
-                                    0,
-                                    &slice.bytes,
-                                );
                                 total += n;
                                 bytes = n;
                                 remaining = remaining.saturating_sub(n);
-                                data = data.with_records(Some(slice.bytes));
+                                let field = match records {
+                                    Records::Copied(b) => {
+                                        copied += n;
+                                        crate::broker::event::trace_records(
+                                            "fetch",
+                                            topic,
+                                            wanted.partition,
+                                            0,
+                                            &b,
+                                        );
+                                        b
+                                    }
+                                    Records::Spans(_) if n == 0 => Bytes::new(),
+                                    Records::Spans(s) => {
+                                        spans.push(s);
+                                        codec::records_placeholder((spans.len() - 1) as u32)
+                                    }
+                                };
+                                data = data.with_records(Some(field));
                             }
                         }
                         Err(e @ LogError::OffsetOutOfRange { .. }) => {
@@ -367,5 +464,7 @@ fn build(
         data: out,
         reports,
         total,
+        copied,
+        spans,
     }
 }

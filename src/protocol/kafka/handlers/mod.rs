@@ -35,6 +35,8 @@ use super::{versions, KafkaContext};
 /// What the connection does once a request's work is done.
 pub enum Outcome {
     Respond(Bytes),
+    /// A zero-copy fetch: encoded pieces and segment-file spans, sent in order.
+    RespondParts(codec::SplicedResponse),
     /// Produce with acks=0.
     NoResponse,
     /// Answer, then close (a failed SASL authentication, as Kafka does).
