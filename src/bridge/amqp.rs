@@ -257,32 +257,48 @@ impl AmqpSink {
     }
 
     /// Publishes the batch pipelined; with confirms on, what lands once all are acked.
+    ///
+    /// lapin's `basic_publish` queues the frames (and takes the delivery tag) in its first
+    /// poll, then waits until its I/O loop has written them. Awaiting each in turn wrote one
+    /// message per wake-up of that loop; instead every publish is polled once, in order (so
+    /// frames and delivery tags keep the batch's order), and only then are they awaited, so
+    /// the loop writes the batch in a few large writes.
     pub async fn publish(
         &mut self,
         batch: Vec<Message>,
         wait: bool,
     ) -> Result<Confirms, BridgeError> {
         let dst = |e: lapin::Error| BridgeError::Destination(e.to_string());
-        let mut confirms = Vec::with_capacity(batch.len());
-        for message in batch {
-            let record = message.into_record();
-            let out = convert::from_record(&record);
+        let mut outs: Vec<_> = batch
+            .into_iter()
+            .map(|m| convert::from_record(&m.into_record()))
+            .collect();
+        let mut writes = Vec::with_capacity(outs.len());
+        for out in &mut outs {
+            let properties = std::mem::take(&mut out.properties);
+            // The publish borrows the body until it is written.
+            let out: &convert::Outgoing = out;
             let key = match &self.key {
-                Some(k) => k.clone(),
-                None => out.routing_key.as_str().to_string(),
+                Some(k) => k.as_str(),
+                None => out.routing_key.as_str(),
             };
-            let confirm = self
-                .channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &out.body,
-                    out.properties,
-                )
-                .await
-                .map_err(dst)?;
-            confirms.push(confirm);
+            let mut write = Box::pin(self.channel.basic_publish(
+                self.exchange.as_str().into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &out.body,
+                properties,
+            ));
+            match futures::poll!(write.as_mut()) {
+                std::task::Poll::Ready(r) => {
+                    writes.push(futures::future::Either::Left(futures::future::ready(r)))
+                }
+                std::task::Poll::Pending => writes.push(futures::future::Either::Right(write)),
+            }
+        }
+        let mut confirms = Vec::with_capacity(writes.len());
+        for write in writes {
+            confirms.push(write.await.map_err(dst)?);
         }
         Ok(if self.confirms && wait {
             Confirms::Amqp(confirms)

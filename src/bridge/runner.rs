@@ -128,7 +128,7 @@ pub enum Confirms {
     None,
     Ferry(Vec<crate::broker::routing::Durable>),
     Amqp(Vec<lapin::PublisherConfirm>),
-    Kafka(Vec<rdkafka::producer::DeliveryFuture>),
+    Kafka(std::sync::Arc<super::kafka::BatchReports>),
 }
 
 impl Confirms {
@@ -152,16 +152,7 @@ impl Confirms {
                 }
                 Ok(())
             }
-            Confirms::Kafka(deliveries) => {
-                for d in deliveries {
-                    match d.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => return Err(dst(e.to_string())),
-                        Err(_) => return Err(dst("the producer dropped a delivery".into())),
-                    }
-                }
-                Ok(())
-            }
+            Confirms::Kafka(reports) => reports.wait().await,
         }
     }
 }

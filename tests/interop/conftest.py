@@ -98,7 +98,8 @@ def _http_status(url: str) -> Optional[int]:
 def _start_ferry(binary: Path, workdir: Path, extra_args: tuple[str, ...] = ()) -> Broker:
     """Starts `ferry serve` on loopback ports the OS picks; `extra_args` are more flags."""
     data_dir = workdir / "data"
-    data_dir.mkdir()
+    # Already there when a case restarts a Ferry it killed (test_bridge_rabbitmq.py).
+    data_dir.mkdir(exist_ok=True)
     log_path = workdir / "ferry.log"
     env = dict(os.environ)
     env.update(NO_COLOR="1", RUST_LOG=os.environ.get("FERRY_INTEROP_RUST_LOG", "info"))

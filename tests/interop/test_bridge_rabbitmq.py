@@ -4,7 +4,8 @@ With --amqp-url pointing at RabbitMQ (as CI runs `-m amqp`), a spawned Ferry bri
 from that real RabbitMQ, and RabbitMQ is stopped mid-stream (`rabbitmqctl stop_app`, then
 `start_app`, on the node named by $RABBITMQ_NODENAME, as .ci/run exports it). Without it, the
 remote side is the session's Ferry and the outage step is skipped (there is no rabbitmqctl
-for it; the Rust tests in tests/bridge.rs cover Ferry outages).
+for it; the Rust tests in tests/bridge.rs cover Ferry outages). A third case kills the
+bridging Ferry with SIGKILL mid-stream and restarts it on its data directory.
 
 Every message must arrive, first copies in publish order, with duplicates bounded by one
 batch (`src-prefetch-count`) per outage: the documented at-least-once window of on-confirm.
@@ -24,6 +25,8 @@ import urllib.request
 
 import pika
 import pytest
+
+from conftest import _start_ferry
 
 pytestmark = pytest.mark.amqp
 
@@ -148,6 +151,8 @@ def test_ferry_queue_to_remote_amqp_every_message_once_in_order_across_an_outage
     _outage_mid_stream(amqp_url, dest, amqp_is_ferry)
     _publish(ferry_url, "outbox", _bodies(N // 2, N))
     every, firsts, props = _drain_distinct(amqp_url, dest, N)
+    # Shown with `-s`: the long run's figures for docs/bridges.md.
+    print(f"ferry -> remote: {N} messages, {len(every) - N} duplicates")
     assert firsts == _bodies(0, N)
     assert len(every) - N <= PREFETCH, f"{len(every) - N} duplicates"
     assert props.delivery_mode == 2 and props.content_type == "text/plain"
@@ -156,6 +161,35 @@ def test_ferry_queue_to_remote_amqp_every_message_once_in_order_across_an_outage
     shovel = _shovel(ferry, "to-remote")
     assert shovel["state"] == "running", shovel
     assert shovel["messages_forwarded"] >= N
+
+
+def test_kill_9_of_the_bridging_ferry_mid_stream_loses_nothing(spawn_ferry, ferry_bin, amqp_url):
+    """Ferry queue -> remote: the bridging Ferry is killed with SIGKILL once part of the
+    stream crossed, and restarted on its data directory; the bridge (stored in its metadata)
+    resumes from what the remote had not confirmed."""
+    dest = "bridge.it.kill9"
+    conn, ch = _channel(amqp_url)
+    ch.queue_delete(dest)
+    ch.queue_declare(dest, durable=True)
+    conn.close()
+    ferry = spawn_ferry()
+    status, _ = _admin(ferry, "PUT", "/api/parameters/shovel/%2F/kill9", {"value": {
+        "src-queue": "outbox", "dest-uri": amqp_url, "dest-queue": dest,
+        "src-prefetch-count": PREFETCH, "reconnect-delay": 0.2}})
+    assert status == 201
+    _publish(f"amqp://guest:guest@{ferry.amqp_addr}/%2f", "outbox", _bodies(0, N // 2))
+    _wait("part of the stream crossed", lambda: _depth(amqp_url, dest) >= N // 6)
+    ferry.process.kill()
+    ferry.process.wait(timeout=30)
+    # The same Broker object, so the fixture stops (and checks) the restarted process.
+    restarted = _start_ferry(ferry_bin, ferry.data_dir.parent)
+    ferry.__dict__.update(restarted.__dict__)
+    _publish(f"amqp://guest:guest@{ferry.amqp_addr}/%2f", "outbox", _bodies(N // 2, N))
+    every, firsts, _ = _drain_distinct(amqp_url, dest, N)
+    print(f"kill -9 of the bridging ferry: {N} messages, {len(every) - N} duplicates")
+    assert firsts == _bodies(0, N)
+    assert len(every) - N <= PREFETCH, f"{len(every) - N} duplicates"
+    assert _shovel(ferry, "kill9")["state"] == "running"
 
 
 def test_remote_amqp_queue_to_ferry_every_message_once_in_order_across_an_outage(
@@ -175,6 +209,7 @@ def test_remote_amqp_queue_to_ferry_every_message_once_in_order_across_an_outage
     _outage_mid_stream(amqp_url, src, amqp_is_ferry)
     _publish(amqp_url, src, _bodies(N // 2, N))
     every, firsts, props = _drain_distinct(ferry_url, "landing", N)
+    print(f"remote -> ferry: {N} messages, {len(every) - N} duplicates")
     assert firsts == _bodies(0, N)
     assert len(every) - N <= PREFETCH, f"{len(every) - N} duplicates"
     assert props.content_type == "text/plain"
