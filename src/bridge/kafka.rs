@@ -67,9 +67,15 @@ impl ProbeClient for StreamConsumer {
     }
 }
 
+/// The longest wait between librdkafka's attempts to reach a broker that went away.
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
 fn config(bootstrap: &str, options: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
+    // librdkafka backs reconnects off up to 10 s; a bridge should resume within a second of
+    // its cluster coming back (the URI's query can set it back).
+    c.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     for (k, v) in options {
         c.set(k, v);
     }
@@ -329,5 +335,30 @@ impl KafkaSource {
             .map_err(|e| BridgeError::Source(e.to_string()))?;
         self.recommit = Some((list, RECOMMITS));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_lands_after_its_last_report_and_fails_at_its_first_failure() {
+        let batch = BatchReports::new(3);
+        batch.report(None);
+        batch.report(None);
+        let waiting = tokio::spawn({
+            let batch = batch.clone();
+            async move { batch.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one report is still missing");
+        batch.report(None);
+        assert!(waiting.await.unwrap().is_ok());
+
+        let failing = BatchReports::new(2);
+        failing.report(Some("broker: message timed out".into()));
+        let e = failing.wait().await.unwrap_err();
+        assert!(e.to_string().contains("timed out"), "{e}");
     }
 }
