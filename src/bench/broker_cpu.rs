@@ -6,7 +6,8 @@
 //! process's user + system CPU time before and after each case and reports it per message, beside
 //! the client's own share. The broker is the process given with `--broker-pid`, or, when the URL
 //! names a loopback address, the process that owns the listening socket of the URL's port (found
-//! through `/proc/net/tcp{,6}` and the socket inodes in `/proc/<pid>/fd`; only processes of the
+//! through `/proc/net/tcp{,6}` and the socket inodes in `/proc/<pid>/fd`; for a QUIC listener,
+//! as `ferry bench es` uses, the bound UDP socket in `/proc/net/udp{,6}`; only processes of the
 //! same user are visible, which is the usual case for a broker started for a benchmark). Where
 //! neither works (another host, another user, not Linux) the figures are simply absent.
 
@@ -35,6 +36,16 @@ impl BrokerProcess {
     /// The process listening on `port`, when `host` is a loopback name or address (a remote
     /// broker's CPU cannot be read, and a local process on the same port would be a wrong guess).
     pub(crate) fn listening_on(host: &str, port: u16) -> Option<BrokerProcess> {
+        BrokerProcess::owning(host, port, &TCP_LISTENING)
+    }
+
+    /// The process with a UDP socket bound to `port` (a QUIC listener such as the native
+    /// protocol's), under the same loopback rule as [`listening_on`](Self::listening_on).
+    pub(crate) fn bound_udp(host: &str, port: u16) -> Option<BrokerProcess> {
+        BrokerProcess::owning(host, port, &UDP_BOUND)
+    }
+
+    fn owning(host: &str, port: u16, sockets: &SocketTables) -> Option<BrokerProcess> {
         let loopback = host.eq_ignore_ascii_case("localhost")
             || host
                 .trim_start_matches('[')
@@ -44,7 +55,7 @@ impl BrokerProcess {
         if !loopback {
             return None;
         }
-        let inodes = listening_inodes(port);
+        let inodes = socket_inodes(sockets, port);
         if inodes.is_empty() {
             return None;
         }
@@ -84,17 +95,42 @@ pub(crate) fn stat_cpu_time(stat: &str) -> Option<Duration> {
     )
 }
 
-/// Inodes of the sockets listening on `port` (IPv4 and IPv6).
-fn listening_inodes(port: u16) -> Vec<u64> {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
+/// Where the kernel lists one kind of socket, and the state a server's socket is in there.
+struct SocketTables {
+    files: [&'static str; 2],
+    /// `0A` (LISTEN) for TCP; `07` (unconnected) for a bound UDP socket.
+    state: &'static str,
+}
+
+const TCP_LISTENING: SocketTables = SocketTables {
+    files: ["/proc/net/tcp", "/proc/net/tcp6"],
+    state: "0A",
+};
+
+const UDP_BOUND: SocketTables = SocketTables {
+    files: ["/proc/net/udp", "/proc/net/udp6"],
+    state: "07",
+};
+
+/// Inodes of the server sockets on `port` (IPv4 and IPv6).
+fn socket_inodes(sockets: &SocketTables, port: u16) -> Vec<u64> {
+    sockets
+        .files
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|table| listening_in_table(&table, port))
+        .flat_map(|table| in_table(&table, port, sockets.state))
         .collect()
 }
 
 /// Inodes of the rows of a `/proc/net/tcp` table in state LISTEN (0A) on local `port`.
+#[cfg(test)]
 fn listening_in_table(table: &str, port: u16) -> Vec<u64> {
+    in_table(table, port, "0A")
+}
+
+/// Inodes of the rows of a `/proc/net/{tcp,udp}` table in `state` on local `port` (both
+/// tables have the same columns).
+fn in_table(table: &str, port: u16, state: &str) -> Vec<u64> {
     table
         .lines()
         .skip(1)
@@ -102,7 +138,7 @@ fn listening_in_table(table: &str, port: u16) -> Vec<u64> {
             // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
             let cols: Vec<&str> = row.split_whitespace().collect();
             let local_port = cols.get(1)?.rsplit(':').next()?;
-            let listening = *cols.get(3)? == "0A";
+            let listening = *cols.get(3)? == state;
             (listening && u16::from_str_radix(local_port, 16).ok()? == port)
                 .then(|| cols.get(9)?.parse().ok())
                 .flatten()
@@ -170,5 +206,13 @@ mod tests {
         assert_eq!(found.pid, std::process::id());
         assert!(found.cpu_time().is_some());
         assert!(BrokerProcess::listening_on("192.0.2.1", port).is_none());
+    }
+
+    #[test]
+    fn finds_the_owner_of_a_bound_udp_socket() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let found = BrokerProcess::bound_udp("127.0.0.1", port).unwrap();
+        assert_eq!(found.pid, std::process::id());
     }
 }

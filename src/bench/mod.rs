@@ -7,13 +7,16 @@
 //! latency, and the client's own CPU share, so a reader can tell whether the client limited the
 //! run. [`amqp`] does the same for any AMQP 0-9-1 broker (Ferry, RabbitMQ, …): confirmed
 //! publishing and consuming of persistent messages on a durable queue, with a pipelined client
-//! ([`crate::client::amqp`], on tokio and `amq-protocol`'s frame codec; no lapin).
+//! ([`crate::client::amqp`], on tokio and `amq-protocol`'s frame codec; no lapin). [`native`]
+//! and [`es`] measure Ferry's own QUIC protocol through the SDK: queue publishing and
+//! consuming, and event-store appends with expected revisions and catch-up reads.
 //!
 //! This module holds what every generator shares: the error type, the CPU meter, latency
 //! percentiles and the terminal progress line.
 
 pub mod amqp;
 mod broker_cpu;
+pub mod es;
 pub mod kafka;
 pub mod native;
 mod settings;
@@ -23,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use self::es::EsBenchSettings;
 pub use self::native::NativeBenchSettings;
 pub use self::settings::{AmqpBenchSettings, BenchTarget, KafkaBenchSettings};
 use crate::client::ClientError;
@@ -93,6 +97,14 @@ pub fn run(target: BenchTarget) -> Result<(), BenchError> {
                 .build()
                 .map_err(BenchError::Runtime)?;
             runtime.block_on(native::run(args))
+        }
+        BenchTarget::Es(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("ferry-bench")
+                .build()
+                .map_err(BenchError::Runtime)?;
+            runtime.block_on(es::run(args))
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum BenchTarget {
     /// Load-test Ferry's native protocol: confirmed publishes (a window in flight) and one
     /// acking subscription on a durable queue; the same figures as `Amqp`.
     Native(super::NativeBenchSettings),
+    /// Load-test Ferry's event store over the native protocol: one-event appends with expected
+    /// revisions to 1 and to many streams, and a catch-up read of `$all`.
+    Es(super::EsBenchSettings),
 }
 
 /// Flags of `ferry bench amqp`.

@@ -1,4 +1,4 @@
-//! Flags of `ferry bench kafka|amqp`, as clap derive types. They convert into the library's
+//! Flags of `ferry bench kafka|amqp|native|es`, as clap derive types. They convert into the library's
 //! plain [`ferry::bench::BenchTarget`], so clap stays in the binary. The two benches share flag names: `-b` for
 //! the broker, `--size`/`--sizes`, `--records`/`--messages`, `--duration`, `--timeout`,
 //! `--keep`, `--json`.
@@ -40,6 +40,105 @@ pub enum BenchTarget {
         after_help = "Examples:\n  ferry bench native --cert-file ferry-data/native/cert.pem\n  ferry bench native --fingerprint AB:CD:... --size 1KiB --rate 10000 --duration 10"
     )]
     Native(NativeBenchArgs),
+    /// Load-test Ferry's event store over the native protocol: one-event appends with
+    /// expected revisions (NoStream, then Exact) to 1 stream and to many streams, with many
+    /// appends in flight where the streams allow, then a catch-up read of the whole store
+    /// ($all); reports appends/s, append latency, events/s, and the client's and a local
+    /// broker's CPU. Uses a fresh event-store topic, deleted afterwards unless --keep.
+    #[command(
+        after_help = "Examples:\n  ferry bench es --cert-file ferry-data/native/cert.pem          # 1 and 10,000 streams, 10 s each, then catch-up\n  ferry bench es --fingerprint AB:CD:... --streams 10000 --appends 500000 --concurrency 512\n  ferry bench es --cert-file ferry-data/native/cert.pem --appends 1000 --json --keep"
+    )]
+    Es(EsBenchArgs),
+}
+
+/// Flags of `ferry bench es`.
+#[derive(Debug, Clone, Args)]
+pub struct EsBenchArgs {
+    /// The broker's native listener (UDP).
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        env = "FERRY_NATIVE_ADDR",
+        default_value = "127.0.0.1:7447"
+    )]
+    pub native_addr: String,
+    /// Pin the broker certificate's SHA-256 fingerprint (logged at start).
+    #[arg(long, env = "FERRY_NATIVE_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Pin the certificate in this PEM file (a local broker's <data_dir>/native/cert.pem).
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, env = "FERRY_USER", default_value = "guest")]
+    pub user: String,
+    #[arg(
+        long,
+        env = "FERRY_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true
+    )]
+    pub password: String,
+    /// One append case per count: the streams the appends go to, comma-separated.
+    #[arg(
+        long,
+        value_name = "N,...",
+        value_delimiter = ',',
+        default_value = "1,10000"
+    )]
+    pub streams: Vec<u64>,
+    /// Appends per case [default: append for 10 s].
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    pub appends: Option<u64>,
+    /// Append for this many seconds per case [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Appends in flight at once; with Exact, at most one per stream.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub concurrency: usize,
+    /// QUIC connections the appends are spread over.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub connections: usize,
+    /// Payload bytes of each event.
+    #[arg(long, value_name = "BYTES", default_value = "100", value_parser = parse_bytes)]
+    pub size: usize,
+    /// Partitions of the bench store (1 gives a totally ordered $all).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub partitions: u32,
+    /// Skip the catch-up read of $all.
+    #[arg(long)]
+    pub no_catch_up: bool,
+    /// The broker's process id, to report its CPU [default: the process bound to the native
+    /// port, when the address is a loopback one].
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+    /// Keep the bench store.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the results as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<EsBenchArgs> for ferry::bench::EsBenchSettings {
+    fn from(a: EsBenchArgs) -> Self {
+        Self {
+            addr: a.native_addr,
+            fingerprint: a.fingerprint,
+            cert_file: a.cert_file,
+            user: a.user,
+            password: a.password,
+            streams: a.streams,
+            appends: a.appends,
+            duration: a.duration,
+            concurrency: a.concurrency,
+            connections: a.connections,
+            size: a.size,
+            partitions: a.partitions,
+            no_catch_up: a.no_catch_up,
+            broker_pid: a.broker_pid,
+            keep: a.keep,
+            json: a.json,
+        }
+    }
 }
 
 /// Flags of `ferry bench native`.
@@ -351,6 +450,7 @@ impl From<BenchTarget> for ferry::bench::BenchTarget {
             BenchTarget::Kafka(v) => Self::Kafka(v.into()),
             BenchTarget::Amqp(v) => Self::Amqp(v.into()),
             BenchTarget::Native(v) => Self::Native(v.into()),
+            BenchTarget::Es(v) => Self::Es(v.into()),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! a `$all` subscription during concurrent appends gets every event once, in order, then
 //! `CaughtUp`, and one restarted from its checkpoint loses nothing; filters (category prefix,
 //! event-type regex) send only matching events plus checkpoints; a stream subscription starts
-//! at its revision and goes live. The issue's 100k-append figure is the ignored
+//! at its revision and goes live. A live subscriber that lags by more than
+//! `FELL_BEHIND_RECORDS` gets `FellBehind`, then `CaughtUp` again, losing and repeating nothing
+//! (through the core's `CatchUp::poll`, so the lag is exact). The issue's 100k-append figure is the ignored
 //! `..._100k` variant (run with `--ignored`); the default keeps the debug run short.
 
 use crate::common;
@@ -319,5 +321,119 @@ async fn a_stream_subscription_starts_at_its_revision_and_goes_live() {
         CatchUpEvent::Event(e) => assert_eq!((e.stream.as_str(), e.revision), ("a", 100)),
         other => panic!("{other:?}"),
     }
+    broker.stop().await;
+}
+
+/// Appends `count` events to `stream` through the core API, at most
+/// `MAX_EVENTS_PER_APPEND` per append; ids `{stream}-{n}` from `first`.
+async fn append_core(
+    store: &ferry::es::EventStore,
+    topic: &str,
+    stream: &str,
+    first: u64,
+    count: u64,
+) {
+    use ferry::es::{AppendOutcome, ExpectedRevision as Expected, NewEvent, MAX_EVENTS_PER_APPEND};
+    let mut n = first;
+    while n < first + count {
+        let take = (first + count - n).min(MAX_EVENTS_PER_APPEND as u64);
+        let events = (n..n + take)
+            .map(|i| NewEvent {
+                id: format!("{stream}-{i}"),
+                record: ferry::log::SimpleRecord {
+                    value: Some(bytes::Bytes::from(i.to_le_bytes().to_vec())),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let outcome = store
+            .append(topic, stream, Expected::Any, events)
+            .await
+            .expect("append");
+        assert!(matches!(outcome, AppendOutcome::Success(_)), "{outcome:?}");
+        n += take;
+    }
+}
+
+/// What one round of polls saw: the events' revisions and the signals, in order.
+#[derive(Debug, Default)]
+struct Polled {
+    revisions: Vec<u64>,
+    signals: Vec<String>,
+}
+
+/// Polls in rounds of 100 messages (a subscriber reading as it goes) until a poll finds
+/// nothing new: the end of the log. (`CaughtUp` comes only when the subscription was behind,
+/// so it cannot be the loop's end.)
+fn poll_to_the_end(sub: &mut ferry::es::CatchUp) -> Polled {
+    use ferry::es::CatchUpMessage as M;
+    let mut seen = Polled::default();
+    for _ in 0..1_000_000 {
+        let messages = sub.poll(100).expect("poll");
+        if messages.is_empty() {
+            return seen;
+        }
+        for message in messages {
+            match message {
+                M::Event(e) => seen.revisions.push(e.revision),
+                M::Checkpoint(p) => seen.signals.push(format!("checkpoint {p}")),
+                M::FellBehind(p) => seen.signals.push(format!("fell behind {p}")),
+                M::CaughtUp(p) => seen.signals.push(format!("caught up {p}")),
+            }
+        }
+    }
+    panic!("never reached the end: {seen:?}");
+}
+
+/// The `FellBehind` signal (issue 15): a live subscriber that lags by exactly
+/// `FELL_BEHIND_RECORDS` stays live; one that lags by more is told it fell behind, then
+/// `CaughtUp` once it has read up to the end again, and in all of it every event comes once,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_live_subscriber_falls_behind_and_catches_up_without_gaps() {
+    use ferry::es::catchup::FELL_BEHIND_RECORDS;
+    let broker = TestBroker::start().await.expect("broker");
+    let topic = "es.fell-behind";
+    let _sdk = store(&broker, topic).await;
+    let store = ferry::es::EventStore::new(broker.core());
+    let lag = FELL_BEHIND_RECORDS as u64;
+
+    append_core(&store, topic, "s", 0, 5).await;
+    let mut sub = store
+        .subscribe_to_all(topic, 0, 0, None, 0)
+        .expect("subscribe");
+    let live = poll_to_the_end(&mut sub);
+    assert_eq!(live.revisions, (0..5).collect::<Vec<_>>());
+    assert_eq!(live.signals, ["caught up 5"]);
+
+    // Exactly the threshold behind: still live, no signal.
+    append_core(&store, topic, "s", 5, lag).await;
+    let within = poll_to_the_end(&mut sub);
+    assert_eq!(within.revisions, (5..5 + lag).collect::<Vec<_>>());
+    assert!(within.signals.is_empty(), "{:?}", within.signals);
+
+    // One more than the threshold behind: FellBehind first, at the position it reads from,
+    // then every event once, then CaughtUp at the end of the log.
+    let from = 5 + lag;
+    append_core(&store, topic, "s", from, lag + 1).await;
+    let behind = poll_to_the_end(&mut sub);
+    assert_eq!(
+        behind.signals,
+        [
+            format!("fell behind {from}"),
+            format!("caught up {}", from + lag + 1)
+        ]
+    );
+    assert_eq!(behind.revisions, (from..from + lag + 1).collect::<Vec<_>>());
+
+    // Live again: the next event comes without a signal before it.
+    let end = from + lag + 1;
+    append_core(&store, topic, "s", end, 1).await;
+    let messages = sub.poll(100).expect("poll");
+    assert!(
+        matches!(messages.as_slice(), [ferry::es::CatchUpMessage::Event(e)] if e.revision == end),
+        "{messages:?}"
+    );
+    assert_eq!(sub.position(), (end + 1) as i64);
     broker.stop().await;
 }

@@ -30,6 +30,7 @@ mod cross_protocol;
 mod dedup_confirms;
 mod disk_faults;
 mod embed;
+mod es_bench;
 mod es_catchup;
 mod es_crash;
 mod es_persistent;

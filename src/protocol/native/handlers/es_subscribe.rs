@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
+use prost::Message as _;
 use quinn::{RecvStream, SendStream};
 
 use super::super::connection::Ctx;
@@ -99,6 +101,9 @@ async fn run(
             }
             continue;
         }
+        // One write per poll, not per message: every QUIC write takes the connection's lock
+        // and may wake its driver, a fixed cost per call that a small event cannot amortise.
+        let mut frames = BytesMut::new();
         for message in messages {
             let message = match message {
                 CatchUpMessage::Event(e) => M::Event(recorded(e)),
@@ -111,7 +116,11 @@ async fn run(
                     message: Some(message),
                 })),
             };
-            write(send, &response).await?;
+            // Writing into a BytesMut grows it as needed; it cannot run out of capacity.
+            let _ = response.encode_length_delimited(&mut frames);
         }
+        send.write_all(&frames)
+            .await
+            .map_err(|e| NativeError::new(ErrorCode::Unavailable, format!("stream closed: {e}")))?;
     }
 }
