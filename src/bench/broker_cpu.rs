@@ -52,6 +52,30 @@ impl BrokerProcess {
         BrokerProcess::by_pid(pid)
     }
 
+    /// The process with a UDP socket bound to `port` (a QUIC listener), when `host` is a
+    /// loopback name or address; as [`listening_on`](Self::listening_on) otherwise.
+    pub(crate) fn bound_udp(host: &str, port: u16) -> Option<BrokerProcess> {
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return None;
+        }
+        let inodes: Vec<u64> = ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            // An unconnected UDP socket is in state 07 (TCP_CLOSE).
+            .flat_map(|table| sockets_in_table(&table, port, "07"))
+            .collect();
+        if inodes.is_empty() {
+            return None;
+        }
+        BrokerProcess::by_pid(owner_of(&inodes)?)
+    }
+
     /// Its user + system CPU time so far.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         cpu_time_of(self.pid)
@@ -95,6 +119,11 @@ fn listening_inodes(port: u16) -> Vec<u64> {
 
 /// Inodes of the rows of a `/proc/net/tcp` table in state LISTEN (0A) on local `port`.
 fn listening_in_table(table: &str, port: u16) -> Vec<u64> {
+    sockets_in_table(table, port, "0A")
+}
+
+/// Inodes of the rows of a `/proc/net/{tcp,udp}` table in `state` on local `port`.
+fn sockets_in_table(table: &str, port: u16, state: &str) -> Vec<u64> {
     table
         .lines()
         .skip(1)
@@ -102,7 +131,7 @@ fn listening_in_table(table: &str, port: u16) -> Vec<u64> {
             // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
             let cols: Vec<&str> = row.split_whitespace().collect();
             let local_port = cols.get(1)?.rsplit(':').next()?;
-            let listening = *cols.get(3)? == "0A";
+            let listening = *cols.get(3)? == state;
             (listening && u16::from_str_radix(local_port, 16).ok()? == port)
                 .then(|| cols.get(9)?.parse().ok())
                 .flatten()

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream};
+use crate::proto::stream::{RecvStream, SendStream};
 
 use super::super::connection::Ctx;
 use super::super::convert::NativeError;
