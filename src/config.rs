@@ -61,6 +61,10 @@ pub struct Config {
     pub amqp_listen: String,
     /// Native protocol (protobuf over QUIC) listener, `HOST:PORT`. Default `0.0.0.0:7447`.
     pub native_listen: String,
+    /// The native protocol over TCP (TLS, streams multiplexed by id; docs/native-protocol.md)
+    /// for clients on networks that block UDP, `HOST:PORT` (7448 by convention). Default
+    /// empty: off.
+    pub native_tcp_listen: String,
     /// HTTP listener for `/healthz`, `/readyz`, `/metrics`. Default `0.0.0.0:8080`.
     pub http_listen: String,
     /// Kafka TLS (`SSL`) listener, `HOST:PORT` (Kafka's usual 9093). Default empty: off.
@@ -105,6 +109,7 @@ impl Default for Config {
             kafka_advertised: None,
             amqp_listen: "0.0.0.0:5672".into(),
             native_listen: "0.0.0.0:7447".into(),
+            native_tcp_listen: String::new(),
             http_listen: "0.0.0.0:8080".into(),
             kafka_tls_listen: String::new(),
             kafka_tls_advertised: None,
@@ -370,6 +375,9 @@ impl Config {
         }
         for (key, value) in self.tls_listeners() {
             resolve_listen(key, value)?;
+        }
+        if !self.native_tcp_listen.is_empty() {
+            resolve_listen("native_tcp_listen", &self.native_tcp_listen)?;
         }
         if let Some(adv) = &self.kafka_advertised {
             parse_host_port("kafka_advertised", adv)?;

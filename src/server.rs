@@ -119,8 +119,10 @@ fn probe_listeners(config: &Config) -> Result<(), StartError> {
         ("http_listen", &config.http_listen),
         ("kafka_listen", &config.kafka_listen),
         ("amqp_listen", &config.amqp_listen),
+        ("native_tcp_listen", &config.native_tcp_listen),
     ];
-    for (key, addr) in plain.into_iter().chain(config.tls_listeners()) {
+    let plain = plain.into_iter().filter(|(_, addr)| !addr.is_empty());
+    for (key, addr) in plain.chain(config.tls_listeners()) {
         let resolved = resolve_listen(key, addr)?;
         if resolved.port() == 0 {
             continue;
@@ -163,6 +165,8 @@ impl Default for BrokerBuilder {
             kafka_listen: "127.0.0.1:0".into(),
             amqp_listen: "127.0.0.1:0".into(),
             native_listen: "127.0.0.1:0".into(),
+            // On for embedded brokers, so tests can run the native protocol over TCP too.
+            native_tcp_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
             ..Config::default()
         };
@@ -213,6 +217,12 @@ impl BrokerBuilder {
 
     pub fn native_listen(mut self, addr: impl Into<String>) -> Self {
         self.config.native_listen = addr.into();
+        self
+    }
+
+    /// The native protocol's TCP listener; empty switches it off.
+    pub fn native_tcp_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.native_tcp_listen = addr.into();
         self
     }
 
@@ -380,6 +390,21 @@ impl BrokerBuilder {
             native_certificates,
             shutdown_rx.clone(),
         ));
+        let native_tcp_addr =
+            match listeners::bind_native_tcp(&config, &data_dir, tls.as_ref()).await? {
+                Some((listener, addr, native_tls)) => {
+                    health.set_listener("native_tcp", addr);
+                    tasks.spawn(protocol::native::tcp::serve(
+                        listener,
+                        core.clone(),
+                        config.native.clone(),
+                        native_tls,
+                        shutdown_rx.clone(),
+                    ));
+                    Some(addr)
+                }
+                None => None,
+            };
 
         let kafka_settings = protocol::kafka::KafkaServerSettings {
             advertised: config.kafka_advertised.clone(),
@@ -464,6 +489,7 @@ impl BrokerBuilder {
             kafka: kafka_addr,
             amqp: amqp_addr,
             native: native_addr,
+            native_tcp: native_tcp_addr,
             native_fingerprint,
             http: http_addr,
             kafka_tls: kafka_tls_addr,
@@ -483,6 +509,7 @@ impl BrokerBuilder {
             amqp_tls_addr = %or_off(amqp_tls_addr),
             https_addr = %or_off(https_addr),
             %native_addr,
+            native_tcp_addr = %or_off(native_tcp_addr),
             "ferry is ready"
         );
 
@@ -509,6 +536,8 @@ struct Addrs {
     amqp: SocketAddr,
     /// UDP (QUIC).
     native: SocketAddr,
+    /// TCP, when `native_tcp_listen` is set.
+    native_tcp: Option<SocketAddr>,
     /// SHA-256 of the native listener's certificate (what clients pin).
     native_fingerprint: String,
     http: SocketAddr,
@@ -564,6 +593,11 @@ impl Broker {
     /// The native protocol's QUIC (UDP) address.
     pub fn native_addr(&self) -> SocketAddr {
         self.addrs.native
+    }
+
+    /// The native protocol's TCP address, when `native_tcp_listen` is on.
+    pub fn native_tcp_addr(&self) -> Option<SocketAddr> {
+        self.addrs.native_tcp
     }
 
     /// The SHA-256 fingerprint of the native listener's certificate, for

@@ -33,7 +33,9 @@ pub struct PublishArgs {
 }
 
 pub async fn publish(args: PublishArgs) -> Result<(), CliError> {
-    let addr: SocketAddr = args.addr.parse().map_err(|_| {
+    let (transport, hostport) = crate::client::native::Transport::split_url(&args.addr)
+        .map_err(|e| CliError::Usage(format!("--native-addr {}: {e}", args.addr)))?;
+    let addr: SocketAddr = hostport.parse().map_err(|_| {
         CliError::Usage(format!(
             "--native-addr {}: expected HOST:PORT with a numeric host, e.g. 127.0.0.1:7447",
             args.addr
@@ -68,7 +70,8 @@ pub async fn publish(args: PublishArgs) -> Result<(), CliError> {
             .as_ref()
             .map(|k| bytes::Bytes::copy_from_slice(k.as_bytes()));
     }
-    let mut options = ConnectOptions::new(addr, trust, &args.user, &args.password);
+    let mut options = ConnectOptions::new(addr, trust, &args.user, &args.password)
+        .with_transport(transport, addr);
     options.client_name = "ferry publish".into();
     options.backoff.attempts = 3;
     let conn = connect(options)

@@ -7,7 +7,9 @@
 //! subscription stream with `--prefetch` unsettled deliveries that acks each one. Every payload
 //! starts with the time it was sent (ns since the run started, little-endian), so the consumer
 //! measures end-to-end latency on the same clock. The queue is deleted afterwards unless
-//! `--keep`.
+//! `--keep`. `--transport tcp` runs the same over the TCP listener. The broker's CPU per
+//! message is read from `/proc` as `ferry bench amqp` does (the local process bound to the
+//! port, UDP for QUIC, or `--broker-pid`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,9 +20,11 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use super::broker_cpu::BrokerProcess;
 use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency};
 use crate::client::native::{
-    connect, ConnectOptions, EventMetadata, EventPublisher, NativeConnection, PublishConfig, Trust,
+    connect, ConnectOptions, EventMetadata, EventPublisher, NativeConnection, PublishConfig,
+    Transport, Trust,
 };
 use crate::proto::{framed, v1};
 
@@ -31,8 +35,12 @@ const DEFAULT_SECS: f64 = 10.0;
 /// Flags of `ferry bench native`.
 #[derive(Debug, Clone)]
 pub struct NativeBenchSettings {
-    /// The native listener, `HOST:PORT`.
+    /// The native listener, `HOST:PORT` (`tcp://` or `quic://` may prefix it).
     pub addr: String,
+    /// Over the TCP listener rather than QUIC.
+    pub tcp: bool,
+    /// The broker process whose CPU is reported (else the local owner of the port).
+    pub broker_pid: Option<u32>,
     /// Pin this certificate fingerprint...
     pub fingerprint: Option<String>,
     /// ... or the certificate in this PEM file.
@@ -61,6 +69,8 @@ pub struct Report {
     pub tool: &'static str,
     pub version: &'static str,
     pub addr: String,
+    pub transport: &'static str,
+    pub broker_process: Option<super::amqp::BrokerProcessReport>,
     pub client_cores: usize,
     pub window: usize,
     pub batch: usize,
@@ -81,13 +91,28 @@ pub struct CaseReport {
     pub consume_messages_per_sec: f64,
     pub end_to_end_latency: Option<Latency>,
     pub client_cpu_percent: Option<f64>,
+    /// The broker process's user + system CPU over wall time, in percent of one core.
+    pub broker_cpu_percent: Option<f64>,
+    /// The broker process's CPU time per published (and consumed) message.
+    pub broker_cpu_us_per_message: Option<f64>,
 }
 
 pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
-    let addr = s
-        .addr
+    let (scheme, hostport) = Transport::split_url(&s.addr)
+        .map_err(|e| BenchError::Invalid(format!("--native-addr {}: {e}", s.addr)))?;
+    let transport = if s.tcp { Transport::Tcp } else { scheme };
+    let addr: std::net::SocketAddr = hostport
         .parse()
         .map_err(|_| BenchError::Invalid(format!("--native-addr {}: expected IP:PORT", s.addr)))?;
+    let broker = match s.broker_pid {
+        Some(pid) => Some(BrokerProcess::by_pid(pid).ok_or_else(|| {
+            BenchError::Invalid(format!("--broker-pid {pid}: cannot read /proc/{pid}/stat"))
+        })?),
+        None => match transport {
+            Transport::Tcp => BrokerProcess::listening_on(&addr.ip().to_string(), addr.port()),
+            Transport::Quic => BrokerProcess::bound_udp(&addr.ip().to_string(), addr.port()),
+        },
+    };
     let trust = match (&s.fingerprint, &s.cert_file) {
         (Some(fp), None) => Trust::Fingerprint(fp.clone()),
         (None, Some(file)) => Trust::CertFile(file.clone()),
@@ -98,15 +123,17 @@ pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
             ))
         }
     };
-    let conn = connect(ConnectOptions::new(addr, trust, &s.user, &s.password))
+    let options =
+        ConnectOptions::new(addr, trust, &s.user, &s.password).with_transport(transport, addr);
+    let conn = connect(options)
         .await
         .map_err(|e| BenchError::Failed(format!("connecting to {}: {e}", s.addr)))?;
     let mut cases = Vec::new();
     for &size in &s.size {
-        let case = run_case(&conn, &s, size).await?;
+        let case = run_case(&conn, &s, size, broker.as_ref()).await?;
         if !s.json {
             println!(
-                "  {}: published+confirmed {} msg/s (confirm p50 {:.2} ms p99 {:.2} ms), consumed {} msg/s, e2e p50 {:.2} ms p99 {:.2} ms (client CPU {})",
+                "  {}: published+confirmed {} msg/s (confirm p50 {:.2} ms p99 {:.2} ms), consumed {} msg/s, e2e p50 {:.2} ms p99 {:.2} ms (client CPU {}, broker CPU {})",
                 case.case,
                 group(case.publish_messages_per_sec as u64),
                 case.confirm_latency.as_ref().map_or(0.0, |l| l.p50_ms),
@@ -115,6 +142,10 @@ pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
                 case.end_to_end_latency.as_ref().map_or(0.0, |l| l.p50_ms),
                 case.end_to_end_latency.as_ref().map_or(0.0, |l| l.p99_ms),
                 case.client_cpu_percent.map_or("n/a".to_string(), |p| format!("{p:.0}%")),
+                match (case.broker_cpu_percent, case.broker_cpu_us_per_message) {
+                    (Some(p), Some(us)) => format!("{p:.0}%, {us:.1} µs/msg"),
+                    _ => "n/a".to_string(),
+                },
             );
         }
         cases.push(case);
@@ -124,6 +155,14 @@ pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
             tool: "ferry bench native",
             version: env!("CARGO_PKG_VERSION"),
             addr: s.addr.clone(),
+            transport: match transport {
+                Transport::Quic => "quic",
+                Transport::Tcp => "tcp",
+            },
+            broker_process: broker.as_ref().map(|b| super::amqp::BrokerProcessReport {
+                pid: b.pid,
+                name: b.name.clone(),
+            }),
             client_cores: cores(),
             window: s.window,
             batch: s.batch,
@@ -149,6 +188,7 @@ async fn run_case(
     conn: &NativeConnection,
     s: &NativeBenchSettings,
     size: usize,
+    broker: Option<&BrokerProcess>,
 ) -> Result<CaseReport, BenchError> {
     let queue = format!(
         "ferry-bench-native-{}-{}",
@@ -176,6 +216,7 @@ async fn run_case(
         publishing_done.clone(),
     ));
     let cpu = CpuMeter::start();
+    let broker_before = broker.and_then(|b| b.cpu_time());
     let (confirms, publish_secs) = publish(conn, s, size, &queue, start, &published).await?;
     publishing_done.store(true, Ordering::SeqCst);
     let consumed = tokio::time::timeout(Duration::from_secs(60), consumer)
@@ -183,6 +224,10 @@ async fn run_case(
         .map_err(|_| BenchError::Failed("the consumer did not drain the queue in 60 s".into()))?
         .map_err(|e| BenchError::Failed(e.to_string()))??;
     let share = cpu.stop();
+    let broker_used = match (broker_before, broker.and_then(|b| b.cpu_time())) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     if !s.keep {
         call(
             conn,
@@ -205,6 +250,12 @@ async fn run_case(
         consume_messages_per_sec: consumed.count as f64 / consumed.secs.max(1e-9),
         end_to_end_latency: Latency::from("end_to_end", consumed.latencies),
         client_cpu_percent: share.client,
+        broker_cpu_percent: broker_used
+            .filter(|_| share.wall > 0.0)
+            .map(|d| 100.0 * d.as_secs_f64() / share.wall),
+        broker_cpu_us_per_message: broker_used
+            .filter(|_| n > 0)
+            .map(|d| d.as_secs_f64() * 1e6 / n as f64),
     })
 }
 

@@ -33,11 +33,12 @@ pub enum BenchTarget {
         after_help = "Examples:\n  ferry bench amqp                               # 16 B and 1 KiB, 10 s each, against 127.0.0.1:5672\n  ferry bench amqp -b amqp://guest:guest@rabbit:5672/%2f --size 1KiB --rate 10000\n  ferry bench amqp --size 16 --messages 1000000 --no-consumer   # what queued messages cost\n  ferry bench amqp -b amqps://guest:guest@localhost:5671/%2f --cacert ca.pem"
     )]
     Amqp(AmqpBenchArgs),
-    /// Load-test Ferry's native protocol (QUIC): confirmed publishes through the SDK with a
-    /// window in flight, and one subscription acking every delivery, on a fresh durable queue
-    /// per size; reports messages/s, confirm and end-to-end latency, and the client's CPU.
+    /// Load-test Ferry's native protocol (QUIC, or TCP with --transport tcp): confirmed
+    /// publishes through the SDK with a window in flight, and one subscription acking every
+    /// delivery, on a fresh durable queue per size; reports messages/s, confirm and end-to-end
+    /// latency, and the client's and a local broker's CPU.
     #[command(
-        after_help = "Examples:\n  ferry bench native --cert-file ferry-data/native/cert.pem\n  ferry bench native --fingerprint AB:CD:... --size 1KiB --rate 10000 --duration 10"
+        after_help = "Examples:\n  ferry bench native --cert-file ferry-data/native/cert.pem\n  ferry bench native --fingerprint AB:CD:... --size 1KiB --rate 10000 --duration 10\n  ferry bench native --cert-file ferry-data/native/cert.pem --transport tcp --native-addr 127.0.0.1:7448"
     )]
     Native(NativeBenchArgs),
     /// Load-test Ferry's event store over the native protocol: one-event appends with
@@ -144,7 +145,8 @@ impl From<EsBenchArgs> for ferry::bench::EsBenchSettings {
 /// Flags of `ferry bench native`.
 #[derive(Debug, Clone, Args)]
 pub struct NativeBenchArgs {
-    /// The broker's native listener (UDP).
+    /// The broker's native listener: UDP for QUIC, `native_tcp_listen` for --transport tcp
+    /// (a `tcp://` or `quic://` prefix chooses the transport too).
     #[arg(
         long,
         value_name = "IP:PORT",
@@ -152,6 +154,12 @@ pub struct NativeBenchArgs {
         default_value = "127.0.0.1:7447"
     )]
     pub native_addr: String,
+    /// quic or tcp (the broker's `native_tcp_listen`).
+    #[arg(long, default_value = "quic", value_parser = ["quic", "tcp"])]
+    pub transport: String,
+    /// The broker process whose CPU to report [default: the local process bound to the port].
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
     /// Pin the broker certificate's SHA-256 fingerprint (logged at start).
     #[arg(long, env = "FERRY_NATIVE_FINGERPRINT")]
     pub fingerprint: Option<String>,
@@ -200,6 +208,8 @@ impl From<NativeBenchArgs> for ferry::bench::NativeBenchSettings {
     fn from(a: NativeBenchArgs) -> Self {
         Self {
             addr: a.native_addr,
+            tcp: a.transport == "tcp",
+            broker_pid: a.broker_pid,
             fingerprint: a.fingerprint,
             cert_file: a.cert_file,
             user: a.user,

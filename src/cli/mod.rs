@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// Native protocol (QUIC, UDP) listener [default: 0.0.0.0:7447].
     #[arg(long, value_name = "HOST:PORT")]
     pub native_listen: Option<String>,
+    /// Native protocol over TCP (TLS) for networks that block UDP, e.g. 0.0.0.0:7448
+    /// [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub native_tcp_listen: Option<String>,
     /// HTTP listener for /healthz, /readyz and /metrics [default: 0.0.0.0:8080].
     #[arg(long, value_name = "HOST:PORT")]
     pub http_listen: Option<String>,
@@ -178,6 +182,7 @@ impl ServeArgs {
         o.set_str("kafka_advertised", self.kafka_advertised.clone());
         o.set_str("amqp_listen", self.amqp_listen.clone());
         o.set_str("native_listen", self.native_listen.clone());
+        o.set_str("native_tcp_listen", self.native_tcp_listen.clone());
         o.set_str("http_listen", self.http_listen.clone());
         o.set_str("log.fsync", self.fsync.clone());
         o.set_str("kafka_tls_listen", self.kafka_tls_listen.clone());

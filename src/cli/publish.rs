@@ -9,7 +9,8 @@ use ferry::client::native::EventMetadata;
 /// `ferry publish`: one event over the native protocol (QUIC), answered after the confirm.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// The broker's native listener (UDP).
+    /// The broker's native listener (UDP); `tcp://HOST:PORT` uses its TCP listener
+    /// (`native_tcp_listen`) instead.
     #[arg(
         help_heading = "Connection (also from the environment)",
         long,

@@ -9,10 +9,14 @@
 //!
 //! Framing is protobuf's length-delimited form: a varint byte count, then one message.
 //! [`codec`] is pure (no I/O: it checks that a frame is whole and within the size limit before
-//! decoding it); [`framed`] reads and writes frames on any async byte stream (a QUIC stream).
+//! decoding it); [`framed`] reads and writes frames on any async byte stream: a QUIC stream,
+//! or a stream of [`mux`], the multiplexing that carries the same streams over one TCP (TLS)
+//! connection. [`stream`] is the one stream type both transports' streams become.
 
 pub mod codec;
 pub mod framed;
+pub mod mux;
+pub mod stream;
 
 /// The generated message types of package `ferry.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]

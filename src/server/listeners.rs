@@ -72,6 +72,45 @@ pub(super) fn bind_native(
     Ok((bound, fingerprint))
 }
 
+/// Binds the native protocol's TCP listener on `native_tcp_listen` when it is set, with the
+/// QUIC listener's certificate: the shared TLS configuration when `tls.cert_file` names one
+/// (client certificates, reloads), else the data directory's self-signed one.
+pub(super) async fn bind_native_tcp(
+    config: &Config,
+    data_dir: &Path,
+    tls: Option<&Arc<TlsAcceptor>>,
+) -> Result<
+    Option<(
+        TcpListener,
+        SocketAddr,
+        crate::protocol::native::tcp::TcpTls,
+    )>,
+    StartError,
+> {
+    use crate::protocol::native::{endpoint, tcp};
+    let key = "native_tcp_listen";
+    if config.native_tcp_listen.is_empty() {
+        return Ok(None);
+    }
+    let identity = endpoint::identity(&config.tls, data_dir)?;
+    let (fingerprint, origin) = (identity.fingerprint.clone(), identity.origin);
+    let native_tls = match tls {
+        Some(acceptor) if origin == endpoint::CONFIGURED => tcp::TcpTls::Shared(acceptor.clone()),
+        _ => tcp::TcpTls::Fixed(tcp::fixed_config(identity)?),
+    };
+    let listener = bind(key, &config.native_tcp_listen).await?;
+    let bound = local_addr(key, &config.native_tcp_listen, &listener)?;
+    tracing::info!(
+        protocol = "native (TCP)",
+        addr = %bound,
+        alpn = "ferry/1",
+        certificate = origin,
+        sha256_fingerprint = %fingerprint,
+        "listening"
+    );
+    Ok(Some((listener, bound, native_tls)))
+}
+
 /// Reloads the certificates when their files change, every `tls.reload_check_interval_ms`.
 pub(super) async fn watch_certificates(
     acceptor: Arc<TlsAcceptor>,

@@ -58,6 +58,7 @@ mod native_groups;
 mod native_idempotent;
 mod native_permissions;
 mod native_sdk;
+mod native_tcp;
 mod native_tls;
 mod power_loss;
 mod properties;

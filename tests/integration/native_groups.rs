@@ -23,7 +23,7 @@ use common::native::connect_as;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn next(reader: &mut FrameReader<quinn::RecvStream>) -> R {
+async fn next(reader: &mut FrameReader<ferry::client::native::RecvStream>) -> R {
     let r: v1::Response = tokio::time::timeout(WAIT, reader.next())
         .await
         .expect("a response in time")
@@ -33,7 +33,9 @@ async fn next(reader: &mut FrameReader<quinn::RecvStream>) -> R {
 }
 
 /// The next `Assigned`, skipping deliveries of the previous assignment still in flight.
-async fn next_assignment(reader: &mut FrameReader<quinn::RecvStream>) -> v1::Assigned {
+async fn next_assignment(
+    reader: &mut FrameReader<ferry::client::native::RecvStream>,
+) -> v1::Assigned {
     loop {
         match next(reader).await {
             R::Assigned(a) => return a,
@@ -43,14 +45,14 @@ async fn next_assignment(reader: &mut FrameReader<quinn::RecvStream>) -> v1::Ass
     }
 }
 
-async fn delivery(reader: &mut FrameReader<quinn::RecvStream>) -> v1::Delivery {
+async fn delivery(reader: &mut FrameReader<ferry::client::native::RecvStream>) -> v1::Delivery {
     match next(reader).await {
         R::Delivery(d) => d,
         other => panic!("expected a delivery, got {other:?}"),
     }
 }
 
-async fn ack(send: &mut quinn::SendStream, tag: u64) {
+async fn ack(send: &mut ferry::client::native::SendStream, tag: u64) {
     let settle = v1::Request {
         op: Some(Op::Settle(v1::Settle {
             delivery_tag: tag,

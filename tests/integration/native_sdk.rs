@@ -2,7 +2,8 @@
 //! 127.0.0.1: publish with confirm, subscribe and ack, retries with the retry count, dead
 //! letters with the handler's error, request/reply, a connection killed mid-stream (resend and
 //! dedup), typed errors for bad requests, and event metadata crossing to Kafka and AMQP clients
-//! (rdkafka, lapin) and back.
+//! (rdkafka, lapin) and back. The tests named `..._over_tcp` run the same body over the TCP
+//! listener (`native_tcp_listen`) instead of QUIC.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,15 +24,19 @@ const WAIT: Duration = Duration::from_secs(10);
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 async fn sdk(broker: &TestBroker) -> NativeConnection {
+    sdk_over(broker, Transport::Quic).await
+}
+
+/// The SDK over QUIC or over the TCP listener (the same certificate either way).
+pub(crate) async fn sdk_over(broker: &TestBroker, transport: Transport) -> NativeConnection {
     let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
-    connect(ConnectOptions::new(
-        broker.native_addr(),
-        trust,
-        "guest",
-        "guest",
-    ))
-    .await
-    .expect("connect")
+    let addr = match transport {
+        Transport::Quic => broker.native_addr(),
+        Transport::Tcp => broker.native_tcp_addr().expect("native_tcp_listen is on"),
+    };
+    connect(ConnectOptions::new(addr, trust, "guest", "guest").with_transport(transport, addr))
+        .await
+        .expect("connect")
 }
 
 async fn call(conn: &NativeConnection, op: v1::request::Op) -> v1::response::Result {
@@ -121,8 +126,17 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn publish_is_confirmed_and_a_subscriber_acks() {
+    publish_is_confirmed_and_a_subscriber_acks_on(Transport::Quic).await
+}
+
+#[tokio::test]
+async fn publish_is_confirmed_and_a_subscriber_acks_over_tcp() {
+    publish_is_confirmed_and_a_subscriber_acks_on(Transport::Tcp).await
+}
+
+async fn publish_is_confirmed_and_a_subscriber_acks_on(transport: Transport) {
     let broker = TestBroker::start().await.expect("broker");
-    let conn = sdk(&broker).await;
+    let conn = sdk_over(&broker, transport).await;
     declare_queue(&conn, "orders", serde_json::json!({})).await;
     let publisher = EventPublisher::new(conn.clone());
     let meta = EventMetadata::new("order.placed", "/shop")
@@ -390,8 +404,17 @@ async fn registered_handlers_dispatch_by_type_and_version_and_time_out() {
 
 #[tokio::test]
 async fn request_reply_and_follow_up_ids_and_a_timeout() {
+    request_reply_and_follow_up_ids_and_a_timeout_on(Transport::Quic).await
+}
+
+#[tokio::test]
+async fn request_reply_and_follow_up_ids_and_a_timeout_over_tcp() {
+    request_reply_and_follow_up_ids_and_a_timeout_on(Transport::Tcp).await
+}
+
+async fn request_reply_and_follow_up_ids_and_a_timeout_on(transport: Transport) {
     let broker = TestBroker::start().await.expect("broker");
-    let conn = sdk(&broker).await;
+    let conn = sdk_over(&broker, transport).await;
     declare_queue(&conn, "quotes", serde_json::json!({})).await;
     declare_queue(&conn, "nobody-home", serde_json::json!({})).await;
     let server = EventConsumer::new(conn.clone())
@@ -433,8 +456,17 @@ async fn request_reply_and_follow_up_ids_and_a_timeout() {
 
 #[tokio::test]
 async fn a_killed_connection_loses_and_duplicates_nothing() {
+    a_killed_connection_loses_and_duplicates_nothing_on(Transport::Quic).await
+}
+
+#[tokio::test]
+async fn a_killed_connection_loses_and_duplicates_nothing_over_tcp() {
+    a_killed_connection_loses_and_duplicates_nothing_on(Transport::Tcp).await
+}
+
+async fn a_killed_connection_loses_and_duplicates_nothing_on(transport: Transport) {
     let broker = TestBroker::start().await.expect("broker");
-    let conn = sdk(&broker).await;
+    let conn = sdk_over(&broker, transport).await;
     declare_queue(
         &conn,
         "ledger",
@@ -453,10 +485,7 @@ async fn a_killed_connection_loses_and_duplicates_nothing() {
         )
         .await
         .expect("publish");
-    conn.quic()
-        .await
-        .expect("connected")
-        .close(0_u32.into(), b"test kill");
+    conn.break_connection().await;
     let again = publisher
         .publish(
             &1,
@@ -491,9 +520,7 @@ async fn a_killed_connection_loses_and_duplicates_nothing() {
         for _ in 0..3 {
             tokio::task::yield_now().await;
         }
-        if let Some(c) = conn.quic().await {
-            c.close(0_u32.into(), b"test kill");
-        }
+        conn.break_connection().await;
     }
     let mut resent = 0;
     for t in tasks {
@@ -856,8 +883,19 @@ async fn nothing_but_authenticate_is_served_before_a_login() {
 
 #[tokio::test]
 async fn a_subscription_survives_a_killed_connection_and_a_panicking_handler() {
+    a_subscription_survives_a_killed_connection_and_a_panicking_handler_on(Transport::Quic).await
+}
+
+#[tokio::test]
+async fn a_subscription_survives_a_killed_connection_and_a_panicking_handler_over_tcp() {
+    a_subscription_survives_a_killed_connection_and_a_panicking_handler_on(Transport::Tcp).await
+}
+
+async fn a_subscription_survives_a_killed_connection_and_a_panicking_handler_on(
+    transport: Transport,
+) {
     let broker = TestBroker::start().await.expect("broker");
-    let conn = sdk(&broker).await;
+    let conn = sdk_over(&broker, transport).await;
     let consumer = EventConsumer::new(conn.clone());
     let mut config = ConsumerConfig::new("sturdy");
     config.retry = RetryConfig {
@@ -899,10 +937,7 @@ async fn a_subscription_survives_a_killed_connection_and_a_panicking_handler() {
     assert_eq!(got.metadata.id, first.id);
     assert_eq!(got.retry_count, 1, "the panic counted as a failed attempt");
 
-    conn.quic()
-        .await
-        .expect("connected")
-        .close(0_u32.into(), b"test kill");
+    conn.break_connection().await;
     let second = publisher
         .publish(&2, EventMetadata::new("t", "/s"), &to)
         .await
@@ -918,8 +953,17 @@ async fn a_subscription_survives_a_killed_connection_and_a_panicking_handler() {
 
 #[tokio::test]
 async fn a_topic_subscription_reads_from_an_offset_with_locations() {
+    a_topic_subscription_reads_from_an_offset_with_locations_on(Transport::Quic).await
+}
+
+#[tokio::test]
+async fn a_topic_subscription_reads_from_an_offset_with_locations_over_tcp() {
+    a_topic_subscription_reads_from_an_offset_with_locations_on(Transport::Tcp).await
+}
+
+async fn a_topic_subscription_reads_from_an_offset_with_locations_on(transport: Transport) {
     let broker = TestBroker::start().await.expect("broker");
-    let conn = sdk(&broker).await;
+    let conn = sdk_over(&broker, transport).await;
     call(
         &conn,
         v1::request::Op::DeclareTopic(v1::DeclareTopic {
@@ -1003,8 +1047,17 @@ async fn a_topic_subscription_reads_from_an_offset_with_locations() {
 
 #[tokio::test]
 async fn a_batch_is_confirmed_together_and_a_repeat_is_deduplicated() {
+    a_batch_is_confirmed_together_and_a_repeat_is_deduplicated_on(Transport::Quic).await
+}
+
+#[tokio::test]
+async fn a_batch_is_confirmed_together_and_a_repeat_is_deduplicated_over_tcp() {
+    a_batch_is_confirmed_together_and_a_repeat_is_deduplicated_on(Transport::Tcp).await
+}
+
+async fn a_batch_is_confirmed_together_and_a_repeat_is_deduplicated_on(transport: Transport) {
     let broker = TestBroker::start().await.expect("broker");
-    let conn = sdk(&broker).await;
+    let conn = sdk_over(&broker, transport).await;
     declare_queue(
         &conn,
         "batched",

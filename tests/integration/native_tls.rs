@@ -1,6 +1,7 @@
 //! The native listener with the broker's TLS settings: client certificates verified against
 //! `tls.ca_file` (refused without one when `tls.client_auth = "required"`), EXTERNAL login as
-//! the certificate's CN, and reloaded certificates taken for new connections.
+//! the certificate's CN (over QUIC and over the TCP listener), and reloaded certificates taken
+//! for new connections.
 
 use std::path::Path;
 use std::time::Duration;
@@ -62,6 +63,21 @@ fn options(
     o
 }
 
+/// [`options`] for the QUIC or the TCP listener (both use the shared TLS configuration).
+fn options_on(
+    transport: Transport,
+    broker: &TestBroker,
+    ca: &Path,
+    client: Option<&(String, std::path::PathBuf, std::path::PathBuf)>,
+    mechanism: Mechanism,
+) -> ConnectOptions {
+    let addr = match transport {
+        Transport::Quic => broker.native_addr(),
+        Transport::Tcp => broker.native_tcp_addr().expect("native_tcp_listen is on"),
+    };
+    options(broker, ca, client, mechanism).with_transport(transport, addr)
+}
+
 /// The user a connection acts as, read off a permission refusal (the user has no rights).
 async fn acting_user(conn: &NativeConnection) -> String {
     let declare = v1::Request {
@@ -81,6 +97,15 @@ async fn acting_user(conn: &NativeConnection) -> String {
 
 #[tokio::test]
 async fn external_login_is_the_verified_client_certificate() {
+    external_login_on(Transport::Quic).await
+}
+
+#[tokio::test]
+async fn external_login_is_the_verified_client_certificate_over_tcp() {
+    external_login_on(Transport::Tcp).await
+}
+
+async fn external_login_on(transport: Transport) {
     let dir = tempfile::tempdir().expect("dir");
     let g = certs(dir.path(), false);
     let broker = broker(&g, "requested").await;
@@ -92,18 +117,31 @@ async fn external_login_is_the_verified_client_certificate() {
     let client = &g.clients[0];
 
     // Without a certificate a client may still log in with a password ("requested")...
-    connect(options(&broker, &g.ca_cert, None, Mechanism::Plain))
-        .await
-        .expect("PLAIN without a certificate");
+    connect(options_on(
+        transport,
+        &broker,
+        &g.ca_cert,
+        None,
+        Mechanism::Plain,
+    ))
+    .await
+    .expect("PLAIN without a certificate");
     // ... but not with EXTERNAL.
-    let err = connect(options(&broker, &g.ca_cert, None, Mechanism::External))
-        .await
-        .err()
-        .expect("EXTERNAL without a certificate is refused");
+    let err = connect(options_on(
+        transport,
+        &broker,
+        &g.ca_cert,
+        None,
+        Mechanism::External,
+    ))
+    .await
+    .err()
+    .expect("EXTERNAL without a certificate is refused");
     assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
 
     // With one, EXTERNAL logs in as its CN.
-    let conn = connect(options(
+    let conn = connect(options_on(
+        transport,
         &broker,
         &g.ca_cert,
         Some(client),
@@ -120,7 +158,8 @@ async fn external_login_is_the_verified_client_certificate() {
         .users()
         .delete_user("orders-app")
         .expect("delete user");
-    let err = connect(options(
+    let err = connect(options_on(
+        transport,
         &broker,
         &g.ca_cert,
         Some(client),

@@ -1,5 +1,8 @@
-//! The SDK's connection: one QUIC connection, re-established with backoff when it drops,
-//! over which every call opens its own stream.
+//! The SDK's connection: one QUIC connection, or one TLS-over-TCP connection multiplexing
+//! streams ([`crate::proto::mux`]) for networks that block UDP ([`Transport::Tcp`]),
+//! re-established with backoff when it drops, over which every call opens its own stream.
+//! Everything above this file sees [`SendStream`] / [`RecvStream`] and works the same over
+//! both.
 //!
 //! The server certificate is checked against a pinned SHA-256 fingerprint (what the broker
 //! logs for its self-signed certificate), or against CA certificates in a PEM file. A client
@@ -18,7 +21,50 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::sync::Mutex;
 
 use crate::proto::framed::{self, FrameReader};
+use crate::proto::mux;
+pub use crate::proto::stream::{RecvStream, SendStream};
 use crate::proto::v1::{self, request, response, ErrorCode};
+
+/// How often an idle connection pings the broker, so its idle timeout never closes it (QUIC's
+/// keep-alive and the TCP mux's PING frame alike).
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Which transport carries the native protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// QUIC over UDP (`native_listen`, 7447 by default).
+    #[default]
+    Quic,
+    /// TLS over TCP with streams multiplexed by id (`native_tcp_listen`, 7448 by convention),
+    /// for networks that block UDP.
+    Tcp,
+}
+
+impl Transport {
+    /// Splits an address with an optional scheme: `quic://HOST:PORT` or `tcp://HOST:PORT`
+    /// (`ferry://` and `ferry+tcp://` are accepted as the same); no scheme means QUIC.
+    pub fn split_url(url: &str) -> Result<(Transport, &str), NativeClientError> {
+        match url.split_once("://") {
+            None => Ok((Transport::Quic, url)),
+            Some(("quic" | "ferry", rest)) => Ok((Transport::Quic, rest.trim_end_matches('/'))),
+            Some(("tcp" | "ferry+tcp", rest)) => Ok((Transport::Tcp, rest.trim_end_matches('/'))),
+            Some((scheme, _)) => Err(NativeClientError::Config(format!(
+                "unknown scheme `{scheme}://` (quic:// or tcp://)"
+            ))),
+        }
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "quic" => Ok(Transport::Quic),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!("unknown transport `{other}` (quic or tcp)")),
+        }
+    }
+}
 
 /// How the client decides to trust the broker's certificate.
 #[derive(Debug, Clone)]
@@ -78,6 +124,8 @@ pub struct ConnectOptions {
     pub client_certificate: Option<(PathBuf, PathBuf)>,
     /// How to log in. Default [`Mechanism::Plain`] with `user` and `password`.
     pub mechanism: Mechanism,
+    /// QUIC (default) or TCP; `addr` must be the matching listener.
+    pub transport: Transport,
 }
 
 /// The login mechanism of the connection's `Authenticate`.
@@ -114,7 +162,42 @@ impl ConnectOptions {
             max_frame_bytes: crate::proto::DEFAULT_MAX_FRAME_BYTES,
             client_certificate: None,
             mechanism: Mechanism::Plain,
+            transport: Transport::Quic,
         }
+    }
+
+    /// Options for `url`: `quic://HOST:PORT`, `tcp://HOST:PORT` or a bare `HOST:PORT` (QUIC).
+    /// A host name is resolved now (the first address); the certificate is checked against
+    /// it with [`Trust::CaFile`].
+    pub fn from_url(
+        url: &str,
+        trust: Trust,
+        user: &str,
+        password: &str,
+    ) -> Result<Self, NativeClientError> {
+        use std::net::ToSocketAddrs;
+        let (transport, hostport) = Transport::split_url(url)?;
+        let addr = hostport
+            .to_socket_addrs()
+            .map_err(|e| NativeClientError::Config(format!("{hostport}: {e}")))?
+            .next()
+            .ok_or_else(|| NativeClientError::Config(format!("{hostport}: no address")))?;
+        let host = crate::client::transport::host_of(hostport)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let mut options = Self::new(addr, trust, user, password);
+        options.transport = transport;
+        if host.parse::<std::net::IpAddr>().is_err() {
+            options.server_name = host.to_string();
+        }
+        Ok(options)
+    }
+
+    /// The same options on another transport (and its listener's address).
+    pub fn with_transport(mut self, transport: Transport, addr: SocketAddr) -> Self {
+        self.transport = transport;
+        self.addr = addr;
+        self
     }
 }
 
@@ -172,17 +255,62 @@ pub struct NativeConnection {
 
 struct Inner {
     options: ConnectOptions,
-    endpoint: quinn::Endpoint,
-    conn: Mutex<Option<quinn::Connection>>,
+    /// QUIC only; `None` over TCP.
+    endpoint: Option<quinn::Endpoint>,
+    /// TCP only: the TLS configuration of every attempt.
+    tcp_tls: Option<Arc<rustls::ClientConfig>>,
+    conn: Mutex<Option<Conn>>,
+}
+
+/// One established connection of either transport.
+#[derive(Clone)]
+enum Conn {
+    Quic(quinn::Connection),
+    Tcp(mux::Session),
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::Quic(c) => c.close_reason().is_none(),
+            Conn::Tcp(s) => s.close_reason().is_none(),
+        }
+    }
+
+    async fn open_bi(&self) -> Result<(SendStream, RecvStream), NativeClientError> {
+        match self {
+            Conn::Quic(c) => c
+                .open_bi()
+                .await
+                .map(|(s, r)| (s.into(), r.into()))
+                .map_err(NativeClientError::connection),
+            Conn::Tcp(s) => s
+                .open()
+                .await
+                .map(|(s, r)| (s.into(), r.into()))
+                .map_err(NativeClientError::connection),
+        }
+    }
+
+    fn close(&self, reason: &str) {
+        match self {
+            Conn::Quic(c) => c.close(0_u32.into(), reason.as_bytes()),
+            Conn::Tcp(s) => s.close(mux::frame::code::NORMAL, reason),
+        }
+    }
 }
 
 /// Connects and authenticates, retrying per `options.backoff`.
 pub async fn connect(options: ConnectOptions) -> Result<NativeConnection, NativeClientError> {
-    let (endpoint, _) = client_endpoint(&options)?;
+    let (endpoint, tcp_tls) = match options.transport {
+        Transport::Quic => (Some(client_endpoint(&options)?.0), None),
+        Transport::Tcp => (None, Some(Arc::new(rustls_config(&options)?))),
+    };
     let c = NativeConnection {
         inner: Arc::new(Inner {
             options,
             endpoint,
+            tcp_tls,
             conn: Mutex::new(None),
         }),
     };
@@ -203,6 +331,36 @@ pub async fn open_raw(options: &ConnectOptions) -> Result<quinn::Connection, Nat
         .map_err(NativeClientError::connection)
 }
 
+/// A TLS connection to the native TCP listener (ALPN `ferry/1` negotiated) with no stream
+/// multiplexing started, for tests that speak the TCP framing byte by byte (one attempt).
+pub async fn open_raw_tcp(
+    options: &ConnectOptions,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, NativeClientError> {
+    tcp_handshake(options, Arc::new(rustls_config(options)?)).await
+}
+
+async fn tcp_handshake(
+    o: &ConnectOptions,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, NativeClientError> {
+    let tcp = crate::client::tcp_connect(o.addr, o.connect_timeout)
+        .await
+        .map_err(NativeClientError::Connection)?;
+    let name = ServerName::try_from(o.server_name.clone())
+        .map_err(|_| NativeClientError::Config(format!("bad server name {}", o.server_name)))?;
+    let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+    let stream = tokio::time::timeout(o.connect_timeout, handshake)
+        .await
+        .map_err(|_| NativeClientError::Timeout(o.connect_timeout))?
+        .map_err(NativeClientError::connection)?;
+    if stream.get_ref().1.alpn_protocol() != Some(crate::proto::ALPN) {
+        return Err(NativeClientError::Connection(
+            "the server did not negotiate ALPN ferry/1: is this a native_tcp_listen port?".into(),
+        ));
+    }
+    Ok(stream)
+}
+
 fn client_endpoint(
     options: &ConnectOptions,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig), NativeClientError> {
@@ -219,9 +377,9 @@ fn client_endpoint(
 
 impl NativeConnection {
     /// The live connection, (re)connecting with backoff if there is none.
-    async fn connection(&self) -> Result<quinn::Connection, NativeClientError> {
+    async fn connection(&self) -> Result<Conn, NativeClientError> {
         let mut slot = self.inner.conn.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+        if let Some(c) = slot.as_ref().filter(|c| c.is_open()) {
             return Ok(c.clone());
         }
         let o = &self.inner.options;
@@ -243,17 +401,27 @@ impl NativeConnection {
         Err(last)
     }
 
-    async fn open(&self) -> Result<quinn::Connection, NativeClientError> {
+    async fn open(&self) -> Result<Conn, NativeClientError> {
         let o = &self.inner.options;
-        let connecting = self
-            .inner
-            .endpoint
-            .connect(o.addr, &o.server_name)
-            .map_err(NativeClientError::connection)?;
-        let conn = tokio::time::timeout(o.connect_timeout, connecting)
-            .await
-            .map_err(|_| NativeClientError::Timeout(o.connect_timeout))?
-            .map_err(NativeClientError::connection)?;
+        let conn = match (&self.inner.endpoint, &self.inner.tcp_tls) {
+            (Some(endpoint), _) => {
+                let connecting = endpoint
+                    .connect(o.addr, &o.server_name)
+                    .map_err(NativeClientError::connection)?;
+                let conn = tokio::time::timeout(o.connect_timeout, connecting)
+                    .await
+                    .map_err(|_| NativeClientError::Timeout(o.connect_timeout))?
+                    .map_err(NativeClientError::connection)?;
+                Conn::Quic(conn)
+            }
+            (None, Some(tls)) => {
+                let stream = tcp_handshake(o, tls.clone()).await?;
+                Conn::Tcp(mux::Session::client(stream, KEEP_ALIVE))
+            }
+            (None, None) => {
+                return Err(NativeClientError::Config("no transport configured".into()))
+            }
+        };
         let auth = v1::Request {
             op: Some(request::Op::Authenticate(v1::Authenticate {
                 user: o.user.clone(),
@@ -262,22 +430,46 @@ impl NativeConnection {
                 mechanism: o.mechanism.wire_name().into(),
             })),
         };
-        match unary_on(&conn, &auth, o.max_frame_bytes).await? {
-            response::Result::Authenticated(_) => Ok(conn),
-            other => Err(unexpected(&other)),
+        let answer = unary_on(&conn, &auth, o.max_frame_bytes).await;
+        match answer {
+            Ok(response::Result::Authenticated(_)) => Ok(conn),
+            Ok(other) => {
+                conn.close("unexpected answer to Authenticate");
+                Err(unexpected(&other))
+            }
+            Err(e) => {
+                conn.close("login failed");
+                Err(e)
+            }
         }
     }
 
     /// Forgets the current connection (the next call reconnects). For tests of reconnects.
     pub async fn drop_connection(&self) {
         if let Some(c) = self.inner.conn.lock().await.take() {
-            c.close(0_u32.into(), b"closed by the client");
+            c.close("closed by the client");
         }
     }
 
-    /// The live QUIC connection, for tests that kill it.
+    /// Closes the live connection under the SDK's feet, as a network failure would (the next
+    /// call notices and reconnects), whichever the transport. For tests.
+    pub async fn break_connection(&self) {
+        if let Some(c) = self.inner.conn.lock().await.as_ref() {
+            c.close("broken by a test");
+        }
+    }
+
+    /// The live QUIC connection, for tests that kill it (`None` over TCP).
     pub async fn quic(&self) -> Option<quinn::Connection> {
-        self.inner.conn.lock().await.clone()
+        match self.inner.conn.lock().await.as_ref() {
+            Some(Conn::Quic(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// The transport this connection uses.
+    pub fn transport(&self) -> Transport {
+        self.inner.options.transport
     }
 
     /// One request, one response. A broker error is [`NativeClientError::Server`].
@@ -290,12 +482,9 @@ impl NativeConnection {
     pub async fn open_subscription(
         &self,
         req: &v1::Request,
-    ) -> Result<(quinn::SendStream, FrameReader<quinn::RecvStream>), NativeClientError> {
+    ) -> Result<(SendStream, FrameReader<RecvStream>), NativeClientError> {
         let conn = self.connection().await?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(NativeClientError::connection)?;
+        let (mut send, recv) = conn.open_bi().await?;
         framed::write(&mut send, req)
             .await
             .map_err(NativeClientError::connection)?;
@@ -313,7 +502,7 @@ impl NativeConnection {
 
 /// Reads one response; an error response becomes [`NativeClientError::Server`].
 pub(crate) async fn read_result(
-    reader: &mut FrameReader<quinn::RecvStream>,
+    reader: &mut FrameReader<RecvStream>,
 ) -> Result<response::Result, NativeClientError> {
     let response: v1::Response = reader
         .next()
@@ -347,14 +536,11 @@ fn server_error(e: v1::Error) -> NativeClientError {
 }
 
 async fn unary_on(
-    conn: &quinn::Connection,
+    conn: &Conn,
     req: &v1::Request,
     max_frame_bytes: usize,
 ) -> Result<response::Result, NativeClientError> {
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(NativeClientError::connection)?;
+    let (mut send, recv) = conn.open_bi().await?;
     framed::write(&mut send, req)
         .await
         .map_err(NativeClientError::connection)?;
@@ -366,7 +552,9 @@ pub(crate) fn unexpected(r: &response::Result) -> NativeClientError {
     NativeClientError::Codec(format!("unexpected response {r:?}"))
 }
 
-fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClientError> {
+/// The rustls configuration both transports use: trust per [`Trust`], the client
+/// certificate, TLS 1.3, ALPN `ferry/1`.
+fn rustls_config(o: &ConnectOptions) -> Result<rustls::ClientConfig, NativeClientError> {
     let provider = crate::proto::crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -428,11 +616,16 @@ fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClient
         }
     };
     tls.alpn_protocols = vec![crate::proto::ALPN.to_vec()];
+    Ok(tls)
+}
+
+fn client_config(o: &ConnectOptions) -> Result<quinn::ClientConfig, NativeClientError> {
+    let tls = rustls_config(o)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| NativeClientError::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

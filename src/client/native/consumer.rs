@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -486,7 +487,10 @@ impl Drop for Subscription {
     }
 }
 
-type Stream = (quinn::SendStream, framed::FrameReader<quinn::RecvStream>);
+type Stream = (
+    crate::proto::stream::SendStream,
+    framed::FrameReader<crate::proto::stream::RecvStream>,
+);
 
 async fn run(
     conn: NativeConnection,
@@ -541,8 +545,8 @@ async fn serve(
     conn: &NativeConnection,
     handler: &Arc<dyn EventHandler>,
     config: &ConsumerConfig,
-    mut send: quinn::SendStream,
-    mut reader: framed::FrameReader<quinn::RecvStream>,
+    mut send: crate::proto::stream::SendStream,
+    mut reader: framed::FrameReader<crate::proto::stream::RecvStream>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<v1::Settle>();

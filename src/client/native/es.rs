@@ -433,8 +433,8 @@ pub enum CatchUpEvent {
 /// A catch-up subscription; read it with [`next`](Self::next), end it with
 /// [`close`](Self::close) (or by dropping it).
 pub struct CatchUpSubscription {
-    send: quinn::SendStream,
-    reader: crate::proto::framed::FrameReader<quinn::RecvStream>,
+    send: crate::proto::stream::SendStream,
+    reader: crate::proto::framed::FrameReader<crate::proto::stream::RecvStream>,
 }
 
 impl CatchUpSubscription {

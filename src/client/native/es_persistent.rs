@@ -150,13 +150,13 @@ pub enum NackAction {
     Skip,
 }
 
-type Sender = Arc<Mutex<quinn::SendStream>>;
+type Sender = Arc<Mutex<crate::proto::stream::SendStream>>;
 
 /// One consumer's membership of a group; read it with [`next`](Self::next). Closing or
 /// dropping it hands its unsettled events back to the group.
 pub struct PersistentSubscription {
     send: Sender,
-    reader: FrameReader<quinn::RecvStream>,
+    reader: FrameReader<crate::proto::stream::RecvStream>,
 }
 
 /// An event delivered by a group, to be settled once.

@@ -6,8 +6,9 @@
 //! ([`ProjectionRunner`]), aggregate snapshots ([`SnapshotStore`]) and sagas
 //! ([`SagaManager`]).
 //!
-//! Everything runs over one [`NativeConnection`] (QUIC, reconnecting with backoff), one
-//! stream per call. Events are JSON by default; [`EventPublisher::publish_bytes`] takes any
+//! Everything runs over one [`NativeConnection`] (QUIC, or TLS over TCP with
+//! [`Transport::Tcp`] for networks that block UDP; reconnecting with backoff), one stream per
+//! call. Events are JSON by default; [`EventPublisher::publish_bytes`] takes any
 //! encoding (a prost message's bytes with `application/protobuf`).
 //!
 //! ```no_run
@@ -34,8 +35,8 @@ mod snapshot;
 
 pub use crate::proto::v1::ErrorCode;
 pub use connection::{
-    connect, open_raw, Backoff, ConnectOptions, Mechanism, NativeClientError, NativeConnection,
-    Trust,
+    connect, open_raw, open_raw_tcp, Backoff, ConnectOptions, Mechanism, NativeClientError,
+    NativeConnection, RecvStream, SendStream, Transport, Trust,
 };
 pub use consumer::{
     BackoffKind, ConsumerConfig, EventConsumer, EventContext, EventHandler, HandlerConfig,

@@ -1,5 +1,5 @@
-//! One QUIC connection: accepts its bidirectional streams, each running as its own task, and
-//! holds what they share (the authenticated user, the connection id that owns exclusive
+//! One native connection (QUIC, or TLS over TCP with [`mux`]): accepts its bidirectional
+//! streams, each running as its own task, and holds what they share (the authenticated user, the connection id that owns exclusive
 //! queues). The first request must authenticate; until one has, every other is refused.
 
 use std::net::SocketAddr;
@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -16,6 +15,8 @@ use super::{handlers, NativeSettings};
 use crate::broker::connections::{NewConnection, Protocol};
 use crate::broker::BrokerCore;
 use crate::proto::framed::{self, FrameReader, ReadError};
+use crate::proto::mux;
+use crate::proto::stream::{RecvStream, SendStream};
 use crate::proto::v1::{self, request::Op, ErrorCode};
 
 /// Native connection ids start high so they never meet the AMQP adapter's (which count from
@@ -27,7 +28,7 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The QUIC application close code of a connection an operator closed (`DELETE
 /// /api/connections/{name}`); the reason travels as the close frame's text.
-const CLOSED_BY_OPERATOR: u32 = 320;
+pub(super) const CLOSED_BY_OPERATOR: u32 = 320;
 
 /// How long open streams get to finish once the connection is closing.
 const STREAM_GRACE: Duration = Duration::from_secs(2);
@@ -58,13 +59,69 @@ pub(crate) struct Ctx {
 /// Request bytes a connection may have in memory at once, in units of the frame limit.
 const FRAME_BUDGET_FRAMES: usize = 4;
 
+/// The connection under the streams: QUIC, or TLS over TCP multiplexed by [`mux`].
+pub(super) enum Transport {
+    Quic(quinn::Connection),
+    Tcp {
+        session: mux::Session,
+        incoming: mux::Incoming,
+    },
+}
+
+impl Transport {
+    /// The next stream the client opened; the error says why there will be no more.
+    async fn accept(&mut self) -> Result<(SendStream, RecvStream), String> {
+        match self {
+            Transport::Quic(c) => c
+                .accept_bi()
+                .await
+                .map(|(s, r)| (s.into(), r.into()))
+                .map_err(|e| e.to_string()),
+            Transport::Tcp { session, incoming } => match incoming.accept().await {
+                Some((s, r)) => Ok((s.into(), r.into())),
+                None => Err(session
+                    .close_reason()
+                    .map_or_else(|| "closed".to_string(), |c| c.to_string())),
+            },
+        }
+    }
+
+    fn close(&self, code: u32, reason: &[u8]) {
+        match self {
+            Transport::Quic(c) => c.close(code.into(), reason),
+            Transport::Tcp { session, .. } => {
+                session.close(code.into(), &String::from_utf8_lossy(reason))
+            }
+        }
+    }
+
+    /// Bytes received and sent so far, framing included.
+    fn byte_counts(&self) -> (u64, u64) {
+        match self {
+            Transport::Quic(c) => {
+                let udp = c.stats();
+                (udp.udp_rx.bytes, udp.udp_tx.bytes)
+            }
+            Transport::Tcp { session, .. } => session.byte_counts(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Transport::Quic(_) => "QUIC",
+            Transport::Tcp { .. } => "TCP",
+        }
+    }
+}
+
+/// A QUIC connection: its handshake, then [`serve`].
 pub(super) async fn run(
     incoming: quinn::Incoming,
     listen_addr: Option<SocketAddr>,
     acceptor: Option<Arc<crate::tls::TlsAcceptor>>,
     core: BrokerCore,
     settings: Arc<NativeSettings>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let peer = incoming.remote_address();
     let conn = match incoming.await {
@@ -74,17 +131,49 @@ pub(super) async fn run(
             return;
         }
     };
+    // The address the client's packets arrived at when the platform says, else the
+    // listener's (which may be 0.0.0.0).
+    let local = match (conn.local_ip(), listen_addr) {
+        (Some(ip), Some(listen)) => Some(SocketAddr::new(ip, listen.port())),
+        (None, listen) => listen,
+        (Some(_), None) => None,
+    };
+    let client_cert = client_certificate(&conn, acceptor.as_deref());
+    serve(
+        Transport::Quic(conn),
+        Peer {
+            addr: peer,
+            local,
+            client_cert,
+        },
+        core,
+        settings,
+        shutdown,
+    )
+    .await
+}
+
+/// Who is on the other end of a connection, as its handshake established.
+pub(super) struct Peer {
+    pub addr: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub client_cert: Option<crate::tls::Principal>,
+}
+
+/// Serves the streams of an established connection, on either transport, until it closes.
+pub(super) async fn serve(
+    mut transport: Transport,
+    peer_info: Peer,
+    core: BrokerCore,
+    settings: Arc<NativeSettings>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = peer_info.addr;
     let frame_budget = Arc::new(Semaphore::new(budget_bytes(&settings)));
     let registration = core.connections().register(NewConnection {
         protocol: Protocol::Native,
         peer,
-        // The address the client's packets arrived at when the platform says, else the
-        // listener's (which may be 0.0.0.0).
-        local: match (conn.local_ip(), listen_addr) {
-            (Some(ip), Some(listen)) => Some(SocketAddr::new(ip, listen.port())),
-            (None, listen) => listen,
-            (Some(_), None) => None,
-        },
+        local: peer_info.local,
         tls: true,
     });
     let mut close_requests = registration.close_requests();
@@ -97,30 +186,29 @@ pub(super) async fn run(
         user: OnceLock::new(),
         frame_budget,
         permissions: handlers::PermissionCache::default(),
-        client_cert: client_certificate(&conn, acceptor.as_deref()),
+        client_cert: peer_info.client_cert,
     });
     metrics::gauge!("ferry_connections", "protocol" => "native").increment(1.0);
-    tracing::debug!(%peer, connection = ctx.id, "native connection open");
+    tracing::debug!(%peer, connection = ctx.id, transport = transport.name(), "native connection open");
     let mut streams = JoinSet::new();
-    // Byte counts come from QUIC's own statistics, folded in once a second rather than per
-    // frame: they include retransmissions and framing, as a socket's byte counts would.
+    // Byte counts come from the transport's own statistics, folded in once a second rather
+    // than per frame: they include framing (and QUIC's retransmissions), as a socket's would.
     let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
     let (mut rx_seen, mut tx_seen) = (0_u64, 0_u64);
     loop {
         tokio::select! {
             _ = stats_tick.tick() => {
-                let udp = conn.stats();
-                let (rx, tx) = (udp.udp_rx.bytes, udp.udp_tx.bytes);
+                let (rx, tx) = transport.byte_counts();
                 ctx.listed.add_received(usize::try_from(rx.saturating_sub(rx_seen)).unwrap_or(usize::MAX));
                 ctx.listed.add_sent(usize::try_from(tx.saturating_sub(tx_seen)).unwrap_or(usize::MAX));
                 (rx_seen, tx_seen) = (rx, tx);
             }
             reason = crate::broker::connections::close_requested(&mut close_requests) => {
                 tracing::info!(%peer, reason, "native connection closed through the management API");
-                conn.close(CLOSED_BY_OPERATOR.into(), reason.as_bytes());
+                transport.close(CLOSED_BY_OPERATOR, reason.as_bytes());
                 break;
             }
-            accepted = conn.accept_bi() => match accepted {
+            accepted = transport.accept() => match accepted {
                 Ok((send, recv)) => {
                     streams.spawn(stream(ctx.clone(), send, recv));
                 }
@@ -131,7 +219,7 @@ pub(super) async fn run(
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             _ = crate::util::stopped(&mut shutdown) => {
-                conn.close(0_u32.into(), b"broker shutting down");
+                transport.close(0, b"broker shutting down");
                 break;
             }
         }
@@ -206,10 +294,19 @@ fn client_certificate(
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
+    principal_of(&chain, acceptor, conn.remote_address())
+}
+
+/// The user a verified client certificate chain names (see [`client_certificate`]).
+pub(super) fn principal_of(
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    acceptor: Option<&crate::tls::TlsAcceptor>,
+    peer: SocketAddr,
+) -> Option<crate::tls::Principal> {
     match acceptor?.principal(chain.first()?) {
         Ok(principal) => Some(principal),
         Err(e) => {
-            tracing::warn!(peer = %conn.remote_address(), error = %e, "native client certificate names no user");
+            tracing::warn!(%peer, error = %e, "native client certificate names no user");
             None
         }
     }

@@ -8,6 +8,11 @@
 //! settles the other. Authentication is the connection's first request (PLAIN against the
 //! broker's one user store, through `BrokerCore::login`, as AMQP and Kafka PLAIN).
 //!
+//! The same streams run over TCP for networks that block UDP ([`tcp`], `native_tcp_listen`):
+//! TLS, then [`crate::proto::mux`] multiplexing streams by id with per-stream flow control.
+//! Both transports hand their streams to one `connection::serve`, so the handlers never know
+//! which carried a request.
+//!
 //! Layout, as in the other adapters: [`endpoint`] (certificate, transport limits), `connection`
 //! (the stream accept loop, authentication), [`convert`] (the only place wire types meet core
 //! types: CloudEvents headers, error codes) and `handlers` (one file per request family). The
@@ -19,6 +24,7 @@ pub mod convert;
 pub mod endpoint;
 mod handlers;
 mod settings;
+pub mod tcp;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! `[native]`: settings of the native protocol listener (its address is `native_listen`).
+//! `[native]`: settings of the native protocol listeners (their addresses are `native_listen`,
+//! QUIC, and `native_tcp_listen`, TCP); both use the same limits.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,10 @@ pub struct NativeSettings {
     /// Connections served at once (0 = no limit); one more is refused with QUIC's
     /// CONNECTION_REFUSED and counted in `ferry_connections_refused_total`. Default 10000.
     pub max_connections: usize,
+    /// The TCP listener (`native_tcp_listen`): a connection must finish its TLS handshake
+    /// within this many ms or is dropped. (QUIC bounds its handshake with `idle_timeout_ms`.)
+    /// Default 10000.
+    pub handshake_timeout_ms: u64,
 }
 
 impl NativeSettings {
@@ -31,6 +36,9 @@ impl NativeSettings {
         }
         if self.max_concurrent_streams == 0 {
             return Some(("native.max_concurrent_streams", "must be at least 1"));
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Some(("native.handshake_timeout_ms", "must be at least 1"));
         }
         if self.default_prefetch == 0 || self.default_prefetch > MAX_PREFETCH {
             return Some(("native.default_prefetch", "must be between 1 and 65535"));
@@ -50,6 +58,7 @@ impl Default for NativeSettings {
             idle_timeout_ms: 30_000,
             default_prefetch: 100,
             max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! and the group retries its unsettled events; when the group is deleted the stream ends with
 //! `Done`.
 
-use quinn::{RecvStream, SendStream};
+use crate::proto::stream::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use super::super::connection::Ctx;

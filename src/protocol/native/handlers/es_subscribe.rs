@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use prost::Message as _;
-use quinn::{RecvStream, SendStream};
+
+use crate::proto::stream::{RecvStream, SendStream};
 
 use super::super::connection::Ctx;
 use super::super::convert::NativeError;
@@ -101,8 +102,9 @@ async fn run(
             }
             continue;
         }
-        // One write per poll, not per message: every QUIC write takes the connection's lock
-        // and may wake its driver, a fixed cost per call that a small event cannot amortise.
+        // One write per poll, not per message: every stream write takes the connection's lock
+        // (QUIC) or a frame of its own (TCP) and may wake a driver, a fixed cost per call that a
+        // small event cannot amortise.
         let mut frames = BytesMut::new();
         for message in messages {
             let message = match message {
@@ -119,8 +121,6 @@ async fn run(
             // Writing into a BytesMut grows it as needed; it cannot run out of capacity.
             let _ = response.encode_length_delimited(&mut frames);
         }
-        send.write_all(&frames)
-            .await
-            .map_err(|e| NativeError::new(ErrorCode::Unavailable, format!("stream closed: {e}")))?;
+        super::subscribe::write_bytes(send, &frames).await?;
     }
 }

@@ -83,8 +83,8 @@ enum Next {
 pub(crate) async fn topic(
     ctx: &Ctx,
     s: v1::SubscribeTopic,
-    send: &mut quinn::SendStream,
-    reader: crate::proto::framed::FrameReader<quinn::RecvStream>,
+    send: &mut crate::proto::stream::SendStream,
+    reader: crate::proto::framed::FrameReader<crate::proto::stream::RecvStream>,
 ) -> Result<(), NativeError> {
     if s.group.len() > MAX_GROUP_BYTES {
         return Err(NativeError::new(
@@ -258,7 +258,7 @@ impl Assignment<'_> {
         &self,
         ctx: &Ctx,
         member: &mut Membership,
-        send: &mut quinn::SendStream,
+        send: &mut crate::proto::stream::SendStream,
         settles: &mut Settles,
         next_tag: &mut u64,
     ) -> Result<Next, NativeError> {

@@ -10,7 +10,7 @@ mod processed;
 mod publish;
 mod subscribe;
 
-use quinn::{RecvStream, SendStream};
+use crate::proto::stream::{RecvStream, SendStream};
 
 pub(super) use authorize::PermissionCache;
 

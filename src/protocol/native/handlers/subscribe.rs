@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream};
+use crate::proto::stream::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::super::connection::Ctx;
