@@ -122,7 +122,7 @@ impl Wire {
     async fn expect(&mut self, want: impl Fn(&AMQPClass) -> bool) {
         loop {
             if let Incoming::Method(_, m) = self.recv().await {
-                if want(&*m) {
+                if want(&m) {
                     return;
                 }
                 if let AMQPClass::Connection(connection::AMQPMethod::Close(c)) = *m {
