@@ -42,7 +42,8 @@ fn connection_view(c: &ConnectionSnapshot, node: &str) -> Value {
         "name": c.name,
         "node": node,
         "type": "network",
-        "state": "running",
+        // `flow`: flow control held its publishes recently (RabbitMQ's credit flow state).
+        "state": if c.flow { "flow" } else { "running" },
         "protocol": c.protocol.as_str(),
         "user": c.user,
         "vhost": c.vhost,

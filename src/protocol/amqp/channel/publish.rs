@@ -118,7 +118,8 @@ impl Channel {
             .await
             .ok();
         let span = publish_span(&msg);
-        let published = self.route(core, vhost, out, msg).instrument(span).await?;
+        let mut published = self.route(core, vhost, out, msg).instrument(span).await?;
+        self.flow = published.flow.take();
         if let Some(c) = self.confirms.as_mut() {
             c.next += 1;
             let _ =
