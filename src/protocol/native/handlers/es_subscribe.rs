@@ -1,7 +1,7 @@
 //! Event-store catch-up subscriptions (`SubscribeToStream`, `SubscribeToAll`): after
 //! `Subscribed`, the core's [`CatchUp`] cursor is polled and every event, checkpoint and
 //! caught-up / fell-behind signal is written as a `CatchUp` response, waiting on the partition's
-//! high watermark when there is nothing new. QUIC flow control is the back-pressure: a slow
+//! high watermark when there is nothing new. Stream flow control is the back-pressure: a slow
 //! client stalls `write`, not the broker's memory. The client ends it by finishing its side.
 
 use std::time::Duration;
