@@ -11,10 +11,6 @@
 //! connection's own small mutex. The registry's map lock is taken on connect, disconnect and
 //! listing only.
 //!
-//! An AMQP connection whose publishes a queue cannot keep up with is held by flow control
-//! ([`Connection::flow_started`]); while held, and for [`FLOW_SHOWN_MS`] after, it lists with
-//! state `flow`, as RabbitMQ shows a connection under credit flow.
-//!
 //! Closing is cooperative: [`ConnectionRegistry::close`] sends the reason on the connection's
 //! `watch` channel, which the adapter's read loop selects on next to the shutdown signal (AMQP
 //! answers with connection.close 320 CONNECTION_FORCED and the reason, as RabbitMQ; Kafka, which
@@ -78,11 +74,6 @@ pub struct ChannelState {
     pub consumers: BTreeMap<String, ConsumerState>,
 }
 
-/// How long a connection still lists as `flow` after flow control last released it: a held
-/// publisher is typically held for milliseconds at a time, too briefly to see in a listing
-/// otherwise (RabbitMQ's state is sticky the same way).
-pub const FLOW_SHOWN_MS: u64 = 1000;
-
 /// One live connection. Adapters update it through their [`Registration`].
 #[derive(Debug)]
 pub struct Connection {
@@ -95,10 +86,6 @@ pub struct Connection {
     client_name: OnceLock<String>,
     recv_oct: AtomicU64,
     send_oct: AtomicU64,
-    /// Wall-clock ms when flow control last held (or released) this connection; 0: never.
-    flow_at_ms: AtomicU64,
-    /// Held by flow control right now.
-    in_flow: std::sync::atomic::AtomicBool,
     channels: Mutex<BTreeMap<u16, ChannelState>>,
     close: watch::Sender<Option<String>>,
 }
@@ -120,8 +107,6 @@ pub struct ConnectionSnapshot {
     pub connected_at_ms: u64,
     pub recv_oct: u64,
     pub send_oct: u64,
-    /// Held by flow control now or within the last [`FLOW_SHOWN_MS`] (RabbitMQ's `flow`).
-    pub flow: bool,
     pub channels: BTreeMap<u16, ChannelState>,
 }
 
@@ -200,18 +185,6 @@ impl Connection {
         }
     }
 
-    /// Flow control holds this connection (it stops reading its socket).
-    pub fn flow_started(&self) {
-        self.flow_at_ms.store(now_ms(), Ordering::Relaxed);
-        self.in_flow.store(true, Ordering::Relaxed);
-    }
-
-    /// Flow control released this connection.
-    pub fn flow_ended(&self) {
-        self.flow_at_ms.store(now_ms(), Ordering::Relaxed);
-        self.in_flow.store(false, Ordering::Relaxed);
-    }
-
     /// Resolves with the reason once the management API asks this connection to close.
     pub fn close_requests(&self) -> watch::Receiver<Option<String>> {
         self.close.subscribe()
@@ -231,20 +204,9 @@ impl Connection {
             connected_at_ms: self.connected_at_ms,
             recv_oct: self.recv_oct.load(Ordering::Relaxed),
             send_oct: self.send_oct.load(Ordering::Relaxed),
-            flow: self.in_flow.load(Ordering::Relaxed) || {
-                let at = self.flow_at_ms.load(Ordering::Relaxed);
-                at != 0 && now_ms().saturating_sub(at) < FLOW_SHOWN_MS
-            },
             channels: self.channels.lock().clone(),
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Waits until a close is requested through `requests` and returns its reason. Never resolves
@@ -308,7 +270,10 @@ impl ConnectionRegistry {
             Some(local) => format!("{} -> {local}", info.peer),
             None => format!("{} -> {}#{id}", info.peer, info.protocol.as_str()),
         };
-        let connected_at_ms = now_ms();
+        let connected_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let connection = Arc::new(Connection {
             id,
             name,
@@ -319,8 +284,6 @@ impl ConnectionRegistry {
             client_name: OnceLock::new(),
             recv_oct: AtomicU64::new(0),
             send_oct: AtomicU64::new(0),
-            flow_at_ms: AtomicU64::new(0),
-            in_flow: std::sync::atomic::AtomicBool::new(false),
             channels: Mutex::new(BTreeMap::new()),
             close: watch::channel(None).0,
         });

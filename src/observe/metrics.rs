@@ -297,10 +297,6 @@ fn describe_rest() {
         "Times an AMQP connection stopped reading because its writer fell behind"
     );
     describe_counter!(
-        "ferry_amqp_flow_holds_total",
-        "Times flow control held an AMQP publisher because a queue's deliveries fell behind"
-    );
-    describe_counter!(
         "ferry_amqp_headers_dropped_total",
         "AMQP headers dropped from a delivery because they would not fit in frame_max"
     );

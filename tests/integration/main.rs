@@ -19,7 +19,6 @@ mod admin_api;
 mod admin_cli;
 mod alerts;
 mod amqp_features;
-mod amqp_flow;
 mod amqp_lapin;
 mod amqp_wire;
 mod bench_cli;

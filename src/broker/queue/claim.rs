@@ -56,7 +56,6 @@ impl Queue {
                 st.next += 1;
             }
             if claimed.is_empty() {
-                self.flow_after_drain(c);
                 return Ok(Vec::new());
             }
             if let Some(sz) = c.sizes.as_mut() {
@@ -71,7 +70,6 @@ impl Queue {
                 st.unacked.extend(claimed.iter().map(|(o, _, _)| *o));
             }
             self.persist(st);
-            self.flow_after_drain(c);
             if settle {
                 // Settled already, but not read yet: their segments must stay until then.
                 if let Some(first) = claimed.iter().map(|(o, _, _)| *o).min() {

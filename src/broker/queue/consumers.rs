@@ -63,7 +63,6 @@ impl Queue {
             }
         }
         inner.slots.retain(|c| c.id != id);
-        self.flow_after_drain(&inner);
         let left = inner.consumers;
         drop(inner);
         // The next single active consumer, or lower-priority ones, may take now.
@@ -82,7 +81,6 @@ impl Queue {
             return;
         }
         slot.has_credit = has_credit;
-        self.flow_after_drain(&inner);
         drop(inner);
         self.ready_tx.send_modify(|v| *v += 1);
     }

@@ -47,13 +47,12 @@
 //! the size and priority bookkeeping, [`submit`] publishing, [`enforce`] TTLs and length limits,
 //! [`consumers`] consumer slots and breakers, [`claim`] taking messages for delivery,
 //! [`settle`] acks and requeues, [`reclaim`] the low-water mark, segment deletion and state
-//! writes, [`flusher`] the coalesced state writer, [`flow`] flow control toward publishers.
+//! writes, [`flusher`] the coalesced state writer.
 
 mod args;
 mod claim;
 mod consumers;
 mod enforce;
-mod flow;
 mod flusher;
 mod ready;
 mod reclaim;
@@ -76,7 +75,6 @@ use crate::log::{LogError, PartitionHandle, PendingAppend, SimpleRecord};
 use crate::meta::{Meta, QueueDef};
 
 pub use args::{Overflow, QueueLimits};
-pub use flow::{FLOW_HIGH, FLOW_LOW};
 pub use flusher::{StateFlusher, STATE_WRITE_DELAY};
 use ready::{
     body_len, head_of, record_expiry, record_priority, remove_head, PrioIndex, Sizes,
@@ -225,10 +223,6 @@ pub struct Queue {
     flusher: Option<StateFlusher>,
     /// The state changed since it was last written.
     state_dirty: AtomicBool,
-    /// Publishers should be held: delivery is behind (see [`flow`]).
-    flow_on: AtomicBool,
-    /// Wakes publishers held by flow control when it is released.
-    flow_released: tokio::sync::Notify,
     /// Message ids seen recently, with `x-message-deduplication`. Its own lock: rebuilding
     /// it reads the log, which must not happen under `inner`.
     dedup: Mutex<Option<DedupCache>>,
@@ -321,8 +315,6 @@ impl Queue {
             dedup: Mutex::new(dedup),
             flusher,
             state_dirty: AtomicBool::new(false),
-            flow_on: AtomicBool::new(false),
-            flow_released: tokio::sync::Notify::new(),
             reclaim_at: AtomicI64::new(i64::MAX),
             reclaim_polls: std::sync::atomic::AtomicU64::new(0),
             reads_in_flight: Mutex::new(Vec::new()),
@@ -403,6 +395,5 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         self.ready_tx.send_modify(|v| *v += 1);
-        self.flow_release();
     }
 }

@@ -73,7 +73,6 @@ impl Queue {
                 ix.pending.push_back(record_priority(record));
             }
             c.appends_expected += 1;
-            self.flow_after_submit(&c);
         }
         match self.log.submit_append(batch).await {
             Ok(p) => Ok(Submitted::Appended(p)),

@@ -176,10 +176,6 @@ pub struct Published {
     pub rejected: bool,
     /// Why a queue declared with `x-schema-validation` refused it (the first such queue).
     pub schema_refused: Option<super::schema_check::MessageRejection>,
-    /// A queue that took the message and wants its publishers held (its delivery is behind,
-    /// see [`Queue::flow_wanted`]): the adapter should stop reading the publishing connection
-    /// until [`Queue::flow_wait`] returns.
-    pub flow: Option<Arc<Queue>>,
 }
 
 /// Record header with a message's dead-letter history, newest first, as JSON: a list of

@@ -259,12 +259,7 @@ impl RouterInner {
                 None => crate::broker::queue::encode_one(&record)?,
             };
             match q.submit_encoded(&record, encoded).await? {
-                Submitted::Appended(p) => {
-                    out.pending.push(Durable::Append(p));
-                    if out.flow.is_none() && q.flow_wanted() {
-                        out.flow = Some(q.clone());
-                    }
-                }
+                Submitted::Appended(p) => out.pending.push(Durable::Append(p)),
                 // Already in the queue: confirmed like any routed message, once the original
                 // copy is durable.
                 Submitted::Duplicate => out.pending.push(Durable::repeat_in(q.log())),

@@ -42,8 +42,7 @@ fn connection_view(c: &ConnectionSnapshot, node: &str) -> Value {
         "name": c.name,
         "node": node,
         "type": "network",
-        // `flow`: flow control held its publishes recently (RabbitMQ's credit flow state).
-        "state": if c.flow { "flow" } else { "running" },
+        "state": "running",
         "protocol": c.protocol.as_str(),
         "user": c.user,
         "vhost": c.vhost,

@@ -293,9 +293,6 @@ pub struct Channel {
     /// Direct reply-to: (token, consumer tag) while this channel consumes from
     /// `amq.rabbitmq.reply-to`.
     reply: Option<(String, String)>,
-    /// A queue the last publish went to wants its publishers held (flow control); the
-    /// connection's read loop takes it with [`Channel::take_flow`] and waits before reading on.
-    flow: Option<Arc<Queue>>,
     _gauge: crate::observe::metrics::ChannelGauge,
 }
 
@@ -315,14 +312,8 @@ impl Channel {
             consumers: HashMap::new(),
             streams: HashMap::new(),
             reply: None,
-            flow: None,
             _gauge: crate::observe::metrics::ChannelGauge::new(),
         }
-    }
-
-    /// The queue whose flow control should hold this connection, if a publish asked for it.
-    pub fn take_flow(&mut self) -> Option<Arc<Queue>> {
-        self.flow.take()
     }
 
     /// Whether a publish is waiting for its header or body frames.

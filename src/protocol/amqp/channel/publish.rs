@@ -118,8 +118,7 @@ impl Channel {
             .await
             .ok();
         let span = publish_span(&msg);
-        let mut published = self.route(core, vhost, out, msg).instrument(span).await?;
-        self.flow = published.flow.take();
+        let published = self.route(core, vhost, out, msg).instrument(span).await?;
         if let Some(c) = self.confirms.as_mut() {
             c.next += 1;
             let _ =

@@ -1,7 +1,6 @@
 //! The frame loop of one connection: reads and decodes frames, dispatches them, pauses reading
-//! for a client that does not read its socket, holds publishers under a resource alarm or
-//! under flow control (a queue whose delivery is behind), and turns channel errors into
-//! channel.close and connection errors into connection.close.
+//! for a client that does not read its socket, holds publishers under a resource alarm, and
+//! turns channel errors into channel.close and connection errors into connection.close.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,10 +21,6 @@ const STALLED_WRITER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Free write budget below which the reader pauses, and what it waits for before resuming.
 const PAUSE_BELOW: usize = WRITE_BUDGET / 4;
 const RESUME_AT: usize = WRITE_BUDGET / 2;
-/// Longest one flow-control hold may keep a connection unread. Holds end when the queue
-/// releases them (milliseconds, usually); this bound only keeps a publisher moving, slowly,
-/// should a release never come.
-const FLOW_MAX_HOLD: Duration = Duration::from_secs(1);
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -47,13 +42,6 @@ impl Conn {
                         return Some(AmqpError::connection(320, "broker shutdown"));
                     }
                     // Nothing was read while blocked: the client's silence is ours.
-                    last_read = tokio::time::Instant::now();
-                }
-                if let Some(queue) = self.flow.take() {
-                    if !self.hold_for_flow(&queue, shutdown).await {
-                        return Some(AmqpError::connection(320, "broker shutdown"));
-                    }
-                    // Nothing was read while held: the client's silence is ours.
                     last_read = tokio::time::Instant::now();
                 }
                 let frame = match codec::decode_frame(buf, self.frame_max) {
@@ -143,31 +131,6 @@ impl Conn {
             },
             _ = crate::util::stopped(shutdown) => Err(Some(AmqpError::connection(320, "broker shutdown"))),
         }
-    }
-
-    /// Flow control: a queue this connection just published to has more ready messages than
-    /// its consumers are taking (see [`crate::broker::queue`]'s `flow`), so stop reading the
-    /// socket, frames already buffered included, until the queue releases its publishers: TCP
-    /// then slows the client, as RabbitMQ's credit flow does. Confirms, deliveries and
-    /// heartbeats keep flowing through the writer meanwhile. Each hold lasts at most
-    /// [`FLOW_MAX_HOLD`], a backstop against a release that never comes. `false` if the broker
-    /// shuts down first.
-    async fn hold_for_flow(
-        &mut self,
-        queue: &crate::broker::queue::Queue,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        if !queue.flow_wanted() {
-            return true;
-        }
-        metrics::counter!("ferry_amqp_flow_holds_total").increment(1);
-        self.registration.flow_started();
-        let released = tokio::select! {
-            _ = queue.flow_wait(FLOW_MAX_HOLD) => true,
-            _ = crate::util::stopped(shutdown) => false,
-        };
-        self.registration.flow_ended();
-        released
     }
 
     /// Holds a publishing connection while the resource alarm is raised: tells the client
@@ -296,9 +259,7 @@ impl Conn {
                     )),
                     Some(c) => {
                         let state = c.content_header(h.body_size, h.properties);
-                        let r = content_arrived(c, state, &self.core, &self.vhost, &self.out).await;
-                        self.flow = c.take_flow();
-                        r
+                        content_arrived(c, state, &self.core, &self.vhost, &self.out).await
                     }
                     None => Ok(()),
                 };
@@ -308,9 +269,7 @@ impl Conn {
                 let result = match Self::open_channel(&self.phase, &mut self.channels, ch)? {
                     Some(c) => {
                         let state = c.content_body(&body);
-                        let r = content_arrived(c, state, &self.core, &self.vhost, &self.out).await;
-                        self.flow = c.take_flow();
-                        r
+                        content_arrived(c, state, &self.core, &self.vhost, &self.out).await
                     }
                     None => Ok(()),
                 };

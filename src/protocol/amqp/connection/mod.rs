@@ -90,8 +90,6 @@ struct Conn {
     security: ConnSecurity,
     /// This connection's entry in the core's connection registry (listed while it lives).
     registration: Registration,
-    /// A queue that asked, through the last publish, for this connection to be held.
-    flow: Option<Arc<crate::broker::queue::Queue>>,
 }
 
 /// Answers a connection beyond `amqp.max_connections` as RabbitMQ answers one beyond its node
@@ -221,7 +219,6 @@ pub async fn serve<S: Transport>(
         handshake_deadline,
         security,
         registration,
-        flow: None,
     };
     conn.out.frame_max = conn.frame_max;
     conn.send_start().await;
