@@ -63,6 +63,23 @@ impl BrokerProcess {
         BrokerProcess::by_pid(pid)
     }
 
+    /// The broker a bench reports on: the process `--broker-pid` names (an error if its CPU
+    /// cannot be read), else what `local` finds (the owner of a loopback port), else none.
+    pub(crate) fn from_flag(
+        pid: Option<u32>,
+        local: impl FnOnce() -> Option<BrokerProcess>,
+    ) -> Result<Option<BrokerProcess>, super::BenchError> {
+        match pid {
+            Some(pid) => BrokerProcess::by_pid(pid).map(Some).ok_or_else(|| {
+                super::BenchError::Invalid(format!(
+                    "--broker-pid {pid}: cannot read /proc/{pid}/stat (no such process, or not \
+                     Linux)"
+                ))
+            }),
+            None => Ok(local()),
+        }
+    }
+
     /// Its user + system CPU time so far.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         cpu_time_of(self.pid)

@@ -25,8 +25,8 @@ use serde::Serialize;
 use super::broker_cpu::BrokerProcess;
 use super::{cores, group, random_suffix, BenchError, CpuMeter, Latency, Progress};
 use crate::client::native::{
-    connect, AppendError, CatchUpEvent, ConnectOptions, EventData, EventMetadata, EventStoreClient,
-    ExpectedRevision, NativeConnection, Trust,
+    connect, AppendError, CatchUpEvent, EventData, EventMetadata, EventStoreClient,
+    ExpectedRevision, NativeConnection,
 };
 use crate::proto::v1;
 
@@ -138,39 +138,20 @@ pub struct CatchUpCase {
 
 pub async fn run(s: EsBenchSettings) -> Result<(), BenchError> {
     validate(&s)?;
-    let addr: std::net::SocketAddr = s
-        .addr
-        .parse()
-        .map_err(|_| BenchError::Invalid(format!("--native-addr {}: expected IP:PORT", s.addr)))?;
-    let trust =
-        match (&s.fingerprint, &s.cert_file) {
-            (Some(fp), None) => Trust::Fingerprint(fp.clone()),
-            (None, Some(file)) => Trust::CertFile(file.clone()),
-            _ => return Err(BenchError::Invalid(
-                "give one of --fingerprint and --cert-file (the broker logs its fingerprint; a \
-                 local broker's certificate is <data_dir>/native/cert.pem)"
-                    .into(),
-            )),
-        };
-    let broker = match s.broker_pid {
-        Some(pid) => Some(BrokerProcess::by_pid(pid).ok_or_else(|| {
-            BenchError::Invalid(format!(
-                "--broker-pid {pid}: cannot read /proc/{pid}/stat (no such process, or not Linux)"
-            ))
-        })?),
-        None => BrokerProcess::bound_udp(&addr.ip().to_string(), addr.port()),
-    };
+    let target = super::native::NativeTarget::resolve(
+        &s.addr,
+        false,
+        &s.fingerprint,
+        &s.cert_file,
+        s.broker_pid,
+    )?;
+    let broker = target.broker.clone();
     let mut raw = Vec::new();
     for _ in 0..s.connections {
         raw.push(
-            connect(ConnectOptions::new(
-                addr,
-                trust.clone(),
-                &s.user,
-                &s.password,
-            ))
-            .await
-            .map_err(|e| BenchError::Failed(format!("connecting to {}: {e}", s.addr)))?,
+            connect(target.options(&s.user, &s.password))
+                .await
+                .map_err(|e| BenchError::Failed(format!("connecting to {}: {e}", s.addr)))?,
         );
     }
     let conns: Vec<EventStoreClient> = raw.iter().cloned().map(EventStoreClient::new).collect();

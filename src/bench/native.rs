@@ -97,35 +97,64 @@ pub struct CaseReport {
     pub broker_cpu_us_per_message: Option<f64>,
 }
 
+/// Where a native bench connects and whose CPU it reports, from the flags `ferry bench native`
+/// and `ferry bench es` share.
+pub(super) struct NativeTarget {
+    pub addr: std::net::SocketAddr,
+    pub transport: Transport,
+    pub trust: Trust,
+    pub broker: Option<BrokerProcess>,
+}
+
+impl NativeTarget {
+    /// `addr` is `IP:PORT`, optionally `tcp://` or `quic://`; `tcp` forces the TCP listener.
+    pub(super) fn resolve(
+        addr: &str,
+        tcp: bool,
+        fingerprint: &Option<String>,
+        cert_file: &Option<PathBuf>,
+        broker_pid: Option<u32>,
+    ) -> Result<NativeTarget, BenchError> {
+        let (scheme, hostport) = Transport::split_url(addr)
+            .map_err(|e| BenchError::Invalid(format!("--native-addr {addr}: {e}")))?;
+        let transport = if tcp { Transport::Tcp } else { scheme };
+        let socket: std::net::SocketAddr = hostport
+            .parse()
+            .map_err(|_| BenchError::Invalid(format!("--native-addr {addr}: expected IP:PORT")))?;
+        let trust =
+            match (fingerprint, cert_file) {
+                (Some(fp), None) => Trust::Fingerprint(fp.clone()),
+                (None, Some(file)) => Trust::CertFile(file.clone()),
+                _ => return Err(BenchError::Invalid(
+                    "give one of --fingerprint and --cert-file (the broker logs its fingerprint; \
+                     a local broker's certificate is <data_dir>/native/cert.pem)"
+                        .into(),
+                )),
+            };
+        let (ip, port) = (socket.ip().to_string(), socket.port());
+        let broker = BrokerProcess::from_flag(broker_pid, || match transport {
+            Transport::Tcp => BrokerProcess::listening_on(&ip, port),
+            Transport::Quic => BrokerProcess::bound_udp(&ip, port),
+        })?;
+        Ok(NativeTarget {
+            addr: socket,
+            transport,
+            trust,
+            broker,
+        })
+    }
+
+    /// Connection options for `user`, over the chosen transport.
+    pub(super) fn options(&self, user: &str, password: &str) -> ConnectOptions {
+        ConnectOptions::new(self.addr, self.trust.clone(), user, password)
+            .with_transport(self.transport, self.addr)
+    }
+}
+
 pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
-    let (scheme, hostport) = Transport::split_url(&s.addr)
-        .map_err(|e| BenchError::Invalid(format!("--native-addr {}: {e}", s.addr)))?;
-    let transport = if s.tcp { Transport::Tcp } else { scheme };
-    let addr: std::net::SocketAddr = hostport
-        .parse()
-        .map_err(|_| BenchError::Invalid(format!("--native-addr {}: expected IP:PORT", s.addr)))?;
-    let broker = match s.broker_pid {
-        Some(pid) => Some(BrokerProcess::by_pid(pid).ok_or_else(|| {
-            BenchError::Invalid(format!("--broker-pid {pid}: cannot read /proc/{pid}/stat"))
-        })?),
-        None => match transport {
-            Transport::Tcp => BrokerProcess::listening_on(&addr.ip().to_string(), addr.port()),
-            Transport::Quic => BrokerProcess::bound_udp(&addr.ip().to_string(), addr.port()),
-        },
-    };
-    let trust = match (&s.fingerprint, &s.cert_file) {
-        (Some(fp), None) => Trust::Fingerprint(fp.clone()),
-        (None, Some(file)) => Trust::CertFile(file.clone()),
-        _ => {
-            return Err(BenchError::Invalid(
-                "give one of --fingerprint and --cert-file (the broker logs its fingerprint)"
-                    .into(),
-            ))
-        }
-    };
-    let options =
-        ConnectOptions::new(addr, trust, &s.user, &s.password).with_transport(transport, addr);
-    let conn = connect(options)
+    let target = NativeTarget::resolve(&s.addr, s.tcp, &s.fingerprint, &s.cert_file, s.broker_pid)?;
+    let broker = target.broker.clone();
+    let conn = connect(target.options(&s.user, &s.password))
         .await
         .map_err(|e| BenchError::Failed(format!("connecting to {}: {e}", s.addr)))?;
     let mut cases = Vec::new();
@@ -155,7 +184,7 @@ pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
             tool: "ferry bench native",
             version: env!("CARGO_PKG_VERSION"),
             addr: s.addr.clone(),
-            transport: match transport {
+            transport: match target.transport {
                 Transport::Quic => "quic",
                 Transport::Tcp => "tcp",
             },

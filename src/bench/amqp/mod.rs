@@ -184,15 +184,9 @@ pub async fn run(args: AmqpBenchSettings) -> Result<(), BenchError> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let active = Arc::new(Mutex::new(None::<String>));
     let keep = args.keep || args.no_consumer;
-    let broker = match args.broker_pid {
-        Some(pid) => Some(BrokerProcess::by_pid(pid).ok_or_else(|| {
-            BenchError::Invalid(format!(
-                "--broker-pid {pid}: cannot read /proc/{pid}/stat (no such process, or not \
-                 Linux)"
-            ))
-        })?),
-        None => BrokerProcess::listening_on(&uri.authority.host, uri.authority.port),
-    };
+    let broker = BrokerProcess::from_flag(args.broker_pid, || {
+        BrokerProcess::listening_on(&uri.authority.host, uri.authority.port)
+    })?;
     let ctx = Ctx {
         args,
         uri: uri.clone(),
