@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// A running `ferry serve` and its Kafka address; dropped (or [`kill`](Self::kill)ed) with SIGKILL.
 pub struct ServeChild {
-    pub process: std::process::Child,
+    pub process: KillOnDrop,
     pub kafka: String,
 }
 
@@ -30,6 +30,8 @@ impl ServeChild {
                 "127.0.0.1:0",
                 "--amqp-listen",
                 "127.0.0.1:0",
+                "--native-listen",
+                "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
             ])
@@ -38,19 +40,33 @@ impl ServeChild {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
+            .map(KillOnDrop)
             .expect("spawn ferry serve");
         let stderr = process.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        // What the process logged before the listening line, to show if it never comes (a
+        // start that fails, after a crash say, says why on stderr and exits).
+        let early = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = early.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening") && line.contains("kafka") {
                     let _ = tx.send(line);
+                } else if let Ok(mut seen) = seen.lock() {
+                    if seen.len() < 50 {
+                        seen.push(line);
+                    }
                 }
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ferry logged its Kafka address");
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "ferry serve never logged its Kafka address ({e}; exit: {:?}); its log:\n{}",
+                process.try_wait(),
+                early.lock().map(|l| l.join("\n")).unwrap_or_default()
+            ),
+        };
         let kafka = line
             .split("addr=")
             .nth(1)
@@ -61,13 +77,6 @@ impl ServeChild {
 
     /// SIGKILL now (what dropping it does), for a test that reads better saying so.
     pub fn kill(self) {}
-}
-
-impl Drop for ServeChild {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
 }
 
 /// A child process that is SIGKILLed when dropped, so a test that panics never leaves a

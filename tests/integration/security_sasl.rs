@@ -448,6 +448,8 @@ fn startup_log(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
         .args([
             "--amqp-listen",
             "127.0.0.1:0",
+            "--native-listen",
+            "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
         ])
