@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::watch;
 
+use super::follower::REVISION_INDEX_INTERVAL;
 use super::records::EsRecord;
 use super::{AppendSuccess, ExpectedRevision, StreamState};
 
@@ -53,6 +54,9 @@ impl PartitionIndex {
                 state.durable_revision = Some(*revision);
                 state.last_offset = offset;
                 state.soft_deleted = false;
+                if revision % REVISION_INDEX_INTERVAL == 0 {
+                    state.recent_floor = Some((*revision, offset));
+                }
             }
             EsRecord::Metadata { stream, limits } => {
                 let state = self.streams.entry(stream.clone()).or_default();
@@ -120,10 +124,23 @@ impl PartitionIndex {
 
     /// Records that an append ending at `offset` with revision `last_revision` is durable,
     /// unless a later one already moved the stream past it.
-    pub fn record_durable(&mut self, stream: &str, offset: i64, last_revision: u64) {
+    /// The append's events have consecutive offsets (one batch), so `first_revision` is at
+    /// `offset - (last_revision - first_revision)`.
+    pub fn record_durable(
+        &mut self,
+        stream: &str,
+        offset: i64,
+        first_revision: u64,
+        last_revision: u64,
+    ) {
         if let Some(state) = self.streams.get_mut(stream) {
             state.last_offset = state.last_offset.max(offset);
             state.durable_revision = state.durable_revision.max(Some(last_revision));
+            let floor = last_revision - last_revision % REVISION_INDEX_INTERVAL;
+            if floor >= first_revision && state.recent_floor.is_none_or(|(r, _)| r < floor) {
+                let back = i64::try_from(last_revision - floor).unwrap_or(0);
+                state.recent_floor = Some((floor, offset - back));
+            }
         }
     }
 
@@ -172,12 +189,30 @@ mod tests {
             (state.last_revision, state.durable_revision),
             (Some(2), Some(0))
         );
-        index.record_durable("s", 2, 2);
+        index.record_durable("s", 2, 1, 2);
         assert_eq!(index.streams["s"].durable_revision, Some(2));
         // A late completion of an earlier append does not move it back.
-        index.record_durable("s", 1, 1);
+        index.record_durable("s", 1, 1, 1);
         assert_eq!(index.streams["s"].durable_revision, Some(2));
         assert_eq!(index.streams["s"].last_offset, 2);
+    }
+
+    #[test]
+    fn the_recent_floor_is_the_last_durable_revision_on_the_stored_interval() {
+        let mut index = PartitionIndex::default();
+        index.apply(&event("s", 0), 10);
+        assert_eq!(index.streams["s"].recent_floor, Some((0, 10)));
+        // Revisions 1..=63 at offsets 11..=73: none on the interval.
+        index.reserve("s", 1, 63);
+        index.record_durable("s", 73, 1, 63);
+        assert_eq!(index.streams["s"].recent_floor, Some((0, 10)));
+        // One append of revisions 64..=70 ending at offset 90: revision 64 is at offset 84.
+        index.reserve("s", 64, 7);
+        index.record_durable("s", 90, 64, 70);
+        assert_eq!(index.streams["s"].recent_floor, Some((64, 84)));
+        // A late completion of an earlier append does not move it back.
+        index.record_durable("s", 5, 0, 0);
+        assert_eq!(index.streams["s"].recent_floor, Some((64, 84)));
     }
 
     #[test]

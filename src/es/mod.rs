@@ -94,6 +94,10 @@ pub struct StreamState {
     pub durable_revision: Option<u64>,
     /// Log offset of the stream's last durable record, -1 for none.
     pub last_offset: i64,
+    /// The stream's latest durable revision that is a multiple of
+    /// `follower::REVISION_INDEX_INTERVAL`, with its offset: where a read may start scanning
+    /// before the stored index (`meta::es`, written a step behind the log) has that entry.
+    pub recent_floor: Option<(u64, i64)>,
     pub soft_deleted: bool,
     pub tombstoned: bool,
     /// Revisions below this one were soft-deleted: reads skip them.
@@ -318,13 +322,14 @@ impl EventStore {
         from_revision: u64,
     ) -> Result<CatchUp, EsError> {
         let partition = self.partition_of(topic, stream).await?;
+        let state = partition.info(stream).await?;
         let (t, s, p) = (topic.to_string(), stream.to_string(), partition.partition());
         let meta = self.core.meta().clone();
-        let start =
-            tokio::task::spawn_blocking(move || meta.es_revision_floor(&t, p, &s, from_revision))
-                .await
-                .map_err(|_| EsError::Unavailable("opening the subscription failed".into()))??
-                .map_or(0, |(_, offset)| offset);
+        let start = tokio::task::spawn_blocking(move || {
+            read::scan_start(&meta, &t, p, &s, &state, from_revision)
+        })
+        .await
+        .map_err(|_| EsError::Unavailable("opening the subscription failed".into()))??;
         Ok(CatchUp::new(
             partition.handle().clone(),
             p,

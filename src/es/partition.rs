@@ -149,6 +149,7 @@ impl EsPartition {
                         this.inner.lock().await.index.record_durable(
                             &stream,
                             info.last_offset,
+                            first,
                             first + count - 1,
                         );
                         Ok(AppendSuccess {
@@ -342,6 +343,7 @@ async fn rebuild(
                         last_revision: u64::try_from(s.last_revision).ok(),
                         durable_revision: u64::try_from(s.last_revision).ok(),
                         last_offset: s.last_offset,
+                        recent_floor: None,
                         soft_deleted: s.soft_deleted,
                         tombstoned: s.tombstoned,
                         truncate_before: s.truncate_before,

@@ -74,6 +74,26 @@ pub(super) fn scan(
     Ok(offset)
 }
 
+/// Where a scan for `stream`'s `revision` may start: the nearest revision entry at or below it,
+/// from the stored index or, while that is a step behind the log, from the in-memory one.
+pub(super) fn scan_start(
+    meta: &Meta,
+    topic: &str,
+    partition: i32,
+    stream: &str,
+    state: &StreamState,
+    revision: u64,
+) -> Result<i64, EsError> {
+    let stored = meta
+        .es_revision_floor(topic, partition, stream, revision)?
+        .map_or(0, |(_, offset)| offset);
+    let recent = state
+        .recent_floor
+        .filter(|(r, _)| *r <= revision)
+        .map_or(0, |(_, offset)| offset);
+    Ok(stored.max(recent))
+}
+
 /// Reads `stream` (whose index state is `state`) per `from`, `backwards` and `max_count`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn read_stream(
@@ -121,9 +141,7 @@ pub(super) fn read_stream(
     if low > high {
         return Ok(Vec::new());
     }
-    let start = meta
-        .es_revision_floor(topic, partition, stream, low)?
-        .map_or(0, |(_, offset)| offset);
+    let start = scan_start(meta, topic, partition, stream, state, low)?;
     let mut events = Vec::new();
     scan(handle, start, |position, es, record| {
         let EsRecord::Event {
