@@ -14,7 +14,7 @@
 use regex::Regex;
 use tokio::sync::watch;
 
-use super::read::{scan, RecordedEvent};
+use super::read::{scan_ahead, ReadAhead, RecordedEvent};
 use super::records::EsRecord;
 use super::EsError;
 use crate::log::{PartitionHandle, SimpleRecord};
@@ -83,6 +83,8 @@ pub struct CatchUp {
     skipped_since_checkpoint: u64,
     caught_up: bool,
     watermark: watch::Receiver<i64>,
+    /// Log bytes past `position` read by the last poll.
+    ahead: ReadAhead,
 }
 
 impl CatchUp {
@@ -103,6 +105,7 @@ impl CatchUp {
             skipped_since_checkpoint: 0,
             caught_up: false,
             watermark,
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -137,38 +140,43 @@ impl CatchUp {
         let interval = self.checkpoint_interval;
         let (selection, skipped) = (&self.selection, &mut self.skipped_since_checkpoint);
         let filtering = matches!(selection, Selection::All(Some(_)));
-        let next = scan(&self.handle, self.position, |position, es, record| {
-            let EsRecord::Event {
-                stream, revision, ..
-            } = es
-            else {
-                return true;
-            };
-            let wanted = match selection {
-                Selection::Stream {
-                    stream: s,
-                    from_revision,
-                } => *s == stream && revision >= *from_revision,
-                Selection::All(None) => true,
-                Selection::All(Some(filter)) => filter.matches(&stream, &record),
-            };
-            if wanted {
-                out.push(CatchUpMessage::Event(RecordedEvent {
-                    stream,
-                    revision,
-                    partition,
-                    position,
-                    record,
-                }));
-            } else if filtering {
-                *skipped += 1;
-                if *skipped >= interval {
-                    *skipped = 0;
-                    out.push(CatchUpMessage::Checkpoint(position + 1));
+        let next = scan_ahead(
+            &self.handle,
+            self.position,
+            &mut self.ahead,
+            |position, es, record| {
+                let EsRecord::Event {
+                    stream, revision, ..
+                } = es
+                else {
+                    return true;
+                };
+                let wanted = match selection {
+                    Selection::Stream {
+                        stream: s,
+                        from_revision,
+                    } => *s == stream && revision >= *from_revision,
+                    Selection::All(None) => true,
+                    Selection::All(Some(filter)) => filter.matches(&stream, &record),
+                };
+                if wanted {
+                    out.push(CatchUpMessage::Event(RecordedEvent {
+                        stream,
+                        revision,
+                        partition,
+                        position,
+                        record,
+                    }));
+                } else if filtering {
+                    *skipped += 1;
+                    if *skipped >= interval {
+                        *skipped = 0;
+                        out.push(CatchUpMessage::Checkpoint(position + 1));
+                    }
                 }
-            }
-            out.len() < max
-        })?;
+                out.len() < max
+            },
+        )?;
         self.position = next.max(self.position);
         Ok(out)
     }

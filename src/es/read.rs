@@ -38,6 +38,17 @@ pub enum ReadFrom {
     Revision(u64),
 }
 
+/// Log bytes a cursor read and has not used yet: a catch-up subscription polls a few hundred
+/// events at a time, and reading a fresh [`SCAN_CHUNK_BYTES`](super::partition::SCAN_CHUNK_BYTES)
+/// slice per poll copied and re-read about ten times the bytes it used.
+#[derive(Debug, Default)]
+pub(super) struct ReadAhead {
+    /// Whole batches, from the one holding the cursor's next record.
+    bytes: Bytes,
+    /// The offset after the last batch in `bytes`.
+    next_offset: i64,
+}
+
 /// Calls `each` with every record from `from` below the high watermark, in order, until it
 /// returns false; returns the offset after the last record looked at. Every record a read
 /// returns is below the high watermark *at that read* (durable), so all of them are taken: a
@@ -46,30 +57,58 @@ pub enum ReadFrom {
 pub(super) fn scan(
     handle: &PartitionHandle,
     from: i64,
+    each: impl FnMut(i64, EsRecord, SimpleRecord) -> bool,
+) -> Result<i64, EsError> {
+    scan_ahead(handle, from, &mut ReadAhead::default(), each)
+}
+
+/// [`scan`] that starts with the bytes `ahead` kept from the cursor's last scan (which must
+/// have returned `from`) and keeps what this one does not use.
+pub(super) fn scan_ahead(
+    handle: &PartitionHandle,
+    from: i64,
+    ahead: &mut ReadAhead,
     mut each: impl FnMut(i64, EsRecord, SimpleRecord) -> bool,
 ) -> Result<i64, EsError> {
     let upto = handle.high_watermark();
     let mut offset = from.max(handle.log_start_offset());
-    while offset < upto {
-        let slice = handle.read(offset, super::partition::SCAN_CHUNK_BYTES)?;
-        if slice.bytes.is_empty() || slice.next_offset <= offset {
-            break;
+    loop {
+        if ahead.bytes.is_empty() {
+            if offset >= upto {
+                break;
+            }
+            let slice = handle.read(offset, super::partition::SCAN_CHUNK_BYTES)?;
+            if slice.bytes.is_empty() || slice.next_offset <= offset {
+                break;
+            }
+            ahead.bytes = slice.bytes;
+            ahead.next_offset = slice.next_offset;
         }
-        let mut bytes: Bytes = slice.bytes;
-        while !bytes.is_empty() {
-            for stored in decode_next_batch(&mut bytes)? {
+        while !ahead.bytes.is_empty() {
+            let batch_start = ahead.bytes.clone();
+            let decoded = decode_next_batch(&mut ahead.bytes);
+            let batch = match decoded {
+                Ok(batch) => batch,
+                Err(e) => {
+                    ahead.bytes = Bytes::new();
+                    return Err(e.into());
+                }
+            };
+            for stored in batch {
                 if stored.offset < offset {
                     continue;
                 }
                 let at = stored.offset;
                 if let Some(es) = records::classify(&stored) {
                     if !each(at, es, stored.record) {
+                        // The rest of this batch is decoded again (skipping up to `at`) next time.
+                        ahead.bytes = batch_start;
                         return Ok(at + 1);
                     }
                 }
             }
         }
-        offset = slice.next_offset;
+        offset = offset.max(ahead.next_offset);
     }
     Ok(offset)
 }
