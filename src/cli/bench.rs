@@ -384,7 +384,7 @@ pub struct KafkaBenchArgs {
     /// Fetches in flight per partition connection in the consume phase: 1 waits for each answer
     /// as a Kafka consumer does; more pipelines them at the offsets the last answer predicts, so
     /// the client keeps the broker's socket busy (every record is still counted exactly once).
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub fetch_in_flight: usize,
     /// Records per second (all partitions together) in the end-to-end latency phase; 0 skips it.
     #[arg(long, value_name = "N", default_value_t = 10_000)]

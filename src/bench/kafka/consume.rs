@@ -1,7 +1,8 @@
 //! The consume phase: a Fetch loop per partition from the earliest offset to the end, counting
 //! records from batch headers (no per-record decoding) so the client measures the broker, not
-//! itself. Fetches are pipelined on the partition's connection at predicted offsets (see
-//! [`consume_partition`]) so that the broker never waits for the client between two answers.
+//! itself. One fetch is in flight per partition connection by default, as in a Kafka consumer;
+//! `--fetch-in-flight` pipelines them at predicted offsets (see [`consume_partition`]) so the
+//! broker need not wait for the client between two answers.
 
 use super::*;
 

@@ -12,9 +12,9 @@
 //!    CRC-checks and stores every byte. Latency here is the *ack latency* (request sent → its
 //!    response read) under full load.
 //! 2. **consume** — ListOffsets for the range just written, then a Fetch loop per partition from
-//!    the earliest offset to the end, `--fetch-in-flight` fetches pipelined per connection (4 by
-//!    default; 1 waits for each answer as a Kafka consumer does) at the offsets the previous
-//!    answer predicts (see [`consume`]). Records are counted from batch headers (no per-record
+//!    the earliest offset to the end, one fetch in flight per connection as a Kafka consumer
+//!    does, or `--fetch-in-flight N` pipelined at the offsets the previous answer predicts (see
+//!    [`consume`]). Records are counted from batch headers (no per-record
 //!    decoding, no CRC check): the client proves the bytes arrived framed as whole batches with
 //!    the right offsets, and spends its CPU receiving them rather than on decoding.
 //! 3. **e2e** — end-to-end latency at a moderate fixed rate (`--latency-rate`, default 10,000
