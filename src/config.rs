@@ -447,6 +447,14 @@ impl Config {
                 "must be above 0 and below kafka.group_consumer_session_timeout_ms",
             ));
         }
+        let cc = &self.kafka.loopback_congestion_control;
+        // TCP_CA_NAME_MAX is 16 with the terminating NUL.
+        if cc.len() > 15 || !cc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(invalid(
+                "kafka.loopback_congestion_control",
+                "must be empty or a congestion control name such as reno or cubic",
+            ));
+        }
         if self.kafka.fetch_max_bytes < 1024 {
             return Err(invalid("kafka.fetch_max_bytes", "must be at least 1024"));
         }
@@ -749,6 +757,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafka.default_partitions"), "{err}");
+
+        // setsockopt would cut a long name at the kernel's 16 bytes and set something else.
+        for bad in ["bbr; rm", "averyverylongname"] {
+            let var = [("FERRY_KAFKA__LOOPBACK_CONGESTION_CONTROL", bad)];
+            let err = Config::load(None, env(&var), vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("kafka.loopback_congestion_control"), "{err}");
+        }
+        for good in ["", "cubic"] {
+            let var = [("FERRY_KAFKA__LOOPBACK_CONGESTION_CONTROL", good)];
+            let config = Config::load(None, env(&var), vec![]).unwrap();
+            assert_eq!(config.kafka.loopback_congestion_control, good);
+        }
 
         std::fs::write(&path, "this is not toml").unwrap();
         let err = Config::load(Some(&path), env(&[]), vec![])

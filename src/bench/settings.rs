@@ -92,6 +92,9 @@ pub struct KafkaBenchSettings {
     pub batch_bytes: usize,
     /// Most bytes one fetch may return per partition.
     pub fetch_bytes: usize,
+    /// Fetches in flight per partition connection in the consume phase (1: a Kafka consumer's
+    /// one at a time; more pipelines them at predicted offsets, see `bench::kafka`).
+    pub fetch_in_flight: usize,
     /// Records per second (all partitions together) in the end-to-end latency phase; 0 skips it.
     pub latency_rate: u64,
     /// Length of the end-to-end latency phase.

@@ -381,6 +381,11 @@ pub struct KafkaBenchArgs {
     /// Most bytes one fetch may return per partition.
     #[arg(long, value_name = "BYTES", default_value = "8MiB", value_parser = parse_bytes)]
     pub fetch_bytes: usize,
+    /// Fetches in flight per partition connection in the consume phase: 1 waits for each answer
+    /// as a Kafka consumer does; more pipelines them at the offsets the last answer predicts, so
+    /// the client keeps the broker's socket busy (every record is still counted exactly once).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub fetch_in_flight: usize,
     /// Records per second (all partitions together) in the end-to-end latency phase; 0 skips it.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub latency_rate: u64,
@@ -509,6 +514,7 @@ impl From<KafkaBenchArgs> for ferry::bench::KafkaBenchSettings {
             in_flight: a.in_flight,
             batch_bytes: a.batch_bytes,
             fetch_bytes: a.fetch_bytes,
+            fetch_in_flight: a.fetch_in_flight,
             latency_rate: a.latency_rate,
             latency_secs: a.latency_secs,
             replication_factor: a.replication_factor,

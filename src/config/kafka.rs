@@ -46,6 +46,13 @@ pub struct KafkaSettings {
     /// segment files (TLS listeners always copy). Off: every fetch reads the bytes into memory
     /// first. Default true.
     pub zero_copy_fetch: bool,
+    /// TCP congestion control for Kafka connections from this machine (a loopback peer), set
+    /// with `TCP_CONGESTION` when they are accepted. Such a connection has no network to share,
+    /// yet a pacing algorithm (BBR, a common system default) still spaces its sends with a kernel
+    /// timer: on a 2-core VM that held a zero-copy fetch to ~1.5 GB/s at 0.45 s of broker CPU
+    /// per GB, against 2.6–4 GB/s at 0.2 s with `reno` (which every user may set). Empty keeps
+    /// the system's choice; remote peers always keep it. Default `"reno"`.
+    pub loopback_congestion_control: String,
     /// `max.incremental.fetch.session.cache.slots`: most KIP-227 fetch sessions kept; a new
     /// one evicts the least recently used. 0 disables sessions (clients keep sending full
     /// fetches). Default 1000 (Kafka's).
@@ -142,6 +149,7 @@ impl Default for KafkaSettings {
             connections_max_idle_ms: 600_000,
             fetch_max_bytes: 55 * 1024 * 1024,
             zero_copy_fetch: true,
+            loopback_congestion_control: "reno".into(),
             max_incremental_fetch_session_cache_slots: 1000,
             max_message_bytes_limit: crate::broker::ResourceLimits::DEFAULT_MAX_MESSAGE_BYTES_LIMIT,
             max_partitions: crate::broker::ResourceLimits::DEFAULT_MAX_PARTITIONS,

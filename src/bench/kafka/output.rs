@@ -62,11 +62,12 @@ pub fn render_table(report: &Report) -> String {
     let _ = writeln!(
         out,
         "\nferry bench kafka: {} — acks=all, record batches of ~{}, {} produce requests in flight \
-         per partition, fetches of up to {} per partition",
+         per partition, fetches of up to {} per partition ({} in flight)",
         report.bootstrap,
         size_label(report.settings.batch_bytes),
         report.settings.in_flight_per_connection,
-        size_label(report.settings.fetch_bytes)
+        size_label(report.settings.fetch_bytes),
+        report.settings.fetch_in_flight
     );
     let _ = writeln!(
         out,

@@ -129,6 +129,8 @@ pub async fn serve(
             move |stream, peer, shutdown| {
                 let local = stream.local_addr().ok();
                 let ctx = ctx.clone();
+                let cc = &ctx.settings.kafka.loopback_congestion_control;
+                super::loopback_congestion_control(&stream, peer, cc);
                 connection::run(stream, peer, local, ConnSecurity::default(), ctx, shutdown)
             },
             |stream| async move { drop(stream) },
@@ -147,6 +149,8 @@ pub async fn serve(
             let acceptor = acceptor.clone();
             async move {
                 let local = stream.local_addr().ok();
+                let cc = &ctx.settings.kafka.loopback_congestion_control;
+                super::loopback_congestion_control(&stream, peer, cc);
                 if let Some((stream, security)) = acceptor.accept(stream, peer, "kafka").await {
                     connection::run(stream, peer, local, security, ctx, shutdown).await;
                 }
