@@ -18,12 +18,13 @@
 //! Ferry's AMQP properties and CloudEvents attributes travel as those headers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -70,6 +71,12 @@ impl ProbeClient for StreamConsumer {
             .map_err(|e| e.to_string())
     }
 }
+
+/// How long a new sink waits for its producer id before it starts anyway (librdkafka then
+/// holds the first batch until the id arrives).
+const PID_WAIT: Duration = Duration::from_secs(1);
+/// How often it asks for metadata meanwhile.
+const PID_POLL: Duration = Duration::from_millis(5);
 
 /// The longest wait between librdkafka's attempts to reach a broker that went away.
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
@@ -130,10 +137,39 @@ impl BatchReports {
     }
 }
 
-/// The producer's context: routes each delivery report to its batch.
-pub struct Reports;
+/// The producer's context: routes each delivery report to its batch, and notes when the
+/// idempotent producer has its producer id (librdkafka tells that only in its `eos` debug
+/// log, which the sink turns on: a handful of lines per connection).
+#[derive(Default)]
+pub struct Reports {
+    has_pid: AtomicBool,
+}
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "GETPID" && message.contains("Acquired PID") {
+            self.has_pid.store(true, Ordering::Release);
+        }
+        // As rdkafka's default: librdkafka's levels onto ours.
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+        }
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Arc<BatchReports>;
@@ -159,19 +195,42 @@ impl KafkaSink {
                 "a Kafka destination takes dest-topic".into(),
             ));
         };
-        let producer: ThreadedProducer<Reports> = config(bootstrap, options)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
-            .create_with_context(Reports)
+        let mut c = config(bootstrap, options);
+        c.set("enable.idempotence", "true").set("acks", "all").set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        );
+        // The producer id wait (below) needs the `eos` debug lines and a connection to a
+        // broker the metadata named (bootstrap connections do not count for librdkafka).
+        let debug = match options.get("debug") {
+            Some(d) if !d.is_empty() => format!("{d},eos"),
+            _ => "eos".to_string(),
+        };
+        c.set("debug", debug).set_log_level(RDKafkaLogLevel::Debug);
+        if !options.contains_key("enable.sparse.connections") {
+            c.set("enable.sparse.connections", "false");
+        }
+        let producer: ThreadedProducer<Reports> = c
+            .create_with_context(Reports::default())
             .map_err(|e| BridgeError::Destination(e.to_string()))?;
         let producer = Arc::new(producer);
         probe(producer.clone(), topic.clone())
             .await
             .map_err(BridgeError::Destination)?;
+        // An idempotent producer sends nothing before it has a producer id. librdkafka asks
+        // for one when a metadata answer arrives while a named broker is up, and otherwise
+        // retries on a 500 ms timer: right after creation no broker is up yet, so the first
+        // batch used to wait half a second. Asking for metadata again every few
+        // milliseconds until the id is there gets it within a round trip or two.
+        let deadline = tokio::time::Instant::now() + PID_WAIT;
+        while !producer.context().has_pid.load(Ordering::Acquire)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(PID_POLL).await;
+            probe(producer.clone(), topic.clone())
+                .await
+                .map_err(BridgeError::Destination)?;
+        }
         Ok(Self {
             producer,
             topic: topic.clone(),
