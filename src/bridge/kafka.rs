@@ -9,17 +9,22 @@
 //! a channel and an allocation per record were a measurable part of the bridge's CPU. A source is a
 //! consumer group member on the remote cluster with auto-commit off: offsets are committed
 //! only after the batch is settled, i.e. durable at the destination (a Ferry append for
-//! Kafka -> Ferry), so a crash at any point redelivers from the last committed offset.
+//! Kafka -> Ferry), so a crash at any point redelivers from the last committed offset. At
+//! most one commit is outstanding: a batch's commit is sent only once the previous one was
+//! accepted, so the group never lags what is durable by more than the pump's window
+//! (fire-and-forget commits could queue up behind a slow coordinator, and a crash then
+//! redelivered all of them).
 //! Records keep their key, value, timestamp and headers, which is all a Kafka record has;
 //! Ferry's AMQP properties and CloudEvents attributes travel as those headers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -66,6 +71,12 @@ impl ProbeClient for StreamConsumer {
             .map_err(|e| e.to_string())
     }
 }
+
+/// How long a new sink waits for its producer id before it starts anyway (librdkafka then
+/// holds the first batch until the id arrives).
+const PID_WAIT: Duration = Duration::from_secs(1);
+/// How often it asks for metadata meanwhile.
+const PID_POLL: Duration = Duration::from_millis(5);
 
 /// The longest wait between librdkafka's attempts to reach a broker that went away.
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
@@ -126,10 +137,39 @@ impl BatchReports {
     }
 }
 
-/// The producer's context: routes each delivery report to its batch.
-pub struct Reports;
+/// The producer's context: routes each delivery report to its batch, and notes when the
+/// idempotent producer has its producer id (librdkafka tells that only in its `eos` debug
+/// log, which the sink turns on: a handful of lines per connection).
+#[derive(Default)]
+pub struct Reports {
+    has_pid: AtomicBool,
+}
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "GETPID" && message.contains("Acquired PID") {
+            self.has_pid.store(true, Ordering::Release);
+        }
+        // As rdkafka's default: librdkafka's levels onto ours.
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+        }
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Arc<BatchReports>;
@@ -155,19 +195,42 @@ impl KafkaSink {
                 "a Kafka destination takes dest-topic".into(),
             ));
         };
-        let producer: ThreadedProducer<Reports> = config(bootstrap, options)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
-            .create_with_context(Reports)
+        let mut c = config(bootstrap, options);
+        c.set("enable.idempotence", "true").set("acks", "all").set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        );
+        // The producer id wait (below) needs the `eos` debug lines and a connection to a
+        // broker the metadata named (bootstrap connections do not count for librdkafka).
+        let debug = match options.get("debug") {
+            Some(d) if !d.is_empty() => format!("{d},eos"),
+            _ => "eos".to_string(),
+        };
+        c.set("debug", debug).set_log_level(RDKafkaLogLevel::Debug);
+        if !options.contains_key("enable.sparse.connections") {
+            c.set("enable.sparse.connections", "false");
+        }
+        let producer: ThreadedProducer<Reports> = c
+            .create_with_context(Reports::default())
             .map_err(|e| BridgeError::Destination(e.to_string()))?;
         let producer = Arc::new(producer);
         probe(producer.clone(), topic.clone())
             .await
             .map_err(BridgeError::Destination)?;
+        // An idempotent producer sends nothing before it has a producer id. librdkafka asks
+        // for one when a metadata answer arrives while a named broker is up, and otherwise
+        // retries on a 500 ms timer: right after creation no broker is up yet, so the first
+        // batch used to wait half a second. Asking for metadata again every few
+        // milliseconds until the id is there gets it within a round trip or two.
+        let deadline = tokio::time::Instant::now() + PID_WAIT;
+        while !producer.context().has_pid.load(Ordering::Acquire)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(PID_POLL).await;
+            probe(producer.clone(), topic.clone())
+                .await
+                .map_err(BridgeError::Destination)?;
+        }
         Ok(Self {
             producer,
             topic: topic.clone(),
@@ -212,11 +275,15 @@ impl KafkaSink {
 pub struct KafkaSource {
     consumer: std::sync::Arc<StreamConsumer>,
     topic: String,
+    /// Per partition, the offset after the last settled record: what the group must reach.
+    settled: HashMap<i32, i64>,
+    /// The one commit outstanding (a synchronous commit on the blocking pool), if any.
+    committing: Option<tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>>,
     /// The last offsets settled, and how many more times to send them while the source is
-    /// idle. A commit is asynchronous and librdkafka does not retry one the group refused
-    /// (REBALANCE_IN_PROGRESS while a killed predecessor's session runs out, say); without a
-    /// later batch to carry newer offsets, the group would stay behind what is durable and a
-    /// restart would bring that tail again.
+    /// idle. librdkafka does not retry a commit the group refused (REBALANCE_IN_PROGRESS
+    /// while a killed predecessor's session runs out, say); without a later batch to carry
+    /// newer offsets, the group would stay behind what is durable and a restart would bring
+    /// that tail again.
     recommit: Option<(TopicPartitionList, u32)>,
 }
 
@@ -224,6 +291,11 @@ pub struct KafkaSource {
 const RECOMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// ...this many times (30 s: past a group's session timeout and the rebalance after it).
 const RECOMMITS: u32 = 15;
+/// How long a batch may wait for the commit before it (the previous one, or retries of a
+/// refused one) to be accepted; past it the run fails and reconnects.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause between retries of a refused commit.
+const COMMIT_RETRY_EVERY: Duration = Duration::from_millis(100);
 
 impl KafkaSource {
     pub async fn open(
@@ -249,6 +321,8 @@ impl KafkaSource {
         Ok(Self {
             consumer,
             topic: topic.to_string(),
+            settled: HashMap::new(),
+            committing: None,
             recommit: None,
         })
     }
@@ -313,28 +387,87 @@ impl KafkaSource {
         }
     }
 
-    /// Commits, per partition, the offset after the batch's last record.
-    pub fn settle(&mut self, tokens: &[Token]) -> Result<(), BridgeError> {
-        let mut next: HashMap<i32, i64> = HashMap::new();
+    /// Commits, per partition, the offset after the batch's last record, with at most one
+    /// commit outstanding: the previous batch's commit must have been accepted before this
+    /// one is sent (and so before the pump fetches past the next batch boundary). A refused
+    /// commit is retried with the newest offsets until accepted, or the run fails after
+    /// [`COMMIT_TIMEOUT`]. That bounds what Ferry holds durably beyond the group's
+    /// committed offsets to three batches; see docs/bridges.md.
+    pub async fn settle(&mut self, tokens: &[Token]) -> Result<(), BridgeError> {
+        let mut changed = false;
         for t in tokens {
             if let Token::Kafka { partition, offset } = t {
-                let e = next.entry(*partition).or_insert(offset + 1);
-                *e = (*e).max(offset + 1);
+                let e = self.settled.entry(*partition).or_insert(offset + 1);
+                if *e <= *offset {
+                    *e = offset + 1;
+                }
+                changed = true;
             }
         }
-        if next.is_empty() {
+        if !changed {
             return Ok(());
         }
+        let accepted = match self.committing.take() {
+            None => true,
+            Some(previous) => match tokio::time::timeout(COMMIT_TIMEOUT, previous).await {
+                Ok(Ok(Ok(()))) => true,
+                Ok(Ok(Err(e))) => {
+                    tracing::debug!(topic = %self.topic, error = %e, "commit refused; retrying");
+                    false
+                }
+                Ok(Err(e)) => return Err(BridgeError::Local(e.to_string())),
+                Err(_) => {
+                    return Err(BridgeError::Source(format!(
+                        "a commit took longer than {} s",
+                        COMMIT_TIMEOUT.as_secs()
+                    )))
+                }
+            },
+        };
+        let list = self.settled_list()?;
+        self.recommit = Some((list.clone(), RECOMMITS));
+        if accepted {
+            self.committing = Some(self.commit(list));
+            return Ok(());
+        }
+        // The newest offsets cover the refused ones: commit them and wait, so nothing more
+        // is forwarded while the group is behind.
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let last = match tokio::time::timeout(remaining, self.commit(list.clone())).await {
+                Ok(Ok(Ok(()))) => return Ok(()),
+                Ok(Ok(Err(e))) => e.to_string(),
+                Ok(Err(e)) => return Err(BridgeError::Local(e.to_string())),
+                Err(_) => "timed out".to_string(),
+            };
+            if tokio::time::Instant::now() + COMMIT_RETRY_EVERY >= deadline {
+                return Err(BridgeError::Source(format!(
+                    "the group refused commits for {} s: {last}",
+                    COMMIT_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(COMMIT_RETRY_EVERY).await;
+        }
+    }
+
+    fn settled_list(&self) -> Result<TopicPartitionList, BridgeError> {
         let mut list = TopicPartitionList::new();
-        for (p, o) in next {
-            list.add_partition_offset(&self.topic, p, Offset::Offset(o))
+        for (p, o) in &self.settled {
+            list.add_partition_offset(&self.topic, *p, Offset::Offset(*o))
                 .map_err(|e| BridgeError::Source(e.to_string()))?;
         }
-        self.consumer
-            .commit(&list, CommitMode::Async)
-            .map_err(|e| BridgeError::Source(e.to_string()))?;
-        self.recommit = Some((list, RECOMMITS));
-        Ok(())
+        Ok(list)
+    }
+
+    /// Sends a commit and waits for the group's answer, on the blocking pool (a synchronous
+    /// commit answers on a queue of its own, so it needs no poll of the consumer).
+    fn commit(
+        &self,
+        list: TopicPartitionList,
+    ) -> tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>> {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
     }
 }
 

@@ -100,7 +100,7 @@ impl Source {
             }
             Source::Topic(s) => s.settle(tokens).await,
             Source::Amqp(s) => s.settle(tokens).await,
-            Source::Kafka(s) => s.settle(tokens),
+            Source::Kafka(s) => s.settle(tokens).await,
         }
     }
 

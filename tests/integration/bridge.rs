@@ -1193,12 +1193,13 @@ async fn kill_9_of_the_ferry_pulling_from_kafka_loses_nothing() {
     let ch = channel(&conn).await;
     let (all, first) = consume_distinct(&ch, "landing", N).await;
     assert_eq!(first, bodies(0..N), "every record, first copies in order");
-    // Unsettled at the kill: the two batches in flight, plus commits the remote had not yet
-    // applied (they are sent asynchronously after each batch is durable).
+    // Durable in Ferry but not committed at the kill: at most the batch whose commit was
+    // outstanding and the two the pump had in flight (one commit outstanding at a time).
+    let duplicates = all.len() - N;
+    eprintln!("kill_9_of_the_ferry_pulling_from_kafka: {duplicates} duplicates");
     assert!(
-        all.len() - N <= 2 * PREFETCH,
-        "{} duplicates: more than the batches in flight",
-        all.len() - N
+        duplicates <= 3 * PREFETCH.div_ceil(2),
+        "{duplicates} duplicates: more than the three batches unsettled at once"
     );
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
