@@ -40,6 +40,14 @@ struct Inner {
     stale: bool,
 }
 
+/// An append that became durable, for [`PartitionIndex::record_durable`].
+struct Durable {
+    stream: String,
+    offset: i64,
+    first_revision: u64,
+    last_revision: u64,
+}
+
 pub(crate) struct EsPartition {
     topic: String,
     partition: i32,
@@ -47,6 +55,11 @@ pub(crate) struct EsPartition {
     meta: Meta,
     clock: Clock,
     inner: Mutex<Inner>,
+    /// Appends that became durable since the index last took them in. Completions queue here
+    /// instead of each taking `inner` (an async lock every append already queues on), and
+    /// every user of the index drains it first, so an answered append is in the index before
+    /// anything reads it.
+    durable: parking_lot::Mutex<Vec<Durable>>,
     /// Dropped with the partition: stops its follower task.
     _stop_follower: oneshot::Sender<()>,
 }
@@ -80,6 +93,7 @@ impl EsPartition {
                 index,
                 stale: false,
             }),
+            durable: parking_lot::Mutex::new(Vec::new()),
             _stop_follower: stop,
         }))
     }
@@ -91,6 +105,12 @@ impl EsPartition {
             inner.index = rebuild(&self.topic, self.partition, &self.handle, &self.meta).await?;
             inner.stale = false;
         }
+        let durable = std::mem::take(&mut *self.durable.lock());
+        for d in durable {
+            inner
+                .index
+                .record_durable(&d.stream, d.offset, d.first_revision, d.last_revision);
+        }
         Ok(inner)
     }
 
@@ -99,7 +119,7 @@ impl EsPartition {
         self: &Arc<Self>,
         stream: &str,
         expected: ExpectedRevision,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, EsError> {
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         // A resend whose original failed is written anew; a second failure is final.
@@ -128,7 +148,7 @@ impl EsPartition {
                 Ok(first) => first,
                 Err(failure) => return refusal(stream, failure, expected),
             };
-            let batch = records::encode_events(stream, first, &events)?;
+            let batch = records::encode_events(stream, first, &mut events)?;
             let pending = self.handle.submit_append(batch).await?;
             let count = events.len() as u64;
             inner.index.reserve(stream, first, count);
@@ -146,12 +166,12 @@ impl EsPartition {
             tokio::spawn(async move {
                 let result = match pending.wait().await {
                     Ok(info) => {
-                        this.inner.lock().await.index.record_durable(
-                            &stream,
-                            info.last_offset,
-                            first,
-                            first + count - 1,
-                        );
+                        this.durable.lock().push(Durable {
+                            stream,
+                            offset: info.last_offset,
+                            first_revision: first,
+                            last_revision: first + count - 1,
+                        });
                         Ok(AppendSuccess {
                             next_expected_revision: first + count - 1,
                             partition: this.partition,

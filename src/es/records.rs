@@ -106,29 +106,31 @@ fn set_header(record: &mut SimpleRecord, name: &str, value: Bytes) {
     record.headers.push((name.to_string(), Some(value)));
 }
 
-/// The batch of one append: `events` at revisions `first_revision..`.
+/// The batch of one append: `events` at revisions `first_revision..`. The stream key, subject
+/// and revision are set on the events' records in place (a resend sets them again), so the
+/// records are not copied to be encoded.
 pub fn encode_events(
     stream: &str,
     first_revision: u64,
-    events: &[NewEvent],
+    events: &mut [NewEvent],
 ) -> Result<bytes::BytesMut, LogError> {
     let key = Bytes::copy_from_slice(stream.as_bytes());
+    for (event, revision) in events.iter_mut().zip(first_revision..) {
+        let record = &mut event.record;
+        record.key = Some(key.clone());
+        set_header(record, CE_SUBJECT, key.clone());
+        set_header(record, REVISION_HEADER, Bytes::from(revision.to_string()));
+    }
+    // Moved out for the encoder (which takes a slice of records) and back, not cloned.
     let records: Vec<SimpleRecord> = events
-        .iter()
-        .zip(first_revision..)
-        .map(|(event, revision)| {
-            let mut record = event.record.clone();
-            record.key = Some(key.clone());
-            set_header(&mut record, CE_SUBJECT, key.clone());
-            set_header(
-                &mut record,
-                REVISION_HEADER,
-                Bytes::from(revision.to_string()),
-            );
-            record
-        })
+        .iter_mut()
+        .map(|e| std::mem::take(&mut e.record))
         .collect();
-    crate::log::try_encode_batch(&records, &EncodeOptions::default())
+    let batch = crate::log::try_encode_batch(&records, &EncodeOptions::default());
+    for (event, record) in events.iter_mut().zip(records) {
+        event.record = record;
+    }
+    batch
 }
 
 /// A record of the stream itself (deletion, metadata): CloudEvents type `kind`, the marker
@@ -210,7 +212,7 @@ mod tests {
                 ..Default::default()
             },
         };
-        let batch = encode_events("order-1", 7, &[event.clone(), event]).expect("encode");
+        let batch = encode_events("order-1", 7, &mut [event.clone(), event]).expect("encode");
         let records = decode_next_batch(&mut batch.freeze()).expect("decode");
         let classified: Vec<_> = records.iter().filter_map(classify).collect();
         assert_eq!(
