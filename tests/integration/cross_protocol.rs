@@ -487,6 +487,66 @@ async fn routing_resumes_exactly_once_after_a_restart() {
     broker.stop().await;
 }
 
+/// The router stores its cursor past records that route nowhere only once a second, so a
+/// clean stop must store it: records produced while nothing was bound must not reach a queue
+/// bound just before a restart (as in RabbitMQ, a binding sees only later records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_before_a_binding_stay_unrouted_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::with(|b| b.data_dir(dir.path())).await.unwrap();
+    create_topic(&broker, "unbound", 1).await;
+    let p = producer(&broker.kafka_bootstrap());
+    // Let the router start and store its first cursor, then produce within the interval.
+    produce(&p, "unbound", "k", "early", &[]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for i in 0..10 {
+        produce(
+            &p,
+            "unbound",
+            &format!("k.{i}"),
+            &format!("before-{i}"),
+            &[],
+        )
+        .await;
+    }
+    drop(p);
+    {
+        let conn = connect(&broker).await;
+        let ch = channel(&conn).await;
+        declare_durable(&ch, "late", FieldTable::default()).await;
+        bind(&ch, "late", "unbound", "#").await;
+        conn.close(200, "bye".into()).await.unwrap();
+    }
+    broker.stop().await;
+
+    let broker = TestBroker::with(|b| b.data_dir(dir.path())).await.unwrap();
+    let p = producer(&broker.kafka_bootstrap());
+    for i in 0..3 {
+        produce(
+            &p,
+            "unbound",
+            &format!("k.after.{i}"),
+            &format!("after-{i}"),
+            &[],
+        )
+        .await;
+    }
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let mut c = consume(&ch, "late", false).await;
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut c).await;
+        bodies.push(String::from_utf8(d.data.clone()).unwrap());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    nothing_more(&mut c).await;
+    bodies.sort();
+    assert_eq!(bodies, vec!["after-0", "after-1", "after-2"]);
+    drop(p);
+    broker.stop().await;
+}
+
 /// A crash after a batch's queue appends were durable but before the routing cursor moved:
 /// the restart finds the copies through the `in_flight` note and routes nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
