@@ -1,8 +1,10 @@
 //! One event-store partition: the single place its appends are checked and queued, in order.
 //!
-//! An append takes the partition's index lock, checks the expected revision against the
-//! reserved index, encodes the batch, queues it on the partition's writer and reserves the new
-//! revisions, then releases the lock and waits for durability outside it. So appends are
+//! An append takes the partition's index lock (a synchronous one, never held across an await:
+//! the writer's queue is tried without waiting, and a full queue means "try again in a
+//! millisecond"), checks the expected revision against the reserved index, encodes the batch,
+//! queues it on the partition's writer and reserves the new revisions, then releases the lock
+//! and waits for durability outside it. So appends are
 //! checked one at a time in the order they are written, but none waits for the fsync of the one
 //! before: the writer's group commit batches them. If a write fails, the reserved state may
 //! claim revisions the log does not hold, so the index is marked stale and the next append
@@ -16,6 +18,7 @@
 //! and an append of the same stream queued behind it succeeds, that stream has a gap in its
 //! revisions.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,7 +29,7 @@ use super::records::{self, EsRecord, NewEvent};
 use super::{AppendOutcome, AppendSuccess, EsError, ExpectedRevision, StreamState};
 use crate::clock::Clock;
 use crate::log::batch::decode_next_batch;
-use crate::log::PartitionHandle;
+use crate::log::{PartitionHandle, TrySubmit};
 use crate::meta::Meta;
 
 /// Records at the log's end scanned at a rebuild to refill the idempotency map.
@@ -34,19 +37,8 @@ pub const RECENT_SCAN_RECORDS: i64 = RECENT_APPENDS as i64;
 /// Bytes read from the log per step of a scan.
 pub(super) const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
-struct Inner {
-    index: PartitionIndex,
-    /// A write failed since the index was built: rebuild it before the next check.
-    stale: bool,
-}
-
-/// An append that became durable, for [`PartitionIndex::record_durable`].
-struct Durable {
-    stream: String,
-    offset: i64,
-    first_revision: u64,
-    last_revision: u64,
-}
+/// How long an append waits before trying again when the writer's queue is full.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub(crate) struct EsPartition {
     topic: String,
@@ -54,14 +46,36 @@ pub(crate) struct EsPartition {
     handle: PartitionHandle,
     meta: Meta,
     clock: Clock,
-    inner: Mutex<Inner>,
-    /// Appends that became durable since the index last took them in. Completions queue here
-    /// instead of each taking `inner` (an async lock every append already queues on), and
-    /// every user of the index drains it first, so an answered append is in the index before
-    /// anything reads it.
-    durable: parking_lot::Mutex<Vec<Durable>>,
+    /// The reserved index. A synchronous lock held only to check, encode and queue (never
+    /// across an await): with an async lock every append queued behind the one before and
+    /// each hand-over waited for the next task to be scheduled, a convoy that left the broker
+    /// short of CPU it had.
+    index: parking_lot::Mutex<PartitionIndex>,
+    /// A write failed since the index was built: rebuild it before the next check. Set and
+    /// read under `index`, so no append is queued on a stale index.
+    stale: AtomicBool,
+    /// Held while rebuilding, so one rebuild runs at a time.
+    rebuilding: Mutex<()>,
     /// Dropped with the partition: stops its follower task.
     _stop_follower: oneshot::Sender<()>,
+}
+
+/// What one pass of an append's check-and-queue did.
+enum Step {
+    /// The writer's queue was full: nothing was reserved; try again shortly.
+    Busy,
+    /// The index must be rebuilt first.
+    Stale,
+    /// The same events were appended before: their outcome.
+    Earlier(super::index::SharedOutcome),
+    Refused(Result<AppendOutcome, EsError>),
+    Queued {
+        pending: crate::log::PendingAppend,
+        first: u64,
+        count: u64,
+        settle: watch::Sender<Option<Result<AppendSuccess, String>>>,
+        outcome: super::index::SharedOutcome,
+    },
 }
 
 impl EsPartition {
@@ -89,29 +103,45 @@ impl EsPartition {
             handle,
             meta,
             clock,
-            inner: Mutex::new(Inner {
-                index,
-                stale: false,
-            }),
-            durable: parking_lot::Mutex::new(Vec::new()),
+            index: parking_lot::Mutex::new(index),
+            stale: AtomicBool::new(false),
+            rebuilding: Mutex::new(()),
             _stop_follower: stop,
         }))
     }
 
-    async fn lock_fresh(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, EsError> {
-        let mut inner = self.inner.lock().await;
-        if inner.stale {
+    /// Rebuilds the index if a write failed since it was built. Every append queued on the
+    /// old index was queued before `stale` was set, so the barrier waits for all of them and
+    /// the rebuild sees every one that was written.
+    async fn fresh(&self) -> Result<(), EsError> {
+        if !self.stale.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.rebuilding.lock().await;
+        if self.stale.load(Ordering::Acquire) {
             self.handle.barrier().await;
-            inner.index = rebuild(&self.topic, self.partition, &self.handle, &self.meta).await?;
-            inner.stale = false;
+            let index = rebuild(&self.topic, self.partition, &self.handle, &self.meta).await?;
+            let mut current = self.index.lock();
+            *current = index;
+            self.stale.store(false, Ordering::Release);
         }
-        let durable = std::mem::take(&mut *self.durable.lock());
-        for d in durable {
-            inner
-                .index
-                .record_durable(&d.stream, d.offset, d.first_revision, d.last_revision);
+        Ok(())
+    }
+
+    fn mark_stale(&self) {
+        let _index = self.index.lock();
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Queues `batch` on the writer: `None` when its queue is full (nothing queued).
+    fn try_queue(
+        &self,
+        batch: bytes::BytesMut,
+    ) -> Result<Option<crate::log::PendingAppend>, EsError> {
+        match self.handle.try_submit_append(batch)? {
+            TrySubmit::Queued(pending) => Ok(Some(pending)),
+            TrySubmit::Busy(_) => Ok(None),
         }
-        Ok(inner)
     }
 
     /// Appends `events` to `stream` if `expected` holds (see the module docs).
@@ -124,41 +154,33 @@ impl EsPartition {
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         // A resend whose original failed is written anew; a second failure is final.
         for attempt in 0..2 {
-            let mut inner = self.lock_fresh().await?;
-            let earlier = inner.index.recent(&ids[0]).filter(|_| attempt == 0);
-            if let Some(earlier) = earlier {
-                if earlier.stream != stream || earlier.ids != ids {
-                    return Err(EsError::InvalidArgument(format!(
-                        "event id `{}` was already appended with other events or to another stream",
-                        ids[0]
-                    )));
+            let step = loop {
+                self.fresh().await?;
+                match self.check_and_queue(stream, expected, &mut events, &ids, attempt == 0)? {
+                    Step::Busy => tokio::time::sleep(BUSY_RETRY).await,
+                    Step::Stale => {}
+                    step => break step,
                 }
-                let mut outcome = earlier.outcome.clone();
-                drop(inner);
-                match settled(&mut outcome).await {
+            };
+            let (pending, first, count, settle, mut outcome) = match step {
+                Step::Earlier(mut outcome) => match settled(&mut outcome).await {
                     Ok(mut original) => {
                         original.duplicate = true;
                         return Ok(AppendOutcome::Success(original));
                     }
                     // The original failed: write it again.
                     Err(_) => continue,
-                }
-            }
-            let first = match inner.index.check(stream, expected) {
-                Ok(first) => first,
-                Err(failure) => return refusal(stream, failure, expected),
+                },
+                Step::Refused(refused) => return refused,
+                Step::Queued {
+                    pending,
+                    first,
+                    count,
+                    settle,
+                    outcome,
+                } => (pending, first, count, settle, outcome),
+                Step::Busy | Step::Stale => continue,
             };
-            let batch = records::encode_events(stream, first, &mut events)?;
-            let pending = self.handle.submit_append(batch).await?;
-            let count = events.len() as u64;
-            inner.index.reserve(stream, first, count);
-            let (settle, mut outcome) = watch::channel(None);
-            inner.index.remember(RecentAppend {
-                stream: stream.to_string(),
-                ids,
-                outcome: outcome.clone(),
-            });
-            drop(inner);
             // Completed by its own task, so a caller that goes away (its connection closed)
             // cannot leave a resend waiting on an outcome nobody will set.
             let this = Arc::clone(self);
@@ -166,12 +188,12 @@ impl EsPartition {
             tokio::spawn(async move {
                 let result = match pending.wait().await {
                     Ok(info) => {
-                        this.durable.lock().push(Durable {
-                            stream,
-                            offset: info.last_offset,
-                            first_revision: first,
-                            last_revision: first + count - 1,
-                        });
+                        this.index.lock().record_durable(
+                            &stream,
+                            info.last_offset,
+                            first,
+                            first + count - 1,
+                        );
                         Ok(AppendSuccess {
                             next_expected_revision: first + count - 1,
                             partition: this.partition,
@@ -180,7 +202,7 @@ impl EsPartition {
                         })
                     }
                     Err(e) => {
-                        this.inner.lock().await.stale = true;
+                        this.mark_stale();
                         Err(e.client_message())
                     }
                 };
@@ -193,6 +215,55 @@ impl EsPartition {
         ))
     }
 
+    /// One pass of an append under the index lock: the idempotency lookup, the expected
+    /// revision check, encoding, queueing and the reservation, in the order appends are
+    /// written.
+    fn check_and_queue(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: &mut [NewEvent],
+        ids: &[String],
+        look_for_earlier: bool,
+    ) -> Result<Step, EsError> {
+        let mut index = self.index.lock();
+        if self.stale.load(Ordering::Acquire) {
+            return Ok(Step::Stale);
+        }
+        if let Some(earlier) = index.recent(&ids[0]).filter(|_| look_for_earlier) {
+            if earlier.stream != stream || earlier.ids != ids {
+                return Err(EsError::InvalidArgument(format!(
+                    "event id `{}` was already appended with other events or to another stream",
+                    ids[0]
+                )));
+            }
+            return Ok(Step::Earlier(earlier.outcome.clone()));
+        }
+        let first = match index.check(stream, expected) {
+            Ok(first) => first,
+            Err(failure) => return Ok(Step::Refused(refusal(stream, failure, expected))),
+        };
+        let batch = records::encode_events(stream, first, events)?;
+        let Some(pending) = self.try_queue(batch)? else {
+            return Ok(Step::Busy);
+        };
+        let count = events.len() as u64;
+        index.reserve(stream, first, count);
+        let (settle, outcome) = watch::channel(None);
+        index.remember(RecentAppend {
+            stream: stream.to_string(),
+            ids: ids.to_vec(),
+            outcome: outcome.clone(),
+        });
+        Ok(Step::Queued {
+            pending,
+            first,
+            count,
+            settle,
+            outcome,
+        })
+    }
+
     /// Deletes `stream` (soft: a later append continues; hard: a tombstone) if `expected`
     /// holds.
     pub async fn delete(
@@ -201,17 +272,31 @@ impl EsPartition {
         expected: ExpectedRevision,
         hard: bool,
     ) -> Result<AppendOutcome, EsError> {
-        let mut inner = self.lock_fresh().await?;
-        let next = match inner.index.check(stream, expected) {
-            Ok(next) => next,
-            Err(failure) => return refusal(stream, failure, expected),
+        let (pending, next) = loop {
+            self.fresh().await?;
+            let queued = {
+                let mut index = self.index.lock();
+                if self.stale.load(Ordering::Acquire) {
+                    continue;
+                }
+                let next = match index.check(stream, expected) {
+                    Ok(next) => next,
+                    Err(failure) => return refusal(stream, failure, expected),
+                };
+                let now = self.clock.now_ms();
+                let id = crate::broker::event::new_message_id(now);
+                let batch = records::encode_deletion(stream, hard, &id, now)?;
+                let queued = self.try_queue(batch)?;
+                if queued.is_some() {
+                    index.reserve_deletion(stream, hard);
+                }
+                queued.map(|pending| (pending, next))
+            };
+            match queued {
+                Some(queued) => break queued,
+                None => tokio::time::sleep(BUSY_RETRY).await,
+            }
         };
-        let now = self.clock.now_ms();
-        let id = crate::broker::event::new_message_id(now);
-        let batch = records::encode_deletion(stream, hard, &id, now)?;
-        let pending = self.handle.submit_append(batch).await?;
-        inner.index.reserve_deletion(stream, hard);
-        drop(inner);
         match pending.wait().await {
             Ok(info) => Ok(AppendOutcome::Success(AppendSuccess {
                 next_expected_revision: next.saturating_sub(1),
@@ -220,7 +305,7 @@ impl EsPartition {
                 duplicate: false,
             })),
             Err(e) => {
-                self.inner.lock().await.stale = true;
+                self.mark_stale();
                 Err(e.into())
             }
         }
@@ -240,26 +325,31 @@ impl EsPartition {
         stream: &str,
         limits: records::StreamLimits,
     ) -> Result<AppendSuccess, EsError> {
-        let mut inner = self.lock_fresh().await?;
-        if inner
-            .index
-            .streams
-            .get(stream)
-            .is_some_and(|s| s.tombstoned)
-        {
-            return Err(EsError::StreamDeleted(stream.to_string()));
-        }
-        let now = self.clock.now_ms();
-        let id = crate::broker::event::new_message_id(now);
-        let batch = records::encode_metadata(stream, limits, &id, now)?;
-        let pending = self.handle.submit_append(batch).await?;
-        inner.index.reserve_metadata(stream, limits);
-        let last = inner
-            .index
-            .streams
-            .get(stream)
-            .and_then(|s| s.last_revision);
-        drop(inner);
+        let (pending, last) = loop {
+            self.fresh().await?;
+            let queued = {
+                let mut index = self.index.lock();
+                if self.stale.load(Ordering::Acquire) {
+                    continue;
+                }
+                if index.streams.get(stream).is_some_and(|s| s.tombstoned) {
+                    return Err(EsError::StreamDeleted(stream.to_string()));
+                }
+                let now = self.clock.now_ms();
+                let id = crate::broker::event::new_message_id(now);
+                let batch = records::encode_metadata(stream, limits, &id, now)?;
+                let queued = self.try_queue(batch)?;
+                if queued.is_some() {
+                    index.reserve_metadata(stream, limits);
+                }
+                let last = index.streams.get(stream).and_then(|s| s.last_revision);
+                queued.map(|pending| (pending, last))
+            };
+            match queued {
+                Some(queued) => break queued,
+                None => tokio::time::sleep(BUSY_RETRY).await,
+            }
+        };
         match pending.wait().await {
             Ok(info) => Ok(AppendSuccess {
                 next_expected_revision: last.unwrap_or(0),
@@ -268,7 +358,7 @@ impl EsPartition {
                 duplicate: false,
             }),
             Err(e) => {
-                self.inner.lock().await.stale = true;
+                self.mark_stale();
                 Err(e.into())
             }
         }
@@ -276,8 +366,14 @@ impl EsPartition {
 
     /// The stream's state as the index has it (reserved appends included).
     pub async fn info(&self, stream: &str) -> Result<StreamState, EsError> {
-        let inner = self.lock_fresh().await?;
-        Ok(inner.index.streams.get(stream).cloned().unwrap_or_default())
+        self.fresh().await?;
+        Ok(self
+            .index
+            .lock()
+            .streams
+            .get(stream)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

@@ -54,7 +54,7 @@ pub use recovery::RecoveryReport;
 pub use segment::Segment;
 pub use time_index::TimeIndex;
 pub use txn_index::{AbortedTxn, ControlKind};
-pub use writer::{LogLabels, PartitionHandle, PendingAppend};
+pub use writer::{LogLabels, PartitionHandle, PendingAppend, TrySubmit};
 
 /// Everything that can go wrong in the log layer.
 ///

@@ -55,6 +55,14 @@ impl Writer {
         Some(tx)
     }
 
+    /// Queues `cmd` if the running writer's queue has room, without waiting: `None` when the
+    /// log is shut down, `Some(Err(cmd))` when the queue is full or its writer is retiring
+    /// (nothing was queued; try again).
+    pub(super) fn try_send(self: &Arc<Self>, cmd: Command) -> Option<Result<(), Command>> {
+        let tx = self.sender(false)?;
+        Some(tx.try_send(cmd).map_err(|e| e.into_inner()))
+    }
+
     /// Queues `cmd` on a running writer; gives it back if there is none to take it (shut
     /// down, or the runtime is gone).
     pub(super) async fn send(

@@ -229,6 +229,13 @@ impl Shared {
 #[derive(Debug)]
 pub struct PendingAppend(oneshot::Receiver<Result<AppendInfo>>);
 
+/// What [`PartitionHandle::try_submit_append`] did.
+pub enum TrySubmit {
+    Queued(PendingAppend),
+    /// The writer's queue was full: the batch, not queued.
+    Busy(BytesMut),
+}
+
 impl PendingAppend {
     /// Resolves once the append is durable per the fsync policy (or has failed).
     pub async fn wait(self) -> Result<AppendInfo> {
@@ -338,6 +345,23 @@ impl PartitionHandle {
             .await
             .map_err(|_| LogError::Closed)?;
         Ok(PendingAppend(rx))
+    }
+
+    /// [`submit_append`](Self::submit_append) without waiting, for a caller that must queue
+    /// while it holds a synchronous lock (the event store checks and queues under one, so its
+    /// appends do not convoy on an async lock). [`TrySubmit::Busy`] gives the batch back when
+    /// the writer's queue is full: nothing was queued.
+    pub fn try_submit_append(&self, batches: BytesMut) -> Result<TrySubmit> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(self.shared.failed_error());
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.writer.try_send(Command::Append { batches, reply }) {
+            None => Err(LogError::Closed),
+            Some(Ok(())) => Ok(TrySubmit::Queued(PendingAppend(rx))),
+            Some(Err(Command::Append { batches, .. })) => Ok(TrySubmit::Busy(batches)),
+            Some(Err(_)) => Err(LogError::Closed),
+        }
     }
 
     /// Resolves once every append submitted before this call has completed, so a reader that
