@@ -429,46 +429,11 @@ impl Config {
         if self.log.index_interval_bytes == 0 {
             return Err(invalid("log.index_interval_bytes", "must be at least 1"));
         }
-        if self.kafka.default_partitions == 0 {
-            return Err(invalid("kafka.default_partitions", "must be at least 1"));
-        }
-        if self.kafka.group_min_session_timeout_ms > self.kafka.group_max_session_timeout_ms {
-            return Err(invalid(
-                "kafka.group_min_session_timeout_ms",
-                "must not exceed kafka.group_max_session_timeout_ms",
-            ));
-        }
-        if self.kafka.group_consumer_heartbeat_interval_ms == 0
-            || self.kafka.group_consumer_heartbeat_interval_ms
-                >= self.kafka.group_consumer_session_timeout_ms
-        {
-            return Err(invalid(
-                "kafka.group_consumer_heartbeat_interval_ms",
-                "must be above 0 and below kafka.group_consumer_session_timeout_ms",
-            ));
-        }
-        let cc = &self.kafka.loopback_congestion_control;
-        // TCP_CA_NAME_MAX is 16 with the terminating NUL.
-        if cc.len() > 15 || !cc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(invalid(
-                "kafka.loopback_congestion_control",
-                "must be empty or a congestion control name such as reno or cubic",
-            ));
-        }
-        if self.kafka.fetch_max_bytes < 1024 {
-            return Err(invalid("kafka.fetch_max_bytes", "must be at least 1024"));
-        }
-        if self.kafka.max_request_bytes < 1024 {
-            return Err(invalid("kafka.max_request_bytes", "must be at least 1024"));
+        if let Some((key, message)) = self.kafka.problem() {
+            return Err(invalid(key, message));
         }
         if self.amqp.frame_max < 4096 {
             return Err(invalid("amqp.frame_max", "must be at least 4096"));
-        }
-        if self.kafka.connections_max_idle_ms == 0 {
-            return Err(invalid(
-                "kafka.connections_max_idle_ms",
-                "must be at least 1",
-            ));
         }
         if self.amqp.handshake_timeout_ms == 0 {
             return Err(invalid("amqp.handshake_timeout_ms", "must be at least 1"));

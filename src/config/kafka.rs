@@ -112,6 +112,45 @@ fn super_users<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 }
 
 impl KafkaSettings {
+    /// The first setting that is out of range: its key and what it must be.
+    pub(super) fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.default_partitions == 0 {
+            return Some(("kafka.default_partitions", "must be at least 1"));
+        }
+        if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            return Some((
+                "kafka.group_min_session_timeout_ms",
+                "must not exceed kafka.group_max_session_timeout_ms",
+            ));
+        }
+        if self.group_consumer_heartbeat_interval_ms == 0
+            || self.group_consumer_heartbeat_interval_ms >= self.group_consumer_session_timeout_ms
+        {
+            return Some((
+                "kafka.group_consumer_heartbeat_interval_ms",
+                "must be above 0 and below kafka.group_consumer_session_timeout_ms",
+            ));
+        }
+        let cc = &self.loopback_congestion_control;
+        // TCP_CA_NAME_MAX is 16 with the terminating NUL.
+        if cc.len() > 15 || !cc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Some((
+                "kafka.loopback_congestion_control",
+                "must be empty or a congestion control name such as reno or cubic",
+            ));
+        }
+        if self.fetch_max_bytes < 1024 {
+            return Some(("kafka.fetch_max_bytes", "must be at least 1024"));
+        }
+        if self.max_request_bytes < 1024 {
+            return Some(("kafka.max_request_bytes", "must be at least 1024"));
+        }
+        if self.connections_max_idle_ms == 0 {
+            return Some(("kafka.connections_max_idle_ms", "must be at least 1"));
+        }
+        None
+    }
+
     /// What ACL enforcement needs besides the bindings.
     pub fn acl_policy(&self) -> crate::broker::acls::AclPolicy {
         crate::broker::acls::AclPolicy {
