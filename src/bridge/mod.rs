@@ -80,8 +80,18 @@ pub fn start(
             Definition::parse(vhost, name, value)?;
             Ok(value.clone())
         }),
-        Arc::new(move || {
-            let mut all: Vec<_> = view.lock().values().map(BridgeStatus::view).collect();
+        Arc::new(move |defined: &[crate::broker::parameters::Parameter]| {
+            let live = view.lock();
+            let mut all: Vec<_> = live.values().map(BridgeStatus::view).collect();
+            // The reconciler starts a definition a moment after it is stored; until then it
+            // shows as `starting` (RabbitMQ's word for it) rather than missing, so a GET right
+            // after the PUT finds it.
+            for p in defined {
+                if !live.contains_key(&(p.vhost.clone(), p.name.clone())) {
+                    all.push(BridgeStatus::not_started(&p.vhost, &p.name, &p.value).view());
+                }
+            }
+            drop(live);
             all.sort_by(|a, b| {
                 (a["vhost"].as_str(), a["name"].as_str())
                     .cmp(&(b["vhost"].as_str(), b["name"].as_str()))

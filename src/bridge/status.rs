@@ -74,14 +74,50 @@ fn now_ms() -> i64 {
 
 impl BridgeStatus {
     pub fn new(def: &Definition) -> Self {
-        let status = Self {
-            vhost: def.vhost.clone(),
-            name: def.name.clone(),
-            src: def.src.display(),
-            dest: def.dest.display(),
+        let status = Self::unpublished(
+            &def.vhost,
+            &def.name,
+            (def.src.display(), def.dest.display()),
+            (State::Starting, None),
+        );
+        status.publish_state(State::Starting);
+        status
+    }
+
+    /// The status of a stored definition the reconciler has not started yet: `starting`, or
+    /// `terminated` with the reason when it does not parse (stored by an older build; the
+    /// reconciler will not run it). Publishes no metrics.
+    pub fn not_started(vhost: &str, name: &str, value: &serde_json::Value) -> Self {
+        match Definition::parse(vhost, name, value) {
+            Ok(def) => Self::unpublished(
+                vhost,
+                name,
+                (def.src.display(), def.dest.display()),
+                (State::Starting, None),
+            ),
+            Err(e) => Self::unpublished(
+                vhost,
+                name,
+                (String::new(), String::new()),
+                (State::Terminated, Some(e)),
+            ),
+        }
+    }
+
+    fn unpublished(
+        vhost: &str,
+        name: &str,
+        (src, dest): (String, String),
+        (state, reason): (State, Option<String>),
+    ) -> Self {
+        Self {
+            vhost: vhost.to_string(),
+            name: name.to_string(),
+            src,
+            dest,
             inner: Arc::new(Mutex::new(Inner {
-                state: State::Starting,
-                reason: None,
+                state,
+                reason,
                 since_ms: now_ms(),
                 forwarded: 0,
                 skipped: 0,
@@ -89,9 +125,7 @@ impl BridgeStatus {
                 pending: None,
                 breaker_open: false,
             })),
-        };
-        status.publish_state(State::Starting);
-        status
+        }
     }
 
     fn labels(&self) -> [(&'static str, String); 2] {
@@ -166,5 +200,28 @@ impl BridgeStatus {
             "pending": i.pending,
             "circuit_breaker": if i.breaker_open { "open" } else { "closed" },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_definition_not_started_yet_shows_as_starting_or_as_terminated_when_invalid() {
+        let value = json!({"src-uri": "amqp://", "src-queue": "orders",
+                           "dest-uri": "amqp://u:p@rabbit:5672/%2F", "dest-queue": "copy"});
+        let view = BridgeStatus::not_started("/", "s1", &value).view();
+        assert_eq!(view["name"], "s1");
+        assert_eq!(view["vhost"], "/");
+        assert_eq!(view["state"], "starting");
+        assert_eq!(view["dest_uri"], "amqp://u:***@rabbit:5672/%2F");
+        assert_eq!(view["messages_forwarded"], 0);
+        assert_eq!(view["circuit_breaker"], "closed");
+
+        let view = BridgeStatus::not_started("/", "bad", &json!({"src-queue": "orders"})).view();
+        assert_eq!(view["state"], "terminated");
+        assert!(view["reason"].as_str().is_some_and(|r| !r.is_empty()));
     }
 }

@@ -22,8 +22,9 @@ use crate::meta::{Meta, MetaError, ParameterRecord};
 
 /// Checks a value for `(vhost, name)` and returns it as it is to be stored.
 pub type Validator = Arc<dyn Fn(&str, &str, &Value) -> Result<Value, String> + Send + Sync>;
-/// The live state of everything a component runs, one JSON object each.
-pub type StatusReporter = Arc<dyn Fn() -> Vec<Value> + Send + Sync>;
+/// The state of everything defined for a component, one JSON object each, given the stored
+/// definitions (so one the component has not picked up yet can be shown too).
+pub type StatusReporter = Arc<dyn Fn(&[Parameter]) -> Vec<Value> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParameterError {
@@ -208,10 +209,11 @@ impl RuntimeParameters {
         Ok(())
     }
 
-    /// The live state the component reports, or `None` when it is not registered.
+    /// The state the component reports for its definitions, or `None` when it is not
+    /// registered.
     pub fn status(&self, component: &str) -> Option<Vec<Value>> {
         let status = self.components.read().get(component)?.status.clone();
-        Some(status())
+        Some(status(&self.list(Some(component))))
     }
 }
 
@@ -238,7 +240,7 @@ mod tests {
                     Ok(v.clone())
                 }
             }),
-            Arc::new(Vec::new),
+            Arc::new(|_: &[Parameter]| Vec::new()),
         );
         p
     }

@@ -157,37 +157,10 @@ pub(super) async fn delete_parameter(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Every defined shovel's status. The bridge reconciler registers a status a moment after the
-/// definition is stored, so a shovel defined but not yet picked up shows as `starting`
-/// (RabbitMQ's word for it) rather than missing: a GET right after the PUT finds it.
+/// Every defined shovel's status, as the bridge component reports it (one defined but not yet
+/// started shows as `starting`).
 fn shovels(core: &crate::broker::BrokerCore) -> Vec<Value> {
-    let mut all = core.parameters().status(SHOVEL).unwrap_or_default();
-    for p in core.parameters().list(Some(SHOVEL)) {
-        let known = all
-            .iter()
-            .any(|s| s["vhost"] == p.vhost.as_str() && s["name"] == p.name.as_str());
-        if !known {
-            all.push(json!({
-                "name": p.name,
-                "vhost": p.vhost,
-                "type": "dynamic",
-                "state": "starting",
-                "reason": null,
-                "since_ms": null,
-                "src_uri": null,
-                "dest_uri": null,
-                "messages_forwarded": 0,
-                "messages_skipped": 0,
-                "reconnects": 0,
-                "pending": null,
-                "circuit_breaker": "closed",
-            }));
-        }
-    }
-    all.sort_by(|a, b| {
-        (a["vhost"].as_str(), a["name"].as_str()).cmp(&(b["vhost"].as_str(), b["name"].as_str()))
-    });
-    all
+    core.parameters().status(SHOVEL).unwrap_or_default()
 }
 
 pub(super) async fn list_shovels(Admin(core): Admin) -> Json<Vec<Value>> {
