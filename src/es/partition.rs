@@ -29,7 +29,7 @@ use super::records::{self, EsRecord, NewEvent};
 use super::{AppendOutcome, AppendSuccess, EsError, ExpectedRevision, StreamState};
 use crate::clock::Clock;
 use crate::log::batch::decode_next_batch;
-use crate::log::{PartitionHandle, TrySubmit};
+use crate::log::{PartitionHandle, PendingAppend, TrySubmit};
 use crate::meta::Meta;
 
 /// Records at the log's end scanned at a rebuild to refill the idempotency map.
@@ -60,17 +60,13 @@ pub(crate) struct EsPartition {
     _stop_follower: oneshot::Sender<()>,
 }
 
-/// What one pass of an append's check-and-queue did.
+/// What an append's check-and-queue ended in.
 enum Step {
-    /// The writer's queue was full: nothing was reserved; try again shortly.
-    Busy,
-    /// The index must be rebuilt first.
-    Stale,
     /// The same events were appended before: their outcome.
     Earlier(super::index::SharedOutcome),
     Refused(Result<AppendOutcome, EsError>),
     Queued {
-        pending: crate::log::PendingAppend,
+        pending: PendingAppend,
         first: u64,
         count: u64,
         settle: watch::Sender<Option<Result<AppendSuccess, String>>>,
@@ -133,6 +129,38 @@ impl EsPartition {
         self.stale.store(true, Ordering::Release);
     }
 
+    /// Calls `step` under the index lock until it has queued its batch (`Some`): on a fresh
+    /// index (a stale one is rebuilt first), and again a millisecond later while the writer's
+    /// queue is full (`None`: `step` queued and reserved nothing).
+    async fn queue_under_index<T>(
+        &self,
+        mut step: impl FnMut(&mut PartitionIndex) -> Result<Option<T>, EsError>,
+    ) -> Result<T, EsError> {
+        loop {
+            self.fresh().await?;
+            let done = {
+                let mut index = self.index.lock();
+                if self.stale.load(Ordering::Acquire) {
+                    continue;
+                }
+                step(&mut index)?
+            };
+            match done {
+                Some(done) => return Ok(done),
+                None => tokio::time::sleep(BUSY_RETRY).await,
+            }
+        }
+    }
+
+    /// Waits for a stream record queued by [`delete`](Self::delete) or
+    /// [`set_metadata`](Self::set_metadata); a failed write makes the index stale.
+    async fn written(&self, pending: PendingAppend) -> Result<crate::log::AppendInfo, EsError> {
+        pending.wait().await.map_err(|e| {
+            self.mark_stale();
+            e.into()
+        })
+    }
+
     /// Queues `batch` on the writer: `None` when its queue is full (nothing queued).
     fn try_queue(
         &self,
@@ -154,14 +182,11 @@ impl EsPartition {
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         // A resend whose original failed is written anew; a second failure is final.
         for attempt in 0..2 {
-            let step = loop {
-                self.fresh().await?;
-                match self.check_and_queue(stream, expected, &mut events, &ids, attempt == 0)? {
-                    Step::Busy => tokio::time::sleep(BUSY_RETRY).await,
-                    Step::Stale => {}
-                    step => break step,
-                }
-            };
+            let step = self
+                .queue_under_index(|index| {
+                    self.check_and_queue(index, stream, expected, &mut events, &ids, attempt == 0)
+                })
+                .await?;
             let (pending, first, count, settle, mut outcome) = match step {
                 Step::Earlier(mut outcome) => match settled(&mut outcome).await {
                     Ok(mut original) => {
@@ -179,7 +204,6 @@ impl EsPartition {
                     settle,
                     outcome,
                 } => (pending, first, count, settle, outcome),
-                Step::Busy | Step::Stale => continue,
             };
             // Completed by its own task, so a caller that goes away (its connection closed)
             // cannot leave a resend waiting on an outcome nobody will set.
@@ -217,19 +241,16 @@ impl EsPartition {
 
     /// One pass of an append under the index lock: the idempotency lookup, the expected
     /// revision check, encoding, queueing and the reservation, in the order appends are
-    /// written.
+    /// written. `None`: the writer's queue was full and nothing was reserved.
     fn check_and_queue(
         &self,
+        index: &mut PartitionIndex,
         stream: &str,
         expected: ExpectedRevision,
         events: &mut [NewEvent],
         ids: &[String],
         look_for_earlier: bool,
-    ) -> Result<Step, EsError> {
-        let mut index = self.index.lock();
-        if self.stale.load(Ordering::Acquire) {
-            return Ok(Step::Stale);
-        }
+    ) -> Result<Option<Step>, EsError> {
         if let Some(earlier) = index.recent(&ids[0]).filter(|_| look_for_earlier) {
             if earlier.stream != stream || earlier.ids != ids {
                 return Err(EsError::InvalidArgument(format!(
@@ -237,15 +258,15 @@ impl EsPartition {
                     ids[0]
                 )));
             }
-            return Ok(Step::Earlier(earlier.outcome.clone()));
+            return Ok(Some(Step::Earlier(earlier.outcome.clone())));
         }
         let first = match index.check(stream, expected) {
             Ok(first) => first,
-            Err(failure) => return Ok(Step::Refused(refusal(stream, failure, expected))),
+            Err(failure) => return Ok(Some(Step::Refused(refusal(stream, failure, expected)))),
         };
         let batch = records::encode_events(stream, first, events)?;
         let Some(pending) = self.try_queue(batch)? else {
-            return Ok(Step::Busy);
+            return Ok(None);
         };
         let count = events.len() as u64;
         index.reserve(stream, first, count);
@@ -255,13 +276,13 @@ impl EsPartition {
             ids: ids.to_vec(),
             outcome: outcome.clone(),
         });
-        Ok(Step::Queued {
+        Ok(Some(Step::Queued {
             pending,
             first,
             count,
             settle,
             outcome,
-        })
+        }))
     }
 
     /// Deletes `stream` (soft: a later append continues; hard: a tombstone) if `expected`
@@ -272,16 +293,14 @@ impl EsPartition {
         expected: ExpectedRevision,
         hard: bool,
     ) -> Result<AppendOutcome, EsError> {
-        let (pending, next) = loop {
-            self.fresh().await?;
-            let queued = {
-                let mut index = self.index.lock();
-                if self.stale.load(Ordering::Acquire) {
-                    continue;
-                }
+        // A refusal (wrong expected revision) ends the loop as `Err` of the inner result.
+        let queued = self
+            .queue_under_index(|index| {
                 let next = match index.check(stream, expected) {
                     Ok(next) => next,
-                    Err(failure) => return refusal(stream, failure, expected),
+                    Err(failure) => {
+                        return refusal(stream, failure, expected).map(|r| Some(Err(r)))
+                    }
                 };
                 let now = self.clock.now_ms();
                 let id = crate::broker::event::new_message_id(now);
@@ -290,25 +309,20 @@ impl EsPartition {
                 if queued.is_some() {
                     index.reserve_deletion(stream, hard);
                 }
-                queued.map(|pending| (pending, next))
-            };
-            match queued {
-                Some(queued) => break queued,
-                None => tokio::time::sleep(BUSY_RETRY).await,
-            }
+                Ok(queued.map(|pending| Ok((pending, next))))
+            })
+            .await?;
+        let (pending, next) = match queued {
+            Ok(queued) => queued,
+            Err(refused) => return Ok(refused),
         };
-        match pending.wait().await {
-            Ok(info) => Ok(AppendOutcome::Success(AppendSuccess {
-                next_expected_revision: next.saturating_sub(1),
-                partition: self.partition,
-                position: info.last_offset,
-                duplicate: false,
-            })),
-            Err(e) => {
-                self.mark_stale();
-                Err(e.into())
-            }
-        }
+        let info = self.written(pending).await?;
+        Ok(AppendOutcome::Success(AppendSuccess {
+            next_expected_revision: next.saturating_sub(1),
+            partition: self.partition,
+            position: info.last_offset,
+            duplicate: false,
+        }))
     }
 
     pub fn partition(&self) -> i32 {
@@ -325,13 +339,8 @@ impl EsPartition {
         stream: &str,
         limits: records::StreamLimits,
     ) -> Result<AppendSuccess, EsError> {
-        let (pending, last) = loop {
-            self.fresh().await?;
-            let queued = {
-                let mut index = self.index.lock();
-                if self.stale.load(Ordering::Acquire) {
-                    continue;
-                }
+        let (pending, last) = self
+            .queue_under_index(|index| {
                 if index.streams.get(stream).is_some_and(|s| s.tombstoned) {
                     return Err(EsError::StreamDeleted(stream.to_string()));
                 }
@@ -343,25 +352,16 @@ impl EsPartition {
                     index.reserve_metadata(stream, limits);
                 }
                 let last = index.streams.get(stream).and_then(|s| s.last_revision);
-                queued.map(|pending| (pending, last))
-            };
-            match queued {
-                Some(queued) => break queued,
-                None => tokio::time::sleep(BUSY_RETRY).await,
-            }
-        };
-        match pending.wait().await {
-            Ok(info) => Ok(AppendSuccess {
-                next_expected_revision: last.unwrap_or(0),
-                partition: self.partition,
-                position: info.last_offset,
-                duplicate: false,
-            }),
-            Err(e) => {
-                self.mark_stale();
-                Err(e.into())
-            }
-        }
+                Ok(queued.map(|pending| (pending, last)))
+            })
+            .await?;
+        let info = self.written(pending).await?;
+        Ok(AppendSuccess {
+            next_expected_revision: last.unwrap_or(0),
+            partition: self.partition,
+            position: info.last_offset,
+            duplicate: false,
+        })
     }
 
     /// The stream's state as the index has it (reserved appends included).
