@@ -34,6 +34,19 @@ async fn nothing_more(consumer: &mut lapin::Consumer) {
     }
 }
 
+/// Takes and acks `n` deliveries, checks that nothing more comes, and returns their bodies in
+/// delivery order.
+async fn ack_exactly(consumer: &mut lapin::Consumer, n: usize) -> Vec<String> {
+    let mut bodies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let d = next(consumer).await;
+        bodies.push(String::from_utf8(d.data.clone()).unwrap());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    nothing_more(consumer).await;
+    bodies
+}
+
 fn header_text(d: &Delivery, key: &str) -> Option<String> {
     match header(d, key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -468,13 +481,7 @@ async fn routing_resumes_exactly_once_after_a_restart() {
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     let mut c = consume(&ch, "workers", false).await;
-    let mut bodies = Vec::new();
-    for _ in 0..20 {
-        let d = next(&mut c).await;
-        bodies.push(String::from_utf8(d.data.clone()).unwrap());
-        d.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    nothing_more(&mut c).await;
+    let mut bodies = ack_exactly(&mut c, 20).await;
     bodies.sort();
     let mut want: Vec<String> = (0..10)
         .map(|i| format!("before-{i}"))
@@ -534,13 +541,7 @@ async fn records_from_before_a_binding_stay_unrouted_across_a_restart() {
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     let mut c = consume(&ch, "late", false).await;
-    let mut bodies = Vec::new();
-    for _ in 0..3 {
-        let d = next(&mut c).await;
-        bodies.push(String::from_utf8(d.data.clone()).unwrap());
-        d.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    nothing_more(&mut c).await;
+    let mut bodies = ack_exactly(&mut c, 3).await;
     bodies.sort();
     assert_eq!(bodies, vec!["after-0", "after-1", "after-2"]);
     drop(p);
@@ -604,13 +605,7 @@ async fn an_interrupted_routing_batch_is_not_routed_twice() {
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     let mut c = consume(&ch, "crash-q", false).await;
-    let mut bodies = Vec::new();
-    for _ in 0..4 {
-        let d = next(&mut c).await;
-        bodies.push(String::from_utf8(d.data.clone()).unwrap());
-        d.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    nothing_more(&mut c).await;
+    let bodies = ack_exactly(&mut c, 4).await;
     assert_eq!(bodies, ["m0", "m1", "m2", "m3"]);
     drop(p);
     broker.stop().await;
