@@ -2,8 +2,8 @@
 //! shape as `ferry bench amqp` so the two can be compared on one machine and run.
 //!
 //! For every message size it declares a fresh durable queue and runs, at the same time, a
-//! publisher keeping `--window` publishes in flight through the SDK's [`EventPublisher`] (each
-//! one a QUIC stream answered after the durability confirm), and a consumer on one
+//! publisher keeping `--window` publishes in flight through the SDK's [`EventPublisher`] (all on
+//! the connection's publish stream, each answered after its durability confirm), and a consumer on one
 //! subscription stream with `--prefetch` unsettled deliveries that acks each one. Every payload
 //! starts with the time it was sent (ns since the run started, little-endian), so the consumer
 //! measures end-to-end latency on the same clock. The queue is deleted afterwards unless
@@ -16,17 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 use super::broker_cpu::BrokerProcess;
 use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency};
 use crate::client::native::{
-    connect, ConnectOptions, EventMetadata, EventPublisher, NativeConnection, PublishConfig,
-    Transport, Trust,
+    connect, ConnectOptions, EventMetadata, EventPublisher, NativeClientError, NativeConnection,
+    PublishConfig, Transport, Trust,
 };
-use crate::proto::{framed, v1};
+use crate::proto::v1;
+use tokio::io::AsyncWriteExt;
 
 /// Bytes at the start of each payload that carry the time it was sent.
 const STAMP_LEN: usize = 8;
@@ -300,9 +300,7 @@ async fn publish(
 ) -> Result<(Vec<u64>, f64), BenchError> {
     let publisher = EventPublisher::new(conn.clone());
     let config = PublishConfig::queue(queue);
-    let window = Arc::new(Semaphore::new(s.window.max(1)));
-    let confirms = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(Mutex::new(None));
+    let window = s.window.max(1);
     let until = s
         .duration
         .or(if s.messages.is_none() {
@@ -315,74 +313,80 @@ async fn publish(
         .rate
         .filter(|r| *r > 0)
         .map(|r| Duration::from_secs_f64(1.0 / r as f64));
+    // The publishes in flight run in this task (no task per publish): the client's own cost
+    // per message stays small beside the broker's.
+    let mut in_flight = FuturesUnordered::new();
+    let mut confirms = Vec::new();
     let mut sent: u64 = 0;
     let began = Instant::now();
+    let n = s.batch.max(1);
     loop {
-        if s.messages.is_some_and(|m| sent >= m) || until.is_some_and(|u| Instant::now() >= u) {
-            break;
-        }
-        if let Some(e) = failed.lock().take() {
-            return Err(e);
-        }
-        if let Some(every) = interval {
-            tokio::time::sleep_until((began + every.mul_f64(sent as f64)).into()).await;
-        }
-        let Ok(permit) = window.clone().acquire_owned().await else {
-            break;
-        };
-        let n = s.batch.max(1);
-        let sent_at = start.elapsed().as_nanos() as u64;
-        let events: Vec<(Vec<u8>, EventMetadata)> = (0..n)
-            .map(|_| {
-                let mut payload = vec![0_u8; size.max(STAMP_LEN)];
-                payload[..STAMP_LEN].copy_from_slice(&sent_at.to_le_bytes());
-                (payload, EventMetadata::default())
-            })
-            .collect();
-        let (publisher, config, confirms, failed, published) = (
-            publisher.clone(),
-            config.clone(),
-            confirms.clone(),
-            failed.clone(),
-            published.clone(),
-        );
-        tokio::spawn(async move {
-            let r = if n == 1 {
-                let mut events = events;
-                match events.pop() {
-                    Some((payload, meta)) => publisher
-                        .publish_bytes(payload, "application/octet-stream", meta, &config, "")
-                        .await
-                        .map(|_| 1),
-                    None => Ok(0),
+        let more = !(s.messages.is_some_and(|m| sent >= m)
+            || until.is_some_and(|u| Instant::now() >= u));
+        if more && in_flight.len() < window {
+            if let Some(every) = interval {
+                let due = began + every.mul_f64(sent as f64);
+                if due > Instant::now() {
+                    // Collect confirms while waiting for the next publish's turn.
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                            finish(done, &published, &mut confirms, start)?;
+                        }
+                    }
+                    continue;
                 }
-            } else {
-                publisher
-                    .publish_batch(events, "application/octet-stream", &config)
-                    .await
-                    .map(|r| r.len() as u64)
-            };
-            match r {
-                Ok(count) => {
-                    published.fetch_add(count, Ordering::SeqCst);
-                    confirms
-                        .lock()
-                        .push((start.elapsed().as_nanos() as u64).saturating_sub(sent_at));
-                }
-                Err(e) => *failed.lock() = Some(BenchError::Failed(format!("publish: {e}"))),
             }
-            drop(permit);
-        });
-        sent += n as u64;
+            let sent_at = start.elapsed().as_nanos() as u64;
+            let mut events: Vec<(Vec<u8>, EventMetadata)> = (0..n)
+                .map(|_| {
+                    let mut payload = vec![0_u8; size.max(STAMP_LEN)];
+                    payload[..STAMP_LEN].copy_from_slice(&sent_at.to_le_bytes());
+                    (payload, EventMetadata::default())
+                })
+                .collect();
+            let (publisher, config) = (&publisher, &config);
+            in_flight.push(async move {
+                let r = if n == 1 {
+                    match events.pop() {
+                        Some((payload, meta)) => publisher
+                            .publish_bytes(payload, "application/octet-stream", meta, config, "")
+                            .await
+                            .map(|_| 1),
+                        None => Ok(0),
+                    }
+                } else {
+                    publisher
+                        .publish_batch(events, "application/octet-stream", config)
+                        .await
+                        .map(|r| r.len() as u64)
+                };
+                (r, sent_at)
+            });
+            sent += n as u64;
+            continue;
+        }
+        // Every publish in flight finishes before the phase ends.
+        match in_flight.next().await {
+            Some(done) => finish(done, &published, &mut confirms, start)?,
+            None => break,
+        }
     }
-    // Every publish in flight finishes before the phase ends.
-    let _ = window.acquire_many(s.window.max(1) as u32).await;
     let secs = began.elapsed().as_secs_f64();
-    if let Some(e) = failed.lock().take() {
-        return Err(e);
-    }
-    let confirms = std::mem::take(&mut *confirms.lock());
     Ok((confirms, secs))
+}
+
+/// Counts a confirmed publish request and its latency.
+fn finish(
+    (result, sent_at): (Result<u64, NativeClientError>, u64),
+    published: &AtomicU64,
+    confirms: &mut Vec<u64>,
+    start: Instant,
+) -> Result<(), BenchError> {
+    let count = result.map_err(|e| BenchError::Failed(format!("publish: {e}")))?;
+    published.fetch_add(count, Ordering::SeqCst);
+    confirms.push((start.elapsed().as_nanos() as u64).saturating_sub(sent_at));
+    Ok(())
 }
 
 struct Consumed {
@@ -413,16 +417,35 @@ async fn consume(
     let began = Instant::now();
     let mut latencies = Vec::new();
     let mut count = 0;
+    // Settles gathered while more deliveries are already buffered, written together (as the
+    // AMQP bench acks with `multiple`), so the client's writes do not set the pace.
+    let mut settles = bytes::BytesMut::new();
     loop {
         if publishing_done.load(Ordering::SeqCst) && count >= published.load(Ordering::SeqCst) {
             break;
         }
-        let next = tokio::time::timeout(Duration::from_millis(200), reader.next::<v1::Response>());
-        let response = match next.await {
-            Err(_) => continue,
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => return Err(BenchError::Failed("the subscription ended".into())),
-            Ok(Err(e)) => return Err(BenchError::Failed(format!("subscription: {e}"))),
+        let buffered = reader
+            .buffered::<v1::Response>()
+            .map_err(|e| BenchError::Failed(format!("subscription: {e}")))?;
+        let response = match buffered {
+            Some(r) => r,
+            None => {
+                if !settles.is_empty() {
+                    send.write_all(&settles.split())
+                        .await
+                        .map_err(|e| BenchError::Failed(format!("ack: {e}")))?;
+                }
+                let next =
+                    tokio::time::timeout(Duration::from_millis(200), reader.next::<v1::Response>());
+                match next.await {
+                    Err(_) => continue,
+                    Ok(Ok(Some(r))) => r,
+                    Ok(Ok(None)) => {
+                        return Err(BenchError::Failed("the subscription ended".into()))
+                    }
+                    Ok(Err(e)) => return Err(BenchError::Failed(format!("subscription: {e}"))),
+                }
+            }
         };
         let Some(v1::response::Result::Delivery(d)) = response.result else {
             return Err(BenchError::Failed(format!("unexpected frame {response:?}")));
@@ -442,9 +465,10 @@ async fn consume(
                 reason: String::new(),
             })),
         };
-        framed::write(&mut send, &settle)
-            .await
-            .map_err(|e| BenchError::Failed(format!("ack: {e}")))?;
+        settles.extend_from_slice(&crate::proto::codec::encode(&settle));
+    }
+    if !settles.is_empty() {
+        let _ = send.write_all(&settles).await;
     }
     let _ = send.finish();
     Ok(Consumed {

@@ -55,6 +55,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next frame if it is already buffered, without reading: a reader that answers frames
+    /// can gather its answers while more are waiting and write them once.
+    pub fn buffered<M: Message + Default>(&mut self) -> Result<Option<M>, ReadError> {
+        Ok(codec::decode(&mut self.buf, self.max)?)
+    }
+
     /// The next frame; `Ok(None)` when the stream ended cleanly between frames.
     pub async fn next<M: Message + Default>(&mut self) -> Result<Option<M>, ReadError> {
         loop {

@@ -1,6 +1,7 @@
 //! The SDK's connection: one QUIC connection, or one TLS-over-TCP connection multiplexing
 //! streams ([`crate::proto::mux`]) for networks that block UDP ([`Transport::Tcp`]),
-//! re-established with backoff when it drops, over which every call opens its own stream.
+//! re-established with backoff when it drops, over which every call opens its own stream
+//! (publishes share one: [`super::pipe`]).
 //! Everything above this file sees [`SendStream`] / [`RecvStream`] and works the same over
 //! both.
 //!
@@ -20,6 +21,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::sync::Mutex;
 
+use super::pipe::PublishPipe;
 use crate::proto::framed::{self, FrameReader};
 use crate::proto::mux;
 pub use crate::proto::stream::{RecvStream, SendStream};
@@ -260,6 +262,11 @@ struct Inner {
     /// TCP only: the TLS configuration of every attempt.
     tcp_tls: Option<Arc<rustls::ClientConfig>>,
     conn: Mutex<Option<Conn>>,
+    /// The publish stream and the connection it runs on. A sync lock: taken per publish, never
+    /// held across an await (a tokio mutex here made every publish queue behind the last).
+    pipe: parking_lot::Mutex<Option<(Conn, PublishPipe)>>,
+    /// Held while a publish stream is being opened, so concurrent publishes open one.
+    pipe_opening: Mutex<()>,
 }
 
 /// One established connection of either transport.
@@ -312,6 +319,8 @@ pub async fn connect(options: ConnectOptions) -> Result<NativeConnection, Native
             endpoint,
             tcp_tls,
             conn: Mutex::new(None),
+            pipe: parking_lot::Mutex::new(None),
+            pipe_opening: Mutex::new(()),
         }),
     };
     c.connection().await?;
@@ -476,6 +485,40 @@ impl NativeConnection {
     pub async fn call(&self, req: &v1::Request) -> Result<response::Result, NativeClientError> {
         let conn = self.connection().await?;
         unary_on(&conn, req, self.inner.options.max_frame_bytes).await
+    }
+
+    /// A `Publish` or `PublishBatch` on the connection's publish stream (opened on first use
+    /// and again after it failed): answered in order with every other publish of this
+    /// connection, without a stream of its own. A broker error is [`NativeClientError::Server`].
+    pub async fn call_publish(
+        &self,
+        req: &v1::Request,
+    ) -> Result<response::Result, NativeClientError> {
+        let frame = crate::proto::codec::encode(req);
+        self.publish_pipe().await?.call(frame).await
+    }
+
+    async fn publish_pipe(&self) -> Result<PublishPipe, NativeClientError> {
+        let live = || {
+            self.inner
+                .pipe
+                .lock()
+                .as_ref()
+                .filter(|(conn, pipe)| conn.is_open() && pipe.is_open())
+                .map(|(_, pipe)| pipe.clone())
+        };
+        if let Some(pipe) = live() {
+            return Ok(pipe);
+        }
+        let _opening = self.inner.pipe_opening.lock().await;
+        if let Some(pipe) = live() {
+            return Ok(pipe);
+        }
+        let conn = self.connection().await?;
+        let (send, recv) = conn.open_bi().await?;
+        let pipe = PublishPipe::start(send, recv, self.inner.options.max_frame_bytes);
+        *self.inner.pipe.lock() = Some((conn, pipe.clone()));
+        Ok(pipe)
     }
 
     /// Opens a subscription stream: sends `req`, waits for `Subscribed`.

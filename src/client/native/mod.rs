@@ -8,8 +8,9 @@
 //!
 //! Everything runs over one [`NativeConnection`] (QUIC, or TLS over TCP with
 //! [`Transport::Tcp`] for networks that block UDP; reconnecting with backoff), one stream per
-//! call. Events are JSON by default; [`EventPublisher::publish_bytes`] takes any
-//! encoding (a prost message's bytes with `application/protobuf`).
+//! call, except publishes, which share one stream per connection. Events are JSON by
+//! default; [`EventPublisher::publish_bytes`] takes any encoding (a prost message's bytes
+//! with `application/protobuf`).
 //!
 //! ```no_run
 //! # async fn demo(addr: std::net::SocketAddr, fingerprint: String) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +29,7 @@ mod es;
 mod es_persistent;
 mod event;
 mod projection;
+mod pipe;
 mod publisher;
 mod reply;
 mod saga;

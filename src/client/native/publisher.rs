@@ -173,7 +173,7 @@ impl EventPublisher {
         let attempts = self.conn.options().backoff.attempts.max(1);
         let mut resent = 0;
         loop {
-            match self.conn.call(req).await {
+            match self.conn.call_publish(req).await {
                 Ok(r) => return Ok((r, resent)),
                 // The confirm may have been lost with the connection: send the same message
                 // (same id) again on a new one.

@@ -8,6 +8,7 @@ mod es_subscribe;
 mod group;
 mod processed;
 mod publish;
+mod publish_stream;
 mod subscribe;
 
 use crate::proto::stream::{RecvStream, SendStream};
@@ -65,15 +66,14 @@ pub(super) async fn dispatch(
         let _ = send.finish();
         return;
     }
+    // Every handler's future is boxed: a stream's task is as large as the largest state it may
+    // reach and is copied into every spawned task. Inline subscriptions made each publish's
+    // task several kilobytes, copied per request; publishes now share a long-lived stream.
+    if matches!(op, Op::Publish(_) | Op::PublishBatch(_)) {
+        return Box::pin(publish_stream::serve(ctx, op, send, reader)).await;
+    }
     let done = |()| R::Done(Done {});
-    // Only `publish` runs inline: the other handlers' futures are boxed, since a stream's task
-    // is as large as the largest state it may reach and is copied into every spawned task.
-    // Inline subscriptions made each publish's task several kilobytes, copied per request.
     let answer = match op {
-        Op::Publish(p) => publish::publish(ctx, p).await.map(R::Published),
-        Op::PublishBatch(b) => Box::pin(publish::publish_batch(ctx, b))
-            .await
-            .map(R::PublishedBatch),
         Op::SubscribeQueue(s) => Box::pin(subscribe::queue(ctx, s, send, reader))
             .await
             .map(done),

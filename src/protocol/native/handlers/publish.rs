@@ -28,7 +28,7 @@ enum Destination<'a> {
 
 /// A message handed to the core whose copies are not yet durable (a repeat that
 /// deduplication dropped is confirmed once its original is: see [`Durable`]).
-struct Submitted {
+pub(super) struct Submitted {
     pending: Vec<Durable>,
     partition: i32,
     id: String,
@@ -36,7 +36,9 @@ struct Submitted {
     queues: u32,
 }
 
-pub(crate) async fn publish(ctx: &Ctx, p: v1::Publish) -> Result<v1::PublishResult, NativeError> {
+/// Converts, checks and hands one publish to the core; its answer waits on [`confirm`]
+/// (see `publish_stream`, which answers every publish).
+pub(super) async fn submit_one(ctx: &Ctx, p: v1::Publish) -> Result<Submitted, NativeError> {
     let message = p
         .message
         .ok_or_else(|| NativeError::malformed("publish has no message"))?;
@@ -46,14 +48,14 @@ pub(crate) async fn publish(ctx: &Ctx, p: v1::Publish) -> Result<v1::PublishResu
     let dest = destination_of(ctx, &destination)?;
     let prepared = prepare(ctx, &dest, message, 0)?;
     observe_in_catalog(ctx, &dest, std::slice::from_ref(&prepared));
-    let submitted = submit(ctx, &dest, prepared, 0).await?;
-    confirm(submitted).await
+    submit(ctx, &dest, prepared, 0).await
 }
 
-pub(crate) async fn publish_batch(
+/// The same for a batch; the answer waits on [`confirm_batch`].
+pub(super) async fn submit_batch(
     ctx: &Ctx,
     b: v1::PublishBatch,
-) -> Result<v1::PublishBatchResult, NativeError> {
+) -> Result<Vec<Submitted>, NativeError> {
     let destination: v1::publish::Destination = b
         .destination
         .ok_or_else(|| NativeError::malformed("publish batch has no destination"))?
@@ -73,6 +75,12 @@ pub(crate) async fn publish_batch(
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         submitted.push(submit(ctx, &dest, p, index).await?);
     }
+    Ok(submitted)
+}
+
+pub(super) async fn confirm_batch(
+    submitted: Vec<Submitted>,
+) -> Result<v1::PublishBatchResult, NativeError> {
     let mut results = Vec::with_capacity(submitted.len());
     for s in submitted {
         results.push(confirm(s).await?);
@@ -352,7 +360,7 @@ fn is_repeat(copies: &[Durable]) -> bool {
     !copies.is_empty() && copies.iter().all(Durable::is_repeat)
 }
 
-async fn confirm(s: Submitted) -> Result<v1::PublishResult, NativeError> {
+pub(super) async fn confirm(s: Submitted) -> Result<v1::PublishResult, NativeError> {
     let mut offset = -1;
     for p in s.pending {
         if let Some(info) = p.wait().await? {
