@@ -580,29 +580,39 @@ impl Segment {
         self.walk_headers(start, |_, h| h.max_timestamp >= timestamp)
     }
 
-    /// Renames the files to `.deleted` (so a crash cannot resurrect the segment) and unlinks
-    /// them. A failed rename is an error; a failed unlink is only logged, since recovery removes
-    /// `.deleted` files.
-    pub(crate) fn delete_files(&self) -> Result<()> {
+    /// Deleting a segment, first half: renames the files to `*.deleted` (cheap, and from then
+    /// on a crash cannot resurrect the segment) and returns the new paths for
+    /// [`unlink_retired`], which may run later and elsewhere. A failed rename is an error.
+    pub(crate) fn retire_files(&self) -> Result<Vec<PathBuf>> {
         let paths = [
             self.log_path.clone(),
             self.index.path().to_path_buf(),
             self.time_index.path().to_path_buf(),
         ];
+        let mut retired = Vec::with_capacity(paths.len());
         for path in &paths {
             let mut deleted = path.clone().into_os_string();
             deleted.push(".deleted");
             let deleted = PathBuf::from(deleted);
             match std::fs::rename(path, &deleted) {
-                Ok(()) => {}
+                Ok(()) => retired.push(deleted),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(LogError::io(format!("rename {}", path.display()), e)),
             }
-            if let Err(e) = std::fs::remove_file(&deleted) {
-                tracing::warn!(path = %deleted.display(), error = %e, "cannot unlink deleted segment file");
-            }
         }
-        Ok(())
+        Ok(retired)
+    }
+}
+
+/// Unlinks a file [`Segment::retire_files`] renamed; a failure is only logged, since recovery
+/// removes `.deleted` files (and one already gone, with its directory, is no failure).
+pub(crate) fn unlink_retired(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot unlink deleted segment file")
+        }
     }
 }
 

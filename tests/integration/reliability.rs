@@ -747,6 +747,33 @@ async fn settled_queue_segments_are_deleted_and_the_rest_survives_a_restart() {
             "an unsettled message's segment went"
         );
         assert!(q.log().segment_count() < segments_before / 2);
+        // The files themselves go after the log's lock is released, on the blocking pool.
+        let on_disk = || {
+            let mut logs = 0;
+            let mut retired = 0;
+            let mut dirs = vec![path.clone()];
+            while let Some(dir) = dirs.pop() {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if entry.path().is_dir() {
+                        dirs.push(entry.path());
+                    } else if name.ends_with(".deleted") {
+                        retired += 1;
+                    } else if name.ends_with(".log")
+                        && entry.path().to_string_lossy().contains("backlog")
+                    {
+                        logs += 1;
+                    }
+                }
+            }
+            (logs, retired)
+        };
+        assert!(
+            wait_until(|| on_disk() == (q.log().segment_count(), 0)).await,
+            "segment files on disk (logs, *.deleted): {:?}, segments {}",
+            on_disk(),
+            q.log().segment_count()
+        );
         conn.close(200, "bye".into()).await.ok();
         broker.stop().await;
     }

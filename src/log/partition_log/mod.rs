@@ -43,6 +43,7 @@ mod append;
 pub(crate) mod compact;
 mod read;
 mod trim;
+pub use trim::RetiredFiles;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

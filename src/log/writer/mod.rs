@@ -400,13 +400,17 @@ impl PartitionHandle {
         let _ = self.shared.on_advance.set(hook);
     }
 
-    /// Applies retention (blocking file deletions; call from a blocking context or accept a
-    /// short stall).
+    /// Applies retention (blocking file deletions; call from a blocking context). The files
+    /// are unlinked after the log's lock is released, so appends and reads go on meanwhile.
     pub fn enforce_retention(&self) -> Result<RetentionReport> {
         let (result, end) = {
             let mut log = self.shared.log.write();
-            (log.enforce_retention(), log.log_end_offset())
+            (log.retire_for_retention(), log.log_end_offset())
         };
+        let result = result.and_then(|(report, retired)| {
+            retired.unlink()?;
+            Ok(report)
+        });
         match &result {
             // Rolling synced everything, so the whole log is durable: without this the log start
             // could briefly pass a high watermark still waiting for the writer's fsync.
@@ -419,9 +423,19 @@ impl PartitionHandle {
     }
 
     /// Deletes the segments wholly below `offset` (see
-    /// [`PartitionLog::delete_segments_below`]); a few unlink calls, once per segment.
+    /// [`PartitionLog::delete_segments_below`]). Queues call it on the ack path, from async
+    /// tasks: the segments leave the log under its lock, and their files are unlinked on the
+    /// blocking pool (inline outside a runtime), since unlinking a large file and syncing the
+    /// directory can take tens of milliseconds.
     pub fn delete_segments_below(&self, offset: i64) -> Result<RetentionReport> {
-        let result = self.shared.log.write().delete_segments_below(offset);
+        let result = self.shared.log.write().retire_segments_below(offset);
+        let result = match result {
+            Ok((report, retired)) => {
+                unlink_off_worker(retired);
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e @ LogError::FailStopped(_)) = &result {
             self.shared.mark_failed(e);
         }
@@ -774,5 +788,23 @@ async fn close_log(shared: &Arc<Shared>) {
         Err(e) => {
             shared.mark_failed(&LogError::FailStopped(format!("close panicked: {e}")));
         }
+    }
+}
+
+/// Unlinks retired segment files on the blocking pool when called from a runtime, else now.
+fn unlink_off_worker(retired: crate::log::partition_log::RetiredFiles) {
+    if retired.is_empty() {
+        return;
+    }
+    let unlink = move || {
+        if let Err(e) = retired.unlink() {
+            tracing::warn!(error = %e, "syncing the directory of deleted segments failed");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(unlink);
+        }
+        Err(_) => unlink(),
     }
 }
