@@ -6,7 +6,8 @@
 //! the connection's publish stream, each answered after its durability confirm), and a consumer on one
 //! subscription stream with `--prefetch` unsettled deliveries that acks each one. Every payload
 //! starts with the time it was sent (ns since the run started, little-endian), so the consumer
-//! measures end-to-end latency on the same clock. The queue is deleted afterwards unless
+//! measures end-to-end latency on the same clock. The publisher and the consumer have a
+//! connection each. The queue is deleted afterwards unless
 //! `--keep`. `--transport tcp` runs the same over the TCP listener. The broker's CPU per
 //! message is read from `/proc` as `ferry bench amqp` does (the local process bound to the
 //! port, UDP for QUIC, or `--broker-pid`).
@@ -154,12 +155,18 @@ impl NativeTarget {
 pub async fn run(s: NativeBenchSettings) -> Result<(), BenchError> {
     let target = NativeTarget::resolve(&s.addr, s.tcp, &s.fingerprint, &s.cert_file, s.broker_pid)?;
     let broker = target.broker.clone();
-    let conn = connect(target.options(&s.user, &s.password))
-        .await
-        .map_err(|e| BenchError::Failed(format!("connecting to {}: {e}", s.addr)))?;
+    // The publisher and the consumer have a connection each, as in `ferry bench amqp`: one
+    // QUIC connection's packets are handled by one task at each end.
+    let connect_one = || async {
+        connect(target.options(&s.user, &s.password))
+            .await
+            .map_err(|e| BenchError::Failed(format!("connecting to {}: {e}", s.addr)))
+    };
+    let conn = connect_one().await?;
+    let consumer_conn = connect_one().await?;
     let mut cases = Vec::new();
     for &size in &s.size {
-        let case = run_case(&conn, &s, size, broker.as_ref()).await?;
+        let case = run_case(&conn, &consumer_conn, &s, size, broker.as_ref()).await?;
         if !s.json {
             println!(
                 "  {}: published+confirmed {} msg/s (confirm p50 {:.2} ms p99 {:.2} ms), consumed {} msg/s, e2e p50 {:.2} ms p99 {:.2} ms (client CPU {}, broker CPU {})",
@@ -215,6 +222,7 @@ async fn call(conn: &NativeConnection, op: v1::request::Op) -> Result<(), BenchE
 
 async fn run_case(
     conn: &NativeConnection,
+    consumer_conn: &NativeConnection,
     s: &NativeBenchSettings,
     size: usize,
     broker: Option<&BrokerProcess>,
@@ -237,7 +245,7 @@ async fn run_case(
     let published = Arc::new(AtomicU64::new(0));
     let publishing_done = Arc::new(AtomicBool::new(false));
     let consumer = tokio::spawn(consume(
-        conn.clone(),
+        consumer_conn.clone(),
         queue.clone(),
         s.prefetch,
         start,
@@ -321,8 +329,8 @@ async fn publish(
     let began = Instant::now();
     let n = s.batch.max(1);
     loop {
-        let more = !(s.messages.is_some_and(|m| sent >= m)
-            || until.is_some_and(|u| Instant::now() >= u));
+        let more =
+            !(s.messages.is_some_and(|m| sent >= m) || until.is_some_and(|u| Instant::now() >= u));
         if more && in_flight.len() < window {
             if let Some(every) = interval {
                 let due = began + every.mul_f64(sent as f64);

@@ -881,6 +881,104 @@ async fn nothing_but_authenticate_is_served_before_a_login() {
     ));
 }
 
+/// A stream that starts with a publish carries more publishes, written back to back: each is
+/// answered in request order, a refused one does not end the stream, and anything but a
+/// publish is answered `MALFORMED` and ends it.
+#[tokio::test]
+async fn publishes_on_one_stream_are_answered_in_order() {
+    let broker = TestBroker::start().await.expect("broker");
+    let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
+    let options = ConnectOptions::new(broker.native_addr(), trust, "guest", "guest");
+    let quic = open_raw(&options).await.expect("handshake");
+    let login = v1::request::Op::Authenticate(v1::Authenticate {
+        user: "guest".into(),
+        password: "guest".into(),
+        ..Default::default()
+    });
+    assert!(matches!(
+        raw_call(&quic, login).await,
+        v1::response::Result::Authenticated(_)
+    ));
+    let declare = v1::request::Op::DeclareQueue(v1::DeclareQueue {
+        name: "piped".into(),
+        durable: true,
+        ..Default::default()
+    });
+    assert!(matches!(
+        raw_call(&quic, declare).await,
+        v1::response::Result::QueueDeclared(_)
+    ));
+    let to = |queue: &str, mandatory: bool| v1::ExchangeDestination {
+        vhost: String::new(),
+        exchange: String::new(),
+        routing_key: queue.into(),
+        mandatory,
+    };
+    let message = |id: &str| v1::Message {
+        metadata: Some(v1::EventMetadata {
+            id: id.into(),
+            ..Default::default()
+        }),
+        payload: id.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let publish = |id: &str, queue: &str, mandatory: bool| {
+        v1::request::Op::Publish(v1::Publish {
+            destination: Some(v1::publish::Destination::Exchange(to(queue, mandatory))),
+            message: Some(message(id)),
+        })
+    };
+    let requests = [
+        publish("a", "piped", false),
+        publish("lost", "missing", true),
+        publish("b", "piped", false),
+        v1::request::Op::PublishBatch(v1::PublishBatch {
+            destination: Some(v1::publish_batch::Destination::Exchange(to("piped", false))),
+            messages: vec![message("c"), message("d")],
+        }),
+        v1::request::Op::Settle(v1::Settle::default()),
+        publish("never", "piped", false),
+    ];
+    let (mut send, recv) = quic.open_bi().await.expect("stream");
+    let mut frames = Vec::new();
+    for op in requests {
+        frames.extend_from_slice(&ferry::proto::codec::encode(&v1::Request { op: Some(op) }));
+    }
+    // All written before any answer is read.
+    tokio::io::AsyncWriteExt::write_all(&mut send, &frames)
+        .await
+        .expect("write");
+    let mut reader = ferry::proto::framed::FrameReader::new(recv, 1 << 20);
+    let mut answers = Vec::new();
+    while let Some(r) = tokio::time::timeout(WAIT, reader.next::<v1::Response>())
+        .await
+        .expect("answers in time")
+        .expect("read")
+    {
+        answers.push(r.result.expect("a result"));
+    }
+    let code = |r: &v1::response::Result| match r {
+        v1::response::Result::Error(e) => ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    };
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    assert!(
+        matches!(&answers[0], v1::response::Result::Published(p) if p.id == "a" && p.queues == 1)
+    );
+    assert_eq!(code(&answers[1]), Some(ErrorCode::Unroutable));
+    assert!(matches!(&answers[2], v1::response::Result::Published(p) if p.id == "b"));
+    match &answers[3] {
+        v1::response::Result::PublishedBatch(b) => {
+            let ids: Vec<&str> = b.results.iter().map(|p| p.id.as_str()).collect();
+            assert_eq!(ids, ["c", "d"]);
+        }
+        other => panic!("expected the batch's answer, got {other:?}"),
+    }
+    assert_eq!(code(&answers[4]), Some(ErrorCode::Malformed));
+    // What came after the malformed request was not read.
+    assert_eq!(queue(&broker, "piped").message_count(), 4);
+}
+
 #[tokio::test]
 async fn a_subscription_survives_a_killed_connection_and_a_panicking_handler() {
     a_subscription_survives_a_killed_connection_and_a_panicking_handler_on(Transport::Quic).await

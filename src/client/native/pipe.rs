@@ -93,7 +93,10 @@ async fn write_requests(
             }
         }
         if let Err(e) = send.write_all(&out.split()).await {
-            close(&waiting, format!("writing to the publish stream failed: {e}"));
+            close(
+                &waiting,
+                format!("writing to the publish stream failed: {e}"),
+            );
             return;
         }
     }

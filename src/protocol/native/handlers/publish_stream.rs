@@ -69,8 +69,7 @@ pub(super) async fn serve(
     send: &mut SendStream,
     mut reader: FrameReader<RecvStream>,
 ) {
-    let (queued, mut waiting) =
-        mpsc::channel::<(Pending, Option<OwnedSemaphorePermit>)>(IN_FLIGHT);
+    let (queued, mut waiting) = mpsc::channel::<(Pending, Option<OwnedSemaphorePermit>)>(IN_FLIGHT);
     let intake = async move {
         let mut first = Some(first);
         loop {
@@ -97,39 +96,39 @@ pub(super) async fn serve(
     let answers = {
         let send = &mut *send;
         async move {
-        let mut out = BytesMut::new();
-        while let Some(first) = waiting.recv().await {
-            let mut entry = Some(first);
-            while let Some((pending, permit)) = entry.take() {
-                let fatal = matches!(pending, Pending::Fatal(_));
-                let answer = pending.answer();
-                tokio::pin!(answer);
-                // Answers already due go out together; before waiting on one that is not,
-                // the ones gathered so far are sent.
-                let response = match answer.as_mut().now_or_never() {
-                    Some(r) => r,
-                    None => {
-                        if !out.is_empty() && send.write_all(&out.split()).await.is_err() {
-                            return;
+            let mut out = BytesMut::new();
+            while let Some(first) = waiting.recv().await {
+                let mut entry = Some(first);
+                while let Some((pending, permit)) = entry.take() {
+                    let fatal = matches!(pending, Pending::Fatal(_));
+                    let answer = pending.answer();
+                    tokio::pin!(answer);
+                    // Answers already due go out together; before waiting on one that is not,
+                    // the ones gathered so far are sent.
+                    let response = match answer.as_mut().now_or_never() {
+                        Some(r) => r,
+                        None => {
+                            if !out.is_empty() && send.write_all(&out.split()).await.is_err() {
+                                return;
+                            }
+                            answer.await
                         }
-                        answer.await
+                    };
+                    out.extend_from_slice(&crate::proto::codec::encode(&response));
+                    drop(permit);
+                    if fatal {
+                        let _ = send.write_all(&out.split()).await;
+                        return;
                     }
-                };
-                out.extend_from_slice(&crate::proto::codec::encode(&response));
-                drop(permit);
-                if fatal {
-                    let _ = send.write_all(&out.split()).await;
+                    if out.len() < WRITE_BYTES {
+                        entry = waiting.try_recv().ok();
+                    }
+                }
+                if send.write_all(&out.split()).await.is_err() {
                     return;
                 }
-                if out.len() < WRITE_BYTES {
-                    entry = waiting.try_recv().ok();
-                }
-            }
-            if send.write_all(&out.split()).await.is_err() {
-                return;
             }
         }
-    }
     };
     // One task: the intake and the answers run side by side without a spawn per stream.
     tokio::join!(intake, answers);
