@@ -17,12 +17,18 @@ use crate::log::retention::{self, SegmentMeta};
 use crate::log::segment::{self, Segment};
 use crate::log::Result;
 
+/// The reason [`PartitionLog::retire_segments_below`] gives: every message in them is settled.
+const SETTLED: &str = "settled";
+
 /// Files of deleted segments, renamed but not yet unlinked.
 #[must_use = "the files stay on disk (as *.deleted) until unlinked"]
 #[derive(Debug, Default)]
 pub struct RetiredFiles {
     dir: Option<PathBuf>,
     paths: Vec<PathBuf>,
+    /// Free the files' blocks in steps first ([`segment::shrink_gradually`]): for settled queue
+    /// segments, which nothing reads any more.
+    shrink: bool,
 }
 
 impl RetiredFiles {
@@ -33,6 +39,9 @@ impl RetiredFiles {
     /// Unlinks the files and syncs their directory; blocking.
     pub fn unlink(self) -> Result<()> {
         for path in &self.paths {
+            if self.shrink {
+                segment::shrink_gradually(path);
+            }
             segment::unlink_retired(path);
         }
         match &self.dir {
@@ -97,6 +106,9 @@ impl PartitionLog {
         let mut retired = RetiredFiles {
             dir: Some(self.dir.clone()),
             paths: Vec::new(),
+            // Settled queue segments are read by no one; a retention-deleted topic segment may
+            // still be sent from an open descriptor.
+            shrink: why == SETTLED,
         };
         let mut first_error = None;
         for seg in &doomed {
@@ -154,6 +166,6 @@ impl PartitionLog {
         if count == 0 {
             return Ok((report, RetiredFiles::default()));
         }
-        self.retire_oldest(count, "settled", report)
+        self.retire_oldest(count, SETTLED, report)
     }
 }
