@@ -339,7 +339,7 @@ async fn publish(
                     tokio::select! {
                         _ = tokio::time::sleep_until(due.into()) => {}
                         Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                            finish(done, &published, &mut confirms, start)?;
+                            finish(done, published, &mut confirms, start)?;
                         }
                     }
                     continue;
@@ -376,7 +376,7 @@ async fn publish(
         }
         // Every publish in flight finishes before the phase ends.
         match in_flight.next().await {
-            Some(done) => finish(done, &published, &mut confirms, start)?,
+            Some(done) => finish(done, published, &mut confirms, start)?,
             None => break,
         }
     }
