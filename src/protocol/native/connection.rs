@@ -323,12 +323,9 @@ fn budget_bytes(settings: &NativeSettings) -> usize {
 
 /// Answers a request that could not be read; a stream that failed under us gets nothing.
 async fn refuse_read(send: &mut SendStream, e: ReadError) {
-    let error = match e {
-        ReadError::Frame(e) => e.into(),
-        ReadError::Truncated => NativeError::malformed("the stream ended inside a frame"),
-        ReadError::Io(_) => return,
-    };
-    refuse(send, error).await
+    if let Some(error) = NativeError::unreadable(e) {
+        refuse(send, error).await
+    }
 }
 
 async fn refuse(send: &mut SendStream, e: NativeError) {

@@ -154,6 +154,19 @@ impl From<FrameError> for NativeError {
     }
 }
 
+impl NativeError {
+    /// The answer to a request frame that could not be read; `None` when the stream itself
+    /// failed (nobody is left to answer).
+    pub fn unreadable(e: crate::proto::framed::ReadError) -> Option<Self> {
+        use crate::proto::framed::ReadError;
+        match e {
+            ReadError::Frame(e) => Some(e.into()),
+            ReadError::Truncated => Some(Self::malformed("the stream ended inside a frame")),
+            ReadError::Io(_) => None,
+        }
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`: CloudEvents' `time`, keeping the milliseconds.
 pub fn format_time_ms(ms: i64) -> String {
     let secs = event::format_rfc3339_secs(ms.div_euclid(1000));

@@ -24,7 +24,7 @@ use super::super::connection::Ctx;
 use super::super::convert::NativeError;
 use super::authorize;
 use super::publish::{confirm, confirm_batch, submit_batch, submit_one, Submitted};
-use crate::proto::framed::{FrameReader, ReadError};
+use crate::proto::framed::FrameReader;
 use crate::proto::stream::{RecvStream, SendStream};
 use crate::proto::v1::{self, request::Op, response::Result as R};
 
@@ -135,7 +135,8 @@ pub(super) async fn serve(
     let _ = send.finish();
 }
 
-/// The next request with its share of the frame budget; `Ok(None)` once the client finished.
+/// The next request with its share of the frame budget; `Ok(None)` once the client finished
+/// or the stream failed.
 async fn read_request(
     ctx: &Ctx,
     reader: &mut FrameReader<RecvStream>,
@@ -143,7 +144,7 @@ async fn read_request(
     let len = match reader.next_len().await {
         Ok(Some(len)) => len,
         Ok(None) => return Ok(None),
-        Err(e) => return Err(read_error(e)),
+        Err(e) => return NativeError::unreadable(e).map_or(Ok(None), Err),
     };
     let permits = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
     let permit = ctx
@@ -158,18 +159,7 @@ async fn read_request(
             "the request names no operation this server knows",
         )),
         Ok(None) => Err(NativeError::malformed("the stream ended inside a frame")),
-        Err(e) => Err(read_error(e)),
-    }
-}
-
-fn read_error(e: ReadError) -> NativeError {
-    match e {
-        ReadError::Frame(e) => e.into(),
-        ReadError::Truncated => NativeError::malformed("the stream ended inside a frame"),
-        ReadError::Io(e) => NativeError::new(
-            v1::ErrorCode::Unavailable,
-            format!("stream read failed: {e}"),
-        ),
+        Err(e) => NativeError::unreadable(e).map_or(Ok(None), Err),
     }
 }
 
