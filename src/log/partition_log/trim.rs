@@ -17,8 +17,25 @@ use crate::log::retention::{self, SegmentMeta};
 use crate::log::segment::{self, Segment};
 use crate::log::Result;
 
-/// The reason [`PartitionLog::retire_segments_below`] gives: every message in them is settled.
-const SETTLED: &str = "settled";
+/// Why segments are deleted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// `retention.ms` / `retention.bytes`: a zero-copy send may still be reading such a segment
+    /// through an open descriptor, so its file is unlinked whole.
+    Retention,
+    /// Every message in them is settled (queues): nothing reads them any more, so their blocks
+    /// are freed in steps ([`segment::shrink_gradually`]).
+    Settled,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Retention => "retention",
+            Reason::Settled => "settled",
+        }
+    }
+}
 
 /// Files of deleted segments, renamed but not yet unlinked.
 #[must_use = "the files stay on disk (as *.deleted) until unlinked"]
@@ -26,8 +43,7 @@ const SETTLED: &str = "settled";
 pub struct RetiredFiles {
     dir: Option<PathBuf>,
     paths: Vec<PathBuf>,
-    /// Free the files' blocks in steps first ([`segment::shrink_gradually`]): for settled queue
-    /// segments, which nothing reads any more.
+    /// Free the files' blocks in steps first (see [`Reason::Settled`]).
     shrink: bool,
 }
 
@@ -89,36 +105,34 @@ impl PartitionLog {
             }
             report.rolled = true;
         }
-        self.retire_oldest(plan.delete_count, "retention", report)
+        self.retire_oldest(plan.delete_count, Reason::Retention, report)
     }
 
     /// Takes the `count` oldest segments out of the log, renames their files for deletion and
-    /// moves the log start past them; `why` names the rule in the log line. A file that cannot
+    /// moves the log start past them; `why` also names the rule in the log line. A file that cannot
     /// be renamed is reported (it would reappear at the next start, where the same rule
     /// deletes it again).
     fn retire_oldest(
         &mut self,
         count: usize,
-        why: &str,
+        why: Reason,
         mut report: RetentionReport,
     ) -> Result<(RetentionReport, RetiredFiles)> {
         let doomed: Vec<Segment> = self.segments.drain(..count).collect();
         let mut retired = RetiredFiles {
             dir: Some(self.dir.clone()),
             paths: Vec::new(),
-            // Settled queue segments are read by no one; a retention-deleted topic segment may
-            // still be sent from an open descriptor.
-            shrink: why == SETTLED,
+            shrink: why == Reason::Settled,
         };
         let mut first_error = None;
         for seg in &doomed {
             report.deleted_segments += 1;
             report.deleted_bytes += seg.size();
-            tracing::info!(path = %seg.log_path().display(), bytes = seg.size(), why, "deleting segment");
+            tracing::info!(path = %seg.log_path().display(), bytes = seg.size(), why = why.as_str(), "deleting segment");
             match seg.retire_files() {
                 Ok(paths) => retired.paths.extend(paths),
                 Err(e) => {
-                    tracing::warn!(error = %e, why, "cannot delete segment; it will reappear on restart");
+                    tracing::warn!(error = %e, why = why.as_str(), "cannot delete segment; it will reappear on restart");
                     first_error.get_or_insert(e);
                 }
             }
@@ -166,6 +180,6 @@ impl PartitionLog {
         if count == 0 {
             return Ok((report, RetiredFiles::default()));
         }
-        self.retire_oldest(count, SETTLED, report)
+        self.retire_oldest(count, Reason::Settled, report)
     }
 }
