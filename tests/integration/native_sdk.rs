@@ -819,6 +819,29 @@ async fn sdk_metadata_reaches_kafka_and_amqp_consumers_and_back() {
     sub.close().await;
 }
 
+/// A QUIC connection to the broker's native listener that has not logged in yet.
+async fn raw_connection(broker: &TestBroker) -> quinn::Connection {
+    let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
+    let options = ConnectOptions::new(broker.native_addr(), trust, "guest", "guest");
+    open_raw(&options).await.expect("handshake")
+}
+
+/// The same, logged in as guest under `client_name`.
+async fn raw_login(broker: &TestBroker, client_name: &str) -> quinn::Connection {
+    let quic = raw_connection(broker).await;
+    let login = v1::request::Op::Authenticate(v1::Authenticate {
+        user: "guest".into(),
+        password: "guest".into(),
+        client_name: client_name.into(),
+        ..Default::default()
+    });
+    assert!(matches!(
+        raw_call(&quic, login).await,
+        v1::response::Result::Authenticated(_)
+    ));
+    quic
+}
+
 /// One request on its own stream of `quic`; the first response.
 async fn raw_call(quic: &quinn::Connection, op: v1::request::Op) -> v1::response::Result {
     let (mut send, recv) = quic.open_bi().await.expect("stream");
@@ -834,9 +857,7 @@ async fn raw_call(quic: &quinn::Connection, op: v1::request::Op) -> v1::response
 #[tokio::test]
 async fn nothing_but_authenticate_is_served_before_a_login() {
     let broker = TestBroker::start().await.expect("broker");
-    let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
-    let options = ConnectOptions::new(broker.native_addr(), trust, "guest", "guest");
-    let quic = open_raw(&options).await.expect("handshake");
+    let quic = raw_connection(&broker).await;
     let declare = || {
         v1::request::Op::DeclareQueue(v1::DeclareQueue {
             name: "sneaky".into(),
@@ -887,18 +908,7 @@ async fn nothing_but_authenticate_is_served_before_a_login() {
 #[tokio::test]
 async fn publishes_on_one_stream_are_answered_in_order() {
     let broker = TestBroker::start().await.expect("broker");
-    let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
-    let options = ConnectOptions::new(broker.native_addr(), trust, "guest", "guest");
-    let quic = open_raw(&options).await.expect("handshake");
-    let login = v1::request::Op::Authenticate(v1::Authenticate {
-        user: "guest".into(),
-        password: "guest".into(),
-        ..Default::default()
-    });
-    assert!(matches!(
-        raw_call(&quic, login).await,
-        v1::response::Result::Authenticated(_)
-    ));
+    let quic = raw_login(&broker, "").await;
     let declare = v1::request::Op::DeclareQueue(v1::DeclareQueue {
         name: "piped".into(),
         durable: true,
@@ -1263,19 +1273,7 @@ async fn an_old_event_version_is_upcast_before_its_handler_sees_it() {
 #[tokio::test]
 async fn a_native_connection_is_listed_and_closed_through_the_management_api() {
     let broker = TestBroker::start().await.expect("broker");
-    let trust = Trust::Fingerprint(broker.native_fingerprint().to_string());
-    let options = ConnectOptions::new(broker.native_addr(), trust, "guest", "guest");
-    let quic = open_raw(&options).await.expect("handshake");
-    let login = v1::request::Op::Authenticate(v1::Authenticate {
-        user: "guest".into(),
-        password: "guest".into(),
-        client_name: "inventory-service".into(),
-        ..Default::default()
-    });
-    assert!(matches!(
-        raw_call(&quic, login).await,
-        v1::response::Result::Authenticated(_)
-    ));
+    let quic = raw_login(&broker, "inventory-service").await;
     let http = reqwest::Client::new();
     let list = || async {
         let body: serde_json::Value = http
