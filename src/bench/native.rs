@@ -473,7 +473,7 @@ async fn consume(
                 reason: String::new(),
             })),
         };
-        settles.extend_from_slice(&crate::proto::codec::encode(&settle));
+        crate::proto::codec::encode_into(&settle, &mut settles);
     }
     if !settles.is_empty() {
         let _ = send.write_all(&settles).await;

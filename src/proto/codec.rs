@@ -23,10 +23,17 @@ pub enum FrameError {
 
 /// Encodes `msg` with its length prefix.
 pub fn encode<M: Message>(msg: &M) -> Bytes {
-    let mut buf = BytesMut::with_capacity(msg.encoded_len() + 10);
-    // Writing into a BytesMut grows it as needed; it cannot run out of capacity.
-    let _ = msg.encode_length_delimited(&mut buf);
+    let mut buf = BytesMut::new();
+    encode_into(msg, &mut buf);
     buf.freeze()
+}
+
+/// Appends `msg` with its length prefix to `buf`: what a writer gathering many frames into one
+/// write uses, without a buffer per frame.
+pub fn encode_into<M: Message>(msg: &M, buf: &mut BytesMut) {
+    buf.reserve(msg.encoded_len() + 10);
+    // Writing into a BytesMut grows it as needed; it cannot run out of capacity.
+    let _ = msg.encode_length_delimited(buf);
 }
 
 /// Takes one whole frame off the front of `buf` and decodes it; `Ok(None)` when more bytes

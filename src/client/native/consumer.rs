@@ -563,7 +563,7 @@ async fn serve(
                 let mut next = Some(settle);
                 while let Some(settle) = next {
                     let frame = v1::Request { op: Some(request::Op::Settle(settle)) };
-                    out.extend_from_slice(&crate::proto::codec::encode(&frame));
+                    crate::proto::codec::encode_into(&frame, &mut out);
                     next = settle_rx.try_recv().ok();
                 }
                 if send.write_all(&out).await.is_err() {

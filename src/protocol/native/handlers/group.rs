@@ -305,7 +305,7 @@ impl Assignment<'_> {
                         *next_tag += 1;
                         progress.delivered(*next_tag, r.partition, r.offset);
                         let delivery = super::subscribe::topic_delivery(self.topic, *next_tag, r);
-                        out.extend_from_slice(&crate::proto::codec::encode(&deliver(delivery)));
+                        crate::proto::codec::encode_into(&deliver(delivery), &mut out);
                     }
                     write_bytes(send, &out).await?;
                     continue;

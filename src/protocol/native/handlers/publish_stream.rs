@@ -114,7 +114,7 @@ pub(super) async fn serve(
                             answer.await
                         }
                     };
-                    out.extend_from_slice(&crate::proto::codec::encode(&response));
+                    crate::proto::codec::encode_into(&response, &mut out);
                     drop(permit);
                     if fatal {
                         let _ = send.write_all(&out.split()).await;

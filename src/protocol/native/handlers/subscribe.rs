@@ -171,7 +171,7 @@ pub(crate) async fn queue(
                             partition: -1,
                             offset: -1,
                         };
-                        out.extend_from_slice(&crate::proto::codec::encode(&deliver(delivery)));
+                        crate::proto::codec::encode_into(&deliver(delivery), &mut out);
                     }
                     write_bytes(send, &out).await?;
                     continue;
