@@ -2,9 +2,10 @@
 //! shape as `ferry bench amqp` so the two can be compared on one machine and run.
 //!
 //! For every message size it declares a fresh durable queue and runs, at the same time, a
-//! publisher keeping `--window` publishes in flight through the SDK's [`EventPublisher`] (all on
-//! the connection's publish stream, each answered after its durability confirm), and a consumer on one
-//! subscription stream with `--prefetch` unsettled deliveries that acks each one. Every payload
+//! publisher keeping `--window` publish requests in flight on one publish stream (the requests
+//! the SDK's `EventPublisher` sends, written back to back by the bench itself, each answered
+//! after its durability confirm), and a consumer on one subscription stream with `--prefetch`
+//! unsettled deliveries that acks each one. Every payload
 //! starts with the time it was sent (ns since the run started, little-endian), so the consumer
 //! measures end-to-end latency on the same clock. The publisher and the consumer have a
 //! connection each. The queue is deleted afterwards unless
@@ -17,14 +18,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+
 use serde::Serialize;
 
 use super::broker_cpu::BrokerProcess;
 use super::{cores, group, random_suffix, size_label, BenchError, CpuMeter, Latency};
 use crate::client::native::{
-    connect, ConnectOptions, EventMetadata, EventPublisher, NativeClientError, NativeConnection,
-    PublishConfig, Transport, Trust,
+    connect, publish_batch_request, publish_request, ConnectOptions, EventMetadata,
+    NativeConnection, PublishConfig, Transport, Trust,
 };
 use crate::proto::v1;
 use tokio::io::AsyncWriteExt;
@@ -32,6 +35,7 @@ use tokio::io::AsyncWriteExt;
 /// Bytes at the start of each payload that carry the time it was sent.
 const STAMP_LEN: usize = 8;
 const DEFAULT_SECS: f64 = 10.0;
+const CONTENT_TYPE: &str = "application/octet-stream";
 
 /// Flags of `ferry bench native`.
 #[derive(Debug, Clone)]
@@ -298,6 +302,13 @@ async fn run_case(
 
 /// Publishes until the count or the time is reached; returns confirm latencies (ns) and the
 /// publishing time in seconds.
+///
+/// Like `ferry bench amqp`'s publisher, this one writes its own frames: the requests the SDK's
+/// `EventPublisher` sends (same message, a UUIDv7 id each), pipelined on one publish stream,
+/// as many as the window has room for in one write. The broker answers a publish stream in
+/// request order, so answers are matched to send times by position. The SDK's per-call
+/// futures and channels cost the client several microseconds per message, which on a machine
+/// the client shares with the broker measured the client rather than the broker.
 async fn publish(
     conn: &NativeConnection,
     s: &NativeBenchSettings,
@@ -306,9 +317,14 @@ async fn publish(
     start: Instant,
     published: &Arc<AtomicU64>,
 ) -> Result<(Vec<u64>, f64), BenchError> {
-    let publisher = EventPublisher::new(conn.clone());
+    let (mut send, mut reader) = conn
+        .open_stream()
+        .await
+        .map_err(|e| BenchError::Failed(format!("opening the publish stream: {e}")))?;
     let config = PublishConfig::queue(queue);
     let window = s.window.max(1);
+    let per_request = s.batch.max(1);
+    let limit = s.messages.unwrap_or(u64::MAX);
     let until = s
         .duration
         .or(if s.messages.is_none() {
@@ -317,84 +333,114 @@ async fn publish(
             None
         })
         .map(|secs| start + Duration::from_secs_f64(secs));
-    let interval = s
-        .rate
-        .filter(|r| *r > 0)
-        .map(|r| Duration::from_secs_f64(1.0 / r as f64));
-    // The publishes in flight run in this task (no task per publish): the client's own cost
-    // per message stays small beside the broker's.
-    let mut in_flight = FuturesUnordered::new();
-    let mut confirms = Vec::new();
-    let mut sent: u64 = 0;
+    // Requests written and not yet answered, with the time each was sent, oldest first.
+    let sent_at = RefCell::new(VecDeque::<u64>::with_capacity(window));
+    let room = tokio::sync::Notify::new();
+    let writing_done = Cell::new(false);
     let began = Instant::now();
-    let n = s.batch.max(1);
-    loop {
-        let more =
-            !(s.messages.is_some_and(|m| sent >= m) || until.is_some_and(|u| Instant::now() >= u));
-        if more && in_flight.len() < window {
-            if let Some(every) = interval {
-                let due = began + every.mul_f64(sent as f64);
-                if due > Instant::now() {
-                    // Collect confirms while waiting for the next publish's turn.
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(due.into()) => {}
-                        Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                            finish(done, published, &mut confirms, start)?;
-                        }
-                    }
+    let writer = async {
+        // Large windows of large messages are written in slices of about 1 MiB.
+        let per_write = ((1 << 20) / (size.max(STAMP_LEN) * per_request).max(1)).clamp(1, window);
+        let mut buf = bytes::BytesMut::new();
+        let mut sent: u64 = 0;
+        let result = loop {
+            if sent >= limit || until.is_some_and(|u| Instant::now() >= u) {
+                break Ok(());
+            }
+            let free = window.saturating_sub(sent_at.borrow().len());
+            if free == 0 {
+                room.notified().await;
+                continue;
+            }
+            let mut requests = free.min(per_write) as u64;
+            requests = requests.min((limit - sent).div_ceil(per_request as u64));
+            if let Some(rate) = s.rate.filter(|r| *r > 0) {
+                // Messages due by now at `rate`, counting the first as due at once.
+                let due = (began.elapsed().as_secs_f64() * rate as f64) as u64 + 1;
+                if due <= sent {
+                    let next = began + Duration::from_secs_f64(sent as f64 / rate as f64);
+                    tokio::time::sleep_until(next.into()).await;
                     continue;
                 }
+                requests = requests.min((due - sent).div_ceil(per_request as u64));
             }
-            let sent_at = start.elapsed().as_nanos() as u64;
-            let mut events: Vec<(Vec<u8>, EventMetadata)> = (0..n)
-                .map(|_| {
+            // One stamp per write: the messages leave together.
+            let now = start.elapsed().as_nanos() as u64;
+            buf.clear();
+            for _ in 0..requests {
+                let payload = || {
                     let mut payload = vec![0_u8; size.max(STAMP_LEN)];
-                    payload[..STAMP_LEN].copy_from_slice(&sent_at.to_le_bytes());
-                    (payload, EventMetadata::default())
-                })
-                .collect();
-            let (publisher, config) = (&publisher, &config);
-            in_flight.push(async move {
-                let r = if n == 1 {
-                    match events.pop() {
-                        Some((payload, meta)) => publisher
-                            .publish_bytes(payload, "application/octet-stream", meta, config, "")
-                            .await
-                            .map(|_| 1),
-                        None => Ok(0),
-                    }
-                } else {
-                    publisher
-                        .publish_batch(events, "application/octet-stream", config)
-                        .await
-                        .map(|r| r.len() as u64)
+                    payload[..STAMP_LEN].copy_from_slice(&now.to_le_bytes());
+                    payload
                 };
-                (r, sent_at)
-            });
-            sent += n as u64;
-            continue;
+                let request = if per_request == 1 {
+                    publish_request(payload(), CONTENT_TYPE, EventMetadata::default(), &config)
+                } else {
+                    let events = (0..per_request)
+                        .map(|_| (payload(), EventMetadata::default()))
+                        .collect();
+                    publish_batch_request(events, CONTENT_TYPE, &config)
+                };
+                crate::proto::codec::encode_into(&request, &mut buf);
+                sent_at.borrow_mut().push_back(now);
+            }
+            sent += requests * per_request as u64;
+            if let Err(e) = send.write_all(&buf).await {
+                break Err(BenchError::Failed(format!("publish: {e}")));
+            }
+        };
+        writing_done.set(true);
+        // The broker ends the stream once it answered everything before the finish.
+        let _ = send.finish();
+        room.notify_one();
+        result
+    };
+    let answers = async {
+        let mut confirms = Vec::new();
+        loop {
+            if writing_done.get() && sent_at.borrow().is_empty() {
+                return Ok(confirms);
+            }
+            let next = reader
+                .next::<v1::Response>()
+                .await
+                .map_err(|e| BenchError::Failed(format!("publish stream: {e}")))?;
+            let Some(response) = next else {
+                if writing_done.get() && sent_at.borrow().is_empty() {
+                    return Ok(confirms);
+                }
+                return Err(BenchError::Failed(
+                    "the broker ended the publish stream before answering every publish".into(),
+                ));
+            };
+            let count = match response.result {
+                Some(v1::response::Result::Published(_)) => 1,
+                Some(v1::response::Result::PublishedBatch(b)) => b.results.len() as u64,
+                Some(v1::response::Result::Error(e)) => {
+                    return Err(BenchError::Failed(format!(
+                        "publish refused: {} ({})",
+                        e.message, e.code
+                    )))
+                }
+                other => {
+                    return Err(BenchError::Failed(format!(
+                        "unexpected answer to a publish: {other:?}"
+                    )))
+                }
+            };
+            let sent = sent_at.borrow_mut().pop_front().ok_or_else(|| {
+                BenchError::Failed("the broker answered more publishes than were sent".into())
+            })?;
+            published.fetch_add(count, Ordering::SeqCst);
+            confirms.push((start.elapsed().as_nanos() as u64).saturating_sub(sent));
+            room.notify_one();
         }
-        // Every publish in flight finishes before the phase ends.
-        match in_flight.next().await {
-            Some(done) => finish(done, published, &mut confirms, start)?,
-            None => break,
-        }
-    }
-    let secs = began.elapsed().as_secs_f64();
-    Ok((confirms, secs))
-}
-
-/// Counts a confirmed publish request and its latency.
-fn finish(
-    (result, sent_at): (Result<u64, NativeClientError>, u64),
-    published: &AtomicU64,
-    confirms: &mut Vec<u64>,
-    start: Instant,
-) -> Result<(), BenchError> {
-    let count = result.map_err(|e| BenchError::Failed(format!("publish: {e}")))?;
-    published.fetch_add(count, Ordering::SeqCst);
-    confirms.push((start.elapsed().as_nanos() as u64).saturating_sub(sent_at));
-    Ok(())
+    };
+    // One task: the writer and the answer reader take turns, as the broker's side does.
+    let (written, confirms) = tokio::join!(writer, answers);
+    written?;
+    let confirms = confirms?;
+    Ok((confirms, began.elapsed().as_secs_f64()))
 }
 
 struct Consumed {

@@ -10,7 +10,8 @@ use ferry::testing::TestBroker;
 async fn bench_native_counts_every_message_once_and_cleans_up() {
     let broker = TestBroker::start().await.expect("broker");
     let addr = broker.native_addr().to_string();
-    for batch in ["1", "4"] {
+    // Back to back with one and four messages per request, and paced by --rate.
+    for (batch, paced) in [("1", false), ("4", false), ("1", true)] {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["bench", "native", "--native-addr", &addr])
             .args(["--fingerprint", broker.native_fingerprint()])
@@ -24,6 +25,11 @@ async fn bench_native_counts_every_message_once_and_cleans_up() {
                 "--batch",
                 batch,
             ])
+            .args(if paced {
+                &["--rate", "2000"][..]
+            } else {
+                &[][..]
+            })
             .arg("--json")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -49,6 +55,20 @@ async fn bench_native_counts_every_message_once_and_cleans_up() {
         assert_eq!(case["published"], 400, "{case:#}");
         assert_eq!(case["consumed"], 400, "{case:#}");
         assert_eq!(case["end_to_end_latency"]["samples"], 400, "{case:#}");
+        // One confirm per request: the answers were matched to their requests.
+        let per_request: u64 = batch.parse().expect("number");
+        assert_eq!(
+            case["confirm_latency"]["samples"].as_u64(),
+            Some(400 / per_request),
+            "{case:#}"
+        );
+        if paced {
+            // 400 messages at 2,000/s take about 0.2 s, not the microseconds of a burst.
+            assert!(
+                case["publish_messages_per_sec"].as_f64().expect("rate") < 4000.0,
+                "{case:#}"
+            );
+        }
         assert!(case["publish_messages_per_sec"].as_f64().expect("rate") > 0.0);
         let queue = case["queue"].as_str().expect("queue");
         assert!(

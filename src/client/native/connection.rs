@@ -521,6 +521,19 @@ impl NativeConnection {
         Ok(pipe)
     }
 
+    /// Opens a bare stream for a client that writes its own frames (`ferry bench native`
+    /// pipelines pre-encoded publishes on one, as a publish stream allows).
+    pub async fn open_stream(
+        &self,
+    ) -> Result<(SendStream, FrameReader<RecvStream>), NativeClientError> {
+        let conn = self.connection().await?;
+        let (send, recv) = conn.open_bi().await?;
+        Ok((
+            send,
+            FrameReader::new(recv, self.inner.options.max_frame_bytes),
+        ))
+    }
+
     /// Opens a subscription stream: sends `req`, waits for `Subscribed`.
     pub async fn open_subscription(
         &self,

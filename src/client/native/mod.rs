@@ -57,6 +57,7 @@ pub use projection::{
     BoxError, CheckpointStorage, FerryCheckpoints, Projection, ProjectionError, ProjectionRunner,
     CHECKPOINT_EVENT_TYPE,
 };
+pub(crate) use publisher::{publish_batch_request, publish_request};
 pub use publisher::{Destination, EventPublisher, PublishConfig, PublishReceipt};
 pub use reply::Requester;
 pub use saga::{

@@ -148,14 +148,7 @@ impl EventPublisher {
         content_type: &str,
         config: &PublishConfig,
     ) -> Result<Vec<PublishReceipt>, NativeClientError> {
-        let events = events
-            .into_iter()
-            .map(|(payload, mut metadata)| {
-                metadata.ensure_id();
-                (payload, metadata)
-            })
-            .collect();
-        let req = batch_request(events, content_type, config);
+        let req = publish_batch_request(events, content_type, config);
         match self.call_resending(&req).await? {
             (response::Result::PublishedBatch(b), resent) => {
                 Ok(b.results.into_iter().map(|p| receipt(p, resent)).collect())
@@ -187,6 +180,18 @@ impl EventPublisher {
             }
         }
     }
+}
+
+/// The `Publish` request [`EventPublisher::publish_bytes`] sends (with an id: a UUIDv7 if
+/// `metadata` has none), for clients that write their own frames, as `ferry bench native` does.
+pub(crate) fn publish_request(
+    payload: Vec<u8>,
+    content_type: &str,
+    mut metadata: EventMetadata,
+    config: &PublishConfig,
+) -> v1::Request {
+    metadata.ensure_id();
+    request(payload, content_type, &metadata, config, "")
 }
 
 fn request(
@@ -267,6 +272,23 @@ fn message(
         payload,
         headers,
     }
+}
+
+/// The `PublishBatch` request [`EventPublisher::publish_batch`] sends (ids as for
+/// [`publish_request`]).
+pub(crate) fn publish_batch_request(
+    events: Vec<(Vec<u8>, EventMetadata)>,
+    content_type: &str,
+    config: &PublishConfig,
+) -> v1::Request {
+    let events = events
+        .into_iter()
+        .map(|(payload, mut metadata)| {
+            metadata.ensure_id();
+            (payload, metadata)
+        })
+        .collect();
+    batch_request(events, content_type, config)
 }
 
 /// Many events to one destination as one `PublishBatch` request.
