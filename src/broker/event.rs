@@ -301,6 +301,50 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in ms since the epoch: CloudEvents' `time` with the
+/// milliseconds kept. Every native publish stamps one, so the digits are written by hand
+/// rather than through `format!` (which cost ~4% of the broker's CPU per message); a year
+/// outside 0..=9999 takes the slow path.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let frac = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        let head = format_rfc3339_secs(secs);
+        let head = head.strip_suffix('Z').unwrap_or(&head);
+        return format!("{head}.{frac:03}Z");
+    }
+    let mut out = [0_u8; 24];
+    let mut put = |at: usize, value: i64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, y, 4);
+    put(5, m, 2);
+    put(8, d, 2);
+    put(11, rem / 3600, 2);
+    put(14, rem / 60 % 60, 2);
+    put(17, rem % 60, 2);
+    put(20, frac, 3);
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ] {
+        out[at] = sep;
+    }
+    out[23] = b'Z';
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for a time in whole seconds since the epoch (the CloudEvents
 /// canonical string of an AMQP timestamp, which has one-second resolution).
 pub fn format_rfc3339_secs(secs: i64) -> String {
@@ -526,6 +570,22 @@ mod tests {
             );
         }
         assert_eq!(format_rfc3339_secs(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            format_rfc3339_ms(951_782_400_007),
+            "2000-02-29T00:00:00.007Z"
+        );
+        assert_eq!(
+            format_rfc3339_ms(1_765_157_696_123),
+            "2025-12-08T01:34:56.123Z"
+        );
+        assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            format_rfc3339_ms(253_402_300_800_000),
+            "10000-01-01T00:00:00.000Z"
+        );
+        for ms in [0, 999, 86_399_999, 1_700_000_000_042, 4_102_444_799_999] {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
+        }
     }
 
     #[test]

@@ -167,16 +167,6 @@ impl NativeError {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`: CloudEvents' `time`, keeping the milliseconds.
-pub fn format_time_ms(ms: i64) -> String {
-    let secs = event::format_rfc3339_secs(ms.div_euclid(1000));
-    let frac = ms.rem_euclid(1000);
-    match secs.strip_suffix('Z') {
-        Some(head) => format!("{head}.{frac:03}Z"),
-        None => secs,
-    }
-}
-
 /// A published message as a record: the payload as value, `key` as key, the metadata as
 /// headers (see the module docs). An empty id gets a broker-assigned UUIDv7. Returns the
 /// record and its id.
@@ -225,7 +215,7 @@ pub fn to_record(
     put("ce_id", id.clone());
     put("ce_type", meta.r#type);
     put("ce_source", meta.source);
-    put("ce_time", format_time_ms(time_ms));
+    put("ce_time", event::format_rfc3339_ms(time_ms));
     put(CE_SUBJECT, meta.subject);
     put(event::CORRELATION_ID_HEADER, meta.correlation_id.clone());
     put(AMQP_CORRELATION_ID, meta.correlation_id);

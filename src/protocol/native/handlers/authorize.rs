@@ -29,67 +29,100 @@ type Question = (String, Access, Resource, String);
 /// A connection's memory of permission decisions, for one user-store generation.
 #[derive(Default)]
 pub(crate) struct PermissionCache {
-    inner: Mutex<(u64, HashMap<Question, bool>)>,
+    inner: Mutex<Decisions>,
 }
 
-/// What `op` needs: (vhost, access, resource, name).
-fn needs(op: &Op) -> Vec<(&str, Access, Resource, &str)> {
+#[derive(Default)]
+struct Decisions {
+    generation: u64,
+    known: HashMap<Question, bool>,
+    /// The last question allowed: a publish stream asks the same one for every message, and
+    /// comparing it costs less than hashing and allocating its key.
+    last_allowed: Option<Question>,
+}
+
+/// One permission a request needs: (vhost, access, resource, name).
+type Need<'a> = (&'a str, Access, Resource, &'a str);
+
+/// What `op` needs (at most two permissions; no allocation on the publish path).
+fn needs(op: &Op) -> [Option<Need<'_>>; 2] {
     use Access::{Configure, Read, Write};
     use Resource::{Exchange, Queue};
     match op {
         Op::Publish(p) => match &p.destination {
             Some(publish::Destination::Topic(t)) => {
-                vec![(DEFAULT_VHOST, Write, Exchange, &t.topic)]
+                [Some((DEFAULT_VHOST, Write, Exchange, &t.topic)), None]
             }
-            Some(publish::Destination::Exchange(e)) => {
-                vec![(convert::vhost(&e.vhost), Write, Exchange, &e.exchange)]
-            }
-            None => Vec::new(),
+            Some(publish::Destination::Exchange(e)) => [
+                Some((convert::vhost(&e.vhost), Write, Exchange, &e.exchange)),
+                None,
+            ],
+            None => [None, None],
         },
         Op::PublishBatch(b) => match &b.destination {
             Some(publish_batch::Destination::Topic(t)) => {
-                vec![(DEFAULT_VHOST, Write, Exchange, &t.topic)]
+                [Some((DEFAULT_VHOST, Write, Exchange, &t.topic)), None]
             }
-            Some(publish_batch::Destination::Exchange(e)) => {
-                vec![(convert::vhost(&e.vhost), Write, Exchange, &e.exchange)]
-            }
-            None => Vec::new(),
+            Some(publish_batch::Destination::Exchange(e)) => [
+                Some((convert::vhost(&e.vhost), Write, Exchange, &e.exchange)),
+                None,
+            ],
+            None => [None, None],
         },
-        Op::SubscribeQueue(s) => vec![(convert::vhost(&s.vhost), Read, Queue, &s.queue)],
-        Op::SubscribeTopic(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
-        Op::DeclareTopic(d) => vec![(DEFAULT_VHOST, Configure, Exchange, &d.name)],
-        Op::DeleteTopic(d) => vec![(DEFAULT_VHOST, Configure, Exchange, &d.name)],
-        Op::DeclareExchange(d) => vec![(convert::vhost(&d.vhost), Configure, Exchange, &d.name)],
-        Op::DeleteExchange(d) => vec![(convert::vhost(&d.vhost), Configure, Exchange, &d.name)],
-        // A server-named queue (empty name) is the client's own, as RabbitMQ's amq.gen-*.
-        Op::DeclareQueue(d) if !d.passive && !d.name.is_empty() => {
-            vec![(convert::vhost(&d.vhost), Configure, Queue, &d.name)]
-        }
-        Op::DeleteQueue(d) => vec![(convert::vhost(&d.vhost), Configure, Queue, &d.name)],
-        Op::Bind(b) => vec![
-            (convert::vhost(&b.vhost), Write, Queue, &b.queue),
-            (convert::vhost(&b.vhost), Read, Exchange, &b.exchange),
+        Op::SubscribeQueue(s) => [
+            Some((convert::vhost(&s.vhost), Read, Queue, &s.queue)),
+            None,
         ],
-        Op::Unbind(b) => vec![
-            (convert::vhost(&b.vhost), Write, Queue, &b.queue),
-            (convert::vhost(&b.vhost), Read, Exchange, &b.exchange),
+        Op::SubscribeTopic(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
+        Op::DeclareTopic(d) => [Some((DEFAULT_VHOST, Configure, Exchange, &d.name)), None],
+        Op::DeleteTopic(d) => [Some((DEFAULT_VHOST, Configure, Exchange, &d.name)), None],
+        Op::DeclareExchange(d) => [
+            Some((convert::vhost(&d.vhost), Configure, Exchange, &d.name)),
+            None,
+        ],
+        Op::DeleteExchange(d) => [
+            Some((convert::vhost(&d.vhost), Configure, Exchange, &d.name)),
+            None,
+        ],
+        // A server-named queue (empty name) is the client's own, as RabbitMQ's amq.gen-*.
+        Op::DeclareQueue(d) if !d.passive && !d.name.is_empty() => [
+            Some((convert::vhost(&d.vhost), Configure, Queue, &d.name)),
+            None,
+        ],
+        Op::DeleteQueue(d) => [
+            Some((convert::vhost(&d.vhost), Configure, Queue, &d.name)),
+            None,
+        ],
+        Op::Bind(b) => [
+            Some((convert::vhost(&b.vhost), Write, Queue, &b.queue)),
+            Some((convert::vhost(&b.vhost), Read, Exchange, &b.exchange)),
+        ],
+        Op::Unbind(b) => [
+            Some((convert::vhost(&b.vhost), Write, Queue, &b.queue)),
+            Some((convert::vhost(&b.vhost), Read, Exchange, &b.exchange)),
         ],
         // Event store: appending and deleting a stream write to the topic, reading reads it.
-        Op::AppendToStream(a) => vec![(DEFAULT_VHOST, Write, Exchange, &a.topic)],
-        Op::DeleteStream(d) => vec![(DEFAULT_VHOST, Write, Exchange, &d.topic)],
-        Op::GetStreamInfo(g) => vec![(DEFAULT_VHOST, Read, Exchange, &g.topic)],
-        Op::ReadStream(r) => vec![(DEFAULT_VHOST, Read, Exchange, &r.topic)],
-        Op::ReadAll(r) => vec![(DEFAULT_VHOST, Read, Exchange, &r.topic)],
-        Op::SetStreamMetadata(m) => vec![(DEFAULT_VHOST, Write, Exchange, &m.topic)],
-        Op::SubscribeToStream(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
-        Op::SubscribeToAll(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
+        Op::AppendToStream(a) => [Some((DEFAULT_VHOST, Write, Exchange, &a.topic)), None],
+        Op::DeleteStream(d) => [Some((DEFAULT_VHOST, Write, Exchange, &d.topic)), None],
+        Op::GetStreamInfo(g) => [Some((DEFAULT_VHOST, Read, Exchange, &g.topic)), None],
+        Op::ReadStream(r) => [Some((DEFAULT_VHOST, Read, Exchange, &r.topic)), None],
+        Op::ReadAll(r) => [Some((DEFAULT_VHOST, Read, Exchange, &r.topic)), None],
+        Op::SetStreamMetadata(m) => [Some((DEFAULT_VHOST, Write, Exchange, &m.topic)), None],
+        Op::SubscribeToStream(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
+        Op::SubscribeToAll(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
         // Persistent subscriptions: managing a group configures the topic, consuming reads it.
-        Op::CreatePersistentSubscription(c) => vec![(DEFAULT_VHOST, Configure, Exchange, &c.topic)],
-        Op::UpdatePersistentSubscription(u) => vec![(DEFAULT_VHOST, Configure, Exchange, &u.topic)],
-        Op::DeletePersistentSubscription(d) => vec![(DEFAULT_VHOST, Configure, Exchange, &d.topic)],
-        Op::ReplayParked(r) => vec![(DEFAULT_VHOST, Configure, Exchange, &r.topic)],
-        Op::SubscribePersistent(s) => vec![(DEFAULT_VHOST, Read, Exchange, &s.topic)],
-        _ => Vec::new(),
+        Op::CreatePersistentSubscription(c) => {
+            [Some((DEFAULT_VHOST, Configure, Exchange, &c.topic)), None]
+        }
+        Op::UpdatePersistentSubscription(u) => {
+            [Some((DEFAULT_VHOST, Configure, Exchange, &u.topic)), None]
+        }
+        Op::DeletePersistentSubscription(d) => {
+            [Some((DEFAULT_VHOST, Configure, Exchange, &d.topic)), None]
+        }
+        Op::ReplayParked(r) => [Some((DEFAULT_VHOST, Configure, Exchange, &r.topic)), None],
+        Op::SubscribePersistent(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
+        _ => [None, None],
     }
 }
 
@@ -101,7 +134,7 @@ pub(crate) fn authorize(ctx: &Ctx, op: &Op) -> Result<(), NativeError> {
             "authenticate first",
         ));
     };
-    for (vhost, access, resource, name) in needs(op) {
+    for (vhost, access, resource, name) in needs(op).into_iter().flatten() {
         if !ctx
             .permissions
             .allowed(ctx, vhost, user, access, resource, name)
@@ -135,18 +168,29 @@ impl PermissionCache {
     ) -> bool {
         let users = ctx.core.users();
         let generation = users.generation();
-        let mut guard = self.inner.lock();
-        let (seen, decisions) = &mut *guard;
-        if *seen != generation || decisions.len() >= MAX_CACHED {
-            decisions.clear();
-            *seen = generation;
+        let mut d = self.inner.lock();
+        if d.generation != generation || d.known.len() >= MAX_CACHED {
+            d.known.clear();
+            d.last_allowed = None;
+            d.generation = generation;
+        }
+        if let Some((v, a, r, n)) = &d.last_allowed {
+            if v == vhost && *a == access && *r == resource && n == name {
+                return true;
+            }
         }
         let key = (vhost.to_string(), access, resource, name.to_string());
-        if let Some(ok) = decisions.get(&key) {
-            return *ok;
+        let ok = match d.known.get(&key) {
+            Some(ok) => *ok,
+            None => {
+                let ok = users.allowed(vhost, user, access, resource, name);
+                d.known.insert(key.clone(), ok);
+                ok
+            }
+        };
+        if ok {
+            d.last_allowed = Some(key);
         }
-        let ok = users.allowed(vhost, user, access, resource, name);
-        decisions.insert(key, ok);
         ok
     }
 }
