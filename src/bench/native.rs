@@ -14,7 +14,7 @@
 //! port, UDP for QUIC, or `--broker-pid`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -247,19 +247,20 @@ async fn run_case(
     .await?;
     let start = Instant::now();
     let published = Arc::new(AtomicU64::new(0));
-    let publishing_done = Arc::new(AtomicBool::new(false));
+    let (publishing_done, publishing_done_rx) = tokio::sync::watch::channel(false);
     let consumer = tokio::spawn(consume(
         consumer_conn.clone(),
         queue.clone(),
         s.prefetch,
         start,
         published.clone(),
-        publishing_done.clone(),
+        publishing_done_rx,
     ));
     let cpu = CpuMeter::start();
     let broker_before = broker.and_then(|b| b.cpu_time());
     let (confirms, publish_secs) = publish(conn, s, size, &queue, start, &published).await?;
-    publishing_done.store(true, Ordering::SeqCst);
+    // The consumer stops as soon as it has seen everything, not at its next poll.
+    let _ = publishing_done.send(true);
     let consumed = tokio::time::timeout(Duration::from_secs(60), consumer)
         .await
         .map_err(|_| BenchError::Failed("the consumer did not drain the queue in 60 s".into()))?
@@ -455,7 +456,7 @@ async fn consume(
     prefetch: u32,
     start: Instant,
     published: Arc<AtomicU64>,
-    publishing_done: Arc<AtomicBool>,
+    mut publishing_done: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Consumed, BenchError> {
     let req = v1::Request {
         op: Some(v1::request::Op::SubscribeQueue(v1::SubscribeQueue {
@@ -475,7 +476,7 @@ async fn consume(
     // AMQP bench acks with `multiple`), so the client's writes do not set the pace.
     let mut settles = bytes::BytesMut::new();
     loop {
-        if publishing_done.load(Ordering::SeqCst) && count >= published.load(Ordering::SeqCst) {
+        if *publishing_done.borrow() && count >= published.load(Ordering::SeqCst) {
             break;
         }
         let buffered = reader
@@ -489,10 +490,13 @@ async fn consume(
                         .await
                         .map_err(|e| BenchError::Failed(format!("ack: {e}")))?;
                 }
-                let next =
-                    tokio::time::timeout(Duration::from_millis(200), reader.next::<v1::Response>());
-                match next.await {
-                    Err(_) => continue,
+                let next = tokio::select! {
+                    next = reader.next::<v1::Response>() => Ok(next),
+                    // Publishing ended: check whether every message has been seen.
+                    _ = publishing_done.changed(), if !*publishing_done.borrow() => Err(()),
+                };
+                match next {
+                    Err(()) => continue,
                     Ok(Ok(Some(r))) => r,
                     Ok(Ok(None)) => {
                         return Err(BenchError::Failed("the subscription ended".into()))
