@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 /// The broker makes many small short-lived allocations per message (frames, records, headers);
 /// mimalloc serves them with less CPU than glibc's malloc (measured in `ferry bench amqp`, see
-/// the commit that added it). The library leaves the choice to whoever embeds it.
+/// the commit that added it). It is built without transparent huge pages (`no_thp`, see
+/// Cargo.toml): re-touching purged memory as 2 MiB pages stalled the log writer for tens of
+/// milliseconds. The library leaves the choice to whoever embeds it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
