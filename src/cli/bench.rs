@@ -34,7 +34,8 @@ pub enum BenchTarget {
     )]
     Amqp(AmqpBenchArgs),
     /// Load-test Ferry's native protocol (QUIC, or TCP with --transport tcp): confirmed
-    /// publishes through the SDK with a window in flight, and one subscription acking every
+    /// publishes (the SDK's requests, pipelined on one publish stream) with a window in flight,
+    /// and one subscription acking every
     /// delivery, on a fresh durable queue per size; reports messages/s, confirm and end-to-end
     /// latency, and the client's and a local broker's CPU.
     #[command(
