@@ -437,10 +437,9 @@ async fn publish(
             room.notify_one();
         }
     };
-    // One task: the writer and the answer reader take turns, as the broker's side does.
-    let (written, confirms) = tokio::join!(writer, answers);
-    written?;
-    let confirms = confirms?;
+    // One task: the writer and the answer reader take turns, as the broker's side does. The
+    // first error ends both: a refused publish must not leave the writer waiting for room.
+    let ((), confirms) = tokio::try_join!(writer, answers)?;
     Ok((confirms, began.elapsed().as_secs_f64()))
 }
 

@@ -77,3 +77,48 @@ async fn bench_native_counts_every_message_once_and_cleans_up() {
         );
     }
 }
+
+/// A publish the broker refuses ends the run with the broker's reason, instead of leaving the
+/// publisher waiting for confirms that will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_native_reports_a_refused_publish_and_stops() {
+    use ferry::broker::users::Password;
+    use ferry::meta::PermissionRecord;
+
+    let broker = TestBroker::start().await.expect("broker");
+    let users = broker.core().users();
+    users
+        .put_user("no-writes", Password::Clear("secret".into()), Vec::new())
+        .expect("user");
+    users
+        .set_permission(PermissionRecord {
+            vhost: "/".into(),
+            user: "no-writes".into(),
+            configure: ".*".into(),
+            write: "^nothing$".into(),
+            read: ".*".into(),
+        })
+        .expect("permission");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "bench",
+            "native",
+            "--native-addr",
+            &broker.native_addr().to_string(),
+        ])
+        .args(["--fingerprint", broker.native_fingerprint()])
+        .args(["--user", "no-writes", "--password", "secret"])
+        .args(["--messages", "400", "--size", "16", "--window", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ferry bench native");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the bench ends instead of waiting for confirms")
+        .expect("output");
+    assert!(!out.status.success(), "the bench succeeded without writes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("publish refused"), "{stderr}");
+}
