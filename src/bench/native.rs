@@ -375,7 +375,13 @@ async fn publish(
                     payload
                 };
                 let request = if per_request == 1 {
-                    publish_request(payload(), CONTENT_TYPE, EventMetadata::default(), &config)
+                    publish_request(
+                        payload(),
+                        CONTENT_TYPE,
+                        EventMetadata::default(),
+                        &config,
+                        "",
+                    )
                 } else {
                     let events = (0..per_request)
                         .map(|_| (payload(), EventMetadata::default()))

@@ -126,12 +126,11 @@ impl EventPublisher {
         &self,
         payload: Vec<u8>,
         content_type: &str,
-        mut metadata: EventMetadata,
+        metadata: EventMetadata,
         config: &PublishConfig,
         reply_to: &str,
     ) -> Result<PublishReceipt, NativeClientError> {
-        metadata.ensure_id();
-        let req = request(payload, content_type, &metadata, config, reply_to);
+        let req = publish_request(payload, content_type, metadata, config, reply_to);
         match self.call_resending(&req).await? {
             (response::Result::Published(p), resent) => Ok(receipt(p, resent)),
             (other, _) => Err(unexpected(&other)),
@@ -183,15 +182,17 @@ impl EventPublisher {
 }
 
 /// The `Publish` request [`EventPublisher::publish_bytes`] sends (with an id: a UUIDv7 if
-/// `metadata` has none), for clients that write their own frames, as `ferry bench native` does.
+/// `metadata` has none); also for clients that write their own frames, as `ferry bench native`
+/// does.
 pub(crate) fn publish_request(
     payload: Vec<u8>,
     content_type: &str,
     mut metadata: EventMetadata,
     config: &PublishConfig,
+    reply_to: &str,
 ) -> v1::Request {
     metadata.ensure_id();
-    request(payload, content_type, &metadata, config, "")
+    request(payload, content_type, &metadata, config, reply_to)
 }
 
 fn request(
