@@ -44,55 +44,47 @@ struct Decisions {
 /// One permission a request needs: (vhost, access, resource, name).
 type Need<'a> = (&'a str, Access, Resource, &'a str);
 
-/// What `op` needs (at most two permissions; no allocation on the publish path).
-fn needs(op: &Op) -> [Option<Need<'_>>; 2] {
+/// At most two permissions, in an array: no allocation per publish.
+type Needs<'a> = [Option<Need<'a>>; 2];
+
+const NOTHING: Needs<'static> = [None, None];
+
+fn one(need: Need<'_>) -> Needs<'_> {
+    [Some(need), None]
+}
+
+/// What `op` needs.
+fn needs(op: &Op) -> Needs<'_> {
     use Access::{Configure, Read, Write};
     use Resource::{Exchange, Queue};
     match op {
         Op::Publish(p) => match &p.destination {
-            Some(publish::Destination::Topic(t)) => {
-                [Some((DEFAULT_VHOST, Write, Exchange, &t.topic)), None]
+            Some(publish::Destination::Topic(t)) => one((DEFAULT_VHOST, Write, Exchange, &t.topic)),
+            Some(publish::Destination::Exchange(e)) => {
+                one((convert::vhost(&e.vhost), Write, Exchange, &e.exchange))
             }
-            Some(publish::Destination::Exchange(e)) => [
-                Some((convert::vhost(&e.vhost), Write, Exchange, &e.exchange)),
-                None,
-            ],
-            None => [None, None],
+            None => NOTHING,
         },
         Op::PublishBatch(b) => match &b.destination {
             Some(publish_batch::Destination::Topic(t)) => {
-                [Some((DEFAULT_VHOST, Write, Exchange, &t.topic)), None]
+                one((DEFAULT_VHOST, Write, Exchange, &t.topic))
             }
-            Some(publish_batch::Destination::Exchange(e)) => [
-                Some((convert::vhost(&e.vhost), Write, Exchange, &e.exchange)),
-                None,
-            ],
-            None => [None, None],
+            Some(publish_batch::Destination::Exchange(e)) => {
+                one((convert::vhost(&e.vhost), Write, Exchange, &e.exchange))
+            }
+            None => NOTHING,
         },
-        Op::SubscribeQueue(s) => [
-            Some((convert::vhost(&s.vhost), Read, Queue, &s.queue)),
-            None,
-        ],
-        Op::SubscribeTopic(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
-        Op::DeclareTopic(d) => [Some((DEFAULT_VHOST, Configure, Exchange, &d.name)), None],
-        Op::DeleteTopic(d) => [Some((DEFAULT_VHOST, Configure, Exchange, &d.name)), None],
-        Op::DeclareExchange(d) => [
-            Some((convert::vhost(&d.vhost), Configure, Exchange, &d.name)),
-            None,
-        ],
-        Op::DeleteExchange(d) => [
-            Some((convert::vhost(&d.vhost), Configure, Exchange, &d.name)),
-            None,
-        ],
+        Op::SubscribeQueue(s) => one((convert::vhost(&s.vhost), Read, Queue, &s.queue)),
+        Op::SubscribeTopic(s) => one((DEFAULT_VHOST, Read, Exchange, &s.topic)),
+        Op::DeclareTopic(d) => one((DEFAULT_VHOST, Configure, Exchange, &d.name)),
+        Op::DeleteTopic(d) => one((DEFAULT_VHOST, Configure, Exchange, &d.name)),
+        Op::DeclareExchange(d) => one((convert::vhost(&d.vhost), Configure, Exchange, &d.name)),
+        Op::DeleteExchange(d) => one((convert::vhost(&d.vhost), Configure, Exchange, &d.name)),
         // A server-named queue (empty name) is the client's own, as RabbitMQ's amq.gen-*.
-        Op::DeclareQueue(d) if !d.passive && !d.name.is_empty() => [
-            Some((convert::vhost(&d.vhost), Configure, Queue, &d.name)),
-            None,
-        ],
-        Op::DeleteQueue(d) => [
-            Some((convert::vhost(&d.vhost), Configure, Queue, &d.name)),
-            None,
-        ],
+        Op::DeclareQueue(d) if !d.passive && !d.name.is_empty() => {
+            one((convert::vhost(&d.vhost), Configure, Queue, &d.name))
+        }
+        Op::DeleteQueue(d) => one((convert::vhost(&d.vhost), Configure, Queue, &d.name)),
         Op::Bind(b) => [
             Some((convert::vhost(&b.vhost), Write, Queue, &b.queue)),
             Some((convert::vhost(&b.vhost), Read, Exchange, &b.exchange)),
@@ -102,27 +94,21 @@ fn needs(op: &Op) -> [Option<Need<'_>>; 2] {
             Some((convert::vhost(&b.vhost), Read, Exchange, &b.exchange)),
         ],
         // Event store: appending and deleting a stream write to the topic, reading reads it.
-        Op::AppendToStream(a) => [Some((DEFAULT_VHOST, Write, Exchange, &a.topic)), None],
-        Op::DeleteStream(d) => [Some((DEFAULT_VHOST, Write, Exchange, &d.topic)), None],
-        Op::GetStreamInfo(g) => [Some((DEFAULT_VHOST, Read, Exchange, &g.topic)), None],
-        Op::ReadStream(r) => [Some((DEFAULT_VHOST, Read, Exchange, &r.topic)), None],
-        Op::ReadAll(r) => [Some((DEFAULT_VHOST, Read, Exchange, &r.topic)), None],
-        Op::SetStreamMetadata(m) => [Some((DEFAULT_VHOST, Write, Exchange, &m.topic)), None],
-        Op::SubscribeToStream(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
-        Op::SubscribeToAll(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
+        Op::AppendToStream(a) => one((DEFAULT_VHOST, Write, Exchange, &a.topic)),
+        Op::DeleteStream(d) => one((DEFAULT_VHOST, Write, Exchange, &d.topic)),
+        Op::GetStreamInfo(g) => one((DEFAULT_VHOST, Read, Exchange, &g.topic)),
+        Op::ReadStream(r) => one((DEFAULT_VHOST, Read, Exchange, &r.topic)),
+        Op::ReadAll(r) => one((DEFAULT_VHOST, Read, Exchange, &r.topic)),
+        Op::SetStreamMetadata(m) => one((DEFAULT_VHOST, Write, Exchange, &m.topic)),
+        Op::SubscribeToStream(s) => one((DEFAULT_VHOST, Read, Exchange, &s.topic)),
+        Op::SubscribeToAll(s) => one((DEFAULT_VHOST, Read, Exchange, &s.topic)),
         // Persistent subscriptions: managing a group configures the topic, consuming reads it.
-        Op::CreatePersistentSubscription(c) => {
-            [Some((DEFAULT_VHOST, Configure, Exchange, &c.topic)), None]
-        }
-        Op::UpdatePersistentSubscription(u) => {
-            [Some((DEFAULT_VHOST, Configure, Exchange, &u.topic)), None]
-        }
-        Op::DeletePersistentSubscription(d) => {
-            [Some((DEFAULT_VHOST, Configure, Exchange, &d.topic)), None]
-        }
-        Op::ReplayParked(r) => [Some((DEFAULT_VHOST, Configure, Exchange, &r.topic)), None],
-        Op::SubscribePersistent(s) => [Some((DEFAULT_VHOST, Read, Exchange, &s.topic)), None],
-        _ => [None, None],
+        Op::CreatePersistentSubscription(c) => one((DEFAULT_VHOST, Configure, Exchange, &c.topic)),
+        Op::UpdatePersistentSubscription(u) => one((DEFAULT_VHOST, Configure, Exchange, &u.topic)),
+        Op::DeletePersistentSubscription(d) => one((DEFAULT_VHOST, Configure, Exchange, &d.topic)),
+        Op::ReplayParked(r) => one((DEFAULT_VHOST, Configure, Exchange, &r.topic)),
+        Op::SubscribePersistent(s) => one((DEFAULT_VHOST, Read, Exchange, &s.topic)),
+        _ => NOTHING,
     }
 }
 
