@@ -1,45 +1,25 @@
 //! `ferry bench native` against an embedded broker: every message is confirmed and consumed
 //! exactly once, the report is JSON, and the bench queue is gone afterwards.
 
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use ferry::testing::TestBroker;
 
+/// 400 messages of 16 B with 8 requests in flight: seconds in a debug build.
+const SMALL_RUN: [&str; 6] = ["--messages", "400", "--size", "16", "--window", "8"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_native_counts_every_message_once_and_cleans_up() {
     let broker = TestBroker::start().await.expect("broker");
-    let addr = broker.native_addr().to_string();
     // Back to back with one and four messages per request, and paced by --rate.
     for (batch, paced) in [("1", false), ("4", false), ("1", true)] {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["bench", "native", "--native-addr", &addr])
-            .args(["--fingerprint", broker.native_fingerprint()])
-            .args([
-                "--messages",
-                "400",
-                "--size",
-                "16",
-                "--window",
-                "8",
-                "--batch",
-                batch,
-            ])
-            .args(if paced {
-                &["--rate", "2000"][..]
-            } else {
-                &[][..]
-            })
-            .arg("--json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn ferry bench native");
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .expect("finished in time")
-            .expect("output");
+        let mut args = SMALL_RUN.to_vec();
+        args.extend(["--batch", batch, "--json"]);
+        if paced {
+            args.extend(["--rate", "2000"]);
+        }
+        let out = bench_native(&broker, &args, Duration::from_secs(120)).await;
         assert!(
             out.status.success(),
             "bench failed: {}",
@@ -99,26 +79,30 @@ async fn bench_native_reports_a_refused_publish_and_stops() {
             read: ".*".into(),
         })
         .expect("permission");
+    let mut args = vec!["--user", "no-writes", "--password", "secret"];
+    args.extend(SMALL_RUN);
+    // Well past the sub-second run; a publisher waiting for confirms would never finish.
+    let out = bench_native(&broker, &args, Duration::from_secs(60)).await;
+    assert!(!out.status.success(), "the bench succeeded without writes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("publish refused"), "{stderr}");
+}
+
+/// Runs `ferry bench native` against `broker` with `args`, failing the test if it has not
+/// finished within `limit`.
+async fn bench_native(broker: &TestBroker, args: &[&str], limit: Duration) -> Output {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "bench",
-            "native",
-            "--native-addr",
-            &broker.native_addr().to_string(),
-        ])
+        .args(["bench", "native", "--native-addr"])
+        .arg(broker.native_addr().to_string())
         .args(["--fingerprint", broker.native_fingerprint()])
-        .args(["--user", "no-writes", "--password", "secret"])
-        .args(["--messages", "400", "--size", "16", "--window", "8"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn ferry bench native");
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+    tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .expect("the bench ends instead of waiting for confirms")
-        .expect("output");
-    assert!(!out.status.success(), "the bench succeeded without writes");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("publish refused"), "{stderr}");
+        .unwrap_or_else(|_| panic!("ferry bench native {args:?} still running after {limit:?}"))
+        .expect("output")
 }
